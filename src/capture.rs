@@ -1,0 +1,357 @@
+//! Bounded body copies and the exchange document that rules are evaluated against.
+//!
+//! The proxy copies candidate bodies chunk by chunk into a [`BodyCapture`] that stops copying
+//! at its limit. When the exchange is complete, [`Exchange::into_document`] decodes the copies
+//! (`Content-Encoding`, then JSON / form / text) and builds the one JSON document that every
+//! JSONPath in the rules is evaluated over. This module never touches the bytes the client
+//! receives: it only ever works on its own copy.
+
+use std::io::Read;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+/// A copy of a body as it streams by, bounded by `limit` bytes.
+#[derive(Debug)]
+pub struct BodyCapture {
+    buf: BytesMut,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl BodyCapture {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            limit,
+            overflowed: false,
+        }
+    }
+
+    /// Appends a chunk; once the body exceeds the limit the copy is dropped and stays empty.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.overflowed {
+            return;
+        }
+        if self.buf.len() + chunk.len() > self.limit {
+            self.overflowed = true;
+            self.buf = BytesMut::new();
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Forgets everything copied so far (a new upstream attempt re-sends the body).
+    pub fn reset(&mut self) {
+        self.buf.clear();
+        self.overflowed = false;
+    }
+
+    /// True when the body was bigger than the limit and so was not captured.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    pub fn into_bytes(self) -> Option<Bytes> {
+        (!self.overflowed).then(|| self.buf.freeze())
+    }
+}
+
+/// Why a captured body is `null` in the exchange document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    #[error("body larger than max_capture_bytes")]
+    TooBig,
+    #[error("decoded body larger than max_decoded_bytes")]
+    DecodedTooBig,
+    #[error("unsupported Content-Encoding `{0}`")]
+    UnsupportedEncoding(String),
+    #[error("cannot decode {encoding} body: {message}")]
+    Undecodable { encoding: String, message: String },
+}
+
+/// Turns a captured body into the JSON value rules see.
+///
+/// `Content-Encoding` (gzip, deflate, br, identity, or a chain of them) is undone first, never
+/// producing more than `max_decoded` bytes. Then JSON content types are parsed as JSON (falling
+/// back to a string when the body is not valid JSON), `application/x-www-form-urlencoded` becomes
+/// an object of strings (a repeated key becomes an array of strings), and anything else a string
+/// (invalid UTF-8 is replaced). An empty body is `null`.
+pub fn decode_body(
+    raw: &[u8],
+    headers: &HeaderMap,
+    max_decoded: usize,
+) -> Result<Value, SkipReason> {
+    let mut body = std::borrow::Cow::Borrowed(raw);
+    // Encodings are listed in the order they were applied: undo them from the last.
+    let encodings: Vec<String> = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && e != "identity")
+        .collect();
+    for encoding in encodings.iter().rev() {
+        body = std::borrow::Cow::Owned(decompress(&body, encoding, max_decoded)?);
+    }
+    if body.is_empty() {
+        return Ok(Value::Null);
+    }
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    if content_type == "application/json" || content_type.ends_with("+json") {
+        if let Ok(v) = serde_json::from_slice(&body) {
+            return Ok(v);
+        }
+    } else if content_type == "application/x-www-form-urlencoded" {
+        return Ok(pairs_to_object(form_urlencoded::parse(&body)));
+    }
+    Ok(Value::String(String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn decompress(body: &[u8], encoding: &str, max: usize) -> Result<Vec<u8>, SkipReason> {
+    let reader: Box<dyn Read + '_> = match encoding {
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body)),
+        // `deflate` is meant to be zlib-wrapped, but servers send raw deflate too.
+        "deflate" if body.first().is_some_and(|b| b & 0x0f == 8) => {
+            Box::new(flate2::read::ZlibDecoder::new(body))
+        }
+        "deflate" => Box::new(flate2::read::DeflateDecoder::new(body)),
+        "br" => Box::new(brotli::Decompressor::new(body, 4096)),
+        other => return Err(SkipReason::UnsupportedEncoding(other.to_owned())),
+    };
+    let mut out = Vec::new();
+    // Read one byte past the cap to tell "exactly max" from "more than max": a compression
+    // bomb stops here instead of exhausting memory.
+    reader
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| SkipReason::Undecodable {
+            encoding: encoding.to_owned(),
+            message: e.to_string(),
+        })?;
+    if out.len() > max {
+        return Err(SkipReason::DecodedTooBig);
+    }
+    Ok(out)
+}
+
+/// Key/value pairs as a JSON object: one value is a string, a repeated key an array of strings.
+fn pairs_to_object<'a>(
+    pairs: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
+) -> Value {
+    let mut map = Map::new();
+    for (k, v) in pairs {
+        let v = Value::String(v.into_owned());
+        match map.get_mut(k.as_ref()) {
+            None => {
+                map.insert(k.into_owned(), v);
+            }
+            Some(Value::Array(items)) => items.push(v),
+            Some(existing) => {
+                let first = existing.take();
+                *existing = Value::Array(vec![first, v]);
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+/// Headers as an object keyed by lower-case name; repeated headers are joined with `, `.
+pub fn headers_to_json(headers: &HeaderMap) -> Value {
+    let mut map = Map::new();
+    for name in headers.keys() {
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        map.insert(name.as_str().to_owned(), Value::String(joined));
+    }
+    Value::Object(map)
+}
+
+/// A query string as an object of strings (a repeated key becomes an array).
+pub fn query_to_json(query: Option<&str>) -> Value {
+    pairs_to_object(form_urlencoded::parse(query.unwrap_or_default().as_bytes()))
+}
+
+/// The request half of an exchange, as captured.
+#[derive(Debug)]
+pub struct RequestParts {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+}
+
+/// The response half of an exchange, as captured.
+#[derive(Debug)]
+pub struct ResponseParts {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Option<Bytes>,
+}
+
+/// A complete request/response pair, ready to become the document rules see.
+#[derive(Debug)]
+pub struct Exchange {
+    pub request: RequestParts,
+    pub response: ResponseParts,
+}
+
+/// The document plus what could not be decoded (for logs and metrics).
+#[derive(Debug)]
+pub struct Document {
+    pub value: Value,
+    pub skipped: Vec<(&'static str, SkipReason)>,
+}
+
+impl Exchange {
+    /// Builds `{"request": {...}, "response": {...}, "params": {}}`; rules fill in `params`.
+    pub fn into_document(self, max_decoded: usize) -> Document {
+        let mut skipped = Vec::new();
+        let mut body = |side: &'static str, raw: Option<Bytes>, headers: &HeaderMap| match raw {
+            None => {
+                skipped.push((side, SkipReason::TooBig));
+                Value::Null
+            }
+            Some(raw) => decode_body(&raw, headers, max_decoded).unwrap_or_else(|reason| {
+                skipped.push((side, reason));
+                Value::Null
+            }),
+        };
+        let request_body = body("request", self.request.body, &self.request.headers);
+        let response_body = body("response", self.response.body, &self.response.headers);
+        let value = serde_json::json!({
+            "request": {
+                "method": self.request.method,
+                "path": self.request.path,
+                "query": query_to_json(self.request.query.as_deref()),
+                "headers": headers_to_json(&self.request.headers),
+                "body": request_body,
+            },
+            "response": {
+                "status": self.response.status,
+                "headers": headers_to_json(&self.response.headers),
+                "body": response_body,
+            },
+            "params": {},
+        });
+        Document { value, skipped }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("test header name"),
+                http::HeaderValue::from_str(v).expect("test header value"),
+            );
+        }
+        h
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).expect("write to Vec");
+        enc.finish().expect("finish gzip")
+    }
+
+    #[test]
+    fn capture_drops_the_copy_past_the_limit() {
+        let mut c = BodyCapture::new(4);
+        c.push(b"abc");
+        c.push(b"de");
+        assert!(c.overflowed());
+        c.push(b"f");
+        assert_eq!(c.into_bytes(), None);
+        let mut c = BodyCapture::new(4);
+        c.push(b"ab");
+        c.reset();
+        c.push(b"abcd");
+        assert_eq!(c.into_bytes().as_deref(), Some(&b"abcd"[..]));
+    }
+
+    #[test]
+    fn json_form_and_text_bodies() {
+        let h = headers(&[("content-type", "application/json; charset=utf-8")]);
+        assert_eq!(
+            decode_body(br#"{"a":1}"#, &h, 100),
+            Ok(serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            decode_body(b"{broken", &h, 100),
+            Ok(Value::String("{broken".into()))
+        );
+        let h = headers(&[("content-type", "application/x-www-form-urlencoded")]);
+        assert_eq!(
+            decode_body(b"email=a%40b.c&tag=x&tag=y", &h, 100),
+            Ok(serde_json::json!({"email": "a@b.c", "tag": ["x", "y"]}))
+        );
+        assert_eq!(
+            decode_body(b"hi\xff", &HeaderMap::new(), 100),
+            Ok(Value::String("hi\u{fffd}".into()))
+        );
+        assert_eq!(decode_body(b"", &HeaderMap::new(), 100), Ok(Value::Null));
+    }
+
+    #[test]
+    fn gzip_is_decoded_and_bombs_are_capped() {
+        let h = headers(&[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ]);
+        assert_eq!(
+            decode_body(&gzip(br#"{"id":7}"#), &h, 100),
+            Ok(serde_json::json!({"id": 7}))
+        );
+        let bomb = gzip(&vec![b' '; 10_000_000]);
+        assert!(bomb.len() < 20_000);
+        assert_eq!(
+            decode_body(&bomb, &h, 1_000_000),
+            Err(SkipReason::DecodedTooBig)
+        );
+        assert!(matches!(
+            decode_body(b"not gzip", &h, 100),
+            Err(SkipReason::Undecodable { .. })
+        ));
+    }
+
+    #[test]
+    fn brotli_and_deflate_are_decoded() {
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(b"hello").expect("write to Vec");
+        }
+        let h = headers(&[("content-encoding", "br")]);
+        assert_eq!(decode_body(&br, &h, 100), Ok(Value::String("hello".into())));
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(b"hello").expect("write to Vec");
+        let h = headers(&[("content-encoding", "deflate")]);
+        assert_eq!(
+            decode_body(&z.finish().expect("finish"), &h, 100),
+            Ok(Value::String("hello".into()))
+        );
+    }
+}

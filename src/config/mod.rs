@@ -1,0 +1,581 @@
+//! hooktap.toml and the rule files it names: loading, validation, and errors that say where.
+//!
+//! Loading parses the raw files ([`raw`]), then compiles them into a [`Config`] whose parts are
+//! all checked: the running code never sees an unvalidated value. Every problem found is kept
+//! (not only the first) and reported as `file:line:column: message`.
+
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use toml::Spanned;
+
+use crate::delivery::retry;
+use crate::rules::test::RuleTest;
+use crate::rules::{RuleSet, SpanError};
+use raw::{RawConfig, RawRuleFile, RawWebhook};
+
+/// One problem in one file, with its place when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// 1-based line and column.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Everything wrong with a configuration, one problem per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// How eagerly the store reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// sled flushes its log every `interval`; a crash can lose the events of the last interval.
+    Interval(Duration),
+    /// Every event is flushed before the response completes: nothing is lost on a crash.
+    EveryEvent,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// `host:port` of the host application.
+    pub upstream: String,
+    pub upstream_tls: bool,
+    pub upstream_sni: String,
+    pub max_capture_bytes: usize,
+    pub max_decoded_bytes: usize,
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub flush: FlushMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub source: String,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub url: reqwest::Url,
+    pub secret: String,
+    pub topics: Vec<String>,
+    pub topic_set: GlobSet,
+    pub retry: Vec<Duration>,
+    pub concurrency: usize,
+}
+
+impl WebhookConfig {
+    pub fn subscribes_to(&self, topic: &str) -> bool {
+        self.topic_set.is_match(topic)
+    }
+}
+
+/// A loaded, validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub proxy: ProxyConfig,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+    pub webhooks: Vec<WebhookConfig>,
+    pub rules: RuleSet,
+    pub tests: Vec<RuleTest>,
+    pub rule_files: Vec<PathBuf>,
+}
+
+/// Collects problems for one file and turns byte spans into line and column.
+struct Reporter<'a> {
+    file: &'a Path,
+    source: &'a str,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Reporter<'_> {
+    fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let start = span.start.min(self.source.len());
+        let before = &self.source[..start];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            position: Some((line, col)),
+            message: message.into(),
+        });
+    }
+
+    fn whole(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            position: None,
+            message: message.into(),
+        });
+    }
+
+    fn toml_error(&mut self, e: toml::de::Error) {
+        let message = e.message().trim().to_owned();
+        match e.span() {
+            Some(span) => self.at(span, message),
+            None => self.whole(message),
+        }
+    }
+}
+
+fn duration(
+    r: &mut Reporter,
+    v: Option<Spanned<String>>,
+    key: &str,
+    default: Duration,
+) -> Duration {
+    match v {
+        None => default,
+        Some(s) => humantime::parse_duration(s.get_ref()).unwrap_or_else(|e| {
+            r.at(
+                s.span(),
+                format!(
+                    "`{key}` = \"{}\" is not a duration such as 500ms, 5s or 1m: {e}",
+                    s.get_ref()
+                ),
+            );
+            default
+        }),
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(vec![Problem {
+            file: path.to_owned(),
+            position: None,
+            message: format!("cannot read: {e}"),
+        }])
+    })
+}
+
+impl Config {
+    /// Loads hooktap.toml and every rule file it names; reports every problem found.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = read(path)?;
+        let mut problems = Vec::new();
+        let mut r = Reporter {
+            file: path,
+            source: &source,
+            problems: &mut problems,
+        };
+        let raw: RawConfig = match toml::from_str(&source) {
+            Ok(raw) => raw,
+            Err(e) => {
+                r.toml_error(e);
+                return Err(ConfigError(problems));
+            }
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+
+        let proxy = compile_proxy(&mut r, raw.proxy);
+        let store = StoreConfig {
+            path: base.join(
+                raw.store
+                    .path
+                    .map_or_else(|| "data/hooktap".to_owned(), Spanned::into_inner),
+            ),
+            flush: match raw.store.flush {
+                None => FlushMode::Interval(duration(
+                    &mut r,
+                    raw.store.flush_interval,
+                    "flush_interval",
+                    Duration::from_millis(500),
+                )),
+                Some(f) if f.get_ref() == "interval" => FlushMode::Interval(duration(
+                    &mut r,
+                    raw.store.flush_interval,
+                    "flush_interval",
+                    Duration::from_millis(500),
+                )),
+                Some(f) if f.get_ref() == "every-event" => FlushMode::EveryEvent,
+                Some(f) => {
+                    r.at(
+                        f.span(),
+                        format!(
+                            "`flush` = \"{}\" must be \"interval\" or \"every-event\"",
+                            f.get_ref()
+                        ),
+                    );
+                    FlushMode::EveryEvent
+                }
+            },
+        };
+        let delivery = DeliveryConfig {
+            source: raw
+                .delivery
+                .source
+                .map_or_else(|| format!("http://{}/", proxy.listen), Spanned::into_inner),
+            timeout: duration(
+                &mut r,
+                raw.delivery.timeout,
+                "timeout",
+                Duration::from_secs(10),
+            ),
+            concurrency: positive(&mut r, raw.delivery.concurrency, "concurrency", 64),
+        };
+        let mut webhooks: Vec<WebhookConfig> = Vec::new();
+        for w in raw.webhook {
+            let name_span = w.name.span();
+            if let Some(w) = compile_webhook(&mut r, w) {
+                if webhooks.iter().any(|o| o.name == w.name) {
+                    r.at(name_span, format!("duplicate webhook name `{}`", w.name));
+                } else {
+                    webhooks.push(w);
+                }
+            }
+        }
+
+        let mut rule_files = Vec::new();
+        for pattern in &raw.rules {
+            let full = base.join(pattern.get_ref());
+            let full = full.to_string_lossy();
+            match glob::glob(&full) {
+                Err(e) => r.at(
+                    pattern.span(),
+                    format!("invalid glob `{}`: {e}", pattern.get_ref()),
+                ),
+                Ok(paths) => {
+                    let before = rule_files.len();
+                    for p in paths {
+                        match p {
+                            Ok(p) if !rule_files.contains(&p) => rule_files.push(p),
+                            Ok(_) => {}
+                            Err(e) => r.at(
+                                pattern.span(),
+                                format!("cannot read {}: {e}", e.path().display()),
+                            ),
+                        }
+                    }
+                    if rule_files.len() == before {
+                        r.at(
+                            pattern.span(),
+                            format!("`{}` matches no rule file", pattern.get_ref()),
+                        );
+                    }
+                }
+            }
+        }
+
+        let mut rules = RuleSet::default();
+        let mut tests = Vec::new();
+        let mut test_topics = Vec::new();
+        for file in &rule_files {
+            let text = match std::fs::read_to_string(file) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(Problem {
+                        file: file.clone(),
+                        position: None,
+                        message: format!("cannot read: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let mut fr = Reporter {
+                file,
+                source: &text,
+                problems: &mut problems,
+            };
+            let raw: RawRuleFile = match toml::from_str(&text) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    fr.toml_error(e);
+                    continue;
+                }
+            };
+            for rule in raw.rule {
+                if let Err(errors) = rules.add(rule) {
+                    for SpanError { span, message } in errors {
+                        fr.at(span, message);
+                    }
+                }
+            }
+            for test in raw.test {
+                let span = test.name.span();
+                let topic = test.expect.get_ref().topic.clone();
+                let location = {
+                    let start = span.start.min(text.len());
+                    format!(
+                        "{}:{}",
+                        file.display(),
+                        text[..start].matches('\n').count() + 1
+                    )
+                };
+                match RuleTest::compile(test, location) {
+                    Ok(t) => tests.push(t),
+                    Err(SpanError { span, message }) => fr.at(span, message),
+                }
+                if let Some(topic) = topic {
+                    test_topics.push((file.clone(), text.clone(), topic));
+                }
+            }
+        }
+        for (file, text, topic) in test_topics {
+            if !rules
+                .rules()
+                .iter()
+                .any(|rule| rule.topic.as_str() == topic.get_ref())
+            {
+                Reporter {
+                    file: &file,
+                    source: &text,
+                    problems: &mut problems,
+                }
+                .at(
+                    topic.span(),
+                    format!(
+                        "test expects topic `{}`, which no rule produces",
+                        topic.get_ref()
+                    ),
+                );
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
+        Ok(Self {
+            file: path.to_owned(),
+            proxy,
+            store,
+            delivery,
+            webhooks,
+            rules,
+            tests,
+            rule_files,
+        })
+    }
+}
+
+fn positive(r: &mut Reporter, v: Option<Spanned<usize>>, key: &str, default: usize) -> usize {
+    match v {
+        None => default,
+        Some(n) if *n.get_ref() > 0 => n.into_inner(),
+        Some(n) => {
+            r.at(n.span(), format!("`{key}` must be at least 1"));
+            default
+        }
+    }
+}
+
+fn compile_proxy(r: &mut Reporter, p: raw::RawProxy) -> ProxyConfig {
+    let listen = p.listen.get_ref().parse().unwrap_or_else(|e| {
+        r.at(
+            p.listen.span(),
+            format!(
+                "`listen` = \"{}\" is not an address such as 127.0.0.1:8080: {e}",
+                p.listen.get_ref()
+            ),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let upstream = p.upstream.get_ref().clone();
+    let upstream_host = match upstream.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            host.trim_matches(['[', ']']).to_owned()
+        }
+        _ => {
+            r.at(
+                p.upstream.span(),
+                format!("`upstream` = \"{upstream}\" must be host:port, such as 127.0.0.1:8000"),
+            );
+            String::new()
+        }
+    };
+    let bytes = |r: &mut Reporter, v: Option<Spanned<u64>>, key: &str, default: usize| match v {
+        None => default,
+        Some(n) => usize::try_from(*n.get_ref()).unwrap_or_else(|_| {
+            r.at(n.span(), format!("`{key}` is too large"));
+            default
+        }),
+    };
+    let max_capture_bytes = bytes(r, p.max_capture_bytes, "max_capture_bytes", 1 << 20);
+    ProxyConfig {
+        listen,
+        upstream,
+        upstream_tls: p.upstream_tls,
+        upstream_sni: p.upstream_sni.unwrap_or(upstream_host),
+        max_capture_bytes,
+        max_decoded_bytes: bytes(
+            r,
+            p.max_decoded_bytes,
+            "max_decoded_bytes",
+            max_capture_bytes.saturating_mul(8),
+        ),
+        threads: positive(
+            r,
+            p.threads,
+            "threads",
+            std::thread::available_parallelism().map_or(1, usize::from),
+        ),
+        grace_period: duration(r, p.grace_period, "grace_period", Duration::from_secs(1)),
+        shutdown_timeout: duration(
+            r,
+            p.shutdown_timeout,
+            "shutdown_timeout",
+            Duration::from_secs(3),
+        ),
+    }
+}
+
+fn compile_webhook(r: &mut Reporter, w: RawWebhook) -> Option<WebhookConfig> {
+    let name = w.name.get_ref().trim().to_owned();
+    let name_span = w.name.span();
+    if name.is_empty() {
+        r.at(name_span.clone(), "webhook name must not be empty");
+    }
+    let url = match &w.url {
+        None => {
+            r.at(name_span.clone(), format!("webhook `{name}` has no `url`"));
+            None
+        }
+        Some(u) => {
+            match reqwest::Url::parse(u.get_ref()) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                    Some(url)
+                }
+                Ok(_) => {
+                    r.at(u.span(), format!("webhook `{name}`: url `{}` must be an http:// or https:// URL with a host", u.get_ref()));
+                    None
+                }
+                Err(e) => {
+                    r.at(
+                        u.span(),
+                        format!(
+                            "webhook `{name}`: url `{}` is not a valid URL: {e}",
+                            u.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+    };
+    let secret = match (w.secret, w.secret_env) {
+        (Some(s), None) if !s.get_ref().is_empty() => Some(s.into_inner()),
+        (None, Some(var)) => match std::env::var(var.get_ref()) {
+            Ok(s) if !s.is_empty() => Some(s),
+            _ => {
+                r.at(
+                    var.span(),
+                    format!(
+                        "webhook `{name}`: environment variable `{}` is not set or empty",
+                        var.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+        (Some(s), Some(_)) => {
+            r.at(
+                s.span(),
+                format!("webhook `{name}`: set either `secret` or `secret_env`, not both"),
+            );
+            None
+        }
+        (Some(s), None) => {
+            r.at(
+                s.span(),
+                format!("webhook `{name}`: `secret` must not be empty"),
+            );
+            None
+        }
+        (None, None) => {
+            r.at(
+                name_span.clone(),
+                format!("webhook `{name}` needs `secret` or `secret_env`"),
+            );
+            None
+        }
+    };
+    let (topics, topic_set) = match w.topics {
+        None => {
+            r.at(
+                name_span,
+                format!("webhook `{name}` needs `topics`, such as [\"order.*\"]"),
+            );
+            (Vec::new(), None)
+        }
+        Some(t) => {
+            let span = t.span();
+            let topics = t.into_inner();
+            let mut set = GlobSetBuilder::new();
+            let mut ok = !topics.is_empty();
+            if topics.is_empty() {
+                r.at(
+                    span.clone(),
+                    format!("webhook `{name}`: `topics` must list at least one pattern"),
+                );
+            }
+            for t in &topics {
+                match Glob::new(t) {
+                    Ok(g) => {
+                        set.add(g);
+                    }
+                    Err(e) => {
+                        ok = false;
+                        r.at(
+                            span.clone(),
+                            format!("webhook `{name}`: topic pattern `{t}` is invalid: {e}"),
+                        );
+                    }
+                }
+            }
+            let set = if ok { set.build().ok() } else { None };
+            (topics, set)
+        }
+    };
+    let retry = match &w.retry {
+        None => retry::parse_schedule(retry::DEFAULT_SCHEDULE).ok(),
+        Some(s) => retry::parse_schedule(s.get_ref())
+            .map_err(|m| r.at(s.span(), format!("webhook `{name}`: {m}")))
+            .ok(),
+    };
+    let concurrency = positive(r, w.concurrency, "concurrency", 8);
+    Some(WebhookConfig {
+        name,
+        url: url?,
+        secret: secret?,
+        topics,
+        topic_set: topic_set?,
+        retry: retry?,
+        concurrency,
+    })
+}

@@ -1,0 +1,169 @@
+//! The types handed from rules to the store and from the store to delivery.
+//!
+//! They are plain data: no I/O, no behaviour beyond (de)serialisation and small derivations.
+//! Every id is a UUIDv7, so ids sort by creation time and keys built from them do too.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A topic such as `order.created`, split into `resource` (before the last dot) and `event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    full: String,
+}
+
+impl Topic {
+    /// Checks that `s` is a `resource.event` topic made of `[a-z0-9_-]` words joined by dots.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let valid_word = |w: &str| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        };
+        if !s.contains('.') || !s.split('.').all(valid_word) {
+            return Err(format!(
+                "topic `{s}` must look like `resource.event`: lower-case words of [a-z0-9_-] joined by dots"
+            ));
+        }
+        Ok(Self { full: s.to_owned() })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// Everything before the last dot: `order` for `order.created`.
+    pub fn resource(&self) -> &str {
+        self.full.rsplit_once('.').map_or("", |(r, _)| r)
+    }
+
+    /// Everything after the last dot: `created` for `order.created`.
+    pub fn event(&self) -> &str {
+        self.full.rsplit_once('.').map_or("", |(_, e)| e)
+    }
+}
+
+/// One matched exchange: what a rule derived from a request/response pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub topic: String,
+    pub resource: String,
+    pub event: String,
+    /// The name of the rule that produced this event.
+    pub rule: String,
+    pub payload: Value,
+}
+
+impl Event {
+    pub fn new(topic: &Topic, rule: &str, payload: Value) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            created_at: OffsetDateTime::now_utc(),
+            topic: topic.as_str().to_owned(),
+            resource: topic.resource().to_owned(),
+            event: topic.event().to_owned(),
+            rule: rule.to_owned(),
+            payload,
+        }
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its due time (first attempt or a retry).
+    Pending,
+    /// A receiver answered 2xx.
+    Delivered,
+    /// Every attempt of the retry schedule failed.
+    Failed,
+}
+
+/// One event on its way to one webhook. Its id is stable across retries and restarts, so
+/// receivers can deduplicate on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub webhook_id: Uuid,
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due, in Unix milliseconds; meaningful while `Pending`.
+    pub due_ms: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Delivery {
+    /// A delivery of `event` to `webhook_id`, due at once.
+    pub fn new(event: &Event, webhook_id: Uuid) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            event_id: event.id,
+            webhook_id,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            due_ms: unix_ms(event.created_at),
+            created_at: event.created_at,
+            updated_at: event.created_at,
+        }
+    }
+}
+
+/// One HTTP attempt of a delivery, as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub delivery_id: Uuid,
+    pub webhook_id: Uuid,
+    /// 1 for the first attempt.
+    pub number: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub duration_ms: u64,
+    pub url: String,
+    /// The response status, absent when no response arrived.
+    pub response_code: Option<u16>,
+    /// A short human summary: `HTTP 200 OK` or the transport error.
+    pub summary: String,
+    pub success: bool,
+}
+
+/// Milliseconds since the Unix epoch; times before 1970 clamp to 0.
+pub fn unix_ms(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_splits_at_the_last_dot() {
+        let t = Topic::parse("hooktap.webhook.disabled").expect("valid topic");
+        assert_eq!((t.resource(), t.event()), ("hooktap.webhook", "disabled"));
+        let t = Topic::parse("order.created").expect("valid topic");
+        assert_eq!((t.resource(), t.event()), ("order", "created"));
+    }
+
+    #[test]
+    fn topic_rejects_malformed_names() {
+        for bad in [
+            "order",
+            "Order.created",
+            "order..created",
+            ".created",
+            "order.cre ated",
+        ] {
+            assert!(Topic::parse(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+}

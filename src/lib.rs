@@ -1,0 +1,35 @@
+//! hooktap derives webhooks from HTTP traffic, without a line of code changed in the app.
+//!
+//! # The data path
+//!
+//! 1. [`proxy`] stands in front of the host application (pingora) and asks the [`rules`] router
+//!    whether a request could match any rule; only such *candidates* are copied ([`capture`]).
+//! 2. When the response is complete, [`capture`] builds the exchange document and [`rules`]
+//!    evaluates status, `when` predicates and payload paths into [`event::Event`]s.
+//! 3. [`store`] writes each event and one [`event::Delivery`] per subscribed webhook to sled in
+//!    one atomic batch, before the last byte of the response reaches the client.
+//! 4. [`delivery`] reads what is due, signs it and POSTs it to the subscriber, recording every
+//!    [`event::Attempt`] and rescheduling failures along the webhook's retry schedule.
+//!
+//! # Layout
+//!
+//! - [`config`]: hooktap.toml and rule files: raw serde types, validation, `file:line` errors.
+//! - [`rules`]: the compiled rule set: router, `when` predicates, payload, the `[[test]]` runner.
+//! - [`capture`]: bounded body copies, content decoding, the exchange document.
+//! - [`event`]: the types handed between rules, store and delivery.
+//! - [`proxy`]: the pingora glue; fails open.
+//! - [`store`]: sled key layout and the atomic operations on it.
+//! - [`delivery`]: the delivery loop, signing, retry schedule.
+//! - [`server`]: wires the above into one pingora server with graceful shutdown.
+
+pub mod capture;
+pub mod config;
+pub mod delivery;
+pub mod event;
+pub mod proxy;
+pub mod rules;
+pub mod server;
+pub mod store;
+
+/// The `User-Agent` hooktap sends with every webhook.
+pub const USER_AGENT: &str = concat!("hooktap/", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,63 @@
+//! A JSONPath compiled once and evaluated over exchange documents.
+
+use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::parse_json_path;
+use jsonpath_rust::query::js_path_process;
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct Selector {
+    source: String,
+    query: JpQuery,
+}
+
+impl Selector {
+    pub fn parse(source: &str) -> Result<Self, String> {
+        if !source.starts_with('$') {
+            return Err(format!("JSONPath `{source}` must start with `$`"));
+        }
+        let query =
+            parse_json_path(source).map_err(|e| format!("invalid JSONPath `{source}`: {e}"))?;
+        Ok(Self {
+            source: source.to_owned(),
+            query,
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// What the path selects: `None` when nothing, the value when one node, an array when several.
+    pub fn select(&self, doc: &Value) -> Option<Value> {
+        let mut found = js_path_process(&self.query, doc).ok()?;
+        match found.len() {
+            0 => None,
+            1 => found.pop().map(|r| r.val().clone()),
+            _ => Some(Value::Array(
+                found.into_iter().map(|r| r.val().clone()).collect(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn selects_none_one_or_many() {
+        let doc = json!({"a": {"b": 1}, "items": [{"id": 1}, {"id": 2}]});
+        let s = |p: &str| Selector::parse(p).expect("valid path").select(&doc);
+        assert_eq!(s("$.a.b"), Some(json!(1)));
+        assert_eq!(s("$.a.missing"), None);
+        assert_eq!(s("$.items[*].id"), Some(json!([1, 2])));
+    }
+
+    #[test]
+    fn rejects_invalid_paths() {
+        assert!(Selector::parse("a.b").is_err());
+        assert!(Selector::parse("$.a[").is_err());
+    }
+}

@@ -1,1 +1,235 @@
-//! todo
+//! The pingora glue: each proxy phase hands what it sees to capture, rules and delivery.
+//!
+//! Only candidate requests (the router found a rule for their method and path) are copied;
+//! everything else streams through with one router lookup and no allocation per chunk. This
+//! module fails open: nothing here ever returns an error to pingora, so a capture or store
+//! problem is logged and counted while the app's traffic flows on unchanged.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderMap;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+
+use crate::capture::{BodyCapture, Exchange, RequestParts, ResponseParts};
+use crate::delivery::Dispatcher;
+use crate::rules::RuleSet;
+use crate::rules::router::Candidates;
+
+/// Where and how to reach the host application.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+}
+
+/// Limits on what is copied per exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_capture_bytes: usize,
+    pub max_decoded_bytes: usize,
+}
+
+pub struct Proxy {
+    rules: Arc<RuleSet>,
+    dispatcher: Arc<Dispatcher>,
+    upstream: Upstream,
+    limits: Limits,
+}
+
+impl Proxy {
+    pub fn new(
+        rules: Arc<RuleSet>,
+        dispatcher: Arc<Dispatcher>,
+        upstream: Upstream,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            rules,
+            dispatcher,
+            upstream,
+            limits,
+        }
+    }
+}
+
+/// What is kept of a candidate exchange while it streams.
+struct Capture {
+    candidates: Candidates,
+    method: String,
+    path: String,
+    query: Option<String>,
+    request_headers: HeaderMap,
+    request_body: BodyCapture,
+    response: Option<(u16, HeaderMap)>,
+    response_body: Option<BodyCapture>,
+    upstream_done: bool,
+}
+
+/// Per-request state; `None` for the passthrough case, so it costs one pointer.
+#[derive(Default)]
+pub struct Ctx {
+    capture: Option<Box<Capture>>,
+}
+
+impl Proxy {
+    /// The exchange is complete: derive events and store them. Never fails the request.
+    fn commit(&self, capture: Box<Capture>) {
+        let Some((status, response_headers)) = capture.response else {
+            return;
+        };
+        let exchange = Exchange {
+            request: RequestParts {
+                method: capture.method,
+                path: capture.path,
+                query: capture.query,
+                headers: capture.request_headers,
+                body: capture.request_body.into_bytes(),
+            },
+            response: ResponseParts {
+                status,
+                headers: response_headers,
+                body: capture.response_body.and_then(BodyCapture::into_bytes),
+            },
+        };
+        let mut doc = exchange.into_document(self.limits.max_decoded_bytes);
+        for (side, reason) in &doc.skipped {
+            tracing::debug!(side, %reason, "body not captured");
+        }
+        for m in self.rules.evaluate(&capture.candidates, &mut doc.value) {
+            match self.dispatcher.enqueue(&m.event) {
+                Ok(deliveries) => {
+                    tracing::debug!(event = %m.event.id, topic = %m.event.topic, rule = %m.rule.name,
+                    deliveries = deliveries.len(), "event stored")
+                }
+                Err(e) => tracing::error!(topic = %m.event.topic, rule = %m.rule.name, error = %e,
+                    "cannot store event; the request was proxied but this event is lost"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        if let Some(candidates) = self.rules.candidates(&req.method, req.uri.path()) {
+            ctx.capture = Some(Box::new(Capture {
+                candidates,
+                method: req.method.to_string(),
+                path: req.uri.path().to_owned(),
+                query: req.uri.query().map(str::to_owned),
+                request_headers: req.headers.clone(),
+                request_body: BodyCapture::new(self.limits.max_capture_bytes),
+                response: None,
+                response_body: None,
+                upstream_done: false,
+            }));
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Called once per upstream attempt; pingora re-sends the body on a retry.
+        if let Some(c) = ctx.capture.as_mut() {
+            c.request_body.reset();
+        }
+        Ok(Box::new(HttpPeer::new(
+            self.upstream.addr,
+            self.upstream.tls,
+            self.upstream.sni.clone(),
+        )))
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(c), Some(chunk)) = (ctx.capture.as_mut(), body.as_ref()) {
+            c.request_body.push(chunk);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(c) = ctx.capture.as_mut() else {
+            return Ok(());
+        };
+        let status = response.status.as_u16();
+        if status < 200 {
+            // 1xx (e.g. 100 Continue) is not the final answer.
+            return Ok(());
+        }
+        if self.rules.wants_response(&c.candidates, status) {
+            c.response = Some((status, response.headers.clone()));
+            c.response_body = Some(BodyCapture::new(self.limits.max_capture_bytes));
+        } else {
+            // No rule can match this status: stop copying.
+            ctx.capture = None;
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(c) = ctx.capture.as_mut() {
+            if let (Some(copy), Some(chunk)) = (c.response_body.as_mut(), body.as_ref()) {
+                copy.push(chunk);
+            }
+            c.upstream_done |= end_of_stream;
+        }
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        // Store before the last byte reaches the client: once the client has the whole answer,
+        // its event is in the store.
+        if end_of_stream && ctx.capture.as_ref().is_some_and(|c| c.response.is_some()) {
+            if let Some(c) = ctx.capture.take() {
+                self.commit(c);
+            }
+        }
+        Ok(None)
+    }
+
+    async fn logging(&self, _session: &mut Session, error: Option<&pingora::Error>, ctx: &mut Ctx) {
+        // The response ended without a final body chunk passing response_body_filter (no body,
+        // or the client went away after the app had answered in full): the app did act, so the
+        // event is still derived.
+        if let Some(c) = ctx.capture.take() {
+            if c.response.is_some() && (c.upstream_done || error.is_none()) {
+                self.commit(c);
+            }
+        }
+    }
+}

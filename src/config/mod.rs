@@ -296,6 +296,7 @@ impl Config {
         let mut rules = RuleSet::default();
         let mut tests = Vec::new();
         let mut test_topics = Vec::new();
+        let mut rules_failed = false;
         for file in &rule_files {
             let text = match std::fs::read_to_string(file) {
                 Ok(t) => t,
@@ -322,6 +323,7 @@ impl Config {
             };
             for rule in raw.rule {
                 if let Err(errors) = rules.add(rule) {
+                    rules_failed = true;
                     for SpanError { span, message } in errors {
                         fr.at(span, message);
                     }
@@ -347,7 +349,8 @@ impl Config {
                 }
             }
         }
-        for (file, text, topic) in test_topics {
+        // A rule that failed to compile has no topic; do not report its tests a second time.
+        for (file, text, topic) in test_topics.into_iter().filter(|_| !rules_failed) {
             if !rules
                 .rules()
                 .iter()

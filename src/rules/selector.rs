@@ -17,7 +17,7 @@ impl Selector {
             return Err(format!("JSONPath `{source}` must start with `$`"));
         }
         let query =
-            parse_json_path(source).map_err(|e| format!("invalid JSONPath `{source}`: {e}"))?;
+            parse_json_path(source).map_err(|e| describe_parse_error(source, &e.to_string()))?;
         Ok(Self {
             source: source.to_owned(),
             query,
@@ -41,6 +41,27 @@ impl Selector {
     }
 }
 
+/// The parser's multi-line report, folded into one line with a hint for the common mistake.
+fn describe_parse_error(source: &str, report: &str) -> String {
+    let at = report
+        .split_once("--> ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|pos| pos.rsplit_once(':'))
+        .map(|(_, col)| format!(" at character {col}"))
+        .unwrap_or_default();
+    let expected = report
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("= "))
+        .unwrap_or("syntax error");
+    let hint = if source.contains('-') {
+        "; names with `-` need brackets: `$.request.headers['user-agent']`"
+    } else {
+        ""
+    };
+    format!("invalid JSONPath `{source}`{at}: {expected}{hint}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +80,11 @@ mod tests {
     fn rejects_invalid_paths() {
         assert!(Selector::parse("a.b").is_err());
         assert!(Selector::parse("$.a[").is_err());
+        let e = Selector::parse("$.headers.user-agent").unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.contains("at character 15") && e.contains("['user-agent']"),
+            "{e}"
+        );
     }
 }

@@ -82,6 +82,9 @@ impl Dispatcher {
         webhooks: Vec<(WebhookRecord, WebhookConfig)>,
         config: DeliveryConfig,
     ) -> Result<Self, DeliveryError> {
+        // pingora already links rustls with ring; use the same provider rather than a second one.
+        // Installing fails only when a provider is already installed, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .user_agent(crate::USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())

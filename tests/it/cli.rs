@@ -1,0 +1,203 @@
+//! `hooktap check` and `hooktap test` as an operator runs them: exit codes and messages that
+//! name the file, the line and what is wrong.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::common::*;
+
+const CONFIG: &str = r#"rules = ["rules/*.toml"]
+
+[proxy]
+listen = "127.0.0.1:18080"
+upstream = "127.0.0.1:18000"
+
+[[webhook]]
+name = "crm"
+url = "http://127.0.0.1:9000/hooks"
+secret = "s"
+topics = ["order.*"]
+"#;
+
+const GOOD_RULE: &str = r#"[[rule]]
+name = "order created"
+topic = "order.created"
+method = "POST"
+path = "/orders"
+status = [201]
+"#;
+
+fn run(dir: &Path, command: &str) -> Output {
+    Command::new(hooktap_bin())
+        .args([command, "-c"])
+        .arg(dir.join("hooktap.toml"))
+        .output()
+        .expect("run hooktap")
+}
+
+/// A config directory with hooktap.toml and one rule file.
+fn project(config: &str, rules: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("rules")).expect("mkdir");
+    std::fs::write(dir.path().join("hooktap.toml"), config).expect("write");
+    std::fs::write(dir.path().join("rules/shop.toml"), rules).expect("write");
+    dir
+}
+
+/// Runs `check` and returns stderr, asserting it failed.
+fn check_fails(config: &str, rules: &str) -> String {
+    let dir = project(config, rules);
+    let out = run(dir.path(), "check");
+    assert!(!out.status.success(), "check should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_says(stderr: &str, place: &str, words: &str) {
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(place) && l.contains(words)),
+        "expected a line with `{place}` and `{words}` in:\n{stderr}"
+    );
+}
+
+#[test]
+fn check_accepts_the_example_and_summarises_it() {
+    let out = Command::new(hooktap_bin())
+        .args(["check", "-c"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooktap.toml"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK — 10 rules in 1 files"), "{stdout}");
+    assert!(
+        stdout.contains("topic order.created: order created"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("webhook crm -> http://127.0.0.1:9000/hooks [order.*]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_file_line_and_problem() {
+    // Unknown key in a rule.
+    let e = check_fails(CONFIG, &format!("{GOOD_RULE}colour = \"red\"\n"));
+    assert_says(&e, "rules/shop.toml:7:1", "unknown field `colour`");
+    // Bad JSONPath in a payload field.
+    let e = check_fails(
+        CONFIG,
+        &format!("{GOOD_RULE}[rule.payload]\nid = \"$.response.body[\"\n"),
+    );
+    assert_says(&e, "rules/shop.toml:8:6", "invalid JSONPath");
+    // Bad regex in `when`.
+    let e = check_fails(
+        CONFIG,
+        &format!("{GOOD_RULE}when = [{{ path = \"$.a\", matches = \"(\" }}]\n"),
+    );
+    assert_says(&e, "rules/shop.toml:7:9", "invalid regex");
+    // Bad path template.
+    let e = check_fails(
+        CONFIG,
+        &GOOD_RULE.replace("path = \"/orders\"", "path = \"/orders/{id\""),
+    );
+    assert_says(&e, "rules/shop.toml:5:8", "unclosed `{`");
+    // A test expecting a topic no rule produces.
+    let test = "[[test]]\nname = \"t\"\nrequest = { method = \"POST\", path = \"/orders\" }\nresponse = { status = 201 }\nexpect = { topic = \"order.lost\" }\n";
+    let e = check_fails(CONFIG, &format!("{GOOD_RULE}\n{test}"));
+    assert_says(
+        &e,
+        "rules/shop.toml:12:20",
+        "topic `order.lost`, which no rule produces",
+    );
+    // Duplicate rule names.
+    let e = check_fails(CONFIG, &format!("{GOOD_RULE}\n{GOOD_RULE}"));
+    assert_says(
+        &e,
+        "rules/shop.toml:9:8",
+        "duplicate rule name `order created`",
+    );
+    // Malformed TOML.
+    let e = check_fails(CONFIG, "[[rule]\nname = 1\n");
+    assert_says(&e, "rules/shop.toml:1:", "");
+    // A webhook without URL, and one with a bad retry schedule: both reported at once.
+    let config = CONFIG.replace(
+        "url = \"http://127.0.0.1:9000/hooks\"\n",
+        "retry = \"5s,soon\"\n",
+    );
+    let e = check_fails(&config, GOOD_RULE);
+    assert_says(&e, "hooktap.toml:8:8", "webhook `crm` has no `url`");
+    assert_says(&e, "hooktap.toml:9:9", "retry delay `soon`");
+    // An invalid URL and an unknown key in hooktap.toml.
+    let config = CONFIG
+        .replace("http://127.0.0.1:9000/hooks", "ftp://x/")
+        .replace("[proxy]\n", "[proxy]\nlisten_on = 1\n");
+    let e = check_fails(&config, GOOD_RULE);
+    assert_says(&e, "hooktap.toml:4:1", "unknown field `listen_on`");
+    // A rules glob that matches nothing.
+    let e = check_fails(&CONFIG.replace("rules/*.toml", "rulez/*.toml"), GOOD_RULE);
+    assert_says(&e, "hooktap.toml:1:10", "matches no rule file");
+}
+
+#[test]
+fn invalid_url_is_reported_with_its_line() {
+    let config = CONFIG.replace("http://127.0.0.1:9000/hooks", "ftp://x/");
+    let e = check_fails(&config, GOOD_RULE);
+    assert_says(&e, "hooktap.toml:9:7", "must be an http:// or https:// URL");
+}
+
+#[test]
+fn test_command_passes_the_example_rules() {
+    let out = Command::new(hooktap_bin())
+        .args(["test", "-c"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooktap.toml"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "9 passed, 0 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok   a new order becomes order.created (")
+            && stdout.contains("ticket-shop.toml:"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn test_command_reports_a_failing_test_and_exits_non_zero() {
+    let rules = format!(
+        "{GOOD_RULE}[rule.payload]\nid = \"$.response.body.id\"\n\n\
+         [[test]]\nname = \"passes\"\nrequest = {{ method = \"POST\", path = \"/orders\" }}\nresponse = {{ status = 201, body = {{ id = 7 }} }}\nexpect = {{ topic = \"order.created\", payload = {{ id = 7 }} }}\n\n\
+         [[test]]\nname = \"wrong id\"\nrequest = {{ method = \"POST\", path = \"/orders\" }}\nresponse = {{ status = 201, body = {{ id = 8 }} }}\nexpect = {{ topic = \"order.created\", payload = {{ id = 7 }} }}\n\n\
+         [[test]]\nname = \"should not match\"\nrequest = {{ method = \"POST\", path = \"/orders\" }}\nresponse = {{ status = 201 }}\nexpect = {{ none = true }}\n"
+    );
+    let dir = project(CONFIG, &rules);
+    let out = run(dir.path(), "test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ok   passes"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL wrong id (")
+            && stdout.contains(
+                "expected order.created with payload {\"id\":7}, got order.created {\"id\":8}"
+            ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL should not match") && stdout.contains("expected no event"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l == "1 passed, 2 failed"),
+        "{stdout}"
+    );
+}

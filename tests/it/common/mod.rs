@@ -1,0 +1,471 @@
+//! Real servers on loopback for the integration tests: the host app ([`TestUpstream`]), a
+//! webhook receiver ([`TestReceiver`]) and the hooktap binary itself ([`TestProxy`]).
+//! Every server listens on a port the OS picked; every file lives in a temp directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post};
+use serde_json::{Value, json};
+
+/// Binds a listener on 127.0.0.1 port 0 and serves `app` on it in the background.
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    addr
+}
+
+/// A port that was free a moment ago (the proxy needs an address before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A small ticket shop: the host application hooktap stands in front of.
+#[derive(Clone, Default)]
+pub struct TestUpstream {
+    next_id: Arc<AtomicU64>,
+    /// How many 2xx answers the app gave to POST /orders: its own record of what happened.
+    pub orders_created: Arc<AtomicU64>,
+}
+
+pub const BIG_BODY_LEN: usize = 2 * 1024 * 1024;
+
+/// The deterministic 2 MB body of GET /big.
+pub fn big_body() -> Vec<u8> {
+    (0..BIG_BODY_LEN).map(|i| (i % 251) as u8).collect()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).expect("gzip to Vec");
+    enc.finish().expect("gzip finish")
+}
+
+impl TestUpstream {
+    pub async fn start() -> (Self, SocketAddr) {
+        let app = Self::default();
+        let router = Router::new()
+            .route(
+                "/orders",
+                post(create_order).get(|| async { axum::Json(json!([])) }),
+            )
+            .route(
+                "/orders/{id}",
+                patch(update_order)
+                    .put(update_order)
+                    .delete(|| async { StatusCode::NO_CONTENT }),
+            )
+            .route("/orders/{id}/refund", post(refund))
+            .route("/scans", post(scan))
+            .route("/orders/{id}/tickets/{*file}", get(tickets))
+            .route("/big", get(big).post(echo))
+            .route("/echo", post(echo))
+            .route("/headers", get(many_headers))
+            .with_state(app.clone());
+        let addr = serve(router).await;
+        (app, addr)
+    }
+}
+
+/// POST /orders: 201 with the new order, or 422 when the body asks to fail.
+/// `?gzip=1` answers gzip-encoded; `?status=pending` makes an order that is not yet `new`.
+async fn create_order(
+    State(app): State<TestUpstream>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if req.get("fail").is_some() {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"error": "sold out"})),
+        )
+            .into_response();
+    }
+    let id = app.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+    let status = q.get("status").map_or("new", String::as_str);
+    let order = json!({"id": id, "status": status, "total": 45.5, "email": req.get("email")});
+    app.orders_created.fetch_add(1, Ordering::SeqCst);
+    let body = serde_json::to_vec(&order).expect("json");
+    let mut builder = Response::builder()
+        .status(StatusCode::CREATED)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::LOCATION, format!("/orders/{id}"));
+    let body = if q.contains_key("gzip") {
+        builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        gzip(&body)
+    } else {
+        body
+    };
+    builder.body(Body::from(body)).expect("response")
+}
+
+async fn update_order(UrlPath(id): UrlPath<String>, body: Bytes) -> Response {
+    let mut order: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    order["id"] = json!(id);
+    axum::Json(order).into_response()
+}
+
+async fn refund(UrlPath(_id): UrlPath<String>) -> Response {
+    axum::Json(json!({"status": "refunded", "amount": 45.5})).into_response()
+}
+
+/// POST /scans with a form body `ticket=...&gate=...`.
+async fn scan(body: Bytes) -> Response {
+    let form: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    if form.get("ticket").is_some_and(|t| t.starts_with("USED")) {
+        return (
+            StatusCode::CONFLICT,
+            axum::Json(json!({"result": "already_used"})),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::CREATED,
+        axum::Json(json!({"result": "valid", "scanned_at": "2026-06-01T19:00:00Z"})),
+    )
+        .into_response()
+}
+
+async fn tickets() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/pdf")],
+        "%PDF-1.7 tickets",
+    )
+        .into_response()
+}
+
+/// GET /big: 2 MB in 64 KiB chunks, streamed (no Content-Length).
+async fn big() -> Response {
+    let chunks: Vec<Result<Bytes, std::io::Error>> = big_body()
+        .chunks(64 * 1024)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    Body::from_stream(futures_util::stream::iter(chunks)).into_response()
+}
+
+async fn echo(headers: HeaderMap, body: Bytes) -> Response {
+    let ct = headers.get(header::CONTENT_TYPE).cloned();
+    let mut r = body.into_response();
+    if let Some(ct) = ct {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
+}
+
+async fn many_headers() -> Response {
+    Response::builder()
+        .status(StatusCode::IM_A_TEAPOT)
+        .header("x-custom", "one")
+        .header(header::SET_COOKIE, "a=1")
+        .header(header::SET_COOKIE, "b=2")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from("short and stout"))
+        .expect("response")
+}
+
+/// One webhook request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+}
+
+/// A webhook receiver that records every request and answers with a settable status.
+#[derive(Clone)]
+pub struct TestReceiver {
+    pub addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+impl TestReceiver {
+    pub async fn start(status: u16) -> Self {
+        Self::start_at("127.0.0.1:0", status).await
+    }
+
+    /// Listens on a given address (to bring a receiver back on the same port after an outage).
+    pub async fn start_at(addr: &str, status: u16) -> Self {
+        let status = Arc::new(AtomicU16::new(status));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (s, r) = (status.clone(), received.clone());
+        let app = Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let (s, r) = (s.clone(), r.clone());
+                async move {
+                    r.lock().expect("lock").push(Received {
+                        path: uri.path().to_owned(),
+                        headers,
+                        body,
+                    });
+                    let code = s.load(Ordering::SeqCst);
+                    let mut resp = StatusCode::from_u16(code).expect("status").into_response();
+                    if (300..400).contains(&code) {
+                        resp.headers_mut()
+                            .insert(header::LOCATION, "/elsewhere".parse().expect("header"));
+                    }
+                    resp
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind receiver");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        Self {
+            addr,
+            status,
+            received,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hooks", self.addr)
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// Waits until at least `n` requests arrived (failing the test after `within`).
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + within;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "receiver got {} of {n} webhooks within {within:?}: {got:#?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The hooktap binary, running with a config written to a temp directory.
+pub struct TestProxy {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+/// The rule files of this repository: the tests run the shipped example rules.
+pub fn example_rules() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/ticket-shop.toml")
+}
+
+pub fn hooktap_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hooktap")
+}
+
+/// What a test wants in hooktap.toml beyond the proxy section.
+pub struct Setup<'a> {
+    pub upstream: SocketAddr,
+    pub webhooks: Vec<(String, String)>,
+    /// Extra rule files (their TOML text), added to the example rules.
+    pub extra_rules: Vec<&'a str>,
+    /// Extra lines for `[proxy]`.
+    pub proxy_extra: &'a str,
+}
+
+impl<'a> Setup<'a> {
+    pub fn new(upstream: SocketAddr) -> Self {
+        Self {
+            upstream,
+            webhooks: Vec::new(),
+            extra_rules: Vec::new(),
+            proxy_extra: "",
+        }
+    }
+
+    /// A webhook named `name` for `receiver` with `extra` TOML lines (topics default to all).
+    pub fn webhook(mut self, name: &str, receiver: &TestReceiver, extra: &str) -> Self {
+        let topics = if extra.contains("topics") {
+            ""
+        } else {
+            "topics = [\"*\"]\n"
+        };
+        self.webhooks.push((
+            name.to_owned(),
+            format!("[[webhook]]\nname = \"{name}\"\nurl = \"{}\"\nsecret = \"secret-{name}\"\n{topics}{extra}\n", receiver.url()),
+        ));
+        self
+    }
+
+    pub fn rules(mut self, toml: &'a str) -> Self {
+        self.extra_rules.push(toml);
+        self
+    }
+
+    pub fn proxy(mut self, extra: &'a str) -> Self {
+        self.proxy_extra = extra;
+        self
+    }
+
+    /// Writes the config into a new temp directory.
+    pub fn write(&self) -> (tempfile::TempDir, PathBuf, SocketAddr) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut rules = vec![example_rules().display().to_string()];
+        for (i, text) in self.extra_rules.iter().enumerate() {
+            let p = dir.path().join(format!("extra-{i}.toml"));
+            std::fs::write(&p, text).expect("write rules");
+            rules.push(p.display().to_string());
+        }
+        let rules: Vec<String> = rules.iter().map(|r| format!("{r:?}")).collect();
+        let webhooks: String = self.webhooks.iter().map(|(_, w)| w.as_str()).collect();
+        let config = format!(
+            "rules = [{}]\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n{}\n\n[store]\npath = \"data\"\n\n[delivery]\nsource = \"https://shop.test/\"\n\n{webhooks}",
+            rules.join(", "),
+            self.upstream,
+            self.proxy_extra,
+        );
+        let path = dir.path().join("hooktap.toml");
+        std::fs::write(&path, config).expect("write config");
+        (dir, path, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+}
+
+impl TestProxy {
+    pub async fn start(setup: &Setup<'_>) -> Self {
+        let (dir, config, addr) = setup.write();
+        let mut proxy = Self {
+            dir,
+            config,
+            addr,
+            child: None,
+        };
+        proxy.spawn().await;
+        proxy
+    }
+
+    /// Starts (or restarts) the binary and waits until it accepts connections.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("hooktap.log"))
+            .expect("log file");
+        let child = Command::new(hooktap_bin())
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("HOOKTAP_LOG", "info,hooktap=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn hooktap");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "hooktap did not start listening; log:\n{}",
+                self.log()
+            );
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("hooktap exited with {status}; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hooktap.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+            let exit = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .expect("join")
+                .expect("wait");
+            assert!(
+                exit.success(),
+                "hooktap exited with {exit} after SIGTERM; log:\n{}",
+                self.log()
+            );
+        }
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// base64(HMAC-SHA256(secret, body)), computed independently of hooktap's code.
+pub fn expected_signature(secret: &str, body: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// A plain HTTP client for talking to the proxy and the upstream.
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}

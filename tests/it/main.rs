@@ -1,0 +1,13 @@
+//! Integration tests: one binary, real servers on loopback, the real hooktap binary.
+//!
+//! - `common`: the test upstream (a ticket shop), receiver and proxy harness.
+//! - `passthrough`: the app's traffic is unchanged by the proxy.
+//! - `pipeline`: rules → stored event → signed webhook, one test per rule feature.
+//! - `delivery`: retries, restarts and failure outcomes.
+//! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
+
+mod cli;
+mod common;
+mod delivery;
+mod passthrough;
+mod pipeline;

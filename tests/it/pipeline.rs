@@ -1,0 +1,253 @@
+//! Rules → stored event → signed webhook, through the real proxy, one test per rule feature.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Long enough for an event that was (wrongly) derived to reach the receiver.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_new_order_is_delivered_signed_with_every_header() {
+    let (app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy =
+        TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "topics = [\"order.*\"]"))
+            .await;
+    let r = client()
+        .post(proxy.url("/orders"))
+        .json(&json!({"email": "a@example.com", "event_id": 3, "tickets": 2}))
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), 201);
+    let got = receiver.wait_for(1, WAIT).await;
+    let hook = &got[0];
+    assert_eq!(
+        hook.json(),
+        json!({"id": 1, "status": "new", "email": "a@example.com", "event_id": 3, "tickets": 2, "total": 45.5, "location": "1"})
+    );
+    assert_eq!(hook.header("content-type"), "application/json");
+    assert_eq!(
+        hook.header("user-agent"),
+        format!("hooktap/{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(hook.header("x-hooktap-webhook-topic"), "order.created");
+    assert_eq!(hook.header("x-hooktap-webhook-resource"), "order");
+    assert_eq!(hook.header("x-hooktap-webhook-event"), "created");
+    assert_eq!(
+        hook.header("x-hooktap-webhook-source"),
+        "https://shop.test/"
+    );
+    assert_eq!(
+        hook.header("x-hooktap-webhook-id").len(),
+        36,
+        "webhook id is a UUID"
+    );
+    assert_eq!(
+        hook.header("x-hooktap-webhook-delivery-id").len(),
+        36,
+        "delivery id is a UUID"
+    );
+    assert_eq!(
+        hook.header("x-hooktap-webhook-signature"),
+        expected_signature("secret-crm", &hook.body)
+    );
+    assert_eq!(
+        app.orders_created.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_status_or_when_that_does_not_match_produces_nothing() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy = TestProxy::start(&Setup::new(upstream).webhook("all", &receiver, "")).await;
+    let c = client();
+    // 422: the status does not match `status = [201]`.
+    let r = c
+        .post(proxy.url("/orders"))
+        .json(&json!({"fail": true}))
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), 422);
+    // 201 but `status = "pending"`: the `when` does not hold.
+    let r = c
+        .post(proxy.url("/orders?status=pending"))
+        .json(&json!({"email": "p@example.com"}))
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), 201);
+    // A GET on the same path matches no rule's method.
+    assert_eq!(
+        c.get(proxy.url("/orders"))
+            .send()
+            .await
+            .expect("proxied")
+            .status(),
+        200
+    );
+    // The one that matches.
+    c.post(proxy.url("/orders"))
+        .json(&json!({"email": "ok@example.com"}))
+        .send()
+        .await
+        .expect("proxied");
+    receiver.wait_for(1, WAIT).await;
+    settle().await;
+    let got = receiver.received();
+    assert_eq!(
+        got.len(),
+        1,
+        "only the matching exchange becomes a webhook: {got:#?}"
+    );
+    assert_eq!(got[0].json()["email"], "ok@example.com");
+}
+
+#[tokio::test]
+async fn path_parameters_form_bodies_and_catch_all_routes() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy = TestProxy::start(&Setup::new(upstream).webhook("all", &receiver, "")).await;
+    let c = client();
+    c.patch(proxy.url("/orders/42"))
+        .json(&json!({"tickets": 3}))
+        .send()
+        .await
+        .expect("proxied");
+    c.post(proxy.url("/scans"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("ticket=T-100&gate=north")
+        .send()
+        .await
+        .expect("proxied");
+    c.get(proxy.url("/orders/42/tickets/2026/all.pdf"))
+        .header("user-agent", "scanner/1")
+        .send()
+        .await
+        .expect("proxied");
+    let got = receiver.wait_for(3, WAIT).await;
+    let by_topic = |t: &str| {
+        got.iter()
+            .find(|r| r.header("x-hooktap-webhook-topic") == t)
+            .unwrap_or_else(|| panic!("no {t} webhook in {got:#?}"))
+            .json()
+    };
+    assert_eq!(
+        by_topic("order.updated"),
+        json!({"id": "42", "changes": {"tickets": 3}, "order": {"id": "42", "tickets": 3}})
+    );
+    let scan = by_topic("scan.created");
+    assert_eq!(
+        (scan["ticket"].as_str(), scan["gate"].as_str()),
+        (Some("T-100"), Some("north"))
+    );
+    let download = by_topic("download.tickets");
+    assert_eq!(download["order"], "42");
+    assert_eq!(download["file"], "2026/all.pdf");
+    assert_eq!(download["user_agent"], "scanner/1");
+}
+
+#[tokio::test]
+async fn several_rules_can_match_one_exchange_and_webhooks_filter_by_topic() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let orders = TestReceiver::start(200).await;
+    let audit = TestReceiver::start(200).await;
+    let rules = r#"
+[[rule]]
+name = "audit every order"
+topic = "audit.order"
+method = "POST"
+path = "/orders"
+status = ["2xx", "4xx"]
+payload = "$.request.body"
+"#;
+    let setup = Setup::new(upstream)
+        .webhook("orders", &orders, "topics = [\"order.*\"]")
+        .webhook("audit", &audit, "topics = [\"audit.*\"]")
+        .rules(rules);
+    let proxy = TestProxy::start(&setup).await;
+    let c = client();
+    c.post(proxy.url("/orders"))
+        .json(&json!({"email": "two@example.com"}))
+        .send()
+        .await
+        .expect("proxied");
+    c.post(proxy.url("/orders"))
+        .json(&json!({"fail": true}))
+        .send()
+        .await
+        .expect("proxied");
+    let got = audit.wait_for(2, WAIT).await;
+    assert!(
+        got.iter()
+            .all(|r| r.header("x-hooktap-webhook-topic") == "audit.order")
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|r| r.json() == json!({"fail": true}))
+            .count(),
+        1
+    );
+    let got = orders.wait_for(1, WAIT).await;
+    settle().await;
+    assert_eq!(orders.received().len(), 1, "the 422 is no order.created");
+    assert_eq!(got[0].header("x-hooktap-webhook-topic"), "order.created");
+    assert_eq!(got[0].json()["email"], "two@example.com");
+}
+
+#[tokio::test]
+async fn required_fields_query_strings_and_text_bodies() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let rules = r#"
+[[rule]]
+name = "echo with token"
+topic = "echo.received"
+method = "POST"
+path = "/echo"
+required = ["token"]
+[rule.payload]
+token = "$.request.body.token"
+page = "$.request.query.page"
+text = "$.response.body"
+"#;
+    let setup = Setup::new(upstream)
+        .webhook("all", &receiver, "")
+        .rules(rules);
+    let proxy = TestProxy::start(&setup).await;
+    let c = client();
+    let r = c
+        .post(proxy.url("/echo"))
+        .json(&json!({"no_token": 1}))
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), 200);
+    c.post(proxy.url("/echo?page=2"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("token=abc")
+        .send()
+        .await
+        .expect("proxied");
+    let got = receiver.wait_for(1, WAIT).await;
+    settle().await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "without the required token there is no event"
+    );
+    assert_eq!(
+        got[0].json(),
+        json!({"token": "abc", "page": "2", "text": {"token": "abc"}})
+    );
+}

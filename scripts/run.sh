@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 config="${1:-hooktap.toml}"
-cargo build --release --locked 2>/dev/null || cargo build --release
+cargo build --release --locked
 target/release/hooktap check -c "$config"
 exec target/release/hooktap run -c "$config"

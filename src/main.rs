@@ -60,7 +60,15 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
-    Config::load(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))
+    Config::load(&cli.config).map_err(|e| {
+        let n = e.0.len();
+        let problems = if n == 1 {
+            "1 problem".to_owned()
+        } else {
+            format!("{n} problems")
+        };
+        anyhow::anyhow!("{problems} in the configuration:\n{e}")
+    })
 }
 
 fn check(config: &Config) {
@@ -71,18 +79,12 @@ fn check(config: &Config) {
             .or_default()
             .push(&rule.name);
     }
-    let routes: std::collections::BTreeSet<&str> = config
-        .rules
-        .rules()
-        .iter()
-        .map(|r| r.path.as_str())
-        .collect();
     println!(
         "{}: OK — {} rules in {} files, {} routes, {} tests, {} webhooks",
         config.file.display(),
         config.rules.rules().len(),
         config.rule_files.len(),
-        routes.len(),
+        config.rules.route_count(),
         config.tests.len(),
         config.webhooks.len()
     );

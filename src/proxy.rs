@@ -189,6 +189,28 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A response without a body never reaches response_body_filter: store its event now,
+        // before the headers (its last bytes) go to the client.
+        let bodyless = session.req_header().method == http::Method::HEAD
+            || matches!(response.status.as_u16(), 204 | 304)
+            || response
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() == b"0");
+        if bodyless && ctx.capture.as_ref().is_some_and(|c| c.response.is_some()) {
+            if let Some(c) = ctx.capture.take() {
+                self.commit(c);
+            }
+        }
+        Ok(())
+    }
+
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,

@@ -92,7 +92,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     server.add_service(proxy_service);
     server.add_service(background_service("delivery", DeliveryService(dispatcher)));
 
-    tracing::info!(listen = %p.listen, upstream = %p.upstream, rules = config.rule_files.len(), webhooks = config.webhooks.len(), "hooktap started");
+    tracing::info!(listen = %p.listen, upstream = %p.upstream, rule_files = config.rule_files.len(), webhooks = config.webhooks.len(), "hooktap started");
     server.run(RunArgs::default());
     if let Err(e) = store.flush() {
         tracing::error!(error = %e, "cannot flush the store on shutdown; the last events may be lost");

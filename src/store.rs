@@ -92,23 +92,28 @@ fn queued_delivery(k: &[u8]) -> Option<(u64, Uuid)> {
 
 /// Creates the directory readable by its owner only: it holds payloads and the delivery log.
 fn create_private_dir(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StoreError::CreateDir {
+        path: path.display().to_string(),
+        source,
+    };
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|source| StoreError::CreateDir {
-            path: path.display().to_string(),
-            source,
-        })
+        .map_err(err)?;
+    // An existing directory keeps its mode under `create`: tighten it as well.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
 }
 
 impl Store {
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         create_private_dir(&config.path)?;
+        // In every-event mode events are flushed explicitly; the background flush still runs so
+        // that delivery outcomes reach the disk too.
         let flush_every_ms = match config.flush {
             FlushMode::Interval(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
-            FlushMode::EveryEvent => None,
+            FlushMode::EveryEvent => Some(500),
         };
         let db = sled::Config::new()
             .path(&config.path)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// pretix's and Stripe's shape: about three days of retries with growing gaps.
+/// pretix's and Stripe's shape: eleven retries with growing gaps, about two and a half days.
 pub const DEFAULT_SCHEDULE: &str = "5s,30s,1m,5m,20m,1h,4h,6h,12h,12h,24h";
 
 /// Parses `"5s,30s,1m"` (with units) or `"1,2,4"` (bare numbers are minutes, as in the Fast

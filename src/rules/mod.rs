@@ -298,6 +298,11 @@ impl RuleSet {
         Ok(())
     }
 
+    /// How many distinct routes the router holds.
+    pub fn route_count(&self) -> usize {
+        self.router.route_count()
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

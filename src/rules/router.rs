@@ -102,6 +102,11 @@ impl Router {
         Ok(())
     }
 
+    /// How many distinct routes (templates up to parameter names) the rules use.
+    pub fn route_count(&self) -> usize {
+        self.routes.len()
+    }
+
     /// The rules that could match; `None` (the common case) costs one tree lookup and nothing else.
     pub fn candidates(&self, method: &http::Method, path: &str) -> Option<Candidates> {
         let found = self.tree.at(path).ok()?;

@@ -194,7 +194,6 @@ fn contains(actual: &Value, want: &Value) -> bool {
         (Value::Object(a), Value::Object(w)) => w
             .iter()
             .all(|(k, wv)| a.get(k).is_some_and(|av| contains(av, wv))),
-        (Value::Number(a), Value::Number(w)) => a.as_f64() == w.as_f64(),
-        _ => actual == want,
+        _ => super::when::same(actual, want),
     }
 }

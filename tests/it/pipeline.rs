@@ -251,3 +251,19 @@ text = "$.response.body"
         json!({"token": "abc", "page": "2", "text": {"token": "abc"}})
     );
 }
+
+#[tokio::test]
+async fn a_bodyless_204_answer_is_an_event() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy = TestProxy::start(&Setup::new(upstream).webhook("all", &receiver, "")).await;
+    let r = client()
+        .delete(proxy.url("/orders/9"))
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), 204);
+    let got = receiver.wait_for(1, WAIT).await;
+    assert_eq!(got[0].header("x-hooktap-webhook-topic"), "order.deleted");
+    assert_eq!(got[0].json(), json!({"id": "9"}));
+}

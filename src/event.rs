@@ -92,11 +92,17 @@ pub struct Delivery {
     pub id: Uuid,
     pub event_id: Uuid,
     pub webhook_id: Uuid,
+    pub topic: String,
     pub state: DeliveryState,
     /// Attempts made so far.
     pub attempts: u32,
     /// When the next attempt is due, in Unix milliseconds; meaningful while `Pending`.
     pub due_ms: u64,
+    /// Its place in the webhook's queue: the due time, except for ordered webhooks, where it
+    /// stays the creation time so that a retried delivery keeps its place at the head.
+    pub queue_ms: u64,
+    /// The last attempt's summary, e.g. `HTTP 500 Internal Server Error: oops`.
+    pub last_summary: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -104,24 +110,29 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A delivery of `event` to `webhook_id`, due at once.
-    pub fn new(event: &Event, webhook_id: Uuid) -> Self {
+    /// A delivery of `event` to `webhook_id`, due after `delay` (0 for realtime webhooks).
+    pub fn new(event: &Event, webhook_id: Uuid, delay_ms: u64) -> Self {
+        let due_ms = unix_ms(event.created_at).saturating_add(delay_ms);
         Self {
             id: Uuid::now_v7(),
             event_id: event.id,
             webhook_id,
+            topic: event.topic.clone(),
             state: DeliveryState::Pending,
             attempts: 0,
-            due_ms: unix_ms(event.created_at),
+            due_ms,
+            queue_ms: due_ms,
+            last_summary: None,
             created_at: event.created_at,
             updated_at: event.created_at,
         }
     }
 }
 
-/// One HTTP attempt of a delivery, as the delivery log shows it.
+/// One HTTP attempt of a delivery, with the fields WooCommerce's delivery log shows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
+    pub id: Uuid,
     pub delivery_id: Uuid,
     pub webhook_id: Uuid,
     /// 1 for the first attempt.
@@ -129,12 +140,21 @@ pub struct Attempt {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     pub duration_ms: u64,
-    pub url: String,
-    /// The response status, absent when no response arrived.
-    pub response_code: Option<u16>,
-    /// A short human summary: `HTTP 200 OK` or the transport error.
+    /// `HTTP 200 OK: ok`, or the transport error.
     pub summary: String,
     pub success: bool,
+    pub request_method: String,
+    /// Credentials masked.
+    pub request_url: String,
+    /// Credentials masked.
+    pub request_headers: Vec<(String, String)>,
+    pub request_body: String,
+    /// Absent when no response arrived.
+    pub response_code: Option<u16>,
+    pub response_message: String,
+    pub response_headers: Vec<(String, String)>,
+    /// Truncated to a few KiB.
+    pub response_body: String,
 }
 
 /// Milliseconds since the Unix epoch; times before 1970 clamp to 0.

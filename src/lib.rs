@@ -19,7 +19,8 @@
 //! - [`event`]: the types handed between rules, store and delivery.
 //! - [`proxy`]: the pingora glue; fails open.
 //! - [`store`]: sled key layout and the atomic operations on it.
-//! - [`delivery`]: the delivery loop, signing, retry schedule.
+//! - [`webhook`]: webhook subscriptions: spec, stored record, status, counters.
+//! - [`delivery`]: the delivery loop, signing profiles, retry schedule, SSRF guard.
 //! - [`server`]: wires the above into one pingora server with graceful shutdown.
 
 pub mod capture;
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod webhook;
 
 /// The `User-Agent` hooktap sends with every webhook.
 pub const USER_AGENT: &str = concat!("hooktap/", env!("CARGO_PKG_VERSION"));

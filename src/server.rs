@@ -23,12 +23,17 @@ pub enum ServerError {
     Delivery(#[from] DeliveryError),
 }
 
-struct DeliveryService(Arc<Dispatcher>);
+struct DeliveryService {
+    dispatcher: Arc<Dispatcher>,
+    retention: std::time::Duration,
+}
 
 #[async_trait]
 impl BackgroundService for DeliveryService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        Arc::clone(&self.0).run(shutdown).await;
+        Arc::clone(&self.dispatcher)
+            .run(self.retention, shutdown)
+            .await;
     }
 }
 
@@ -39,13 +44,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         source,
     };
     let store = Arc::new(Store::open(&config.store).map_err(store_err)?);
-    let records = store.upsert_webhooks(&config.webhooks).map_err(store_err)?;
+    let synced = store
+        .sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace)
+        .map_err(store_err)?;
+    for (name, dropped) in synced.removed {
+        tracing::warn!(webhook = %name, dropped, "webhook removed from the config: deleted with its pending deliveries");
+    }
     let dispatcher = Arc::new(Dispatcher::new(
         Arc::clone(&store),
-        records
-            .into_iter()
-            .zip(config.webhooks.iter().cloned())
-            .collect(),
+        synced.webhooks,
         config.delivery.clone(),
     )?);
 
@@ -90,7 +97,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hooktap proxy");
     proxy_service.add_tcp(&p.listen.to_string());
     server.add_service(proxy_service);
-    server.add_service(background_service("delivery", DeliveryService(dispatcher)));
+    server.add_service(background_service(
+        "delivery",
+        DeliveryService {
+            dispatcher,
+            retention: config.store.retention,
+        },
+    ));
 
     tracing::info!(listen = %p.listen, upstream = %p.upstream, rule_files = config.rule_files.len(), webhooks = config.webhooks.len(), "hooktap started");
     server.run(RunArgs::default());

@@ -1,15 +1,18 @@
-//! The durable store: events, deliveries, the delivery queue and the attempt log, in sled.
+//! The durable store: events, deliveries, the delivery queue, the attempt log and webhooks, in sled.
 //!
 //! All records live in one sled tree under one-byte prefixes, so that an event and all of its
-//! deliveries are written in one atomic batch (sled batches are atomic within a tree):
+//! deliveries, or an attempt and the state it leads to, are written in one atomic batch (sled
+//! batches are atomic within a tree):
 //!
 //! | key | value |
 //! |---|---|
 //! | `e` event id | [`Event`] (JSON) |
 //! | `d` delivery id | [`Delivery`] (JSON) |
-//! | `q` webhook id, due ms (big-endian u64), delivery id | empty: the queue |
+//! | `q` webhook id, queue ms (big-endian u64), delivery id | empty: the queue |
+//! | `x` webhook id, delivery id | empty: a webhook's deliveries, in time order |
+//! | `v` event id, delivery id | empty: an event's deliveries |
 //! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`] (JSON) |
-//! | `w` webhook id | [`WebhookRecord`] (JSON) |
+//! | `w` webhook id | [`Webhook`] (JSON) |
 //! | `n` webhook name | webhook id |
 //!
 //! Ids are UUIDv7 and numbers big-endian, so byte order is time order: "what is due for this
@@ -18,13 +21,14 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::config::{FlushMode, StoreConfig, WebhookConfig};
+use crate::config::{FlushMode, StoreConfig};
 use crate::event::{Attempt, Delivery, DeliveryState, Event};
+use crate::webhook::{Origin, Webhook, WebhookSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,19 +41,6 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
-}
-
-/// What the store keeps about a webhook between runs: its stable id and when it appeared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WebhookRecord {
-    pub id: Uuid,
-    pub name: String,
-    pub url: String,
-    pub topics: Vec<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
 }
 
 pub struct Store {
@@ -73,7 +64,7 @@ fn queue_key(d: &Delivery) -> Vec<u8> {
         b'q',
         &[
             d.webhook_id.as_bytes(),
-            &d.due_ms.to_be_bytes(),
+            &d.queue_ms.to_be_bytes(),
             d.id.as_bytes(),
         ],
     )
@@ -83,14 +74,13 @@ fn attempt_key(delivery: Uuid, number: u32) -> Vec<u8> {
     key(b'a', &[delivery.as_bytes(), &number.to_be_bytes()])
 }
 
-/// The delivery id at the end of a queue key.
-fn queued_delivery(k: &[u8]) -> Option<(u64, Uuid)> {
-    let due = u64::from_be_bytes(k.get(17..25)?.try_into().ok()?);
-    let id = Uuid::from_slice(k.get(25..41)?).ok()?;
-    Some((due, id))
+/// The id at the end of a key (every index key ends with the 16-byte id it points to).
+fn trailing_id(k: &[u8]) -> Option<Uuid> {
+    Uuid::from_slice(k.get(k.len().checked_sub(16)?..)?).ok()
 }
 
-/// Creates the directory readable by its owner only: it holds payloads and the delivery log.
+/// Creates the directory readable by its owner only: it holds payloads, secrets and the
+/// delivery log.
 fn create_private_dir(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let err = |source| StoreError::CreateDir {
@@ -104,6 +94,23 @@ fn create_private_dir(path: &Path) -> Result<(), StoreError> {
         .map_err(err)?;
     // An existing directory keeps its mode under `create`: tighten it as well.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// The outcome of applying hooktap.toml's webhooks.
+#[derive(Debug)]
+pub struct Synced {
+    /// Every stored webhook, from the file or the API.
+    pub webhooks: Vec<Webhook>,
+    /// Config-declared webhooks no longer in the file: name and pending deliveries dropped.
+    pub removed: Vec<(String, usize)>,
+}
+
+/// What a retention sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub events: usize,
+    pub deliveries: usize,
+    pub attempts: usize,
 }
 
 impl Store {
@@ -126,53 +133,118 @@ impl Store {
         })
     }
 
-    /// Gives every configured webhook its stable id (kept across restarts, matched by name).
-    pub fn upsert_webhooks(
-        &self,
-        configs: &[WebhookConfig],
-    ) -> Result<Vec<WebhookRecord>, StoreError> {
-        let now = OffsetDateTime::now_utc();
-        let mut out = Vec::with_capacity(configs.len());
-        for c in configs {
-            let existing = match self.db.get(key(b'n', &[c.name.as_bytes()]))? {
-                Some(id) => match self.db.get(key(b'w', &[&id]))? {
-                    Some(v) => Some(serde_json::from_slice::<WebhookRecord>(&v)?),
-                    None => None,
-                },
-                None => None,
-            };
-            let url = c.url.to_string();
-            let record = match existing {
-                Some(r) if r.url == url && r.topics == c.topics => r,
-                Some(r) => WebhookRecord {
-                    url,
-                    topics: c.topics.clone(),
-                    updated_at: now,
-                    ..r
-                },
-                None => WebhookRecord {
-                    id: Uuid::now_v7(),
-                    name: c.name.clone(),
-                    url,
-                    topics: c.topics.clone(),
-                    created_at: now,
-                    updated_at: now,
-                },
-            };
-            let mut batch = sled::Batch::default();
-            batch.insert(
-                key(b'w', &[record.id.as_bytes()]),
-                serde_json::to_vec(&record)?,
-            );
-            batch.insert(
-                key(b'n', &[c.name.as_bytes()]),
-                record.id.as_bytes().as_slice(),
-            );
-            self.db.apply_batch(batch)?;
-            out.push(record);
+    fn get<T: serde::de::DeserializeOwned>(&self, k: Vec<u8>) -> Result<Option<T>, StoreError> {
+        match self.db.get(k)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
         }
-        Ok(out)
     }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, prefix: Vec<u8>) -> Result<Vec<T>, StoreError> {
+        self.db
+            .scan_prefix(prefix)
+            .map(|entry| Ok(serde_json::from_slice(&entry?.1)?))
+            .collect()
+    }
+
+    // --- webhooks ---------------------------------------------------------------------------
+
+    pub fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        self.scan(vec![b'w'])
+    }
+
+    pub fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+        self.get(key(b'w', &[id.as_bytes()]))
+    }
+
+    pub fn webhook_by_name(&self, name: &str) -> Result<Option<Webhook>, StoreError> {
+        match self.db.get(key(b'n', &[name.as_bytes()]))? {
+            Some(id) => match Uuid::from_slice(&id) {
+                Ok(id) => self.webhook(id),
+                Err(_) => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_webhook(&self, w: &Webhook) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        if let Some(old) = self.webhook(w.id)? {
+            if old.spec.name != w.spec.name {
+                batch.remove(key(b'n', &[old.spec.name.as_bytes()]));
+            }
+        }
+        batch.insert(key(b'w', &[w.id.as_bytes()]), serde_json::to_vec(w)?);
+        batch.insert(
+            key(b'n', &[w.spec.name.as_bytes()]),
+            w.id.as_bytes().as_slice(),
+        );
+        self.db.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Applies hooktap.toml's webhooks: each is created or updated by name (keeping its id,
+    /// status and counters); config-declared webhooks no longer in the file are deleted.
+    pub fn sync_webhooks(
+        &self,
+        specs: &[WebhookSpec],
+        grace: Duration,
+    ) -> Result<Synced, StoreError> {
+        for spec in specs {
+            let webhook = match self.webhook_by_name(&spec.name)? {
+                Some(mut w) => {
+                    w.origin = Origin::Config;
+                    w.update(spec.clone(), grace);
+                    w
+                }
+                None => Webhook::new(spec.clone(), Origin::Config),
+            };
+            self.put_webhook(&webhook)?;
+        }
+        let mut removed = Vec::new();
+        for w in self.webhooks()? {
+            if w.origin == Origin::Config && !specs.iter().any(|s| s.name == w.spec.name) {
+                removed.push((w.spec.name.clone(), self.delete_webhook(w.id)?));
+            }
+        }
+        Ok(Synced {
+            webhooks: self.webhooks()?,
+            removed,
+        })
+    }
+
+    /// Deletes a webhook with all its deliveries and attempts; returns how many deliveries
+    /// were still pending (dropped unsent).
+    pub fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut pending = 0;
+        for entry in self.db.scan_prefix(key(b'x', &[id.as_bytes()])) {
+            let (k, _) = entry?;
+            batch.remove(k.clone());
+            let Some(delivery_id) = trailing_id(&k) else {
+                continue;
+            };
+            if let Some(d) = self.delivery(delivery_id)? {
+                if d.state == DeliveryState::Pending {
+                    pending += 1;
+                    batch.remove(queue_key(&d));
+                }
+                batch.remove(key(b'v', &[d.event_id.as_bytes(), d.id.as_bytes()]));
+                batch.remove(key(b'd', &[d.id.as_bytes()]));
+            }
+            for a in self.db.scan_prefix(key(b'a', &[delivery_id.as_bytes()])) {
+                batch.remove(a?.0);
+            }
+        }
+        if let Some(w) = self.webhook(id)? {
+            batch.remove(key(b'n', &[w.spec.name.as_bytes()]));
+        }
+        batch.remove(key(b'w', &[id.as_bytes()]));
+        self.db.apply_batch(batch)?;
+        Ok(pending)
+    }
+
+    // --- events and deliveries --------------------------------------------------------------
 
     /// Stores an event and its deliveries atomically (and durably, in `every-event` mode).
     pub fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
@@ -185,6 +257,14 @@ impl Store {
             for d in deliveries {
                 batch.insert(key(b'd', &[d.id.as_bytes()]), serde_json::to_vec(d)?);
                 batch.insert(queue_key(d), &[] as &[u8]);
+                batch.insert(
+                    key(b'x', &[d.webhook_id.as_bytes(), d.id.as_bytes()]),
+                    &[] as &[u8],
+                );
+                batch.insert(
+                    key(b'v', &[event.id.as_bytes(), d.id.as_bytes()]),
+                    &[] as &[u8],
+                );
             }
             self.db.apply_batch(batch)?;
             if self.flush == FlushMode::EveryEvent {
@@ -203,19 +283,22 @@ impl Store {
         self.failed_appends.load(Ordering::Relaxed)
     }
 
-    /// Up to `limit` deliveries of `webhook` due at `now_ms`, oldest due first, leaving out
-    /// those `skip` names (deliveries already in flight).
-    pub fn due(
+    /// Up to `limit` queued deliveries of `webhook` whose queue time is at most `until_ms`,
+    /// in queue order, leaving out those `skip` names (deliveries already in flight).
+    pub fn queued(
         &self,
         webhook: Uuid,
-        now_ms: u64,
+        until_ms: u64,
         limit: usize,
         skip: impl Fn(&Uuid) -> bool,
     ) -> Result<Vec<Delivery>, StoreError> {
         let start = key(b'q', &[webhook.as_bytes()]);
         let end = key(
             b'q',
-            &[webhook.as_bytes(), &now_ms.saturating_add(1).to_be_bytes()],
+            &[
+                webhook.as_bytes(),
+                &until_ms.saturating_add(1).to_be_bytes(),
+            ],
         );
         let mut out = Vec::new();
         for entry in self.db.range(start..end) {
@@ -223,9 +306,7 @@ impl Store {
                 break;
             }
             let (k, _) = entry?;
-            let Some((_, id)) = queued_delivery(&k) else {
-                continue;
-            };
+            let Some(id) = trailing_id(&k) else { continue };
             if skip(&id) {
                 continue;
             }
@@ -236,25 +317,28 @@ impl Store {
         Ok(out)
     }
 
-    /// When the earliest queued delivery of `webhook` not named by `skip` is due.
-    pub fn next_due(
+    /// The queue time of the first queued delivery of `webhook` not named by `skip`.
+    pub fn next_queued(
         &self,
         webhook: Uuid,
         skip: impl Fn(&Uuid) -> bool,
     ) -> Result<Option<u64>, StoreError> {
         for entry in self.db.scan_prefix(key(b'q', &[webhook.as_bytes()])) {
             let (k, _) = entry?;
-            if let Some((due, id)) = queued_delivery(&k) {
-                if !skip(&id) {
-                    return Ok(Some(due));
-                }
+            let Some(id) = trailing_id(&k) else { continue };
+            if !skip(&id) {
+                let ms = k
+                    .get(17..25)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                return Ok(ms);
             }
         }
         Ok(None)
     }
 
-    /// Number of deliveries queued for `webhook` (pending, due now or later).
-    pub fn queued(&self, webhook: Uuid) -> usize {
+    /// How many deliveries are queued for `webhook`.
+    pub fn queue_len(&self, webhook: Uuid) -> usize {
         self.db
             .scan_prefix(key(b'q', &[webhook.as_bytes()]))
             .count()
@@ -268,60 +352,130 @@ impl Store {
         self.get(key(b'd', &[id.as_bytes()]))
     }
 
-    fn get<T: serde::de::DeserializeOwned>(&self, k: Vec<u8>) -> Result<Option<T>, StoreError> {
-        match self.db.get(k)? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
-            None => Ok(None),
-        }
-    }
-
     /// Every event, oldest first.
     pub fn events(&self) -> Result<Vec<Event>, StoreError> {
-        self.db
-            .scan_prefix([b'e'])
-            .map(|entry| Ok(serde_json::from_slice(&entry?.1)?))
-            .collect()
+        self.scan(vec![b'e'])
     }
 
-    /// Every delivery, oldest first.
-    pub fn deliveries(&self) -> Result<Vec<Delivery>, StoreError> {
-        self.db
-            .scan_prefix([b'd'])
-            .map(|entry| Ok(serde_json::from_slice(&entry?.1)?))
-            .collect()
+    /// A webhook's deliveries, newest first, at most `limit`.
+    pub fn deliveries_of(&self, webhook: Uuid, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.db.scan_prefix(key(b'x', &[webhook.as_bytes()])).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = entry?;
+            if let Some(d) = trailing_id(&k)
+                .map(|id| self.delivery(id))
+                .transpose()?
+                .flatten()
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 
     /// The attempts of one delivery, first attempt first.
     pub fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
-        self.db
-            .scan_prefix(key(b'a', &[delivery.as_bytes()]))
-            .map(|entry| Ok(serde_json::from_slice(&entry?.1)?))
-            .collect()
+        self.scan(key(b'a', &[delivery.as_bytes()]))
     }
 
-    /// Records an attempt and the delivery's new state in one batch: the old queue entry goes,
-    /// a new one is added if the delivery is still pending.
-    pub fn record_attempt(
+    /// Records attempts and the new states of their deliveries in one batch, together with the
+    /// webhook's updated record (counters, status): the old queue entries go, new ones are added
+    /// for deliveries still pending.
+    pub fn record_attempts(
         &self,
-        before: &Delivery,
-        after: &Delivery,
-        attempt: &Attempt,
+        changes: &[(&Delivery, Delivery, Attempt)],
+        webhook: &Webhook,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        batch.remove(queue_key(before));
-        if after.state == DeliveryState::Pending {
-            batch.insert(queue_key(after), &[] as &[u8]);
+        for (before, after, attempt) in changes {
+            batch.remove(queue_key(before));
+            if after.state == DeliveryState::Pending {
+                batch.insert(queue_key(after), &[] as &[u8]);
+            }
+            batch.insert(
+                key(b'd', &[after.id.as_bytes()]),
+                serde_json::to_vec(after)?,
+            );
+            batch.insert(
+                attempt_key(attempt.delivery_id, attempt.number),
+                serde_json::to_vec(attempt)?,
+            );
         }
         batch.insert(
-            key(b'd', &[after.id.as_bytes()]),
-            serde_json::to_vec(after)?,
-        );
-        batch.insert(
-            attempt_key(attempt.delivery_id, attempt.number),
-            serde_json::to_vec(attempt)?,
+            key(b'w', &[webhook.id.as_bytes()]),
+            serde_json::to_vec(webhook)?,
         );
         self.db.apply_batch(batch)?;
         Ok(())
+    }
+
+    /// Puts a finished delivery back in the queue, due at once (a redelivery keeps its id).
+    pub fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
+        let mut batch = sled::Batch::default();
+        if delivery.state == DeliveryState::Pending {
+            batch.remove(queue_key(delivery));
+        }
+        let mut d = delivery.clone();
+        d.state = DeliveryState::Pending;
+        d.due_ms = now_ms;
+        d.queue_ms = now_ms;
+        d.updated_at = OffsetDateTime::now_utc();
+        batch.insert(queue_key(&d), &[] as &[u8]);
+        batch.insert(key(b'd', &[d.id.as_bytes()]), serde_json::to_vec(&d)?);
+        self.db.apply_batch(batch)?;
+        Ok(d)
+    }
+
+    /// Removes every event created before `cutoff` none of whose deliveries is still pending,
+    /// with its deliveries and their attempts. Events are scanned oldest first, so the sweep
+    /// stops at the first event younger than the cutoff.
+    pub fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
+        let mut swept = Swept::default();
+        for entry in self.db.scan_prefix([b'e']) {
+            let (k, v) = entry?;
+            let event: Event = serde_json::from_slice(&v)?;
+            if event.created_at >= cutoff {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            let mut this = Swept {
+                events: 1,
+                ..Swept::default()
+            };
+            let mut pending = false;
+            for index in self.db.scan_prefix(key(b'v', &[event.id.as_bytes()])) {
+                let (ik, _) = index?;
+                let Some(delivery_id) = trailing_id(&ik) else {
+                    continue;
+                };
+                if let Some(d) = self.delivery(delivery_id)? {
+                    if d.state == DeliveryState::Pending {
+                        pending = true;
+                        break;
+                    }
+                    batch.remove(key(b'd', &[d.id.as_bytes()]));
+                    batch.remove(key(b'x', &[d.webhook_id.as_bytes(), d.id.as_bytes()]));
+                    this.deliveries += 1;
+                }
+                for a in self.db.scan_prefix(key(b'a', &[delivery_id.as_bytes()])) {
+                    batch.remove(a?.0);
+                    this.attempts += 1;
+                }
+                batch.remove(ik);
+            }
+            if pending {
+                continue;
+            }
+            batch.remove(k);
+            self.db.apply_batch(batch)?;
+            swept.events += this.events;
+            swept.deliveries += this.deliveries;
+            swept.attempts += this.attempts;
+        }
+        Ok(swept)
     }
 
     /// Writes everything buffered to disk (called on shutdown and in tests).

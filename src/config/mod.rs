@@ -12,12 +12,15 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
 use toml::Spanned;
 
 use crate::delivery::retry;
+use crate::delivery::ssrf::Guard;
 use crate::rules::test::RuleTest;
 use crate::rules::{RuleSet, SpanError};
+use crate::webhook::{
+    BatchOrder, DEFAULT_HEADER_PREFIX, Mode, Profile, WebhookSpec, WebhookStatus,
+};
 use raw::{RawConfig, RawRuleFile, RawWebhook};
 
 /// One problem in one file, with its place when known.
@@ -78,30 +81,23 @@ pub struct ProxyConfig {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub flush: FlushMode,
+    /// How long finished events, deliveries and attempts are kept.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     pub source: String,
+    /// Default per-request timeout of webhooks that set none.
     pub timeout: Duration,
+    /// Deliveries in flight at once, over all webhooks.
     pub concurrency: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    pub name: String,
-    pub url: reqwest::Url,
-    pub secret: String,
-    pub topics: Vec<String>,
-    pub topic_set: GlobSet,
-    pub retry: Vec<Duration>,
-    pub concurrency: usize,
-}
-
-impl WebhookConfig {
-    pub fn subscribes_to(&self, topic: &str) -> bool {
-        self.topic_set.is_match(topic)
-    }
+    /// Reject plain http:// webhook URLs.
+    pub https_only: bool,
+    /// Which destination addresses deliveries may reach.
+    pub guard: Guard,
+    /// How long a replaced webhook secret keeps being used for a second signature.
+    pub secret_rotation_grace: Duration,
 }
 
 /// A loaded, validated configuration.
@@ -111,7 +107,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
-    pub webhooks: Vec<WebhookConfig>,
+    pub webhooks: Vec<WebhookSpec>,
     pub rules: RuleSet,
     pub tests: Vec<RuleTest>,
     pub rule_files: Vec<PathBuf>,
@@ -236,7 +232,22 @@ impl Config {
                     FlushMode::EveryEvent
                 }
             },
+            retention: duration(
+                &mut r,
+                raw.store.retention,
+                "retention",
+                Duration::from_secs(30 * 24 * 3600),
+            ),
         };
+        let mut allow = Vec::new();
+        for n in &raw.delivery.allow_networks {
+            match Guard::new(std::slice::from_ref(n.get_ref())) {
+                Ok(_) => allow.push(n.get_ref().clone()),
+                Err(m) => r.at(n.span(), format!("allow_networks: {m}")),
+            }
+        }
+        // Every entry was checked one by one above, so this only fails if one was rejected.
+        let guard = Guard::new(&allow).unwrap_or_default();
         let delivery = DeliveryConfig {
             source: raw
                 .delivery
@@ -249,11 +260,19 @@ impl Config {
                 Duration::from_secs(10),
             ),
             concurrency: positive(&mut r, raw.delivery.concurrency, "concurrency", 64),
+            https_only: raw.delivery.https_only,
+            guard,
+            secret_rotation_grace: duration(
+                &mut r,
+                raw.delivery.secret_rotation_grace,
+                "secret_rotation_grace",
+                Duration::from_secs(24 * 3600),
+            ),
         };
-        let mut webhooks: Vec<WebhookConfig> = Vec::new();
+        let mut webhooks: Vec<WebhookSpec> = Vec::new();
         for w in raw.webhook {
             let name_span = w.name.span();
-            if let Some(w) = compile_webhook(&mut r, w) {
+            if let Some(w) = compile_webhook(&mut r, w, &delivery) {
                 if webhooks.iter().any(|o| o.name == w.name) {
                     r.at(name_span, format!("duplicate webhook name `{}`", w.name));
                 } else {
@@ -458,7 +477,11 @@ fn compile_proxy(r: &mut Reporter, p: raw::RawProxy) -> ProxyConfig {
     }
 }
 
-fn compile_webhook(r: &mut Reporter, w: RawWebhook) -> Option<WebhookConfig> {
+fn compile_webhook(
+    r: &mut Reporter,
+    w: RawWebhook,
+    delivery: &DeliveryConfig,
+) -> Option<WebhookSpec> {
     let name = w.name.get_ref().trim().to_owned();
     let name_span = w.name.span();
     if name.is_empty() {
@@ -469,27 +492,9 @@ fn compile_webhook(r: &mut Reporter, w: RawWebhook) -> Option<WebhookConfig> {
             r.at(name_span.clone(), format!("webhook `{name}` has no `url`"));
             None
         }
-        Some(u) => {
-            match reqwest::Url::parse(u.get_ref()) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                    Some(url)
-                }
-                Ok(_) => {
-                    r.at(u.span(), format!("webhook `{name}`: url `{}` must be an http:// or https:// URL with a host", u.get_ref()));
-                    None
-                }
-                Err(e) => {
-                    r.at(
-                        u.span(),
-                        format!(
-                            "webhook `{name}`: url `{}` is not a valid URL: {e}",
-                            u.get_ref()
-                        ),
-                    );
-                    None
-                }
-            }
-        }
+        Some(u) => crate::webhook::check_url(u.get_ref(), delivery.https_only, &delivery.guard)
+            .map_err(|m| r.at(u.span(), format!("webhook `{name}`: {m}")))
+            .ok(),
     };
     let secret = match (w.secret, w.secret_env) {
         (Some(s), None) if !s.get_ref().is_empty() => Some(s.into_inner()),
@@ -528,41 +533,21 @@ fn compile_webhook(r: &mut Reporter, w: RawWebhook) -> Option<WebhookConfig> {
             None
         }
     };
-    let (topics, topic_set) = match w.topics {
+    let topics = match w.topics {
         None => {
             r.at(
-                name_span,
+                name_span.clone(),
                 format!("webhook `{name}` needs `topics`, such as [\"order.*\"]"),
             );
-            (Vec::new(), None)
+            None
         }
         Some(t) => {
             let span = t.span();
             let topics = t.into_inner();
-            let mut set = GlobSetBuilder::new();
-            let mut ok = !topics.is_empty();
-            if topics.is_empty() {
-                r.at(
-                    span.clone(),
-                    format!("webhook `{name}`: `topics` must list at least one pattern"),
-                );
-            }
-            for t in &topics {
-                match Glob::new(t) {
-                    Ok(g) => {
-                        set.add(g);
-                    }
-                    Err(e) => {
-                        ok = false;
-                        r.at(
-                            span.clone(),
-                            format!("webhook `{name}`: topic pattern `{t}` is invalid: {e}"),
-                        );
-                    }
-                }
-            }
-            let set = if ok { set.build().ok() } else { None };
-            (topics, set)
+            crate::webhook::compile_topics(&topics)
+                .map_err(|m| r.at(span, format!("webhook `{name}`: {m}")))
+                .ok()
+                .map(|_| topics)
         }
     };
     let retry = match &w.retry {
@@ -571,14 +556,101 @@ fn compile_webhook(r: &mut Reporter, w: RawWebhook) -> Option<WebhookConfig> {
             .map_err(|m| r.at(s.span(), format!("webhook `{name}`: {m}")))
             .ok(),
     };
+    let mut parsed = |v: Option<Spanned<String>>, parse: fn(&str) -> Result<_, String>| match v {
+        None => Some(None),
+        Some(s) => parse(s.get_ref())
+            .map_err(|m| r.at(s.span(), format!("webhook `{name}`: {m}")))
+            .ok()
+            .map(Some),
+    };
+    let status = parsed(w.status, WebhookStatus::parse);
+    let signature = match w.signature {
+        None => Some(Profile::Hooktap),
+        Some(s) => Profile::parse(s.get_ref())
+            .map_err(|m| r.at(s.span(), format!("webhook `{name}`: {m}")))
+            .ok(),
+    };
+    let header_prefix = match w.header_prefix {
+        None => Some(DEFAULT_HEADER_PREFIX.to_owned()),
+        Some(p) => {
+            let valid = !p.get_ref().is_empty()
+                && http::HeaderName::from_bytes(format!("{}Id", p.get_ref()).as_bytes()).is_ok();
+            if !valid {
+                r.at(
+                    p.span(),
+                    format!(
+                        "webhook `{name}`: header_prefix `{}` does not make valid header names",
+                        p.get_ref()
+                    ),
+                );
+            }
+            valid.then(|| p.into_inner())
+        }
+    };
+    let timeout = duration(r, w.timeout, "timeout", delivery.timeout);
+    let mode = match w.mode.as_ref().map(|m| m.get_ref().as_str()) {
+        None | Some("realtime") => {
+            if let Some(b) = w
+                .batch_interval
+                .as_ref()
+                .map(Spanned::span)
+                .or(w.batch_max.as_ref().map(Spanned::span))
+            {
+                r.at(
+                    b,
+                    format!("webhook `{name}`: batch_interval and batch_max need mode = \"batch\""),
+                );
+            }
+            Some(Mode::Realtime)
+        }
+        Some("batch") => {
+            let order = match w.batch_order {
+                None => Some(BatchOrder::Chronological),
+                Some(o) if o.get_ref() == "chronological" => Some(BatchOrder::Chronological),
+                Some(o) if o.get_ref() == "reverse" => Some(BatchOrder::Reverse),
+                Some(o) => {
+                    r.at(o.span(), format!("webhook `{name}`: batch_order `{}` must be \"chronological\" or \"reverse\"", o.get_ref()));
+                    None
+                }
+            };
+            if let Some(o) = w.ordered.as_ref().filter(|o| *o.get_ref()) {
+                r.at(o.span(), format!("webhook `{name}`: `ordered` cannot be combined with batch mode, which already sends one batch at a time"));
+            }
+            Some(Mode::Batch {
+                interval: duration(
+                    r,
+                    w.batch_interval,
+                    "batch_interval",
+                    Duration::from_secs(60),
+                ),
+                max: positive(r, w.batch_max, "batch_max", 100),
+                order: order?,
+            })
+        }
+        Some(other) => {
+            if let Some(m) = &w.mode {
+                r.at(
+                    m.span(),
+                    format!("webhook `{name}`: mode `{other}` must be \"realtime\" or \"batch\""),
+                );
+            }
+            None
+        }
+    };
     let concurrency = positive(r, w.concurrency, "concurrency", 8);
-    Some(WebhookConfig {
+    Some(WebhookSpec {
         name,
         url: url?,
         secret: secret?,
-        topics,
-        topic_set: topic_set?,
+        topics: topics?,
+        status: status?,
         retry: retry?,
+        failure_threshold: w.failure_threshold.unwrap_or(5),
+        timeout,
+        signature: signature?,
+        header_prefix: header_prefix?,
+        mode: mode?,
+        ordered: w.ordered.is_some_and(|o| o.into_inner()),
         concurrency,
     })
 }

@@ -45,6 +45,7 @@ pub struct RawProxy {
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub path: Option<Spanned<String>>,
+    pub retention: Option<Spanned<String>>,
     pub flush: Option<Spanned<String>>,
     pub flush_interval: Option<Spanned<String>>,
 }
@@ -55,6 +56,11 @@ pub struct RawDelivery {
     pub source: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub https_only: bool,
+    #[serde(default)]
+    pub allow_networks: Vec<Spanned<String>>,
+    pub secret_rotation_grace: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +73,16 @@ pub struct RawWebhook {
     pub topics: Option<Spanned<Vec<String>>>,
     pub retry: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<usize>>,
+    pub status: Option<Spanned<String>>,
+    pub failure_threshold: Option<u32>,
+    pub timeout: Option<Spanned<String>>,
+    pub signature: Option<Spanned<String>>,
+    pub header_prefix: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub batch_interval: Option<Spanned<String>>,
+    pub batch_max: Option<Spanned<usize>>,
+    pub batch_order: Option<Spanned<String>>,
+    pub ordered: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,64 +1,119 @@
-//! Delivery: from stored event to signed POST, with retries.
+//! Delivery: from stored event to signed POST, with retries, states and modes.
 //!
 //! The [`Dispatcher`] owns both ends of the queue. [`Dispatcher::enqueue`] is called on the
-//! proxy path: it creates one [`Delivery`] per subscribed webhook, appends event and deliveries
-//! to the store in one batch and wakes the loop — no network I/O. [`Dispatcher::run`] is the
-//! loop: it reads what is due per webhook from the store, sends within a global and a
-//! per-webhook concurrency limit (a slow endpoint fills its own slots, not everyone's), and
-//! records each attempt, rescheduling failures along the webhook's retry schedule.
+//! proxy path: it creates one [`Delivery`] per webhook that accepts the topic, appends event and
+//! deliveries to the store in one batch and wakes the loop — no network I/O. [`Dispatcher::run`]
+//! is the loop: per active webhook it reads what is due from the store and sends it within a
+//! global and a per-webhook concurrency limit (a slow endpoint fills its own slots, not
+//! everyone's), then records each attempt together with the delivery's next state and the
+//! webhook's counters, in one store batch.
 //!
-//! Delivery is at-least-once: the queue entry is removed only when the attempt is recorded, so
-//! a crash mid-send means the delivery is sent again after restart, with the same delivery id.
+//! Delivery is at-least-once: a queue entry is removed only when its attempt is recorded, so a
+//! crash mid-send means the delivery is sent again after restart, with the same delivery id.
+//!
+//! - [`send`]: one request: building, signing, sending, reading the answer.
+//! - [`sign`]: the signing profiles.
+//! - [`retry`]: the retry schedule, jitter and `Retry-After`.
+//! - [`ssrf`]: which destinations deliveries may reach.
+//! - [`manage`]: operations on webhooks and deliveries (pause, delete, redeliver, ...).
 
+pub mod manage;
 pub mod retry;
+pub mod send;
 pub mod sign;
+pub mod ssrf;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use globset::GlobSet;
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use uuid::Uuid;
 
-use crate::config::{DeliveryConfig, WebhookConfig};
-use crate::event::{Attempt, Delivery, DeliveryState, Event, unix_ms};
-use crate::store::{Store, StoreError, WebhookRecord};
+use crate::config::DeliveryConfig;
+use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
+use crate::store::{Store, StoreError};
+use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus, compile_topics};
+use send::{Answer, Outgoing};
 
-/// A webhook as the dispatcher runs it: stable id, configuration, and its own slots.
+/// The topic of the operational event emitted when a webhook becomes disabled.
+pub const WEBHOOK_DISABLED_TOPIC: &str = "hooktap.webhook.disabled";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A webhook as the dispatcher runs it: its record, compiled topics, slots and sends in flight.
 pub struct Target {
     pub id: Uuid,
-    pub config: WebhookConfig,
+    /// The record (status, counters); locked while an attempt's outcome is recorded, so the
+    /// record is written by one outcome at a time.
+    state: Mutex<Webhook>,
+    topics: RwLock<GlobSet>,
     slots: Arc<Semaphore>,
     /// Deliveries being sent right now; their queue entries stay until the attempt is recorded.
     in_flight: Mutex<HashSet<Uuid>>,
 }
 
 impl Target {
-    fn is_in_flight(&self, id: &Uuid) -> bool {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(id)
+    fn new(webhook: Webhook) -> Result<Self, String> {
+        let topics = compile_topics(&webhook.spec.topics)?;
+        // Ordered and batch webhooks have one request in flight at a time.
+        let slots = match (webhook.spec.ordered, webhook.spec.mode) {
+            (false, Mode::Realtime) => webhook.spec.concurrency,
+            _ => 1,
+        };
+        Ok(Self {
+            id: webhook.id,
+            state: Mutex::new(webhook),
+            topics: RwLock::new(topics),
+            slots: Arc::new(Semaphore::new(slots)),
+            in_flight: Mutex::default(),
+        })
     }
 
-    fn set_in_flight(&self, id: Uuid, on: bool) {
-        let mut set = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if on {
-            set.insert(id);
-        } else {
-            set.remove(&id);
+    /// A copy of the current record.
+    pub fn webhook(&self) -> Webhook {
+        lock(&self.state).clone()
+    }
+
+    /// Whether a new event of `topic` gets a delivery to this webhook.
+    fn accepts(&self, topic: &str) -> bool {
+        lock(&self.state).status != WebhookStatus::Disabled
+            && self
+                .topics
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_match(topic)
+    }
+
+    fn is_in_flight(&self, id: &Uuid) -> bool {
+        lock(&self.in_flight).contains(id)
+    }
+
+    fn any_in_flight(&self) -> bool {
+        !lock(&self.in_flight).is_empty()
+    }
+
+    fn set_in_flight(&self, ids: impl IntoIterator<Item = Uuid>, on: bool) {
+        let mut set = lock(&self.in_flight);
+        for id in ids {
+            if on {
+                set.insert(id);
+            } else {
+                set.remove(&id);
+            }
         }
     }
 }
 
 pub struct Dispatcher {
     store: Arc<Store>,
-    targets: Vec<Arc<Target>>,
+    targets: RwLock<Vec<Arc<Target>>>,
     config: DeliveryConfig,
     client: reqwest::Client,
     global: Arc<Semaphore>,
@@ -67,19 +122,24 @@ pub struct Dispatcher {
 
 /// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
 const IDLE: Duration = Duration::from_secs(30);
-/// How much of a receiver's answer is read (and, later, kept).
-const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// How often old events, deliveries and attempts are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("webhook `{name}`: {message}")]
+    Webhook { name: String, message: String },
 }
+
+/// Slots held by one send; released when it finishes.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 impl Dispatcher {
     pub fn new(
         store: Arc<Store>,
-        webhooks: Vec<(WebhookRecord, WebhookConfig)>,
+        webhooks: Vec<Webhook>,
         config: DeliveryConfig,
     ) -> Result<Self, DeliveryError> {
         // pingora already links rustls with ring; use the same provider rather than a second one.
@@ -88,23 +148,24 @@ impl Dispatcher {
         let client = reqwest::Client::builder()
             .user_agent(crate::USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
-            .timeout(config.timeout)
+            .https_only(config.https_only)
+            .dns_resolver(config.guard.resolver())
+            // Through a proxy only the proxy's name would be resolved here, unchecked.
+            .no_proxy()
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
         let targets = webhooks
             .into_iter()
-            .map(|(record, config)| {
-                Arc::new(Target {
-                    id: record.id,
-                    slots: Arc::new(Semaphore::new(config.concurrency)),
-                    config,
-                    in_flight: Mutex::default(),
-                })
+            .map(|w| {
+                let name = w.spec.name.clone();
+                Target::new(w)
+                    .map(Arc::new)
+                    .map_err(|message| DeliveryError::Webhook { name, message })
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             store,
-            targets,
+            targets: RwLock::new(targets),
             global: Arc::new(Semaphore::new(config.concurrency)),
             config,
             client,
@@ -112,18 +173,37 @@ impl Dispatcher {
         })
     }
 
-    pub fn targets(&self) -> &[Arc<Target>] {
-        &self.targets
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
     }
 
-    /// Stores `event` with one delivery per subscribed webhook and wakes the loop.
+    fn targets(&self) -> Vec<Arc<Target>> {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn target(&self, id: Uuid) -> Option<Arc<Target>> {
+        self.targets().into_iter().find(|t| t.id == id)
+    }
+
+    /// Stores `event` with one delivery per webhook that accepts its topic and wakes the loop.
     /// Called on the proxy path: no network I/O, one store batch.
     pub fn enqueue(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
         let deliveries: Vec<Delivery> = self
-            .targets
+            .targets()
             .iter()
-            .filter(|t| t.config.subscribes_to(&event.topic))
-            .map(|t| Delivery::new(event, t.id))
+            .filter(|t| t.accepts(&event.topic))
+            .map(|t| {
+                let delay = match lock(&t.state).spec.mode {
+                    Mode::Batch { interval, .. } => {
+                        u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)
+                    }
+                    Mode::Realtime => 0,
+                };
+                Delivery::new(event, t.id, delay)
+            })
             .collect();
         self.store.append(event, &deliveries)?;
         if !deliveries.is_empty() {
@@ -133,8 +213,10 @@ impl Dispatcher {
     }
 
     /// The loop: send what is due, then sleep until the next due time, new work or shutdown.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        tracing::info!(webhooks = self.targets.len(), "delivery loop started");
+    /// Also sweeps the store of what is older than the retention period, once an hour.
+    pub async fn run(self: Arc<Self>, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+        tracing::info!(webhooks = self.targets().len(), "delivery loop started");
+        let sweeper = tokio::spawn(Arc::clone(&self).sweep_loop(retention));
         loop {
             let sleep = match self.dispatch_due() {
                 Ok(next) => next.unwrap_or(IDLE).min(IDLE),
@@ -149,212 +231,358 @@ impl Dispatcher {
                 _ = shutdown.changed() => break,
             }
         }
+        sweeper.abort();
         tracing::info!("delivery loop stopped");
     }
 
-    /// Starts every due delivery there is a slot for; returns how long until the next one is due.
+    async fn sweep_loop(self: Arc<Self>, retention: Duration) {
+        loop {
+            let store = Arc::clone(&self.store);
+            let cutoff = OffsetDateTime::now_utc() - retention;
+            match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
+                Ok(Ok(s)) if s.events > 0 => tracing::info!(
+                    events = s.events,
+                    deliveries = s.deliveries,
+                    attempts = s.attempts,
+                    "removed records older than the retention period"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+            }
+            tokio::time::sleep(SWEEP_EVERY).await;
+        }
+    }
+
+    /// Starts every due send there is a slot for; returns how long until the next one is due.
     fn dispatch_due(self: &Arc<Self>) -> Result<Option<Duration>, StoreError> {
         let now = unix_ms(OffsetDateTime::now_utc());
         let mut next: Option<u64> = None;
-        for target in &self.targets {
-            let free = target.slots.available_permits();
-            if free > 0 {
-                for delivery in self
-                    .store
-                    .due(target.id, now, free, |id| target.is_in_flight(id))?
-                {
-                    // Out of global slots: a finishing send wakes the loop.
-                    let Ok(global) = self.global.clone().try_acquire_owned() else {
-                        return Ok(None);
-                    };
-                    let Ok(local) = target.slots.clone().try_acquire_owned() else {
-                        break;
-                    };
-                    target.set_in_flight(delivery.id, true);
-                    tokio::spawn(Arc::clone(self).send(
-                        Arc::clone(target),
-                        delivery,
-                        (global, local),
-                    ));
-                }
+        let mut wake_at = |ms: u64| next = Some(next.map_or(ms, |n| n.min(ms)));
+        for target in self.targets() {
+            let (status, ordered, mode) = {
+                let w = lock(&target.state);
+                (w.status, w.spec.ordered, w.spec.mode)
+            };
+            if status != WebhookStatus::Active {
+                continue;
             }
-            if let Some(due) = self
-                .store
-                .next_due(target.id, |id| target.is_in_flight(id))?
-            {
-                next = Some(next.map_or(due, |n| n.min(due)));
+            let skip = |id: &Uuid| target.is_in_flight(id);
+            match mode {
+                Mode::Realtime if !ordered => {
+                    let free = target.slots.available_permits();
+                    if free > 0 {
+                        for delivery in self.store.queued(target.id, now, free, skip)? {
+                            let Some(permits) = self.permits(&target) else {
+                                break;
+                            };
+                            self.start(&target, vec![delivery], permits);
+                        }
+                    }
+                    if let Some(ms) = self.store.next_queued(target.id, skip)? {
+                        wake_at(ms);
+                    }
+                }
+                Mode::Realtime => {
+                    // Ordered: only the head may go, and only when it is due.
+                    if target.any_in_flight() {
+                        continue;
+                    }
+                    if let Some(head) = self.store.queued(target.id, u64::MAX, 1, |_| false)?.pop()
+                    {
+                        if head.due_ms > now {
+                            wake_at(head.due_ms);
+                        } else if let Some(permits) = self.permits(&target) {
+                            self.start(&target, vec![head], permits);
+                        }
+                    }
+                }
+                Mode::Batch { interval, max, .. } => {
+                    if target.any_in_flight() {
+                        continue;
+                    }
+                    // New deliveries are queued `interval` after their event: everything queued
+                    // until now + interval has been gathered so far.
+                    let horizon =
+                        now.saturating_add(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
+                    let gathered = self.store.queued(target.id, horizon, max, |_| false)?;
+                    let Some(head) = gathered.first() else {
+                        continue;
+                    };
+                    if head.queue_ms <= now || gathered.len() >= max {
+                        // A retried delivery waits for its own due time.
+                        let batch: Vec<Delivery> = gathered
+                            .into_iter()
+                            .filter(|d| d.attempts == 0 || d.due_ms <= now)
+                            .collect();
+                        if !batch.is_empty() {
+                            if let Some(permits) = self.permits(&target) {
+                                self.start(&target, batch, permits);
+                            }
+                        }
+                    } else {
+                        wake_at(head.queue_ms);
+                    }
+                }
             }
         }
         Ok(next.map(|due| Duration::from_millis(due.saturating_sub(now))))
     }
 
-    async fn send(
-        self: Arc<Self>,
-        target: Arc<Target>,
-        delivery: Delivery,
-        _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
-    ) {
-        if let Err(e) = self.attempt(&target, &delivery).await {
-            tracing::error!(delivery = %delivery.id, webhook = %target.config.name, error = %e,
-                "cannot record a delivery attempt; it stays queued and will be retried");
-        }
-        target.set_in_flight(delivery.id, false);
-        self.wake.notify_one();
+    /// A global and a per-webhook slot, or `None` when either is taken (a finishing send wakes
+    /// the loop again).
+    fn permits(&self, target: &Target) -> Option<Permits> {
+        let global = Arc::clone(&self.global).try_acquire_owned().ok()?;
+        let local = Arc::clone(&target.slots).try_acquire_owned().ok()?;
+        Some((global, local))
     }
 
-    async fn attempt(&self, target: &Target, delivery: &Delivery) -> Result<(), StoreError> {
-        let Some(event) = self.store.event(delivery.event_id)? else {
-            tracing::error!(delivery = %delivery.id, event = %delivery.event_id, "event of a queued delivery is missing; dropping it");
-            let mut after = delivery.clone();
-            after.state = DeliveryState::Failed;
-            return self.store.record_attempt(
-                delivery,
-                &after,
-                &self.attempt_record(
-                    target,
-                    delivery,
-                    0,
-                    None,
-                    "event missing from store".into(),
-                    false,
-                ),
-            );
-        };
-        let body = serde_json::to_vec(&event.payload)?;
-        let headers = self.headers(target, delivery, &event, &body);
-        let started = Instant::now();
-        let outcome = self
-            .client
-            .post(target.config.url.clone())
-            .headers(headers)
-            .body(body)
-            .send()
-            .await;
-        let (status, summary) = match outcome {
-            Ok(mut response) => {
-                let status = response.status();
-                // Read (a bounded part of) the answer so the connection can be reused.
-                let mut read = 0;
-                while read < MAX_RESPONSE_BODY {
-                    match response.chunk().await {
-                        Ok(Some(chunk)) => read += chunk.len(),
-                        _ => break,
-                    }
-                }
-                let reason = status.canonical_reason().unwrap_or("");
-                (
-                    Some(status.as_u16()),
-                    format!("HTTP {} {reason}", status.as_u16()),
-                )
+    fn start(self: &Arc<Self>, target: &Arc<Target>, deliveries: Vec<Delivery>, permits: Permits) {
+        target.set_in_flight(deliveries.iter().map(|d| d.id), true);
+        let (this, target) = (Arc::clone(self), Arc::clone(target));
+        tokio::spawn(async move {
+            let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+            if let Err(e) = this.deliver(&target, deliveries).await {
+                tracing::error!(webhook = %target.id, error = %e,
+                    "cannot record a delivery attempt; the deliveries stay queued and will be sent again");
             }
-            Err(e) => (None, describe_error(&e)),
-        };
-        let elapsed = started.elapsed();
-        let success = status.is_some_and(|s| (200..300).contains(&s));
-        let mut after = delivery.clone();
-        after.attempts += 1;
-        after.updated_at = OffsetDateTime::now_utc();
-        if success {
-            after.state = DeliveryState::Delivered;
-            tracing::debug!(delivery = %delivery.id, webhook = %target.config.name, topic = %event.topic, ms = elapsed.as_millis() as u64, "delivered");
-        } else {
-            match retry::next_delay(&target.config.retry, after.attempts) {
-                Some(delay) => {
-                    after.due_ms = unix_ms(after.updated_at)
-                        .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-                    tracing::warn!(delivery = %delivery.id, webhook = %target.config.name, attempt = after.attempts, %summary,
-                        retry_in = %humantime::format_duration(delay), "delivery attempt failed");
+            drop(permits);
+            target.set_in_flight(ids, false);
+            this.wake.notify_one();
+        });
+    }
+
+    /// Sends one delivery, or one batch of them, and records the outcome.
+    async fn deliver(&self, target: &Target, deliveries: Vec<Delivery>) -> Result<(), StoreError> {
+        let webhook = target.webhook();
+        let mut events = Vec::with_capacity(deliveries.len());
+        let mut kept = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match self.store.event(d.event_id)? {
+                Some(e) => {
+                    events.push(e);
+                    kept.push(d);
                 }
                 None => {
-                    after.state = DeliveryState::Failed;
-                    tracing::error!(delivery = %delivery.id, webhook = %target.config.name, attempts = after.attempts, %summary,
-                        "delivery failed after its last retry");
+                    tracing::error!(delivery = %d.id, event = %d.event_id, "the event of a queued delivery is missing; it is marked failed");
+                    self.record(
+                        target,
+                        &[d],
+                        None,
+                        Err("the event is missing from the store".into()),
+                        Duration::ZERO,
+                    )?;
                 }
             }
         }
-        let attempt = self.attempt_record(
-            target,
-            delivery,
-            elapsed.as_millis() as u64,
-            status,
-            summary,
-            success,
-        );
-        self.store.record_attempt(delivery, &after, &attempt)
-    }
-
-    fn attempt_record(
-        &self,
-        target: &Target,
-        delivery: &Delivery,
-        duration_ms: u64,
-        response_code: Option<u16>,
-        summary: String,
-        success: bool,
-    ) -> Attempt {
-        Attempt {
-            delivery_id: delivery.id,
-            webhook_id: target.id,
-            number: delivery.attempts + 1,
-            created_at: OffsetDateTime::now_utc(),
-            duration_ms,
-            url: target.config.url.to_string(),
-            response_code,
-            summary,
-            success,
-        }
-    }
-
-    fn headers(
-        &self,
-        target: &Target,
-        delivery: &Delivery,
-        event: &Event,
-        body: &[u8],
-    ) -> HeaderMap {
-        let signature = sign::hmac_sha256_base64(target.config.secret.as_bytes(), body);
-        let id = target.id.to_string();
-        let delivery_id = delivery.id.to_string();
-        let fields: [(&str, &str); 7] = [
-            ("id", &id),
-            ("topic", &event.topic),
-            ("resource", &event.resource),
-            ("event", &event.event),
-            ("delivery-id", &delivery_id),
-            ("source", &self.config.source),
-            ("signature", &signature),
-        ];
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        for (name, value) in fields {
-            let name = HeaderName::try_from(format!("x-hooktap-webhook-{name}"));
-            // Topics, ids and base64 are ASCII; the source comes from validated config. A value
-            // that is still not a valid header is skipped rather than failing the delivery.
-            if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(value)) {
-                headers.insert(name, value);
+        let Some(first) = kept.first() else {
+            return Ok(());
+        };
+        let (body, topic) = match webhook.spec.mode {
+            Mode::Realtime => (
+                serde_json::to_vec(&events[0].payload)?,
+                Some(events[0].topic.as_str()),
+            ),
+            Mode::Batch { order, .. } => {
+                let mut by_topic: Map<String, Value> = Map::new();
+                let ordered: Box<dyn Iterator<Item = &Event>> = match order {
+                    BatchOrder::Chronological => Box::new(events.iter()),
+                    BatchOrder::Reverse => Box::new(events.iter().rev()),
+                };
+                for e in ordered {
+                    let list = by_topic
+                        .entry(e.topic.clone())
+                        .or_insert_with(|| Value::Array(Vec::new()));
+                    if let Value::Array(items) = list {
+                        items.push(e.payload.clone());
+                    }
+                }
+                let topic = events
+                    .iter()
+                    .all(|e| e.topic == events[0].topic)
+                    .then_some(events[0].topic.as_str());
+                (serde_json::to_vec(&by_topic)?, topic)
             }
+        };
+        let out = Outgoing::new(
+            &webhook,
+            &first.id.to_string(),
+            topic,
+            &self.config.source,
+            body,
+        );
+        let (result, elapsed) = send::send(&self.client, &self.config.guard, &out).await;
+        self.record(target, &kept, Some(&out), result, elapsed)
+    }
+
+    /// Records the outcome of one request for each delivery it carried: next state, attempt log,
+    /// counters, and the webhook's status (410 and the failure threshold disable it).
+    fn record(
+        &self,
+        target: &Target,
+        deliveries: &[Delivery],
+        out: Option<&Outgoing>,
+        result: Result<Answer, String>,
+        elapsed: Duration,
+    ) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let answer = result.as_ref().ok();
+        let success = answer.is_some_and(Answer::success);
+        let gone = answer.is_some_and(|a| a.status == 410);
+        let summary = match &result {
+            Ok(a) => a.summary(),
+            Err(e) => e.clone(),
+        };
+        let disabled = {
+            let mut guard = lock(&target.state);
+            // Through a plain reference, so that fields can be borrowed one by one.
+            let webhook: &mut Webhook = &mut guard;
+            let was = webhook.status;
+            let mut changes = Vec::with_capacity(deliveries.len());
+            for (i, before) in deliveries.iter().enumerate() {
+                let mut after = before.clone();
+                after.attempts += 1;
+                after.updated_at = now;
+                after.last_summary = Some(summary.clone());
+                let c = &mut webhook.counters;
+                if success {
+                    after.state = DeliveryState::Delivered;
+                    c.delivered += 1;
+                    c.consecutive_failures = 0;
+                    c.last_delivered_at = Some(now);
+                } else {
+                    c.last_failure_at = Some(now);
+                    let delay = (!gone)
+                        .then(|| retry::next_delay(&webhook.spec.retry, after.attempts))
+                        .flatten()
+                        .map(|d| {
+                            answer.and_then(|a| a.retry_after).unwrap_or_else(|| {
+                                retry::with_jitter(
+                                    d,
+                                    after.id.as_u128() ^ u128::from(after.attempts),
+                                )
+                            })
+                        });
+                    match delay {
+                        Some(delay) => {
+                            after.due_ms = unix_ms(now).saturating_add(
+                                u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                            );
+                            if !webhook.spec.ordered {
+                                after.queue_ms = after.due_ms;
+                            }
+                            c.retries += 1;
+                            tracing::warn!(delivery = %after.id, webhook = %webhook.spec.name, attempt = after.attempts, %summary,
+                                retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "delivery attempt failed");
+                        }
+                        None => {
+                            after.state = DeliveryState::Failed;
+                            c.failed += 1;
+                            c.consecutive_failures += 1;
+                            tracing::error!(delivery = %after.id, webhook = %webhook.spec.name, attempts = after.attempts, %summary,
+                                "delivery failed finally; it can be redelivered by hand");
+                        }
+                    }
+                }
+                let attempt = attempt_record(
+                    webhook,
+                    before,
+                    &after,
+                    out,
+                    &result,
+                    elapsed,
+                    now,
+                    i,
+                    &deliveries[0],
+                );
+                changes.push((before, after, attempt));
+            }
+            let threshold = u64::from(webhook.spec.failure_threshold);
+            if was != WebhookStatus::Disabled {
+                if gone {
+                    disable(webhook, "the receiver answered 410 Gone".to_owned());
+                } else if threshold > 0 && webhook.counters.consecutive_failures >= threshold {
+                    let reason = format!(
+                        "{} consecutive deliveries failed",
+                        webhook.counters.consecutive_failures
+                    );
+                    disable(webhook, reason);
+                }
+            }
+            self.store.record_attempts(
+                &changes
+                    .iter()
+                    .map(|(b, a, t)| (*b, a.clone(), t.clone()))
+                    .collect::<Vec<_>>(),
+                webhook,
+            )?;
+            (was != WebhookStatus::Disabled && webhook.status == WebhookStatus::Disabled)
+                .then(|| webhook.clone())
+        };
+        if let Some(w) = disabled {
+            self.announce_disabled(&w);
         }
-        headers
+        Ok(())
+    }
+
+    /// Emits `hooktap.webhook.disabled` so that ops, subscribed through any webhook, are told.
+    fn announce_disabled(&self, w: &Webhook) {
+        let reason = w.disabled_reason.clone().unwrap_or_default();
+        tracing::error!(webhook = %w.spec.name, id = %w.id, %reason, "webhook disabled: no deliveries are sent or queued for it");
+        let Ok(topic) = Topic::parse(WEBHOOK_DISABLED_TOPIC) else {
+            return;
+        };
+        let payload = serde_json::json!({"id": w.id, "name": w.spec.name, "reason": reason});
+        if let Err(e) = self.enqueue(&Event::new(&topic, "hooktap", payload)) {
+            tracing::error!(error = %e, "cannot store the webhook.disabled event");
+        }
     }
 }
 
-/// A transport error in words an operator can act on.
-fn describe_error(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut message = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message.push_str(&format!(": {s}"));
-        source = s.source();
+fn disable(webhook: &mut Webhook, reason: String) {
+    webhook.status = WebhookStatus::Disabled;
+    webhook.disabled_reason = Some(reason);
+    webhook.updated_at = OffsetDateTime::now_utc();
+}
+
+/// The attempt log entry of one delivery in one request.
+#[allow(clippy::too_many_arguments)]
+fn attempt_record(
+    webhook: &Webhook,
+    before: &Delivery,
+    after: &Delivery,
+    out: Option<&Outgoing>,
+    result: &Result<Answer, String>,
+    elapsed: Duration,
+    now: OffsetDateTime,
+    index_in_batch: usize,
+    first: &Delivery,
+) -> Attempt {
+    let answer = result.as_ref().ok();
+    Attempt {
+        id: Uuid::now_v7(),
+        delivery_id: before.id,
+        webhook_id: webhook.id,
+        number: after.attempts,
+        created_at: now,
+        duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        summary: after.last_summary.clone().unwrap_or_default(),
+        success: after.state == DeliveryState::Delivered,
+        request_method: "POST".to_owned(),
+        request_url: out.map_or_else(
+            || crate::webhook::mask_url(&webhook.spec.url),
+            |o| o.shown_url.clone(),
+        ),
+        request_headers: out.map(Outgoing::shown_headers).unwrap_or_default(),
+        // A batch's body is kept once, with its first delivery.
+        request_body: match (out, index_in_batch) {
+            (Some(o), 0) => String::from_utf8_lossy(&o.body).into_owned(),
+            (Some(_), _) => format!("(sent in one batch with delivery {})", first.id),
+            (None, _) => String::new(),
+        },
+        response_code: answer.map(|a| a.status),
+        response_message: answer.map(|a| a.reason.clone()).unwrap_or_default(),
+        response_headers: answer.map(|a| a.headers.clone()).unwrap_or_default(),
+        response_body: answer.map(|a| a.body.clone()).unwrap_or_default(),
     }
-    message
 }

@@ -12,6 +12,9 @@ const CONFIG: &str = r#"rules = ["rules/*.toml"]
 listen = "127.0.0.1:18080"
 upstream = "127.0.0.1:18000"
 
+[delivery]
+allow_networks = ["127.0.0.0/8"]
+
 [[webhook]]
 name = "crm"
 url = "http://127.0.0.1:9000/hooks"
@@ -132,8 +135,8 @@ fn check_names_file_line_and_problem() {
         "retry = \"5s,soon\"\n",
     );
     let e = check_fails(&config, GOOD_RULE);
-    assert_says(&e, "hooktap.toml:8:8", "webhook `crm` has no `url`");
-    assert_says(&e, "hooktap.toml:9:9", "retry delay `soon`");
+    assert_says(&e, "hooktap.toml:11:8", "webhook `crm` has no `url`");
+    assert_says(&e, "hooktap.toml:12:9", "retry delay `soon`");
     // An invalid URL and an unknown key in hooktap.toml.
     let config = CONFIG
         .replace("http://127.0.0.1:9000/hooks", "ftp://x/")
@@ -146,10 +149,46 @@ fn check_names_file_line_and_problem() {
 }
 
 #[test]
+fn webhook_destinations_are_checked_at_configuration_time() {
+    // Loopback is blocked unless allowed.
+    let config = CONFIG.replace("allow_networks = [\"127.0.0.0/8\"]", "");
+    let e = check_fails(&config, GOOD_RULE);
+    assert_says(
+        &e,
+        "hooktap.toml:12:7",
+        "requests to 127.0.0.1 are blocked: it is a loopback address",
+    );
+    // https_only rejects plain http.
+    let config = CONFIG.replace("[delivery]\n", "[delivery]\nhttps_only = true\n");
+    let e = check_fails(&config, GOOD_RULE);
+    assert_says(
+        &e,
+        "hooktap.toml:13:7",
+        "plain http, but [delivery] https_only = true",
+    );
+    // A bad allow_networks entry.
+    let config = CONFIG.replace("127.0.0.0/8", "127.0.0.0/33");
+    let e = check_fails(&config, GOOD_RULE);
+    assert_says(&e, "hooktap.toml:8:19", "allow_networks: `127.0.0.0/33`");
+    // Unknown signature profile and mode, and batch keys without batch mode.
+    let config = CONFIG.replace(
+        "topics = [\"order.*\"]",
+        "topics = [\"order.*\"]\nsignature = \"hmac\"\nbatch_max = 3\nmode = \"bulk\"",
+    );
+    let e = check_fails(&config, GOOD_RULE);
+    assert_says(&e, "hooktap.toml:15:13", "signature `hmac` must be");
+    assert_says(&e, "hooktap.toml:17:8", "mode `bulk` must be");
+}
+
+#[test]
 fn invalid_url_is_reported_with_its_line() {
     let config = CONFIG.replace("http://127.0.0.1:9000/hooks", "ftp://x/");
     let e = check_fails(&config, GOOD_RULE);
-    assert_says(&e, "hooktap.toml:9:7", "must be an http:// or https:// URL");
+    assert_says(
+        &e,
+        "hooktap.toml:12:7",
+        "must be an http:// or https:// URL",
+    );
 }
 
 #[test]

@@ -78,7 +78,7 @@ async fn a_delivery_fails_finally_when_the_schedule_is_used_up() {
         "one attempt plus one retry, then no more"
     );
     assert!(
-        proxy.log().contains("delivery failed after its last retry"),
+        proxy.log().contains("delivery failed finally"),
         "the final failure is logged:\n{}",
         proxy.log()
     );

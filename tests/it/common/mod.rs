@@ -206,8 +206,20 @@ impl Received {
 #[derive(Clone)]
 pub struct TestReceiver {
     pub addr: SocketAddr,
-    status: Arc<AtomicU16>,
+    behaviour: Arc<Behaviour>,
     received: Arc<Mutex<Vec<Received>>>,
+}
+
+/// How the receiver answers; settable while it runs.
+#[derive(Default)]
+struct Behaviour {
+    status: AtomicU16,
+    /// Statuses to answer first, one per request, before falling back to `status`.
+    script: Mutex<std::collections::VecDeque<u16>>,
+    /// Extra headers on every answer (e.g. Retry-After).
+    headers: Mutex<Vec<(String, String)>>,
+    /// How long to wait before answering.
+    delay_ms: AtomicU64,
 }
 
 impl TestReceiver {
@@ -217,23 +229,38 @@ impl TestReceiver {
 
     /// Listens on a given address (to bring a receiver back on the same port after an outage).
     pub async fn start_at(addr: &str, status: u16) -> Self {
-        let status = Arc::new(AtomicU16::new(status));
+        let behaviour = Arc::new(Behaviour {
+            status: AtomicU16::new(status),
+            ..Behaviour::default()
+        });
         let received = Arc::new(Mutex::new(Vec::new()));
-        let (s, r) = (status.clone(), received.clone());
+        let (b, r) = (behaviour.clone(), received.clone());
         let app = Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-                let (s, r) = (s.clone(), r.clone());
+                let (b, r) = (b.clone(), r.clone());
                 async move {
                     r.lock().expect("lock").push(Received {
                         path: uri.path().to_owned(),
                         headers,
                         body,
                     });
-                    let code = s.load(Ordering::SeqCst);
-                    let mut resp = StatusCode::from_u16(code).expect("status").into_response();
+                    let delay = b.delay_ms.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
+                    let scripted = b.script.lock().expect("lock").pop_front();
+                    let code = scripted.unwrap_or_else(|| b.status.load(Ordering::SeqCst));
+                    let mut resp = (StatusCode::from_u16(code).expect("status"), "answer body")
+                        .into_response();
                     if (300..400).contains(&code) {
                         resp.headers_mut()
                             .insert(header::LOCATION, "/elsewhere".parse().expect("header"));
+                    }
+                    for (k, v) in b.headers.lock().expect("lock").iter() {
+                        resp.headers_mut().insert(
+                            axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                            v.parse().expect("value"),
+                        );
                     }
                     resp
                 }
@@ -246,7 +273,7 @@ impl TestReceiver {
         tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
         Self {
             addr,
-            status,
+            behaviour,
             received,
         }
     }
@@ -256,7 +283,26 @@ impl TestReceiver {
     }
 
     pub fn set_status(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
+        self.behaviour.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Answers these statuses first, one per request.
+    pub fn script(&self, statuses: &[u16]) {
+        self.behaviour.script.lock().expect("lock").extend(statuses);
+    }
+
+    pub fn add_header(&self, name: &str, value: &str) {
+        self.behaviour
+            .headers
+            .lock()
+            .expect("lock")
+            .push((name.to_owned(), value.to_owned()));
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.behaviour
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -306,6 +352,8 @@ pub struct Setup<'a> {
     pub extra_rules: Vec<&'a str>,
     /// Extra lines for `[proxy]`.
     pub proxy_extra: &'a str,
+    /// Extra lines for `[delivery]`.
+    pub delivery_extra: &'a str,
 }
 
 impl<'a> Setup<'a> {
@@ -315,6 +363,7 @@ impl<'a> Setup<'a> {
             webhooks: Vec::new(),
             extra_rules: Vec::new(),
             proxy_extra: "",
+            delivery_extra: "",
         }
     }
 
@@ -337,6 +386,11 @@ impl<'a> Setup<'a> {
         self
     }
 
+    pub fn delivery(mut self, extra: &'a str) -> Self {
+        self.delivery_extra = extra;
+        self
+    }
+
     pub fn proxy(mut self, extra: &'a str) -> Self {
         self.proxy_extra = extra;
         self
@@ -355,10 +409,11 @@ impl<'a> Setup<'a> {
         let rules: Vec<String> = rules.iter().map(|r| format!("{r:?}")).collect();
         let webhooks: String = self.webhooks.iter().map(|(_, w)| w.as_str()).collect();
         let config = format!(
-            "rules = [{}]\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n{}\n\n[store]\npath = \"data\"\n\n[delivery]\nsource = \"https://shop.test/\"\n\n{webhooks}",
+            "rules = [{}]\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n{}\n\n[store]\npath = \"data\"\n\n[delivery]\nsource = \"https://shop.test/\"\nallow_networks = [\"127.0.0.0/8\"]\n{}\n\n{webhooks}",
             rules.join(", "),
             self.upstream,
             self.proxy_extra,
+            self.delivery_extra,
         );
         let path = dir.path().join("hooktap.toml");
         std::fs::write(&path, config).expect("write config");

@@ -1,0 +1,219 @@
+//! One webhook request: building it from a webhook and a body, sending it, reading the answer.
+//!
+//! Nothing here touches the store: the dispatcher decides what to send and records the outcome.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::percent_decode_str;
+use url::Url;
+
+use super::retry;
+use super::sign::{self, Message};
+use super::ssrf::Guard;
+use crate::webhook::{Webhook, mask_url};
+
+/// How much of a receiver's answer is read; the rest is left unread.
+const MAX_RESPONSE_READ: usize = 64 * 1024;
+/// How much of it is kept in the attempt log.
+pub const MAX_RESPONSE_KEPT: usize = 4 * 1024;
+
+/// A request ready to send.
+pub struct Outgoing {
+    /// Without credentials: those travel in the Authorization header.
+    pub url: Url,
+    /// For logs and the attempt log: credentials masked.
+    pub shown_url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout: Duration,
+}
+
+impl Outgoing {
+    /// Builds the request for `body` to `webhook`, signed per its profile.
+    pub fn new(
+        webhook: &Webhook,
+        delivery_id: &str,
+        topic: Option<&str>,
+        source: &str,
+        body: Vec<u8>,
+    ) -> Self {
+        let spec = &webhook.spec;
+        let now = time::OffsetDateTime::now_utc();
+        let webhook_id = webhook.id.to_string();
+        let message = Message {
+            webhook_id: &webhook_id,
+            delivery_id,
+            topic,
+            source,
+            timestamp: now.unix_timestamp(),
+            body: &body,
+        };
+        let mut headers = vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("User-Agent".to_owned(), crate::USER_AGENT.to_owned()),
+        ];
+        headers.extend(sign::headers(
+            spec.signature,
+            &spec.header_prefix,
+            &spec.secret,
+            webhook.previous_secret_at(now),
+            &message,
+        ));
+        let mut url = spec.url.clone();
+        if !url.username().is_empty() || url.password().is_some() {
+            let user = percent_decode_str(url.username())
+                .decode_utf8_lossy()
+                .into_owned();
+            let pass = url
+                .password()
+                .map(|p| percent_decode_str(p).decode_utf8_lossy().into_owned());
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", pass.unwrap_or_default()));
+            headers.push(("Authorization".to_owned(), format!("Basic {token}")));
+            // Only URLs without a host cannot carry credentials; webhook URLs always have one.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+        }
+        Self {
+            url,
+            shown_url: mask_url(&spec.url),
+            headers,
+            body,
+            timeout: spec.timeout,
+        }
+    }
+
+    /// The headers as the attempt log shows them: credentials masked.
+    pub fn shown_headers(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("authorization") {
+                    "Basic ****".to_owned()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+/// What the receiver answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    /// The first [`MAX_RESPONSE_KEPT`] bytes, lossily decoded.
+    pub body: String,
+    /// Honoured on 429 and 503.
+    pub retry_after: Option<Duration>,
+}
+
+impl Answer {
+    pub fn success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// `HTTP 200 OK: ok`, as WooCommerce's delivery log words it.
+    pub fn summary(&self) -> String {
+        let snippet: String = self.body.chars().take(100).collect();
+        let snippet = snippet.trim();
+        if snippet.is_empty() {
+            format!("HTTP {} {}", self.status, self.reason)
+        } else {
+            format!("HTTP {} {}: {snippet}", self.status, self.reason)
+        }
+    }
+}
+
+/// Sends `out`; `Err` is a transport failure in words an operator can act on.
+pub async fn send(
+    client: &reqwest::Client,
+    guard: &Guard,
+    out: &Outgoing,
+) -> (Result<Answer, String>, Duration) {
+    let started = Instant::now();
+    // IP-literal hosts never reach the resolver, so they are checked here.
+    if let Err(blocked) = guard.check_url(&out.url) {
+        return (Err(blocked.to_string()), started.elapsed());
+    }
+    let mut headers = HeaderMap::new();
+    for (k, v) in &out.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.insert(k, v);
+        }
+    }
+    let result = client
+        .post(out.url.clone())
+        .headers(headers)
+        .timeout(out.timeout)
+        .body(out.body.clone())
+        .send()
+        .await;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(e) => return (Err(describe_error(&e)), started.elapsed()),
+    };
+    let status = response.status();
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let retry_after = if matches!(status.as_u16(), 429 | 503) {
+        response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
+    } else {
+        None
+    };
+    // Read a bounded part of the answer; reading it to the end lets the connection be reused.
+    let mut body = Vec::new();
+    while body.len() < MAX_RESPONSE_READ {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(MAX_RESPONSE_KEPT);
+    let answer = Answer {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or("").to_owned(),
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        retry_after,
+    };
+    (Ok(answer), started.elapsed())
+}
+
+/// A transport error with its causes, e.g. `connection failed: ... : Connection refused`.
+fn describe_error(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut message = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    message
+}

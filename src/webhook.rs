@@ -1,0 +1,365 @@
+//! Webhooks (subscriptions): what a subscriber asked for, and what hooktap keeps about it.
+//!
+//! A [`WebhookSpec`] is what an operator declares (in hooktap.toml, or later through the admin
+//! API); [`Webhook`] is the stored record: the spec plus a stable id, a status, counters and
+//! timestamps. The secret is write-only: [`Webhook::view`] is the form to show anywhere, and
+//! [`mask_url`] hides credentials in URLs.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use url::Url;
+use uuid::Uuid;
+
+/// Whether a webhook sends and whether it accepts new deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookStatus {
+    /// Deliveries are queued and sent.
+    Active,
+    /// Deliveries are queued but not sent until resumed.
+    Paused,
+    /// Nothing is sent and no new deliveries are queued.
+    Disabled,
+}
+
+impl WebhookStatus {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "active" => Ok(Self::Active),
+            "paused" => Ok(Self::Paused),
+            "disabled" => Ok(Self::Disabled),
+            _ => Err(format!(
+                "status `{s}` must be \"active\", \"paused\" or \"disabled\""
+            )),
+        }
+    }
+}
+
+/// How a webhook's requests are signed, and with which header names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// `X-Hooktap-Webhook-*` headers (renamable with `header_prefix`), base64 HMAC-SHA256 of the body.
+    Hooktap,
+    /// Standard Webhooks 1.0: `webhook-id`, `webhook-timestamp`, `webhook-signature: v1,...`.
+    Standard,
+    /// Mautic: `Webhook-Signature`, base64 HMAC-SHA256 of the body.
+    Mautic,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "hooktap" => Ok(Self::Hooktap),
+            "standard" => Ok(Self::Standard),
+            "mautic" => Ok(Self::Mautic),
+            _ => Err(format!(
+                "signature `{s}` must be \"hooktap\", \"standard\" or \"mautic\""
+            )),
+        }
+    }
+}
+
+/// The order of payloads inside one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchOrder {
+    Chronological,
+    Reverse,
+}
+
+/// One request per event, or batches of events (Mautic's queue mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum Mode {
+    Realtime,
+    Batch {
+        #[serde(with = "millis")]
+        interval: Duration,
+        max: usize,
+        order: BatchOrder,
+    },
+}
+
+/// What an operator declares about a webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookSpec {
+    pub name: String,
+    /// May carry `user:password@`, sent as basic auth and masked wherever shown.
+    pub url: Url,
+    pub secret: String,
+    /// Glob patterns over topics: `order.*`, `*`.
+    pub topics: Vec<String>,
+    /// The status to apply; `None` keeps the current one (or `active` for a new webhook).
+    pub status: Option<WebhookStatus>,
+    /// A delay before each retry.
+    #[serde(with = "millis_list")]
+    pub retry: Vec<Duration>,
+    /// Consecutive finally-failed deliveries that disable the webhook; 0 never disables.
+    pub failure_threshold: u32,
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+    pub signature: Profile,
+    /// Prefix of the `hooktap` profile's headers, e.g. `X-WC-Webhook-`.
+    pub header_prefix: String,
+    pub mode: Mode,
+    /// At most one delivery in flight, strictly in event order.
+    pub ordered: bool,
+    /// Deliveries in flight at once for this webhook.
+    pub concurrency: usize,
+}
+
+pub const DEFAULT_HEADER_PREFIX: &str = "X-Hooktap-Webhook-";
+
+/// A secret that was replaced, still accepted (signed with) until `until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotatedSecret {
+    pub secret: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+}
+
+/// Per-webhook delivery counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub delivered: u64,
+    pub failed: u64,
+    pub retries: u64,
+    pub consecutive_failures: u64,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_delivered_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_failure_at: Option<OffsetDateTime>,
+}
+
+/// Where a webhook was declared: hooktap.toml owns the ones it declares (they are updated at
+/// start and removed when they leave the file); API-created ones are left alone by the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Config,
+    Api,
+}
+
+/// The stored webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub origin: Origin,
+    pub spec: WebhookSpec,
+    pub status: WebhookStatus,
+    /// Why the webhook was disabled, when it was.
+    pub disabled_reason: Option<String>,
+    pub previous_secret: Option<RotatedSecret>,
+    pub counters: Counters,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// A webhook as it may be shown: no secret, credentials masked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookView {
+    pub id: Uuid,
+    pub origin: Origin,
+    pub name: String,
+    pub url: String,
+    pub topics: Vec<String>,
+    pub status: WebhookStatus,
+    pub disabled_reason: Option<String>,
+    pub retry: Vec<String>,
+    pub failure_threshold: u32,
+    pub timeout: String,
+    pub signature: Profile,
+    pub header_prefix: String,
+    #[serde(flatten)]
+    pub mode: Mode,
+    pub ordered: bool,
+    pub concurrency: usize,
+    pub counters: Counters,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Webhook {
+    /// A new webhook from `spec`, `active` unless the spec says otherwise.
+    pub fn new(spec: WebhookSpec, origin: Origin) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            id: Uuid::now_v7(),
+            origin,
+            status: spec.status.unwrap_or(WebhookStatus::Active),
+            spec,
+            disabled_reason: None,
+            previous_secret: None,
+            counters: Counters::default(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Applies a new spec, keeping id, counters and (unless the spec sets one) status. A changed
+    /// secret keeps the old one valid for `grace`, so receivers can switch without losing events.
+    pub fn update(&mut self, spec: WebhookSpec, grace: Duration) {
+        if spec == self.spec {
+            return;
+        }
+        let now = OffsetDateTime::now_utc();
+        if spec.secret != self.spec.secret && !grace.is_zero() {
+            self.previous_secret = Some(RotatedSecret {
+                secret: std::mem::take(&mut self.spec.secret),
+                until: now + grace,
+            });
+        }
+        if let Some(status) = spec.status {
+            if status != self.status {
+                self.status = status;
+                self.disabled_reason = (status == WebhookStatus::Disabled)
+                    .then(|| "disabled by configuration".to_owned());
+            }
+        }
+        self.spec = spec;
+        self.updated_at = now;
+    }
+
+    /// The previous secret while its grace period lasts.
+    pub fn previous_secret_at(&self, now: OffsetDateTime) -> Option<&str> {
+        self.previous_secret
+            .as_ref()
+            .filter(|p| p.until > now)
+            .map(|p| p.secret.as_str())
+    }
+
+    pub fn view(&self) -> WebhookView {
+        let s = &self.spec;
+        WebhookView {
+            id: self.id,
+            origin: self.origin,
+            name: s.name.clone(),
+            url: mask_url(&s.url),
+            topics: s.topics.clone(),
+            status: self.status,
+            disabled_reason: self.disabled_reason.clone(),
+            retry: s
+                .retry
+                .iter()
+                .map(|d| humantime::format_duration(*d).to_string())
+                .collect(),
+            failure_threshold: s.failure_threshold,
+            timeout: humantime::format_duration(s.timeout).to_string(),
+            signature: s.signature,
+            header_prefix: s.header_prefix.clone(),
+            mode: s.mode,
+            ordered: s.ordered,
+            concurrency: s.concurrency,
+            counters: self.counters.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Checks a webhook URL: http(s) with a host, https when `https_only`, and (for IP literals)
+/// a destination the SSRF guard permits. Hostnames are checked when they are resolved.
+pub fn check_url(
+    url: &str,
+    https_only: bool,
+    guard: &crate::delivery::ssrf::Guard,
+) -> Result<Url, String> {
+    let parsed = Url::parse(url).map_err(|e| format!("url `{url}` is not a valid URL: {e}"))?;
+    let shown = mask_url(&parsed);
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err(format!(
+            "url `{shown}` must be an http:// or https:// URL with a host"
+        ));
+    }
+    if https_only && parsed.scheme() != "https" {
+        return Err(format!(
+            "url `{shown}` is plain http, but [delivery] https_only = true"
+        ));
+    }
+    guard
+        .check_url(&parsed)
+        .map_err(|e| format!("url `{shown}`: {e}"))?;
+    Ok(parsed)
+}
+
+/// Compiles topic glob patterns (`order.*`, `*`); at least one is required.
+pub fn compile_topics(topics: &[String]) -> Result<globset::GlobSet, String> {
+    if topics.is_empty() {
+        return Err("`topics` must list at least one pattern".to_owned());
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for t in topics {
+        set.add(globset::Glob::new(t).map_err(|e| format!("topic pattern `{t}` is invalid: {e}"))?);
+    }
+    set.build()
+        .map_err(|e| format!("topic patterns are invalid: {e}"))
+}
+
+/// The URL with any password (and user name) replaced by `****`, for logs and output.
+pub fn mask_url(url: &Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut masked = url.clone();
+    // Setting credentials only fails for URLs that cannot have them (no host), which a
+    // validated webhook URL always has; fall back to dropping them entirely.
+    if masked
+        .set_username("****")
+        .and(masked.set_password(None))
+        .is_err()
+    {
+        return format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    }
+    masked.to_string()
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+mod millis_list {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            list.iter()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<u64>::deserialize(d).map(|v| v.into_iter().map(Duration::from_millis).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_masked() {
+        let u = Url::parse("https://shop:pa55@hooks.example.com/in?x=1").expect("valid");
+        let m = mask_url(&u);
+        assert_eq!(m, "https://****@hooks.example.com/in?x=1");
+        assert!(!m.contains("pa55") && !m.contains("shop"));
+        let u = Url::parse("https://hooks.example.com/in").expect("valid");
+        assert_eq!(mask_url(&u), "https://hooks.example.com/in");
+    }
+}

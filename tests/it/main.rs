@@ -4,6 +4,7 @@
 //! - `passthrough`: the app's traffic is unchanged by the proxy.
 //! - `pipeline`: rules → stored event → signed webhook, one test per rule feature.
 //! - `delivery`: retries, restarts and failure outcomes.
+//! - `webhooks`: statuses, signature profiles, failure handling, modes, isolation.
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
 
 mod cli;
@@ -11,3 +12,4 @@ mod common;
 mod delivery;
 mod passthrough;
 mod pipeline;
+mod webhooks;

@@ -352,8 +352,6 @@ pub struct Setup<'a> {
     pub extra_rules: Vec<&'a str>,
     /// Extra lines for `[proxy]`.
     pub proxy_extra: &'a str,
-    /// Extra lines for `[delivery]`.
-    pub delivery_extra: &'a str,
 }
 
 impl<'a> Setup<'a> {
@@ -363,7 +361,6 @@ impl<'a> Setup<'a> {
             webhooks: Vec::new(),
             extra_rules: Vec::new(),
             proxy_extra: "",
-            delivery_extra: "",
         }
     }
 
@@ -386,11 +383,6 @@ impl<'a> Setup<'a> {
         self
     }
 
-    pub fn delivery(mut self, extra: &'a str) -> Self {
-        self.delivery_extra = extra;
-        self
-    }
-
     pub fn proxy(mut self, extra: &'a str) -> Self {
         self.proxy_extra = extra;
         self
@@ -409,11 +401,10 @@ impl<'a> Setup<'a> {
         let rules: Vec<String> = rules.iter().map(|r| format!("{r:?}")).collect();
         let webhooks: String = self.webhooks.iter().map(|(_, w)| w.as_str()).collect();
         let config = format!(
-            "rules = [{}]\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n{}\n\n[store]\npath = \"data\"\n\n[delivery]\nsource = \"https://shop.test/\"\nallow_networks = [\"127.0.0.0/8\"]\n{}\n\n{webhooks}",
+            "rules = [{}]\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n{}\n\n[store]\npath = \"data\"\n\n[delivery]\nsource = \"https://shop.test/\"\nallow_networks = [\"127.0.0.0/8\"]\n\n{webhooks}",
             rules.join(", "),
             self.upstream,
             self.proxy_extra,
-            self.delivery_extra,
         );
         let path = dir.path().join("hooktap.toml");
         std::fs::write(&path, config).expect("write config");
@@ -423,7 +414,14 @@ impl<'a> Setup<'a> {
 
 impl TestProxy {
     pub async fn start(setup: &Setup<'_>) -> Self {
+        Self::start_edited(setup, str::to_owned).await
+    }
+
+    /// Starts with the written config passed through `edit` first.
+    pub async fn start_edited(setup: &Setup<'_>, edit: impl FnOnce(&str) -> String) -> Self {
         let (dir, config, addr) = setup.write();
+        let text = std::fs::read_to_string(&config).expect("read config");
+        std::fs::write(&config, edit(&text)).expect("write config");
         let mut proxy = Self {
             dir,
             config,

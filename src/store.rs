@@ -484,3 +484,173 @@ impl Store {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Topic;
+    use crate::webhook::{Mode, Profile, WebhookStatus};
+
+    fn store(dir: &Path) -> Store {
+        Store::open(&StoreConfig {
+            path: dir.join("data"),
+            flush: FlushMode::Interval(Duration::from_millis(100)),
+            retention: Duration::from_secs(60),
+        })
+        .expect("open store")
+    }
+
+    fn spec(name: &str) -> WebhookSpec {
+        WebhookSpec {
+            name: name.to_owned(),
+            url: "https://hooks.example.com/in".parse().expect("url"),
+            secret: "s".to_owned(),
+            topics: vec!["*".to_owned()],
+            status: None,
+            retry: vec![],
+            failure_threshold: 0,
+            timeout: Duration::from_secs(1),
+            signature: Profile::Hooktap,
+            header_prefix: "X-Hooktap-Webhook-".to_owned(),
+            mode: Mode::Realtime,
+            ordered: false,
+            concurrency: 1,
+        }
+    }
+
+    fn event_at(created_at: OffsetDateTime) -> Event {
+        let mut e = Event::new(
+            &Topic::parse("order.created").expect("topic"),
+            "r",
+            serde_json::json!({}),
+        );
+        e.created_at = created_at;
+        e
+    }
+
+    fn finish(s: &Store, d: &Delivery, webhook: &Webhook) {
+        let mut after = d.clone();
+        after.state = DeliveryState::Delivered;
+        after.attempts = 1;
+        let attempt = Attempt {
+            id: Uuid::now_v7(),
+            delivery_id: d.id,
+            webhook_id: d.webhook_id,
+            number: 1,
+            created_at: d.created_at,
+            duration_ms: 1,
+            summary: "HTTP 200 OK".into(),
+            success: true,
+            request_method: "POST".into(),
+            request_url: String::new(),
+            request_headers: vec![],
+            request_body: String::new(),
+            response_code: Some(200),
+            response_message: "OK".into(),
+            response_headers: vec![],
+            response_body: String::new(),
+        };
+        s.record_attempts(&[(d, after, attempt)], webhook)
+            .expect("record");
+    }
+
+    #[test]
+    fn the_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _s = store(dir.path());
+        let mode = std::fs::metadata(dir.path().join("data"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn webhooks_keep_their_id_by_name_and_leave_with_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let first = s
+            .sync_webhooks(&[spec("a"), spec("b")], Duration::ZERO)
+            .expect("sync");
+        let a = first
+            .webhooks
+            .iter()
+            .find(|w| w.spec.name == "a")
+            .expect("a")
+            .clone();
+        let b = first
+            .webhooks
+            .iter()
+            .find(|w| w.spec.name == "b")
+            .expect("b")
+            .clone();
+        let event = event_at(OffsetDateTime::now_utc());
+        s.append(&event, &[Delivery::new(&event, b.id, 0)])
+            .expect("append");
+
+        let mut changed = spec("a");
+        changed.url = "https://elsewhere.example.com/".parse().expect("url");
+        changed.status = Some(WebhookStatus::Paused);
+        let second = s.sync_webhooks(&[changed], Duration::ZERO).expect("sync");
+        assert_eq!(second.webhooks.len(), 1);
+        let a2 = &second.webhooks[0];
+        assert_eq!(a2.id, a.id, "the id survives a change of the file");
+        assert_eq!(a2.spec.url.as_str(), "https://elsewhere.example.com/");
+        assert_eq!(a2.status, WebhookStatus::Paused);
+        assert_eq!(
+            second.removed,
+            vec![("b".to_owned(), 1)],
+            "b left the file with one pending delivery"
+        );
+        assert_eq!(s.queue_len(b.id), 0);
+    }
+
+    #[test]
+    fn the_sweep_removes_old_finished_records_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let w = s
+            .sync_webhooks(&[spec("a")], Duration::ZERO)
+            .expect("sync")
+            .webhooks
+            .remove(0);
+        let now = OffsetDateTime::now_utc();
+        let old = now - time::Duration::days(40);
+
+        let old_done = event_at(old);
+        let d1 = Delivery::new(&old_done, w.id, 0);
+        s.append(&old_done, std::slice::from_ref(&d1))
+            .expect("append");
+        finish(&s, &d1, &w);
+
+        let old_pending = event_at(old + time::Duration::seconds(1));
+        let d2 = Delivery::new(&old_pending, w.id, 0);
+        s.append(&old_pending, std::slice::from_ref(&d2))
+            .expect("append");
+
+        let young = event_at(now);
+        let d3 = Delivery::new(&young, w.id, 0);
+        s.append(&young, std::slice::from_ref(&d3)).expect("append");
+        finish(&s, &d3, &w);
+
+        let swept = s.sweep(now - time::Duration::days(30)).expect("sweep");
+        assert_eq!(
+            swept,
+            Swept {
+                events: 1,
+                deliveries: 1,
+                attempts: 1
+            }
+        );
+        assert!(s.event(old_done.id).expect("read").is_none());
+        assert!(s.delivery(d1.id).expect("read").is_none());
+        assert!(s.attempts(d1.id).expect("read").is_empty());
+        assert!(
+            s.event(old_pending.id).expect("read").is_some(),
+            "a pending delivery keeps its event"
+        );
+        assert!(s.event(young.id).expect("read").is_some());
+        assert_eq!(s.deliveries_of(w.id, 10).expect("list").len(), 2);
+    }
+}

@@ -4,12 +4,14 @@
 //! - `passthrough`: the app's traffic is unchanged by the proxy.
 //! - `pipeline`: rules → stored event → signed webhook, one test per rule feature.
 //! - `delivery`: retries, restarts and failure outcomes.
+//! - `manage`: the delivery engine's Rust API in-process (status, delete, redeliver, ...).
 //! - `webhooks`: statuses, signature profiles, failure handling, modes, isolation.
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
 
 mod cli;
 mod common;
 mod delivery;
+mod manage;
 mod passthrough;
 mod pipeline;
 mod webhooks;

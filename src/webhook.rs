@@ -264,6 +264,288 @@ impl Webhook {
     }
 }
 
+/// A webhook as an operator writes it (in hooktap.toml or to the admin API): every field is
+/// optional and unchecked until [`WebhookInput::apply`] turns it into a [`WebhookSpec`]. Both
+/// the config loader and the API go through here, so they validate alike.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookInput {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub topics: Option<Vec<String>>,
+    pub status: Option<String>,
+    pub retry: Option<String>,
+    pub failure_threshold: Option<u32>,
+    pub timeout: Option<String>,
+    pub signature: Option<String>,
+    pub header_prefix: Option<String>,
+    pub mode: Option<String>,
+    pub batch_interval: Option<String>,
+    pub batch_max: Option<usize>,
+    pub batch_order: Option<String>,
+    pub ordered: Option<bool>,
+    pub concurrency: Option<usize>,
+}
+
+/// What a webhook gets when its input leaves a field out.
+pub struct Defaults<'a> {
+    pub https_only: bool,
+    pub guard: &'a crate::delivery::ssrf::Guard,
+    pub timeout: Duration,
+}
+
+/// A rejected field, named as the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl WebhookInput {
+    /// Checks every field and builds a spec: over `base` for a partial update (fields left out
+    /// keep their value), else from the defaults. Reports every bad field, not only the first.
+    pub fn apply(
+        self,
+        base: Option<&WebhookSpec>,
+        d: &Defaults<'_>,
+    ) -> Result<WebhookSpec, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let name = match (self.name, base) {
+            (Some(n), _) if n.trim().is_empty() => check(
+                &mut errors,
+                "name",
+                Err("name must not be empty".to_owned()),
+            ),
+            (Some(n), _) => Some(n.trim().to_owned()),
+            (None, Some(b)) => Some(b.name.clone()),
+            (None, None) => Some(format!(
+                "Webhook created on {}",
+                OffsetDateTime::now_utc().date()
+            )),
+        };
+        let url = match (self.url, base) {
+            (Some(u), _) => check(&mut errors, "url", check_url(&u, d.https_only, d.guard)),
+            (None, Some(b)) => Some(b.url.clone()),
+            (None, None) => check(&mut errors, "url", Err("url is required".to_owned())),
+        };
+        let secret = match (self.secret, base) {
+            (Some(s), _) if s.is_empty() => check(
+                &mut errors,
+                "secret",
+                Err("secret must not be empty".to_owned()),
+            ),
+            (Some(s), _) => Some(s),
+            (None, Some(b)) => Some(b.secret.clone()),
+            (None, None) => check(&mut errors, "secret", Err("secret is required".to_owned())),
+        };
+        let topics = match (self.topics, base) {
+            (Some(t), _) => check(&mut errors, "topics", compile_topics(&t).map(|_| t)),
+            (None, Some(b)) => Some(b.topics.clone()),
+            (None, None) => check(
+                &mut errors,
+                "topics",
+                Err("topics is required, such as [\"order.*\"]".to_owned()),
+            ),
+        };
+        let status = match self.status {
+            Some(s) => check(&mut errors, "status", WebhookStatus::parse(&s).map(Some)),
+            None => Some(None),
+        };
+        let retry = match (self.retry, base) {
+            (Some(r), _) => check(
+                &mut errors,
+                "retry",
+                crate::delivery::retry::parse_schedule(&r),
+            ),
+            (None, Some(b)) => Some(b.retry.clone()),
+            (None, None) => {
+                crate::delivery::retry::parse_schedule(crate::delivery::retry::DEFAULT_SCHEDULE)
+                    .ok()
+            }
+        };
+        let parse_duration = |field: &str, s: &str| {
+            humantime::parse_duration(s).map_err(|e| {
+                format!("{field} `{s}` is not a duration such as 500ms, 5s or 1m: {e}")
+            })
+        };
+        let timeout = match (self.timeout, base) {
+            (Some(t), _) => check(&mut errors, "timeout", parse_duration("timeout", &t)),
+            (None, Some(b)) => Some(b.timeout),
+            (None, None) => Some(d.timeout),
+        };
+        let signature = match (self.signature, base) {
+            (Some(s), _) => check(&mut errors, "signature", Profile::parse(&s)),
+            (None, Some(b)) => Some(b.signature),
+            (None, None) => Some(Profile::Hooktap),
+        };
+        let header_prefix = match (self.header_prefix, base) {
+            (Some(p), _) => {
+                let valid = !p.is_empty()
+                    && http::HeaderName::from_bytes(format!("{p}Id").as_bytes()).is_ok();
+                check(
+                    &mut errors,
+                    "header_prefix",
+                    if valid {
+                        Ok(p)
+                    } else {
+                        Err(format!(
+                            "header_prefix `{p}` does not make valid header names"
+                        ))
+                    },
+                )
+            }
+            (None, Some(b)) => Some(b.header_prefix.clone()),
+            (None, None) => Some(DEFAULT_HEADER_PREFIX.to_owned()),
+        };
+        let base_batch = match base.map(|b| b.mode) {
+            Some(Mode::Batch {
+                interval,
+                max,
+                order,
+            }) => Some((interval, max, order)),
+            _ => None,
+        };
+        let mode_name = self.mode.clone().unwrap_or_else(|| {
+            if base_batch.is_some() {
+                "batch"
+            } else {
+                "realtime"
+            }
+            .to_owned()
+        });
+        let mode = match mode_name.as_str() {
+            "realtime" => {
+                if self.batch_interval.is_some()
+                    || self.batch_max.is_some()
+                    || self.batch_order.is_some()
+                {
+                    check(
+                        &mut errors,
+                        "mode",
+                        Err(
+                            "batch_interval, batch_max and batch_order need mode = \"batch\""
+                                .to_owned(),
+                        ),
+                    )
+                } else {
+                    Some(Mode::Realtime)
+                }
+            }
+            "batch" => {
+                let interval = match self.batch_interval {
+                    Some(i) => check(
+                        &mut errors,
+                        "batch_interval",
+                        parse_duration("batch_interval", &i),
+                    ),
+                    None => Some(base_batch.map_or(Duration::from_secs(60), |b| b.0)),
+                };
+                let max = match self.batch_max {
+                    Some(0) => check(
+                        &mut errors,
+                        "batch_max",
+                        Err("batch_max must be at least 1".to_owned()),
+                    ),
+                    Some(m) => Some(m),
+                    None => Some(base_batch.map_or(100, |b| b.1)),
+                };
+                let order = match self.batch_order.as_deref() {
+                    Some("chronological") => Some(BatchOrder::Chronological),
+                    Some("reverse") => Some(BatchOrder::Reverse),
+                    Some(o) => check(
+                        &mut errors,
+                        "batch_order",
+                        Err(format!(
+                            "batch_order `{o}` must be \"chronological\" or \"reverse\""
+                        )),
+                    ),
+                    None => Some(base_batch.map_or(BatchOrder::Chronological, |b| b.2)),
+                };
+                match (interval, max, order) {
+                    (Some(interval), Some(max), Some(order)) => Some(Mode::Batch {
+                        interval,
+                        max,
+                        order,
+                    }),
+                    _ => None,
+                }
+            }
+            other => check(
+                &mut errors,
+                "mode",
+                Err(format!("mode `{other}` must be \"realtime\" or \"batch\"")),
+            ),
+        };
+        let ordered = self.ordered.or(base.map(|b| b.ordered)).unwrap_or(false);
+        if ordered && matches!(mode, Some(Mode::Batch { .. })) {
+            check::<()>(&mut errors, "ordered", Err("ordered cannot be combined with batch mode, which already sends one batch at a time".to_owned()));
+        }
+        let concurrency = match (self.concurrency, base) {
+            (Some(0), _) => check(
+                &mut errors,
+                "concurrency",
+                Err("concurrency must be at least 1".to_owned()),
+            ),
+            (Some(c), _) => Some(c),
+            (None, Some(b)) => Some(b.concurrency),
+            (None, None) => Some(8),
+        };
+        let failure_threshold = self
+            .failure_threshold
+            .or(base.map(|b| b.failure_threshold))
+            .unwrap_or(5);
+        match (
+            name,
+            url,
+            secret,
+            topics,
+            status,
+            retry,
+            timeout,
+            signature,
+            header_prefix,
+            mode,
+            concurrency,
+        ) {
+            (
+                Some(name),
+                Some(url),
+                Some(secret),
+                Some(topics),
+                Some(status),
+                Some(retry),
+                Some(timeout),
+                Some(signature),
+                Some(header_prefix),
+                Some(mode),
+                Some(concurrency),
+            ) if errors.is_empty() => Ok(WebhookSpec {
+                name,
+                url,
+                secret,
+                topics,
+                status,
+                retry,
+                failure_threshold,
+                timeout,
+                signature,
+                header_prefix,
+                mode,
+                ordered,
+                concurrency,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// `Some(value)`, or `None` with the error noted against `field`.
+fn check<T>(errors: &mut Vec<FieldError>, field: &'static str, r: Result<T, String>) -> Option<T> {
+    r.map_err(|message| errors.push(FieldError { field, message }))
+        .ok()
+}
+
 /// Checks a webhook URL: http(s) with a host, https when `https_only`, and (for IP literals)
 /// a destination the SSRF guard permits. Hostnames are checked when they are resolved.
 pub fn check_url(
@@ -352,6 +634,83 @@ mod millis_list {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn defaults(guard: &crate::delivery::ssrf::Guard) -> Defaults<'_> {
+        Defaults {
+            https_only: false,
+            guard,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn input_fills_defaults_and_reports_every_bad_field() {
+        let guard = crate::delivery::ssrf::Guard::default();
+        let input = WebhookInput {
+            url: Some("https://hooks.example.com/in".into()),
+            secret: Some("s".into()),
+            topics: Some(vec!["order.*".into()]),
+            ..WebhookInput::default()
+        };
+        let spec = input.apply(None, &defaults(&guard)).expect("valid");
+        assert!(spec.name.starts_with("Webhook created on "));
+        assert_eq!(
+            (
+                spec.signature,
+                spec.mode,
+                spec.concurrency,
+                spec.failure_threshold
+            ),
+            (Profile::Hooktap, Mode::Realtime, 8, 5)
+        );
+        assert_eq!(spec.retry.len(), 11);
+
+        let bad = WebhookInput {
+            url: Some("ftp://x".into()),
+            topics: Some(vec![]),
+            retry: Some("5s,soon".into()),
+            mode: Some("batch".into()),
+            ordered: Some(true),
+            ..WebhookInput::default()
+        };
+        let fields: Vec<&str> = bad
+            .apply(None, &defaults(&guard))
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(fields, ["url", "secret", "topics", "retry", "ordered"]);
+    }
+
+    #[test]
+    fn a_partial_update_keeps_what_it_leaves_out() {
+        let guard = crate::delivery::ssrf::Guard::default();
+        let base = WebhookInput {
+            name: Some("crm".into()),
+            url: Some("https://hooks.example.com/in".into()),
+            secret: Some("s".into()),
+            topics: Some(vec!["order.*".into()]),
+            mode: Some("batch".into()),
+            batch_max: Some(7),
+            ..WebhookInput::default()
+        }
+        .apply(None, &defaults(&guard))
+        .expect("valid");
+        let update = WebhookInput {
+            batch_interval: Some("5s".into()),
+            ..WebhookInput::default()
+        };
+        let spec = update.apply(Some(&base), &defaults(&guard)).expect("valid");
+        assert_eq!(spec.name, "crm");
+        assert_eq!(
+            spec.mode,
+            Mode::Batch {
+                interval: Duration::from_secs(5),
+                max: 7,
+                order: BatchOrder::Chronological
+            }
+        );
+    }
 
     #[test]
     fn credentials_are_masked() {

@@ -14,13 +14,10 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::delivery::retry;
 use crate::delivery::ssrf::Guard;
 use crate::rules::test::RuleTest;
 use crate::rules::{RuleSet, SpanError};
-use crate::webhook::{
-    BatchOrder, DEFAULT_HEADER_PREFIX, Mode, Profile, WebhookSpec, WebhookStatus,
-};
+use crate::webhook::{Defaults, FieldError, WebhookInput, WebhookSpec};
 use raw::{RawConfig, RawRuleFile, RawWebhook};
 
 /// One problem in one file, with its place when known.
@@ -477,6 +474,18 @@ fn compile_proxy(r: &mut Reporter, p: raw::RawProxy) -> ProxyConfig {
     }
 }
 
+/// Unwraps a spanned value, remembering where `field` was written.
+fn take<T>(
+    spans: &mut Vec<(&'static str, Range<usize>)>,
+    field: &'static str,
+    v: Option<Spanned<T>>,
+) -> Option<T> {
+    v.map(|s| {
+        spans.push((field, s.span()));
+        s.into_inner()
+    })
+}
+
 fn compile_webhook(
     r: &mut Reporter,
     w: RawWebhook,
@@ -484,20 +493,11 @@ fn compile_webhook(
 ) -> Option<WebhookSpec> {
     let name = w.name.get_ref().trim().to_owned();
     let name_span = w.name.span();
-    if name.is_empty() {
-        r.at(name_span.clone(), "webhook name must not be empty");
-    }
-    let url = match &w.url {
-        None => {
-            r.at(name_span.clone(), format!("webhook `{name}` has no `url`"));
-            None
-        }
-        Some(u) => crate::webhook::check_url(u.get_ref(), delivery.https_only, &delivery.guard)
-            .map_err(|m| r.at(u.span(), format!("webhook `{name}`: {m}")))
-            .ok(),
-    };
+    let mut spans = vec![("name", name_span.clone())];
+    // The secret comes from the file or from the environment; the rest is checked by
+    // `WebhookInput::apply`, exactly as the admin API checks it.
     let secret = match (w.secret, w.secret_env) {
-        (Some(s), None) if !s.get_ref().is_empty() => Some(s.into_inner()),
+        (Some(s), None) => take(&mut spans, "secret", Some(s)),
         (None, Some(var)) => match std::env::var(var.get_ref()) {
             Ok(s) if !s.is_empty() => Some(s),
             _ => {
@@ -508,7 +508,7 @@ fn compile_webhook(
                         var.get_ref()
                     ),
                 );
-                None
+                return None;
             }
         },
         (Some(s), Some(_)) => {
@@ -516,141 +516,43 @@ fn compile_webhook(
                 s.span(),
                 format!("webhook `{name}`: set either `secret` or `secret_env`, not both"),
             );
-            None
+            return None;
         }
-        (Some(s), None) => {
-            r.at(
-                s.span(),
-                format!("webhook `{name}`: `secret` must not be empty"),
-            );
-            None
-        }
-        (None, None) => {
-            r.at(
-                name_span.clone(),
-                format!("webhook `{name}` needs `secret` or `secret_env`"),
-            );
-            None
-        }
+        (None, None) => None,
     };
-    let topics = match w.topics {
-        None => {
-            r.at(
-                name_span.clone(),
-                format!("webhook `{name}` needs `topics`, such as [\"order.*\"]"),
-            );
-            None
-        }
-        Some(t) => {
-            let span = t.span();
-            let topics = t.into_inner();
-            crate::webhook::compile_topics(&topics)
-                .map_err(|m| r.at(span, format!("webhook `{name}`: {m}")))
-                .ok()
-                .map(|_| topics)
-        }
+    let input = WebhookInput {
+        name: Some(w.name.into_inner()),
+        url: take(&mut spans, "url", w.url),
+        secret,
+        topics: take(&mut spans, "topics", w.topics),
+        status: take(&mut spans, "status", w.status),
+        retry: take(&mut spans, "retry", w.retry),
+        failure_threshold: take(&mut spans, "failure_threshold", w.failure_threshold),
+        timeout: take(&mut spans, "timeout", w.timeout),
+        signature: take(&mut spans, "signature", w.signature),
+        header_prefix: take(&mut spans, "header_prefix", w.header_prefix),
+        mode: take(&mut spans, "mode", w.mode),
+        batch_interval: take(&mut spans, "batch_interval", w.batch_interval),
+        batch_max: take(&mut spans, "batch_max", w.batch_max),
+        batch_order: take(&mut spans, "batch_order", w.batch_order),
+        ordered: take(&mut spans, "ordered", w.ordered),
+        concurrency: take(&mut spans, "concurrency", w.concurrency),
     };
-    let retry = match &w.retry {
-        None => retry::parse_schedule(retry::DEFAULT_SCHEDULE).ok(),
-        Some(s) => retry::parse_schedule(s.get_ref())
-            .map_err(|m| r.at(s.span(), format!("webhook `{name}`: {m}")))
-            .ok(),
+    let defaults = Defaults {
+        https_only: delivery.https_only,
+        guard: &delivery.guard,
+        timeout: delivery.timeout,
     };
-    let mut parsed = |v: Option<Spanned<String>>, parse: fn(&str) -> Result<_, String>| match v {
-        None => Some(None),
-        Some(s) => parse(s.get_ref())
-            .map_err(|m| r.at(s.span(), format!("webhook `{name}`: {m}")))
-            .ok()
-            .map(Some),
-    };
-    let status = parsed(w.status, WebhookStatus::parse);
-    let signature = match w.signature {
-        None => Some(Profile::Hooktap),
-        Some(s) => Profile::parse(s.get_ref())
-            .map_err(|m| r.at(s.span(), format!("webhook `{name}`: {m}")))
-            .ok(),
-    };
-    let header_prefix = match w.header_prefix {
-        None => Some(DEFAULT_HEADER_PREFIX.to_owned()),
-        Some(p) => {
-            let valid = !p.get_ref().is_empty()
-                && http::HeaderName::from_bytes(format!("{}Id", p.get_ref()).as_bytes()).is_ok();
-            if !valid {
-                r.at(
-                    p.span(),
-                    format!(
-                        "webhook `{name}`: header_prefix `{}` does not make valid header names",
-                        p.get_ref()
-                    ),
-                );
+    input
+        .apply(None, &defaults)
+        .map_err(|errors| {
+            for FieldError { field, message } in errors {
+                let span = spans
+                    .iter()
+                    .find(|(f, _)| *f == field)
+                    .map_or(name_span.clone(), |(_, s)| s.clone());
+                r.at(span, format!("webhook `{name}`: {message}"));
             }
-            valid.then(|| p.into_inner())
-        }
-    };
-    let timeout = duration(r, w.timeout, "timeout", delivery.timeout);
-    let mode = match w.mode.as_ref().map(|m| m.get_ref().as_str()) {
-        None | Some("realtime") => {
-            if let Some(b) = w
-                .batch_interval
-                .as_ref()
-                .map(Spanned::span)
-                .or(w.batch_max.as_ref().map(Spanned::span))
-            {
-                r.at(
-                    b,
-                    format!("webhook `{name}`: batch_interval and batch_max need mode = \"batch\""),
-                );
-            }
-            Some(Mode::Realtime)
-        }
-        Some("batch") => {
-            let order = match w.batch_order {
-                None => Some(BatchOrder::Chronological),
-                Some(o) if o.get_ref() == "chronological" => Some(BatchOrder::Chronological),
-                Some(o) if o.get_ref() == "reverse" => Some(BatchOrder::Reverse),
-                Some(o) => {
-                    r.at(o.span(), format!("webhook `{name}`: batch_order `{}` must be \"chronological\" or \"reverse\"", o.get_ref()));
-                    None
-                }
-            };
-            if let Some(o) = w.ordered.as_ref().filter(|o| *o.get_ref()) {
-                r.at(o.span(), format!("webhook `{name}`: `ordered` cannot be combined with batch mode, which already sends one batch at a time"));
-            }
-            Some(Mode::Batch {
-                interval: duration(
-                    r,
-                    w.batch_interval,
-                    "batch_interval",
-                    Duration::from_secs(60),
-                ),
-                max: positive(r, w.batch_max, "batch_max", 100),
-                order: order?,
-            })
-        }
-        Some(other) => {
-            if let Some(m) = &w.mode {
-                r.at(
-                    m.span(),
-                    format!("webhook `{name}`: mode `{other}` must be \"realtime\" or \"batch\""),
-                );
-            }
-            None
-        }
-    };
-    let concurrency = positive(r, w.concurrency, "concurrency", 8);
-    Some(WebhookSpec {
-        name,
-        url: url?,
-        secret: secret?,
-        topics: topics?,
-        status: status?,
-        retry: retry?,
-        failure_threshold: w.failure_threshold.unwrap_or(5),
-        timeout,
-        signature: signature?,
-        header_prefix: header_prefix?,
-        mode: mode?,
-        ordered: w.ordered.is_some_and(|o| o.into_inner()),
-        concurrency,
-    })
+        })
+        .ok()
 }

@@ -74,7 +74,7 @@ pub struct RawWebhook {
     pub retry: Option<Spanned<String>>,
     pub concurrency: Option<Spanned<usize>>,
     pub status: Option<Spanned<String>>,
-    pub failure_threshold: Option<u32>,
+    pub failure_threshold: Option<Spanned<u32>>,
     pub timeout: Option<Spanned<String>>,
     pub signature: Option<Spanned<String>>,
     pub header_prefix: Option<Spanned<String>>,

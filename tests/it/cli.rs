@@ -135,7 +135,7 @@ fn check_names_file_line_and_problem() {
         "retry = \"5s,soon\"\n",
     );
     let e = check_fails(&config, GOOD_RULE);
-    assert_says(&e, "hooktap.toml:11:8", "webhook `crm` has no `url`");
+    assert_says(&e, "hooktap.toml:11:8", "webhook `crm`: url is required");
     assert_says(&e, "hooktap.toml:12:9", "retry delay `soon`");
     // An invalid URL and an unknown key in hooktap.toml.
     let config = CONFIG

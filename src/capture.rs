@@ -71,6 +71,18 @@ pub enum SkipReason {
     Undecodable { encoding: String, message: String },
 }
 
+impl SkipReason {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::TooBig => "too_big",
+            Self::DecodedTooBig => "decoded_too_big",
+            Self::UnsupportedEncoding(_) => "unsupported_encoding",
+            Self::Undecodable { .. } => "undecodable",
+        }
+    }
+}
+
 /// Turns a captured body into the JSON value rules see.
 ///
 /// `Content-Encoding` (gzip, deflate, br, identity, or a chain of them) is undone first, never

@@ -96,6 +96,10 @@ pub struct Delivery {
     pub state: DeliveryState,
     /// Attempts made so far.
     pub attempts: u32,
+    /// The attempt count when the retry schedule (re)started: a redelivery by hand gets the
+    /// whole schedule again without renumbering the attempt log.
+    #[serde(default)]
+    pub schedule_start: u32,
     /// When the next attempt is due, in Unix milliseconds; meaningful while `Pending`.
     pub due_ms: u64,
     /// Its place in the webhook's queue: the due time, except for ordered webhooks, where it
@@ -120,6 +124,7 @@ impl Delivery {
             topic: event.topic.clone(),
             state: DeliveryState::Pending,
             attempts: 0,
+            schedule_start: 0,
             due_ms,
             queue_ms: due_ms,
             last_summary: None,

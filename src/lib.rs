@@ -13,20 +13,26 @@
 //!
 //! # Layout
 //!
+//! - [`admin`]: the admin HTTP API, dashboard, metrics and live tap.
 //! - [`config`]: hooktap.toml and rule files: raw serde types, validation, `file:line` errors.
 //! - [`rules`]: the compiled rule set: router, `when` predicates, payload, the `[[test]]` runner.
 //! - [`capture`]: bounded body copies, content decoding, the exchange document.
 //! - [`event`]: the types handed between rules, store and delivery.
+//! - [`metrics`]: Prometheus counters shared by proxy, rules and delivery.
 //! - [`proxy`]: the pingora glue; fails open.
+//! - [`live`]: reloading rules and webhooks while running.
 //! - [`store`]: sled key layout and the atomic operations on it.
 //! - [`webhook`]: webhook subscriptions: spec, stored record, status, counters.
 //! - [`delivery`]: the delivery loop, signing profiles, retry schedule, SSRF guard.
 //! - [`server`]: wires the above into one pingora server with graceful shutdown.
 
+pub mod admin;
 pub mod capture;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod live;
+pub mod metrics;
 pub mod proxy;
 pub mod rules;
 pub mod server;

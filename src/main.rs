@@ -95,7 +95,7 @@ fn check(config: &Config) {
         println!(
             "  webhook {} -> {} [{}]",
             w.name,
-            w.url,
+            hooktap::webhook::mask_url(&w.url),
             w.topics.join(", ")
         );
     }

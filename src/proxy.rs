@@ -12,13 +12,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderMap;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::capture::{BodyCapture, Exchange, RequestParts, ResponseParts};
 use crate::delivery::Dispatcher;
 use crate::rules::RuleSet;
 use crate::rules::router::Candidates;
+use arc_swap::ArcSwap;
 
 /// Where and how to reach the host application.
 #[derive(Debug, Clone)]
@@ -35,31 +36,46 @@ pub struct Limits {
     pub max_decoded_bytes: usize,
 }
 
+/// How requests are passed on to the app.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding {
+    /// Add X-Forwarded-For/-Proto/-Host.
+    pub headers: bool,
+    /// The listener terminates TLS (X-Forwarded-Proto: https).
+    pub tls: bool,
+}
+
 pub struct Proxy {
-    rules: Arc<RuleSet>,
+    /// Swapped as a whole on reload; each request keeps the snapshot it started with.
+    rules: Arc<ArcSwap<RuleSet>>,
     dispatcher: Arc<Dispatcher>,
     upstream: Upstream,
     limits: Limits,
+    forwarding: Forwarding,
 }
 
 impl Proxy {
     pub fn new(
-        rules: Arc<RuleSet>,
+        rules: Arc<ArcSwap<RuleSet>>,
         dispatcher: Arc<Dispatcher>,
         upstream: Upstream,
         limits: Limits,
+        forwarding: Forwarding,
     ) -> Self {
         Self {
             rules,
             dispatcher,
             upstream,
             limits,
+            forwarding,
         }
     }
 }
 
 /// What is kept of a candidate exchange while it streams.
 struct Capture {
+    /// The rules the candidates index into (a reload mid-request does not disturb them).
+    rules: Arc<RuleSet>,
     candidates: Candidates,
     method: String,
     path: String,
@@ -100,8 +116,11 @@ impl Proxy {
         let mut doc = exchange.into_document(self.limits.max_decoded_bytes);
         for (side, reason) in &doc.skipped {
             tracing::debug!(side, %reason, "body not captured");
+            self.dispatcher
+                .metrics()
+                .capture_skipped(side, reason.label());
         }
-        for m in self.rules.evaluate(&capture.candidates, &mut doc.value) {
+        for m in capture.rules.evaluate(&capture.candidates, &mut doc.value) {
             match self.dispatcher.enqueue(&m.event) {
                 Ok(deliveries) => {
                     tracing::debug!(event = %m.event.id, topic = %m.event.topic, rule = %m.rule.name,
@@ -123,9 +142,11 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let rules = self.rules.load();
         let req = session.req_header();
-        if let Some(candidates) = self.rules.candidates(&req.method, req.uri.path()) {
+        if let Some(candidates) = rules.candidates(&req.method, req.uri.path()) {
             ctx.capture = Some(Box::new(Capture {
+                rules: arc_swap::Guard::into_inner(rules),
                 candidates,
                 method: req.method.to_string(),
                 path: req.uri.path().to_owned(),
@@ -138,6 +159,50 @@ impl ProxyHttp for Proxy {
             }));
         }
         Ok(false)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !self.forwarding.headers {
+            return Ok(());
+        }
+        // X-Forwarded-For is a chain: append this hop's client. Proto and Host describe the
+        // request as this listener received it, so they are set, not trusted from the client.
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let chain = match upstream_request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prior) => format!("{prior}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream_request.insert_header("x-forwarded-for", chain)?;
+        }
+        let proto = if self.forwarding.tls { "https" } else { "http" };
+        upstream_request.insert_header("x-forwarded-proto", proto)?;
+        let host = upstream_request
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| {
+                upstream_request
+                    .uri
+                    .authority()
+                    .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            });
+        if let Some(host) = host {
+            upstream_request.insert_header("x-forwarded-host", host)?;
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -179,7 +244,7 @@ impl ProxyHttp for Proxy {
             // 1xx (e.g. 100 Continue) is not the final answer.
             return Ok(());
         }
-        if self.rules.wants_response(&c.candidates, status) {
+        if c.rules.wants_response(&c.candidates, status) {
             c.response = Some((status, response.headers.clone()));
             c.response_body = Some(BodyCapture::new(self.limits.max_capture_bytes));
         } else {
@@ -244,7 +309,9 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
-    async fn logging(&self, _session: &mut Session, error: Option<&pingora::Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.dispatcher.metrics().request(status);
         // The response ended without a final body chunk passing response_body_filter (no body,
         // or the client went away after the app had answered in full): the app did act, so the
         // event is still derived.

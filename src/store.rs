@@ -344,12 +344,70 @@ impl Store {
             .count()
     }
 
+    /// How many deliveries are queued for `webhook`, and when the oldest was created (Unix ms;
+    /// read from the UUIDv7 delivery ids in the keys, so no record is decoded).
+    pub fn queue_stats(&self, webhook: Uuid) -> Result<(usize, Option<u64>), StoreError> {
+        let mut count = 0;
+        let mut oldest: Option<u64> = None;
+        for entry in self.db.scan_prefix(key(b'q', &[webhook.as_bytes()])) {
+            let (k, _) = entry?;
+            count += 1;
+            let created = trailing_id(&k).and_then(|id| id.get_timestamp()).map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                secs * 1000 + u64::from(nanos) / 1_000_000
+            });
+            if let Some(c) = created {
+                oldest = Some(oldest.map_or(c, |o| o.min(c)));
+            }
+        }
+        Ok((count, oldest))
+    }
+
+    /// A cheap read that fails when the store does (for readiness checks).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.db.get(b"ping")?;
+        Ok(())
+    }
+
     pub fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
         self.get(key(b'e', &[id.as_bytes()]))
     }
 
     pub fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
         self.get(key(b'd', &[id.as_bytes()]))
+    }
+
+    /// Events newest first, filtered by `topic` (a glob) and creation time, skipping `offset`.
+    pub fn events_page(
+        &self,
+        topic: Option<&globset::GlobMatcher>,
+        since: Option<OffsetDateTime>,
+        until: Option<OffsetDateTime>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for entry in self.db.scan_prefix([b'e']).rev() {
+            let event: Event = serde_json::from_slice(&entry?.1)?;
+            if since.is_some_and(|s| event.created_at < s) {
+                break;
+            }
+            if until.is_some_and(|u| event.created_at >= u)
+                || topic.is_some_and(|t| !t.is_match(&event.topic))
+            {
+                continue;
+            }
+            if skipped < offset {
+                skipped += 1;
+                continue;
+            }
+            out.push(event);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Every event, oldest first.
@@ -420,6 +478,7 @@ impl Store {
         }
         let mut d = delivery.clone();
         d.state = DeliveryState::Pending;
+        d.schedule_start = d.attempts;
         d.due_ms = now_ms;
         d.queue_ms = now_ms;
         d.updated_at = OffsetDateTime::now_utc();

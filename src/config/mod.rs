@@ -72,6 +72,17 @@ pub struct ProxyConfig {
     pub threads: usize,
     pub grace_period: Duration,
     pub shutdown_timeout: Duration,
+    /// Terminate TLS on the listener with this certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Add X-Forwarded-For/-Proto/-Host for the app.
+    pub forwarded_headers: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// The bearer token every endpoint but the health checks requires.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,6 +115,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
+    pub admin: AdminConfig,
     pub webhooks: Vec<WebhookSpec>,
     pub rules: RuleSet,
     pub tests: Vec<RuleTest>,
@@ -197,7 +209,8 @@ impl Config {
         };
         let base = path.parent().unwrap_or(Path::new("."));
 
-        let proxy = compile_proxy(&mut r, raw.proxy);
+        let proxy = compile_proxy(&mut r, raw.proxy, base);
+        let admin = compile_admin(&mut r, raw.admin);
         let store = StoreConfig {
             path: base.join(
                 raw.store
@@ -395,6 +408,7 @@ impl Config {
             proxy,
             store,
             delivery,
+            admin,
             webhooks,
             rules,
             tests,
@@ -414,7 +428,57 @@ fn positive(r: &mut Reporter, v: Option<Spanned<usize>>, key: &str, default: usi
     }
 }
 
-fn compile_proxy(r: &mut Reporter, p: raw::RawProxy) -> ProxyConfig {
+fn compile_admin(r: &mut Reporter, a: raw::RawAdmin) -> AdminConfig {
+    let default = SocketAddr::from(([127, 0, 0, 1], 9090));
+    let listen = match &a.listen {
+        None => default,
+        Some(l) => l.get_ref().parse().unwrap_or_else(|e| {
+            r.at(
+                l.span(),
+                format!(
+                    "`listen` = \"{}\" is not an address such as 127.0.0.1:9090: {e}",
+                    l.get_ref()
+                ),
+            );
+            default
+        }),
+    };
+    let token = match (a.token, a.token_env) {
+        (Some(t), None) if !t.get_ref().is_empty() => Some(t.into_inner()),
+        (Some(t), None) => {
+            r.at(t.span(), "`token` must not be empty");
+            None
+        }
+        (None, Some(var)) => match std::env::var(var.get_ref()) {
+            Ok(t) if !t.is_empty() => Some(t),
+            _ => {
+                r.at(
+                    var.span(),
+                    format!(
+                        "environment variable `{}` is not set or empty",
+                        var.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+        (Some(t), Some(_)) => {
+            r.at(t.span(), "set either `token` or `token_env`, not both");
+            None
+        }
+        (None, None) => None,
+    };
+    if token.is_none() && !listen.ip().is_loopback() {
+        let span = a.listen.as_ref().map_or(0..0, Spanned::span);
+        r.at(
+            span,
+            format!("the admin API on {listen} needs `token` or `token_env`: without a token it may only listen on loopback"),
+        );
+    }
+    AdminConfig { listen, token }
+}
+
+fn compile_proxy(r: &mut Reporter, p: raw::RawProxy, base: &Path) -> ProxyConfig {
     let listen = p.listen.get_ref().parse().unwrap_or_else(|e| {
         r.at(
             p.listen.span(),
@@ -446,6 +510,26 @@ fn compile_proxy(r: &mut Reporter, p: raw::RawProxy) -> ProxyConfig {
         }),
     };
     let max_capture_bytes = bytes(r, p.max_capture_bytes, "max_capture_bytes", 1 << 20);
+    let tls = match (p.tls_cert, p.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let mut file = |s: &Spanned<String>, what: &str| {
+                let path = base.join(s.get_ref());
+                if let Err(e) = std::fs::metadata(&path) {
+                    r.at(s.span(), format!("{what} `{}`: {e}", path.display()));
+                }
+                path
+            };
+            Some((file(&cert, "tls_cert"), file(&key, "tls_key")))
+        }
+        (Some(s), None) | (None, Some(s)) => {
+            r.at(
+                s.span(),
+                "`tls_cert` and `tls_key` go together: set both or neither",
+            );
+            None
+        }
+    };
     ProxyConfig {
         listen,
         upstream,
@@ -471,6 +555,8 @@ fn compile_proxy(r: &mut Reporter, p: raw::RawProxy) -> ProxyConfig {
             "shutdown_timeout",
             Duration::from_secs(3),
         ),
+        tls,
+        forwarded_headers: p.forwarded_headers.unwrap_or(true),
     }
 }
 

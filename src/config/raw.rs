@@ -23,7 +23,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub delivery: RawDelivery,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
     pub webhook: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+    pub token: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +49,9 @@ pub struct RawProxy {
     pub threads: Option<Spanned<usize>>,
     pub grace_period: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub tls_cert: Option<Spanned<String>>,
+    pub tls_key: Option<Spanned<String>>,
+    pub forwarded_headers: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

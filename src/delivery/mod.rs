@@ -30,11 +30,12 @@ use std::time::Duration;
 use globset::GlobSet;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use uuid::Uuid;
 
 use crate::config::DeliveryConfig;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus, compile_topics};
 use send::{Answer, Outgoing};
@@ -118,6 +119,10 @@ pub struct Dispatcher {
     client: reqwest::Client,
     global: Arc<Semaphore>,
     wake: Notify,
+    metrics: Arc<Metrics>,
+    /// Every stored event, for live viewers (`hooktap tap`); sending costs nothing when
+    /// nobody listens.
+    tap: broadcast::Sender<Arc<Event>>,
 }
 
 /// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
@@ -141,6 +146,7 @@ impl Dispatcher {
         store: Arc<Store>,
         webhooks: Vec<Webhook>,
         config: DeliveryConfig,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, DeliveryError> {
         // pingora already links rustls with ring; use the same provider rather than a second one.
         // Installing fails only when a provider is already installed, which is just as good.
@@ -170,7 +176,22 @@ impl Dispatcher {
             config,
             client,
             wake: Notify::new(),
+            metrics,
+            tap: broadcast::channel(1024).0,
         })
+    }
+
+    /// Live events as they are stored (a slow viewer misses events rather than slowing hooktap).
+    pub fn tap(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tap.subscribe()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -205,7 +226,14 @@ impl Dispatcher {
                 Delivery::new(event, t.id, delay)
             })
             .collect();
-        self.store.append(event, &deliveries)?;
+        if let Err(e) = self.store.append(event, &deliveries) {
+            self.metrics.store_error();
+            return Err(e);
+        }
+        self.metrics.event(&event.topic, &event.rule);
+        if self.tap.receiver_count() > 0 {
+            let _ = self.tap.send(Arc::new(event.clone()));
+        }
         if !deliveries.is_empty() {
             self.wake.notify_one();
         }
@@ -404,9 +432,13 @@ impl Dispatcher {
                 (serde_json::to_vec(&by_topic)?, topic)
             }
         };
+        let message_id = match webhook.spec.mode {
+            Mode::Realtime => first.id,
+            Mode::Batch { .. } => batch_id(&kept),
+        };
         let out = Outgoing::new(
             &webhook,
-            &first.id.to_string(),
+            &message_id.to_string(),
             topic,
             &self.config.source,
             body,
@@ -439,6 +471,8 @@ impl Dispatcher {
             let webhook: &mut Webhook = &mut guard;
             let was = webhook.status;
             let mut changes = Vec::with_capacity(deliveries.len());
+            // A request counts once towards failure_threshold, however many deliveries it carried.
+            let mut finally_failed = false;
             for (i, before) in deliveries.iter().enumerate() {
                 let mut after = before.clone();
                 after.attempts += 1;
@@ -447,13 +481,20 @@ impl Dispatcher {
                 let c = &mut webhook.counters;
                 if success {
                     after.state = DeliveryState::Delivered;
+                    self.metrics.delivery(&webhook.spec.name, "delivered");
+                    self.metrics
+                        .lag((now - before.created_at).as_seconds_f64().max(0.0));
                     c.delivered += 1;
-                    c.consecutive_failures = 0;
                     c.last_delivered_at = Some(now);
                 } else {
                     c.last_failure_at = Some(now);
                     let delay = (!gone)
-                        .then(|| retry::next_delay(&webhook.spec.retry, after.attempts))
+                        .then(|| {
+                            retry::next_delay(
+                                &webhook.spec.retry,
+                                after.attempts - after.schedule_start,
+                            )
+                        })
                         .flatten()
                         .map(|d| {
                             answer.and_then(|a| a.retry_after).unwrap_or_else(|| {
@@ -472,13 +513,15 @@ impl Dispatcher {
                                 after.queue_ms = after.due_ms;
                             }
                             c.retries += 1;
+                            self.metrics.delivery(&webhook.spec.name, "retry");
                             tracing::warn!(delivery = %after.id, webhook = %webhook.spec.name, attempt = after.attempts, %summary,
                                 retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)), "delivery attempt failed");
                         }
                         None => {
                             after.state = DeliveryState::Failed;
                             c.failed += 1;
-                            c.consecutive_failures += 1;
+                            self.metrics.delivery(&webhook.spec.name, "failed");
+                            finally_failed = true;
                             tracing::error!(delivery = %after.id, webhook = %webhook.spec.name, attempts = after.attempts, %summary,
                                 "delivery failed finally; it can be redelivered by hand");
                         }
@@ -496,6 +539,15 @@ impl Dispatcher {
                     &deliveries[0],
                 );
                 changes.push((before, after, attempt));
+            }
+            if success {
+                webhook.counters.consecutive_failures = 0;
+            } else if finally_failed {
+                webhook.counters.consecutive_failures += 1;
+            }
+            if out.is_some() {
+                self.metrics
+                    .attempt_duration(&webhook.spec.name, elapsed.as_secs_f64());
             }
             let threshold = u64::from(webhook.spec.failure_threshold);
             if was != WebhookStatus::Disabled {
@@ -537,6 +589,23 @@ impl Dispatcher {
             tracing::error!(error = %e, "cannot store the webhook.disabled event");
         }
     }
+}
+
+/// The id of a batch request: derived from the ids of the deliveries it carries, so a retry of
+/// the same batch has the same id (receivers deduplicate on it) and a batch whose contents
+/// changed has a new one.
+fn batch_id(deliveries: &[Delivery]) -> Uuid {
+    use sha2::Digest;
+    let mut ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+    ids.sort();
+    let mut hash = sha2::Sha256::new();
+    for id in ids {
+        hash.update(id.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
 }
 
 fn disable(webhook: &mut Webhook, reason: String) {

@@ -76,8 +76,10 @@ impl Running {
         let synced = store
             .sync_webhooks(specs, config.secret_rotation_grace)
             .expect("sync");
-        let dispatcher =
-            Arc::new(Dispatcher::new(store, synced.webhooks, config).expect("dispatcher"));
+        let dispatcher = Arc::new(
+            Dispatcher::new(store, synced.webhooks, config, Default::default())
+                .expect("dispatcher"),
+        );
         let (stop, watch) = tokio::sync::watch::channel(false);
         tokio::spawn(Arc::clone(&dispatcher).run(Duration::from_secs(3600), watch));
         Self {

@@ -327,11 +327,16 @@ impl TestReceiver {
     }
 }
 
+/// The admin token of every test config.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// The hooktap binary, running with a config written to a temp directory.
 pub struct TestProxy {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub addr: SocketAddr,
+    /// The admin API.
+    pub admin: SocketAddr,
     child: Option<Child>,
 }
 
@@ -388,10 +393,12 @@ impl<'a> Setup<'a> {
         self
     }
 
-    /// Writes the config into a new temp directory.
-    pub fn write(&self) -> (tempfile::TempDir, PathBuf, SocketAddr) {
+    /// Writes the config into a new temp directory; returns it with the proxy's address (the
+    /// admin API listens on the next free port, with [`ADMIN_TOKEN`]).
+    pub fn write(&self) -> (tempfile::TempDir, PathBuf, SocketAddr, SocketAddr) {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let admin_port = free_port();
         let mut rules = vec![example_rules().display().to_string()];
         for (i, text) in self.extra_rules.iter().enumerate() {
             let p = dir.path().join(format!("extra-{i}.toml"));
@@ -401,14 +408,19 @@ impl<'a> Setup<'a> {
         let rules: Vec<String> = rules.iter().map(|r| format!("{r:?}")).collect();
         let webhooks: String = self.webhooks.iter().map(|(_, w)| w.as_str()).collect();
         let config = format!(
-            "rules = [{}]\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n{}\n\n[store]\npath = \"data\"\n\n[delivery]\nsource = \"https://shop.test/\"\nallow_networks = [\"127.0.0.0/8\"]\n\n{webhooks}",
+            "rules = [{}]\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nupstream = \"{}\"\nthreads = 2\ngrace_period = \"0s\"\nshutdown_timeout = \"1s\"\n{}\n\n[store]\npath = \"data\"\n\n[delivery]\nsource = \"https://shop.test/\"\nallow_networks = [\"127.0.0.0/8\"]\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"{ADMIN_TOKEN}\"\n\n{webhooks}",
             rules.join(", "),
             self.upstream,
             self.proxy_extra,
         );
         let path = dir.path().join("hooktap.toml");
         std::fs::write(&path, config).expect("write config");
-        (dir, path, SocketAddr::from(([127, 0, 0, 1], port)))
+        (
+            dir,
+            path,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        )
     }
 }
 
@@ -419,13 +431,14 @@ impl TestProxy {
 
     /// Starts with the written config passed through `edit` first.
     pub async fn start_edited(setup: &Setup<'_>, edit: impl FnOnce(&str) -> String) -> Self {
-        let (dir, config, addr) = setup.write();
+        let (dir, config, addr, admin) = setup.write();
         let text = std::fs::read_to_string(&config).expect("read config");
         std::fs::write(&config, edit(&text)).expect("write config");
         let mut proxy = Self {
             dir,
             config,
             addr,
+            admin,
             child: None,
         };
         proxy.spawn().await;
@@ -468,6 +481,28 @@ impl TestProxy {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Waits until the admin API answers (it starts beside the proxy).
+    pub async fn admin_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client()
+            .get(self.admin_url("/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the admin API did not start; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub fn log(&self) -> String {

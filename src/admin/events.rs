@@ -1,0 +1,177 @@
+//! `/events`, `/rules`, the live stream, reload, metrics and health.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{AdminState, ApiError, Page};
+
+#[derive(Debug, Deserialize)]
+pub struct EventFilter {
+    /// A glob over topics, like a webhook's `topics` entries.
+    topic: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    since: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<OffsetDateTime>,
+}
+
+fn topic_matcher(topic: Option<&str>) -> Result<Option<globset::GlobMatcher>, ApiError> {
+    topic
+        .map(|t| {
+            globset::Glob::new(t)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| {
+                    ApiError::invalid("topic", format!("topic pattern `{t}` is invalid: {e}"))
+                })
+        })
+        .transpose()
+}
+
+pub async fn list(
+    State(state): State<AdminState>,
+    Query(filter): Query<EventFilter>,
+    Query(page): Query<Page>,
+) -> Result<Json<Vec<crate::event::Event>>, ApiError> {
+    let (offset, limit) = page.check()?;
+    let topic = topic_matcher(filter.topic.as_deref())?;
+    let events = state.live.dispatcher().store().events_page(
+        topic.as_ref(),
+        filter.since,
+        filter.until,
+        offset,
+        limit,
+    )?;
+    Ok(Json(events))
+}
+
+pub async fn get(
+    State(state): State<AdminState>,
+    Path(raw): Path<String>,
+) -> Result<Json<crate::event::Event>, ApiError> {
+    let id = uuid::Uuid::parse_str(&raw).map_err(|_| ApiError::not_found("event"))?;
+    let event = state
+        .live
+        .dispatcher()
+        .store()
+        .event(id)?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    Ok(Json(event))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamFilter {
+    topic: Option<String>,
+}
+
+/// Server-sent events: one `event` message (JSON) per stored event, as it is stored.
+pub async fn stream(
+    State(state): State<AdminState>,
+    Query(filter): Query<StreamFilter>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let topic = topic_matcher(filter.topic.as_deref())?;
+    let rx = state.live.dispatcher().tap();
+    let events = futures_util::stream::unfold((rx, topic), |(mut rx, topic)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) if topic.as_ref().is_none_or(|t| t.is_match(&e.topic)) => {
+                    let msg = SseEvent::default()
+                        .event("event")
+                        .json_data(&*e)
+                        .unwrap_or_default();
+                    return Some((Ok(msg), (rx, topic)));
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    let msg = SseEvent::default().event("lagged").data(n.to_string());
+                    return Some((Ok(msg), (rx, topic)));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+pub async fn rules(State(state): State<AdminState>) -> Json<Vec<Value>> {
+    let rules = state.live.rules().load();
+    let metrics = state.live.dispatcher().metrics();
+    Json(
+        rules
+            .rules()
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "topic": r.topic.as_str(),
+                    "methods": r.methods.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "path": r.path,
+                    "events": metrics.events_of_rule(r.topic.as_str(), &r.name),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let live = state.live.clone();
+    let result = tokio::task::spawn_blocking(move || live.reload())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the reload panicked",
+            )
+        })?;
+    match result {
+        Ok(r) => Ok(Json(
+            json!({"reloaded": true, "rules": r.rules, "webhooks": r.webhooks, "removed": r.removed}),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+            e.to_string(),
+        )),
+    }
+}
+
+pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
+    let d = state.live.dispatcher();
+    d.refresh_queue_metrics()?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        d.metrics().encode(),
+    )
+        .into_response())
+}
+
+/// Ready when the proxy accepts connections and the store answers.
+pub async fn ready(State(state): State<AdminState>) -> Response {
+    let proxy = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(state.proxy_addr),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok());
+    let store = state.live.dispatcher().store().ping().is_ok();
+    let status = if proxy && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(json!({"proxy": proxy, "store": store}))).into_response()
+}

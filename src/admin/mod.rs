@@ -1,0 +1,254 @@
+//! The admin HTTP API: manage webhooks, inspect deliveries and events, metrics, live tap, the
+//! dashboard. It asks the delivery engine ([`crate::delivery::Dispatcher`]) and the store; it
+//! never sends webhooks itself.
+//!
+//! Every endpoint but `/healthz` and `/readyz` requires `Authorization: Bearer <token>`; the
+//! dashboard page at `/` is static (a login form and the script that calls the API with the
+//! token) and carries no data. Errors are `{"code": "...", "message": "..."}`.
+//!
+//! - [`webhooks`]: webhooks, their actions and deliveries.
+//! - [`events`]: events, rules, the live stream, reload, metrics and health.
+//! - [`openapi`]: the OpenAPI document of all of the above.
+
+mod events;
+pub mod openapi;
+mod webhooks;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::delivery::manage::ManageError;
+use crate::live::Live;
+use crate::store::StoreError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AdminState {
+    pub live: Arc<Live>,
+    /// SHA-256 of the token: compared in constant time, and equal-length whatever was sent.
+    token_hash: Option<[u8; 32]>,
+    /// Where the proxy listens, for `/readyz`.
+    pub proxy_addr: SocketAddr,
+}
+
+impl AdminState {
+    pub fn new(live: Arc<Live>, token: Option<&str>, proxy_addr: SocketAddr) -> Self {
+        Self {
+            live,
+            token_hash: token.map(|t| Sha256::digest(t.as_bytes()).into()),
+            proxy_addr,
+        }
+    }
+}
+
+/// An error at the HTTP edge: a code for programs, a message for people, a fitting status.
+/// Client mistakes are not logged; internal errors are, and their details stay in the log.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} with that id"),
+        )
+    }
+
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            body["field"] = field.into();
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "admin API: store error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the store failed; see hooktap's log",
+        )
+    }
+}
+
+impl From<ManageError> for ApiError {
+    fn from(e: ManageError) -> Self {
+        match e {
+            ManageError::NotFound(_) => Self::not_found("webhook"),
+            ManageError::Invalid(errors) => {
+                let field = errors.first().map_or("body", |e| e.field);
+                let message = errors
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Self::invalid(field, message)
+            }
+            ManageError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ManageError::PingFailed(_) => {
+                Self::new(StatusCode::CONFLICT, "ping_failed", e.to_string())
+            }
+            ManageError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// `?page=1&per_page=20` (per_page at most 100).
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    #[serde(default = "first_page")]
+    page: usize,
+    #[serde(default = "default_per_page")]
+    per_page: usize,
+}
+
+fn first_page() -> usize {
+    1
+}
+
+fn default_per_page() -> usize {
+    20
+}
+
+impl Page {
+    fn check(&self) -> Result<(usize, usize), ApiError> {
+        if self.page == 0 {
+            return Err(ApiError::invalid("page", "page starts at 1"));
+        }
+        if !(1..=100).contains(&self.per_page) {
+            return Err(ApiError::invalid(
+                "per_page",
+                "per_page must be between 1 and 100",
+            ));
+        }
+        Ok(((self.page - 1) * self.per_page, self.per_page))
+    }
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let ok = match (state.token_hash, given) {
+        (Some(expected), Some(given)) => {
+            let given: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+            bool::from(expected.ct_eq(&given))
+        }
+        // No token configured: the config only allows that on a loopback address.
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    if ok {
+        next.run(request).await
+    } else {
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <token>",
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    }
+}
+
+/// The dashboard: one static page (login form + script) that calls this API with the token.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The admin API's routes.
+pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/webhooks", get(webhooks::list).post(webhooks::create))
+        .route("/webhooks/count", get(webhooks::count))
+        .route(
+            "/webhooks/{id}",
+            get(webhooks::get)
+                .put(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/webhooks/{id}/ping", post(webhooks::ping))
+        .route("/webhooks/{id}/duplicate", post(webhooks::duplicate))
+        .route("/webhooks/{id}/reset", post(webhooks::reset))
+        .route("/webhooks/{id}/recover", post(webhooks::recover))
+        .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/webhooks/{id}/deliveries/{delivery_id}",
+            get(webhooks::delivery),
+        )
+        .route(
+            "/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route("/events", get(events::list))
+        .route("/events/stream", get(events::stream))
+        .route("/events/{id}", get(events::get))
+        .route("/rules", get(events::rules))
+        .route("/reload", post(events::reload))
+        .route("/metrics", get(events::metrics))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(events::ready))
+        .merge(api)
+        .with_state(state)
+}
+
+/// Serves the admin API on `listen` until `shutdown` flips.
+pub async fn serve(
+    listen: SocketAddr,
+    state: AdminState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(%listen, "admin API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+}

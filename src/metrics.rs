@@ -1,0 +1,259 @@
+//! Prometheus metrics: what the proxy, the rules and the delivery loop count.
+//!
+//! One [`Metrics`] is shared by all of them; `GET /metrics` on the admin API encodes it. The
+//! proxy's per-request counter is looked up once at start (one atomic add per request, no label
+//! hashing on the hot path); everything else is rarer and uses labelled families.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn histogram_seconds() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Indexed by status class: 1xx..5xx, then anything else (including failed proxying).
+    requests_by_class: [Counter; 6],
+    events: Family<Labels, Counter>,
+    capture_skipped: Family<Labels, Counter>,
+    store_errors: Counter,
+    deliveries: Family<Labels, Counter>,
+    attempt_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    lag: Histogram,
+    reloads: Family<Labels, Counter>,
+    pending: Family<Labels, Gauge>,
+    oldest_pending: Family<Labels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hooktap");
+        let requests: Family<Labels, Counter> = Family::default();
+        let requests_by_class = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"]
+            .map(|class| requests.get_or_create_owned(&vec![("class", class.to_owned())]));
+        registry.register(
+            "proxy_requests",
+            "Requests proxied, by response status class",
+            requests,
+        );
+        let events = Family::default();
+        registry.register(
+            "events",
+            "Events derived from traffic, by topic and rule",
+            events.clone(),
+        );
+        let capture_skipped = Family::default();
+        registry.register(
+            "capture_skipped",
+            "Bodies not captured, by side and reason (too_big, undecodable)",
+            capture_skipped.clone(),
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Events that could not be stored (the request was still proxied)",
+            store_errors.clone(),
+        );
+        let deliveries = Family::default();
+        registry.register(
+            "deliveries",
+            "Delivery attempts by webhook and outcome (delivered, retry, failed)",
+            deliveries.clone(),
+        );
+        let attempt_duration =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(histogram_seconds);
+        registry.register(
+            "attempt_duration_seconds",
+            "Duration of delivery attempts, by webhook",
+            attempt_duration.clone(),
+        );
+        let lag = histogram_seconds();
+        registry.register(
+            "delivery_lag_seconds",
+            "From event creation to successful delivery",
+            lag.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "reloads",
+            "Configuration reloads by result (ok, failed)",
+            reloads.clone(),
+        );
+        let pending = Family::default();
+        registry.register(
+            "pending_deliveries",
+            "Deliveries queued, by webhook",
+            pending.clone(),
+        );
+        let oldest_pending = Family::default();
+        registry.register(
+            "oldest_pending_delivery_age_seconds",
+            "Age of the oldest queued delivery, by webhook",
+            oldest_pending.clone(),
+        );
+        Self {
+            registry,
+            requests_by_class,
+            events,
+            capture_skipped,
+            store_errors,
+            deliveries,
+            attempt_duration,
+            lag,
+            reloads,
+            pending,
+            oldest_pending,
+        }
+    }
+
+    /// One proxied request answered with `status` (0 when no response was sent).
+    pub fn request(&self, status: u16) {
+        let i = match status {
+            100..=599 => usize::from(status / 100 - 1),
+            _ => 5,
+        };
+        self.requests_by_class[i].inc();
+    }
+
+    pub fn event(&self, topic: &str, rule: &str) {
+        self.events
+            .get_or_create(&vec![
+                ("topic", topic.to_owned()),
+                ("rule", rule.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Events produced by `rule` since start.
+    pub fn events_of_rule(&self, topic: &str, rule: &str) -> u64 {
+        self.events
+            .get_or_create(&vec![
+                ("topic", topic.to_owned()),
+                ("rule", rule.to_owned()),
+            ])
+            .get()
+    }
+
+    pub fn capture_skipped(&self, side: &str, reason: &str) {
+        self.capture_skipped
+            .get_or_create(&vec![
+                ("side", side.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn store_error(&self) {
+        self.store_errors.inc();
+    }
+
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.get()
+    }
+
+    /// One attempt's outcome for one delivery: `delivered`, `retry` or `failed`.
+    pub fn delivery(&self, webhook: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&vec![
+                ("webhook", webhook.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn attempt_duration(&self, webhook: &str, seconds: f64) {
+        self.attempt_duration
+            .get_or_create(&vec![("webhook", webhook.to_owned())])
+            .observe(seconds);
+    }
+
+    pub fn lag(&self, seconds: f64) {
+        self.lag.observe(seconds);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+    }
+
+    /// Sets the queue gauges of one webhook (refreshed before each scrape).
+    pub fn queue(&self, webhook: &str, pending: usize, oldest_age_seconds: f64) {
+        let labels = vec![("webhook", webhook.to_owned())];
+        self.pending
+            .get_or_create(&labels)
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        self.oldest_pending
+            .get_or_create(&labels)
+            .set(oldest_age_seconds);
+    }
+
+    /// Removes a deleted webhook's queue gauges.
+    pub fn forget_webhook(&self, webhook: &str) {
+        let labels = vec![("webhook", webhook.to_owned())];
+        self.pending.remove(&labels);
+        self.oldest_pending.remove(&labels);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_appear_in_the_exposition() {
+        let m = Metrics::new();
+        m.request(201);
+        m.request(201);
+        m.request(0);
+        m.event("order.created", "order created");
+        m.delivery("crm", "delivered");
+        m.queue("crm", 3, 1.5);
+        let text = m.encode();
+        assert!(
+            text.contains("hooktap_proxy_requests_total{class=\"2xx\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hooktap_proxy_requests_total{class=\"other\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hooktap_events_total{topic=\"order.created\",rule=\"order created\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hooktap_deliveries_total{webhook=\"crm\",outcome=\"delivered\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hooktap_pending_deliveries{webhook=\"crm\"} 3"),
+            "{text}"
+        );
+        assert_eq!(m.events_of_rule("order.created", "order created"), 1);
+    }
+}

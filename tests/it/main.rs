@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real servers on loopback, the real hooktap binary.
 //!
 //! - `common`: the test upstream (a ticket shop), receiver and proxy harness.
+//! - `admin`: the admin API over HTTP: auth, webhooks, deliveries, events, metrics, reload.
 //! - `passthrough`: the app's traffic is unchanged by the proxy.
 //! - `pipeline`: rules → stored event → signed webhook, one test per rule feature.
 //! - `delivery`: retries, restarts and failure outcomes.
@@ -8,6 +9,7 @@
 //! - `webhooks`: statuses, signature profiles, failure handling, modes, isolation.
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
 
+mod admin;
 mod cli;
 mod common;
 mod delivery;

@@ -77,6 +77,7 @@ impl TestUpstream {
             .route("/big", get(big).post(echo))
             .route("/echo", post(echo))
             .route("/headers", get(many_headers))
+            .route("/whoami", get(whoami))
             .with_state(app.clone());
         let addr = serve(router).await;
         (app, addr)
@@ -168,6 +169,23 @@ async fn echo(headers: HeaderMap, body: Bytes) -> Response {
         r.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     r
+}
+
+/// The forwarding headers the app received.
+async fn whoami(headers: HeaderMap) -> Response {
+    let h = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    axum::Json(json!({
+        "x-forwarded-for": h("x-forwarded-for"),
+        "x-forwarded-proto": h("x-forwarded-proto"),
+        "x-forwarded-host": h("x-forwarded-host"),
+        "host": h("host"),
+    }))
+    .into_response()
 }
 
 async fn many_headers() -> Response {
@@ -507,6 +525,17 @@ impl TestProxy {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("hooktap.log")).unwrap_or_default()
+    }
+
+    /// Sends a signal (`HUP`, `KILL`, ...) to the running binary.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([&format!("-{name}"), &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+        }
     }
 
     /// Sends SIGTERM and waits for a clean exit.

@@ -1,0 +1,531 @@
+//! The admin API over real HTTP against the running binary.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A request to the admin API with the token.
+fn admin(proxy: &TestProxy, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    client()
+        .request(method, proxy.admin_url(path))
+        .bearer_auth(ADMIN_TOKEN)
+}
+
+async fn json_of(r: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = r.send().await.expect("admin request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn started(setup: &Setup<'_>) -> TestProxy {
+    let proxy = TestProxy::start(setup).await;
+    proxy.admin_ready().await;
+    proxy
+}
+
+async fn order(proxy: &TestProxy, email: &str) {
+    let r = client()
+        .post(proxy.url("/orders"))
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
+async fn every_documented_endpoint_exists_and_requires_the_token() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let proxy = started(&Setup::new(upstream)).await;
+    let c = client();
+    let some_id = uuid::Uuid::now_v7().to_string();
+    for (method, path) in hooktap::admin::openapi::operations() {
+        let path = path
+            .replace("{id}", &some_id)
+            .replace("{delivery_id}", &some_id);
+        let method: reqwest::Method = method.parse().expect("method");
+        let anonymous = c
+            .request(method.clone(), proxy.admin_url(&path))
+            .send()
+            .await
+            .expect("request");
+        if path == "/healthz" || path == "/readyz" {
+            assert_eq!(anonymous.status(), 200, "{path} answers without a token");
+            continue;
+        }
+        assert_eq!(anonymous.status(), 401, "{method} {path} without a token");
+        assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+        let wrong = c
+            .request(method.clone(), proxy.admin_url(&path))
+            .bearer_auth("not-the-token")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(wrong.status(), 401, "{method} {path} with a wrong token");
+    }
+    let page = c.get(proxy.admin_url("/")).send().await.expect("dashboard");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .expect("html")
+            .contains("<title>hooktap</title>")
+    );
+    let (status, doc) = json_of(admin(&proxy, reqwest::Method::GET, "/openapi.json")).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+}
+
+#[tokio::test]
+async fn webhooks_are_managed_over_http() {
+    use reqwest::Method;
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy = started(&Setup::new(upstream)).await;
+
+    let (status, created) = json_of(admin(&proxy, Method::POST, "/webhooks").json(&json!({
+        "url": receiver.url(), "secret": "api-secret", "topics": ["order.*"], "retry": "1s"
+    })))
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(
+        created["name"]
+            .as_str()
+            .expect("name")
+            .starts_with("Webhook created on ")
+    );
+    assert_eq!(
+        (created["status"].as_str(), created["origin"].as_str()),
+        (Some("active"), Some("api"))
+    );
+    assert!(
+        !created.to_string().contains("api-secret"),
+        "the secret is never returned"
+    );
+
+    // Validation names the field; unknown fields and name clashes are refused.
+    let (status, e) = json_of(
+        admin(&proxy, Method::POST, "/webhooks")
+            .json(&json!({"url": "ftp://x", "secret": "s", "topics": ["a.*"]})),
+    )
+    .await;
+    assert_eq!(
+        (status, e["code"].as_str(), e["field"].as_str()),
+        (400, Some("invalid"), Some("url"))
+    );
+    let (status, e) =
+        json_of(admin(&proxy, Method::POST, "/webhooks").json(&json!({"colour": "red"}))).await;
+    assert_eq!(status, 400, "{e}");
+    assert!(e["message"].as_str().expect("message").contains("colour"));
+    let (status, _) = json_of(
+        admin(&proxy, Method::PUT, &format!("/webhooks/{id}")).json(&json!({"retry": "soon"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    let (_, listed) = json_of(admin(&proxy, Method::GET, "/webhooks?status=active")).await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let (_, count) = json_of(admin(&proxy, Method::GET, "/webhooks/count?status=paused")).await;
+    assert_eq!(count["count"], 0);
+
+    // Traffic is delivered to the API-created webhook.
+    order(&proxy, "api@example.com").await;
+    let got = receiver.wait_for(1, WAIT).await;
+    assert_eq!(
+        got[0].header("x-hooktap-webhook-signature"),
+        expected_signature("api-secret", &got[0].body)
+    );
+
+    // A partial update keeps everything else.
+    let (status, updated) = json_of(
+        admin(&proxy, Method::PUT, &format!("/webhooks/{id}"))
+            .json(&json!({"name": "crm", "topics": ["order.*", "scan.*"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(
+        (updated["name"].as_str(), updated["retry"][0].as_str()),
+        (Some("crm"), Some("1s"))
+    );
+
+    // Ping sends an empty, signed body and shows both sides.
+    let (status, ping) =
+        json_of(admin(&proxy, Method::POST, &format!("/webhooks/{id}/ping"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (ping["success"].as_bool(), ping["status"].as_u64()),
+        (Some(true), Some(200))
+    );
+    assert!(
+        ping["request_headers"]
+            .to_string()
+            .contains("X-Hooktap-Webhook-Signature")
+    );
+    let pinged = receiver.wait_for(2, WAIT).await;
+    assert!(pinged[1].body.is_empty());
+
+    // A copy starts disabled; activating it pings first and refuses a failing URL.
+    let (status, copy) = json_of(admin(
+        &proxy,
+        Method::POST,
+        &format!("/webhooks/{id}/duplicate"),
+    ))
+    .await;
+    assert_eq!(
+        (status, copy["status"].as_str(), copy["name"].as_str()),
+        (201, Some("disabled"), Some("crm (copy)"))
+    );
+    let copy_id = copy["id"].as_str().expect("id").to_owned();
+    receiver.set_status(500);
+    let (status, e) = json_of(
+        admin(&proxy, Method::PUT, &format!("/webhooks/{copy_id}"))
+            .json(&json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (409, Some("ping_failed")),
+        "{e}"
+    );
+    receiver.set_status(200);
+    let (status, activated) = json_of(
+        admin(&proxy, Method::PUT, &format!("/webhooks/{copy_id}"))
+            .json(&json!({"status": "active"})),
+    )
+    .await;
+    assert_eq!(
+        (status, activated["status"].as_str()),
+        (200, Some("active"))
+    );
+    let (_, e) = json_of(
+        admin(&proxy, Method::PUT, &format!("/webhooks/{copy_id}")).json(&json!({"name": "crm"})),
+    )
+    .await;
+    assert_eq!(e["code"], "conflict");
+
+    // Counters, reset, delete.
+    let (_, w) = json_of(admin(&proxy, Method::GET, &format!("/webhooks/{id}"))).await;
+    assert_eq!(w["counters"]["delivered"], 1);
+    let (_, w) = json_of(admin(
+        &proxy,
+        Method::POST,
+        &format!("/webhooks/{id}/reset"),
+    ))
+    .await;
+    assert_eq!(w["counters"]["delivered"], 0);
+    let (status, deleted) = json_of(admin(
+        &proxy,
+        Method::DELETE,
+        &format!("/webhooks/{copy_id}"),
+    ))
+    .await;
+    assert_eq!(
+        (status, deleted["dropped_deliveries"].as_u64()),
+        (200, Some(0))
+    );
+    let (status, e) = json_of(admin(&proxy, Method::GET, &format!("/webhooks/{copy_id}"))).await;
+    assert_eq!((status, e["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn deliveries_can_be_inspected_redelivered_and_recovered() {
+    use reqwest::Method;
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(500).await;
+    let proxy = started(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"\"")).await;
+    let (_, hooks) = json_of(admin(&proxy, Method::GET, "/webhooks")).await;
+    let id = hooks[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(hooks[0]["origin"], "config");
+    let since = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    order(&proxy, "recover@example.com").await;
+    receiver.wait_for(1, WAIT).await;
+
+    let deadline = std::time::Instant::now() + WAIT;
+    let failed = loop {
+        let (_, list) = json_of(admin(
+            &proxy,
+            Method::GET,
+            &format!("/webhooks/{id}/deliveries?outcome=failed"),
+        ))
+        .await;
+        if let Some(d) = list.as_array().and_then(|l| l.first()) {
+            break d.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed delivery listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let delivery_id = failed["id"].as_str().expect("id").to_owned();
+    let (status, detail) = json_of(admin(
+        &proxy,
+        Method::GET,
+        &format!("/webhooks/{id}/deliveries/{delivery_id}"),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let attempt = &detail["attempts"][0];
+    assert_eq!(
+        (
+            attempt["response_code"].as_u64(),
+            attempt["summary"].as_str()
+        ),
+        (
+            Some(500),
+            Some("HTTP 500 Internal Server Error: answer body")
+        )
+    );
+    assert!(
+        attempt["request_body"]
+            .as_str()
+            .expect("body")
+            .contains("recover@example.com")
+    );
+    let (status, _) = json_of(admin(
+        &proxy,
+        Method::GET,
+        "/webhooks/not-a-uuid/deliveries",
+    ))
+    .await;
+    assert_eq!(status, 404);
+    let (status, e) = json_of(admin(
+        &proxy,
+        Method::GET,
+        &format!("/webhooks/{id}/deliveries?outcome=lost"),
+    ))
+    .await;
+    assert_eq!((status, e["field"].as_str()), (400, Some("outcome")));
+
+    receiver.set_status(200);
+    let until = (time::OffsetDateTime::now_utc() + time::Duration::seconds(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let since = since
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let (status, r) = json_of(
+        admin(&proxy, Method::POST, &format!("/webhooks/{id}/recover"))
+            .json(&json!({"since": since, "until": until})),
+    )
+    .await;
+    assert_eq!((status, r["requeued"].as_u64()), (200, Some(1)), "{r}");
+    let got = receiver.wait_for(2, WAIT).await;
+    assert_eq!(got[1].header("x-hooktap-webhook-delivery-id"), delivery_id);
+
+    let (status, _) = json_of(admin(
+        &proxy,
+        Method::POST,
+        &format!("/webhooks/{id}/deliveries/{delivery_id}/redeliver"),
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let got = receiver.wait_for(3, WAIT).await;
+    assert_eq!(got[2].header("x-hooktap-webhook-delivery-id"), delivery_id);
+}
+
+#[tokio::test]
+async fn events_rules_metrics_and_the_live_stream() {
+    use reqwest::Method;
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy = started(&Setup::new(upstream).webhook("crm", &receiver, "")).await;
+
+    let mut stream = admin(&proxy, Method::GET, "/events/stream?topic=order.*")
+        .send()
+        .await
+        .expect("stream");
+    order(&proxy, "live@example.com").await;
+    let mut seen = String::new();
+    while !seen.contains("live@example.com") {
+        let chunk = tokio::time::timeout(WAIT, stream.chunk())
+            .await
+            .expect("an event in time")
+            .expect("chunk")
+            .expect("open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        seen.contains("event: event") && seen.contains("\"topic\":\"order.created\""),
+        "{seen}"
+    );
+
+    let (_, events) = json_of(admin(&proxy, Method::GET, "/events?topic=order.*")).await;
+    let event = &events[0];
+    assert_eq!(
+        (event["topic"].as_str(), event["rule"].as_str()),
+        (Some("order.created"), Some("order created"))
+    );
+    let (status, one) = json_of(admin(
+        &proxy,
+        Method::GET,
+        &format!("/events/{}", event["id"].as_str().expect("id")),
+    ))
+    .await;
+    assert_eq!((status, &one), (200, event));
+    let (_, none) = json_of(admin(&proxy, Method::GET, "/events?topic=scan.*")).await;
+    assert_eq!(none.as_array().map(Vec::len), Some(0));
+
+    let (_, rules) = json_of(admin(&proxy, Method::GET, "/rules")).await;
+    let created = rules
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["name"] == "order created")
+        .expect("rule")
+        .clone();
+    assert_eq!(created["events"], 1);
+
+    receiver.wait_for(1, WAIT).await;
+    let metrics = admin(&proxy, Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for expected in [
+        "hooktap_proxy_requests_total{class=\"2xx\"}",
+        "hooktap_events_total{topic=\"order.created\",rule=\"order created\"} 1",
+        "hooktap_deliveries_total{webhook=\"crm\",outcome=\"delivered\"} 1",
+        "hooktap_pending_deliveries{webhook=\"crm\"} 0",
+        "hooktap_delivery_lag_seconds_count 1",
+        "hooktap_attempt_duration_seconds_count{webhook=\"crm\"} 1",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected} in:\n{metrics}"
+        );
+    }
+    let ready = client()
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn a_reload_swaps_rules_and_a_bad_one_keeps_the_running_config() {
+    use reqwest::Method;
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let extra =
+        "[[rule]]\nname = \"echo\"\ntopic = \"echo.v1\"\nmethod = \"POST\"\npath = \"/echo\"\n";
+    let mut proxy = started(
+        &Setup::new(upstream)
+            .webhook("all", &receiver, "")
+            .rules(extra),
+    )
+    .await;
+    let rules_file = proxy.dir.path().join("extra-0.toml");
+    let echo = |proxy: &TestProxy| {
+        client()
+            .post(proxy.url("/echo"))
+            .json(&json!({"n": 1}))
+            .send()
+    };
+
+    echo(&proxy).await.expect("proxied");
+    assert_eq!(
+        receiver.wait_for(1, WAIT).await[0].header("x-hooktap-webhook-topic"),
+        "echo.v1"
+    );
+
+    std::fs::write(&rules_file, extra.replace("echo.v1", "echo.v2")).expect("write rules");
+    let (status, r) = json_of(admin(&proxy, Method::POST, "/reload")).await;
+    assert_eq!((status, r["reloaded"].as_bool()), (200, Some(true)), "{r}");
+    echo(&proxy).await.expect("proxied");
+    assert_eq!(
+        receiver.wait_for(2, WAIT).await[1].header("x-hooktap-webhook-topic"),
+        "echo.v2"
+    );
+
+    std::fs::write(&rules_file, "[[rule]]\nname = \"broken\"\n").expect("write rules");
+    let (status, e) = json_of(admin(&proxy, Method::POST, "/reload")).await;
+    assert_eq!((status, e["code"].as_str()), (422, Some("invalid_config")));
+    assert!(
+        e["message"]
+            .as_str()
+            .expect("message")
+            .contains("extra-0.toml"),
+        "{e}"
+    );
+    echo(&proxy).await.expect("proxied");
+    assert_eq!(
+        receiver.wait_for(3, WAIT).await[2].header("x-hooktap-webhook-topic"),
+        "echo.v2",
+        "the running rules stay"
+    );
+
+    // SIGHUP reloads too (and does not end the process).
+    std::fs::write(&rules_file, extra.replace("echo.v1", "echo.v3")).expect("write rules");
+    proxy.signal("HUP");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        echo(&proxy).await.expect("still serving after SIGHUP");
+        let got = receiver.wait_for(4, WAIT).await;
+        if got
+            .last()
+            .is_some_and(|r| r.header("x-hooktap-webhook-topic") == "echo.v3")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = admin(&proxy, Method::GET, "/metrics")
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("hooktap_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_app_gets_forwarding_headers() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let proxy = started(&Setup::new(upstream)).await;
+    let r: Value = client()
+        .get(proxy.url("/whoami"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .expect("proxied")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(r["x-forwarded-proto"], "http");
+    assert_eq!(r["x-forwarded-host"], proxy.addr.to_string());
+    assert_eq!(
+        r["host"],
+        proxy.addr.to_string(),
+        "the Host header passes unchanged"
+    );
+
+    let off = TestProxy::start(&Setup::new(upstream).proxy("forwarded_headers = false")).await;
+    let r: Value = client()
+        .get(off.url("/whoami"))
+        .send()
+        .await
+        .expect("proxied")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["x-forwarded-for"], Value::Null);
+}

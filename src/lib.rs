@@ -14,6 +14,7 @@
 //! # Layout
 //!
 //! - [`admin`]: the admin HTTP API, dashboard, metrics and live tap.
+//! - [`client`]: the admin API client behind the `webhooks`, `deliveries` and `tap` commands.
 //! - [`config`]: hooktap.toml and rule files: raw serde types, validation, `file:line` errors.
 //! - [`rules`]: the compiled rule set: router, `when` predicates, payload, the `[[test]]` runner.
 //! - [`capture`]: bounded body copies, content decoding, the exchange document.
@@ -28,6 +29,7 @@
 
 pub mod admin;
 pub mod capture;
+pub mod client;
 pub mod config;
 pub mod delivery;
 pub mod event;

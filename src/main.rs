@@ -45,6 +45,65 @@ enum Command {
     Check,
     /// Run the `[[test]]` cases of the rule files.
     Test,
+    /// Print derived events as JSON lines while traffic flows (from a running hooktap).
+    Tap {
+        /// Only topics matching this glob, e.g. `order.*`.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    /// Manage webhooks of a running hooktap.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhookAction,
+    },
+    /// List a webhook's deliveries (newest first), or show one delivery with its attempts.
+    Deliveries {
+        /// The webhook's id or name.
+        webhook: String,
+        /// A delivery id: show it with every attempt.
+        delivery: Option<String>,
+        /// Only deliveries in this state: pending, delivered or failed.
+        #[arg(long)]
+        outcome: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookAction {
+    /// List webhooks.
+    List {
+        /// Only webhooks in this status: active, paused or disabled.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one webhook (by id or name).
+    Get { webhook: String },
+    /// Create a webhook.
+    Add {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        secret: String,
+        /// Topic globs, comma-separated: `order.*,scan.*`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        topics: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// hooktap, standard or mautic.
+        #[arg(long)]
+        signature: Option<String>,
+        /// Retry delays, e.g. `5s,30s,1m`.
+        #[arg(long)]
+        retry: Option<String>,
+    },
+    /// Send a signed test request with an empty body and show the answer.
+    Ping { webhook: String },
+    /// Stop sending (deliveries are kept and go out on resume).
+    Pause { webhook: String },
+    /// Send again; the URL must answer the activation ping with 2xx.
+    Resume { webhook: String },
+    /// Delete a webhook and drop its pending deliveries.
+    Delete { webhook: String },
 }
 
 fn init_logging(format: LogFormat) {
@@ -59,8 +118,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn load(cli: &Cli) -> anyhow::Result<Config> {
-    Config::load(&cli.config).map_err(|e| {
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| {
         let n = e.0.len();
         let problems = if n == 1 {
             "1 problem".to_owned()
@@ -119,18 +178,185 @@ fn test(config: &Config) -> bool {
     failed == 0
 }
 
+/// Runs one admin API client command.
+async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
+    use hooktap::client::AdminClient;
+    use reqwest::Method;
+    use serde_json::json;
+    let client = AdminClient::new(&config.admin)?;
+    let print =
+        |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match command {
+        Command::Tap { topic } => {
+            client
+                .tap(topic.as_deref(), |line| {
+                    println!("{line}");
+                })
+                .await?
+        }
+        Command::Webhooks { action } => match action {
+            WebhookAction::List { status } => {
+                let path = match status {
+                    Some(s) => format!("/webhooks?per_page=100&status={s}"),
+                    None => "/webhooks?per_page=100".to_owned(),
+                };
+                let list = client.call(Method::GET, &path, None).await?;
+                println!(
+                    "{:<36}  {:<20}  {:<8}  {:>9}  {:>6}  URL / TOPICS",
+                    "ID", "NAME", "STATUS", "DELIVERED", "FAILED"
+                );
+                for w in list.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<36}  {:<20}  {:<8}  {:>9}  {:>6}  {} [{}]",
+                        w["id"].as_str().unwrap_or_default(),
+                        w["name"].as_str().unwrap_or_default(),
+                        w["status"].as_str().unwrap_or_default(),
+                        w["counters"]["delivered"],
+                        w["counters"]["failed"],
+                        w["url"].as_str().unwrap_or_default(),
+                        w["topics"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    );
+                }
+            }
+            WebhookAction::Get { webhook } => {
+                let id = client.webhook_id(&webhook).await?;
+                print(
+                    &client
+                        .call(Method::GET, &format!("/webhooks/{id}"), None)
+                        .await?,
+                );
+            }
+            WebhookAction::Add {
+                url,
+                secret,
+                topics,
+                name,
+                signature,
+                retry,
+            } => {
+                let mut body = json!({"url": url, "secret": secret, "topics": topics});
+                for (key, value) in [("name", name), ("signature", signature), ("retry", retry)] {
+                    if let Some(v) = value {
+                        body[key] = json!(v);
+                    }
+                }
+                print(&client.call(Method::POST, "/webhooks", Some(&body)).await?);
+            }
+            WebhookAction::Ping { webhook } => {
+                let id = client.webhook_id(&webhook).await?;
+                print(
+                    &client
+                        .call(Method::POST, &format!("/webhooks/{id}/ping"), None)
+                        .await?,
+                );
+            }
+            WebhookAction::Pause { webhook } => {
+                let id = client.webhook_id(&webhook).await?;
+                let w = client
+                    .call(
+                        Method::PUT,
+                        &format!("/webhooks/{id}"),
+                        Some(&json!({"status": "paused"})),
+                    )
+                    .await?;
+                println!(
+                    "{} is {}",
+                    w["name"].as_str().unwrap_or_default(),
+                    w["status"].as_str().unwrap_or_default()
+                );
+            }
+            WebhookAction::Resume { webhook } => {
+                let id = client.webhook_id(&webhook).await?;
+                let w = client
+                    .call(
+                        Method::PUT,
+                        &format!("/webhooks/{id}"),
+                        Some(&json!({"status": "active"})),
+                    )
+                    .await?;
+                println!(
+                    "{} is {}",
+                    w["name"].as_str().unwrap_or_default(),
+                    w["status"].as_str().unwrap_or_default()
+                );
+            }
+            WebhookAction::Delete { webhook } => {
+                let id = client.webhook_id(&webhook).await?;
+                let r = client
+                    .call(Method::DELETE, &format!("/webhooks/{id}"), None)
+                    .await?;
+                println!(
+                    "deleted {id}; {} pending deliveries dropped",
+                    r["dropped_deliveries"]
+                );
+            }
+        },
+        Command::Deliveries {
+            webhook,
+            delivery,
+            outcome,
+        } => {
+            let id = client.webhook_id(&webhook).await?;
+            match delivery {
+                Some(d) => print(
+                    &client
+                        .call(Method::GET, &format!("/webhooks/{id}/deliveries/{d}"), None)
+                        .await?,
+                ),
+                None => {
+                    let mut path = format!("/webhooks/{id}/deliveries?per_page=100");
+                    if let Some(o) = outcome {
+                        path.push_str(&format!("&outcome={o}"));
+                    }
+                    let list = client.call(Method::GET, &path, None).await?;
+                    println!(
+                        "{:<36}  {:<25}  {:<20}  {:<9}  {:>8}  LAST ANSWER",
+                        "ID", "CREATED", "TOPIC", "STATE", "ATTEMPTS"
+                    );
+                    for d in list.as_array().into_iter().flatten() {
+                        println!(
+                            "{:<36}  {:<25}  {:<20}  {:<9}  {:>8}  {}",
+                            d["id"].as_str().unwrap_or_default(),
+                            d["created_at"].as_str().unwrap_or_default(),
+                            d["topic"].as_str().unwrap_or_default(),
+                            d["state"].as_str().unwrap_or_default(),
+                            d["attempts"],
+                            d["last_summary"].as_str().unwrap_or("-"),
+                        );
+                    }
+                }
+            }
+        }
+        Command::Run | Command::Check | Command::Test => unreachable!("handled in main"),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Run => load(&cli)
+        Command::Run => load(&cli.config)
             .and_then(|c| hooktap::server::run(c).context("hooktap stopped with an error")),
-        Command::Check => load(&cli).map(|c| check(&c)),
-        Command::Test => match load(&cli) {
+        Command::Check => load(&cli.config).map(|c| check(&c)),
+        Command::Test => match load(&cli.config) {
             Ok(c) if test(&c) => Ok(()),
             Ok(_) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        command => load(&cli.config).and_then(|config| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(remote(&config, command))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

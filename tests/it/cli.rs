@@ -240,3 +240,175 @@ fn test_command_reports_a_failing_test_and_exits_non_zero() {
         "{stdout}"
     );
 }
+
+/// Runs `hooktap <args> -c <config>` against a running hooktap; returns (success, stdout, stderr).
+async fn remote(proxy: &TestProxy, args: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(hooktap_bin());
+    command.args(args).arg("-c").arg(&proxy.config);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run hooktap");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn webhook_and_delivery_commands_talk_to_the_running_hooktap() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy =
+        TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "topics = [\"order.*\"]"))
+            .await;
+    proxy.admin_ready().await;
+
+    let (ok, out, err) = remote(&proxy, &["webhooks", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("crm") && l.contains("active")),
+        "{out}"
+    );
+
+    let url = receiver.url();
+    let (ok, out, err) = remote(
+        &proxy,
+        &[
+            "webhooks",
+            "add",
+            "--name",
+            "ops",
+            "--url",
+            &url,
+            "--secret",
+            "x",
+            "--topics",
+            "order.*,scan.*",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\"name\": \"ops\"") && !out.contains("\"secret\""),
+        "{out}"
+    );
+
+    let (ok, out, _) = remote(&proxy, &["webhooks", "get", "ops"]).await;
+    assert!(ok && out.contains("\"scan.*\""), "{out}");
+    let (ok, out, _) = remote(&proxy, &["webhooks", "ping", "crm"]).await;
+    assert!(ok && out.contains("\"success\": true"), "{out}");
+    let (ok, out, _) = remote(&proxy, &["webhooks", "pause", "crm"]).await;
+    assert!(ok && out.trim() == "crm is paused", "{out}");
+    let (ok, out, _) = remote(&proxy, &["webhooks", "list", "--status", "paused"]).await;
+    assert!(ok && out.contains("crm") && !out.contains("ops"), "{out}");
+    let (ok, out, _) = remote(&proxy, &["webhooks", "resume", "crm"]).await;
+    assert!(ok && out.trim() == "crm is active", "{out}");
+
+    let r = client()
+        .post(proxy.url("/orders"))
+        .json(&serde_json::json!({"email": "cli@example.com"}))
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), 201);
+    receiver
+        .wait_for(3, std::time::Duration::from_secs(15))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let listing = loop {
+        let (ok, out, err) = remote(&proxy, &["deliveries", "crm", "--outcome", "delivered"]).await;
+        assert!(ok, "{err}");
+        if out.contains("order.created") {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no delivered delivery listed:\n{out}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let delivery_id = listing
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a delivery row")
+        .to_owned();
+    let (ok, out, _) = remote(&proxy, &["deliveries", "crm", &delivery_id]).await;
+    assert!(ok && out.contains("\"response_code\": 200"), "{out}");
+
+    let (ok, out, _) = remote(&proxy, &["webhooks", "delete", "ops"]).await;
+    assert!(ok && out.contains("pending deliveries dropped"), "{out}");
+    let (ok, _, err) = remote(&proxy, &["webhooks", "get", "ops"]).await;
+    assert!(
+        !ok && err.contains("no webhook with the id or name `ops`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn tap_prints_events_as_json_lines() {
+    use std::io::BufRead;
+    let (_app, upstream) = TestUpstream::start().await;
+    let proxy = TestProxy::start(&Setup::new(upstream)).await;
+    proxy.admin_ready().await;
+    let mut tap = Command::new(hooktap_bin())
+        .args(["tap", "--topic", "order.*", "-c"])
+        .arg(&proxy.config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tap");
+    let stdout = tap.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The tap connects asynchronously: keep producing events until one arrives.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let line = loop {
+        client()
+            .post(proxy.url("/scans"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("ticket=T-9&gate=n")
+            .send()
+            .await
+            .expect("proxied");
+        client()
+            .post(proxy.url("/orders"))
+            .json(&serde_json::json!({"email": "tap@example.com"}))
+            .send()
+            .await
+            .expect("proxied");
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(300)) {
+            break line;
+        }
+        assert!(std::time::Instant::now() < deadline, "tap printed nothing");
+    };
+    let _ = tap.kill();
+    let _ = tap.wait();
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(
+        event["topic"], "order.created",
+        "the topic filter leaves scans out"
+    );
+    assert_eq!(event["payload"]["email"], "tap@example.com");
+}
+
+#[test]
+fn an_admin_api_on_a_public_address_needs_a_token() {
+    let config = CONFIG.replace(
+        "[delivery]",
+        "[admin]\nlisten = \"0.0.0.0:9191\"\n\n[delivery]",
+    );
+    let e = check_fails(&config, GOOD_RULE);
+    assert_says(&e, "hooktap.toml:8:10", "needs `token` or `token_env`");
+}

@@ -25,6 +25,7 @@
 //! - [`store`]: sled key layout and the atomic operations on it.
 //! - [`webhook`]: webhook subscriptions: spec, stored record, status, counters.
 //! - [`delivery`]: the delivery loop, signing profiles, retry schedule, SSRF guard.
+//! - [`demo`]: `hooktap demo`: a shop, the proxy and a receiver in one process.
 //! - [`server`]: wires the above into one pingora server with graceful shutdown.
 
 pub mod admin;
@@ -32,6 +33,7 @@ pub mod capture;
 pub mod client;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod event;
 pub mod live;
 pub mod metrics;

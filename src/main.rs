@@ -45,6 +45,15 @@ enum Command {
     Check,
     /// Run the `[[test]]` cases of the rule files.
     Test,
+    /// Run a demo: a ticket shop, hooktap in front of it, a receiver, and some traffic.
+    Demo {
+        /// Where the demo's proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the demo's admin API and dashboard listen.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+    },
     /// Print derived events as JSON lines while traffic flows (from a running hooktap).
     Tap {
         /// Only topics matching this glob, e.g. `order.*`.
@@ -106,9 +115,9 @@ enum WebhookAction {
     Delete { webhook: String },
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKTAP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -333,14 +342,22 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run | Command::Check | Command::Test => unreachable!("handled in main"),
+        Command::Run | Command::Check | Command::Test | Command::Demo { .. } => {
+            unreachable!("handled in main")
+        }
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo prints its own story; its logs would drown it.
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_format, default_level);
     let result = match cli.command {
         Command::Run => load(&cli.config)
             .and_then(|c| hooktap::server::run(c).context("hooktap stopped with an error")),
@@ -350,6 +367,12 @@ fn main() -> ExitCode {
             Ok(_) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        Command::Demo { listen, admin } => tempfile::tempdir()
+            .context("cannot create the demo's temporary directory")
+            .and_then(|dir| {
+                hooktap::demo::run(listen, admin, dir.path())
+                    .context("the demo stopped with an error")
+            }),
         command => load(&cli.config).and_then(|config| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -7,12 +7,14 @@
 //! - `delivery`: retries, restarts and failure outcomes.
 //! - `manage`: the delivery engine's Rust API in-process (status, delete, redeliver, ...).
 //! - `webhooks`: statuses, signature profiles, failure handling, modes, isolation.
+//! - `demo`: `hooktap demo` from an empty directory.
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
 
 mod admin;
 mod cli;
 mod common;
 mod delivery;
+mod demo;
 mod manage;
 mod passthrough;
 mod pipeline;

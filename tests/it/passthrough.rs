@@ -129,13 +129,21 @@ length = "$.request.headers['content-length']"
 async fn tls_is_terminated_with_http2_and_the_app_is_told() {
     let (_app, upstream) = TestUpstream::start().await;
     let receiver = TestReceiver::start(200).await;
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("certificate");
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("certificate");
     let dir = tempfile::tempdir().expect("tempdir");
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
-    let extra = format!("tls_cert = {:?}\ntls_key = {:?}", cert_path.display().to_string(), key_path.display().to_string());
-    let setup = Setup::new(upstream).webhook("crm", &receiver, "topics = [\"order.*\"]").proxy(&extra);
+    let extra = format!(
+        "tls_cert = {:?}\ntls_key = {:?}",
+        cert_path.display().to_string(),
+        key_path.display().to_string()
+    );
+    let setup = Setup::new(upstream)
+        .webhook("crm", &receiver, "topics = [\"order.*\"]")
+        .proxy(&extra);
     let proxy = TestProxy::start(&setup).await;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -144,11 +152,26 @@ async fn tls_is_terminated_with_http2_and_the_app_is_told() {
         .build()
         .expect("client");
     let url = format!("https://localhost:{}", proxy.addr.port());
-    let r = https.get(format!("{url}/whoami")).send().await.expect("https request");
+    let r = https
+        .get(format!("{url}/whoami"))
+        .send()
+        .await
+        .expect("https request");
     assert_eq!(r.version(), reqwest::Version::HTTP_2, "ALPN negotiates h2");
     let seen: serde_json::Value = r.json().await.expect("json");
     assert_eq!(seen["x-forwarded-proto"], "https");
-    let r = https.post(format!("{url}/orders")).json(&serde_json::json!({"email": "tls@example.com"})).send().await.expect("https order");
+    let r = https
+        .post(format!("{url}/orders"))
+        .json(&serde_json::json!({"email": "tls@example.com"}))
+        .send()
+        .await
+        .expect("https order");
     assert_eq!(r.status(), 201);
-    assert_eq!(receiver.wait_for(1, std::time::Duration::from_secs(15)).await[0].json()["email"], "tls@example.com");
+    assert_eq!(
+        receiver
+            .wait_for(1, std::time::Duration::from_secs(15))
+            .await[0]
+            .json()["email"],
+        "tls@example.com"
+    );
 }

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Installs what building hooktap needs and a fresh Debian machine lacks: cmake (pingora's zlib
-# dependency builds with it) and a C compiler. Safe to run again: it installs only what is missing.
+# Installs what building and testing hooktap needs and a fresh Debian machine lacks: cmake
+# (pingora's zlib dependency builds with it), a C compiler, and chromium (the dashboard test
+# drives it headless). Safe to run again: it installs only what is missing.
+# HOOKTAP_NO_BROWSER=1 skips chromium when only building.
 set -euo pipefail
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ -z "${HOOKTAP_NO_BROWSER:-}" ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2
   sudo_cmd=""

@@ -3,7 +3,7 @@
 # hooktap.toml (or the config given as first argument). Point `[proxy] upstream` at your app.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+HOOKTAP_NO_BROWSER=1 scripts/install-deps.sh
 config="${1:-hooktap.toml}"
 cargo build --release --locked
 target/release/hooktap check -c "$config"

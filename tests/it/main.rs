@@ -7,12 +7,14 @@
 //! - `delivery`: retries, restarts and failure outcomes.
 //! - `manage`: the delivery engine's Rust API in-process (status, delete, redeliver, ...).
 //! - `webhooks`: statuses, signature profiles, failure handling, modes, isolation.
+//! - `dashboard`: the dashboard in headless Chromium.
 //! - `demo`: `hooktap demo` from an empty directory.
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
 
 mod admin;
 mod cli;
 mod common;
+mod dashboard;
 mod delivery;
 mod demo;
 mod manage;

@@ -529,3 +529,77 @@ async fn the_app_gets_forwarding_headers() {
         .expect("json");
     assert_eq!(r["x-forwarded-for"], Value::Null);
 }
+
+#[tokio::test]
+async fn reloads_under_load_fail_no_request() {
+    use reqwest::Method;
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy =
+        started(&Setup::new(upstream).webhook("crm", &receiver, "topics = [\"order.*\"]")).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (proxy.url("/orders"), stop.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match c
+                    .post(&url)
+                    .json(&json!({"email": "load@example.com"}))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 201 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, r) = json_of(admin(&proxy, Method::POST, "/reload")).await;
+        assert_eq!(status, 200, "{r}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    for l in load {
+        let (o, f) = l.await.expect("join");
+        ok += o;
+        failed += f;
+    }
+    assert!(ok > 20, "the load ran ({ok} requests)");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during reloads",
+        ok + failed
+    );
+    receiver.wait_for(ok as usize, WAIT).await;
+}
+
+#[tokio::test]
+async fn logs_can_be_json_lines() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let mut proxy =
+        TestProxy::start_with_args(&Setup::new(upstream), &["--log-format", "json"]).await;
+    proxy.stop().await;
+    let log = proxy.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "hooktap started"),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+}

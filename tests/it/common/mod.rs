@@ -355,6 +355,8 @@ pub struct TestProxy {
     pub addr: SocketAddr,
     /// The admin API.
     pub admin: SocketAddr,
+    /// Extra arguments for `hooktap run`.
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -449,6 +451,19 @@ impl TestProxy {
 
     /// Starts with the written config passed through `edit` first.
     pub async fn start_edited(setup: &Setup<'_>, edit: impl FnOnce(&str) -> String) -> Self {
+        Self::start_full(setup, edit, &[]).await
+    }
+
+    /// Starts with extra arguments for `hooktap run`.
+    pub async fn start_with_args(setup: &Setup<'_>, args: &[&str]) -> Self {
+        Self::start_full(setup, str::to_owned, args).await
+    }
+
+    async fn start_full(
+        setup: &Setup<'_>,
+        edit: impl FnOnce(&str) -> String,
+        args: &[&str],
+    ) -> Self {
         let (dir, config, addr, admin) = setup.write();
         let text = std::fs::read_to_string(&config).expect("read config");
         std::fs::write(&config, edit(&text)).expect("write config");
@@ -457,6 +472,7 @@ impl TestProxy {
             config,
             addr,
             admin,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         proxy.spawn().await;
@@ -473,6 +489,7 @@ impl TestProxy {
         let child = Command::new(hooktap_bin())
             .args(["run", "-c"])
             .arg(&self.config)
+            .args(&self.args)
             .env("HOOKTAP_LOG", "info,hooktap=debug")
             .stdout(Stdio::null())
             .stderr(log)

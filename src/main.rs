@@ -147,7 +147,7 @@ fn check(config: &Config) {
             .or_default()
             .push(&rule.name);
     }
-    println!(
+    out(format_args!(
         "{}: OK — {} rules in {} files, {} routes, {} tests, {} webhooks",
         config.file.display(),
         config.rules.rules().len(),
@@ -155,17 +155,17 @@ fn check(config: &Config) {
         config.rules.route_count(),
         config.tests.len(),
         config.webhooks.len()
-    );
+    ));
     for (topic, rules) in per_topic {
-        println!("  topic {topic}: {}", rules.join(", "));
+        out(format_args!("  topic {topic}: {}", rules.join(", ")));
     }
     for w in &config.webhooks {
-        println!(
+        out(format_args!(
             "  webhook {} -> {} [{}]",
             w.name,
             hooktap::webhook::mask_url(&w.url),
             w.topics.join(", ")
-        );
+        ));
     }
 }
 
@@ -175,15 +175,15 @@ fn test(config: &Config) -> bool {
         match t.run(&config.rules, config.proxy.max_decoded_bytes) {
             Ok(()) => {
                 passed += 1;
-                println!("ok   {} ({})", t.name, t.location);
+                out(format_args!("ok   {} ({})", t.name, t.location));
             }
             Err(why) => {
                 failed += 1;
-                println!("FAIL {} ({}): {why}", t.name, t.location);
+                out(format_args!("FAIL {} ({}): {why}", t.name, t.location));
             }
         }
     }
-    println!("{passed} passed, {failed} failed");
+    out(format_args!("{passed} passed, {failed} failed"));
     failed == 0
 }
 
@@ -193,13 +193,17 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
     use reqwest::Method;
     use serde_json::json;
     let client = AdminClient::new(&config.admin)?;
-    let print =
-        |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    let print = |v: &serde_json::Value| {
+        out(format_args!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_default()
+        ))
+    };
     match command {
         Command::Tap { topic } => {
             client
                 .tap(topic.as_deref(), |line| {
-                    println!("{line}");
+                    out(format_args!("{line}"));
                 })
                 .await?
         }
@@ -210,18 +214,18 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
                     None => "/webhooks?per_page=100".to_owned(),
                 };
                 let list = client.call(Method::GET, &path, None).await?;
-                println!(
+                out(format_args!(
                     "{:<36}  {:<20}  {:<8}  {:>9}  {:>6}  URL / TOPICS",
                     "ID", "NAME", "STATUS", "DELIVERED", "FAILED"
-                );
+                ));
                 for w in list.as_array().into_iter().flatten() {
-                    println!(
+                    out(format_args!(
                         "{:<36}  {:<20}  {:<8}  {:>9}  {:>6}  {} [{}]",
                         w["id"].as_str().unwrap_or_default(),
                         w["name"].as_str().unwrap_or_default(),
                         w["status"].as_str().unwrap_or_default(),
-                        w["counters"]["delivered"],
-                        w["counters"]["failed"],
+                        w["counters"]["delivered"].as_u64().unwrap_or(0),
+                        w["counters"]["failed"].as_u64().unwrap_or(0),
                         w["url"].as_str().unwrap_or_default(),
                         w["topics"]
                             .as_array()
@@ -230,7 +234,7 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
                             .filter_map(|t| t.as_str())
                             .collect::<Vec<_>>()
                             .join(", "),
-                    );
+                    ));
                 }
             }
             WebhookAction::Get { webhook } => {
@@ -274,11 +278,11 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
                         Some(&json!({"status": "paused"})),
                     )
                     .await?;
-                println!(
+                out(format_args!(
                     "{} is {}",
                     w["name"].as_str().unwrap_or_default(),
                     w["status"].as_str().unwrap_or_default()
-                );
+                ));
             }
             WebhookAction::Resume { webhook } => {
                 let id = client.webhook_id(&webhook).await?;
@@ -289,21 +293,21 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
                         Some(&json!({"status": "active"})),
                     )
                     .await?;
-                println!(
+                out(format_args!(
                     "{} is {}",
                     w["name"].as_str().unwrap_or_default(),
                     w["status"].as_str().unwrap_or_default()
-                );
+                ));
             }
             WebhookAction::Delete { webhook } => {
                 let id = client.webhook_id(&webhook).await?;
                 let r = client
                     .call(Method::DELETE, &format!("/webhooks/{id}"), None)
                     .await?;
-                println!(
+                out(format_args!(
                     "deleted {id}; {} pending deliveries dropped",
                     r["dropped_deliveries"]
-                );
+                ));
             }
         },
         Command::Deliveries {
@@ -324,20 +328,20 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
                         path.push_str(&format!("&outcome={o}"));
                     }
                     let list = client.call(Method::GET, &path, None).await?;
-                    println!(
-                        "{:<36}  {:<25}  {:<20}  {:<9}  {:>8}  LAST ANSWER",
+                    out(format_args!(
+                        "{:<36}  {:<30}  {:<20}  {:<9}  {:>8}  LAST ANSWER",
                         "ID", "CREATED", "TOPIC", "STATE", "ATTEMPTS"
-                    );
+                    ));
                     for d in list.as_array().into_iter().flatten() {
-                        println!(
-                            "{:<36}  {:<25}  {:<20}  {:<9}  {:>8}  {}",
+                        out(format_args!(
+                            "{:<36}  {:<30}  {:<20}  {:<9}  {:>8}  {}",
                             d["id"].as_str().unwrap_or_default(),
                             d["created_at"].as_str().unwrap_or_default(),
                             d["topic"].as_str().unwrap_or_default(),
                             d["state"].as_str().unwrap_or_default(),
-                            d["attempts"],
+                            d["attempts"].as_u64().unwrap_or(0),
                             d["last_summary"].as_str().unwrap_or("-"),
-                        );
+                        ));
                     }
                 }
             }
@@ -347,6 +351,17 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a line to stdout; a closed pipe (`hooktap deliveries crm | head`) ends the program
+/// quietly instead of panicking.
+fn out(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = writeln!(std::io::stdout().lock(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
 }
 
 fn main() -> ExitCode {

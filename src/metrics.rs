@@ -60,7 +60,7 @@ impl Metrics {
         let capture_skipped = Family::default();
         registry.register(
             "capture_skipped",
-            "Bodies not captured, by side and reason (too_big, undecodable)",
+            "Bodies not captured, by side and reason (too_big, decoded_too_big, unsupported_encoding, undecodable)",
             capture_skipped.clone(),
         );
         let store_errors = Counter::default();

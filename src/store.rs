@@ -20,6 +20,7 @@
 //! about pending work lives only in memory.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -41,13 +42,29 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("the store is being reopened after a failure")]
+    Reopening,
+    #[error(
+        "the store's disk is nearly full ({available} bytes free, min_free_space is {required}); writes resume when space is freed"
+    )]
+    DiskFull { available: u64, required: u64 },
 }
 
 pub struct Store {
-    db: sled::Db,
+    /// `None` only while the database is being reopened after a failure.
+    db: arc_swap::ArcSwapOption<sled::Db>,
+    /// How to open it again.
+    sled_config: sled::Config,
+    /// Set when a write failed in sled itself: sled 0.34 then keeps failing until reopened.
+    broken: std::sync::atomic::AtomicBool,
+    path: std::path::PathBuf,
     flush: FlushMode,
     /// Appends that failed (the proxy keeps serving; this is what operators watch).
     failed_appends: AtomicU64,
+    /// Below this much free space, writes are refused before they reach sled.
+    min_free_space: u64,
+    /// Whether the last check found enough free space (see [`Store::check_space`]).
+    space_ok: std::sync::atomic::AtomicBool,
 }
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -122,26 +139,124 @@ impl Store {
             FlushMode::Interval(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
             FlushMode::EveryEvent => Some(500),
         };
-        let db = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(&config.path)
-            .flush_every_ms(flush_every_ms)
-            .open()?;
-        Ok(Self {
-            db,
+            .flush_every_ms(flush_every_ms);
+        let db = sled_config.open()?;
+        let store = Self {
+            db: arc_swap::ArcSwapOption::from_pointee(db),
+            sled_config,
+            broken: std::sync::atomic::AtomicBool::new(false),
+            path: config.path.clone(),
             flush: config.flush,
             failed_appends: AtomicU64::new(0),
-        })
+            min_free_space: config.min_free_space,
+            space_ok: std::sync::atomic::AtomicBool::new(true),
+        };
+        store.check_space();
+        Ok(store)
+    }
+
+    /// The database, unless it is being reopened.
+    fn db(&self) -> Result<Arc<sled::Db>, StoreError> {
+        self.db.load_full().ok_or(StoreError::Reopening)
+    }
+
+    /// Notes a failed write: an I/O error inside sled means it must be reopened.
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Sled(sled::Error::Io(_) | sled::Error::ReportableBug(_))) = &result {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Closes and reopens sled (after it failed on a full disk); waits for operations in
+    /// flight to let go of the old handle first, since sled holds an exclusive file lock.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let Some(mut old) = self.db.swap(None) else {
+            return Ok(());
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    break;
+                }
+                Err(shared) if std::time::Instant::now() < deadline => {
+                    old = shared;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(shared) => {
+                    self.db.store(Some(shared));
+                    return Err(StoreError::Reopening);
+                }
+            }
+        }
+        match self.sled_config.open() {
+            Ok(db) => {
+                self.db.store(Some(Arc::new(db)));
+                self.broken.store(false, Ordering::Relaxed);
+                tracing::warn!(path = %self.path.display(), "the store was reopened after a write failure");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Measures the free space of the store's disk; called about once a second.
+    ///
+    /// sled 0.34 keeps failing after one write hits a full disk, even once space is freed. So
+    /// hooktap refuses writes itself while free space is below `min_free_space`: sled never
+    /// sees the full disk, and writing resumes by itself when space returns.
+    pub fn check_space(&self) -> bool {
+        let available = fs2::available_space(&self.path).unwrap_or(u64::MAX);
+        let ok = available >= self.min_free_space;
+        // When space returns, find out whether sled failed meanwhile (in its background flush,
+        // say): a flush reports the failure it is stuck on.
+        if ok && !self.space_ok.load(Ordering::Relaxed) {
+            if let Ok(db) = self.db() {
+                if db.flush().is_err() {
+                    self.broken.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        if ok && self.broken.load(Ordering::Relaxed) {
+            if let Err(e) = self.reopen() {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot reopen the store; retrying in a second");
+            }
+        }
+        let was = self.space_ok.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            tracing::error!(path = %self.path.display(), available, min_free_space = self.min_free_space,
+                "the store's disk is nearly full: new events are not stored (traffic still flows) until space is freed");
+        } else if !was && ok {
+            tracing::warn!(path = %self.path.display(), available, "the store's disk has space again: events are stored again");
+        }
+        ok
+    }
+
+    /// `Err(DiskFull)` while the last space check found too little room.
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.space_ok.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(StoreError::DiskFull {
+                available: fs2::available_space(&self.path).unwrap_or(0),
+                required: self.min_free_space,
+            })
+        }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, k: Vec<u8>) -> Result<Option<T>, StoreError> {
-        match self.db.get(k)? {
+        match self.db()?.get(k)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
     }
 
     fn scan<T: serde::de::DeserializeOwned>(&self, prefix: Vec<u8>) -> Result<Vec<T>, StoreError> {
-        self.db
+        self.db()?
             .scan_prefix(prefix)
             .map(|entry| Ok(serde_json::from_slice(&entry?.1)?))
             .collect()
@@ -158,7 +273,7 @@ impl Store {
     }
 
     pub fn webhook_by_name(&self, name: &str) -> Result<Option<Webhook>, StoreError> {
-        match self.db.get(key(b'n', &[name.as_bytes()]))? {
+        match self.db()?.get(key(b'n', &[name.as_bytes()]))? {
             Some(id) => match Uuid::from_slice(&id) {
                 Ok(id) => self.webhook(id),
                 Err(_) => Ok(None),
@@ -179,7 +294,7 @@ impl Store {
             key(b'n', &[w.spec.name.as_bytes()]),
             w.id.as_bytes().as_slice(),
         );
-        self.db.apply_batch(batch)?;
+        self.db()?.apply_batch(batch)?;
         Ok(())
     }
 
@@ -190,20 +305,37 @@ impl Store {
         specs: &[WebhookSpec],
         grace: Duration,
     ) -> Result<Synced, StoreError> {
+        let stored = self.webhooks()?;
+        // A file entry is matched by the name it was declared with (an API rename keeps the
+        // match), else by the current name (a webhook the file now takes over).
+        let declared_name = |w: &Webhook| {
+            w.declared
+                .as_ref()
+                .map_or(w.spec.name.clone(), |d| d.name.clone())
+        };
         for spec in specs {
-            let webhook = match self.webhook_by_name(&spec.name)? {
+            let existing = stored
+                .iter()
+                .find(|w| w.origin == Origin::Config && declared_name(w) == spec.name)
+                .cloned()
+                .map_or_else(|| self.webhook_by_name(&spec.name), |w| Ok(Some(w)))?;
+            let webhook = match existing {
                 Some(mut w) => {
                     w.origin = Origin::Config;
-                    w.update(spec.clone(), grace);
+                    w.apply_declared(spec.clone(), grace);
                     w
                 }
-                None => Webhook::new(spec.clone(), Origin::Config),
+                None => {
+                    let mut w = Webhook::new(spec.clone(), Origin::Config);
+                    w.declared = Some(spec.clone());
+                    w
+                }
             };
             self.put_webhook(&webhook)?;
         }
         let mut removed = Vec::new();
         for w in self.webhooks()? {
-            if w.origin == Origin::Config && !specs.iter().any(|s| s.name == w.spec.name) {
+            if w.origin == Origin::Config && !specs.iter().any(|s| s.name == declared_name(&w)) {
                 removed.push((w.spec.name.clone(), self.delete_webhook(w.id)?));
             }
         }
@@ -218,7 +350,7 @@ impl Store {
     pub fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
         let mut batch = sled::Batch::default();
         let mut pending = 0;
-        for entry in self.db.scan_prefix(key(b'x', &[id.as_bytes()])) {
+        for entry in self.db()?.scan_prefix(key(b'x', &[id.as_bytes()])) {
             let (k, _) = entry?;
             batch.remove(k.clone());
             let Some(delivery_id) = trailing_id(&k) else {
@@ -232,7 +364,7 @@ impl Store {
                 batch.remove(key(b'v', &[d.event_id.as_bytes(), d.id.as_bytes()]));
                 batch.remove(key(b'd', &[d.id.as_bytes()]));
             }
-            for a in self.db.scan_prefix(key(b'a', &[delivery_id.as_bytes()])) {
+            for a in self.db()?.scan_prefix(key(b'a', &[delivery_id.as_bytes()])) {
                 batch.remove(a?.0);
             }
         }
@@ -240,7 +372,7 @@ impl Store {
             batch.remove(key(b'n', &[w.spec.name.as_bytes()]));
         }
         batch.remove(key(b'w', &[id.as_bytes()]));
-        self.db.apply_batch(batch)?;
+        self.db()?.apply_batch(batch)?;
         Ok(pending)
     }
 
@@ -249,6 +381,7 @@ impl Store {
     /// Stores an event and its deliveries atomically (and durably, in `every-event` mode).
     pub fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
         let result = (|| {
+            self.writable()?;
             let mut batch = sled::Batch::default();
             batch.insert(
                 key(b'e', &[event.id.as_bytes()]),
@@ -266,16 +399,16 @@ impl Store {
                     &[] as &[u8],
                 );
             }
-            self.db.apply_batch(batch)?;
+            self.db()?.apply_batch(batch)?;
             if self.flush == FlushMode::EveryEvent {
-                self.db.flush()?;
+                self.db()?.flush()?;
             }
             Ok(())
         })();
         if result.is_err() {
             self.failed_appends.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        self.note(result)
     }
 
     /// How many appends have failed since start.
@@ -301,7 +434,7 @@ impl Store {
             ],
         );
         let mut out = Vec::new();
-        for entry in self.db.range(start..end) {
+        for entry in self.db()?.range(start..end) {
             if out.len() >= limit {
                 break;
             }
@@ -323,7 +456,7 @@ impl Store {
         webhook: Uuid,
         skip: impl Fn(&Uuid) -> bool,
     ) -> Result<Option<u64>, StoreError> {
-        for entry in self.db.scan_prefix(key(b'q', &[webhook.as_bytes()])) {
+        for entry in self.db()?.scan_prefix(key(b'q', &[webhook.as_bytes()])) {
             let (k, _) = entry?;
             let Some(id) = trailing_id(&k) else { continue };
             if !skip(&id) {
@@ -338,10 +471,11 @@ impl Store {
     }
 
     /// How many deliveries are queued for `webhook`.
-    pub fn queue_len(&self, webhook: Uuid) -> usize {
-        self.db
+    pub fn queue_len(&self, webhook: Uuid) -> Result<usize, StoreError> {
+        Ok(self
+            .db()?
             .scan_prefix(key(b'q', &[webhook.as_bytes()]))
-            .count()
+            .count())
     }
 
     /// How many deliveries are queued for `webhook`, and when the oldest was created (Unix ms;
@@ -349,7 +483,7 @@ impl Store {
     pub fn queue_stats(&self, webhook: Uuid) -> Result<(usize, Option<u64>), StoreError> {
         let mut count = 0;
         let mut oldest: Option<u64> = None;
-        for entry in self.db.scan_prefix(key(b'q', &[webhook.as_bytes()])) {
+        for entry in self.db()?.scan_prefix(key(b'q', &[webhook.as_bytes()])) {
             let (k, _) = entry?;
             count += 1;
             let created = trailing_id(&k).and_then(|id| id.get_timestamp()).map(|ts| {
@@ -365,7 +499,7 @@ impl Store {
 
     /// A cheap read that fails when the store does (for readiness checks).
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.db.get(b"ping")?;
+        self.db()?.get(b"ping")?;
         Ok(())
     }
 
@@ -388,7 +522,7 @@ impl Store {
     ) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
         let mut skipped = 0;
-        for entry in self.db.scan_prefix([b'e']).rev() {
+        for entry in self.db()?.scan_prefix([b'e']).rev() {
             let event: Event = serde_json::from_slice(&entry?.1)?;
             if since.is_some_and(|s| event.created_at < s) {
                 break;
@@ -418,7 +552,11 @@ impl Store {
     /// A webhook's deliveries, newest first, at most `limit`.
     pub fn deliveries_of(&self, webhook: Uuid, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.db.scan_prefix(key(b'x', &[webhook.as_bytes()])).rev() {
+        for entry in self
+            .db()?
+            .scan_prefix(key(b'x', &[webhook.as_bytes()]))
+            .rev()
+        {
             if out.len() >= limit {
                 break;
             }
@@ -447,6 +585,7 @@ impl Store {
         changes: &[(&Delivery, Delivery, Attempt)],
         webhook: &Webhook,
     ) -> Result<(), StoreError> {
+        self.writable()?;
         let mut batch = sled::Batch::default();
         for (before, after, attempt) in changes {
             batch.remove(queue_key(before));
@@ -466,8 +605,8 @@ impl Store {
             key(b'w', &[webhook.id.as_bytes()]),
             serde_json::to_vec(webhook)?,
         );
-        self.db.apply_batch(batch)?;
-        Ok(())
+        let result = self.db().and_then(|db| Ok(db.apply_batch(batch)?));
+        self.note(result)
     }
 
     /// Puts a finished delivery back in the queue, due at once (a redelivery keeps its id).
@@ -484,7 +623,7 @@ impl Store {
         d.updated_at = OffsetDateTime::now_utc();
         batch.insert(queue_key(&d), &[] as &[u8]);
         batch.insert(key(b'd', &[d.id.as_bytes()]), serde_json::to_vec(&d)?);
-        self.db.apply_batch(batch)?;
+        self.db()?.apply_batch(batch)?;
         Ok(d)
     }
 
@@ -493,7 +632,7 @@ impl Store {
     /// stops at the first event younger than the cutoff.
     pub fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
         let mut swept = Swept::default();
-        for entry in self.db.scan_prefix([b'e']) {
+        for entry in self.db()?.scan_prefix([b'e']) {
             let (k, v) = entry?;
             let event: Event = serde_json::from_slice(&v)?;
             if event.created_at >= cutoff {
@@ -505,7 +644,7 @@ impl Store {
                 ..Swept::default()
             };
             let mut pending = false;
-            for index in self.db.scan_prefix(key(b'v', &[event.id.as_bytes()])) {
+            for index in self.db()?.scan_prefix(key(b'v', &[event.id.as_bytes()])) {
                 let (ik, _) = index?;
                 let Some(delivery_id) = trailing_id(&ik) else {
                     continue;
@@ -519,7 +658,7 @@ impl Store {
                     batch.remove(key(b'x', &[d.webhook_id.as_bytes(), d.id.as_bytes()]));
                     this.deliveries += 1;
                 }
-                for a in self.db.scan_prefix(key(b'a', &[delivery_id.as_bytes()])) {
+                for a in self.db()?.scan_prefix(key(b'a', &[delivery_id.as_bytes()])) {
                     batch.remove(a?.0);
                     this.attempts += 1;
                 }
@@ -529,7 +668,7 @@ impl Store {
                 continue;
             }
             batch.remove(k);
-            self.db.apply_batch(batch)?;
+            self.db()?.apply_batch(batch)?;
             swept.events += this.events;
             swept.deliveries += this.deliveries;
             swept.attempts += this.attempts;
@@ -539,7 +678,7 @@ impl Store {
 
     /// Writes everything buffered to disk (called on shutdown and in tests).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.db()?.flush()?;
         Ok(())
     }
 }
@@ -555,6 +694,7 @@ mod tests {
             path: dir.join("data"),
             flush: FlushMode::Interval(Duration::from_millis(100)),
             retention: Duration::from_secs(60),
+            min_free_space: 0,
         })
         .expect("open store")
     }
@@ -662,7 +802,42 @@ mod tests {
             vec![("b".to_owned(), 1)],
             "b left the file with one pending delivery"
         );
-        assert_eq!(s.queue_len(b.id), 0);
+        assert_eq!(s.queue_len(b.id).expect("queue"), 0);
+    }
+
+    #[test]
+    fn api_changes_to_a_file_webhook_last_until_its_entry_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let mut w = s
+            .sync_webhooks(&[spec("a")], Duration::ZERO)
+            .expect("sync")
+            .webhooks
+            .remove(0);
+        // An operator changes the URL and the name through the API.
+        w.spec.url = "https://changed.example.com/".parse().expect("url");
+        w.spec.name = "renamed".to_owned();
+        s.put_webhook(&w).expect("put");
+        let again = s.sync_webhooks(&[spec("a")], Duration::ZERO).expect("sync");
+        assert_eq!(again.webhooks.len(), 1);
+        assert_eq!(
+            again.webhooks[0].id, w.id,
+            "the rename keeps the file's match"
+        );
+        assert_eq!(
+            again.webhooks[0].spec.url.as_str(),
+            "https://changed.example.com/",
+            "an unchanged file keeps the API's change"
+        );
+        assert!(again.removed.is_empty());
+        let mut edited = spec("a");
+        edited.url = "https://from-the-file.example.com/".parse().expect("url");
+        let third = s.sync_webhooks(&[edited], Duration::ZERO).expect("sync");
+        assert_eq!(
+            third.webhooks[0].spec.url.as_str(),
+            "https://from-the-file.example.com/",
+            "a changed entry wins"
+        );
     }
 
     #[test]

@@ -149,6 +149,10 @@ pub struct Webhook {
     pub id: Uuid,
     pub origin: Origin,
     pub spec: WebhookSpec,
+    /// For config-declared webhooks: the file's entry as last applied. The file changes the
+    /// webhook only when this entry changes, so changes made through the API in between last.
+    #[serde(default)]
+    pub declared: Option<WebhookSpec>,
     pub status: WebhookStatus,
     /// Why the webhook was disabled, when it was.
     pub disabled_reason: Option<String>,
@@ -175,8 +179,11 @@ pub struct WebhookView {
     pub timeout: String,
     pub signature: Profile,
     pub header_prefix: String,
-    #[serde(flatten)]
-    pub mode: Mode,
+    /// `realtime` or `batch`; the batch fields are set in batch mode only.
+    pub mode: &'static str,
+    pub batch_interval: Option<String>,
+    pub batch_max: Option<usize>,
+    pub batch_order: Option<BatchOrder>,
     pub ordered: bool,
     pub concurrency: usize,
     pub counters: Counters,
@@ -193,6 +200,7 @@ impl Webhook {
         Self {
             id: Uuid::now_v7(),
             origin,
+            declared: None,
             status: spec.status.unwrap_or(WebhookStatus::Active),
             spec,
             disabled_reason: None,
@@ -205,6 +213,15 @@ impl Webhook {
 
     /// Applies a new spec, keeping id, counters and (unless the spec sets one) status. A changed
     /// secret keeps the old one valid for `grace`, so receivers can switch without losing events.
+    /// Applies the file's entry for this webhook, unless it is the entry last applied.
+    pub fn apply_declared(&mut self, spec: WebhookSpec, grace: Duration) {
+        if self.declared.as_ref() == Some(&spec) {
+            return;
+        }
+        self.declared = Some(spec.clone());
+        self.update(spec, grace);
+    }
+
     pub fn update(&mut self, spec: WebhookSpec, grace: Duration) {
         if spec == self.spec {
             return;
@@ -254,7 +271,24 @@ impl Webhook {
             timeout: humantime::format_duration(s.timeout).to_string(),
             signature: s.signature,
             header_prefix: s.header_prefix.clone(),
-            mode: s.mode,
+            mode: match s.mode {
+                Mode::Realtime => "realtime",
+                Mode::Batch { .. } => "batch",
+            },
+            batch_interval: match s.mode {
+                Mode::Batch { interval, .. } => {
+                    Some(humantime::format_duration(interval).to_string())
+                }
+                Mode::Realtime => None,
+            },
+            batch_max: match s.mode {
+                Mode::Batch { max, .. } => Some(max),
+                Mode::Realtime => None,
+            },
+            batch_order: match s.mode {
+                Mode::Batch { order, .. } => Some(order),
+                Mode::Realtime => None,
+            },
             ordered: s.ordered,
             concurrency: s.concurrency,
             counters: self.counters.clone(),

@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{AdminState, ApiError, Page};
+use super::{AdminState, ApiError, Page, Q};
 
 #[derive(Debug, Deserialize)]
 pub struct EventFilter {
@@ -40,8 +40,8 @@ fn topic_matcher(topic: Option<&str>) -> Result<Option<globset::GlobMatcher>, Ap
 
 pub async fn list(
     State(state): State<AdminState>,
-    Query(filter): Query<EventFilter>,
-    Query(page): Query<Page>,
+    Q(filter): Q<EventFilter>,
+    Q(page): Q<Page>,
 ) -> Result<Json<Vec<crate::event::Event>>, ApiError> {
     let (offset, limit) = page.check()?;
     let topic = topic_matcher(filter.topic.as_deref())?;
@@ -77,7 +77,7 @@ pub struct StreamFilter {
 /// Server-sent events: one `event` message (JSON) per stored event, as it is stored.
 pub async fn stream(
     State(state): State<AdminState>,
-    Query(filter): Query<StreamFilter>,
+    Q(filter): Q<StreamFilter>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let topic = topic_matcher(filter.topic.as_deref())?;
     let rx = state.live.dispatcher().tap();

@@ -130,6 +130,23 @@ impl From<ManageError> for ApiError {
     }
 }
 
+/// A query string, rejected as a JSON error (not axum's plain text) when it does not parse.
+pub struct Q<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Q(v))
+            .map_err(|e| ApiError::invalid("query", e.body_text()))
+    }
+}
+
 /// `?page=1&per_page=20` (per_page at most 100).
 #[derive(Debug, Deserialize)]
 pub struct Page {

@@ -10,7 +10,11 @@ fn op(summary: &str, params: &[&str], body: Option<&str>, response: &str) -> Val
             "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{response}")}}}},
             "400": {"$ref": "#/components/responses/Error"},
             "401": {"$ref": "#/components/responses/Error"},
-            "404": {"$ref": "#/components/responses/Error"}
+            "404": {"$ref": "#/components/responses/Error"},
+            "409": {"$ref": "#/components/responses/Error"},
+            "422": {"$ref": "#/components/responses/Error"},
+            "500": {"$ref": "#/components/responses/Error"},
+            "503": {"$ref": "#/components/responses/Error"}
         }
     });
     let params: Vec<Value> = params
@@ -74,7 +78,7 @@ fn paths() -> Value {
         "/webhooks/{id}/recover": {"post": op("Re-queue every failed delivery created in [since, until)", &[id], Some("Window"), "Requeued")},
         "/webhooks/{id}/deliveries": {"get": op("A webhook's deliveries, newest first", &[id, "outcome", page[0], page[1]], None, "DeliveryList")},
         "/webhooks/{id}/deliveries/{delivery_id}": {"get": op("A delivery with every attempt", &[id, delivery_id], None, "DeliveryDetail")},
-        "/webhooks/{id}/deliveries/{delivery_id}/redeliver": {"post": op("Send a delivery again now, with the same id", &[id, delivery_id], None, "DeliveryDetail")},
+        "/webhooks/{id}/deliveries/{delivery_id}/redeliver": {"post": op("Send a delivery again now, with the same id (409 in_flight while it is being sent)", &[id, delivery_id], None, "Redelivered")},
         "/events": {"get": op("Derived events, newest first", &["topic", "since", "until", page[0], page[1]], None, "EventList")},
         "/events/stream": {"get": op("Server-sent events: one `event` message per stored event", &["topic"], None, "Event")},
         "/events/{id}": {"get": op("Get an event", &[id], None, "Event")},
@@ -135,9 +139,10 @@ fn components() -> Value {
             "Delivery": {"type": "object", "properties": {
                 "id": {"type": "string"}, "event_id": {"type": "string"}, "webhook_id": {"type": "string"}, "topic": {"type": "string"},
                 "state": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
-                "due_ms": {"type": "integer"}, "last_summary": {"type": ["string", "null"]},
+                "due_ms": {"type": "integer"}, "queue_ms": {"type": "integer"}, "schedule_start": {"type": "integer"}, "last_summary": {"type": ["string", "null"]},
                 "created_at": {"type": "string"}, "updated_at": {"type": "string"}
             }},
+            "Redelivered": {"type": "object", "properties": {"delivery": {"$ref": "#/components/schemas/Delivery"}}},
             "DeliveryList": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}},
             "Attempt": {"type": "object", "properties": {
                 "id": {"type": "string"}, "delivery_id": {"type": "string"}, "webhook_id": {"type": "string"}, "number": {"type": "integer"},
@@ -163,4 +168,34 @@ fn components() -> Value {
             "Text": {"type": "string"}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` points at something the document defines.
+    #[test]
+    fn every_reference_resolves() {
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = document();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 20);
+        for r in all {
+            let pointer = r.trim_start_matches('#');
+            assert!(doc.pointer(pointer).is_some(), "{r} is not defined");
+        }
+    }
 }

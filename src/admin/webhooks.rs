@@ -1,7 +1,7 @@
 //! `/webhooks`: the subscriptions, their actions and their delivery log.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{AdminState, ApiError, Page};
+use super::{AdminState, ApiError, Page, Q};
 use crate::event::DeliveryState;
 use crate::webhook::{WebhookInput, WebhookStatus, WebhookView};
 
@@ -56,8 +56,8 @@ fn input(
 
 pub async fn list(
     State(state): State<AdminState>,
-    Query(filter): Query<StatusFilter>,
-    Query(page): Query<Page>,
+    Q(filter): Q<StatusFilter>,
+    Q(page): Q<Page>,
 ) -> Result<Response, ApiError> {
     let (offset, limit) = page.check()?;
     let all = views(&state, filter.parse()?);
@@ -68,7 +68,7 @@ pub async fn list(
 
 pub async fn count(
     State(state): State<AdminState>,
-    Query(filter): Query<StatusFilter>,
+    Q(filter): Q<StatusFilter>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"count": views(&state, filter.parse()?).len()})))
 }
@@ -188,8 +188,8 @@ pub struct OutcomeFilter {
 pub async fn deliveries(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
-    Query(filter): Query<OutcomeFilter>,
-    Query(page): Query<Page>,
+    Q(filter): Q<OutcomeFilter>,
+    Q(page): Q<Page>,
 ) -> Result<Response, ApiError> {
     let id = id(&raw, "webhook")?;
     let (offset, limit) = page.check()?;

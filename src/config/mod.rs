@@ -91,6 +91,8 @@ pub struct StoreConfig {
     pub flush: FlushMode,
     /// How long finished events, deliveries and attempts are kept.
     pub retention: Duration,
+    /// Below this much free disk space, events are not stored (traffic still flows).
+    pub min_free_space: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +250,23 @@ impl Config {
                 "retention",
                 Duration::from_secs(30 * 24 * 3600),
             ),
+            min_free_space: match raw.store.min_free_space {
+                None => 64 * 1024 * 1024,
+                Some(s) => s
+                    .get_ref()
+                    .parse::<bytesize::ByteSize>()
+                    .map(|b| b.as_u64())
+                    .unwrap_or_else(|e| {
+                        r.at(
+                            s.span(),
+                            format!(
+                                "`min_free_space` = \"{}\" is not a size such as 64MiB: {e}",
+                                s.get_ref()
+                            ),
+                        );
+                        0
+                    }),
+            },
         };
         let mut allow = Vec::new();
         for n in &raw.delivery.allow_networks {

@@ -59,6 +59,7 @@ pub struct RawProxy {
 pub struct RawStore {
     pub path: Option<Spanned<String>>,
     pub retention: Option<Spanned<String>>,
+    pub min_free_space: Option<Spanned<String>>,
     pub flush: Option<Spanned<String>>,
     pub flush_interval: Option<Spanned<String>>,
 }

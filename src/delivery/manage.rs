@@ -115,6 +115,7 @@ impl Dispatcher {
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|t| t.id != id);
         let dropped = self.store.delete_webhook(id)?;
+        self.metrics.forget_webhook(&name);
         tracing::warn!(webhook = %name, %id, dropped, "webhook deleted with its pending deliveries");
         Ok(Some(dropped))
     }

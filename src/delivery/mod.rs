@@ -264,6 +264,16 @@ impl Dispatcher {
     }
 
     async fn sweep_loop(self: Arc<Self>, retention: Duration) {
+        let store = Arc::clone(&self.store);
+        // The disk-space guard: see `Store::check_space`.
+        let space = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let store = Arc::clone(&store);
+                let _ = tokio::task::spawn_blocking(move || store.check_space()).await;
+            }
+        });
+        let _abort_with_sweeper = AbortOnDrop(space);
         loop {
             let store = Arc::clone(&self.store);
             let cutoff = OffsetDateTime::now_utc() - retention;
@@ -606,6 +616,15 @@ fn batch_id(deliveries: &[Delivery]) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     Uuid::new_v8(bytes)
+}
+
+/// Aborts a task when dropped (when the task owning this guard is aborted).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn disable(webhook: &mut Webhook, reason: String) {

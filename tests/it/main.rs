@@ -8,15 +8,19 @@
 //! - `manage`: the delivery engine's Rust API in-process (status, delete, redeliver, ...).
 //! - `webhooks`: statuses, signature profiles, failure handling, modes, isolation.
 //! - `dashboard`: the dashboard in headless Chromium.
+//! - `hostile`: the catalogue of malformed and hostile input, config and traffic.
 //! - `demo`: `hooktap demo` from an empty directory.
+//! - `crash`: SIGKILL/SIGTERM loops under load (ignored by default: scripts/reliability.sh).
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
 
 mod admin;
 mod cli;
 mod common;
+mod crash;
 mod dashboard;
 mod delivery;
 mod demo;
+mod hostile;
 mod manage;
 mod passthrough;
 mod pipeline;

@@ -555,6 +555,14 @@ impl TestProxy {
         }
     }
 
+    /// Kills the binary with SIGKILL (no chance to flush) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

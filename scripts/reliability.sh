@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The longer reliability suites (tests/it/crash.rs): SIGKILL loops under load in both flush
+# modes, SIGTERM restarts under load, and a full disk (needs root: it mounts a small tmpfs).
+# Each prints a RESULT line with its figures; the whole run takes about two minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HOOKTAP_NO_BROWSER=1 scripts/install-deps.sh
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --test it --run-ignored only --no-fail-fast --no-capture "$@" 2>&1 | tee target/reliability.log
+else
+  cargo test --test it --no-fail-fast -- --ignored --nocapture "$@" 2>&1 | tee target/reliability.log
+fi
+echo
+echo "figures:"
+grep '^RESULT' target/reliability.log || true

@@ -603,3 +603,84 @@ async fn logs_can_be_json_lines() {
             .all(|l| l["level"].is_string() && l["timestamp"].is_string())
     );
 }
+
+#[tokio::test]
+async fn secrets_never_appear_in_output_logs_or_metrics() {
+    use reqwest::Method;
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(500).await;
+    let mut setup = Setup::new(upstream).webhook("crm", &receiver, "retry = \"\"");
+    setup.webhooks[0].1 = setup.webhooks[0]
+        .1
+        .replace("http://", "http://shop:url-pass-7731@")
+        .replace("secret-crm", "signing-secret-9931");
+    let proxy = started(&setup).await;
+    order(&proxy, "secret@example.com").await;
+    receiver.wait_for(1, WAIT).await;
+    let (_, hooks) = json_of(admin(&proxy, Method::GET, "/webhooks")).await;
+    let id = hooks[0]["id"].as_str().expect("id").to_owned();
+    let (_, _) = json_of(admin(&proxy, Method::POST, &format!("/webhooks/{id}/ping"))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut seen = String::new();
+    for path in [
+        "/webhooks".to_owned(),
+        format!("/webhooks/{id}"),
+        format!("/webhooks/{id}/deliveries"),
+        "/events".to_owned(),
+        "/rules".to_owned(),
+        "/metrics".to_owned(),
+        "/openapi.json".to_owned(),
+    ] {
+        seen.push_str(
+            &admin(&proxy, Method::GET, &path)
+                .send()
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("text"),
+        );
+    }
+    let (_, list) = json_of(admin(
+        &proxy,
+        Method::GET,
+        &format!("/webhooks/{id}/deliveries"),
+    ))
+    .await;
+    for d in list.as_array().into_iter().flatten() {
+        let path = format!(
+            "/webhooks/{id}/deliveries/{}",
+            d["id"].as_str().expect("id")
+        );
+        seen.push_str(
+            &admin(&proxy, Method::GET, &path)
+                .send()
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("text"),
+        );
+    }
+    seen.push_str(
+        &client()
+            .get(proxy.admin_url("/"))
+            .send()
+            .await
+            .expect("dashboard")
+            .text()
+            .await
+            .expect("html"),
+    );
+    seen.push_str(&proxy.log());
+    assert!(
+        seen.contains("shop:****") || seen.contains("****@"),
+        "credentials appear masked"
+    );
+    for secret in ["url-pass-7731", "signing-secret-9931", ADMIN_TOKEN] {
+        assert!(
+            !seen.contains(secret),
+            "`{secret}` leaked into API output, the dashboard, metrics or the log"
+        );
+    }
+}

@@ -299,8 +299,11 @@ async fn a_stuck_receiver_does_not_delay_a_healthy_one() {
         )
         .webhook("healthy", &healthy, "topics = [\"order.*\"]");
     let proxy = TestProxy::start(&setup).await;
+    let mut sent = std::collections::HashMap::new();
     for i in 0..20 {
-        order(&proxy, &format!("{i}@example.com")).await;
+        let email = format!("{i}@example.com");
+        order(&proxy, &email).await;
+        sent.insert(email, std::time::Instant::now());
     }
     let got = healthy.wait_for(20, WAIT).await;
     assert_eq!(got.len(), 20);
@@ -308,6 +311,25 @@ async fn a_stuck_receiver_does_not_delay_a_healthy_one() {
         stuck.received().len(),
         2,
         "the stuck webhook holds only its own two slots"
+    );
+    // The healthy receiver's lag (response to the client → webhook arrival) while the other hangs.
+    let mut lags: Vec<f64> = got
+        .iter()
+        .filter_map(|r| {
+            let email = r.json()["email"].as_str()?.to_owned();
+            Some(
+                r.at.saturating_duration_since(*sent.get(&email)?)
+                    .as_secs_f64()
+                    * 1000.0,
+            )
+        })
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    assert_eq!(lags.len(), 20);
+    println!(
+        "RESULT healthy-receiver-lag-ms while another hangs: p50={:.1} max={:.1}",
+        lags[lags.len() / 2],
+        lags[lags.len() - 1]
     );
 }
 

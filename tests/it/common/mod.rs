@@ -202,6 +202,8 @@ async fn many_headers() -> Response {
 /// One webhook request as the receiver saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When it arrived.
+    pub at: Instant,
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -258,6 +260,7 @@ impl TestReceiver {
                 let (b, r) = (b.clone(), r.clone());
                 async move {
                     r.lock().expect("lock").push(Received {
+                        at: Instant::now(),
                         path: uri.path().to_owned(),
                         headers,
                         body,

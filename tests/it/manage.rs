@@ -69,6 +69,7 @@ impl Running {
                 path: dir.path().join("data"),
                 flush: FlushMode::Interval(Duration::from_millis(100)),
                 retention: Duration::from_secs(3600),
+                min_free_space: 0,
             })
             .expect("open store"),
         );
@@ -337,6 +338,7 @@ async fn a_rotated_secret_signs_too_during_its_grace_period() {
             path: dir.path().join("data"),
             flush: FlushMode::EveryEvent,
             retention: Duration::from_secs(3600),
+            min_free_space: 0,
         })
         .expect("open");
         store

@@ -468,19 +468,7 @@ fn compile_admin(r: &mut Reporter, a: raw::RawAdmin) -> AdminConfig {
             r.at(t.span(), "`token` must not be empty");
             None
         }
-        (None, Some(var)) => match std::env::var(var.get_ref()) {
-            Ok(t) if !t.is_empty() => Some(t),
-            _ => {
-                r.at(
-                    var.span(),
-                    format!(
-                        "environment variable `{}` is not set or empty",
-                        var.get_ref()
-                    ),
-                );
-                None
-            }
-        },
+        (None, Some(var)) => from_env(r, &var, ""),
         (Some(t), Some(_)) => {
             r.at(t.span(), "set either `token` or `token_env`, not both");
             None
@@ -579,6 +567,24 @@ fn compile_proxy(r: &mut Reporter, p: raw::RawProxy, base: &Path) -> ProxyConfig
     }
 }
 
+/// A secret from the environment variable named by `var`; an unset or empty one is an error
+/// (prefixed with `context`) at the place the variable is named.
+fn from_env(r: &mut Reporter, var: &Spanned<String>, context: &str) -> Option<String> {
+    match std::env::var(var.get_ref()) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            r.at(
+                var.span(),
+                format!(
+                    "{context}environment variable `{}` is not set or empty",
+                    var.get_ref()
+                ),
+            );
+            None
+        }
+    }
+}
+
 /// Unwraps a spanned value, remembering where `field` was written.
 fn take<T>(
     spans: &mut Vec<(&'static str, Range<usize>)>,
@@ -603,19 +609,7 @@ fn compile_webhook(
     // `WebhookInput::apply`, exactly as the admin API checks it.
     let secret = match (w.secret, w.secret_env) {
         (Some(s), None) => take(&mut spans, "secret", Some(s)),
-        (None, Some(var)) => match std::env::var(var.get_ref()) {
-            Ok(s) if !s.is_empty() => Some(s),
-            _ => {
-                r.at(
-                    var.span(),
-                    format!(
-                        "webhook `{name}`: environment variable `{}` is not set or empty",
-                        var.get_ref()
-                    ),
-                );
-                return None;
-            }
-        },
+        (None, Some(var)) => Some(from_env(r, &var, &format!("webhook `{name}`: "))?),
         (Some(s), Some(_)) => {
             r.at(
                 s.span(),

@@ -27,16 +27,6 @@ async fn started(setup: &Setup<'_>) -> TestProxy {
     proxy
 }
 
-async fn order(proxy: &TestProxy, email: &str) {
-    let r = client()
-        .post(proxy.url("/orders"))
-        .json(&json!({"email": email}))
-        .send()
-        .await
-        .expect("proxied");
-    assert_eq!(r.status(), 201);
-}
-
 #[tokio::test]
 async fn every_documented_endpoint_exists_and_requires_the_token() {
     let (_app, upstream) = TestUpstream::start().await;
@@ -134,7 +124,7 @@ async fn webhooks_are_managed_over_http() {
     assert_eq!(count["count"], 0);
 
     // Traffic is delivered to the API-created webhook.
-    order(&proxy, "api@example.com").await;
+    post_order(&proxy, "api@example.com").await;
     let got = receiver.wait_for(1, WAIT).await;
     assert_eq!(
         got[0].header("x-hooktap-webhook-signature"),
@@ -242,7 +232,7 @@ async fn deliveries_can_be_inspected_redelivered_and_recovered() {
     let id = hooks[0]["id"].as_str().expect("id").to_owned();
     assert_eq!(hooks[0]["origin"], "config");
     let since = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
-    order(&proxy, "recover@example.com").await;
+    post_order(&proxy, "recover@example.com").await;
     receiver.wait_for(1, WAIT).await;
 
     let deadline = std::time::Instant::now() + WAIT;
@@ -340,7 +330,7 @@ async fn events_rules_metrics_and_the_live_stream() {
         .send()
         .await
         .expect("stream");
-    order(&proxy, "live@example.com").await;
+    post_order(&proxy, "live@example.com").await;
     let mut seen = String::new();
     while !seen.contains("live@example.com") {
         let chunk = tokio::time::timeout(WAIT, stream.chunk())
@@ -615,7 +605,7 @@ async fn secrets_never_appear_in_output_logs_or_metrics() {
         .replace("http://", "http://shop:url-pass-7731@")
         .replace("secret-crm", "signing-secret-9931");
     let proxy = started(&setup).await;
-    order(&proxy, "secret@example.com").await;
+    post_order(&proxy, "secret@example.com").await;
     receiver.wait_for(1, WAIT).await;
     let (_, hooks) = json_of(admin(&proxy, Method::GET, "/webhooks")).await;
     let id = hooks[0]["id"].as_str().expect("id").to_owned();

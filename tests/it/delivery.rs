@@ -2,21 +2,9 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-async fn order(proxy: &TestProxy) {
-    let r = client()
-        .post(proxy.url("/orders"))
-        .json(&json!({"email": "r@example.com"}))
-        .send()
-        .await
-        .expect("proxied");
-    assert_eq!(r.status(), 201);
-}
 
 #[tokio::test]
 async fn a_failed_attempt_is_retried_with_the_same_delivery_id_and_body() {
@@ -25,7 +13,7 @@ async fn a_failed_attempt_is_retried_with_the_same_delivery_id_and_body() {
     let proxy =
         TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"1s,1s\""))
             .await;
-    order(&proxy).await;
+    post_order(&proxy, "r@example.com").await;
     receiver.wait_for(1, WAIT).await;
     receiver.set_status(200);
     let got = receiver.wait_for(2, WAIT).await;
@@ -52,7 +40,7 @@ async fn redirects_are_failures_and_are_not_followed() {
     let receiver = TestReceiver::start(302).await;
     let proxy =
         TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"1s\"")).await;
-    order(&proxy).await;
+    post_order(&proxy, "r@example.com").await;
     receiver.wait_for(1, WAIT).await;
     receiver.set_status(204);
     let got = receiver.wait_for(2, WAIT).await;
@@ -69,7 +57,7 @@ async fn a_delivery_fails_finally_when_the_schedule_is_used_up() {
     let proxy =
         TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"500ms\""))
             .await;
-    order(&proxy).await;
+    post_order(&proxy, "r@example.com").await;
     receiver.wait_for(2, WAIT).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -90,7 +78,7 @@ async fn pending_deliveries_survive_a_restart() {
     let receiver = TestReceiver::start(500).await;
     let mut proxy =
         TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"2s\"")).await;
-    order(&proxy).await;
+    post_order(&proxy, "r@example.com").await;
     let first = receiver.wait_for(1, WAIT).await;
     proxy.stop().await;
     receiver.set_status(200);
@@ -108,11 +96,11 @@ async fn a_webhook_keeps_its_id_across_restarts() {
     let (_app, upstream) = TestUpstream::start().await;
     let receiver = TestReceiver::start(200).await;
     let mut proxy = TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "")).await;
-    order(&proxy).await;
+    post_order(&proxy, "r@example.com").await;
     receiver.wait_for(1, WAIT).await;
     proxy.stop().await;
     proxy.spawn().await;
-    order(&proxy).await;
+    post_order(&proxy, "r@example.com").await;
     let got = receiver.wait_for(2, WAIT).await;
     assert_eq!(
         got[0].header("x-hooktap-webhook-id"),

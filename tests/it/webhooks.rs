@@ -4,21 +4,11 @@
 use std::time::Duration;
 
 use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-async fn order(proxy: &TestProxy, email: &str) {
-    let r = client()
-        .post(proxy.url("/orders"))
-        .json(&json!({"email": email}))
-        .send()
-        .await
-        .expect("proxied");
-    assert_eq!(r.status(), 201);
-}
 
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -38,7 +28,7 @@ async fn a_paused_webhook_keeps_its_deliveries_until_resumed() {
     let mut proxy =
         TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "status = \"paused\""))
             .await;
-    order(&proxy, "p@example.com").await;
+    post_order(&proxy, "p@example.com").await;
     settle().await;
     assert!(
         receiver.received().is_empty(),
@@ -67,7 +57,7 @@ async fn gone_disables_at_once_and_ops_are_told() {
         .webhook("shop", &shop, "topics = [\"order.*\"]\nretry = \"1s\"")
         .webhook("ops", &ops, "topics = [\"hooktap.*\"]");
     let proxy = TestProxy::start(&setup).await;
-    order(&proxy, "a@example.com").await;
+    post_order(&proxy, "a@example.com").await;
     let told = ops.wait_for(1, WAIT).await;
     assert_eq!(
         told[0].header("x-hooktap-webhook-topic"),
@@ -77,7 +67,7 @@ async fn gone_disables_at_once_and_ops_are_told() {
     assert_eq!(payload["name"], "shop");
     assert_eq!(payload["reason"], "the receiver answered 410 Gone");
     assert_eq!(payload["id"].as_str().map(str::len), Some(36));
-    order(&proxy, "b@example.com").await;
+    post_order(&proxy, "b@example.com").await;
     settle().await;
     assert_eq!(
         shop.received().len(),
@@ -99,17 +89,17 @@ async fn consecutive_failed_deliveries_disable_the_webhook() {
         )
         .webhook("ops", &ops, "topics = [\"hooktap.*\"]");
     let proxy = TestProxy::start(&setup).await;
-    order(&proxy, "1@example.com").await;
+    post_order(&proxy, "1@example.com").await;
     shop.wait_for(1, WAIT).await;
     settle().await;
     assert!(
         ops.received().is_empty(),
         "one failure is below the threshold"
     );
-    order(&proxy, "2@example.com").await;
+    post_order(&proxy, "2@example.com").await;
     let told = ops.wait_for(1, WAIT).await;
     assert_eq!(told[0].json()["reason"], "2 consecutive deliveries failed");
-    order(&proxy, "3@example.com").await;
+    post_order(&proxy, "3@example.com").await;
     settle().await;
     assert_eq!(
         shop.received().len(),
@@ -148,7 +138,7 @@ async fn signature_profiles_and_header_prefixes() {
         )
     })
     .await;
-    order(&proxy, "s@example.com").await;
+    post_order(&proxy, "s@example.com").await;
 
     let s = &standard.wait_for(1, WAIT).await[0];
     let id = s.header("webhook-id");
@@ -195,7 +185,7 @@ async fn basic_auth_in_the_url_is_sent_and_never_logged() {
         .1
         .replace("http://", "http://shop:pa55w0rd@");
     let proxy = TestProxy::start(&setup).await;
-    order(&proxy, "auth@example.com").await;
+    post_order(&proxy, "auth@example.com").await;
     receiver.set_status(500);
     let got = receiver.wait_for(2, WAIT).await;
     let expected = format!(
@@ -224,7 +214,7 @@ async fn retry_after_on_429_is_honoured() {
     // The schedule alone would wait an hour.
     let proxy =
         TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"1h\"")).await;
-    order(&proxy, "slow-down@example.com").await;
+    post_order(&proxy, "slow-down@example.com").await;
     let got = receiver.wait_for(2, WAIT).await;
     assert_eq!(
         got[0].header("x-hooktap-webhook-delivery-id"),
@@ -265,7 +255,7 @@ async fn timeouts_and_dropped_connections_are_retried() {
         .1
         .replace(&slow.url(), &format!("http://{dropper_addr}/hooks"));
     let proxy = TestProxy::start(&setup).await;
-    order(&proxy, "t@example.com").await;
+    post_order(&proxy, "t@example.com").await;
     slow.wait_for(1, WAIT).await;
     slow.set_delay(Duration::ZERO);
     slow.wait_for(2, WAIT).await;
@@ -302,7 +292,7 @@ async fn a_stuck_receiver_does_not_delay_a_healthy_one() {
     let mut sent = std::collections::HashMap::new();
     for i in 0..20 {
         let email = format!("{i}@example.com");
-        order(&proxy, &email).await;
+        post_order(&proxy, &email).await;
         sent.insert(email, std::time::Instant::now());
     }
     let got = healthy.wait_for(20, WAIT).await;
@@ -345,8 +335,8 @@ async fn batch_mode_gathers_deliveries_into_one_request() {
         // An interval longer than the test: only reaching batch_max can send this batch.
         .webhook("by-count", &by_count, "topics = [\"order.*\"]\nmode = \"batch\"\nbatch_interval = \"1h\"\nbatch_max = 2");
     let proxy = TestProxy::start(&setup).await;
-    order(&proxy, "first@example.com").await;
-    order(&proxy, "second@example.com").await;
+    post_order(&proxy, "first@example.com").await;
+    post_order(&proxy, "second@example.com").await;
     client()
         .post(proxy.url("/scans"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -402,7 +392,7 @@ async fn an_ordered_webhook_sends_strictly_in_event_order() {
     );
     let proxy = TestProxy::start(&setup).await;
     for i in 1..=4 {
-        order(&proxy, &format!("{i}@example.com")).await;
+        post_order(&proxy, &format!("{i}@example.com")).await;
     }
     let got = receiver.wait_for(6, WAIT).await;
     let sequence: Vec<String> = got

@@ -596,6 +596,17 @@ impl Drop for TestProxy {
     }
 }
 
+/// Places an order through the proxy and checks the app created it.
+pub async fn post_order(proxy: &TestProxy, email: &str) {
+    let r = client()
+        .post(proxy.url("/orders"))
+        .json(&serde_json::json!({"email": email}))
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), 201);
+}
+
 /// base64(HMAC-SHA256(secret, body)), computed independently of hooktap's code.
 pub fn expected_signature(secret: &str, body: &[u8]) -> String {
     use base64::Engine;

@@ -142,6 +142,9 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Answer pipelined HTTP/1.1 requests in order, as the app would, rather than closing
+        // the connection after the first (pingora's default).
+        session.set_pipelining_enabled(true);
         let rules = self.rules.load();
         let req = session.req_header();
         if let Some(candidates) = rules.candidates(&req.method, req.uri.path()) {

@@ -612,6 +612,12 @@ pub fn compile_topics(topics: &[String]) -> Result<globset::GlobSet, String> {
     }
     let mut set = globset::GlobSetBuilder::new();
     for t in topics {
+        // Topics are lower-case `[a-z0-9_.-]`; a pattern with other letters can never match.
+        if t.chars().any(|c| c.is_uppercase() || c.is_whitespace()) {
+            return Err(format!(
+                "topic pattern `{t}` can never match: topics are lower-case, without spaces"
+            ));
+        }
         set.add(globset::Glob::new(t).map_err(|e| format!("topic pattern `{t}` is invalid: {e}"))?);
     }
     set.build()

@@ -182,14 +182,28 @@ fn duration(
     }
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| {
-        ConfigError(vec![Problem {
+/// Reads a file as UTF-8 text; invalid UTF-8 is reported at its line and column.
+fn read_text(path: &Path) -> Result<String, Problem> {
+    let bytes = std::fs::read(path).map_err(|e| Problem {
+        file: path.to_owned(),
+        position: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let valid = std::str::from_utf8(valid).unwrap_or_default();
+        let line = valid.matches('\n').count() + 1;
+        let col = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Problem {
             file: path.to_owned(),
-            position: None,
-            message: format!("cannot read: {e}"),
-        }])
+            position: Some((line, col)),
+            message: "the file is not valid UTF-8 text".to_owned(),
+        }
     })
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    read_text(path).map_err(|p| ConfigError(vec![p]))
 }
 
 impl Config {
@@ -346,14 +360,10 @@ impl Config {
         let mut test_topics = Vec::new();
         let mut rules_failed = false;
         for file in &rule_files {
-            let text = match std::fs::read_to_string(file) {
+            let text = match read_text(file) {
                 Ok(t) => t,
-                Err(e) => {
-                    problems.push(Problem {
-                        file: file.clone(),
-                        position: None,
-                        message: format!("cannot read: {e}"),
-                    });
+                Err(p) => {
+                    problems.push(p);
                     continue;
                 }
             };

@@ -664,7 +664,7 @@ fn attempt_record(
         request_headers: out.map(Outgoing::shown_headers).unwrap_or_default(),
         // A batch's body is kept once, with its first delivery.
         request_body: match (out, index_in_batch) {
-            (Some(o), 0) => String::from_utf8_lossy(&o.body).into_owned(),
+            (Some(o), 0) => send::kept_body(&o.body),
             (Some(_), _) => format!("(sent in one batch with delivery {})", first.id),
             (None, _) => String::new(),
         },

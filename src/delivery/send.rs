@@ -101,6 +101,19 @@ impl Outgoing {
     }
 }
 
+/// A body as the attempt log keeps it: the first [`MAX_RESPONSE_KEPT`] bytes, lossily decoded,
+/// with a note when cut (the whole request body is the event's payload, kept with the event).
+pub fn kept_body(body: &[u8]) -> String {
+    if body.len() <= MAX_RESPONSE_KEPT {
+        return String::from_utf8_lossy(body).into_owned();
+    }
+    format!(
+        "{}… ({} bytes in all; truncated)",
+        String::from_utf8_lossy(&body[..MAX_RESPONSE_KEPT]),
+        body.len()
+    )
+}
+
 /// What the receiver answered.
 #[derive(Debug, Clone)]
 pub struct Answer {

@@ -54,7 +54,12 @@ fn describe_parse_error(source: &str, report: &str) -> String {
         .rev()
         .find_map(|l| l.trim().strip_prefix("= "))
         .unwrap_or("syntax error");
-    let hint = if source.contains('-') {
+    // A dotted name with a dash (`.user-agent`), not a negative index (`[-1]`).
+    let dotted_dash = source.split('.').skip(1).any(|seg| {
+        let name: String = seg.chars().take_while(|c| *c != '[').collect();
+        name.contains('-') && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+    });
+    let hint = if dotted_dash {
         "; names with `-` need brackets: `$.request.headers['user-agent']`"
     } else {
         ""

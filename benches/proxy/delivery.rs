@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hooktap::config::Config;
 use hooktap::delivery::Dispatcher;
 use hooktap::event::{Event, Topic};
+use hooktap::metrics::Metrics;
 use hooktap::store::Store;
 use hooktap::webhook::WebhookStatus;
 
@@ -87,6 +88,7 @@ pub fn run(
         Arc::clone(&store),
         synced.webhooks,
         config.delivery.clone(),
+        Arc::new(Metrics::new()),
     )?);
 
     let topic = Topic::parse("order.created").map_err(anyhow::Error::msg)?;

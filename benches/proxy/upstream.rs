@@ -1,7 +1,8 @@
 //! The benchmark's upstream and webhook receiver: one small hyper HTTP/1.1 server, keep-alive.
 //!
 //! - `GET /download/{n}`: `n` bytes of `application/octet-stream`, streamed in 64 KiB chunks.
-//! - `GET /stats`: what the receiver saw since the last reset (JSON); `POST /stats/reset`.
+//! - `GET /stats`: what the receiver saw since the last reset (JSON); `GET /stats/arrivals`: every
+//!   webhook's arrival and lag (CSV); `POST /stats/reset`.
 //! - any other `GET`: 200 with a fixed ~1 KB JSON body.
 //! - `POST /orders`: reads the body, answers 201 with `Location` and a ~1 KB JSON order whose
 //!   `id` is the Unix time in microseconds at which the answer was made (unique, increasing):
@@ -60,7 +61,8 @@ const ORDER_TAIL: &str = concat!(
     r#""payment":{"method":"card","brand":"visa","last4":"4242","#,
     r#""authorised_at":"2026-06-01T18:00:02Z","reference":"pi_3PqR5sT6uV7wX8yZ9aB0cD1e"},"#,
     r#""notes":"Wheelchair space requested for seat A12; please contact the box office "#,
-    r#"before the performance. Tickets are non-transferable."}"#
+    r#"before the performance. Tickets are non-transferable.","channel":"online","#,
+    r#""lang":"en-GB","source":"box-office-web","affiliate":null,"gift":false}"#
 );
 
 const CHUNK: usize = 64 * 1024;
@@ -103,6 +105,8 @@ type Answer = Response<Either<Full<Bytes>, Download>>;
 #[derive(Default)]
 struct Seen {
     lags_us: Vec<u64>,
+    /// (arrival, lag) of every webhook with a lag, in arrival order.
+    arrivals: Vec<(u64, u64)>,
     unsigned: u64,
     first_us: u64,
     last_us: u64,
@@ -163,18 +167,47 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Inf
             let mut seen = state.seen.lock().expect("stats lock");
             seen.lags_us.sort_unstable();
             let l = &seen.lags_us;
+            // The slowest webhooks: when they arrived (ms after the first) and their lag (ms).
+            let mut worst = seen.arrivals.clone();
+            worst.sort_unstable_by_key(|&(_, lag)| std::cmp::Reverse(lag));
+            let worst: Vec<String> = worst
+                .iter()
+                .take(12)
+                .map(|&(at, lag)| {
+                    format!(
+                        "[{},{}]",
+                        at.saturating_sub(seen.first_us) / 1000,
+                        lag / 1000
+                    )
+                })
+                .collect();
             let json = format!(
-                r#"{{"hooks":{},"unsigned":{},"lag_count":{},"lag_p50_us":{},"lag_p99_us":{},"lag_max_us":{},"first_us":{},"last_us":{}}}"#,
+                r#"{{"hooks":{},"unsigned":{},"lag_count":{},"lag_p50_us":{},"lag_p90_us":{},"lag_p99_us":{},"lag_p999_us":{},"lag_max_us":{},"first_us":{},"last_us":{},"worst_at_ms_lag_ms":[{}]}}"#,
                 state.hooks.load(Ordering::Relaxed),
                 seen.unsigned,
                 l.len(),
                 percentile(l, 50.0),
+                percentile(l, 90.0),
                 percentile(l, 99.0),
+                percentile(l, 99.9),
                 l.last().copied().unwrap_or(0),
                 seen.first_us,
                 seen.last_us,
+                worst.join(","),
             );
             full(StatusCode::OK, "application/json", json)
+        }
+        (&Method::GET, "/stats/arrivals") => {
+            // Every webhook with a lag: "ms after the first, lag µs", one a line.
+            let seen = state.seen.lock().expect("stats lock");
+            let mut csv = String::new();
+            for &(at, lag) in &seen.arrivals {
+                csv.push_str(&format!(
+                    "{},{lag}\n",
+                    at.saturating_sub(seen.first_us) / 1000
+                ));
+            }
+            full(StatusCode::OK, "text/csv", csv)
         }
         (&Method::POST, "/stats/reset") => {
             *state.seen.lock().expect("stats lock") = Seen::default();
@@ -238,6 +271,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Answer, Inf
             // Only ids that are timestamps (made by POST /orders above) say anything about lag.
             if let Some(id) = id.filter(|&id| id > 1_000_000_000_000_000) {
                 seen.lags_us.push(now.saturating_sub(id));
+                seen.arrivals.push((now, now.saturating_sub(id)));
             }
             drop(seen);
             full(StatusCode::OK, "text/plain", "ok")

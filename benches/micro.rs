@@ -1,0 +1,347 @@
+//! Criterion micro-benchmarks of the per-request work hooktap adds: routing, payload
+//! extraction and signing. `cargo bench --bench micro` (about a minute on 2 cores).
+//!
+//! Everything is built through the public API, as a rule file would be: rule sets are generated
+//! as TOML, parsed into `RawRuleFile` and compiled with `RuleSet::add`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hooktap::capture::{Exchange, RequestParts, ResponseParts};
+use hooktap::config::raw::RawRuleFile;
+use hooktap::delivery::sign::{self, Message};
+use hooktap::rules::RuleSet;
+use hooktap::webhook::Profile;
+use http::{HeaderMap, HeaderValue, Method};
+
+/// The rule every set contains, and the one the "hit" lookup finds.
+const HIT_RULE: &str = r#"
+[[rule]]
+name = "order updated"
+topic = "order.updated"
+method = ["PUT", "PATCH"]
+path = "/orders/{id}"
+[rule.payload]
+id = "$.params.id"
+"#;
+
+/// A rule file of `n` rules: the hit rule plus `n - 1` generated ones in three shapes, some
+/// sharing the hit rule's prefix so that the tree is not trivially split at the first byte.
+fn rule_file(n: usize) -> String {
+    let mut toml = String::from(HIT_RULE);
+    for i in 1..n {
+        let (method, path) = match i % 3 {
+            0 => ("POST", format!("/orders/{{id}}/items{i}")),
+            1 => ("PUT", format!("/res{i}/{{id}}")),
+            _ => ("GET", format!("/res{i}/{{id}}/files/{{*file}}")),
+        };
+        toml.push_str(&format!(
+            "\n[[rule]]\nname = \"rule {i}\"\ntopic = \"bench.r{i}\"\nmethod = \"{method}\"\npath = \"{path}\"\n"
+        ));
+    }
+    toml
+}
+
+fn rule_set(toml: &str) -> RuleSet {
+    let file: RawRuleFile = toml::from_str(toml).expect("generated rule file parses");
+    let mut set = RuleSet::default();
+    for rule in file.rule {
+        set.add(rule).expect("generated rule compiles");
+    }
+    set
+}
+
+fn routing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route");
+    for n in [1usize, 100, 10_000] {
+        let set = rule_set(&rule_file(n));
+        assert_eq!(set.rules().len(), n);
+        let put = Method::PUT;
+        let get = Method::GET;
+        assert!(set.candidates(&put, "/orders/42").is_some());
+        assert!(set.candidates(&get, "/catalogue/7/reviews").is_none());
+        group.bench_with_input(BenchmarkId::new("hit", n), &set, |b, set| {
+            b.iter(|| set.candidates(black_box(&put), black_box("/orders/42")));
+        });
+        group.bench_with_input(BenchmarkId::new("miss", n), &set, |b, set| {
+            b.iter(|| set.candidates(black_box(&get), black_box("/catalogue/7/reviews")));
+        });
+        // A path that is a route, with a method no rule of it takes: the passthrough of
+        // `GET /orders/{id}` in the end-to-end benchmark.
+        group.bench_with_input(BenchmarkId::new("method-miss", n), &set, |b, set| {
+            b.iter(|| set.candidates(black_box(&get), black_box("/orders/42")));
+        });
+    }
+    group.finish();
+}
+
+/// A typical order: the request a shop front posts and the ~1 KB answer of the shop.
+const ORDER_REQUEST: &str = r#"{"email":"buyer@example.com","event_id":3,"tickets":2,"seats":["A12","A13"],"coupon":null,"newsletter":false}"#;
+const ORDER_RESPONSE: &str = concat!(
+    r#"{"id":1042,"status":"paid","total":90.0,"currency":"EUR","created_at":"2026-06-01T18:00:00Z","#,
+    r#""customer":{"name":"Ada Lovelace","phone":"+44 20 7946 0000","address":{"#,
+    r#""street":"12 Analytical Row","city":"London","postcode":"N1 9GU","country":"GB"}},"#,
+    r#""tickets":[{"id":"T-1001","seat":"A12","price":45.0,"type":"adult","#,
+    r#""barcode":"8f14e45fceea167a5a36dedd4bea2543"},{"id":"T-1002","seat":"A13","#,
+    r#""price":45.0,"type":"adult","barcode":"c9f0f895fb98ab9159f51fd0297e236d"}],"#,
+    r#""event":{"id":3,"name":"Symphony No. 9 - Opening Night","venue":"Royal Festival Hall","#,
+    r#""starts_at":"2026-06-01T19:30:00Z","doors_at":"2026-06-01T18:45:00Z"},"#,
+    r#""payment":{"method":"card","brand":"visa","last4":"4242","#,
+    r#""authorised_at":"2026-06-01T18:00:02Z","reference":"pi_3PqR5sT6uV7wX8yZ9aB0cD1e"},"#,
+    r#""notes":"Wheelchair space requested for seat A12; please contact the box office "#,
+    r#"before the performance. Tickets are non-transferable.","channel":"online","#,
+    r#""lang":"en-GB","source":"box-office-web","affiliate":null,"gift":false}"#
+);
+
+fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, HeaderValue::from_str(v).expect("valid header value"));
+    }
+    h
+}
+
+fn exchange() -> Exchange {
+    Exchange {
+        request: RequestParts {
+            method: "POST".to_owned(),
+            path: "/orders".to_owned(),
+            query: None,
+            headers: headers(&[
+                ("host", "tickets.example.com"),
+                (
+                    "user-agent",
+                    "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+                ),
+                ("accept", "application/json"),
+                ("content-type", "application/json"),
+                ("content-length", &ORDER_REQUEST.len().to_string()),
+                ("cookie", "session=9f8e7d6c5b4a; consent=1"),
+            ]),
+            body: Some(Bytes::from_static(ORDER_REQUEST.as_bytes())),
+        },
+        response: ResponseParts {
+            status: 201,
+            headers: headers(&[
+                ("content-type", "application/json; charset=utf-8"),
+                ("content-length", &ORDER_RESPONSE.len().to_string()),
+                ("location", "/orders/1042"),
+                ("date", "Mon, 01 Jun 2026 18:00:02 GMT"),
+                ("cache-control", "no-store"),
+            ]),
+            body: Some(Bytes::from_static(ORDER_RESPONSE.as_bytes())),
+        },
+    }
+}
+
+fn payload(c: &mut Criterion) {
+    let rules = rule_set(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rules/ticket-shop.toml"
+        ))
+        .expect("example rules"),
+    );
+    let candidates = rules
+        .candidates(&Method::POST, "/orders")
+        .expect("POST /orders is a candidate");
+    let max_decoded = 8 << 20;
+    {
+        let mut doc = exchange().into_document(max_decoded).value;
+        let events = rules.evaluate(&candidates, &mut doc);
+        assert_eq!(events.len(), 1, "the example order makes one event");
+        assert_eq!(events[0].event.topic, "order.created");
+    }
+    let mut group = c.benchmark_group("payload");
+    group.throughput(Throughput::Bytes(
+        (ORDER_REQUEST.len() + ORDER_RESPONSE.len()) as u64,
+    ));
+    group.bench_function("document", |b| {
+        b.iter_batched(
+            exchange,
+            |x| x.into_document(max_decoded),
+            BatchSize::SmallInput,
+        );
+    });
+    let doc = exchange().into_document(max_decoded).value;
+    group.bench_function("evaluate", |b| {
+        b.iter_batched_ref(
+            || doc.clone(),
+            |doc| rules.evaluate(&candidates, doc),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("document+evaluate", |b| {
+        b.iter_batched(
+            exchange,
+            |x| {
+                let mut doc = x.into_document(max_decoded).value;
+                rules.evaluate(&candidates, &mut doc).len()
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+fn signing(c: &mut Criterion) {
+    let body: Vec<u8> = ORDER_RESPONSE.bytes().cycle().take(1024).collect();
+    let mut group = c.benchmark_group("sign");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("hmac_sha256_base64/1KiB", |b| {
+        b.iter(|| sign::hmac_sha256_base64(black_box(b"s3cret"), black_box(&body)));
+    });
+    group.bench_function("headers/hooktap/1KiB", |b| {
+        b.iter(|| {
+            sign::headers(
+                Profile::Hooktap,
+                "X-Hooktap-Webhook-",
+                "s3cret",
+                None,
+                &Message {
+                    webhook_id: "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+                    delivery_id: "0199a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c",
+                    topic: Some("order.created"),
+                    source: "https://tickets.example.com/",
+                    timestamp: 1_780_000_000,
+                    body: black_box(&body),
+                },
+            )
+        });
+    });
+    group.finish();
+}
+
+/// What one matched request costs the store, and what sled's batches cost: `Store::append`
+/// (one event, one delivery), and the same five keys written by hand as one sled batch, as
+/// five single inserts, and 32 events' keys in one batch (per event).
+fn store(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("hooktap.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "rules = [\"{}/rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n[store]\npath = \"{}\"\n",
+            env!("CARGO_MANIFEST_DIR"),
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("write config");
+    let config = hooktap::config::Config::load(&file).expect("bench config loads");
+    let store = hooktap::store::Store::open(&config.store).expect("open store");
+    let topic = hooktap::event::Topic::parse("order.created").expect("topic");
+    let webhook = uuid::Uuid::now_v7();
+    let event = || {
+        hooktap::event::Event::new(
+            &topic,
+            "order created",
+            serde_json::json!({"id": 1042, "status": "paid", "email": "buyer@example.com",
+                "event_id": 3, "tickets": 2, "total": 90.0, "location": "1042"}),
+        )
+    };
+    let mut group = c.benchmark_group("store");
+    group.sample_size(20);
+    group.bench_function("append/1-event-1-delivery", |b| {
+        b.iter_batched(
+            || {
+                let e = event();
+                let d = hooktap::event::Delivery::new(&e, webhook, 0);
+                (e, d)
+            },
+            |(e, d)| store.append(&e, std::slice::from_ref(&d)).expect("append"),
+            BatchSize::SmallInput,
+        );
+    });
+    let db = sled::Config::new()
+        .path(dir.path().join("raw"))
+        .flush_every_ms(Some(500))
+        .open()
+        .expect("open sled");
+    let record = serde_json::to_vec(&event()).expect("json");
+    let keys = |n: u64| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let id = uuid::Uuid::now_v7();
+        let k = |p: u8| {
+            let mut key = vec![p];
+            key.extend_from_slice(id.as_bytes());
+            key.extend_from_slice(&n.to_be_bytes());
+            key
+        };
+        vec![
+            (k(b'e'), record.clone()),
+            (k(b'd'), record[..300.min(record.len())].to_vec()),
+            (k(b'q'), Vec::new()),
+            (k(b'x'), Vec::new()),
+            (k(b'v'), Vec::new()),
+        ]
+    };
+    let mut n = 0u64;
+    group.bench_function("sled/5-keys-one-batch", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                keys(n)
+            },
+            |kv| {
+                let mut batch = sled::Batch::default();
+                for (k, v) in kv {
+                    batch.insert(k, v);
+                }
+                db.apply_batch(batch).expect("batch");
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("sled/5-keys-5-inserts", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                keys(n)
+            },
+            |kv| {
+                for (k, v) in kv {
+                    db.insert(k, v).expect("insert");
+                }
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.throughput(Throughput::Elements(32));
+    group.bench_function("sled/32-events-one-batch", |b| {
+        b.iter_batched(
+            || {
+                (0..32)
+                    .flat_map(|_| {
+                        n += 1;
+                        keys(n)
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |kv| {
+                let mut batch = sled::Batch::default();
+                for (k, v) in kv {
+                    batch.insert(k, v);
+                }
+                db.apply_batch(batch).expect("batch");
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+fn config() -> Criterion {
+    // Short: the whole file runs in about a minute on 2 cores.
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(50)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = routing, payload, signing, store
+}
+criterion_main!(benches);

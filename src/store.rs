@@ -1,8 +1,11 @@
 //! The durable store: events, deliveries, the delivery queue, the attempt log and webhooks, in sled.
 //!
-//! All records live in one sled tree under one-byte prefixes, so that an event and all of its
-//! deliveries, or an attempt and the state it leads to, are written in one atomic batch (sled
-//! batches are atomic within a tree):
+//! All records live in one sled tree under one-byte prefixes. The hot writes (storing an event
+//! with its deliveries, recording an attempt) are single writes in an order that makes a crash
+//! between them harmless: a queue entry is written after what it points to and removed after
+//! the state that replaces it, so a crash can at worst leave a stale queue entry (dropped when
+//! read) or send a delivery once more. (One sled batch per event would be atomic but costs a
+//! log write of its own: about 3.5× slower, measured.) The key layout:
 //!
 //! | key | value |
 //! |---|---|
@@ -446,23 +449,27 @@ impl Store {
     pub fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
         let result = (|| {
             self.writable()?;
-            let mut batch = sled::Batch::default();
-            batch.insert(key(b'e', &[event.id.as_bytes()]), self.stored_form(event)?);
+            let db = self.db()?;
+            // Single writes in a safe order rather than one batch (a sled batch forces a log
+            // write of its own: 3.5× slower, measured): the queue entries go last, so a queue
+            // entry never points at a delivery or event that is not stored.
+            db.insert(key(b'e', &[event.id.as_bytes()]), self.stored_form(event)?)?;
             for d in deliveries {
-                batch.insert(key(b'd', &[d.id.as_bytes()]), serde_json::to_vec(d)?);
-                batch.insert(queue_key(d), &[] as &[u8]);
-                batch.insert(
+                db.insert(key(b'd', &[d.id.as_bytes()]), serde_json::to_vec(d)?)?;
+                db.insert(
                     key(b'x', &[d.webhook_id.as_bytes(), d.id.as_bytes()]),
                     &[] as &[u8],
-                );
-                batch.insert(
+                )?;
+                db.insert(
                     key(b'v', &[event.id.as_bytes(), d.id.as_bytes()]),
                     &[] as &[u8],
-                );
+                )?;
             }
-            self.db()?.apply_batch(batch)?;
+            for d in deliveries {
+                db.insert(queue_key(d), &[] as &[u8])?;
+            }
             if self.flush == FlushMode::EveryEvent {
-                self.db()?.flush()?;
+                db.flush()?;
             }
             Ok(())
         })();
@@ -504,8 +511,16 @@ impl Store {
             if skip(&id) {
                 continue;
             }
-            if let Some(d) = self.delivery(id)? {
-                out.push(d);
+            match self.delivery(id)? {
+                // An entry left behind by a crash between two writes of `record_attempts`:
+                // the delivery has moved on (or is gone). Drop it.
+                Some(d) if d.state != DeliveryState::Pending || queue_key(&d) != k.as_ref() => {
+                    self.db()?.remove(&k)?;
+                }
+                None => {
+                    self.db()?.remove(&k)?;
+                }
+                Some(d) => out.push(d),
             }
         }
         Ok(out)
@@ -655,26 +670,36 @@ impl Store {
         webhook: &Webhook,
     ) -> Result<(), StoreError> {
         self.writable()?;
-        let mut batch = sled::Batch::default();
-        for (before, after, attempt) in changes {
-            batch.remove(queue_key(before));
-            if after.state == DeliveryState::Pending {
-                batch.insert(queue_key(after), &[] as &[u8]);
+        let result = (|| {
+            let db = self.db()?;
+            // Single writes in a safe order (see `append`): the new state first, the new queue
+            // entry next, the old queue entry last. A crash in between leaves at worst an extra
+            // queue entry, which `queued` drops, or a delivery sent once more.
+            for (_, after, attempt) in changes {
+                db.insert(
+                    attempt_key(attempt.delivery_id, attempt.number),
+                    serde_json::to_vec(attempt)?,
+                )?;
+                db.insert(
+                    key(b'd', &[after.id.as_bytes()]),
+                    serde_json::to_vec(after)?,
+                )?;
             }
-            batch.insert(
-                key(b'd', &[after.id.as_bytes()]),
-                serde_json::to_vec(after)?,
-            );
-            batch.insert(
-                attempt_key(attempt.delivery_id, attempt.number),
-                serde_json::to_vec(attempt)?,
-            );
-        }
-        batch.insert(
-            key(b'w', &[webhook.id.as_bytes()]),
-            serde_json::to_vec(webhook)?,
-        );
-        let result = self.db().and_then(|db| Ok(db.apply_batch(batch)?));
+            db.insert(
+                key(b'w', &[webhook.id.as_bytes()]),
+                serde_json::to_vec(webhook)?,
+            )?;
+            for (before, after, _) in changes {
+                let pending = after.state == DeliveryState::Pending;
+                if pending {
+                    db.insert(queue_key(after), &[] as &[u8])?;
+                }
+                if !pending || queue_key(after) != queue_key(before) {
+                    db.remove(queue_key(before))?;
+                }
+            }
+            Ok(())
+        })();
         self.note(result)
     }
 

@@ -7,7 +7,8 @@
 //! 2. When the response is complete, [`capture`] builds the exchange document and [`rules`]
 //!    evaluates status, `when` predicates and payload paths into [`event::Event`]s.
 //! 3. [`store`] writes each event and one [`event::Delivery`] per subscribed webhook to sled in
-//!    one atomic batch, before the last byte of the response reaches the client.
+//!    an order that makes a crash between writes harmless, before the last byte of the response
+//!    reaches the client.
 //! 4. [`delivery`] reads what is due, signs it and POSTs it to the subscriber, recording every
 //!    [`event::Attempt`] and rescheduling failures along the webhook's retry schedule.
 //!

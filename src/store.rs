@@ -661,9 +661,9 @@ impl Store {
         self.scan(key(b'a', &[delivery.as_bytes()]))
     }
 
-    /// Records attempts and the new states of their deliveries in one batch, together with the
-    /// webhook's updated record (counters, status): the old queue entries go, new ones are added
-    /// for deliveries still pending.
+    /// Records attempts with the new states of their deliveries and the webhook's updated
+    /// record (counters, status); queue entries follow the new states (see the module doc for
+    /// the write order that keeps a crash harmless).
     pub fn record_attempts(
         &self,
         changes: &[(&Delivery, Delivery, Attempt)],

@@ -2,11 +2,11 @@
 //!
 //! The [`Dispatcher`] owns both ends of the queue. [`Dispatcher::enqueue`] is called on the
 //! proxy path: it creates one [`Delivery`] per webhook that accepts the topic, appends event and
-//! deliveries to the store in one batch and wakes the loop — no network I/O. [`Dispatcher::run`]
+//! deliveries to the store and wakes the loop — no network I/O. [`Dispatcher::run`]
 //! is the loop: per active webhook it reads what is due from the store and sends it within a
 //! global and a per-webhook concurrency limit (a slow endpoint fills its own slots, not
 //! everyone's), then records each attempt together with the delivery's next state and the
-//! webhook's counters, in one store batch.
+//! webhook's counters.
 //!
 //! Delivery is at-least-once: a queue entry is removed only when its attempt is recorded, so a
 //! crash mid-send means the delivery is sent again after restart, with the same delivery id.
@@ -210,7 +210,7 @@ impl Dispatcher {
     }
 
     /// Stores `event` with one delivery per webhook that accepts its topic and wakes the loop.
-    /// Called on the proxy path: no network I/O, one store batch.
+    /// Called on the proxy path: no network I/O, a few store writes.
     pub fn enqueue(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
         let deliveries: Vec<Delivery> = self
             .targets()

@@ -6,30 +6,6 @@ use std::process::{Command, Output};
 
 use crate::common::*;
 
-const CONFIG: &str = r#"rules = ["rules/*.toml"]
-
-[proxy]
-listen = "127.0.0.1:18080"
-upstream = "127.0.0.1:18000"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
-[[webhook]]
-name = "crm"
-url = "http://127.0.0.1:9000/hooks"
-secret = "s"
-topics = ["order.*"]
-"#;
-
-const GOOD_RULE: &str = r#"[[rule]]
-name = "order created"
-topic = "order.created"
-method = "POST"
-path = "/orders"
-status = [201]
-"#;
-
 fn run(dir: &Path, command: &str) -> Output {
     Command::new(hooktap_bin())
         .args([command, "-c"])
@@ -350,7 +326,6 @@ async fn webhook_and_delivery_commands_talk_to_the_running_hooktap() {
 
 #[tokio::test]
 async fn tap_prints_events_as_json_lines() {
-    use std::io::BufRead;
     let (_app, upstream) = TestUpstream::start().await;
     let proxy = TestProxy::start(&Setup::new(upstream)).await;
     proxy.admin_ready().await;
@@ -360,18 +335,7 @@ async fn tap_prints_events_as_json_lines() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn tap");
-    let stdout = tap.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut tap);
     // The tap connects asynchronously: keep producing events until one arrives.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let line = loop {

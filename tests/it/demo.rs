@@ -1,6 +1,5 @@
 //! `hooktap demo` runs from the binary alone: shop, proxy, receiver and traffic in one process.
 
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,18 +23,7 @@ async fn the_demo_delivers_every_webhook_with_a_valid_signature_and_keeps_the_da
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn demo");
-    let stdout = demo.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut demo);
     let deadline = Instant::now() + Duration::from_secs(40);
     let mut output = Vec::new();
     let token = loop {

@@ -34,32 +34,6 @@ use crate::common::*;
 // Configuration and rule files
 // ------------------------------------------------------------------------------------------
 
-/// hooktap.toml of every config case; the webhook's `url` is on line 12.
-const CONFIG: &str = r#"rules = ["rules/*.toml"]
-
-[proxy]
-listen = "127.0.0.1:18080"
-upstream = "127.0.0.1:18000"
-
-[delivery]
-allow_networks = ["127.0.0.0/8"]
-
-[[webhook]]
-name = "crm"
-url = "http://127.0.0.1:9000/hooks"
-secret = "s"
-topics = ["order.*"]
-"#;
-
-/// A valid rule file of six lines.
-const GOOD_RULE: &str = r#"[[rule]]
-name = "order created"
-topic = "order.created"
-method = "POST"
-path = "/orders"
-status = [201]
-"#;
-
 /// Longer than any `check` of these files may take; only catches a hang.
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 

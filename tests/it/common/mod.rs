@@ -348,6 +348,50 @@ impl TestReceiver {
     }
 }
 
+/// A hooktap.toml for `hooktap check` cases (nothing listens); the webhook's `url` is on line 12.
+pub const CONFIG: &str = r#"rules = ["rules/*.toml"]
+
+[proxy]
+listen = "127.0.0.1:18080"
+upstream = "127.0.0.1:18000"
+
+[delivery]
+allow_networks = ["127.0.0.0/8"]
+
+[[webhook]]
+name = "crm"
+url = "http://127.0.0.1:9000/hooks"
+secret = "s"
+topics = ["order.*"]
+"#;
+
+/// A valid rule file of six lines.
+pub const GOOD_RULE: &str = r#"[[rule]]
+name = "order created"
+topic = "order.created"
+method = "POST"
+path = "/orders"
+status = [201]
+"#;
+
+/// The lines a child process writes to stdout, as they come (read on a thread of their own).
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// The admin token of every test config.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 

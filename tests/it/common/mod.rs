@@ -497,7 +497,7 @@ impl TestProxy {
     }
 
     /// Starts with the written config passed through `edit` first.
-    pub async fn start_edited(setup: &Setup<'_>, edit: impl FnOnce(&str) -> String) -> Self {
+    pub async fn start_edited(setup: &Setup<'_>, edit: impl Fn(&str) -> String) -> Self {
         Self::start_full(setup, edit, &[]).await
     }
 
@@ -506,28 +506,40 @@ impl TestProxy {
         Self::start_full(setup, str::to_owned, args).await
     }
 
-    async fn start_full(
-        setup: &Setup<'_>,
-        edit: impl FnOnce(&str) -> String,
-        args: &[&str],
-    ) -> Self {
-        let (dir, config, addr, admin) = setup.write();
-        let text = std::fs::read_to_string(&config).expect("read config");
-        std::fs::write(&config, edit(&text)).expect("write config");
-        let mut proxy = Self {
-            dir,
-            config,
-            addr,
-            admin,
-            args: args.iter().map(|a| a.to_string()).collect(),
-            child: None,
-        };
-        proxy.spawn().await;
-        proxy
+    async fn start_full(setup: &Setup<'_>, edit: impl Fn(&str) -> String, args: &[&str]) -> Self {
+        // A port picked free can be taken by a parallel test before hooktap binds it: then
+        // start again on other ports.
+        for attempt in 1.. {
+            let (dir, config, addr, admin) = setup.write();
+            let text = std::fs::read_to_string(&config).expect("read config");
+            std::fs::write(&config, edit(&text)).expect("write config");
+            let mut proxy = Self {
+                dir,
+                config,
+                addr,
+                admin,
+                args: args.iter().map(|a| a.to_string()).collect(),
+                child: None,
+            };
+            match proxy.try_spawn().await {
+                Ok(()) => return proxy,
+                Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+        unreachable!("the loop returns or panics")
     }
 
-    /// Starts (or restarts) the binary and waits until it accepts connections.
+    /// Starts (or restarts) the binary and waits until the proxy and the admin API accept
+    /// connections.
     pub async fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn().await {
+            panic!("{log}");
+        }
+    }
+
+    /// Like [`TestProxy::spawn`], but an early exit is returned (with the log) instead.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -544,21 +556,28 @@ impl TestProxy {
             .expect("spawn hooktap");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "hooktap did not start listening; log:\n{}",
-                self.log()
-            );
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("hooktap exited with {status}; log:\n{}", self.log());
+        for addr in [self.addr, self.admin] {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "hooktap did not start listening on {addr}; log:\n{}",
+                    self.log()
+                );
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    self.child = None;
+                    return Err(format!(
+                        "hooktap exited with {status}; log:\n{}",
+                        self.log()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {

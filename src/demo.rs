@@ -311,7 +311,7 @@ retry = "1s,5s"
         println!("try: curl -X POST http://{listen}/orders -H 'content-type: application/json' -d '{{\"email\":\"you@example.com\"}}'");
         println!("Ctrl-C to stop.");
     });
-    crate::server::run(config)?;
+    crate::server::run(config, false)?;
     drop(runtime);
     Ok(())
 }

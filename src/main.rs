@@ -40,7 +40,12 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Start the proxy and the delivery loop.
-    Run,
+    Run {
+        /// Take over from the hooktap running with the same store without dropping a
+        /// connection: receive its listening sockets, let it finish its requests and exit.
+        #[arg(long)]
+        upgrade: bool,
+    },
     /// Validate the config and every rule file, print a summary, start nothing.
     Check,
     /// Run the `[[test]]` cases of the rule files.
@@ -346,7 +351,7 @@ async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run | Command::Check | Command::Test | Command::Demo { .. } => {
+        Command::Run { .. } | Command::Check | Command::Test | Command::Demo { .. } => {
             unreachable!("handled in main")
         }
     }
@@ -374,8 +379,9 @@ fn main() -> ExitCode {
     };
     init_logging(cli.log_format, default_level);
     let result = match cli.command {
-        Command::Run => load(&cli.config)
-            .and_then(|c| hooktap::server::run(c).context("hooktap stopped with an error")),
+        Command::Run { upgrade } => load(&cli.config).and_then(|c| {
+            hooktap::server::run(c, upgrade).context("hooktap stopped with an error")
+        }),
         Command::Check => load(&cli.config).map(|c| check(&c)),
         Command::Test => match load(&cli.config) {
             Ok(c) if test(&c) => Ok(()),

@@ -28,6 +28,33 @@ pub enum ServerError {
     Delivery(#[from] DeliveryError),
     #[error("cannot set up TLS on {listen}: {reason}")]
     Tls { listen: SocketAddr, reason: String },
+    #[error(
+        "another hooktap{} holds the store at {path}; stop it first, or take over from it without dropping a connection with `hooktap run --upgrade`",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    AlreadyRunning { path: String, pid: Option<u32> },
+    #[error(
+        "--upgrade: no running hooktap holds the store at {path} (no live pid in its hooktap.pid); start without --upgrade"
+    )]
+    NothingToUpgrade { path: String },
+    #[error("--upgrade: cannot signal the running hooktap (pid {pid}): {reason}")]
+    Signal { pid: u32, reason: String },
+}
+
+/// Keeps the store open and usable (see [`Dispatcher::keep_store`]).
+struct StoreService {
+    dispatcher: Arc<Dispatcher>,
+    webhooks: Vec<crate::webhook::WebhookSpec>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for StoreService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        Arc::clone(&self.dispatcher)
+            .keep_store(self.webhooks.clone(), self.grace, shutdown)
+            .await;
+    }
 }
 
 /// The delivery loop and its retention sweep.
@@ -49,14 +76,29 @@ impl BackgroundService for DeliveryService {
 struct AdminService {
     listen: SocketAddr,
     state: AdminState,
+    /// During an upgrade the old process keeps the admin port until it stops: how long to
+    /// keep trying to bind it.
+    wait_for_port: Duration,
 }
 
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        if let Err(e) = admin::serve(self.listen, self.state.clone(), shutdown).await {
-            tracing::error!(listen = %self.listen, error = %e, "the admin API cannot listen; stopping");
-            std::process::exit(1);
+        let deadline = tokio::time::Instant::now() + self.wait_for_port;
+        loop {
+            match admin::serve(self.listen, self.state.clone(), shutdown.clone()).await {
+                Ok(()) => return,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    tracing::error!(listen = %self.listen, error = %e, "the admin API cannot listen; stopping");
+                    std::process::exit(1);
+                }
+            }
         }
     }
 }
@@ -89,22 +131,56 @@ impl BackgroundService for ReloadOnHangup {
 }
 
 /// Runs the proxy, the delivery loop and the admin API until SIGTERM/SIGINT, then flushes the store.
-pub fn run(config: Config) -> Result<(), ServerError> {
-    let store_err = |source| ServerError::Store {
-        path: config.store.path.display().to_string(),
-        source,
+///
+/// With `upgrade`, takes over from the hooktap that holds the same store without dropping a
+/// connection: it receives that process's listening sockets (pingora's graceful upgrade),
+/// which then stops accepting, finishes its requests and exits. Events matched meanwhile wait
+/// in `pending/` until the old process lets go of the store.
+pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
+    let path = config.store.path.display().to_string();
+    let previous = if upgrade {
+        let pid = Store::holder(&config.store.path)
+            .ok_or_else(|| ServerError::NothingToUpgrade { path: path.clone() })?;
+        Some(pid)
+    } else {
+        None
     };
-    let store = Arc::new(Store::open(&config.store).map_err(store_err)?);
-    let synced = store
-        .sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace)
-        .map_err(store_err)?;
-    for (name, dropped) in synced.removed {
-        tracing::warn!(webhook = %name, dropped, "webhook removed from the config: deleted with its pending deliveries");
-    }
+    let store = match Store::open(&config.store) {
+        Ok(store) => Some(store),
+        Err(_) if upgrade => None,
+        Err(_) if Store::locked_by_another(&config.store.path) => {
+            return Err(ServerError::AlreadyRunning {
+                pid: Store::holder(&config.store.path),
+                path,
+            });
+        }
+        Err(e) => {
+            // A sidecar must not take the app down with it: serve, and keep trying.
+            tracing::error!(path = %path, error = %e,
+                "cannot open the store: proxying anyway, without storing events until it opens");
+            None
+        }
+    };
+    let store = Arc::new(store.unwrap_or_else(|| Store::unopened(&config.store)));
+    let webhooks = if store.is_ready() {
+        let synced = store
+            .sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace)
+            .map_err(|source| ServerError::Store {
+                path: path.clone(),
+                source,
+            })?;
+        for (name, dropped) in synced.removed {
+            tracing::warn!(webhook = %name, dropped, "webhook removed from the config: deleted with its pending deliveries");
+        }
+        synced.webhooks
+    } else {
+        // Applied by the store service once the store opens.
+        Vec::new()
+    };
     let metrics = Arc::new(Metrics::new());
     let dispatcher = Arc::new(Dispatcher::new(
         Arc::clone(&store),
-        synced.webhooks,
+        webhooks,
         config.delivery.clone(),
         metrics,
     )?);
@@ -153,7 +229,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         upgrade_sock: config.store.path.join("upgrade.sock").display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if let Some(pid) = previous {
+        signal_upgrade(pid)?;
+    }
+    // With `upgrade`, waits here for the old process's listening sockets.
     server.bootstrap();
     let mut proxy_service =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hooktap proxy");
@@ -174,6 +258,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     server.add_service(proxy_service);
     server.add_service(background_service(
+        "store",
+        StoreService {
+            dispatcher: Arc::clone(&dispatcher),
+            webhooks: config.webhooks.clone(),
+            grace: config.delivery.secret_rotation_grace,
+        },
+    ));
+    server.add_service(background_service(
         "delivery",
         DeliveryService {
             dispatcher,
@@ -185,6 +277,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         AdminService {
             listen: config.admin.listen,
             state: AdminState::new(Arc::clone(&live), config.admin.token.as_deref(), p.listen),
+            // The old process stops accepting after pingora's 5 s hand-over, then waits out
+            // its grace period and shutdown timeout.
+            wait_for_port: if upgrade {
+                Duration::from_secs(5)
+                    + p.grace_period
+                    + p.shutdown_timeout
+                    + Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            },
         },
     ));
     server.add_service(background_service("reload", ReloadOnHangup(live)));
@@ -192,9 +294,27 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     tracing::info!(listen = %p.listen, upstream = %p.upstream, admin = %config.admin.listen,
         rule_files = config.rule_files.len(), webhooks = config.webhooks.len(), "hooktap started");
     server.run(RunArgs::default());
-    if let Err(e) = store.flush() {
+    if !store.is_open() {
+        tracing::warn!(
+            "stopping before the store opened: held events stay in pending/ for the next start"
+        );
+    } else if let Err(e) = store.flush() {
         tracing::error!(error = %e, "cannot flush the store on shutdown; the last events may be lost");
     }
     tracing::info!("hooktap stopped");
+    Ok(())
+}
+
+/// Asks the running hooktap to hand its listening sockets over (SIGQUIT, pingora's graceful
+/// upgrade). Sent just before this process starts waiting for them: the old process keeps
+/// trying to connect for a few seconds, so the order does not matter.
+fn signal_upgrade(pid: u32) -> Result<(), ServerError> {
+    use nix::sys::signal::{Signal, kill};
+    let reason = |reason: String| ServerError::Signal { pid, reason };
+    let target = i32::try_from(pid)
+        .map(nix::unistd::Pid::from_raw)
+        .map_err(|e| reason(e.to_string()))?;
+    kill(target, Signal::SIGQUIT).map_err(|e| reason(e.to_string()))?;
+    tracing::info!(pid, "asked the running hooktap to hand over its sockets");
     Ok(())
 }

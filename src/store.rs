@@ -23,8 +23,8 @@
 //! about pending work lives only in memory.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -45,10 +45,15 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("store record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
-    #[error("the store is being reopened after a failure")]
-    Reopening,
+    #[error("the store is not open (waiting for it to open; see the log)")]
+    NotOpen,
     #[error("cannot read or write the payload file {file}: {source}")]
     Payload {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write or read the pending event {file}: {source}")]
+    Pending {
         file: String,
         source: std::io::Error,
     },
@@ -59,8 +64,15 @@ pub enum StoreError {
 }
 
 pub struct Store {
-    /// `None` only while the database is being reopened after a failure.
+    /// `None` until the database could be opened (another hooktap holds it during an upgrade;
+    /// the disk is read-only...) and while it is reopened after a failure.
     db: arc_swap::ArcSwapOption<sled::Db>,
+    /// Whether events go into sled: set once the database is open and its webhooks applied.
+    /// Until then events wait as files in `pending/` (see [`Store::drain_pending`]).
+    ready: std::sync::atomic::AtomicBool,
+    /// The last error from opening the database, to log it when it changes rather than on
+    /// every try.
+    open_error: std::sync::Mutex<Option<String>>,
     /// How to open it again.
     sled_config: sled::Config,
     /// Set when a write failed in sled itself: sled 0.34 then keeps failing until reopened.
@@ -127,6 +139,12 @@ fn create_private_dir(path: &Path) -> Result<(), StoreError> {
 /// 64 KiB values, +31 MB for 1 KiB values).
 const INLINE_PAYLOAD_MAX: usize = 4096;
 
+/// The file naming the process that holds the store.
+pub const PID_FILE: &str = "hooktap.pid";
+
+/// Where events wait while the database is not open, under the store directory.
+const PENDING: &str = "pending";
+
 /// An event as sled holds it: a large payload lives in `payloads/<file>` instead.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredEvent {
@@ -154,35 +172,93 @@ pub struct Swept {
 }
 
 impl Store {
+    /// Opens the store, ready for events.
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let store = Self::unopened(config);
         create_private_dir(&config.path)?;
+        store.db.store(Some(Arc::new(store.sled_config.open()?)));
+        store.check_space();
+        store.mark_ready();
+        Ok(store)
+    }
+
+    /// A store whose database is not open yet: events wait in `pending/` until
+    /// [`Store::maintain`] opens it and [`Store::mark_ready`] is called. This is how hooktap
+    /// starts while another hooktap still holds the database (an upgrade) or while the disk
+    /// cannot be written: the proxy serves either way.
+    pub fn unopened(config: &StoreConfig) -> Self {
         // In every-event mode events are flushed explicitly; the background flush still runs so
         // that delivery outcomes reach the disk too.
         let flush_every_ms = match config.flush {
             FlushMode::Interval(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
             FlushMode::EveryEvent => Some(500),
         };
-        let sled_config = sled::Config::new()
-            .path(&config.path)
-            .flush_every_ms(flush_every_ms);
-        let db = sled_config.open()?;
-        let store = Self {
-            db: arc_swap::ArcSwapOption::from_pointee(db),
-            sled_config,
+        Self {
+            db: arc_swap::ArcSwapOption::empty(),
+            ready: std::sync::atomic::AtomicBool::new(false),
+            open_error: std::sync::Mutex::new(None),
+            sled_config: sled::Config::new()
+                .path(&config.path)
+                .flush_every_ms(flush_every_ms),
             broken: std::sync::atomic::AtomicBool::new(false),
             path: config.path.clone(),
             flush: config.flush,
             failed_appends: AtomicU64::new(0),
             min_free_space: config.min_free_space,
             space_ok: std::sync::atomic::AtomicBool::new(true),
-        };
-        store.check_space();
-        Ok(store)
+        }
+    }
+
+    /// Whether another process holds the database's lock (a running hooktap).
+    pub fn locked_by_another(path: &Path) -> bool {
+        use fs2::FileExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join("db"))
+        {
+            // The lock is released when `f` is closed.
+            Ok(f) => f.try_lock_exclusive().is_err(),
+            Err(_) => false,
+        }
+    }
+
+    /// Events go into sled from now on (the webhooks have been applied). Records this
+    /// process as the store's holder in `hooktap.pid`, which `hooktap run --upgrade` reads.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+        let pid_file = self.path.join(PID_FILE);
+        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            tracing::warn!(file = %pid_file.display(), error = %e, "cannot write the pid file");
+        }
+    }
+
+    /// Whether the database is open but its webhooks not yet applied.
+    pub fn needs_setup(&self) -> bool {
+        self.is_open() && !self.ready.load(Ordering::Acquire)
+    }
+
+    /// The pid of the process that holds the store, from `hooktap.pid`, if it is running.
+    pub fn holder(path: &Path) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(path.join(PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    }
+
+    /// Whether the database is open.
+    pub fn is_open(&self) -> bool {
+        self.db.load().is_some()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The database, unless it is being reopened.
     fn db(&self) -> Result<Arc<sled::Db>, StoreError> {
-        self.db.load_full().ok_or(StoreError::Reopening)
+        self.db.load_full().ok_or(StoreError::NotOpen)
     }
 
     /// Notes a failed write: an I/O error inside sled means it must be reopened.
@@ -193,41 +269,76 @@ impl Store {
         result
     }
 
-    /// Closes and reopens sled (after it failed on a full disk); waits for operations in
-    /// flight to let go of the old handle first, since sled holds an exclusive file lock.
-    fn reopen(&self) -> Result<(), StoreError> {
+    /// Closes sled after a write failed inside it; waits for operations in flight to let go
+    /// of the handle first, since sled holds an exclusive file lock until it is dropped.
+    fn close(&self) {
         let Some(mut old) = self.db.swap(None) else {
-            return Ok(());
+            return;
         };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             match Arc::try_unwrap(old) {
                 Ok(db) => {
                     drop(db);
-                    break;
+                    self.broken.store(false, Ordering::Relaxed);
+                    return;
                 }
                 Err(shared) if std::time::Instant::now() < deadline => {
                     old = shared;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(shared) => {
+                    // Still in use: keep it and try again on the next maintenance round.
                     self.db.store(Some(shared));
-                    return Err(StoreError::Reopening);
+                    return;
                 }
             }
-        }
-        match self.sled_config.open() {
-            Ok(db) => {
-                self.db.store(Some(Arc::new(db)));
-                self.broken.store(false, Ordering::Relaxed);
-                tracing::warn!(path = %self.path.display(), "the store was reopened after a write failure");
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
         }
     }
 
-    /// Measures the free space of the store's disk; called about once a second.
+    /// Keeps the database usable; called a few times a second. Checks free space (see
+    /// [`Store::check_space`]), closes a database that failed and opens one that is not open.
+    /// Returns true when it opened the database.
+    pub fn maintain(&self) -> bool {
+        if !self.check_space() {
+            return false;
+        }
+        if self.broken.load(Ordering::Relaxed) {
+            self.close();
+        }
+        if self.is_open() {
+            return false;
+        }
+        let opened = create_private_dir(&self.path).and_then(|()| Ok(self.sled_config.open()?));
+        let mut last = self
+            .open_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match opened {
+            Ok(db) => {
+                self.db.store(Some(Arc::new(db)));
+                *last = None;
+                tracing::warn!(path = %self.path.display(), "the store is open: events are stored again");
+                true
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last.as_deref() != Some(message.as_str()) {
+                    if Self::locked_by_another(&self.path) {
+                        tracing::info!(path = %self.path.display(), holder = ?Self::holder(&self.path),
+                            "waiting for the hooktap holding the store to exit; events wait in pending/ meanwhile");
+                    } else {
+                        tracing::error!(path = %self.path.display(), error = %message,
+                            "cannot open the store; trying again (traffic still flows; events wait in pending/ if that can be written)");
+                    }
+                    *last = Some(message);
+                }
+                false
+            }
+        }
+    }
+
+    /// Measures the free space of the store's disk (from [`Store::maintain`]).
     ///
     /// sled 0.34 keeps failing after one write hits a full disk, even once space is freed. So
     /// hooktap refuses writes itself while free space is below `min_free_space`: sled never
@@ -242,11 +353,6 @@ impl Store {
                 if db.flush().is_err() {
                     self.broken.store(true, Ordering::Relaxed);
                 }
-            }
-        }
-        if ok && self.broken.load(Ordering::Relaxed) {
-            if let Err(e) = self.reopen() {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot reopen the store; retrying in a second");
             }
         }
         let was = self.space_ok.swap(ok, Ordering::Relaxed);
@@ -477,6 +583,87 @@ impl Store {
             self.failed_appends.fetch_add(1, Ordering::Relaxed);
         }
         self.note(result)
+    }
+
+    /// Whether events go into sled (rather than wait in `pending/`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.is_open()
+    }
+
+    /// Keeps an event in `pending/` while the database is not open: one file per event,
+    /// written whole and renamed into place (and synced in `every-event` mode), so that a crash
+    /// leaves either the whole event or nothing. [`Store::drain_pending`] moves them into the
+    /// database once it opens.
+    pub fn hold(&self, event: &Event) -> Result<(), StoreError> {
+        let result = (|| {
+            self.writable()?;
+            let dir = self.path.join(PENDING);
+            let file = dir.join(format!("{}.json", event.id));
+            let io = |source| StoreError::Pending {
+                file: file.display().to_string(),
+                source,
+            };
+            create_private_dir(&self.path)?;
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            let mut tmp =
+                tempfile::NamedTempFile::with_prefix_in(".incoming-", &dir).map_err(io)?;
+            std::io::Write::write_all(&mut tmp, &serde_json::to_vec(event)?).map_err(io)?;
+            if self.flush == FlushMode::EveryEvent {
+                tmp.as_file().sync_all().map_err(io)?;
+            }
+            tmp.persist(&file).map_err(|e| io(e.error))?;
+            if self.flush == FlushMode::EveryEvent {
+                std::fs::File::open(&dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            self.failed_appends.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Hands every event waiting in `pending/` to `store` (in time order: ids are UUIDv7) and
+    /// removes each once `store` succeeded. A crash in between stores that event again on the
+    /// next drain: delivery is at least once. Returns how many were moved.
+    pub fn drain_pending(
+        &self,
+        mut store: impl FnMut(&Event) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
+        let dir = self.path.join(PENDING);
+        let io = |file: &Path| {
+            let file = file.display().to_string();
+            move |source| StoreError::Pending { file, source }
+        };
+        let mut files: Vec<std::path::PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        files.sort();
+        let mut moved = 0;
+        for file in files {
+            let bytes = std::fs::read(&file).map_err(io(&file))?;
+            match serde_json::from_slice::<Event>(&bytes) {
+                Ok(event) => store(&event)?,
+                Err(e) => {
+                    // Keep it for a person to look at rather than lose it or retry forever.
+                    let aside = file.with_extension("unreadable");
+                    tracing::error!(file = %file.display(), error = %e, kept_as = %aside.display(),
+                        "a pending event cannot be read");
+                    std::fs::rename(&file, &aside).map_err(io(&file))?;
+                    continue;
+                }
+            }
+            std::fs::remove_file(&file).map_err(io(&file))?;
+            moved += 1;
+        }
+        Ok(moved)
     }
 
     /// How many appends have failed since start.

@@ -37,7 +37,7 @@ use crate::config::DeliveryConfig;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus, compile_topics};
+use crate::webhook::{BatchOrder, Mode, Webhook, WebhookSpec, WebhookStatus, compile_topics};
 use send::{Answer, Outgoing};
 
 /// The topic of the operational event emitted when a webhook becomes disabled.
@@ -127,6 +127,8 @@ pub struct Dispatcher {
 
 /// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
 const IDLE: Duration = Duration::from_secs(30);
+/// How often the store is looked after (see `keep_store`).
+const KEEP_STORE_EVERY: Duration = Duration::from_millis(200);
 /// How often old events, deliveries and attempts are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
@@ -212,6 +214,28 @@ impl Dispatcher {
     /// Stores `event` with one delivery per webhook that accepts its topic and wakes the loop.
     /// Called on the proxy path: no network I/O, a few store writes.
     pub fn enqueue(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
+        let result = if self.store.is_ready() {
+            match self.store_with_deliveries(event) {
+                // The database closed meanwhile (a failure, being reopened): hold it instead.
+                Err(StoreError::NotOpen) => self.store.hold(event).map(|()| Vec::new()),
+                other => other,
+            }
+        } else {
+            self.store.hold(event).map(|()| Vec::new())
+        };
+        if result.is_err() {
+            self.metrics.store_error();
+            return result;
+        }
+        self.metrics.event(&event.topic, &event.rule);
+        if self.tap.receiver_count() > 0 {
+            let _ = self.tap.send(Arc::new(event.clone()));
+        }
+        result
+    }
+
+    /// Stores `event` in the database with one delivery per webhook that accepts its topic.
+    fn store_with_deliveries(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
         let deliveries: Vec<Delivery> = self
             .targets()
             .iter()
@@ -226,14 +250,7 @@ impl Dispatcher {
                 Delivery::new(event, t.id, delay)
             })
             .collect();
-        if let Err(e) = self.store.append(event, &deliveries) {
-            self.metrics.store_error();
-            return Err(e);
-        }
-        self.metrics.event(&event.topic, &event.rule);
-        if self.tap.receiver_count() > 0 {
-            let _ = self.tap.send(Arc::new(event.clone()));
-        }
+        self.store.append(event, &deliveries)?;
         if !deliveries.is_empty() {
             self.wake.notify_one();
         }
@@ -243,6 +260,13 @@ impl Dispatcher {
     /// The loop: send what is due, then sleep until the next due time, new work or shutdown.
     /// Also sweeps the store of what is older than the retention period, once an hour.
     pub async fn run(self: Arc<Self>, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+        // Nothing to send before the store is open (see `keep_store`).
+        while !self.store.is_ready() {
+            tokio::select! {
+                _ = tokio::time::sleep(KEEP_STORE_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
         tracing::info!(webhooks = self.targets().len(), "delivery loop started");
         let sweeper = tokio::spawn(Arc::clone(&self).sweep_loop(retention));
         loop {
@@ -264,16 +288,6 @@ impl Dispatcher {
     }
 
     async fn sweep_loop(self: Arc<Self>, retention: Duration) {
-        let store = Arc::clone(&self.store);
-        // The disk-space guard: see `Store::check_space`.
-        let space = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let store = Arc::clone(&store);
-                let _ = tokio::task::spawn_blocking(move || store.check_space()).await;
-            }
-        });
-        let _abort_with_sweeper = AbortOnDrop(space);
         loop {
             let store = Arc::clone(&self.store);
             let cutoff = OffsetDateTime::now_utc() - retention;
@@ -289,6 +303,61 @@ impl Dispatcher {
                 Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
             }
             tokio::time::sleep(SWEEP_EVERY).await;
+        }
+    }
+
+    /// Keeps the store usable until shutdown: checks free space, opens the database when it
+    /// is not open (at start during an upgrade or on a read-only disk; after a failure),
+    /// applies `webhooks` the first time it opens, and moves events held in `pending/` into it.
+    pub async fn keep_store(
+        self: Arc<Self>,
+        webhooks: Vec<WebhookSpec>,
+        grace: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let webhooks = Arc::new(webhooks);
+        loop {
+            let (this, webhooks) = (Arc::clone(&self), Arc::clone(&webhooks));
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || this.maintain(&webhooks, grace)).await
+            {
+                tracing::error!(error = %e, "store maintenance panicked");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(KEEP_STORE_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    fn maintain(&self, webhooks: &[WebhookSpec], grace: Duration) {
+        self.store.maintain();
+        if self.store.needs_setup() {
+            match self.sync_webhooks(webhooks, grace) {
+                Ok(removed) => {
+                    for (name, dropped) in removed {
+                        tracing::warn!(webhook = %name, dropped, "webhook removed from the config: deleted with its pending deliveries");
+                    }
+                    self.store.mark_ready();
+                    self.wake.notify_one();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot apply the webhooks to the store; trying again");
+                    return;
+                }
+            }
+        }
+        if self.store.is_ready() {
+            match self
+                .store
+                .drain_pending(|e| self.store_with_deliveries(e).map(drop))
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "moved events held in pending/ into the store"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot move held events into the store; trying again")
+                }
+            }
         }
     }
 
@@ -616,15 +685,6 @@ fn batch_id(deliveries: &[Delivery]) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     Uuid::new_v8(bytes)
-}
-
-/// Aborts a task when dropped (when the task owning this guard is aborted).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 fn disable(webhook: &mut Webhook, reason: String) {

@@ -253,6 +253,79 @@ async fn sigterm_restarts_under_load_fail_no_accepted_request_and_lose_nothing()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: part of scripts/reliability.sh"]
+async fn upgrades_under_load_refuse_no_connection_and_lose_nothing() {
+    let (app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let setup = Setup::new(upstream).webhook("crm", &receiver, "topics = [\"order.*\"]");
+    // The default grace period: requests in flight when the old process stops accepting
+    // get a second to finish.
+    let mut proxy = TestProxy::start_edited(&setup, |c| {
+        c.replace("grace_period = \"0s\"", "grace_period = \"1s\"")
+            .replace("[store]\n", "[store]\nflush = \"every-event\"\n")
+    })
+    .await;
+    let (stop, outcome) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(Outcome::default()),
+    );
+    let loader = load(proxy.url("/orders"), 200, stop.clone(), outcome.clone());
+    let mut handovers = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        handovers.push(proxy.upgrade().await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    loader.await.expect("load");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let confirmed = outcome.confirmed.lock().expect("lock").clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ids = loop {
+        let ids: HashSet<u64> = receiver
+            .received()
+            .iter()
+            .filter_map(|r| r.json()["id"].as_u64())
+            .collect();
+        if confirmed.is_subset(&ids) || Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (refused, cut) = (
+        outcome.refused.load(Ordering::SeqCst),
+        outcome.cut.load(Ordering::SeqCst),
+    );
+    let app_created = app.orders_created.load(Ordering::SeqCst);
+    let held = proxy
+        .log()
+        .matches("moved events held in pending/ into the store")
+        .count();
+    println!(
+        "RESULT mode=upgrade upgrades=3 handover_s={:?} app_created={app_created} client_confirmed={} lost={} refused={refused} failed={cut} drains_of_held_events={held}",
+        handovers
+            .iter()
+            .map(|d| d.as_secs_f32())
+            .collect::<Vec<_>>(),
+        confirmed.len(),
+        confirmed.difference(&ids).count(),
+    );
+    assert_eq!(refused, 0, "no connection is refused during an upgrade");
+    assert_eq!(cut, 0, "no request fails during an upgrade");
+    assert_eq!(app_created, confirmed.len() as u64);
+    assert_eq!(
+        confirmed.difference(&ids).count(),
+        0,
+        "nothing confirmed was lost"
+    );
+    assert!(
+        held >= 1,
+        "events matched while the old process held the store went through pending/; log:\n{}",
+        proxy.log()
+    );
+}
+
 /// A tmpfs of a given size, unmounted when dropped (mounting needs root).
 struct SmallDisk {
     path: std::path::PathBuf,

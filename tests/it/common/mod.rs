@@ -538,23 +538,66 @@ impl TestProxy {
         }
     }
 
-    /// Like [`TestProxy::spawn`], but an early exit is returned (with the log) instead.
-    async fn try_spawn(&mut self) -> Result<(), String> {
+    /// Starts the binary with this proxy's config and log.
+    fn start_child(&self, extra: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("hooktap.log"))
             .expect("log file");
-        let child = Command::new(hooktap_bin())
+        Command::new(hooktap_bin())
             .args(["run", "-c"])
             .arg(&self.config)
             .args(&self.args)
+            .args(extra)
             .env("HOOKTAP_LOG", "info,hooktap=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn hooktap");
-        self.child = Some(child);
+            .expect("spawn hooktap")
+    }
+
+    /// Replaces the running binary with a new one through `hooktap run --upgrade`; returns
+    /// once the old one has exited cleanly and the new one holds the store. Returns the
+    /// wall time of the hand-over.
+    pub async fn upgrade(&mut self) -> Duration {
+        let started = Instant::now();
+        let mut old = self.child.take().expect("a running hooktap to upgrade");
+        let old_pid = old.id();
+        self.child = Some(self.start_child(&["--upgrade"]));
+        let exit = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::task::spawn_blocking(move || old.wait()),
+        )
+        .await
+        .expect("the old hooktap exits after an upgrade")
+        .expect("join")
+        .expect("wait");
+        assert!(
+            exit.success(),
+            "the old hooktap exited with {exit}; log:\n{}",
+            self.log()
+        );
+        let pid_file = self.dir.path().join("data/hooktap.pid");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let holder = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if holder.trim() != old_pid.to_string() && !holder.trim().is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new hooktap did not take the store over; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        started.elapsed()
+    }
+
+    /// Like [`TestProxy::spawn`], but an early exit is returned (with the log) instead.
+    async fn try_spawn(&mut self) -> Result<(), String> {
+        self.child = Some(self.start_child(&[]));
         let deadline = Instant::now() + Duration::from_secs(20);
         for addr in [self.addr, self.admin] {
             while tokio::net::TcpStream::connect(addr).await.is_err() {

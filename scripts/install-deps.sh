@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing hooktap needs and a fresh Debian machine lacks: cmake
-# (pingora's zlib dependency builds with it), a C compiler, and chromium (the dashboard test
+# (pingora's zlib dependency builds with it), a C compiler, e2fsprogs (the reliability suite
+# formats an ext4 image), and chromium (the dashboard test
 # drives it headless). Safe to run again: it installs only what is missing.
 # HOOKTAP_NO_BROWSER=1 skips chromium when only building.
 set -euo pipefail
@@ -9,6 +10,8 @@ missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The reliability suite puts the store on an ext4 image to fail the disk under it.
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 if [ -z "${HOOKTAP_NO_BROWSER:-}" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 fi

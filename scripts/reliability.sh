@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The longer reliability suites (tests/it/crash.rs): SIGKILL loops under load in both flush
-# modes, SIGTERM restarts under load, and a full disk (needs root: it mounts a small tmpfs).
-# Each prints a RESULT line with its figures; the whole run takes about two minutes.
+# modes, SIGTERM restarts and zero-downtime upgrades under load, a full disk and a disk that
+# turns read-only (these need root: they mount a small tmpfs and an ext4 image on a loop
+# device). Each prints a RESULT line with its figures; the whole run takes about three minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOOKTAP_NO_BROWSER=1 scripts/install-deps.sh

@@ -26,6 +26,7 @@ pub struct Metrics {
     events: Family<Labels, Counter>,
     capture_skipped: Family<Labels, Counter>,
     store_errors: Counter,
+    store_up: Gauge,
     deliveries: Family<Labels, Counter>,
     attempt_duration: Family<Labels, Histogram, fn() -> Histogram>,
     lag: Histogram,
@@ -68,6 +69,12 @@ impl Metrics {
             "store_errors",
             "Events that could not be stored (the request was still proxied)",
             store_errors.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "store_up",
+            "1 while the store is open and storing events, 0 while it is not (events are then held in pending/ or lost; see store_errors)",
+            store_up.clone(),
         );
         let deliveries = Family::default();
         registry.register(
@@ -112,6 +119,7 @@ impl Metrics {
             events,
             capture_skipped,
             store_errors,
+            store_up,
             deliveries,
             attempt_duration,
             lag,
@@ -160,6 +168,10 @@ impl Metrics {
 
     pub fn store_error(&self) {
         self.store_errors.inc();
+    }
+
+    pub fn store_up(&self, up: bool) {
+        self.store_up.set(i64::from(up));
     }
 
     pub fn store_errors(&self) -> u64 {

@@ -83,6 +83,10 @@ pub struct Store {
     failed_appends: AtomicU64,
     /// Below this much free space, writes are refused before they reach sled.
     min_free_space: u64,
+    /// When [`Store::maintain`] last flushed (interval mode), to find sled's background
+    /// flush failing: sled keeps accepting writes into memory after a failed flush and only
+    /// a flush reports the failure.
+    flushed_at: std::sync::Mutex<std::time::Instant>,
     /// Whether the last check found enough free space (see [`Store::check_space`]).
     space_ok: std::sync::atomic::AtomicBool,
 }
@@ -206,6 +210,7 @@ impl Store {
             failed_appends: AtomicU64::new(0),
             min_free_space: config.min_free_space,
             space_ok: std::sync::atomic::AtomicBool::new(true),
+            flushed_at: std::sync::Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -302,6 +307,22 @@ impl Store {
     pub fn maintain(&self) -> bool {
         if !self.check_space() {
             return false;
+        }
+        if let FlushMode::Interval(every) = self.flush {
+            let mut at = self
+                .flushed_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if at.elapsed() >= every {
+                *at = std::time::Instant::now();
+                if let Ok(db) = self.db() {
+                    if let Err(e) = db.flush() {
+                        tracing::error!(path = %self.path.display(), error = %e,
+                            "the store cannot write to disk: events since the last flush are lost; reopening it");
+                        self.broken.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
         }
         if self.broken.load(Ordering::Relaxed) {
             self.close();
@@ -1037,6 +1058,69 @@ mod tests {
         };
         s.record_attempts(&[(d, after, attempt)], webhook)
             .expect("record");
+    }
+
+    #[test]
+    fn events_held_while_unopened_are_moved_in_order_once_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = StoreConfig {
+            path: dir.path().join("data"),
+            flush: FlushMode::EveryEvent,
+            retention: Duration::from_secs(60),
+            min_free_space: 0,
+        };
+        let held = Store::unopened(&config);
+        assert!(!held.is_ready());
+        let (first, second) = (
+            event_at(OffsetDateTime::now_utc()),
+            event_at(OffsetDateTime::now_utc()),
+        );
+        held.hold(&first).expect("hold");
+        held.hold(&second).expect("hold");
+        std::fs::write(dir.path().join("data/pending/zzz.json"), b"{not json").expect("write");
+
+        // Another process (or this one, once open) drains them into the database.
+        let s = store(dir.path());
+        let mut moved = Vec::new();
+        let n = s
+            .drain_pending(|e| {
+                moved.push(e.id);
+                s.append(e, &[])
+            })
+            .expect("drain");
+        assert_eq!(n, 2);
+        assert_eq!(moved, vec![first.id, second.id], "in time order");
+        assert_eq!(s.event(second.id).expect("read"), Some(second.clone()));
+        let left: Vec<String> = std::fs::read_dir(dir.path().join("data/pending"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            vec!["zzz.unreadable"],
+            "an unreadable file is set aside, not lost"
+        );
+        assert_eq!(s.drain_pending(|_| Ok(())).expect("drain"), 0);
+    }
+
+    #[test]
+    fn a_failed_store_write_keeps_the_held_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = store(dir.path());
+        let held = Store::unopened(&StoreConfig {
+            path: dir.path().join("data"),
+            flush: FlushMode::Interval(Duration::from_millis(100)),
+            retention: Duration::from_secs(60),
+            min_free_space: 0,
+        });
+        let e = event_at(OffsetDateTime::now_utc());
+        held.hold(&e).expect("hold");
+        assert!(s.drain_pending(|_| Err(StoreError::NotOpen)).is_err());
+        assert_eq!(
+            s.drain_pending(|e| s.append(e, &[])).expect("drain"),
+            1,
+            "still there"
+        );
     }
 
     #[test]

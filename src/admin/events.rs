@@ -148,7 +148,13 @@ pub async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiE
 
 pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
     let d = state.live.dispatcher();
-    d.refresh_queue_metrics()?;
+    // Metrics matter most when the store fails: serve them anyway, with the queue gauges as
+    // last read and `store_up` at 0.
+    let queue = d.refresh_queue_metrics();
+    if let Err(e) = &queue {
+        tracing::debug!(error = %e, "queue metrics not refreshed");
+    }
+    d.metrics().store_up(queue.is_ok() && d.store().is_ready());
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -167,7 +173,8 @@ pub async fn ready(State(state): State<AdminState>) -> Response {
     )
     .await
     .is_ok_and(|c| c.is_ok());
-    let store = state.live.dispatcher().store().ping().is_ok();
+    let store = state.live.dispatcher().store();
+    let store = store.is_ready() && store.ping().is_ok();
     let status = if proxy && store {
         StatusCode::OK
     } else {

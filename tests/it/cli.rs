@@ -376,3 +376,35 @@ fn an_admin_api_on_a_public_address_needs_a_token() {
     let e = check_fails(&config, GOOD_RULE);
     assert_says(&e, "hooktap.toml:8:10", "needs `token` or `token_env`");
 }
+
+#[tokio::test]
+async fn a_second_hooktap_on_the_same_store_is_refused_with_the_way_to_upgrade() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let proxy = TestProxy::start(&Setup::new(upstream)).await;
+    proxy.admin_ready().await;
+    let (ok, _, stderr) = remote(&proxy, &["run"]).await;
+    assert!(!ok, "a second hooktap must not start on a held store");
+    assert!(
+        stderr.contains("another hooktap (pid ") && stderr.contains("hooktap run --upgrade"),
+        "{stderr}"
+    );
+    // The running one is untouched.
+    post_order(&proxy, "still@example.com").await;
+}
+
+#[test]
+fn upgrade_without_a_running_hooktap_says_so() {
+    let (dir, config, _, _) = Setup::new(std::net::SocketAddr::from(([127, 0, 0, 1], 9))).write();
+    let out = Command::new(hooktap_bin())
+        .args(["run", "--upgrade", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run hooktap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no running hooktap holds the store at")
+            && stderr.contains(&dir.path().join("data").display().to_string()),
+        "{stderr}"
+    );
+}

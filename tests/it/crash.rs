@@ -447,3 +447,284 @@ async fn a_full_disk_keeps_traffic_flowing_and_capture_resumes_when_space_return
     assert!(proxy.log().contains("has space again"), "{}", proxy.log());
     println!("RESULT mode=disk-full proxied_while_full=10 stored_while_full=0 resumed=true");
 }
+
+/// An ext4 file system in an image file on a loop device (mounting needs root), mounted with
+/// `errors=remount-ro`: a triggered error turns it read-only under open files, as a failing
+/// disk does (a tmpfs cannot be made read-only while files are open for writing).
+struct Ext4Disk {
+    image: std::path::PathBuf,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn run(cmd: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"))
+}
+
+impl Ext4Disk {
+    fn mount(options: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("disk.img");
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).expect("mkdir");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(64 << 20))
+            .expect("image file");
+        let image_str = image.display().to_string();
+        assert!(
+            run("mkfs.ext4", &["-q", "-F", &image_str]).status.success(),
+            "mkfs.ext4"
+        );
+        let disk = Self {
+            image,
+            path,
+            _dir: dir,
+        };
+        disk.mount_again(options);
+        disk
+    }
+
+    fn mount_again(&self, options: &str) {
+        let out = run(
+            "mount",
+            &[
+                "-o",
+                &format!("loop,errors=remount-ro,{options}"),
+                &self.image.display().to_string(),
+                &self.path.display().to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "this test mounts an ext4 image on a loop device and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// What the kernel does on a disk error: the file system turns read-only at once.
+    fn fail(&self) {
+        let out = run(
+            "findmnt",
+            &["-n", "-o", "SOURCE", &self.path.display().to_string()],
+        );
+        let device = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace("/dev/", "");
+        std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "1")
+            .expect("trigger an ext4 error");
+    }
+
+    /// An operator's repair: unmount (once nothing holds a file open), check, mount again.
+    async fn repair(&self) {
+        let path = self.path.display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !run("umount", &[&path]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the disk stays busy: hooktap keeps files open on a failed disk"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // 0: clean, 1: errors corrected.
+        let fsck = run("e2fsck", &["-fy", &self.image.display().to_string()]);
+        assert!(
+            matches!(fsck.status.code(), Some(0 | 1)),
+            "e2fsck: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        self.mount_again("rw");
+    }
+}
+
+impl Drop for Ext4Disk {
+    fn drop(&mut self) {
+        let _ = run("umount", &["-l", &self.path.display().to_string()]);
+    }
+}
+
+/// Starts hooktap with its store on `disk` and `flush` lines for `[store]`.
+async fn proxy_on(disk: &std::path::Path, flush: &str, setup: &Setup<'_>) -> TestProxy {
+    let store = disk.join("data").display().to_string();
+    let proxy = TestProxy::start_edited(setup, |c| {
+        c.replace(
+            "[store]\npath = \"data\"",
+            &format!("[store]\npath = {store:?}\n{flush}\nmin_free_space = \"1MiB\""),
+        )
+    })
+    .await;
+    proxy.admin_ready().await;
+    proxy
+}
+
+async fn order_status(proxy: &TestProxy, email: &str) -> u16 {
+    client()
+        .post(proxy.url("/orders"))
+        .json(&json!({"email": email}))
+        .send()
+        .await
+        .expect("proxied")
+        .status()
+        .as_u16()
+}
+
+async fn metrics_text(proxy: &TestProxy) -> String {
+    client()
+        .get(proxy.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+async fn metric_line(proxy: &TestProxy, line: &str) -> bool {
+    metrics_text(proxy).await.lines().any(|l| l == line)
+}
+
+async fn store_errors(proxy: &TestProxy) -> u64 {
+    let metrics = metrics_text(proxy).await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hooktap_store_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no store error counter in:\n{metrics}"))
+}
+
+async fn wait_for_email(receiver: &TestReceiver, proxy: &TestProxy, email: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !receiver
+        .received()
+        .iter()
+        .any(|r| r.json()["email"] == email)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{email} was not delivered; log:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root (mounts an ext4 image): part of scripts/reliability.sh"]
+async fn a_disk_turning_read_only_keeps_traffic_flowing_and_capture_resumes_after_repair() {
+    read_only_then_repaired("every-event", "flush = \"every-event\"").await;
+    read_only_then_repaired(
+        "interval-500ms",
+        "flush = \"interval\"\nflush_interval = \"500ms\"",
+    )
+    .await;
+}
+
+async fn read_only_then_repaired(mode: &str, flush: &str) {
+    let disk = Ext4Disk::mount("rw");
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let setup = Setup::new(upstream).webhook("crm", &receiver, "topics = [\"order.*\"]");
+    let proxy = proxy_on(&disk.path, flush, &setup).await;
+    assert_eq!(order_status(&proxy, "before@example.com").await, 201);
+    wait_for_email(&receiver, &proxy, "before@example.com").await;
+
+    disk.fail();
+    if mode != "every-event" {
+        // sled accepts writes into memory until a flush fails: the failure shows within one
+        // flush interval (events written meanwhile are lost, as in a crash).
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            order_status(&proxy, "readonly@example.com").await,
+            201,
+            "traffic flows while the store's disk is read-only"
+        );
+    }
+    assert_eq!(store_errors(&proxy).await, 10, "each lost event is counted");
+    assert!(metric_line(&proxy, "hooktap_store_up 0").await);
+    assert!(
+        proxy.log().contains("Read-only file system"),
+        "{mode}: the failure is loud:\n{}",
+        proxy.log()
+    );
+
+    disk.repair().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metric_line(&proxy, "hooktap_store_up 1").await {
+        assert!(
+            Instant::now() < deadline,
+            "{mode}: the store was not reopened:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(order_status(&proxy, "after@example.com").await, 201);
+    wait_for_email(&receiver, &proxy, "after@example.com").await;
+    println!(
+        "RESULT mode=disk-read-only flush={mode} proxied_while_read_only=10 stored_while_read_only=0 resumed_after_repair=true"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs root (mounts an ext4 image): part of scripts/reliability.sh"]
+async fn a_read_only_disk_at_start_keeps_traffic_flowing_and_capture_starts_when_writable() {
+    let disk = Ext4Disk::mount("rw");
+    // Read-only before hooktap starts (a read-only loop device could not be made writable).
+    let ro = run(
+        "mount",
+        &["-o", "remount,ro", &disk.path.display().to_string()],
+    );
+    assert!(
+        ro.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ro.stderr)
+    );
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let setup = Setup::new(upstream).webhook("crm", &receiver, "topics = [\"order.*\"]");
+    let proxy = proxy_on(&disk.path, "", &setup).await;
+    for _ in 0..5 {
+        assert_eq!(order_status(&proxy, "readonly@example.com").await, 201);
+    }
+    assert_eq!(store_errors(&proxy).await, 5);
+    assert!(metric_line(&proxy, "hooktap_store_up 0").await);
+    assert!(
+        proxy.log().contains("cannot open the store"),
+        "the failure is loud:\n{}",
+        proxy.log()
+    );
+    let ready = client()
+        .get(proxy.admin_url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 503, "not ready without a store");
+
+    let remount = run(
+        "mount",
+        &["-o", "remount,rw", &disk.path.display().to_string()],
+    );
+    assert!(
+        remount.status.success(),
+        "{}",
+        String::from_utf8_lossy(&remount.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.log().contains("the store is open") {
+        assert!(
+            Instant::now() < deadline,
+            "the store was not opened:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(order_status(&proxy, "after@example.com").await, 201);
+    wait_for_email(&receiver, &proxy, "after@example.com").await;
+    println!(
+        "RESULT mode=disk-read-only-at-start proxied_while_read_only=5 stored_while_read_only=0 started_capturing_when_writable=true"
+    );
+}

@@ -140,6 +140,21 @@ pub enum DeliveryError {
     Webhook { name: String, message: String },
 }
 
+/// The delivery client: no redirects followed, every name resolved through the SSRF guard.
+pub(crate) fn client_builder(
+    https_only: bool,
+    resolver: Arc<ssrf::GuardedResolver>,
+) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .user_agent(crate::USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(https_only)
+        .dns_resolver(resolver)
+        // Through a proxy only the proxy's name would be resolved here, unchecked.
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(60))
+}
+
 /// Slots held by one send; released when it finishes.
 type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
@@ -153,15 +168,7 @@ impl Dispatcher {
         // pingora already links rustls with ring; use the same provider rather than a second one.
         // Installing fails only when a provider is already installed, which is just as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .user_agent(crate::USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(config.https_only)
-            .dns_resolver(config.guard.resolver())
-            // Through a proxy only the proxy's name would be resolved here, unchecked.
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+        let client = client_builder(config.https_only, config.guard.resolver()).build()?;
         let targets = webhooks
             .into_iter()
             .map(|w| {

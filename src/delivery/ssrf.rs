@@ -174,6 +174,20 @@ impl Guard {
     pub fn resolver(&self) -> Arc<GuardedResolver> {
         Arc::new(GuardedResolver {
             guard: self.clone(),
+            lookup: Arc::new(|host| {
+                Box::pin(
+                    async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) },
+                )
+            }),
+        })
+    }
+
+    /// A resolver that asks `lookup` instead of the system (tests use it to play a DNS
+    /// server whose answer changes).
+    pub fn resolver_with(&self, lookup: Lookup) -> Arc<GuardedResolver> {
+        Arc::new(GuardedResolver {
+            guard: self.clone(),
+            lookup,
         })
     }
 }
@@ -201,11 +215,22 @@ fn parse_network(entry: &str) -> Result<IpNet, String> {
         .ok_or_else(|| format!("`{entry}`: prefix length must be a number from 0 to {max}"))
 }
 
+/// Where a [`GuardedResolver`] gets a name's addresses (the port is 0).
+pub type Lookup = Arc<
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The delivery client's DNS resolver: resolves a name and returns only the addresses the
 /// [`Guard`] permits. Made by [`Guard::resolver`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GuardedResolver {
     guard: Guard,
+    lookup: Lookup,
 }
 
 impl GuardedResolver {
@@ -216,7 +241,7 @@ impl GuardedResolver {
     ) -> Result<Vec<SocketAddr>, Box<dyn Error + Send + Sync>> {
         // lookup_host needs a port. Port 0 means "none": hyper-util's HttpConnector (and
         // reqwest's own resolve path) replace port 0 with the URL's port or the scheme default.
-        let resolved = tokio::net::lookup_host((host, 0)).await?;
+        let resolved = (self.lookup)(host.to_owned()).await?;
         let mut permitted = Vec::new();
         let mut first_blocked = None;
         for addr in resolved {
@@ -429,6 +454,95 @@ mod tests {
         assert!(
             !addrs.is_empty() && addrs.iter().all(|a| a.is_ipv4()),
             "{addrs:?}"
+        );
+    }
+
+    /// A loopback HTTP server on `addr` that answers 200 and counts the requests it got.
+    async fn counting_server(
+        addr: SocketAddr,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (addr, hits)
+    }
+
+    /// DNS rebinding: a name whose answer alternates between a permitted address and a blocked
+    /// one. Through the real delivery client, every request whose answer was blocked fails
+    /// with the guard's error and nothing ever reaches the blocked address: the connector
+    /// connects only to what the guard returned, and never resolves on its own.
+    #[tokio::test]
+    async fn a_name_whose_answer_changes_never_reaches_a_blocked_address() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // 127.0.0.2 plays a public address (allowed), 127.0.0.1 the internal one (blocked).
+        let (internal, internal_hits) = counting_server("127.0.0.1:0".parse().unwrap()).await;
+        let (public, public_hits) =
+            counting_server(SocketAddr::new(ip("127.0.0.2"), internal.port())).await;
+        let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&answers);
+        let lookup: Lookup = Arc::new(move |host| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                assert_eq!(host, "rebind.test");
+                let ip = if n % 2 == 0 {
+                    public.ip()
+                } else {
+                    internal.ip()
+                };
+                Ok(vec![SocketAddr::new(ip, 0)])
+            })
+        });
+        let client =
+            super::super::client_builder(false, guard(&["127.0.0.2/32"]).resolver_with(lookup))
+                // A fresh connection (and so a fresh lookup) for every request.
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap();
+        let url = format!("http://rebind.test:{}/hook", internal.port());
+        let mut outcomes = Vec::new();
+        for _ in 0..6 {
+            outcomes.push(match client.post(&url).body("{}").send().await {
+                Ok(r) => format!("answered {}", r.status().as_u16()),
+                Err(e) => {
+                    let mut chain = e.to_string();
+                    let mut source = e.source();
+                    while let Some(inner) = source {
+                        chain.push_str(": ");
+                        chain.push_str(&inner.to_string());
+                        source = inner.source();
+                    }
+                    assert!(chain.contains("127.0.0.1 are blocked"), "{chain}");
+                    "blocked".to_owned()
+                }
+            });
+        }
+        assert_eq!(
+            outcomes,
+            ["answered 200", "blocked"].repeat(3),
+            "each answer is judged as it comes"
+        );
+        assert_eq!(
+            answers.load(std::sync::atomic::Ordering::SeqCst),
+            6,
+            "one lookup per request"
+        );
+        assert_eq!(public_hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(
+            internal_hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the blocked address was never connected to"
         );
     }
 }

@@ -3,6 +3,7 @@
 //! `cargo nextest run --run-ignored only`); each prints its figures and stays bounded in time.
 
 use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -726,5 +727,107 @@ async fn a_read_only_disk_at_start_keeps_traffic_flowing_and_capture_starts_when
     wait_for_email(&receiver, &proxy, "after@example.com").await;
     println!(
         "RESULT mode=disk-read-only-at-start proxied_while_read_only=5 stored_while_read_only=0 started_capturing_when_writable=true"
+    );
+}
+
+async fn admin_json(proxy: &TestProxy, path: &str) -> serde_json::Value {
+    client()
+        .get(proxy.admin_url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin API")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long (three minutes): part of scripts/reliability.sh"]
+async fn a_receiver_down_for_two_minutes_gets_everything_on_the_documented_schedule() {
+    const SCHEDULE: [u64; 4] = [10, 20, 40, 80];
+    const OUTAGE: Duration = Duration::from_secs(120);
+    let (_app, upstream) = TestUpstream::start().await;
+    // Nothing listens at the receiver's address during the outage: connections are refused.
+    let receiver_addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port());
+    let setup = Setup::new(upstream);
+    let proxy = TestProxy::start_edited(&setup, |c| {
+        format!(
+            "{c}\n[[webhook]]\nname = \"crm\"\nurl = \"http://{receiver_addr}/hook\"\nsecret = \"s\"\ntopics = [\"order.*\"]\nretry = \"10s,20s,40s,80s\"\n"
+        )
+    })
+    .await;
+    proxy.admin_ready().await;
+    let started = Instant::now();
+    // One order a second for the first 20 seconds of the outage.
+    let mut emails = HashSet::new();
+    for i in 0..20 {
+        let email = format!("outage-{i}@example.com");
+        post_order(&proxy, &email).await;
+        emails.insert(email);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::time::sleep(OUTAGE.saturating_sub(started.elapsed())).await;
+    let receiver = TestReceiver::start_at(&receiver_addr.to_string(), 200).await;
+    println!("receiver back after {:?}", started.elapsed());
+
+    // Each delivery's fifth attempt (150 s after the first, plus up to 10 % jitter) succeeds.
+    let received = receiver.wait_for(20, Duration::from_secs(90)).await;
+    let got: Vec<String> = received
+        .iter()
+        .map(|r| r.json()["email"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        got.iter().cloned().collect::<HashSet<_>>(),
+        emails,
+        "every event is delivered"
+    );
+    assert_eq!(got.len(), 20, "and once: {got:?}");
+
+    let webhooks = admin_json(&proxy, "/webhooks").await;
+    let id = webhooks[0]["id"].as_str().expect("webhook id").to_owned();
+    let deliveries = admin_json(&proxy, &format!("/webhooks/{id}/deliveries?limit=100")).await;
+    let deliveries = deliveries.as_array().expect("deliveries");
+    assert_eq!(deliveries.len(), 20);
+    let mut worst = 0f64;
+    for d in deliveries {
+        let one = admin_json(
+            &proxy,
+            &format!(
+                "/webhooks/{id}/deliveries/{}",
+                d["id"].as_str().expect("id")
+            ),
+        )
+        .await;
+        let attempts = one["attempts"].as_array().expect("attempts");
+        assert_eq!(
+            attempts.len(),
+            5,
+            "four refused, the fifth delivered: {one}"
+        );
+        let at = |i: usize| {
+            let t = attempts[i]["created_at"].as_str().expect("created_at");
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .expect("rfc3339")
+        };
+        assert!(attempts[..4].iter().all(|a| a["success"] == false));
+        assert_eq!(attempts[4]["success"], true);
+        for (i, planned) in SCHEDULE.iter().enumerate() {
+            let gap = (at(i + 1) - at(i)).as_seconds_f64();
+            let planned = *planned as f64;
+            // The delay counts from the end of the previous attempt (a refused connection
+            // ends at once); jitter adds up to 10 %; the loop may wake a little late.
+            assert!(
+                gap >= planned - 0.05 && gap <= planned * 1.1 + 1.0,
+                "attempt {} came {gap:.2}s after the previous one; the schedule says {planned}s (+10%)",
+                i + 2
+            );
+            worst = worst.max(gap / planned - 1.0);
+        }
+    }
+    println!(
+        "RESULT mode=receiver-outage outage_s={} events=20 delivered=20 duplicates=0 attempts_per_delivery=5 max_delay_over_schedule={:.1}%",
+        OUTAGE.as_secs(),
+        worst * 100.0
     );
 }

@@ -448,6 +448,17 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a webhook's record (its counters and status) when the name is unchanged.
+    pub fn save_webhook(&self, w: &Webhook) -> Result<(), StoreError> {
+        self.writable()?;
+        let result = (|| {
+            self.db()?
+                .insert(key(b'w', &[w.id.as_bytes()]), serde_json::to_vec(w)?)?;
+            Ok(())
+        })();
+        self.note(result)
+    }
+
     /// Applies hooktap.toml's webhooks: each is created or updated by name (keeping its id,
     /// status and counters); config-declared webhooks no longer in the file are deleted.
     pub fn sync_webhooks(
@@ -875,7 +886,7 @@ impl Store {
     pub fn record_attempts(
         &self,
         changes: &[(&Delivery, Delivery, Attempt)],
-        webhook: &Webhook,
+        webhook: Option<&Webhook>,
     ) -> Result<(), StoreError> {
         self.writable()?;
         let result = (|| {
@@ -893,10 +904,12 @@ impl Store {
                     serde_json::to_vec(after)?,
                 )?;
             }
-            db.insert(
-                key(b'w', &[webhook.id.as_bytes()]),
-                serde_json::to_vec(webhook)?,
-            )?;
+            if let Some(webhook) = webhook {
+                db.insert(
+                    key(b'w', &[webhook.id.as_bytes()]),
+                    serde_json::to_vec(webhook)?,
+                )?;
+            }
             for (before, after, _) in changes {
                 let pending = after.state == DeliveryState::Pending;
                 if pending {
@@ -1056,7 +1069,7 @@ mod tests {
             response_headers: vec![],
             response_body: String::new(),
         };
-        s.record_attempts(&[(d, after, attempt)], webhook)
+        s.record_attempts(&[(d, after, attempt)], Some(webhook))
             .expect("record");
     }
 

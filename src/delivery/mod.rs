@@ -58,6 +58,10 @@ pub struct Target {
     slots: Arc<Semaphore>,
     /// Deliveries being sent right now; their queue entries stay until the attempt is recorded.
     in_flight: Mutex<HashSet<Uuid>>,
+    /// When this process last wrote the record to the store (`None`: not yet). Counters change
+    /// with every attempt but are written at most every [`SAVE_COUNTERS_EVERY`]; a status
+    /// change is written at once.
+    saved_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Target {
@@ -74,6 +78,7 @@ impl Target {
             topics: RwLock::new(topics),
             slots: Arc::new(Semaphore::new(slots)),
             in_flight: Mutex::default(),
+            saved_at: Mutex::default(),
         })
     }
 
@@ -127,6 +132,9 @@ pub struct Dispatcher {
 
 /// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
 const IDLE: Duration = Duration::from_secs(30);
+/// How often a webhook's counters are written to the store while attempts go on: a crash can
+/// lose this much of them (the deliveries' own states are written with every attempt).
+const SAVE_COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// How often the store is looked after (see `keep_store`).
 const KEEP_STORE_EVERY: Duration = Duration::from_millis(200);
 /// How often old events, deliveries and attempts are swept.
@@ -291,6 +299,7 @@ impl Dispatcher {
             }
         }
         sweeper.abort();
+        self.save_counters();
         tracing::info!("delivery loop stopped");
     }
 
@@ -647,13 +656,14 @@ impl Dispatcher {
                     disable(webhook, reason);
                 }
             }
-            self.store.record_attempts(
-                &changes
-                    .iter()
-                    .map(|(b, a, t)| (*b, a.clone(), t.clone()))
-                    .collect::<Vec<_>>(),
-                webhook,
-            )?;
+            let mut saved_at = lock(&target.saved_at);
+            let save = webhook.status != was
+                || saved_at.is_none_or(|at| at.elapsed() >= SAVE_COUNTERS_EVERY);
+            self.store
+                .record_attempts(&changes, save.then_some(&*webhook))?;
+            if save {
+                *saved_at = Some(std::time::Instant::now());
+            }
             (was != WebhookStatus::Disabled && webhook.status == WebhookStatus::Disabled)
                 .then(|| webhook.clone())
         };
@@ -661,6 +671,16 @@ impl Dispatcher {
             self.announce_disabled(&w);
         }
         Ok(())
+    }
+
+    /// Writes every webhook's record with its latest counters (at shutdown).
+    fn save_counters(&self) {
+        for target in self.targets() {
+            let webhook = lock(&target.state);
+            if let Err(e) = self.store.save_webhook(&webhook) {
+                tracing::warn!(webhook = %webhook.spec.name, error = %e, "cannot save the webhook's counters");
+            }
+        }
     }
 
     /// Emits `hooktap.webhook.disabled` so that ops, subscribed through any webhook, are told.

@@ -7,39 +7,60 @@ use crate::common::*;
 
 #[tokio::test]
 async fn the_demo_delivers_every_webhook_with_a_valid_signature_and_keeps_the_dashboard_up() {
-    let (listen, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut demo = Command::new(hooktap_bin())
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{listen}"),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        // Run from an empty directory: the demo must not need the repository.
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn demo");
-    let rx = stdout_lines(&mut demo);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let mut output = Vec::new();
-    let token = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("demo output so far:\n{}", output.join("\n")));
-        output.push(line.clone());
-        if let Some(rest) = line.strip_prefix("dashboard: ") {
-            break rest
-                .split("token: ")
-                .nth(1)
-                .expect("token")
-                .trim_end_matches(')')
-                .to_owned();
-        }
-    };
+    // A port picked free can be taken by a parallel test before the demo binds it: then start
+    // again on other ports.
+    let (mut demo, _stdout, admin, token, output) = (1..=3)
+        .find_map(|attempt| {
+            let (listen, admin) = (free_port(), free_port());
+            let mut demo = Command::new(hooktap_bin())
+                .args([
+                    "demo",
+                    "--listen",
+                    &format!("127.0.0.1:{listen}"),
+                    "--admin",
+                    &format!("127.0.0.1:{admin}"),
+                ])
+                // Run from an empty directory: the demo must not need the repository.
+                .current_dir(dir.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn demo");
+            let stderr = demo.stderr.take().expect("stderr");
+            let errors =
+                std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+            let rx = stdout_lines(&mut demo);
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let mut output = Vec::new();
+            loop {
+                let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                else {
+                    let _ = demo.kill();
+                    let _ = demo.wait();
+                    let errors = errors.join().unwrap_or_default();
+                    if attempt < 3 && errors.contains("Address already in use") {
+                        return None;
+                    }
+                    panic!(
+                        "demo output so far:\n{}\nstderr:\n{errors}",
+                        output.join("\n")
+                    );
+                };
+                output.push(line.clone());
+                if let Some(rest) = line.strip_prefix("dashboard: ") {
+                    let token = rest
+                        .split("token: ")
+                        .nth(1)
+                        .expect("token")
+                        .trim_end_matches(')')
+                        .to_owned();
+                    // Keep reading stdout: the demo ends quietly when its stdout closes.
+                    return Some((demo, rx, admin, token, output));
+                }
+            }
+        })
+        .expect("the demo started within three tries");
     let text = output.join("\n");
     assert!(
         text.contains(

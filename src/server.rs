@@ -34,7 +34,7 @@ pub enum ServerError {
     )]
     AlreadyRunning { path: String, pid: Option<u32> },
     #[error(
-        "--upgrade: no running hooktap holds the store at {path} (no live pid in its hooktap.pid); start without --upgrade"
+        "--upgrade: no running hooktap holds the store at {path} (it is not locked, or hooktap.pid names no live process); start without --upgrade"
     )]
     NothingToUpgrade { path: String },
     #[error("--upgrade: cannot signal the running hooktap (pid {pid}): {reason}")]
@@ -79,11 +79,22 @@ struct AdminService {
     /// During an upgrade the old process keeps the admin port until it stops: how long to
     /// keep trying to bind it.
     wait_for_port: Duration,
+    /// During an upgrade: listen only once this process holds the store, so that the API
+    /// never answers from an empty set of webhooks while the old process finishes.
+    wait_for_store: Option<Arc<Store>>,
 }
 
 #[async_trait]
 impl BackgroundService for AdminService {
-    async fn start(&self, shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Some(store) = &self.wait_for_store {
+            while !store.is_ready() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
         let deadline = tokio::time::Instant::now() + self.wait_for_port;
         loop {
             match admin::serve(self.listen, self.state.clone(), shutdown.clone()).await {
@@ -139,7 +150,11 @@ impl BackgroundService for ReloadOnHangup {
 pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
     let path = config.store.path.display().to_string();
     let previous = if upgrade {
-        let pid = Store::holder(&config.store.path)
+        // Signal only a process that holds the store's lock: a stale pid file may name an
+        // unrelated process that got the same pid.
+        let pid = Store::locked_by_another(&config.store.path)
+            .then(|| Store::holder(&config.store.path))
+            .flatten()
             .ok_or_else(|| ServerError::NothingToUpgrade { path: path.clone() })?;
         Some(pid)
     } else {
@@ -287,13 +302,19 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
             } else {
                 Duration::ZERO
             },
+            wait_for_store: upgrade.then(|| Arc::clone(&store)),
         },
     ));
-    server.add_service(background_service("reload", ReloadOnHangup(live)));
+    server.add_service(background_service(
+        "reload",
+        ReloadOnHangup(Arc::clone(&live)),
+    ));
 
     tracing::info!(listen = %p.listen, upstream = %p.upstream, admin = %config.admin.listen,
         rule_files = config.rule_files.len(), webhooks = config.webhooks.len(), "hooktap started");
     server.run(RunArgs::default());
+    // Sends that finished after the delivery loop stopped updated the counters too.
+    live.dispatcher().save_counters();
     if !store.is_open() {
         tracing::warn!(
             "stopping before the store opened: held events stay in pending/ for the next start"

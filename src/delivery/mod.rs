@@ -394,16 +394,23 @@ impl Dispatcher {
             match mode {
                 Mode::Realtime if !ordered => {
                     let free = target.slots.available_permits();
+                    let mut started = 0;
                     if free > 0 {
                         for delivery in self.store.queued(target.id, now, free, skip)? {
                             let Some(permits) = self.permits(&target) else {
                                 break;
                             };
                             self.start(&target, vec![delivery], permits);
+                            started += 1;
                         }
                     }
-                    if let Some(ms) = self.store.next_queued(target.id, skip)? {
-                        wake_at(ms);
+                    // When every slot is busy (or the global limit stopped us), a finishing
+                    // send wakes the loop: only with a slot left over does the next due time
+                    // matter. (This also saves a queue scan per event under load.)
+                    if started < free && self.global.available_permits() > 0 {
+                        if let Some(ms) = self.store.next_queued(target.id, skip)? {
+                            wake_at(ms);
+                        }
                     }
                 }
                 Mode::Realtime => {
@@ -674,7 +681,7 @@ impl Dispatcher {
     }
 
     /// Writes every webhook's record with its latest counters (at shutdown).
-    fn save_counters(&self) {
+    pub fn save_counters(&self) {
         for target in self.targets() {
             let webhook = lock(&target.state);
             if let Err(e) = self.store.save_webhook(&webhook) {

@@ -393,8 +393,16 @@ async fn a_second_hooktap_on_the_same_store_is_refused_with_the_way_to_upgrade()
 }
 
 #[test]
-fn upgrade_without_a_running_hooktap_says_so() {
+fn upgrade_without_a_running_hooktap_says_so_and_signals_nobody() {
     let (dir, config, _, _) = Setup::new(std::net::SocketAddr::from(([127, 0, 0, 1], 9))).write();
+    // A stale pid file whose pid now belongs to an unrelated process.
+    let mut bystander = Command::new("sleep").arg("30").spawn().expect("sleep");
+    std::fs::create_dir_all(dir.path().join("data")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("data/hooktap.pid"),
+        format!("{}\n", bystander.id()),
+    )
+    .expect("pid file");
     let out = Command::new(hooktap_bin())
         .args(["run", "--upgrade", "-c"])
         .arg(&config)
@@ -407,4 +415,10 @@ fn upgrade_without_a_running_hooktap_says_so() {
             && stderr.contains(&dir.path().join("data").display().to_string()),
         "{stderr}"
     );
+    assert!(
+        bystander.try_wait().expect("try_wait").is_none(),
+        "the process named by a stale pid file must not be signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }

@@ -325,6 +325,23 @@ async fn upgrades_under_load_refuse_no_connection_and_lose_nothing() {
         "events matched while the old process held the store went through pending/; log:\n{}",
         proxy.log()
     );
+    // The admin API of the last process answers with the webhook and counters carried over.
+    let webhooks: serde_json::Value = client()
+        .get(proxy.admin_url("/webhooks"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin API after the upgrades")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(webhooks[0]["name"], "crm", "{webhooks}");
+    let delivered = webhooks[0]["counters"]["delivered"].as_u64().unwrap_or(0);
+    assert!(
+        delivered >= confirmed.len() as u64,
+        "the delivered counter ({delivered}) carried over the upgrades ({} confirmed)",
+        confirmed.len()
+    );
 }
 
 /// A tmpfs of a given size, unmounted when dropped (mounting needs root).

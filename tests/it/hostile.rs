@@ -1745,7 +1745,9 @@ mod requests {
         }
         h.assert_serves_normally().await;
         let (first, second) = (peaks[0] - h.baseline_kb, peaks[1] - peaks[0]);
-        eprintln!("hooktap peak RSS: +{first} kB after 40 large events, +{second} kB after 40 more");
+        eprintln!(
+            "hooktap peak RSS: +{first} kB after 40 large events, +{second} kB after 40 more"
+        );
         assert!(
             first <= LARGE_EVENTS_FIRST_LIMIT_KB,
             "the first 40 large events raised the peak RSS by {first} kB"

@@ -1677,13 +1677,18 @@ mod requests {
             started.elapsed()
         );
         h.event("regex-long").await;
+        // Read the whole answer: a client that hangs up before the response is through leaves
+        // the exchange unfinished, and no event is derived from it.
         client()
             .post(h.proxy.url("/h/regex-match"))
             .header("content-type", "text/plain")
             .body("a".repeat(200_000))
             .send()
             .await
-            .expect("proxied");
+            .expect("proxied")
+            .bytes()
+            .await
+            .expect("body");
         h.event_of("hostile.regex", "regex-match").await;
         assert!(
             h.events("hostile.regex")

@@ -711,6 +711,8 @@ pub async fn post_order(proxy: &TestProxy, email: &str) {
         .await
         .expect("proxied");
     assert_eq!(r.status(), 201);
+    // The whole answer, as a client would read it (an exchange cut short derives no event).
+    r.bytes().await.expect("order body");
 }
 
 /// base64(HMAC-SHA256(secret, body)), computed independently of hooktap's code.

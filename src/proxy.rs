@@ -52,6 +52,11 @@ pub struct Proxy {
     upstream: Upstream,
     limits: Limits,
     forwarding: Forwarding,
+    /// Set once this process is handing over to another (an upgrade) or stopping: every
+    /// response then closes its connection, so keep-alive clients move to a new connection
+    /// (which the new process can accept) while this one still answers, instead of having an
+    /// idle connection closed under them when it stops.
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -68,7 +73,13 @@ impl Proxy {
             upstream,
             limits,
             forwarding,
+            draining: Arc::default(),
         }
+    }
+
+    /// The flag that makes responses close their connections (see [`Proxy::draining`]).
+    pub fn draining(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.draining)
     }
 }
 
@@ -263,6 +274,9 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         // A response without a body never reaches response_body_filter: store its event now,
         // before the headers (its last bytes) go to the client.
         let bodyless = session.req_header().method == http::Method::HEAD

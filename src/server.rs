@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 
 use crate::admin::{self, AdminState};
@@ -109,6 +109,41 @@ impl BackgroundService for AdminService {
                     tracing::error!(listen = %self.listen, error = %e, "the admin API cannot listen; stopping");
                     std::process::exit(1);
                 }
+            }
+        }
+    }
+}
+
+/// Sets the proxy's draining flag when pingora starts handing the sockets over (SIGQUIT) or
+/// stopping (SIGTERM): see `Proxy::draining`.
+struct DrainOnHandOver {
+    phases: std::sync::Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl BackgroundService for DrainOnHandOver {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let phases = self
+            .phases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut phases) = phases else { return };
+        loop {
+            match phases.recv().await {
+                Ok(
+                    ExecutionPhase::GracefulUpgradeTransferringFds
+                    | ExecutionPhase::GracefulUpgradeCloseTimeout
+                    | ExecutionPhase::GracefulTerminate,
+                ) => {
+                    self.draining
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!("closing keep-alive connections after their current response");
+                    return;
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
         }
     }
@@ -248,7 +283,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
         upgrade,
         ..Default::default()
     };
+    let draining = proxy.draining();
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let phases = server.watch_execution_phase();
     if let Some(pid) = previous {
         signal_upgrade(pid)?;
     }
@@ -308,6 +345,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
     server.add_service(background_service(
         "reload",
         ReloadOnHangup(Arc::clone(&live)),
+    ));
+    server.add_service(background_service(
+        "drain",
+        DrainOnHandOver {
+            phases: std::sync::Mutex::new(Some(phases)),
+            draining,
+        },
     ));
 
     tracing::info!(listen = %p.listen, upstream = %p.upstream, admin = %config.admin.listen,

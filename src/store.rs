@@ -257,10 +257,6 @@ impl Store {
         self.db.load().is_some()
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The database, unless it is being reopened.
     fn db(&self) -> Result<Arc<sled::Db>, StoreError> {
         self.db.load_full().ok_or(StoreError::NotOpen)
@@ -635,8 +631,12 @@ impl Store {
                 file: file.display().to_string(),
                 source,
             };
-            create_private_dir(&self.path)?;
-            std::fs::create_dir_all(&dir).map_err(io)?;
+            // Set up once, not per event (the directory may be missing when the store could
+            // never be opened).
+            if !dir.is_dir() {
+                create_private_dir(&self.path)?;
+                std::fs::create_dir_all(&dir).map_err(io)?;
+            }
             let mut tmp =
                 tempfile::NamedTempFile::with_prefix_in(".incoming-", &dir).map_err(io)?;
             std::io::Write::write_all(&mut tmp, &serde_json::to_vec(event)?).map_err(io)?;

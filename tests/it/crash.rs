@@ -87,6 +87,28 @@ fn load_with(
     })
 }
 
+/// The orders clients saw confirmed and the order ids the receiver got, once every confirmed
+/// one arrived or 30 s passed.
+async fn confirmed_and_delivered(
+    outcome: &Outcome,
+    receiver: &TestReceiver,
+) -> (HashSet<u64>, HashSet<u64>) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let confirmed = outcome.confirmed.lock().expect("lock").clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids: HashSet<u64> = receiver
+            .received()
+            .iter()
+            .filter_map(|r| r.json()["id"].as_u64())
+            .collect();
+        if confirmed.is_subset(&ids) || Instant::now() > deadline {
+            return (confirmed, ids);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A small deterministic generator for kill timings (the seed is printed).
 struct Lcg(u64);
 
@@ -236,20 +258,7 @@ async fn sigterm_restarts_under_load_fail_no_accepted_request_and_lose_nothing()
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     loader.await.expect("load");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let confirmed = outcome.confirmed.lock().expect("lock").clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let ids = loop {
-        let ids: HashSet<u64> = receiver
-            .received()
-            .iter()
-            .filter_map(|r| r.json()["id"].as_u64())
-            .collect();
-        if confirmed.is_subset(&ids) || Instant::now() > deadline {
-            break ids;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (confirmed, ids) = confirmed_and_delivered(&outcome, &receiver).await;
     let cut = outcome.cut.load(Ordering::SeqCst);
     let app_created = app.orders_created.load(Ordering::SeqCst);
     println!(
@@ -315,20 +324,7 @@ async fn upgrades_under_load(connections: Connections) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     loader.await.expect("load");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let confirmed = outcome.confirmed.lock().expect("lock").clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let ids = loop {
-        let ids: HashSet<u64> = receiver
-            .received()
-            .iter()
-            .filter_map(|r| r.json()["id"].as_u64())
-            .collect();
-        if confirmed.is_subset(&ids) || Instant::now() > deadline {
-            break ids;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (confirmed, ids) = confirmed_and_delivered(&outcome, &receiver).await;
     let (refused, cut) = (
         outcome.refused.load(Ordering::SeqCst),
         outcome.cut.load(Ordering::SeqCst),
@@ -372,15 +368,7 @@ async fn upgrades_under_load(connections: Connections) {
         proxy.log()
     );
     // The admin API of the last process answers with the webhook and counters carried over.
-    let webhooks: serde_json::Value = client()
-        .get(proxy.admin_url("/webhooks"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin API after the upgrades")
-        .json()
-        .await
-        .expect("json");
+    let webhooks = admin_json(&proxy, "/webhooks").await;
     assert_eq!(webhooks[0]["name"], "crm", "{webhooks}");
     let delivered = webhooks[0]["counters"]["delivered"].as_u64().unwrap_or(0);
     assert!(
@@ -439,16 +427,7 @@ async fn a_full_disk_keeps_traffic_flowing_and_capture_resumes_when_space_return
     })
     .await;
     proxy.admin_ready().await;
-    let order = |email: &'static str| {
-        client()
-            .post(proxy.url("/orders"))
-            .json(&json!({"email": email}))
-            .send()
-    };
-    assert_eq!(
-        order("before@example.com").await.expect("proxied").status(),
-        201
-    );
+    assert_eq!(order_status(&proxy, "before@example.com").await, 201);
     receiver.wait_for(1, Duration::from_secs(15)).await;
 
     // Fill the disk.
@@ -462,24 +441,12 @@ async fn a_full_disk_keeps_traffic_flowing_and_capture_resumes_when_space_return
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for _ in 0..10 {
         assert_eq!(
-            order("full@example.com").await.expect("proxied").status(),
+            order_status(&proxy, "full@example.com").await,
             201,
             "traffic flows on a full disk"
         );
     }
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        metrics.contains("hooktap_store_errors_total 10"),
-        "{metrics}"
-    );
+    assert_eq!(store_errors(&proxy).await, 10, "each lost event is counted");
     assert!(
         proxy.log().contains("disk is nearly full"),
         "the failure is loud:\n{}",
@@ -489,10 +456,7 @@ async fn a_full_disk_keeps_traffic_flowing_and_capture_resumes_when_space_return
     // Free the space: capture resumes without a restart.
     std::fs::remove_file(&filler).expect("remove filler");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        order("after@example.com").await.expect("proxied").status(),
-        201
-    );
+    assert_eq!(order_status(&proxy, "after@example.com").await, 201);
     let deadline = Instant::now() + Duration::from_secs(15);
     // (The first order's delivery may come again: its outcome was being written when the disk
     // filled, and delivery is at-least-once.)

@@ -230,7 +230,7 @@ fn store(c: &mut Criterion) {
     )
     .expect("write config");
     let config = hooktap::config::Config::load(&file).expect("bench config loads");
-    let store = hooktap::store::Store::open(&config.store).expect("open store");
+    let store = hooktap::store::SledStore::open(&config.store).expect("open store");
     let topic = hooktap::event::Topic::parse("order.created").expect("topic");
     let webhook = uuid::Uuid::now_v7();
     let event = || {

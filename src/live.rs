@@ -7,21 +7,21 @@
 //! delivery limits) are read once at start: changing them needs a restart.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
-use crate::delivery::Dispatcher;
+use crate::delivery::Engine;
 use crate::rules::RuleSet;
 
 pub struct Live {
     config_path: PathBuf,
     rules: Arc<ArcSwap<RuleSet>>,
-    dispatcher: Arc<Dispatcher>,
+    engine: Arc<Engine>,
     /// One reload at a time.
-    reloading: Mutex<()>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// What a successful reload loaded.
@@ -39,15 +39,17 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     #[error("cannot apply the webhooks: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("loading the configuration failed unexpectedly: {0}")]
+    Panicked(String),
 }
 
 impl Live {
-    pub fn new(config_path: PathBuf, rules: RuleSet, dispatcher: Arc<Dispatcher>) -> Self {
+    pub fn new(config_path: PathBuf, rules: RuleSet, engine: Arc<Engine>) -> Self {
         Self {
             config_path,
             rules: Arc::new(ArcSwap::from_pointee(rules)),
-            dispatcher,
-            reloading: Mutex::new(()),
+            engine,
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -56,18 +58,15 @@ impl Live {
         &self.rules
     }
 
-    pub fn dispatcher(&self) -> &Arc<Dispatcher> {
-        &self.dispatcher
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
     }
 
     /// Loads the configuration again and applies its rules and webhooks.
-    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let _one_at_a_time = self
-            .reloading
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let result = self.apply();
-        let metrics = self.dispatcher.metrics();
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.apply().await;
+        let metrics = self.engine.metrics();
         match &result {
             Ok(r) => {
                 metrics.reload(true);
@@ -85,12 +84,17 @@ impl Live {
         result
     }
 
-    fn apply(&self) -> Result<Reloaded, ReloadError> {
-        let config = Config::load(&self.config_path)?;
+    async fn apply(&self) -> Result<Reloaded, ReloadError> {
+        // Loading reads files: off the async threads, and a panic there fails this reload only.
+        let path = self.config_path.clone();
+        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| ReloadError::Panicked(e.to_string()))??;
         let rules = config.rules.rules().len();
         let removed = self
-            .dispatcher
-            .sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace)?;
+            .engine
+            .sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace)
+            .await?;
         self.rules.store(Arc::new(config.rules));
         Ok(Reloaded {
             rules,

@@ -16,7 +16,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::capture::{BodyCapture, Exchange, RequestParts, ResponseParts};
-use crate::delivery::Dispatcher;
+use crate::delivery::intake::Intake;
 use crate::rules::RuleSet;
 use crate::rules::router::Candidates;
 use arc_swap::ArcSwap;
@@ -48,7 +48,7 @@ pub struct Forwarding {
 pub struct Proxy {
     /// Swapped as a whole on reload; each request keeps the snapshot it started with.
     rules: Arc<ArcSwap<RuleSet>>,
-    dispatcher: Arc<Dispatcher>,
+    intake: Arc<Intake>,
     upstream: Upstream,
     limits: Limits,
     forwarding: Forwarding,
@@ -62,14 +62,14 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         rules: Arc<ArcSwap<RuleSet>>,
-        dispatcher: Arc<Dispatcher>,
+        intake: Arc<Intake>,
         upstream: Upstream,
         limits: Limits,
         forwarding: Forwarding,
     ) -> Self {
         Self {
             rules,
-            dispatcher,
+            intake,
             upstream,
             limits,
             forwarding,
@@ -127,12 +127,10 @@ impl Proxy {
         let mut doc = exchange.into_document(self.limits.max_decoded_bytes);
         for (side, reason) in &doc.skipped {
             tracing::debug!(side, %reason, "body not captured");
-            self.dispatcher
-                .metrics()
-                .capture_skipped(side, reason.label());
+            self.intake.metrics().capture_skipped(side, reason.label());
         }
         for m in capture.rules.evaluate(&capture.candidates, &mut doc.value) {
-            match self.dispatcher.enqueue(&m.event) {
+            match self.intake.enqueue(&m.event) {
                 Ok(deliveries) => {
                     tracing::debug!(event = %m.event.id, topic = %m.event.topic, rule = %m.rule.name,
                     deliveries = deliveries.len(), "event stored")
@@ -328,7 +326,7 @@ impl ProxyHttp for Proxy {
 
     async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        self.dispatcher.metrics().request(status);
+        self.intake.metrics().request(status);
         // The response ended without a final body chunk passing response_body_filter (no body,
         // or the client went away after the app had answered in full): the app did act, so the
         // event is still derived.

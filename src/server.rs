@@ -2,6 +2,7 @@
 //! down cleanly.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +13,12 @@ use pingora::services::background::{BackgroundService, background_service};
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::delivery::{DeliveryError, Dispatcher};
+use crate::delivery::{DeliveryError, Engine};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::{Forwarding, Limits, Proxy, Upstream};
-use crate::store::{Store, StoreError};
+use crate::store::sled::PID_FILE;
+use crate::store::{SledStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -39,11 +41,13 @@ pub enum ServerError {
     NothingToUpgrade { path: String },
     #[error("--upgrade: cannot signal the running hooktap (pid {pid}): {reason}")]
     Signal { pid: u32, reason: String },
+    #[error("cannot start a runtime for the store: {0}")]
+    Runtime(std::io::Error),
 }
 
-/// Keeps the store open and usable (see [`Dispatcher::keep_store`]).
+/// Keeps the store open and usable (see [`Engine::keep_store`]).
 struct StoreService {
-    dispatcher: Arc<Dispatcher>,
+    engine: Arc<Engine>,
     webhooks: Vec<crate::webhook::WebhookSpec>,
     grace: Duration,
 }
@@ -51,7 +55,7 @@ struct StoreService {
 #[async_trait]
 impl BackgroundService for StoreService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        Arc::clone(&self.dispatcher)
+        Arc::clone(&self.engine)
             .keep_store(self.webhooks.clone(), self.grace, shutdown)
             .await;
     }
@@ -59,16 +63,14 @@ impl BackgroundService for StoreService {
 
 /// The delivery loop and its retention sweep.
 struct DeliveryService {
-    dispatcher: Arc<Dispatcher>,
+    engine: Arc<Engine>,
     retention: Duration,
 }
 
 #[async_trait]
 impl BackgroundService for DeliveryService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        Arc::clone(&self.dispatcher)
-            .run(self.retention, shutdown)
-            .await;
+        Arc::clone(&self.engine).run(self.retention, shutdown).await;
     }
 }
 
@@ -81,7 +83,7 @@ struct AdminService {
     wait_for_port: Duration,
     /// During an upgrade: listen only once this process holds the store, so that the API
     /// never answers from an empty set of webhooks while the old process finishes.
-    wait_for_store: Option<Arc<Store>>,
+    wait_for_store: Option<Arc<dyn Store>>,
 }
 
 #[async_trait]
@@ -166,9 +168,8 @@ impl BackgroundService for ReloadOnHangup {
         loop {
             tokio::select! {
                 _ = hangups.recv() => {
-                    let live = Arc::clone(&self.0);
                     // The outcome is logged and counted by `reload` itself.
-                    let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+                    let _ = self.0.reload().await;
                 }
                 _ = shutdown.changed() => return,
             }
@@ -182,66 +183,131 @@ impl BackgroundService for ReloadOnHangup {
 /// connection: it receives that process's listening sockets (pingora's graceful upgrade),
 /// which then stops accepting, finishes its requests and exits. Events matched meanwhile wait
 /// in `pending/` until the old process lets go of the store.
-pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
-    let path = config.store.path.display().to_string();
-    let previous = if upgrade {
-        // Signal only a process that holds the store's lock: a stale pid file may name an
-        // unrelated process that got the same pid.
-        let pid = Store::locked_by_another(&config.store.path)
-            .then(|| Store::holder(&config.store.path))
-            .flatten()
-            .ok_or_else(|| ServerError::NothingToUpgrade { path: path.clone() })?;
-        Some(pid)
-    } else {
-        None
-    };
-    let store = match Store::open(&config.store) {
-        Ok(store) => Some(store),
-        Err(_) if upgrade => None,
-        Err(_) if Store::locked_by_another(&config.store.path) => {
-            return Err(ServerError::AlreadyRunning {
-                pid: Store::holder(&config.store.path),
-                path,
-            });
-        }
-        Err(e) => {
-            // A sidecar must not take the app down with it: serve, and keep trying.
-            tracing::error!(path = %path, error = %e,
-                "cannot open the store: proxying anyway, without storing events until it opens");
-            None
-        }
-    };
-    let store = Arc::new(store.unwrap_or_else(|| Store::unopened(&config.store)));
-    let webhooks = if store.is_ready() {
-        let synced = store
-            .sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace)
-            .map_err(|source| ServerError::Store {
-                path: path.clone(),
-                source,
-            })?;
-        for (name, dropped) in synced.removed {
-            tracing::warn!(webhook = %name, dropped, "webhook removed from the config: deleted with its pending deliveries");
-        }
-        synced.webhooks
-    } else {
-        // Applied by the store service once the store opens.
-        Vec::new()
-    };
+pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
+    let previous = upgrade
+        .then(|| previous_holder(&config.store.path))
+        .transpose()?;
+    let store = open_store(&config, upgrade)?;
     let metrics = Arc::new(Metrics::new());
-    let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&store),
-        webhooks,
+    let engine = Arc::new(Engine::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        Vec::new(),
         config.delivery.clone(),
         metrics,
     )?);
+    // A short-lived runtime for the store work before and after pingora's own runtimes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    if store.is_ready() {
+        // Otherwise the store keeper applies them once the store opens.
+        let removed = runtime
+            .block_on(engine.sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace))
+            .map_err(|source| ServerError::Store {
+                path: config.store.path.display().to_string(),
+                source,
+            })?;
+        for (name, dropped) in removed {
+            tracing::warn!(webhook = %name, dropped, "webhook removed from the config: deleted with its pending deliveries");
+        }
+    }
     let live = Arc::new(Live::new(
         config.file.clone(),
-        config.rules,
-        Arc::clone(&dispatcher),
+        std::mem::take(&mut config.rules),
+        Arc::clone(&engine),
     ));
+    let proxy = build_proxy(&config, &live)?;
+    let draining = proxy.draining();
 
     let p = &config.proxy;
-    // Resolved once at start: the hot path must not wait on DNS.
+    // pingora's defaults put the pid file and upgrade socket at fixed /tmp paths, which would
+    // collide between two sidecars on one host: keep them beside the store instead.
+    let conf = ServerConf {
+        threads: p.threads,
+        grace_period_seconds: Some(p.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(p.shutdown_timeout.as_secs().max(1)),
+        pid_file: config.store.path.join(PID_FILE).display().to_string(),
+        upgrade_sock: config.store.path.join("upgrade.sock").display().to_string(),
+        ..ServerConf::default()
+    };
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let phases = server.watch_execution_phase();
+    if let Some(pid) = previous {
+        signal_upgrade(pid)?;
+    }
+    // With `upgrade`, waits here for the old process's listening sockets.
+    server.bootstrap();
+    let mut proxy_service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hooktap proxy");
+    listen(&mut proxy_service, p)?;
+    server.add_service(proxy_service);
+    add_background_services(&mut server, &config, &live, &store, upgrade);
+    server.add_service(background_service(
+        "drain",
+        DrainOnHandOver {
+            phases: std::sync::Mutex::new(Some(phases)),
+            draining,
+        },
+    ));
+
+    tracing::info!(listen = %p.listen, upstream = %p.upstream, admin = %config.admin.listen,
+        rule_files = config.rule_files.len(), webhooks = config.webhooks.len(), "hooktap started");
+    server.run(RunArgs::default());
+    // Sends that finished after the delivery loop stopped updated the counters too.
+    runtime.block_on(engine.save_counters());
+    if !store.is_open() {
+        tracing::warn!(
+            "stopping before the store opened: held events stay in pending/ for the next start"
+        );
+    } else if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "cannot flush the store on shutdown; the last events may be lost");
+    }
+    tracing::info!("hooktap stopped");
+    Ok(())
+}
+
+/// The pid of the hooktap to take over from (`run --upgrade`). Signals only a process that
+/// holds the store's lock: a stale pid file may name an unrelated process with the same pid.
+fn previous_holder(path: &Path) -> Result<u32, ServerError> {
+    SledStore::locked_by_another(path)
+        .then(|| SledStore::holder(path))
+        .flatten()
+        .ok_or_else(|| ServerError::NothingToUpgrade {
+            path: path.display().to_string(),
+        })
+}
+
+/// Opens the store, or starts it unopened (events wait in `pending/`) when another hooktap
+/// hands over to this one or the store cannot be opened yet: a sidecar must not take the app
+/// down with it. Refuses to start beside another hooktap that holds the store.
+fn open_store(config: &Config, upgrade: bool) -> Result<Arc<SledStore>, ServerError> {
+    let path = &config.store.path;
+    let store = match SledStore::open(&config.store) {
+        Ok(store) => store,
+        Err(_) if upgrade => SledStore::unopened(&config.store),
+        Err(_) if SledStore::locked_by_another(path) => {
+            return Err(ServerError::AlreadyRunning {
+                pid: SledStore::holder(path),
+                path: path.display().to_string(),
+            });
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e,
+                "cannot open the store: proxying anyway, without storing events until it opens");
+            SledStore::unopened(&config.store)
+        }
+    };
+    Ok(Arc::new(store))
+}
+
+/// The proxy, with the upstream resolved once at start: the hot path must not wait on DNS.
+fn build_proxy(config: &Config, live: &Arc<Live>) -> Result<Proxy, ServerError> {
+    let p = &config.proxy;
     let addr = p
         .upstream
         .to_socket_addrs()
@@ -251,9 +317,9 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
             upstream: p.upstream.clone(),
             reason,
         })?;
-    let proxy = Proxy::new(
+    Ok(Proxy::new(
         Arc::clone(live.rules()),
-        Arc::clone(&dispatcher),
+        Arc::clone(live.engine().intake()),
         Upstream {
             addr,
             tls: p.upstream_tls,
@@ -267,52 +333,47 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
             headers: p.forwarded_headers,
             tls: p.tls.is_some(),
         },
-    );
+    ))
+}
 
-    // pingora's defaults put the pid file and upgrade socket at fixed /tmp paths, which would
-    // collide between two sidecars on one host: keep them beside the store instead.
-    let conf = ServerConf {
-        threads: p.threads,
-        grace_period_seconds: Some(p.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(p.shutdown_timeout.as_secs().max(1)),
-        pid_file: config.store.path.join("hooktap.pid").display().to_string(),
-        upgrade_sock: config.store.path.join("upgrade.sock").display().to_string(),
-        ..ServerConf::default()
-    };
-    let opt = pingora::server::configuration::Opt {
-        upgrade,
-        ..Default::default()
-    };
-    let draining = proxy.draining();
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
-    let phases = server.watch_execution_phase();
-    if let Some(pid) = previous {
-        signal_upgrade(pid)?;
-    }
-    // With `upgrade`, waits here for the old process's listening sockets.
-    server.bootstrap();
-    let mut proxy_service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hooktap proxy");
+/// Adds the proxy's listener: plain TCP, or TLS with HTTP/2.
+fn listen(
+    service: &mut pingora::services::listening::Service<pingora::proxy::HttpProxy<Proxy>>,
+    p: &crate::config::ProxyConfig,
+) -> Result<(), ServerError> {
     let listen = p.listen.to_string();
     match &p.tls {
-        None => proxy_service.add_tcp(&listen),
+        None => service.add_tcp(&listen),
         Some((cert, key)) => {
-            let tls_err = |reason: String| ServerError::Tls {
-                listen: p.listen,
-                reason,
-            };
             let (cert, key) = (cert.display().to_string(), key.display().to_string());
-            let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
-                .map_err(|e| tls_err(e.to_string()))?;
+            let mut tls =
+                pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).map_err(|e| {
+                    ServerError::Tls {
+                        listen: p.listen,
+                        reason: e.to_string(),
+                    }
+                })?;
             tls.enable_h2();
-            proxy_service.add_tls_with_settings(&listen, None, tls);
+            service.add_tls_with_settings(&listen, None, tls);
         }
     }
-    server.add_service(proxy_service);
+    Ok(())
+}
+
+/// The store keeper, the delivery loop, the admin API and the SIGHUP reload.
+fn add_background_services(
+    server: &mut Server,
+    config: &Config,
+    live: &Arc<Live>,
+    store: &Arc<SledStore>,
+    upgrade: bool,
+) {
+    let p = &config.proxy;
+    let engine = live.engine();
     server.add_service(background_service(
         "store",
         StoreService {
-            dispatcher: Arc::clone(&dispatcher),
+            engine: Arc::clone(engine),
             webhooks: config.webhooks.clone(),
             grace: config.delivery.secret_rotation_grace,
         },
@@ -320,7 +381,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
     server.add_service(background_service(
         "delivery",
         DeliveryService {
-            dispatcher,
+            engine: Arc::clone(engine),
             retention: config.store.retention,
         },
     ));
@@ -328,7 +389,7 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
         "admin",
         AdminService {
             listen: config.admin.listen,
-            state: AdminState::new(Arc::clone(&live), config.admin.token.as_deref(), p.listen),
+            state: AdminState::new(Arc::clone(live), config.admin.token.as_deref(), p.listen),
             // The old process stops accepting after pingora's 5 s hand-over, then waits out
             // its grace period and shutdown timeout.
             wait_for_port: if upgrade {
@@ -339,35 +400,13 @@ pub fn run(config: Config, upgrade: bool) -> Result<(), ServerError> {
             } else {
                 Duration::ZERO
             },
-            wait_for_store: upgrade.then(|| Arc::clone(&store)),
+            wait_for_store: upgrade.then(|| Arc::clone(store) as Arc<dyn Store>),
         },
     ));
     server.add_service(background_service(
         "reload",
-        ReloadOnHangup(Arc::clone(&live)),
+        ReloadOnHangup(Arc::clone(live)),
     ));
-    server.add_service(background_service(
-        "drain",
-        DrainOnHandOver {
-            phases: std::sync::Mutex::new(Some(phases)),
-            draining,
-        },
-    ));
-
-    tracing::info!(listen = %p.listen, upstream = %p.upstream, admin = %config.admin.listen,
-        rule_files = config.rule_files.len(), webhooks = config.webhooks.len(), "hooktap started");
-    server.run(RunArgs::default());
-    // Sends that finished after the delivery loop stopped updated the counters too.
-    live.dispatcher().save_counters();
-    if !store.is_open() {
-        tracing::warn!(
-            "stopping before the store opened: held events stay in pending/ for the next start"
-        );
-    } else if let Err(e) = store.flush() {
-        tracing::error!(error = %e, "cannot flush the store on shutdown; the last events may be lost");
-    }
-    tracing::info!("hooktap stopped");
-    Ok(())
 }
 
 /// Asks the running hooktap to hand its listening sockets over (SIGQUIT, pingora's graceful

@@ -92,7 +92,9 @@ pub struct WebhookSpec {
     pub secret: String,
     /// Glob patterns over topics: `order.*`, `*`.
     pub topics: Vec<String>,
-    /// The status to apply; `None` keeps the current one (or `active` for a new webhook).
+    /// The status a declaration asks for: applied when a webhook is created and when its
+    /// file entry changes, then cleared (the record's `status` is the truth). `None` keeps
+    /// the current status (or `active` for a new webhook).
     pub status: Option<WebhookStatus>,
     /// A delay before each retry.
     #[serde(with = "millis_list")]
@@ -195,13 +197,15 @@ pub struct WebhookView {
 
 impl Webhook {
     /// A new webhook from `spec`, `active` unless the spec says otherwise.
-    pub fn new(spec: WebhookSpec, origin: Origin) -> Self {
+    pub fn new(mut spec: WebhookSpec, origin: Origin) -> Self {
         let now = OffsetDateTime::now_utc();
+        // The status lives in the record; a spec only carries one on its way in.
+        let status = spec.status.take().unwrap_or(WebhookStatus::Active);
         Self {
             id: Uuid::now_v7(),
             origin,
             declared: None,
-            status: spec.status.unwrap_or(WebhookStatus::Active),
+            status,
             spec,
             disabled_reason: None,
             previous_secret: None,
@@ -211,18 +215,31 @@ impl Webhook {
         }
     }
 
-    /// Applies a new spec, keeping id, counters and (unless the spec sets one) status. A changed
-    /// secret keeps the old one valid for `grace`, so receivers can switch without losing events.
-    /// Applies the file's entry for this webhook, unless it is the entry last applied.
+    /// Applies the file's entry for this webhook, unless it is the entry last applied: its
+    /// fields, and its `status` when it sets one. So a change made through the API lasts
+    /// until the file's entry changes.
     pub fn apply_declared(&mut self, spec: WebhookSpec, grace: Duration) {
         if self.declared.as_ref() == Some(&spec) {
             return;
         }
         self.declared = Some(spec.clone());
+        if let Some(status) = spec.status.filter(|s| *s != self.status) {
+            self.status = status;
+            self.disabled_reason =
+                (status == WebhookStatus::Disabled).then(|| "disabled by configuration".to_owned());
+            self.updated_at = OffsetDateTime::now_utc();
+        }
         self.update(spec, grace);
     }
 
-    pub fn update(&mut self, spec: WebhookSpec, grace: Duration) {
+    /// Applies a new spec, keeping id, status and counters: a status is changed only on its
+    /// own (see [`Webhook::apply_declared`] and the engine's `set_status`), never as a side
+    /// effect of editing other fields. A changed secret keeps the old one valid for `grace`,
+    /// so receivers can switch without losing events.
+    pub fn update(&mut self, mut spec: WebhookSpec, grace: Duration) {
+        spec.status = None;
+        // Records written before the status left the spec may still carry one.
+        self.spec.status = None;
         if spec == self.spec {
             return;
         }
@@ -232,13 +249,6 @@ impl Webhook {
                 secret: std::mem::take(&mut self.spec.secret),
                 until: now + grace,
             });
-        }
-        if let Some(status) = spec.status {
-            if status != self.status {
-                self.status = status;
-                self.disabled_reason = (status == WebhookStatus::Disabled)
-                    .then(|| "disabled by configuration".to_owned());
-            }
         }
         self.spec = spec;
         self.updated_at = now;

@@ -3,7 +3,7 @@
 //!
 //! It goes through the library exactly as `hooktap run` does: the config is loaded from a
 //! hooktap.toml (so every default is the real one), the store is opened from it, the webhooks
-//! are synced into it and the dispatcher is built from it. Only the proxy is left out.
+//! are synced into it and the engine is built from it. Only the proxy is left out.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hooktap::config::Config;
-use hooktap::delivery::Dispatcher;
+use hooktap::delivery::Engine;
 use hooktap::event::{Event, Topic};
 use hooktap::metrics::Metrics;
-use hooktap::store::Store;
+use hooktap::store::{SledStore, Store};
 use hooktap::webhook::WebhookStatus;
 
 pub struct Outcome {
@@ -76,20 +76,24 @@ pub fn run(
         config_text(dir, unused, unused, receiver, "paused", threads),
     )?;
     let config = Config::load(&file).map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
-    let store = Arc::new(Store::open(&config.store)?);
-    let synced = store.sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace)?;
-    let webhook = synced
-        .webhooks
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?;
+    let engine = Arc::new(Engine::new(
+        Arc::clone(&store),
+        Vec::new(),
+        config.delivery.clone(),
+        Arc::new(Metrics::new()),
+    )?);
+    rt.block_on(engine.sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace))?;
+    let webhook = engine
+        .webhooks()
         .iter()
         .find(|w| w.spec.name == "crm")
         .ok_or_else(|| anyhow::anyhow!("webhook crm was not stored"))?
         .id;
-    let dispatcher = Arc::new(Dispatcher::new(
-        Arc::clone(&store),
-        synced.webhooks,
-        config.delivery.clone(),
-        Arc::new(Metrics::new()),
-    )?);
 
     let topic = Topic::parse("order.created").map_err(anyhow::Error::msg)?;
     let started = Instant::now();
@@ -103,21 +107,19 @@ pub fn run(
             "total": 90.0,
             "location": i.to_string(),
         });
-        dispatcher.enqueue(&Event::new(&topic, "order created", payload))?;
+        engine
+            .intake()
+            .enqueue(&Event::new(&topic, "order created", payload))?;
     }
     let enqueue = started.elapsed();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let outcome = rt.block_on(async {
-        let looping = tokio::spawn(Arc::clone(&dispatcher).run(config.store.retention, stopped));
+        let looping = tokio::spawn(Arc::clone(&engine).run(config.store.retention, stopped));
         let started = Instant::now();
-        dispatcher.set_status(webhook, WebhookStatus::Active)?;
+        engine.set_status(webhook, WebhookStatus::Active).await?;
         let (delivered, failed) = loop {
-            let counters = dispatcher
+            let counters = engine
                 .webhook(webhook)
                 .map(|w| w.counters)
                 .unwrap_or_default();

@@ -45,13 +45,14 @@ pub async fn list(
 ) -> Result<Json<Vec<crate::event::Event>>, ApiError> {
     let (offset, limit) = page.check()?;
     let topic = topic_matcher(filter.topic.as_deref())?;
-    let events = state.live.dispatcher().store().events_page(
-        topic.as_ref(),
-        filter.since,
-        filter.until,
+    let query = crate::store::EventQuery {
+        topic,
+        since: filter.since,
+        until: filter.until,
         offset,
         limit,
-    )?;
+    };
+    let events = state.live.engine().store().events_page(&query).await?;
     Ok(Json(events))
 }
 
@@ -62,9 +63,10 @@ pub async fn get(
     let id = uuid::Uuid::parse_str(&raw).map_err(|_| ApiError::not_found("event"))?;
     let event = state
         .live
-        .dispatcher()
+        .engine()
         .store()
-        .event(id)?
+        .event(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
     Ok(Json(event))
 }
@@ -80,7 +82,7 @@ pub async fn stream(
     Q(filter): Q<StreamFilter>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let topic = topic_matcher(filter.topic.as_deref())?;
-    let rx = state.live.dispatcher().tap();
+    let rx = state.live.engine().tap();
     let events = futures_util::stream::unfold((rx, topic), |(mut rx, topic)| async move {
         loop {
             match rx.recv().await {
@@ -105,7 +107,7 @@ pub async fn stream(
 
 pub async fn rules(State(state): State<AdminState>) -> Json<Vec<Value>> {
     let rules = state.live.rules().load();
-    let metrics = state.live.dispatcher().metrics();
+    let metrics = state.live.engine().metrics();
     Json(
         rules
             .rules()
@@ -124,33 +126,29 @@ pub async fn rules(State(state): State<AdminState>) -> Json<Vec<Value>> {
 }
 
 pub async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    let live = state.live.clone();
-    let result = tokio::task::spawn_blocking(move || live.reload())
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the reload panicked",
-            )
-        })?;
-    match result {
+    match state.live.reload().await {
         Ok(r) => Ok(Json(
             json!({"reloaded": true, "rules": r.rules, "webhooks": r.webhooks, "removed": r.removed}),
         )),
-        Err(e) => Err(ApiError::new(
+        Err(e @ crate::live::ReloadError::Invalid(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_config",
             e.to_string(),
+        )),
+        // Not the operator's config: the details stay in the log (see `Live::reload`).
+        Err(_) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the configuration is valid but could not be applied; see hooktap's log",
         )),
     }
 }
 
 pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    let d = state.live.dispatcher();
+    let d = state.live.engine();
     // Metrics matter most when the store fails: serve them anyway, with the queue gauges as
     // last read and `store_up` at 0.
-    let queue = d.refresh_queue_metrics();
+    let queue = d.refresh_queue_metrics().await;
     if let Err(e) = &queue {
         tracing::debug!(error = %e, "queue metrics not refreshed");
     }
@@ -173,8 +171,8 @@ pub async fn ready(State(state): State<AdminState>) -> Response {
     )
     .await
     .is_ok_and(|c| c.is_ok());
-    let store = state.live.dispatcher().store();
-    let store = store.is_ready() && store.ping().is_ok();
+    let store = state.live.engine().store();
+    let store = store.is_ready() && store.ping().await.is_ok();
     let status = if proxy && store {
         StatusCode::OK
     } else {

@@ -31,7 +31,7 @@ impl StatusFilter {
 fn views(state: &AdminState, status: Option<WebhookStatus>) -> Vec<WebhookView> {
     let mut all: Vec<WebhookView> = state
         .live
-        .dispatcher()
+        .engine()
         .webhooks()
         .iter()
         .filter(|w| status.is_none_or(|s| w.status == s))
@@ -77,7 +77,7 @@ pub async fn create(
     State(state): State<AdminState>,
     body: Result<Json<WebhookInput>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
-    let w = state.live.dispatcher().create_webhook(input(body)?)?;
+    let w = state.live.engine().create_webhook(input(body)?).await?;
     Ok((StatusCode::CREATED, Json(w.view())))
 }
 
@@ -87,7 +87,7 @@ pub async fn get(
 ) -> Result<Json<WebhookView>, ApiError> {
     let w = state
         .live
-        .dispatcher()
+        .engine()
         .webhook(id(&raw, "webhook")?)
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     Ok(Json(w.view()))
@@ -100,7 +100,7 @@ pub async fn update(
 ) -> Result<Json<WebhookView>, ApiError> {
     let w = state
         .live
-        .dispatcher()
+        .engine()
         .update_webhook(id(&raw, "webhook")?, input(body)?)
         .await?;
     Ok(Json(w.view()))
@@ -113,8 +113,9 @@ pub async fn delete(
     let id = id(&raw, "webhook")?;
     let dropped = state
         .live
-        .dispatcher()
-        .delete_webhook(id)?
+        .engine()
+        .delete_webhook(id)
+        .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     Ok(Json(
         json!({"id": id, "deleted": true, "dropped_deliveries": dropped}),
@@ -125,7 +126,7 @@ pub async fn ping(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let ping = state.live.dispatcher().ping(id(&raw, "webhook")?).await?;
+    let ping = state.live.engine().ping(id(&raw, "webhook")?).await?;
     Ok(Json(serde_json::to_value(ping).unwrap_or_default()))
 }
 
@@ -135,8 +136,9 @@ pub async fn duplicate(
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let w = state
         .live
-        .dispatcher()
-        .duplicate_webhook(id(&raw, "webhook")?)?;
+        .engine()
+        .duplicate_webhook(id(&raw, "webhook")?)
+        .await?;
     Ok((StatusCode::CREATED, Json(w.view())))
 }
 
@@ -146,8 +148,9 @@ pub async fn reset(
 ) -> Result<Json<WebhookView>, ApiError> {
     let w = state
         .live
-        .dispatcher()
-        .reset_counters(id(&raw, "webhook")?)?
+        .engine()
+        .reset_counters(id(&raw, "webhook")?)
+        .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     Ok(Json(w.view()))
 }
@@ -168,7 +171,7 @@ pub async fn recover(
 ) -> Result<Json<Value>, ApiError> {
     let id = id(&raw, "webhook")?;
     let Json(window) = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
-    let d = state.live.dispatcher();
+    let d = state.live.engine();
     if d.webhook(id).is_none() {
         return Err(ApiError::not_found("webhook"));
     }
@@ -176,7 +179,7 @@ pub async fn recover(
     if until <= window.since {
         return Err(ApiError::invalid("until", "until must be after since"));
     }
-    let requeued = d.recover(id, window.since, until)?;
+    let requeued = d.recover(id, window.since, until).await?;
     Ok(Json(json!({"requeued": requeued})))
 }
 
@@ -205,12 +208,13 @@ pub async fn deliveries(
             ));
         }
     };
-    let d = state.live.dispatcher();
+    let d = state.live.engine();
     if d.webhook(id).is_none() {
         return Err(ApiError::not_found("webhook"));
     }
     let all: Vec<_> = d
-        .deliveries(id, usize::MAX)?
+        .deliveries(id, usize::MAX)
+        .await?
         .into_iter()
         .filter(|x| outcome.is_none_or(|o| x.state == o))
         .collect();
@@ -226,8 +230,9 @@ pub async fn delivery(
     let (webhook, delivery_id) = (id(&raw, "webhook")?, id(&raw_delivery, "delivery")?);
     let (delivery, attempts) = state
         .live
-        .dispatcher()
-        .delivery(delivery_id)?
+        .engine()
+        .delivery(delivery_id)
+        .await?
         .filter(|(d, _)| d.webhook_id == webhook)
         .ok_or_else(|| ApiError::not_found("delivery"))?;
     Ok(Json(json!({"delivery": delivery, "attempts": attempts})))
@@ -238,12 +243,12 @@ pub async fn redeliver(
     Path((raw, raw_delivery)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let (webhook, delivery_id) = (id(&raw, "webhook")?, id(&raw_delivery, "delivery")?);
-    let d = state.live.dispatcher();
-    match d.delivery(delivery_id)? {
+    let d = state.live.engine();
+    match d.delivery(delivery_id).await? {
         Some((x, _)) if x.webhook_id == webhook => {}
         _ => return Err(ApiError::not_found("delivery")),
     }
-    let requeued = d.redeliver(delivery_id)?.ok_or_else(|| {
+    let requeued = d.redeliver(delivery_id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "in_flight",

@@ -20,6 +20,8 @@ use crate::rules::{RuleSet, SpanError};
 use crate::webhook::{Defaults, FieldError, WebhookInput, WebhookSpec};
 use raw::{RawConfig, RawRuleFile, RawWebhook};
 
+pub use crate::store::{FlushMode, StoreConfig};
+
 /// One problem in one file, with its place when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -51,15 +53,6 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// How eagerly the store reaches the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushMode {
-    /// sled flushes its log every `interval`; a crash can lose the events of the last interval.
-    Interval(Duration),
-    /// Every event is flushed before the response completes: nothing is lost on a crash.
-    EveryEvent,
-}
-
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
@@ -83,16 +76,6 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// The bearer token every endpoint but the health checks requires.
     pub token: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub path: PathBuf,
-    pub flush: FlushMode,
-    /// How long finished events, deliveries and attempts are kept.
-    pub retention: Duration,
-    /// Below this much free disk space, events are not stored (traffic still flows).
-    pub min_free_space: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -1,20 +1,24 @@
 //! Operations on webhooks and deliveries: the Rust API that the admin HTTP API serves.
 //!
-//! Every operation goes through the dispatcher, so that the running loop and the store never
-//! disagree: a status change takes effect for the next send, and a deletion drops the queue.
+//! Every operation goes through the engine, so that the running loop and the store never
+//! disagree: every change takes effect for the next send, and a deletion drops the queue.
+//! Changes to a webhook's record are made under its `writes` lock, the same one the
+//! scheduler holds while it records an outcome, so neither overwrites the other.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::Engine;
+use super::registry::Target;
 use super::send::{self, Outgoing};
-use super::{Dispatcher, Target, disable, lock};
 use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
 use crate::store::StoreError;
 use crate::webhook::{
-    Counters, Defaults, FieldError, Origin, Webhook, WebhookInput, WebhookStatus,
+    Counters, Defaults, FieldError, Origin, Webhook, WebhookInput, WebhookSpec, WebhookStatus,
+    compile_topics,
 };
 
 /// Why a management operation was refused.
@@ -46,28 +50,43 @@ pub struct Ping {
     pub response_body: String,
 }
 
-impl Dispatcher {
-    /// Every webhook, as stored (use [`Webhook::view`] to show one).
+/// Marks a webhook disabled, with the reason.
+pub(super) fn disable(webhook: &mut Webhook, reason: String) {
+    webhook.status = WebhookStatus::Disabled;
+    webhook.disabled_reason = Some(reason);
+    webhook.updated_at = OffsetDateTime::now_utc();
+}
+
+fn topics_error(message: String) -> ManageError {
+    ManageError::Invalid(vec![FieldError {
+        field: "topics",
+        message,
+    }])
+}
+
+impl Engine {
+    /// Every webhook, as running (use [`Webhook::view`] to show one).
     pub fn webhooks(&self) -> Vec<Webhook> {
-        self.targets().iter().map(|t| t.webhook()).collect()
+        self.registry.all().iter().map(|t| t.webhook()).collect()
     }
 
     pub fn webhook(&self, id: Uuid) -> Option<Webhook> {
-        self.target(id).map(|t| t.webhook())
+        self.registry.get(id).map(|t| t.webhook())
     }
 
     /// Sets a webhook's status. Resuming wakes the loop, so queued deliveries go out at once;
     /// disabling emits `hooktap.webhook.disabled`.
-    pub fn set_status(
+    pub async fn set_status(
         &self,
         id: Uuid,
         status: WebhookStatus,
     ) -> Result<Option<Webhook>, StoreError> {
-        let Some(target) = self.target(id) else {
+        let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
+        let _writing = target.writes.lock().await;
         let (updated, became_disabled) = {
-            let mut w = lock(&target.state);
+            let mut w = target.record();
             let was = w.status;
             if status == WebhookStatus::Disabled {
                 if was != WebhookStatus::Disabled {
@@ -78,85 +97,105 @@ impl Dispatcher {
                 w.disabled_reason = None;
                 w.updated_at = OffsetDateTime::now_utc();
             }
-            self.store.put_webhook(&w)?;
             (
                 w.clone(),
                 was != WebhookStatus::Disabled && w.status == WebhookStatus::Disabled,
             )
         };
+        self.store.put_webhook(&updated).await?;
         tracing::info!(webhook = %updated.spec.name, status = ?updated.status, "webhook status changed");
         if became_disabled {
             self.announce_disabled(&updated);
         }
-        self.wake.notify_one();
+        self.wake();
         Ok(Some(updated))
     }
 
     /// Zeroes a webhook's counters.
-    pub fn reset_counters(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
-        let Some(target) = self.target(id) else {
+    pub async fn reset_counters(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+        let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
-        let mut w = lock(&target.state);
-        w.counters = Counters::default();
-        self.store.put_webhook(&w)?;
-        Ok(Some(w.clone()))
+        let _writing = target.writes.lock().await;
+        let w = {
+            let mut w = target.record();
+            w.counters = Counters::default();
+            w.clone()
+        };
+        self.store.put_webhook(&w).await?;
+        Ok(Some(w))
     }
 
     /// Deletes a webhook and everything queued for it; returns how many pending deliveries were
-    /// dropped unsent (also logged).
-    pub fn delete_webhook(&self, id: Uuid) -> Result<Option<usize>, StoreError> {
-        let Some(target) = self.target(id) else {
+    /// dropped unsent (also logged). A send in flight finishes, but its outcome is dropped.
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<Option<usize>, StoreError> {
+        let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
-        let name = lock(&target.state).spec.name.clone();
-        self.targets
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|t| t.id != id);
-        let dropped = self.store.delete_webhook(id)?;
-        self.metrics.forget_webhook(&name);
+        let name = self.remove_target(&target).await;
+        let dropped = self.store.delete_webhook(id).await?;
         tracing::warn!(webhook = %name, %id, dropped, "webhook deleted with its pending deliveries");
         Ok(Some(dropped))
     }
 
+    /// Takes a webhook out of the running set for good; returns its name.
+    async fn remove_target(&self, target: &Target) -> String {
+        let _writing = target.writes.lock().await;
+        target.mark_deleted();
+        self.registry.remove(target.id);
+        let name = target.record().spec.name.clone();
+        self.metrics.forget_webhook(&name);
+        name
+    }
+
     /// Applies hooktap.toml's webhooks to the store and the running set (see
-    /// [`Store::sync_webhooks`](crate::store::Store::sync_webhooks)); returns the removed ones.
-    pub fn sync_webhooks(
+    /// [`super::sync`]); returns the removed ones with their dropped pending deliveries.
+    pub async fn sync_webhooks(
         &self,
-        specs: &[crate::webhook::WebhookSpec],
+        specs: &[WebhookSpec],
         grace: std::time::Duration,
     ) -> Result<Vec<(String, usize)>, StoreError> {
-        let synced = self.store.sync_webhooks(specs, grace)?;
-        let mut targets = self.targets.write().unwrap_or_else(PoisonError::into_inner);
-        let mut next = Vec::with_capacity(synced.webhooks.len());
-        for stored in synced.webhooks {
-            match targets.iter().find(|t| t.id == stored.id) {
+        let stored = self.store.webhooks().await?;
+        let plan = super::sync::plan(&stored, specs, grace);
+        for mut webhook in plan.put {
+            match self.registry.get(webhook.id) {
                 Some(t) => {
+                    let _writing = t.writes.lock().await;
                     // The running record's counters are the freshest: keep them.
-                    let mut w = lock(&t.state);
-                    let counters = std::mem::take(&mut w.counters);
-                    *w = stored;
-                    w.counters = counters;
-                    if let Ok(topics) = crate::webhook::compile_topics(&w.spec.topics) {
-                        *t.topics.write().unwrap_or_else(PoisonError::into_inner) = topics;
+                    webhook.counters = t.record().counters.clone();
+                    self.store.put_webhook(&webhook).await?;
+                    if let Ok(topics) = compile_topics(&webhook.spec.topics) {
+                        t.set_topics(topics);
                     }
-                    drop(w);
-                    next.push(Arc::clone(t));
+                    *t.record() = webhook;
                 }
-                None => match Target::new(stored) {
-                    Ok(t) => next.push(Arc::new(t)),
-                    Err(e) => tracing::error!(error = %e, "cannot run a stored webhook"),
-                },
+                None => {
+                    self.store.put_webhook(&webhook).await?;
+                    match Target::new(webhook) {
+                        Ok(t) => self.registry.add(Arc::new(t)),
+                        Err(e) => tracing::error!(error = %e, "cannot run a stored webhook"),
+                    }
+                }
             }
         }
-        for (name, _) in &synced.removed {
-            self.metrics.forget_webhook(name);
+        let mut removed = Vec::with_capacity(plan.remove.len());
+        for w in plan.remove {
+            if let Some(t) = self.registry.get(w.id) {
+                self.remove_target(&t).await;
+            }
+            removed.push((w.spec.name.clone(), self.store.delete_webhook(w.id).await?));
         }
-        *targets = next;
-        drop(targets);
-        self.wake.notify_one();
-        Ok(synced.removed)
+        // Webhooks stored but not running (created by another process meanwhile) join too.
+        for w in self.store.webhooks().await? {
+            if self.registry.get(w.id).is_none() {
+                match Target::new(w) {
+                    Ok(t) => self.registry.add(Arc::new(t)),
+                    Err(e) => tracing::error!(error = %e, "cannot run a stored webhook"),
+                }
+            }
+        }
+        self.wake();
+        Ok(removed)
     }
 
     fn defaults(&self) -> Defaults<'_> {
@@ -167,50 +206,42 @@ impl Dispatcher {
         }
     }
 
-    fn name_taken(&self, name: &str, except: Option<Uuid>) -> bool {
-        self.targets()
-            .iter()
-            .any(|t| Some(t.id) != except && lock(&t.state).spec.name == name)
-    }
-
     /// Creates a webhook from API input, validated like the config file.
-    pub fn create_webhook(&self, input: WebhookInput) -> Result<Webhook, ManageError> {
+    pub async fn create_webhook(&self, input: WebhookInput) -> Result<Webhook, ManageError> {
         let spec = input
             .apply(None, &self.defaults())
             .map_err(ManageError::Invalid)?;
-        if self.name_taken(&spec.name, None) {
+        if self.registry.name_taken(&spec.name, None) {
             return Err(ManageError::NameTaken(spec.name));
         }
         let webhook = Webhook::new(spec, Origin::Api);
-        self.store.put_webhook(&webhook)?;
-        self.add_webhook(webhook.clone()).map_err(|message| {
-            ManageError::Invalid(vec![FieldError {
-                field: "topics",
-                message,
-            }])
-        })?;
+        let target = Target::new(webhook.clone()).map_err(topics_error)?;
+        self.store.put_webhook(&webhook).await?;
+        self.registry.add(Arc::new(target));
+        self.wake();
         tracing::info!(webhook = %webhook.spec.name, id = %webhook.id, "webhook created");
         Ok(webhook)
     }
 
-    /// Changes the fields `input` sets. Activating a webhook that is not active pings its URL
-    /// first and refuses unless it answers 2xx, so a dead URL is not switched on.
+    /// Changes the fields `input` sets; every change takes effect for the next send. A
+    /// status in `input` goes through [`Engine::set_status`]; other fields never change the
+    /// status. Activating a webhook that is not active pings its URL first and refuses unless
+    /// it answers 2xx, so a dead URL is not switched on.
     pub async fn update_webhook(
         &self,
         id: Uuid,
         input: WebhookInput,
     ) -> Result<Webhook, ManageError> {
-        let target = self.target(id).ok_or(ManageError::NotFound(id))?;
+        let target = self.registry.get(id).ok_or(ManageError::NotFound(id))?;
         let current = target.webhook();
         let mut spec = input
             .apply(Some(&current.spec), &self.defaults())
             .map_err(ManageError::Invalid)?;
-        if self.name_taken(&spec.name, Some(id)) {
+        if self.registry.name_taken(&spec.name, Some(id)) {
             return Err(ManageError::NameTaken(spec.name));
         }
-        let activating =
-            spec.status == Some(WebhookStatus::Active) && current.status != WebhookStatus::Active;
-        if activating {
+        let status = spec.status.take().filter(|s| *s != current.status);
+        if status == Some(WebhookStatus::Active) {
             let mut probe = current.clone();
             probe.spec = spec.clone();
             let ping = self.ping_webhook(&probe).await;
@@ -218,39 +249,31 @@ impl Dispatcher {
                 return Err(ManageError::PingFailed(ping.summary));
             }
         }
-        let topics = crate::webhook::compile_topics(&spec.topics).map_err(|message| {
-            ManageError::Invalid(vec![FieldError {
-                field: "topics",
-                message,
-            }])
-        })?;
-        // A status change goes through set_status (reasons, the disabled event); the spec keeps
-        // only what the operator declares.
-        let status = spec.status.take();
+        let topics = compile_topics(&spec.topics).map_err(topics_error)?;
         {
-            let mut w = lock(&target.state);
-            spec.status = w.spec.status;
-            w.update(spec, self.config.secret_rotation_grace);
-            self.store.put_webhook(&w)?;
+            let _writing = target.writes.lock().await;
+            let w = {
+                let mut w = target.record();
+                w.update(spec, self.config.secret_rotation_grace);
+                w.clone()
+            };
+            self.store.put_webhook(&w).await?;
+            target.set_topics(topics);
         }
-        *target
-            .topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = topics;
-        if let Some(status) = status.filter(|s| *s != current.status) {
-            self.set_status(id, status)?;
+        if let Some(status) = status {
+            self.set_status(id, status).await?;
         }
-        self.wake.notify_one();
+        self.wake();
         self.webhook(id).ok_or(ManageError::NotFound(id))
     }
 
     /// A copy of a webhook under a new id, named "<name> (copy)", that starts disabled.
-    pub fn duplicate_webhook(&self, id: Uuid) -> Result<Webhook, ManageError> {
+    pub async fn duplicate_webhook(&self, id: Uuid) -> Result<Webhook, ManageError> {
         let source = self.webhook(id).ok_or(ManageError::NotFound(id))?;
         let mut spec = source.spec.clone();
         let mut name = format!("{} (copy)", spec.name);
         let mut n = 2;
-        while self.name_taken(&name, None) {
+        while self.registry.name_taken(&name, None) {
             name = format!("{} (copy {n})", spec.name);
             n += 1;
         }
@@ -258,13 +281,9 @@ impl Dispatcher {
         spec.status = Some(WebhookStatus::Disabled);
         let mut copy = Webhook::new(spec, Origin::Api);
         copy.disabled_reason = Some("a new copy starts disabled".to_owned());
-        self.store.put_webhook(&copy)?;
-        self.add_webhook(copy.clone()).map_err(|message| {
-            ManageError::Invalid(vec![FieldError {
-                field: "topics",
-                message,
-            }])
-        })?;
+        let target = Target::new(copy.clone()).map_err(topics_error)?;
+        self.store.put_webhook(&copy).await?;
+        self.registry.add(Arc::new(target));
         Ok(copy)
     }
 
@@ -282,20 +301,15 @@ impl Dispatcher {
             &self.config.source,
             Vec::new(),
         );
-        let (result, elapsed) = send::send(&self.client, &self.config.guard, &out).await;
-        let (status, summary, headers, body) = match result {
-            Ok(a) => (
-                Some(a.status),
-                a.summary(),
-                a.headers.clone(),
-                a.body.clone(),
-            ),
-            Err(e) => (None, e, Vec::new(), String::new()),
+        let sent = send::send(&self.client, &self.config.guard, &out).await;
+        let (status, summary, headers, body) = match sent.result {
+            Ok(a) => (Some(a.status), a.summary(), a.headers, a.body),
+            Err(e) => (None, e.to_string(), Vec::new(), String::new()),
         };
         Ping {
             success: status.is_some_and(|s| (200..300).contains(&s)),
             status,
-            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            duration_ms: u64::try_from(sent.elapsed.as_millis()).unwrap_or(u64::MAX),
             summary,
             request_url: out.shown_url.clone(),
             request_headers: out.shown_headers(),
@@ -305,62 +319,61 @@ impl Dispatcher {
         }
     }
 
-    /// Adds a webhook (already stored) to the running set.
-    pub fn add_webhook(&self, webhook: Webhook) -> Result<(), String> {
-        let target = Arc::new(Target::new(webhook)?);
-        self.targets
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(target);
-        self.wake.notify_one();
-        Ok(())
-    }
-
     /// Brings the queue gauges (pending deliveries, oldest age) up to date, before a scrape.
-    pub fn refresh_queue_metrics(&self) -> Result<(), StoreError> {
+    pub async fn refresh_queue_metrics(&self) -> Result<(), StoreError> {
         let now = unix_ms(OffsetDateTime::now_utc());
-        for t in self.targets() {
-            let name = lock(&t.state).spec.name.clone();
-            let (pending, oldest) = self.store.queue_stats(t.id)?;
-            let age = oldest.map_or(0.0, |o| now.saturating_sub(o) as f64 / 1000.0);
-            self.metrics.queue(&name, pending, age);
+        for t in self.registry.all() {
+            let name = t.record().spec.name.clone();
+            let stats = self.store.queue_stats(t.id).await?;
+            let age = stats
+                .oldest_ms
+                .map_or(0.0, |o| now.saturating_sub(o) as f64 / 1000.0);
+            self.metrics.queue(&name, stats.pending, age);
         }
         Ok(())
     }
 
     /// A webhook's deliveries, newest first.
-    pub fn deliveries(&self, webhook: Uuid, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        self.store.deliveries_of(webhook, limit)
+    pub async fn deliveries(
+        &self,
+        webhook: Uuid,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.store.deliveries_of(webhook, limit).await
     }
 
     /// A delivery with every attempt made for it.
-    pub fn delivery(&self, id: Uuid) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
-        match self.store.delivery(id)? {
-            Some(d) => Ok(Some((d, self.store.attempts(id)?))),
+    pub async fn delivery(&self, id: Uuid) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        match self.store.delivery(id).await? {
+            Some(d) => Ok(Some((d, self.store.attempts(id).await?))),
             None => Ok(None),
         }
     }
 
     /// Sends a delivery again, now, with the same id (a delivered one too: receivers that
     /// lost it asked for it). Returns `None` for an unknown delivery or one already in flight.
-    pub fn redeliver(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
-        let Some(d) = self.store.delivery(id)? else {
+    pub async fn redeliver(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
+        let Some(d) = self.store.delivery(id).await? else {
             return Ok(None);
         };
         if self
-            .target(d.webhook_id)
+            .registry
+            .get(d.webhook_id)
             .is_some_and(|t| t.is_in_flight(&d.id))
         {
             return Ok(None);
         }
-        let d = self.store.requeue(&d, unix_ms(OffsetDateTime::now_utc()))?;
-        self.wake.notify_one();
+        let d = self
+            .store
+            .requeue(&d, unix_ms(OffsetDateTime::now_utc()))
+            .await?;
+        self.wake();
         Ok(Some(d))
     }
 
     /// Re-queues every failed delivery of `webhook` created in `[since, until)`, as Svix's
     /// recover does after an outage; returns how many.
-    pub fn recover(
+    pub async fn recover(
         &self,
         webhook: Uuid,
         since: OffsetDateTime,
@@ -368,14 +381,14 @@ impl Dispatcher {
     ) -> Result<usize, StoreError> {
         let now = unix_ms(OffsetDateTime::now_utc());
         let mut n = 0;
-        for d in self.store.deliveries_of(webhook, usize::MAX)? {
+        for d in self.store.deliveries_of(webhook, usize::MAX).await? {
             if d.state == DeliveryState::Failed && d.created_at >= since && d.created_at < until {
-                self.store.requeue(&d, now)?;
+                self.store.requeue(&d, now).await?;
                 n += 1;
             }
         }
         if n > 0 {
-            self.wake.notify_one();
+            self.wake();
         }
         Ok(n)
     }

@@ -1,6 +1,6 @@
 //! One webhook request: building it from a webhook and a body, sending it, reading the answer.
 //!
-//! Nothing here touches the store: the dispatcher decides what to send and records the outcome.
+//! Nothing here touches the store: the scheduler decides what to send and records the outcome.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,7 +11,7 @@ use url::Url;
 
 use super::retry;
 use super::sign::{self, Message};
-use super::ssrf::Guard;
+use super::ssrf::{Blocked, Guard};
 use crate::webhook::{Webhook, mask_url};
 
 /// How much of a receiver's answer is read; the rest is left unread.
@@ -143,16 +143,40 @@ impl Answer {
     }
 }
 
-/// Sends `out`; `Err` is a transport failure in words an operator can act on.
-pub async fn send(
-    client: &reqwest::Client,
-    guard: &Guard,
-    out: &Outgoing,
-) -> (Result<Answer, String>, Duration) {
+/// Why no answer came back, in words an operator can act on. The text after the kind is
+/// the transport error with its causes, e.g. `connection failed: ...: Connection refused`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Blocked(#[from] Blocked),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("request failed: {0}")]
+    Request(String),
+    /// Not sent: the delivery's event is not in the store.
+    #[error("the event is missing from the store")]
+    EventMissing,
+}
+
+/// What one request came to: the answer or why there was none, and how long it took.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub result: Result<Answer, SendError>,
+    pub elapsed: Duration,
+}
+
+/// Sends `out`.
+pub async fn send(client: &reqwest::Client, guard: &Guard, out: &Outgoing) -> Sent {
     let started = Instant::now();
+    let done = |result| Sent {
+        result,
+        elapsed: started.elapsed(),
+    };
     // IP-literal hosts never reach the resolver, so they are checked here.
     if let Err(blocked) = guard.check_url(&out.url) {
-        return (Err(blocked.to_string()), started.elapsed());
+        return done(Err(blocked.into()));
     }
     let mut headers = HeaderMap::new();
     for (k, v) in &out.headers {
@@ -172,7 +196,7 @@ pub async fn send(
         .await;
     let mut response = match result {
         Ok(r) => r,
-        Err(e) => return (Err(describe_error(&e)), started.elapsed()),
+        Err(e) => return done(Err(describe_error(&e))),
     };
     let status = response.status();
     let headers: Vec<(String, String)> = response
@@ -210,23 +234,22 @@ pub async fn send(
         body: String::from_utf8_lossy(&body).into_owned(),
         retry_after,
     };
-    (Ok(answer), started.elapsed())
+    done(Ok(answer))
 }
 
-/// A transport error with its causes, e.g. `connection failed: ... : Connection refused`.
-fn describe_error(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut message = format!("{kind}: {e}");
+/// A transport error with its causes.
+fn describe_error(e: &reqwest::Error) -> SendError {
+    let mut message = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         message.push_str(&format!(": {s}"));
         source = s.source();
     }
-    message
+    if e.is_timeout() {
+        SendError::Timeout(message)
+    } else if e.is_connect() {
+        SendError::Connect(message)
+    } else {
+        SendError::Request(message)
+    }
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use hooktap::config::{DeliveryConfig, FlushMode, StoreConfig};
-use hooktap::delivery::Dispatcher;
+use hooktap::delivery::Engine;
 use hooktap::delivery::ssrf::Guard;
 use hooktap::event::{DeliveryState, Event, Topic};
-use hooktap::store::Store;
+use hooktap::store::{SledStore, Store};
 use hooktap::webhook::{Mode, Profile, WebhookSpec, WebhookStatus};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -38,10 +38,10 @@ fn spec(name: &str, url: &str) -> WebhookSpec {
     }
 }
 
-/// A store in a temp directory and a running dispatcher over it.
+/// A store in a temp directory and a running engine over it.
 struct Running {
     _dir: tempfile::TempDir,
-    dispatcher: Arc<Dispatcher>,
+    dispatcher: Arc<Engine>,
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -58,14 +58,22 @@ fn delivery_config(allow: &[&str]) -> DeliveryConfig {
 }
 
 impl Running {
-    fn start(specs: &[WebhookSpec], allow: &[&str]) -> Self {
+    async fn start(specs: &[WebhookSpec], allow: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(dir, specs, allow)
+        Self::start_in(dir, specs, allow).await
     }
 
-    fn start_in(dir: tempfile::TempDir, specs: &[WebhookSpec], allow: &[&str]) -> Self {
-        let store = Arc::new(
-            Store::open(&StoreConfig {
+    async fn start_in(dir: tempfile::TempDir, specs: &[WebhookSpec], allow: &[&str]) -> Self {
+        Self::start_with(dir, specs, delivery_config(allow)).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        specs: &[WebhookSpec],
+        config: DeliveryConfig,
+    ) -> Self {
+        let store: Arc<dyn Store> = Arc::new(
+            SledStore::open(&StoreConfig {
                 path: dir.path().join("data"),
                 flush: FlushMode::Interval(Duration::from_millis(100)),
                 retention: Duration::from_secs(3600),
@@ -73,14 +81,10 @@ impl Running {
             })
             .expect("open store"),
         );
-        let config = delivery_config(allow);
-        let synced = store
-            .sync_webhooks(specs, config.secret_rotation_grace)
-            .expect("sync");
-        let dispatcher = Arc::new(
-            Dispatcher::new(store, synced.webhooks, config, Default::default())
-                .expect("dispatcher"),
-        );
+        let grace = config.secret_rotation_grace;
+        let dispatcher =
+            Arc::new(Engine::new(store, Vec::new(), config, Default::default()).expect("engine"));
+        dispatcher.sync_webhooks(specs, grace).await.expect("sync");
         let (stop, watch) = tokio::sync::watch::channel(false);
         tokio::spawn(Arc::clone(&dispatcher).run(Duration::from_secs(3600), watch));
         Self {
@@ -102,7 +106,7 @@ impl Running {
     fn order(&self, n: u32) -> Event {
         let topic = Topic::parse("order.created").expect("topic");
         let event = Event::new(&topic, "test", json!({"order": n}));
-        self.dispatcher.enqueue(&event).expect("enqueue");
+        self.dispatcher.intake().enqueue(&event).expect("enqueue");
         event
     }
 }
@@ -110,22 +114,26 @@ impl Running {
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_resume_delete_and_counters() {
     let receiver = TestReceiver::start(200).await;
-    let engine = Running::start(&[spec("crm", &receiver.url())], &["127.0.0.0/8"]);
+    let engine = Running::start(&[spec("crm", &receiver.url())], &["127.0.0.0/8"]).await;
     let id = engine.id("crm");
     let d = &engine.dispatcher;
 
-    d.set_status(id, WebhookStatus::Paused).expect("pause");
+    d.set_status(id, WebhookStatus::Paused)
+        .await
+        .expect("pause");
     engine.order(1);
     engine.order(2);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(receiver.received().is_empty(), "paused: nothing is sent");
     assert_eq!(
-        d.deliveries(id, 10).expect("deliveries").len(),
+        d.deliveries(id, 10).await.expect("deliveries").len(),
         2,
         "paused: deliveries are kept"
     );
 
-    d.set_status(id, WebhookStatus::Active).expect("resume");
+    d.set_status(id, WebhookStatus::Active)
+        .await
+        .expect("resume");
     receiver.wait_for(2, WAIT).await;
     let deadline = std::time::Instant::now() + WAIT;
     while d.webhook(id).expect("webhook").counters.delivered < 2 {
@@ -137,6 +145,7 @@ async fn pause_resume_delete_and_counters() {
     assert_eq!((c.failed, c.retries, c.consecutive_failures), (0, 0, 0));
     assert_eq!(
         d.reset_counters(id)
+            .await
             .expect("reset")
             .expect("found")
             .counters
@@ -146,6 +155,7 @@ async fn pause_resume_delete_and_counters() {
     assert_eq!(
         d.store()
             .webhook(id)
+            .await
             .expect("read")
             .expect("stored")
             .counters
@@ -154,42 +164,51 @@ async fn pause_resume_delete_and_counters() {
         "the reset is stored"
     );
 
-    d.set_status(id, WebhookStatus::Disabled).expect("disable");
+    d.set_status(id, WebhookStatus::Disabled)
+        .await
+        .expect("disable");
     engine.order(3);
     assert_eq!(
-        d.deliveries(id, 10).expect("deliveries").len(),
+        d.deliveries(id, 10).await.expect("deliveries").len(),
         2,
         "disabled: no new deliveries are queued"
     );
 
-    d.set_status(id, WebhookStatus::Paused).expect("pause");
+    d.set_status(id, WebhookStatus::Paused)
+        .await
+        .expect("pause");
     engine.order(4);
     engine.order(5);
     assert_eq!(
-        d.delete_webhook(id).expect("delete"),
+        d.delete_webhook(id).await.expect("delete"),
         Some(2),
         "the two pending deliveries are dropped"
     );
     assert!(d.webhook(id).is_none());
-    assert!(d.deliveries(id, 10).expect("deliveries").is_empty());
-    assert_eq!(d.delete_webhook(id).expect("delete"), None);
+    assert!(d.deliveries(id, 10).await.expect("deliveries").is_empty());
+    assert_eq!(d.delete_webhook(id).await.expect("delete"), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_attempt_log_has_woocommerce_fields_with_credentials_masked() {
     let receiver = TestReceiver::start(500).await;
     let url = receiver.url().replace("http://", "http://shop:pa55@");
-    let engine = Running::start(&[spec("crm", &url)], &["127.0.0.0/8"]);
+    let engine = Running::start(&[spec("crm", &url)], &["127.0.0.0/8"]).await;
     let id = engine.id("crm");
     engine.order(7);
     receiver.wait_for(1, WAIT).await;
     let deadline = std::time::Instant::now() + WAIT;
     let (delivery, attempts) = loop {
-        let list = engine.dispatcher.deliveries(id, 1).expect("deliveries");
+        let list = engine
+            .dispatcher
+            .deliveries(id, 1)
+            .await
+            .expect("deliveries");
         if let Some(d) = list.first().filter(|d| d.state == DeliveryState::Failed) {
             break engine
                 .dispatcher
                 .delivery(d.id)
+                .await
                 .expect("read")
                 .expect("found");
         }
@@ -244,7 +263,7 @@ async fn the_attempt_log_has_woocommerce_fields_with_credentials_masked() {
 #[tokio::test(flavor = "multi_thread")]
 async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
     let receiver = TestReceiver::start(503).await;
-    let engine = Running::start(&[spec("crm", &receiver.url())], &["127.0.0.0/8"]);
+    let engine = Running::start(&[spec("crm", &receiver.url())], &["127.0.0.0/8"]).await;
     let id = engine.id("crm");
     let since = OffsetDateTime::now_utc();
     engine.order(1);
@@ -271,6 +290,7 @@ async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
         engine
             .dispatcher
             .recover(id, since, until)
+            .await
             .expect("recover"),
         2
     );
@@ -289,11 +309,17 @@ async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
         "recovered deliveries keep their ids"
     );
 
-    let first = engine.dispatcher.deliveries(id, 10).expect("deliveries")[0].clone();
+    let first = engine
+        .dispatcher
+        .deliveries(id, 10)
+        .await
+        .expect("deliveries")[0]
+        .clone();
     let deadline = std::time::Instant::now() + WAIT;
     while engine
         .dispatcher
         .delivery(first.id)
+        .await
         .expect("read")
         .expect("found")
         .0
@@ -309,6 +335,7 @@ async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
     engine
         .dispatcher
         .redeliver(first.id)
+        .await
         .expect("redeliver")
         .expect("found");
     let got = receiver.wait_for(5, WAIT).await;
@@ -320,6 +347,7 @@ async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
         engine
             .dispatcher
             .redeliver(Uuid::now_v7())
+            .await
             .expect("redeliver")
             .is_none()
     );
@@ -334,20 +362,28 @@ async fn a_rotated_secret_signs_too_during_its_grace_period() {
     s.secret = "whsec_b2xkIHNlY3JldCBvbGQgc2VjcmV0".to_owned();
     {
         // The first run knows the old secret only.
-        let store = Store::open(&StoreConfig {
+        let store = SledStore::open(&StoreConfig {
             path: dir.path().join("data"),
             flush: FlushMode::EveryEvent,
             retention: Duration::from_secs(3600),
             min_free_space: 0,
         })
         .expect("open");
-        store
+        let engine = Engine::new(
+            Arc::new(store),
+            Vec::new(),
+            delivery_config(&[]),
+            Default::default(),
+        )
+        .expect("engine");
+        engine
             .sync_webhooks(std::slice::from_ref(&s), Duration::from_secs(3600))
+            .await
             .expect("sync");
-        store.flush().expect("flush");
+        engine.store().flush().await.expect("flush");
     }
     s.secret = "whsec_bmV3IHNlY3JldCBuZXcgc2VjcmV0".to_owned();
-    let engine = Running::start_in(dir, &[s], &["127.0.0.0/8"]);
+    let engine = Running::start_in(dir, &[s], &["127.0.0.0/8"]).await;
     engine.order(1);
     let got = receiver.wait_for(1, WAIT).await;
     let r = &got[0];
@@ -382,7 +418,7 @@ async fn a_rotated_secret_signs_too_during_its_grace_period() {
 async fn a_hostname_resolving_to_loopback_is_blocked_unless_allowed() {
     let receiver = TestReceiver::start(200).await;
     let url = format!("http://localhost:{}/hooks", receiver.addr.port());
-    let engine = Running::start(&[spec("crm", &url)], &[]);
+    let engine = Running::start(&[spec("crm", &url)], &[]).await;
     let id = engine.id("crm");
     engine.order(1);
     let deadline = std::time::Instant::now() + WAIT;
@@ -390,12 +426,14 @@ async fn a_hostname_resolving_to_loopback_is_blocked_unless_allowed() {
         if let Some(d) = engine
             .dispatcher
             .deliveries(id, 1)
+            .await
             .expect("deliveries")
             .first()
         {
             let (_, attempts) = engine
                 .dispatcher
                 .delivery(d.id)
+                .await
                 .expect("read")
                 .expect("found");
             if !attempts.is_empty() {
@@ -414,7 +452,7 @@ async fn a_hostname_resolving_to_loopback_is_blocked_unless_allowed() {
     );
     assert!(receiver.received().is_empty(), "the request never left");
 
-    let allowed = Running::start(&[spec("crm", &url)], &["127.0.0.0/8", "::1/128"]);
+    let allowed = Running::start(&[spec("crm", &url)], &["127.0.0.0/8", "::1/128"]).await;
     allowed.order(2);
     receiver.wait_for(1, WAIT).await;
 }
@@ -450,7 +488,8 @@ async fn an_invalid_certificate_fails_the_delivery() {
             &format!("https://127.0.0.1:{}/hooks", addr.port()),
         )],
         &["127.0.0.0/8"],
-    );
+    )
+    .await;
     let id = engine.id("tls");
     engine.order(1);
     let deadline = std::time::Instant::now() + WAIT;
@@ -458,6 +497,7 @@ async fn an_invalid_certificate_fails_the_delivery() {
         if let Some(d) = engine
             .dispatcher
             .deliveries(id, 1)
+            .await
             .expect("deliveries")
             .first()
         {
@@ -474,4 +514,155 @@ async fn an_invalid_certificate_fails_the_delivery() {
         0,
         "no TLS session was established"
     );
+}
+
+/// A webhook as the admin API would receive it.
+fn input(value: serde_json::Value) -> hooktap::webhook::WebhookInput {
+    serde_json::from_value(value).expect("webhook input")
+}
+
+/// Regression: a status set through the API reverted when another field was edited (the
+/// stored spec carried the creation-time status and re-applied it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_set_through_the_api_survives_editing_other_fields() {
+    let receiver = TestReceiver::start(200).await;
+    let engine = Running::start(&[], &["127.0.0.0/8"]).await;
+    let d = &engine.dispatcher;
+    let created = d
+        .create_webhook(input(json!({
+            "name": "crm", "url": receiver.url(), "secret": "s", "topics": ["order.*"],
+            "status": "paused"
+        })))
+        .await
+        .expect("create");
+    assert_eq!(created.status, WebhookStatus::Paused);
+    let active = d
+        .update_webhook(created.id, input(json!({"status": "active"})))
+        .await
+        .expect("activate");
+    assert_eq!(active.status, WebhookStatus::Active);
+    let edited = d
+        .update_webhook(created.id, input(json!({"retry": "1s,2s"})))
+        .await
+        .expect("edit");
+    assert_eq!(
+        edited.status,
+        WebhookStatus::Active,
+        "editing retry keeps the status"
+    );
+    assert_eq!(
+        d.store()
+            .webhook(created.id)
+            .await
+            .expect("read")
+            .map(|w| w.status),
+        Some(WebhookStatus::Active),
+        "and so does the stored record"
+    );
+
+    // A duplicate starts disabled; once activated, editing its topics keeps it active.
+    let copy = d.duplicate_webhook(created.id).await.expect("duplicate");
+    assert_eq!(copy.status, WebhookStatus::Disabled);
+    d.update_webhook(copy.id, input(json!({"status": "active"})))
+        .await
+        .expect("activate the copy");
+    let copy = d
+        .update_webhook(copy.id, input(json!({"topics": ["order.created"]})))
+        .await
+        .expect("edit the copy");
+    assert_eq!(copy.status, WebhookStatus::Active);
+    assert_eq!(copy.disabled_reason, None);
+}
+
+/// Regression: a webhook deleted while one of its sends was in flight was written back when
+/// the send finished, and came back (active) after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_deleted_during_a_send_stays_deleted() {
+    let receiver = TestReceiver::start(200).await;
+    receiver.set_delay(Duration::from_millis(1500));
+    let engine = Running::start(&[spec("crm", &receiver.url())], &["127.0.0.0/8"]).await;
+    let id = engine.id("crm");
+    let d = &engine.dispatcher;
+    engine.order(1);
+    receiver.wait_for(1, WAIT).await;
+    assert_eq!(d.requests_in_flight(), 1, "the send is out");
+    d.delete_webhook(id).await.expect("delete").expect("found");
+    // The receiver answers now; wait for the send to finish.
+    let deadline = std::time::Instant::now() + WAIT;
+    while d.requests_in_flight() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the send never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(d.store().webhook(id).await.expect("read"), None);
+    assert!(d.store().webhooks().await.expect("list").is_empty());
+    assert!(d.webhook(id).is_none());
+}
+
+/// Regression: `concurrency` (and `ordered`, `mode`) changed through the API took effect only
+/// after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrency_change_takes_effect_at_once() {
+    let receiver = TestReceiver::start(200).await;
+    // Every request hangs far longer than the test waits.
+    receiver.set_delay(Duration::from_secs(60));
+    let mut one = spec("crm", &receiver.url());
+    one.concurrency = 1;
+    let engine = Running::start(&[one], &["127.0.0.0/8"]).await;
+    let id = engine.id("crm");
+    for n in 0..3 {
+        engine.order(n);
+    }
+    receiver.wait_for(1, WAIT).await;
+    engine
+        .dispatcher
+        .update_webhook(id, input(json!({"concurrency": 3})))
+        .await
+        .expect("update");
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 3, "three requests in flight at once");
+}
+
+/// Regression: receivers that hang held every global slot (8 webhooks × 8 slots = the default
+/// 64), and a healthy webhook's deliveries waited until they timed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn hanging_receivers_do_not_starve_a_healthy_one() {
+    let hanging = TestReceiver::start(200).await;
+    hanging.set_delay(Duration::from_secs(60));
+    let healthy = TestReceiver::start(200).await;
+    let mut specs: Vec<WebhookSpec> = (0..8)
+        .map(|i| {
+            let mut s = spec(&format!("stuck {i}"), &hanging.url());
+            s.concurrency = 8;
+            s.timeout = Duration::from_secs(120);
+            s
+        })
+        .collect();
+    let mut ok = spec("healthy", &healthy.url());
+    ok.topics = vec!["scan.*".to_owned()];
+    specs.push(ok);
+    let mut config = delivery_config(&["127.0.0.0/8"]);
+    config.concurrency = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Running::start_with(dir, &specs, config).await;
+    for n in 0..8 {
+        engine.order(n);
+    }
+    let stuck = hanging.wait_for(64, WAIT).await;
+    assert_eq!(
+        stuck.len(),
+        64,
+        "every global slot is held by a hanging receiver"
+    );
+    let topic = Topic::parse("scan.created").expect("topic");
+    engine
+        .dispatcher
+        .intake()
+        .enqueue(&Event::new(&topic, "test", json!({"scan": 1})))
+        .expect("enqueue");
+    // The hanging receivers answer after 60 s; the healthy one gets its event long before.
+    let got = healthy.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 1, "the healthy webhook got its delivery");
 }

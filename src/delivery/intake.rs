@@ -1,0 +1,97 @@
+//! The intake: what the proxy holds. It turns a derived event into stored deliveries and wakes
+//! the scheduler, with no network I/O: a registry lookup and a few local store writes.
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, broadcast};
+
+use super::registry::Registry;
+use crate::event::{Delivery, Event};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::webhook::Mode;
+
+pub struct Intake {
+    store: Arc<dyn Store>,
+    registry: Arc<Registry>,
+    /// Wakes the scheduler: new work, a finished send, a changed webhook.
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    /// Every stored event, for live viewers (`hooktap tap`); sending costs nothing when
+    /// nobody listens.
+    tap: broadcast::Sender<Arc<Event>>,
+}
+
+impl Intake {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            wake,
+            metrics,
+            tap: broadcast::channel(1024).0,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Live events as they are stored (a slow viewer misses events rather than slowing hooktap).
+    pub fn tap(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tap.subscribe()
+    }
+
+    /// Stores `event` with one delivery per webhook that accepts its topic and wakes the
+    /// scheduler; while the store is not ready, holds the event instead (no deliveries yet).
+    pub fn enqueue(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
+        let result = if self.store.is_ready() {
+            match self.store_with_deliveries(event) {
+                // The store closed meanwhile (a failure, being reopened): hold it instead.
+                Err(StoreError::NotOpen) => self.store.hold(event).map(|()| Vec::new()),
+                other => other,
+            }
+        } else {
+            self.store.hold(event).map(|()| Vec::new())
+        };
+        if result.is_err() {
+            self.metrics.store_error();
+            return result;
+        }
+        self.metrics.event(&event.topic, &event.rule);
+        if self.tap.receiver_count() > 0 {
+            let _ = self.tap.send(Arc::new(event.clone()));
+        }
+        result
+    }
+
+    /// Stores `event` with one delivery per webhook that accepts its topic (also used to
+    /// move held events in).
+    pub(super) fn store_with_deliveries(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
+        let deliveries: Vec<Delivery> = self
+            .registry
+            .all()
+            .iter()
+            .filter(|t| t.accepts(&event.topic))
+            .map(|t| {
+                let delay = match t.record().spec.mode {
+                    Mode::Batch { interval, .. } => {
+                        u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)
+                    }
+                    Mode::Realtime => 0,
+                };
+                Delivery::new(event, t.id, delay)
+            })
+            .collect();
+        self.store.append(event, &deliveries)?;
+        if !deliveries.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(deliveries)
+    }
+}

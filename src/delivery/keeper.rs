@@ -1,0 +1,94 @@
+//! The store keeper: keeps the store open and usable while hooktap runs, applies the config
+//! file's webhooks the first time it opens, moves held events in, and sweeps old records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use super::Engine;
+use crate::webhook::WebhookSpec;
+
+/// How often the store is looked after.
+pub const KEEP_STORE_EVERY: Duration = Duration::from_millis(200);
+/// How often old events, deliveries and attempts are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+impl Engine {
+    /// Keeps the store usable until shutdown: checks free space, opens the database when it
+    /// is not open (at start during an upgrade or on a read-only disk; after a failure),
+    /// applies `webhooks` the first time it opens, and moves held events into it.
+    pub async fn keep_store(
+        self: Arc<Self>,
+        webhooks: Vec<WebhookSpec>,
+        grace: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            self.look_after(&webhooks, grace).await;
+            tokio::select! {
+                _ = tokio::time::sleep(KEEP_STORE_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn look_after(self: &Arc<Self>, webhooks: &[WebhookSpec], grace: Duration) {
+        let store = Arc::clone(&self.store);
+        if let Err(e) = tokio::task::spawn_blocking(move || store.maintain()).await {
+            tracing::error!(error = %e, "store maintenance panicked");
+        }
+        if self.store.needs_setup() {
+            match self.sync_webhooks(webhooks, grace).await {
+                Ok(removed) => {
+                    for (name, dropped) in removed {
+                        tracing::warn!(webhook = %name, dropped, "webhook removed from the config: deleted with its pending deliveries");
+                    }
+                    self.store.mark_ready();
+                    self.wake();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot apply the webhooks to the store; trying again");
+                    return;
+                }
+            }
+        }
+        if !self.store.is_ready() {
+            return;
+        }
+        let this = Arc::clone(self);
+        let drained = tokio::task::spawn_blocking(move || {
+            this.store
+                .drain_held(&mut |e| this.intake.store_with_deliveries(e).map(drop))
+        })
+        .await;
+        match drained {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(events = n, "moved events held in pending/ into the store"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot move held events into the store; trying again")
+            }
+            Err(e) => tracing::error!(error = %e, "moving held events panicked"),
+        }
+    }
+
+    pub(super) async fn sweep_loop(self: Arc<Self>, retention: Duration) {
+        loop {
+            let store = Arc::clone(&self.store);
+            let cutoff = OffsetDateTime::now_utc() - retention;
+            match tokio::task::spawn_blocking(move || store.sweep(cutoff)).await {
+                Ok(Ok(s)) if s.events > 0 => tracing::info!(
+                    events = s.events,
+                    deliveries = s.deliveries,
+                    attempts = s.attempts,
+                    "removed records older than the retention period"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                Err(e) => tracing::error!(error = %e, "retention sweep panicked"),
+            }
+            tokio::time::sleep(SWEEP_EVERY).await;
+        }
+    }
+}

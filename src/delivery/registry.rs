@@ -1,0 +1,190 @@
+//! The running set of webhooks: each one's record, compiled topics and sends in flight.
+//!
+//! The registry is what the intake asks "who gets this event?" on the request path, and what
+//! the scheduler walks. The store holds the durable record; a [`Target`] holds the live copy
+//! (its counters are written back at most once a second, see the scheduler).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use globset::GlobSet;
+use uuid::Uuid;
+
+use crate::webhook::{Mode, Webhook, WebhookStatus, compile_topics};
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; keep going with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A webhook as the engine runs it.
+pub struct Target {
+    pub id: Uuid,
+    /// The live record (status, counters). A plain mutex, never held across an `.await`.
+    record: Mutex<Webhook>,
+    topics: RwLock<GlobSet>,
+    /// Deliveries being sent right now; their queue entries stay until the attempt is recorded.
+    in_flight: Mutex<HashSet<Uuid>>,
+    /// Requests in flight (a batch is one request carrying many deliveries).
+    requests: AtomicUsize,
+    /// When the record was last written to the store (`None`: not yet).
+    pub(super) saved_at: Mutex<Option<std::time::Instant>>,
+    /// Held while an outcome is written to the store and while the webhook is deleted, so
+    /// that a send finishing during a deletion cannot write the webhook back.
+    pub(super) writes: tokio::sync::Mutex<()>,
+    /// Set (under `writes`) when the webhook is deleted.
+    deleted: AtomicBool,
+}
+
+impl Target {
+    pub fn new(webhook: Webhook) -> Result<Self, String> {
+        let topics = compile_topics(&webhook.spec.topics)?;
+        Ok(Self {
+            id: webhook.id,
+            record: Mutex::new(webhook),
+            topics: RwLock::new(topics),
+            in_flight: Mutex::default(),
+            requests: AtomicUsize::new(0),
+            saved_at: Mutex::default(),
+            writes: tokio::sync::Mutex::new(()),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    /// A copy of the current record.
+    pub fn webhook(&self) -> Webhook {
+        lock(&self.record).clone()
+    }
+
+    /// The live record, locked; keep the guard short and never across an `.await`.
+    pub(super) fn record(&self) -> MutexGuard<'_, Webhook> {
+        lock(&self.record)
+    }
+
+    /// Replaces the topics after the spec's topics changed.
+    pub(super) fn set_topics(&self, topics: GlobSet) {
+        *self.topics.write().unwrap_or_else(PoisonError::into_inner) = topics;
+    }
+
+    /// Whether a new event of `topic` gets a delivery to this webhook.
+    pub(super) fn accepts(&self, topic: &str) -> bool {
+        self.record().status != WebhookStatus::Disabled
+            && self
+                .topics
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_match(topic)
+    }
+
+    /// How many requests may be in flight for this webhook, from its current spec: ordered
+    /// and batch webhooks send one at a time. Read at every scheduling round, so a change
+    /// through the API takes effect at once.
+    pub(super) fn limit(&self) -> usize {
+        let w = self.record();
+        match (w.spec.ordered, w.spec.mode) {
+            (false, Mode::Realtime) => w.spec.concurrency.max(1),
+            _ => 1,
+        }
+    }
+
+    pub(super) fn requests(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    pub(super) fn in_flight(&self) -> HashSet<Uuid> {
+        lock(&self.in_flight).clone()
+    }
+
+    pub(super) fn is_in_flight(&self, id: &Uuid) -> bool {
+        lock(&self.in_flight).contains(id)
+    }
+
+    /// Marks a request carrying `ids` as started (`on`) or finished.
+    pub(super) fn set_in_flight(&self, ids: &[Uuid], on: bool) {
+        let mut set = lock(&self.in_flight);
+        for id in ids {
+            if on {
+                set.insert(*id);
+            } else {
+                set.remove(id);
+            }
+        }
+        if on {
+            self.requests.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    pub(super) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    pub(super) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+}
+
+/// The running webhooks, in the order they were added.
+#[derive(Default)]
+pub struct Registry {
+    targets: RwLock<Vec<Arc<Target>>>,
+}
+
+impl Registry {
+    pub fn new(targets: Vec<Arc<Target>>) -> Self {
+        Self {
+            targets: RwLock::new(targets),
+        }
+    }
+
+    pub fn all(&self) -> Vec<Arc<Target>> {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn get(&self, id: Uuid) -> Option<Arc<Target>> {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|t| t.id == id)
+            .cloned()
+    }
+
+    pub fn add(&self, target: Arc<Target>) {
+        self.targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(target);
+    }
+
+    pub fn remove(&self, id: Uuid) {
+        self.targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|t| t.id != id);
+    }
+
+    pub fn replace(&self, targets: Vec<Arc<Target>>) {
+        *self.targets.write().unwrap_or_else(PoisonError::into_inner) = targets;
+    }
+
+    /// Whether a webhook other than `except` has this name.
+    pub fn name_taken(&self, name: &str, except: Option<Uuid>) -> bool {
+        self.all()
+            .iter()
+            .any(|t| Some(t.id) != except && t.record().spec.name == name)
+    }
+
+    /// The targets whose status is active.
+    pub fn active(&self) -> Vec<Arc<Target>> {
+        self.all()
+            .into_iter()
+            .filter(|t| t.record().status == WebhookStatus::Active)
+            .collect()
+    }
+}

@@ -1,0 +1,437 @@
+//! The scheduler: per active webhook, read what is due from the store and send it within the
+//! limits, then record each outcome.
+//!
+//! Limits are read from each webhook's current spec at every round (so an API change of
+//! `concurrency`, `ordered` or `mode` takes effect at once). A webhook may start a request
+//! while it has fewer in flight than its own limit and either the global limit has room or
+//! it is below its fair share (see the isolation rule in [`crate::delivery`]).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::outcome::{self, Step};
+use super::registry::{Target, lock};
+use super::send::{self, Outgoing, SendError, Sent};
+use super::{Engine, WEBHOOK_DISABLED_TOPIC};
+use crate::event::{Delivery, Event, Topic, unix_ms};
+use crate::store::StoreError;
+use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus};
+
+/// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
+const IDLE: Duration = Duration::from_secs(30);
+/// How often a webhook's counters are written to the store while attempts go on: a crash can
+/// lose this much of them (the deliveries' own states are written with every attempt).
+const SAVE_COUNTERS_EVERY: Duration = Duration::from_secs(1);
+/// How long to wait before reading the queue again after the store failed.
+const ON_STORE_ERROR: Duration = Duration::from_secs(1);
+
+/// One request in flight: released (and the loop woken) when dropped, however the send ends.
+struct InFlight {
+    engine: Arc<Engine>,
+    target: Arc<Target>,
+    ids: Vec<Uuid>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.target.set_in_flight(&self.ids, false);
+        self.engine.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.engine.wake();
+    }
+}
+
+/// The loop's view of one round: the time, and the earliest due time seen so far.
+struct Round {
+    now: u64,
+    next: Option<u64>,
+    /// Each active webhook's guaranteed share of the global limit.
+    fair: usize,
+}
+
+impl Round {
+    fn wake_at(&mut self, ms: u64) {
+        self.next = Some(self.next.map_or(ms, |n| n.min(ms)));
+    }
+}
+
+impl Engine {
+    /// The loop: send what is due, then sleep until the next due time, new work or shutdown.
+    pub async fn run(self: Arc<Self>, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+        // Nothing to send before the store is open (see the keeper).
+        while !self.store.is_ready() {
+            tokio::select! {
+                _ = tokio::time::sleep(super::keeper::KEEP_STORE_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        tracing::info!(
+            webhooks = self.registry.all().len(),
+            "delivery loop started"
+        );
+        let sweeper = tokio::spawn(Arc::clone(&self).sweep_loop(retention));
+        loop {
+            let sleep = match self.dispatch_due().await {
+                Ok(next) => next.unwrap_or(IDLE).min(IDLE),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the delivery queue; retrying in 1s");
+                    ON_STORE_ERROR
+                }
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        sweeper.abort();
+        self.save_counters().await;
+        tracing::info!("delivery loop stopped");
+    }
+
+    /// Whether `target` may start one more request now.
+    fn may_start(&self, target: &Target, fair: usize) -> bool {
+        let mine = target.requests();
+        mine < target.limit()
+            && (mine < fair.min(target.limit())
+                || self.in_flight.load(Ordering::Acquire) < self.config.concurrency)
+    }
+
+    /// Starts every due send there is room for; returns how long until the next one is due.
+    pub(super) async fn dispatch_due(self: &Arc<Self>) -> Result<Option<Duration>, StoreError> {
+        let active = self.registry.active();
+        let mut round = Round {
+            now: unix_ms(OffsetDateTime::now_utc()),
+            next: None,
+            fair: (self.config.concurrency / active.len().max(1)).max(1),
+        };
+        for target in active {
+            let (ordered, mode) = {
+                let w = target.record();
+                (w.spec.ordered, w.spec.mode)
+            };
+            match mode {
+                Mode::Realtime if !ordered => self.dispatch_concurrent(&target, &mut round).await?,
+                Mode::Realtime => self.dispatch_ordered(&target, &mut round).await?,
+                Mode::Batch { interval, max, .. } => {
+                    self.dispatch_batch(&target, interval, max, &mut round)
+                        .await?;
+                }
+            }
+        }
+        Ok(round
+            .next
+            .map(|due| Duration::from_millis(due.saturating_sub(round.now))))
+    }
+
+    /// Any due delivery may go, up to the webhook's limit.
+    async fn dispatch_concurrent(
+        self: &Arc<Self>,
+        target: &Arc<Target>,
+        round: &mut Round,
+    ) -> Result<(), StoreError> {
+        let room = target.limit().saturating_sub(target.requests());
+        if room > 0 && self.may_start(target, round.fair) {
+            let due = self
+                .store
+                .queued(target.id, round.now, room, &target.in_flight())
+                .await?;
+            for delivery in due {
+                if !self.may_start(target, round.fair) {
+                    break;
+                }
+                self.start(target, vec![delivery]);
+            }
+        }
+        // With room left, the next due time matters; without, a finishing send wakes the loop
+        // (this also saves a queue scan per event under load).
+        if self.may_start(target, round.fair) {
+            if let Some(ms) = self
+                .store
+                .next_queued(target.id, &target.in_flight())
+                .await?
+            {
+                round.wake_at(ms);
+            }
+        }
+        Ok(())
+    }
+
+    /// Only the head of the queue may go, and only when it is due.
+    async fn dispatch_ordered(
+        self: &Arc<Self>,
+        target: &Arc<Target>,
+        round: &mut Round,
+    ) -> Result<(), StoreError> {
+        if target.requests() > 0 {
+            return Ok(());
+        }
+        let head = self
+            .store
+            .queued(target.id, u64::MAX, 1, &HashSet::new())
+            .await?
+            .pop();
+        if let Some(head) = head {
+            if head.due_ms > round.now {
+                round.wake_at(head.due_ms);
+            } else if self.may_start(target, round.fair) {
+                self.start(target, vec![head]);
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch at a time, once its oldest delivery has waited `interval` or `max` are
+    /// gathered.
+    async fn dispatch_batch(
+        self: &Arc<Self>,
+        target: &Arc<Target>,
+        interval: Duration,
+        max: usize,
+        round: &mut Round,
+    ) -> Result<(), StoreError> {
+        if target.requests() > 0 {
+            return Ok(());
+        }
+        // New deliveries are queued `interval` after their event: everything queued until
+        // now + interval has been gathered so far.
+        let horizon = round
+            .now
+            .saturating_add(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
+        let gathered = self
+            .store
+            .queued(target.id, horizon, max, &HashSet::new())
+            .await?;
+        let Some(head) = gathered.first() else {
+            return Ok(());
+        };
+        if head.queue_ms <= round.now || gathered.len() >= max {
+            // A retried delivery waits for its own due time.
+            let now = round.now;
+            let batch: Vec<Delivery> = gathered
+                .into_iter()
+                .filter(|d| d.attempts == 0 || d.due_ms <= now)
+                .collect();
+            if !batch.is_empty() && self.may_start(target, round.fair) {
+                self.start(target, batch);
+            }
+        } else {
+            round.wake_at(head.queue_ms);
+        }
+        Ok(())
+    }
+
+    fn start(self: &Arc<Self>, target: &Arc<Target>, deliveries: Vec<Delivery>) {
+        let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+        target.set_in_flight(&ids, true);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight {
+            engine: Arc::clone(self),
+            target: Arc::clone(target),
+            ids,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = guard.engine.deliver(&guard.target, deliveries).await {
+                tracing::error!(webhook = %guard.target.id, error = %e,
+                    "cannot record a delivery attempt; the deliveries stay queued and will be sent again");
+            }
+            drop(guard);
+        });
+    }
+
+    /// Sends one delivery, or one batch of them, and records the outcome.
+    async fn deliver(&self, target: &Target, deliveries: Vec<Delivery>) -> Result<(), StoreError> {
+        let webhook = target.webhook();
+        let mut events = Vec::with_capacity(deliveries.len());
+        let mut kept = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match self.store.event(d.event_id).await? {
+                Some(e) => {
+                    events.push(e);
+                    kept.push(d);
+                }
+                None => {
+                    tracing::error!(delivery = %d.id, event = %d.event_id, "the event of a queued delivery is missing; it is marked failed");
+                    let missing = Sent {
+                        result: Err(SendError::EventMissing),
+                        elapsed: Duration::ZERO,
+                    };
+                    self.record(target, &[d], None, missing).await?;
+                }
+            }
+        }
+        let Some(first) = kept.first() else {
+            return Ok(());
+        };
+        let (body, topic) = body(&webhook, &events)?;
+        let message_id = match webhook.spec.mode {
+            Mode::Realtime => first.id,
+            Mode::Batch { .. } => batch_id(&kept),
+        };
+        let out = Outgoing::new(
+            &webhook,
+            &message_id.to_string(),
+            topic.as_deref(),
+            &self.config.source,
+            body,
+        );
+        let sent = send::send(&self.client, &self.config.guard, &out).await;
+        self.record(target, &kept, Some(&out), sent).await
+    }
+
+    /// Records what one request came to (see [`outcome::decide`]): writes it, counts it, logs
+    /// it, and announces a webhook it disabled. Nothing is written for a deleted webhook.
+    async fn record(
+        &self,
+        target: &Target,
+        deliveries: &[Delivery],
+        request: Option<&Outgoing>,
+        sent: Sent,
+    ) -> Result<(), StoreError> {
+        let _writing = target.writes.lock().await;
+        if target.is_deleted() {
+            tracing::debug!(webhook = %target.id, "the webhook was deleted during the send; its outcome is dropped");
+            return Ok(());
+        }
+        let now = OffsetDateTime::now_utc();
+        let (decided, webhook, save) = {
+            let mut w = target.record();
+            let decided = outcome::decide(&w, deliveries, request, &sent, now);
+            w.counters = decided.counters.clone();
+            if let Some(reason) = &decided.disable {
+                super::manage::disable(&mut w, reason.clone());
+            }
+            let save = decided.disable.is_some()
+                || lock(&target.saved_at).is_none_or(|at| at.elapsed() >= SAVE_COUNTERS_EVERY);
+            (decided, w.clone(), save)
+        };
+        let written = self
+            .store
+            .record_attempts(target.id, &decided.changes, save.then_some(&webhook))
+            .await?;
+        if !written {
+            return Ok(());
+        }
+        if save {
+            *lock(&target.saved_at) = Some(std::time::Instant::now());
+        }
+        self.count(&webhook, &decided, request.is_some(), sent.elapsed);
+        if decided.disable.is_some() {
+            self.announce_disabled(&webhook);
+        }
+        Ok(())
+    }
+
+    /// Metrics and logs of one recorded outcome.
+    fn count(&self, w: &Webhook, decided: &outcome::Outcome, sent: bool, elapsed: Duration) {
+        let name = &w.spec.name;
+        for (step, change) in decided.steps.iter().zip(&decided.changes) {
+            let d = &change.after;
+            let summary = d.last_summary.as_deref().unwrap_or_default();
+            match step {
+                Step::Delivered { lag } => {
+                    self.metrics.delivery(name, "delivered");
+                    self.metrics.lag(lag.as_secs_f64());
+                }
+                Step::Retry { delay } => {
+                    self.metrics.delivery(name, "retry");
+                    tracing::warn!(delivery = %d.id, webhook = %name, attempt = d.attempts, %summary,
+                        retry_in = %humantime::format_duration(Duration::from_millis(delay.as_millis() as u64)),
+                        "delivery attempt failed");
+                }
+                Step::Failed => {
+                    self.metrics.delivery(name, "failed");
+                    tracing::error!(delivery = %d.id, webhook = %name, attempts = d.attempts, %summary,
+                        "delivery failed finally; it can be redelivered by hand");
+                }
+            }
+        }
+        if sent {
+            self.metrics.attempt_duration(name, elapsed.as_secs_f64());
+        }
+    }
+
+    /// Writes every webhook's record with its latest counters (at shutdown).
+    pub async fn save_counters(&self) {
+        for target in self.registry.all() {
+            let _writing = target.writes.lock().await;
+            if target.is_deleted() {
+                continue;
+            }
+            let webhook = target.webhook();
+            if let Err(e) = self.store.save_webhook(&webhook).await {
+                tracing::warn!(webhook = %webhook.spec.name, error = %e, "cannot save the webhook's counters");
+            }
+        }
+    }
+
+    /// Emits `hooktap.webhook.disabled` so that ops, subscribed through any webhook, are told.
+    pub(super) fn announce_disabled(&self, w: &Webhook) {
+        let reason = w.disabled_reason.clone().unwrap_or_default();
+        tracing::error!(webhook = %w.spec.name, id = %w.id, %reason, "webhook disabled: no deliveries are sent or queued for it");
+        debug_assert_eq!(w.status, WebhookStatus::Disabled);
+        let Ok(topic) = Topic::parse(WEBHOOK_DISABLED_TOPIC) else {
+            return;
+        };
+        let payload = serde_json::json!({"id": w.id, "name": w.spec.name, "reason": reason});
+        if let Err(e) = self.intake.enqueue(&Event::new(&topic, "hooktap", payload)) {
+            tracing::error!(error = %e, "cannot store the webhook.disabled event");
+        }
+    }
+}
+
+/// The request body for `events` and the topic header (absent for a batch of mixed topics).
+fn body(webhook: &Webhook, events: &[Event]) -> Result<(Vec<u8>, Option<String>), StoreError> {
+    let first_topic = events.first().map(|e| e.topic.clone());
+    match webhook.spec.mode {
+        Mode::Realtime => {
+            let payload = events.first().map_or(&Value::Null, |e| &e.payload);
+            Ok((serde_json::to_vec(payload)?, first_topic))
+        }
+        Mode::Batch { order, .. } => {
+            let mut by_topic: Map<String, Value> = Map::new();
+            let ordered: Box<dyn Iterator<Item = &Event>> = match order {
+                BatchOrder::Chronological => Box::new(events.iter()),
+                BatchOrder::Reverse => Box::new(events.iter().rev()),
+            };
+            for e in ordered {
+                let list = by_topic
+                    .entry(e.topic.clone())
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(items) = list {
+                    items.push(e.payload.clone());
+                }
+            }
+            let single = events
+                .iter()
+                .all(|e| Some(&e.topic) == first_topic.as_ref());
+            Ok((
+                serde_json::to_vec(&by_topic)?,
+                first_topic.filter(|_| single),
+            ))
+        }
+    }
+}
+
+/// The id of a batch request: derived from the ids of the deliveries it carries, so a retry of
+/// the same batch has the same id (receivers deduplicate on it) and a batch whose contents
+/// changed has a new one.
+fn batch_id(deliveries: &[Delivery]) -> Uuid {
+    use sha2::Digest;
+    let mut ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+    ids.sort();
+    let mut hash = sha2::Sha256::new();
+    for id in ids {
+        hash.update(id.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    Uuid::new_v8(bytes)
+}

@@ -1,0 +1,484 @@
+//! The store contract's test suite: what every [`Store`] backend must do, written once.
+//!
+//! A backend runs all of it with one line in its tests module:
+//!
+//! ```ignore
+//! crate::store_contract_tests!(|| {
+//!     let guard = ...; // whatever keeps the store's resources alive (a temp dir, a cluster)
+//!     (guard, Arc::new(MyStore::open(...)) as Arc<dyn Store>)
+//! });
+//! ```
+//!
+//! Each check is a plain async function over a fresh, ready store, so a failure names the
+//! promise that broke.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{EventQuery, Recorded, Store, Swept};
+use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
+use crate::webhook::{Origin, Profile, Webhook, WebhookSpec};
+
+/// Runs every check of the contract as its own `#[tokio::test]`. `$make` builds a fresh,
+/// ready store: `|| (guard, Arc<dyn Store>)`, the guard dropped after the test.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($make:expr) => {
+        $crate::store_contract_tests!(@each $make;
+            events_and_deliveries_read_back,
+            large_payloads_read_back,
+            the_queue_is_in_due_order_and_honours_limit_and_skip,
+            a_success_leaves_the_queue_and_is_logged,
+            a_retry_moves_the_delivery_to_its_new_due_time,
+            a_deleted_webhook_is_not_written_back,
+            deleting_a_webhook_drops_its_queue,
+            requeue_makes_a_finished_delivery_due_again,
+            the_sweep_removes_old_finished_records_only,
+            events_page_filters_newest_first,
+            queue_stats_count_and_age,
+            webhooks_are_listed_oldest_first,
+        );
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        mod contract {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let make = $make;
+                    let (_guard, store) = make();
+                    $crate::store::contract::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+fn spec(name: &str) -> WebhookSpec {
+    WebhookSpec {
+        name: name.to_owned(),
+        url: "https://hooks.example.com/in".parse().expect("url"),
+        secret: "s".to_owned(),
+        topics: vec!["*".to_owned()],
+        status: None,
+        retry: vec![],
+        failure_threshold: 0,
+        timeout: std::time::Duration::from_secs(1),
+        signature: Profile::Hooktap,
+        header_prefix: "X-Hooktap-Webhook-".to_owned(),
+        mode: crate::webhook::Mode::Realtime,
+        ordered: false,
+        concurrency: 1,
+    }
+}
+
+async fn webhook(store: &Arc<dyn Store>, name: &str) -> Webhook {
+    let w = Webhook::new(spec(name), Origin::Api);
+    store.put_webhook(&w).await.expect("put webhook");
+    w
+}
+
+fn event_at(created_at: OffsetDateTime, topic: &str) -> Event {
+    let mut e = Event::new(
+        &Topic::parse(topic).expect("topic"),
+        "r",
+        serde_json::json!({"n": 1}),
+    );
+    e.created_at = created_at;
+    e
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// An event with one delivery to `w`, due `delay_ms` after the event, stored.
+async fn queued_event(store: &Arc<dyn Store>, w: &Webhook, delay_ms: u64) -> (Event, Delivery) {
+    let e = event_at(now(), "order.created");
+    let d = Delivery::new(&e, w.id, delay_ms);
+    store
+        .append(&e, std::slice::from_ref(&d))
+        .expect("append event");
+    (e, d)
+}
+
+fn attempt(d: &Delivery, number: u32, success: bool) -> Attempt {
+    Attempt {
+        id: Uuid::now_v7(),
+        delivery_id: d.id,
+        webhook_id: d.webhook_id,
+        number,
+        created_at: now(),
+        duration_ms: 1,
+        summary: if success { "HTTP 200 OK" } else { "HTTP 500" }.into(),
+        success,
+        request_method: "POST".into(),
+        request_url: String::new(),
+        request_headers: vec![],
+        request_body: String::new(),
+        response_code: Some(if success { 200 } else { 500 }),
+        response_message: String::new(),
+        response_headers: vec![],
+        response_body: String::new(),
+    }
+}
+
+/// Records a successful first attempt of `d`.
+async fn deliver(store: &Arc<dyn Store>, d: &Delivery) -> Delivery {
+    let mut after = d.clone();
+    after.state = DeliveryState::Delivered;
+    after.attempts = 1;
+    let change = Recorded {
+        before: d.clone(),
+        after: after.clone(),
+        attempt: attempt(d, 1, true),
+    };
+    assert!(
+        store
+            .record_attempts(d.webhook_id, &[change], None)
+            .await
+            .expect("record")
+    );
+    after
+}
+
+fn none() -> HashSet<Uuid> {
+    HashSet::new()
+}
+
+pub async fn events_and_deliveries_read_back(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let (e, d) = queued_event(&store, &w, 0).await;
+    assert_eq!(store.event(e.id).await.expect("event"), Some(e.clone()));
+    assert_eq!(
+        store.delivery(d.id).await.expect("delivery"),
+        Some(d.clone())
+    );
+    assert_eq!(store.deliveries_of(w.id, 10).await.expect("list"), vec![d]);
+    assert_eq!(store.event(Uuid::now_v7()).await.expect("event"), None);
+}
+
+pub async fn large_payloads_read_back(store: Arc<dyn Store>) {
+    let mut e = event_at(now(), "order.created");
+    e.payload = serde_json::json!({"pad": "x".repeat(100_000), "n": [1, 2, 3]});
+    store.append(&e, &[]).expect("append");
+    assert_eq!(store.event(e.id).await.expect("event"), Some(e));
+}
+
+pub async fn the_queue_is_in_due_order_and_honours_limit_and_skip(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let other = webhook(&store, "b").await;
+    let (_, late) = queued_event(&store, &w, 60_000).await;
+    let (_, first) = queued_event(&store, &w, 0).await;
+    let (_, second) = queued_event(&store, &w, 0).await;
+    let (_, elsewhere) = queued_event(&store, &other, 0).await;
+    let now_ms = unix_ms(now()) + 1_000;
+
+    let due = store.queued(w.id, now_ms, 10, &none()).await.expect("due");
+    assert_eq!(due, vec![first.clone(), second.clone()], "due, in order");
+    let all = store
+        .queued(w.id, u64::MAX, 10, &none())
+        .await
+        .expect("all");
+    assert_eq!(all, vec![first.clone(), second.clone(), late.clone()]);
+    let one = store.queued(w.id, u64::MAX, 1, &none()).await.expect("one");
+    assert_eq!(one, vec![first.clone()]);
+    let skip: HashSet<Uuid> = [first.id].into();
+    let rest = store.queued(w.id, now_ms, 10, &skip).await.expect("rest");
+    assert_eq!(
+        rest,
+        vec![second.clone()],
+        "in-flight deliveries are skipped"
+    );
+    assert_eq!(
+        store.next_queued(w.id, &skip).await.expect("next"),
+        Some(second.queue_ms)
+    );
+    assert_eq!(
+        store
+            .queued(other.id, now_ms, 10, &none())
+            .await
+            .expect("b"),
+        vec![elsewhere]
+    );
+}
+
+pub async fn a_success_leaves_the_queue_and_is_logged(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let (_, d) = queued_event(&store, &w, 0).await;
+    let after = deliver(&store, &d).await;
+    assert!(
+        store
+            .queued(w.id, u64::MAX, 10, &none())
+            .await
+            .expect("queue")
+            .is_empty()
+    );
+    assert_eq!(store.delivery(d.id).await.expect("read"), Some(after));
+    let attempts = store.attempts(d.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].success);
+    assert_eq!(store.next_queued(w.id, &none()).await.expect("next"), None);
+}
+
+pub async fn a_retry_moves_the_delivery_to_its_new_due_time(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let (_, d) = queued_event(&store, &w, 0).await;
+    let mut after = d.clone();
+    after.attempts = 1;
+    after.due_ms = d.due_ms + 30_000;
+    after.queue_ms = after.due_ms;
+    let mut counted = w.clone();
+    counted.counters.failed = 0;
+    counted.counters.retries = 1;
+    let change = Recorded {
+        before: d.clone(),
+        after: after.clone(),
+        attempt: attempt(&d, 1, false),
+    };
+    assert!(
+        store
+            .record_attempts(w.id, &[change], Some(&counted))
+            .await
+            .expect("record")
+    );
+    assert!(
+        store
+            .queued(w.id, d.due_ms + 1, 10, &none())
+            .await
+            .expect("queue")
+            .is_empty(),
+        "not due at the old time"
+    );
+    assert_eq!(
+        store
+            .queued(w.id, after.due_ms, 10, &none())
+            .await
+            .expect("queue"),
+        vec![after]
+    );
+    assert_eq!(
+        store
+            .webhook(w.id)
+            .await
+            .expect("webhook")
+            .map(|w| w.counters.retries),
+        Some(1),
+        "the webhook's record is written with the attempt"
+    );
+}
+
+pub async fn a_deleted_webhook_is_not_written_back(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let (_, d) = queued_event(&store, &w, 0).await;
+    assert_eq!(store.delete_webhook(w.id).await.expect("delete"), 1);
+    // A send that was in flight during the deletion finishes now.
+    let mut after = d.clone();
+    after.state = DeliveryState::Delivered;
+    after.attempts = 1;
+    let change = Recorded {
+        before: d.clone(),
+        after,
+        attempt: attempt(&d, 1, true),
+    };
+    let written = store
+        .record_attempts(w.id, &[change], Some(&w))
+        .await
+        .expect("record");
+    assert!(!written, "nothing is recorded for a deleted webhook");
+    assert!(!store.save_webhook(&w).await.expect("save"));
+    assert_eq!(store.webhook(w.id).await.expect("read"), None);
+    assert!(store.webhooks().await.expect("list").is_empty());
+    assert_eq!(store.delivery(d.id).await.expect("read"), None);
+    assert!(store.attempts(d.id).await.expect("read").is_empty());
+    assert!(
+        store
+            .queued(w.id, u64::MAX, 10, &none())
+            .await
+            .expect("queue")
+            .is_empty()
+    );
+}
+
+pub async fn deleting_a_webhook_drops_its_queue(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let keep = webhook(&store, "b").await;
+    let (_, done) = queued_event(&store, &w, 0).await;
+    deliver(&store, &done).await;
+    queued_event(&store, &w, 0).await;
+    queued_event(&store, &w, 0).await;
+    let (_, kept) = queued_event(&store, &keep, 0).await;
+    assert_eq!(store.delete_webhook(w.id).await.expect("delete"), 2);
+    assert!(
+        store
+            .deliveries_of(w.id, 10)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(store.queue_stats(w.id).await.expect("stats").pending, 0);
+    assert_eq!(
+        store
+            .queued(keep.id, u64::MAX, 10, &none())
+            .await
+            .expect("other queue"),
+        vec![kept]
+    );
+    assert_eq!(store.delete_webhook(w.id).await.expect("again"), 0);
+}
+
+pub async fn requeue_makes_a_finished_delivery_due_again(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let (_, d) = queued_event(&store, &w, 0).await;
+    let done = deliver(&store, &d).await;
+    let at = unix_ms(now()) + 5;
+    let again = store.requeue(&done, at).await.expect("requeue");
+    assert_eq!(again.id, d.id, "the same id");
+    assert_eq!(again.state, DeliveryState::Pending);
+    assert_eq!(
+        (again.due_ms, again.schedule_start, again.attempts),
+        (at, 1, 1)
+    );
+    assert_eq!(
+        store.queued(w.id, at, 10, &none()).await.expect("queue"),
+        vec![again.clone()]
+    );
+    // Requeueing a pending delivery moves it rather than queueing it twice.
+    let later = store.requeue(&again, at + 10).await.expect("requeue");
+    assert_eq!(
+        store
+            .queued(w.id, u64::MAX, 10, &none())
+            .await
+            .expect("queue"),
+        vec![later]
+    );
+}
+
+pub async fn the_sweep_removes_old_finished_records_only(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let old = now() - time::Duration::days(40);
+
+    let old_done = event_at(old, "order.created");
+    let d1 = Delivery::new(&old_done, w.id, 0);
+    store
+        .append(&old_done, std::slice::from_ref(&d1))
+        .expect("append");
+    deliver(&store, &d1).await;
+
+    let old_pending = event_at(old + time::Duration::seconds(1), "order.created");
+    let d2 = Delivery::new(&old_pending, w.id, 0);
+    store
+        .append(&old_pending, std::slice::from_ref(&d2))
+        .expect("append");
+
+    let young = event_at(now(), "order.created");
+    let d3 = Delivery::new(&young, w.id, 0);
+    store
+        .append(&young, std::slice::from_ref(&d3))
+        .expect("append");
+    deliver(&store, &d3).await;
+
+    let swept = store
+        .sweep(now() - time::Duration::days(30))
+        .expect("sweep");
+    assert_eq!(
+        swept,
+        Swept {
+            events: 1,
+            deliveries: 1,
+            attempts: 1
+        }
+    );
+    assert!(store.event(old_done.id).await.expect("read").is_none());
+    assert!(store.delivery(d1.id).await.expect("read").is_none());
+    assert!(store.attempts(d1.id).await.expect("read").is_empty());
+    assert!(
+        store.event(old_pending.id).await.expect("read").is_some(),
+        "a pending delivery keeps its event"
+    );
+    assert!(store.event(young.id).await.expect("read").is_some());
+    assert_eq!(store.deliveries_of(w.id, 10).await.expect("list").len(), 2);
+}
+
+pub async fn events_page_filters_newest_first(store: Arc<dyn Store>) {
+    let t0 = now() - time::Duration::minutes(10);
+    let a = event_at(t0, "order.created");
+    let b = event_at(t0 + time::Duration::minutes(1), "scan.created");
+    let c = event_at(t0 + time::Duration::minutes(2), "order.deleted");
+    for e in [&a, &b, &c] {
+        store.append(e, &[]).expect("append");
+    }
+    let page = |q: EventQuery| {
+        let store = Arc::clone(&store);
+        async move { store.events_page(&q).await.expect("page") }
+    };
+    let all = EventQuery {
+        limit: 10,
+        ..EventQuery::default()
+    };
+    assert_eq!(
+        page(all.clone()).await,
+        vec![c.clone(), b.clone(), a.clone()]
+    );
+    let orders = EventQuery {
+        topic: Some(
+            globset::Glob::new("order.*")
+                .expect("glob")
+                .compile_matcher(),
+        ),
+        ..all.clone()
+    };
+    assert_eq!(page(orders.clone()).await, vec![c.clone(), a.clone()]);
+    assert_eq!(
+        page(EventQuery {
+            offset: 1,
+            ..orders
+        })
+        .await,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        page(EventQuery {
+            since: Some(b.created_at),
+            until: Some(c.created_at),
+            ..all.clone()
+        })
+        .await,
+        vec![b.clone()]
+    );
+    assert_eq!(page(EventQuery { limit: 1, ..all }).await, vec![c]);
+}
+
+pub async fn queue_stats_count_and_age(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    assert_eq!(
+        store.queue_stats(w.id).await.expect("stats"),
+        super::QueueStats::default()
+    );
+    let before = unix_ms(now());
+    queued_event(&store, &w, 0).await;
+    queued_event(&store, &w, 60_000).await;
+    let stats = store.queue_stats(w.id).await.expect("stats");
+    assert_eq!(stats.pending, 2);
+    let oldest = stats.oldest_ms.expect("an oldest delivery");
+    assert!(
+        oldest >= before.saturating_sub(1) && oldest <= unix_ms(now()),
+        "the oldest delivery's creation time ({oldest}) is around now ({before})"
+    );
+}
+
+pub async fn webhooks_are_listed_oldest_first(store: Arc<dyn Store>) {
+    let a = webhook(&store, "a").await;
+    let mut b = webhook(&store, "b").await;
+    assert_eq!(
+        store.webhooks().await.expect("list"),
+        vec![a.clone(), b.clone()]
+    );
+    b.counters.delivered = 7;
+    assert!(store.save_webhook(&b).await.expect("save"));
+    assert_eq!(store.webhook(b.id).await.expect("read"), Some(b));
+    assert_eq!(store.webhook(Uuid::now_v7()).await.expect("read"), None);
+}

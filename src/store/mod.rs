@@ -1,0 +1,253 @@
+//! The store: the contract every backend keeps, and the backends behind it.
+//!
+//! The engine ([`crate::delivery`]), the admin API and the proxy's intake see the store only
+//! through the [`Store`] trait. The store *is* the queue: events, deliveries (with their due
+//! times), the attempt log and the webhooks all live in it, and nothing about pending work lives
+//! only in memory. [`contract`] is the test suite every backend passes; a new backend runs it
+//! by invoking [`store_contract_tests!`](crate::store_contract_tests) once.
+//!
+//! What the contract promises, whatever the backend:
+//! - **Intake never waits on a network.** [`Store::append`] and [`Store::hold`] are synchronous
+//!   because the proxy calls them from pingora's body filter; a backend that lives across a
+//!   network must journal locally first.
+//! - **At least once.** A delivery stays queued until the outcome of its attempt is recorded
+//!   ([`Store::record_attempts`]); a crash in between sends it again with the same id.
+//! - **A deleted webhook stays deleted.** Recording an attempt or saving a record of a webhook
+//!   that no longer exists writes nothing (a send that was in flight during the deletion must
+//!   not bring it back).
+//! - **Time order.** Ids are UUIDv7: events, a webhook's deliveries and attempts come back in
+//!   the order they were made.
+//!
+//! Backends:
+//! - [`sled`](self::sled): the embedded default, one directory on local disk.
+//!
+//! This module imports only the shared types ([`crate::event`], [`crate::webhook`]); it knows
+//! nothing of the engine, the config file or HTTP.
+
+#[cfg(test)]
+pub mod contract;
+pub mod sled;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::event::{Attempt, Delivery, Event};
+use crate::webhook::Webhook;
+
+pub use self::sled::SledStore;
+
+/// How eagerly the store reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// The log is flushed every `interval`; a crash can lose the events of the last interval.
+    Interval(Duration),
+    /// Every event is flushed before the response completes: nothing is lost on a crash.
+    EveryEvent,
+}
+
+/// Where and how the store keeps its data (`[store]` in hooktap.toml).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub flush: FlushMode,
+    /// How long finished events, deliveries and attempts are kept.
+    pub retention: Duration,
+    /// Below this much free disk space, events are not stored (traffic still flows).
+    pub min_free_space: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create store directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("store I/O: {0}")]
+    Sled(#[from] ::sled::Error),
+    #[error("store record is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("the store is not open (waiting for it to open; see the log)")]
+    NotOpen,
+    #[error("cannot read or write the payload file {file}: {source}")]
+    Payload {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write or read the pending event {file}: {source}")]
+    Pending {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the store's disk is nearly full ({available} bytes free, min_free_space is {required}); writes resume when space is freed"
+    )]
+    DiskFull { available: u64, required: u64 },
+    #[error("a background store task failed: {0}")]
+    Task(String),
+}
+
+/// One delivery's step: its state before and after an attempt, and the attempt's log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub before: Delivery,
+    pub after: Delivery,
+    pub attempt: Attempt,
+}
+
+/// What a retention sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub events: usize,
+    pub deliveries: usize,
+    pub attempts: usize,
+}
+
+/// A webhook's queue at a glance.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Deliveries waiting to be sent (retries included).
+    pub pending: usize,
+    /// When the oldest of them was created, in Unix milliseconds.
+    pub oldest_ms: Option<u64>,
+}
+
+/// Which events to list: newest first, filtered.
+#[derive(Debug, Default, Clone)]
+pub struct EventQuery {
+    /// A glob over topics.
+    pub topic: Option<globset::GlobMatcher>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// The store contract. See the module documentation for the promises; [`contract`] tests them.
+///
+/// Methods that the request path calls are synchronous; the rest are `async` so that a
+/// backend across a network can serve them without blocking the engine's runtime. The
+/// lifecycle methods ([`Store::maintain`], [`Store::sweep`]) run on a blocking thread.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- lifecycle -----------------------------------------------------------------------
+
+    /// Whether new events go into the store itself (rather than wait, see [`Store::hold`]).
+    fn is_ready(&self) -> bool;
+
+    /// Whether the store opened but its webhooks are not applied yet: the keeper applies
+    /// them, then calls [`Store::mark_ready`].
+    fn needs_setup(&self) -> bool;
+
+    /// Events go into the store from now on.
+    fn mark_ready(&self);
+
+    /// Looks after the backend (reopening it after a failure, checking disk space, ...);
+    /// called on a blocking thread a few times a second. Returns true when it opened.
+    fn maintain(&self) -> bool;
+
+    /// Hands every held event to `store`, oldest first, and forgets each once `store`
+    /// succeeded. Returns how many were moved. Called on a blocking thread.
+    fn drain_held(
+        &self,
+        store: &mut dyn FnMut(&Event) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError>;
+
+    /// A cheap read that fails when the store does (readiness checks).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How many appends (and holds) failed since start.
+    fn failed_appends(&self) -> u64;
+
+    /// Writes everything buffered to stable storage (shutdown, tests).
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    // --- intake: the request path ------------------------------------------------------------
+
+    /// Stores an event with its deliveries (durably in `every-event` mode). Their queue
+    /// entries become visible last, so the queue never points at something missing.
+    fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError>;
+
+    /// Keeps an event while the store is not ready, so that it is not lost;
+    /// [`Store::drain_held`] hands it back once the store is ready.
+    fn hold(&self, event: &Event) -> Result<(), StoreError>;
+
+    // --- webhooks ------------------------------------------------------------------------------
+
+    /// Every webhook, oldest first.
+    async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError>;
+
+    async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError>;
+
+    /// Creates or replaces a webhook.
+    async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError>;
+
+    /// Replaces the record of a webhook that exists (counters, status); returns false, and
+    /// writes nothing, when it was deleted.
+    async fn save_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError>;
+
+    /// Deletes a webhook with its deliveries and attempts; returns how many deliveries were
+    /// still pending (dropped unsent).
+    async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError>;
+
+    // --- the queue -----------------------------------------------------------------------------
+
+    /// Up to `limit` queued deliveries of `webhook` whose queue time is at most `until_ms`,
+    /// in queue order, leaving out those in `skip` (in flight).
+    async fn queued(
+        &self,
+        webhook: Uuid,
+        until_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The queue time of the first queued delivery of `webhook` not in `skip`.
+    async fn next_queued(
+        &self,
+        webhook: Uuid,
+        skip: &HashSet<Uuid>,
+    ) -> Result<Option<u64>, StoreError>;
+
+    async fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError>;
+
+    /// Records the outcome of one request to `webhook`: each delivery's attempt and next
+    /// state (the queue follows the state), and the webhook's record when given. Returns
+    /// false, writing nothing, when the webhook no longer exists.
+    async fn record_attempts(
+        &self,
+        webhook: Uuid,
+        changes: &[Recorded],
+        record: Option<&Webhook>,
+    ) -> Result<bool, StoreError>;
+
+    /// Puts a delivery back in the queue, due at `now_ms`, with a fresh retry schedule and
+    /// the same id.
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError>;
+
+    // --- reads ---------------------------------------------------------------------------------
+
+    async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError>;
+
+    async fn events_page(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    async fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError>;
+
+    /// A webhook's deliveries, newest first, at most `limit`.
+    async fn deliveries_of(&self, webhook: Uuid, limit: usize)
+    -> Result<Vec<Delivery>, StoreError>;
+
+    /// The attempts of one delivery, first attempt first.
+    async fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError>;
+
+    // --- retention -------------------------------------------------------------------------------
+
+    /// Removes every event created before `cutoff` none of whose deliveries is pending, with
+    /// its deliveries and their attempts. Runs on a blocking thread.
+    fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError>;
+}

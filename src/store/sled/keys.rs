@@ -1,0 +1,71 @@
+//! The key layout of the sled backend: one tree, one-byte prefixes, big-endian numbers, so
+//! byte order is time order (see the table in the parent module).
+
+use uuid::Uuid;
+
+use crate::event::Delivery;
+
+pub(super) const EVENT: u8 = b'e';
+pub(super) const DELIVERY: u8 = b'd';
+pub(super) const QUEUE: u8 = b'q';
+pub(super) const BY_WEBHOOK: u8 = b'x';
+pub(super) const BY_EVENT: u8 = b'v';
+pub(super) const ATTEMPT: u8 = b'a';
+pub(super) const WEBHOOK: u8 = b'w';
+
+pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+pub(super) fn event(id: Uuid) -> Vec<u8> {
+    key(EVENT, &[id.as_bytes()])
+}
+
+pub(super) fn delivery(id: Uuid) -> Vec<u8> {
+    key(DELIVERY, &[id.as_bytes()])
+}
+
+pub(super) fn webhook(id: Uuid) -> Vec<u8> {
+    key(WEBHOOK, &[id.as_bytes()])
+}
+
+/// `q` webhook id, queue ms, delivery id: the webhook's queue in queue order.
+pub(super) fn queue(d: &Delivery) -> Vec<u8> {
+    key(
+        QUEUE,
+        &[
+            d.webhook_id.as_bytes(),
+            &d.queue_ms.to_be_bytes(),
+            d.id.as_bytes(),
+        ],
+    )
+}
+
+/// The queue time in a queue key.
+pub(super) fn queue_ms(k: &[u8]) -> Option<u64> {
+    k.get(17..25)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+pub(super) fn by_webhook(d: &Delivery) -> Vec<u8> {
+    key(BY_WEBHOOK, &[d.webhook_id.as_bytes(), d.id.as_bytes()])
+}
+
+pub(super) fn by_event(d: &Delivery) -> Vec<u8> {
+    key(BY_EVENT, &[d.event_id.as_bytes(), d.id.as_bytes()])
+}
+
+pub(super) fn attempt(delivery: Uuid, number: u32) -> Vec<u8> {
+    key(ATTEMPT, &[delivery.as_bytes(), &number.to_be_bytes()])
+}
+
+/// The id at the end of a key (every index key ends with the 16-byte id it points to).
+pub(super) fn trailing_id(k: &[u8]) -> Option<Uuid> {
+    Uuid::from_slice(k.get(k.len().checked_sub(16)?..)?).ok()
+}

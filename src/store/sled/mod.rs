@@ -1,0 +1,530 @@
+//! The sled backend: the embedded default store, one directory on local disk.
+//!
+//! All records live in one sled tree under one-byte prefixes ([`keys`]). The hot writes
+//! (storing an event with its deliveries, recording an attempt) are single writes in an order
+//! that makes a crash between them harmless: a queue entry is written after what it points to
+//! and removed after the state that replaces it, so a crash can at worst leave a stale queue
+//! entry (dropped when read) or send a delivery once more. (One sled batch per event would be
+//! atomic but costs a log write of its own: about 3.5× slower, measured.) The key layout:
+//!
+//! | key | value |
+//! |---|---|
+//! | `e` event id | [`Event`] (JSON) |
+//! | `d` delivery id | [`Delivery`](crate::event::Delivery) (JSON) |
+//! | `q` webhook id, queue ms (big-endian u64), delivery id | empty: the queue |
+//! | `x` webhook id, delivery id | empty: a webhook's deliveries, in time order |
+//! | `v` event id, delivery id | empty: an event's deliveries |
+//! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`](crate::event::Attempt) (JSON) |
+//! | `w` webhook id | [`Webhook`](crate::webhook::Webhook) (JSON) |
+//!
+//! Ids are UUIDv7 and numbers big-endian, so byte order is time order: "what is due for this
+//! webhook" is a range scan from the start of its queue prefix.
+//!
+//! Every write goes through [`SledStore::write`], which refuses it while the disk is nearly
+//! full and notes a failure inside sled so that [`SledStore::maintain`] reopens the database.
+//!
+//! - [`keys`]: the key layout.
+//! - `events`: events (large payloads as files beside the database) and the intake.
+//! - `queue`: deliveries, the queue and the attempt log.
+//! - `webhooks`: webhook records.
+//! - `pending`: events held as files while the database is not open.
+//! - `retention`: the sweep of old records.
+
+mod events;
+mod keys;
+mod pending;
+mod queue;
+mod retention;
+mod webhooks;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{EventQuery, FlushMode, QueueStats, Recorded, Store, StoreConfig, StoreError, Swept};
+use crate::event::{Attempt, Delivery, Event};
+use crate::webhook::Webhook;
+
+/// The file naming the process that holds the store.
+pub const PID_FILE: &str = "hooktap.pid";
+
+pub struct SledStore {
+    /// `None` until the database could be opened (another hooktap holds it during an upgrade;
+    /// the disk is read-only...) and while it is reopened after a failure.
+    db: arc_swap::ArcSwapOption<sled::Db>,
+    /// Whether events go into sled: set once the database is open and its webhooks applied.
+    /// Until then events wait as files in `pending/` (see [`SledStore::drain_pending`]).
+    ready: AtomicBool,
+    /// The last error from opening the database, to log it when it changes rather than on
+    /// every try.
+    open_error: Mutex<Option<String>>,
+    /// How to open it again.
+    sled_config: sled::Config,
+    /// Set when a write failed in sled itself: sled 0.34 then keeps failing until reopened.
+    broken: AtomicBool,
+    path: std::path::PathBuf,
+    flush: FlushMode,
+    /// Appends that failed (the proxy keeps serving; this is what operators watch).
+    failed_appends: AtomicU64,
+    /// Below this much free space, writes are refused before they reach sled.
+    min_free_space: u64,
+    /// When [`SledStore::maintain`] last flushed (interval mode), to find sled's background
+    /// flush failing: sled keeps accepting writes into memory after a failed flush and only
+    /// a flush reports the failure.
+    flushed_at: Mutex<std::time::Instant>,
+    /// Whether the last check found enough free space (see [`SledStore::check_space`]).
+    space_ok: AtomicBool,
+}
+
+/// Creates the directory readable by its owner only: it holds payloads, secrets and the
+/// delivery log.
+fn create_private_dir(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StoreError::CreateDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err)?;
+    // An existing directory keeps its mode under `create`: tighten it as well.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+impl SledStore {
+    /// Opens the store, ready for events.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let store = Self::unopened(config);
+        create_private_dir(&config.path)?;
+        store.db.store(Some(Arc::new(store.sled_config.open()?)));
+        store.check_space();
+        store.mark_ready();
+        Ok(store)
+    }
+
+    /// A store whose database is not open yet: events wait in `pending/` until
+    /// [`SledStore::maintain`] opens it and [`SledStore::mark_ready`] is called. This is how hooktap
+    /// starts while another hooktap still holds the database (an upgrade) or while the disk
+    /// cannot be written: the proxy serves either way.
+    pub fn unopened(config: &StoreConfig) -> Self {
+        // In every-event mode events are flushed explicitly; the background flush still runs so
+        // that delivery outcomes reach the disk too.
+        let flush_every_ms = match config.flush {
+            FlushMode::Interval(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
+            FlushMode::EveryEvent => Some(500),
+        };
+        Self {
+            db: arc_swap::ArcSwapOption::empty(),
+            ready: std::sync::atomic::AtomicBool::new(false),
+            open_error: std::sync::Mutex::new(None),
+            sled_config: sled::Config::new()
+                .path(&config.path)
+                .flush_every_ms(flush_every_ms),
+            broken: std::sync::atomic::AtomicBool::new(false),
+            path: config.path.clone(),
+            flush: config.flush,
+            failed_appends: AtomicU64::new(0),
+            min_free_space: config.min_free_space,
+            space_ok: std::sync::atomic::AtomicBool::new(true),
+            flushed_at: std::sync::Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// Whether another process holds the database's lock (a running hooktap).
+    pub fn locked_by_another(path: &Path) -> bool {
+        use fs2::FileExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join("db"))
+        {
+            // The lock is released when `f` is closed.
+            Ok(f) => f.try_lock_exclusive().is_err(),
+            Err(_) => false,
+        }
+    }
+
+    /// Events go into sled from now on (the webhooks have been applied). Records this
+    /// process as the store's holder in `hooktap.pid`, which `hooktap run --upgrade` reads.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+        let pid_file = self.path.join(PID_FILE);
+        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            tracing::warn!(file = %pid_file.display(), error = %e, "cannot write the pid file");
+        }
+    }
+
+    /// Whether the database is open but its webhooks not yet applied.
+    pub fn needs_setup(&self) -> bool {
+        self.is_open() && !self.ready.load(Ordering::Acquire)
+    }
+
+    /// The pid of the process that holds the store, from `hooktap.pid`, if it is running.
+    pub fn holder(path: &Path) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(path.join(PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+    }
+
+    /// Whether the database is open.
+    pub fn is_open(&self) -> bool {
+        self.db.load().is_some()
+    }
+
+    /// The database, unless it is being reopened.
+    fn db(&self) -> Result<Arc<sled::Db>, StoreError> {
+        self.db.load_full().ok_or(StoreError::NotOpen)
+    }
+
+    /// Notes a failed write: an I/O error inside sled means it must be reopened.
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Sled(sled::Error::Io(_) | sled::Error::ReportableBug(_))) = &result {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Closes sled after a write failed inside it; waits for operations in flight to let go
+    /// of the handle first, since sled holds an exclusive file lock until it is dropped.
+    fn close(&self) {
+        let Some(mut old) = self.db.swap(None) else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match Arc::try_unwrap(old) {
+                Ok(db) => {
+                    drop(db);
+                    self.broken.store(false, Ordering::Relaxed);
+                    return;
+                }
+                Err(shared) if std::time::Instant::now() < deadline => {
+                    old = shared;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(shared) => {
+                    // Still in use: keep it and try again on the next maintenance round.
+                    self.db.store(Some(shared));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keeps the database usable; called a few times a second. Checks free space (see
+    /// [`SledStore::check_space`]), closes a database that failed and opens one that is not open.
+    /// Returns true when it opened the database.
+    pub fn maintain(&self) -> bool {
+        if !self.check_space() {
+            return false;
+        }
+        if let FlushMode::Interval(every) = self.flush {
+            let mut at = self
+                .flushed_at
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if at.elapsed() >= every {
+                *at = std::time::Instant::now();
+                if let Ok(db) = self.db() {
+                    if let Err(e) = db.flush() {
+                        tracing::error!(path = %self.path.display(), error = %e,
+                            "the store cannot write to disk: events since the last flush are lost; reopening it");
+                        self.broken.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if self.broken.load(Ordering::Relaxed) {
+            self.close();
+        }
+        if self.is_open() {
+            return false;
+        }
+        let opened = create_private_dir(&self.path).and_then(|()| Ok(self.sled_config.open()?));
+        let mut last = self
+            .open_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match opened {
+            Ok(db) => {
+                self.db.store(Some(Arc::new(db)));
+                *last = None;
+                tracing::warn!(path = %self.path.display(), "the store is open: events are stored again");
+                true
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last.as_deref() != Some(message.as_str()) {
+                    if Self::locked_by_another(&self.path) {
+                        tracing::info!(path = %self.path.display(), holder = ?Self::holder(&self.path),
+                            "waiting for the hooktap holding the store to exit; events wait in pending/ meanwhile");
+                    } else {
+                        tracing::error!(path = %self.path.display(), error = %message,
+                            "cannot open the store; trying again (traffic still flows; events wait in pending/ if that can be written)");
+                    }
+                    *last = Some(message);
+                }
+                false
+            }
+        }
+    }
+
+    /// Measures the free space of the store's disk (from [`SledStore::maintain`]).
+    ///
+    /// sled 0.34 keeps failing after one write hits a full disk, even once space is freed. So
+    /// hooktap refuses writes itself while free space is below `min_free_space`: sled never
+    /// sees the full disk, and writing resumes by itself when space returns.
+    pub fn check_space(&self) -> bool {
+        let available = fs2::available_space(&self.path).unwrap_or(u64::MAX);
+        let ok = available >= self.min_free_space;
+        // When space returns, find out whether sled failed meanwhile (in its background flush,
+        // say): a flush reports the failure it is stuck on.
+        if ok && !self.space_ok.load(Ordering::Relaxed) {
+            if let Ok(db) = self.db() {
+                if db.flush().is_err() {
+                    self.broken.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let was = self.space_ok.swap(ok, Ordering::Relaxed);
+        if was && !ok {
+            tracing::error!(path = %self.path.display(), available, min_free_space = self.min_free_space,
+                "the store's disk is nearly full: new events are not stored (traffic still flows) until space is freed");
+        } else if !was && ok {
+            tracing::warn!(path = %self.path.display(), available, "the store's disk has space again: events are stored again");
+        }
+        ok
+    }
+
+    /// `Err(DiskFull)` while the last space check found too little room.
+    fn writable(&self) -> Result<(), StoreError> {
+        if self.space_ok.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(StoreError::DiskFull {
+                available: fs2::available_space(&self.path).unwrap_or(0),
+                required: self.min_free_space,
+            })
+        }
+    }
+
+    /// Runs one write (or a group of writes) on the database: refused while the disk is
+    /// nearly full, and a failure inside sled marks the database for reopening. Every write
+    /// goes through here.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.writable()?;
+        let result = self.db().and_then(|db| f(&db));
+        self.note(result)
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, k: Vec<u8>) -> Result<Option<T>, StoreError> {
+        match self.db()?.get(k)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(&self, prefix: Vec<u8>) -> Result<Vec<T>, StoreError> {
+        self.db()?
+            .scan_prefix(prefix)
+            .map(|entry| Ok(serde_json::from_slice(&entry?.1)?))
+            .collect()
+    }
+
+    /// Whether events go into sled (rather than wait in `pending/`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.is_open()
+    }
+
+    /// How many appends have failed since start.
+    pub fn failed_appends(&self) -> u64 {
+        self.failed_appends.load(Ordering::Relaxed)
+    }
+
+    /// A cheap read that fails when the store does (for readiness checks).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.db()?.get(b"ping")?;
+        Ok(())
+    }
+
+    /// Writes everything buffered to disk (called on shutdown and in tests).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db()?.flush()?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    fn is_ready(&self) -> bool {
+        SledStore::is_ready(self)
+    }
+
+    fn needs_setup(&self) -> bool {
+        SledStore::needs_setup(self)
+    }
+
+    fn mark_ready(&self) {
+        SledStore::mark_ready(self);
+    }
+
+    fn maintain(&self) -> bool {
+        SledStore::maintain(self)
+    }
+
+    fn drain_held(
+        &self,
+        store: &mut dyn FnMut(&Event) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
+        self.drain_pending(store)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        SledStore::ping(self)
+    }
+
+    fn failed_appends(&self) -> u64 {
+        SledStore::failed_appends(self)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        SledStore::flush(self)
+    }
+
+    fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        SledStore::append(self, event, deliveries)
+    }
+
+    fn hold(&self, event: &Event) -> Result<(), StoreError> {
+        SledStore::hold(self, event)
+    }
+
+    async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        SledStore::webhooks(self)
+    }
+
+    async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+        SledStore::webhook(self, id)
+    }
+
+    async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        SledStore::put_webhook(self, webhook)
+    }
+
+    async fn save_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
+        SledStore::save_webhook(self, webhook)
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
+        SledStore::delete_webhook(self, id)
+    }
+
+    async fn queued(
+        &self,
+        webhook: Uuid,
+        until_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        SledStore::queued(self, webhook, until_ms, limit, skip)
+    }
+
+    async fn next_queued(
+        &self,
+        webhook: Uuid,
+        skip: &HashSet<Uuid>,
+    ) -> Result<Option<u64>, StoreError> {
+        SledStore::next_queued(self, webhook, skip)
+    }
+
+    async fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
+        SledStore::queue_stats(self, webhook)
+    }
+
+    async fn record_attempts(
+        &self,
+        webhook: Uuid,
+        changes: &[Recorded],
+        record: Option<&Webhook>,
+    ) -> Result<bool, StoreError> {
+        SledStore::record_attempts(self, webhook, changes, record)
+    }
+
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
+        SledStore::requeue(self, delivery, now_ms)
+    }
+
+    async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+        SledStore::event(self, id)
+    }
+
+    async fn events_page(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        SledStore::events_page(self, query)
+    }
+
+    async fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
+        SledStore::delivery(self, id)
+    }
+
+    async fn deliveries_of(
+        &self,
+        webhook: Uuid,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        SledStore::deliveries_of(self, webhook, limit)
+    }
+
+    async fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
+        SledStore::attempts(self, delivery)
+    }
+
+    fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
+        SledStore::sweep(self, cutoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> SledStore {
+        SledStore::open(&StoreConfig {
+            path: dir.join("data"),
+            flush: FlushMode::Interval(Duration::from_millis(100)),
+            retention: Duration::from_secs(60),
+            min_free_space: 0,
+        })
+        .expect("open store")
+    }
+
+    crate::store_contract_tests!(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        (dir, Arc::new(store) as Arc<dyn Store>)
+    });
+
+    #[test]
+    fn the_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _s = open(dir.path());
+        let mode = std::fs::metadata(dir.path().join("data"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,194 @@
+//! Deliveries, the queue and the attempt log.
+//!
+//! A queue entry (`q` webhook, queue ms, delivery id) is written after the delivery it points
+//! to and removed after the state that replaces it; an entry that no longer matches its
+//! delivery (left by a crash between two writes) is dropped when read.
+
+use std::collections::HashSet;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{SledStore, keys};
+use crate::event::{Attempt, Delivery, DeliveryState};
+use crate::store::{QueueStats, Recorded, StoreError};
+use crate::webhook::Webhook;
+
+impl SledStore {
+    pub fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
+        self.get(keys::delivery(id))
+    }
+
+    /// A webhook's deliveries, newest first, at most `limit`.
+    pub fn deliveries_of(&self, webhook: Uuid, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        let prefix = keys::key(keys::BY_WEBHOOK, &[webhook.as_bytes()]);
+        for entry in self.db()?.scan_prefix(prefix).rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = entry?;
+            if let Some(d) = keys::trailing_id(&k)
+                .map(|id| self.delivery(id))
+                .transpose()?
+                .flatten()
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The attempts of one delivery, first attempt first.
+    pub fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
+        self.scan(keys::key(keys::ATTEMPT, &[delivery.as_bytes()]))
+    }
+
+    /// Up to `limit` queued deliveries of `webhook` whose queue time is at most `until_ms`,
+    /// in queue order, leaving out those in `skip` (deliveries already in flight).
+    pub fn queued(
+        &self,
+        webhook: Uuid,
+        until_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let start = keys::key(keys::QUEUE, &[webhook.as_bytes()]);
+        let end = keys::key(
+            keys::QUEUE,
+            &[
+                webhook.as_bytes(),
+                &until_ms.saturating_add(1).to_be_bytes(),
+            ],
+        );
+        let mut out = Vec::new();
+        for entry in self.db()?.range(start..end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, _) = entry?;
+            let Some(id) = keys::trailing_id(&k) else {
+                continue;
+            };
+            if skip.contains(&id) {
+                continue;
+            }
+            match self.delivery(id)? {
+                Some(d) if d.state == DeliveryState::Pending && keys::queue(&d) == k.as_ref() => {
+                    out.push(d);
+                }
+                // An entry left behind by a crash between two writes of `record_attempts`:
+                // the delivery has moved on (or is gone). Dropping it is tidying only, so a
+                // refused write (a full disk) does not fail the read.
+                _ => {
+                    let _ = self.write(|db| Ok(db.remove(&k)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The queue time of the first queued delivery of `webhook` not in `skip`.
+    pub fn next_queued(
+        &self,
+        webhook: Uuid,
+        skip: &HashSet<Uuid>,
+    ) -> Result<Option<u64>, StoreError> {
+        for entry in self
+            .db()?
+            .scan_prefix(keys::key(keys::QUEUE, &[webhook.as_bytes()]))
+        {
+            let (k, _) = entry?;
+            let Some(id) = keys::trailing_id(&k) else {
+                continue;
+            };
+            if !skip.contains(&id) {
+                return Ok(keys::queue_ms(&k));
+            }
+        }
+        Ok(None)
+    }
+
+    /// How many deliveries are queued for `webhook`, and when the oldest was created (read
+    /// from the UUIDv7 delivery ids in the keys, so no record is decoded).
+    pub fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
+        let mut stats = QueueStats::default();
+        for entry in self
+            .db()?
+            .scan_prefix(keys::key(keys::QUEUE, &[webhook.as_bytes()]))
+        {
+            let (k, _) = entry?;
+            stats.pending += 1;
+            let created = keys::trailing_id(&k)
+                .and_then(|id| id.get_timestamp())
+                .map(|ts| {
+                    let (secs, nanos) = ts.to_unix();
+                    secs * 1000 + u64::from(nanos) / 1_000_000
+                });
+            if let Some(c) = created {
+                stats.oldest_ms = Some(stats.oldest_ms.map_or(c, |o| o.min(c)));
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Records attempts with the new states of their deliveries and, when given, the
+    /// webhook's record; queue entries follow the new states. Writes nothing, and returns
+    /// false, when the webhook no longer exists (it was deleted while the request was out).
+    pub fn record_attempts(
+        &self,
+        webhook: Uuid,
+        changes: &[Recorded],
+        record: Option<&Webhook>,
+    ) -> Result<bool, StoreError> {
+        self.write(|db| {
+            if !db.contains_key(keys::webhook(webhook))? {
+                return Ok(false);
+            }
+            // Single writes in a safe order (see `append`): the new state first, the new queue
+            // entry next, the old queue entry last. A crash in between leaves at worst an extra
+            // queue entry, which `queued` drops, or a delivery sent once more.
+            for c in changes {
+                db.insert(
+                    keys::attempt(c.attempt.delivery_id, c.attempt.number),
+                    serde_json::to_vec(&c.attempt)?,
+                )?;
+                db.insert(keys::delivery(c.after.id), serde_json::to_vec(&c.after)?)?;
+            }
+            if let Some(w) = record {
+                Self::update_webhook(db, w)?;
+            }
+            for c in changes {
+                let pending = c.after.state == DeliveryState::Pending;
+                if pending {
+                    db.insert(keys::queue(&c.after), &[] as &[u8])?;
+                }
+                if !pending || keys::queue(&c.after) != keys::queue(&c.before) {
+                    db.remove(keys::queue(&c.before))?;
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Puts a delivery back in the queue, due at `now_ms` (a redelivery keeps its id).
+    pub fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
+        let mut d = delivery.clone();
+        d.state = DeliveryState::Pending;
+        d.schedule_start = d.attempts;
+        d.due_ms = now_ms;
+        d.queue_ms = now_ms;
+        d.updated_at = OffsetDateTime::now_utc();
+        self.write(|db| {
+            // The same order as `record_attempts`: state, new entry, old entry.
+            db.insert(keys::delivery(d.id), serde_json::to_vec(&d)?)?;
+            db.insert(keys::queue(&d), &[] as &[u8])?;
+            if delivery.state == DeliveryState::Pending && keys::queue(delivery) != keys::queue(&d)
+            {
+                db.remove(keys::queue(delivery))?;
+            }
+            Ok(())
+        })?;
+        Ok(d)
+    }
+}

@@ -1,0 +1,70 @@
+//! The retention sweep: finished records older than `[store] retention` leave.
+
+use time::OffsetDateTime;
+
+use super::events::StoredEvent;
+use super::{SledStore, keys};
+use crate::event::DeliveryState;
+use crate::store::{StoreError, Swept};
+
+impl SledStore {
+    /// Removes every event created before `cutoff` none of whose deliveries is still pending,
+    /// with its deliveries and their attempts. Events are scanned oldest first, so the sweep
+    /// stops at the first event younger than the cutoff.
+    pub fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
+        let mut swept = Swept::default();
+        for entry in self.db()?.scan_prefix([keys::EVENT]) {
+            let (k, v) = entry?;
+            let stored: StoredEvent = serde_json::from_slice(&v)?;
+            let event = stored.event;
+            if event.created_at >= cutoff {
+                break;
+            }
+            let mut batch = sled::Batch::default();
+            let mut this = Swept {
+                events: 1,
+                ..Swept::default()
+            };
+            let mut pending = false;
+            for index in self
+                .db()?
+                .scan_prefix(keys::key(keys::BY_EVENT, &[event.id.as_bytes()]))
+            {
+                let (ik, _) = index?;
+                let Some(delivery_id) = keys::trailing_id(&ik) else {
+                    continue;
+                };
+                if let Some(d) = self.delivery(delivery_id)? {
+                    if d.state == DeliveryState::Pending {
+                        pending = true;
+                        break;
+                    }
+                    batch.remove(keys::delivery(d.id));
+                    batch.remove(keys::by_webhook(&d));
+                    this.deliveries += 1;
+                }
+                for a in self
+                    .db()?
+                    .scan_prefix(keys::key(keys::ATTEMPT, &[delivery_id.as_bytes()]))
+                {
+                    batch.remove(a?.0);
+                    this.attempts += 1;
+                }
+                batch.remove(ik);
+            }
+            if pending {
+                continue;
+            }
+            batch.remove(k);
+            self.write(|db| Ok(db.apply_batch(batch)?))?;
+            if let Some(file) = stored.payload_file {
+                // An orphan file would only cost disk space; the record is gone either way.
+                let _ = std::fs::remove_file(self.payload_path(&file));
+            }
+            swept.events += this.events;
+            swept.deliveries += this.deliveries;
+            swept.attempts += this.attempts;
+        }
+        Ok(swept)
+    }
+}

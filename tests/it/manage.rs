@@ -610,6 +610,8 @@ async fn a_concurrency_change_takes_effect_at_once() {
     receiver.set_delay(Duration::from_secs(60));
     let mut one = spec("crm", &receiver.url());
     one.concurrency = 1;
+    // No timeout frees a slot while the test waits.
+    one.timeout = Duration::from_secs(120);
     let engine = Running::start(&[one], &["127.0.0.0/8"]).await;
     let id = engine.id("crm");
     for n in 0..3 {

@@ -6,26 +6,31 @@
 //!    whether a request could match any rule; only such *candidates* are copied ([`capture`]).
 //! 2. When the response is complete, [`capture`] builds the exchange document and [`rules`]
 //!    evaluates status, `when` predicates and payload paths into [`event::Event`]s.
-//! 3. [`store`] writes each event and one [`event::Delivery`] per subscribed webhook to sled in
-//!    an order that makes a crash between writes harmless, before the last byte of the response
-//!    reaches the client.
-//! 4. [`delivery`] reads what is due, signs it and POSTs it to the subscriber, recording every
-//!    [`event::Attempt`] and rescheduling failures along the webhook's retry schedule.
+//! 3. The [`delivery::intake`] (all the proxy holds of the engine) appends each event and one
+//!    [`event::Delivery`] per subscribed webhook to the [`store`], before the last byte of the
+//!    response reaches the client, and wakes the scheduler.
+//! 4. The [`delivery::scheduler`] reads what is due, signs and POSTs it, and records every
+//!    [`event::Attempt`] as [`delivery::outcome`] decides: delivered, retried along the
+//!    webhook's schedule, or failed.
 //!
 //! # Layout
 //!
+//! Dependencies point one way: `config` assembles the components; the engine and the admin
+//! API use the [`store::Store`] contract, never a backend's internals.
+//!
 //! - [`admin`]: the admin HTTP API, dashboard, metrics and live tap.
 //! - [`client`]: the admin API client behind the `webhooks`, `deliveries` and `tap` commands.
-//! - [`config`]: hooktap.toml and rule files: raw serde types, validation, `file:line` errors.
+//! - [`config`]: loads and assembles hooktap.toml and rule files; `file:line` errors.
 //! - [`rules`]: the compiled rule set: router, `when` predicates, payload, the `[[test]]` runner.
 //! - [`capture`]: bounded body copies, content decoding, the exchange document.
 //! - [`event`]: the types handed between rules, store and delivery.
 //! - [`metrics`]: Prometheus counters shared by proxy, rules and delivery.
 //! - [`proxy`]: the pingora glue; fails open.
 //! - [`live`]: reloading rules and webhooks while running.
-//! - [`store`]: sled key layout and the atomic operations on it.
+//! - [`store`]: the store contract, its test suite and the sled backend.
 //! - [`webhook`]: webhook subscriptions: spec, stored record, status, counters.
-//! - [`delivery`]: the delivery loop, signing profiles, retry schedule, SSRF guard.
+//! - [`delivery`]: the engine: intake, registry, scheduler, outcome, sending, signing, retries,
+//!   the store keeper and management.
 //! - [`demo`]: `hooktap demo`: a shop, the proxy and a receiver in one process.
 //! - [`server`]: wires the above into one pingora server with graceful shutdown.
 

@@ -3,8 +3,8 @@
 //! The engine ([`crate::delivery`]), the admin API and the proxy's intake see the store only
 //! through the [`Store`] trait. The store *is* the queue: events, deliveries (with their due
 //! times), the attempt log and the webhooks all live in it, and nothing about pending work lives
-//! only in memory. [`contract`] is the test suite every backend passes; a new backend runs it
-//! by invoking [`store_contract_tests!`](crate::store_contract_tests) once.
+//! only in memory. `contract` (compiled for tests) is the suite every backend passes; a new
+//! backend runs it by invoking `store_contract_tests!` once in its tests module.
 //!
 //! What the contract promises, whatever the backend:
 //! - **Intake never waits on a network.** [`Store::append`] and [`Store::hold`] are synchronous
@@ -128,7 +128,7 @@ pub struct EventQuery {
     pub limit: usize,
 }
 
-/// The store contract. See the module documentation for the promises; [`contract`] tests them.
+/// The store contract. See the module documentation for the promises; `contract` tests them.
 ///
 /// Methods that the request path calls are synchronous; the rest are `async` so that a
 /// backend across a network can serve them without blocking the engine's runtime. The

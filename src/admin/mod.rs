@@ -211,6 +211,61 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
     }
 }
 
+/// Without a token, only this machine may use the API: loopback is the only address it
+/// listens on, but a web page open in a browser here could still send requests to it. So a
+/// request is refused unless its `Host` is a loopback name or address (against DNS rebinding:
+/// a page of attacker.example resolved to 127.0.0.1) and any `Origin` it carries is too
+/// (against cross-site requests). With a token, a page cannot learn it, and both pass.
+async fn loopback_only(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if state.token_hash.is_some() {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host_ok = host.is_none_or(|h| is_loopback_authority(h));
+    let origin_ok = origin.is_none_or(|o| {
+        url::Url::parse(o).is_ok_and(|u| u.host_str().is_some_and(is_loopback_host))
+    });
+    if host_ok && origin_ok {
+        return next.run(request).await;
+    }
+    tracing::warn!(
+        host,
+        origin,
+        "admin API: refused a request from outside this machine (no token is set)"
+    );
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "without [admin] token the admin API answers only requests addressed to a loopback name \
+         (Host: 127.0.0.1, [::1] or localhost) that come from no other site (Origin); set a \
+         token to reach it otherwise",
+    )
+    .into_response()
+}
+
+/// `host[:port]` whose host is a loopback name or address.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        // `[::1]:9090`
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    is_loopback_host(host)
+}
+
+/// `localhost`, `*.localhost` (RFC 6761) or a loopback IP (brackets allowed).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let lower = host.to_ascii_lowercase();
+    lower == "localhost"
+        || lower.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The dashboard: one static page (login form + script) that calls this API with the token.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -254,6 +309,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/readyz", get(events::ready))
         .merge(api)
+        .layer(middleware::from_fn_with_state(state.clone(), loopback_only))
         .with_state(state)
 }
 

@@ -27,6 +27,10 @@ struct Admin {
 }
 
 fn admin() -> Admin {
+    admin_with(Some(TOKEN))
+}
+
+fn admin_with(token: Option<&str>) -> Admin {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(&StoreConfig {
         path: dir.path().join("data"),
@@ -59,7 +63,7 @@ fn admin() -> Admin {
     ));
     let proxy = "127.0.0.1:9".parse().expect("addr");
     Admin {
-        router: router(AdminState::new(live, Some(TOKEN), proxy)),
+        router: router(AdminState::new(live, token, proxy)),
         engine,
         _dir: dir,
     }
@@ -73,7 +77,29 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
+    call_with(
+        admin,
+        method,
+        uri,
+        token,
+        body,
+        &[("host", "127.0.0.1:9090")],
+    )
+    .await
+}
+
+async fn call_with(
+    admin: &Admin,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Value) {
     let mut request = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
     if let Some(t) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
     }
@@ -299,4 +325,59 @@ async fn the_openapi_document_lists_the_routes() {
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is documented");
     }
+}
+
+/// Without a token, a web page open on this machine must not reach the API: not by DNS
+/// rebinding (a foreign Host) and not cross-site (a foreign Origin).
+#[tokio::test]
+async fn without_a_token_only_loopback_requests_from_no_other_site_pass() {
+    let open = admin_with(None);
+    let refused = [
+        vec![("host", "attacker.example:9090")],
+        vec![
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://attacker.example:9090"),
+        ],
+        vec![
+            ("host", "attacker.example"),
+            ("origin", "http://127.0.0.1:9090"),
+        ],
+        vec![("host", "127.0.0.1.attacker.example:9090")],
+        vec![("host", "localhost.attacker.example")],
+    ];
+    for headers in &refused {
+        let (status, _, body) = call_with(&open, "POST", "/reload", None, None, headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(body["code"], "forbidden");
+        let (status, ..) = call_with(&open, "GET", "/webhooks", None, None, headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+    }
+    let allowed = [
+        vec![("host", "127.0.0.1:9090")],
+        vec![
+            ("host", "localhost:9090"),
+            ("origin", "http://localhost:9090"),
+        ],
+        vec![("host", "[::1]:9090"), ("origin", "http://[::1]:9090")],
+        vec![("host", "dashboard.localhost")],
+    ];
+    for headers in &allowed {
+        let (status, _, body) = call_with(&open, "GET", "/webhooks", None, None, headers).await;
+        assert_eq!(status, StatusCode::OK, "{headers:?}: {body}");
+    }
+    // With a token, the token is what counts.
+    let admin = admin();
+    let (status, ..) = call_with(
+        &admin,
+        "GET",
+        "/webhooks",
+        Some(TOKEN),
+        None,
+        &[
+            ("host", "hooktap.internal:9090"),
+            ("origin", "https://ops.example"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -1,6 +1,6 @@
 //! The sled backend: the embedded default store, one directory on local disk.
 //!
-//! All records live in one sled tree under one-byte prefixes ([`keys`]). The hot writes
+//! All records live in one sled tree under one-byte prefixes (`keys`). The hot writes
 //! (storing an event with its deliveries, recording an attempt) are single writes in an order
 //! that makes a crash between them harmless: a queue entry is written after what it points to
 //! and removed after the state that replaces it, so a crash can at worst leave a stale queue
@@ -20,7 +20,7 @@
 //! Ids are UUIDv7 and numbers big-endian, so byte order is time order: "what is due for this
 //! webhook" is a range scan from the start of its queue prefix.
 //!
-//! Every write goes through [`SledStore::write`], which refuses it while the disk is nearly
+//! Every write goes through `SledStore::write`, which refuses it while the disk is nearly
 //! full and notes a failure inside sled so that [`SledStore::maintain`] reopens the database.
 //!
 //! - [`keys`]: the key layout.

@@ -223,7 +223,7 @@ async fn loopback_only(State(state): State<AdminState>, request: Request, next: 
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host_ok = host.is_none_or(|h| is_loopback_authority(h));
+    let host_ok = host.is_none_or(is_loopback_authority);
     let origin_ok = origin.is_none_or(|o| {
         url::Url::parse(o).is_ok_and(|u| u.host_str().is_some_and(is_loopback_host))
     });

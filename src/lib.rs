@@ -16,18 +16,41 @@
 //!
 //! - [`admin`]: the admin HTTP API, dashboard, metrics and live tap.
 //! - [`client`]: the admin API client behind the `webhooks`, `deliveries` and `tap` commands.
-//! - [`config`]: hooktap.toml and rule files: raw serde types, validation, `file:line` errors.
-//! - [`rules`]: the compiled rule set: router, `when` predicates, payload, the `[[test]]` runner.
+//! - [`config`]: loads hooktap.toml and the rule files and assembles the checked parts; every
+//!   error says `file:line`.
+//! - [`rules`]: rule files' raw types and the compiled rule set: router, `when` predicates,
+//!   payload, the `[[test]]` runner.
 //! - [`capture`]: bounded body copies, content decoding, the exchange document.
 //! - [`event`]: the types handed between rules, store and delivery.
 //! - [`metrics`]: Prometheus counters shared by proxy, rules and delivery.
 //! - [`proxy`]: the pingora glue; fails open.
 //! - [`live`]: reloading rules and webhooks while running.
 //! - [`store`]: sled key layout and the atomic operations on it.
-//! - [`webhook`]: webhook subscriptions: spec, stored record, status, counters.
-//! - [`delivery`]: the delivery loop, signing profiles, retry schedule, SSRF guard.
+//! - [`webhook`]: webhook subscriptions: input, spec, stored record, status, counters.
+//! - [`schedule`]: parsing retry schedules such as `5s,30s,1m`.
+//! - [`ssrf`]: which destination addresses deliveries may reach.
+//! - [`delivery`]: the delivery loop, signing profiles, retry timing.
 //! - [`demo`]: `hooktap demo`: a shop, the proxy and a receiver in one process.
 //! - [`server`]: wires the above into one pingora server with graceful shutdown.
+//!
+//! # Dependency direction
+//!
+//! Imports point one way, from the edges of the process towards plain data; nothing imports
+//! back up:
+//!
+//! ```text
+//! main, server, demo, admin, client, live
+//!     → config          (reads files, assembles component configs)
+//!         → rules       (rules::raw: rule files' serde types; compiled rules)
+//!         → webhook     (WebhookInput: the one declaration of a webhook's fields)
+//!     → delivery, store, proxy
+//!         → webhook, rules, capture, event, metrics
+//! leaves: ssrf, schedule, event, capture, metrics
+//! ```
+//!
+//! `config` knows every component's raw and compiled settings; a component never imports
+//! `config` for raw types (delivery, store and client take their compiled `*Config` structs).
+//! `webhook` uses the leaves [`ssrf`] and [`schedule`] and never [`delivery`].
 
 pub mod admin;
 pub mod capture;
@@ -40,7 +63,9 @@ pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod rules;
+pub mod schedule;
 pub mod server;
+pub mod ssrf;
 pub mod store;
 pub mod webhook;
 

@@ -21,7 +21,6 @@ pub mod manage;
 pub mod retry;
 pub mod send;
 pub mod sign;
-pub mod ssrf;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -36,6 +35,7 @@ use uuid::Uuid;
 use crate::config::DeliveryConfig;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
 use crate::metrics::Metrics;
+use crate::ssrf;
 use crate::store::{Store, StoreError};
 use crate::webhook::{BatchOrder, Mode, Webhook, WebhookSpec, WebhookStatus, compile_topics};
 use send::{Answer, Outgoing};

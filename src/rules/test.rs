@@ -7,9 +7,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
+use super::raw::RawTest;
 use super::{RuleSet, SpanError};
 use crate::capture::{Exchange, RequestParts, ResponseParts};
-use crate::config::raw::RawTest;
 
 #[derive(Debug, Clone)]
 pub enum Expect {

@@ -644,28 +644,25 @@ fn compile_webhooks(
 /// The keys a `[[webhook]]` table has beyond [`WebhookInput`]'s.
 const FILE_ONLY_KEYS: &[&str] = &["secret_env"];
 
-/// One `[[webhook]]` table: each key is deserialized into [`WebhookInput`] on its own, so that
-/// every bad value is reported at its line; then `WebhookInput::apply` checks the whole, as
-/// for the admin API. Returns the spec and where its name is written.
-fn compile_webhook(
+/// A `[[webhook]]` table read key by key: the accepted keys as a [`WebhookInput`] with where
+/// each was written, the keys rejected (already reported), and `secret_env`.
+struct WebhookTable {
+    input: WebhookInput,
+    spans: Vec<(String, Range<usize>)>,
+    rejected: Vec<String>,
+    secret_env: Option<(String, Range<usize>)>,
+}
+
+/// Deserializes each key into [`WebhookInput`] on its own, so that every bad value is
+/// reported at its line (`shown` names the webhook in messages).
+fn read_webhook_table(
     r: &mut Reporter,
-    table: Spanned<RawWebhook>,
-    defaults: &Defaults<'_>,
-) -> Option<(WebhookSpec, Range<usize>)> {
-    let table_span = table.span();
-    let entries = table.into_inner().entries;
-    let Some((_, name)) = entries.iter().find(|(k, _)| k.get_ref() == "name") else {
-        r.at(table_span, "missing field `name`");
-        return None;
-    };
-    let name_span = name.span();
-    let shown = match name.get_ref() {
-        toml::Value::String(s) => s.trim().to_owned(),
-        other => other.to_string(),
-    };
+    shown: &str,
+    entries: Vec<(Spanned<String>, Spanned<toml::Value>)>,
+) -> Result<WebhookTable, ValueError> {
     let mut good = toml::Table::new();
-    let mut spans: Vec<(String, Range<usize>)> = Vec::new();
-    let mut rejected: Vec<String> = Vec::new();
+    let mut spans = Vec::new();
+    let mut rejected = Vec::new();
     let mut secret_env = None;
     for (key, value) in entries {
         let (key_span, key) = (key.span(), key.into_inner());
@@ -696,31 +693,54 @@ fn compile_webhook(
             }
         }
     }
-    let mut input: WebhookInput = match fields::from_table(good) {
-        Ok(input) => input,
-        Err(e) => {
-            r.at(table_span, format!("webhook `{shown}`: {e}"));
-            return None;
-        }
+    Ok(WebhookTable {
+        input: fields::from_table(good)?,
+        spans,
+        rejected,
+        secret_env,
+    })
+}
+
+/// One `[[webhook]]` table, read key by key, then checked whole by `WebhookInput::apply` as
+/// the admin API checks a body. Returns the spec and where its name is written.
+fn compile_webhook(
+    r: &mut Reporter,
+    table: Spanned<RawWebhook>,
+    defaults: &Defaults<'_>,
+) -> Option<(WebhookSpec, Range<usize>)> {
+    let table_span = table.span();
+    let entries = table.into_inner().entries;
+    let Some((_, name)) = entries.iter().find(|(k, _)| k.get_ref() == "name") else {
+        r.at(table_span, "missing field `name`");
+        return None;
     };
+    let name_span = name.span();
+    let shown = match name.get_ref() {
+        toml::Value::String(s) => s.trim().to_owned(),
+        other => other.to_string(),
+    };
+    let mut t = read_webhook_table(r, &shown, entries)
+        .map_err(|e| r.at(table_span, format!("webhook `{shown}`: {e}")))
+        .ok()?;
     // The secret comes from the file or from the environment.
-    if let Some((var, span)) = secret_env {
-        if let Some((_, secret_span)) = spans.iter().find(|(k, _)| k == "secret") {
+    if let Some((var, span)) = t.secret_env.take() {
+        if let Some((_, secret_span)) = t.spans.iter().find(|(k, _)| k == "secret") {
             r.at(
                 secret_span.clone(),
                 format!("webhook `{shown}`: set either `secret` or `secret_env`, not both"),
             );
             return None;
         }
-        input.secret = Some(from_env(r, &var, span, &format!("webhook `{shown}`: "))?);
+        t.input.secret = Some(from_env(r, &var, span, &format!("webhook `{shown}`: "))?);
     }
-    let spec = input.apply(None, defaults).map_err(|errors| {
+    let spec = t.input.apply(None, defaults).map_err(|errors| {
         // A field whose value was rejected above is not reported a second time.
         for FieldError { field, message } in errors {
-            if rejected.iter().any(|k| k == field) {
+            if t.rejected.iter().any(|k| k == field) {
                 continue;
             }
-            let span = spans
+            let span = t
+                .spans
                 .iter()
                 .find(|(k, _)| k == field)
                 .map_or(name_span.clone(), |(_, s)| s.clone());
@@ -728,7 +748,7 @@ fn compile_webhook(
         }
     });
     let spec = spec.ok()?;
-    rejected.is_empty().then_some((spec, name_span))
+    t.rejected.is_empty().then_some((spec, name_span))
 }
 
 #[cfg(test)]

@@ -294,7 +294,7 @@ impl RuleSet {
         }
         self.router
             .insert(&rule.path, rule.methods.clone(), self.rules.len())
-            .map_err(|m| vec![SpanError::new(path_span, m)])?;
+            .map_err(|e| vec![SpanError::new(path_span, e.to_string())])?;
         self.rules.push(rule);
         Ok(())
     }

@@ -455,26 +455,7 @@ impl WebhookInput {
                 |b| b.name.clone(),
             )
         });
-        let url = p.require(
-            "url",
-            self.url
-                .as_deref()
-                .map(|u| check_url(u, d.https_only, d.guard)),
-            base.map(|b| b.url.clone()),
-            "url is required",
-        );
-        let secret = p.require(
-            "secret",
-            self.secret.clone().map(check_secret),
-            base.map(|b| b.secret.clone()),
-            "secret is required",
-        );
-        let topics = p.require(
-            "topics",
-            self.topics.clone().map(|t| compile_topics(&t).map(|_| t)),
-            base.map(|b| b.topics.clone()),
-            "topics is required, such as [\"order.*\"]",
-        );
+        let target = self.target(base, d, &mut p);
         let retry = p.pick(
             "retry",
             self.retry
@@ -512,8 +493,8 @@ impl WebhookInput {
             self.concurrency.map(|c| at_least_one("concurrency", c)),
             || base.map_or(8, |b| b.concurrency),
         );
-        match (url, secret, topics) {
-            (Some(url), Some(secret), Some(topics)) if p.0.is_empty() => Ok(WebhookSpec {
+        match target {
+            Some((url, secret, topics)) if p.0.is_empty() => Ok(WebhookSpec {
                 name,
                 url,
                 secret,
@@ -536,6 +517,37 @@ impl WebhookInput {
             }),
             _ => Err(p.0),
         }
+    }
+
+    /// The fields without default: where to send, the signing secret, which topics. `None`
+    /// when one is neither given nor in `base`, or was rejected (noted in `p`).
+    fn target(
+        &self,
+        base: Option<&WebhookSpec>,
+        d: &Defaults<'_>,
+        p: &mut Problems,
+    ) -> Option<(Url, String, Vec<String>)> {
+        let url = p.require(
+            "url",
+            self.url
+                .as_deref()
+                .map(|u| check_url(u, d.https_only, d.guard)),
+            base.map(|b| b.url.clone()),
+            "url is required",
+        );
+        let secret = p.require(
+            "secret",
+            self.secret.clone().map(check_secret),
+            base.map(|b| b.secret.clone()),
+            "secret is required",
+        );
+        let topics = p.require(
+            "topics",
+            self.topics.clone().map(|t| compile_topics(&t).map(|_| t)),
+            base.map(|b| b.topics.clone()),
+            "topics is required, such as [\"order.*\"]",
+        );
+        Some((url?, secret?, topics?))
     }
 
     /// The mode with its batch settings: those given, else the base's (when it batches too),

@@ -329,3 +329,55 @@ pub async fn redeliver(
     })?;
     Ok(Json(json!({"delivery": requeued})))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(body: &str) -> ApiError {
+        let parsed = Json::<WebhookInput>::from_bytes(body.as_bytes());
+        input(parsed).expect_err("rejected")
+    }
+
+    #[test]
+    fn a_bad_enum_name_is_rejected_with_its_field_and_the_accepted_names() {
+        let e = rejected(r#"{"url": "https://x/", "signature": "hmac"}"#);
+        assert_eq!((e.code, e.field), ("invalid", Some("signature")));
+        assert!(
+            e.message.contains("unknown variant `hmac`")
+                && e.message.contains("`hooktap`, `standard`, `mautic`"),
+            "{}",
+            e.message
+        );
+        let e = rejected(r#"{"status": "on"}"#);
+        assert_eq!(e.field, Some("status"));
+        let e = rejected(r#"{"batch_max": "many"}"#);
+        assert_eq!(e.field, Some("batch_max"));
+    }
+
+    #[test]
+    fn other_body_problems_name_the_body() {
+        let e = rejected(r#"{"colour": "red"}"#);
+        assert_eq!(e.field, Some("body"));
+        assert!(e.message.contains("colour"), "{}", e.message);
+        assert_eq!(rejected("{").field, Some("body"));
+    }
+
+    #[test]
+    fn a_bad_status_filter_names_the_accepted_names() {
+        let filter = StatusFilter {
+            status: Some("on".into()),
+        };
+        let e = filter.parse().expect_err("rejected");
+        assert_eq!(e.field, Some("status"));
+        assert!(
+            e.message.contains("`active`, `paused`, `disabled`"),
+            "{}",
+            e.message
+        );
+        let filter = StatusFilter {
+            status: Some("paused".into()),
+        };
+        assert_eq!(filter.parse().expect("valid"), Some(WebhookStatus::Paused));
+    }
+}

@@ -35,22 +35,27 @@
 //!
 //! # Dependency direction
 //!
-//! Imports point one way, from the edges of the process towards plain data; nothing imports
-//! back up:
+//! Imports point one way (an arrow reads "imports"); nothing imports back up:
 //!
 //! ```text
-//! main, server, demo, admin, client, live
-//!     → config          (reads files, assembles component configs)
-//!         → rules       (rules::raw: rule files' serde types; compiled rules)
-//!         → webhook     (WebhookInput: the one declaration of a webhook's fields)
-//!     → delivery, store, proxy
-//!         → webhook, rules, capture, event, metrics
-//! leaves: ssrf, schedule, event, capture, metrics
+//! server, demo ──→ admin, live, proxy, delivery, store, config
+//! admin ─────────→ live, delivery, store, webhook, event
+//! live ──────────→ config, delivery, rules, store
+//! client ────────→ config (AdminConfig), webhook, event
+//! delivery ──────→ config (DeliveryConfig), store, webhook, event, metrics, ssrf
+//! store ─────────→ config (StoreConfig), webhook, event
+//! proxy ─────────→ delivery, rules, capture
+//! config ────────→ rules (rules::raw for rule files), webhook (WebhookInput), ssrf
+//! rules ─────────→ capture, event
+//! webhook ───────→ ssrf, schedule
+//! leaves: ssrf, schedule, capture, event, metrics
 //! ```
 //!
-//! `config` knows every component's raw and compiled settings; a component never imports
-//! `config` for raw types (delivery, store and client take their compiled `*Config` structs).
-//! `webhook` uses the leaves [`ssrf`] and [`schedule`] and never [`delivery`].
+//! `config` reads the files and assembles: it uses the components' own types (the rule
+//! files' raw types live in [`rules::raw`], a webhook table is read into
+//! [`webhook::WebhookInput`]) and hands each component its compiled `*Config`. A component
+//! never imports `config` for raw types, `webhook` never imports `delivery`, and `ssrf` and
+//! `schedule` import nothing from the crate.
 
 pub mod admin;
 pub mod capture;

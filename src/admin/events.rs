@@ -85,11 +85,11 @@ pub struct StreamFilter {
     topic: Option<String>,
 }
 
+/// Server-sent events: one `event` message (JSON) per stored event, as it is stored.
 #[utoipa::path(get, operation_id = "stream_events", path = "/events/stream", tag = "events",
     summary = "Server-sent events: one `event` message per stored event (and `lagged` with the number missed by a slow reader)",
     params(StreamFilter),
     responses((status = 200, content_type = "text/event-stream", body = String)))]
-/// Server-sent events: one `event` message (JSON) per stored event, as it is stored.
 pub async fn stream(
     State(state): State<AdminState>,
     Q(filter): Q<StreamFilter>,
@@ -188,10 +188,10 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiErr
         .into_response())
 }
 
+/// Ready when the proxy accepts connections and the store answers.
 #[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "meta", security(()),
     summary = "Ready: proxy listening and store open (no token needed; 503 when not)",
     responses((status = 200, body = HealthDoc), (status = 503, body = HealthDoc)))]
-/// Ready when the proxy accepts connections and the store answers.
 pub async fn ready(State(state): State<AdminState>) -> Response {
     let proxy = tokio::time::timeout(
         Duration::from_secs(1),

@@ -77,7 +77,7 @@ pub struct RawDelivery {
 
 /// A `[[webhook]]` table: its keys and values as written, each with its place. The keys are
 /// those of [`crate::webhook::WebhookInput`] (the one declaration of a webhook's fields) plus the
-/// file-only `secret_env`; [`super::fields`] deserializes them into a `WebhookInput` one by one,
+/// file-only `secret_env`; the loader deserializes them into a `WebhookInput` one by one,
 /// so that every bad value is reported at its own line.
 #[derive(Debug, Default)]
 pub struct RawWebhook {

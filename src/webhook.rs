@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::schedule::{default_schedule, parse_schedule};
-use crate::ssrf::Guard;
+use crate::ssrf::{Blocked, Guard};
 
 /// Whether a webhook sends and whether it accepts new deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, ValueEnum)]
@@ -531,7 +531,7 @@ impl WebhookInput {
             "url",
             self.url
                 .as_deref()
-                .map(|u| check_url(u, d.https_only, d.guard)),
+                .map(|u| check_url(u, d.https_only, d.guard).map_err(|e| e.to_string())),
             base.map(|b| b.url.clone()),
             "url is required",
         );
@@ -632,24 +632,42 @@ fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
     fields
 }
 
+/// A webhook URL that deliveries cannot use; credentials are masked in every message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("url `{url}` is not a valid URL: {reason}")]
+    Invalid {
+        url: String,
+        reason: url::ParseError,
+    },
+    #[error("url `{0}` must be an http:// or https:// URL with a host")]
+    NotHttp(String),
+    #[error("url `{0}` is plain http, but [delivery] https_only = true")]
+    PlainHttp(String),
+    #[error("url `{url}`: {blocked}")]
+    Blocked { url: String, blocked: Blocked },
+}
+
 /// Checks a webhook URL: http(s) with a host, https when `https_only`, and (for IP literals)
 /// a destination the SSRF guard permits. Hostnames are checked when they are resolved.
-pub fn check_url(url: &str, https_only: bool, guard: &Guard) -> Result<Url, String> {
-    let parsed = Url::parse(url).map_err(|e| format!("url `{url}` is not a valid URL: {e}"))?;
+pub fn check_url(url: &str, https_only: bool, guard: &Guard) -> Result<Url, UrlError> {
+    let parsed = Url::parse(url).map_err(|reason| UrlError::Invalid {
+        url: url.to_owned(),
+        reason,
+    })?;
     let shown = mask_url(&parsed);
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(format!(
-            "url `{shown}` must be an http:// or https:// URL with a host"
-        ));
+        return Err(UrlError::NotHttp(shown));
     }
     if https_only && parsed.scheme() != "https" {
-        return Err(format!(
-            "url `{shown}` is plain http, but [delivery] https_only = true"
-        ));
+        return Err(UrlError::PlainHttp(shown));
     }
     guard
         .check_url(&parsed)
-        .map_err(|e| format!("url `{shown}`: {e}"))?;
+        .map_err(|blocked| UrlError::Blocked {
+            url: shown,
+            blocked,
+        })?;
     Ok(parsed)
 }
 
@@ -887,6 +905,30 @@ mod tests {
         .expect("valid");
         assert_eq!(spec.status, Some(WebhookStatus::Disabled));
         assert_eq!(spec.mode.kind(), ModeKind::Batch);
+    }
+
+    #[test]
+    fn url_errors_say_why_with_credentials_masked() {
+        let guard = Guard::default();
+        let e = check_url("http://shop:pa55@hooks.example.com/in", true, &guard).unwrap_err();
+        assert_eq!(
+            e,
+            UrlError::PlainHttp("http://****@hooks.example.com/in".into())
+        );
+        assert!(!e.to_string().contains("pa55"));
+        assert!(matches!(
+            check_url("ftp://x/", false, &guard),
+            Err(UrlError::NotHttp(_))
+        ));
+        assert!(matches!(
+            check_url("http://127.0.0.1/", false, &guard),
+            Err(UrlError::Blocked { .. })
+        ));
+        assert!(matches!(
+            check_url("not a url", false, &guard),
+            Err(UrlError::Invalid { .. })
+        ));
+        assert!(check_url("https://hooks.example.com/in", true, &guard).is_ok());
     }
 
     #[test]

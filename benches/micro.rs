@@ -10,9 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hooktap::capture::{Exchange, RequestParts, ResponseParts};
-use hooktap::config::raw::RawRuleFile;
 use hooktap::delivery::sign::{self, Message};
 use hooktap::rules::RuleSet;
+use hooktap::rules::raw::RawRuleFile;
 use hooktap::webhook::Profile;
 use http::{HeaderMap, HeaderValue, Method};
 

@@ -1,11 +1,47 @@
 //! A thin client of the admin API for the command line (`hooktap webhooks`, `deliveries`, `tap`).
-//! It reads the admin address and token from the same hooktap.toml the server uses.
+//! It reads the admin address and token from the same hooktap.toml the server uses, and reads
+//! the API's answers into the types the server answers with ([`WebhookView`], [`Delivery`], ...).
 
 use std::net::SocketAddr;
 
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::AdminConfig;
+use crate::event::{Attempt, Delivery, DeliveryState};
+use crate::webhook::{WebhookInput, WebhookStatus, WebhookView};
+
+/// The answer to deleting a webhook.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Deleted {
+    pub id: uuid::Uuid,
+    pub dropped_deliveries: u64,
+}
+
+/// A delivery with every attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryDetail {
+    pub delivery: Delivery,
+    pub attempts: Vec<Attempt>,
+}
+
+/// The admin API's error body; only the message is shown.
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    message: String,
+}
+
+/// The query of a list request.
+#[derive(Serialize)]
+struct ListQuery {
+    per_page: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<WebhookStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<DeliveryState>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -64,18 +100,21 @@ impl AdminClient {
         }
     }
 
-    /// Sends a request and returns the JSON answer, or the API's error message.
-    pub async fn call(
+    /// Sends a request (with `body` as JSON) and reads the answer as `T`, or returns the API's
+    /// error message.
+    async fn call<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, ClientError> {
+        body: Option<&WebhookInput>,
+    ) -> Result<T, ClientError> {
         let mut r = self.request(method.clone(), path);
         if let Some(b) = body {
+            let json =
+                serde_json::to_string(b).map_err(|e| ClientError::Protocol(e.to_string()))?;
             r = r
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(b.to_string());
+                .body(json);
         }
         let response = r.send().await.map_err(|source| ClientError::Unreachable {
             url: self.base.clone(),
@@ -86,19 +125,91 @@ impl AdminClient {
             .text()
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        if (200..300).contains(&status) {
-            Ok(value)
-        } else {
-            Err(ClientError::Api {
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<ApiErrorBody>(&text).map_or(text, |e| e.message);
+            return Err(ClientError::Api {
                 method: method.to_string(),
                 path: path.to_owned(),
                 status,
-                message: value["message"]
-                    .as_str()
-                    .map_or_else(|| value.to_string(), str::to_owned),
-            })
+                message,
+            });
         }
+        serde_json::from_str(&text)
+            .map_err(|e| ClientError::Protocol(format!("{method} {path}: {e}")))
+    }
+
+    /// Every webhook (up to 100), or those in `status`.
+    pub async fn webhooks(
+        &self,
+        status: Option<WebhookStatus>,
+    ) -> Result<Vec<WebhookView>, ClientError> {
+        let query = serde_urlencoded::to_string(ListQuery {
+            per_page: 100,
+            status,
+            outcome: None,
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call(Method::GET, &format!("/webhooks?{query}"), None)
+            .await
+    }
+
+    pub async fn webhook(&self, id: &str) -> Result<WebhookView, ClientError> {
+        self.call(Method::GET, &format!("/webhooks/{id}"), None)
+            .await
+    }
+
+    pub async fn create_webhook(&self, input: &WebhookInput) -> Result<WebhookView, ClientError> {
+        self.call(Method::POST, "/webhooks", Some(input)).await
+    }
+
+    /// Changes the fields `input` sets.
+    pub async fn update_webhook(
+        &self,
+        id: &str,
+        input: &WebhookInput,
+    ) -> Result<WebhookView, ClientError> {
+        self.call(Method::PUT, &format!("/webhooks/{id}"), Some(input))
+            .await
+    }
+
+    pub async fn delete_webhook(&self, id: &str) -> Result<Deleted, ClientError> {
+        self.call(Method::DELETE, &format!("/webhooks/{id}"), None)
+            .await
+    }
+
+    /// The ping's request and answer, as the API reports them (shown as they come).
+    pub async fn ping(&self, id: &str) -> Result<Value, ClientError> {
+        self.call(Method::POST, &format!("/webhooks/{id}/ping"), None)
+            .await
+    }
+
+    /// A webhook's deliveries (newest first, up to 100), or those in `outcome`.
+    pub async fn deliveries(
+        &self,
+        id: &str,
+        outcome: Option<DeliveryState>,
+    ) -> Result<Vec<Delivery>, ClientError> {
+        let query = serde_urlencoded::to_string(ListQuery {
+            per_page: 100,
+            status: None,
+            outcome,
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call(
+            Method::GET,
+            &format!("/webhooks/{id}/deliveries?{query}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn delivery(&self, id: &str, delivery: &str) -> Result<DeliveryDetail, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/webhooks/{id}/deliveries/{delivery}"),
+            None,
+        )
+        .await
     }
 
     /// The id of the webhook named `id_or_name` (or the id itself).
@@ -106,15 +217,11 @@ impl AdminClient {
         if uuid::Uuid::parse_str(id_or_name).is_ok() {
             return Ok(id_or_name.to_owned());
         }
-        let list = self
-            .call(reqwest::Method::GET, "/webhooks?per_page=100", None)
-            .await?;
-        list.as_array()
+        self.webhooks(None)
+            .await?
             .into_iter()
-            .flatten()
-            .find(|w| w["name"] == id_or_name)
-            .and_then(|w| w["id"].as_str())
-            .map(str::to_owned)
+            .find(|w| w.name == id_or_name)
+            .map(|w| w.id.to_string())
             .ok_or_else(|| ClientError::NoSuchWebhook(id_or_name.to_owned()))
     }
 

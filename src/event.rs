@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A topic such as `order.created`, split into `resource` (before the last dot) and `event`.
@@ -46,7 +47,7 @@ impl Topic {
 }
 
 /// One matched exchange: what a rule derived from a request/response pair.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     pub id: Uuid,
     #[serde(with = "time::serde::rfc3339")]
@@ -56,6 +57,8 @@ pub struct Event {
     pub event: String,
     /// The name of the rule that produced this event.
     pub rule: String,
+    /// What the rule's `payload` selected: any JSON value.
+    #[schema(value_type = Object)]
     pub payload: Value,
 }
 
@@ -74,7 +77,7 @@ impl Event {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Waiting for its due time (first attempt or a retry).
@@ -87,7 +90,7 @@ pub enum DeliveryState {
 
 /// One event on its way to one webhook. Its id is stable across retries and restarts, so
 /// receivers can deduplicate on it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Delivery {
     pub id: Uuid,
     pub event_id: Uuid,
@@ -135,7 +138,7 @@ impl Delivery {
 }
 
 /// One HTTP attempt of a delivery, with the fields WooCommerce's delivery log shows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     pub id: Uuid,
     pub delivery_id: Uuid,
@@ -151,12 +154,15 @@ pub struct Attempt {
     pub request_method: String,
     /// Credentials masked.
     pub request_url: String,
-    /// Credentials masked.
+    /// Credentials masked; `[name, value]` pairs.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub request_headers: Vec<(String, String)>,
     pub request_body: String,
     /// Absent when no response arrived.
     pub response_code: Option<u16>,
     pub response_message: String,
+    /// `[name, value]` pairs.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub response_headers: Vec<(String, String)>,
     /// Truncated to a few KiB.
     pub response_body: String,

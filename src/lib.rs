@@ -20,19 +20,47 @@
 //!
 //! - [`admin`]: the admin HTTP API, dashboard, metrics and live tap.
 //! - [`client`]: the admin API client behind the `webhooks`, `deliveries` and `tap` commands.
-//! - [`config`]: loads and assembles hooktap.toml and rule files; `file:line` errors.
-//! - [`rules`]: the compiled rule set: router, `when` predicates, payload, the `[[test]]` runner.
+//! - [`config`]: loads hooktap.toml and the rule files and assembles the checked parts; every
+//!   error says `file:line`.
+//! - [`rules`]: rule files' raw types and the compiled rule set: router, `when` predicates,
+//!   payload, the `[[test]]` runner.
 //! - [`capture`]: bounded body copies, content decoding, the exchange document.
 //! - [`event`]: the types handed between rules, store and delivery.
 //! - [`metrics`]: Prometheus counters shared by proxy, rules and delivery.
 //! - [`proxy`]: the pingora glue; fails open.
 //! - [`live`]: reloading rules and webhooks while running.
 //! - [`store`]: the store contract, its test suite and the sled backend.
-//! - [`webhook`]: webhook subscriptions: spec, stored record, status, counters.
+//! - [`webhook`]: webhook subscriptions: input, spec, stored record, status, counters.
+//! - [`schedule`]: parsing retry schedules such as `5s,30s,1m`.
+//! - [`ssrf`]: which destination addresses deliveries may reach.
 //! - [`delivery`]: the engine: intake, registry, scheduler, outcome, sending, signing, retries,
 //!   the store keeper and management.
 //! - [`demo`]: `hooktap demo`: a shop, the proxy and a receiver in one process.
 //! - [`server`]: wires the above into one pingora server with graceful shutdown.
+//!
+//! # Dependency direction
+//!
+//! Imports point one way (an arrow reads "imports"); nothing imports back up:
+//!
+//! ```text
+//! server, demo ──→ admin, live, proxy, delivery, store, config
+//! admin ─────────→ live, delivery, store (the Store contract), webhook, event
+//! live ──────────→ config, delivery, rules, store
+//! client ────────→ config (AdminConfig), webhook, event
+//! delivery ──────→ config (DeliveryConfig), store, webhook, event, metrics, ssrf
+//! store ─────────→ webhook, event (it owns StoreConfig; config builds it)
+//! proxy ─────────→ delivery (the intake only), rules, capture
+//! config ────────→ rules (rules::raw for rule files), webhook (WebhookInput), store, ssrf
+//! rules ─────────→ capture, event
+//! webhook ───────→ ssrf, schedule
+//! leaves: ssrf, schedule, capture, event, metrics
+//! ```
+//!
+//! `config` reads the files and assembles: it uses the components' own types (the rule
+//! files' raw types live in [`rules::raw`], a webhook table is read into
+//! [`webhook::WebhookInput`]) and hands each component its compiled `*Config`. A component
+//! never imports `config` for raw types, `webhook` never imports `delivery`, and `ssrf` and
+//! `schedule` import nothing from the crate.
 
 pub mod admin;
 pub mod capture;
@@ -45,7 +73,9 @@ pub mod live;
 pub mod metrics;
 pub mod proxy;
 pub mod rules;
+pub mod schedule;
 pub mod server;
+pub mod ssrf;
 pub mod store;
 pub mod webhook;
 

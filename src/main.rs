@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use hooktap::client::{AdminClient, ClientError};
 use hooktap::config::Config;
+use hooktap::event::DeliveryState;
+use hooktap::webhook::{Profile, WebhookInput, WebhookStatus};
 
 /// jemalloc instead of glibc's malloc: on matched traffic sled copies and frees a leaf node
 /// with every write, and glibc spent ~20 % of hooktap's CPU in malloc/free/consolidate on it
@@ -66,6 +69,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: std::net::SocketAddr,
     },
+    /// Commands that talk to a running hooktap's admin API.
+    #[command(flatten)]
+    Remote(Remote),
+}
+
+/// The admin API client's commands.
+#[derive(Subcommand)]
+enum Remote {
     /// Print derived events as JSON lines while traffic flows (from a running hooktap).
     Tap {
         /// Only topics matching this glob, e.g. `order.*`.
@@ -83,9 +94,9 @@ enum Command {
         webhook: String,
         /// A delivery id: show it with every attempt.
         delivery: Option<String>,
-        /// Only deliveries in this state: pending, delivered or failed.
-        #[arg(long)]
-        outcome: Option<String>,
+        /// Only deliveries in this state.
+        #[arg(long, value_enum)]
+        outcome: Option<DeliveryState>,
     },
 }
 
@@ -93,9 +104,9 @@ enum Command {
 enum WebhookAction {
     /// List webhooks.
     List {
-        /// Only webhooks in this status: active, paused or disabled.
-        #[arg(long)]
-        status: Option<String>,
+        /// Only webhooks in this status.
+        #[arg(long, value_enum)]
+        status: Option<WebhookStatus>,
     },
     /// Show one webhook (by id or name).
     Get { webhook: String },
@@ -110,9 +121,9 @@ enum WebhookAction {
         topics: Vec<String>,
         #[arg(long)]
         name: Option<String>,
-        /// hooktap, standard or mautic.
-        #[arg(long)]
-        signature: Option<String>,
+        /// The signing profile.
+        #[arg(long, value_enum)]
+        signature: Option<Profile>,
         /// Retry delays, e.g. `5s,30s,1m`.
         #[arg(long)]
         retry: Option<String>,
@@ -200,169 +211,163 @@ fn test(config: &Config) -> bool {
 }
 
 /// Runs one admin API client command.
-async fn remote(config: &Config, command: Command) -> anyhow::Result<()> {
-    use hooktap::client::AdminClient;
-    use reqwest::Method;
-    use serde_json::json;
+async fn remote(config: &Config, command: Remote) -> anyhow::Result<()> {
     let client = AdminClient::new(&config.admin)?;
-    let print = |v: &serde_json::Value| {
-        out(format_args!(
-            "{}",
-            serde_json::to_string_pretty(v).unwrap_or_default()
-        ))
-    };
     match command {
-        Command::Tap { topic } => {
+        Remote::Tap { topic } => {
             client
-                .tap(topic.as_deref(), |line| {
-                    out(format_args!("{line}"));
-                })
-                .await?
+                .tap(topic.as_deref(), |line| out(format_args!("{line}")))
+                .await?;
         }
-        Command::Webhooks { action } => match action {
-            WebhookAction::List { status } => {
-                let path = match status {
-                    Some(s) => format!("/webhooks?per_page=100&status={s}"),
-                    None => "/webhooks?per_page=100".to_owned(),
-                };
-                let list = client.call(Method::GET, &path, None).await?;
-                out(format_args!(
-                    "{:<36}  {:<20}  {:<8}  {:>9}  {:>6}  URL / TOPICS",
-                    "ID", "NAME", "STATUS", "DELIVERED", "FAILED"
-                ));
-                for w in list.as_array().into_iter().flatten() {
-                    out(format_args!(
-                        "{:<36}  {:<20}  {:<8}  {:>9}  {:>6}  {} [{}]",
-                        w["id"].as_str().unwrap_or_default(),
-                        w["name"].as_str().unwrap_or_default(),
-                        w["status"].as_str().unwrap_or_default(),
-                        w["counters"]["delivered"].as_u64().unwrap_or(0),
-                        w["counters"]["failed"].as_u64().unwrap_or(0),
-                        w["url"].as_str().unwrap_or_default(),
-                        w["topics"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|t| t.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    ));
-                }
-            }
-            WebhookAction::Get { webhook } => {
-                let id = client.webhook_id(&webhook).await?;
-                print(
-                    &client
-                        .call(Method::GET, &format!("/webhooks/{id}"), None)
-                        .await?,
-                );
-            }
-            WebhookAction::Add {
-                url,
-                secret,
-                topics,
-                name,
-                signature,
-                retry,
-            } => {
-                let mut body = json!({"url": url, "secret": secret, "topics": topics});
-                for (key, value) in [("name", name), ("signature", signature), ("retry", retry)] {
-                    if let Some(v) = value {
-                        body[key] = json!(v);
-                    }
-                }
-                print(&client.call(Method::POST, "/webhooks", Some(&body)).await?);
-            }
-            WebhookAction::Ping { webhook } => {
-                let id = client.webhook_id(&webhook).await?;
-                print(
-                    &client
-                        .call(Method::POST, &format!("/webhooks/{id}/ping"), None)
-                        .await?,
-                );
-            }
-            WebhookAction::Pause { webhook } => {
-                let id = client.webhook_id(&webhook).await?;
-                let w = client
-                    .call(
-                        Method::PUT,
-                        &format!("/webhooks/{id}"),
-                        Some(&json!({"status": "paused"})),
-                    )
-                    .await?;
-                out(format_args!(
-                    "{} is {}",
-                    w["name"].as_str().unwrap_or_default(),
-                    w["status"].as_str().unwrap_or_default()
-                ));
-            }
-            WebhookAction::Resume { webhook } => {
-                let id = client.webhook_id(&webhook).await?;
-                let w = client
-                    .call(
-                        Method::PUT,
-                        &format!("/webhooks/{id}"),
-                        Some(&json!({"status": "active"})),
-                    )
-                    .await?;
-                out(format_args!(
-                    "{} is {}",
-                    w["name"].as_str().unwrap_or_default(),
-                    w["status"].as_str().unwrap_or_default()
-                ));
-            }
-            WebhookAction::Delete { webhook } => {
-                let id = client.webhook_id(&webhook).await?;
-                let r = client
-                    .call(Method::DELETE, &format!("/webhooks/{id}"), None)
-                    .await?;
-                out(format_args!(
-                    "deleted {id}; {} pending deliveries dropped",
-                    r["dropped_deliveries"]
-                ));
-            }
-        },
-        Command::Deliveries {
+        Remote::Webhooks { action } => webhooks(&client, action).await?,
+        Remote::Deliveries {
             webhook,
-            delivery,
-            outcome,
+            delivery: Some(delivery),
+            ..
         } => {
             let id = client.webhook_id(&webhook).await?;
-            match delivery {
-                Some(d) => print(
-                    &client
-                        .call(Method::GET, &format!("/webhooks/{id}/deliveries/{d}"), None)
-                        .await?,
-                ),
-                None => {
-                    let mut path = format!("/webhooks/{id}/deliveries?per_page=100");
-                    if let Some(o) = outcome {
-                        path.push_str(&format!("&outcome={o}"));
-                    }
-                    let list = client.call(Method::GET, &path, None).await?;
-                    out(format_args!(
-                        "{:<36}  {:<30}  {:<20}  {:<9}  {:>8}  LAST ANSWER",
-                        "ID", "CREATED", "TOPIC", "STATE", "ATTEMPTS"
-                    ));
-                    for d in list.as_array().into_iter().flatten() {
-                        out(format_args!(
-                            "{:<36}  {:<30}  {:<20}  {:<9}  {:>8}  {}",
-                            d["id"].as_str().unwrap_or_default(),
-                            d["created_at"].as_str().unwrap_or_default(),
-                            d["topic"].as_str().unwrap_or_default(),
-                            d["state"].as_str().unwrap_or_default(),
-                            d["attempts"].as_u64().unwrap_or(0),
-                            d["last_summary"].as_str().unwrap_or("-"),
-                        ));
-                    }
-                }
-            }
+            print_json(&client.delivery(&id, &delivery).await?);
         }
-        Command::Run { .. } | Command::Check | Command::Test | Command::Demo { .. } => {
-            unreachable!("handled in main")
+        Remote::Deliveries {
+            webhook,
+            delivery: None,
+            outcome,
+        } => list_deliveries(&client, &webhook, outcome).await?,
+    }
+    Ok(())
+}
+
+async fn webhooks(client: &AdminClient, action: WebhookAction) -> Result<(), ClientError> {
+    match action {
+        WebhookAction::List { status } => list_webhooks(client, status).await?,
+        WebhookAction::Get { webhook } => {
+            let id = client.webhook_id(&webhook).await?;
+            print_json(&client.webhook(&id).await?);
+        }
+        WebhookAction::Add {
+            url,
+            secret,
+            topics,
+            name,
+            signature,
+            retry,
+        } => {
+            let input = WebhookInput {
+                name,
+                url: Some(url),
+                secret: Some(secret),
+                topics: Some(topics),
+                signature,
+                retry,
+                ..WebhookInput::default()
+            };
+            print_json(&client.create_webhook(&input).await?);
+        }
+        WebhookAction::Ping { webhook } => {
+            let id = client.webhook_id(&webhook).await?;
+            print_json(&client.ping(&id).await?);
+        }
+        WebhookAction::Pause { webhook } => {
+            set_status(client, &webhook, WebhookStatus::Paused).await?;
+        }
+        WebhookAction::Resume { webhook } => {
+            set_status(client, &webhook, WebhookStatus::Active).await?;
+        }
+        WebhookAction::Delete { webhook } => {
+            let id = client.webhook_id(&webhook).await?;
+            let deleted = client.delete_webhook(&id).await?;
+            out(format_args!(
+                "deleted {id}; {} pending deliveries dropped",
+                deleted.dropped_deliveries
+            ));
         }
     }
     Ok(())
+}
+
+async fn list_webhooks(
+    client: &AdminClient,
+    status: Option<WebhookStatus>,
+) -> Result<(), ClientError> {
+    let list = client.webhooks(status).await?;
+    out(format_args!(
+        "{:<36}  {:<20}  {:<8}  {:>9}  {:>6}  URL / TOPICS",
+        "ID", "NAME", "STATUS", "DELIVERED", "FAILED"
+    ));
+    for w in list {
+        out(format_args!(
+            "{:<36}  {:<20}  {:<8}  {:>9}  {:>6}  {} [{}]",
+            w.id.to_string(),
+            w.name,
+            name_of(&w.status),
+            w.counters.delivered,
+            w.counters.failed,
+            w.url,
+            w.topics.join(", "),
+        ));
+    }
+    Ok(())
+}
+
+/// Pauses or resumes a webhook and says what it is now.
+async fn set_status(
+    client: &AdminClient,
+    webhook: &str,
+    status: WebhookStatus,
+) -> Result<(), ClientError> {
+    let id = client.webhook_id(webhook).await?;
+    let input = WebhookInput {
+        status: Some(status),
+        ..WebhookInput::default()
+    };
+    let w = client.update_webhook(&id, &input).await?;
+    out(format_args!("{} is {}", w.name, name_of(&w.status)));
+    Ok(())
+}
+
+async fn list_deliveries(
+    client: &AdminClient,
+    webhook: &str,
+    outcome: Option<DeliveryState>,
+) -> Result<(), ClientError> {
+    let id = client.webhook_id(webhook).await?;
+    let list = client.deliveries(&id, outcome).await?;
+    out(format_args!(
+        "{:<36}  {:<30}  {:<20}  {:<9}  {:>8}  LAST ANSWER",
+        "ID", "CREATED", "TOPIC", "STATE", "ATTEMPTS"
+    ));
+    for d in list {
+        let created = d
+            .created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        out(format_args!(
+            "{:<36}  {:<30}  {:<20}  {:<9}  {:>8}  {}",
+            d.id.to_string(),
+            created,
+            d.topic,
+            name_of(&d.state),
+            d.attempts,
+            d.last_summary.as_deref().unwrap_or("-"),
+        ));
+    }
+    Ok(())
+}
+
+/// The name serde gives a unit enum value (`active`, `delivered`), as the API writes it.
+fn name_of<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// Prints an answer as indented JSON.
+fn print_json<T: serde::Serialize>(value: &T) {
+    out(format_args!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    ));
 }
 
 /// Prints a line to stdout; a closed pipe (`hooktap deliveries crm | head`) ends the program
@@ -401,7 +406,7 @@ fn main() -> ExitCode {
                 hooktap::demo::run(listen, admin, dir.path())
                     .context("the demo stopped with an error")
             }),
-        command => load(&cli.config).and_then(|config| {
+        Command::Remote(command) => load(&cli.config).and_then(|config| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -7,13 +7,18 @@
 
 use std::time::Duration;
 
+use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use url::Url;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::schedule::{default_schedule, parse_schedule};
+use crate::ssrf::{Blocked, Guard};
+
 /// Whether a webhook sends and whether it accepts new deliveries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum WebhookStatus {
     /// Deliveries are queued and sent.
@@ -24,21 +29,8 @@ pub enum WebhookStatus {
     Disabled,
 }
 
-impl WebhookStatus {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "active" => Ok(Self::Active),
-            "paused" => Ok(Self::Paused),
-            "disabled" => Ok(Self::Disabled),
-            _ => Err(format!(
-                "status `{s}` must be \"active\", \"paused\" or \"disabled\""
-            )),
-        }
-    }
-}
-
 /// How a webhook's requests are signed, and with which header names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Profile {
     /// `X-Hooktap-Webhook-*` headers (renamable with `header_prefix`), base64 HMAC-SHA256 of the body.
@@ -49,21 +41,8 @@ pub enum Profile {
     Mautic,
 }
 
-impl Profile {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "hooktap" => Ok(Self::Hooktap),
-            "standard" => Ok(Self::Standard),
-            "mautic" => Ok(Self::Mautic),
-            _ => Err(format!(
-                "signature `{s}` must be \"hooktap\", \"standard\" or \"mautic\""
-            )),
-        }
-    }
-}
-
 /// The order of payloads inside one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchOrder {
     Chronological,
@@ -81,6 +60,23 @@ pub enum Mode {
         max: usize,
         order: BatchOrder,
     },
+}
+
+impl Mode {
+    pub fn kind(&self) -> ModeKind {
+        match self {
+            Self::Realtime => ModeKind::Realtime,
+            Self::Batch { .. } => ModeKind::Batch,
+        }
+    }
+}
+
+/// A [`Mode`]'s name, as written in a webhook's `mode` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeKind {
+    Realtime,
+    Batch,
 }
 
 /// What an operator declares about a webhook.
@@ -124,7 +120,7 @@ pub struct RotatedSecret {
 }
 
 /// Per-webhook delivery counters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Counters {
     pub delivered: u64,
     pub failed: u64,
@@ -138,7 +134,7 @@ pub struct Counters {
 
 /// Where a webhook was declared: hooktap.toml owns the ones it declares (they are updated at
 /// start and removed when they leave the file); API-created ones are left alone by the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Config,
@@ -166,8 +162,10 @@ pub struct Webhook {
     pub updated_at: OffsetDateTime,
 }
 
-/// A webhook as it may be shown: no secret, credentials masked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A webhook as it may be shown: no secret, credentials masked. The admin API answers with it
+/// and the command line client reads it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Webhook)]
 pub struct WebhookView {
     pub id: Uuid,
     pub origin: Origin,
@@ -181,8 +179,8 @@ pub struct WebhookView {
     pub timeout: String,
     pub signature: Profile,
     pub header_prefix: String,
-    /// `realtime` or `batch`; the batch fields are set in batch mode only.
-    pub mode: &'static str,
+    /// The batch fields are set in batch mode only.
+    pub mode: ModeKind,
     pub batch_interval: Option<String>,
     pub batch_max: Option<usize>,
     pub batch_order: Option<BatchOrder>,
@@ -281,10 +279,7 @@ impl Webhook {
             timeout: humantime::format_duration(s.timeout).to_string(),
             signature: s.signature,
             header_prefix: s.header_prefix.clone(),
-            mode: match s.mode {
-                Mode::Realtime => "realtime",
-                Mode::Batch { .. } => "batch",
-            },
+            mode: s.mode.kind(),
             batch_interval: match s.mode {
                 Mode::Batch { interval, .. } => {
                     Some(humantime::format_duration(interval).to_string())
@@ -308,45 +303,154 @@ impl Webhook {
     }
 }
 
-/// A webhook as an operator writes it (in hooktap.toml or to the admin API): every field is
-/// optional and unchecked until [`WebhookInput::apply`] turns it into a [`WebhookSpec`]. Both
-/// the config loader and the API go through here, so they validate alike.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A webhook as an operator writes it (a `[[webhook]]` table of hooktap.toml, or a request body
+/// of the admin API): every field is optional and unchecked until [`WebhookInput::apply`] turns
+/// it into a [`WebhookSpec`]. This is the one declaration of a webhook's fields: the config
+/// loader deserializes its tables into it, the API its bodies, the client sends it, and the
+/// OpenAPI schema is derived from it. Names of enum values are parsed by serde, so a bad one is
+/// rejected with the field and the accepted values.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
     pub name: Option<String>,
+    /// May carry `user:password@`, sent as basic auth and masked wherever shown.
     pub url: Option<String>,
+    #[schema(write_only)]
     pub secret: Option<String>,
+    /// Glob patterns over topics: `order.*`, `*`.
     pub topics: Option<Vec<String>>,
-    pub status: Option<String>,
+    pub status: Option<WebhookStatus>,
+    /// Retry delays, e.g. `5s,30s,1m`; bare numbers are minutes; empty for no retries.
+    #[schema(examples("5s,30s,1m"))]
     pub retry: Option<String>,
+    /// Consecutive finally-failed deliveries that disable the webhook; 0 never disables.
     pub failure_threshold: Option<u32>,
+    /// Per-request timeout, e.g. `10s`.
     pub timeout: Option<String>,
-    pub signature: Option<String>,
+    pub signature: Option<Profile>,
+    /// Prefix of the `hooktap` profile's headers, e.g. `X-WC-Webhook-`.
     pub header_prefix: Option<String>,
-    pub mode: Option<String>,
+    pub mode: Option<ModeKind>,
+    /// Batch mode: how long deliveries gather, e.g. `1m`.
     pub batch_interval: Option<String>,
+    /// Batch mode: at most this many payloads in one request.
     pub batch_max: Option<usize>,
-    pub batch_order: Option<String>,
+    pub batch_order: Option<BatchOrder>,
+    /// At most one delivery in flight, strictly in event order.
     pub ordered: Option<bool>,
+    /// Deliveries in flight at once for this webhook.
     pub concurrency: Option<usize>,
 }
 
 /// What a webhook gets when its input leaves a field out.
 pub struct Defaults<'a> {
     pub https_only: bool,
-    pub guard: &'a crate::delivery::ssrf::Guard,
+    pub guard: &'a Guard,
     pub timeout: Duration,
 }
 
 /// A rejected field, named as the operator wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
 pub struct FieldError {
     pub field: &'static str,
     pub message: String,
 }
 
+/// The problems found so far; checking goes on after one, so that every bad field is named.
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn note(&mut self, field: &'static str, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field,
+            message: message.into(),
+        });
+    }
+
+    /// The checked value of a field that was given, else `fallback()` (the base's value or the
+    /// default). A rejected value is noted and replaced by the fallback, so checking goes on.
+    fn pick<T>(
+        &mut self,
+        field: &'static str,
+        given: Option<Result<T, String>>,
+        fallback: impl FnOnce() -> T,
+    ) -> T {
+        match given {
+            Some(Ok(v)) => v,
+            Some(Err(message)) => {
+                self.note(field, message);
+                fallback()
+            }
+            None => fallback(),
+        }
+    }
+
+    /// Like [`Self::pick`] for a field without default: `required` is noted when it is
+    /// neither given nor in the base.
+    fn require<T>(
+        &mut self,
+        field: &'static str,
+        given: Option<Result<T, String>>,
+        base: Option<T>,
+        required: &str,
+    ) -> Option<T> {
+        let v = self.pick(field, given.map(|r| r.map(Some)), || base);
+        if v.is_none() && !self.0.iter().any(|e| e.field == field) {
+            self.note(field, required);
+        }
+        v
+    }
+}
+
+fn parse_duration(field: &str, s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{field} `{s}` is not a duration such as 500ms, 5s or 1m: {e}"))
+}
+
+fn at_least_one(field: &str, n: usize) -> Result<usize, String> {
+    if n == 0 {
+        Err(format!("{field} must be at least 1"))
+    } else {
+        Ok(n)
+    }
+}
+
+fn check_name(name: &str) -> Result<String, String> {
+    match name.trim() {
+        "" => Err("name must not be empty".to_owned()),
+        n => Ok(n.to_owned()),
+    }
+}
+
+fn check_secret(secret: String) -> Result<String, String> {
+    if secret.is_empty() {
+        Err("secret must not be empty".to_owned())
+    } else {
+        Ok(secret)
+    }
+}
+
+fn check_header_prefix(prefix: String) -> Result<String, String> {
+    let valid = !prefix.is_empty()
+        && http::HeaderName::from_bytes(format!("{prefix}Id").as_bytes()).is_ok();
+    if valid {
+        Ok(prefix)
+    } else {
+        Err(format!(
+            "header_prefix `{prefix}` does not make valid header names"
+        ))
+    }
+}
+
 impl WebhookInput {
+    /// The field names as serde reads them, taken from the derived `Deserialize` (so that the
+    /// list is not written a second time).
+    pub fn fields() -> &'static [&'static str] {
+        struct_fields::<Self>()
+    }
+
     /// Checks every field and builds a spec: over `base` for a partial update (fields left out
     /// keep their value), else from the defaults. Reports every bad field, not only the first.
     pub fn apply(
@@ -354,95 +458,112 @@ impl WebhookInput {
         base: Option<&WebhookSpec>,
         d: &Defaults<'_>,
     ) -> Result<WebhookSpec, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        let name = match (self.name, base) {
-            (Some(n), _) if n.trim().is_empty() => check(
-                &mut errors,
-                "name",
-                Err("name must not be empty".to_owned()),
-            ),
-            (Some(n), _) => Some(n.trim().to_owned()),
-            (None, Some(b)) => Some(b.name.clone()),
-            (None, None) => Some(format!(
-                "Webhook created on {}",
-                OffsetDateTime::now_utc().date()
-            )),
-        };
-        let url = match (self.url, base) {
-            (Some(u), _) => check(&mut errors, "url", check_url(&u, d.https_only, d.guard)),
-            (None, Some(b)) => Some(b.url.clone()),
-            (None, None) => check(&mut errors, "url", Err("url is required".to_owned())),
-        };
-        let secret = match (self.secret, base) {
-            (Some(s), _) if s.is_empty() => check(
-                &mut errors,
-                "secret",
-                Err("secret must not be empty".to_owned()),
-            ),
-            (Some(s), _) => Some(s),
-            (None, Some(b)) => Some(b.secret.clone()),
-            (None, None) => check(&mut errors, "secret", Err("secret is required".to_owned())),
-        };
-        let topics = match (self.topics, base) {
-            (Some(t), _) => check(&mut errors, "topics", compile_topics(&t).map(|_| t)),
-            (None, Some(b)) => Some(b.topics.clone()),
-            (None, None) => check(
-                &mut errors,
-                "topics",
-                Err("topics is required, such as [\"order.*\"]".to_owned()),
-            ),
-        };
-        let status = match self.status {
-            Some(s) => check(&mut errors, "status", WebhookStatus::parse(&s).map(Some)),
-            None => Some(None),
-        };
-        let retry = match (self.retry, base) {
-            (Some(r), _) => check(
-                &mut errors,
-                "retry",
-                crate::delivery::retry::parse_schedule(&r),
-            ),
-            (None, Some(b)) => Some(b.retry.clone()),
-            (None, None) => {
-                crate::delivery::retry::parse_schedule(crate::delivery::retry::DEFAULT_SCHEDULE)
-                    .ok()
-            }
-        };
-        let parse_duration = |field: &str, s: &str| {
-            humantime::parse_duration(s).map_err(|e| {
-                format!("{field} `{s}` is not a duration such as 500ms, 5s or 1m: {e}")
-            })
-        };
-        let timeout = match (self.timeout, base) {
-            (Some(t), _) => check(&mut errors, "timeout", parse_duration("timeout", &t)),
-            (None, Some(b)) => Some(b.timeout),
-            (None, None) => Some(d.timeout),
-        };
-        let signature = match (self.signature, base) {
-            (Some(s), _) => check(&mut errors, "signature", Profile::parse(&s)),
-            (None, Some(b)) => Some(b.signature),
-            (None, None) => Some(Profile::Hooktap),
-        };
-        let header_prefix = match (self.header_prefix, base) {
-            (Some(p), _) => {
-                let valid = !p.is_empty()
-                    && http::HeaderName::from_bytes(format!("{p}Id").as_bytes()).is_ok();
-                check(
-                    &mut errors,
-                    "header_prefix",
-                    if valid {
-                        Ok(p)
-                    } else {
-                        Err(format!(
-                            "header_prefix `{p}` does not make valid header names"
-                        ))
-                    },
+        let mut p = Problems::default();
+        let name = p.pick("name", self.name.as_deref().map(check_name), || {
+            base.map_or_else(
+                || format!("Webhook created on {}", OffsetDateTime::now_utc().date()),
+                |b| b.name.clone(),
+            )
+        });
+        let target = self.target(base, d, &mut p);
+        let retry = p.pick(
+            "retry",
+            self.retry
+                .as_deref()
+                .map(|r| parse_schedule(r).map_err(|e| e.to_string())),
+            || base.map_or_else(default_schedule, |b| b.retry.clone()),
+        );
+        let timeout = p.pick(
+            "timeout",
+            self.timeout
+                .as_deref()
+                .map(|t| parse_duration("timeout", t)),
+            || base.map_or(d.timeout, |b| b.timeout),
+        );
+        let header_prefix = p.pick(
+            "header_prefix",
+            self.header_prefix.clone().map(check_header_prefix),
+            || {
+                base.map_or_else(
+                    || DEFAULT_HEADER_PREFIX.to_owned(),
+                    |b| b.header_prefix.clone(),
                 )
-            }
-            (None, Some(b)) => Some(b.header_prefix.clone()),
-            (None, None) => Some(DEFAULT_HEADER_PREFIX.to_owned()),
-        };
-        let base_batch = match base.map(|b| b.mode) {
+            },
+        );
+        let mode = self.mode_over(base.map(|b| b.mode), &mut p);
+        let ordered = self.ordered.or(base.map(|b| b.ordered)).unwrap_or(false);
+        if ordered && mode.kind() == ModeKind::Batch {
+            p.note(
+                "ordered",
+                "ordered cannot be combined with batch mode, which already sends one batch at a time",
+            );
+        }
+        let concurrency = p.pick(
+            "concurrency",
+            self.concurrency.map(|c| at_least_one("concurrency", c)),
+            || base.map_or(8, |b| b.concurrency),
+        );
+        match target {
+            Some((url, secret, topics)) if p.0.is_empty() => Ok(WebhookSpec {
+                name,
+                url,
+                secret,
+                topics,
+                status: self.status,
+                retry,
+                failure_threshold: self
+                    .failure_threshold
+                    .or(base.map(|b| b.failure_threshold))
+                    .unwrap_or(5),
+                timeout,
+                signature: self
+                    .signature
+                    .or(base.map(|b| b.signature))
+                    .unwrap_or(Profile::Hooktap),
+                header_prefix,
+                mode,
+                ordered,
+                concurrency,
+            }),
+            _ => Err(p.0),
+        }
+    }
+
+    /// The fields without default: where to send, the signing secret, which topics. `None`
+    /// when one is neither given nor in `base`, or was rejected (noted in `p`).
+    fn target(
+        &self,
+        base: Option<&WebhookSpec>,
+        d: &Defaults<'_>,
+        p: &mut Problems,
+    ) -> Option<(Url, String, Vec<String>)> {
+        let url = p.require(
+            "url",
+            self.url
+                .as_deref()
+                .map(|u| check_url(u, d.https_only, d.guard).map_err(|e| e.to_string())),
+            base.map(|b| b.url.clone()),
+            "url is required",
+        );
+        let secret = p.require(
+            "secret",
+            self.secret.clone().map(check_secret),
+            base.map(|b| b.secret.clone()),
+            "secret is required",
+        );
+        let topics = p.require(
+            "topics",
+            self.topics.clone().map(|t| compile_topics(&t).map(|_| t)),
+            base.map(|b| b.topics.clone()),
+            "topics is required, such as [\"order.*\"]",
+        );
+        Some((url?, secret?, topics?))
+    }
+
+    /// The mode with its batch settings: those given, else the base's (when it batches too),
+    /// else the defaults. Batch settings without batch mode are an error.
+    fn mode_over(&self, base: Option<Mode>, p: &mut Problems) -> Mode {
+        let base_batch = match base {
             Some(Mode::Batch {
                 interval,
                 max,
@@ -450,168 +571,113 @@ impl WebhookInput {
             }) => Some((interval, max, order)),
             _ => None,
         };
-        let mode_name = self.mode.clone().unwrap_or_else(|| {
-            if base_batch.is_some() {
-                "batch"
-            } else {
-                "realtime"
-            }
-            .to_owned()
+        let kind = self.mode.unwrap_or(if base_batch.is_some() {
+            ModeKind::Batch
+        } else {
+            ModeKind::Realtime
         });
-        let mode = match mode_name.as_str() {
-            "realtime" => {
+        match kind {
+            ModeKind::Realtime => {
                 if self.batch_interval.is_some()
                     || self.batch_max.is_some()
                     || self.batch_order.is_some()
                 {
-                    check(
-                        &mut errors,
+                    p.note(
                         "mode",
-                        Err(
-                            "batch_interval, batch_max and batch_order need mode = \"batch\""
-                                .to_owned(),
-                        ),
-                    )
-                } else {
-                    Some(Mode::Realtime)
+                        "batch_interval, batch_max and batch_order need mode = \"batch\"",
+                    );
                 }
+                Mode::Realtime
             }
-            "batch" => {
-                let interval = match self.batch_interval {
-                    Some(i) => check(
-                        &mut errors,
+            ModeKind::Batch => {
+                let (interval, max, order) =
+                    base_batch.unwrap_or((Duration::from_secs(60), 100, BatchOrder::Chronological));
+                Mode::Batch {
+                    interval: p.pick(
                         "batch_interval",
-                        parse_duration("batch_interval", &i),
+                        self.batch_interval
+                            .as_deref()
+                            .map(|i| parse_duration("batch_interval", i)),
+                        || interval,
                     ),
-                    None => Some(base_batch.map_or(Duration::from_secs(60), |b| b.0)),
-                };
-                let max = match self.batch_max {
-                    Some(0) => check(
-                        &mut errors,
+                    max: p.pick(
                         "batch_max",
-                        Err("batch_max must be at least 1".to_owned()),
+                        self.batch_max.map(|m| at_least_one("batch_max", m)),
+                        || max,
                     ),
-                    Some(m) => Some(m),
-                    None => Some(base_batch.map_or(100, |b| b.1)),
-                };
-                let order = match self.batch_order.as_deref() {
-                    Some("chronological") => Some(BatchOrder::Chronological),
-                    Some("reverse") => Some(BatchOrder::Reverse),
-                    Some(o) => check(
-                        &mut errors,
-                        "batch_order",
-                        Err(format!(
-                            "batch_order `{o}` must be \"chronological\" or \"reverse\""
-                        )),
-                    ),
-                    None => Some(base_batch.map_or(BatchOrder::Chronological, |b| b.2)),
-                };
-                match (interval, max, order) {
-                    (Some(interval), Some(max), Some(order)) => Some(Mode::Batch {
-                        interval,
-                        max,
-                        order,
-                    }),
-                    _ => None,
+                    order: self.batch_order.unwrap_or(order),
                 }
             }
-            other => check(
-                &mut errors,
-                "mode",
-                Err(format!("mode `{other}` must be \"realtime\" or \"batch\"")),
-            ),
-        };
-        let ordered = self.ordered.or(base.map(|b| b.ordered)).unwrap_or(false);
-        if ordered && matches!(mode, Some(Mode::Batch { .. })) {
-            check::<()>(&mut errors, "ordered", Err("ordered cannot be combined with batch mode, which already sends one batch at a time".to_owned()));
-        }
-        let concurrency = match (self.concurrency, base) {
-            (Some(0), _) => check(
-                &mut errors,
-                "concurrency",
-                Err("concurrency must be at least 1".to_owned()),
-            ),
-            (Some(c), _) => Some(c),
-            (None, Some(b)) => Some(b.concurrency),
-            (None, None) => Some(8),
-        };
-        let failure_threshold = self
-            .failure_threshold
-            .or(base.map(|b| b.failure_threshold))
-            .unwrap_or(5);
-        match (
-            name,
-            url,
-            secret,
-            topics,
-            status,
-            retry,
-            timeout,
-            signature,
-            header_prefix,
-            mode,
-            concurrency,
-        ) {
-            (
-                Some(name),
-                Some(url),
-                Some(secret),
-                Some(topics),
-                Some(status),
-                Some(retry),
-                Some(timeout),
-                Some(signature),
-                Some(header_prefix),
-                Some(mode),
-                Some(concurrency),
-            ) if errors.is_empty() => Ok(WebhookSpec {
-                name,
-                url,
-                secret,
-                topics,
-                status,
-                retry,
-                failure_threshold,
-                timeout,
-                signature,
-                header_prefix,
-                mode,
-                ordered,
-                concurrency,
-            }),
-            _ => Err(errors),
         }
     }
 }
 
-/// `Some(value)`, or `None` with the error noted against `field`.
-fn check<T>(errors: &mut Vec<FieldError>, field: &'static str, r: Result<T, String>) -> Option<T> {
-    r.map_err(|message| errors.push(FieldError { field, message }))
-        .ok()
+/// The field names a derived `Deserialize` passes to `deserialize_struct`.
+fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor, value};
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, value::Error> {
+            Err(value::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, value::Error> {
+            *self.0 = fields;
+            Err(value::Error::custom("only the field names were wanted"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    // The probe always fails: it stops as soon as it has the names.
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+/// A webhook URL that deliveries cannot use; credentials are masked in every message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("url `{url}` is not a valid URL: {reason}")]
+    Invalid {
+        url: String,
+        reason: url::ParseError,
+    },
+    #[error("url `{0}` must be an http:// or https:// URL with a host")]
+    NotHttp(String),
+    #[error("url `{0}` is plain http, but [delivery] https_only = true")]
+    PlainHttp(String),
+    #[error("url `{url}`: {blocked}")]
+    Blocked { url: String, blocked: Blocked },
 }
 
 /// Checks a webhook URL: http(s) with a host, https when `https_only`, and (for IP literals)
 /// a destination the SSRF guard permits. Hostnames are checked when they are resolved.
-pub fn check_url(
-    url: &str,
-    https_only: bool,
-    guard: &crate::delivery::ssrf::Guard,
-) -> Result<Url, String> {
-    let parsed = Url::parse(url).map_err(|e| format!("url `{url}` is not a valid URL: {e}"))?;
+pub fn check_url(url: &str, https_only: bool, guard: &Guard) -> Result<Url, UrlError> {
+    let parsed = Url::parse(url).map_err(|reason| UrlError::Invalid {
+        url: url.to_owned(),
+        reason,
+    })?;
     let shown = mask_url(&parsed);
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-        return Err(format!(
-            "url `{shown}` must be an http:// or https:// URL with a host"
-        ));
+        return Err(UrlError::NotHttp(shown));
     }
     if https_only && parsed.scheme() != "https" {
-        return Err(format!(
-            "url `{shown}` is plain http, but [delivery] https_only = true"
-        ));
+        return Err(UrlError::PlainHttp(shown));
     }
     guard
         .check_url(&parsed)
-        .map_err(|e| format!("url `{shown}`: {e}"))?;
+        .map_err(|blocked| UrlError::Blocked {
+            url: shown,
+            blocked,
+        })?;
     Ok(parsed)
 }
 
@@ -685,7 +751,7 @@ mod millis_list {
 mod tests {
     use super::*;
 
-    fn defaults(guard: &crate::delivery::ssrf::Guard) -> Defaults<'_> {
+    fn defaults(guard: &Guard) -> Defaults<'_> {
         Defaults {
             https_only: false,
             guard,
@@ -695,7 +761,7 @@ mod tests {
 
     #[test]
     fn input_fills_defaults_and_reports_every_bad_field() {
-        let guard = crate::delivery::ssrf::Guard::default();
+        let guard = Guard::default();
         let input = WebhookInput {
             url: Some("https://hooks.example.com/in".into()),
             secret: Some("s".into()),
@@ -719,7 +785,7 @@ mod tests {
             url: Some("ftp://x".into()),
             topics: Some(vec![]),
             retry: Some("5s,soon".into()),
-            mode: Some("batch".into()),
+            mode: Some(ModeKind::Batch),
             ordered: Some(true),
             ..WebhookInput::default()
         };
@@ -734,13 +800,13 @@ mod tests {
 
     #[test]
     fn a_partial_update_keeps_what_it_leaves_out() {
-        let guard = crate::delivery::ssrf::Guard::default();
+        let guard = Guard::default();
         let base = WebhookInput {
             name: Some("crm".into()),
             url: Some("https://hooks.example.com/in".into()),
             secret: Some("s".into()),
             topics: Some(vec!["order.*".into()]),
-            mode: Some("batch".into()),
+            mode: Some(ModeKind::Batch),
             batch_max: Some(7),
             ..WebhookInput::default()
         }
@@ -760,6 +826,119 @@ mod tests {
                 order: BatchOrder::Chronological
             }
         );
+    }
+
+    #[test]
+    fn input_parses_enum_names_with_serde_and_names_the_field() {
+        let input: WebhookInput = serde_json::from_str(
+            r#"{"status": "paused", "signature": "standard", "mode": "batch", "batch_order": "reverse"}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            (input.status, input.signature, input.mode, input.batch_order),
+            (
+                Some(WebhookStatus::Paused),
+                Some(Profile::Standard),
+                Some(ModeKind::Batch),
+                Some(BatchOrder::Reverse)
+            )
+        );
+        let mut de =
+            serde_json::Deserializer::from_str(r#"{"url": "https://x/", "signature": "hmac"}"#);
+        let e = serde_path_to_error::deserialize::<_, WebhookInput>(&mut de).unwrap_err();
+        assert_eq!(e.path().to_string(), "signature");
+        let message = e.inner().to_string();
+        assert!(
+            message.contains("unknown variant `hmac`")
+                && message.contains("`hooktap`, `standard`, `mautic`"),
+            "{message}"
+        );
+        assert!(serde_json::from_str::<WebhookInput>(r#"{"colour": "red"}"#).is_err());
+    }
+
+    #[test]
+    fn input_fields_are_the_serde_names() {
+        let fields = WebhookInput::fields();
+        assert_eq!(fields.len(), 16);
+        assert_eq!(fields[0], "name");
+        assert!(fields.contains(&"batch_order") && fields.contains(&"concurrency"));
+    }
+
+    #[test]
+    fn an_input_round_trips_through_json_for_the_client() {
+        let input = WebhookInput {
+            status: Some(WebhookStatus::Paused),
+            signature: Some(Profile::Mautic),
+            ..WebhookInput::default()
+        };
+        let json = serde_json::to_string(&input).expect("serializes");
+        assert!(json.contains(r#""status":"paused""#) && json.contains(r#""signature":"mautic""#));
+        assert_eq!(
+            serde_json::from_str::<WebhookInput>(&json).expect("parses"),
+            input
+        );
+    }
+
+    #[test]
+    fn realtime_mode_rejects_batch_settings_and_batch_checks_them() {
+        let guard = Guard::default();
+        let base = WebhookInput {
+            url: Some("https://hooks.example.com/in".into()),
+            secret: Some("s".into()),
+            topics: Some(vec!["order.*".into()]),
+            ..WebhookInput::default()
+        };
+        let e = WebhookInput {
+            batch_max: Some(3),
+            ..base.clone()
+        }
+        .apply(None, &defaults(&guard))
+        .unwrap_err();
+        assert_eq!(e[0].field, "mode");
+        let e = WebhookInput {
+            mode: Some(ModeKind::Batch),
+            batch_max: Some(0),
+            batch_interval: Some("soon".into()),
+            header_prefix: Some("Bad Prefix".into()),
+            ..base.clone()
+        }
+        .apply(None, &defaults(&guard))
+        .unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["header_prefix", "batch_interval", "batch_max"]);
+        let spec = WebhookInput {
+            status: Some(WebhookStatus::Disabled),
+            mode: Some(ModeKind::Batch),
+            ..base
+        }
+        .apply(None, &defaults(&guard))
+        .expect("valid");
+        assert_eq!(spec.status, Some(WebhookStatus::Disabled));
+        assert_eq!(spec.mode.kind(), ModeKind::Batch);
+    }
+
+    #[test]
+    fn url_errors_say_why_with_credentials_masked() {
+        let guard = Guard::default();
+        let e = check_url("http://shop:pa55@hooks.example.com/in", true, &guard).unwrap_err();
+        assert_eq!(
+            e,
+            UrlError::PlainHttp("http://****@hooks.example.com/in".into())
+        );
+        assert!(!e.to_string().contains("pa55"));
+        assert!(matches!(
+            check_url("ftp://x/", false, &guard),
+            Err(UrlError::NotHttp(_))
+        ));
+        assert!(matches!(
+            check_url("http://127.0.0.1/", false, &guard),
+            Err(UrlError::Blocked { .. })
+        ));
+        assert!(matches!(
+            check_url("not a url", false, &guard),
+            Err(UrlError::Invalid { .. })
+        ));
+        assert!(check_url("https://hooks.example.com/in", true, &guard).is_ok());
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::io::Write;
 
 use hooktap::capture::{SkipReason, decode_body};
 use hooktap::config::Config;
-use hooktap::config::raw::RawRuleFile;
 use hooktap::rules::RuleSet;
+use hooktap::rules::raw::RawRuleFile;
 use hooktap::rules::router::Router;
 use hooktap::rules::selector::Selector;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};

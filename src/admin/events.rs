@@ -14,14 +14,19 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::openapi::{HealthDoc, ReloadedDoc, RuleDoc};
 use super::{AdminState, ApiError, Page, Q};
+use crate::event::Event;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventFilter {
     /// A glob over topics, like a webhook's `topics` entries.
     topic: Option<String>,
+    /// Only events created at or after this time (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
     since: Option<OffsetDateTime>,
+    /// Only events created before this time (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
     until: Option<OffsetDateTime>,
 }
@@ -38,6 +43,8 @@ fn topic_matcher(topic: Option<&str>) -> Result<Option<globset::GlobMatcher>, Ap
         .transpose()
 }
 
+#[utoipa::path(get, operation_id = "list_events", path = "/events", tag = "events", summary = "Derived events, newest first",
+    params(EventFilter, Page), responses((status = 200, body = [Event])))]
 pub async fn list(
     State(state): State<AdminState>,
     Q(filter): Q<EventFilter>,
@@ -56,6 +63,8 @@ pub async fn list(
     Ok(Json(events))
 }
 
+#[utoipa::path(get, operation_id = "get_event", path = "/events/{id}", tag = "events", summary = "Get an event",
+    params(("id" = String, Path, description = "The event's id")), responses((status = 200, body = Event)))]
 pub async fn get(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
@@ -71,12 +80,18 @@ pub async fn get(
     Ok(Json(event))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamFilter {
+    /// A glob over topics, like a webhook's `topics` entries.
     topic: Option<String>,
 }
 
 /// Server-sent events: one `event` message (JSON) per stored event, as it is stored.
+#[utoipa::path(get, operation_id = "stream_events", path = "/events/stream", tag = "events",
+    summary = "Server-sent events: one `event` message per stored event (and `lagged` with the number missed by a slow reader)",
+    params(StreamFilter),
+    responses((status = 200, content_type = "text/event-stream", body = String)))]
 pub async fn stream(
     State(state): State<AdminState>,
     Q(filter): Q<StreamFilter>,
@@ -105,6 +120,9 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+#[utoipa::path(get, operation_id = "list_rules", path = "/rules", tag = "rules",
+    summary = "The loaded rules and how many events each produced",
+    responses((status = 200, body = [RuleDoc])))]
 pub async fn rules(State(state): State<AdminState>) -> Json<Vec<Value>> {
     let rules = state.live.rules().load();
     let metrics = state.live.engine().metrics();
@@ -125,6 +143,9 @@ pub async fn rules(State(state): State<AdminState>) -> Json<Vec<Value>> {
     )
 }
 
+#[utoipa::path(post, operation_id = "reload", path = "/reload", tag = "rules",
+    summary = "Reload rules and file-declared webhooks (422 invalid_config keeps the running ones)",
+    responses((status = 200, body = ReloadedDoc)))]
 pub async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
     match state.live.reload().await {
         Ok(r) => Ok(Json(
@@ -144,6 +165,8 @@ pub async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiE
     }
 }
 
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "meta", summary = "Prometheus metrics (text exposition)",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiError> {
     let d = state.live.engine();
     // Metrics matter most when the store fails: serve them anyway, with the queue gauges as
@@ -164,6 +187,9 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiErr
 }
 
 /// Ready when the proxy accepts connections and the store answers.
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "meta", security(()),
+    summary = "Ready: proxy listening and store open (no token needed; 503 when not)",
+    responses((status = 200, body = HealthDoc), (status = 503, body = HealthDoc)))]
 pub async fn ready(State(state): State<AdminState>) -> Response {
     let proxy = tokio::time::timeout(
         Duration::from_secs(1),

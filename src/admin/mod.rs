@@ -89,12 +89,26 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// For programs: `invalid`, `unauthorized`, `not_found`, `conflict`, `ping_failed`, ...
+    #[schema(examples("invalid", "not_found"))]
+    code: &'static str,
+    /// For people.
+    message: String,
+    /// The input field that was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::json!({"code": self.code, "message": self.message});
-        if let Some(field) = self.field {
-            body["field"] = field.into();
-        }
+        let body = ErrorBody {
+            code: self.code,
+            message: self.message,
+            field: self.field,
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -150,11 +164,15 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
 }
 
 /// `?page=1&per_page=20` (per_page at most 100).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// From 1.
     #[serde(default = "first_page")]
+    #[param(default = 1, minimum = 1)]
     page: usize,
     #[serde(default = "default_per_page")]
+    #[param(default = 20, minimum = 1, maximum = 100)]
     per_page: usize,
 }
 

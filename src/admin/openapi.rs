@@ -1,36 +1,223 @@
-//! The OpenAPI 3.1 document of the admin API, served at `/openapi.json`. A test checks that every
-//! operation listed here is routed (and so that this document and the router agree).
+//! The OpenAPI 3.1 document of the admin API, served at `/openapi.json`, derived with `utoipa`
+//! from the types the handlers read and answer ([`WebhookInput`], [`WebhookView`], [`Event`],
+//! [`Delivery`], ...) and from the `#[utoipa::path]` attribute on each handler. A test checks
+//! that the document's paths are exactly the router's.
+//!
+//! Answers that the handlers build as ad-hoc JSON are described by the small `*Doc` types
+//! below; they are documentation only.
 
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Response};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-fn op(summary: &str, params: &[&str], body: Option<&str>, response: &str) -> Value {
-    let mut o = json!({
-        "summary": summary,
-        "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{response}")}}}},
-            "400": {"$ref": "#/components/responses/Error"},
-            "401": {"$ref": "#/components/responses/Error"},
-            "404": {"$ref": "#/components/responses/Error"},
-            "409": {"$ref": "#/components/responses/Error"},
-            "422": {"$ref": "#/components/responses/Error"},
-            "500": {"$ref": "#/components/responses/Error"},
-            "503": {"$ref": "#/components/responses/Error"}
+use super::{ErrorBody, events, webhooks};
+use crate::event::{Attempt, Delivery, DeliveryState, Event};
+use crate::webhook::{
+    BatchOrder, Counters, ModeKind, Origin, Profile, WebhookInput, WebhookStatus, WebhookView,
+};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "hooktap admin API"),
+    paths(
+        webhooks::list,
+        webhooks::create,
+        webhooks::count,
+        webhooks::get,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::ping,
+        webhooks::duplicate,
+        webhooks::reset,
+        webhooks::recover,
+        webhooks::deliveries,
+        webhooks::delivery,
+        webhooks::redeliver,
+        events::list,
+        events::stream,
+        events::get,
+        events::rules,
+        events::reload,
+        events::metrics,
+        openapi_json,
+        healthz,
+        events::ready,
+    ),
+    components(schemas(
+        ErrorBody,
+        WebhookInput,
+        WebhookView,
+        WebhookStatus,
+        Profile,
+        ModeKind,
+        BatchOrder,
+        Origin,
+        Counters,
+        Event,
+        Delivery,
+        DeliveryState,
+        Attempt,
+    )),
+    modifiers(&Conventions),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// What every operation shares: the bearer scheme, and the error answer (`{"code", "message",
+/// "field"}`) for every 4xx and 5xx.
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let error = Response::builder()
+            .description("An error: `code` for programs, `message` for people, `field` when one input field was rejected")
+            .content(
+                "application/json",
+                utoipa::openapi::content::Content::new(Some(RefOr::Ref(
+                    utoipa::openapi::Ref::from_schema_name("ErrorBody"),
+                ))),
+            )
+            .build();
+        components
+            .responses
+            .insert("Error".to_owned(), RefOr::T(error));
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for status in ["4XX", "5XX"] {
+                    op.responses.responses.insert(
+                        status.to_owned(),
+                        RefOr::Ref(utoipa::openapi::Ref::from_response_name("Error")),
+                    );
+                }
+            }
         }
-    });
-    let params: Vec<Value> = params
-        .iter()
-        .map(|p| {
-            let (name, location) = p.split_once(':').unwrap_or((p, "query"));
-            json!({"name": name, "in": location, "required": location == "path", "schema": {"type": "string"}})
-        })
-        .collect();
-    if !params.is_empty() {
-        o["parameters"] = Value::Array(params);
     }
-    if let Some(schema) = body {
-        o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
-    }
-    o
+}
+
+/// `{"count": n}`
+#[derive(ToSchema)]
+#[schema(as = Count)]
+#[allow(dead_code)]
+pub struct CountDoc {
+    count: usize,
+}
+
+/// The answer to deleting a webhook.
+#[derive(ToSchema)]
+#[schema(as = Deleted)]
+#[allow(dead_code)]
+pub struct DeletedDoc {
+    id: uuid::Uuid,
+    deleted: bool,
+    dropped_deliveries: usize,
+}
+
+/// A ping's request and answer.
+#[derive(ToSchema)]
+#[schema(as = Ping)]
+#[allow(dead_code)]
+pub struct PingDoc {
+    success: bool,
+    status: Option<u16>,
+    duration_ms: u64,
+    summary: String,
+    request_url: String,
+    /// `[name, value]` pairs.
+    request_headers: Vec<Vec<String>>,
+    request_body: String,
+    /// `[name, value]` pairs.
+    response_headers: Vec<Vec<String>>,
+    response_body: String,
+}
+
+/// `{"requeued": n}`
+#[derive(ToSchema)]
+#[schema(as = Requeued)]
+#[allow(dead_code)]
+pub struct RequeuedDoc {
+    requeued: usize,
+}
+
+/// A delivery with every attempt.
+#[derive(ToSchema)]
+#[schema(as = DeliveryDetail)]
+#[allow(dead_code)]
+pub struct DeliveryDetailDoc {
+    delivery: Delivery,
+    attempts: Vec<Attempt>,
+}
+
+/// The delivery as re-queued.
+#[derive(ToSchema)]
+#[schema(as = Redelivered)]
+#[allow(dead_code)]
+pub struct RedeliveredDoc {
+    delivery: Delivery,
+}
+
+/// A loaded rule and how many events it produced.
+#[derive(ToSchema)]
+#[schema(as = Rule)]
+#[allow(dead_code)]
+pub struct RuleDoc {
+    name: String,
+    topic: String,
+    methods: Vec<String>,
+    path: String,
+    events: u64,
+}
+
+/// What a reload loaded.
+#[derive(ToSchema)]
+#[schema(as = Reloaded)]
+#[allow(dead_code)]
+pub struct ReloadedDoc {
+    reloaded: bool,
+    rules: usize,
+    webhooks: usize,
+    /// `[name, dropped deliveries]` of each config-declared webhook that left the file.
+    removed: Vec<Vec<Value>>,
+}
+
+/// Health: `{"status": "ok"}`, or readiness: `{"proxy": bool, "store": bool}`.
+#[derive(ToSchema)]
+#[schema(as = Health)]
+#[allow(dead_code)]
+pub struct HealthDoc {
+    status: Option<String>,
+    proxy: Option<bool>,
+    store: Option<bool>,
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI document", body = Object)))]
+#[allow(dead_code)]
+fn openapi_json() {}
+
+/// Alive (no token needed).
+#[utoipa::path(get, path = "/healthz", tag = "meta", operation_id = "healthz", security(()),
+    responses((status = 200, description = "Alive", body = HealthDoc)))]
+#[allow(dead_code)]
+fn healthz() {}
+
+/// The document, as served.
+pub fn document() -> Value {
+    serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
 }
 
 /// Every operation as (method, path), for the routing test.
@@ -40,138 +227,19 @@ pub fn operations() -> Vec<(String, String)> {
     if let Some(paths) = doc["paths"].as_object() {
         for (path, item) in paths {
             for method in item.as_object().into_iter().flat_map(|m| m.keys()) {
-                out.push((method.to_uppercase(), path.clone()));
+                if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                    out.push((method.to_uppercase(), path.clone()));
+                }
             }
         }
     }
     out
 }
 
-pub fn document() -> Value {
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "hooktap admin API", "version": env!("CARGO_PKG_VERSION")},
-        "security": [{"bearer": []}],
-        "paths": paths(),
-        "components": components()
-    })
-}
-
-fn paths() -> Value {
-    let page = ["page", "per_page"];
-    let id = "id:path";
-    let delivery_id = "delivery_id:path";
-    json!({
-        "/webhooks": {
-            "get": op("List webhooks (oldest first); X-Total-Count has the total", &["status", page[0], page[1]], None, "WebhookList"),
-            "post": op("Create a webhook", &[], Some("WebhookInput"), "Webhook")
-        },
-        "/webhooks/count": {"get": op("Count webhooks", &["status"], None, "Count")},
-        "/webhooks/{id}": {
-            "get": op("Get a webhook", &[id], None, "Webhook"),
-            "put": op("Change the fields given; activating pings the URL first (409 ping_failed unless 2xx)", &[id], Some("WebhookInput"), "Webhook"),
-            "delete": op("Delete a webhook and drop its pending deliveries", &[id], None, "Deleted")
-        },
-        "/webhooks/{id}/ping": {"post": op("Send a signed test request with an empty body", &[id], None, "Ping")},
-        "/webhooks/{id}/duplicate": {"post": op("Copy a webhook; the copy starts disabled", &[id], None, "Webhook")},
-        "/webhooks/{id}/reset": {"post": op("Reset the webhook's counters", &[id], None, "Webhook")},
-        "/webhooks/{id}/recover": {"post": op("Re-queue every failed delivery created in [since, until)", &[id], Some("Window"), "Requeued")},
-        "/webhooks/{id}/deliveries": {"get": op("A webhook's deliveries, newest first", &[id, "outcome", page[0], page[1]], None, "DeliveryList")},
-        "/webhooks/{id}/deliveries/{delivery_id}": {"get": op("A delivery with every attempt", &[id, delivery_id], None, "DeliveryDetail")},
-        "/webhooks/{id}/deliveries/{delivery_id}/redeliver": {"post": op("Send a delivery again now, with the same id (409 in_flight while it is being sent)", &[id, delivery_id], None, "Redelivered")},
-        "/events": {"get": op("Derived events, newest first", &["topic", "since", "until", page[0], page[1]], None, "EventList")},
-        "/events/stream": {"get": op("Server-sent events: one `event` message per stored event", &["topic"], None, "Event")},
-        "/events/{id}": {"get": op("Get an event", &[id], None, "Event")},
-        "/rules": {"get": op("The loaded rules and how many events each produced", &[], None, "RuleList")},
-        "/reload": {"post": op("Reload rules and file-declared webhooks (422 invalid_config keeps the running ones)", &[], None, "Reloaded")},
-        "/metrics": {"get": op("Prometheus metrics (text exposition)", &[], None, "Text")},
-        "/openapi.json": {"get": op("This document", &[], None, "Text")},
-        "/healthz": {"get": op("Alive (no token needed)", &[], None, "Health")},
-        "/readyz": {"get": op("Ready: proxy listening and store open (no token needed; 503 when not)", &[], None, "Health")}
-    })
-}
-
-fn components() -> Value {
-    json!({
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "responses": {"Error": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}},
-        "schemas": {
-            "Error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string", "examples": ["invalid", "unauthorized", "not_found", "conflict", "ping_failed"]},
-                "message": {"type": "string"},
-                "field": {"type": "string", "description": "The input field that was rejected"}
-            }},
-            "WebhookInput": {"type": "object", "additionalProperties": false, "properties": {
-                "name": {"type": "string"}, "url": {"type": "string"}, "secret": {"type": "string", "writeOnly": true},
-                "topics": {"type": "array", "items": {"type": "string"}},
-                "status": {"enum": ["active", "paused", "disabled"]}, "retry": {"type": "string", "examples": ["5s,30s,1m"]},
-                "failure_threshold": {"type": "integer"}, "timeout": {"type": "string"},
-                "signature": {"enum": ["hooktap", "standard", "mautic"]}, "header_prefix": {"type": "string"},
-                "mode": {"enum": ["realtime", "batch"]}, "batch_interval": {"type": "string"}, "batch_max": {"type": "integer"},
-                "batch_order": {"enum": ["chronological", "reverse"]}, "ordered": {"type": "boolean"}, "concurrency": {"type": "integer"}
-            }},
-            "Webhook": {"type": "object", "description": "A webhook; the secret is never returned and URL credentials are masked", "properties": {
-                "id": {"type": "string", "format": "uuid"}, "origin": {"enum": ["config", "api"]}, "name": {"type": "string"},
-                "url": {"type": "string"}, "topics": {"type": "array", "items": {"type": "string"}},
-                "status": {"enum": ["active", "paused", "disabled"]}, "disabled_reason": {"type": ["string", "null"]},
-                "retry": {"type": "array", "items": {"type": "string"}}, "failure_threshold": {"type": "integer"},
-                "timeout": {"type": "string"}, "signature": {"type": "string"}, "header_prefix": {"type": "string"},
-                "mode": {"enum": ["realtime", "batch"]}, "ordered": {"type": "boolean"}, "concurrency": {"type": "integer"},
-                "counters": {"type": "object", "properties": {
-                    "delivered": {"type": "integer"}, "failed": {"type": "integer"}, "retries": {"type": "integer"},
-                    "consecutive_failures": {"type": "integer"}, "last_delivered_at": {"type": ["string", "null"]},
-                    "last_failure_at": {"type": ["string", "null"]}
-                }},
-                "created_at": {"type": "string", "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"}
-            }},
-            "WebhookList": {"type": "array", "items": {"$ref": "#/components/schemas/Webhook"}},
-            "Count": {"type": "object", "properties": {"count": {"type": "integer"}}},
-            "Deleted": {"type": "object", "properties": {"id": {"type": "string"}, "deleted": {"type": "boolean"}, "dropped_deliveries": {"type": "integer"}}},
-            "Ping": {"type": "object", "properties": {
-                "success": {"type": "boolean"}, "status": {"type": ["integer", "null"]}, "duration_ms": {"type": "integer"},
-                "summary": {"type": "string"}, "request_url": {"type": "string"}, "request_headers": {"type": "array"},
-                "request_body": {"type": "string"}, "response_headers": {"type": "array"}, "response_body": {"type": "string"}
-            }},
-            "Window": {"type": "object", "required": ["since"], "properties": {
-                "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}
-            }},
-            "Requeued": {"type": "object", "properties": {"requeued": {"type": "integer"}}},
-            "Delivery": {"type": "object", "properties": {
-                "id": {"type": "string"}, "event_id": {"type": "string"}, "webhook_id": {"type": "string"}, "topic": {"type": "string"},
-                "state": {"enum": ["pending", "delivered", "failed"]}, "attempts": {"type": "integer"},
-                "due_ms": {"type": "integer"}, "queue_ms": {"type": "integer"}, "schedule_start": {"type": "integer"}, "last_summary": {"type": ["string", "null"]},
-                "created_at": {"type": "string"}, "updated_at": {"type": "string"}
-            }},
-            "Redelivered": {"type": "object", "properties": {"delivery": {"$ref": "#/components/schemas/Delivery"}}},
-            "DeliveryList": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}},
-            "Attempt": {"type": "object", "properties": {
-                "id": {"type": "string"}, "delivery_id": {"type": "string"}, "webhook_id": {"type": "string"}, "number": {"type": "integer"},
-                "created_at": {"type": "string"}, "duration_ms": {"type": "integer"}, "summary": {"type": "string"}, "success": {"type": "boolean"},
-                "request_method": {"type": "string"}, "request_url": {"type": "string"}, "request_headers": {"type": "array"},
-                "request_body": {"type": "string"}, "response_code": {"type": ["integer", "null"]}, "response_message": {"type": "string"},
-                "response_headers": {"type": "array"}, "response_body": {"type": "string"}
-            }},
-            "DeliveryDetail": {"type": "object", "properties": {
-                "delivery": {"$ref": "#/components/schemas/Delivery"},
-                "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Attempt"}}
-            }},
-            "Event": {"type": "object", "properties": {
-                "id": {"type": "string"}, "created_at": {"type": "string"}, "topic": {"type": "string"}, "resource": {"type": "string"},
-                "event": {"type": "string"}, "rule": {"type": "string"}, "payload": {}
-            }},
-            "EventList": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-            "RuleList": {"type": "array", "items": {"type": "object", "properties": {
-                "name": {"type": "string"}, "topic": {"type": "string"}, "methods": {"type": "array"}, "path": {"type": "string"}, "events": {"type": "integer"}
-            }}},
-            "Reloaded": {"type": "object", "properties": {"reloaded": {"type": "boolean"}, "rules": {"type": "integer"}, "webhooks": {"type": "integer"}, "removed": {"type": "array"}}},
-            "Health": {"type": "object"},
-            "Text": {"type": "string"}
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     /// Every `$ref` points at something the document defines.
@@ -190,6 +258,7 @@ mod tests {
             }
         }
         let doc = document();
+        assert_eq!(doc["openapi"], "3.1.0");
         let mut all = Vec::new();
         refs(&doc, &mut all);
         assert!(all.len() > 20);
@@ -197,5 +266,45 @@ mod tests {
             let pointer = r.trim_start_matches('#');
             assert!(doc.pointer(pointer).is_some(), "{r} is not defined");
         }
+    }
+
+    /// The paths `router()` in `mod.rs` routes, read from its source: every `.route("...")`.
+    fn routed_paths() -> BTreeSet<String> {
+        let source = include_str!("mod.rs");
+        source
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| {
+                let rest = rest.trim_start().strip_prefix('"')?;
+                rest.split_once('"').map(|(path, _)| path.to_owned())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_document_lists_exactly_the_routed_paths() {
+        let documented: BTreeSet<String> = operations().into_iter().map(|(_, p)| p).collect();
+        let mut routed = routed_paths();
+        // The dashboard page is not part of the API.
+        assert!(routed.remove("/"));
+        assert!(routed.len() > 15, "{routed:?}");
+        assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn the_webhook_schemas_come_from_the_types() {
+        let doc = document();
+        let input = &doc["components"]["schemas"]["WebhookInput"];
+        let properties: Vec<&String> = input["properties"]
+            .as_object()
+            .map(|p| p.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(properties, WebhookInput::fields());
+        assert_eq!(input["additionalProperties"], false);
+        assert!(doc["components"]["schemas"]["Webhook"]["properties"]["counters"].is_object());
+        assert!(
+            doc["paths"]["/webhooks/{id}"]["put"]["responses"]["4XX"].is_object(),
+            "errors are documented"
+        );
     }
 }

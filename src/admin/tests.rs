@@ -13,9 +13,9 @@ use tower::ServiceExt;
 use super::{AdminState, router};
 use crate::config::DeliveryConfig;
 use crate::delivery::Engine;
-use crate::delivery::ssrf::Guard;
 use crate::live::Live;
 use crate::rules::RuleSet;
+use crate::ssrf::Guard;
 use crate::store::{FlushMode, SledStore, Store, StoreConfig};
 
 const TOKEN: &str = "test-token";

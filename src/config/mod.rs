@@ -1,9 +1,14 @@
 //! hooktap.toml and the rule files it names: loading, validation, and errors that say where.
 //!
+//! `config` depends on the components it configures ([`crate::rules`] for rule files and their
+//! raw types, [`crate::webhook`] for webhook tables, [`crate::ssrf`] for the guard), never the
+//! other way round for raw types: it only reads files and assembles the parts.
+//!
 //! Loading parses the raw files ([`raw`]), then compiles them into a [`Config`] whose parts are
 //! all checked: the running code never sees an unvalidated value. Every problem found is kept
 //! (not only the first) and reported as `file:line:column: message`.
 
+mod fields;
 pub mod raw;
 
 use std::fmt;
@@ -14,11 +19,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use crate::delivery::ssrf::Guard;
+use crate::rules::raw::RawRuleFile;
 use crate::rules::test::RuleTest;
 use crate::rules::{RuleSet, SpanError};
+use crate::ssrf::Guard;
 use crate::webhook::{Defaults, FieldError, WebhookInput, WebhookSpec};
-use raw::{RawConfig, RawRuleFile, RawWebhook};
+use fields::ValueError;
+use raw::{RawConfig, RawWebhook};
 
 pub use crate::store::{FlushMode, StoreConfig};
 
@@ -135,6 +142,12 @@ impl Reporter<'_> {
         });
     }
 
+    /// The 1-based line `span` starts on.
+    fn line(&self, span: Range<usize>) -> usize {
+        let start = span.start.min(self.source.len());
+        self.source[..start].matches('\n').count() + 1
+    }
+
     fn toml_error(&mut self, e: toml::de::Error) {
         let message = e.message().trim().to_owned();
         match e.span() {
@@ -199,219 +212,17 @@ impl Config {
             source: &source,
             problems: &mut problems,
         };
-        let raw: RawConfig = match toml::from_str(&source) {
-            Ok(raw) => raw,
-            Err(e) => {
-                r.toml_error(e);
-                return Err(ConfigError(problems));
-            }
+        let Some(raw) = parse::<RawConfig>(&mut r) else {
+            return Err(ConfigError(problems));
         };
         let base = path.parent().unwrap_or(Path::new("."));
-
         let proxy = compile_proxy(&mut r, raw.proxy, base);
         let admin = compile_admin(&mut r, raw.admin);
-        let store = StoreConfig {
-            path: base.join(
-                raw.store
-                    .path
-                    .map_or_else(|| "data/hooktap".to_owned(), Spanned::into_inner),
-            ),
-            flush: match raw.store.flush {
-                None => FlushMode::Interval(duration(
-                    &mut r,
-                    raw.store.flush_interval,
-                    "flush_interval",
-                    Duration::from_millis(500),
-                )),
-                Some(f) if f.get_ref() == "interval" => FlushMode::Interval(duration(
-                    &mut r,
-                    raw.store.flush_interval,
-                    "flush_interval",
-                    Duration::from_millis(500),
-                )),
-                Some(f) if f.get_ref() == "every-event" => FlushMode::EveryEvent,
-                Some(f) => {
-                    r.at(
-                        f.span(),
-                        format!(
-                            "`flush` = \"{}\" must be \"interval\" or \"every-event\"",
-                            f.get_ref()
-                        ),
-                    );
-                    FlushMode::EveryEvent
-                }
-            },
-            retention: duration(
-                &mut r,
-                raw.store.retention,
-                "retention",
-                Duration::from_secs(30 * 24 * 3600),
-            ),
-            min_free_space: match raw.store.min_free_space {
-                None => 64 * 1024 * 1024,
-                Some(s) => s
-                    .get_ref()
-                    .parse::<bytesize::ByteSize>()
-                    .map(|b| b.as_u64())
-                    .unwrap_or_else(|e| {
-                        r.at(
-                            s.span(),
-                            format!(
-                                "`min_free_space` = \"{}\" is not a size such as 64MiB: {e}",
-                                s.get_ref()
-                            ),
-                        );
-                        0
-                    }),
-            },
-        };
-        let mut allow = Vec::new();
-        for n in &raw.delivery.allow_networks {
-            match Guard::new(std::slice::from_ref(n.get_ref())) {
-                Ok(_) => allow.push(n.get_ref().clone()),
-                Err(m) => r.at(n.span(), format!("allow_networks: {m}")),
-            }
-        }
-        // Every entry was checked one by one above, so this only fails if one was rejected.
-        let guard = Guard::new(&allow).unwrap_or_default();
-        let delivery = DeliveryConfig {
-            source: raw
-                .delivery
-                .source
-                .map_or_else(|| format!("http://{}/", proxy.listen), Spanned::into_inner),
-            timeout: duration(
-                &mut r,
-                raw.delivery.timeout,
-                "timeout",
-                Duration::from_secs(10),
-            ),
-            concurrency: positive(&mut r, raw.delivery.concurrency, "concurrency", 64),
-            https_only: raw.delivery.https_only,
-            guard,
-            secret_rotation_grace: duration(
-                &mut r,
-                raw.delivery.secret_rotation_grace,
-                "secret_rotation_grace",
-                Duration::from_secs(24 * 3600),
-            ),
-        };
-        let mut webhooks: Vec<WebhookSpec> = Vec::new();
-        for w in raw.webhook {
-            let name_span = w.name.span();
-            if let Some(w) = compile_webhook(&mut r, w, &delivery) {
-                if webhooks.iter().any(|o| o.name == w.name) {
-                    r.at(name_span, format!("duplicate webhook name `{}`", w.name));
-                } else {
-                    webhooks.push(w);
-                }
-            }
-        }
-
-        let mut rule_files = Vec::new();
-        for pattern in &raw.rules {
-            let full = base.join(pattern.get_ref());
-            let full = full.to_string_lossy();
-            match glob::glob(&full) {
-                Err(e) => r.at(
-                    pattern.span(),
-                    format!("invalid glob `{}`: {e}", pattern.get_ref()),
-                ),
-                Ok(paths) => {
-                    let before = rule_files.len();
-                    for p in paths {
-                        match p {
-                            Ok(p) if !rule_files.contains(&p) => rule_files.push(p),
-                            Ok(_) => {}
-                            Err(e) => r.at(
-                                pattern.span(),
-                                format!("cannot read {}: {e}", e.path().display()),
-                            ),
-                        }
-                    }
-                    if rule_files.len() == before {
-                        r.at(
-                            pattern.span(),
-                            format!("`{}` matches no rule file", pattern.get_ref()),
-                        );
-                    }
-                }
-            }
-        }
-
-        let mut rules = RuleSet::default();
-        let mut tests = Vec::new();
-        let mut test_topics = Vec::new();
-        let mut rules_failed = false;
-        for file in &rule_files {
-            let text = match read_text(file) {
-                Ok(t) => t,
-                Err(p) => {
-                    problems.push(p);
-                    continue;
-                }
-            };
-            let mut fr = Reporter {
-                file,
-                source: &text,
-                problems: &mut problems,
-            };
-            let raw: RawRuleFile = match toml::from_str(&text) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    fr.toml_error(e);
-                    continue;
-                }
-            };
-            for rule in raw.rule {
-                if let Err(errors) = rules.add(rule) {
-                    rules_failed = true;
-                    for SpanError { span, message } in errors {
-                        fr.at(span, message);
-                    }
-                }
-            }
-            for test in raw.test {
-                let span = test.name.span();
-                let topic = test.expect.get_ref().topic.clone();
-                let location = {
-                    let start = span.start.min(text.len());
-                    format!(
-                        "{}:{}",
-                        file.display(),
-                        text[..start].matches('\n').count() + 1
-                    )
-                };
-                match RuleTest::compile(test, location) {
-                    Ok(t) => tests.push(t),
-                    Err(SpanError { span, message }) => fr.at(span, message),
-                }
-                if let Some(topic) = topic {
-                    test_topics.push((file.clone(), text.clone(), topic));
-                }
-            }
-        }
-        // A rule that failed to compile has no topic; do not report its tests a second time.
-        for (file, text, topic) in test_topics.into_iter().filter(|_| !rules_failed) {
-            if !rules
-                .rules()
-                .iter()
-                .any(|rule| rule.topic.as_str() == topic.get_ref())
-            {
-                Reporter {
-                    file: &file,
-                    source: &text,
-                    problems: &mut problems,
-                }
-                .at(
-                    topic.span(),
-                    format!(
-                        "test expects topic `{}`, which no rule produces",
-                        topic.get_ref()
-                    ),
-                );
-            }
-        }
-
+        let store = compile_store(&mut r, raw.store, base);
+        let delivery = compile_delivery(&mut r, raw.delivery, &proxy);
+        let webhooks = compile_webhooks(&mut r, raw.webhook, &delivery);
+        let rule_files = find_rule_files(&mut r, &raw.rules, base);
+        let (rules, tests) = load_rules(&rule_files, &mut problems);
         if !problems.is_empty() {
             return Err(ConfigError(problems));
         }
@@ -426,6 +237,219 @@ impl Config {
             tests,
             rule_files,
         })
+    }
+}
+
+/// Deserializes the reporter's file; a TOML or shape error is reported at its place.
+fn parse<T: serde::de::DeserializeOwned>(r: &mut Reporter) -> Option<T> {
+    toml::from_str(r.source).map_err(|e| r.toml_error(e)).ok()
+}
+
+fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> StoreConfig {
+    let flush_interval = |r: &mut Reporter| {
+        duration(
+            r,
+            s.flush_interval.clone(),
+            "flush_interval",
+            Duration::from_millis(500),
+        )
+    };
+    let flush = match s.flush {
+        None => FlushMode::Interval(flush_interval(r)),
+        Some(f) if f.get_ref() == "interval" => FlushMode::Interval(flush_interval(r)),
+        Some(f) if f.get_ref() == "every-event" => FlushMode::EveryEvent,
+        Some(f) => {
+            r.at(
+                f.span(),
+                format!(
+                    "`flush` = \"{}\" must be \"interval\" or \"every-event\"",
+                    f.get_ref()
+                ),
+            );
+            FlushMode::EveryEvent
+        }
+    };
+    let min_free_space = match s.min_free_space {
+        None => 64 * 1024 * 1024,
+        Some(v) => v
+            .get_ref()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .unwrap_or_else(|e| {
+                r.at(
+                    v.span(),
+                    format!(
+                        "`min_free_space` = \"{}\" is not a size such as 64MiB: {e}",
+                        v.get_ref()
+                    ),
+                );
+                0
+            }),
+    };
+    StoreConfig {
+        path: base.join(
+            s.path
+                .map_or_else(|| "data/hooktap".to_owned(), Spanned::into_inner),
+        ),
+        flush,
+        retention: duration(
+            r,
+            s.retention,
+            "retention",
+            Duration::from_secs(30 * 24 * 3600),
+        ),
+        min_free_space,
+    }
+}
+
+fn compile_delivery(r: &mut Reporter, d: raw::RawDelivery, proxy: &ProxyConfig) -> DeliveryConfig {
+    let mut allow = Vec::new();
+    for n in &d.allow_networks {
+        match Guard::new(std::slice::from_ref(n.get_ref())) {
+            Ok(_) => allow.push(n.get_ref().clone()),
+            Err(e) => r.at(n.span(), format!("allow_networks: {e}")),
+        }
+    }
+    // Every entry was checked one by one above, so this only fails if one was rejected.
+    let guard = Guard::new(&allow).unwrap_or_default();
+    DeliveryConfig {
+        source: d
+            .source
+            .map_or_else(|| format!("http://{}/", proxy.listen), Spanned::into_inner),
+        timeout: duration(r, d.timeout, "timeout", Duration::from_secs(10)),
+        concurrency: positive(r, d.concurrency, "concurrency", 64),
+        https_only: d.https_only,
+        guard,
+        secret_rotation_grace: duration(
+            r,
+            d.secret_rotation_grace,
+            "secret_rotation_grace",
+            Duration::from_secs(24 * 3600),
+        ),
+    }
+}
+
+/// The rule files the `rules` globs name (relative to the config file), each once.
+fn find_rule_files(r: &mut Reporter, patterns: &[Spanned<String>], base: &Path) -> Vec<PathBuf> {
+    let mut rule_files = Vec::new();
+    for pattern in patterns {
+        let full = base.join(pattern.get_ref());
+        let paths = match glob::glob(&full.to_string_lossy()) {
+            Ok(paths) => paths,
+            Err(e) => {
+                r.at(
+                    pattern.span(),
+                    format!("invalid glob `{}`: {e}", pattern.get_ref()),
+                );
+                continue;
+            }
+        };
+        let before = rule_files.len();
+        for p in paths {
+            match p {
+                Ok(p) if !rule_files.contains(&p) => rule_files.push(p),
+                Ok(_) => {}
+                Err(e) => r.at(
+                    pattern.span(),
+                    format!("cannot read {}: {e}", e.path().display()),
+                ),
+            }
+        }
+        if rule_files.len() == before {
+            r.at(
+                pattern.span(),
+                format!("`{}` matches no rule file", pattern.get_ref()),
+            );
+        }
+    }
+    rule_files
+}
+
+/// A test's expected topic, kept until every rule file is loaded (a test may expect a topic
+/// of another file's rule).
+struct ExpectedTopic {
+    file: PathBuf,
+    text: String,
+    topic: Spanned<String>,
+}
+
+/// Compiles the rules and tests of every rule file into one rule set.
+fn load_rules(files: &[PathBuf], problems: &mut Vec<Problem>) -> (RuleSet, Vec<RuleTest>) {
+    let mut rules = RuleSet::default();
+    let mut tests = Vec::new();
+    let mut expected = Vec::new();
+    let mut rules_failed = false;
+    for file in files {
+        let text = match read_text(file) {
+            Ok(t) => t,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
+        let mut r = Reporter {
+            file,
+            source: &text,
+            problems: &mut *problems,
+        };
+        let Some(raw) = parse::<RawRuleFile>(&mut r) else {
+            continue;
+        };
+        for rule in raw.rule {
+            if let Err(errors) = rules.add(rule) {
+                rules_failed = true;
+                for SpanError { span, message } in errors {
+                    r.at(span, message);
+                }
+            }
+        }
+        for test in raw.test {
+            let topic = test.expect.get_ref().topic.clone();
+            let location = format!("{}:{}", file.display(), r.line(test.name.span()));
+            match RuleTest::compile(test, location) {
+                Ok(t) => tests.push(t),
+                Err(SpanError { span, message }) => r.at(span, message),
+            }
+            if let Some(topic) = topic {
+                expected.push(ExpectedTopic {
+                    file: file.clone(),
+                    text: text.clone(),
+                    topic,
+                });
+            }
+        }
+    }
+    // A rule that failed to compile has no topic; do not report its tests a second time.
+    if !rules_failed {
+        check_expected_topics(&rules, expected, problems);
+    }
+    (rules, tests)
+}
+
+fn check_expected_topics(
+    rules: &RuleSet,
+    expected: Vec<ExpectedTopic>,
+    problems: &mut Vec<Problem>,
+) {
+    for ExpectedTopic { file, text, topic } in expected {
+        let produced = rules
+            .rules()
+            .iter()
+            .any(|rule| rule.topic.as_str() == topic.get_ref());
+        if !produced {
+            Reporter {
+                file: &file,
+                source: &text,
+                problems: &mut *problems,
+            }
+            .at(
+                topic.span(),
+                format!(
+                    "test expects topic `{}`, which no rule produces",
+                    topic.get_ref()
+                ),
+            );
+        }
     }
 }
 
@@ -461,7 +485,7 @@ fn compile_admin(r: &mut Reporter, a: raw::RawAdmin) -> AdminConfig {
             r.at(t.span(), "`token` must not be empty");
             None
         }
-        (None, Some(var)) => from_env(r, &var, ""),
+        (None, Some(var)) => from_env(r, var.get_ref(), var.span(), ""),
         (Some(t), Some(_)) => {
             r.at(t.span(), "set either `token` or `token_env`, not both");
             None
@@ -560,91 +584,291 @@ fn compile_proxy(r: &mut Reporter, p: raw::RawProxy, base: &Path) -> ProxyConfig
     }
 }
 
-/// A secret from the environment variable named by `var`; an unset or empty one is an error
-/// (prefixed with `context`) at the place the variable is named.
-fn from_env(r: &mut Reporter, var: &Spanned<String>, context: &str) -> Option<String> {
-    match std::env::var(var.get_ref()) {
+/// A secret from the environment variable `var` (named at `span`); an unset or empty one is an
+/// error (prefixed with `context`) at that place.
+fn from_env(r: &mut Reporter, var: &str, span: Range<usize>, context: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
             r.at(
-                var.span(),
-                format!(
-                    "{context}environment variable `{}` is not set or empty",
-                    var.get_ref()
-                ),
+                span,
+                format!("{context}environment variable `{var}` is not set or empty"),
             );
             None
         }
     }
 }
 
-/// Unwraps a spanned value, remembering where `field` was written.
-fn take<T>(
-    spans: &mut Vec<(&'static str, Range<usize>)>,
-    field: &'static str,
-    v: Option<Spanned<T>>,
-) -> Option<T> {
-    v.map(|s| {
-        spans.push((field, s.span()));
-        s.into_inner()
-    })
-}
-
-fn compile_webhook(
+/// The `[[webhook]]` tables, each checked as the admin API checks a body; names are unique.
+fn compile_webhooks(
     r: &mut Reporter,
-    w: RawWebhook,
+    tables: Vec<Spanned<RawWebhook>>,
     delivery: &DeliveryConfig,
-) -> Option<WebhookSpec> {
-    let name = w.name.get_ref().trim().to_owned();
-    let name_span = w.name.span();
-    let mut spans = vec![("name", name_span.clone())];
-    // The secret comes from the file or from the environment; the rest is checked by
-    // `WebhookInput::apply`, exactly as the admin API checks it.
-    let secret = match (w.secret, w.secret_env) {
-        (Some(s), None) => take(&mut spans, "secret", Some(s)),
-        (None, Some(var)) => Some(from_env(r, &var, &format!("webhook `{name}`: "))?),
-        (Some(s), Some(_)) => {
-            r.at(
-                s.span(),
-                format!("webhook `{name}`: set either `secret` or `secret_env`, not both"),
-            );
-            return None;
-        }
-        (None, None) => None,
-    };
-    let input = WebhookInput {
-        name: Some(w.name.into_inner()),
-        url: take(&mut spans, "url", w.url),
-        secret,
-        topics: take(&mut spans, "topics", w.topics),
-        status: take(&mut spans, "status", w.status),
-        retry: take(&mut spans, "retry", w.retry),
-        failure_threshold: take(&mut spans, "failure_threshold", w.failure_threshold),
-        timeout: take(&mut spans, "timeout", w.timeout),
-        signature: take(&mut spans, "signature", w.signature),
-        header_prefix: take(&mut spans, "header_prefix", w.header_prefix),
-        mode: take(&mut spans, "mode", w.mode),
-        batch_interval: take(&mut spans, "batch_interval", w.batch_interval),
-        batch_max: take(&mut spans, "batch_max", w.batch_max),
-        batch_order: take(&mut spans, "batch_order", w.batch_order),
-        ordered: take(&mut spans, "ordered", w.ordered),
-        concurrency: take(&mut spans, "concurrency", w.concurrency),
-    };
+) -> Vec<WebhookSpec> {
     let defaults = Defaults {
         https_only: delivery.https_only,
         guard: &delivery.guard,
         timeout: delivery.timeout,
     };
-    input
-        .apply(None, &defaults)
-        .map_err(|errors| {
-            for FieldError { field, message } in errors {
-                let span = spans
-                    .iter()
-                    .find(|(f, _)| *f == field)
-                    .map_or(name_span.clone(), |(_, s)| s.clone());
-                r.at(span, format!("webhook `{name}`: {message}"));
+    let mut webhooks: Vec<WebhookSpec> = Vec::new();
+    for table in tables {
+        let Some((w, name_span)) = compile_webhook(r, table, &defaults) else {
+            continue;
+        };
+        if webhooks.iter().any(|o| o.name == w.name) {
+            r.at(name_span, format!("duplicate webhook name `{}`", w.name));
+        } else {
+            webhooks.push(w);
+        }
+    }
+    webhooks
+}
+
+/// The keys a `[[webhook]]` table has beyond [`WebhookInput`]'s.
+const FILE_ONLY_KEYS: &[&str] = &["secret_env"];
+
+/// A `[[webhook]]` table read key by key: the accepted keys as a [`WebhookInput`] with where
+/// each was written, the keys rejected (already reported), and `secret_env`.
+struct WebhookTable {
+    input: WebhookInput,
+    spans: Vec<(String, Range<usize>)>,
+    rejected: Vec<String>,
+    secret_env: Option<(String, Range<usize>)>,
+}
+
+/// Deserializes each key into [`WebhookInput`] on its own, so that every bad value is
+/// reported at its line (`shown` names the webhook in messages).
+fn read_webhook_table(
+    r: &mut Reporter,
+    shown: &str,
+    entries: Vec<(Spanned<String>, Spanned<toml::Value>)>,
+) -> Result<WebhookTable, ValueError> {
+    let mut good = toml::Table::new();
+    let mut spans = Vec::new();
+    let mut rejected = Vec::new();
+    let mut secret_env = None;
+    for (key, value) in entries {
+        let (key_span, key) = (key.span(), key.into_inner());
+        let (value_span, value) = (value.span(), value.into_inner());
+        if key == "secret_env" {
+            match value {
+                toml::Value::String(var) => secret_env = Some((var, value_span)),
+                _ => r.at(
+                    value_span,
+                    format!("webhook `{shown}`: secret_env must be a string"),
+                ),
             }
+            continue;
+        }
+        match fields::from_entry::<WebhookInput>(&key, &value) {
+            Ok(_) => {
+                spans.push((key.clone(), value_span));
+                good.insert(key, value);
+            }
+            Err(e) => {
+                let e = e.also_accepting(FILE_ONLY_KEYS);
+                let span = match e {
+                    ValueError::UnknownField { .. } => key_span,
+                    _ => value_span,
+                };
+                r.at(span, format!("webhook `{shown}`: {}", e.about(&key)));
+                rejected.push(key);
+            }
+        }
+    }
+    Ok(WebhookTable {
+        input: fields::from_table(good)?,
+        spans,
+        rejected,
+        secret_env,
+    })
+}
+
+/// One `[[webhook]]` table, read key by key, then checked whole by `WebhookInput::apply` as
+/// the admin API checks a body. Returns the spec and where its name is written.
+fn compile_webhook(
+    r: &mut Reporter,
+    table: Spanned<RawWebhook>,
+    defaults: &Defaults<'_>,
+) -> Option<(WebhookSpec, Range<usize>)> {
+    let table_span = table.span();
+    let entries = table.into_inner().entries;
+    let Some((_, name)) = entries.iter().find(|(k, _)| k.get_ref() == "name") else {
+        r.at(table_span, "missing field `name`");
+        return None;
+    };
+    let name_span = name.span();
+    let shown = match name.get_ref() {
+        toml::Value::String(s) => s.trim().to_owned(),
+        other => other.to_string(),
+    };
+    let mut t = read_webhook_table(r, &shown, entries)
+        .map_err(|e| r.at(table_span, format!("webhook `{shown}`: {e}")))
+        .ok()?;
+    // The secret comes from the file or from the environment.
+    if let Some((var, span)) = t.secret_env.take() {
+        if let Some((_, secret_span)) = t.spans.iter().find(|(k, _)| k == "secret") {
+            r.at(
+                secret_span.clone(),
+                format!("webhook `{shown}`: set either `secret` or `secret_env`, not both"),
+            );
+            return None;
+        }
+        t.input.secret = Some(from_env(r, &var, span, &format!("webhook `{shown}`: "))?);
+    }
+    let spec = t.input.apply(None, defaults).map_err(|errors| {
+        // A field whose value was rejected above is not reported a second time.
+        for FieldError { field, message } in errors {
+            if t.rejected.iter().any(|k| k == field) {
+                continue;
+            }
+            let span = t
+                .spans
+                .iter()
+                .find(|(k, _)| k == field)
+                .map_or(name_span.clone(), |(_, s)| s.clone());
+            r.at(span, format!("webhook `{shown}`: {message}"));
+        }
+    });
+    let spec = spec.ok()?;
+    t.rejected.is_empty().then_some((spec, name_span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"rules = ["rules/*.toml"]
+
+[proxy]
+listen = "127.0.0.1:18080"
+upstream = "127.0.0.1:18000"
+
+[delivery]
+allow_networks = ["127.0.0.0/8"]
+
+[[webhook]]
+name = "crm"
+url = "http://127.0.0.1:9000/hooks"
+secret = "s"
+topics = ["order.*"]
+"#;
+
+    const RULE: &str = r#"[[rule]]
+name = "order created"
+topic = "order.created"
+method = "POST"
+path = "/orders"
+status = [201]
+"#;
+
+    /// Loads `config` with one rule file; the problems as `file:line:col: message` lines, with
+    /// the temporary directory left out.
+    fn load(config: &str, rule: &str) -> Result<Config, Vec<String>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("rules")).expect("mkdir");
+        std::fs::write(dir.path().join("hooktap.toml"), config).expect("write");
+        std::fs::write(dir.path().join("rules/shop.toml"), rule).expect("write");
+        Config::load(&dir.path().join("hooktap.toml")).map_err(|e| {
+            e.0.iter()
+                .map(|p| {
+                    let file = p.file.strip_prefix(dir.path()).unwrap_or(&p.file);
+                    Problem {
+                        file: file.to_owned(),
+                        ..p.clone()
+                    }
+                    .to_string()
+                })
+                .collect()
         })
-        .ok()
+    }
+
+    #[test]
+    fn a_valid_config_loads() {
+        let c = load(CONFIG, RULE).expect("valid");
+        assert_eq!(c.webhooks.len(), 1);
+        assert_eq!(c.webhooks[0].name, "crm");
+        assert_eq!(c.rules.rules().len(), 1);
+    }
+
+    #[test]
+    fn bad_enum_values_in_a_webhook_table_are_each_reported_at_their_line() {
+        let config = CONFIG.replace(
+            "topics = [\"order.*\"]",
+            "topics = [\"order.*\"]\nsignature = \"hmac\"\nstatus = \"on\"\nmode = \"batch\"\nbatch_order = \"random\"",
+        );
+        let problems = load(&config, RULE).unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "hooktap.toml:15:13: webhook `crm`: signature `hmac` must be \"hooktap\", \"standard\" or \"mautic\"",
+                "hooktap.toml:16:10: webhook `crm`: status `on` must be \"active\", \"paused\" or \"disabled\"",
+                "hooktap.toml:18:15: webhook `crm`: batch_order `random` must be \"chronological\" or \"reverse\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn webhook_values_of_the_wrong_type_or_unknown_keys_are_reported_at_their_place() {
+        let config = CONFIG.replace(
+            "topics = [\"order.*\"]",
+            "topics = \"order.*\"\ncolour = \"red\"\nsecret_env = \"HOOKTAP_TEST_UNSET_VARIABLE\"",
+        );
+        let problems = load(&config, RULE).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems[0]
+                .starts_with("hooktap.toml:14:10: webhook `crm`: topics: invalid type: string"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[1].starts_with("hooktap.toml:15:1: webhook `crm`: unknown field `colour`")
+                && problems[1].ends_with("or `secret_env`"),
+            "{problems:#?}"
+        );
+        assert_eq!(
+            problems[2],
+            "hooktap.toml:13:10: webhook `crm`: set either `secret` or `secret_env`, not both"
+        );
+    }
+
+    #[test]
+    fn webhook_checks_name_the_field_line() {
+        let config = CONFIG.replace("secret = \"s\"\n", "retry = \"5s,soon\"\nconcurrency = 0\n");
+        let problems = load(&config, RULE).unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert_eq!(
+            problems[0],
+            "hooktap.toml:11:8: webhook `crm`: secret is required"
+        );
+        assert!(problems[1].starts_with("hooktap.toml:13:9: webhook `crm`: retry delay `soon`"));
+        assert_eq!(
+            problems[2],
+            "hooktap.toml:14:15: webhook `crm`: concurrency must be at least 1"
+        );
+        let config = format!("{CONFIG}\n[[webhook]]\nurl = \"http://127.0.0.1:9000/\"\n");
+        let problems = load(&config, RULE).unwrap_err();
+        assert_eq!(problems, ["hooktap.toml:16:1: missing field `name`"]);
+    }
+
+    #[test]
+    fn bad_values_in_a_rule_file_are_reported_at_their_line() {
+        let problems = load(CONFIG, &RULE.replace("[201]", "[\"6xx\"]")).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("rules/shop.toml:6:10: status `6xx` must be"),
+            "{problems:#?}"
+        );
+        let problems = load(CONFIG, &RULE.replace("[201]", "[true]")).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("rules/shop.toml:6:"),
+            "{problems:#?}"
+        );
+        let problems = load(CONFIG, &format!("{RULE}colour = \"red\"\n")).unwrap_err();
+        assert!(
+            problems[0].starts_with("rules/shop.toml:7:1: unknown field `colour`"),
+            "{problems:#?}"
+        );
+    }
 }

@@ -1,15 +1,13 @@
-//! The files as written: serde types that mirror hooktap.toml and rule files one to one.
+//! hooktap.toml as written: serde types that mirror it one to one.
 //!
 //! Every table denies unknown keys, and every value a later check may reject is `Spanned`, so
-//! that the error can name its line. Nothing here is validated; [`super`] and [`crate::rules`]
-//! compile these into checked types.
+//! that the error can name its line. Nothing here is validated; [`super`] compiles these into
+//! checked types. Rule files have their own raw types beside the rules ([`crate::rules::raw`]).
 
-use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{self, MapAccess, Visitor};
+use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use serde_json::Value;
 use toml::Spanned;
 
 #[derive(Debug, Deserialize)]
@@ -25,7 +23,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
-    pub webhook: Vec<RawWebhook>,
+    pub webhook: Vec<Spanned<RawWebhook>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,197 +75,31 @@ pub struct RawDelivery {
     pub secret_rotation_grace: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A `[[webhook]]` table: its keys and values as written, each with its place. The keys are
+/// those of [`crate::webhook::WebhookInput`] (the one declaration of a webhook's fields) plus the
+/// file-only `secret_env`; the loader deserializes them into a `WebhookInput` one by one,
+/// so that every bad value is reported at its own line.
+#[derive(Debug, Default)]
 pub struct RawWebhook {
-    pub name: Spanned<String>,
-    pub url: Option<Spanned<String>>,
-    pub secret: Option<Spanned<String>>,
-    pub secret_env: Option<Spanned<String>>,
-    pub topics: Option<Spanned<Vec<String>>>,
-    pub retry: Option<Spanned<String>>,
-    pub concurrency: Option<Spanned<usize>>,
-    pub status: Option<Spanned<String>>,
-    pub failure_threshold: Option<Spanned<u32>>,
-    pub timeout: Option<Spanned<String>>,
-    pub signature: Option<Spanned<String>>,
-    pub header_prefix: Option<Spanned<String>>,
-    pub mode: Option<Spanned<String>>,
-    pub batch_interval: Option<Spanned<String>>,
-    pub batch_max: Option<Spanned<usize>>,
-    pub batch_order: Option<Spanned<String>>,
-    pub ordered: Option<Spanned<bool>>,
+    pub entries: Vec<(Spanned<String>, Spanned<toml::Value>)>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRuleFile {
-    #[serde(default)]
-    pub rule: Vec<RawRule>,
-    #[serde(default)]
-    pub test: Vec<RawTest>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRule {
-    pub name: Spanned<String>,
-    pub topic: Spanned<String>,
-    pub method: Option<Spanned<OneOrMany>>,
-    pub path: Spanned<String>,
-    pub status: Option<Spanned<Vec<StatusSpec>>>,
-    #[serde(default)]
-    pub when: Vec<Spanned<RawWhen>>,
-    pub payload: Option<Spanned<RawPayload>>,
-    #[serde(default)]
-    pub required: Vec<Spanned<String>>,
-}
-
-/// `method = "POST"` or `method = ["PUT", "PATCH"]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn into_vec(self) -> Vec<String> {
-        match self {
-            Self::One(s) => vec![s],
-            Self::Many(v) => v,
-        }
-    }
-}
-
-/// `201` or `"2xx"`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum StatusSpec {
-    Code(i64),
-    Class(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawWhen {
-    pub path: String,
-    pub equals: Option<Value>,
-    pub not_equals: Option<Value>,
-    #[serde(rename = "in")]
-    pub in_: Option<Vec<Value>>,
-    pub exists: Option<bool>,
-    pub matches: Option<String>,
-    pub gt: Option<f64>,
-    pub lt: Option<f64>,
-}
-
-/// `payload = "$.response.body"` or a `[rule.payload]` table of fields.
-#[derive(Debug)]
-pub enum RawPayload {
-    Whole(String),
-    Fields(Vec<(String, Spanned<RawField>)>),
-}
-
-/// A payload field: `"$.path"` or `{ path = "$.path", regex = "..." }`.
-#[derive(Debug)]
-pub struct RawField {
-    pub path: String,
-    pub regex: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFieldTable {
-    path: String,
-    regex: Option<String>,
-}
-
-// Hand-written rather than `#[serde(untagged)]`: untagged enums buffer their input and so lose
-// the spans that `Spanned` fields need for `file:line` errors.
-impl<'de> Deserialize<'de> for RawPayload {
+impl<'de> Deserialize<'de> for RawWebhook {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct PayloadVisitor;
-        impl<'de> Visitor<'de> for PayloadVisitor {
-            type Value = RawPayload;
+        struct TableVisitor;
+        impl<'de> Visitor<'de> for TableVisitor {
+            type Value = RawWebhook;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSONPath string or a table of payload fields")
+                f.write_str("a webhook table")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPayload, E> {
-                Ok(RawPayload::Whole(v.to_owned()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawPayload, A::Error> {
-                let mut fields = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    fields.push((key, map.next_value::<Spanned<RawField>>()?));
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawWebhook, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    entries.push((key, map.next_value()?));
                 }
-                Ok(RawPayload::Fields(fields))
+                Ok(RawWebhook { entries })
             }
         }
-        d.deserialize_any(PayloadVisitor)
+        d.deserialize_map(TableVisitor)
     }
-}
-
-impl<'de> Deserialize<'de> for RawField {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct FieldVisitor;
-        impl<'de> Visitor<'de> for FieldVisitor {
-            type Value = RawField;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSONPath string or a table `{ path = \"...\", regex = \"...\" }`")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawField, E> {
-                Ok(RawField {
-                    path: v.to_owned(),
-                    regex: None,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawField, A::Error> {
-                let t = RawFieldTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(RawField {
-                    path: t.path,
-                    regex: t.regex,
-                })
-            }
-        }
-        d.deserialize_any(FieldVisitor)
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTest {
-    pub name: Spanned<String>,
-    pub request: Spanned<RawTestRequest>,
-    pub response: Spanned<RawTestResponse>,
-    pub expect: Spanned<RawExpect>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTestRequest {
-    pub method: String,
-    /// May carry a query string: `/orders?page=2`.
-    pub path: String,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub body: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTestResponse {
-    pub status: u16,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub body: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawExpect {
-    pub topic: Option<Spanned<String>>,
-    pub payload: Option<Value>,
-    #[serde(default)]
-    pub none: bool,
 }

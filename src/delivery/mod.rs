@@ -31,8 +31,9 @@ pub mod retry;
 pub mod scheduler;
 pub mod send;
 pub mod sign;
-pub mod ssrf;
 pub mod sync;
+
+use crate::ssrf;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;

@@ -11,7 +11,7 @@ use url::Url;
 
 use super::retry;
 use super::sign::{self, Message};
-use super::ssrf::{Blocked, Guard};
+use crate::ssrf::{Blocked, Guard};
 use crate::webhook::{Webhook, mask_url};
 
 /// How much of a receiver's answer is read; the rest is left unread.

@@ -1,9 +1,10 @@
 //! The compiled rule set: what turns a request/response pair into events.
 //!
-//! Rules are compiled once from the raw rule files ([`crate::config::raw`]): path templates into
+//! Rules are compiled once from the raw rule files ([`raw`]): path templates into
 //! the [`router::Router`], `when` entries into [`when::Predicate`]s, payload paths into
 //! [`selector::Selector`]s. Everything here is pure: no I/O, no clocks beyond event timestamps.
 
+pub mod raw;
 pub mod router;
 pub mod selector;
 pub mod test;
@@ -14,8 +15,8 @@ use std::ops::Range;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use crate::config::raw::{RawPayload, RawRule, StatusSpec};
 use crate::event::{Event, Topic};
+use raw::{RawPayload, RawRule, StatusSpec};
 use router::{Candidates, Router};
 use selector::Selector;
 use when::Predicate;
@@ -293,7 +294,7 @@ impl RuleSet {
         }
         self.router
             .insert(&rule.path, rule.methods.clone(), self.rules.len())
-            .map_err(|m| vec![SpanError::new(path_span, m)])?;
+            .map_err(|e| vec![SpanError::new(path_span, e.to_string())])?;
         self.rules.push(rule);
         Ok(())
     }

@@ -30,10 +30,28 @@ pub struct Router {
     index: std::collections::HashMap<String, usize>,
 }
 
+/// A path template the router cannot take; every message names the template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    #[error("path template `{0}` must start with `/`")]
+    NoLeadingSlash(String),
+    #[error("path template `{0}` has an unclosed `{{`")]
+    Unclosed(String),
+    #[error("path template `{template}`: parameter `{{{param}}}` must be a name of [A-Za-z0-9_]")]
+    BadParameter { template: String, param: String },
+    #[error("path template `{template}` uses parameter `{name}` twice")]
+    Repeated { template: String, name: String },
+    #[error("path template `{0}` has a `}}` without `{{`")]
+    Unopened(String),
+    /// What matchit refuses (a catch-all that is not last, a conflict).
+    #[error("path template `{template}`: {reason}")]
+    Rejected { template: String, reason: String },
+}
+
 /// A template in canonical form plus its parameter names, in order.
-fn canonicalize(template: &str) -> Result<(String, Vec<String>), String> {
+fn canonicalize(template: &str) -> Result<(String, Vec<String>), TemplateError> {
     if !template.starts_with('/') {
-        return Err(format!("path template `{template}` must start with `/`"));
+        return Err(TemplateError::NoLeadingSlash(template.to_owned()));
     }
     let mut canonical = String::with_capacity(template.len());
     let mut names = Vec::new();
@@ -43,21 +61,22 @@ fn canonicalize(template: &str) -> Result<(String, Vec<String>), String> {
         let after = &rest[open + 1..];
         let close = after
             .find('}')
-            .ok_or_else(|| format!("path template `{template}` has an unclosed `{{`"))?;
+            .ok_or_else(|| TemplateError::Unclosed(template.to_owned()))?;
         let (catch_all, name) = match after[..close].strip_prefix('*') {
             Some(n) => (true, n),
             None => (false, &after[..close]),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "path template `{template}`: parameter `{{{}}}` must be a name of [A-Za-z0-9_]",
-                &after[..close]
-            ));
+            return Err(TemplateError::BadParameter {
+                template: template.to_owned(),
+                param: after[..close].to_owned(),
+            });
         }
         if names.iter().any(|n| n == name) {
-            return Err(format!(
-                "path template `{template}` uses parameter `{name}` twice"
-            ));
+            return Err(TemplateError::Repeated {
+                template: template.to_owned(),
+                name: name.to_owned(),
+            });
         }
         let star = if catch_all { "*" } else { "" };
         canonical.push_str(&format!("{{{star}p{}}}", names.len()));
@@ -65,9 +84,7 @@ fn canonicalize(template: &str) -> Result<(String, Vec<String>), String> {
         rest = &after[close + 1..];
     }
     if rest.contains('}') {
-        return Err(format!(
-            "path template `{template}` has a `}}` without `{{`"
-        ));
+        return Err(TemplateError::Unopened(template.to_owned()));
     }
     canonical.push_str(rest);
     Ok((canonical, names))
@@ -80,7 +97,7 @@ impl Router {
         template: &str,
         methods: Vec<http::Method>,
         rule: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), TemplateError> {
         let (canonical, param_names) = canonicalize(template)?;
         let route = match self.index.get(&canonical) {
             Some(&i) => i,
@@ -88,7 +105,10 @@ impl Router {
                 let i = self.routes.len();
                 self.tree
                     .insert(canonical.clone(), i)
-                    .map_err(|e| format!("path template `{template}`: {e}"))?;
+                    .map_err(|e| TemplateError::Rejected {
+                        template: template.to_owned(),
+                        reason: e.to_string(),
+                    })?;
                 self.routes.push(Vec::new());
                 self.index.insert(canonical, i);
                 i
@@ -192,10 +212,8 @@ mod tests {
             "/a/{*rest}/b",
             "/a}",
         ] {
-            assert!(
-                r.insert(bad, vec![], 0).is_err(),
-                "{bad} should be rejected"
-            );
+            let e = r.insert(bad, vec![], 0).expect_err(bad);
+            assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");
         }
     }
 }

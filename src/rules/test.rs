@@ -7,9 +7,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
+use super::raw::RawTest;
 use super::{RuleSet, SpanError};
 use crate::capture::{Exchange, RequestParts, ResponseParts};
-use crate::config::raw::RawTest;
 
 #[derive(Debug, Clone)]
 pub enum Expect {
@@ -128,7 +128,7 @@ impl RuleTest {
     }
 
     /// Runs the test; `Err` says what was produced instead.
-    pub fn run(&self, rules: &RuleSet, max_decoded: usize) -> Result<(), String> {
+    pub fn run(&self, rules: &RuleSet, max_decoded: usize) -> Result<(), TestFailure> {
         let produced = match rules.candidates(&self.method, &self.path) {
             None => Vec::new(),
             Some(candidates) => {
@@ -154,20 +154,15 @@ impl RuleTest {
                     .collect()
             }
         };
-        let describe = || {
-            if produced.is_empty() {
-                "no event".to_owned()
-            } else {
-                produced
-                    .iter()
-                    .map(|e| format!("{} {}", e.topic, e.payload))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }
-        };
+        let got = Produced(
+            produced
+                .iter()
+                .map(|e| format!("{} {}", e.topic, e.payload))
+                .collect(),
+        );
         match &self.expect {
             Expect::Nothing if produced.is_empty() => Ok(()),
-            Expect::Nothing => Err(format!("expected no event, got {}", describe())),
+            Expect::Nothing => Err(TestFailure::UnexpectedEvent { got }),
             Expect::Event { topic, payload } => {
                 let ok = produced.iter().any(|e| {
                     e.topic == *topic
@@ -178,12 +173,40 @@ impl RuleTest {
                 if ok {
                     Ok(())
                 } else {
-                    let want = payload
-                        .as_ref()
-                        .map_or(String::new(), |p| format!(" with payload {p}"));
-                    Err(format!("expected {topic}{want}, got {}", describe()))
+                    Err(TestFailure::Missing {
+                        topic: topic.clone(),
+                        payload: payload.clone(),
+                        got,
+                    })
                 }
             }
+        }
+    }
+}
+
+/// Why a `[[test]]` failed: what it expected and what the rules produced.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TestFailure {
+    #[error("expected no event, got {got}")]
+    UnexpectedEvent { got: Produced },
+    #[error("expected {topic}{}, got {got}", payload.as_ref().map_or(String::new(), |p| format!(" with payload {p}")))]
+    Missing {
+        topic: String,
+        payload: Option<Value>,
+        got: Produced,
+    },
+}
+
+/// The events a test's exchange produced, as `topic payload` each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Produced(pub Vec<String>);
+
+impl std::fmt::Display for Produced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("no event")
+        } else {
+            f.write_str(&self.0.join("; "))
         }
     }
 }

@@ -7,8 +7,8 @@
 use regex::Regex;
 use serde_json::Value;
 
+use super::raw::RawWhen;
 use super::selector::Selector;
-use crate::config::raw::RawWhen;
 
 #[derive(Debug, Clone)]
 enum Op {

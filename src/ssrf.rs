@@ -1,5 +1,9 @@
 //! SSRF guard: which destination addresses a delivery may reach.
 //!
+//! A leaf module: it imports nothing from the crate. [`crate::config`] builds a [`Guard`] from
+//! `[delivery] allow_networks`, [`crate::webhook`] checks URLs with it and [`crate::delivery`]
+//! installs its resolver.
+//!
 //! Webhook URLs come from configuration and the admin API, so a delivery must not be usable to
 //! reach the proxy's own network: loopback, private ranges, link-local (including the cloud
 //! metadata address 169.254.169.254) and the other special-purpose ranges are blocked unless
@@ -125,8 +129,8 @@ pub struct Guard {
 
 impl Guard {
     /// Parses `allow_networks` entries ("10.0.0.0/8", "::1/128", or a bare address meaning a
-    /// single host). Err(String) names the bad entry and why.
-    pub fn new(allow_networks: &[String]) -> Result<Self, String> {
+    /// single host). The error names the bad entry and why.
+    pub fn new(allow_networks: &[String]) -> Result<Self, NetworkError> {
         let allow = allow_networks
             .iter()
             .map(|entry| parse_network(entry))
@@ -192,17 +196,30 @@ impl Guard {
     }
 }
 
+/// An `allow_networks` entry that is not a network or an address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    #[error("`{0}` is not a network (like 10.0.0.0/8 or ::1/128) or an IP address")]
+    NotANetwork(String),
+    #[error("`{entry}`: `{addr}` is not an IP address")]
+    BadAddress { entry: String, addr: String },
+    #[error("`{entry}`: prefix length must be a number from 0 to {max}")]
+    BadPrefix { entry: String, max: u8 },
+}
+
 /// Parses one `allow_networks` entry: a network in CIDR form or a bare address.
-fn parse_network(entry: &str) -> Result<IpNet, String> {
+fn parse_network(entry: &str) -> Result<IpNet, NetworkError> {
     let entry = entry.trim();
     let Some((addr, prefix)) = entry.split_once('/') else {
-        return entry.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
-            format!("`{entry}` is not a network (like 10.0.0.0/8 or ::1/128) or an IP address")
-        });
+        return entry
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| NetworkError::NotANetwork(entry.to_owned()));
     };
-    let addr: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("`{entry}`: `{addr}` is not an IP address"))?;
+    let addr: IpAddr = addr.parse().map_err(|_| NetworkError::BadAddress {
+        entry: entry.to_owned(),
+        addr: addr.to_owned(),
+    })?;
     let max = match addr {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
@@ -212,7 +229,10 @@ fn parse_network(entry: &str) -> Result<IpNet, String> {
         .ok()
         .and_then(|len| IpNet::new(addr, len).ok())
         .map(|net| net.trunc())
-        .ok_or_else(|| format!("`{entry}`: prefix length must be a number from 0 to {max}"))
+        .ok_or_else(|| NetworkError::BadPrefix {
+            entry: entry.to_owned(),
+            max,
+        })
 }
 
 /// Where a [`GuardedResolver`] gets a name's addresses (the port is 0).
@@ -399,14 +419,23 @@ mod tests {
             "10.0.0.0/x",
             "1.2.3.4/",
         ] {
-            let err = Guard::new(&["127.0.0.0/8".to_string(), bad.to_string()]).unwrap_err();
+            let err = Guard::new(&["127.0.0.0/8".to_string(), bad.to_string()])
+                .unwrap_err()
+                .to_string();
             assert!(
                 err.contains(&format!("`{bad}`")),
                 "{err:?} should name {bad:?}"
             );
         }
         let err = Guard::new(&["10.0.0.0/33".to_string()]).unwrap_err();
-        assert!(err.contains("0 to 32"), "{err}");
+        assert_eq!(
+            err,
+            NetworkError::BadPrefix {
+                entry: "10.0.0.0/33".into(),
+                max: 32
+            }
+        );
+        assert!(err.to_string().contains("0 to 32"), "{err}");
     }
 
     #[test]
@@ -504,8 +533,9 @@ mod tests {
                 Ok(vec![SocketAddr::new(ip, 0)])
             })
         });
+        // The delivery client as hooktap builds it (only this test reaches up into delivery).
         let client =
-            super::super::client_builder(false, guard(&["127.0.0.2/32"]).resolver_with(lookup))
+            crate::delivery::client_builder(false, guard(&["127.0.0.2/32"]).resolver_with(lookup))
                 // A fresh connection (and so a fresh lookup) for every request.
                 .pool_max_idle_per_host(0)
                 .build()

@@ -102,6 +102,11 @@ async fn pending_deliveries_survive_a_restart() {
     })
     .await;
     proxy.stop().await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "the retry came before the stop: this test needs a longer schedule"
+    );
     receiver.set_status(200);
     proxy.spawn().await;
     let got = receiver.wait_for(2, WAIT).await;
@@ -110,6 +115,12 @@ async fn pending_deliveries_survive_a_restart() {
         first[0].header("x-hooktap-webhook-delivery-id")
     );
     assert_eq!(got[1].json()["email"], "r@example.com");
+    let done = proxy.wait_deliveries_final("crm", 1).await;
+    assert_eq!(
+        (done[0]["state"].as_str(), done[0]["attempts"].as_u64()),
+        (Some("delivered"), Some(2)),
+        "the retry after the restart delivered it: {done:#?}"
+    );
 }
 
 #[tokio::test]

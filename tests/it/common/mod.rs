@@ -567,7 +567,7 @@ impl TestProxy {
                 args: args.iter().map(|a| a.to_string()).collect(),
                 child: None,
             };
-            match proxy.try_spawn().await {
+            match proxy.try_spawn(true).await {
                 Ok(()) => return proxy,
                 Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
                 Err(log) => panic!("{log}"),
@@ -579,7 +579,7 @@ impl TestProxy {
     /// Starts (or restarts) the binary and waits until the proxy and the admin API accept
     /// connections.
     pub async fn spawn(&mut self) {
-        if let Err(log) = self.try_spawn().await {
+        if let Err(log) = self.try_spawn(false).await {
             panic!("{log}");
         }
     }
@@ -641,12 +641,17 @@ impl TestProxy {
         started.elapsed()
     }
 
-    /// Like [`TestProxy::spawn`], but an early exit is returned (with the log) instead.
-    async fn try_spawn(&mut self) -> Result<(), String> {
+    /// Like [`TestProxy::spawn`], but an early exit is returned (with the log) instead; with
+    /// `fresh_ports` (ports just picked free), so is a port found taken.
+    async fn try_spawn(&mut self, fresh_ports: bool) -> Result<(), String> {
         self.child = Some(self.start_child(&[]));
+        let pid = self.child.as_ref().map(Child::id).expect("just started");
         let deadline = Instant::now() + Duration::from_secs(20);
         for addr in [self.addr, self.admin] {
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
+            // This process must hold the listener: a connection could reach another process
+            // that took the port since it was picked (and that may close it any time), while
+            // this hooktap exits (admin API) or keeps retrying to bind it (proxy).
+            while !listens_on(pid, addr).await {
                 assert!(
                     Instant::now() < deadline,
                     "hooktap did not start listening on {addr}; log:\n{}",
@@ -660,6 +665,13 @@ impl TestProxy {
                     self.child = None;
                     return Err(format!(
                         "hooktap exited with {status}; log:\n{}",
+                        self.log()
+                    ));
+                }
+                if fresh_ports && self.log().contains(&format!("{addr} is in use")) {
+                    self.kill();
+                    return Err(format!(
+                        "Address already in use: {addr} was taken; log:\n{}",
                         self.log()
                     ));
                 }
@@ -824,6 +836,43 @@ impl TestProxy {
     }
 }
 
+/// Whether process `pid` holds a socket listening on `addr` (on Linux, from /proc: the
+/// socket's inode among the process's descriptors); elsewhere, whether `addr` accepts.
+async fn listens_on(pid: u32, addr: SocketAddr) -> bool {
+    let mut sockets = Vec::new();
+    let mut have_proc = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        have_proc = true;
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for f in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            let port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if f.len() > 9 && f[3] == "0A" && port == Some(addr.port()) {
+                sockets.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if !have_proc {
+        return tokio::net::TcpStream::connect(addr).await.is_ok();
+    }
+    !sockets.is_empty()
+        && std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|link| sockets.iter().any(|s| link.as_os_str() == s.as_str()))
+}
+
 impl Drop for TestProxy {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -840,7 +889,7 @@ pub async fn post_order(proxy: &TestProxy, email: &str) {
         .json(&serde_json::json!({"email": email}))
         .send()
         .await
-        .expect("proxied");
+        .unwrap_or_else(|e| panic!("proxied: {e}; hooktap log:\n{}", proxy.log()));
     assert_eq!(r.status(), 201);
     // The whole answer, as a client would read it (an exchange cut short derives no event).
     r.bytes().await.expect("order body");

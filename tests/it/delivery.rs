@@ -9,13 +9,16 @@ const WAIT: Duration = Duration::from_secs(15);
 #[tokio::test]
 async fn a_failed_attempt_is_retried_with_the_same_delivery_id_and_body() {
     let (_app, upstream) = TestUpstream::start().await;
-    let receiver = TestReceiver::start(500).await;
-    let proxy =
-        TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"1s,1s\""))
-            .await;
+    // 500 to the first attempt, 200 after: the schedule still has a retry left when it succeeds.
+    let receiver = TestReceiver::start(200).await;
+    receiver.script(&[500]);
+    let proxy = TestProxy::start(&Setup::new(upstream).webhook(
+        "crm",
+        &receiver,
+        "retry = \"200ms,200ms\"",
+    ))
+    .await;
     post_order(&proxy, "r@example.com").await;
-    receiver.wait_for(1, WAIT).await;
-    receiver.set_status(200);
     let got = receiver.wait_for(2, WAIT).await;
     assert_eq!(
         got[0].header("x-hooktap-webhook-delivery-id"),
@@ -26,7 +29,12 @@ async fn a_failed_attempt_is_retried_with_the_same_delivery_id_and_body() {
         got[1].header("x-hooktap-webhook-signature"),
         expected_signature("secret-crm", &got[1].body)
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let done = proxy.wait_deliveries_final("crm", 1).await;
+    assert_eq!(
+        (done[0]["state"].as_str(), done[0]["attempts"].as_u64()),
+        (Some("delivered"), Some(2)),
+        "{done:#?}"
+    );
     assert_eq!(
         receiver.received().len(),
         2,
@@ -37,12 +45,13 @@ async fn a_failed_attempt_is_retried_with_the_same_delivery_id_and_body() {
 #[tokio::test]
 async fn redirects_are_failures_and_are_not_followed() {
     let (_app, upstream) = TestUpstream::start().await;
-    let receiver = TestReceiver::start(302).await;
+    // A redirect to the first attempt, 204 to the retry.
+    let receiver = TestReceiver::start(204).await;
+    receiver.script(&[302]);
     let proxy =
-        TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"1s\"")).await;
+        TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"200ms\""))
+            .await;
     post_order(&proxy, "r@example.com").await;
-    receiver.wait_for(1, WAIT).await;
-    receiver.set_status(204);
     let got = receiver.wait_for(2, WAIT).await;
     assert!(
         got.iter().all(|r| r.path == "/hooks"),
@@ -59,7 +68,12 @@ async fn a_delivery_fails_finally_when_the_schedule_is_used_up() {
             .await;
     post_order(&proxy, "r@example.com").await;
     receiver.wait_for(2, WAIT).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let done = proxy.wait_deliveries_final("crm", 1).await;
+    assert_eq!(
+        (done[0]["state"].as_str(), done[0]["attempts"].as_u64()),
+        (Some("failed"), Some(2)),
+        "{done:#?}"
+    );
     assert_eq!(
         receiver.received().len(),
         2,
@@ -80,7 +94,19 @@ async fn pending_deliveries_survive_a_restart() {
         TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "retry = \"2s\"")).await;
     post_order(&proxy, "r@example.com").await;
     let first = receiver.wait_for(1, WAIT).await;
+    // The failed attempt is recorded, with its retry 2 s later, before the restart: what
+    // survives is a scheduled retry (a stop mid-attempt would send it again anyway).
+    wait_until(WAIT, "the failed first attempt being recorded", || async {
+        let d = proxy.deliveries("crm").await;
+        d.len() == 1 && d[0]["attempts"] == 1
+    })
+    .await;
     proxy.stop().await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "the retry came before the stop: this test needs a longer schedule"
+    );
     receiver.set_status(200);
     proxy.spawn().await;
     let got = receiver.wait_for(2, WAIT).await;
@@ -89,6 +115,12 @@ async fn pending_deliveries_survive_a_restart() {
         first[0].header("x-hooktap-webhook-delivery-id")
     );
     assert_eq!(got[1].json()["email"], "r@example.com");
+    let done = proxy.wait_deliveries_final("crm", 1).await;
+    assert_eq!(
+        (done[0]["state"].as_str(), done[0]["attempts"].as_u64()),
+        (Some("delivered"), Some(2)),
+        "the retry after the restart delivered it: {done:#?}"
+    );
 }
 
 #[tokio::test]
@@ -98,6 +130,9 @@ async fn a_webhook_keeps_its_id_across_restarts() {
     let mut proxy = TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "")).await;
     post_order(&proxy, "r@example.com").await;
     receiver.wait_for(1, WAIT).await;
+    // Recorded as delivered before the stop: a stop mid-attempt sends it again after the
+    // restart, with the same delivery id (at-least-once).
+    proxy.wait_deliveries_final("crm", 1).await;
     proxy.stop().await;
     proxy.spawn().await;
     post_order(&proxy, "r@example.com").await;

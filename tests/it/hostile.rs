@@ -1102,9 +1102,23 @@ impl Harness {
     }
 
     /// No event for `/h/<rest>`: call after [`Self::assert_unharmed`], whose own event was
-    /// derived after the hostile exchange and has arrived.
+    /// derived after the hostile exchange had ended and has arrived. hooktap stores an event
+    /// before the exchange ends (at the latest in its last phase, before the connection goes),
+    /// so the store is checked first; a delivery of it would have left before the later
+    /// event's, so the receiver is checked after a short [`QUIET`] window.
     async fn assert_no_event(&self, rest: &str) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stored = self
+            .proxy
+            .admin_get("/events?topic=hostile.*&per_page=100")
+            .await;
+        let found: Vec<&Value> = stored
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["payload"]["rest"] == rest)
+            .collect();
+        assert!(found.is_empty(), "unexpected stored events: {found:#?}");
+        tokio::time::sleep(QUIET).await;
         for topic in ["hostile.seen", "hostile.regex"] {
             let found: Vec<Value> = self
                 .events(topic)

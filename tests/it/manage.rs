@@ -114,7 +114,17 @@ impl Running {
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_resume_delete_and_counters() {
     let receiver = TestReceiver::start(200).await;
-    let engine = Running::start(&[spec("crm", &receiver.url())], &["127.0.0.0/8"]).await;
+    // An active webhook for the same events: its deliveries show the loop has been through
+    // the queue, where a paused webhook's deliveries would have gone out too.
+    let witness = TestReceiver::start(200).await;
+    let engine = Running::start(
+        &[
+            spec("crm", &receiver.url()),
+            spec("witness", &witness.url()),
+        ],
+        &["127.0.0.0/8"],
+    )
+    .await;
     let id = engine.id("crm");
     let d = &engine.dispatcher;
 
@@ -123,23 +133,25 @@ async fn pause_resume_delete_and_counters() {
         .expect("pause");
     engine.order(1);
     engine.order(2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    witness.wait_for(2, WAIT).await;
+    tokio::time::sleep(QUIET).await;
     assert!(receiver.received().is_empty(), "paused: nothing is sent");
-    assert_eq!(
-        d.deliveries(id, 10).await.expect("deliveries").len(),
-        2,
-        "paused: deliveries are kept"
+    let kept = d.deliveries(id, 10).await.expect("deliveries");
+    assert_eq!(kept.len(), 2, "paused: deliveries are kept");
+    assert!(
+        kept.iter()
+            .all(|k| k.state == DeliveryState::Pending && k.attempts == 0),
+        "paused: never attempted: {kept:#?}"
     );
 
     d.set_status(id, WebhookStatus::Active)
         .await
         .expect("resume");
     receiver.wait_for(2, WAIT).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while d.webhook(id).expect("webhook").counters.delivered < 2 {
-        assert!(std::time::Instant::now() < deadline, "counters not updated");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(WAIT, "the delivered counter reaching 2", || async {
+        d.webhook(id).expect("webhook").counters.delivered >= 2
+    })
+    .await;
     let c = d.webhook(id).expect("webhook").counters;
     assert!(c.last_delivered_at.is_some());
     assert_eq!((c.failed, c.retries, c.consecutive_failures), (0, 0, 0));
@@ -197,27 +209,23 @@ async fn the_attempt_log_has_woocommerce_fields_with_credentials_masked() {
     let id = engine.id("crm");
     engine.order(7);
     receiver.wait_for(1, WAIT).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    let (delivery, attempts) = loop {
+    let (delivery, attempts) = wait_for_value(WAIT, "the delivery failing", || async {
         let list = engine
             .dispatcher
             .deliveries(id, 1)
             .await
             .expect("deliveries");
-        if let Some(d) = list.first().filter(|d| d.state == DeliveryState::Failed) {
-            break engine
+        let d = list.first().filter(|d| d.state == DeliveryState::Failed)?;
+        Some(
+            engine
                 .dispatcher
                 .delivery(d.id)
                 .await
                 .expect("read")
-                .expect("found");
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the delivery did not fail"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+                .expect("found"),
+        )
+    })
+    .await;
     assert_eq!(delivery.attempts, 1);
     let a = &attempts[0];
     assert_eq!(
@@ -269,21 +277,16 @@ async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
     engine.order(1);
     engine.order(2);
     receiver.wait_for(2, WAIT).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while engine
-        .dispatcher
-        .webhook(id)
-        .expect("webhook")
-        .counters
-        .failed
-        < 2
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deliveries did not fail"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(WAIT, "both deliveries failing", || async {
+        engine
+            .dispatcher
+            .webhook(id)
+            .expect("webhook")
+            .counters
+            .failed
+            >= 2
+    })
+    .await;
     receiver.set_status(200);
     let until = OffsetDateTime::now_utc() + time::Duration::seconds(1);
     assert_eq!(
@@ -315,23 +318,18 @@ async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
         .await
         .expect("deliveries")[0]
         .clone();
-    let deadline = std::time::Instant::now() + WAIT;
-    while engine
-        .dispatcher
-        .delivery(first.id)
-        .await
-        .expect("read")
-        .expect("found")
-        .0
-        .state
-        != DeliveryState::Delivered
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "recovered delivery not delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(WAIT, "the recovered delivery being delivered", || async {
+        engine
+            .dispatcher
+            .delivery(first.id)
+            .await
+            .expect("read")
+            .expect("found")
+            .0
+            .state
+            == DeliveryState::Delivered
+    })
+    .await;
     engine
         .dispatcher
         .redeliver(first.id)
@@ -421,28 +419,21 @@ async fn a_hostname_resolving_to_loopback_is_blocked_unless_allowed() {
     let engine = Running::start(&[spec("crm", &url)], &[]).await;
     let id = engine.id("crm");
     engine.order(1);
-    let deadline = std::time::Instant::now() + WAIT;
-    let attempts = loop {
-        if let Some(d) = engine
+    let attempts = wait_for_value(WAIT, "an attempt being recorded", || async {
+        let list = engine
             .dispatcher
             .deliveries(id, 1)
             .await
-            .expect("deliveries")
-            .first()
-        {
-            let (_, attempts) = engine
-                .dispatcher
-                .delivery(d.id)
-                .await
-                .expect("read")
-                .expect("found");
-            if !attempts.is_empty() {
-                break attempts;
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "no attempt recorded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+            .expect("deliveries");
+        let (_, attempts) = engine
+            .dispatcher
+            .delivery(list.first()?.id)
+            .await
+            .expect("read")
+            .expect("found");
+        (!attempts.is_empty()).then_some(attempts)
+    })
+    .await;
     assert!(
         attempts[0]
             .summary
@@ -492,22 +483,15 @@ async fn an_invalid_certificate_fails_the_delivery() {
     .await;
     let id = engine.id("tls");
     engine.order(1);
-    let deadline = std::time::Instant::now() + WAIT;
-    let summary = loop {
-        if let Some(d) = engine
+    let summary = wait_for_value(WAIT, "an attempt being recorded", || async {
+        let list = engine
             .dispatcher
             .deliveries(id, 1)
             .await
-            .expect("deliveries")
-            .first()
-        {
-            if let Some(s) = &d.last_summary {
-                break s.clone();
-            }
-        }
-        assert!(std::time::Instant::now() < deadline, "no attempt recorded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+            .expect("deliveries");
+        list.first()?.last_summary.clone()
+    })
+    .await;
     assert!(summary.contains("certificate"), "{summary}");
     assert_eq!(
         handshakes.load(std::sync::atomic::Ordering::SeqCst),

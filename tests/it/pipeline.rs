@@ -8,9 +8,27 @@ use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Long enough for an event that was (wrongly) derived to reach the receiver.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
+/// Once `exchanges` proxied exchanges are finished, the store holds exactly the events of
+/// `topics` (in any order): no other event was derived from them.
+async fn assert_events_only(proxy: &TestProxy, exchanges: u64, topics: &[&str]) {
+    proxy.wait_exchanges(exchanges).await;
+    let events = proxy.admin_get("/events?per_page=100").await;
+    let mut got: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["topic"].as_str())
+        .collect();
+    got.sort_unstable();
+    let mut want = topics.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want, "the events derived: {events:#}");
+}
+
+/// The webhook `name` has exactly `n` deliveries, all done: nothing more will be sent to it.
+async fn assert_deliveries_done(proxy: &TestProxy, name: &str, n: usize) {
+    let deliveries = proxy.wait_deliveries_final(name, n).await;
+    assert_eq!(deliveries.len(), n, "{deliveries:#?}");
 }
 
 #[tokio::test]
@@ -79,6 +97,7 @@ async fn a_status_or_when_that_does_not_match_produces_nothing() {
         .await
         .expect("proxied");
     assert_eq!(r.status(), 422);
+    r.bytes().await.expect("body");
     // 201 but `status = "pending"`: the `when` does not hold.
     let r = c
         .post(proxy.url("/orders?status=pending"))
@@ -87,23 +106,23 @@ async fn a_status_or_when_that_does_not_match_produces_nothing() {
         .await
         .expect("proxied");
     assert_eq!(r.status(), 201);
+    r.bytes().await.expect("body");
     // A GET on the same path matches no rule's method.
-    assert_eq!(
-        c.get(proxy.url("/orders"))
-            .send()
-            .await
-            .expect("proxied")
-            .status(),
-        200
-    );
+    let r = c.get(proxy.url("/orders")).send().await.expect("proxied");
+    assert_eq!(r.status(), 200);
+    r.bytes().await.expect("body");
     // The one that matches.
     c.post(proxy.url("/orders"))
         .json(&json!({"email": "ok@example.com"}))
         .send()
         .await
-        .expect("proxied");
+        .expect("proxied")
+        .bytes()
+        .await
+        .expect("body");
     receiver.wait_for(1, WAIT).await;
-    settle().await;
+    assert_events_only(&proxy, 4, &["order.created"]).await;
+    assert_deliveries_done(&proxy, "all", 1).await;
     let got = receiver.received();
     assert_eq!(
         got.len(),
@@ -181,12 +200,18 @@ payload = "$.request.body"
         .json(&json!({"email": "two@example.com"}))
         .send()
         .await
-        .expect("proxied");
+        .expect("proxied")
+        .bytes()
+        .await
+        .expect("body");
     c.post(proxy.url("/orders"))
         .json(&json!({"fail": true}))
         .send()
         .await
-        .expect("proxied");
+        .expect("proxied")
+        .bytes()
+        .await
+        .expect("body");
     let got = audit.wait_for(2, WAIT).await;
     assert!(
         got.iter()
@@ -199,7 +224,8 @@ payload = "$.request.body"
         1
     );
     let got = orders.wait_for(1, WAIT).await;
-    settle().await;
+    assert_events_only(&proxy, 2, &["audit.order", "audit.order", "order.created"]).await;
+    assert_deliveries_done(&proxy, "orders", 1).await;
     assert_eq!(orders.received().len(), 1, "the 422 is no order.created");
     assert_eq!(got[0].header("x-hooktap-webhook-topic"), "order.created");
     assert_eq!(got[0].json()["email"], "two@example.com");
@@ -233,14 +259,19 @@ text = "$.response.body"
         .await
         .expect("proxied");
     assert_eq!(r.status(), 200);
+    r.bytes().await.expect("body");
     c.post(proxy.url("/echo?page=2"))
         .header("content-type", "application/x-www-form-urlencoded")
         .body("token=abc")
         .send()
         .await
-        .expect("proxied");
+        .expect("proxied")
+        .bytes()
+        .await
+        .expect("body");
     let got = receiver.wait_for(1, WAIT).await;
-    settle().await;
+    assert_events_only(&proxy, 2, &["echo.received"]).await;
+    assert_deliveries_done(&proxy, "all", 1).await;
     assert_eq!(
         receiver.received().len(),
         1,

@@ -10,10 +10,6 @@ use crate::common::*;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(700)).await;
-}
-
 fn hmac_b64(key: &[u8], message: &[u8]) -> String {
     use hmac::Mac;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
@@ -25,14 +21,28 @@ fn hmac_b64(key: &[u8], message: &[u8]) -> String {
 async fn a_paused_webhook_keeps_its_deliveries_until_resumed() {
     let (_app, upstream) = TestUpstream::start().await;
     let receiver = TestReceiver::start(200).await;
-    let mut proxy =
-        TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "status = \"paused\""))
-            .await;
+    // An active webhook beside it: its delivery of the same event shows the delivery loop has
+    // been through the queue, where a paused webhook's delivery would have gone out too.
+    let witness = TestReceiver::start(200).await;
+    let mut proxy = TestProxy::start(
+        &Setup::new(upstream)
+            .webhook("crm", &receiver, "status = \"paused\"")
+            .webhook("witness", &witness, ""),
+    )
+    .await;
     post_order(&proxy, "p@example.com").await;
-    settle().await;
+    witness.wait_for(1, WAIT).await;
+    tokio::time::sleep(QUIET).await;
     assert!(
         receiver.received().is_empty(),
         "a paused webhook sends nothing"
+    );
+    let kept = proxy.deliveries("crm").await;
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    assert_eq!(
+        (kept[0]["state"].as_str(), kept[0]["attempts"].as_u64()),
+        (Some("pending"), Some(0)),
+        "the paused webhook's delivery is kept, never attempted"
     );
     proxy.stop().await;
     let config = std::fs::read_to_string(&proxy.config)
@@ -67,8 +77,22 @@ async fn gone_disables_at_once_and_ops_are_told() {
     assert_eq!(payload["name"], "shop");
     assert_eq!(payload["reason"], "the receiver answered 410 Gone");
     assert_eq!(payload["id"].as_str().map(str::len), Some(36));
+    // The webhook is disabled in the same step that records the 410 attempt as final.
+    let first = proxy.deliveries("shop").await;
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(
+        (first[0]["state"].as_str(), first[0]["attempts"].as_u64()),
+        (Some("failed"), Some(1)),
+        "410 is not retried (the schedule had one more attempt)"
+    );
     post_order(&proxy, "b@example.com").await;
-    settle().await;
+    proxy.wait_exchanges(2).await;
+    let after = proxy.deliveries("shop").await;
+    assert_eq!(
+        after.len(),
+        1,
+        "a disabled webhook gets no new delivery: {after:#?}"
+    );
     assert_eq!(
         shop.received().len(),
         1,
@@ -91,20 +115,35 @@ async fn consecutive_failed_deliveries_disable_the_webhook() {
     let proxy = TestProxy::start(&setup).await;
     post_order(&proxy, "1@example.com").await;
     shop.wait_for(1, WAIT).await;
-    settle().await;
-    assert!(
-        ops.received().is_empty(),
-        "one failure is below the threshold"
+    // Once the failure is recorded as final, the threshold has been checked (in the same step).
+    proxy.wait_deliveries_final("shop", 1).await;
+    let id = proxy.webhook_id("shop").await;
+    let shop_hook = proxy.admin_get(&format!("/webhooks/{id}")).await;
+    assert_eq!(
+        shop_hook["status"], "active",
+        "one failure is below the threshold: {shop_hook}"
     );
     post_order(&proxy, "2@example.com").await;
     let told = ops.wait_for(1, WAIT).await;
     assert_eq!(told[0].json()["reason"], "2 consecutive deliveries failed");
     post_order(&proxy, "3@example.com").await;
-    settle().await;
+    proxy.wait_exchanges(3).await;
+    let all = proxy.deliveries("shop").await;
+    assert_eq!(
+        all.len(),
+        2,
+        "no new deliveries for a disabled webhook: {all:#?}"
+    );
     assert_eq!(
         shop.received().len(),
         2,
         "no new deliveries for a disabled webhook"
+    );
+    let notices = proxy.admin_get("/events?topic=hooktap.*").await;
+    assert_eq!(
+        notices.as_array().map(Vec::len),
+        Some(1),
+        "one disabled notice, after the second failure only: {notices}"
     );
 }
 
@@ -259,14 +298,20 @@ async fn timeouts_and_dropped_connections_are_retried() {
     slow.wait_for(1, WAIT).await;
     slow.set_delay(Duration::ZERO);
     slow.wait_for(2, WAIT).await;
-    let deadline = std::time::Instant::now() + WAIT;
-    while accepted.load(std::sync::atomic::Ordering::SeqCst) < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dropping receiver was not retried"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(WAIT, "the dropping receiver retried twice", || async {
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 3
+    })
+    .await;
+    // The third failure is recorded (and logged) after its connection was dropped.
+    let dropped = proxy.wait_deliveries_final("dropper", 1).await;
+    assert_eq!(
+        (
+            dropped[0]["state"].as_str(),
+            dropped[0]["attempts"].as_u64()
+        ),
+        (Some("failed"), Some(3)),
+        "the dropped delivery fails after its schedule: {dropped:#?}"
+    );
     let log = proxy.log();
     assert!(log.contains("timed out"), "{log}");
     assert!(
@@ -372,7 +417,12 @@ async fn batch_mode_gathers_deliveries_into_one_request() {
     assert_eq!(got[0].header("x-hooktap-webhook-topic"), "order.created");
     let got = by_count.wait_for(1, WAIT).await;
     assert_eq!(emails(&got[0].json()).len(), 2);
-    settle().await;
+    // All three of chrono's deliveries are done: nothing is left to send in another request.
+    let done = proxy.wait_deliveries_final("chrono", 3).await;
+    assert!(
+        done.len() == 3 && done.iter().all(|d| d["state"] == "delivered"),
+        "{done:#?}"
+    );
     assert_eq!(
         chrono.received().len(),
         1,

@@ -348,6 +348,52 @@ impl TestReceiver {
     }
 }
 
+/// How often the bounded waits below look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `check` until it returns `Some`, and returns that; fails the test, naming `what`, when
+/// `within` has passed first. For waiting on something that must happen.
+pub async fn wait_for_value<T, F, Fut>(
+    within: Duration,
+    what: impl std::fmt::Display,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: did not happen within {within:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `check` until it is true; fails the test, naming `what`, when `within` has passed first.
+pub async fn wait_until<F, Fut>(within: Duration, what: impl std::fmt::Display, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for_value(within, what, || {
+        let fut = check();
+        async move { fut.await.then_some(()) }
+    })
+    .await
+}
+
+/// How long to keep watching for an unwanted effect (a request that must not arrive) once a
+/// positive marker has shown that the system went past the point where it would have started.
+/// Not a wait for work to finish: only the last leg of such an effect (a send already under
+/// way) can still be in flight.
+pub const QUIET: Duration = Duration::from_millis(150);
+
 /// A hooktap.toml for `hooktap check` cases (nothing listens); the webhook's `url` is on line 12.
 pub const CONFIG: &str = r#"rules = ["rules/*.toml"]
 
@@ -521,7 +567,7 @@ impl TestProxy {
                 args: args.iter().map(|a| a.to_string()).collect(),
                 child: None,
             };
-            match proxy.try_spawn().await {
+            match proxy.try_spawn(true).await {
                 Ok(()) => return proxy,
                 Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
                 Err(log) => panic!("{log}"),
@@ -533,7 +579,7 @@ impl TestProxy {
     /// Starts (or restarts) the binary and waits until the proxy and the admin API accept
     /// connections.
     pub async fn spawn(&mut self) {
-        if let Err(log) = self.try_spawn().await {
+        if let Err(log) = self.try_spawn(false).await {
             panic!("{log}");
         }
     }
@@ -595,12 +641,17 @@ impl TestProxy {
         started.elapsed()
     }
 
-    /// Like [`TestProxy::spawn`], but an early exit is returned (with the log) instead.
-    async fn try_spawn(&mut self) -> Result<(), String> {
+    /// Like [`TestProxy::spawn`], but an early exit is returned (with the log) instead; with
+    /// `fresh_ports` (ports just picked free), so is a port found taken.
+    async fn try_spawn(&mut self, fresh_ports: bool) -> Result<(), String> {
         self.child = Some(self.start_child(&[]));
+        let pid = self.child.as_ref().map(Child::id).expect("just started");
         let deadline = Instant::now() + Duration::from_secs(20);
         for addr in [self.addr, self.admin] {
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
+            // This process must hold the listener: a connection could reach another process
+            // that took the port since it was picked (and that may close it any time), while
+            // this hooktap exits (admin API) or keeps retrying to bind it (proxy).
+            while !listens_on(pid, addr).await {
                 assert!(
                     Instant::now() < deadline,
                     "hooktap did not start listening on {addr}; log:\n{}",
@@ -614,6 +665,13 @@ impl TestProxy {
                     self.child = None;
                     return Err(format!(
                         "hooktap exited with {status}; log:\n{}",
+                        self.log()
+                    ));
+                }
+                if fresh_ports && self.log().contains(&format!("{addr} is in use")) {
+                    self.kill();
+                    return Err(format!(
+                        "Address already in use: {addr} was taken; log:\n{}",
                         self.log()
                     ));
                 }
@@ -647,6 +705,91 @@ impl TestProxy {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// GET `path` on the admin API with the token; the JSON answer (a non-2xx answer fails the test).
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let r = client()
+            .get(self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on the admin API: {e}"));
+        let status = r.status();
+        let text = r.text().await.expect("admin answer");
+        assert!(
+            status.is_success(),
+            "GET {path} on the admin API: {status} {text}"
+        );
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {text}"))
+    }
+
+    /// The sum of every series of the metric `name` (e.g. `hooktap_proxy_requests_total`).
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.admin_url("/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until hooktap has finished `n` proxied exchanges (its per-request counter, which
+    /// counts an exchange in its last phase, after any event of it is stored): from then on,
+    /// what the store holds is all these exchanges derived.
+    pub async fn wait_exchanges(&self, n: u64) {
+        wait_until(
+            Duration::from_secs(15),
+            format!("hooktap finishing {n} proxied exchanges"),
+            || async { self.metric_sum("hooktap_proxy_requests_total").await >= n as f64 },
+        )
+        .await;
+    }
+
+    /// The id of the webhook named `name`, from the admin API.
+    pub async fn webhook_id(&self, name: &str) -> String {
+        let list = self.admin_get("/webhooks?per_page=100").await;
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["name"] == name)
+            .and_then(|w| w["id"].as_str())
+            .unwrap_or_else(|| panic!("no webhook named {name} in {list}"))
+            .to_owned()
+    }
+
+    /// Every delivery the store holds for the webhook named `name` (newest first).
+    pub async fn deliveries(&self, name: &str) -> Vec<Value> {
+        let id = self.webhook_id(name).await;
+        let list = self
+            .admin_get(&format!("/webhooks/{id}/deliveries?per_page=100"))
+            .await;
+        list.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the webhook named `name` has `n` deliveries and none is pending (each was
+    /// delivered or failed finally, with its attempts recorded): nothing more will be sent for
+    /// them. Returns them, newest first.
+    pub async fn wait_deliveries_final(&self, name: &str, n: usize) -> Vec<Value> {
+        wait_for_value(
+            Duration::from_secs(15),
+            format!("{n} deliveries of webhook {name} delivered or failed finally"),
+            || async {
+                let list = self.deliveries(name).await;
+                (list.len() >= n && list.iter().all(|d| d["state"] != "pending")).then_some(list)
+            },
+        )
+        .await
     }
 
     pub fn log(&self) -> String {
@@ -693,6 +836,43 @@ impl TestProxy {
     }
 }
 
+/// Whether process `pid` holds a socket listening on `addr` (on Linux, from /proc: the
+/// socket's inode among the process's descriptors); elsewhere, whether `addr` accepts.
+async fn listens_on(pid: u32, addr: SocketAddr) -> bool {
+    let mut sockets = Vec::new();
+    let mut have_proc = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        have_proc = true;
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for f in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            let port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if f.len() > 9 && f[3] == "0A" && port == Some(addr.port()) {
+                sockets.push(format!("socket:[{}]", f[9]));
+            }
+        }
+    }
+    if !have_proc {
+        return tokio::net::TcpStream::connect(addr).await.is_ok();
+    }
+    !sockets.is_empty()
+        && std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|link| sockets.iter().any(|s| link.as_os_str() == s.as_str()))
+}
+
 impl Drop for TestProxy {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -709,7 +889,7 @@ pub async fn post_order(proxy: &TestProxy, email: &str) {
         .json(&serde_json::json!({"email": email}))
         .send()
         .await
-        .expect("proxied");
+        .unwrap_or_else(|e| panic!("proxied: {e}; hooktap log:\n{}", proxy.log()));
     assert_eq!(r.status(), 201);
     // The whole answer, as a client would read it (an exchange cut short derives no event).
     r.bytes().await.expect("order body");

@@ -414,4 +414,17 @@ status = [201]
             "{problems:#?}"
         );
     }
+
+    /// Regression (hostile round two): a rule path with 26 parameters panicked `check`.
+    #[test]
+    fn a_path_with_too_many_parameters_is_an_error_at_its_line() {
+        let path: String = (0..26).map(|i| format!("/{{p{i}}}")).collect();
+        let rule = RULE.replace("path = \"/orders\"", &format!("path = \"{path}\""));
+        let problems = load(CONFIG, &rule).expect_err("too many parameters");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("rules/shop.toml:5:") && problems[0].contains("at most 25"),
+            "{problems:?}"
+        );
+    }
 }

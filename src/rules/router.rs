@@ -43,10 +43,18 @@ pub enum TemplateError {
     Repeated { template: String, name: String },
     #[error("path template `{0}` has a `}}` without `{{`")]
     Unopened(String),
+    #[error(
+        "path template `{template}` has {count} parameters; at most {MAX_PARAMETERS} are allowed (a `{{*rest}}` catch-all does not count)"
+    )]
+    TooManyParameters { template: String, count: usize },
     /// What matchit refuses (a catch-all that is not last, a conflict).
     #[error("path template `{template}`: {reason}")]
     Rejected { template: String, reason: String },
 }
+
+/// The most `{name}` parameters one template may have: the router (matchit) names them with
+/// one letter each internally and panics on the 26th.
+pub const MAX_PARAMETERS: usize = 25;
 
 /// A template in canonical form plus its parameter names, in order.
 fn canonicalize(template: &str) -> Result<(String, Vec<String>), TemplateError> {
@@ -85,6 +93,13 @@ fn canonicalize(template: &str) -> Result<(String, Vec<String>), TemplateError> 
     }
     if rest.contains('}') {
         return Err(TemplateError::Unopened(template.to_owned()));
+    }
+    let count = canonical.matches("{p").count();
+    if count > MAX_PARAMETERS {
+        return Err(TemplateError::TooManyParameters {
+            template: template.to_owned(),
+            count,
+        });
     }
     canonical.push_str(rest);
     Ok((canonical, names))
@@ -186,6 +201,27 @@ mod tests {
         assert_eq!(c.matches.iter().map(|m| m.0).collect::<Vec<_>>(), vec![1]);
         assert!(r.candidates(&Method::GET, "/orders/new").is_none());
         assert!(r.candidates(&Method::GET, "/other").is_none());
+    }
+
+    /// Regression (hostile round two): 26 parameters panicked inside matchit.
+    #[test]
+    fn too_many_parameters_are_an_error_not_a_panic() {
+        let template =
+            |n: usize| (0..n).map(|i| format!("/{{p{i}}}")).collect::<String>() + "/{*rest}";
+        let mut r = Router::default();
+        r.insert(&template(MAX_PARAMETERS), vec![], 0)
+            .expect("the limit itself is fine");
+        for n in [MAX_PARAMETERS + 1, 100] {
+            let e = r.insert(&template(n), vec![], 1).expect_err("too many");
+            assert_eq!(
+                e,
+                TemplateError::TooManyParameters {
+                    template: template(n),
+                    count: n
+                }
+            );
+            assert!(e.to_string().contains("at most 25"), "{e}");
+        }
     }
 
     #[test]

@@ -185,12 +185,42 @@ fn duration(
 }
 
 /// Reads a file as UTF-8 text; invalid UTF-8 is reported at its line and column.
+/// The largest config or rule file read: far above any real one (a 5 MB rules file loads in a
+/// fraction of a second), and what stands between a mistaken path and memory running out.
+pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+
 fn read_text(path: &Path) -> Result<String, Problem> {
-    let bytes = std::fs::read(path).map_err(|e| Problem {
+    let problem = |message: String| Problem {
         file: path.to_owned(),
         position: None,
-        message: format!("cannot read: {e}"),
-    })?;
+        message,
+    };
+    // Only regular files: a FIFO would block the read forever, a device such as /dev/zero
+    // would never end.
+    let meta = std::fs::metadata(path).map_err(|e| problem(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(problem(format!(
+            "not a regular file (a {}): config and rule files must be regular files",
+            kind_of(&meta.file_type())
+        )));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(problem(format!(
+            "the file is {} bytes; config and rule files may be at most {MAX_FILE_BYTES}",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES + 1), &mut bytes)
+        })
+        .map_err(|e| problem(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(problem(format!(
+            "the file grew past {MAX_FILE_BYTES} bytes while it was read"
+        )));
+    }
     String::from_utf8(bytes).map_err(|e| {
         let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let valid = std::str::from_utf8(valid).unwrap_or_default();
@@ -202,6 +232,21 @@ fn read_text(path: &Path) -> Result<String, Problem> {
             message: "the file is not valid UTF-8 text".to_owned(),
         }
     })
+}
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "device"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
@@ -425,6 +470,104 @@ status = [201]
         assert!(
             problems[0].starts_with("rules/shop.toml:5:") && problems[0].contains("at most 25"),
             "{problems:?}"
+        );
+    }
+
+    /// Loads a config whose `rules` glob is `pattern`, after `setup` shaped `rules/`; returns
+    /// the problems, and fails if loading takes more than a few seconds (it used to spin).
+    fn load_rules_dir(pattern: &str, setup: impl FnOnce(&Path)) -> Vec<String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = dir.path().join("rules");
+        std::fs::create_dir(&rules).expect("mkdir");
+        std::fs::write(rules.join("shop.toml"), RULE).expect("write");
+        setup(&rules);
+        let config = CONFIG.replace("rules/*.toml", pattern);
+        std::fs::write(dir.path().join("hooktap.toml"), config).expect("write");
+        let file = dir.path().join("hooktap.toml");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Config::load(&file).err().map(|e| e.to_string()));
+        });
+        let outcome = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("loading finishes");
+        let dir_text = dir.path().display().to_string();
+        outcome
+            .map(|e| {
+                e.replace(&dir_text, "")
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Regression (hostile round two): two links to `.` made `rules/**/*.toml` spin forever.
+    #[test]
+    fn a_symlink_loop_among_rule_files_is_an_error() {
+        let problems = load_rules_dir("rules/**/*.toml", |rules| {
+            std::os::unix::fs::symlink(".", rules.join("a")).expect("link");
+            std::os::unix::fs::symlink(".", rules.join("b")).expect("link");
+        });
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("symbolic link loop") && problems[0].contains("hooktap.toml:1:"),
+            "{problems:?}"
+        );
+    }
+
+    /// Regression (hostile round two): a FIFO named x.toml hung loading, and a rule file linked
+    /// to /dev/zero was read until memory ran out.
+    #[test]
+    fn only_regular_files_are_read() {
+        let problems = load_rules_dir("rules/*.toml", |rules| {
+            let fifo = std::process::Command::new("mkfifo")
+                .arg(rules.join("x.toml"))
+                .status()
+                .expect("mkfifo");
+            assert!(fifo.success());
+            std::os::unix::fs::symlink("/dev/zero", rules.join("zero.toml")).expect("link");
+        });
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("x.toml: not a regular file (a FIFO)")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("zero.toml: not a regular file (a device)")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn globs_match_within_and_below_directories() {
+        let problems = load_rules_dir("rules/**/*.toml", |rules| {
+            std::fs::create_dir_all(rules.join("a/b")).expect("mkdir");
+            std::fs::write(
+                rules.join("a/b/deep.toml"),
+                RULE.replace("order created", "deep"),
+            )
+            .expect("write");
+        });
+        assert!(problems.is_empty(), "{problems:?}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("rules/sub")).expect("mkdir");
+        std::fs::write(dir.path().join("rules/top.toml"), RULE).expect("write");
+        std::fs::write(
+            dir.path().join("rules/sub/below.toml"),
+            RULE.replace("order created", "below"),
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("hooktap.toml"), CONFIG).expect("write");
+        let config = Config::load(&dir.path().join("hooktap.toml")).expect("loads");
+        assert_eq!(
+            config.rule_files,
+            vec![dir.path().join("rules/top.toml")],
+            "`*` does not cross directories"
         );
     }
 }

@@ -12,25 +12,18 @@ pub(super) fn find_rule_files(
     let mut rule_files = Vec::new();
     for pattern in patterns {
         let full = base.join(pattern.get_ref());
-        let paths = match glob::glob(&full.to_string_lossy()) {
-            Ok(paths) => paths,
-            Err(e) => {
-                r.at(
-                    pattern.span(),
-                    format!("invalid glob `{}`: {e}", pattern.get_ref()),
-                );
-                continue;
-            }
-        };
         let before = rule_files.len();
-        for p in paths {
-            match p {
-                Ok(p) if !rule_files.contains(&p) => rule_files.push(p),
-                Ok(_) => {}
-                Err(e) => r.at(
-                    pattern.span(),
-                    format!("cannot read {}: {e}", e.path().display()),
-                ),
+        match expand(&full) {
+            Ok(paths) => {
+                for p in paths {
+                    if !rule_files.contains(&p) {
+                        rule_files.push(p);
+                    }
+                }
+            }
+            Err(e) => {
+                r.at(pattern.span(), format!("`{}`: {e}", pattern.get_ref()));
+                continue;
             }
         }
         if rule_files.len() == before {
@@ -41,6 +34,72 @@ pub(super) fn find_rule_files(
         }
     }
     rule_files
+}
+
+/// The files a glob names, sorted. Directories are walked following symbolic links, with
+/// loops detected (a link back to an ancestor is an error, not an endless walk); what matches
+/// but is not a file is left to [`super::read_text`], which names it.
+fn expand(pattern: &Path) -> Result<Vec<PathBuf>, String> {
+    let text = pattern.to_string_lossy();
+    let is_glob = |s: &str| s.contains(['*', '?', '[', '{']);
+    if !is_glob(&text) {
+        return Ok(if pattern.exists() {
+            vec![pattern.to_owned()]
+        } else {
+            Vec::new()
+        });
+    }
+    // Walk from the longest leading part without glob characters.
+    let mut root = PathBuf::new();
+    let mut depth = 0;
+    let mut deep = false;
+    for c in pattern.components() {
+        let s = c.as_os_str().to_string_lossy();
+        if depth == 0 && !is_glob(&s) {
+            root.push(c);
+        } else {
+            depth += 1;
+            deep |= s.contains("**");
+        }
+    }
+    let matcher = globset::GlobBuilder::new(&text)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("invalid glob: {}", e.kind()))?
+        .compile_matcher();
+    let walk = walkdir::WalkDir::new(&root)
+        .follow_links(true)
+        .min_depth(1)
+        .max_depth(if deep { usize::MAX } else { depth })
+        .sort_by_file_name();
+    let mut found = Vec::new();
+    for entry in walk {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if let Some(ancestor) = e.loop_ancestor() {
+                    return Err(format!(
+                        "{} links back to {}: a symbolic link loop",
+                        e.path()
+                            .map_or_else(String::new, |p| p.display().to_string()),
+                        ancestor.display()
+                    ));
+                }
+                // A missing root (nothing to match) is not an error; any other failure is.
+                if e.depth() == 0
+                    && e.io_error()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+                {
+                    return Ok(found);
+                }
+                return Err(format!("cannot read: {e}"));
+            }
+        };
+        if !entry.file_type().is_dir() && matcher.is_match(entry.path()) {
+            found.push(entry.into_path());
+        }
+    }
+    Ok(found)
 }
 
 /// A test's expected topic, kept until every rule file is loaded (a test may expect a topic

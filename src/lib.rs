@@ -47,10 +47,10 @@
 //! admin ─────────→ live, delivery, store (the Store contract), webhook, event
 //! live ──────────→ config, delivery, rules, store
 //! client ────────→ config (AdminConfig), webhook, event
-//! delivery ──────→ config (DeliveryConfig), store, webhook, event, metrics, ssrf
+//! delivery ──────→ store, webhook, event, metrics, ssrf (it owns DeliveryConfig)
 //! store ─────────→ webhook, event (it owns StoreConfig; config builds it)
 //! proxy ─────────→ delivery (the intake only), rules, capture
-//! config ────────→ rules (rules::raw for rule files), webhook (WebhookInput), store, ssrf
+//! config ────────→ rules (rules::raw for rule files), webhook (WebhookInput), store, delivery (their configs), ssrf
 //! rules ─────────→ capture, event
 //! webhook ───────→ ssrf, schedule
 //! leaves: ssrf, schedule, capture, event, metrics

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{AdminState, router};
-use crate::config::DeliveryConfig;
+use crate::delivery::DeliveryConfig;
 use crate::delivery::Engine;
 use crate::live::Live;
 use crate::rules::RuleSet;

@@ -33,6 +33,7 @@ use rule_files::{find_rule_files, load_rules};
 use sections::{compile_admin, compile_delivery, compile_proxy, compile_store};
 use webhooks::compile_webhooks;
 
+pub use crate::delivery::DeliveryConfig;
 pub use crate::store::{FlushMode, StoreConfig};
 
 /// One problem in one file, with its place when known.
@@ -89,21 +90,6 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// The bearer token every endpoint but the health checks requires.
     pub token: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeliveryConfig {
-    pub source: String,
-    /// Default per-request timeout of webhooks that set none.
-    pub timeout: Duration,
-    /// Deliveries in flight at once, over all webhooks.
-    pub concurrency: usize,
-    /// Reject plain http:// webhook URLs.
-    pub https_only: bool,
-    /// Which destination addresses deliveries may reach.
-    pub guard: Guard,
-    /// How long a replaced webhook secret keeps being used for a second signature.
-    pub secret_rotation_grace: Duration,
 }
 
 /// A loaded, validated configuration.

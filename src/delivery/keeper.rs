@@ -96,7 +96,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DeliveryConfig;
+    use crate::delivery::DeliveryConfig;
     use crate::event::{Event, Topic};
     use crate::ssrf::Guard;
     use crate::store::{FlushMode, SledStore, Store, StoreConfig};

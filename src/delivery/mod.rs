@@ -33,7 +33,7 @@ pub mod send;
 pub mod sign;
 pub mod sync;
 
-use crate::ssrf;
+use crate::ssrf::{self, Guard};
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -41,7 +41,6 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
 
-use crate::config::DeliveryConfig;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -58,6 +57,22 @@ pub enum DeliveryError {
     Client(#[from] reqwest::Error),
     #[error("webhook `{name}`: {message}")]
     Webhook { name: String, message: String },
+}
+
+/// `[delivery]`: what the engine needs from hooktap.toml (built by [`crate::config`]).
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub source: String,
+    /// Default per-request timeout of webhooks that set none.
+    pub timeout: Duration,
+    /// Deliveries in flight at once, over all webhooks.
+    pub concurrency: usize,
+    /// Reject plain http:// webhook URLs.
+    pub https_only: bool,
+    /// Which destination addresses deliveries may reach.
+    pub guard: Guard,
+    /// How long a replaced webhook secret keeps being used for a second signature.
+    pub secret_rotation_grace: Duration,
 }
 
 /// The delivery client: no redirects followed, every name resolved through the SSRF guard.

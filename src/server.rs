@@ -24,12 +24,18 @@ use crate::store::{SledStore, Store, StoreError};
 pub enum ServerError {
     #[error("cannot open the store at {path}: {source}")]
     Store { path: String, source: StoreError },
-    #[error("cannot resolve upstream `{upstream}`: {reason}")]
-    Upstream { upstream: String, reason: String },
+    #[error("cannot resolve upstream `{upstream}`: {source}")]
+    Upstream {
+        upstream: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
-    #[error("cannot set up TLS on {listen}: {reason}")]
-    Tls { listen: SocketAddr, reason: String },
+    #[error("cannot set up TLS on {listen}: {source}")]
+    Tls {
+        listen: SocketAddr,
+        source: Box<pingora::Error>,
+    },
     #[error(
         "another hooktap{} holds the store at {path}; stop it first, or take over from it without dropping a connection with `hooktap run --upgrade`",
         pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
@@ -39,8 +45,8 @@ pub enum ServerError {
         "--upgrade: no running hooktap holds the store at {path} (it is not locked, or hooktap.pid names no live process); start without --upgrade"
     )]
     NothingToUpgrade { path: String },
-    #[error("--upgrade: cannot signal the running hooktap (pid {pid}): {reason}")]
-    Signal { pid: u32, reason: String },
+    #[error("--upgrade: cannot signal the running hooktap (pid {pid}): {source}")]
+    Signal { pid: u32, source: nix::errno::Errno },
     #[error("cannot start a runtime for the store: {0}")]
     Runtime(std::io::Error),
 }
@@ -311,11 +317,14 @@ fn build_proxy(config: &Config, live: &Arc<Live>) -> Result<Proxy, ServerError> 
     let addr = p
         .upstream
         .to_socket_addrs()
-        .map_err(|e| e.to_string())
-        .and_then(|mut a| a.next().ok_or_else(|| "no address".to_owned()))
-        .map_err(|reason| ServerError::Upstream {
+        .and_then(|mut a| {
+            a.next().ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")
+            })
+        })
+        .map_err(|source| ServerError::Upstream {
             upstream: p.upstream.clone(),
-            reason,
+            source,
         })?;
     Ok(Proxy::new(
         Arc::clone(live.rules()),
@@ -350,7 +359,7 @@ fn listen(
                 pingora::listeners::tls::TlsSettings::intermediate(&cert, &key).map_err(|e| {
                     ServerError::Tls {
                         listen: p.listen,
-                        reason: e.to_string(),
+                        source: e,
                     }
                 })?;
             tls.enable_h2();
@@ -414,11 +423,12 @@ fn add_background_services(
 /// trying to connect for a few seconds, so the order does not matter.
 fn signal_upgrade(pid: u32) -> Result<(), ServerError> {
     use nix::sys::signal::{Signal, kill};
-    let reason = |reason: String| ServerError::Signal { pid, reason };
+    let signal_error = |source| ServerError::Signal { pid, source };
+    // A pid beyond i32 names no process.
     let target = i32::try_from(pid)
         .map(nix::unistd::Pid::from_raw)
-        .map_err(|e| reason(e.to_string()))?;
-    kill(target, Signal::SIGQUIT).map_err(|e| reason(e.to_string()))?;
+        .map_err(|_| signal_error(nix::errno::Errno::ESRCH))?;
+    kill(target, Signal::SIGQUIT).map_err(signal_error)?;
     tracing::info!(pid, "asked the running hooktap to hand over its sockets");
     Ok(())
 }

@@ -17,8 +17,8 @@ use super::send::{self, Outgoing};
 use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
 use crate::store::StoreError;
 use crate::webhook::{
-    Counters, Defaults, FieldError, Origin, Webhook, WebhookInput, WebhookSpec, WebhookStatus,
-    compile_topics,
+    Counters, Defaults, FieldError, Origin, TopicsError, Webhook, WebhookInput, WebhookSpec,
+    WebhookStatus, compile_topics,
 };
 
 /// Why a management operation was refused.
@@ -57,10 +57,10 @@ pub(super) fn disable(webhook: &mut Webhook, reason: String) {
     webhook.updated_at = OffsetDateTime::now_utc();
 }
 
-fn topics_error(message: String) -> ManageError {
+fn topics_error(e: TopicsError) -> ManageError {
     ManageError::Invalid(vec![FieldError {
         field: "topics",
-        message,
+        message: e.to_string(),
     }])
 }
 

@@ -55,8 +55,11 @@ pub const WEBHOOK_DISABLED_TOPIC: &str = "hooktap.webhook.disabled";
 pub enum DeliveryError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
-    #[error("webhook `{name}`: {message}")]
-    Webhook { name: String, message: String },
+    #[error("webhook `{name}`: {source}")]
+    Webhook {
+        name: String,
+        source: crate::webhook::TopicsError,
+    },
 }
 
 /// `[delivery]`: what the engine needs from hooktap.toml (built by [`crate::config`]).
@@ -120,7 +123,7 @@ impl Engine {
                 let name = w.spec.name.clone();
                 Target::new(w)
                     .map(Arc::new)
-                    .map_err(|message| DeliveryError::Webhook { name, message })
+                    .map_err(|source| DeliveryError::Webhook { name, source })
             })
             .collect::<Result<_, _>>()?;
         let registry = Arc::new(Registry::new(targets));

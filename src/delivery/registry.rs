@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use globset::GlobSet;
 use uuid::Uuid;
 
-use crate::webhook::{Mode, Webhook, WebhookStatus, compile_topics};
+use crate::webhook::{Mode, TopicsError, Webhook, WebhookStatus, compile_topics};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep going with it.
@@ -38,7 +38,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(webhook: Webhook) -> Result<Self, String> {
+    pub fn new(webhook: Webhook) -> Result<Self, TopicsError> {
         let topics = compile_topics(&webhook.spec.topics)?;
         Ok(Self {
             id: webhook.id,

@@ -44,23 +44,41 @@ pub fn check_url(url: &str, https_only: bool, guard: &Guard) -> Result<Url, UrlE
     Ok(parsed)
 }
 
+/// Topic patterns a webhook cannot subscribe with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TopicsError {
+    #[error("`topics` must list at least one pattern")]
+    Empty,
+    #[error("topic pattern `{0}` can never match: topics are lower-case, without spaces")]
+    NeverMatches(String),
+    #[error("topic pattern `{pattern}` is invalid: {source}")]
+    Invalid {
+        pattern: String,
+        source: globset::Error,
+    },
+    #[error("topic patterns are invalid: {0}")]
+    Set(globset::Error),
+}
+
 /// Compiles topic glob patterns (`order.*`, `*`); at least one is required.
-pub fn compile_topics(topics: &[String]) -> Result<globset::GlobSet, String> {
+pub fn compile_topics(topics: &[String]) -> Result<globset::GlobSet, TopicsError> {
     if topics.is_empty() {
-        return Err("`topics` must list at least one pattern".to_owned());
+        return Err(TopicsError::Empty);
     }
     let mut set = globset::GlobSetBuilder::new();
     for t in topics {
         // Topics are lower-case `[a-z0-9_.-]`; a pattern with other letters can never match.
         if t.chars().any(|c| c.is_uppercase() || c.is_whitespace()) {
-            return Err(format!(
-                "topic pattern `{t}` can never match: topics are lower-case, without spaces"
-            ));
+            return Err(TopicsError::NeverMatches(t.clone()));
         }
-        set.add(globset::Glob::new(t).map_err(|e| format!("topic pattern `{t}` is invalid: {e}"))?);
+        set.add(
+            globset::Glob::new(t).map_err(|source| TopicsError::Invalid {
+                pattern: t.clone(),
+                source,
+            })?,
+        );
     }
-    set.build()
-        .map_err(|e| format!("topic patterns are invalid: {e}"))
+    set.build().map_err(TopicsError::Set)
 }
 
 /// The URL with any password (and user name) replaced by `****`, for logs and output.

@@ -266,7 +266,9 @@ impl WebhookInput {
         );
         let topics = p.require(
             "topics",
-            self.topics.clone().map(|t| compile_topics(&t).map(|_| t)),
+            self.topics
+                .clone()
+                .map(|t| compile_topics(&t).map(|_| t).map_err(|e| e.to_string())),
             base.map(|b| b.topics.clone()),
             "topics is required, such as [\"order.*\"]",
         );

@@ -20,7 +20,7 @@ use uuid::Uuid;
 mod destination;
 mod input;
 
-pub use destination::{UrlError, check_url, compile_topics, mask_url};
+pub use destination::{TopicsError, UrlError, check_url, compile_topics, mask_url};
 pub use input::{Defaults, FieldError, WebhookInput};
 
 /// Whether a webhook sends and whether it accepts new deliveries.

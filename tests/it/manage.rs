@@ -380,6 +380,13 @@ async fn a_rotated_secret_signs_too_during_its_grace_period() {
             .expect("sync");
         engine.store().flush().await.expect("flush");
     }
+    // sled lets go of its file lock once its background flusher has stopped, which may be a
+    // moment after the last handle is dropped.
+    let db = dir.path().join("data");
+    wait_until(WAIT, "the first run letting go of the store", || async {
+        !SledStore::locked_by_another(&db)
+    })
+    .await;
     s.secret = "whsec_bmV3IHNlY3JldCBuZXcgc2VjcmV0".to_owned();
     let engine = Running::start_in(dir, &[s], &["127.0.0.0/8"]).await;
     engine.order(1);

@@ -277,6 +277,8 @@ pub struct Match<'a> {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
+    /// The rules' names, for the duplicate check (a scan of `rules` made loading quadratic).
+    names: std::collections::HashSet<String>,
     router: Router,
 }
 
@@ -286,7 +288,7 @@ impl RuleSet {
         let name_span = raw.name.span();
         let path_span = raw.path.span();
         let rule = Rule::compile(raw)?;
-        if self.rules.iter().any(|r| r.name == rule.name) {
+        if self.names.contains(&rule.name) {
             return Err(vec![SpanError::new(
                 name_span,
                 format!("duplicate rule name `{}`", rule.name),
@@ -295,6 +297,7 @@ impl RuleSet {
         self.router
             .insert(&rule.path, rule.methods.clone(), self.rules.len())
             .map_err(|e| vec![SpanError::new(path_span, e.to_string())])?;
+        self.names.insert(rule.name.clone());
         self.rules.push(rule);
         Ok(())
     }

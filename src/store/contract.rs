@@ -3,9 +3,9 @@
 //! A backend runs all of it with one line in its tests module:
 //!
 //! ```ignore
-//! crate::store_contract_tests!(|| {
+//! crate::store_contract_tests!(|| async {
 //!     let guard = ...; // whatever keeps the store's resources alive (a temp dir, a cluster)
-//!     (guard, Arc::new(MyStore::open(...)) as Arc<dyn Store>)
+//!     (guard, Arc::new(MyStore::connect(...).await) as Arc<dyn Store>)
 //! });
 //! ```
 //!
@@ -23,7 +23,8 @@ use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
 use crate::webhook::{Origin, Profile, Webhook, WebhookSpec};
 
 /// Runs every check of the contract as its own `#[tokio::test]`. `$make` builds a fresh,
-/// ready store: `|| (guard, Arc<dyn Store>)`, the guard dropped after the test.
+/// ready store: `|| async { (guard, Arc<dyn Store>) }`, the guard dropped after the test
+/// (async, so that a backend can connect to a server while setting up).
 #[macro_export]
 macro_rules! store_contract_tests {
     ($make:expr) => {
@@ -49,7 +50,7 @@ macro_rules! store_contract_tests {
                 #[tokio::test]
                 async fn $name() {
                     let make = $make;
-                    let (_guard, store) = make();
+                    let (_guard, store) = make().await;
                     $crate::store::contract::$name(store).await;
                 }
             )*

@@ -510,7 +510,7 @@ mod tests {
         .expect("open store")
     }
 
-    crate::store_contract_tests!(|| {
+    crate::store_contract_tests!(|| async {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(dir.path());
         (dir, Arc::new(store) as Arc<dyn Store>)

@@ -2,7 +2,6 @@
 //! and of errors. End-to-end tests in tests/it/ cover the API through the real binary.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -11,12 +10,9 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::{AdminState, router};
-use crate::delivery::DeliveryConfig;
 use crate::delivery::Engine;
 use crate::live::Live;
 use crate::rules::RuleSet;
-use crate::ssrf::Guard;
-use crate::store::{FlushMode, SledStore, Store, StoreConfig};
 
 const TOKEN: &str = "test-token";
 
@@ -32,30 +28,7 @@ fn admin() -> Admin {
 
 fn admin_with(token: Option<&str>) -> Admin {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SledStore::open(&StoreConfig {
-        path: dir.path().join("data"),
-        flush: FlushMode::Interval(Duration::from_millis(100)),
-        retention: Duration::from_secs(3600),
-        min_free_space: 0,
-    })
-    .expect("open store");
-    let config = DeliveryConfig {
-        source: "https://shop.test/".to_owned(),
-        timeout: Duration::from_secs(1),
-        concurrency: 4,
-        https_only: false,
-        guard: Guard::default(),
-        secret_rotation_grace: Duration::ZERO,
-    };
-    let engine = Arc::new(
-        Engine::new(
-            Arc::new(store) as Arc<dyn Store>,
-            Vec::new(),
-            config,
-            Default::default(),
-        )
-        .expect("engine"),
-    );
+    let engine = Engine::for_tests(dir.path());
     let live = Arc::new(Live::new(
         dir.path().join("hooktap.toml"),
         RuleSet::default(),

@@ -96,39 +96,9 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::DeliveryConfig;
     use crate::event::{Event, Topic};
-    use crate::ssrf::Guard;
-    use crate::store::{FlushMode, SledStore, Store, StoreConfig};
 
     const RETENTION: Duration = Duration::from_secs(30 * 86_400);
-
-    fn engine(dir: &std::path::Path) -> Arc<Engine> {
-        let store = SledStore::open(&StoreConfig {
-            path: dir.join("data"),
-            flush: FlushMode::Interval(Duration::from_millis(100)),
-            retention: RETENTION,
-            min_free_space: 0,
-        })
-        .expect("open store");
-        let config = DeliveryConfig {
-            source: "test".to_owned(),
-            timeout: Duration::from_secs(1),
-            concurrency: 1,
-            https_only: false,
-            guard: Guard::default(),
-            secret_rotation_grace: Duration::ZERO,
-        };
-        Arc::new(
-            Engine::new(
-                Arc::new(store) as Arc<dyn Store>,
-                Vec::new(),
-                config,
-                Default::default(),
-            )
-            .expect("engine"),
-        )
-    }
 
     /// An event past the retention period, with no delivery left pending.
     fn old_event(engine: &Engine) -> Event {
@@ -156,7 +126,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn old_records_are_swept_at_start_and_then_once_an_hour() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine = engine(dir.path());
+        let engine = Engine::for_tests(dir.path());
         let first = old_event(&engine);
         let sweeper = tokio::spawn(Arc::clone(&engine).sweep_loop(RETENTION));
         assert!(swept(&engine, &first).await, "swept at start");

@@ -173,6 +173,22 @@ impl Engine {
         self.in_flight.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// An engine over a sled store in `dir`, with no webhooks and loopback blocked (tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(dir: &std::path::Path) -> Arc<Self> {
+        let config = DeliveryConfig {
+            source: "https://shop.test/".to_owned(),
+            timeout: Duration::from_secs(1),
+            concurrency: 4,
+            https_only: false,
+            guard: Guard::default(),
+            secret_rotation_grace: Duration::ZERO,
+        };
+        let store = crate::store::sled::open_for_tests(dir);
+        let engine = Self::new(Arc::new(store), Vec::new(), config, Default::default());
+        Arc::new(engine.expect("engine"))
+    }
+
     /// Wakes the scheduler (new work, a changed webhook).
     fn wake(&self) {
         self.wake.notify_one();

@@ -61,24 +61,10 @@ pub fn plan(stored: &[Webhook], specs: &[WebhookSpec], grace: Duration) -> Plan 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::{Mode, Profile, WebhookStatus};
+    use crate::webhook::WebhookStatus;
 
     fn spec(name: &str) -> WebhookSpec {
-        WebhookSpec {
-            name: name.to_owned(),
-            url: "https://hooks.example.com/in".parse().expect("url"),
-            secret: "s".to_owned(),
-            topics: vec!["*".to_owned()],
-            status: None,
-            retry: vec![],
-            failure_threshold: 0,
-            timeout: Duration::from_secs(1),
-            signature: Profile::Hooktap,
-            header_prefix: "X-Hooktap-Webhook-".to_owned(),
-            mode: Mode::Realtime,
-            ordered: false,
-            concurrency: 1,
-        }
+        WebhookSpec::example(name)
     }
 
     #[test]

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{EventQuery, Recorded, Store, Swept};
 use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
-use crate::webhook::{Origin, Profile, Webhook, WebhookSpec};
+use crate::webhook::{Origin, Webhook, WebhookSpec};
 
 /// Runs every check of the contract as its own `#[tokio::test]`. `$make` builds a fresh,
 /// ready store: `|| async { (guard, Arc<dyn Store>) }`, the guard dropped after the test
@@ -59,21 +59,7 @@ macro_rules! store_contract_tests {
 }
 
 fn spec(name: &str) -> WebhookSpec {
-    WebhookSpec {
-        name: name.to_owned(),
-        url: "https://hooks.example.com/in".parse().expect("url"),
-        secret: "s".to_owned(),
-        topics: vec!["*".to_owned()],
-        status: None,
-        retry: vec![],
-        failure_threshold: 0,
-        timeout: std::time::Duration::from_secs(1),
-        signature: Profile::Hooktap,
-        header_prefix: "X-Hooktap-Webhook-".to_owned(),
-        mode: crate::webhook::Mode::Realtime,
-        ordered: false,
-        concurrency: 1,
-    }
+    WebhookSpec::example(name)
 }
 
 async fn webhook(store: &Arc<dyn Store>, name: &str) -> Webhook {

@@ -309,6 +309,28 @@ impl Webhook {
     }
 }
 
+#[cfg(test)]
+impl WebhookSpec {
+    /// A valid spec named `name` (every topic, no retries, one request at a time) for tests.
+    pub(crate) fn example(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            url: "https://hooks.example.com/in".parse().expect("a valid URL"),
+            secret: "s".to_owned(),
+            topics: vec!["*".to_owned()],
+            status: None,
+            retry: vec![],
+            failure_threshold: 0,
+            timeout: Duration::from_secs(1),
+            signature: Profile::Hooktap,
+            header_prefix: DEFAULT_HEADER_PREFIX.to_owned(),
+            mode: Mode::Realtime,
+            ordered: false,
+            concurrency: 1,
+        }
+    }
+}
+
 mod millis {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;

@@ -137,24 +137,11 @@ impl SledStore {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-    use std::time::Duration;
-
     use time::OffsetDateTime;
 
+    use super::super::open_for_tests as open;
     use super::*;
     use crate::event::Topic;
-    use crate::store::StoreConfig;
-
-    fn open(dir: &Path) -> SledStore {
-        SledStore::open(&StoreConfig {
-            path: dir.join("data"),
-            flush: FlushMode::Interval(Duration::from_millis(100)),
-            retention: Duration::from_secs(60),
-            min_free_space: 0,
-        })
-        .expect("open store")
-    }
 
     #[test]
     fn large_payloads_live_in_files_and_leave_with_their_event() {

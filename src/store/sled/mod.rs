@@ -496,18 +496,33 @@ impl Store for SledStore {
     }
 }
 
+/// A store config under `dir` for tests.
+#[cfg(test)]
+pub(crate) fn test_config(dir: &Path, flush: FlushMode) -> StoreConfig {
+    StoreConfig {
+        path: dir.join("data"),
+        flush,
+        retention: Duration::from_secs(3600),
+        min_free_space: 0,
+    }
+}
+
+/// A store opened under `dir` for tests, flushed every 100 ms.
+#[cfg(test)]
+pub(crate) fn open_for_tests(dir: &Path) -> SledStore {
+    SledStore::open(&test_config(
+        dir,
+        FlushMode::Interval(Duration::from_millis(100)),
+    ))
+    .expect("open store")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn open(dir: &Path) -> SledStore {
-        SledStore::open(&StoreConfig {
-            path: dir.join("data"),
-            flush: FlushMode::Interval(Duration::from_millis(100)),
-            retention: Duration::from_secs(60),
-            min_free_space: 0,
-        })
-        .expect("open store")
+        open_for_tests(dir)
     }
 
     crate::store_contract_tests!(|| async {

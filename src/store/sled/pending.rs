@@ -103,26 +103,9 @@ mod tests {
 
     use time::OffsetDateTime;
 
+    use super::super::{open_for_tests as store, test_config as config};
     use super::*;
     use crate::event::Topic;
-    use crate::store::StoreConfig;
-
-    fn config(dir: &Path, flush: FlushMode) -> StoreConfig {
-        StoreConfig {
-            path: dir.join("data"),
-            flush,
-            retention: Duration::from_secs(60),
-            min_free_space: 0,
-        }
-    }
-
-    fn store(dir: &Path) -> SledStore {
-        SledStore::open(&config(
-            dir,
-            FlushMode::Interval(Duration::from_millis(100)),
-        ))
-        .expect("open")
-    }
 
     fn event_at(created_at: OffsetDateTime) -> Event {
         let mut e = Event::new(

@@ -18,7 +18,7 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::proxy::{Forwarding, Limits, Proxy, Upstream};
 use crate::store::sled::PID_FILE;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{Backend, PgConfig, PgStore, SledStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -193,10 +193,10 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     let previous = upgrade
         .then(|| previous_holder(&config.store.path))
         .transpose()?;
-    let store = open_store(&config, upgrade)?;
+    let Opened { store, local } = open_store(&config, upgrade)?;
     let metrics = Arc::new(Metrics::new());
     let engine = Arc::new(Engine::new(
-        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&store),
         Vec::new(),
         config.delivery.clone(),
         metrics,
@@ -266,11 +266,11 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     server.run(RunArgs::default());
     // Sends that finished after the delivery loop stopped updated the counters too.
     runtime.block_on(engine.save_counters());
-    if !store.is_open() {
+    if !local.is_open() {
         tracing::warn!(
             "stopping before the store opened: held events stay in pending/ for the next start"
         );
-    } else if let Err(e) = store.flush() {
+    } else if let Err(e) = runtime.block_on(store.flush()) {
         tracing::error!(error = %e, "cannot flush the store on shutdown; the last events may be lost");
     }
     tracing::info!("hooktap stopped");
@@ -291,24 +291,56 @@ fn previous_holder(path: &Path) -> Result<u32, ServerError> {
 /// Opens the store, or starts it unopened (events wait in `pending/`) when another hooktap
 /// hands over to this one or the store cannot be opened yet: a sidecar must not take the app
 /// down with it. Refuses to start beside another hooktap that holds the store.
-fn open_store(config: &Config, upgrade: bool) -> Result<Arc<SledStore>, ServerError> {
+fn open_store(config: &Config, upgrade: bool) -> Result<Opened, ServerError> {
     let path = &config.store.path;
-    let store = match SledStore::open(&config.store) {
-        Ok(store) => store,
-        Err(_) if upgrade => SledStore::unopened(&config.store),
-        Err(_) if SledStore::locked_by_another(path) => {
+    let local = match &config.store.backend {
+        // The journal of a shared store opens unready: events wait in `pending/` until the
+        // keeper has applied the webhooks to the shared store (only then do events get their
+        // deliveries).
+        Backend::Postgres(_) if !upgrade && SledStore::locked_by_another(path) => {
             return Err(ServerError::AlreadyRunning {
                 pid: SledStore::holder(path),
                 path: path.display().to_string(),
             });
         }
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e,
-                "cannot open the store: proxying anyway, without storing events until it opens");
-            SledStore::unopened(&config.store)
+        Backend::Postgres(_) => SledStore::unopened(&config.store),
+        Backend::Sled => match SledStore::open(&config.store) {
+            Ok(store) => store,
+            Err(_) if upgrade => SledStore::unopened(&config.store),
+            Err(_) if SledStore::locked_by_another(path) => {
+                return Err(ServerError::AlreadyRunning {
+                    pid: SledStore::holder(path),
+                    path: path.display().to_string(),
+                });
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e,
+                    "cannot open the store: proxying anyway, without storing events until it opens");
+                SledStore::unopened(&config.store)
+            }
+        },
+    };
+    let local = Arc::new(local);
+    let store: Arc<dyn Store> = match &config.store.backend {
+        Backend::Sled => Arc::clone(&local) as Arc<dyn Store>,
+        Backend::Postgres(pg) => {
+            let store = PgStore::with_journal(Arc::clone(&local), pg).map_err(|source| {
+                ServerError::Store {
+                    path: PgConfig::shown(&pg.url),
+                    source,
+                }
+            })?;
+            tracing::info!(store = %store.shown(), journal = %path.display(), "the store is PostgreSQL, shared with other instances");
+            Arc::new(store)
         }
     };
-    Ok(Arc::new(store))
+    Ok(Opened { store, local })
+}
+
+/// The store, and the sled store on local disk: the store itself, or a shared store's journal.
+struct Opened {
+    store: Arc<dyn Store>,
+    local: Arc<SledStore>,
 }
 
 /// The proxy, with the upstream resolved once at start: the hot path must not wait on DNS.
@@ -374,7 +406,7 @@ fn add_background_services(
     server: &mut Server,
     config: &Config,
     live: &Arc<Live>,
-    store: &Arc<SledStore>,
+    store: &Arc<dyn Store>,
     upgrade: bool,
 ) {
     let p = &config.proxy;
@@ -409,7 +441,7 @@ fn add_background_services(
             } else {
                 Duration::ZERO
             },
-            wait_for_store: upgrade.then(|| Arc::clone(store) as Arc<dyn Store>),
+            wait_for_store: upgrade.then(|| Arc::clone(store)),
         },
     ));
     server.add_service(background_service(

@@ -34,7 +34,7 @@ use sections::{compile_admin, compile_delivery, compile_proxy, compile_store};
 use webhooks::compile_webhooks;
 
 pub use crate::delivery::DeliveryConfig;
-pub use crate::store::{FlushMode, StoreConfig};
+pub use crate::store::{Backend, FlushMode, PgConfig, StoreConfig};
 
 /// One problem in one file, with its place when known.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,6 +60,11 @@ pub struct RawStore {
     pub min_free_space: Option<Spanned<String>>,
     pub flush: Option<Spanned<String>>,
     pub flush_interval: Option<Spanned<String>>,
+    pub backend: Option<Spanned<String>>,
+    pub url: Option<Spanned<String>>,
+    pub url_env: Option<Spanned<String>>,
+    pub lease: Option<Spanned<String>>,
+    pub pool_size: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,6 +12,7 @@ pub(super) fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> 
             Duration::from_millis(500),
         )
     };
+    let backend = compile_backend(r, &s);
     let flush = match s.flush {
         None => FlushMode::Interval(flush_interval(r)),
         Some(f) if f.get_ref() == "interval" => FlushMode::Interval(flush_interval(r)),
@@ -45,6 +46,7 @@ pub(super) fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> 
             }),
     };
     StoreConfig {
+        backend,
         path: base.join(
             s.path
                 .map_or_else(|| "data/hooktap".to_owned(), Spanned::into_inner),
@@ -57,6 +59,79 @@ pub(super) fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> 
             Duration::from_secs(30 * 24 * 3600),
         ),
         min_free_space,
+    }
+}
+
+/// `backend` and the keys of a PostgreSQL backend.
+fn compile_backend(r: &mut Reporter, s: &raw::RawStore) -> Backend {
+    let postgres_keys = [&s.url, &s.url_env, &s.lease]
+        .into_iter()
+        .flatten()
+        .map(Spanned::span)
+        .chain(s.pool_size.as_ref().map(Spanned::span));
+    match s.backend.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("sled") => {
+            for span in postgres_keys {
+                r.at(
+                    span,
+                    "this key is for `backend = \"postgres\"` only; the store's backend is sled",
+                );
+            }
+            Backend::Sled
+        }
+        Some("postgres") => {
+            let url = match (&s.url, &s.url_env) {
+                (Some(u), None) => Some(u.get_ref().clone()),
+                (None, Some(var)) => from_env(r, var.get_ref(), var.span(), ""),
+                (Some(u), Some(_)) => {
+                    r.at(u.span(), "set either `url` or `url_env`, not both");
+                    None
+                }
+                (None, None) => {
+                    let span = s.backend.as_ref().map_or(0..0, Spanned::span);
+                    r.at(
+                        span,
+                        "`backend = \"postgres\"` needs `url` or `url_env` (postgres://user:password@host:port/database)",
+                    );
+                    None
+                }
+            };
+            let span = s
+                .url
+                .as_ref()
+                .or(s.url_env.as_ref())
+                .map_or(0..0, Spanned::span);
+            let url = url.and_then(|u| match PgConfig::parse_url(&u) {
+                Ok(()) => Some(u),
+                Err(e) => {
+                    r.at(span.clone(), format!("`url`: {e}"));
+                    None
+                }
+            });
+            let lease = duration(r, s.lease.clone(), "lease", Duration::from_secs(60));
+            if lease < Duration::from_secs(1) {
+                let span = s.lease.as_ref().map_or(0..0, Spanned::span);
+                r.at(span, "`lease` must be at least 1s");
+            }
+            let pool_size = s.pool_size.as_ref().map_or(8, |p| *p.get_ref());
+            if pool_size == 0 {
+                let span = s.pool_size.as_ref().map_or(0..0, Spanned::span);
+                r.at(span, "`pool_size` must be at least 1");
+            }
+            Backend::Postgres(PgConfig {
+                url: url.unwrap_or_default(),
+                lease,
+                pool_size: pool_size.max(1),
+            })
+        }
+        Some(other) => {
+            let span = s.backend.as_ref().map_or(0..0, Spanned::span);
+            r.at(
+                span,
+                format!("`backend` = \"{other}\" must be \"sled\" or \"postgres\""),
+            );
+            Backend::Sled
+        }
     }
 }
 

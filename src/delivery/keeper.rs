@@ -57,6 +57,12 @@ impl Engine {
         if !self.store.is_ready() {
             return;
         }
+        if self.store.shared() {
+            // Other instances change webhooks too: the running set follows the store.
+            if let Err(e) = self.refresh_webhooks().await {
+                tracing::debug!(error = %e, "cannot read the webhooks from the shared store");
+            }
+        }
         let this = Arc::clone(self);
         let drained = tokio::task::spawn_blocking(move || {
             this.store

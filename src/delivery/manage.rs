@@ -15,7 +15,7 @@ use super::Engine;
 use super::registry::Target;
 use super::send::{self, Outgoing};
 use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
-use crate::store::StoreError;
+use crate::store::{Planner, StoreError};
 use crate::webhook::{
     Counters, Defaults, FieldError, Origin, TopicsError, Webhook, WebhookInput, WebhookSpec,
     WebhookStatus, compile_topics,
@@ -122,7 +122,7 @@ impl Engine {
             w.counters = Counters::default();
             w.clone()
         };
-        self.store.put_webhook(&w).await?;
+        self.store.reset_counters(&w).await?;
         Ok(Some(w))
     }
 
@@ -155,47 +155,95 @@ impl Engine {
         specs: &[WebhookSpec],
         grace: std::time::Duration,
     ) -> Result<Vec<(String, usize)>, StoreError> {
-        let stored = self.store.webhooks().await?;
-        let plan = super::sync::plan(&stored, specs, grace);
-        for mut webhook in plan.put {
-            match self.registry.get(webhook.id) {
-                Some(t) => {
-                    let _writing = t.writes.lock().await;
-                    // The running record's counters are the freshest: keep them.
-                    webhook.counters = t.record().counters.clone();
-                    self.store.put_webhook(&webhook).await?;
-                    if let Ok(topics) = compile_topics(&webhook.spec.topics) {
-                        t.set_topics(topics);
-                    }
-                    *t.record() = webhook;
-                }
-                None => {
-                    self.store.put_webhook(&webhook).await?;
-                    match Target::new(webhook) {
-                        Ok(t) => self.registry.add(Arc::new(t)),
-                        Err(e) => tracing::error!(error = %e, "cannot run a stored webhook"),
+        let registry = Arc::clone(&self.registry);
+        let specs = specs.to_vec();
+        let shared = self.store.shared();
+        let planner = Planner(Box::new(move |stored: &[Webhook]| {
+            let mut plan = super::sync::plan(stored, &specs, grace);
+            if !shared {
+                // The running record's counters are fresher than the stored ones (a shared
+                // store counts itself, and its counters are the ones to keep).
+                for w in &mut plan.put {
+                    if let Some(t) = registry.get(w.id) {
+                        w.counters = t.record().counters.clone();
                     }
                 }
             }
+            plan
+        }));
+        let applied = self.store.apply_webhooks(&planner).await?;
+        for webhook in applied.put {
+            self.run_stored(webhook).await;
         }
-        let mut removed = Vec::with_capacity(plan.remove.len());
-        for w in plan.remove {
+        let mut removed = Vec::with_capacity(applied.removed.len());
+        for (w, dropped) in applied.removed {
             if let Some(t) = self.registry.get(w.id) {
                 self.remove_target(&t).await;
             }
-            removed.push((w.spec.name.clone(), self.store.delete_webhook(w.id).await?));
+            removed.push((w.spec.name.clone(), dropped));
         }
         // Webhooks stored but not running (created by another process meanwhile) join too.
         for w in self.store.webhooks().await? {
             if self.registry.get(w.id).is_none() {
-                match Target::new(w) {
-                    Ok(t) => self.registry.add(Arc::new(t)),
-                    Err(e) => tracing::error!(error = %e, "cannot run a stored webhook"),
-                }
+                self.run_stored(w).await;
             }
         }
         self.wake();
         Ok(removed)
+    }
+
+    /// Runs a webhook as stored: replaces the running record (keeping its counters unless the
+    /// store is shared) or starts running it.
+    async fn run_stored(&self, mut webhook: Webhook) {
+        match self.registry.get(webhook.id) {
+            Some(t) => {
+                let _writing = t.writes.lock().await;
+                if t.is_deleted() {
+                    return;
+                }
+                let resumed = {
+                    let running = t.record();
+                    if !self.store.shared() {
+                        webhook.counters = running.counters.clone();
+                    }
+                    if running.spec.topics != webhook.spec.topics {
+                        if let Ok(topics) = compile_topics(&webhook.spec.topics) {
+                            t.set_topics(topics);
+                        }
+                    }
+                    running.status != WebhookStatus::Active
+                        && webhook.status == WebhookStatus::Active
+                };
+                *t.record() = webhook;
+                if resumed {
+                    self.wake();
+                }
+            }
+            None => match Target::new(webhook) {
+                Ok(t) => {
+                    self.registry.add(Arc::new(t));
+                    self.wake();
+                }
+                Err(e) => tracing::error!(error = %e, "cannot run a stored webhook"),
+            },
+        }
+    }
+
+    /// Makes the running set match a shared store, where other instances change webhooks:
+    /// new ones start, deleted ones stop, changed ones (spec, status, counters) are replaced.
+    pub async fn refresh_webhooks(&self) -> Result<(), StoreError> {
+        let stored = self.store.webhooks().await?;
+        let ids: std::collections::HashSet<Uuid> = stored.iter().map(|w| w.id).collect();
+        for t in self.registry.all() {
+            if !ids.contains(&t.id) {
+                let name = self.remove_target(&t).await;
+                tracing::info!(webhook = %name, id = %t.id, "webhook deleted by another instance");
+            }
+        }
+        for w in stored {
+            self.run_stored(w).await;
+        }
+        Ok(())
     }
 
     fn defaults(&self) -> Defaults<'_> {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::retry;
 use super::send::{Answer, Outgoing, SendError, Sent, kept_body};
 use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
-use crate::store::Recorded;
+use crate::store::{CounterChange, Recorded};
 use crate::webhook::{Counters, Webhook, WebhookStatus, mask_url};
 
 /// What happened to one delivery, for metrics and logs.
@@ -53,7 +53,6 @@ pub fn decide(
     let success = answer.is_some_and(Answer::success);
     let gone = answer.is_some_and(|a| a.status == 410);
     let summary = summary(&sent.result);
-    let mut counters = webhook.counters.clone();
     let mut changes = Vec::with_capacity(deliveries.len());
     let mut steps = Vec::with_capacity(deliveries.len());
     for (i, before) in deliveries.iter().enumerate() {
@@ -63,13 +62,10 @@ pub fn decide(
         after.last_summary = Some(summary.clone());
         let step = if success {
             after.state = DeliveryState::Delivered;
-            counters.delivered += 1;
-            counters.last_delivered_at = Some(now);
             Step::Delivered {
                 lag: (now - before.created_at).try_into().unwrap_or_default(),
             }
         } else {
-            counters.last_failure_at = Some(now);
             match retry_delay(webhook, &after, answer, gone) {
                 Some(delay) => {
                     after.due_ms = unix_ms(now)
@@ -78,12 +74,10 @@ pub fn decide(
                     if !webhook.spec.ordered {
                         after.queue_ms = after.due_ms;
                     }
-                    counters.retries += 1;
                     Step::Retry { delay }
                 }
                 None => {
                     after.state = DeliveryState::Failed;
-                    counters.failed += 1;
                     Step::Failed
                 }
             }
@@ -96,24 +90,16 @@ pub fn decide(
             attempt,
         });
     }
-    // A request counts once towards failure_threshold, however many deliveries it carried.
-    if success {
-        counters.consecutive_failures = 0;
-    } else if steps.contains(&Step::Failed) {
-        counters.consecutive_failures += 1;
-    }
-    let threshold = u64::from(webhook.spec.failure_threshold);
+    // Counted as every backend counts (a request counts once towards failure_threshold,
+    // however many deliveries it carried).
+    let mut counters = webhook.counters.clone();
+    counters.apply(&CounterChange::of(&changes));
     let disable = if webhook.status == WebhookStatus::Disabled || changes.is_empty() {
         None
     } else if gone {
         Some("the receiver answered 410 Gone".to_owned())
-    } else if threshold > 0 && counters.consecutive_failures >= threshold {
-        Some(format!(
-            "{} consecutive deliveries failed",
-            counters.consecutive_failures
-        ))
     } else {
-        None
+        threshold_reason(webhook, &counters)
     };
     Outcome {
         changes,
@@ -121,6 +107,15 @@ pub fn decide(
         counters,
         disable,
     }
+}
+
+/// Why `webhook` must be disabled by its counters: `failure_threshold` consecutive failed
+/// requests (0 disables never).
+pub fn threshold_reason(webhook: &Webhook, counters: &Counters) -> Option<String> {
+    let threshold = u64::from(webhook.spec.failure_threshold);
+    let failures = counters.consecutive_failures;
+    (threshold > 0 && failures >= threshold && webhook.status != WebhookStatus::Disabled)
+        .then(|| format!("{failures} consecutive deliveries failed"))
 }
 
 /// `HTTP 200 OK: ok`, or the transport error.

@@ -6,7 +6,6 @@
 //! while it has fewer in flight than its own limit and either the global limit has room or
 //! it is below its fair share (see the isolation rule in [`crate::delivery`]).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,11 +20,14 @@ use super::registry::{Target, lock};
 use super::send::{self, Outgoing, SendError, Sent};
 use super::{Engine, WEBHOOK_DISABLED_TOPIC};
 use crate::event::{Delivery, Event, Topic, unix_ms};
-use crate::store::StoreError;
+use crate::store::{Recording, StoreError};
 use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus};
 
 /// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
 const IDLE: Duration = Duration::from_secs(30);
+/// The same with a shared store: other instances' news arrive by `NOTIFY`, but a lease that
+/// runs out (an instance died) is noticed by looking.
+const IDLE_SHARED: Duration = Duration::from_secs(1);
 /// How often a webhook's counters are written to the store while attempts go on: a crash can
 /// lose this much of them (the deliveries' own states are written with every attempt).
 const SAVE_COUNTERS_EVERY: Duration = Duration::from_secs(1);
@@ -76,9 +78,11 @@ impl Engine {
             "delivery loop started"
         );
         let sweeper = tokio::spawn(Arc::clone(&self).sweep_loop(retention));
+        let idle = if self.store.shared() { IDLE_SHARED } else { IDLE };
+        let remote = self.store.remote_changes().unwrap_or_default();
         loop {
             let sleep = match self.dispatch_due().await {
-                Ok(next) => next.unwrap_or(IDLE).min(IDLE),
+                Ok(next) => next.unwrap_or(idle).min(idle),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the delivery queue; retrying in 1s");
                     ON_STORE_ERROR
@@ -86,6 +90,7 @@ impl Engine {
             };
             tokio::select! {
                 _ = self.wake.notified() => {}
+                _ = remote.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.changed() => break,
             }
@@ -172,11 +177,7 @@ impl Engine {
         if target.requests() > 0 {
             return Ok(());
         }
-        let head = self
-            .store
-            .queued(target.id, u64::MAX, 1, &HashSet::new())
-            .await?
-            .pop();
+        let head = self.store.claim_head(target.id, u64::MAX, 1).await?.pop();
         if let Some(head) = head {
             if head.due_ms > round.now {
                 round.wake_at(head.due_ms);
@@ -204,10 +205,7 @@ impl Engine {
         let horizon = round
             .now
             .saturating_add(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX));
-        let gathered = self
-            .store
-            .queued(target.id, horizon, max, &HashSet::new())
-            .await?;
+        let gathered = self.store.claim_head(target.id, horizon, max).await?;
         let Some(head) = gathered.first() else {
             return Ok(());
         };
@@ -311,18 +309,41 @@ impl Engine {
                 || lock(&target.saved_at).is_none_or(|at| at.elapsed() >= SAVE_COUNTERS_EVERY);
             (decided, w.clone(), save)
         };
-        let written = self
+        let recording = self
             .store
             .record_attempts(target.id, &decided.changes, save.then_some(&webhook))
             .await?;
-        if !written {
-            return Ok(());
+        let mut webhook = webhook;
+        let mut disabled = decided.disable.is_some();
+        match recording {
+            Recording::Gone => return Ok(()),
+            Recording::Saved => {}
+            Recording::Shared(counters) => {
+                // Counted over every instance: these counters are the truth, and the failure
+                // threshold reads them (other instances' failures count too).
+                let newly_disabled = {
+                    let mut w = target.record();
+                    w.counters = counters;
+                    let reason = (!disabled)
+                        .then(|| outcome::threshold_reason(&w, &w.counters))
+                        .flatten();
+                    if let Some(reason) = reason {
+                        super::manage::disable(&mut w, reason);
+                    }
+                    webhook = w.clone();
+                    webhook.status == WebhookStatus::Disabled && !disabled
+                };
+                if newly_disabled {
+                    self.store.put_webhook(&webhook).await?;
+                    disabled = true;
+                }
+            }
         }
         if save {
             *lock(&target.saved_at) = Some(std::time::Instant::now());
         }
         self.count(&webhook, &decided, request.is_some(), sent.elapsed);
-        if decided.disable.is_some() {
+        if disabled {
             self.announce_disabled(&webhook);
         }
         Ok(())
@@ -357,8 +378,12 @@ impl Engine {
         }
     }
 
-    /// Writes every webhook's record with its latest counters (at shutdown).
+    /// Writes every webhook's record with its latest counters (at shutdown; a shared store
+    /// counts as it goes).
     pub async fn save_counters(&self) {
+        if self.store.shared() {
+            return;
+        }
         for target in self.registry.all() {
             let _writing = target.writes.lock().await;
             if target.is_deleted() {

@@ -12,13 +12,7 @@ use std::time::Duration;
 use crate::webhook::{Origin, Webhook, WebhookSpec};
 
 /// What applying the file changes.
-#[derive(Debug, Default)]
-pub struct Plan {
-    /// Webhooks to create or replace.
-    pub put: Vec<Webhook>,
-    /// Webhooks declared by the file that left it.
-    pub remove: Vec<Webhook>,
-}
+pub use crate::store::WebhookPlan as Plan;
 
 /// The name a webhook was declared with in the file (or its name, when it was not).
 fn declared_name(w: &Webhook) -> &str {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{EventQuery, Recorded, Store, Swept};
+use super::{EventQuery, Recorded, Recording, Store, Swept};
 use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
 use crate::webhook::{Origin, Webhook, WebhookSpec};
 
@@ -89,6 +89,7 @@ async fn queued_event(store: &Arc<dyn Store>, w: &Webhook, delay_ms: u64) -> (Ev
     store
         .append(&e, std::slice::from_ref(&d))
         .expect("append event");
+    settle(store).await;
     (e, d)
 }
 
@@ -123,13 +124,20 @@ async fn deliver(store: &Arc<dyn Store>, d: &Delivery) -> Delivery {
         after: after.clone(),
         attempt: attempt(d, 1, true),
     };
-    assert!(
+    assert_ne!(
         store
             .record_attempts(d.webhook_id, &[change], None)
             .await
-            .expect("record")
+            .expect("record"),
+        Recording::Gone
     );
     after
+}
+
+/// Makes what was appended visible to the store's readers (a shared store moves its local
+/// journal over).
+async fn settle(store: &Arc<dyn Store>) {
+    store.flush().await.expect("flush");
 }
 
 fn none() -> HashSet<Uuid> {
@@ -152,6 +160,7 @@ pub async fn large_payloads_read_back(store: Arc<dyn Store>) {
     let mut e = event_at(now(), "order.created");
     e.payload = serde_json::json!({"pad": "x".repeat(100_000), "n": [1, 2, 3]});
     store.append(&e, &[]).expect("append");
+    settle(&store).await;
     assert_eq!(store.event(e.id).await.expect("event"), Some(e));
 }
 
@@ -226,11 +235,12 @@ pub async fn a_retry_moves_the_delivery_to_its_new_due_time(store: Arc<dyn Store
         after: after.clone(),
         attempt: attempt(&d, 1, false),
     };
-    assert!(
+    assert_ne!(
         store
             .record_attempts(w.id, &[change], Some(&counted))
             .await
-            .expect("record")
+            .expect("record"),
+        Recording::Gone
     );
     assert!(
         store
@@ -275,7 +285,11 @@ pub async fn a_deleted_webhook_is_not_written_back(store: Arc<dyn Store>) {
         .record_attempts(w.id, &[change], Some(&w))
         .await
         .expect("record");
-    assert!(!written, "nothing is recorded for a deleted webhook");
+    assert_eq!(
+        written,
+        Recording::Gone,
+        "nothing is recorded for a deleted webhook"
+    );
     assert!(!store.save_webhook(&w).await.expect("save"));
     assert_eq!(store.webhook(w.id).await.expect("read"), None);
     assert!(store.webhooks().await.expect("list").is_empty());
@@ -353,6 +367,7 @@ pub async fn the_sweep_removes_old_finished_records_only(store: Arc<dyn Store>) 
     store
         .append(&old_done, std::slice::from_ref(&d1))
         .expect("append");
+    settle(&store).await;
     deliver(&store, &d1).await;
 
     let old_pending = event_at(old + time::Duration::seconds(1), "order.created");
@@ -366,6 +381,7 @@ pub async fn the_sweep_removes_old_finished_records_only(store: Arc<dyn Store>) 
     store
         .append(&young, std::slice::from_ref(&d3))
         .expect("append");
+    settle(&store).await;
     deliver(&store, &d3).await;
 
     let swept = store
@@ -398,6 +414,7 @@ pub async fn events_page_filters_newest_first(store: Arc<dyn Store>) {
     for e in [&a, &b, &c] {
         store.append(e, &[]).expect("append");
     }
+    settle(&store).await;
     let page = |q: EventQuery| {
         let store = Arc::clone(&store);
         async move { store.events_page(&q).await.expect("page") }

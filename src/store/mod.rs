@@ -18,27 +18,38 @@
 //! - **Time order.** Ids are UUIDv7: events, a webhook's deliveries and attempts come back in
 //!   the order they were made.
 //!
+//! - **Shared or not.** A backend shared by several hooktap instances ([`Store::shared`])
+//!   leases what [`Store::queued`] and [`Store::claim_head`] return to the instance that asked,
+//!   keeps counters as increments ([`Recording::Shared`]), and the engine then re-reads the
+//!   webhooks from it rather than trusting its own copy.
+//!
 //! Backends:
 //! - [`sled`](self::sled): the embedded default, one directory on local disk.
+//! - [`postgres`](self::postgres): PostgreSQL shared by many instances, with a sled journal on
+//!   local disk in front of it for the request path.
 //!
 //! This module imports only the shared types ([`crate::event`], [`crate::webhook`]); it knows
 //! nothing of the engine, the config file or HTTP.
 
 #[cfg(test)]
 pub mod contract;
+pub mod postgres;
 pub mod sled;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::event::{Attempt, Delivery, Event};
-use crate::webhook::Webhook;
+use crate::webhook::{Counters, Webhook};
 
+pub use self::postgres::{PgConfig, PgStore};
 pub use self::sled::SledStore;
 
 /// How eagerly the store reaches the disk.
@@ -59,6 +70,16 @@ pub struct StoreConfig {
     pub retention: Duration,
     /// Below this much free disk space, events are not stored (traffic still flows).
     pub min_free_space: u64,
+    /// Which backend holds the data; `path` is the local journal of a shared one.
+    pub backend: Backend,
+}
+
+/// `[store] backend`.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    #[default]
+    Sled,
+    Postgres(PgConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +111,8 @@ pub enum StoreError {
     DiskFull { available: u64, required: u64 },
     #[error("a background store task failed: {0}")]
     Task(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
 }
 
 /// One delivery's step: its state before and after an attempt, and the attempt's log entry.
@@ -98,6 +121,115 @@ pub struct Recorded {
     pub before: Delivery,
     pub after: Delivery,
     pub attempt: Attempt,
+}
+
+/// What recording an outcome came to (see [`Store::record_attempts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recording {
+    /// The webhook no longer exists: nothing was written.
+    Gone,
+    /// Written; the engine's copy of the counters is the one to keep.
+    Saved,
+    /// Written to a shared store, which counted the outcome itself: these are the webhook's
+    /// counters now, over every instance.
+    Shared(Counters),
+}
+
+/// How one request's outcome moves a webhook's counters: [`Counters::apply`] applies it in
+/// memory, a shared store as increments in one statement. Derived from the recorded changes
+/// alone, so every backend counts the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterChange {
+    pub delivered: u64,
+    pub failed: u64,
+    pub retries: u64,
+    /// The request succeeded: consecutive failures start again from zero.
+    pub success: bool,
+    /// The request finally failed a delivery: one more consecutive failure (a request counts
+    /// once, however many deliveries it carried).
+    pub final_failure: bool,
+    /// When the attempt was made.
+    pub at: Option<OffsetDateTime>,
+}
+
+impl CounterChange {
+    pub fn of(changes: &[Recorded]) -> Self {
+        let mut c = Self::default();
+        for r in changes {
+            c.at = Some(c.at.map_or(r.attempt.created_at, |at| at.max(r.attempt.created_at)));
+            match r.after.state {
+                crate::event::DeliveryState::Delivered => {
+                    c.delivered += 1;
+                    c.success = true;
+                }
+                crate::event::DeliveryState::Failed => {
+                    c.failed += 1;
+                    c.final_failure = true;
+                }
+                crate::event::DeliveryState::Pending => c.retries += 1,
+            }
+        }
+        c
+    }
+}
+
+impl Counters {
+    /// The counters after `change`.
+    pub fn apply(&mut self, change: &CounterChange) {
+        self.delivered += change.delivered;
+        self.failed += change.failed;
+        self.retries += change.retries;
+        if change.success {
+            self.consecutive_failures = 0;
+            self.last_delivered_at = change.at.or(self.last_delivered_at);
+        } else {
+            if change.final_failure {
+                self.consecutive_failures += 1;
+            }
+            if change.failed + change.retries > 0 {
+                self.last_failure_at = change.at.or(self.last_failure_at);
+            }
+        }
+    }
+}
+
+/// How the config file's webhooks meet the stored ones: computed from what is stored by
+/// [`Store::apply_webhooks`] (see [`crate::delivery::sync`] for the policy).
+#[derive(Debug, Default)]
+pub struct WebhookPlan {
+    /// Webhooks to create or replace.
+    pub put: Vec<Webhook>,
+    /// Webhooks declared by the file that left it.
+    pub remove: Vec<Webhook>,
+}
+
+/// Decides a [`WebhookPlan`] from the stored webhooks (see [`Store::apply_webhooks`]).
+pub struct Planner(pub Box<dyn Fn(&[Webhook]) -> WebhookPlan + Send + Sync>);
+
+impl Planner {
+    pub fn plan(&self, stored: &[Webhook]) -> WebhookPlan {
+        (self.0)(stored)
+    }
+}
+
+/// What applying a [`WebhookPlan`] did: the webhooks written, and those removed with how many
+/// of their deliveries were still pending.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub put: Vec<Webhook>,
+    pub removed: Vec<(Webhook, usize)>,
+}
+
+/// The local journal of a shared store: events stored here and not yet moved to the shared
+/// store (see [`Store::journal`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Events waiting to be moved.
+    pub backlog: u64,
+    /// How long the oldest of them has waited.
+    pub behind: Duration,
+    /// Whether the shared store answered the last time it was asked.
+    pub connected: bool,
 }
 
 /// What a retention sweep removed.
@@ -164,8 +296,24 @@ pub trait Store: Send + Sync + 'static {
     /// How many appends (and holds) failed since start.
     fn failed_appends(&self) -> u64;
 
-    /// Writes everything buffered to stable storage (shutdown, tests).
+    /// Writes everything buffered to stable storage (shutdown, tests); a shared store also
+    /// moves its local journal into the shared store.
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Whether other hooktap instances share this store (see the module documentation).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Signalled when another instance added work or changed a webhook (shared stores).
+    fn remote_changes(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
+    /// The local journal of a shared store.
+    fn journal(&self) -> Option<JournalStats> {
+        None
+    }
 
     // --- intake: the request path ------------------------------------------------------------
 
@@ -184,8 +332,32 @@ pub trait Store: Send + Sync + 'static {
 
     async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError>;
 
-    /// Creates or replaces a webhook.
+    /// Creates or replaces a webhook. A shared store keeps its own counters (see
+    /// [`Store::reset_counters`]).
     async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError>;
+
+    /// Replaces a webhook and zeroes its counters.
+    async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        self.put_webhook(webhook).await
+    }
+
+    /// Applies the config file's webhooks: `plan` decides from what is stored, and the store
+    /// writes it. A shared store does both under one lock, so instances starting together
+    /// agree on one id per webhook.
+    async fn apply_webhooks(&self, planner: &Planner) -> Result<Applied, StoreError> {
+        let stored = self.webhooks().await?;
+        let plan = planner.plan(&stored);
+        let mut applied = Applied::default();
+        for w in plan.put {
+            self.put_webhook(&w).await?;
+            applied.put.push(w);
+        }
+        for w in plan.remove {
+            let dropped = self.delete_webhook(w.id).await?;
+            applied.removed.push((w, dropped));
+        }
+        Ok(applied)
+    }
 
     /// Replaces the record of a webhook that exists (counters, status); returns false, and
     /// writes nothing, when it was deleted.
@@ -198,7 +370,8 @@ pub trait Store: Send + Sync + 'static {
     // --- the queue -----------------------------------------------------------------------------
 
     /// Up to `limit` queued deliveries of `webhook` whose queue time is at most `until_ms`,
-    /// in queue order, leaving out those in `skip` (in flight).
+    /// in queue order, leaving out those in `skip` (in flight). A shared store leaves out
+    /// those leased to other instances and leases what it returns to this one.
     async fn queued(
         &self,
         webhook: Uuid,
@@ -207,7 +380,20 @@ pub trait Store: Send + Sync + 'static {
         skip: &HashSet<Uuid>,
     ) -> Result<Vec<Delivery>, StoreError>;
 
-    /// The queue time of the first queued delivery of `webhook` not in `skip`.
+    /// Like [`Store::queued`] with nothing skipped, for webhooks that send one request at a
+    /// time (ordered, batch): a shared store returns nothing while another instance holds a
+    /// lease on any of the webhook's deliveries.
+    async fn claim_head(
+        &self,
+        webhook: Uuid,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.queued(webhook, until_ms, limit, &HashSet::new()).await
+    }
+
+    /// The queue time of the first queued delivery of `webhook` not in `skip` (for a shared
+    /// store: or when another instance's lease on it runs out).
     async fn next_queued(
         &self,
         webhook: Uuid,
@@ -217,14 +403,15 @@ pub trait Store: Send + Sync + 'static {
     async fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError>;
 
     /// Records the outcome of one request to `webhook`: each delivery's attempt and next
-    /// state (the queue follows the state), and the webhook's record when given. Returns
-    /// false, writing nothing, when the webhook no longer exists.
+    /// state (the queue follows the state, and a lease ends), and the webhook's record when
+    /// given (a shared store takes only a newly disabled status from it: it counts itself).
+    /// Writes nothing when the webhook no longer exists.
     async fn record_attempts(
         &self,
         webhook: Uuid,
         changes: &[Recorded],
         record: Option<&Webhook>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Recording, StoreError>;
 
     /// Puts a delivery back in the queue, due at `now_ms`, with a fresh retry schedule and
     /// the same id.

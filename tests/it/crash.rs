@@ -14,15 +14,15 @@ use crate::common::*;
 
 /// Orders the clients saw confirmed (201 with the order id), and requests that never got in.
 #[derive(Default)]
-struct Outcome {
-    confirmed: Mutex<HashSet<u64>>,
-    refused: std::sync::atomic::AtomicU64,
+pub struct Outcome {
+    pub confirmed: Mutex<HashSet<u64>>,
+    pub refused: std::sync::atomic::AtomicU64,
     /// Accepted (the connection was made) but no complete 201: cut by the kill, or an error.
-    cut: std::sync::atomic::AtomicU64,
+    pub cut: std::sync::atomic::AtomicU64,
 }
 
 /// Sends about `rate` orders per second over fresh connections until `stop`.
-fn load(
+pub fn load(
     proxy_url: String,
     rate: u32,
     stop: Arc<AtomicBool>,

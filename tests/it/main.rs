@@ -24,4 +24,7 @@ mod hostile;
 mod manage;
 mod passthrough;
 mod pipeline;
+#[path = "../../src/store/postgres/cluster.rs"]
+mod pg_cluster;
+mod shared;
 mod webhooks;

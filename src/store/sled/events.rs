@@ -59,7 +59,7 @@ impl SledStore {
     }
 
     /// An event from its sled record, reading a large payload back from its file.
-    fn load_event(&self, bytes: &[u8]) -> Result<Event, StoreError> {
+    pub(super) fn load_event(&self, bytes: &[u8]) -> Result<Event, StoreError> {
         let stored: StoredEvent = serde_json::from_slice(bytes)?;
         let mut event = stored.event;
         if let Some(file) = stored.payload_file {

@@ -31,6 +31,8 @@
 //! - `retention`: the sweep of old records.
 
 mod events;
+mod journal;
+pub use journal::Entry;
 mod keys;
 mod pending;
 mod queue;
@@ -47,7 +49,9 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{EventQuery, FlushMode, QueueStats, Recorded, Store, StoreConfig, StoreError, Swept};
+use super::{
+    EventQuery, FlushMode, QueueStats, Recorded, Recording, Store, StoreConfig, StoreError, Swept,
+};
 use crate::event::{Attempt, Delivery, Event};
 use crate::webhook::Webhook;
 
@@ -459,8 +463,14 @@ impl Store for SledStore {
         webhook: Uuid,
         changes: &[Recorded],
         record: Option<&Webhook>,
-    ) -> Result<bool, StoreError> {
-        SledStore::record_attempts(self, webhook, changes, record)
+    ) -> Result<Recording, StoreError> {
+        SledStore::record_attempts(self, webhook, changes, record).map(|written| {
+            if written {
+                Recording::Saved
+            } else {
+                Recording::Gone
+            }
+        })
     }
 
     async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
@@ -504,6 +514,7 @@ pub(crate) fn test_config(dir: &Path, flush: FlushMode) -> StoreConfig {
         flush,
         retention: Duration::from_secs(3600),
         min_free_space: 0,
+        backend: super::Backend::Sled,
     }
 }
 

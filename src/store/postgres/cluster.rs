@@ -1,0 +1,212 @@
+//! A throwaway PostgreSQL cluster for tests: `initdb` into a temporary directory, `pg_ctl
+//! start` on a free loopback port, stopped (and removed) when dropped. Never a server that
+//! happens to run on the machine.
+//!
+//! The server binaries come from Debian's `postgresql` package (`/usr/lib/postgresql/<v>/bin`,
+//! the newest version found; `HOOKTAP_PG_BIN` overrides). `initdb` refuses to run as root, so
+//! as root the cluster runs as the `postgres` user. Connections over TCP need the password
+//! ([`PASSWORD`]), so a wrong one can be tested.
+//!
+//! Used by the unit tests (`store::postgres::tests`) and, through `#[path]`, by the
+//! integration tests.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The password of the cluster's `postgres` user.
+pub const PASSWORD: &str = "hooktap-test";
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+fn is_root() -> bool {
+    // From /proc rather than libc::geteuid: this crate forbids unsafe code.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("HOOKTAP_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                    Some((v, e.path().join("bin")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => bin,
+        None => panic!(
+            "PostgreSQL's server binaries are not installed (no /usr/lib/postgresql/<version>/bin): run scripts/install-deps.sh, or set HOOKTAP_PG_BIN"
+        ),
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn check(what: &str, out: std::io::Result<Output>) -> Output {
+    let out = out.unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Cluster {
+    /// Creates and starts a cluster.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hooktap-pg-")
+            .tempdir()
+            .expect("tempdir");
+        let as_postgres = is_root();
+        let cluster = Self {
+            bin: bin_dir(),
+            port: free_port(),
+            as_postgres,
+            dir,
+        };
+        let pwfile = cluster.dir.path().join("pw");
+        std::fs::write(&pwfile, PASSWORD).expect("write the password file");
+        if as_postgres {
+            check(
+                "chown",
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(cluster.dir.path())
+                    .output(),
+            );
+        }
+        check(
+            "initdb",
+            cluster
+                .command("initdb")
+                .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+                .arg("--pwfile")
+                .arg(&pwfile)
+                .arg("-D")
+                .arg(cluster.data())
+                .output(),
+        );
+        cluster.start_server();
+        cluster
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// Starts the server (again, after [`Cluster::kill`]) on the same port.
+    pub fn start_server(&self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        check(
+            "pg_ctl start",
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-w", "-t", "30", "-l"])
+                .arg(self.dir.path().join("log"))
+                .args(["-o", &options, "start"])
+                .output(),
+        );
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    pub fn kill(&self) {
+        check(
+            "pg_ctl stop",
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-w", "-m", "immediate", "stop"])
+                .output(),
+        );
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A new, empty database; returns its URL.
+    pub fn database(&self) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "hooktap_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        check(
+            "createdb",
+            self.command("createdb")
+                .args(["-h", &self.dir.path().display().to_string()])
+                .args(["-p", &self.port.to_string(), "-U", "postgres", &name])
+                .output(),
+        );
+        self.url(&name)
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-m", "immediate", "stop"])
+            .output();
+    }
+}

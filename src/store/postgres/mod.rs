@@ -1,0 +1,517 @@
+//! The PostgreSQL backend: one store shared by every hooktap instance in front of one app.
+//!
+//! **The request path never waits on PostgreSQL.** [`Store::append`] writes to a sled store in
+//! `[store] path` exactly as the sled backend does (the same cost, the same `flush` modes);
+//! a shipper moves what was appended to PostgreSQL in batches (one transaction, multi-row
+//! inserts, idempotent on the ids) and only then forgets it locally. While PostgreSQL is
+//! down or slow the proxy goes on at full speed and the local journal grows on disk; it drains
+//! by itself when PostgreSQL is back ([`Store::journal`] says how far behind it is).
+//!
+//! **Every instance delivers.** [`Store::queued`] leases what it returns to this instance
+//! (`FOR UPDATE SKIP LOCKED`, a lease of `[store] lease` on the database's clock); recording
+//! the attempt ends the lease. An instance that dies leaves leases that run out, and then
+//! another instance sends those deliveries again with the same ids (at least once).
+//! [`Store::claim_head`] serves ordered and batch webhooks: nothing while another instance
+//! holds a lease on any of the webhook's deliveries, so one request is in flight per webhook
+//! across all instances. Work added and webhooks changed elsewhere are announced with
+//! `NOTIFY` (see `ship`).
+//!
+//! Counters are increments applied in the statement that records an attempt, so every
+//! instance counts into one set; the failure threshold reads the result.
+//!
+//! - `schema`: versioned migrations, applied under an advisory lock.
+//! - `ship`: the shipper (journal → PostgreSQL) and the listener (`LISTEN`).
+//! - `sql`: the queries.
+
+mod schema;
+mod ship;
+mod sql;
+#[cfg(test)]
+pub mod cluster;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::{
+    Applied, EventQuery, Planner, JournalStats, QueueStats, Recorded, Recording, Store, StoreConfig,
+    StoreError, Swept,
+};
+use crate::event::{Attempt, Delivery, Event};
+use crate::store::SledStore;
+use crate::webhook::Webhook;
+
+pub use schema::{MigrationStatus, migrate_with, status_with};
+
+/// `[store]` keys of the PostgreSQL backend.
+#[derive(Clone)]
+pub struct PgConfig {
+    /// `postgres://user:password@host:port/database` (a secret: never logged).
+    pub url: String,
+    /// How long a delivery handed to one instance stays its own.
+    pub lease: Duration,
+    /// Connections to PostgreSQL per instance.
+    pub pool_size: usize,
+}
+
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &PgConfig::shown(&self.url))
+            .field("lease", &self.lease)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl PgConfig {
+    /// Checks a connection URL (or `key=value` connection string).
+    pub fn parse_url(url: &str) -> Result<(), String> {
+        url.parse::<tokio_postgres::Config>()
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Where a URL points, without its credentials: `host:port/database`.
+    pub fn shown(url: &str) -> String {
+        let Ok(c) = url.parse::<tokio_postgres::Config>() else {
+            return "(invalid URL)".to_owned();
+        };
+        let host = c
+            .get_hosts()
+            .first()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .unwrap_or_default();
+        let port = c.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}/{}", c.get_dbname().unwrap_or("(default)"))
+    }
+}
+
+/// A PostgreSQL error with what it says (tokio-postgres puts the server's message in the
+/// error's source).
+pub(crate) fn pg_error(e: impl std::error::Error) -> StoreError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    StoreError::Postgres(text)
+}
+
+/// What the shipper and listener share with the store.
+#[derive(Default)]
+struct Status {
+    /// Whether PostgreSQL answered the last time it was asked.
+    connected: AtomicBool,
+    /// Events in the local journal.
+    backlog: AtomicU64,
+    /// When the oldest of them was created (Unix ms, 0: none).
+    oldest_ms: AtomicU64,
+    /// Whether the schema has been brought up to date by this process.
+    migrated: AtomicBool,
+}
+
+pub struct PgStore {
+    /// The local journal: what the request path writes.
+    journal: Arc<SledStore>,
+    pool: Pool,
+    /// The store's own runtime: PostgreSQL connections live on it, whichever runtime (the
+    /// proxy's, the admin API's, a test's) uses them. Taken when the store is dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Spawns on that runtime.
+    handle: tokio::runtime::Handle,
+    /// This process's id in leases.
+    instance: Uuid,
+    lease_ms: i64,
+    /// Wakes the shipper (an append).
+    ship_now: Arc<Notify>,
+    /// Signalled when another instance added work or changed a webhook.
+    remote: Arc<Notify>,
+    status: Arc<Status>,
+    /// Where the store is, for messages (no credentials).
+    shown: String,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // In the background: dropping a runtime inside another one (a test's, pingora's)
+        // would panic.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl PgStore {
+    /// Sets the store up without connecting: the journal opens like a sled store (see
+    /// [`SledStore::unopened`]), the pool connects on first use and the shipper and listener
+    /// start on the store's runtime. PostgreSQL may be down: the proxy serves regardless.
+    pub fn open(config: &StoreConfig, pg: &PgConfig) -> Result<Self, StoreError> {
+        Self::with_journal(Arc::new(SledStore::unopened(config)), pg)
+    }
+
+    /// The same over a journal opened by the caller (unready: see [`Store::mark_ready`]).
+    pub fn with_journal(journal: Arc<SledStore>, pg: &PgConfig) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("hooktap-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Task(format!("cannot start the PostgreSQL runtime: {e}")))?;
+        let pool = pool(pg)?;
+        let store = Self {
+            journal,
+            pool,
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            instance: Uuid::now_v7(),
+            lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
+            ship_now: Arc::new(Notify::new()),
+            remote: Arc::new(Notify::new()),
+            status: Arc::new(Status::default()),
+            shown: PgConfig::shown(&pg.url),
+        };
+        let url = pg.url.clone();
+        store.handle.spawn(ship::listen(
+            url,
+            Arc::clone(&store.remote),
+            Arc::clone(&store.status),
+        ));
+        store.handle.spawn(ship::ship(
+            Arc::clone(&store.journal),
+            store.pool.clone(),
+            Arc::clone(&store.ship_now),
+            Arc::clone(&store.status),
+        ));
+        Ok(store)
+    }
+
+    /// Opens the journal at once and applies the migrations (tests and tools).
+    pub async fn open_now(config: &StoreConfig, pg: &PgConfig) -> Result<Self, StoreError> {
+        let store = Self::open(config, pg)?;
+        store.journal.maintain();
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Where the store is, without credentials.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// A pooled connection. Taken on the store's runtime, so that a new connection's task
+    /// lives there rather than on the caller's (possibly short-lived) runtime.
+    async fn client(&self) -> Result<Object, StoreError> {
+        let pool = self.pool.clone();
+        let got = self
+            .handle
+            .spawn(async move { pool.get().await })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        match got {
+            Ok(c) => {
+                self.status.connected.store(true, Ordering::Relaxed);
+                Ok(c)
+            }
+            Err(e) => {
+                self.status.connected.store(false, Ordering::Relaxed);
+                Err(pg_error(e))
+            }
+        }
+    }
+
+    /// Runs `f` on the store's runtime and waits for it from a thread that may block (the
+    /// store's synchronous methods).
+    fn block_on<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.handle.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv()
+            .map_err(|_| StoreError::Task("the PostgreSQL runtime stopped".to_owned()))?
+    }
+
+    /// Brings the schema up to date (once per process; under an advisory lock, so instances
+    /// starting together apply each migration once).
+    pub async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        if self.status.migrated.load(Ordering::Acquire) {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let applied = migrate_with(&mut client).await?;
+        self.status.migrated.store(true, Ordering::Release);
+        Ok(applied)
+    }
+
+    /// Moves everything journalled so far to PostgreSQL now.
+    pub async fn ship_all(&self) -> Result<usize, StoreError> {
+        let journal = Arc::clone(&self.journal);
+        let pool = self.pool.clone();
+        let status = Arc::clone(&self.status);
+        self.handle
+            .spawn(async move { ship::ship_all(&journal, &pool, &status).await })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+/// The connection pool: connections are made on demand, each connect bounded.
+fn pool(pg: &PgConfig) -> Result<Pool, StoreError> {
+    let mut config: tokio_postgres::Config = pg
+        .url
+        .parse()
+        .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
+    config.connect_timeout(Duration::from_secs(5));
+    config.application_name("hooktap");
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(pg.pool_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StoreError::Postgres(format!("cannot set up the connection pool: {e}")))
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn is_ready(&self) -> bool {
+        self.journal.is_ready()
+    }
+
+    fn needs_setup(&self) -> bool {
+        self.journal.needs_setup()
+    }
+
+    fn mark_ready(&self) {
+        self.journal.mark_ready();
+        self.ship_now.notify_one();
+    }
+
+    fn maintain(&self) -> bool {
+        self.journal.maintain()
+    }
+
+    fn drain_held(
+        &self,
+        store: &mut dyn FnMut(&Event) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
+        self.journal.drain_pending(store)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.journal.ping()?;
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(pg_error)?;
+        Ok(())
+    }
+
+    fn failed_appends(&self) -> u64 {
+        self.journal.failed_appends()
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.journal.flush()?;
+        self.ship_all().await.map(drop)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn remote_changes(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.remote))
+    }
+
+    fn journal(&self) -> Option<JournalStats> {
+        let oldest = self.status.oldest_ms.load(Ordering::Relaxed);
+        let now = crate::event::unix_ms(OffsetDateTime::now_utc());
+        Some(JournalStats {
+            backlog: self.status.backlog.load(Ordering::Relaxed),
+            behind: if oldest == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(now.saturating_sub(oldest))
+            },
+            connected: self.status.connected.load(Ordering::Relaxed),
+        })
+    }
+
+    fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        self.journal.append(event, deliveries)?;
+        if self.status.backlog.fetch_add(1, Ordering::Relaxed) == 0 {
+            let _ = self.status.oldest_ms.compare_exchange(
+                0,
+                crate::event::unix_ms(event.created_at),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        self.ship_now.notify_one();
+        Ok(())
+    }
+
+    fn hold(&self, event: &Event) -> Result<(), StoreError> {
+        self.journal.hold(event)
+    }
+
+    async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        sql::webhooks(&**self.client().await?, None).await
+    }
+
+    async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+        Ok(sql::webhooks(&**self.client().await?, Some(id))
+            .await?
+            .pop())
+    }
+
+    async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        sql::put_webhook(&**self.client().await?, webhook, false).await
+    }
+
+    async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        sql::put_webhook(&**self.client().await?, webhook, true).await
+    }
+
+    async fn apply_webhooks(&self, planner: &Planner) -> Result<Applied, StoreError> {
+        self.migrate().await?;
+        let mut client = self.client().await?;
+        sql::apply_webhooks(&mut client, planner).await
+    }
+
+    async fn save_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
+        sql::save_webhook(&**self.client().await?, webhook).await
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
+        let mut client = self.client().await?;
+        sql::delete_webhook(&mut client, id).await
+    }
+
+    async fn queued(
+        &self,
+        webhook: Uuid,
+        until_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let claim = sql::Claim {
+            webhook,
+            until_ms,
+            limit,
+            owner: self.instance,
+            lease_ms: self.lease_ms,
+        };
+        sql::claim(&**self.client().await?, &claim, skip).await
+    }
+
+    async fn claim_head(
+        &self,
+        webhook: Uuid,
+        until_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let claim = sql::Claim {
+            webhook,
+            until_ms,
+            limit,
+            owner: self.instance,
+            lease_ms: self.lease_ms,
+        };
+        let mut client = self.client().await?;
+        sql::claim_head(&mut client, &claim).await
+    }
+
+    async fn next_queued(
+        &self,
+        webhook: Uuid,
+        skip: &HashSet<Uuid>,
+    ) -> Result<Option<u64>, StoreError> {
+        sql::next_queued(&**self.client().await?, webhook, self.instance, skip).await
+    }
+
+    async fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
+        sql::queue_stats(&**self.client().await?, webhook).await
+    }
+
+    async fn record_attempts(
+        &self,
+        webhook: Uuid,
+        changes: &[Recorded],
+        record: Option<&Webhook>,
+    ) -> Result<Recording, StoreError> {
+        let mut client = self.client().await?;
+        sql::record_attempts(&mut client, webhook, changes, record).await
+    }
+
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
+        sql::requeue(&**self.client().await?, delivery, now_ms).await
+    }
+
+    async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+        match sql::event(&**self.client().await?, id).await? {
+            Some(e) => Ok(Some(e)),
+            // Not moved over yet: still in this instance's journal.
+            None => self.journal.event(id),
+        }
+    }
+
+    async fn events_page(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
+        sql::events_page(&**self.client().await?, query).await
+    }
+
+    async fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
+        match sql::delivery(&**self.client().await?, id).await? {
+            Some(d) => Ok(Some(d)),
+            None => self.journal.delivery(id),
+        }
+    }
+
+    async fn deliveries_of(
+        &self,
+        webhook: Uuid,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        sql::deliveries_of(&**self.client().await?, webhook, limit).await
+    }
+
+    async fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
+        sql::attempts(&**self.client().await?, delivery).await
+    }
+
+    fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
+        let pool = self.pool.clone();
+        self.block_on(async move {
+            let mut client = pool.get().await.map_err(pg_error)?;
+            sql::sweep(&mut client, cutoff).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! The two background tasks of the PostgreSQL backend, both on the store's runtime:
+//! - the **shipper** moves the local journal into PostgreSQL in batches, woken by every
+//!   append, and retries every second while PostgreSQL is away;
+//! - the **listener** holds a connection of its own that `LISTEN`s on [`sql::CHANNEL`], and
+//!   wakes the engine when another instance added work or changed a webhook.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+
+use super::{Status, pg_error, sql};
+use crate::event::unix_ms;
+use crate::store::{SledStore, StoreError};
+
+/// Events moved per transaction at most.
+const BATCH: usize = 200;
+/// How long to wait after a failure before trying again.
+const RETRY: Duration = Duration::from_secs(1);
+/// How often the shipper looks even when nothing woke it (events moved in from `pending/`).
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+
+/// Moves the journal into PostgreSQL until the store is dropped (its runtime with it).
+pub async fn ship(journal: Arc<SledStore>, pool: Pool, now: Arc<Notify>, status: Arc<Status>) {
+    let mut failing: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = now.notified() => {}
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+        if !journal.is_open() {
+            continue;
+        }
+        match ship_all(&journal, &pool, &status).await {
+            Ok(_) => {
+                if failing.take().is_some() {
+                    tracing::info!("the shared store answers again; the local journal is being moved into it");
+                }
+            }
+            Err(e) => {
+                count_backlog(&journal, &status);
+                let message = e.to_string();
+                if failing.as_deref() != Some(message.as_str()) {
+                    tracing::error!(error = %message,
+                        backlog = status.backlog.load(Ordering::Relaxed),
+                        "cannot move events into the shared store; they wait in the local journal and move when it is back");
+                }
+                failing = Some(message);
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// Moves everything journalled so far; returns how many events were moved.
+pub async fn ship_all(
+    journal: &SledStore,
+    pool: &Pool,
+    status: &Status,
+) -> Result<usize, StoreError> {
+    let mut moved = 0;
+    loop {
+        let batch = journal.journal_batch(BATCH)?;
+        if batch.is_empty() {
+            status.backlog.store(0, Ordering::Relaxed);
+            status.oldest_ms.store(0, Ordering::Relaxed);
+            return Ok(moved);
+        }
+        let inserted = async {
+            let mut client = pool.get().await.map_err(pg_error)?;
+            sql::insert_events(&mut client, &batch).await
+        }
+        .await;
+        status.connected.store(inserted.is_ok(), Ordering::Relaxed);
+        inserted?;
+        journal.journal_forget(&batch)?;
+        moved += batch.len();
+        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        let _ = status
+            .backlog
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(n))
+            });
+    }
+}
+
+/// Counts the journal (while the shared store is away, for the metrics and `/readyz`).
+fn count_backlog(journal: &SledStore, status: &Status) {
+    if let Ok((count, oldest)) = journal.journal_backlog() {
+        status.backlog.store(count, Ordering::Relaxed);
+        status
+            .oldest_ms
+            .store(oldest.map_or(0, unix_ms), Ordering::Relaxed);
+    }
+}
+
+/// Listens for other instances' news until the store is dropped, reconnecting as needed.
+pub async fn listen(url: String, remote: Arc<Notify>, status: Arc<Status>) {
+    let mut failing: Option<String> = None;
+    loop {
+        if let Err(e) = listen_once(&url, &remote, &status).await {
+            let message = e.to_string();
+            if failing.as_deref() != Some(message.as_str()) {
+                tracing::warn!(error = %message, "not listening for other instances' changes; trying again every second");
+            }
+            failing = Some(message);
+        }
+        // Whatever was announced while not listening: look now.
+        remote.notify_one();
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn listen_once(url: &str, remote: &Notify, status: &Status) -> Result<(), StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
+    config.connect_timeout(Duration::from_secs(5));
+    config.application_name("hooktap-listen");
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(pg_error)?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // The connection delivers notifications only while it is polled.
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(pg_error(e)),
+            }
+        }
+        Ok(())
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", sql::CHANNEL))
+        .await
+        .map_err(pg_error)?;
+    status.connected.store(true, Ordering::Relaxed);
+    remote.notify_one();
+    while rx.recv().await.is_some() {
+        remote.notify_one();
+    }
+    drop(client);
+    driver
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+        .and(Err(StoreError::Postgres(
+            "the listening connection closed".to_owned(),
+        )))
+}

@@ -1,0 +1,648 @@
+//! The queries of the PostgreSQL backend. Each function is one round of work on one
+//! connection; those that write more than one row run in one transaction.
+
+use std::collections::HashSet;
+
+use time::OffsetDateTime;
+use tokio_postgres::types::Json;
+use tokio_postgres::{Client, GenericClient, Row};
+use uuid::Uuid;
+
+use super::pg_error;
+use crate::event::{Attempt, Delivery, DeliveryState, Event, unix_ms};
+use crate::store::{
+    Applied, CounterChange, EventQuery, Planner, QueueStats, Recorded, Recording, StoreError, Swept,
+    WebhookPlan,
+};
+use crate::webhook::{Counters, Webhook, WebhookStatus};
+
+/// The channel instances tell each other on: `work` (deliveries added or requeued) and
+/// `webhooks` (a webhook changed).
+pub const CHANNEL: &str = "hooktap";
+/// The advisory lock that serialises applying the config file's webhooks.
+const SETUP_LOCK: i64 = 0x686f_6f6b_7461_7002;
+/// Retention sweeps run at most this often over all instances.
+const SWEEP_EVERY_MS: i64 = 50 * 60 * 1000;
+
+/// A Unix-millisecond time as PostgreSQL's `bigint`.
+pub fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn time_of(ms: Option<i64>) -> Option<OffsetDateTime> {
+    ms.and_then(|ms| {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+    })
+}
+
+fn ms_of(t: Option<OffsetDateTime>) -> Option<i64> {
+    t.map(|t| ms(unix_ms(t)))
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+const WEBHOOK_COLUMNS: &str = "record, delivered, failed, retries, consecutive_failures, \
+                               last_delivered_ms, last_failure_ms";
+
+/// The counters of a `WEBHOOK_COLUMNS` row, from offset 1.
+fn counters_at(row: &Row, at: usize) -> Counters {
+    Counters {
+        delivered: count(row.get(at)),
+        failed: count(row.get(at + 1)),
+        retries: count(row.get(at + 2)),
+        consecutive_failures: count(row.get(at + 3)),
+        last_delivered_at: time_of(row.get(at + 4)),
+        last_failure_at: time_of(row.get(at + 5)),
+    }
+}
+
+fn webhook_of(row: &Row) -> Webhook {
+    let Json(mut w): Json<Webhook> = row.get(0);
+    w.counters = counters_at(row, 1);
+    w
+}
+
+/// Every webhook, oldest first (ids are UUIDv7), or the one with `id`.
+pub async fn webhooks(c: &impl GenericClient, id: Option<Uuid>) -> Result<Vec<Webhook>, StoreError> {
+    let rows = match id {
+        None => {
+            c.query(
+                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY id"),
+                &[],
+            )
+            .await
+        }
+        Some(id) => {
+            c.query(
+                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"),
+                &[&id],
+            )
+            .await
+        }
+    }
+    .map_err(pg_error)?;
+    // A record that does not decode fails the read, as in the sled store.
+    rows.iter()
+        .map(|r| {
+            r.try_get::<_, Json<Webhook>>(0)
+                .map_err(|e| StoreError::Postgres(format!("a webhook record is corrupt: {e}")))
+                .map(|_| webhook_of(r))
+        })
+        .collect()
+}
+
+/// Creates or replaces a webhook's record. Its counters are written when it is created, or
+/// when `reset` (to zero); otherwise they stay as counted.
+pub async fn put_webhook(
+    c: &impl GenericClient,
+    w: &Webhook,
+    reset: bool,
+) -> Result<(), StoreError> {
+    let counters = if reset {
+        Counters::default()
+    } else {
+        w.counters.clone()
+    };
+    let on_conflict = if reset {
+        "record = EXCLUDED.record, delivered = 0, failed = 0, retries = 0, \
+         consecutive_failures = 0, last_delivered_ms = NULL, last_failure_ms = NULL"
+    } else {
+        "record = EXCLUDED.record"
+    };
+    c.execute(
+        &format!(
+            "INSERT INTO webhooks (id, {WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (id) DO UPDATE SET {on_conflict}"
+        ),
+        &[
+            &w.id,
+            &Json(w),
+            &ms(counters.delivered),
+            &ms(counters.failed),
+            &ms(counters.retries),
+            &ms(counters.consecutive_failures),
+            &ms_of(counters.last_delivered_at),
+            &ms_of(counters.last_failure_at),
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    notify(c, "webhooks").await
+}
+
+/// Replaces the record of a webhook that exists, counters included; false when it does not.
+/// (The engine does not call this for a shared store, whose counters are counted in place.)
+pub async fn save_webhook(c: &impl GenericClient, w: &Webhook) -> Result<bool, StoreError> {
+    let counters = &w.counters;
+    let n = c
+        .execute(
+            "UPDATE webhooks SET record = $2, delivered = $3, failed = $4, retries = $5,
+                    consecutive_failures = $6, last_delivered_ms = $7, last_failure_ms = $8
+             WHERE id = $1",
+            &[
+                &w.id,
+                &Json(w),
+                &ms(counters.delivered),
+                &ms(counters.failed),
+                &ms(counters.retries),
+                &ms(counters.consecutive_failures),
+                &ms_of(counters.last_delivered_at),
+                &ms_of(counters.last_failure_at),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(n > 0)
+}
+
+async fn notify(c: &impl GenericClient, what: &str) -> Result<(), StoreError> {
+    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &what])
+        .await
+        .map_err(pg_error)
+        .map(drop)
+}
+
+/// Applies the config file's webhooks under an advisory lock, in one transaction: instances
+/// that start together see each other's webhooks, so a file webhook gets one id.
+pub async fn apply_webhooks(
+    c: &mut Client,
+    planner: &Planner,
+) -> Result<Applied, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK])
+        .await
+        .map_err(pg_error)?;
+    let stored = webhooks(&tx, None).await?;
+    let WebhookPlan { put, remove } = planner.plan(&stored);
+    let mut applied = Applied::default();
+    for w in put {
+        put_webhook(&tx, &w, false).await?;
+        applied.put.push(w);
+    }
+    for w in remove {
+        let dropped = delete_in(&tx, w.id).await?;
+        applied.removed.push((w, dropped));
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(applied)
+}
+
+/// Deletes a webhook with its deliveries and attempts; returns how many deliveries were
+/// pending. Deliveries go first, then attempts, then the webhook: the same order in which
+/// recording an attempt takes its locks, so the two wait for each other rather than
+/// deadlock, and attempts recorded meanwhile are deleted too.
+pub async fn delete_webhook(c: &mut Client, id: Uuid) -> Result<usize, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    let dropped = delete_in(&tx, id).await?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(dropped)
+}
+
+async fn delete_in(tx: &impl GenericClient, id: Uuid) -> Result<usize, StoreError> {
+    let pending: i64 = tx
+        .query_one(
+            "WITH gone AS (DELETE FROM deliveries WHERE webhook_id = $1 RETURNING pending)
+             SELECT count(*) FILTER (WHERE pending) FROM gone",
+            &[&id],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    tx.execute("DELETE FROM attempts WHERE webhook_id = $1", &[&id])
+        .await
+        .map_err(pg_error)?;
+    tx.execute("DELETE FROM webhooks WHERE id = $1", &[&id])
+        .await
+        .map_err(pg_error)?;
+    notify(tx, "webhooks").await?;
+    Ok(usize::try_from(pending).unwrap_or(0))
+}
+
+/// What to lease.
+pub struct Claim {
+    pub webhook: Uuid,
+    pub until_ms: u64,
+    pub limit: usize,
+    pub owner: Uuid,
+    pub lease_ms: i64,
+}
+
+fn deliveries_of_rows(rows: &[Row]) -> Vec<Delivery> {
+    let mut out: Vec<Delivery> = rows
+        .iter()
+        .map(|r| r.get::<_, Json<Delivery>>(0).0)
+        .collect();
+    out.sort_by_key(|d| (d.queue_ms, d.id));
+    out
+}
+
+/// Leases up to `limit` due deliveries that no other instance holds, skipping `skip`.
+pub async fn claim(
+    c: &impl GenericClient,
+    claim: &Claim,
+    skip: &HashSet<Uuid>,
+) -> Result<Vec<Delivery>, StoreError> {
+    let skip: Vec<Uuid> = skip.iter().copied().collect();
+    let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
+    let rows = c
+        .query(
+            "WITH c AS (
+                SELECT id FROM deliveries
+                WHERE webhook_id = $1 AND pending AND queue_ms <= $2
+                  AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < hooktap_now_ms())
+                  AND NOT (id = ANY($5))
+                ORDER BY queue_ms, id
+                LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+             UPDATE deliveries d SET lease_owner = $4, lease_until = hooktap_now_ms() + $6
+             FROM c WHERE d.id = c.id
+             RETURNING d.record",
+            &[
+                &claim.webhook,
+                &ms(claim.until_ms),
+                &limit,
+                &claim.owner,
+                &skip,
+                &claim.lease_ms,
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(deliveries_of_rows(&rows))
+}
+
+/// Leases the head of the queue (up to `limit`), but only while no other instance holds a
+/// lease on any of the webhook's deliveries: one request at a time over all instances.
+pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Delivery>, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    // Serialises the check and the lease between instances (a lock per webhook).
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
+        &[&claim.webhook.to_string()],
+    )
+    .await
+    .map_err(pg_error)?;
+    let elsewhere: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM deliveries
+                WHERE webhook_id = $1 AND pending AND lease_owner <> $2
+                  AND lease_until >= hooktap_now_ms())",
+            &[&claim.webhook, &claim.owner],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    let out = if elsewhere {
+        Vec::new()
+    } else {
+        self::claim(&tx, claim, &HashSet::new()).await?
+    };
+    tx.commit().await.map_err(pg_error)?;
+    Ok(out)
+}
+
+/// When the loop should look at `webhook` again: its first queued delivery's queue time,
+/// or, for one another instance holds, when that lease runs out.
+pub async fn next_queued(
+    c: &impl GenericClient,
+    webhook: Uuid,
+    owner: Uuid,
+    skip: &HashSet<Uuid>,
+) -> Result<Option<u64>, StoreError> {
+    let skip: Vec<Uuid> = skip.iter().copied().collect();
+    let next: Option<i64> = c
+        .query_one(
+            "SELECT min(CASE WHEN lease_owner IS NOT NULL AND lease_owner <> $2
+                               AND lease_until >= hooktap_now_ms()
+                             THEN greatest(queue_ms, lease_until) ELSE queue_ms END)
+             FROM deliveries WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))",
+            &[&webhook, &owner, &skip],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    Ok(next.map(count))
+}
+
+pub async fn queue_stats(c: &impl GenericClient, webhook: Uuid) -> Result<QueueStats, StoreError> {
+    let row = c
+        .query_one(
+            "SELECT count(*), min(created_ms) FROM deliveries WHERE webhook_id = $1 AND pending",
+            &[&webhook],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(QueueStats {
+        pending: usize::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        oldest_ms: row.get::<_, Option<i64>>(1).map(count),
+    })
+}
+
+/// Records one request's outcome in one transaction: the deliveries' new states (ending
+/// their leases), the attempts, and the webhook's counters as increments; a webhook the
+/// engine disabled is marked disabled. Rolled back, writing nothing, when the webhook was
+/// deleted meanwhile.
+pub async fn record_attempts(
+    c: &mut Client,
+    webhook: Uuid,
+    changes: &[Recorded],
+    record: Option<&Webhook>,
+) -> Result<Recording, StoreError> {
+    let ids: Vec<Uuid> = changes.iter().map(|r| r.after.id).collect();
+    let records: Vec<Json<&Delivery>> = changes.iter().map(|r| Json(&r.after)).collect();
+    let pending: Vec<bool> = changes
+        .iter()
+        .map(|r| r.after.state == DeliveryState::Pending)
+        .collect();
+    let queue: Vec<i64> = changes.iter().map(|r| ms(r.after.queue_ms)).collect();
+    let numbers: Vec<i32> = changes
+        .iter()
+        .map(|r| i32::try_from(r.attempt.number).unwrap_or(i32::MAX))
+        .collect();
+    let attempts: Vec<Json<&Attempt>> = changes.iter().map(|r| Json(&r.attempt)).collect();
+    let change = CounterChange::of(changes);
+    let disabled = record
+        .filter(|w| w.status == WebhookStatus::Disabled)
+        .map(|w| {
+            (
+                w.disabled_reason.clone().unwrap_or_default(),
+                w.updated_at
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default(),
+            )
+        });
+
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute(
+        "UPDATE deliveries d SET record = u.record, pending = u.pending, queue_ms = u.queue_ms,
+                lease_owner = NULL, lease_until = NULL
+         FROM UNNEST($1::uuid[], $2::jsonb[], $3::bool[], $4::int8[]) AS u(id, record, pending, queue_ms)
+         WHERE d.id = u.id",
+        &[&ids, &records, &pending, &queue],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO attempts (delivery_id, number, webhook_id, record)
+         SELECT u.delivery_id, u.number, $3, u.record
+         FROM UNNEST($1::uuid[], $2::int4[], $4::jsonb[]) AS u(delivery_id, number, record)
+         ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record",
+        &[&ids, &numbers, &webhook, &attempts],
+    )
+    .await
+    .map_err(pg_error)?;
+    let at = ms_of(change.at);
+    let row = tx
+        .query_opt(
+            "UPDATE webhooks SET
+                delivered = delivered + $2, failed = failed + $3, retries = retries + $4,
+                consecutive_failures = CASE WHEN $5 THEN 0
+                                            WHEN $6 THEN consecutive_failures + 1
+                                            ELSE consecutive_failures END,
+                last_delivered_ms = CASE WHEN $5 THEN $7 ELSE last_delivered_ms END,
+                last_failure_ms = CASE WHEN NOT $5 AND $3 + $4 > 0 THEN $7 ELSE last_failure_ms END,
+                record = CASE WHEN $8::text IS NOT NULL AND record->>'status' <> 'disabled'
+                              THEN record || jsonb_build_object('status', 'disabled',
+                                   'disabled_reason', $8::text, 'updated_at', $9::text)
+                              ELSE record END
+             WHERE id = $1
+             RETURNING 0, delivered, failed, retries, consecutive_failures,
+                       last_delivered_ms, last_failure_ms",
+            &[
+                &webhook,
+                &ms(change.delivered),
+                &ms(change.failed),
+                &ms(change.retries),
+                &change.success,
+                &change.final_failure,
+                &at,
+                &disabled.as_ref().map(|d| d.0.as_str()),
+                &disabled.as_ref().map(|d| d.1.as_str()),
+            ],
+        )
+        .await
+        .map_err(pg_error)?;
+    let Some(row) = row else {
+        // Deleted meanwhile: the attempts and states written above go with the rollback.
+        tx.rollback().await.map_err(pg_error)?;
+        return Ok(Recording::Gone);
+    };
+    if disabled.is_some() {
+        notify(&tx, "webhooks").await?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(Recording::Shared(counters_at(&row, 1)))
+}
+
+/// Puts a delivery back in the queue, due at `now_ms`, with a fresh retry schedule.
+pub async fn requeue(
+    c: &impl GenericClient,
+    delivery: &Delivery,
+    now_ms: u64,
+) -> Result<Delivery, StoreError> {
+    let mut d = delivery.clone();
+    d.state = DeliveryState::Pending;
+    d.schedule_start = d.attempts;
+    d.due_ms = now_ms;
+    d.queue_ms = now_ms;
+    d.updated_at = OffsetDateTime::now_utc();
+    c.execute(
+        "UPDATE deliveries SET record = $2, pending = true, queue_ms = $3,
+                lease_owner = NULL, lease_until = NULL
+         WHERE id = $1",
+        &[&d.id, &Json(&d), &ms(d.queue_ms)],
+    )
+    .await
+    .map_err(pg_error)?;
+    notify(c, "work").await?;
+    Ok(d)
+}
+
+pub async fn event(c: &impl GenericClient, id: Uuid) -> Result<Option<Event>, StoreError> {
+    let row = c
+        .query_opt("SELECT record FROM events WHERE id = $1", &[&id])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.map(|r| r.get::<_, Json<Event>>(0).0))
+}
+
+/// Events newest first, filtered; the topic glob is applied here, page by page.
+pub async fn events_page(c: &impl GenericClient, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
+    const CHUNK: i64 = 500;
+    let mut out = Vec::new();
+    if q.limit == 0 {
+        return Ok(out);
+    }
+    let since = q.since.map_or(i64::MIN, |t| ms(unix_ms(t)));
+    let until = q.until.map_or(i64::MAX, |t| ms(unix_ms(t)));
+    let mut skipped = 0;
+    // Keyset pagination: (created_ms, id) of the last row seen.
+    let mut before: (i64, Uuid) = (i64::MAX, Uuid::max());
+    loop {
+        let rows = c
+            .query(
+                "SELECT record, created_ms, id FROM events
+                 WHERE created_ms >= $1 AND created_ms < $2 AND (created_ms, id) < ($3, $4)
+                 ORDER BY created_ms DESC, id DESC LIMIT $5",
+                &[&since, &until, &before.0, &before.1, &CHUNK],
+            )
+            .await
+            .map_err(pg_error)?;
+        for r in &rows {
+            before = (r.get(1), r.get(2));
+            let e: Event = r.get::<_, Json<Event>>(0).0;
+            if q.topic.as_ref().is_some_and(|g| !g.is_match(&e.topic)) {
+                continue;
+            }
+            if skipped < q.offset {
+                skipped += 1;
+                continue;
+            }
+            out.push(e);
+            if out.len() >= q.limit {
+                return Ok(out);
+            }
+        }
+        if i64::try_from(rows.len()).unwrap_or(0) < CHUNK {
+            return Ok(out);
+        }
+    }
+}
+
+pub async fn delivery(c: &impl GenericClient, id: Uuid) -> Result<Option<Delivery>, StoreError> {
+    let row = c
+        .query_opt("SELECT record FROM deliveries WHERE id = $1", &[&id])
+        .await
+        .map_err(pg_error)?;
+    Ok(row.map(|r| r.get::<_, Json<Delivery>>(0).0))
+}
+
+pub async fn deliveries_of(
+    c: &impl GenericClient,
+    webhook: Uuid,
+    limit: usize,
+) -> Result<Vec<Delivery>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT record FROM deliveries WHERE webhook_id = $1 ORDER BY id DESC LIMIT $2",
+            &[&webhook, &i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(rows.iter().map(|r| r.get::<_, Json<Delivery>>(0).0).collect())
+}
+
+pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
+    let rows = c
+        .query(
+            "SELECT record FROM attempts WHERE delivery_id = $1 ORDER BY number",
+            &[&delivery],
+        )
+        .await
+        .map_err(pg_error)?;
+    Ok(rows.iter().map(|r| r.get::<_, Json<Attempt>>(0).0).collect())
+}
+
+/// Moves journalled events and their deliveries in, in one transaction. Ids already there
+/// are left alone (a batch moved before a crash is moved again), and deliveries to a webhook
+/// deleted meanwhile are dropped.
+pub async fn insert_events(
+    c: &mut Client,
+    entries: &[crate::store::sled::Entry],
+) -> Result<(), StoreError> {
+    let event_ids: Vec<Uuid> = entries.iter().map(|e| e.event.id).collect();
+    let created: Vec<i64> = entries
+        .iter()
+        .map(|e| ms(unix_ms(e.event.created_at)))
+        .collect();
+    let events: Vec<Json<&Event>> = entries.iter().map(|e| Json(&e.event)).collect();
+    let all: Vec<&Delivery> = entries.iter().flat_map(|e| &e.deliveries).collect();
+    let ids: Vec<Uuid> = all.iter().map(|d| d.id).collect();
+    let of_event: Vec<Uuid> = all.iter().map(|d| d.event_id).collect();
+    let webhook: Vec<Uuid> = all.iter().map(|d| d.webhook_id).collect();
+    let d_created: Vec<i64> = all.iter().map(|d| ms(unix_ms(d.created_at))).collect();
+    let queue: Vec<i64> = all.iter().map(|d| ms(d.queue_ms)).collect();
+    let records: Vec<Json<&Delivery>> = all.iter().map(|d| Json(*d)).collect();
+
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute(
+        "INSERT INTO events (id, created_ms, record)
+         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::jsonb[])
+         ON CONFLICT (id) DO NOTHING",
+        &[&event_ids, &created, &events],
+    )
+    .await
+    .map_err(pg_error)?;
+    if !ids.is_empty() {
+        tx.execute(
+            "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
+             SELECT u.id, u.event_id, u.webhook_id, u.created_ms, true, u.queue_ms, u.record
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::jsonb[])
+                  AS u(id, event_id, webhook_id, created_ms, queue_ms, record)
+             WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
+             ON CONFLICT (id) DO NOTHING",
+            &[&ids, &of_event, &webhook, &d_created, &queue, &records],
+        )
+        .await
+        .map_err(pg_error)?;
+        notify(&tx, "work").await?;
+    }
+    tx.commit().await.map_err(pg_error)
+}
+
+/// The retention sweep, run by one instance per period: removes every event created before
+/// `cutoff` none of whose deliveries is pending, with its deliveries and their attempts, and
+/// deliveries left behind by a webhook deleted while they were being moved in.
+pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    let due = tx
+        .execute(
+            "INSERT INTO hooktap_state (key, value) VALUES ('last_sweep_ms', hooktap_now_ms())
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+             WHERE hooktap_state.value < hooktap_now_ms() - $1",
+            &[&SWEEP_EVERY_MS],
+        )
+        .await
+        .map_err(pg_error)?;
+    if due == 0 {
+        // Another instance swept within the period.
+        tx.commit().await.map_err(pg_error)?;
+        return Ok(Swept::default());
+    }
+    let cutoff = ms(unix_ms(cutoff));
+    let row = tx
+        .query_one(
+            "WITH old AS (
+                SELECT e.id FROM events e
+                WHERE e.created_ms < $1
+                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.pending)),
+             gone_deliveries AS (
+                DELETE FROM deliveries d USING old WHERE d.event_id = old.id RETURNING d.id),
+             gone_attempts AS (
+                DELETE FROM attempts a USING gone_deliveries g WHERE a.delivery_id = g.id
+                RETURNING 1),
+             gone_events AS (
+                DELETE FROM events e USING old WHERE e.id = old.id RETURNING 1)
+             SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_deliveries),
+                    (SELECT count(*) FROM gone_attempts)",
+            &[&cutoff],
+        )
+        .await
+        .map_err(pg_error)?;
+    tx.execute(
+        "DELETE FROM deliveries d WHERE d.created_ms < $1
+           AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)",
+        &[&cutoff],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    let n = |i: usize| usize::try_from(row.get::<_, i64>(i)).unwrap_or(0);
+    Ok(Swept {
+        events: n(0),
+        deliveries: n(1),
+        attempts: n(2),
+    })
+}

@@ -1,0 +1,310 @@
+//! The PostgreSQL backend against a throwaway cluster: the store contract, and what sharing
+//! adds (leases, one request at a time across instances, counters over all instances, the
+//! journal while PostgreSQL is away).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cluster::Cluster;
+use super::*;
+use crate::event::{DeliveryState, Topic};
+use crate::store::{Backend, FlushMode};
+use crate::webhook::{Origin, WebhookSpec};
+
+/// What keeps a test's store alive: the cluster and the journal's directory.
+pub struct Guard {
+    _cluster: Arc<Cluster>,
+    _dir: tempfile::TempDir,
+}
+
+fn config(dir: &std::path::Path, url: &str, lease: Duration) -> (StoreConfig, PgConfig) {
+    let pg = PgConfig {
+        url: url.to_owned(),
+        lease,
+        pool_size: 4,
+    };
+    let store = StoreConfig {
+        path: dir.join("journal"),
+        flush: FlushMode::Interval(Duration::from_millis(100)),
+        retention: Duration::from_secs(3600),
+        min_free_space: 0,
+        backend: Backend::Postgres(pg.clone()),
+    };
+    (store, pg)
+}
+
+/// A ready store (journal open, schema applied) on `url`, journal under a new directory.
+async fn store_on(url: &str, lease: Duration) -> (tempfile::TempDir, PgStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, pg) = config(dir.path(), url, lease);
+    let s = PgStore::open_now(&store, &pg).await.expect("open the store");
+    s.mark_ready();
+    (dir, s)
+}
+
+crate::store_contract_tests!(|| async {
+    let cluster = Arc::new(Cluster::start());
+    let (dir, store) = store_on(&cluster.database(), Duration::from_secs(60)).await;
+    let guard = Guard {
+        _cluster: cluster,
+        _dir: dir,
+    };
+    (guard, Arc::new(store) as Arc<dyn Store>)
+});
+
+fn event() -> Event {
+    Event::new(
+        &Topic::parse("order.created").expect("topic"),
+        "r",
+        serde_json::json!({"n": 1}),
+    )
+}
+
+async fn webhook(store: &PgStore, name: &str, ordered: bool) -> Webhook {
+    let mut spec = WebhookSpec::example(name);
+    spec.ordered = ordered;
+    let w = Webhook::new(spec, Origin::Api);
+    store.put_webhook(&w).await.expect("put");
+    w
+}
+
+/// Appends `n` events with a delivery each to `w` and moves them to PostgreSQL.
+async fn queue(store: &PgStore, w: &Webhook, n: usize) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let e = event();
+        let d = Delivery::new(&e, w.id, 0);
+        store.append(&e, std::slice::from_ref(&d)).expect("append");
+        out.push(d);
+    }
+    store.flush().await.expect("ship");
+    out
+}
+
+fn none() -> HashSet<Uuid> {
+    HashSet::new()
+}
+
+#[tokio::test]
+async fn a_lease_keeps_a_delivery_to_one_instance_until_it_runs_out() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(1)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(1)).await;
+    let w = webhook(&a, "shared", false).await;
+    let queued = queue(&a, &w, 3).await;
+
+    let got_a = a.queued(w.id, u64::MAX, 2, &none()).await.expect("claim");
+    assert_eq!(got_a, queued[..2], "the first instance leases the two oldest");
+    let got_b = b.queued(w.id, u64::MAX, 10, &none()).await.expect("claim");
+    assert_eq!(got_b, queued[2..], "the second gets only what is not leased");
+    assert!(b.queued(w.id, u64::MAX, 10, &none()).await.expect("claim").len() <= 1);
+
+    // `a` dies with its two leased: they return once the lease runs out.
+    let lease_end = b
+        .next_queued(w.id, &queued[2..].iter().map(|d| d.id).collect())
+        .await
+        .expect("next")
+        .expect("a wake-up time for the leased ones");
+    assert!(lease_end > crate::event::unix_ms(OffsetDateTime::now_utc()));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let skip: HashSet<Uuid> = queued[2..].iter().map(|d| d.id).collect();
+    let taken_over = b.queued(w.id, u64::MAX, 10, &skip).await.expect("claim");
+    assert_eq!(taken_over, queued[..2], "same deliveries, same ids");
+}
+
+#[tokio::test]
+async fn claim_head_gives_one_instance_at_a_time_the_head_of_the_queue() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(30)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(30)).await;
+    let w = webhook(&a, "ordered", true).await;
+    let queued = queue(&a, &w, 2).await;
+
+    let head = a.claim_head(w.id, u64::MAX, 1).await.expect("claim");
+    assert_eq!(head, queued[..1]);
+    assert!(
+        b.claim_head(w.id, u64::MAX, 1).await.expect("claim").is_empty(),
+        "nothing for another instance while the head is out, not even the second"
+    );
+    assert_eq!(a.claim_head(w.id, u64::MAX, 1).await.expect("claim"), head, "the holder keeps it");
+
+    let mut after = head[0].clone();
+    after.state = DeliveryState::Delivered;
+    after.attempts = 1;
+    let attempt = Attempt {
+        id: Uuid::now_v7(),
+        delivery_id: after.id,
+        webhook_id: w.id,
+        number: 1,
+        created_at: OffsetDateTime::now_utc(),
+        duration_ms: 1,
+        summary: "HTTP 200 OK".into(),
+        success: true,
+        request_method: "POST".into(),
+        request_url: String::new(),
+        request_headers: vec![],
+        request_body: String::new(),
+        response_code: Some(200),
+        response_message: String::new(),
+        response_headers: vec![],
+        response_body: String::new(),
+    };
+    let recorded = a
+        .record_attempts(
+            w.id,
+            &[Recorded {
+                before: head[0].clone(),
+                after,
+                attempt,
+            }],
+            None,
+        )
+        .await
+        .expect("record");
+    let Recording::Shared(counters) = recorded else {
+        panic!("a shared store counts: {recorded:?}");
+    };
+    assert_eq!(counters.delivered, 1);
+    assert_eq!(
+        b.claim_head(w.id, u64::MAX, 1).await.expect("claim"),
+        queued[1..],
+        "once recorded, the next one may go from any instance"
+    );
+}
+
+#[tokio::test]
+async fn counters_add_up_over_instances_and_a_put_does_not_reset_them() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(30)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(30)).await;
+    let w = webhook(&a, "counted", false).await;
+    let queued = queue(&a, &w, 2).await;
+    for (store, d) in [(&a, &queued[0]), (&b, &queued[1])] {
+        let mut after = d.clone();
+        after.attempts = 1;
+        after.due_ms += 60_000;
+        after.queue_ms = after.due_ms;
+        let mut attempt = store.attempts(d.id).await.expect("none yet");
+        assert!(attempt.is_empty());
+        attempt.clear();
+        let change = Recorded {
+            before: d.clone(),
+            after: after.clone(),
+            attempt: Attempt {
+                id: Uuid::now_v7(),
+                delivery_id: d.id,
+                webhook_id: w.id,
+                number: 1,
+                created_at: OffsetDateTime::now_utc(),
+                duration_ms: 1,
+                summary: "HTTP 500".into(),
+                success: false,
+                request_method: "POST".into(),
+                request_url: String::new(),
+                request_headers: vec![],
+                request_body: String::new(),
+                response_code: Some(500),
+                response_message: String::new(),
+                response_headers: vec![],
+                response_body: String::new(),
+            },
+        };
+        // Each instance's own copy knows nothing of the other's counts.
+        store
+            .record_attempts(w.id, &[change], Some(&w))
+            .await
+            .expect("record");
+    }
+    let stored = b.webhook(w.id).await.expect("read").expect("there");
+    assert_eq!(stored.counters.retries, 2, "both instances' retries count");
+    b.put_webhook(&w).await.expect("put a stale copy");
+    let stored = a.webhook(w.id).await.expect("read").expect("there");
+    assert_eq!(stored.counters.retries, 2, "a put keeps the counters");
+    a.reset_counters(&w).await.expect("reset");
+    let stored = a.webhook(w.id).await.expect("read").expect("there");
+    assert_eq!(stored.counters.retries, 0);
+}
+
+#[tokio::test]
+async fn appends_go_on_while_postgres_is_down_and_move_in_when_it_is_back() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_dir, store) = store_on(&url, Duration::from_secs(30)).await;
+    let w = webhook(&store, "a", false).await;
+    cluster.kill();
+    let mut appended = Vec::new();
+    for _ in 0..50 {
+        let e = event();
+        let d = Delivery::new(&e, w.id, 0);
+        store
+            .append(&e, std::slice::from_ref(&d))
+            .expect("the request path does not need PostgreSQL");
+        appended.push(d);
+    }
+    assert!(store.flush().await.is_err(), "cannot move them now");
+    let journal = store.journal().expect("journal");
+    assert_eq!(journal.backlog, 50);
+    assert!(!journal.connected);
+
+    cluster.start_server();
+    let mut moved = false;
+    for _ in 0..100 {
+        if store.journal().expect("journal").backlog == 0 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "the shipper moves the backlog by itself");
+    let queued = store.queued(w.id, u64::MAX, 100, &none()).await.expect("claim");
+    assert_eq!(queued, appended, "every event, in order, none twice");
+}
+
+#[tokio::test]
+async fn instances_starting_together_give_a_file_webhook_one_id() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, pg) = config(dir.path(), &url, Duration::from_secs(30));
+        stores.push((dir, Arc::new(PgStore::open(&store, &pg).expect("open"))));
+    }
+    let spec = WebhookSpec::example("from-the-file");
+    let plan = Arc::new(crate::store::Planner(Box::new(move |stored: &[Webhook]| {
+        crate::delivery::sync::plan(stored, std::slice::from_ref(&spec), Duration::ZERO)
+    })));
+    let runs = stores.iter().map(|(_, s)| {
+        let s = Arc::clone(s);
+        let plan = Arc::clone(&plan);
+        tokio::spawn(async move { s.apply_webhooks(&*plan).await.expect("apply").put })
+    });
+    let mut ids = HashSet::new();
+    for run in runs {
+        for w in run.await.expect("join") {
+            ids.insert(w.id);
+        }
+    }
+    assert_eq!(ids.len(), 1, "one id on every instance: {ids:?}");
+    assert_eq!(stores[0].1.webhooks().await.expect("list").len(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_clear_error() {
+    let cluster = Cluster::start();
+    let url = cluster.database().replace(cluster::PASSWORD, "wrong");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, pg) = config(dir.path(), &url, Duration::from_secs(30));
+    let error = match PgStore::open_now(&store, &pg).await {
+        Ok(_) => panic!("opened with a wrong password"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("password authentication failed"),
+        "{error}"
+    );
+}

@@ -1,0 +1,120 @@
+//! The sled store as the local journal of a shared store (see [`crate::store::postgres`]).
+//!
+//! The request path appends to sled exactly as it does when sled is the store; a shipper reads
+//! what was appended, oldest first, moves it to the shared store and then forgets it here.
+
+use time::OffsetDateTime;
+
+use super::events::StoredEvent;
+use super::{SledStore, keys};
+use crate::event::{Delivery, Event};
+use crate::store::StoreError;
+
+/// One journalled event with the deliveries it was stored with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub event: Event,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl SledStore {
+    /// Up to `limit` events, oldest first, each with its deliveries.
+    pub fn journal_batch(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let db = self.db()?;
+        let mut out = Vec::new();
+        for entry in db.scan_prefix([keys::EVENT]).take(limit) {
+            let (_, v) = entry?;
+            let event = self.load_event(&v)?;
+            let mut deliveries = Vec::new();
+            for index in db.scan_prefix(keys::key(keys::BY_EVENT, &[event.id.as_bytes()])) {
+                let (ik, _) = index?;
+                if let Some(d) = keys::trailing_id(&ik).map(|id| self.delivery(id)).transpose()? {
+                    deliveries.extend(d);
+                }
+            }
+            out.push(Entry { event, deliveries });
+        }
+        Ok(out)
+    }
+
+    /// Forgets journalled events once the shared store has them: records, indexes, queue
+    /// entries and payload files. One batch, so a crash forgets all of them or none (and
+    /// those are moved again: the shared store ignores what it has).
+    pub fn journal_forget(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut files = Vec::new();
+        let db = self.db()?;
+        for e in entries {
+            let key = keys::event(e.event.id);
+            if let Some(v) = db.get(&key)? {
+                let stored: StoredEvent = serde_json::from_slice(&v)?;
+                files.extend(stored.payload_file);
+            }
+            batch.remove(key);
+            for d in &e.deliveries {
+                batch.remove(keys::delivery(d.id));
+                batch.remove(keys::by_webhook(d));
+                batch.remove(keys::by_event(d));
+                batch.remove(keys::queue(d));
+            }
+        }
+        self.write(|db| Ok(db.apply_batch(batch)?))?;
+        for file in files {
+            // An orphan file would only cost disk space; the record is gone either way.
+            let _ = std::fs::remove_file(self.payload_path(&file));
+        }
+        Ok(())
+    }
+
+    /// How many events the journal holds, and when the oldest was created.
+    pub fn journal_backlog(&self) -> Result<(u64, Option<OffsetDateTime>), StoreError> {
+        let db = self.db()?;
+        let mut count = 0;
+        let mut oldest = None;
+        for entry in db.scan_prefix([keys::EVENT]) {
+            let (k, _) = entry?;
+            if oldest.is_none() {
+                oldest = keys::trailing_id(&k)
+                    .and_then(|id| id.get_timestamp())
+                    .and_then(|ts| {
+                        let (secs, nanos) = ts.to_unix();
+                        OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?)
+                            .ok()
+                            .map(|t| t + time::Duration::nanoseconds(i64::from(nanos)))
+                    });
+            }
+            count += 1;
+        }
+        Ok((count, oldest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Topic;
+
+    #[test]
+    fn journalled_events_come_back_oldest_first_and_are_forgotten_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = super::super::open_for_tests(dir.path());
+        let topic = Topic::parse("order.created").expect("topic");
+        let mut entries = Vec::new();
+        for i in 0..3 {
+            let event = Event::new(&topic, "r", serde_json::json!({"i": i, "pad": "x".repeat(5000)}));
+            let deliveries = vec![Delivery::new(&event, uuid::Uuid::now_v7(), 0)];
+            store.append(&event, &deliveries).expect("append");
+            entries.push(Entry { event, deliveries });
+        }
+        assert_eq!(store.journal_backlog().expect("backlog").0, 3);
+        let batch = store.journal_batch(2).expect("batch");
+        assert_eq!(batch, entries[..2]);
+        store.journal_forget(&batch).expect("forget");
+        assert_eq!(store.journal_batch(10).expect("batch"), entries[2..]);
+        assert_eq!(store.delivery(entries[0].deliveries[0].id).expect("read"), None);
+        let payloads = std::fs::read_dir(dir.path().join("data").join("payloads"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(payloads, 1, "the forgotten events' payload files are gone");
+    }
+}

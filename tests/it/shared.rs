@@ -1,0 +1,179 @@
+//! Three hooktap instances on one PostgreSQL store, one app and one receiver: shared webhook
+//! ids, a change on one instance seen on the others, orders spread over the three proxies
+//! while one instance is SIGKILLed and restarted and PostgreSQL is stopped hard and started
+//! again. Every order the app confirmed reaches the receiver, the ordered webhook receives
+//! them in queue order, and the duplicates are counted. Part of `scripts/reliability.sh`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::crash::{Outcome, load};
+use crate::pg_cluster::Cluster;
+
+/// Starts an instance of `setup` on the shared store at `url`.
+async fn instance(setup: &Setup<'_>, url: &str) -> TestProxy {
+    let lines = format!("backend = \"postgres\"\nurl = \"{url}\"\nlease = \"2s\"\npool_size = 4");
+    TestProxy::start_edited(setup, |c| {
+        c.replace(
+            "[store]\npath = \"data\"",
+            &format!("[store]\npath = \"data\"\n{lines}"),
+        )
+    })
+    .await
+}
+
+/// The order ids in what a receiver got.
+fn order_ids(received: &[Received]) -> HashSet<u64> {
+    received.iter().filter_map(|r| r.json()["id"].as_u64()).collect()
+}
+
+/// The delivery ids a receiver got, first arrivals only, in arrival order.
+fn first_arrivals(received: &[Received]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    received
+        .iter()
+        .map(|r| r.header("x-hooktap-webhook-delivery-id").to_owned())
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
+fn duplicates(received: &[Received]) -> usize {
+    let mut per_delivery: HashMap<&str, usize> = HashMap::new();
+    for r in received {
+        *per_delivery
+            .entry(r.header("x-hooktap-webhook-delivery-id"))
+            .or_default() += 1;
+    }
+    per_delivery.values().map(|n| n - 1).sum()
+}
+
+/// The ordered webhook's deliveries in queue order, read from PostgreSQL itself.
+async fn queue_order(url: &str, webhook: &str) -> Vec<String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
+    tokio::spawn(connection);
+    let id: uuid::Uuid = webhook.parse().expect("a webhook id");
+    client
+        .query(
+            "SELECT id FROM deliveries WHERE webhook_id = $1 ORDER BY queue_ms, id",
+            &[&id],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.get::<_, uuid::Uuid>(0).to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: part of scripts/reliability.sh"]
+async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outage() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let ordered = TestReceiver::start(200).await;
+    let setup = Setup::new(upstream)
+        .webhook("crm", &receiver, "topics = [\"order.*\"]\nretry = \"200ms,500ms,1s,1s,1s\"\nconcurrency = 8")
+        .webhook("ledger", &ordered, "topics = [\"order.*\"]\nordered = true\nretry = \"200ms,500ms,1s,1s,1s\"");
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(instance(&setup, &url).await);
+    }
+
+    // One id per file webhook, on every instance.
+    let mut ids = HashSet::new();
+    for p in &proxies {
+        ids.insert(p.webhook_id("crm").await);
+    }
+    assert_eq!(ids.len(), 1, "the crm webhook has one id everywhere: {ids:?}");
+    let crm = ids.into_iter().next().expect("an id");
+
+    // A change through one instance's API is seen by the others within a second.
+    let paused = client()
+        .put(proxies[0].admin_url(&format!("/webhooks/{crm}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"status": "paused"}))
+        .send()
+        .await
+        .expect("pause");
+    assert!(paused.status().is_success(), "{}", paused.status());
+    let started = Instant::now();
+    wait_until(Duration::from_secs(1), "the pause is seen on the third instance", || async {
+        proxies[2].admin_get(&format!("/webhooks/{crm}")).await["status"] == "paused"
+    })
+    .await;
+    println!("a pause on one instance was seen on another after {:?}", started.elapsed());
+    let resumed = client()
+        .put(proxies[1].admin_url(&format!("/webhooks/{crm}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"status": "active"}))
+        .send()
+        .await
+        .expect("resume");
+    assert!(resumed.status().is_success(), "{}", resumed.status());
+
+    // Orders spread over the three proxies.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = Arc::new(Outcome::default());
+    let loaders: Vec<_> = proxies
+        .iter()
+        .map(|p| load(p.url("/orders"), 20, stop.clone(), outcome.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxies[1].kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxies[1].spawn().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.start_server();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    for l in loaders {
+        l.await.expect("load");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let confirmed = outcome.confirmed.lock().expect("lock").clone();
+    assert!(confirmed.len() > 300, "the load ran ({} confirmed)", confirmed.len());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline
+        && !(confirmed.is_subset(&order_ids(&receiver.received()))
+            && confirmed.is_subset(&order_ids(&ordered.received())))
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let got = receiver.received();
+    let got_ordered = ordered.received();
+    let lost = confirmed.difference(&order_ids(&got)).count();
+    let lost_ordered = confirmed.difference(&order_ids(&got_ordered)).count();
+    let ledger = proxies[0].webhook_id("ledger").await;
+    let expected_order = queue_order(&url, &ledger).await;
+    let arrivals = first_arrivals(&got_ordered);
+    let in_order = expected_order
+        .iter()
+        .filter(|id| arrivals.contains(id))
+        .cloned()
+        .collect::<Vec<_>>()
+        == arrivals;
+    println!(
+        "RESULT shared-store instances=3 app_created={} client_confirmed={} lost={lost} lost_ordered={lost_ordered} duplicates={} duplicates_ordered={} ordered_in_order={in_order} refused={} cut={}",
+        app.orders_created.load(Ordering::SeqCst),
+        confirmed.len(),
+        duplicates(&got),
+        duplicates(&got_ordered),
+        outcome.refused.load(Ordering::SeqCst),
+        outcome.cut.load(Ordering::SeqCst),
+    );
+    for p in &mut proxies {
+        p.stop().await;
+    }
+    assert_eq!(lost, 0, "every confirmed order reached the receiver");
+    assert_eq!(lost_ordered, 0, "every confirmed order reached the ordered receiver");
+    assert!(in_order, "the ordered webhook received its deliveries in queue order");
+}

@@ -80,12 +80,26 @@ impl Engine {
         let sweeper = tokio::spawn(Arc::clone(&self).sweep_loop(retention));
         let idle = if self.store.shared() { IDLE_SHARED } else { IDLE };
         let remote = self.store.remote_changes().unwrap_or_default();
+        let mut failing: Option<String> = None;
         loop {
             let sleep = match self.dispatch_due().await {
-                Ok(next) => next.unwrap_or(idle).min(idle),
+                Ok(next) => {
+                    if failing.take().is_some() {
+                        tracing::info!("the delivery queue can be read again");
+                    }
+                    next.unwrap_or(idle).min(idle)
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the delivery queue; retrying in 1s");
-                    ON_STORE_ERROR
+                    let message = e.to_string();
+                    if failing.as_deref() != Some(message.as_str()) {
+                        tracing::error!(error = %message, "cannot read the delivery queue; retrying every second");
+                    }
+                    failing = Some(message);
+                    // New work does not help while the store fails: wait out the pause.
+                    tokio::select! {
+                        _ = tokio::time::sleep(ON_STORE_ERROR) => continue,
+                        _ = shutdown.changed() => break,
+                    }
                 }
             };
             tokio::select! {

@@ -229,36 +229,40 @@ pub struct Claim {
     pub lease_ms: i64,
 }
 
-fn deliveries_of_rows(rows: &[Row]) -> Vec<Delivery> {
-    let mut out: Vec<Delivery> = rows
-        .iter()
-        .map(|r| r.get::<_, Json<Delivery>>(0).0)
-        .collect();
-    out.sort_by_key(|d| (d.queue_ms, d.id));
-    out
-}
-
-/// Leases up to `limit` due deliveries that no other instance holds, skipping `skip`.
+/// Leases up to `limit` due deliveries that no other instance holds, skipping `skip`, in
+/// queue order.
 pub async fn claim(
     c: &impl GenericClient,
     claim: &Claim,
     skip: &HashSet<Uuid>,
 ) -> Result<Vec<Delivery>, StoreError> {
+    claim_in(c, claim, skip, "queue_ms, id").await
+}
+
+/// The same in `order` (columns of `deliveries`).
+async fn claim_in(
+    c: &impl GenericClient,
+    claim: &Claim,
+    skip: &HashSet<Uuid>,
+    order: &str,
+) -> Result<Vec<Delivery>, StoreError> {
     let skip: Vec<Uuid> = skip.iter().copied().collect();
     let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
     let rows = c
         .query(
-            "WITH c AS (
-                SELECT id FROM deliveries
-                WHERE webhook_id = $1 AND pending AND queue_ms <= $2
-                  AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < hooktap_now_ms())
-                  AND NOT (id = ANY($5))
-                ORDER BY queue_ms, id
-                LIMIT $3
-                FOR UPDATE SKIP LOCKED)
-             UPDATE deliveries d SET lease_owner = $4, lease_until = hooktap_now_ms() + $6
-             FROM c WHERE d.id = c.id
-             RETURNING d.record",
+            &format!(
+                "WITH c AS (
+                    SELECT id FROM deliveries
+                    WHERE webhook_id = $1 AND pending AND queue_ms <= $2
+                      AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < hooktap_now_ms())
+                      AND NOT (id = ANY($5))
+                    ORDER BY {order}
+                    LIMIT $3
+                    FOR UPDATE SKIP LOCKED)
+                 UPDATE deliveries d SET lease_owner = $4, lease_until = hooktap_now_ms() + $6
+                 FROM c WHERE d.id = c.id
+                 RETURNING d.record, d.seq"
+            ),
             &[
                 &claim.webhook,
                 &ms(claim.until_ms),
@@ -270,11 +274,22 @@ pub async fn claim(
         )
         .await
         .map_err(pg_error)?;
-    Ok(deliveries_of_rows(&rows))
+    let mut out: Vec<(i64, Delivery)> = rows
+        .iter()
+        .map(|r| (r.get(1), r.get::<_, Json<Delivery>>(0).0))
+        .collect();
+    if order.starts_with("seq") {
+        out.sort_by_key(|(seq, _)| *seq);
+    } else {
+        out.sort_by_key(|(_, d)| (d.queue_ms, d.id));
+    }
+    Ok(out.into_iter().map(|(_, d)| d).collect())
 }
 
 /// Leases the head of the queue (up to `limit`), but only while no other instance holds a
-/// lease on any of the webhook's deliveries: one request at a time over all instances.
+/// lease on any of the webhook's deliveries: one request at a time over all instances. The
+/// queue is in the order deliveries reached the shared store: the one order all instances
+/// agree on (an instance whose journal lags cannot put events before ones already sent).
 pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Delivery>, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     // Serialises the check and the lease between instances (a lock per webhook).
@@ -297,7 +312,7 @@ pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Delivery>, 
     let out = if elsewhere {
         Vec::new()
     } else {
-        self::claim(&tx, claim, &HashSet::new()).await?
+        claim_in(&tx, claim, &HashSet::new(), "seq").await?
     };
     tx.commit().await.map_err(pg_error)?;
     Ok(out)

@@ -31,6 +31,9 @@ CREATE TABLE deliveries (
     event_id uuid NOT NULL,
     webhook_id uuid NOT NULL,
     created_ms bigint NOT NULL,
+    -- The order in which deliveries reached the shared store: the order of an ordered
+    -- webhook's queue over all instances (each instance moves its events in in their order).
+    seq bigserial NOT NULL,
     pending boolean NOT NULL,
     queue_ms bigint NOT NULL,
     -- The instance sending it (or about to), until `lease_until` (hooktap_now_ms()).
@@ -39,6 +42,7 @@ CREATE TABLE deliveries (
     record jsonb NOT NULL
 );
 CREATE INDEX deliveries_queue ON deliveries (webhook_id, queue_ms, id) WHERE pending;
+CREATE INDEX deliveries_arrival ON deliveries (webhook_id, seq) WHERE pending;
 CREATE INDEX deliveries_by_webhook ON deliveries (webhook_id, id);
 CREATE INDEX deliveries_by_event ON deliveries (event_id);
 

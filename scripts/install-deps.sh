@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing hooktap needs and a fresh Debian machine lacks: cmake
 # (pingora's zlib dependency builds with it), a C compiler, e2fsprogs (the reliability suite
-# formats an ext4 image), and chromium (the dashboard test
-# drives it headless). Safe to run again: it installs only what is missing.
+# formats an ext4 image), PostgreSQL's server binaries (the shared-store tests start their own
+# throwaway cluster; no server is started here), and chromium (the dashboard test drives it
+# headless). Safe to run again: it installs only what is missing.
 # HOOKTAP_NO_BROWSER=1 skips chromium when only building.
 set -euo pipefail
 
@@ -12,6 +13,8 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The reliability suite puts the store on an ext4 image to fail the disk under it.
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+# The PostgreSQL store's tests run initdb/pg_ctl from /usr/lib/postgresql/<version>/bin.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 if [ -z "${HOOKTAP_NO_BROWSER:-}" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 fi
@@ -21,6 +24,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Debian's package starts a cluster of its own; hooktap's tests never use it.
+  if printf '%s\n' "${missing[@]}" | grep -qx postgresql; then
+    $sudo_cmd service postgresql stop >/dev/null 2>&1 || true
+  fi
 fi
 command -v cargo >/dev/null 2>&1 || {
   echo "cargo is missing: install Rust 1.85 or newer (https://rustup.rs)" >&2

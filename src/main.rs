@@ -162,7 +162,9 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     })
 }
 
-fn check(config: &Config) {
+/// Prints what the config holds and checks that a shared store can be reached; false when
+/// it cannot.
+fn check(config: &Config) -> bool {
     let mut per_topic: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for rule in config.rules.rules() {
         per_topic
@@ -189,6 +191,34 @@ fn check(config: &Config) {
             hooktap::webhook::mask_url(&w.url),
             w.topics.join(", ")
         ));
+    }
+    let hooktap::config::Backend::Postgres(pg) = &config.store.backend else {
+        return true;
+    };
+    let shown = hooktap::store::PgConfig::shown(&pg.url);
+    let probed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| hooktap::store::StoreError::Task(e.to_string()))
+        .and_then(|rt| rt.block_on(hooktap::store::postgres::probe(pg)));
+    match probed {
+        Ok(migrations) => {
+            let applied = migrations.iter().filter(|m| m.applied_on.is_some()).count();
+            out(format_args!(
+                "  store: PostgreSQL at {shown} answers; schema: {applied} of {} migrations applied{}",
+                migrations.len(),
+                if applied < migrations.len() {
+                    " (the rest are applied when hooktap starts)"
+                } else {
+                    ""
+                }
+            ));
+            true
+        }
+        Err(e) => {
+            eprintln!("hooktap: the store, PostgreSQL at {shown}, cannot be used: {e}");
+            false
+        }
     }
 }
 
@@ -394,7 +424,11 @@ fn main() -> ExitCode {
         Command::Run { upgrade } => load(&cli.config).and_then(|c| {
             hooktap::server::run(c, upgrade).context("hooktap stopped with an error")
         }),
-        Command::Check => load(&cli.config).map(|c| check(&c)),
+        Command::Check => match load(&cli.config) {
+            Ok(c) if check(&c) => Ok(()),
+            Ok(_) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
         Command::Test => match load(&cli.config) {
             Ok(c) if test(&c) => Ok(()),
             Ok(_) => return ExitCode::FAILURE,

@@ -33,6 +33,8 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     pending: Family<Labels, Gauge>,
     oldest_pending: Family<Labels, Gauge<f64, AtomicU64>>,
+    journal_backlog: Gauge,
+    journal_behind: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -113,7 +115,21 @@ impl Metrics {
             "Age of the oldest queued delivery, by webhook",
             oldest_pending.clone(),
         );
+        let journal_backlog = Gauge::default();
+        registry.register(
+            "journal_backlog",
+            "Shared store only: events in this instance's local journal not yet moved to PostgreSQL",
+            journal_backlog.clone(),
+        );
+        let journal_behind = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "journal_behind_seconds",
+            "Shared store only: how long the oldest event in the local journal has waited",
+            journal_behind.clone(),
+        );
         Self {
+            journal_backlog,
+            journal_behind,
             registry,
             requests_by_class,
             events,
@@ -214,6 +230,13 @@ impl Metrics {
         self.oldest_pending
             .get_or_create(&labels)
             .set(oldest_age_seconds);
+    }
+
+    /// Sets the journal gauges of a shared store.
+    pub fn journal(&self, backlog: u64, behind_seconds: f64) {
+        self.journal_backlog
+            .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        self.journal_behind.set(behind_seconds);
     }
 
     /// Removes a deleted webhook's queue gauges.

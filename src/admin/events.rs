@@ -176,6 +176,9 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiErr
         tracing::debug!(error = %e, "queue metrics not refreshed");
     }
     d.metrics().store_up(queue.is_ok() && d.store().is_ready());
+    if let Some(j) = d.store().journal() {
+        d.metrics().journal(j.backlog, j.behind.as_secs_f64());
+    }
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -198,6 +201,7 @@ pub async fn ready(State(state): State<AdminState>) -> Response {
     .await
     .is_ok_and(|c| c.is_ok());
     let store = state.live.engine().store();
+    // For a shared store, `ping` reaches PostgreSQL too.
     let store = store.is_ready() && store.ping().await.is_ok();
     let status = if proxy && store {
         StatusCode::OK

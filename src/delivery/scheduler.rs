@@ -78,7 +78,11 @@ impl Engine {
             "delivery loop started"
         );
         let sweeper = tokio::spawn(Arc::clone(&self).sweep_loop(retention));
-        let idle = if self.store.shared() { IDLE_SHARED } else { IDLE };
+        let idle = if self.store.shared() {
+            IDLE_SHARED
+        } else {
+            IDLE
+        };
         let remote = self.store.remote_changes().unwrap_or_default();
         let mut failing: Option<String> = None;
         loop {

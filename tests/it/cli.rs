@@ -422,3 +422,40 @@ fn upgrade_without_a_running_hooktap_says_so_and_signals_nobody() {
     let _ = bystander.kill();
     let _ = bystander.wait();
 }
+
+/// A config on the PostgreSQL store at `url`, with one rule.
+fn postgres_project(url: &str) -> tempfile::TempDir {
+    project(
+        &format!(
+            "rules = [\"rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:18080\"\nupstream = \"127.0.0.1:18000\"\n[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"
+        ),
+        "[[rule]]\nname = \"r\"\ntopic = \"order.created\"\nmethod = \"POST\"\npath = \"/orders\"\n",
+    )
+}
+
+#[test]
+fn check_reaches_a_postgres_store_and_names_a_wrong_password() {
+    let cluster = crate::pg_cluster::Cluster::start();
+    let url = cluster.database();
+    let ok = run(postgres_project(&url).path(), "check");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        stdout.contains("store: PostgreSQL at 127.0.0.1:")
+            && stdout.contains("0 of 1 migrations applied"),
+        "{stdout}"
+    );
+
+    let wrong = url.replace(crate::pg_cluster::PASSWORD, "not-the-password");
+    let out = run(postgres_project(&wrong).path(), "check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("password authentication failed") && !stderr.contains("not-the-password"),
+        "the error names the cause and not the password: {stderr}"
+    );
+}

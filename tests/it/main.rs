@@ -23,8 +23,8 @@ mod demo;
 mod hostile;
 mod manage;
 mod passthrough;
-mod pipeline;
 #[path = "../../src/store/postgres/cluster.rs"]
 mod pg_cluster;
+mod pipeline;
 mod shared;
 mod webhooks;

@@ -366,7 +366,7 @@ async fn a_rotated_secret_signs_too_during_its_grace_period() {
             flush: FlushMode::EveryEvent,
             retention: Duration::from_secs(3600),
             min_free_space: 0,
-                backend: Default::default(),
+            backend: Default::default(),
         })
         .expect("open");
         let engine = Engine::new(

@@ -31,12 +31,18 @@ async fn instance(setup: &Setup<'_>, url: &str) -> TestProxy {
 
 /// What a receiver got, without the pings (empty bodies) of activating a webhook.
 fn deliveries(received: Vec<Received>) -> Vec<Received> {
-    received.into_iter().filter(|r| !r.body.is_empty()).collect()
+    received
+        .into_iter()
+        .filter(|r| !r.body.is_empty())
+        .collect()
 }
 
 /// The order ids in what a receiver got.
 fn order_ids(received: &[Received]) -> HashSet<u64> {
-    received.iter().filter_map(|r| r.json()["id"].as_u64()).collect()
+    received
+        .iter()
+        .filter_map(|r| r.json()["id"].as_u64())
+        .collect()
 }
 
 /// The delivery ids a receiver got, first arrivals only, in arrival order.
@@ -88,8 +94,16 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
     let receiver = TestReceiver::start(200).await;
     let ordered = TestReceiver::start(200).await;
     let setup = Setup::new(upstream)
-        .webhook("crm", &receiver, "topics = [\"order.*\"]\nretry = \"200ms,500ms,1s,1s,1s\"\nconcurrency = 8")
-        .webhook("ledger", &ordered, "topics = [\"order.*\"]\nordered = true\nretry = \"200ms,500ms,1s,1s,1s\"");
+        .webhook(
+            "crm",
+            &receiver,
+            "topics = [\"order.*\"]\nretry = \"200ms,500ms,1s,1s,1s\"\nconcurrency = 8",
+        )
+        .webhook(
+            "ledger",
+            &ordered,
+            "topics = [\"order.*\"]\nordered = true\nretry = \"200ms,500ms,1s,1s,1s\"",
+        );
     let mut proxies = Vec::new();
     for _ in 0..3 {
         proxies.push(instance(&setup, &url).await);
@@ -97,9 +111,16 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
 
     // The webhooks are applied to the shared store once each instance's keeper reaches it.
     for p in &proxies {
-        wait_until(Duration::from_secs(10), "the file's webhooks are applied", || async {
-            p.admin_get("/webhooks").await.as_array().is_some_and(|l| l.len() == 2)
-        })
+        wait_until(
+            Duration::from_secs(10),
+            "the file's webhooks are applied",
+            || async {
+                p.admin_get("/webhooks")
+                    .await
+                    .as_array()
+                    .is_some_and(|l| l.len() == 2)
+            },
+        )
         .await;
     }
 
@@ -108,7 +129,11 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
     for p in &proxies {
         ids.insert(p.webhook_id("crm").await);
     }
-    assert_eq!(ids.len(), 1, "the crm webhook has one id everywhere: {ids:?}");
+    assert_eq!(
+        ids.len(),
+        1,
+        "the crm webhook has one id everywhere: {ids:?}"
+    );
     let crm = ids.into_iter().next().expect("an id");
 
     // A change through one instance's API is seen by the others within a second.
@@ -121,11 +146,16 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
         .expect("pause");
     assert!(paused.status().is_success(), "{}", paused.status());
     let started = Instant::now();
-    wait_until(Duration::from_secs(1), "the pause is seen on the third instance", || async {
-        proxies[2].admin_get(&format!("/webhooks/{crm}")).await["status"] == "paused"
-    })
+    wait_until(
+        Duration::from_secs(1),
+        "the pause is seen on the third instance",
+        || async { proxies[2].admin_get(&format!("/webhooks/{crm}")).await["status"] == "paused" },
+    )
     .await;
-    println!("a pause on one instance was seen on another after {:?}", started.elapsed());
+    println!(
+        "a pause on one instance was seen on another after {:?}",
+        started.elapsed()
+    );
     let resumed = client()
         .put(proxies[1].admin_url(&format!("/webhooks/{crm}")))
         .bearer_auth(ADMIN_TOKEN)
@@ -157,7 +187,11 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let confirmed = outcome.confirmed.lock().expect("lock").clone();
-    assert!(confirmed.len() > 300, "the load ran ({} confirmed)", confirmed.len());
+    assert!(
+        confirmed.len() > 300,
+        "the load ran ({} confirmed)",
+        confirmed.len()
+    );
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline
@@ -188,6 +222,13 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
         outcome.refused.load(Ordering::SeqCst),
         outcome.cut.load(Ordering::SeqCst),
     );
+    if !in_order {
+        let expected: Vec<usize> = arrivals
+            .iter()
+            .filter_map(|a| expected_order.iter().position(|e| e == a))
+            .collect();
+        println!("the ordered receiver's first arrivals, by queue position: {expected:?}");
+    }
     if lost + lost_ordered > 0 {
         let got_ids = order_ids(&got);
         let missing: Vec<_> = confirmed.difference(&got_ids).collect();
@@ -219,11 +260,13 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
                 );
             }
         }
-        if !in_order {
-            println!("expected {expected_order:?}\narrived {arrivals:?}");
-        }
+
         for (i, p) in proxies.iter().enumerate() {
-            for line in p.log().lines().filter(|l| l.contains("ERROR") || l.contains("WARN")) {
+            for line in p
+                .log()
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+            {
                 println!("instance {i}: {line}");
             }
         }
@@ -232,6 +275,12 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
         p.stop().await;
     }
     assert_eq!(lost, 0, "every confirmed order reached the receiver");
-    assert_eq!(lost_ordered, 0, "every confirmed order reached the ordered receiver");
-    assert!(in_order, "the ordered webhook received its deliveries in queue order");
+    assert_eq!(
+        lost_ordered, 0,
+        "every confirmed order reached the ordered receiver"
+    );
+    assert!(
+        in_order,
+        "the ordered webhook received its deliveries in queue order"
+    );
 }

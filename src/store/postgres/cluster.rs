@@ -109,7 +109,12 @@ impl Cluster {
             "initdb",
             cluster
                 .command("initdb")
-                .args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ])
                 .arg("--pwfile")
                 .arg(&pwfile)
                 .arg("-D")

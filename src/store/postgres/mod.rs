@@ -23,11 +23,11 @@
 //! - `ship`: the shipper (journal → PostgreSQL) and the listener (`LISTEN`).
 //! - `sql`: the queries.
 
+#[cfg(test)]
+pub mod cluster;
 mod schema;
 mod ship;
 mod sql;
-#[cfg(test)]
-pub mod cluster;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -42,8 +42,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Applied, EventQuery, Planner, JournalStats, QueueStats, Recorded, Recording, Store, StoreConfig,
-    StoreError, Swept,
+    Applied, EventQuery, JournalStats, Planner, QueueStats, Recorded, Recording, Store,
+    StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, Delivery, Event};
 use crate::store::SledStore;
@@ -272,6 +272,25 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
+}
+
+/// Connects once and reads the schema's state: what `hooktap check` reports.
+pub async fn probe(pg: &PgConfig) -> Result<Vec<MigrationStatus>, StoreError> {
+    let mut config: tokio_postgres::Config = pg
+        .url
+        .parse()
+        .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
+    config.connect_timeout(Duration::from_secs(5));
+    config.application_name("hooktap-check");
+    let (mut client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(pg_error)?;
+    let driver = tokio::spawn(connection);
+    let status = status_with(&mut client).await;
+    drop(client);
+    let _ = driver.await;
+    status
 }
 
 /// The connection pool: connections are made on demand, each connect bounded.

@@ -55,10 +55,7 @@ pub async fn status_with(
     client: &mut tokio_postgres::Client,
 ) -> Result<Vec<MigrationStatus>, StoreError> {
     let exists: bool = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&HISTORY_TABLE],
-        )
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&HISTORY_TABLE])
         .await
         .map_err(pg_error)?
         .get(0);
@@ -80,7 +77,10 @@ pub async fn status_with(
                 .iter()
                 .find(|a| a.version() == m.version())
                 .and_then(|a| a.applied_on())
-                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                }),
         })
         .collect())
 }

@@ -37,7 +37,9 @@ pub async fn ship(journal: Arc<SledStore>, pool: Pool, now: Arc<Notify>, status:
         match ship_all(&journal, &pool, &status).await {
             Ok(_) => {
                 if failing.take().is_some() {
-                    tracing::info!("the shared store answers again; the local journal is being moved into it");
+                    tracing::info!(
+                        "the shared store answers again; the local journal is being moved into it"
+                    );
                 }
             }
             Err(e) => {

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::pg_error;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, unix_ms};
 use crate::store::{
-    Applied, CounterChange, EventQuery, Planner, QueueStats, Recorded, Recording, StoreError, Swept,
-    WebhookPlan,
+    Applied, CounterChange, EventQuery, Planner, QueueStats, Recorded, Recording, StoreError,
+    Swept, WebhookPlan,
 };
 use crate::webhook::{Counters, Webhook, WebhookStatus};
 
@@ -30,9 +30,7 @@ pub fn ms(v: u64) -> i64 {
 }
 
 fn time_of(ms: Option<i64>) -> Option<OffsetDateTime> {
-    ms.and_then(|ms| {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-    })
+    ms.and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
 }
 
 fn ms_of(t: Option<OffsetDateTime>) -> Option<i64> {
@@ -65,7 +63,10 @@ fn webhook_of(row: &Row) -> Webhook {
 }
 
 /// Every webhook, oldest first (ids are UUIDv7), or the one with `id`.
-pub async fn webhooks(c: &impl GenericClient, id: Option<Uuid>) -> Result<Vec<Webhook>, StoreError> {
+pub async fn webhooks(
+    c: &impl GenericClient,
+    id: Option<Uuid>,
+) -> Result<Vec<Webhook>, StoreError> {
     let rows = match id {
         None => {
             c.query(
@@ -166,10 +167,7 @@ async fn notify(c: &impl GenericClient, what: &str) -> Result<(), StoreError> {
 
 /// Applies the config file's webhooks under an advisory lock, in one transaction: instances
 /// that start together see each other's webhooks, so a file webhook gets one id.
-pub async fn apply_webhooks(
-    c: &mut Client,
-    planner: &Planner,
-) -> Result<Applied, StoreError> {
+pub async fn apply_webhooks(c: &mut Client, planner: &Planner) -> Result<Applied, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK])
         .await
@@ -546,7 +544,10 @@ pub async fn deliveries_of(
         )
         .await
         .map_err(pg_error)?;
-    Ok(rows.iter().map(|r| r.get::<_, Json<Delivery>>(0).0).collect())
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, Json<Delivery>>(0).0)
+        .collect())
 }
 
 pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
@@ -557,7 +558,10 @@ pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Atte
         )
         .await
         .map_err(pg_error)?;
-    Ok(rows.iter().map(|r| r.get::<_, Json<Attempt>>(0).0).collect())
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, Json<Attempt>>(0).0)
+        .collect())
 }
 
 /// Moves journalled events and their deliveries in, in one transaction. Ids already there

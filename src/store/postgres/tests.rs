@@ -38,7 +38,9 @@ fn config(dir: &std::path::Path, url: &str, lease: Duration) -> (StoreConfig, Pg
 async fn store_on(url: &str, lease: Duration) -> (tempfile::TempDir, PgStore) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (store, pg) = config(dir.path(), url, lease);
-    let s = PgStore::open_now(&store, &pg).await.expect("open the store");
+    let s = PgStore::open_now(&store, &pg)
+        .await
+        .expect("open the store");
     s.mark_ready();
     (dir, s)
 }
@@ -96,10 +98,24 @@ async fn a_lease_keeps_a_delivery_to_one_instance_until_it_runs_out() {
     let queued = queue(&a, &w, 3).await;
 
     let got_a = a.queued(w.id, u64::MAX, 2, &none()).await.expect("claim");
-    assert_eq!(got_a, queued[..2], "the first instance leases the two oldest");
+    assert_eq!(
+        got_a,
+        queued[..2],
+        "the first instance leases the two oldest"
+    );
     let got_b = b.queued(w.id, u64::MAX, 10, &none()).await.expect("claim");
-    assert_eq!(got_b, queued[2..], "the second gets only what is not leased");
-    assert!(b.queued(w.id, u64::MAX, 10, &none()).await.expect("claim").len() <= 1);
+    assert_eq!(
+        got_b,
+        queued[2..],
+        "the second gets only what is not leased"
+    );
+    assert!(
+        b.queued(w.id, u64::MAX, 10, &none())
+            .await
+            .expect("claim")
+            .len()
+            <= 1
+    );
 
     // `a` dies with its two leased: they return once the lease runs out.
     let lease_end = b
@@ -126,10 +142,17 @@ async fn claim_head_gives_one_instance_at_a_time_the_head_of_the_queue() {
     let head = a.claim_head(w.id, u64::MAX, 1).await.expect("claim");
     assert_eq!(head, queued[..1]);
     assert!(
-        b.claim_head(w.id, u64::MAX, 1).await.expect("claim").is_empty(),
+        b.claim_head(w.id, u64::MAX, 1)
+            .await
+            .expect("claim")
+            .is_empty(),
         "nothing for another instance while the head is out, not even the second"
     );
-    assert_eq!(a.claim_head(w.id, u64::MAX, 1).await.expect("claim"), head, "the holder keeps it");
+    assert_eq!(
+        a.claim_head(w.id, u64::MAX, 1).await.expect("claim"),
+        head,
+        "the holder keeps it"
+    );
 
     let mut after = head[0].clone();
     after.state = DeliveryState::Delivered;
@@ -260,7 +283,10 @@ async fn appends_go_on_while_postgres_is_down_and_move_in_when_it_is_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(moved, "the shipper moves the backlog by itself");
-    let queued = store.queued(w.id, u64::MAX, 100, &none()).await.expect("claim");
+    let queued = store
+        .queued(w.id, u64::MAX, 100, &none())
+        .await
+        .expect("claim");
     assert_eq!(queued, appended, "every event, in order, none twice");
 }
 
@@ -275,9 +301,11 @@ async fn instances_starting_together_give_a_file_webhook_one_id() {
         stores.push((dir, Arc::new(PgStore::open(&store, &pg).expect("open"))));
     }
     let spec = WebhookSpec::example("from-the-file");
-    let plan = Arc::new(crate::store::Planner(Box::new(move |stored: &[Webhook]| {
-        crate::delivery::sync::plan(stored, std::slice::from_ref(&spec), Duration::ZERO)
-    })));
+    let plan = Arc::new(crate::store::Planner(Box::new(
+        move |stored: &[Webhook]| {
+            crate::delivery::sync::plan(stored, std::slice::from_ref(&spec), Duration::ZERO)
+        },
+    )));
     let runs = stores.iter().map(|(_, s)| {
         let s = Arc::clone(s);
         let plan = Arc::clone(&plan);
@@ -303,8 +331,5 @@ async fn a_wrong_password_is_a_clear_error() {
         Ok(_) => panic!("opened with a wrong password"),
         Err(e) => e.to_string(),
     };
-    assert!(
-        error.contains("password authentication failed"),
-        "{error}"
-    );
+    assert!(error.contains("password authentication failed"), "{error}");
 }

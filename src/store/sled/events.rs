@@ -76,12 +76,14 @@ impl SledStore {
             // Single writes in a safe order rather than one batch (a sled batch forces a log
             // write of its own: 3.5× slower, measured): the queue entries go last, so a queue
             // entry never points at a delivery or event that is not stored.
-            db.insert(keys::event(event.id), self.stored_form(event)?)?;
+            // The event after its deliveries: whoever sees the event sees all of them (the
+            // journal of a shared store ships an event with the deliveries it finds).
             for d in deliveries {
                 db.insert(keys::delivery(d.id), serde_json::to_vec(d)?)?;
                 db.insert(keys::by_webhook(d), &[] as &[u8])?;
                 db.insert(keys::by_event(d), &[] as &[u8])?;
             }
+            db.insert(keys::event(event.id), self.stored_form(event)?)?;
             for d in deliveries {
                 db.insert(keys::queue(d), &[] as &[u8])?;
             }

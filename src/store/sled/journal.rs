@@ -28,7 +28,10 @@ impl SledStore {
             let mut deliveries = Vec::new();
             for index in db.scan_prefix(keys::key(keys::BY_EVENT, &[event.id.as_bytes()])) {
                 let (ik, _) = index?;
-                if let Some(d) = keys::trailing_id(&ik).map(|id| self.delivery(id)).transpose()? {
+                if let Some(d) = keys::trailing_id(&ik)
+                    .map(|id| self.delivery(id))
+                    .transpose()?
+                {
                     deliveries.extend(d);
                 }
             }
@@ -101,7 +104,11 @@ mod tests {
         let topic = Topic::parse("order.created").expect("topic");
         let mut entries = Vec::new();
         for i in 0..3 {
-            let event = Event::new(&topic, "r", serde_json::json!({"i": i, "pad": "x".repeat(5000)}));
+            let event = Event::new(
+                &topic,
+                "r",
+                serde_json::json!({"i": i, "pad": "x".repeat(5000)}),
+            );
             let deliveries = vec![Delivery::new(&event, uuid::Uuid::now_v7(), 0)];
             store.append(&event, &deliveries).expect("append");
             entries.push(Entry { event, deliveries });
@@ -111,7 +118,10 @@ mod tests {
         assert_eq!(batch, entries[..2]);
         store.journal_forget(&batch).expect("forget");
         assert_eq!(store.journal_batch(10).expect("batch"), entries[2..]);
-        assert_eq!(store.delivery(entries[0].deliveries[0].id).expect("read"), None);
+        assert_eq!(
+            store.delivery(entries[0].deliveries[0].id).expect("read"),
+            None
+        );
         let payloads = std::fs::read_dir(dir.path().join("data").join("payloads"))
             .map(|d| d.count())
             .unwrap_or(0);

@@ -204,7 +204,10 @@ pub struct WebhookPlan {
 }
 
 /// Decides a [`WebhookPlan`] from the stored webhooks (see [`Store::apply_webhooks`]).
-pub struct Planner(pub Box<dyn Fn(&[Webhook]) -> WebhookPlan + Send + Sync>);
+pub struct Planner(pub Box<PlanFn>);
+
+/// The function inside a [`Planner`].
+pub type PlanFn = dyn Fn(&[Webhook]) -> WebhookPlan + Send + Sync;
 
 impl Planner {
     pub fn plan(&self, stored: &[Webhook]) -> WebhookPlan {

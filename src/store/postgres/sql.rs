@@ -21,6 +21,10 @@ use crate::webhook::{Counters, Webhook, WebhookStatus};
 pub const CHANNEL: &str = "hooktap";
 /// The advisory lock that serialises applying the config file's webhooks.
 const SETUP_LOCK: i64 = 0x686f_6f6b_7461_7002;
+/// The advisory lock that serialises moving journals in: deliveries then become visible in
+/// the order of their `seq` (without it, a transaction that took a lower `seq` could commit
+/// after one with a higher `seq` had been sent, and an ordered webhook would send out of order).
+const SHIP_LOCK: i64 = 0x686f_6f6b_7461_7003;
 /// Retention sweeps run at most this often over all instances.
 const SWEEP_EVERY_MS: i64 = 50 * 60 * 1000;
 
@@ -586,6 +590,9 @@ pub async fn insert_events(
     let records: Vec<Json<&Delivery>> = all.iter().map(|d| Json(*d)).collect();
 
     let tx = c.transaction().await.map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SHIP_LOCK])
+        .await
+        .map_err(pg_error)?;
     tx.execute(
         "INSERT INTO events (id, created_ms, record)
          SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::jsonb[])

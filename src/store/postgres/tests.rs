@@ -309,7 +309,7 @@ async fn instances_starting_together_give_a_file_webhook_one_id() {
     let runs = stores.iter().map(|(_, s)| {
         let s = Arc::clone(s);
         let plan = Arc::clone(&plan);
-        tokio::spawn(async move { s.apply_webhooks(&*plan).await.expect("apply").put })
+        tokio::spawn(async move { s.apply_webhooks(&plan).await.expect("apply").put })
     });
     let mut ids = HashSet::new();
     for run in runs {

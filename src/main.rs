@@ -60,6 +60,12 @@ enum Command {
     Check,
     /// Run the `[[test]]` cases of the rule files.
     Test,
+    /// Apply the PostgreSQL store's schema migrations (`run` applies them too), or show them.
+    Migrate {
+        /// Show which migrations are applied, change nothing.
+        #[arg(long)]
+        status: bool,
+    },
     /// Run a demo: a ticket shop, hooktap in front of it, a receiver, and some traffic.
     Demo {
         /// Where the demo's proxy listens.
@@ -220,6 +226,43 @@ fn check(config: &Config) -> bool {
             false
         }
     }
+}
+
+/// `hooktap migrate [--status]`.
+fn migrate(config: &Config, status: bool) -> anyhow::Result<()> {
+    let hooktap::config::Backend::Postgres(pg) = &config.store.backend else {
+        anyhow::bail!(
+            "the store is sled ([store] backend), which has no schema to migrate; migrations are for backend = \"postgres\""
+        );
+    };
+    let shown = hooktap::store::PgConfig::shown(&pg.url);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let migrations = rt
+        .block_on(async {
+            if !status {
+                let applied = hooktap::store::postgres::apply(pg).await?;
+                if applied.is_empty() {
+                    out(format_args!("{shown}: the schema is up to date"));
+                }
+                for m in applied {
+                    out(format_args!("{shown}: applied {m}"));
+                }
+            }
+            hooktap::store::postgres::probe(pg).await
+        })
+        .with_context(|| format!("the store, PostgreSQL at {shown}"))?;
+    for m in migrations {
+        out(format_args!(
+            "V{}__{}: {}",
+            m.version,
+            m.name,
+            m.applied_on.as_deref().unwrap_or("not applied")
+        ));
+    }
+    Ok(())
 }
 
 fn test(config: &Config) -> bool {
@@ -429,6 +472,7 @@ fn main() -> ExitCode {
             Ok(_) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        Command::Migrate { status } => load(&cli.config).and_then(|c| migrate(&c, status)),
         Command::Test => match load(&cli.config) {
             Ok(c) if test(&c) => Ok(()),
             Ok(_) => return ExitCode::FAILURE,

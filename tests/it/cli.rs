@@ -434,7 +434,7 @@ fn postgres_project(url: &str) -> tempfile::TempDir {
 }
 
 #[test]
-fn check_reaches_a_postgres_store_and_names_a_wrong_password() {
+fn check_and_migrate_reach_a_postgres_store_and_name_a_wrong_password() {
     let cluster = crate::pg_cluster::Cluster::start();
     let url = cluster.database();
     let ok = run(postgres_project(&url).path(), "check");
@@ -449,6 +449,19 @@ fn check_reaches_a_postgres_store_and_names_a_wrong_password() {
             && stdout.contains("0 of 1 migrations applied"),
         "{stdout}"
     );
+
+    let dir = postgres_project(&url);
+    let migrated = run(dir.path(), "migrate");
+    let stdout = String::from_utf8_lossy(&migrated.stdout);
+    assert!(migrated.status.success(), "{stdout}");
+    assert!(stdout.contains("applied V1__schema"), "{stdout}");
+    let again = run(dir.path(), "migrate");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("the schema is up to date"),
+        "a second run applies nothing"
+    );
+    let checked = run(dir.path(), "check");
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("1 of 1 migrations applied"));
 
     let wrong = url.replace(crate::pg_cluster::PASSWORD, "not-the-password");
     let out = run(postgres_project(&wrong).path(), "check");

@@ -1,7 +1,7 @@
 //! Three hooktap instances on one PostgreSQL store, one app and one receiver: shared webhook
 //! ids, a change on one instance seen on the others, orders spread over the three proxies
-//! while one instance is SIGKILLed and restarted and PostgreSQL is stopped hard and started
-//! again. Every order the app confirmed reaches the receiver, the ordered webhook receives
+//! while one instance is SIGKILLed and restarted, PostgreSQL is stopped hard and started
+//! again, and one instance is paused (SIGSTOP) past its lease. Every order the app confirmed reaches the receiver, the ordered webhook receives
 //! them in queue order, and the duplicates are counted. Part of `scripts/reliability.sh`.
 
 use std::collections::{HashMap, HashSet};
@@ -87,7 +87,7 @@ async fn queue_order(url: &str, webhook: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: part of scripts/reliability.sh"]
-async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outage() {
+async fn three_instances_share_one_store_through_a_peer_kill_an_outage_and_a_pause() {
     let cluster = Cluster::start();
     let url = cluster.database();
     let (app, upstream) = TestUpstream::start().await;
@@ -180,7 +180,12 @@ async fn three_instances_share_one_store_through_a_peer_kill_and_a_postgres_outa
     cluster.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.start_server();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A lease holder paused past its lease (2 s): the others take its deliveries over.
+    proxies[0].signal("STOP");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxies[0].signal("CONT");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     for l in loaders {
         l.await.expect("load");

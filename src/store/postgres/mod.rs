@@ -276,21 +276,43 @@ impl PgStore {
 
 /// Connects once and reads the schema's state: what `hooktap check` reports.
 pub async fn probe(pg: &PgConfig) -> Result<Vec<MigrationStatus>, StoreError> {
+    with_connection(
+        pg,
+        |mut client| async move { status_with(&mut client).await },
+    )
+    .await
+}
+
+/// Connects once and applies the missing migrations (`hooktap migrate`).
+pub async fn apply(pg: &PgConfig) -> Result<Vec<String>, StoreError> {
+    with_connection(
+        pg,
+        |mut client| async move { migrate_with(&mut client).await },
+    )
+    .await
+}
+
+/// Runs `f` on one connection of its own (tools: no pool, no background tasks).
+async fn with_connection<T, F, Fut>(pg: &PgConfig, f: F) -> Result<T, StoreError>
+where
+    F: FnOnce(tokio_postgres::Client) -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
     let mut config: tokio_postgres::Config = pg
         .url
         .parse()
         .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
     config.connect_timeout(Duration::from_secs(5));
-    config.application_name("hooktap-check");
-    let (mut client, connection) = config
+    config.application_name("hooktap-tool");
+    let (client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(pg_error)?;
     let driver = tokio::spawn(connection);
-    let status = status_with(&mut client).await;
-    drop(client);
+    let result = f(client).await;
+    // `f` dropped the client: the connection ends.
     let _ = driver.await;
-    status
+    result
 }
 
 /// The connection pool: connections are made on demand, each connect bounded.

@@ -10,19 +10,40 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hooktap::config::Backend as Backend_;
 use hooktap::config::Config;
 use hooktap::delivery::Engine;
 use hooktap::event::{Event, Topic};
 use hooktap::metrics::Metrics;
-use hooktap::store::{SledStore, Store};
+use hooktap::store::{PgStore, SledStore, Store};
 use hooktap::webhook::WebhookStatus;
 
 pub struct Outcome {
     pub events: u64,
     pub enqueue: Duration,
+    /// Until every event was in the store that delivers (for PostgreSQL: moved from the
+    /// journals; zero for sled).
+    pub ship: Duration,
     pub deliver: Duration,
     pub delivered: u64,
     pub failed: u64,
+    /// CPU ticks of this process (hooktap's engine, store and journal shipper) while events
+    /// were taken in and moved, and while they were delivered.
+    pub cpu_intake: u64,
+    pub cpu_deliver: u64,
+    /// CPU ticks of the PostgreSQL server in the same two phases.
+    pub pg_intake: u64,
+    pub pg_deliver: u64,
+}
+
+/// Where the benchmark's store lives.
+pub struct Backend<'a> {
+    /// `None`: sled; else the URL of an empty PostgreSQL database.
+    pub postgres: Option<&'a str>,
+    /// Instances (engines, each with its own store and journal) sharing it.
+    pub instances: usize,
+    /// The PostgreSQL server's processes, for their CPU time.
+    pub server_pids: &'a dyn Fn() -> Vec<u32>,
 }
 
 /// A hooktap.toml for `dir` with one webhook to `receiver`, paused or active.
@@ -61,7 +82,8 @@ status = "{status}"
     )
 }
 
-/// Runs the benchmark with `events` events; `threads` tokio workers run the delivery loop.
+/// Runs the benchmark with `events` events on sled; `threads` tokio workers run the delivery
+/// loop.
 pub fn run(
     dir: &Path,
     receiver: SocketAddr,
@@ -69,31 +91,79 @@ pub fn run(
     threads: usize,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
+    let backend = Backend {
+        postgres: None,
+        instances: 1,
+        server_pids: &Vec::new,
+    };
+    run_on(dir, receiver, events, threads, timeout, &backend)
+}
+
+/// This process's CPU ticks and the PostgreSQL server's.
+fn ticks(backend: &Backend<'_>) -> (u64, u64) {
+    (
+        crate::cpu_ticks(&[std::process::id()]),
+        crate::cpu_ticks(&(backend.server_pids)()),
+    )
+}
+
+/// The same on `backend`: events are taken in round-robin by its instances, and every
+/// instance's delivery loop runs.
+pub fn run_on(
+    dir: &Path,
+    receiver: SocketAddr,
+    events: u64,
+    threads: usize,
+    timeout: Duration,
+    backend: &Backend<'_>,
+) -> anyhow::Result<Outcome> {
     let unused: SocketAddr = "127.0.0.1:9".parse()?;
-    let file = dir.join("hooktap.toml");
-    std::fs::write(
-        &file,
-        config_text(dir, unused, unused, receiver, "paused", threads),
-    )?;
-    let config = Config::load(&file).map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
         .build()?;
-    let engine = Arc::new(Engine::new(
-        Arc::clone(&store),
-        Vec::new(),
-        config.delivery.clone(),
-        Arc::new(Metrics::new()),
-    )?);
-    rt.block_on(engine.sync_webhooks(&config.webhooks, config.delivery.secret_rotation_grace))?;
+    let mut engines = Vec::new();
+    let mut config = None;
+    for i in 0..backend.instances.max(1) {
+        let own = dir.join(format!("instance-{i}"));
+        std::fs::create_dir_all(&own)?;
+        let file = own.join("hooktap.toml");
+        let mut text = config_text(&own, unused, unused, receiver, "paused", threads);
+        if let Some(url) = backend.postgres {
+            text = text.replace(
+                "[store]\n",
+                &format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"),
+            );
+        }
+        std::fs::write(&file, text)?;
+        let c = Config::load(&file).map_err(|e| anyhow::anyhow!("bench config: {e}"))?;
+        let store: Arc<dyn Store> = match &c.store.backend {
+            Backend_::Sled => Arc::new(SledStore::open(&c.store)?),
+            Backend_::Postgres(pg) => {
+                let s = rt.block_on(PgStore::open_now(&c.store, pg))?;
+                Arc::new(s)
+            }
+        };
+        let engine = Arc::new(Engine::new(
+            Arc::clone(&store),
+            Vec::new(),
+            c.delivery.clone(),
+            Arc::new(Metrics::new()),
+        )?);
+        rt.block_on(engine.sync_webhooks(&c.webhooks, c.delivery.secret_rotation_grace))?;
+        store.mark_ready();
+        engines.push(engine);
+        config.get_or_insert(c);
+    }
+    let config = config.ok_or_else(|| anyhow::anyhow!("no instance"))?;
+    let engine = Arc::clone(&engines[0]);
     let webhook = engine
         .webhooks()
         .iter()
         .find(|w| w.spec.name == "crm")
         .ok_or_else(|| anyhow::anyhow!("webhook crm was not stored"))?
         .id;
+    let before = ticks(backend);
 
     let topic = Topic::parse("order.created").map_err(anyhow::Error::msg)?;
     let started = Instant::now();
@@ -107,36 +177,60 @@ pub fn run(
             "total": 90.0,
             "location": i.to_string(),
         });
-        engine
+        engines[usize::try_from(i).unwrap_or(0) % engines.len()]
             .intake()
             .enqueue(&Event::new(&topic, "order created", payload))?;
     }
     let enqueue = started.elapsed();
+    // A shared store delivers what reached it: wait until every journal is moved.
+    for e in &engines {
+        rt.block_on(e.store().flush())?;
+    }
+    let ship = started.elapsed() - enqueue;
+    let after_intake = ticks(backend);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let outcome = rt.block_on(async {
-        let looping = tokio::spawn(Arc::clone(&engine).run(config.store.retention, stopped));
+        let loops: Vec<_> = engines
+            .iter()
+            .map(|e| tokio::spawn(Arc::clone(e).run(config.store.retention, stopped.clone())))
+            .collect();
         let started = Instant::now();
         engine.set_status(webhook, WebhookStatus::Active).await?;
+        for other in &engines[1..] {
+            // What each instance's store keeper does every 200 ms.
+            other.refresh_webhooks().await?;
+        }
         let (delivered, failed) = loop {
-            let counters = engine
-                .webhook(webhook)
-                .map(|w| w.counters)
-                .unwrap_or_default();
+            // A shared store counts over all instances; sled's own copy is the engine's.
+            let counters = if backend.postgres.is_some() {
+                engine.store().webhook(webhook).await?.map(|w| w.counters)
+            } else {
+                engine.webhook(webhook).map(|w| w.counters)
+            }
+            .unwrap_or_default();
             if counters.delivered + counters.failed >= events || started.elapsed() > timeout {
                 break (counters.delivered, counters.failed);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         let deliver = started.elapsed();
+        let after = ticks(backend);
         let _ = stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), looping).await;
+        for looping in loops {
+            let _ = tokio::time::timeout(Duration::from_secs(5), looping).await;
+        }
         anyhow::Ok(Outcome {
             events,
             enqueue,
+            ship,
             deliver,
             delivered,
             failed,
+            cpu_intake: after_intake.0 - before.0,
+            cpu_deliver: after.0 - after_intake.0,
+            pg_intake: after_intake.1 - before.1,
+            pg_deliver: after.1 - after_intake.1,
         })
     })?;
     Ok(outcome)

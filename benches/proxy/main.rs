@@ -14,6 +14,8 @@
 
 mod bare;
 mod delivery;
+#[path = "../../src/store/postgres/cluster.rs"]
+mod pg_cluster;
 mod upstream;
 
 use std::collections::BTreeMap;
@@ -77,6 +79,16 @@ enum Sub {
         threads: usize,
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+    },
+    /// Delivery on sled, then on PostgreSQL with one, two and three instances (a throwaway
+    /// cluster); prints one `SHARED` line per case.
+    Shared {
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
     },
     /// POST /orders at a fixed rate.
     Rate {
@@ -193,6 +205,11 @@ fn main() -> ExitCode {
             threads,
             timeout,
         }) => cmd_delivery(receiver, events, threads, Duration::from_secs(timeout)),
+        Some(Sub::Shared {
+            events,
+            threads,
+            runs,
+        }) => cmd_shared(events, threads, runs),
         Some(Sub::Rate { url, rate, seconds }) => cmd_rate(&url, rate, seconds),
         Some(Sub::Attach { case, cmd, opts }) => cmd_attach(&opts, &case, &cmd),
         None => cmd_all(&cli.all),
@@ -1187,6 +1204,77 @@ fn cmd_delivery(
         o.delivered,
         o.failed
     );
+    Ok(())
+}
+
+/// The PostgreSQL server's processes: the postmaster (first line of postmaster.pid) and its
+/// children.
+fn postgres_pids(cluster: &pg_cluster::Cluster) -> Vec<u32> {
+    let pid = std::fs::read_to_string(cluster.dir().join("data/postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+    pid.map(|p| {
+        let mut all = vec![p];
+        all.extend(children(p));
+        all
+    })
+    .unwrap_or_default()
+}
+
+fn cmd_shared(events: u64, threads: usize, runs: usize) -> anyhow::Result<()> {
+    let receiver = free_port()?;
+    std::thread::spawn(move || upstream::serve(receiver, 1, Duration::from_secs(3600)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(receiver).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the receiver did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cluster = pg_cluster::Cluster::start();
+    let hz = clock_ticks() as f64;
+    for run in 0..runs {
+        for (label, instances) in [
+            ("sled", 1),
+            ("postgres", 1),
+            ("postgres", 2),
+            ("postgres", 3),
+        ] {
+            let url = (label == "postgres").then(|| cluster.database());
+            let dir = tempfile::Builder::new()
+                .prefix("hooktap-shared-")
+                .tempdir()?;
+            let pids = || postgres_pids(&cluster);
+            let backend = delivery::Backend {
+                postgres: url.as_deref(),
+                instances,
+                server_pids: &pids,
+            };
+            let o = delivery::run_on(
+                dir.path(),
+                receiver,
+                events,
+                threads,
+                Duration::from_secs(300),
+                &backend,
+            )?;
+            let per_event = |ticks: u64| ticks as f64 / hz * 1e6 / o.events.max(1) as f64;
+            println!(
+                "SHARED run={} backend={label} instances={instances} events={} enqueue_ms={} ship_ms={} deliver_ms={} delivered={} failed={} stored_per_s={:.0} webhooks_per_s={:.0} intake_cpu_us_per_event={:.1} deliver_cpu_us_per_event={:.1} pg_intake_cpu_us_per_event={:.1} pg_deliver_cpu_us_per_event={:.1}",
+                run + 1,
+                o.events,
+                o.enqueue.as_millis(),
+                o.ship.as_millis(),
+                o.deliver.as_millis(),
+                o.delivered,
+                o.failed,
+                o.events as f64 / (o.enqueue + o.ship).as_secs_f64().max(1e-9),
+                o.delivered as f64 / o.deliver.as_secs_f64().max(1e-9),
+                per_event(o.cpu_intake),
+                per_event(o.cpu_deliver),
+                per_event(o.pg_intake),
+                per_event(o.pg_deliver),
+            );
+        }
+    }
     Ok(())
 }
 

@@ -338,6 +338,8 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    // The address bound, which tells the port the OS picked for `listen` port 0.
+    let listen = listener.local_addr()?;
     tracing::info!(%listen, "admin API listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {

@@ -5,7 +5,8 @@
 //! error answer of every operation, and the bounds every integer has by its Rust type.
 //!
 //! Tests check that the document's paths are exactly the router's, and (src/admin/tests.rs)
-//! that the real router answers as the document says.
+//! that the real router answers as the document says; scripts/schemathesis.sh fuzzes a
+//! running hooktap against it.
 //!
 //! [`NewWebhook`]: crate::webhook::NewWebhook
 //! [`WebhookInput`]: crate::webhook::WebhookInput

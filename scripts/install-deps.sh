@@ -2,8 +2,10 @@
 # Installs what building and testing hooktap needs and a fresh Debian machine lacks: cmake
 # (pingora's zlib dependency builds with it), a C compiler, e2fsprogs (the reliability suite
 # formats an ext4 image), PostgreSQL's server binaries (the shared-store tests start their own
-# throwaway cluster; no server is started here), and chromium (the dashboard test drives it
-# headless). Safe to run again: it installs only what is missing.
+# throwaway cluster; no server is started here), python3-venv and iproute2
+# (scripts/schemathesis.sh makes a venv, and brings up loopback in a network namespace), and
+# chromium (the dashboard test drives it headless). Safe to run again: it installs only what is
+# missing.
 # HOOKTAP_NO_BROWSER=1 skips chromium when only building.
 set -euo pipefail
 
@@ -15,6 +17,9 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 # The PostgreSQL store's tests run initdb/pg_ctl from /usr/lib/postgresql/<version>/bin.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+# The OpenAPI conformance run installs schemathesis into a venv (Debian splits venv out).
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ -z "${HOOKTAP_NO_BROWSER:-}" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 fi

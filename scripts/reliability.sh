@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HOOKTAP_NO_BROWSER=1 scripts/install-deps.sh
+log="${CARGO_TARGET_DIR:-target}/reliability.log"
+mkdir -p "$(dirname "$log")"
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --test it --run-ignored only --no-fail-fast --no-capture "$@" 2>&1 | tee target/reliability.log
+  cargo nextest run --test it --run-ignored only --no-fail-fast --no-capture "$@" 2>&1 | tee "$log"
 else
-  cargo test --test it --no-fail-fast -- --ignored --nocapture "$@" 2>&1 | tee target/reliability.log
+  cargo test --test it --no-fail-fast -- --ignored --nocapture "$@" 2>&1 | tee "$log"
 fi
 echo
 echo "figures:"
-grep '^RESULT' target/reliability.log || true
+grep '^RESULT' "$log" || true

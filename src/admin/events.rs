@@ -1,4 +1,7 @@
 //! `/events`, `/rules`, the live stream, reload, metrics and health.
+//!
+//! Every handler reads and answers the types its `#[utoipa::path]` names, so the OpenAPI
+//! document is derived from what the handlers use.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -9,19 +12,19 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{HealthDoc, ReloadedDoc, RuleDoc};
 use super::{AdminState, ApiError, Page, Q};
 use crate::event::Event;
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventFilter {
     /// A glob over topics, like a webhook's `topics` entries.
+    #[param(min_length = 1)]
     topic: Option<String>,
     /// Only events created at or after this time (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -31,9 +34,14 @@ pub struct EventFilter {
     until: Option<OffsetDateTime>,
 }
 
+/// The `topic` glob, compiled. An empty one is refused like every empty query value: it
+/// could match no topic, and is more likely a client's unset variable than a wish for nothing.
 fn topic_matcher(topic: Option<&str>) -> Result<Option<globset::GlobMatcher>, ApiError> {
     topic
         .map(|t| {
+            if t.is_empty() {
+                return Err(ApiError::invalid("topic", "topic must not be empty"));
+            }
             globset::Glob::new(t)
                 .map(|g| g.compile_matcher())
                 .map_err(|e| {
@@ -64,7 +72,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, operation_id = "get_event", path = "/events/{id}", tag = "events", summary = "Get an event",
-    params(("id" = String, Path, description = "The event's id")), responses((status = 200, body = Event)))]
+    params(("id" = uuid::Uuid, Path, description = "The event's id")), responses((status = 200, body = Event)))]
 pub async fn get(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
@@ -80,10 +88,11 @@ pub async fn get(
     Ok(Json(event))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StreamFilter {
     /// A glob over topics, like a webhook's `topics` entries.
+    #[param(min_length = 1)]
     topic: Option<String>,
 }
 
@@ -120,37 +129,85 @@ pub async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// A loaded rule and how many events it produced.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuleSummary {
+    name: String,
+    topic: String,
+    /// Empty when the rule accepts any method.
+    methods: Vec<String>,
+    path: String,
+    /// Events produced since hooktap started.
+    events: u64,
+}
+
 #[utoipa::path(get, operation_id = "list_rules", path = "/rules", tag = "rules",
     summary = "The loaded rules and how many events each produced",
-    responses((status = 200, body = [RuleDoc])))]
-pub async fn rules(State(state): State<AdminState>) -> Json<Vec<Value>> {
+    responses((status = 200, body = [RuleSummary])))]
+pub async fn rules(State(state): State<AdminState>) -> Json<Vec<RuleSummary>> {
     let rules = state.live.rules().load();
     let metrics = state.live.engine().metrics();
     Json(
         rules
             .rules()
             .iter()
-            .map(|r| {
-                json!({
-                    "name": r.name,
-                    "topic": r.topic.as_str(),
-                    "methods": r.methods.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "path": r.path,
-                    "events": metrics.events_of_rule(r.topic.as_str(), &r.name),
-                })
+            .map(|r| RuleSummary {
+                name: r.name.clone(),
+                topic: r.topic.as_str().to_owned(),
+                methods: r.methods.iter().map(ToString::to_string).collect(),
+                path: r.path.clone(),
+                events: metrics.events_of_rule(r.topic.as_str(), &r.name),
             })
             .collect(),
     )
 }
 
+/// What a reload loaded.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reloaded {
+    reloaded: bool,
+    #[schema(format = UInt64)]
+    rules: usize,
+    #[schema(format = UInt64)]
+    webhooks: usize,
+    /// `[name, dropped pending deliveries]` of each file-declared webhook that left the file.
+    #[schema(value_type = Vec<RemovedPair>)]
+    removed: Vec<(String, usize)>,
+}
+
+/// The schema of a `(String, usize)` as `removed` holds it: a `[name, number]` array. (utoipa
+/// derives `prefixItems` for a tuple, which schemathesis 4 cannot check answers against.)
+pub struct RemovedPair;
+
+impl utoipa::PartialSchema for RemovedPair {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, Object, OneOfBuilder, Type};
+        ArrayBuilder::new()
+            .items(
+                OneOfBuilder::new()
+                    .item(Object::with_type(Type::String))
+                    .item(Object::with_type(Type::Integer)),
+            )
+            .min_items(Some(2))
+            .max_items(Some(2))
+            .description(Some("`[name, dropped pending deliveries]`"))
+            .into()
+    }
+}
+
+impl ToSchema for RemovedPair {}
+
 #[utoipa::path(post, operation_id = "reload", path = "/reload", tag = "rules",
     summary = "Reload rules and file-declared webhooks (422 invalid_config keeps the running ones)",
-    responses((status = 200, body = ReloadedDoc)))]
-pub async fn reload(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    responses((status = 200, body = Reloaded)))]
+pub async fn reload(State(state): State<AdminState>) -> Result<Json<Reloaded>, ApiError> {
     match state.live.reload().await {
-        Ok(r) => Ok(Json(
-            json!({"reloaded": true, "rules": r.rules, "webhooks": r.webhooks, "removed": r.removed}),
-        )),
+        Ok(r) => Ok(Json(Reloaded {
+            reloaded: true,
+            rules: r.rules,
+            webhooks: r.webhooks,
+            removed: r.removed,
+        })),
         Err(e @ crate::live::ReloadError::Invalid(_)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_config",
@@ -189,11 +246,41 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiErr
         .into_response())
 }
 
+/// The answer of `/healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    status: Alive,
+}
+
+/// Always `ok`: an answer means the admin API is alive.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Alive {
+    Ok,
+}
+
+/// Alive whenever the admin API answers.
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "meta", security(),
+    summary = "Alive (no token needed)",
+    responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: Alive::Ok })
+}
+
+/// The answer of `/readyz`: which part is ready.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// The proxy's `listen` address accepts a TCP connection within one second.
+    proxy: bool,
+    /// The store is open and answers a read.
+    store: bool,
+}
+
 /// Ready when the proxy accepts connections and the store answers.
-#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "meta", security(()),
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "meta", security(),
     summary = "Ready: proxy listening and store open (no token needed; 503 when not)",
-    responses((status = 200, body = HealthDoc), (status = 503, body = HealthDoc)))]
-pub async fn ready(State(state): State<AdminState>) -> Response {
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn ready(State(state): State<AdminState>) -> (StatusCode, Json<Readiness>) {
     let proxy = tokio::time::timeout(
         Duration::from_secs(1),
         tokio::net::TcpStream::connect(state.proxy_addr),
@@ -208,5 +295,5 @@ pub async fn ready(State(state): State<AdminState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"proxy": proxy, "store": store}))).into_response()
+    (status, Json(Readiness { proxy, store }))
 }

@@ -26,12 +26,14 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::delivery::manage::ManageError;
 use crate::live::Live;
 use crate::store::StoreError;
+use crate::webhook::struct_fields;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -147,9 +149,10 @@ impl From<ManageError> for ApiError {
 }
 
 /// A query string, rejected as a JSON error (not axum's plain text) when it does not parse.
+/// The error names the parameter at fault (`"field": "page"`), or `query` when no single one is.
 pub struct Q<T>(pub T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Q<T> {
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for Q<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -159,43 +162,87 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(v)| Q(v))
-            .map_err(|e| ApiError::invalid("query", e.body_text()))
+            .map_err(|e| {
+                let field = rejected_field::<T, serde::de::value::Error>(&e).unwrap_or("query");
+                ApiError::invalid(field, e.body_text())
+            })
     }
 }
 
-/// `?page=1&per_page=20` (per_page at most 100).
+/// The field of `T` that a rejected body or query string failed on. axum deserializes both
+/// with `serde_path_to_error`, whose error (in the rejection's source chain, with the
+/// deserializer's error type `E`) knows the path; only a field `T` declares is named.
+fn rejected_field<T: DeserializeOwned, E: std::error::Error + 'static>(
+    rejection: &(dyn std::error::Error + 'static),
+) -> Option<&'static str> {
+    let mut source = rejection.source();
+    while let Some(s) = source {
+        if let Some(p) = s.downcast_ref::<serde_path_to_error::Error<E>>() {
+            let serde_path_to_error::Segment::Map { key } = p.path().iter().next()? else {
+                return None;
+            };
+            return struct_fields::<T>().iter().copied().find(|f| f == key);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// A JSON body, with serde's complaint turned into a 400 that names the problem and, when it
+/// lies in one field (a bad enum name, a wrong type), that field; else `body`.
+fn json_body<T: DeserializeOwned>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| {
+        let field = rejected_field::<T, serde_json::Error>(&e).unwrap_or("body");
+        ApiError::invalid(field, e.body_text())
+    })
+}
+
+/// The most items one page holds.
+const MAX_PER_PAGE: u32 = 100;
+
+/// `?page=1&per_page=20`: which slice of a list to answer. `page` is any `u32` from 1 (a page
+/// past the end is empty), `per_page` 1 to [`MAX_PER_PAGE`]; the document states both.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct Page {
     /// From 1.
     #[serde(default = "first_page")]
     #[param(default = 1, minimum = 1)]
-    page: usize,
+    page: u32,
+    /// From 1 to 100.
     #[serde(default = "default_per_page")]
     #[param(default = 20, minimum = 1, maximum = 100)]
-    per_page: usize,
+    per_page: u32,
 }
 
-fn first_page() -> usize {
+fn first_page() -> u32 {
     1
 }
 
-fn default_per_page() -> usize {
+fn default_per_page() -> u32 {
     20
 }
 
 impl Page {
+    /// The (offset, limit) to read. The offset is computed in `u64`, which no `u32` page of at
+    /// most 100 items overflows (it overflowed `usize` before, and panicked), then clamped.
     fn check(&self) -> Result<(usize, usize), ApiError> {
         if self.page == 0 {
             return Err(ApiError::invalid("page", "page starts at 1"));
         }
-        if !(1..=100).contains(&self.per_page) {
+        if !(1..=MAX_PER_PAGE).contains(&self.per_page) {
             return Err(ApiError::invalid(
                 "per_page",
-                "per_page must be between 1 and 100",
+                format!("per_page must be between 1 and {MAX_PER_PAGE}"),
             ));
         }
-        Ok(((self.page - 1) * self.per_page, self.per_page))
+        let offset = u64::from(self.page - 1) * u64::from(self.per_page);
+        Ok((
+            usize::try_from(offset).unwrap_or(usize::MAX),
+            self.per_page as usize,
+        ))
     }
 }
 
@@ -317,14 +364,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/rules", get(events::rules))
         .route("/reload", post(events::reload))
         .route("/metrics", get(events::metrics))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .route("/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(events::health))
         .route("/readyz", get(events::ready))
         .merge(api)
         .layer(middleware::from_fn_with_state(state.clone(), loopback_only))
@@ -338,6 +382,8 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    // The address bound, which tells the port the OS picked for `listen` port 0.
+    let listen = listener.local_addr()?;
     tracing::info!(%listen, "admin API listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {

@@ -1,21 +1,27 @@
 //! The OpenAPI 3.1 document of the admin API, served at `/openapi.json`, derived with `utoipa`
-//! from the types the handlers read and answer ([`WebhookInput`], [`WebhookView`], [`Event`],
-//! [`Delivery`], ...) and from the `#[utoipa::path]` attribute on each handler. A test checks
-//! that the document's paths are exactly the router's.
+//! from the types the handlers read and answer ([`NewWebhook`], [`WebhookInput`],
+//! [`WebhookView`], [`Event`], the query structs, ...) and from the `#[utoipa::path]` attribute
+//! on each handler; there are no documentation-only types. Two conventions are added here: the
+//! error answer of every operation, and the bounds every integer has by its Rust type.
 //!
-//! Answers that the handlers build as ad-hoc JSON are described by the small `*Doc` types
-//! below; they are documentation only.
+//! Tests check that the document's paths are exactly the router's, and (src/admin/tests.rs)
+//! that the real router answers as the document says; scripts/schemathesis.sh fuzzes a
+//! running hooktap against it.
+//!
+//! [`NewWebhook`]: crate::webhook::NewWebhook
+//! [`WebhookInput`]: crate::webhook::WebhookInput
+//! [`WebhookView`]: crate::webhook::WebhookView
+//! [`Event`]: crate::event::Event
 
+use std::sync::LazyLock;
+
+use axum::Json;
 use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::{ErrorBody, events, webhooks};
-use crate::event::{Attempt, Delivery, DeliveryState, Event};
-use crate::webhook::{
-    BatchOrder, Counters, ModeKind, Origin, Profile, WebhookInput, WebhookStatus, WebhookView,
-};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,25 +46,11 @@ use crate::webhook::{
         events::rules,
         events::reload,
         events::metrics,
-        openapi_json,
-        healthz,
+        serve,
+        events::health,
         events::ready,
     ),
-    components(schemas(
-        ErrorBody,
-        WebhookInput,
-        WebhookView,
-        WebhookStatus,
-        Profile,
-        ModeKind,
-        BatchOrder,
-        Origin,
-        Counters,
-        Event,
-        Delivery,
-        DeliveryState,
-        Attempt,
-    )),
+    components(schemas(ErrorBody)),
     modifiers(&Conventions),
     security(("bearer" = []))
 )]
@@ -108,123 +100,101 @@ impl Modify for Conventions {
     }
 }
 
-/// `{"count": n}`
-#[derive(ToSchema)]
-#[schema(as = Count)]
-#[allow(dead_code)]
-pub struct CountDoc {
-    count: usize,
+/// The range of each integer `format` utoipa writes for a Rust integer type
+/// (`non_strict_integers`: `u32` is `uint32`, ...). `usize` has no format of its own; the
+/// fields that hold one say `format = UInt64`.
+const INTEGER_FORMATS: [(&str, i128, i128); 8] = [
+    ("int8", i8::MIN as i128, i8::MAX as i128),
+    ("int16", i16::MIN as i128, i16::MAX as i128),
+    ("int32", i32::MIN as i128, i32::MAX as i128),
+    ("int64", i64::MIN as i128, i64::MAX as i128),
+    ("uint8", 0, u8::MAX as i128),
+    ("uint16", 0, u16::MAX as i128),
+    ("uint32", 0, u32::MAX as i128),
+    ("uint64", 0, u64::MAX as i128),
+];
+
+/// Gives every integer schema with a known `format` the `minimum` and `maximum` of its type
+/// (or keeps a tighter one it declares), so that the document says which numbers the server
+/// can read: a `page` of 2^32 does not fit its `u32` and is refused.
+fn bound_integers(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let is_integer = match map.get("type") {
+                Some(Value::String(t)) => t == "integer",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            // utoipa writes `UInt32` as `u-int32` (its kebab-case); the format is `uint32`.
+            if let Some(Value::String(format)) = map.get_mut("format") {
+                if let Some(width) = format.strip_prefix("u-int") {
+                    *format = format!("uint{width}");
+                }
+            }
+            let range = map.get("format").and_then(Value::as_str).and_then(|f| {
+                INTEGER_FORMATS
+                    .iter()
+                    .find(|(name, ..)| *name == f)
+                    .map(|&(_, min, max)| (min, max))
+            });
+            if let (true, Some((min, max))) = (is_integer, range) {
+                let declared = |key: &str| map.get(key).and_then(number_as_i128);
+                let min = declared("minimum").map_or(min, |d| d.max(min));
+                let max = declared("maximum").map_or(max, |d| d.min(max));
+                map.insert("minimum".to_owned(), i128_number(min));
+                map.insert("maximum".to_owned(), i128_number(max));
+            }
+            map.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
 }
 
-/// The answer to deleting a webhook.
-#[derive(ToSchema)]
-#[schema(as = Deleted)]
-#[allow(dead_code)]
-pub struct DeletedDoc {
-    id: uuid::Uuid,
-    deleted: bool,
-    dropped_deliveries: usize,
+/// A JSON number as an `i128`, when it is an integer (`1` or `1.0`).
+fn number_as_i128(v: &Value) -> Option<i128> {
+    v.as_i64()
+        .map(i128::from)
+        .or_else(|| v.as_u64().map(i128::from))
+        .or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 2f64.powi(63))
+                .map(|f| f as i128)
+        })
 }
 
-/// A ping's request and answer.
-#[derive(ToSchema)]
-#[schema(as = Ping)]
-#[allow(dead_code)]
-pub struct PingDoc {
-    success: bool,
-    status: Option<u16>,
-    duration_ms: u64,
-    summary: String,
-    request_url: String,
-    /// `[name, value]` pairs.
-    request_headers: Vec<Vec<String>>,
-    request_body: String,
-    /// `[name, value]` pairs.
-    response_headers: Vec<Vec<String>>,
-    response_body: String,
+/// An `i128` within the formats' ranges (`i64::MIN` to `u64::MAX`) as a JSON number.
+fn i128_number(n: i128) -> Value {
+    i64::try_from(n)
+        .map(Value::from)
+        .or_else(|_| u64::try_from(n).map(Value::from))
+        .unwrap_or(Value::Null)
 }
 
-/// `{"requeued": n}`
-#[derive(ToSchema)]
-#[schema(as = Requeued)]
-#[allow(dead_code)]
-pub struct RequeuedDoc {
-    requeued: usize,
-}
+static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
+    // utoipa's types serialize to JSON without error: every map key is a string.
+    let mut doc =
+        serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes to JSON");
+    bound_integers(&mut doc);
+    doc
+});
 
-/// A delivery with every attempt.
-#[derive(ToSchema)]
-#[schema(as = DeliveryDetail)]
-#[allow(dead_code)]
-pub struct DeliveryDetailDoc {
-    delivery: Delivery,
-    attempts: Vec<Attempt>,
-}
-
-/// The delivery as re-queued.
-#[derive(ToSchema)]
-#[schema(as = Redelivered)]
-#[allow(dead_code)]
-pub struct RedeliveredDoc {
-    delivery: Delivery,
-}
-
-/// A loaded rule and how many events it produced.
-#[derive(ToSchema)]
-#[schema(as = Rule)]
-#[allow(dead_code)]
-pub struct RuleDoc {
-    name: String,
-    topic: String,
-    methods: Vec<String>,
-    path: String,
-    events: u64,
-}
-
-/// What a reload loaded.
-#[derive(ToSchema)]
-#[schema(as = Reloaded)]
-#[allow(dead_code)]
-pub struct ReloadedDoc {
-    reloaded: bool,
-    rules: usize,
-    webhooks: usize,
-    /// `[name, dropped deliveries]` of each config-declared webhook that left the file.
-    removed: Vec<Vec<Value>>,
-}
-
-/// Health: `{"status": "ok"}`, or readiness: `{"proxy": bool, "store": bool}`.
-#[derive(ToSchema)]
-#[schema(as = Health)]
-#[allow(dead_code)]
-pub struct HealthDoc {
-    status: Option<String>,
-    proxy: Option<bool>,
-    store: Option<bool>,
+/// The document, as served.
+pub fn document() -> &'static Value {
+    &DOCUMENT
 }
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "meta", operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI document", body = Object)))]
-#[allow(dead_code)]
-fn openapi_json() {}
-
-/// Alive (no token needed).
-#[utoipa::path(get, path = "/healthz", tag = "meta", operation_id = "healthz", security(()),
-    responses((status = 200, description = "Alive", body = HealthDoc)))]
-#[allow(dead_code)]
-fn healthz() {}
-
-/// The document, as served.
-pub fn document() -> Value {
-    serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+pub async fn serve() -> Json<&'static Value> {
+    Json(document())
 }
 
 /// Every operation as (method, path), for the routing test.
 pub fn operations() -> Vec<(String, String)> {
-    let doc = document();
     let mut out = Vec::new();
-    if let Some(paths) = doc["paths"].as_object() {
+    if let Some(paths) = document()["paths"].as_object() {
         for (path, item) in paths {
             for method in item.as_object().into_iter().flat_map(|m| m.keys()) {
                 if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
@@ -241,6 +211,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
+    use crate::webhook::WebhookInput;
 
     /// Every `$ref` points at something the document defines.
     #[test]
@@ -260,12 +231,53 @@ mod tests {
         let doc = document();
         assert_eq!(doc["openapi"], "3.1.0");
         let mut all = Vec::new();
-        refs(&doc, &mut all);
+        refs(doc, &mut all);
         assert!(all.len() > 20);
         for r in all {
             let pointer = r.trim_start_matches('#');
             assert!(doc.pointer(pointer).is_some(), "{r} is not defined");
         }
+    }
+
+    /// Every integer schema names a standard format and carries that type's bounds (or
+    /// tighter ones), so the document says which numbers the server reads.
+    #[test]
+    fn every_integer_is_bounded_by_its_type() {
+        fn integers<'a>(v: &'a Value, out: &mut Vec<&'a serde_json::Map<String, Value>>) {
+            match v {
+                Value::Object(m) => {
+                    if m.get("format").is_some()
+                        && m.get("type").is_some_and(|t| {
+                            t == "integer"
+                                || t.as_array().is_some_and(|a| a.contains(&"integer".into()))
+                        })
+                    {
+                        out.push(m);
+                    }
+                    m.values().for_each(|v| integers(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| integers(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        integers(document(), &mut all);
+        assert!(all.len() > 20, "{}", all.len());
+        for schema in all {
+            let format = schema["format"].as_str().unwrap_or_default();
+            let (_, min, max) = INTEGER_FORMATS
+                .iter()
+                .find(|(name, ..)| *name == format)
+                .unwrap_or_else(|| panic!("unknown integer format {format}"));
+            let bound = |k: &str| schema.get(k).and_then(number_as_i128);
+            let (low, high) = (bound("minimum"), bound("maximum"));
+            assert!(
+                low.is_some_and(|l| l >= *min) && high.is_some_and(|h| h <= *max),
+                "{schema:?}"
+            );
+        }
+        let page = &document()["paths"]["/events"]["get"]["parameters"][3]["schema"];
+        assert_eq!(page["maximum"], u32::MAX, "{page}");
     }
 
     /// The paths `router()` in `mod.rs` routes, read from its source: every `.route("...")`.

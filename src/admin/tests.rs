@@ -9,6 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use super::openapi::{document, operations};
 use super::{AdminState, router};
 use crate::delivery::Engine;
 use crate::live::Live;
@@ -55,18 +56,20 @@ async fn call(
         method,
         uri,
         token,
-        body,
+        body.map(|b| b.to_string()),
         &[("host", "127.0.0.1:9090")],
     )
     .await
 }
 
+/// Sends one request with a JSON body given as text (so that it can hold numbers no `Value`
+/// holds, or be malformed). An event stream's body is not read: it never ends.
 async fn call_with(
     admin: &Admin,
     method: &str,
     uri: &str,
     token: Option<&str>,
-    body: Option<Value>,
+    body: Option<String>,
     headers: &[(&str, &str)],
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
     let mut request = Request::builder().method(method).uri(uri);
@@ -79,7 +82,7 @@ async fn call_with(
     let body = match body {
         Some(b) => {
             request = request.header(header::CONTENT_TYPE, "application/json");
-            Body::from(b.to_string())
+            Body::from(b)
         }
         None => Body::empty(),
     };
@@ -90,6 +93,9 @@ async fn call_with(
         .await
         .expect("infallible");
     let (parts, body) = response.into_parts();
+    if parts.headers.get(header::CONTENT_TYPE) == Some(&"text/event-stream".parse().expect("hv")) {
+        return (parts.status, parts.headers, Value::Null);
+    }
     let bytes = axum::body::to_bytes(body, 1 << 20).await.expect("body");
     let json = if bytes.is_empty() {
         Value::Null
@@ -105,23 +111,29 @@ fn webhook_body() -> Value {
     json!({"name": "crm", "url": "https://93.184.216.34/hooks", "secret": "s3cret", "topics": ["order.*"]})
 }
 
+/// The token is required exactly where the document says: every operation but those whose
+/// `security` is empty (`/healthz`, `/readyz`).
 #[tokio::test]
-async fn every_endpoint_but_health_needs_the_token() {
+async fn the_token_is_required_exactly_where_the_document_says() {
     let admin = admin();
-    for uri in [
-        "/webhooks",
-        "/events",
-        "/rules",
-        "/metrics",
-        "/openapi.json",
-    ] {
-        let (status, headers, body) = call(&admin, "GET", uri, None, None).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
+    let doc = document();
+    assert_eq!(doc["security"], json!([{"bearer": []}]));
+    let mut public = Vec::new();
+    for (method, path) in operations() {
+        let uri = with_ids(&path, SOME_ID, SOME_ID);
+        let (status, headers, body) = call(&admin, &method, &uri, None, None).await;
+        if doc["paths"][&path][method.to_lowercase()]["security"] == json!([]) {
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+            public.push(path);
+            continue;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
         assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
         assert_eq!(body["code"], "unauthorized");
-        let (status, ..) = call(&admin, "GET", uri, Some("wrong"), None).await;
+        let (status, ..) = call(&admin, &method, &uri, Some("wrong"), None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri} with a wrong token");
     }
+    assert_eq!(public, ["/healthz", "/readyz"]);
     let (status, _, body) = call(&admin, "GET", "/healthz", None, None).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
     let (status, _, body) = call(&admin, "GET", "/readyz", None, None).await;
@@ -252,6 +264,24 @@ async fn errors_name_the_field_and_use_fitting_statuses() {
         (status, &body["field"]),
         (StatusCode::BAD_REQUEST, &json!("per_page"))
     );
+    // A query value serde refuses names its parameter, and the message the accepted names.
+    let (status, _, body) = call(
+        &admin,
+        "GET",
+        "/webhooks/count?status=on",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &body["field"]),
+        (StatusCode::BAD_REQUEST, &json!("status"))
+    );
+    let message = body["message"].as_str().expect("message");
+    assert!(
+        message.contains("`active`, `paused`, `disabled`"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -353,4 +383,379 @@ async fn without_a_token_only_loopback_requests_from_no_other_site_pass() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+}
+
+// --- the document against the router -------------------------------------------------------
+
+/// A well-formed id that names nothing.
+const SOME_ID: &str = "0190b2a4-6d5e-7c1a-8f00-000000000000";
+
+/// `path` with its `{id}` and `{delivery_id}` filled in.
+fn with_ids(path: &str, id: &str, delivery_id: &str) -> String {
+    path.replace("{id}", id)
+        .replace("{delivery_id}", delivery_id)
+}
+
+/// `value` with a `$ref` followed (within the document).
+fn resolved(value: &Value) -> &Value {
+    match value["$ref"].as_str() {
+        Some(r) => document()
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("{r} is not defined")),
+        None => value,
+    }
+}
+
+/// Asserts that the document lists `status` for `method path` (exactly, or as `4XX`/`5XX`),
+/// with the media type the answer carries.
+fn assert_documented(
+    method: &str,
+    path: &str,
+    status: StatusCode,
+    headers: &axum::http::HeaderMap,
+) {
+    let responses = &document()["paths"][path][method.to_lowercase()]["responses"];
+    let class = format!("{}XX", status.as_u16() / 100);
+    let documented = responses
+        .get(status.as_str())
+        .or_else(|| responses.get(&class))
+        .map(resolved)
+        .unwrap_or_else(|| panic!("{method} {path}: {status} is not documented"));
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    let content = documented["content"].as_object();
+    match (media, content) {
+        (Some(media), Some(content)) => assert!(
+            content.contains_key(media),
+            "{method} {path} {status}: answered {media}, documented {:?}",
+            content.keys().collect::<Vec<_>>()
+        ),
+        (None, None) => {}
+        (media, content) => {
+            panic!("{method} {path} {status}: answered {media:?}, documented {content:?}")
+        }
+    }
+}
+
+/// Every operation answers with a status and a media type its document lists: calls each
+/// one (but the ping, which would leave the machine, and the endless stream) on a webhook.
+#[tokio::test]
+async fn every_answer_has_a_documented_status_and_media_type() {
+    let admin = admin();
+    let (status, headers, created) = call(
+        &admin,
+        "POST",
+        "/webhooks",
+        Some(TOKEN),
+        Some(webhook_body()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_documented("POST", "/webhooks", status, &headers);
+    let id = created["id"].as_str().expect("id").to_owned();
+    let calls: [(&str, &str, Option<Value>, StatusCode); 19] = [
+        ("GET", "/webhooks", None, StatusCode::OK),
+        ("GET", "/webhooks/count", None, StatusCode::OK),
+        ("GET", "/webhooks/{id}", None, StatusCode::OK),
+        (
+            "PUT",
+            "/webhooks/{id}",
+            Some(json!({"retry": "1s"})),
+            StatusCode::OK,
+        ),
+        (
+            "POST",
+            "/webhooks/{id}/duplicate",
+            None,
+            StatusCode::CREATED,
+        ),
+        ("POST", "/webhooks/{id}/reset", None, StatusCode::OK),
+        (
+            "POST",
+            "/webhooks/{id}/recover",
+            Some(json!({"since": "2026-01-01T00:00:00Z"})),
+            StatusCode::OK,
+        ),
+        ("GET", "/webhooks/{id}/deliveries", None, StatusCode::OK),
+        (
+            "GET",
+            "/webhooks/{id}/deliveries/{delivery_id}",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "POST",
+            "/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
+        ("GET", "/events", None, StatusCode::OK),
+        ("GET", "/events/{id}", None, StatusCode::NOT_FOUND),
+        ("GET", "/rules", None, StatusCode::OK),
+        // The fixture's config path names no file.
+        ("POST", "/reload", None, StatusCode::UNPROCESSABLE_ENTITY),
+        ("GET", "/metrics", None, StatusCode::OK),
+        ("GET", "/openapi.json", None, StatusCode::OK),
+        ("GET", "/healthz", None, StatusCode::OK),
+        ("GET", "/readyz", None, StatusCode::SERVICE_UNAVAILABLE),
+        ("DELETE", "/webhooks/{id}", None, StatusCode::OK),
+    ];
+    let mut called = vec![("POST".to_owned(), "/webhooks".to_owned())];
+    for (method, path, body, expected) in calls {
+        let id = if path.starts_with("/events/") {
+            SOME_ID
+        } else {
+            &id
+        };
+        let uri = with_ids(path, id, SOME_ID);
+        let (status, headers, answer) = call(&admin, method, &uri, Some(TOKEN), body).await;
+        assert_eq!(status, expected, "{method} {uri}: {answer}");
+        assert_documented(method, path, status, &headers);
+        called.push((method.to_owned(), path.to_owned()));
+    }
+    let mut documented = operations();
+    documented.retain(|op| !called.contains(op));
+    documented.sort();
+    assert_eq!(
+        documented,
+        [
+            ("GET".to_owned(), "/events/stream".to_owned()),
+            ("POST".to_owned(), "/webhooks/{id}/ping".to_owned())
+        ],
+        "every other operation is called above"
+    );
+}
+
+/// Values a parameter's schema admits and values it does not: the bounds of an integer, the
+/// names of an enum, a time and not-a-time. An empty value is admitted only where the schema
+/// admits the empty string (nowhere: an empty value is refused, not taken for no value).
+fn query_samples(schema: &Value) -> (Vec<String>, Vec<String>) {
+    let schema = resolved(schema);
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    if let Some(names) = schema["enum"].as_array() {
+        let valid = names.iter().filter_map(Value::as_str).map(str::to_owned);
+        return (valid.collect(), strings(&["", "nope"]));
+    }
+    match (schema["type"].as_str(), schema["format"].as_str()) {
+        (Some("integer"), _) => {
+            let bound = |k: &str| {
+                schema[k]
+                    .as_i64()
+                    .map(i128::from)
+                    .unwrap_or_else(|| panic!("integer parameter without {k}: {schema}"))
+            };
+            let (min, max) = (bound("minimum"), bound("maximum"));
+            (
+                vec![min.to_string(), max.to_string()],
+                vec![
+                    (min - 1).to_string(),
+                    (max + 1).to_string(),
+                    String::new(),
+                    "two".into(),
+                ],
+            )
+        }
+        (Some("string"), Some("date-time")) => (
+            strings(&["2026-11-23T02:00:00Z", "2026-11-23T04:00:00.5+02:00"]),
+            strings(&["", "yesterday", "2026-11-23"]),
+        ),
+        (Some("string"), None) => match schema["minLength"].as_u64() {
+            Some(1) => (strings(&["x", "order.*"]), strings(&[""])),
+            None => (strings(&["", "x"]), Vec::new()),
+            Some(n) => panic!("no samples for minLength {n}"),
+        },
+        _ => panic!("no samples for {schema}"),
+    }
+}
+
+/// Each query parameter takes exactly the values its schema admits: an admitted one is never
+/// refused for that parameter, any other is a 400 that names it. Regression: `page` far past
+/// the end (it overflowed the offset and panicked), an empty `?topic=` (taken as a glob that
+/// matches nothing), `page` beyond `u32` (refused, undocumented).
+#[tokio::test]
+async fn query_parameters_take_exactly_the_values_the_document_admits() {
+    let admin = admin();
+    let mut checked = 0;
+    for (method, path) in operations() {
+        let operation = &document()["paths"][&path][method.to_lowercase()];
+        let uri = with_ids(&path, SOME_ID, SOME_ID);
+        let query = operation["parameters"].as_array().into_iter().flatten();
+        for parameter in query.filter(|p| p["in"] == "query") {
+            let name = parameter["name"].as_str().expect("a name");
+            let (valid, invalid) = query_samples(&parameter["schema"]);
+            for (value, admitted) in valid
+                .iter()
+                .map(|v| (v, true))
+                .chain(invalid.iter().map(|v| (v, false)))
+            {
+                let encoded: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+                let uri = format!("{uri}?{name}={encoded}");
+                let (status, _, body) = call(&admin, &method, &uri, Some(TOKEN), None).await;
+                let refused = status == StatusCode::BAD_REQUEST && body["field"] == name;
+                assert_eq!(!refused, admitted, "{method} {uri}: {status} {body}");
+                if !admitted {
+                    assert_eq!(body["code"], "invalid", "{method} {uri}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 50, "{checked}");
+    let (status, _, body) = call(
+        &admin,
+        "GET",
+        "/webhooks?page=4294967295&per_page=100",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, json!([])));
+}
+
+/// A request body: `base` with `field` set to the JSON text `value` (or removed for `None`).
+fn body_with(base: &Value, field: &str, value: Option<&str>) -> String {
+    let mut body = base.clone();
+    let object = body.as_object_mut().expect("an object");
+    object.remove(field);
+    let text = body.to_string();
+    match value {
+        None => text,
+        Some(value) => {
+            let field = serde_json::to_string(field).expect("a string serializes");
+            let rest = text.strip_prefix('{').expect("an object");
+            let separator = if rest == "}" { "" } else { "," };
+            format!("{{{field}:{value}{separator}{rest}")
+        }
+    }
+}
+
+/// A body `POST /webhooks` accepts, under a name not used before.
+fn new_webhook_body(names: &mut u32) -> Value {
+    *names += 1;
+    let mut body = webhook_body();
+    body["name"] = json!(format!("webhook {names}"));
+    body
+}
+
+/// Sends `body` and asserts that it is refused with a 400 naming `field` exactly when it is
+/// not `admitted`.
+async fn assert_body_answer(
+    admin: &Admin,
+    (method, uri): (&str, &str),
+    body: String,
+    field: &str,
+    admitted: bool,
+) {
+    let (status, _, answer) =
+        call_with(admin, method, uri, Some(TOKEN), Some(body.clone()), &[]).await;
+    let refused = status == StatusCode::BAD_REQUEST && answer["field"] == field;
+    assert_eq!(
+        !refused, admitted,
+        "{method} {uri} {body}: {status} {answer}"
+    );
+    if admitted {
+        assert_ne!(answer["field"], "body", "{method} {uri} {body}: {answer}");
+    }
+}
+
+/// Each request body takes exactly the values its schema admits, as far as the schema can
+/// say: no property it does not list, every required property (and not `null`), `null` for
+/// the nullable ones, integers within their bounds, strings of at least `minLength`. A value
+/// it admits is never refused for that field; one it does not is a 400 that names it.
+#[tokio::test]
+async fn request_bodies_take_exactly_the_values_the_document_admits() {
+    let admin = admin();
+    let mut names = 0;
+    let (_, _, created) = call(
+        &admin,
+        "POST",
+        "/webhooks",
+        Some(TOKEN),
+        Some(new_webhook_body(&mut names)),
+    )
+    .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let mut checked = 0;
+    for (method, path) in operations() {
+        let operation = &document()["paths"][&path][method.to_lowercase()];
+        let Some(schema) = operation["requestBody"]["content"]["application/json"].get("schema")
+        else {
+            continue;
+        };
+        let schema = resolved(schema);
+        let uri = with_ids(&path, &id, SOME_ID);
+        let target = (method.as_str(), uri.as_str());
+        // A body the operation accepts, to change one field of; the batch settings need
+        // batch mode, a rule the schema does not state.
+        let mut valid = |field: &str| {
+            let mut body = match path.as_str() {
+                "/webhooks" => new_webhook_body(&mut names),
+                "/webhooks/{id}" => json!({}),
+                "/webhooks/{id}/recover" => json!({"since": "2026-01-01T00:00:00Z"}),
+                other => panic!("no valid body for {other}"),
+            };
+            if field.starts_with("batch_") {
+                body["mode"] = json!("batch");
+            }
+            body
+        };
+        assert_eq!(schema["additionalProperties"], false, "{path}");
+        let unknown = body_with(&valid(""), "colour", Some("1"));
+        assert_body_answer(&admin, target, unknown, "body", false).await;
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let properties = schema["properties"].as_object().expect("properties");
+        for (field, property) in properties {
+            let property = resolved(property);
+            let is_required = required.contains(&field.as_str());
+            if is_required {
+                // serde names no field for a missing one; `apply` does.
+                let body = body_with(&valid(field), field, None);
+                let (status, _, answer) =
+                    call_with(&admin, &method, &uri, Some(TOKEN), Some(body), &[]).await;
+                assert_eq!(status, StatusCode::BAD_REQUEST, "{path} without {field}");
+                assert!(answer["field"] == field.as_str() || answer["field"] == "body");
+            }
+            let types = &property["type"];
+            let is =
+                |t: &str| types == t || types.as_array().is_some_and(|a| a.contains(&json!(t)));
+            let nullable = is("null")
+                || property["oneOf"]
+                    .as_array()
+                    .is_some_and(|o| o.contains(&json!({"type": "null"})));
+            let null = body_with(&valid(field), field, Some("null"));
+            assert_body_answer(&admin, target, null, field, nullable && !is_required).await;
+            checked += 1;
+            if is("integer") {
+                let bound = |k: &str| {
+                    property[k]
+                        .as_i64()
+                        .map(i128::from)
+                        .or_else(|| property[k].as_u64().map(i128::from))
+                        .unwrap_or_else(|| panic!("{path} {field} without {k}"))
+                };
+                let (min, max) = (bound("minimum"), bound("maximum"));
+                for (n, admitted) in [(min, true), (max, true), (min - 1, false), (max + 1, false)]
+                {
+                    let body = body_with(&valid(field), field, Some(&n.to_string()));
+                    assert_body_answer(&admin, target, body, field, admitted).await;
+                    checked += 1;
+                }
+            }
+            if let Some(min) = property["minLength"].as_u64() {
+                let short = "x".repeat(usize::try_from(min).expect("small") - 1);
+                let body = body_with(&valid(field), field, Some(&json!(short).to_string()));
+                assert_body_answer(&admin, target, body, field, false).await;
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 40, "{checked}");
 }

@@ -1,44 +1,83 @@
 //! `/webhooks`: the subscriptions, their actions and their delivery log.
+//!
+//! Every handler reads and answers the types its `#[utoipa::path]` names, so the OpenAPI
+//! document is derived from what the handlers use.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::openapi::{
-    CountDoc, DeletedDoc, DeliveryDetailDoc, PingDoc, RedeliveredDoc, RequeuedDoc,
-};
-use super::{AdminState, ApiError, Page, Q};
-use crate::event::{Delivery, DeliveryState};
-use crate::webhook::{WebhookInput, WebhookStatus, WebhookView};
+use super::{AdminState, ApiError, Page, Q, json_body};
+use crate::delivery::manage::Ping;
+use crate::event::{Attempt, Delivery, DeliveryState};
+use crate::webhook::{NewWebhook, WebhookInput, WebhookStatus, WebhookView};
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct StatusFilter {
     /// Only webhooks in this status.
-    #[param(value_type = Option<WebhookStatus>)]
-    status: Option<String>,
+    status: Option<WebhookStatus>,
 }
 
-impl StatusFilter {
-    /// The status named, parsed by serde (so the error lists the accepted names).
-    fn parse(&self) -> Result<Option<WebhookStatus>, ApiError> {
-        use serde::de::IntoDeserializer;
-        self.status
-            .as_deref()
-            .map(|s| {
-                WebhookStatus::deserialize(s.into_deserializer()).map_err(
-                    |e: serde::de::value::Error| {
-                        ApiError::invalid("status", format!("status: {e}"))
-                    },
-                )
-            })
-            .transpose()
-    }
+/// The answer to counting webhooks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Count {
+    #[schema(format = UInt64)]
+    count: usize,
+}
+
+/// The answer to deleting a webhook.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deleted {
+    id: Uuid,
+    deleted: bool,
+    /// Pending deliveries dropped unsent.
+    #[schema(format = UInt64)]
+    dropped_deliveries: usize,
+}
+
+/// A window of creation times, `until` defaulting to now.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// Inclusive.
+    #[serde(with = "time::serde::rfc3339")]
+    since: OffsetDateTime,
+    /// Exclusive; after `since`. Now when left out or `null`.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<OffsetDateTime>,
+}
+
+/// The answer to a recovery: how many deliveries were queued again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Requeued {
+    #[schema(format = UInt64)]
+    requeued: usize,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OutcomeFilter {
+    /// Only deliveries in this state.
+    outcome: Option<DeliveryState>,
+}
+
+/// A delivery with every attempt, the first one first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDetail {
+    delivery: Delivery,
+    attempts: Vec<Attempt>,
+}
+
+/// The delivery as queued again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redelivered {
+    delivery: Delivery,
 }
 
 fn views(state: &AdminState, status: Option<WebhookStatus>) -> Vec<WebhookView> {
@@ -59,72 +98,44 @@ fn id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found(what))
 }
 
-/// A JSON body, with serde's complaint turned into a 400 that names the problem and, when it
-/// lies in one field (a bad enum name, a wrong type), that field.
-fn input(
-    body: Result<Json<WebhookInput>, axum::extract::rejection::JsonRejection>,
-) -> Result<WebhookInput, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| {
-        let field = rejected_field(&e).unwrap_or("body");
-        ApiError::invalid(field, e.body_text())
-    })
-}
-
-/// The [`WebhookInput`] field a rejected body failed on. axum deserializes with
-/// `serde_path_to_error`, whose error (in the rejection's source chain) knows the path.
-fn rejected_field(e: &axum::extract::rejection::JsonRejection) -> Option<&'static str> {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(p) = s.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
-            let first = p.path().iter().next()?;
-            let serde_path_to_error::Segment::Map { key } = first else {
-                return None;
-            };
-            return WebhookInput::fields().iter().copied().find(|f| f == key);
-        }
-        source = s.source();
-    }
-    None
-}
-
 #[utoipa::path(get, operation_id = "list_webhooks", path = "/webhooks", tag = "webhooks",
     summary = "List webhooks (oldest first); X-Total-Count has the total",
     params(StatusFilter, Page),
     responses((status = 200, body = [WebhookView],
-        headers(("x-total-count" = usize, description = "How many match, over all pages")))))]
+        headers(("x-total-count" = u64, description = "How many match, over all pages")))))]
 pub async fn list(
     State(state): State<AdminState>,
     Q(filter): Q<StatusFilter>,
     Q(page): Q<Page>,
 ) -> Result<Response, ApiError> {
     let (offset, limit) = page.check()?;
-    let all = views(&state, filter.parse()?);
+    let all = views(&state, filter.status);
     let total = all.len();
     let items: Vec<WebhookView> = all.into_iter().skip(offset).take(limit).collect();
     Ok(([("x-total-count", total.to_string())], Json(items)).into_response())
 }
 
 #[utoipa::path(get, operation_id = "count_webhooks", path = "/webhooks/count", tag = "webhooks", summary = "Count webhooks",
-    params(StatusFilter), responses((status = 200, body = CountDoc)))]
-pub async fn count(
-    State(state): State<AdminState>,
-    Q(filter): Q<StatusFilter>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"count": views(&state, filter.parse()?).len()})))
+    params(StatusFilter), responses((status = 200, body = Count)))]
+pub async fn count(State(state): State<AdminState>, Q(filter): Q<StatusFilter>) -> Json<Count> {
+    Json(Count {
+        count: views(&state, filter.status).len(),
+    })
 }
 
 #[utoipa::path(post, operation_id = "create_webhook", path = "/webhooks", tag = "webhooks", summary = "Create a webhook",
-    request_body = WebhookInput, responses((status = 201, body = WebhookView)))]
+    request_body = NewWebhook, responses((status = 201, body = WebhookView)))]
 pub async fn create(
     State(state): State<AdminState>,
-    body: Result<Json<WebhookInput>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<NewWebhook>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
-    let w = state.live.engine().create_webhook(input(body)?).await?;
+    let NewWebhook(input) = json_body(body)?;
+    let w = state.live.engine().create_webhook(input).await?;
     Ok((StatusCode::CREATED, Json(w.view())))
 }
 
 #[utoipa::path(get, operation_id = "get_webhook", path = "/webhooks/{id}", tag = "webhooks", summary = "Get a webhook",
-    params(("id" = String, Path, description = "The webhook's id")), responses((status = 200, body = WebhookView)))]
+    params(("id" = Uuid, Path, description = "The webhook's id")), responses((status = 200, body = WebhookView)))]
 pub async fn get(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
@@ -139,7 +150,7 @@ pub async fn get(
 
 #[utoipa::path(put, operation_id = "update_webhook", path = "/webhooks/{id}", tag = "webhooks",
     summary = "Change the fields given; activating pings the URL first (409 ping_failed unless 2xx)",
-    params(("id" = String, Path, description = "The webhook's id")), request_body = WebhookInput, responses((status = 200, body = WebhookView)))]
+    params(("id" = Uuid, Path, description = "The webhook's id")), request_body = WebhookInput, responses((status = 200, body = WebhookView)))]
 pub async fn update(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
@@ -148,18 +159,18 @@ pub async fn update(
     let w = state
         .live
         .engine()
-        .update_webhook(id(&raw, "webhook")?, input(body)?)
+        .update_webhook(id(&raw, "webhook")?, json_body(body)?)
         .await?;
     Ok(Json(w.view()))
 }
 
 #[utoipa::path(delete, operation_id = "delete_webhook", path = "/webhooks/{id}", tag = "webhooks",
     summary = "Delete a webhook and drop its pending deliveries",
-    params(("id" = String, Path, description = "The webhook's id")), responses((status = 200, body = DeletedDoc)))]
+    params(("id" = Uuid, Path, description = "The webhook's id")), responses((status = 200, body = Deleted)))]
 pub async fn delete(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let id = id(&raw, "webhook")?;
     let dropped = state
         .live
@@ -167,25 +178,26 @@ pub async fn delete(
         .delete_webhook(id)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    Ok(Json(
-        json!({"id": id, "deleted": true, "dropped_deliveries": dropped}),
-    ))
+    Ok(Json(Deleted {
+        id,
+        deleted: true,
+        dropped_deliveries: dropped,
+    }))
 }
 
 #[utoipa::path(post, operation_id = "ping_webhook", path = "/webhooks/{id}/ping", tag = "webhooks",
     summary = "Send a signed test request with an empty body",
-    params(("id" = String, Path, description = "The webhook's id")), responses((status = 200, body = PingDoc)))]
+    params(("id" = Uuid, Path, description = "The webhook's id")), responses((status = 200, body = Ping)))]
 pub async fn ping(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let ping = state.live.engine().ping(id(&raw, "webhook")?).await?;
-    Ok(Json(serde_json::to_value(ping).unwrap_or_default()))
+) -> Result<Json<Ping>, ApiError> {
+    Ok(Json(state.live.engine().ping(id(&raw, "webhook")?).await?))
 }
 
 #[utoipa::path(post, operation_id = "duplicate_webhook", path = "/webhooks/{id}/duplicate", tag = "webhooks",
     summary = "Copy a webhook; the copy starts disabled",
-    params(("id" = String, Path, description = "The webhook's id")), responses((status = 201, body = WebhookView)))]
+    params(("id" = Uuid, Path, description = "The webhook's id")), responses((status = 201, body = WebhookView)))]
 pub async fn duplicate(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
@@ -200,7 +212,7 @@ pub async fn duplicate(
 
 #[utoipa::path(post, operation_id = "reset_webhook", path = "/webhooks/{id}/reset", tag = "webhooks",
     summary = "Reset the webhook's counters",
-    params(("id" = String, Path, description = "The webhook's id")), responses((status = 200, body = WebhookView)))]
+    params(("id" = Uuid, Path, description = "The webhook's id")), responses((status = 200, body = WebhookView)))]
 pub async fn reset(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
@@ -214,26 +226,16 @@ pub async fn reset(
     Ok(Json(w.view()))
 }
 
-/// A window of creation times, `until` defaulting to now.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Window {
-    #[serde(with = "time::serde::rfc3339")]
-    since: OffsetDateTime,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    until: Option<OffsetDateTime>,
-}
-
 #[utoipa::path(post, operation_id = "recover_deliveries", path = "/webhooks/{id}/recover", tag = "webhooks",
     summary = "Re-queue every failed delivery created in [since, until)",
-    params(("id" = String, Path, description = "The webhook's id")), request_body = Window, responses((status = 200, body = RequeuedDoc)))]
+    params(("id" = Uuid, Path, description = "The webhook's id")), request_body = Window, responses((status = 200, body = Requeued)))]
 pub async fn recover(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
     body: Result<Json<Window>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Requeued>, ApiError> {
     let id = id(&raw, "webhook")?;
-    let Json(window) = body.map_err(|e| ApiError::invalid("body", e.body_text()))?;
+    let window = json_body(body)?;
     let d = state.live.engine();
     if d.webhook(id).is_none() {
         return Err(ApiError::not_found("webhook"));
@@ -243,22 +245,14 @@ pub async fn recover(
         return Err(ApiError::invalid("until", "until must be after since"));
     }
     let requeued = d.recover(id, window.since, until).await?;
-    Ok(Json(json!({"requeued": requeued})))
-}
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct OutcomeFilter {
-    /// Only deliveries in this state.
-    #[param(value_type = Option<DeliveryState>)]
-    outcome: Option<String>,
+    Ok(Json(Requeued { requeued }))
 }
 
 #[utoipa::path(get, operation_id = "list_deliveries", path = "/webhooks/{id}/deliveries", tag = "deliveries",
     summary = "A webhook's deliveries, newest first; X-Total-Count has the total",
-    params(("id" = String, Path, description = "The webhook's id"), OutcomeFilter, Page),
+    params(("id" = Uuid, Path, description = "The webhook's id"), OutcomeFilter, Page),
     responses((status = 200, body = [Delivery],
-        headers(("x-total-count" = usize, description = "How many match, over all pages")))))]
+        headers(("x-total-count" = u64, description = "How many match, over all pages")))))]
 pub async fn deliveries(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
@@ -267,18 +261,6 @@ pub async fn deliveries(
 ) -> Result<Response, ApiError> {
     let id = id(&raw, "webhook")?;
     let (offset, limit) = page.check()?;
-    let outcome = match filter.outcome.as_deref() {
-        None => None,
-        Some("pending") => Some(DeliveryState::Pending),
-        Some("delivered") => Some(DeliveryState::Delivered),
-        Some("failed") => Some(DeliveryState::Failed),
-        Some(o) => {
-            return Err(ApiError::invalid(
-                "outcome",
-                format!("outcome `{o}` must be pending, delivered or failed"),
-            ));
-        }
-    };
     let d = state.live.engine();
     if d.webhook(id).is_none() {
         return Err(ApiError::not_found("webhook"));
@@ -287,7 +269,7 @@ pub async fn deliveries(
         .deliveries(id, usize::MAX)
         .await?
         .into_iter()
-        .filter(|x| outcome.is_none_or(|o| x.state == o))
+        .filter(|x| filter.outcome.is_none_or(|o| x.state == o))
         .collect();
     let total = all.len();
     let page: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
@@ -296,11 +278,11 @@ pub async fn deliveries(
 
 #[utoipa::path(get, operation_id = "get_delivery", path = "/webhooks/{id}/deliveries/{delivery_id}", tag = "deliveries",
     summary = "A delivery with every attempt",
-    params(("id" = String, Path, description = "The webhook's id"), ("delivery_id" = String, Path, description = "The delivery's id")), responses((status = 200, body = DeliveryDetailDoc)))]
+    params(("id" = Uuid, Path, description = "The webhook's id"), ("delivery_id" = Uuid, Path, description = "The delivery's id")), responses((status = 200, body = DeliveryDetail)))]
 pub async fn delivery(
     State(state): State<AdminState>,
     Path((raw, raw_delivery)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeliveryDetail>, ApiError> {
     let (webhook, delivery_id) = (id(&raw, "webhook")?, id(&raw_delivery, "delivery")?);
     let (delivery, attempts) = state
         .live
@@ -309,30 +291,30 @@ pub async fn delivery(
         .await?
         .filter(|(d, _)| d.webhook_id == webhook)
         .ok_or_else(|| ApiError::not_found("delivery"))?;
-    Ok(Json(json!({"delivery": delivery, "attempts": attempts})))
+    Ok(Json(DeliveryDetail { delivery, attempts }))
 }
 
 #[utoipa::path(post, operation_id = "redeliver", path = "/webhooks/{id}/deliveries/{delivery_id}/redeliver", tag = "deliveries",
     summary = "Send a delivery again now, with the same id (409 in_flight while it is being sent)",
-    params(("id" = String, Path, description = "The webhook's id"), ("delivery_id" = String, Path, description = "The delivery's id")), responses((status = 200, body = RedeliveredDoc)))]
+    params(("id" = Uuid, Path, description = "The webhook's id"), ("delivery_id" = Uuid, Path, description = "The delivery's id")), responses((status = 200, body = Redelivered)))]
 pub async fn redeliver(
     State(state): State<AdminState>,
     Path((raw, raw_delivery)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Redelivered>, ApiError> {
     let (webhook, delivery_id) = (id(&raw, "webhook")?, id(&raw_delivery, "delivery")?);
     let d = state.live.engine();
     match d.delivery(delivery_id).await? {
         Some((x, _)) if x.webhook_id == webhook => {}
         _ => return Err(ApiError::not_found("delivery")),
     }
-    let requeued = d.redeliver(delivery_id).await?.ok_or_else(|| {
+    let delivery = d.redeliver(delivery_id).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "in_flight",
             "the delivery is being sent right now",
         )
     })?;
-    Ok(Json(json!({"delivery": requeued})))
+    Ok(Json(Redelivered { delivery }))
 }
 
 #[cfg(test)]
@@ -340,8 +322,7 @@ mod tests {
     use super::*;
 
     fn rejected(body: &str) -> ApiError {
-        let parsed = Json::<WebhookInput>::from_bytes(body.as_bytes());
-        input(parsed).expect_err("rejected")
+        json_body(Json::<WebhookInput>::from_bytes(body.as_bytes())).expect_err("rejected")
     }
 
     #[test]
@@ -369,20 +350,12 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_status_filter_names_the_accepted_names() {
-        let filter = StatusFilter {
-            status: Some("on".into()),
-        };
-        let e = filter.parse().expect_err("rejected");
-        assert_eq!(e.field, Some("status"));
-        assert!(
-            e.message.contains("`active`, `paused`, `disabled`"),
-            "{}",
-            e.message
-        );
-        let filter = StatusFilter {
-            status: Some("paused".into()),
-        };
-        assert_eq!(filter.parse().expect("valid"), Some(WebhookStatus::Paused));
+    fn a_new_webhook_reads_as_its_input_and_names_its_fields() {
+        let body = br#"{"url": "https://x/", "concurrency": -1}"#;
+        let e = json_body(Json::<NewWebhook>::from_bytes(body)).expect_err("rejected");
+        assert_eq!(e.field, Some("concurrency"));
+        let body = br#"{"url": "https://x/"}"#;
+        let NewWebhook(input) = json_body(Json::<NewWebhook>::from_bytes(body)).expect("reads");
+        assert_eq!(input.url.as_deref(), Some("https://x/"));
     }
 }

@@ -37,15 +37,21 @@ pub enum ManageError {
 }
 
 /// A test request and what came back, for operators checking a receiver.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Ping {
+    /// A 2xx answer came.
     pub success: bool,
+    /// Absent when no answer came.
     pub status: Option<u16>,
     pub duration_ms: u64,
+    /// `HTTP 200 OK`, or the transport error.
     pub summary: String,
+    /// Credentials masked.
     pub request_url: String,
+    #[schema(value_type = Vec<crate::event::HeaderPair>)]
     pub request_headers: Vec<(String, String)>,
     pub request_body: String,
+    #[schema(value_type = Vec<crate::event::HeaderPair>)]
     pub response_headers: Vec<(String, String)>,
     pub response_body: String,
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{Schema, SchemaType, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 use url::Url;
 
@@ -22,37 +24,171 @@ use crate::ssrf::Guard;
 /// loader deserializes its tables into it, the API its bodies, the client sends it, and the
 /// OpenAPI schema is derived from it. Names of enum values are parsed by serde, so a bad one is
 /// rejected with the field and the accepted values.
+///
+/// The schema attributes state every rule of `apply` that JSON Schema can state (non-empty
+/// strings, bounds, the header name alphabet); the others (a URL the SSRF guard permits,
+/// durations, globs, batch settings only in batch mode) are in the descriptions, and a value
+/// that breaks one is a 400 naming the field.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
+    /// Unique; surrounding whitespace is trimmed, and something must be left.
+    // The pattern: a character that `char::is_whitespace` (what `trim` strips) says is not.
+    #[schema(pattern = r"[^\t-\r \u0085\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]")]
     pub name: Option<String>,
-    /// May carry `user:password@`, sent as basic auth and masked wherever shown.
+    /// An `http://` or `https://` URL with a host, which the SSRF guard permits. May carry
+    /// `user:password@`, sent as basic auth and masked wherever shown.
     pub url: Option<String>,
-    #[schema(write_only)]
+    /// Not empty; never shown.
+    #[schema(write_only, min_length = 1)]
     pub secret: Option<String>,
-    /// Glob patterns over topics: `order.*`, `*`.
+    /// Glob patterns over topics: `order.*`, `*`. Topics are lower-case, without spaces.
+    #[schema(min_items = 1, max_items = 1000)]
     pub topics: Option<Vec<String>>,
     pub status: Option<WebhookStatus>,
     /// Retry delays, e.g. `5s,30s,1m`; bare numbers are minutes; empty for no retries.
     #[schema(examples("5s,30s,1m"))]
     pub retry: Option<String>,
     /// Consecutive finally-failed deliveries that disable the webhook; 0 never disables.
+    #[serde(default, deserialize_with = "whole_number")]
     pub failure_threshold: Option<u32>,
     /// Per-request timeout, e.g. `10s`.
     pub timeout: Option<String>,
     pub signature: Option<Profile>,
-    /// Prefix of the `hooktap` profile's headers, e.g. `X-WC-Webhook-`.
+    /// Prefix of the `hooktap` profile's headers, e.g. `X-WC-Webhook-`: header name characters.
+    #[schema(pattern = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", max_length = 65533)]
     pub header_prefix: Option<String>,
     pub mode: Option<ModeKind>,
     /// Batch mode: how long deliveries gather, e.g. `1m`.
     pub batch_interval: Option<String>,
     /// Batch mode: at most this many payloads in one request.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(format = UInt64, minimum = 1)]
     pub batch_max: Option<usize>,
     pub batch_order: Option<BatchOrder>,
     /// At most one delivery in flight, strictly in event order.
     pub ordered: Option<bool>,
     /// Deliveries in flight at once for this webhook.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(format = UInt64, minimum = 1)]
     pub concurrency: Option<usize>,
+}
+
+/// Reads an optional whole number written as `8` or as `8.0`: the schema's `integer` admits
+/// both (JSON Schema compares values, not spellings, and a Python client writes a float that
+/// holds 8 as `8.0`), serde on its own only the first. Anything else, or a number `T` cannot
+/// hold, is refused as serde refuses it.
+fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::{Error, Unexpected, Visitor};
+
+    struct WholeNumber<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: TryFrom<u64>> Visitor<'de> for WholeNumber<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a whole number that fits {}", std::any::type_name::<T>())
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            T::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            match u64::try_from(v) {
+                Ok(v) => self.visit_u64(v),
+                Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+            }
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 2^64 as a float: every whole float below it converts to a u64 exactly.
+            const TWO_TO_THE_64: f64 = 18_446_744_073_709_551_616.0;
+            if v.fract() == 0.0 && (0.0..TWO_TO_THE_64).contains(&v) {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                self.visit_u64(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    deserializer.deserialize_option(WholeNumber(std::marker::PhantomData))
+}
+
+/// `schema_type` without `null`.
+fn not_null(schema_type: &SchemaType) -> SchemaType {
+    match schema_type {
+        SchemaType::Array(types) => {
+            let types: Vec<Type> = types
+                .iter()
+                .filter(|t| **t != Type::Null)
+                .cloned()
+                .collect();
+            match types.as_slice() {
+                [one] => SchemaType::Type(one.clone()),
+                _ => SchemaType::Array(types),
+            }
+        }
+        other => other.clone(),
+    }
+}
+
+/// The body of `POST /webhooks`: a [`WebhookInput`] in which the fields without default
+/// ([`NewWebhook::REQUIRED`]) must be given. It reads exactly as a [`WebhookInput`] (`apply`
+/// over no base reports the missing ones); only its schema says more.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct NewWebhook(pub WebhookInput);
+
+impl NewWebhook {
+    /// The fields a new webhook must be given: they have no default.
+    pub const REQUIRED: [&str; 3] = ["url", "secret", "topics"];
+}
+
+impl ToSchema for NewWebhook {}
+
+impl PartialSchema for NewWebhook {
+    /// [`WebhookInput`]'s schema with [`NewWebhook::REQUIRED`] required and not nullable.
+    fn schema() -> RefOr<Schema> {
+        let mut schema = WebhookInput::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.description = Some(
+                "A new webhook: a webhook input in which `url`, `secret` and `topics` are required."
+                    .to_owned(),
+            );
+            for field in Self::REQUIRED {
+                let schema_type = match object.properties.get_mut(field) {
+                    Some(RefOr::T(Schema::Object(property))) => Some(&mut property.schema_type),
+                    Some(RefOr::T(Schema::Array(property))) => Some(&mut property.schema_type),
+                    _ => None,
+                };
+                if let Some(schema_type) = schema_type {
+                    *schema_type = not_null(schema_type);
+                }
+                object.required.push(field.to_owned());
+            }
+        }
+        schema
+    }
 }
 
 /// What a webhook gets when its input leaves a field out.
@@ -327,8 +463,9 @@ impl WebhookInput {
     }
 }
 
-/// The field names a derived `Deserialize` passes to `deserialize_struct`.
-fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+/// The field names a derived `Deserialize` passes to `deserialize_struct` (for a
+/// `#[serde(transparent)]` wrapper: those of the struct inside).
+pub fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
     use serde::de::{Error, Visitor, value};
     struct Probe<'a>(&'a mut &'static [&'static str]);
     impl<'de> serde::Deserializer<'de> for Probe<'_> {
@@ -360,6 +497,7 @@ fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook::destination::MAX_TOPIC_PATTERNS;
 
     fn defaults(guard: &Guard) -> Defaults<'_> {
         Defaults {
@@ -367,6 +505,125 @@ mod tests {
             guard,
             timeout: Duration::from_secs(10),
         }
+    }
+
+    /// A property of a schema, as the document serves it.
+    fn property<T: PartialSchema>(field: &str) -> serde_json::Value {
+        let schema = serde_json::to_value(T::schema()).expect("a schema serializes");
+        schema["properties"][field].clone()
+    }
+
+    /// Every character, each as a string.
+    fn every_char() -> impl Iterator<Item = String> {
+        (0..=u32::from(char::MAX))
+            .filter_map(char::from_u32)
+            .map(String::from)
+    }
+
+    /// The document's pattern for `name` admits exactly the names `check_name` keeps: its
+    /// character class must be `char::is_whitespace`'s, which `trim` strips.
+    #[test]
+    fn the_name_pattern_is_exactly_what_trim_leaves_something_of() {
+        let pattern = property::<WebhookInput>("name")["pattern"]
+            .as_str()
+            .expect("name has a pattern")
+            .to_owned();
+        let re = regex::Regex::new(&pattern).expect("the pattern is a regular expression");
+        for c in every_char() {
+            assert_eq!(re.is_match(&c), check_name(&c).is_ok(), "{c:?}");
+        }
+        assert!(!re.is_match(" \u{85}\u{3000} ") && check_name(" \u{85}\u{3000} ").is_err());
+    }
+
+    /// The document's pattern and length for `header_prefix` admit exactly the prefixes that
+    /// make valid header names.
+    #[test]
+    fn the_header_prefix_pattern_is_exactly_the_header_name_alphabet() {
+        let schema = property::<WebhookInput>("header_prefix");
+        let re = regex::Regex::new(schema["pattern"].as_str().expect("a pattern"))
+            .expect("the pattern is a regular expression");
+        for c in every_char() {
+            assert_eq!(
+                re.is_match(&c),
+                check_header_prefix(c.clone()).is_ok(),
+                "{c:?}"
+            );
+        }
+        let longest =
+            usize::try_from(schema["maxLength"].as_u64().expect("a maxLength")).expect("fits");
+        assert!(check_header_prefix("a".repeat(longest)).is_ok());
+        assert!(check_header_prefix("a".repeat(longest + 1)).is_err());
+        assert!(check_header_prefix(String::new()).is_err() && !re.is_match(""));
+    }
+
+    /// The bounds the document states are the ones `apply` checks.
+    #[test]
+    fn the_documented_bounds_are_the_checked_ones() {
+        assert_eq!(property::<WebhookInput>("secret")["minLength"], 1);
+        assert!(check_secret(String::new()).is_err() && check_secret("s".into()).is_ok());
+        let topics = property::<WebhookInput>("topics");
+        assert_eq!(topics["minItems"], 1);
+        assert!(compile_topics(&[]).is_err());
+        assert_eq!(topics["maxItems"], MAX_TOPIC_PATTERNS);
+        for field in ["batch_max", "concurrency"] {
+            assert_eq!(property::<WebhookInput>(field)["minimum"], 1, "{field}");
+            assert!(at_least_one(field, 0).is_err() && at_least_one(field, 1).is_ok());
+        }
+    }
+
+    /// A whole number reads from `8` and from `8.0`, and nothing else does: JSON Schema's
+    /// `integer`, which the document states, admits both spellings.
+    #[test]
+    fn whole_numbers_read_as_integers_or_integral_floats() {
+        let read = |json: &str| serde_json::from_str::<WebhookInput>(json);
+        let input = read(r#"{"failure_threshold": 7.0, "concurrency": 8, "batch_max": 1e3}"#)
+            .expect("whole numbers");
+        assert_eq!(
+            (input.failure_threshold, input.concurrency, input.batch_max),
+            (Some(7), Some(8), Some(1000))
+        );
+        assert_eq!(
+            read(r#"{"concurrency": null}"#).expect("null").concurrency,
+            None
+        );
+        assert_eq!(read("{}").expect("absent").concurrency, None);
+        for bad in [
+            r#"{"failure_threshold": 7.5}"#,
+            r#"{"failure_threshold": -1}"#,
+            r#"{"failure_threshold": -1.0}"#,
+            r#"{"failure_threshold": 4294967296}"#,
+            r#"{"concurrency": 18446744073709551616}"#,
+            r#"{"concurrency": "8"}"#,
+            r#"{"concurrency": true}"#,
+        ] {
+            let e = read(bad).expect_err(bad).to_string();
+            assert!(e.contains("a whole number that fits"), "{bad}: {e}");
+        }
+    }
+
+    /// `POST /webhooks` requires exactly the fields `apply` cannot default, and they may not
+    /// be `null` there.
+    #[test]
+    fn a_new_webhook_requires_exactly_the_fields_without_default() {
+        let guard = Guard::default();
+        let missing: Vec<&str> = WebhookInput::default()
+            .apply(None, &defaults(&guard))
+            .unwrap_err()
+            .iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(missing, NewWebhook::REQUIRED);
+        let schema = serde_json::to_value(NewWebhook::schema()).expect("serializes");
+        assert_eq!(schema["required"], serde_json::json!(NewWebhook::REQUIRED));
+        assert_eq!(schema["additionalProperties"], false);
+        for field in NewWebhook::REQUIRED {
+            let types = &schema["properties"][field]["type"];
+            assert!(types.is_string() && types != "null", "{field}: {types}");
+        }
+        assert_eq!(
+            schema["properties"]["name"]["type"],
+            serde_json::json!(["string", "null"])
+        );
     }
 
     #[test]

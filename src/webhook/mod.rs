@@ -21,7 +21,7 @@ mod destination;
 mod input;
 
 pub use destination::{TopicsError, UrlError, check_url, compile_topics, mask_url};
-pub use input::{Defaults, FieldError, WebhookInput};
+pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields};
 
 /// Whether a webhook sends and whether it accepts new deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, ValueEnum)]

@@ -422,21 +422,19 @@ impl Store for PgStore {
     }
 
     async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
-        sql::webhooks(&**self.client().await?, None).await
+        sql::webhooks(&self.client().await?, None).await
     }
 
     async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
-        Ok(sql::webhooks(&**self.client().await?, Some(id))
-            .await?
-            .pop())
+        Ok(sql::webhooks(&self.client().await?, Some(id)).await?.pop())
     }
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        sql::put_webhook(&**self.client().await?, webhook, false).await
+        sql::put_webhook(&self.client().await?, webhook, false).await
     }
 
     async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        sql::put_webhook(&**self.client().await?, webhook, true).await
+        sql::put_webhook(&self.client().await?, webhook, true).await
     }
 
     async fn apply_webhooks(&self, planner: &Planner) -> Result<Applied, StoreError> {
@@ -446,7 +444,7 @@ impl Store for PgStore {
     }
 
     async fn save_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
-        sql::save_webhook(&**self.client().await?, webhook).await
+        sql::save_webhook(&self.client().await?, webhook).await
     }
 
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
@@ -468,7 +466,7 @@ impl Store for PgStore {
             owner: self.instance,
             lease_ms: self.lease_ms,
         };
-        sql::claim(&**self.client().await?, &claim, skip).await
+        sql::claim(&self.client().await?, &claim, skip).await
     }
 
     async fn claim_head(
@@ -493,11 +491,11 @@ impl Store for PgStore {
         webhook: Uuid,
         skip: &HashSet<Uuid>,
     ) -> Result<Option<u64>, StoreError> {
-        sql::next_queued(&**self.client().await?, webhook, self.instance, skip).await
+        sql::next_queued(&self.client().await?, webhook, self.instance, skip).await
     }
 
     async fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
-        sql::queue_stats(&**self.client().await?, webhook).await
+        sql::queue_stats(&self.client().await?, webhook).await
     }
 
     async fn record_attempts(
@@ -511,11 +509,11 @@ impl Store for PgStore {
     }
 
     async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
-        sql::requeue(&**self.client().await?, delivery, now_ms).await
+        sql::requeue(&self.client().await?, delivery, now_ms).await
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
-        match sql::event(&**self.client().await?, id).await? {
+        match sql::event(&self.client().await?, id).await? {
             Some(e) => Ok(Some(e)),
             // Not moved over yet: still in this instance's journal.
             None => self.journal.event(id),
@@ -523,11 +521,11 @@ impl Store for PgStore {
     }
 
     async fn events_page(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        sql::events_page(&**self.client().await?, query).await
+        sql::events_page(&self.client().await?, query).await
     }
 
     async fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
-        match sql::delivery(&**self.client().await?, id).await? {
+        match sql::delivery(&self.client().await?, id).await? {
             Some(d) => Ok(Some(d)),
             None => self.journal.delivery(id),
         }
@@ -538,11 +536,11 @@ impl Store for PgStore {
         webhook: Uuid,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        sql::deliveries_of(&**self.client().await?, webhook, limit).await
+        sql::deliveries_of(&self.client().await?, webhook, limit).await
     }
 
     async fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
-        sql::attempts(&**self.client().await?, delivery).await
+        sql::attempts(&self.client().await?, delivery).await
     }
 
     fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {

@@ -3,9 +3,10 @@
 
 use std::collections::HashSet;
 
+use deadpool_postgres::{Client, GenericClient};
 use time::OffsetDateTime;
-use tokio_postgres::types::Json;
-use tokio_postgres::{Client, GenericClient, Row};
+use tokio_postgres::Row;
+use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 use super::pg_error;
@@ -27,6 +28,39 @@ const SETUP_LOCK: i64 = 0x686f_6f6b_7461_7002;
 const SHIP_LOCK: i64 = 0x686f_6f6b_7461_7003;
 /// Retention sweeps run at most this often over all instances.
 const SWEEP_EVERY_MS: i64 = 50 * 60 * 1000;
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+// Every statement is prepared once per connection (deadpool keeps the cache): a query then
+// costs one round trip and no planning.
+
+async fn rows(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Row>, StoreError> {
+    let statement = c.prepare_cached(sql).await.map_err(pg_error)?;
+    c.query(&statement, params).await.map_err(pg_error)
+}
+
+async fn row_opt(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Option<Row>, StoreError> {
+    let statement = c.prepare_cached(sql).await.map_err(pg_error)?;
+    c.query_opt(&statement, params).await.map_err(pg_error)
+}
+
+async fn row(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
+    let statement = c.prepare_cached(sql).await.map_err(pg_error)?;
+    c.query_one(&statement, params).await.map_err(pg_error)
+}
+
+async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+    let statement = c.prepare_cached(sql).await.map_err(pg_error)?;
+    c.execute(&statement, params).await.map_err(pg_error)
+}
 
 /// A Unix-millisecond time as PostgreSQL's `bigint`.
 pub fn ms(v: u64) -> i64 {
@@ -116,7 +150,8 @@ pub async fn put_webhook(
     } else {
         "record = EXCLUDED.record"
     };
-    c.execute(
+    exec(
+        c,
         &format!(
             "INSERT INTO webhooks (id, {WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (id) DO UPDATE SET {on_conflict}"
@@ -132,8 +167,7 @@ pub async fn put_webhook(
             &ms_of(counters.last_failure_at),
         ],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     notify(c, "webhooks").await
 }
 
@@ -141,31 +175,29 @@ pub async fn put_webhook(
 /// (The engine does not call this for a shared store, whose counters are counted in place.)
 pub async fn save_webhook(c: &impl GenericClient, w: &Webhook) -> Result<bool, StoreError> {
     let counters = &w.counters;
-    let n = c
-        .execute(
-            "UPDATE webhooks SET record = $2, delivered = $3, failed = $4, retries = $5,
+    let n = exec(
+        c,
+        "UPDATE webhooks SET record = $2, delivered = $3, failed = $4, retries = $5,
                     consecutive_failures = $6, last_delivered_ms = $7, last_failure_ms = $8
              WHERE id = $1",
-            &[
-                &w.id,
-                &Json(w),
-                &ms(counters.delivered),
-                &ms(counters.failed),
-                &ms(counters.retries),
-                &ms(counters.consecutive_failures),
-                &ms_of(counters.last_delivered_at),
-                &ms_of(counters.last_failure_at),
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
+        &[
+            &w.id,
+            &Json(w),
+            &ms(counters.delivered),
+            &ms(counters.failed),
+            &ms(counters.retries),
+            &ms(counters.consecutive_failures),
+            &ms_of(counters.last_delivered_at),
+            &ms_of(counters.last_failure_at),
+        ],
+    )
+    .await?;
     Ok(n > 0)
 }
 
 async fn notify(c: &impl GenericClient, what: &str) -> Result<(), StoreError> {
-    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &what])
+    exec(c, "SELECT pg_notify($1, $2)", &[&CHANNEL, &what])
         .await
-        .map_err(pg_error)
         .map(drop)
 }
 
@@ -173,9 +205,7 @@ async fn notify(c: &impl GenericClient, what: &str) -> Result<(), StoreError> {
 /// that start together see each other's webhooks, so a file webhook gets one id.
 pub async fn apply_webhooks(c: &mut Client, planner: &Planner) -> Result<Applied, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK])
-        .await
-        .map_err(pg_error)?;
+    exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK]).await?;
     let stored = webhooks(&tx, None).await?;
     let WebhookPlan { put, remove } = planner.plan(&stored);
     let mut applied = Applied::default();
@@ -192,9 +222,8 @@ pub async fn apply_webhooks(c: &mut Client, planner: &Planner) -> Result<Applied
 }
 
 /// Deletes a webhook with its deliveries and attempts; returns how many deliveries were
-/// pending. Deliveries go first, then attempts, then the webhook: the same order in which
-/// recording an attempt takes its locks, so the two wait for each other rather than
-/// deadlock, and attempts recorded meanwhile are deleted too.
+/// pending. The webhook's row is locked first, as recording an attempt locks it first, so the
+/// two wait for each other rather than deadlock, and nothing recorded meanwhile stays behind.
 pub async fn delete_webhook(c: &mut Client, id: Uuid) -> Result<usize, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     let dropped = delete_in(&tx, id).await?;
@@ -203,21 +232,22 @@ pub async fn delete_webhook(c: &mut Client, id: Uuid) -> Result<usize, StoreErro
 }
 
 async fn delete_in(tx: &impl GenericClient, id: Uuid) -> Result<usize, StoreError> {
-    let pending: i64 = tx
-        .query_one(
-            "WITH gone AS (DELETE FROM deliveries WHERE webhook_id = $1 RETURNING pending)
+    exec(
+        tx,
+        "SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE",
+        &[&id],
+    )
+    .await?;
+    let pending: i64 = row(
+        tx,
+        "WITH gone AS (DELETE FROM deliveries WHERE webhook_id = $1 RETURNING pending)
              SELECT count(*) FILTER (WHERE pending) FROM gone",
-            &[&id],
-        )
-        .await
-        .map_err(pg_error)?
-        .get(0);
-    tx.execute("DELETE FROM attempts WHERE webhook_id = $1", &[&id])
-        .await
-        .map_err(pg_error)?;
-    tx.execute("DELETE FROM webhooks WHERE id = $1", &[&id])
-        .await
-        .map_err(pg_error)?;
+        &[&id],
+    )
+    .await?
+    .get(0);
+    exec(tx, "DELETE FROM attempts WHERE webhook_id = $1", &[&id]).await?;
+    exec(tx, "DELETE FROM webhooks WHERE id = $1", &[&id]).await?;
     notify(tx, "webhooks").await?;
     Ok(usize::try_from(pending).unwrap_or(0))
 }
@@ -250,9 +280,7 @@ async fn claim_in(
 ) -> Result<Vec<Delivery>, StoreError> {
     let skip: Vec<Uuid> = skip.iter().copied().collect();
     let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
-    let rows = c
-        .query(
-            &format!(
+    let rows = rows(c, &format!(
                 "WITH c AS (
                     SELECT id FROM deliveries
                     WHERE webhook_id = $1 AND pending AND queue_ms <= $2
@@ -272,10 +300,7 @@ async fn claim_in(
                 &claim.owner,
                 &skip,
                 &claim.lease_ms,
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
+            ],).await?;
     let mut out: Vec<(i64, Delivery)> = rows
         .iter()
         .map(|r| (r.get(1), r.get::<_, Json<Delivery>>(0).0))
@@ -295,22 +320,21 @@ async fn claim_in(
 pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Delivery>, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     // Serialises the check and the lease between instances (a lock per webhook).
-    tx.execute(
+    exec(
+        &tx,
         "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
         &[&claim.webhook.to_string()],
     )
-    .await
-    .map_err(pg_error)?;
-    let elsewhere: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM deliveries
+    .await?;
+    let elsewhere: bool = row(
+        &tx,
+        "SELECT EXISTS (SELECT 1 FROM deliveries
                 WHERE webhook_id = $1 AND pending AND lease_owner <> $2
                   AND lease_until >= hooktap_now_ms())",
-            &[&claim.webhook, &claim.owner],
-        )
-        .await
-        .map_err(pg_error)?
-        .get(0);
+        &[&claim.webhook, &claim.owner],
+    )
+    .await?
+    .get(0);
     let out = if elsewhere {
         Vec::new()
     } else {
@@ -320,8 +344,9 @@ pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Delivery>, 
     Ok(out)
 }
 
-/// When the loop should look at `webhook` again: its first queued delivery's queue time,
-/// or, for one another instance holds, when that lease runs out.
+/// When the loop should look at `webhook` again: the queue time of its first queued delivery
+/// that this instance may take (one walk down the queue index). Another instance's lease
+/// running out is noticed by the loop's once-a-second look.
 pub async fn next_queued(
     c: &impl GenericClient,
     webhook: Uuid,
@@ -329,38 +354,35 @@ pub async fn next_queued(
     skip: &HashSet<Uuid>,
 ) -> Result<Option<u64>, StoreError> {
     let skip: Vec<Uuid> = skip.iter().copied().collect();
-    let next: Option<i64> = c
-        .query_one(
-            "SELECT min(CASE WHEN lease_owner IS NOT NULL AND lease_owner <> $2
-                               AND lease_until >= hooktap_now_ms()
-                             THEN greatest(queue_ms, lease_until) ELSE queue_ms END)
-             FROM deliveries WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))",
-            &[&webhook, &owner, &skip],
-        )
-        .await
-        .map_err(pg_error)?
-        .get(0);
-    Ok(next.map(count))
+    let next = row_opt(
+        c,
+        "SELECT queue_ms FROM deliveries
+             WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))
+               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())
+             ORDER BY queue_ms, id LIMIT 1",
+        &[&webhook, &owner, &skip],
+    )
+    .await?;
+    Ok(next.map(|r| count(r.get(0))))
 }
 
 pub async fn queue_stats(c: &impl GenericClient, webhook: Uuid) -> Result<QueueStats, StoreError> {
-    let row = c
-        .query_one(
-            "SELECT count(*), min(created_ms) FROM deliveries WHERE webhook_id = $1 AND pending",
-            &[&webhook],
-        )
-        .await
-        .map_err(pg_error)?;
+    let row = row(
+        c,
+        "SELECT count(*), min(created_ms) FROM deliveries WHERE webhook_id = $1 AND pending",
+        &[&webhook],
+    )
+    .await?;
     Ok(QueueStats {
         pending: usize::try_from(row.get::<_, i64>(0)).unwrap_or(0),
         oldest_ms: row.get::<_, Option<i64>>(1).map(count),
     })
 }
 
-/// Records one request's outcome in one transaction: the deliveries' new states (ending
-/// their leases), the attempts, and the webhook's counters as increments; a webhook the
-/// engine disabled is marked disabled. Rolled back, writing nothing, when the webhook was
-/// deleted meanwhile.
+/// Records one request's outcome in one statement (one round trip, one transaction): the
+/// deliveries' new states (ending their leases), the attempts, and the webhook's counters as
+/// increments; a webhook the engine disabled is marked disabled. The webhook's row is locked
+/// first, and nothing is written when it is gone (deleted meanwhile).
 pub async fn record_attempts(
     c: &mut Client,
     webhook: Uuid,
@@ -390,30 +412,22 @@ pub async fn record_attempts(
                     .unwrap_or_default(),
             )
         });
-
-    let tx = c.transaction().await.map_err(pg_error)?;
-    tx.execute(
-        "UPDATE deliveries d SET record = u.record, pending = u.pending, queue_ms = u.queue_ms,
-                lease_owner = NULL, lease_until = NULL
-         FROM UNNEST($1::uuid[], $2::jsonb[], $3::bool[], $4::int8[]) AS u(id, record, pending, queue_ms)
-         WHERE d.id = u.id",
-        &[&ids, &records, &pending, &queue],
-    )
-    .await
-    .map_err(pg_error)?;
-    tx.execute(
-        "INSERT INTO attempts (delivery_id, number, webhook_id, record)
-         SELECT u.delivery_id, u.number, $3, u.record
-         FROM UNNEST($1::uuid[], $2::int4[], $4::jsonb[]) AS u(delivery_id, number, record)
-         ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record",
-        &[&ids, &numbers, &webhook, &attempts],
-    )
-    .await
-    .map_err(pg_error)?;
     let at = ms_of(change.at);
-    let row = tx
-        .query_opt(
-            "UPDATE webhooks SET
+    let row = row_opt(c, "WITH w AS (SELECT id FROM webhooks WHERE id = $1 FOR UPDATE),
+             states AS (
+                UPDATE deliveries d SET record = u.record, pending = u.pending,
+                       queue_ms = u.queue_ms, lease_owner = NULL, lease_until = NULL
+                FROM UNNEST($10::uuid[], $11::jsonb[], $12::bool[], $13::int8[])
+                     AS u(id, record, pending, queue_ms), w
+                WHERE d.id = u.id
+                RETURNING 1),
+             logged AS (
+                INSERT INTO attempts (delivery_id, number, webhook_id, record)
+                SELECT u.delivery_id, u.number, w.id, u.record
+                FROM UNNEST($10::uuid[], $14::int4[], $15::jsonb[]) AS u(delivery_id, number, record), w
+                ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record
+                RETURNING 1)
+             UPDATE webhooks SET
                 delivered = delivered + $2, failed = failed + $3, retries = retries + $4,
                 consecutive_failures = CASE WHEN $5 THEN 0
                                             WHEN $6 THEN consecutive_failures + 1
@@ -424,8 +438,9 @@ pub async fn record_attempts(
                               THEN record || jsonb_build_object('status', 'disabled',
                                    'disabled_reason', $8::text, 'updated_at', $9::text)
                               ELSE record END
-             WHERE id = $1
-             RETURNING 0, delivered, failed, retries, consecutive_failures,
+             FROM w WHERE webhooks.id = w.id
+             RETURNING (SELECT count(*) FROM states) + (SELECT count(*) FROM logged),
+                       delivered, failed, retries, consecutive_failures,
                        last_delivered_ms, last_failure_ms",
             &[
                 &webhook,
@@ -437,19 +452,19 @@ pub async fn record_attempts(
                 &at,
                 &disabled.as_ref().map(|d| d.0.as_str()),
                 &disabled.as_ref().map(|d| d.1.as_str()),
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
+                &ids,
+                &records,
+                &pending,
+                &queue,
+                &numbers,
+                &attempts,
+            ],).await?;
     let Some(row) = row else {
-        // Deleted meanwhile: the attempts and states written above go with the rollback.
-        tx.rollback().await.map_err(pg_error)?;
         return Ok(Recording::Gone);
     };
     if disabled.is_some() {
-        notify(&tx, "webhooks").await?;
+        notify(&*c, "webhooks").await?;
     }
-    tx.commit().await.map_err(pg_error)?;
     Ok(Recording::Shared(counters_at(&row, 1)))
 }
 
@@ -465,23 +480,20 @@ pub async fn requeue(
     d.due_ms = now_ms;
     d.queue_ms = now_ms;
     d.updated_at = OffsetDateTime::now_utc();
-    c.execute(
+    exec(
+        c,
         "UPDATE deliveries SET record = $2, pending = true, queue_ms = $3,
                 lease_owner = NULL, lease_until = NULL
          WHERE id = $1",
         &[&d.id, &Json(&d), &ms(d.queue_ms)],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     notify(c, "work").await?;
     Ok(d)
 }
 
 pub async fn event(c: &impl GenericClient, id: Uuid) -> Result<Option<Event>, StoreError> {
-    let row = c
-        .query_opt("SELECT record FROM events WHERE id = $1", &[&id])
-        .await
-        .map_err(pg_error)?;
+    let row = row_opt(c, "SELECT record FROM events WHERE id = $1", &[&id]).await?;
     Ok(row.map(|r| r.get::<_, Json<Event>>(0).0))
 }
 
@@ -498,15 +510,14 @@ pub async fn events_page(c: &impl GenericClient, q: &EventQuery) -> Result<Vec<E
     // Keyset pagination: (created_ms, id) of the last row seen.
     let mut before: (i64, Uuid) = (i64::MAX, Uuid::max());
     loop {
-        let rows = c
-            .query(
-                "SELECT record, created_ms, id FROM events
+        let rows = rows(
+            c,
+            "SELECT record, created_ms, id FROM events
                  WHERE created_ms >= $1 AND created_ms < $2 AND (created_ms, id) < ($3, $4)
                  ORDER BY created_ms DESC, id DESC LIMIT $5",
-                &[&since, &until, &before.0, &before.1, &CHUNK],
-            )
-            .await
-            .map_err(pg_error)?;
+            &[&since, &until, &before.0, &before.1, &CHUNK],
+        )
+        .await?;
         for r in &rows {
             before = (r.get(1), r.get(2));
             let e: Event = r.get::<_, Json<Event>>(0).0;
@@ -529,10 +540,7 @@ pub async fn events_page(c: &impl GenericClient, q: &EventQuery) -> Result<Vec<E
 }
 
 pub async fn delivery(c: &impl GenericClient, id: Uuid) -> Result<Option<Delivery>, StoreError> {
-    let row = c
-        .query_opt("SELECT record FROM deliveries WHERE id = $1", &[&id])
-        .await
-        .map_err(pg_error)?;
+    let row = row_opt(c, "SELECT record FROM deliveries WHERE id = $1", &[&id]).await?;
     Ok(row.map(|r| r.get::<_, Json<Delivery>>(0).0))
 }
 
@@ -541,13 +549,12 @@ pub async fn deliveries_of(
     webhook: Uuid,
     limit: usize,
 ) -> Result<Vec<Delivery>, StoreError> {
-    let rows = c
-        .query(
-            "SELECT record FROM deliveries WHERE webhook_id = $1 ORDER BY id DESC LIMIT $2",
-            &[&webhook, &i64::try_from(limit).unwrap_or(i64::MAX)],
-        )
-        .await
-        .map_err(pg_error)?;
+    let rows = rows(
+        c,
+        "SELECT record FROM deliveries WHERE webhook_id = $1 ORDER BY id DESC LIMIT $2",
+        &[&webhook, &i64::try_from(limit).unwrap_or(i64::MAX)],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|r| r.get::<_, Json<Delivery>>(0).0)
@@ -555,13 +562,12 @@ pub async fn deliveries_of(
 }
 
 pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
-    let rows = c
-        .query(
-            "SELECT record FROM attempts WHERE delivery_id = $1 ORDER BY number",
-            &[&delivery],
-        )
-        .await
-        .map_err(pg_error)?;
+    let rows = rows(
+        c,
+        "SELECT record FROM attempts WHERE delivery_id = $1 ORDER BY number",
+        &[&delivery],
+    )
+    .await?;
     Ok(rows
         .iter()
         .map(|r| r.get::<_, Json<Attempt>>(0).0)
@@ -590,29 +596,23 @@ pub async fn insert_events(
     let records: Vec<Json<&Delivery>> = all.iter().map(|d| Json(*d)).collect();
 
     let tx = c.transaction().await.map_err(pg_error)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SHIP_LOCK])
-        .await
-        .map_err(pg_error)?;
-    tx.execute(
+    exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&SHIP_LOCK]).await?;
+    exec(
+        &tx,
         "INSERT INTO events (id, created_ms, record)
          SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::jsonb[])
          ON CONFLICT (id) DO NOTHING",
         &[&event_ids, &created, &events],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     if !ids.is_empty() {
-        tx.execute(
-            "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
+        exec(&tx, "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
              SELECT u.id, u.event_id, u.webhook_id, u.created_ms, true, u.queue_ms, u.record
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::jsonb[])
                   AS u(id, event_id, webhook_id, created_ms, queue_ms, record)
              WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
              ON CONFLICT (id) DO NOTHING",
-            &[&ids, &of_event, &webhook, &d_created, &queue, &records],
-        )
-        .await
-        .map_err(pg_error)?;
+            &[&ids, &of_event, &webhook, &d_created, &queue, &records],).await?;
         notify(&tx, "work").await?;
     }
     tx.commit().await.map_err(pg_error)
@@ -623,24 +623,21 @@ pub async fn insert_events(
 /// deliveries left behind by a webhook deleted while they were being moved in.
 pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
-    let due = tx
-        .execute(
-            "INSERT INTO hooktap_state (key, value) VALUES ('last_sweep_ms', hooktap_now_ms())
+    let due = exec(
+        &tx,
+        "INSERT INTO hooktap_state (key, value) VALUES ('last_sweep_ms', hooktap_now_ms())
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
              WHERE hooktap_state.value < hooktap_now_ms() - $1",
-            &[&SWEEP_EVERY_MS],
-        )
-        .await
-        .map_err(pg_error)?;
+        &[&SWEEP_EVERY_MS],
+    )
+    .await?;
     if due == 0 {
         // Another instance swept within the period.
         tx.commit().await.map_err(pg_error)?;
         return Ok(Swept::default());
     }
     let cutoff = ms(unix_ms(cutoff));
-    let row = tx
-        .query_one(
-            "WITH old AS (
+    let row = row(&tx, "WITH old AS (
                 SELECT e.id FROM events e
                 WHERE e.created_ms < $1
                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.pending)),
@@ -653,17 +650,14 @@ pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime) -> Result<Swept, Stor
                 DELETE FROM events e USING old WHERE e.id = old.id RETURNING 1)
              SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_deliveries),
                     (SELECT count(*) FROM gone_attempts)",
-            &[&cutoff],
-        )
-        .await
-        .map_err(pg_error)?;
-    tx.execute(
+            &[&cutoff],).await?;
+    exec(
+        &tx,
         "DELETE FROM deliveries d WHERE d.created_ms < $1
            AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)",
         &[&cutoff],
     )
-    .await
-    .map_err(pg_error)?;
+    .await?;
     tx.commit().await.map_err(pg_error)?;
     let n = |i: usize| usize::try_from(row.get::<_, i64>(i)).unwrap_or(0);
     Ok(Swept {

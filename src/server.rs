@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::delivery::{DeliveryError, Engine};
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::proxy::connection::Connections;
 use crate::proxy::{Forwarding, Limits, Proxy, Upstream};
 use crate::store::sled::PID_FILE;
 use crate::store::{SledStore, Store, StoreError};
@@ -248,8 +249,12 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     }
     // With `upgrade`, waits here for the old process's listening sockets.
     server.bootstrap();
-    let mut proxy_service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hooktap proxy");
+    let mut proxy_app = pingora::proxy::HttpProxy::new(proxy, Arc::clone(&server.configuration));
+    proxy_app.handle_init_modules();
+    let mut proxy_service = pingora::services::listening::Service::new(
+        "hooktap proxy".to_owned(),
+        Connections::new(proxy_app),
+    );
     listen(&mut proxy_service, p)?;
     server.add_service(proxy_service);
     add_background_services(&mut server, &config, &live, &store, upgrade);
@@ -347,7 +352,9 @@ fn build_proxy(config: &Config, live: &Arc<Live>) -> Result<Proxy, ServerError> 
 
 /// Adds the proxy's listener: plain TCP, or TLS with HTTP/2.
 fn listen(
-    service: &mut pingora::services::listening::Service<pingora::proxy::HttpProxy<Proxy>>,
+    service: &mut pingora::services::listening::Service<
+        Connections<pingora::proxy::HttpProxy<Proxy>>,
+    >,
     p: &crate::config::ProxyConfig,
 ) -> Result<(), ServerError> {
     let listen = p.listen.to_string();

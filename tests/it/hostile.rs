@@ -682,20 +682,68 @@ async fn generated(UrlPath(kind): UrlPath<String>) -> Response {
 /// A raw TCP upstream that answers each request with the bytes `respond(path)` gives, then
 /// closes: for response framing no HTTP library would produce.
 async fn raw_upstream(respond: fn(&str) -> Vec<u8>) -> SocketAddr {
+    raw_upstream_recording(respond).await.0
+}
+
+/// One request as a raw upstream read it: its head and its body, byte for byte.
+type RawRequest = (Vec<u8>, Vec<u8>);
+
+/// What a raw upstream received.
+#[derive(Clone, Default)]
+struct RawSeen(Arc<Mutex<Vec<RawRequest>>>);
+
+impl RawSeen {
+    /// The head and body of the one request for `path`.
+    fn request(&self, path: &str) -> (String, Vec<u8>) {
+        let all = self.0.lock().expect("lock").clone();
+        let found: Vec<_> = all
+            .into_iter()
+            .filter(|(head, _)| head.split(|&b| b == b' ').nth(1) == Some(path.as_bytes()))
+            .collect();
+        assert_eq!(found.len(), 1, "one request for {path}: {found:?}");
+        let (head, body) = found.into_iter().next().expect("one");
+        (String::from_utf8_lossy(&head).into_owned(), body)
+    }
+
+    /// Whether any request line received so far contains `needle`.
+    fn any_target_contains(&self, needle: &[u8]) -> bool {
+        self.0.lock().expect("lock").iter().any(|(head, _)| {
+            let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+            find(line, needle).is_some()
+        })
+    }
+}
+
+/// The values of header `name` in a raw head, in order (one per header line).
+fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+/// [`raw_upstream`] that also records every request it read.
+async fn raw_upstream_recording(respond: fn(&str) -> Vec<u8>) -> (SocketAddr, RawSeen) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the raw upstream");
     let addr = listener.local_addr().expect("local addr");
+    let seen = RawSeen::default();
+    let record = seen.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
                 return;
             };
+            let record = record.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 16 * 1024];
-                // The head, then as much body as Content-Length announces: closing with unread
-                // bytes would reset the connection and hide the answer.
+                // The head, then the body (as much as Content-Length announces, or up to the
+                // last chunk): closing with unread bytes would reset the connection and hide
+                // the answer.
                 let head_end = loop {
                     if let Some(end) = find(&buf, b"\r\n\r\n") {
                         break end + 4;
@@ -706,29 +754,41 @@ async fn raw_upstream(respond: fn(&str) -> Vec<u8>) -> SocketAddr {
                     }
                 };
                 let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
+                let chunked = header_values(&head, "transfer-encoding")
+                    .iter()
+                    .any(|v| v.contains("chunked"));
+                let length: usize = header_values(&head, "content-length")
+                    .first()
+                    .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                while buf.len() < head_end + length {
+                let complete = |buf: &[u8]| {
+                    if chunked {
+                        buf[head_end..].ends_with(b"0\r\n\r\n")
+                    } else {
+                        buf.len() >= head_end + length
+                    }
+                };
+                while !complete(&buf) {
                     match tokio::time::timeout(IO, conn.read(&mut chunk)).await {
                         Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
                         _ => break,
                     }
                 }
+                let body = buf[head_end..].to_vec();
+                buf.truncate(head_end);
                 let path = head
                     .split_whitespace()
                     .nth(1)
                     .unwrap_or_default()
                     .to_owned();
+                record.0.lock().expect("lock").push((buf, body));
                 let answer = respond(&path);
                 let _ = conn.write_all(&answer).await;
                 let _ = conn.shutdown().await;
             });
         }
     });
-    addr
+    (addr, seen)
 }
 
 /// The answer of a raw upstream to anything it has no case for (and to the harness's check).
@@ -1341,6 +1401,141 @@ mod requests {
         assert!(h.app.seen("/h/two-lengths").is_empty(), "not forwarded");
         h.assert_unharmed().await;
         h.assert_no_event("two-lengths").await;
+    }
+
+    /// Content-Length values that agree, repeated or listed (RFC 9110 8.6), and a value with
+    /// leading zeros reach the app as one `Content-Length` in canonical form: never two
+    /// framing headers, nor a form a strict upstream refuses or a lax one reads differently.
+    #[tokio::test]
+    async fn agreeing_content_lengths_are_forwarded_as_one() {
+        let (upstream, seen) = raw_upstream_recording(|_| ok_answer()).await;
+        let h = Harness::with_upstream(App::default(), upstream).await;
+        for (rest, lengths) in [
+            ("cl-twice", "Content-Length: 2\r\nContent-Length: 2\r\n"),
+            (
+                "cl-leading-zero",
+                "Content-Length: 2\r\nContent-Length: 02\r\n",
+            ),
+            ("cl-list", "Content-Length: 2, 2\r\n"),
+            ("cl-zero-padded", "Content-Length: 0002\r\n"),
+        ] {
+            let request = format!("POST /h/{rest} HTTP/1.1\r\nHost: shop.test\r\n{lengths}\r\nok");
+            let w = raw(h.proxy.addr, request.as_bytes(), 1).await;
+            assert_eq!(w.statuses(), vec![200], "{rest}: {w:?}");
+            let (head, body) = seen.request(&format!("/h/{rest}"));
+            assert_eq!(
+                header_values(&head, "content-length"),
+                ["2"],
+                "{rest}: {head}"
+            );
+            assert_eq!(body, b"ok", "{rest}");
+            assert_eq!(h.event(rest).await["request"], "ok");
+        }
+        h.assert_unharmed().await;
+    }
+
+    /// Transfer codings: `chunked` alone is forwarded as exactly `Transfer-Encoding: chunked`;
+    /// chunked applied twice is malformed (RFC 9112 7: 400); a coding hooktap does not
+    /// implement is refused with 501 (RFC 9112 6.1), as nginx does, rather than forwarded.
+    #[tokio::test]
+    async fn transfer_codings_other_than_one_chunked() {
+        let (upstream, seen) = raw_upstream_recording(|_| ok_answer()).await;
+        let h = Harness::with_upstream(App::default(), upstream).await;
+        let body = "2\r\nok\r\n0\r\n\r\n";
+        let send = |rest: &str, te: &str| {
+            format!("POST /h/{rest} HTTP/1.1\r\nHost: shop.test\r\n{te}\r\n{body}")
+        };
+        let w = raw(
+            h.proxy.addr,
+            send("te-upper", "Transfer-Encoding: Chunked\r\n").as_bytes(),
+            1,
+        )
+        .await;
+        assert_eq!(w.statuses(), vec![200], "{w:?}");
+        let (head, forwarded) = seen.request("/h/te-upper");
+        assert_eq!(
+            header_values(&head, "transfer-encoding"),
+            ["chunked"],
+            "{head}"
+        );
+        assert_eq!(forwarded, b"2\r\nok\r\n0\r\n\r\n");
+        for (rest, te, status) in [
+            (
+                "te-twice",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                400,
+            ),
+            (
+                "te-listed-twice",
+                "Transfer-Encoding: chunked, chunked\r\n",
+                400,
+            ),
+            ("te-gzip", "Transfer-Encoding: gzip, chunked\r\n", 501),
+            (
+                "te-identity",
+                "Transfer-Encoding: identity, chunked\r\n",
+                501,
+            ),
+        ] {
+            let mut stream = connect(h.proxy.addr).await;
+            stream
+                .write_all(send(rest, te).as_bytes())
+                .await
+                .expect("write request");
+            let w = read_wire(&mut stream, 2, IO).await;
+            assert_eq!(w.statuses(), vec![status], "{rest}: {w:?}");
+            assert!(
+                w.closed,
+                "{rest}: the connection must close after a framing refusal: {w:?}"
+            );
+            assert!(
+                !seen.any_target_contains(rest.as_bytes()),
+                "{rest} reached the app"
+            );
+        }
+        h.assert_unharmed().await;
+    }
+
+    /// A control byte, DEL or a space inside the request target makes the request line invalid
+    /// (RFC 9112 3.2): 400, never "corrected" into `%00` and forwarded (RFC 9112 3: a recipient
+    /// SHOULD NOT autocorrect, the line may be crafted to slip past a filter in front). Also when
+    /// the request is pipelined behind a good one, and with `%00` sent as such still forwarded.
+    #[tokio::test]
+    async fn control_bytes_in_the_request_target() {
+        let (upstream, seen) = raw_upstream_recording(|_| ok_answer()).await;
+        let h = Harness::with_upstream(App::default(), upstream).await;
+        let get = |target: &[u8]| {
+            let mut r = b"GET ".to_vec();
+            r.extend_from_slice(target);
+            r.extend_from_slice(b" HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+            r
+        };
+        for target in [
+            &b"/h/nul\0x"[..],
+            b"/h/soh\x01x",
+            b"/h/tab\tx",
+            b"/h/cr\rx",
+            b"/h/del\x7fx",
+            b"/h/space x",
+        ] {
+            let w = raw(h.proxy.addr, &get(target), 1).await;
+            w.assert_refused(Some(400));
+        }
+        let mut pipelined = get(b"/h/before-nul");
+        pipelined.extend_from_slice(&get(b"/h/piped-nul\0x"));
+        let w = raw(h.proxy.addr, &pipelined, 2).await;
+        assert_eq!(w.statuses(), vec![200, 400], "{w:?}");
+        for name in ["nul", "soh", "tab", "cr", "del", "space", "piped-nul"] {
+            assert!(
+                !seen.any_target_contains(format!("/h/{name}").as_bytes()),
+                "{name} reached the app"
+            );
+        }
+        // A percent-encoded NUL is a valid target: forwarded as sent.
+        let w = raw(h.proxy.addr, &get(b"/h/encoded%00x"), 1).await;
+        assert_eq!(w.statuses(), vec![200], "{w:?}");
+        seen.request("/h/encoded%00x");
+        h.assert_unharmed().await;
     }
 
     /// Content-Length and chunked together: chunked wins (RFC 9112 6.1: the server may reject

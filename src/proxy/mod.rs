@@ -1,9 +1,19 @@
 //! The pingora glue: each proxy phase hands what it sees to capture, rules and delivery.
 //!
 //! Only candidate requests (the router found a rule for their method and path) are copied;
-//! everything else streams through with one router lookup and no allocation per chunk. This
-//! module fails open: nothing here ever returns an error to pingora, so a capture or store
-//! problem is logged and counted while the app's traffic flows on unchanged.
+//! everything else streams through with one router lookup and no allocation per chunk. Capture
+//! fails open: a capture or store problem is logged and counted while the app's traffic flows
+//! on unchanged. The one thing this glue refuses is a message whose framing the next party
+//! could read differently from hooktap ([`framing`], [`request_line`]): such a request gets
+//! 400 or 501, and the connection is closed.
+//!
+//! - [`framing`]: which framing headers a message may be forwarded with.
+//! - [`request_line`], [`connection`]: the client's bytes beneath pingora, for the request
+//!   lines it rewrites.
+
+pub mod connection;
+pub mod framing;
+pub mod request_line;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +25,7 @@ use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use self::framing::Framing;
 use crate::capture::{BodyCapture, Exchange, RequestParts, ResponseParts};
 use crate::delivery::intake::Intake;
 use crate::rules::RuleSet;
@@ -151,6 +162,15 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(status) = refusal(session)? {
+            // What follows on this connection cannot be trusted to start where hooktap thinks
+            // it does: answer, then close.
+            session.set_keepalive(None);
+            if let Err(e) = session.respond_error(status).await {
+                tracing::debug!(error = %e, "cannot answer a refused request");
+            }
+            return Ok(true);
+        }
         // Answer pipelined HTTP/1.1 requests in order, as the app would, rather than closing
         // the connection after the first (pingora's default).
         session.set_pipelining_enabled(true);
@@ -248,14 +268,14 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = response.status.as_u16();
+        if status < 200 {
+            // 1xx (e.g. 100 Continue) is not the final answer, and has no body.
+            return Ok(());
+        }
         let Some(c) = ctx.capture.as_mut() else {
             return Ok(());
         };
-        let status = response.status.as_u16();
-        if status < 200 {
-            // 1xx (e.g. 100 Continue) is not the final answer.
-            return Ok(());
-        }
         if c.rules.wants_response(&c.candidates, status) {
             c.response = Some((status, response.headers.clone()));
             c.response_body = Some(BodyCapture::new(self.limits.max_capture_bytes));
@@ -335,5 +355,38 @@ impl ProxyHttp for Proxy {
                 self.commit(c);
             }
         }
+    }
+}
+
+/// The status to refuse this request with, or `None` to forward it, with its framing headers
+/// made canonical.
+fn refusal(session: &mut Session) -> Result<Option<u16>> {
+    if connection::request_line_rewritten(session) {
+        tracing::debug!(
+            "refused a request line with a control byte or a space in its target (400)"
+        );
+        return Ok(Some(400));
+    }
+    match framing::framing(&session.req_header().headers) {
+        Ok(None) => Ok(None),
+        Ok(Some(framing)) => {
+            set_request_framing(session.req_header_mut(), framing)?;
+            Ok(None)
+        }
+        Err(e) => {
+            let status = e.request_status();
+            tracing::debug!(error = %e, status, "refused a request for its framing");
+            Ok(Some(status))
+        }
+    }
+}
+
+/// The one framing header a request is forwarded with.
+fn set_request_framing(request: &mut RequestHeader, framing: Framing) -> Result<()> {
+    request.remove_header(&http::header::TRANSFER_ENCODING);
+    request.remove_header(&http::header::CONTENT_LENGTH);
+    match framing {
+        Framing::Chunked => request.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
+        Framing::Length(n) => request.insert_header(http::header::CONTENT_LENGTH, n.to_string()),
     }
 }

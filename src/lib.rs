@@ -27,7 +27,7 @@
 //! - [`capture`]: bounded body copies, content decoding, the exchange document.
 //! - [`event`]: the types handed between rules, store and delivery.
 //! - [`metrics`]: Prometheus counters shared by proxy, rules and delivery.
-//! - [`proxy`]: the pingora glue; fails open, except for framing the app could read
+//! - [`proxy`]: the pingora glue; fails open, except for framing the next party could read
 //!   differently (refused).
 //! - [`live`]: reloading rules and webhooks while running.
 //! - [`store`]: the store contract, its test suite and the sled backend.

@@ -5,9 +5,9 @@
 //! fails open: a capture or store problem is logged and counted while the app's traffic flows
 //! on unchanged. The one thing this glue refuses is a message whose framing the next party
 //! could read differently from hooktap ([`framing`], [`request_line`]): such a request gets
-//! 400 or 501, and the connection is closed.
+//! 400 or 501, such a response 502, and the connection is closed.
 //!
-//! - [`framing`]: which framing headers a message may be forwarded with.
+//! - [`framing`]: which framing headers a request or response may be forwarded with.
 //! - [`request_line`], [`connection`]: the client's bytes beneath pingora, for the request
 //!   lines it rewrites.
 
@@ -273,6 +273,22 @@ impl ProxyHttp for Proxy {
             // 1xx (e.g. 100 Continue) is not the final answer, and has no body.
             return Ok(());
         }
+        match framing::framing(&response.headers) {
+            Ok(None) => {}
+            Ok(Some(framing)) => set_response_framing(response, framing)?,
+            Err(e) => {
+                tracing::warn!(status, error = %e,
+                    "the app answered with framing hooktap does not pass on; the client gets 502");
+                // An error here closes the upstream connection (what follows on it cannot be
+                // trusted to be the next response) and, through `fail_to_proxy`, answers 502
+                // and closes the client's connection.
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::Custom(BAD_UPSTREAM_FRAMING),
+                    e.to_string(),
+                )
+                .into_up());
+            }
+        }
         let Some(c) = ctx.capture.as_mut() else {
             return Ok(());
         };
@@ -344,6 +360,11 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &pingora::Error) -> bool {
+        // Logged as a warning with its reason where it was found.
+        error.etype() == &pingora::ErrorType::Custom(BAD_UPSTREAM_FRAMING)
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.intake.metrics().request(status);
@@ -357,6 +378,9 @@ impl ProxyHttp for Proxy {
         }
     }
 }
+
+/// The pingora error of a response refused for its framing.
+const BAD_UPSTREAM_FRAMING: &str = "bad upstream framing";
 
 /// The status to refuse this request with, or `None` to forward it, with its framing headers
 /// made canonical.
@@ -388,5 +412,15 @@ fn set_request_framing(request: &mut RequestHeader, framing: Framing) -> Result<
     match framing {
         Framing::Chunked => request.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
         Framing::Length(n) => request.insert_header(http::header::CONTENT_LENGTH, n.to_string()),
+    }
+}
+
+/// The one framing header a response is forwarded with.
+fn set_response_framing(response: &mut ResponseHeader, framing: Framing) -> Result<()> {
+    response.remove_header(&http::header::TRANSFER_ENCODING);
+    response.remove_header(&http::header::CONTENT_LENGTH);
+    match framing {
+        Framing::Chunked => response.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
+        Framing::Length(n) => response.insert_header(http::header::CONTENT_LENGTH, n.to_string()),
     }
 }

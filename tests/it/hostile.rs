@@ -2143,6 +2143,20 @@ mod broken_upstream {
             "/h/length-and-chunked" => {
                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
             }
+            "/h/cl-twice" => {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 02\r\nConnection: close\r\n\r\nok"
+            }
+            "/h/cl-list" => b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nConnection: close\r\n\r\nok",
+            "/h/te-chunked-identity" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: 2\r\n\r\nok"
+            }
+            "/h/te-identity" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nok",
+            "/h/te-gzip-chunked" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            }
+            "/h/te-chunked-twice" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+            }
             "/h/negative-length" => {
                 b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\nConnection: close\r\n\r\nhello"
             }
@@ -2241,6 +2255,147 @@ mod broken_upstream {
     #[tokio::test]
     async fn head_over_the_size_limit() {
         bad_gateway("huge-head").await;
+    }
+
+    /// Repeated or listed Content-Length values that agree reach the client as one canonical
+    /// `Content-Length`, as they reach the app in a request.
+    #[tokio::test]
+    async fn agreeing_content_lengths_are_passed_on_as_one() {
+        let h = Harness::start_raw(respond).await;
+        for rest in ["cl-twice", "cl-list"] {
+            let w = get(&h, &format!("/h/{rest}")).await;
+            let r = w.only();
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]), "{rest}");
+            let lengths: Vec<&[u8]> = r
+                .headers
+                .iter()
+                .filter(|(k, _)| k == "content-length")
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            assert_eq!(lengths, [b"2"], "{rest}: {w:?}");
+            assert_eq!(h.event(rest).await["response"], "ok");
+        }
+        h.assert_unharmed().await;
+    }
+
+    /// A transfer coding other than one `chunked` (`chunked, identity` with a Content-Length,
+    /// `identity`, `gzip, chunked`, chunked twice) is not passed on as it came: the client would
+    /// have to read such a body to the close of a connection the proxy keeps open, or decode
+    /// codings hooktap never checked. The client gets 502 and its connection is closed, as
+    /// nginx does ("upstream sent unknown Transfer-Encoding"); no event is derived.
+    #[tokio::test]
+    async fn transfer_coding_other_than_one_chunked() {
+        let h = Harness::start_raw(respond).await;
+        for rest in [
+            "te-chunked-identity",
+            "te-identity",
+            "te-gzip-chunked",
+            "te-chunked-twice",
+        ] {
+            let mut stream = connect(h.proxy.addr).await;
+            let request = format!("GET /h/{rest} HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .expect("write request");
+            let w = read_wire(&mut stream, 2, IO).await;
+            assert_eq!(w.statuses(), vec![502], "{rest}: {w:?}");
+            assert!(
+                w.rest.is_empty() && w.closed,
+                "{rest}: 502, then close: {w:?}"
+            );
+            assert_eq!(w.only().header("transfer-encoding"), None, "{rest}");
+        }
+        h.assert_unharmed().await;
+        for rest in [
+            "te-chunked-identity",
+            "te-identity",
+            "te-gzip-chunked",
+            "te-chunked-twice",
+        ] {
+            h.assert_no_event(rest).await;
+        }
+    }
+
+    /// After refusing a response for its framing, hooktap does not send another request on
+    /// that upstream connection: what follows on it cannot be trusted to be a response.
+    #[tokio::test]
+    async fn upstream_connection_is_not_reused_after_bad_framing() {
+        let (upstream, served) = keepalive_upstream().await;
+        let h = Harness::with_upstream(App::default(), upstream).await;
+        let w = get(&h, "/h/te-gzip-chunked").await;
+        assert_eq!(w.statuses(), vec![502], "{w:?}");
+        h.assert_serves_normally().await;
+        let served = served.lock().expect("lock").clone();
+        let connection_of = |path: &str| {
+            served
+                .iter()
+                .rev()
+                .find(|(_, p)| p.starts_with(path))
+                .map(|(c, _)| *c)
+                .unwrap_or_else(|| panic!("{path} never reached the upstream: {served:?}"))
+        };
+        assert_ne!(
+            connection_of("/h/te-gzip-chunked"),
+            connection_of("/h/normal-1"),
+            "the request after the refusal must take a new connection: {served:?}"
+        );
+        h.assert_unharmed().await;
+    }
+
+    /// An upstream that keeps its connections open and answers each request on them with
+    /// [`respond`]`(path)` (with `Connection: close` removed); records which connection (numbered
+    /// from 0) served which path.
+    async fn keepalive_upstream() -> (SocketAddr, Arc<Mutex<Vec<(usize, String)>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the keep-alive upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&served);
+        tokio::spawn(async move {
+            let mut connections = 0..;
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let id = connections.next().expect("endless");
+                let record = Arc::clone(&record);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 16 * 1024];
+                    loop {
+                        let Some(head_end) = find(&buf, b"\r\n\r\n").map(|e| e + 4) else {
+                            match tokio::time::timeout(IO, conn.read(&mut chunk)).await {
+                                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                        let length: usize = header_values(&head, "content-length")
+                            .first()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < head_end + length {
+                            match tokio::time::timeout(IO, conn.read(&mut chunk)).await {
+                                Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                        }
+                        let path = head
+                            .split_whitespace()
+                            .nth(1)
+                            .unwrap_or_default()
+                            .to_owned();
+                        buf.drain(..head_end + length);
+                        record.lock().expect("lock").push((id, path.clone()));
+                        let answer = respond(&path).replace_all(b"Connection: close\r\n", b"");
+                        if conn.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, served)
     }
 
     /// Content-Length and chunked: chunked wins (RFC 9112 6.3), or 502.

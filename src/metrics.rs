@@ -33,6 +33,8 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     pending: Family<Labels, Gauge>,
     oldest_pending: Family<Labels, Gauge<f64, AtomicU64>>,
+    open_connections: Family<Labels, Gauge>,
+    connections_closed: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -113,6 +115,18 @@ impl Metrics {
             "Age of the oldest queued delivery, by webhook",
             oldest_pending.clone(),
         );
+        let open_connections = Family::default();
+        registry.register(
+            "open_connections",
+            "Client connections open, by listener (proxy, admin)",
+            open_connections.clone(),
+        );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Client connections closed by hooktap before their request, by listener and reason (header_timeout, shed, refused)",
+            connections_closed.clone(),
+        );
         Self {
             registry,
             requests_by_class,
@@ -126,6 +140,8 @@ impl Metrics {
             reloads,
             pending,
             oldest_pending,
+            open_connections,
+            connections_closed,
         }
     }
 
@@ -221,6 +237,25 @@ impl Metrics {
         let labels = vec![("webhook", webhook.to_owned())];
         self.pending.remove(&labels);
         self.oldest_pending.remove(&labels);
+    }
+
+    /// The gauge of the client connections open on `listener` (`proxy`, `admin`).
+    pub fn open_connections(&self, listener: &str) -> Gauge {
+        self.open_connections
+            .get_or_create(&vec![("listener", listener.to_owned())])
+            .clone()
+    }
+
+    /// hooktap closed a client connection on `listener` before a request: its head was late
+    /// (`header_timeout`), it waited on its client at the cap (`shed`), or the cap was full
+    /// of requests in flight (`refused`).
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        self.connections_closed
+            .get_or_create(&vec![
+                ("listener", listener.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -1,11 +1,14 @@
 //! The client connection beneath pingora's HTTP layer: what hooktap needs to see of a client's
-//! bytes that pingora's phases do not show.
+//! bytes and time that pingora's phases do not show.
 //!
-//! [`Connections`] wraps pingora's proxy app: every accepted connection's stream is wrapped in a
-//! [`ClientStream`] before pingora reads from it, and the proxy's phases find it again through
-//! the session ([`client_stream`]). It only observes: the bytes pass through unchanged.
+//! [`Connections`] wraps pingora's proxy app: every accepted connection is counted in
+//! ([`Admission`]), its stream is wrapped in a [`ClientStream`] before pingora reads from it, and
+//! pingora's handling of it is dropped (closing it) when its [`Clock`] says so. The proxy's
+//! phases find the stream again through the session ([`client_stream`]). The bytes pass through
+//! unchanged.
 //!
 //! - [`RequestLines`]: request lines pingora rewrites instead of refusing.
+//! - [`Clock`], [`Admission`]: the request head deadline and the cap on open connections.
 
 use std::io;
 use std::pin::Pin;
@@ -25,16 +28,36 @@ use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::admission::{Admission, Admitted, Clock, Closed};
 use super::request_line::RequestLines;
+use crate::metrics::Metrics;
 
-/// pingora's proxy app with every HTTP/1 client stream wrapped in a [`ClientStream`].
+/// How long a client may take to send a request head, and how many connections it may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    pub head_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// pingora's proxy app behind hooktap's admission, deadline and scan of client connections.
 pub struct Connections<A> {
     app: Arc<A>,
+    limits: ClientLimits,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
 }
 
 impl<A> Connections<A> {
-    pub fn new(app: A) -> Self {
-        Self { app: Arc::new(app) }
+    pub fn new(app: A, limits: ClientLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            app: Arc::new(app),
+            limits,
+            admission: Arc::new(Admission::new(
+                limits.max_connections,
+                metrics.open_connections("proxy"),
+            )),
+            metrics,
+        }
     }
 }
 
@@ -46,13 +69,51 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         // HTTP/2 (negotiated by ALPN on the TLS listener) carries binary frames, not request
-        // lines, and pingora does not rewrite its targets.
-        let stream: Stream = if stream.selected_alpn_proto() == Some(ALPN::H2) {
+        // lines; pingora manages its streams, so it is counted but never timed out nor shed.
+        let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
+        let clock = Arc::new(if h2 {
+            Clock::busy()
+        } else {
+            Clock::head(self.limits.head_timeout)
+        });
+        let (admitted, slot) = self.admission.admit(&clock);
+        let max = self.limits.max_connections;
+        match admitted {
+            Admitted::Room => {}
+            Admitted::Shed if self.admission.should_warn() => tracing::warn!(
+                max_connections = max,
+                "the proxy is at max_connections: closing the connections that have waited longest on their clients (logged once a minute)"
+            ),
+            Admitted::Shed => {}
+            Admitted::Full => {
+                self.metrics.connection_closed("proxy", "refused");
+                if self.admission.should_warn() {
+                    tracing::warn!(
+                        max_connections = max,
+                        "the proxy is at max_connections, every one with a request in flight: refusing new connections (logged once a minute)"
+                    );
+                }
+            }
+        }
+        let _slot = slot?;
+        let stream: Stream = if h2 {
             stream
         } else {
-            Box::new(ClientStream::new(stream))
+            Box::new(ClientStream::new(
+                stream,
+                Arc::clone(&clock),
+                Arc::clone(&self.admission),
+            ))
         };
-        self.app.process_new(stream, shutdown).await
+        tokio::select! {
+            reused = self.app.process_new(stream, shutdown) => reused,
+            why = clock.closed() => {
+                // Dropping pingora's future closes the connection; no request is in flight.
+                tracing::debug!(reason = why.label(), "closed a client connection waiting on its client");
+                self.metrics.connection_closed("proxy", why.label());
+                None
+            }
+        }
     }
 
     async fn cleanup(&self) {
@@ -60,24 +121,41 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
     }
 }
 
-/// A client's HTTP/1 stream, read through hooktap's scan.
+/// A client's HTTP/1 stream, read through hooktap's scan and clock.
 #[derive(Debug)]
 pub struct ClientStream {
     inner: Stream,
     lines: RequestLines,
+    clock: Arc<Clock>,
+    admission: Arc<Admission>,
 }
 
 impl ClientStream {
-    fn new(inner: Stream) -> Self {
+    fn new(inner: Stream, clock: Arc<Clock>, admission: Arc<Admission>) -> Self {
         Self {
             inner,
             lines: RequestLines::default(),
+            clock,
+            admission,
         }
     }
 
     /// The request lines this client sent.
     pub fn request_lines(&self) -> &RequestLines {
         &self.lines
+    }
+
+    /// A request head is complete: its deadline no longer applies. An error if the connection
+    /// was closed meanwhile (its deadline passed, or it was shed): the request must not go on.
+    pub fn head_complete(&self) -> Result<(), Closed> {
+        self.clock.head_complete()
+    }
+
+    /// The exchange is over: the connection waits on its client again.
+    pub fn exchange_done(&self) {
+        if let Some(since) = self.clock.exchange_done() {
+            self.admission.waiting(&self.clock, since);
+        }
     }
 }
 
@@ -117,7 +195,11 @@ impl AsyncRead for ClientStream {
         let before = buf.filled().len();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = poll {
-            this.lines.feed(&buf.filled()[before..]);
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                this.clock.bytes_arrived();
+                this.lines.feed(read);
+            }
         }
         poll
     }

@@ -10,7 +10,10 @@
 //! - [`framing`]: which framing headers a request or response may be forwarded with.
 //! - [`request_line`], [`connection`]: the client's bytes beneath pingora, for the request
 //!   lines it rewrites.
+//! - [`admission`], [`connection`]: the deadline for request heads and the cap on open client
+//!   connections, which pingora does not have.
 
+pub mod admission;
 pub mod connection;
 pub mod framing;
 pub mod request_line;
@@ -159,6 +162,22 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> Ctx {
         Ctx::default()
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The head is complete: its deadline no longer applies. If the connection was closed
+        // in this very moment (its head too late, or shed at the connection cap), the request
+        // must not reach the app: the connection goes without an answer.
+        match connection::client_stream(session).map(connection::ClientStream::head_complete) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(pingora::Error::explain(
+                pingora::ErrorType::HTTPStatus(match why {
+                    admission::Closed::HeadTimeout => 408,
+                    admission::Closed::Shed => 503,
+                }),
+                "the connection was closed before its request",
+            )),
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -361,11 +380,19 @@ impl ProxyHttp for Proxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &pingora::Error) -> bool {
-        // Logged as a warning with its reason where it was found.
-        error.etype() == &pingora::ErrorType::Custom(BAD_UPSTREAM_FRAMING)
+        // Logged where they were found: a bad response as a warning with its reason, a
+        // connection closed before its request in `connection`.
+        matches!(
+            error.etype(),
+            pingora::ErrorType::Custom(BAD_UPSTREAM_FRAMING)
+                | pingora::ErrorType::HTTPStatus(408 | 503)
+        )
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut Ctx) {
+        if let Some(client) = connection::client_stream(session) {
+            client.exchange_done();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.intake.metrics().request(status);
         // The response ended without a final body chunk passing response_body_filter (no body,

@@ -15,7 +15,7 @@
 //! DEL or two spaces, which a body line rarely does. A request may begin in the middle of a line
 //! (pipelined right behind a body without a final line break), so a kept line is searched for
 //! the method rather than assumed to start with it. Lines are read in place; only a line that
-//! continues into the next read is copied, and only its last [`KEPT`] bytes.
+//! continues into the next read is copied, and only its last `KEPT` bytes.
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_encode};
 

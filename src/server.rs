@@ -18,7 +18,7 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::open_files;
 use crate::proxy::connection::{ClientLimits, Connections};
-use crate::proxy::{Forwarding, Limits, Proxy, Upstream};
+use crate::proxy::{Forwarding, KeepAlive, Limits, Proxy, Upstream};
 use crate::store::sled::PID_FILE;
 use crate::store::{SledStore, Store, StoreError};
 
@@ -399,6 +399,7 @@ fn build_proxy(config: &Config, live: &Arc<Live>) -> Result<Proxy, ServerError> 
             headers: p.forwarded_headers,
             tls: p.tls.is_some(),
         },
+        KeepAlive::new(p.keepalive_timeout),
     ))
 }
 

@@ -85,6 +85,8 @@ pub struct ProxyConfig {
     pub forwarded_headers: bool,
     /// How long a client may take to send a request head.
     pub header_timeout: Duration,
+    /// How long a keep-alive connection may stay idle between requests.
+    pub keepalive_timeout: Duration,
     /// The most client connections open at once; `None`: derived from the open-file limit at
     /// start ([`crate::open_files`]).
     pub max_connections: Option<usize>,

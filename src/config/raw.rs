@@ -53,6 +53,7 @@ pub struct RawProxy {
     pub tls_key: Option<Spanned<String>>,
     pub forwarded_headers: Option<bool>,
     pub header_timeout: Option<Spanned<String>>,
+    pub keepalive_timeout: Option<Spanned<String>>,
     pub max_connections: Option<Spanned<usize>>,
 }
 

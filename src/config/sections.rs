@@ -219,6 +219,12 @@ pub(super) fn compile_proxy(r: &mut Reporter, p: raw::RawProxy, base: &Path) -> 
         tls,
         forwarded_headers: p.forwarded_headers.unwrap_or(true),
         header_timeout: positive_duration(r, p.header_timeout, "header_timeout", HEADER_TIMEOUT),
+        keepalive_timeout: positive_duration(
+            r,
+            p.keepalive_timeout,
+            "keepalive_timeout",
+            Duration::from_secs(60),
+        ),
         max_connections: p
             .max_connections
             .map(|n| positive(r, Some(n), "max_connections", 1)),

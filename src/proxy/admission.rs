@@ -3,7 +3,7 @@
 //! client away.
 //!
 //! pingora 0.9 bounds the reading of a request head only per read: each read of a head waits at
-//! most its keep-alive timeout (60 s), and every byte starts that wait again, so a client that
+//! most its keep-alive timeout, and every byte starts that wait again, so a client that
 //! sends a header line every few seconds keeps its connection, and a file, for as long as it
 //! likes. No phase runs before the head is complete. So each connection here has a [`Clock`]:
 //! the connection's stream tells it when the first byte of a head arrives, the proxy's phases
@@ -50,8 +50,8 @@ enum Phase {
         started: Instant,
         waiting_since: Instant,
     },
-    /// Between two exchanges, before the next head's first byte (pingora's keep-alive timeout
-    /// bounds this wait).
+    /// Between two exchanges, before the next head's first byte (the keep-alive timeout the
+    /// proxy sets on pingora's session bounds this wait).
     Idle {
         waiting_since: Instant,
     },
@@ -369,7 +369,7 @@ mod tests {
         assert_eq!(
             now_or_never(closed.as_mut()),
             None,
-            "idle: pingora's keep-alive"
+            "idle: the keep-alive timeout's"
         );
         clock.bytes_arrived();
         tokio::time::advance(HEAD - Duration::from_millis(1)).await;

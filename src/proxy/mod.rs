@@ -50,6 +50,26 @@ pub struct Limits {
     pub max_decoded_bytes: usize,
 }
 
+/// How long a keep-alive connection may wait idle for its next request.
+///
+/// pingora 0.9 waits 60 s for a connection's first request, but once an HTTP/1.1 request is read
+/// it takes the client's `Keep-Alive: timeout=` or, without one, no limit at all, and the next
+/// request on the connection inherits that: an idle keep-alive connection kept its file until
+/// the client closed it. So the proxy sets it on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    /// Whole seconds, at least 1 (pingora reads 0 as no limit).
+    pub idle_secs: u64,
+}
+
+impl KeepAlive {
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            idle_secs: idle.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    }
+}
+
 /// How requests are passed on to the app.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding {
@@ -66,6 +86,7 @@ pub struct Proxy {
     upstream: Upstream,
     limits: Limits,
     forwarding: Forwarding,
+    keep_alive: KeepAlive,
     /// Set once this process is handing over to another (an upgrade) or stopping: every
     /// response then closes its connection, so keep-alive clients move to a new connection
     /// (which the new process can accept) while this one still answers, instead of having an
@@ -80,6 +101,7 @@ impl Proxy {
         upstream: Upstream,
         limits: Limits,
         forwarding: Forwarding,
+        keep_alive: KeepAlive,
     ) -> Self {
         Self {
             rules,
@@ -87,6 +109,7 @@ impl Proxy {
             upstream,
             limits,
             forwarding,
+            keep_alive,
             draining: Arc::default(),
         }
     }
@@ -193,6 +216,12 @@ impl ProxyHttp for Proxy {
         // Answer pipelined HTTP/1.1 requests in order, as the app would, rather than closing
         // the connection after the first (pingora's default).
         session.set_pipelining_enabled(true);
+        // How long the connection may wait for the next request (see `KeepAlive`), only where
+        // pingora keeps it open: never reopen one it closes (`Connection: close`, HTTP/1.0, or
+        // both Transfer-Encoding and Content-Length, RFC 9112 6.1).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.keep_alive.idle_secs));
+        }
         let rules = self.rules.load();
         let req = session.req_header();
         if let Some(candidates) = rules.candidates(&req.method, req.uri.path()) {

@@ -2537,7 +2537,7 @@ mod slow_clients {
 
     /// A head sent slowly but within the deadline is served; on a keep-alive connection the
     /// next head's deadline starts with its first byte, so an idle pause longer than the
-    /// deadline (pingora's keep-alive timeout governs those) does not count against it.
+    /// deadline (`keepalive_timeout` bounds those) does not count against it.
     #[tokio::test]
     async fn slow_heads_within_the_deadline_and_idle_pauses_are_served() {
         let h = harness(HEAD_TIMEOUT, "").await;
@@ -2561,6 +2561,34 @@ mod slow_clients {
         let w = read_wire(&mut stream, 1, IO).await;
         assert_eq!(w.statuses(), vec![200], "{w:?}");
         assert_eq!(h.app.seen("/h/after-a-pause").len(), 1);
+        h.assert_unharmed().await;
+    }
+
+    /// pingora let an idle keep-alive connection wait for its next request without limit (once
+    /// an HTTP/1.1 request was read): one stayed open and was served after 70 s idle. Now
+    /// `[proxy] keepalive_timeout` (here 1 s) closes it.
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
+        let h = harness("keepalive_timeout = \"1s\"", "").await;
+        let mut stream = connect(h.proxy.addr).await;
+        stream
+            .write_all(b"GET /h/once HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .await
+            .expect("write");
+        let w = read_wire(&mut stream, 1, IO).await;
+        assert_eq!(w.statuses(), vec![200], "{w:?}");
+        assert_eq!(w.only().header("connection"), Some(&b"keep-alive"[..]));
+        let idle = Instant::now();
+        let w = read_wire(&mut stream, 1, IO).await;
+        assert!(
+            w.closed && w.responses.is_empty(),
+            "closed when idle: {w:?}"
+        );
+        assert!(
+            idle.elapsed() >= Duration::from_millis(900),
+            "not before the timeout: {:?}",
+            idle.elapsed()
+        );
         h.assert_unharmed().await;
     }
 

@@ -27,7 +27,8 @@
 //! - [`capture`]: bounded body copies, content decoding, the exchange document.
 //! - [`event`]: the types handed between rules, store and delivery.
 //! - [`metrics`]: Prometheus counters shared by proxy, rules and delivery.
-//! - [`proxy`]: the pingora glue; fails open.
+//! - [`proxy`]: the pingora glue; fails open, except for framing the next party could read
+//!   differently (refused).
 //! - [`live`]: reloading rules and webhooks while running.
 //! - [`store`]: the store contract, its test suite and the sled backend.
 //! - [`webhook`]: webhook subscriptions: input, spec, stored record, status, counters.
@@ -36,6 +37,7 @@
 //! - [`delivery`]: the engine: intake, registry, scheduler, outcome, sending, signing, retries,
 //!   the store keeper and management.
 //! - [`demo`]: `hooktap demo`: a shop, the proxy and a receiver in one process.
+//! - [`open_files`]: the open-file limit and the share of it the proxy's client connections get.
 //! - [`server`]: wires the above into one pingora server with graceful shutdown.
 //!
 //! # Dependency direction
@@ -43,17 +45,17 @@
 //! Imports point one way (an arrow reads "imports"); nothing imports back up:
 //!
 //! ```text
-//! server, demo ──→ admin, live, proxy, delivery, store, config
+//! server, demo ──→ admin, live, proxy, delivery, store, config, open_files
 //! admin ─────────→ live, delivery, store (the Store contract), webhook, event
 //! live ──────────→ config, delivery, rules, store
 //! client ────────→ config (AdminConfig), webhook, event
 //! delivery ──────→ store, webhook, event, metrics, ssrf (it owns DeliveryConfig)
 //! store ─────────→ webhook, event (it owns StoreConfig; config builds it)
-//! proxy ─────────→ delivery (the intake only), rules, capture
+//! proxy ─────────→ delivery (the intake only), rules, capture, metrics
 //! config ────────→ rules (rules::raw for rule files), webhook (WebhookInput), store, delivery (their configs), ssrf
 //! rules ─────────→ capture, event
 //! webhook ───────→ ssrf, schedule
-//! leaves: ssrf, schedule, capture, event, metrics
+//! leaves: ssrf, schedule, capture, event, metrics, open_files
 //! ```
 //!
 //! `config` reads the files and assembles: it uses the components' own types (the rule
@@ -71,6 +73,7 @@ pub mod demo;
 pub mod event;
 pub mod live;
 pub mod metrics;
+pub mod open_files;
 pub mod proxy;
 pub mod rules;
 pub mod schedule;

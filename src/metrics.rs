@@ -35,6 +35,8 @@ pub struct Metrics {
     oldest_pending: Family<Labels, Gauge<f64, AtomicU64>>,
     journal_backlog: Gauge,
     journal_behind: Gauge<f64, AtomicU64>,
+    open_connections: Family<Labels, Gauge>,
+    connections_closed: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -127,6 +129,18 @@ impl Metrics {
             "Shared store only: how long the oldest event in the local journal has waited",
             journal_behind.clone(),
         );
+        let open_connections = Family::default();
+        registry.register(
+            "open_connections",
+            "Client connections open, by listener (proxy, admin)",
+            open_connections.clone(),
+        );
+        let connections_closed = Family::default();
+        registry.register(
+            "connections_closed",
+            "Client connections closed by hooktap before their request, by listener and reason (header_timeout, shed, refused)",
+            connections_closed.clone(),
+        );
         Self {
             journal_backlog,
             journal_behind,
@@ -142,6 +156,8 @@ impl Metrics {
             reloads,
             pending,
             oldest_pending,
+            open_connections,
+            connections_closed,
         }
     }
 
@@ -244,6 +260,25 @@ impl Metrics {
         let labels = vec![("webhook", webhook.to_owned())];
         self.pending.remove(&labels);
         self.oldest_pending.remove(&labels);
+    }
+
+    /// The gauge of the client connections open on `listener` (`proxy`, `admin`).
+    pub fn open_connections(&self, listener: &str) -> Gauge {
+        self.open_connections
+            .get_or_create(&vec![("listener", listener.to_owned())])
+            .clone()
+    }
+
+    /// hooktap closed a client connection on `listener` before a request: its head was late
+    /// (`header_timeout`), it waited on its client at the cap (`shed`), or the cap was full
+    /// of requests in flight (`refused`).
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        self.connections_closed
+            .get_or_create(&vec![
+                ("listener", listener.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
     }
 
     /// The Prometheus text exposition.

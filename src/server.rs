@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::delivery::{DeliveryError, Engine};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::proxy::{Forwarding, Limits, Proxy, Upstream};
+use crate::open_files;
+use crate::proxy::connection::{ClientLimits, Connections};
+use crate::proxy::{Forwarding, KeepAlive, Limits, Proxy, Upstream};
 use crate::store::sled::PID_FILE;
 use crate::store::{Backend, PgConfig, PgStore, SledStore, Store, StoreError};
 
@@ -84,6 +86,7 @@ impl BackgroundService for DeliveryService {
 struct AdminService {
     listen: SocketAddr,
     state: AdminState,
+    limits: admin::Limits,
     /// During an upgrade the old process keeps the admin port until it stops: how long to
     /// keep trying to bind it.
     wait_for_port: Duration,
@@ -105,7 +108,14 @@ impl BackgroundService for AdminService {
         }
         let deadline = tokio::time::Instant::now() + self.wait_for_port;
         loop {
-            match admin::serve(self.listen, self.state.clone(), shutdown.clone()).await {
+            match admin::serve(
+                self.listen,
+                self.state.clone(),
+                self.limits,
+                shutdown.clone(),
+            )
+            .await
+            {
                 Ok(()) => return,
                 Err(e)
                     if e.kind() == std::io::ErrorKind::AddrInUse
@@ -248,8 +258,13 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     }
     // With `upgrade`, waits here for the old process's listening sockets.
     server.bootstrap();
-    let mut proxy_service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "hooktap proxy");
+    let mut proxy_app = pingora::proxy::HttpProxy::new(proxy, Arc::clone(&server.configuration));
+    proxy_app.handle_init_modules();
+    let limits = client_limits(&config, server.configuration.upstream_keepalive_pool_size);
+    let mut proxy_service = pingora::services::listening::Service::new(
+        "hooktap proxy".to_owned(),
+        Connections::new(proxy_app, limits, Arc::clone(engine.metrics())),
+    );
     listen(&mut proxy_service, p)?;
     server.add_service(proxy_service);
     add_background_services(&mut server, &config, &live, &store, upgrade);
@@ -275,6 +290,48 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     }
     tracing::info!("hooktap stopped");
     Ok(())
+}
+
+/// The proxy's limits on its clients. Raises the open-file limit first, and derives the default
+/// `max_connections` from it (see [`open_files`]).
+fn client_limits(config: &Config, upstream_pool: usize) -> ClientLimits {
+    let p = &config.proxy;
+    let reserve = open_files::reserve(
+        p.threads,
+        config.admin.max_connections,
+        config.delivery.concurrency,
+        upstream_pool,
+    );
+    let limit = match open_files::raise_limit() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            None
+        }
+    };
+    let max_connections = match (p.max_connections, limit) {
+        (Some(max), _) => max,
+        (None, Some(limit)) => open_files::proxy_connections(limit, reserve),
+        // Without a known limit: what a common soft limit of 1024 gives.
+        (None, None) => open_files::proxy_connections(1024, reserve),
+    };
+    if let Some(limit) = limit {
+        let needed = open_files::needed(max_connections, reserve);
+        if needed > limit {
+            tracing::warn!(
+                open_files = limit,
+                needed,
+                max_connections,
+                "[proxy] max_connections may need more open files than the limit allows: raise the limit (LimitNOFILE=) or lower max_connections"
+            );
+        }
+    }
+    tracing::info!(open_files = limit, max_connections, header_timeout = ?p.header_timeout,
+        "proxy client limits");
+    ClientLimits {
+        head_timeout: p.header_timeout,
+        max_connections,
+    }
 }
 
 /// The pid of the hooktap to take over from (`run --upgrade`). Signals only a process that
@@ -374,12 +431,15 @@ fn build_proxy(config: &Config, live: &Arc<Live>) -> Result<Proxy, ServerError> 
             headers: p.forwarded_headers,
             tls: p.tls.is_some(),
         },
+        KeepAlive::new(p.keepalive_timeout),
     ))
 }
 
 /// Adds the proxy's listener: plain TCP, or TLS with HTTP/2.
 fn listen(
-    service: &mut pingora::services::listening::Service<pingora::proxy::HttpProxy<Proxy>>,
+    service: &mut pingora::services::listening::Service<
+        Connections<pingora::proxy::HttpProxy<Proxy>>,
+    >,
     p: &crate::config::ProxyConfig,
 ) -> Result<(), ServerError> {
     let listen = p.listen.to_string();
@@ -431,6 +491,10 @@ fn add_background_services(
         AdminService {
             listen: config.admin.listen,
             state: AdminState::new(Arc::clone(live), config.admin.token.as_deref(), p.listen),
+            limits: admin::Limits {
+                header_timeout: config.admin.header_timeout,
+                max_connections: config.admin.max_connections,
+            },
             // The old process stops accepting after pingora's 5 s hand-over, then waits out
             // its grace period and shutdown timeout.
             wait_for_port: if upgrade {

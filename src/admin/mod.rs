@@ -375,19 +375,70 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin API on `listen` until `shutdown` flips.
+/// How the admin API treats its clients. It shares the process's open files with the proxy, so
+/// it holds at most `max_connections` (further clients wait in the listen backlog, which holds
+/// no file of this process), and a client must send each request head within
+/// `header_timeout` (hyper's `header_read_timeout`, which also closes a connection idle that
+/// long between requests).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: std::time::Duration,
+    pub max_connections: usize,
+}
+
+/// Serves the admin API on `listen` until `shutdown` flips, then waits for its connections.
 pub async fn serve(
     listen: SocketAddr,
     state: AdminState,
+    limits: Limits,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     // The address bound, which tells the port the OS picked for `listen` port 0.
     let listen = listener.local_addr()?;
     tracing::info!(%listen, "admin API listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
+    let metrics = Arc::clone(state.live.engine().metrics());
+    let open = metrics.open_connections("admin");
+    let app = router(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.map_err(std::io::Error::other)?,
+            _ = shutdown.changed() => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of files, most likely: wait for some to be released.
+                    tracing::warn!(error = %e, "admin API: cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection =
+            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        let (metrics, open) = (Arc::clone(&metrics), open.clone());
+        open.inc();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                if e.is_timeout() {
+                    metrics.connection_closed("admin", "header_timeout");
+                }
+                tracing::debug!(error = %e, "admin API connection ended");
+            }
+            open.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

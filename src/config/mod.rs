@@ -83,6 +83,13 @@ pub struct ProxyConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Add X-Forwarded-For/-Proto/-Host for the app.
     pub forwarded_headers: bool,
+    /// How long a client may take to send a request head.
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may stay idle between requests.
+    pub keepalive_timeout: Duration,
+    /// The most client connections open at once; `None`: derived from the open-file limit at
+    /// start ([`crate::open_files`]).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +97,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// The bearer token every endpoint but the health checks requires.
     pub token: Option<String>,
+    /// How long a client may take to send a request head (and may stay idle between requests).
+    pub header_timeout: Duration,
+    /// The most connections open at once; more wait to be accepted.
+    pub max_connections: usize,
 }
 
 /// A loaded, validated configuration.
@@ -167,6 +178,24 @@ fn duration(
             );
             default
         }),
+    }
+}
+
+/// A duration that must be more than zero (a zero deadline would refuse everything).
+fn positive_duration(
+    r: &mut Reporter,
+    v: Option<Spanned<String>>,
+    key: &str,
+    default: Duration,
+) -> Duration {
+    let span = v.as_ref().map(Spanned::span);
+    let d = duration(r, v, key, default);
+    match span {
+        Some(span) if d.is_zero() => {
+            r.at(span, format!("`{key}` must be more than 0s"));
+            default
+        }
+        _ => d,
     }
 }
 

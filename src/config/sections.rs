@@ -166,6 +166,11 @@ pub(super) fn compile_delivery(
     }
 }
 
+/// What `header_timeout` is when unset, on both listeners: a request head is a few KiB, which
+/// any client that can use the app sends in well under a second; ten seconds leave room for a
+/// bad mobile link while a client that trickles its head gives up its connection soon.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(super) fn compile_admin(r: &mut Reporter, a: raw::RawAdmin) -> AdminConfig {
     let default = SocketAddr::from(([127, 0, 0, 1], 9090));
     let listen = match &a.listen {
@@ -201,7 +206,12 @@ pub(super) fn compile_admin(r: &mut Reporter, a: raw::RawAdmin) -> AdminConfig {
             format!("the admin API on {listen} needs `token` or `token_env`: without a token it may only listen on loopback"),
         );
     }
-    AdminConfig { listen, token }
+    AdminConfig {
+        listen,
+        token,
+        header_timeout: positive_duration(r, a.header_timeout, "header_timeout", HEADER_TIMEOUT),
+        max_connections: positive(r, a.max_connections, "max_connections", 64),
+    }
 }
 
 pub(super) fn compile_proxy(r: &mut Reporter, p: raw::RawProxy, base: &Path) -> ProxyConfig {
@@ -283,5 +293,15 @@ pub(super) fn compile_proxy(r: &mut Reporter, p: raw::RawProxy, base: &Path) -> 
         ),
         tls,
         forwarded_headers: p.forwarded_headers.unwrap_or(true),
+        header_timeout: positive_duration(r, p.header_timeout, "header_timeout", HEADER_TIMEOUT),
+        keepalive_timeout: positive_duration(
+            r,
+            p.keepalive_timeout,
+            "keepalive_timeout",
+            Duration::from_secs(60),
+        ),
+        max_connections: p
+            .max_connections
+            .map(|n| positive(r, Some(n), "max_connections", 1)),
     }
 }

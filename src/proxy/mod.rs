@@ -1,9 +1,22 @@
 //! The pingora glue: each proxy phase hands what it sees to capture, rules and delivery.
 //!
 //! Only candidate requests (the router found a rule for their method and path) are copied;
-//! everything else streams through with one router lookup and no allocation per chunk. This
-//! module fails open: nothing here ever returns an error to pingora, so a capture or store
-//! problem is logged and counted while the app's traffic flows on unchanged.
+//! everything else streams through with one router lookup and no allocation per chunk. Capture
+//! fails open: a capture or store problem is logged and counted while the app's traffic flows
+//! on unchanged. The one thing this glue refuses is a message whose framing the next party
+//! could read differently from hooktap ([`framing`], [`request_line`]): such a request gets
+//! 400 or 501, such a response 502, and the connection is closed.
+//!
+//! - [`framing`]: which framing headers a request or response may be forwarded with.
+//! - [`request_line`], [`connection`]: the client's bytes beneath pingora, for the request
+//!   lines it rewrites.
+//! - [`admission`], [`connection`]: the deadline for request heads and the cap on open client
+//!   connections, which pingora does not have.
+
+pub mod admission;
+pub mod connection;
+pub mod framing;
+pub mod request_line;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +28,7 @@ use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use self::framing::Framing;
 use crate::capture::{BodyCapture, Exchange, RequestParts, ResponseParts};
 use crate::delivery::intake::Intake;
 use crate::rules::RuleSet;
@@ -36,6 +50,26 @@ pub struct Limits {
     pub max_decoded_bytes: usize,
 }
 
+/// How long a keep-alive connection may wait idle for its next request.
+///
+/// pingora 0.9 waits 60 s for a connection's first request, but once an HTTP/1.1 request is read
+/// it takes the client's `Keep-Alive: timeout=` or, without one, no limit at all, and the next
+/// request on the connection inherits that: an idle keep-alive connection kept its file until
+/// the client closed it. So the proxy sets it on every request.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    /// Whole seconds, at least 1 (pingora reads 0 as no limit).
+    pub idle_secs: u64,
+}
+
+impl KeepAlive {
+    pub fn new(idle: Duration) -> Self {
+        Self {
+            idle_secs: idle.as_secs_f64().ceil().max(1.0) as u64,
+        }
+    }
+}
+
 /// How requests are passed on to the app.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding {
@@ -52,6 +86,7 @@ pub struct Proxy {
     upstream: Upstream,
     limits: Limits,
     forwarding: Forwarding,
+    keep_alive: KeepAlive,
     /// Set once this process is handing over to another (an upgrade) or stopping: every
     /// response then closes its connection, so keep-alive clients move to a new connection
     /// (which the new process can accept) while this one still answers, instead of having an
@@ -66,6 +101,7 @@ impl Proxy {
         upstream: Upstream,
         limits: Limits,
         forwarding: Forwarding,
+        keep_alive: KeepAlive,
     ) -> Self {
         Self {
             rules,
@@ -73,6 +109,7 @@ impl Proxy {
             upstream,
             limits,
             forwarding,
+            keep_alive,
             draining: Arc::default(),
         }
     }
@@ -150,10 +187,41 @@ impl ProxyHttp for Proxy {
         Ctx::default()
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // The head is complete: its deadline no longer applies. If the connection was closed
+        // in this very moment (its head too late, or shed at the connection cap), the request
+        // must not reach the app: the connection goes without an answer.
+        match connection::client_stream(session).map(connection::ClientStream::head_complete) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(pingora::Error::explain(
+                pingora::ErrorType::HTTPStatus(match why {
+                    admission::Closed::HeadTimeout => 408,
+                    admission::Closed::Shed => 503,
+                }),
+                "the connection was closed before its request",
+            )),
+        }
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(status) = refusal(session)? {
+            // What follows on this connection cannot be trusted to start where hooktap thinks
+            // it does: answer, then close.
+            session.set_keepalive(None);
+            if let Err(e) = session.respond_error(status).await {
+                tracing::debug!(error = %e, "cannot answer a refused request");
+            }
+            return Ok(true);
+        }
         // Answer pipelined HTTP/1.1 requests in order, as the app would, rather than closing
         // the connection after the first (pingora's default).
         session.set_pipelining_enabled(true);
+        // How long the connection may wait for the next request (see `KeepAlive`), only where
+        // pingora keeps it open: never reopen one it closes (`Connection: close`, HTTP/1.0, or
+        // both Transfer-Encoding and Content-Length, RFC 9112 6.1).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.keep_alive.idle_secs));
+        }
         let rules = self.rules.load();
         let req = session.req_header();
         if let Some(candidates) = rules.candidates(&req.method, req.uri.path()) {
@@ -248,14 +316,30 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let status = response.status.as_u16();
+        if status < 200 {
+            // 1xx (e.g. 100 Continue) is not the final answer, and has no body.
+            return Ok(());
+        }
+        match framing::framing(&response.headers) {
+            Ok(None) => {}
+            Ok(Some(framing)) => set_response_framing(response, framing)?,
+            Err(e) => {
+                tracing::warn!(status, error = %e,
+                    "the app answered with framing hooktap does not pass on; the client gets 502");
+                // An error here closes the upstream connection (what follows on it cannot be
+                // trusted to be the next response) and, through `fail_to_proxy`, answers 502
+                // and closes the client's connection.
+                return Err(pingora::Error::explain(
+                    pingora::ErrorType::Custom(BAD_UPSTREAM_FRAMING),
+                    e.to_string(),
+                )
+                .into_up());
+            }
+        }
         let Some(c) = ctx.capture.as_mut() else {
             return Ok(());
         };
-        let status = response.status.as_u16();
-        if status < 200 {
-            // 1xx (e.g. 100 Continue) is not the final answer.
-            return Ok(());
-        }
         if c.rules.wants_response(&c.candidates, status) {
             c.response = Some((status, response.headers.clone()));
             c.response_body = Some(BodyCapture::new(self.limits.max_capture_bytes));
@@ -324,7 +408,20 @@ impl ProxyHttp for Proxy {
         Ok(None)
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &pingora::Error) -> bool {
+        // Logged where they were found: a bad response as a warning with its reason, a
+        // connection closed before its request in `connection`.
+        matches!(
+            error.etype(),
+            pingora::ErrorType::Custom(BAD_UPSTREAM_FRAMING)
+                | pingora::ErrorType::HTTPStatus(408 | 503)
+        )
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&pingora::Error>, ctx: &mut Ctx) {
+        if let Some(client) = connection::client_stream(session) {
+            client.exchange_done();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.intake.metrics().request(status);
         // The response ended without a final body chunk passing response_body_filter (no body,
@@ -335,5 +432,51 @@ impl ProxyHttp for Proxy {
                 self.commit(c);
             }
         }
+    }
+}
+
+/// The pingora error of a response refused for its framing.
+const BAD_UPSTREAM_FRAMING: &str = "bad upstream framing";
+
+/// The status to refuse this request with, or `None` to forward it, with its framing headers
+/// made canonical.
+fn refusal(session: &mut Session) -> Result<Option<u16>> {
+    if connection::request_line_rewritten(session) {
+        tracing::debug!(
+            "refused a request line with a control byte or a space in its target (400)"
+        );
+        return Ok(Some(400));
+    }
+    match framing::framing(&session.req_header().headers) {
+        Ok(None) => Ok(None),
+        Ok(Some(framing)) => {
+            set_request_framing(session.req_header_mut(), framing)?;
+            Ok(None)
+        }
+        Err(e) => {
+            let status = e.request_status();
+            tracing::debug!(error = %e, status, "refused a request for its framing");
+            Ok(Some(status))
+        }
+    }
+}
+
+/// The one framing header a request is forwarded with.
+fn set_request_framing(request: &mut RequestHeader, framing: Framing) -> Result<()> {
+    request.remove_header(&http::header::TRANSFER_ENCODING);
+    request.remove_header(&http::header::CONTENT_LENGTH);
+    match framing {
+        Framing::Chunked => request.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
+        Framing::Length(n) => request.insert_header(http::header::CONTENT_LENGTH, n.to_string()),
+    }
+}
+
+/// The one framing header a response is forwarded with.
+fn set_response_framing(response: &mut ResponseHeader, framing: Framing) -> Result<()> {
+    response.remove_header(&http::header::TRANSFER_ENCODING);
+    response.remove_header(&http::header::CONTENT_LENGTH);
+    match framing {
+        Framing::Chunked => response.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
+        Framing::Length(n) => response.insert_header(http::header::CONTENT_LENGTH, n.to_string()),
     }
 }

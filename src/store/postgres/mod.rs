@@ -32,7 +32,7 @@ mod sql;
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -119,8 +119,9 @@ pub(crate) fn pg_error(e: impl std::error::Error) -> StoreError {
 struct Status {
     /// Whether PostgreSQL answered the last time it was asked.
     connected: AtomicBool,
-    /// Events in the local journal.
-    backlog: AtomicU64,
+    /// Events in the local journal: counted at start, then one up per append and down per
+    /// event moved (signed: a move can be counted before the append that it moved).
+    backlog: AtomicI64,
     /// When the oldest of them was created (Unix ms, 0: none).
     oldest_ms: AtomicU64,
     /// Whether the schema has been brought up to date by this process.
@@ -350,6 +351,19 @@ impl Store for PgStore {
     }
 
     fn mark_ready(&self) {
+        // What an earlier run left in the journal; appends begin only after `mark_ready`, and
+        // the shipper waits for it too, so nothing is counted twice or missed.
+        match self.journal.journal_backlog() {
+            Ok((count, oldest)) => {
+                self.status
+                    .backlog
+                    .store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
+                self.status
+                    .oldest_ms
+                    .store(oldest.map_or(0, crate::event::unix_ms), Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count the local journal"),
+        }
         self.journal.mark_ready();
         self.ship_now.notify_one();
     }
@@ -393,7 +407,7 @@ impl Store for PgStore {
         let oldest = self.status.oldest_ms.load(Ordering::Relaxed);
         let now = crate::event::unix_ms(OffsetDateTime::now_utc());
         Some(JournalStats {
-            backlog: self.status.backlog.load(Ordering::Relaxed),
+            backlog: u64::try_from(self.status.backlog.load(Ordering::Relaxed)).unwrap_or(0),
             behind: if oldest == 0 {
                 Duration::ZERO
             } else {
@@ -405,14 +419,13 @@ impl Store for PgStore {
 
     fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
         self.journal.append(event, deliveries)?;
-        if self.status.backlog.fetch_add(1, Ordering::Relaxed) == 0 {
-            let _ = self.status.oldest_ms.compare_exchange(
-                0,
-                crate::event::unix_ms(event.created_at),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-        }
+        self.status.backlog.fetch_add(1, Ordering::Relaxed);
+        let _ = self.status.oldest_ms.compare_exchange(
+            0,
+            crate::event::unix_ms(event.created_at),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         self.ship_now.notify_one();
         Ok(())
     }

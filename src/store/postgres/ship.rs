@@ -31,7 +31,8 @@ pub async fn ship(journal: Arc<SledStore>, pool: Pool, now: Arc<Notify>, status:
             _ = now.notified() => {}
             _ = tokio::time::sleep(LOOK_EVERY) => {}
         }
-        if !journal.is_open() {
+        // Ready: the journal is open and counted (see `PgStore::mark_ready`).
+        if !journal.is_ready() {
             continue;
         }
         match ship_all(&journal, &pool, &status).await {
@@ -43,7 +44,7 @@ pub async fn ship(journal: Arc<SledStore>, pool: Pool, now: Arc<Notify>, status:
                 }
             }
             Err(e) => {
-                count_backlog(&journal, &status);
+                note_oldest(&journal, &status);
                 let message = e.to_string();
                 if failing.as_deref() != Some(message.as_str()) {
                     tracing::error!(error = %message,
@@ -67,7 +68,6 @@ pub async fn ship_all(
     loop {
         let batch = journal.journal_batch(BATCH)?;
         if batch.is_empty() {
-            status.backlog.store(0, Ordering::Relaxed);
             status.oldest_ms.store(0, Ordering::Relaxed);
             return Ok(moved);
         }
@@ -80,19 +80,17 @@ pub async fn ship_all(
         inserted?;
         journal.journal_forget(&batch)?;
         moved += batch.len();
-        let n = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        let _ = status
-            .backlog
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some(b.saturating_sub(n))
-            });
+        status.backlog.fetch_sub(
+            i64::try_from(batch.len()).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
-/// Counts the journal (while the shared store is away, for the metrics and `/readyz`).
-fn count_backlog(journal: &SledStore, status: &Status) {
-    if let Ok((count, oldest)) = journal.journal_backlog() {
-        status.backlog.store(count, Ordering::Relaxed);
+/// Notes when the journal's oldest event was created (while the shared store is away: how
+/// far behind shipping is).
+fn note_oldest(journal: &SledStore, status: &Status) {
+    if let Ok(oldest) = journal.journal_oldest() {
         status
             .oldest_ms
             .store(oldest.map_or(0, unix_ms), Ordering::Relaxed);

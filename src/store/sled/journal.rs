@@ -69,26 +69,28 @@ impl SledStore {
         Ok(())
     }
 
-    /// How many events the journal holds, and when the oldest was created.
+    /// How many events the journal holds, and when the oldest was created (a scan: at start).
     pub fn journal_backlog(&self) -> Result<(u64, Option<OffsetDateTime>), StoreError> {
-        let db = self.db()?;
-        let mut count = 0;
-        let mut oldest = None;
-        for entry in db.scan_prefix([keys::EVENT]) {
-            let (k, _) = entry?;
-            if oldest.is_none() {
-                oldest = keys::trailing_id(&k)
-                    .and_then(|id| id.get_timestamp())
-                    .and_then(|ts| {
-                        let (secs, nanos) = ts.to_unix();
-                        OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?)
-                            .ok()
-                            .map(|t| t + time::Duration::nanoseconds(i64::from(nanos)))
-                    });
-            }
-            count += 1;
-        }
-        Ok((count, oldest))
+        let count = self.db()?.scan_prefix([keys::EVENT]).keys().count();
+        Ok((
+            u64::try_from(count).unwrap_or(u64::MAX),
+            self.journal_oldest()?,
+        ))
+    }
+
+    /// When the journal's oldest event was created (from its UUIDv7 id: one key read).
+    pub fn journal_oldest(&self) -> Result<Option<OffsetDateTime>, StoreError> {
+        let Some(first) = self.db()?.scan_prefix([keys::EVENT]).keys().next() else {
+            return Ok(None);
+        };
+        Ok(keys::trailing_id(&first?)
+            .and_then(|id| id.get_timestamp())
+            .and_then(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?)
+                    .ok()
+                    .map(|t| t + time::Duration::nanoseconds(i64::from(nanos)))
+            }))
     }
 }
 

@@ -1257,6 +1257,12 @@ fn cmd_shared(events: u64, threads: usize, runs: usize) -> anyhow::Result<()> {
                 &backend,
             )?;
             let per_event = |ticks: u64| ticks as f64 / hz * 1e6 / o.events.max(1) as f64;
+            if let (Some(url), true) = (&url, std::env::var("HOOKTAP_PG_OPTIONS").is_ok_and(|o| o.contains("pg_stat_statements"))) {
+                let db = url.rsplit('/').next().unwrap_or_default();
+                let _ = cluster.psql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+                eprintln!("{}", cluster.psql(db, "SELECT calls, round(total_exec_time) AS ms, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12"));
+                let _ = cluster.psql(db, "SELECT pg_stat_statements_reset()");
+            }
             println!(
                 "SHARED run={} backend={label} instances={instances} events={} enqueue_ms={} ship_ms={} deliver_ms={} delivered={} failed={} stored_per_s={:.0} webhooks_per_s={:.0} intake_cpu_us_per_event={:.1} deliver_cpu_us_per_event={:.1} pg_intake_cpu_us_per_event={:.1} pg_deliver_cpu_us_per_event={:.1}",
                 run + 1,

@@ -142,10 +142,13 @@ impl Cluster {
 
     /// Starts the server (again, after [`Cluster::kill`]) on the same port.
     pub fn start_server(&self) {
+        // HOOKTAP_PG_OPTIONS adds server options (e.g. `-c
+        // shared_preload_libraries=pg_stat_statements` to see where a benchmark's time goes).
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            std::env::var("HOOKTAP_PG_OPTIONS").unwrap_or_default()
         );
         check(
             "pg_ctl start",
@@ -198,6 +201,19 @@ impl Cluster {
             "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{database}",
             self.port
         )
+    }
+
+    /// Runs `sql` with psql on `database` and returns what it printed.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = check(
+            "psql",
+            self.command("psql")
+                .args(["-h", &self.dir.path().display().to_string()])
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+                .args(["-X", "-A", "-F", " | ", "-c", sql])
+                .output(),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn dir(&self) -> &Path {

@@ -281,6 +281,9 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     server.run(RunArgs::default());
     // Sends that finished after the delivery loop stopped updated the counters too.
     runtime.block_on(engine.save_counters());
+    if let Err(e) = runtime.block_on(store.release()) {
+        tracing::warn!(error = %e, "cannot give up this instance's leases; the other instances take its deliveries when the leases run out");
+    }
     if !local.is_open() {
         tracing::warn!(
             "stopping before the store opened: held events stay in pending/ for the next start"

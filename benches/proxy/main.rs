@@ -177,6 +177,10 @@ struct AllOpts {
     /// Extra `[proxy]` lines for hooktap's config, e.g. `max_capture_bytes = 65536`.
     #[arg(long)]
     hooktap_proxy_extra: Option<String>,
+    /// Run hooktap on the PostgreSQL store (a throwaway cluster, a new database per start)
+    /// instead of sled.
+    #[arg(long)]
+    postgres: bool,
     /// Where the Markdown report goes.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -572,6 +576,8 @@ fn case_key(c: &Case) -> String {
 const GET_PATH: &str = "/orders/1";
 
 struct Env {
+    /// The PostgreSQL cluster of `--postgres`.
+    postgres: Option<pg_cluster::Cluster>,
     opts: AllOpts,
     hooktap: PathBuf,
     me: PathBuf,
@@ -654,6 +660,7 @@ impl Env {
         )?;
         upstream.wait_ready(upstream_addr)?;
         Ok(Self {
+            postgres: opts.postgres.then(pg_cluster::Cluster::start),
             opts: opts.clone(),
             hooktap,
             me,
@@ -775,6 +782,14 @@ http {{
         );
         if let Some(extra) = &self.opts.hooktap_proxy_extra {
             text = text.replacen("[store]", &format!("{extra}\n\n[store]"), 1);
+        }
+        if let Some(cluster) = &self.postgres {
+            let url = cluster.database();
+            text = text.replacen(
+                "[store]\n",
+                &format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"),
+                1,
+            );
         }
         let conf = dir.join("hooktap.toml");
         std::fs::write(&conf, text)?;
@@ -1257,7 +1272,10 @@ fn cmd_shared(events: u64, threads: usize, runs: usize) -> anyhow::Result<()> {
                 &backend,
             )?;
             let per_event = |ticks: u64| ticks as f64 / hz * 1e6 / o.events.max(1) as f64;
-            if let (Some(url), true) = (&url, std::env::var("HOOKTAP_PG_OPTIONS").is_ok_and(|o| o.contains("pg_stat_statements"))) {
+            if let (Some(url), true) = (
+                &url,
+                std::env::var("HOOKTAP_PG_OPTIONS").is_ok_and(|o| o.contains("pg_stat_statements")),
+            ) {
                 let db = url.rsplit('/').next().unwrap_or_default();
                 let _ = cluster.psql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
                 eprintln!("{}", cluster.psql(db, "SELECT calls, round(total_exec_time) AS ms, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12"));

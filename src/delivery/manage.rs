@@ -108,7 +108,9 @@ impl Engine {
                 was != WebhookStatus::Disabled && w.status == WebhookStatus::Disabled,
             )
         };
-        self.store.put_webhook(&updated).await?;
+        if !self.store.replace_webhook(&updated).await? {
+            return Ok(None);
+        }
         tracing::info!(webhook = %updated.spec.name, status = ?updated.status, "webhook status changed");
         if became_disabled {
             self.announce_disabled(&updated);
@@ -311,7 +313,9 @@ impl Engine {
                 w.update(spec, self.config.secret_rotation_grace);
                 w.clone()
             };
-            self.store.put_webhook(&w).await?;
+            if !self.store.replace_webhook(&w).await? {
+                return Err(ManageError::NotFound(id));
+            }
             target.set_topics(topics);
         }
         if let Some(status) = status {

@@ -316,15 +316,23 @@ impl Engine {
             return Ok(());
         }
         let now = OffsetDateTime::now_utc();
+        let shared = self.store.shared();
         let (decided, webhook, save) = {
             let mut w = target.record();
-            let decided = outcome::decide(&w, deliveries, request, &sent, now);
+            let mut decided = outcome::decide(&w, deliveries, request, &sent, now);
+            if shared && !sent.result.as_ref().is_ok_and(|a| a.status == 410) {
+                // This copy's counters can be stale: the shared store's counters decide the
+                // failure threshold (below), only a 410 disables from here.
+                decided.disable = None;
+            }
             w.counters = decided.counters.clone();
             if let Some(reason) = &decided.disable {
                 super::manage::disable(&mut w, reason.clone());
             }
+            // A shared store counts itself: its record is written only to disable it.
             let save = decided.disable.is_some()
-                || lock(&target.saved_at).is_none_or(|at| at.elapsed() >= SAVE_COUNTERS_EVERY);
+                || (!shared
+                    && lock(&target.saved_at).is_none_or(|at| at.elapsed() >= SAVE_COUNTERS_EVERY));
             (decided, w.clone(), save)
         };
         let recording = self
@@ -352,7 +360,10 @@ impl Engine {
                     webhook.status == WebhookStatus::Disabled && !disabled
                 };
                 if newly_disabled {
-                    self.store.put_webhook(&webhook).await?;
+                    // Deleted meanwhile (by another instance): nothing left to disable.
+                    if !self.store.replace_webhook(&webhook).await? {
+                        return Ok(());
+                    }
                     disabled = true;
                 }
             }

@@ -339,9 +339,21 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::reset_counters`]).
     async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError>;
 
-    /// Replaces a webhook and zeroes its counters.
+    /// Replaces a webhook and zeroes its counters (nothing when it was deleted).
     async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        self.put_webhook(webhook).await
+        self.replace_webhook(webhook).await.map(drop)
+    }
+
+    /// Replaces the record of a webhook that exists (a shared store keeps its counters);
+    /// false, writing nothing, when it was deleted (by another instance, meanwhile).
+    async fn replace_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
+        self.save_webhook(webhook).await
+    }
+
+    /// Gives up what this instance holds in a shared store (its leases) when it stops, so
+    /// that the other instances need not wait for them to run out.
+    async fn release(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Applies the config file's webhooks: `plan` decides from what is stored, and the store
@@ -396,7 +408,8 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// The queue time of the first queued delivery of `webhook` not in `skip` (for a shared
-    /// store: or when another instance's lease on it runs out).
+    /// store: the first one this instance may take; another instance's lease running out is
+    /// noticed by the scheduler's once-a-second look).
     async fn next_queued(
         &self,
         webhook: Uuid,

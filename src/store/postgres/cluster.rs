@@ -209,7 +209,14 @@ impl Cluster {
             "psql",
             self.command("psql")
                 .args(["-h", &self.dir.path().display().to_string()])
-                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    database,
+                ])
                 .args(["-X", "-A", "-F", " | ", "-c", sql])
                 .output(),
         );

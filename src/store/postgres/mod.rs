@@ -126,6 +126,8 @@ struct Status {
     oldest_ms: AtomicU64,
     /// Whether the schema has been brought up to date by this process.
     migrated: AtomicBool,
+    /// Held while journalled events are being moved (see `ship::ship_all`).
+    moving: tokio::sync::Mutex<()>,
 }
 
 pub struct PgStore {
@@ -316,13 +318,26 @@ where
     result
 }
 
+/// Bounds every wait on PostgreSQL: connecting, a statement on the server, and a peer that
+/// vanished without closing the connection (a partition), so that no loop hangs on it (leases
+/// run out meanwhile and other instances carry on).
+pub(crate) fn bounded(config: &mut tokio_postgres::Config) {
+    config.connect_timeout(Duration::from_secs(5));
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(10));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
+    config.tcp_user_timeout(Duration::from_secs(30));
+    config.options("-c statement_timeout=60000");
+}
+
 /// The connection pool: connections are made on demand, each connect bounded.
 fn pool(pg: &PgConfig) -> Result<Pool, StoreError> {
     let mut config: tokio_postgres::Config = pg
         .url
         .parse()
         .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
-    config.connect_timeout(Duration::from_secs(5));
+    bounded(&mut config);
     config.application_name("hooktap");
     let manager = Manager::from_config(
         config,
@@ -447,7 +462,21 @@ impl Store for PgStore {
     }
 
     async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        sql::put_webhook(&self.client().await?, webhook, true).await
+        sql::replace_webhook(&self.client().await?, webhook, true)
+            .await
+            .map(drop)
+    }
+
+    async fn replace_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
+        sql::replace_webhook(&self.client().await?, webhook, false).await
+    }
+
+    async fn release(&self) -> Result<(), StoreError> {
+        let released = sql::release(&self.client().await?, self.instance).await?;
+        if released > 0 {
+            tracing::info!(deliveries = released, "gave up this instance's leases");
+        }
+        Ok(())
     }
 
     async fn apply_webhooks(&self, planner: &Planner) -> Result<Applied, StoreError> {
@@ -518,7 +547,7 @@ impl Store for PgStore {
         record: Option<&Webhook>,
     ) -> Result<Recording, StoreError> {
         let mut client = self.client().await?;
-        sql::record_attempts(&mut client, webhook, changes, record).await
+        sql::record_attempts(&mut client, webhook, self.instance, changes, record).await
     }
 
     async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {

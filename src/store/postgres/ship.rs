@@ -44,7 +44,12 @@ pub async fn ship(journal: Arc<SledStore>, pool: Pool, now: Arc<Notify>, status:
                 }
             }
             Err(e) => {
-                note_oldest(&journal, &status);
+                let reader = Arc::clone(&journal);
+                if let Ok(oldest) = blocking(move || reader.journal_oldest()).await {
+                    status
+                        .oldest_ms
+                        .store(oldest.map_or(0, unix_ms), Ordering::Relaxed);
+                }
                 let message = e.to_string();
                 if failing.as_deref() != Some(message.as_str()) {
                     tracing::error!(error = %message,
@@ -58,15 +63,19 @@ pub async fn ship(journal: Arc<SledStore>, pool: Pool, now: Arc<Notify>, status:
     }
 }
 
-/// Moves everything journalled so far; returns how many events were moved.
+/// Moves everything journalled so far; returns how many events were moved. One mover at a
+/// time (the shipper, or a flush), so that no batch is moved and counted twice. The journal's
+/// disk work runs on blocking threads, off the runtime that serves the connections.
 pub async fn ship_all(
-    journal: &SledStore,
+    journal: &Arc<SledStore>,
     pool: &Pool,
     status: &Status,
 ) -> Result<usize, StoreError> {
+    let _moving = status.moving.lock().await;
     let mut moved = 0;
     loop {
-        let batch = journal.journal_batch(BATCH)?;
+        let reader = Arc::clone(journal);
+        let batch = blocking(move || reader.journal_batch(BATCH)).await?;
         if batch.is_empty() {
             status.oldest_ms.store(0, Ordering::Relaxed);
             return Ok(moved);
@@ -78,23 +87,30 @@ pub async fn ship_all(
         .await;
         status.connected.store(inserted.is_ok(), Ordering::Relaxed);
         inserted?;
-        journal.journal_forget(&batch)?;
-        moved += batch.len();
-        status.backlog.fetch_sub(
-            i64::try_from(batch.len()).unwrap_or(i64::MAX),
-            Ordering::Relaxed,
-        );
-    }
-}
-
-/// Notes when the journal's oldest event was created (while the shared store is away: how
-/// far behind shipping is).
-fn note_oldest(journal: &SledStore, status: &Status) {
-    if let Ok(oldest) = journal.journal_oldest() {
+        let n = batch.len();
+        let writer = Arc::clone(journal);
+        let oldest = blocking(move || {
+            writer.journal_forget(&batch)?;
+            writer.journal_oldest()
+        })
+        .await?;
+        moved += n;
+        status
+            .backlog
+            .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed);
         status
             .oldest_ms
             .store(oldest.map_or(0, unix_ms), Ordering::Relaxed);
     }
+}
+
+/// Runs journal work on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 /// Listens for other instances' news until the store is dropped, reconnecting as needed.
@@ -118,7 +134,7 @@ async fn listen_once(url: &str, remote: &Notify, status: &Status) -> Result<(), 
     let mut config: tokio_postgres::Config = url
         .parse()
         .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
-    config.connect_timeout(Duration::from_secs(5));
+    super::bounded(&mut config);
     config.application_name("hooktap-listen");
     let (client, mut connection) = config
         .connect(tokio_postgres::NoTls)

@@ -62,6 +62,42 @@ async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u
     c.execute(&statement, params).await.map_err(pg_error)
 }
 
+/// A record as `jsonb` accepts it: PostgreSQL's `jsonb` cannot hold the character U+0000
+/// (a NUL in a captured body or a receiver's answer would make every write of that record
+/// fail, jamming the journal or the delivery), so it becomes U+FFFD, as invalid UTF-8 in a
+/// body already does.
+fn jsonb<T: serde::Serialize>(record: &T) -> Result<Json<serde_json::Value>, StoreError> {
+    fn clean(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{fffd}"),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(clean),
+            serde_json::Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    let entries = std::mem::take(map);
+                    for (k, mut v) in entries {
+                        clean(&mut v);
+                        map.insert(k.replace('\0', "\u{fffd}"), v);
+                    }
+                } else {
+                    map.values_mut().for_each(clean);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(record)?;
+    clean(&mut value);
+    Ok(Json(value))
+}
+
+/// Reads column `i` of a row as a record; a record that does not decode is an error, not a
+/// panic.
+fn decode<T: serde::de::DeserializeOwned>(row: &Row, i: usize) -> Result<T, StoreError> {
+    row.try_get::<_, Json<T>>(i)
+        .map(|Json(v)| v)
+        .map_err(|e| StoreError::Postgres(format!("a stored record does not decode: {e}")))
+}
+
 /// A Unix-millisecond time as PostgreSQL's `bigint`.
 pub fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -158,7 +194,7 @@ pub async fn put_webhook(
         ),
         &[
             &w.id,
-            &Json(w),
+            &jsonb(w)?,
             &ms(counters.delivered),
             &ms(counters.failed),
             &ms(counters.retries),
@@ -169,6 +205,38 @@ pub async fn put_webhook(
     )
     .await?;
     notify(c, "webhooks").await
+}
+
+/// Replaces the record of a webhook that exists, not its counters (zeroed with `reset`);
+/// false, writing nothing, when it does not.
+pub async fn replace_webhook(
+    c: &impl GenericClient,
+    w: &Webhook,
+    reset: bool,
+) -> Result<bool, StoreError> {
+    let sql = if reset {
+        "UPDATE webhooks SET record = $2, delivered = 0, failed = 0, retries = 0,
+                consecutive_failures = 0, last_delivered_ms = NULL, last_failure_ms = NULL
+         WHERE id = $1"
+    } else {
+        "UPDATE webhooks SET record = $2 WHERE id = $1"
+    };
+    let n = exec(c, sql, &[&w.id, &jsonb(w)?]).await?;
+    if n > 0 {
+        notify(c, "webhooks").await?;
+    }
+    Ok(n > 0)
+}
+
+/// Ends this instance's leases (it stops): the others may take those deliveries at once.
+pub async fn release(c: &impl GenericClient, owner: Uuid) -> Result<u64, StoreError> {
+    exec(
+        c,
+        "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+         WHERE lease_owner = $1 AND pending",
+        &[&owner],
+    )
+    .await
 }
 
 /// Replaces the record of a webhook that exists, counters included; false when it does not.
@@ -182,7 +250,7 @@ pub async fn save_webhook(c: &impl GenericClient, w: &Webhook) -> Result<bool, S
              WHERE id = $1",
         &[
             &w.id,
-            &Json(w),
+            &jsonb(w)?,
             &ms(counters.delivered),
             &ms(counters.failed),
             &ms(counters.retries),
@@ -271,13 +339,21 @@ pub async fn claim(
     claim_in(c, claim, skip, "queue_ms, id").await
 }
 
-/// The same in `order` (columns of `deliveries`).
+/// The same in `order` (columns of `deliveries`). `FOR UPDATE SKIP LOCKED` lets instances
+/// take different deliveries at once; in queue-head order (`seq`) a locked head must be waited
+/// for, not skipped, or the next one would go first (the advisory lock of `claim_head`
+/// already keeps other claimers out).
 async fn claim_in(
     c: &impl GenericClient,
     claim: &Claim,
     skip: &HashSet<Uuid>,
     order: &str,
 ) -> Result<Vec<Delivery>, StoreError> {
+    let lock = if order.starts_with("seq") {
+        "FOR UPDATE"
+    } else {
+        "FOR UPDATE SKIP LOCKED"
+    };
     let skip: Vec<Uuid> = skip.iter().copied().collect();
     let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
     let rows = rows(c, &format!(
@@ -288,7 +364,7 @@ async fn claim_in(
                       AND NOT (id = ANY($5))
                     ORDER BY {order}
                     LIMIT $3
-                    FOR UPDATE SKIP LOCKED)
+                    {lock})
                  UPDATE deliveries d SET lease_owner = $4, lease_until = hooktap_now_ms() + $6
                  FROM c WHERE d.id = c.id
                  RETURNING d.record, d.seq"
@@ -303,8 +379,8 @@ async fn claim_in(
             ],).await?;
     let mut out: Vec<(i64, Delivery)> = rows
         .iter()
-        .map(|r| (r.get(1), r.get::<_, Json<Delivery>>(0).0))
-        .collect();
+        .map(|r| Ok((r.try_get(1).map_err(pg_error)?, decode(r, 0)?)))
+        .collect::<Result<_, StoreError>>()?;
     if order.starts_with("seq") {
         out.sort_by_key(|(seq, _)| *seq);
     } else {
@@ -386,11 +462,15 @@ pub async fn queue_stats(c: &impl GenericClient, webhook: Uuid) -> Result<QueueS
 pub async fn record_attempts(
     c: &mut Client,
     webhook: Uuid,
+    owner: Uuid,
     changes: &[Recorded],
     record: Option<&Webhook>,
 ) -> Result<Recording, StoreError> {
     let ids: Vec<Uuid> = changes.iter().map(|r| r.after.id).collect();
-    let records: Vec<Json<&Delivery>> = changes.iter().map(|r| Json(&r.after)).collect();
+    let records = changes
+        .iter()
+        .map(|r| jsonb(&r.after))
+        .collect::<Result<Vec<_>, _>>()?;
     let pending: Vec<bool> = changes
         .iter()
         .map(|r| r.after.state == DeliveryState::Pending)
@@ -400,7 +480,10 @@ pub async fn record_attempts(
         .iter()
         .map(|r| i32::try_from(r.attempt.number).unwrap_or(i32::MAX))
         .collect();
-    let attempts: Vec<Json<&Attempt>> = changes.iter().map(|r| Json(&r.attempt)).collect();
+    let attempts = changes
+        .iter()
+        .map(|r| jsonb(&r.attempt))
+        .collect::<Result<Vec<_>, _>>()?;
     let change = CounterChange::of(changes);
     let disabled = record
         .filter(|w| w.status == WebhookStatus::Disabled)
@@ -419,12 +502,16 @@ pub async fn record_attempts(
                        queue_ms = u.queue_ms, lease_owner = NULL, lease_until = NULL
                 FROM UNNEST($10::uuid[], $11::jsonb[], $12::bool[], $13::int8[])
                      AS u(id, record, pending, queue_ms), w
-                WHERE d.id = u.id
-                RETURNING 1),
+                -- Fencing: only a delivery still pending and not leased to another instance
+                -- (an instance whose lease ran out and was taken over records nothing).
+                WHERE d.id = u.id AND d.pending
+                  AND (d.lease_owner IS NULL OR d.lease_owner = $16)
+                RETURNING d.id),
              logged AS (
                 INSERT INTO attempts (delivery_id, number, webhook_id, record)
                 SELECT u.delivery_id, u.number, w.id, u.record
-                FROM UNNEST($10::uuid[], $14::int4[], $15::jsonb[]) AS u(delivery_id, number, record), w
+                FROM UNNEST($10::uuid[], $14::int4[], $15::jsonb[]) AS u(delivery_id, number, record)
+                JOIN states ON states.id = u.delivery_id, w
                 ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record
                 RETURNING 1)
              UPDATE webhooks SET
@@ -458,6 +545,7 @@ pub async fn record_attempts(
                 &queue,
                 &numbers,
                 &attempts,
+                &owner,
             ],).await?;
     let Some(row) = row else {
         return Ok(Recording::Gone);
@@ -485,7 +573,7 @@ pub async fn requeue(
         "UPDATE deliveries SET record = $2, pending = true, queue_ms = $3,
                 lease_owner = NULL, lease_until = NULL
          WHERE id = $1",
-        &[&d.id, &Json(&d), &ms(d.queue_ms)],
+        &[&d.id, &jsonb(&d)?, &ms(d.queue_ms)],
     )
     .await?;
     notify(c, "work").await?;
@@ -494,7 +582,7 @@ pub async fn requeue(
 
 pub async fn event(c: &impl GenericClient, id: Uuid) -> Result<Option<Event>, StoreError> {
     let row = row_opt(c, "SELECT record FROM events WHERE id = $1", &[&id]).await?;
-    Ok(row.map(|r| r.get::<_, Json<Event>>(0).0))
+    row.map(|r| decode(&r, 0)).transpose()
 }
 
 /// Events newest first, filtered; the topic glob is applied here, page by page.
@@ -520,7 +608,7 @@ pub async fn events_page(c: &impl GenericClient, q: &EventQuery) -> Result<Vec<E
         .await?;
         for r in &rows {
             before = (r.get(1), r.get(2));
-            let e: Event = r.get::<_, Json<Event>>(0).0;
+            let e: Event = decode(r, 0)?;
             if q.topic.as_ref().is_some_and(|g| !g.is_match(&e.topic)) {
                 continue;
             }
@@ -541,7 +629,7 @@ pub async fn events_page(c: &impl GenericClient, q: &EventQuery) -> Result<Vec<E
 
 pub async fn delivery(c: &impl GenericClient, id: Uuid) -> Result<Option<Delivery>, StoreError> {
     let row = row_opt(c, "SELECT record FROM deliveries WHERE id = $1", &[&id]).await?;
-    Ok(row.map(|r| r.get::<_, Json<Delivery>>(0).0))
+    row.map(|r| decode(&r, 0)).transpose()
 }
 
 pub async fn deliveries_of(
@@ -555,10 +643,7 @@ pub async fn deliveries_of(
         &[&webhook, &i64::try_from(limit).unwrap_or(i64::MAX)],
     )
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| r.get::<_, Json<Delivery>>(0).0)
-        .collect())
+    rows.iter().map(|r| decode(r, 0)).collect()
 }
 
 pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
@@ -568,10 +653,7 @@ pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Atte
         &[&delivery],
     )
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| r.get::<_, Json<Attempt>>(0).0)
-        .collect())
+    rows.iter().map(|r| decode(r, 0)).collect()
 }
 
 /// Moves journalled events and their deliveries in, in one transaction. Ids already there
@@ -586,14 +668,20 @@ pub async fn insert_events(
         .iter()
         .map(|e| ms(unix_ms(e.event.created_at)))
         .collect();
-    let events: Vec<Json<&Event>> = entries.iter().map(|e| Json(&e.event)).collect();
+    let events = entries
+        .iter()
+        .map(|e| jsonb(&e.event))
+        .collect::<Result<Vec<_>, _>>()?;
     let all: Vec<&Delivery> = entries.iter().flat_map(|e| &e.deliveries).collect();
     let ids: Vec<Uuid> = all.iter().map(|d| d.id).collect();
     let of_event: Vec<Uuid> = all.iter().map(|d| d.event_id).collect();
     let webhook: Vec<Uuid> = all.iter().map(|d| d.webhook_id).collect();
     let d_created: Vec<i64> = all.iter().map(|d| ms(unix_ms(d.created_at))).collect();
     let queue: Vec<i64> = all.iter().map(|d| ms(d.queue_ms)).collect();
-    let records: Vec<Json<&Delivery>> = all.iter().map(|d| Json(*d)).collect();
+    let records = all
+        .iter()
+        .map(|d| jsonb(*d))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let tx = c.transaction().await.map_err(pg_error)?;
     exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&SHIP_LOCK]).await?;
@@ -609,8 +697,9 @@ pub async fn insert_events(
         exec(&tx, "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
              SELECT u.id, u.event_id, u.webhook_id, u.created_ms, true, u.queue_ms, u.record
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::jsonb[])
-                  AS u(id, event_id, webhook_id, created_ms, queue_ms, record)
-             WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
+                  WITH ORDINALITY AS u(id, event_id, webhook_id, created_ms, queue_ms, record, n)
+             WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id FOR KEY SHARE)
+             ORDER BY u.n
              ON CONFLICT (id) DO NOTHING",
             &[&ids, &of_event, &webhook, &d_created, &queue, &records],).await?;
         notify(&tx, "work").await?;

@@ -332,3 +332,102 @@ async fn a_wrong_password_is_a_clear_error() {
     };
     assert!(error.contains("password authentication failed"), "{error}");
 }
+
+/// A recorded attempt of `d` (attempt `number`), with `success`.
+fn recorded(d: &Delivery, number: u32, success: bool) -> Recorded {
+    let mut after = d.clone();
+    after.attempts = number;
+    if success {
+        after.state = DeliveryState::Delivered;
+    } else {
+        after.due_ms += 60_000;
+        after.queue_ms = after.due_ms;
+    }
+    Recorded {
+        before: d.clone(),
+        after: after.clone(),
+        attempt: Attempt {
+            id: Uuid::now_v7(),
+            delivery_id: d.id,
+            webhook_id: d.webhook_id,
+            number,
+            created_at: OffsetDateTime::now_utc(),
+            duration_ms: 1,
+            summary: "recorded".into(),
+            success,
+            request_method: "POST".into(),
+            request_url: String::new(),
+            request_headers: vec![],
+            request_body: String::new(),
+            response_code: Some(if success { 200 } else { 500 }),
+            response_message: String::new(),
+            response_headers: vec![],
+            response_body: "a NUL \u{0} in the answer".into(),
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_nul_character_does_not_jam_the_journal_or_the_log() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let w = webhook(&store, "a", false).await;
+    let mut e = event();
+    e.payload = serde_json::json!({"note": "a\u{0}b", "k\u{0}": 1});
+    let d = Delivery::new(&e, w.id, 0);
+    store.append(&e, std::slice::from_ref(&d)).expect("append");
+    store.flush().await.expect("moved in despite the NUL");
+    let stored = store.event(e.id).await.expect("read").expect("there");
+    assert_eq!(
+        stored.payload,
+        serde_json::json!({"note": "a\u{fffd}b", "k\u{fffd}": 1})
+    );
+    let recording = store
+        .record_attempts(w.id, &[recorded(&d, 1, true)], None)
+        .await
+        .expect("a NUL in the receiver's answer is recorded");
+    assert!(matches!(recording, Recording::Shared(_)));
+    assert_eq!(store.journal().expect("journal").backlog, 0);
+}
+
+#[tokio::test]
+async fn an_instance_whose_lease_was_taken_over_records_nothing() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(1)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(1)).await;
+    let w = webhook(&a, "fenced", false).await;
+    let queued = queue(&a, &w, 1).await;
+    assert_eq!(
+        a.queued(w.id, u64::MAX, 1, &none()).await.expect("claim"),
+        queued
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        b.queued(w.id, u64::MAX, 1, &none()).await.expect("claim"),
+        queued
+    );
+    b.record_attempts(w.id, &[recorded(&queued[0], 1, true)], None)
+        .await
+        .expect("record");
+    // `a` wakes up and records its (failed) attempt late.
+    a.record_attempts(w.id, &[recorded(&queued[0], 1, false)], None)
+        .await
+        .expect("record");
+    let d = a
+        .delivery(queued[0].id)
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(
+        d.state,
+        DeliveryState::Delivered,
+        "the late record changed nothing"
+    );
+    let attempts = a.attempts(d.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert!(
+        attempts[0].success,
+        "the attempt log keeps the recorded success"
+    );
+}

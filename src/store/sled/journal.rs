@@ -23,8 +23,17 @@ impl SledStore {
         let db = self.db()?;
         let mut out = Vec::new();
         for entry in db.scan_prefix([keys::EVENT]).take(limit) {
-            let (_, v) = entry?;
-            let event = self.load_event(&v)?;
+            let (k, v) = entry?;
+            let event = match self.load_event(&v) {
+                Ok(event) => event,
+                Err(e) => {
+                    // It can never be moved: set it aside rather than stop the journal.
+                    tracing::error!(key = ?keys::trailing_id(&k), error = %e,
+                        "a journalled event cannot be read; it is dropped from the journal");
+                    self.write_freeing(|db| Ok(db.remove(&k)?))?;
+                    continue;
+                }
+            };
             let mut deliveries = Vec::new();
             for index in db.scan_prefix(keys::key(keys::BY_EVENT, &[event.id.as_bytes()])) {
                 let (ik, _) = index?;
@@ -61,7 +70,13 @@ impl SledStore {
                 batch.remove(keys::queue(d));
             }
         }
-        self.write(|db| Ok(db.apply_batch(batch)?))?;
+        // Removing only frees space: allowed on a nearly full disk. Flushed before the payload
+        // files go, so that a crash cannot bring back a record whose file is gone.
+        self.write_freeing(|db| {
+            db.apply_batch(batch)?;
+            db.flush()?;
+            Ok(())
+        })?;
         for file in files {
             // An orphan file would only cost disk space; the record is gone either way.
             let _ = std::fs::remove_file(self.payload_path(&file));

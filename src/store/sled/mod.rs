@@ -334,6 +334,16 @@ impl SledStore {
         self.note(result)
     }
 
+    /// A write that only removes, and so frees space: not refused while the disk is nearly
+    /// full (the journal of a shared store must drain then most of all).
+    fn write_freeing<T>(
+        &self,
+        f: impl FnOnce(&sled::Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = self.db().and_then(|db| f(&db));
+        self.note(result)
+    }
+
     fn get<T: serde::de::DeserializeOwned>(&self, k: Vec<u8>) -> Result<Option<T>, StoreError> {
         match self.db()?.get(k)? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),

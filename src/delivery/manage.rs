@@ -243,7 +243,9 @@ impl Engine {
         let stored = self.store.webhooks().await?;
         let ids: std::collections::HashSet<Uuid> = stored.iter().map(|w| w.id).collect();
         for t in self.registry.all() {
-            if !ids.contains(&t.id) {
+            // Not in the list: deleted elsewhere, or created here after the list was read
+            // (a second look tells them apart).
+            if !ids.contains(&t.id) && self.store.webhook(t.id).await?.is_none() {
                 let name = self.remove_target(&t).await;
                 tracing::info!(webhook = %name, id = %t.id, "webhook deleted by another instance");
             }

@@ -165,8 +165,13 @@ impl Engine {
                 .store
                 .queued(target.id, round.now, room, &target.in_flight())
                 .await?;
-            for delivery in due {
+            let mut due = due.into_iter();
+            for delivery in due.by_ref() {
                 if !self.may_start(target, round.fair) {
+                    // Not started after all: a shared store's other instances may take it.
+                    let mut left = vec![delivery.id];
+                    left.extend(due.by_ref().map(|d| d.id));
+                    self.store.unclaim(&left).await?;
                     break;
                 }
                 self.start(target, vec![delivery]);

@@ -350,6 +350,12 @@ pub trait Store: Send + Sync + 'static {
         self.save_webhook(webhook).await
     }
 
+    /// Gives up the leases on deliveries [`Store::queued`] returned but that were not sent
+    /// (the concurrency limits filled up meanwhile).
+    async fn unclaim(&self, _deliveries: &[Uuid]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Gives up what this instance holds in a shared store (its leases) when it stops, so
     /// that the other instances need not wait for them to run out.
     async fn release(&self) -> Result<(), StoreError> {

@@ -471,6 +471,12 @@ impl Store for PgStore {
         sql::replace_webhook(&self.client().await?, webhook, false).await
     }
 
+    async fn unclaim(&self, deliveries: &[Uuid]) -> Result<(), StoreError> {
+        sql::unclaim(&self.client().await?, self.instance, deliveries)
+            .await
+            .map(drop)
+    }
+
     async fn release(&self) -> Result<(), StoreError> {
         let released = sql::release(&self.client().await?, self.instance).await?;
         if released > 0 {

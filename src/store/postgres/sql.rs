@@ -228,6 +228,21 @@ pub async fn replace_webhook(
     Ok(n > 0)
 }
 
+/// Ends this instance's leases on `deliveries` (taken but not sent).
+pub async fn unclaim(
+    c: &impl GenericClient,
+    owner: Uuid,
+    deliveries: &[Uuid],
+) -> Result<u64, StoreError> {
+    exec(
+        c,
+        "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+         WHERE id = ANY($2) AND lease_owner = $1",
+        &[&owner, &deliveries],
+    )
+    .await
+}
+
 /// Ends this instance's leases (it stops): the others may take those deliveries at once.
 pub async fn release(c: &impl GenericClient, owner: Uuid) -> Result<u64, StoreError> {
     exec(

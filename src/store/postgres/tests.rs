@@ -431,3 +431,35 @@ async fn an_instance_whose_lease_was_taken_over_records_nothing() {
         "the attempt log keeps the recorded success"
     );
 }
+
+#[tokio::test]
+async fn deliveries_taken_but_not_sent_are_given_back() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(60)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(60)).await;
+    let w = webhook(&a, "given-back", false).await;
+    let queued = queue(&a, &w, 2).await;
+    assert_eq!(
+        a.queued(w.id, u64::MAX, 2, &none()).await.expect("claim"),
+        queued
+    );
+    assert!(
+        b.queued(w.id, u64::MAX, 2, &none())
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    a.unclaim(&[queued[1].id]).await.expect("unclaim");
+    assert_eq!(
+        b.queued(w.id, u64::MAX, 2, &none()).await.expect("claim"),
+        queued[1..],
+        "the other instance need not wait for the lease to run out"
+    );
+    a.release().await.expect("release");
+    assert_eq!(
+        b.queued(w.id, u64::MAX, 2, &none()).await.expect("claim"),
+        queued,
+        "a stopping instance gives up the rest"
+    );
+}

@@ -1,9 +1,10 @@
 //! Property tests for the code that reads untrusted or operator-written input: the rule and
 //! config parser, the path router, body decoding and payload extraction.
 //!
-//! These stand in for fuzzing: cargo-fuzz needs a nightly toolchain, which the build machine
-//! does not have, and proptest runs on stable as an ordinary test binary. Each property runs a
-//! moderate number of cases so that the whole file takes seconds; run it longer with
+//! They run on every test run, as an ordinary test binary; coverage-guided fuzzing of the same
+//! surfaces (cargo-fuzz, `scripts/fuzz.sh`, targets in `fuzz/`) runs by hand, outside the test
+//! command. Each property runs a moderate number of cases so that the whole file takes seconds;
+//! run it longer with
 //!
 //! ```sh
 //! PROPTEST_CASES=100000 cargo test --release --test props

@@ -122,14 +122,39 @@ struct Reporter<'a> {
     file: &'a Path,
     source: &'a str,
     problems: &'a mut Vec<Problem>,
+    /// Where each line starts, made on first use: counting from the start of the file for
+    /// each place made loading quadratic in the number of `[[test]]`s or problems.
+    line_starts: std::cell::OnceCell<Vec<usize>>,
 }
 
-impl Reporter<'_> {
+impl<'a> Reporter<'a> {
+    fn new(file: &'a Path, source: &'a str, problems: &'a mut Vec<Problem>) -> Self {
+        Self {
+            file,
+            source,
+            problems,
+            line_starts: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The 1-based line of byte `offset` and the byte where that line starts.
+    fn line_of(&self, offset: usize) -> (usize, usize) {
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(memchr::memchr_iter(b'\n', self.source.as_bytes()).map(|i| i + 1))
+                .collect()
+        });
+        let line = starts.partition_point(|&s| s <= offset);
+        (line, starts[line - 1])
+    }
+
     fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let start = span.start.min(self.source.len());
-        let before = &self.source[..start];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        let (line, line_start) = self.line_of(start);
+        let col = String::from_utf8_lossy(&self.source.as_bytes()[line_start..start])
+            .chars()
+            .count()
+            + 1;
         self.problems.push(Problem {
             file: self.file.to_owned(),
             position: Some((line, col)),
@@ -147,8 +172,7 @@ impl Reporter<'_> {
 
     /// The 1-based line `span` starts on.
     fn line(&self, span: Range<usize>) -> usize {
-        let start = span.start.min(self.source.len());
-        self.source[..start].matches('\n').count() + 1
+        self.line_of(span.start.min(self.source.len())).0
     }
 
     fn toml_error(&mut self, e: toml::de::Error) {
@@ -273,11 +297,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let source = read(path)?;
         let mut problems = Vec::new();
-        let mut r = Reporter {
-            file: path,
-            source: &source,
-            problems: &mut problems,
-        };
+        let mut r = Reporter::new(path, &source, &mut problems);
         let Some(raw) = parse::<RawConfig>(&mut r) else {
             return Err(ConfigError(problems));
         };
@@ -529,6 +549,35 @@ status = [201]
             problems[0].contains("symbolic link loop") && problems[0].contains("hooktap.toml:1:"),
             "{problems:?}"
         );
+    }
+
+    /// Regression (found reading the loader while setting up fuzzing): every `[[test]]` with an
+    /// `expect.topic` kept its own copy of its rule file's text until all files were loaded, so
+    /// memory grew with tests × file size (these 20,000 tests in a 2.5 MB file asked for 50 GB),
+    /// and each test's line, and each problem's, was counted from the start of the file, so
+    /// time grew with tests × file size too (70 s for this test in a debug build).
+    #[test]
+    fn many_tests_load_in_time_and_memory_linear_in_the_file() {
+        let test = "[[test]]\nname = \"t\"\nrequest = { method = \"POST\", path = \"/orders\" }\n\
+                    response = { status = 201 }\nexpect = { topic = \"order.created\" }\n";
+        let rules = format!("{RULE}{}", test.repeat(20_000));
+        assert!(rules.len() > 2_000_000);
+        let started = std::time::Instant::now();
+        let c = load(CONFIG, &rules).expect("valid");
+        assert_eq!(c.tests.len(), 20_000);
+        assert_eq!(c.tests[19_999].location.rsplit(':').next(), Some("100003"));
+        // Every test expecting a topic no rule produces: 20,000 problems, each at its place.
+        let problems = load(
+            CONFIG,
+            &rules.replace("\"order.created\" }", "\"order.gone\" }"),
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 20_000);
+        assert_eq!(
+            problems[19_999],
+            "rules/shop.toml:100006:20: test expects topic `order.gone`, which no rule produces"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     /// Regression (hostile round two): a FIFO named x.toml hung loading, and a rule file linked

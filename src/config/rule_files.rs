@@ -103,10 +103,11 @@ fn expand(pattern: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 /// A test's expected topic, kept until every rule file is loaded (a test may expect a topic
-/// of another file's rule).
+/// of another file's rule). The file's text is shared by all its tests: a copy per test made
+/// memory grow with tests × file size (20,000 tests in a 2 MB file: 40 GB).
 struct ExpectedTopic {
     file: PathBuf,
-    text: String,
+    text: std::rc::Rc<str>,
     topic: Spanned<String>,
 }
 
@@ -120,18 +121,14 @@ pub(super) fn load_rules(
     let mut expected = Vec::new();
     let mut rules_failed = false;
     for file in files {
-        let text = match read_text(file) {
-            Ok(t) => t,
+        let text: std::rc::Rc<str> = match read_text(file) {
+            Ok(t) => t.into(),
             Err(p) => {
                 problems.push(p);
                 continue;
             }
         };
-        let mut r = Reporter {
-            file,
-            source: &text,
-            problems: &mut *problems,
-        };
+        let mut r = Reporter::new(file, &text, &mut *problems);
         let Some(raw) = parse::<RawRuleFile>(&mut r) else {
             continue;
         };
@@ -153,7 +150,7 @@ pub(super) fn load_rules(
             if let Some(topic) = topic {
                 expected.push(ExpectedTopic {
                     file: file.clone(),
-                    text: text.clone(),
+                    text: std::rc::Rc::clone(&text),
                     topic,
                 });
             }
@@ -171,24 +168,24 @@ fn check_expected_topics(
     expected: Vec<ExpectedTopic>,
     problems: &mut Vec<Problem>,
 ) {
-    for ExpectedTopic { file, text, topic } in expected {
-        let produced = rules
-            .rules()
-            .iter()
-            .any(|rule| rule.topic.as_str() == topic.get_ref());
-        if !produced {
-            Reporter {
-                file: &file,
-                source: &text,
-                problems: &mut *problems,
+    let produced: std::collections::HashSet<&str> = rules
+        .rules()
+        .iter()
+        .map(|rule| rule.topic.as_str())
+        .collect();
+    // One reporter per file (its line index is made once): a file's entries come together.
+    for group in expected.chunk_by(|a, b| a.file == b.file) {
+        let mut r = Reporter::new(&group[0].file, &group[0].text, &mut *problems);
+        for ExpectedTopic { topic, .. } in group {
+            if !produced.contains(topic.get_ref().as_str()) {
+                r.at(
+                    topic.span(),
+                    format!(
+                        "test expects topic `{}`, which no rule produces",
+                        topic.get_ref()
+                    ),
+                );
             }
-            .at(
-                topic.span(),
-                format!(
-                    "test expects topic `{}`, which no rule produces",
-                    topic.get_ref()
-                ),
-            );
         }
     }
 }

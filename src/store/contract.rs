@@ -93,7 +93,7 @@ async fn queued_event(store: &Arc<dyn Store>, w: &Webhook, delay_ms: u64) -> (Ev
     (e, d)
 }
 
-fn attempt(d: &Delivery, number: u32, success: bool) -> Attempt {
+pub(crate) fn attempt(d: &Delivery, number: u32, success: bool) -> Attempt {
     Attempt {
         id: Uuid::now_v7(),
         delivery_id: d.id,

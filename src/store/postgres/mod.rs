@@ -458,7 +458,7 @@ impl Store for PgStore {
     }
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        sql::put_webhook(&self.client().await?, webhook, false).await
+        sql::put_webhook(&self.client().await?, webhook).await
     }
 
     async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {

@@ -130,6 +130,47 @@ fn counters_at(row: &Row, at: usize) -> Counters {
     }
 }
 
+/// A webhook's row as statements bind it: `$1` the id, `$2` the record, `$3`..`$8` the
+/// counters in `WEBHOOK_COLUMNS` order.
+struct WebhookRow {
+    id: Uuid,
+    record: Json<serde_json::Value>,
+    counts: [i64; 4],
+    last: [Option<i64>; 2],
+}
+
+impl WebhookRow {
+    fn of(w: &Webhook, counters: &Counters) -> Result<Self, StoreError> {
+        Ok(Self {
+            id: w.id,
+            record: jsonb(w)?,
+            counts: [
+                ms(counters.delivered),
+                ms(counters.failed),
+                ms(counters.retries),
+                ms(counters.consecutive_failures),
+            ],
+            last: [
+                ms_of(counters.last_delivered_at),
+                ms_of(counters.last_failure_at),
+            ],
+        })
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.id,
+            &self.record,
+            &self.counts[0],
+            &self.counts[1],
+            &self.counts[2],
+            &self.counts[3],
+            &self.last[0],
+            &self.last[1],
+        ]
+    }
+}
+
 fn webhook_of(row: &Row) -> Webhook {
     let Json(mut w): Json<Webhook> = row.get(0);
     w.counters = counters_at(row, 1);
@@ -168,40 +209,16 @@ pub async fn webhooks(
         .collect()
 }
 
-/// Creates or replaces a webhook's record. Its counters are written when it is created, or
-/// when `reset` (to zero); otherwise they stay as counted.
-pub async fn put_webhook(
-    c: &impl GenericClient,
-    w: &Webhook,
-    reset: bool,
-) -> Result<(), StoreError> {
-    let counters = if reset {
-        Counters::default()
-    } else {
-        w.counters.clone()
-    };
-    let on_conflict = if reset {
-        "record = EXCLUDED.record, delivered = 0, failed = 0, retries = 0, \
-         consecutive_failures = 0, last_delivered_ms = NULL, last_failure_ms = NULL"
-    } else {
-        "record = EXCLUDED.record"
-    };
+/// Creates or replaces a webhook's record. Its counters are written when it is created;
+/// afterwards they stay as counted.
+pub async fn put_webhook(c: &impl GenericClient, w: &Webhook) -> Result<(), StoreError> {
     exec(
         c,
         &format!(
             "INSERT INTO webhooks (id, {WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (id) DO UPDATE SET {on_conflict}"
+             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record"
         ),
-        &[
-            &w.id,
-            &jsonb(w)?,
-            &ms(counters.delivered),
-            &ms(counters.failed),
-            &ms(counters.retries),
-            &ms(counters.consecutive_failures),
-            &ms_of(counters.last_delivered_at),
-            &ms_of(counters.last_failure_at),
-        ],
+        &WebhookRow::of(w, &w.counters)?.params(),
     )
     .await?;
     notify(c, "webhooks").await
@@ -257,22 +274,12 @@ pub async fn release(c: &impl GenericClient, owner: Uuid) -> Result<u64, StoreEr
 /// Replaces the record of a webhook that exists, counters included; false when it does not.
 /// (The engine does not call this for a shared store, whose counters are counted in place.)
 pub async fn save_webhook(c: &impl GenericClient, w: &Webhook) -> Result<bool, StoreError> {
-    let counters = &w.counters;
     let n = exec(
         c,
         "UPDATE webhooks SET record = $2, delivered = $3, failed = $4, retries = $5,
                     consecutive_failures = $6, last_delivered_ms = $7, last_failure_ms = $8
              WHERE id = $1",
-        &[
-            &w.id,
-            &jsonb(w)?,
-            &ms(counters.delivered),
-            &ms(counters.failed),
-            &ms(counters.retries),
-            &ms(counters.consecutive_failures),
-            &ms_of(counters.last_delivered_at),
-            &ms_of(counters.last_failure_at),
-        ],
+        &WebhookRow::of(w, &w.counters)?.params(),
     )
     .await?;
     Ok(n > 0)
@@ -293,7 +300,7 @@ pub async fn apply_webhooks(c: &mut Client, planner: &Planner) -> Result<Applied
     let WebhookPlan { put, remove } = planner.plan(&stored);
     let mut applied = Applied::default();
     for w in put {
-        put_webhook(&tx, &w, false).await?;
+        put_webhook(&tx, &w).await?;
         applied.put.push(w);
     }
     for w in remove {

@@ -153,37 +153,8 @@ async fn claim_head_gives_one_instance_at_a_time_the_head_of_the_queue() {
         "the holder keeps it"
     );
 
-    let mut after = head[0].clone();
-    after.state = DeliveryState::Delivered;
-    after.attempts = 1;
-    let attempt = Attempt {
-        id: Uuid::now_v7(),
-        delivery_id: after.id,
-        webhook_id: w.id,
-        number: 1,
-        created_at: OffsetDateTime::now_utc(),
-        duration_ms: 1,
-        summary: "HTTP 200 OK".into(),
-        success: true,
-        request_method: "POST".into(),
-        request_url: String::new(),
-        request_headers: vec![],
-        request_body: String::new(),
-        response_code: Some(200),
-        response_message: String::new(),
-        response_headers: vec![],
-        response_body: String::new(),
-    };
     let recorded = a
-        .record_attempts(
-            w.id,
-            &[Recorded {
-                before: head[0].clone(),
-                after,
-                attempt,
-            }],
-            None,
-        )
+        .record_attempts(w.id, &[recorded(&head[0], 1, true)], None)
         .await
         .expect("record");
     let Recording::Shared(counters) = recorded else {
@@ -206,35 +177,8 @@ async fn counters_add_up_over_instances_and_a_put_does_not_reset_them() {
     let w = webhook(&a, "counted", false).await;
     let queued = queue(&a, &w, 2).await;
     for (store, d) in [(&a, &queued[0]), (&b, &queued[1])] {
-        let mut after = d.clone();
-        after.attempts = 1;
-        after.due_ms += 60_000;
-        after.queue_ms = after.due_ms;
-        let mut attempt = store.attempts(d.id).await.expect("none yet");
-        assert!(attempt.is_empty());
-        attempt.clear();
-        let change = Recorded {
-            before: d.clone(),
-            after: after.clone(),
-            attempt: Attempt {
-                id: Uuid::now_v7(),
-                delivery_id: d.id,
-                webhook_id: w.id,
-                number: 1,
-                created_at: OffsetDateTime::now_utc(),
-                duration_ms: 1,
-                summary: "HTTP 500".into(),
-                success: false,
-                request_method: "POST".into(),
-                request_url: String::new(),
-                request_headers: vec![],
-                request_body: String::new(),
-                response_code: Some(500),
-                response_message: String::new(),
-                response_headers: vec![],
-                response_body: String::new(),
-            },
-        };
+        assert!(store.attempts(d.id).await.expect("read").is_empty());
+        let change = recorded(d, 1, false);
         // Each instance's own copy knows nothing of the other's counts.
         store
             .record_attempts(w.id, &[change], Some(&w))
@@ -347,22 +291,8 @@ fn recorded(d: &Delivery, number: u32, success: bool) -> Recorded {
         before: d.clone(),
         after: after.clone(),
         attempt: Attempt {
-            id: Uuid::now_v7(),
-            delivery_id: d.id,
-            webhook_id: d.webhook_id,
-            number,
-            created_at: OffsetDateTime::now_utc(),
-            duration_ms: 1,
-            summary: "recorded".into(),
-            success,
-            request_method: "POST".into(),
-            request_url: String::new(),
-            request_headers: vec![],
-            request_body: String::new(),
-            response_code: Some(if success { 200 } else { 500 }),
-            response_message: String::new(),
-            response_headers: vec![],
             response_body: "a NUL \u{0} in the answer".into(),
+            ..crate::store::contract::attempt(d, number, success)
         },
     }
 }

@@ -3,7 +3,8 @@
 # (pingora's zlib dependency builds with it), a C compiler, e2fsprogs (the reliability suite
 # formats an ext4 image), PostgreSQL's server binaries (the shared-store tests start their own
 # throwaway cluster; no server is started here), python3-venv and iproute2
-# (scripts/schemathesis.sh makes a venv, and brings up loopback in a network namespace), and
+# (scripts/schemathesis.sh makes a venv, and brings up loopback in a network namespace), strace
+# (the durability test traces hooktap's fdatasync calls), and
 # chromium (the dashboard test drives it headless). Safe to run again: it installs only what is
 # missing.
 # HOOKTAP_NO_BROWSER=1 skips chromium when only building.
@@ -20,6 +21,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # The OpenAPI conformance run installs schemathesis into a venv (Debian splits venv out).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The durability test watches hooktap's fdatasync calls with strace.
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ -z "${HOOKTAP_NO_BROWSER:-}" ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 fi

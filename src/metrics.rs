@@ -35,6 +35,8 @@ pub struct Metrics {
     oldest_pending: Family<Labels, Gauge<f64, AtomicU64>>,
     journal_backlog: Gauge,
     journal_behind: Gauge<f64, AtomicU64>,
+    store_syncs: Counter,
+    store_synced_events: Counter,
     open_connections: Family<Labels, Gauge>,
     connections_closed: Family<Labels, Counter>,
 }
@@ -129,6 +131,18 @@ impl Metrics {
             "Shared store only: how long the oldest event in the local journal has waited",
             journal_behind.clone(),
         );
+        let store_syncs = Counter::default();
+        registry.register(
+            "store_syncs",
+            "flush = \"every-event\" only: durability barriers run (sled flush + fdatasync), each shared by the events that arrived while the one before ran",
+            store_syncs.clone(),
+        );
+        let store_synced_events = Counter::default();
+        registry.register(
+            "store_synced_events",
+            "flush = \"every-event\" only: events made durable by those barriers (divided by store_syncs: the mean group size)",
+            store_synced_events.clone(),
+        );
         let open_connections = Family::default();
         registry.register(
             "open_connections",
@@ -144,6 +158,8 @@ impl Metrics {
         Self {
             journal_backlog,
             journal_behind,
+            store_syncs,
+            store_synced_events,
             registry,
             requests_by_class,
             events,
@@ -253,6 +269,16 @@ impl Metrics {
         self.journal_backlog
             .set(i64::try_from(backlog).unwrap_or(i64::MAX));
         self.journal_behind.set(behind_seconds);
+    }
+
+    /// Brings the barrier counters up to the store's figures (read before each scrape).
+    pub fn barrier(&self, syncs: u64, events: u64) {
+        for (counter, now) in [
+            (&self.store_syncs, syncs),
+            (&self.store_synced_events, events),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
     }
 
     /// Removes a deleted webhook's queue gauges.

@@ -14,6 +14,7 @@
 
 mod bare;
 mod delivery;
+mod hyper_ref;
 #[path = "../../src/store/postgres/cluster.rs"]
 mod pg_cluster;
 mod upstream;
@@ -68,6 +69,15 @@ enum Sub {
         threads: usize,
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Serve a minimal hyper/tokio reverse proxy: the second reference, beside bare pingora.
+    Hyper {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// The in-process delivery benchmark (one run).
     Delivery {
@@ -145,8 +155,9 @@ struct AllOpts {
     /// Sections to run: e2e, delivery, lag, memory.
     #[arg(long, value_delimiter = ',', default_value = "e2e,delivery,lag,memory")]
     only: Vec<String>,
-    /// Cases of the e2e section (default: all seven): direct-get, nginx-get, pingora-get,
-    /// hooktap-get, direct-post, nginx-post, hooktap-post.
+    /// Cases of the e2e section (default: all nine): direct-get, nginx-get, pingora-get,
+    /// hyper-get, hooktap-get, direct-post, nginx-post, hooktap-post, hooktap-durable-post
+    /// (`flush = "every-event"`).
     #[arg(long, value_delimiter = ',')]
     cases: Vec<String>,
     /// Events queued in the delivery benchmark.
@@ -174,6 +185,10 @@ struct AllOpts {
     /// `paused` to measure capture and store without delivery.
     #[arg(long, default_value = "active")]
     webhook_status: String,
+    /// hooktap's `[store] flush` in the lag and memory sections (`interval` or `every-event`);
+    /// the e2e section measures both (`hooktap-post`, `hooktap-durable-post`).
+    #[arg(long, default_value = "interval", value_parser = ["interval", "every-event"])]
+    flush: String,
     /// Extra `[proxy]` lines for hooktap's config, e.g. `max_capture_bytes = 65536`.
     #[arg(long)]
     hooktap_proxy_extra: Option<String>,
@@ -203,6 +218,11 @@ fn main() -> ExitCode {
             bare::serve(listen, upstream, threads, &dir);
             Ok(())
         }
+        Some(Sub::Hyper {
+            listen,
+            upstream,
+            threads,
+        }) => hyper_ref::serve(listen, upstream, threads),
         Some(Sub::Delivery {
             receiver,
             events,
@@ -501,7 +521,11 @@ enum Target {
     Nginx,
     /// pingora with no filters: a reference, not a contender.
     Pingora,
+    /// hyper and tokio with no filters: the second reference.
+    Hyper,
     Hooktap,
+    /// hooktap with `[store] flush = "every-event"`.
+    HooktapDurable,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -519,7 +543,7 @@ struct Case {
     traffic: Traffic,
 }
 
-const CASES: [Case; 7] = [
+const CASES: [Case; 9] = [
     Case {
         name: "direct GET",
         target: Target::Direct,
@@ -533,6 +557,11 @@ const CASES: [Case; 7] = [
     Case {
         name: "bare pingora GET (reference)",
         target: Target::Pingora,
+        traffic: Traffic::Get,
+    },
+    Case {
+        name: "hyper GET (reference)",
+        target: Target::Hyper,
         traffic: Traffic::Get,
     },
     Case {
@@ -555,6 +584,11 @@ const CASES: [Case; 7] = [
         target: Target::Hooktap,
         traffic: Traffic::Orders,
     },
+    Case {
+        name: "hooktap POST /orders (matched, every-event)",
+        target: Target::HooktapDurable,
+        traffic: Traffic::Orders,
+    },
 ];
 
 fn case_key(c: &Case) -> String {
@@ -562,7 +596,9 @@ fn case_key(c: &Case) -> String {
         Target::Direct => "direct",
         Target::Nginx => "nginx",
         Target::Pingora => "pingora",
+        Target::Hyper => "hyper",
         Target::Hooktap => "hooktap",
+        Target::HooktapDurable => "hooktap-durable",
     };
     let r = match c.traffic {
         Traffic::Get => "get",
@@ -769,7 +805,30 @@ http {{
         Ok((p, addr))
     }
 
-    fn start_hooktap(&self, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
+    fn start_hyper(&self, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
+        let dir = self.scratch(name)?;
+        let addr = free_port()?;
+        let mut p = Proc::spawn(
+            "hyper reference",
+            self.cpus("proxy"),
+            &self.me,
+            &[
+                "hyper".into(),
+                "--listen".into(),
+                addr.to_string(),
+                "--upstream".into(),
+                self.upstream_addr.to_string(),
+                "--threads".into(),
+                self.opts.proxy_threads.to_string(),
+            ],
+            &[],
+            dir.join("hyper.log"),
+        )?;
+        p.wait_ready(addr)?;
+        Ok((p, addr))
+    }
+
+    fn start_hooktap(&self, name: &str, durable: bool) -> anyhow::Result<(Proc, SocketAddr)> {
         let dir = self.scratch(name)?;
         let addr = free_port()?;
         let mut text = delivery::config_text(
@@ -790,6 +849,9 @@ http {{
                 &format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\n"),
                 1,
             );
+        }
+        if durable {
+            text = text.replacen("[store]\n", "[store]\nflush = \"every-event\"\n", 1);
         }
         let conf = dir.join("hooktap.toml");
         std::fs::write(&conf, text)?;
@@ -822,8 +884,12 @@ http {{
                 let (p, a) = self.start_bare(name)?;
                 (Some(p), a)
             }
-            Target::Hooktap => {
-                let (p, a) = self.start_hooktap(name)?;
+            Target::Hyper => {
+                let (p, a) = self.start_hyper(name)?;
+                (Some(p), a)
+            }
+            Target::Hooktap | Target::HooktapDurable => {
+                let (p, a) = self.start_hooktap(name, target == Target::HooktapDurable)?;
                 (Some(p), a)
             }
         })
@@ -966,7 +1032,8 @@ fn run_case(env: &Env, case: &Case, run: usize) -> anyhow::Result<Sample> {
     if env.opts.warmup > 0 {
         env.wrk(addr, case.traffic, env.opts.warmup)?;
     }
-    let matched = case.target == Target::Hooktap && case.traffic == Traffic::Orders;
+    let matched = matches!(case.target, Target::Hooktap | Target::HooktapDurable)
+        && case.traffic == Traffic::Orders;
     if matched {
         reset_receiver(env.upstream_addr)?;
     }
@@ -1152,7 +1219,10 @@ fn e2e(env: &Env, report: &mut Report) -> anyhow::Result<BTreeMap<String, Summar
                 .filter(|_| case.target != Target::Direct)
                 .map_or_else(String::new, |o| format!("{:.2}", s.rps / o.rps))
         };
-        let vs_nginx = if matches!(case.target, Target::Hooktap | Target::Pingora) {
+        let vs_nginx = if matches!(
+            case.target,
+            Target::Hooktap | Target::HooktapDurable | Target::Pingora | Target::Hyper
+        ) {
             ratio("nginx")
         } else {
             String::new()
@@ -1187,6 +1257,13 @@ fn e2e(env: &Env, report: &mut Report) -> anyhow::Result<BTreeMap<String, Summar
             "passthrough p99 ≤ nginx p99",
             h.p99 <= n.p99,
             format!("{} vs {} ms", ms(h.p99), ms(n.p99)),
+        );
+    }
+    if let (Some(d), Some(m)) = (sums.get("hooktap-durable-post"), sums.get("hooktap-post")) {
+        report.check(
+            "matched every-event ≥ 80% of matched interval",
+            d.rps >= 0.8 * m.rps,
+            format!("{:.0} vs {:.0} req/s (×{:.2})", d.rps, m.rps, d.rps / m.rps),
         );
     }
     if let (Some(m), Some(p)) = (sums.get("hooktap-post"), sums.get("hooktap-get")) {
@@ -1441,7 +1518,7 @@ struct LagRun {
 }
 
 fn lag_run(env: &Env, run: usize) -> anyhow::Result<LagRun> {
-    let (mut hooktap, addr) = env.start_hooktap(&format!("lag-{run}"))?;
+    let (mut hooktap, addr) = env.start_hooktap(&format!("lag-{run}"), env.opts.flush == "every-event")?;
     // Let the first connections be made before measuring.
     env.wrk(addr, Traffic::Get, 1)?;
     reset_receiver(env.upstream_addr)?;
@@ -1652,7 +1729,7 @@ fn download(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, u64, f64)> {
 }
 
 fn memory_section(env: &Env, report: &mut Report) -> anyhow::Result<()> {
-    let (hooktap, addr) = env.start_hooktap("memory")?;
+    let (hooktap, addr) = env.start_hooktap("memory", env.opts.flush == "every-event")?;
     let pid = hooktap.pid();
     std::thread::sleep(Duration::from_secs(2));
     let idle = rss_kb(&[pid]);
@@ -1849,7 +1926,7 @@ fn cmd_attach(opts: &AllOpts, case: &str, cmd: &str) -> anyhow::Result<()> {
     let c = CASES
         .iter()
         .find(|c| case_key(c) == case)
-        .with_context(|| format!("unknown case `{case}`: one of direct-get, nginx-get, pingora-get, hooktap-get, direct-post, nginx-post, hooktap-post"))?;
+        .with_context(|| format!("unknown case `{case}`: one of direct-get, nginx-get, pingora-get, hyper-get, hooktap-get, direct-post, nginx-post, hooktap-post, hooktap-durable-post"))?;
     let (server, addr) = env.start(c.target, "attach")?;
     let pids = server
         .as_ref()

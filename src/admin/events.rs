@@ -236,6 +236,9 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiErr
     if let Some(j) = d.store().journal() {
         d.metrics().journal(j.backlog, j.behind.as_secs_f64());
     }
+    if let Some(b) = d.store().barrier() {
+        d.metrics().barrier(b.syncs, b.writes);
+    }
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -113,6 +113,8 @@ pub enum StoreError {
     Task(String),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    #[error("the store's durability barrier failed ({0}); the store is being reopened")]
+    Barrier(String),
 }
 
 /// One delivery's step: its state before and after an attempt, and the attempt's log entry.
@@ -235,6 +237,16 @@ pub struct JournalStats {
     pub connected: bool,
 }
 
+/// What the durability barrier of `flush = "every-event"` has done since start (see
+/// [`Store::barrier`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BarrierStats {
+    /// Barriers run: each one writes sled's buffers and `fdatasync`s its log file.
+    pub syncs: u64,
+    /// Events made durable by them (`writes / syncs` is the mean group size).
+    pub writes: u64,
+}
+
 /// What a retention sweep removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
@@ -315,6 +327,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The local journal of a shared store.
     fn journal(&self) -> Option<JournalStats> {
+        None
+    }
+
+    /// What the durability barrier of `flush = "every-event"` has done (`None` in other modes).
+    fn barrier(&self) -> Option<BarrierStats> {
         None
     }
 

@@ -12,6 +12,7 @@
 //! - `demo`: `hooktap demo` from an empty directory.
 //! - `crash`: SIGKILL/SIGTERM loops under load (ignored by default: scripts/reliability.sh).
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
+//! - `durability`: `flush = "every-event"` syncs every confirmed event, traced with strace.
 
 mod admin;
 mod cli;
@@ -20,6 +21,7 @@ mod crash;
 mod dashboard;
 mod delivery;
 mod demo;
+mod durability;
 mod hostile;
 mod manage;
 mod passthrough;

@@ -42,8 +42,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Applied, EventQuery, JournalStats, Planner, QueueStats, Recorded, Recording, Store,
-    StoreConfig, StoreError, Swept,
+    Applied, BarrierStats, EventQuery, JournalStats, Planner, QueueStats, Recorded, Recording,
+    Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, Delivery, Event};
 use crate::store::SledStore;
@@ -399,6 +399,10 @@ impl Store for PgStore {
         let client = self.client().await?;
         client.simple_query("SELECT 1").await.map_err(pg_error)?;
         Ok(())
+    }
+
+    fn barrier(&self) -> Option<BarrierStats> {
+        self.journal.barrier()
     }
 
     fn failed_appends(&self) -> u64 {

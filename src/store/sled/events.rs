@@ -46,7 +46,11 @@ impl SledStore {
         let mut f = std::fs::File::create(self.payload_path(&file)).map_err(io)?;
         std::io::Write::write_all(&mut f, &payload).map_err(io)?;
         if self.flush == FlushMode::EveryEvent {
-            f.sync_all().map_err(io)?;
+            // The file and its name are durable before the record that names it is written.
+            f.sync_data().map_err(io)?;
+            std::fs::File::open(self.path.join("payloads"))
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
         }
         let head = StoredEvent {
             event: Event {
@@ -88,7 +92,7 @@ impl SledStore {
                 db.insert(keys::queue(d), &[] as &[u8])?;
             }
             if self.flush == FlushMode::EveryEvent {
-                db.flush()?;
+                self.barrier.commit(db)?;
             }
             Ok(())
         });

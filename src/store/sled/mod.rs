@@ -30,6 +30,7 @@
 //! - `pending`: events held as files while the database is not open.
 //! - `retention`: the sweep of old records.
 
+mod barrier;
 mod events;
 mod journal;
 pub use journal::Entry;
@@ -50,7 +51,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    EventQuery, FlushMode, QueueStats, Recorded, Recording, Store, StoreConfig, StoreError, Swept,
+    BarrierStats, EventQuery, FlushMode, QueueStats, Recorded, Recording, Store, StoreConfig,
+    StoreError, Swept,
 };
 use crate::event::{Attempt, Delivery, Event};
 use crate::webhook::Webhook;
@@ -82,6 +84,8 @@ pub struct SledStore {
     /// flush failing: sled keeps accepting writes into memory after a failed flush and only
     /// a flush reports the failure.
     flushed_at: Mutex<std::time::Instant>,
+    /// The group commit of `every-event` mode.
+    barrier: barrier::Barrier,
     /// Whether the last check found enough free space (see [`SledStore::check_space`]).
     space_ok: AtomicBool,
 }
@@ -139,6 +143,7 @@ impl SledStore {
             min_free_space: config.min_free_space,
             space_ok: std::sync::atomic::AtomicBool::new(true),
             flushed_at: std::sync::Mutex::new(std::time::Instant::now()),
+            barrier: barrier::Barrier::new(config.path.join("db")),
         }
     }
 
@@ -192,7 +197,11 @@ impl SledStore {
 
     /// Notes a failed write: an I/O error inside sled means it must be reopened.
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(StoreError::Sled(sled::Error::Io(_) | sled::Error::ReportableBug(_))) = &result {
+        if let Err(
+            StoreError::Sled(sled::Error::Io(_) | sled::Error::ReportableBug(_))
+            | StoreError::Barrier(_),
+        ) = &result
+        {
             self.broken.store(true, Ordering::Relaxed);
         }
         result
@@ -408,6 +417,10 @@ impl Store for SledStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         SledStore::ping(self)
+    }
+
+    fn barrier(&self) -> Option<BarrierStats> {
+        (self.flush == FlushMode::EveryEvent).then(|| self.barrier.stats())
     }
 
     fn failed_appends(&self) -> u64 {

@@ -796,6 +796,11 @@ impl TestProxy {
         std::fs::read_to_string(self.dir.path().join("hooktap.log")).unwrap_or_default()
     }
 
+    /// The running binary's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends a signal (`HUP`, `KILL`, ...) to the running binary.
     pub fn signal(&self, name: &str) {
         if let Some(child) = &self.child {

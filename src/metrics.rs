@@ -214,6 +214,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The counter of events that could not be stored, for code that counts them later.
+    pub fn store_errors_counter(&self) -> Counter {
+        self.store_errors.clone()
+    }
+
     pub fn store_error(&self) {
         self.store_errors.inc();
     }

@@ -1518,7 +1518,8 @@ struct LagRun {
 }
 
 fn lag_run(env: &Env, run: usize) -> anyhow::Result<LagRun> {
-    let (mut hooktap, addr) = env.start_hooktap(&format!("lag-{run}"), env.opts.flush == "every-event")?;
+    let (mut hooktap, addr) =
+        env.start_hooktap(&format!("lag-{run}"), env.opts.flush == "every-event")?;
     // Let the first connections be made before measuring.
     env.wrk(addr, Traffic::Get, 1)?;
     reset_receiver(env.upstream_addr)?;

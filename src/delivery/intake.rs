@@ -8,7 +8,7 @@ use tokio::sync::{Notify, broadcast};
 use super::registry::Registry;
 use crate::event::{Delivery, Event};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{Durable, Store, StoreError};
 use crate::webhook::Mode;
 
 pub struct Intake {
@@ -49,15 +49,32 @@ impl Intake {
 
     /// Stores `event` with one delivery per webhook that accepts its topic and wakes the
     /// scheduler; while the store is not ready, holds the event instead (no deliveries yet).
+    /// Returns once the event is durable (in `every-event` mode).
     pub fn enqueue(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
+        let (deliveries, durable) = self.enqueue_deferred(event)?;
+        if let Some(durable) = durable {
+            if let Err(e) = durable.wait() {
+                self.metrics.store_error();
+                return Err(e);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// [`Intake::enqueue`], returning before the event is durable with what to wait on (see
+    /// [`Store::append_deferred`]); the scheduler may send it meanwhile.
+    pub fn enqueue_deferred(
+        &self,
+        event: &Event,
+    ) -> Result<(Vec<Delivery>, Option<Durable>), StoreError> {
         let result = if self.store.is_ready() {
             match self.store_with_deliveries(event) {
                 // The store closed meanwhile (a failure, being reopened): hold it instead.
-                Err(StoreError::NotOpen) => self.store.hold(event).map(|()| Vec::new()),
+                Err(StoreError::NotOpen) => self.store.hold(event).map(|()| (Vec::new(), None)),
                 other => other,
             }
         } else {
-            self.store.hold(event).map(|()| Vec::new())
+            self.store.hold(event).map(|()| (Vec::new(), None))
         };
         if result.is_err() {
             self.metrics.store_error();
@@ -72,7 +89,10 @@ impl Intake {
 
     /// Stores `event` with one delivery per webhook that accepts its topic (also used to
     /// move held events in).
-    pub(super) fn store_with_deliveries(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
+    pub(super) fn store_with_deliveries(
+        &self,
+        event: &Event,
+    ) -> Result<(Vec<Delivery>, Option<Durable>), StoreError> {
         let deliveries: Vec<Delivery> = self
             .registry
             .all()
@@ -88,10 +108,10 @@ impl Intake {
                 Delivery::new(event, t.id, delay)
             })
             .collect();
-        self.store.append(event, &deliveries)?;
+        let durable = self.store.append_deferred(event, &deliveries)?;
         if !deliveries.is_empty() {
             self.wake.notify_one();
         }
-        Ok(deliveries)
+        Ok((deliveries, durable))
     }
 }

@@ -65,8 +65,13 @@ impl Engine {
         }
         let this = Arc::clone(self);
         let drained = tokio::task::spawn_blocking(move || {
-            this.store
-                .drain_held(&mut |e| this.intake.store_with_deliveries(e).map(drop))
+            this.store.drain_held(&mut |e| {
+                // Durable before its file in `pending/` is removed.
+                match this.intake.store_with_deliveries(e)? {
+                    (_, Some(durable)) => durable.wait(),
+                    (_, None) => Ok(()),
+                }
+            })
         })
         .await;
         match drained {

@@ -12,8 +12,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +30,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::admission::{Admission, Admitted, Clock, Closed};
 use super::request_line::RequestLines;
+use prometheus_client::metrics::counter::Counter;
+
 use crate::metrics::Metrics;
+use crate::store::Durable;
 
 /// How long a client may take to send a request head, and how many connections it may hold.
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +106,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
                 stream,
                 Arc::clone(&clock),
                 Arc::clone(&self.admission),
+                self.metrics.store_errors_counter(),
             ))
         };
         tokio::select! {
@@ -128,16 +132,53 @@ pub struct ClientStream {
     lines: RequestLines,
     clock: Arc<Clock>,
     admission: Arc<Admission>,
+    /// Events of the response being written that are not yet on stable storage
+    /// (`flush = "every-event"`): no more bytes go to the client until they are.
+    hold: Mutex<Option<Durable>>,
+    /// `hooktap_store_errors_total`: a held event whose barrier failed.
+    store_errors: Counter,
 }
 
 impl ClientStream {
-    fn new(inner: Stream, clock: Arc<Clock>, admission: Arc<Admission>) -> Self {
+    fn new(
+        inner: Stream,
+        clock: Arc<Clock>,
+        admission: Arc<Admission>,
+        store_errors: Counter,
+    ) -> Self {
         Self {
             inner,
             lines: RequestLines::default(),
             clock,
             admission,
+            hold: Mutex::new(None),
+            store_errors,
         }
+    }
+
+    /// The rest of the response waits until `durable` is on stable storage: its last bytes,
+    /// and so its completion, come after the event's barrier, while the connection's task
+    /// waits without holding a thread. (Tickets are ordered: the latest covers earlier ones.)
+    pub fn hold_until(&self, durable: Durable) {
+        *self.hold.lock().unwrap_or_else(PoisonError::into_inner) = Some(durable);
+    }
+
+    /// `Pending` while a held event is not yet durable.
+    fn poll_hold(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut hold = self.hold.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(durable) = hold.as_ref() else {
+            return Poll::Ready(());
+        };
+        match durable.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(())) => {}
+            // The barrier's failure is logged where it happened; the response goes out.
+            Poll::Ready(Err(_)) => {
+                self.store_errors.inc();
+            }
+        }
+        *hold = None;
+        Poll::Ready(())
     }
 
     /// The request lines this client sent.
@@ -211,6 +252,7 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_hold(cx));
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -219,6 +261,7 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_hold(cx));
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -227,10 +270,12 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_hold(cx));
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_hold(cx));
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -142,8 +142,10 @@ pub struct Ctx {
 }
 
 impl Proxy {
-    /// The exchange is complete: derive events and store them. Never fails the request.
-    fn commit(&self, capture: Box<Capture>) {
+    /// The exchange is complete: derive events and store them. Never fails the request. In
+    /// `every-event` mode the rest of the response to `session` waits until the events are on
+    /// stable storage (`None`: the response is out already).
+    fn commit(&self, capture: Box<Capture>, session: Option<&Session>) {
         let Some((status, response_headers)) = capture.response else {
             return;
         };
@@ -166,14 +168,28 @@ impl Proxy {
             tracing::debug!(side, %reason, "body not captured");
             self.intake.metrics().capture_skipped(side, reason.label());
         }
+        let mut last = None;
         for m in capture.rules.evaluate(&capture.candidates, &mut doc.value) {
-            match self.intake.enqueue(&m.event) {
-                Ok(deliveries) => {
+            match self.intake.enqueue_deferred(&m.event) {
+                Ok((deliveries, durable)) => {
                     tracing::debug!(event = %m.event.id, topic = %m.event.topic, rule = %m.rule.name,
-                    deliveries = deliveries.len(), "event stored")
+                    deliveries = deliveries.len(), "event stored");
+                    last = durable.or(last);
                 }
                 Err(e) => tracing::error!(topic = %m.event.topic, rule = %m.rule.name, error = %e,
                     "cannot store event; the request was proxied but this event is lost"),
+            }
+        }
+        let (Some(durable), Some(session)) = (last, session) else {
+            return;
+        };
+        match connection::client_stream(session) {
+            Some(client) => client.hold_until(durable),
+            // HTTP/2: no stream of hooktap's own beneath the session; this thread waits.
+            None => {
+                if durable.wait().is_err() {
+                    self.intake.metrics().store_error();
+                }
             }
         }
     }
@@ -369,7 +385,7 @@ impl ProxyHttp for Proxy {
                 .is_some_and(|v| v.as_bytes() == b"0");
         if bodyless && ctx.capture.as_ref().is_some_and(|c| c.response.is_some()) {
             if let Some(c) = ctx.capture.take() {
-                self.commit(c);
+                self.commit(c, Some(session));
             }
         }
         Ok(())
@@ -393,7 +409,7 @@ impl ProxyHttp for Proxy {
 
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Ctx,
@@ -402,7 +418,7 @@ impl ProxyHttp for Proxy {
         // its event is in the store.
         if end_of_stream && ctx.capture.as_ref().is_some_and(|c| c.response.is_some()) {
             if let Some(c) = ctx.capture.take() {
-                self.commit(c);
+                self.commit(c, Some(session));
             }
         }
         Ok(None)
@@ -429,7 +445,7 @@ impl ProxyHttp for Proxy {
         // event is still derived.
         if let Some(c) = ctx.capture.take() {
             if c.response.is_some() && (c.upstream_done || error.is_none()) {
-                self.commit(c);
+                self.commit(c, None);
             }
         }
     }

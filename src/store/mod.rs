@@ -50,7 +50,7 @@ use crate::event::{Attempt, Delivery, Event};
 use crate::webhook::{Counters, Webhook};
 
 pub use self::postgres::{PgConfig, PgStore};
-pub use self::sled::SledStore;
+pub use self::sled::{Durable, SledStore};
 
 /// How eagerly the store reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,7 +339,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores an event with its deliveries (durably in `every-event` mode). Their queue
     /// entries become visible last, so the queue never points at something missing.
-    fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError>;
+    fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        match self.append_deferred(event, deliveries)? {
+            Some(durable) => durable.wait(),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Store::append`], except that in `every-event` mode it returns once the writes are
+    /// done, before they are on stable storage, with the [`Durable`] to wait on: the proxy holds
+    /// back the response's last bytes until then without blocking a thread.
+    fn append_deferred(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError>;
 
     /// Keeps an event while the store is not ready, so that it is not lost;
     /// [`Store::drain_held`] hands it back once the store is ready.

@@ -42,8 +42,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Applied, BarrierStats, EventQuery, JournalStats, Planner, QueueStats, Recorded, Recording,
-    Store, StoreConfig, StoreError, Swept,
+    Applied, BarrierStats, Durable, EventQuery, JournalStats, Planner, QueueStats, Recorded,
+    Recording, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, Delivery, Event};
 use crate::store::SledStore;
@@ -436,8 +436,12 @@ impl Store for PgStore {
         })
     }
 
-    fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
-        self.journal.append(event, deliveries)?;
+    fn append_deferred(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        let durable = self.journal.append_deferred(event, deliveries)?;
         self.status.backlog.fetch_add(1, Ordering::Relaxed);
         let _ = self.status.oldest_ms.compare_exchange(
             0,
@@ -446,7 +450,7 @@ impl Store for PgStore {
             Ordering::Relaxed,
         );
         self.ship_now.notify_one();
-        Ok(())
+        Ok(durable)
     }
 
     fn hold(&self, event: &Event) -> Result<(), StoreError> {

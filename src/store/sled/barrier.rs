@@ -2,18 +2,24 @@
 //!
 //! sled's own `flush` writes its log buffers and waits for them with `sync_file_range`, which
 //! neither flushes the drive's write cache nor the file's size: a power cut can still lose what
-//! it wrote. The barrier adds an `fdatasync` of sled's log file (`<store>/db`) after the flush.
+//! it wrote. A barrier here is sled's flush followed by an `fdatasync` of sled's log file
+//! (`<store>/db`).
 //!
-//! One barrier serves every write that finished before it started. A writer takes a ticket
-//! after its sled writes; if no barrier runs, it runs one itself for every ticket issued so far;
-//! if one runs, it waits, and the next barrier (run by one of the waiters) covers it and everyone
-//! who arrived meanwhile. Under load, events share barriers in proportion to how many arrive
-//! while one runs (the way PostgreSQL and RocksDB group their log flushes); a lone event pays one
-//! barrier and no added wait: there is no timer.
+//! Writers do not run barriers. After its sled writes, a writer takes a ticket ([`Durable`]) and
+//! goes on; one committer thread runs a barrier for every ticket issued so far, then the next
+//! one for every ticket issued while the first ran, and so on (the way PostgreSQL and RocksDB
+//! group their log flushes). A ticket is durable once a barrier that started after it was
+//! issued has returned. Under load, events share barriers in proportion to how many arrive
+//! while one runs; a lone event pays one barrier and no added wait: there is no timer.
+//!
+//! Waiting is asynchronous ([`Durable::poll`]): the proxy holds back the response's last bytes
+//! until then without blocking a thread (see `proxy::connection`). [`Durable::wait`] blocks,
+//! for callers that have no response to hold.
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 use crate::store::{BarrierStats, StoreError};
 
@@ -27,126 +33,233 @@ struct State {
     failed: u64,
     /// The error of that barrier.
     error: Option<String>,
-    /// A barrier is running.
+    /// The database the next barrier flushes (taken for each barrier, so that the committer
+    /// never keeps a closed database alive).
+    db: Option<Arc<sled::Db>>,
+    /// Tasks waiting for their ticket.
+    wakers: Vec<(u64, Waker)>,
+    /// The committer thread runs.
     running: bool,
-    /// sled's log file, opened by the first barrier.
-    file: Option<File>,
+    /// The store is gone: the committer thread ends.
+    closed: bool,
+    /// A barrier failed since the store last asked ([`Barrier::take_failure`]).
+    failure: bool,
     stats: BarrierStats,
 }
 
-/// The group commit of one sled database (see the module documentation).
-pub struct Barrier {
+struct Shared {
     /// sled's log file.
     path: PathBuf,
     state: Mutex<State>,
+    /// Wakes the committer: a ticket was issued, or the store closed.
+    work: Condvar,
+    /// Wakes blocking waiters: a barrier returned.
     done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The group commit of one sled store (see the module documentation).
+pub struct Barrier {
+    shared: Arc<Shared>,
+}
+
+/// A write waiting to be on stable storage: a ticket of the group commit.
+#[derive(Clone)]
+pub struct Durable {
+    shared: Arc<Shared>,
+    ticket: u64,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable")
+            .field("ticket", &self.ticket)
+            .finish()
+    }
 }
 
 impl Barrier {
     pub fn new(path: PathBuf) -> Self {
         Self {
-            path,
-            state: Mutex::new(State::default()),
-            done: Condvar::new(),
+            shared: Arc::new(Shared {
+                path,
+                state: Mutex::new(State::default()),
+                work: Condvar::new(),
+                done: Condvar::new(),
+            }),
         }
     }
 
     pub fn stats(&self) -> BarrierStats {
-        self.lock().stats
+        self.shared.lock().stats
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Whether a barrier failed since the last call: after a failed `fdatasync` the kernel may
+    /// have dropped the unwritten pages, so the store reopens the database.
+    pub fn take_failure(&self) -> bool {
+        std::mem::take(&mut self.shared.lock().failure)
     }
 
-    /// Returns once everything written to `db` before this call is on stable storage. Blocks;
-    /// on a worker thread of a multi-threaded tokio runtime (pingora's), the thread's other
-    /// tasks move to another thread while it waits.
-    pub fn commit(&self, db: &sled::Db) -> Result<(), StoreError> {
-        let wait = || self.wait(db);
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(wait)
+    /// Everything written to `db` so far is to be made durable: the ticket to wait on.
+    pub fn issue(&self, db: &Arc<sled::Db>) -> Result<Durable, StoreError> {
+        let mut state = self.shared.lock();
+        if !state.running {
+            let shared = Arc::clone(&self.shared);
+            std::thread::Builder::new()
+                .name("hooktap-commit".into())
+                .spawn(move || commit_loop(&shared))
+                .map_err(|e| StoreError::Barrier(format!("cannot start the commit thread: {e}")))?;
+            state.running = true;
+        }
+        state.issued += 1;
+        state.db = Some(Arc::clone(db));
+        let ticket = state.issued;
+        drop(state);
+        self.shared.work.notify_one();
+        Ok(Durable {
+            shared: Arc::clone(&self.shared),
+            ticket,
+        })
+    }
+}
+
+impl Drop for Barrier {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.work.notify_one();
+    }
+}
+
+impl Durable {
+    /// `Ready` once the write is on stable storage (or its barrier failed).
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<(), StoreError>> {
+        let mut state = self.shared.lock();
+        match outcome(&state, self.ticket) {
+            Some(result) => Poll::Ready(result),
+            None => {
+                state.wakers.push((self.ticket, cx.waker().clone()));
+                Poll::Pending
             }
-            _ => wait(),
         }
     }
 
-    fn wait(&self, db: &sled::Db) -> Result<(), StoreError> {
-        let mut state = self.lock();
-        state.issued += 1;
-        let ticket = state.issued;
-        loop {
-            if state.durable >= ticket {
-                return Ok(());
-            }
-            if state.failed >= ticket {
-                return Err(StoreError::Barrier(
-                    state
-                        .error
-                        .clone()
-                        .unwrap_or_else(|| "unknown error".into()),
-                ));
-            }
-            if state.running {
+    /// Waits until the write is on stable storage.
+    pub async fn wait_async(&self) -> Result<(), StoreError> {
+        std::future::poll_fn(|cx| self.poll(cx)).await
+    }
+
+    /// Blocks until the write is on stable storage. On a worker thread of a multi-threaded
+    /// tokio runtime, the thread's other tasks move to another thread meanwhile.
+    pub fn wait(&self) -> Result<(), StoreError> {
+        let block = || {
+            let mut state = self.shared.lock();
+            loop {
+                if let Some(result) = outcome(&state, self.ticket) {
+                    return result;
+                }
                 state = self
+                    .shared
                     .done
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
-                continue;
             }
-            // Run a barrier for every ticket issued so far: each was issued after its write.
-            state.running = true;
-            let upto = state.issued;
-            let file = state.file.take();
-            drop(state);
-            let (file, result) = self.sync(db, file);
-            state = self.lock();
-            state.running = false;
-            state.file = file;
-            match result {
-                Ok(()) => {
-                    state.stats.syncs += 1;
-                    state.stats.writes += upto - state.durable.max(state.failed);
-                    state.durable = upto;
-                }
-                Err(e) => {
-                    state.failed = upto;
-                    state.error = Some(e);
-                }
-            }
-            self.done.notify_all();
-        }
-    }
-
-    /// One barrier: sled writes its buffers, then the file's data reach stable storage.
-    fn sync(&self, db: &sled::Db, file: Option<File>) -> (Option<File>, Result<(), String>) {
-        if let Err(e) = db.flush() {
-            return (file, Err(format!("sled flush: {e}")));
-        }
-        let file = match file {
-            Some(f) => f,
-            // fsync acts on the file, whichever descriptor names it: sled's own is not exposed.
-            None => match File::open(&self.path) {
-                Ok(f) => f,
-                Err(e) => return (None, Err(format!("open {}: {e}", self.path.display()))),
-            },
         };
-        match file.sync_data() {
-            Ok(()) => (Some(file), Ok(())),
-            // A descriptor whose sync failed may have lost its error state: open a new one.
-            Err(e) => (None, Err(format!("fdatasync {}: {e}", self.path.display()))),
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(block)
+            }
+            _ => block(),
         }
     }
 }
 
+/// What became of `ticket`, if its barrier has returned.
+fn outcome(state: &State, ticket: u64) -> Option<Result<(), StoreError>> {
+    if state.durable >= ticket {
+        Some(Ok(()))
+    } else if state.failed >= ticket {
+        Some(Err(StoreError::Barrier(
+            state.error.clone().unwrap_or_default(),
+        )))
+    } else {
+        None
+    }
+}
+
+/// The committer thread: one barrier for every ticket issued since the last.
+fn commit_loop(shared: &Shared) {
+    let mut state = shared.lock();
+    loop {
+        while state.issued == state.durable.max(state.failed) {
+            if state.closed {
+                state.running = false;
+                return;
+            }
+            state = shared
+                .work
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let upto = state.issued;
+        let db = state.db.take();
+        drop(state);
+        let result = match db {
+            Some(db) => sync(&shared.path, &db),
+            None => Err("no database to flush".to_owned()),
+        };
+        state = shared.lock();
+        let covered = upto - state.durable.max(state.failed);
+        match result {
+            Ok(()) => {
+                state.stats.syncs += 1;
+                state.stats.writes += covered;
+                state.durable = upto;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = covered,
+                    "the store's durability barrier failed: these events may not survive a power cut; the store is being reopened");
+                state.failed = upto;
+                state.error = Some(e);
+                state.failure = true;
+            }
+        }
+        let mut ready = Vec::new();
+        state.wakers.retain(|(ticket, waker)| {
+            let keep = *ticket > upto;
+            if !keep {
+                ready.push(waker.clone());
+            }
+            keep
+        });
+        shared.done.notify_all();
+        drop(state);
+        for waker in ready {
+            waker.wake();
+        }
+        state = shared.lock();
+    }
+}
+
+/// One barrier: sled writes its buffers, then the file's data reach stable storage.
+fn sync(path: &std::path::Path, db: &sled::Db) -> Result<(), String> {
+    db.flush().map_err(|e| format!("sled flush: {e}"))?;
+    // fsync acts on the file, whichever descriptor names it: sled's own is not exposed. A new
+    // descriptor each time: one whose sync failed may have lost its error state.
+    let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    file.sync_data()
+        .map_err(|e| format!("fdatasync {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
-    fn open() -> (tempfile::TempDir, sled::Db, Arc<Barrier>) {
+    fn open() -> (tempfile::TempDir, Arc<sled::Db>, Arc<Barrier>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = sled::Config::new()
             .path(dir.path())
@@ -154,7 +267,7 @@ mod tests {
             .open()
             .expect("open sled");
         let barrier = Arc::new(Barrier::new(dir.path().join("db")));
-        (dir, db, barrier)
+        (dir, Arc::new(db), barrier)
     }
 
     #[test]
@@ -162,7 +275,7 @@ mod tests {
         let (_dir, db, barrier) = open();
         for i in 0u32..3 {
             db.insert(i.to_be_bytes(), &[1u8][..]).expect("insert");
-            barrier.commit(&db).expect("commit");
+            barrier.issue(&db).expect("issue").wait().expect("durable");
         }
         assert_eq!(
             barrier.stats(),
@@ -173,19 +286,18 @@ mod tests {
         );
     }
 
-    /// Writers that arrive while a barrier runs share the next one; every writer returns only
-    /// after a barrier that started after its write.
+    /// Writers that arrive while a barrier runs share the next one.
     #[test]
     fn concurrent_writers_share_barriers() {
         let (_dir, db, barrier) = open();
         let threads: Vec<_> = (0u32..16)
             .map(|t| {
-                let (db, barrier) = (db.clone(), Arc::clone(&barrier));
+                let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
                 std::thread::spawn(move || {
                     for i in 0u32..50 {
                         db.insert([t.to_be_bytes(), i.to_be_bytes()].concat(), &[0u8; 64][..])
                             .expect("insert");
-                        barrier.commit(&db).expect("commit");
+                        barrier.issue(&db).expect("issue").wait().expect("durable");
                     }
                 })
             })
@@ -195,24 +307,51 @@ mod tests {
         }
         let stats = barrier.stats();
         assert_eq!(stats.writes, 16 * 50);
-        assert!(stats.syncs >= 1 && stats.syncs <= stats.writes, "{stats:?}");
+        assert!(stats.syncs >= 1 && stats.syncs < stats.writes, "{stats:?}");
+    }
+
+    /// Tasks wait without a thread each: many tickets, one runtime thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn tasks_wait_asynchronously() {
+        let (_dir, db, barrier) = open();
+        let waits: Vec<_> = (0u32..200)
+            .map(|i| {
+                db.insert(i.to_be_bytes(), &[2u8][..]).expect("insert");
+                let durable = barrier.issue(&db).expect("issue");
+                tokio::spawn(async move { durable.wait_async().await })
+            })
+            .collect();
+        for w in waits {
+            w.await.expect("join").expect("durable");
+        }
+        assert_eq!(barrier.stats().writes, 200);
     }
 
     #[test]
     fn a_failed_barrier_fails_its_writers_and_the_next_one_runs_again() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = sled::Config::new()
-            .path(dir.path().join("sled"))
-            .open()
-            .expect("open sled");
+        let db = Arc::new(
+            sled::Config::new()
+                .path(dir.path().join("sled"))
+                .open()
+                .expect("open sled"),
+        );
         // The log file is not where the barrier looks: its fdatasync cannot run.
         let barrier = Barrier::new(dir.path().join("missing"));
         db.insert(b"k", &b"v"[..]).expect("insert");
-        let err = barrier.commit(&db).expect_err("no file to sync");
+        let err = barrier
+            .issue(&db)
+            .expect("issue")
+            .wait()
+            .expect_err("no file to sync");
         assert!(err.to_string().contains("missing"), "{err}");
         assert_eq!(barrier.stats().syncs, 0);
         std::fs::write(dir.path().join("missing"), b"").expect("create");
-        barrier.commit(&db).expect("the next barrier runs");
+        barrier
+            .issue(&db)
+            .expect("issue")
+            .wait()
+            .expect("the next barrier runs");
         assert_eq!(barrier.stats().syncs, 1);
     }
 }

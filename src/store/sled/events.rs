@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
-use super::{SledStore, keys};
+use super::{Durable, SledStore, keys};
 use crate::event::{Delivery, Event};
 use crate::store::{EventQuery, FlushMode, StoreError};
 
@@ -76,26 +76,41 @@ impl SledStore {
 
     /// Stores an event and its deliveries (durably, in `every-event` mode).
     pub fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
-        let result = self.write(|db| {
-            // Single writes in a safe order rather than one batch (a sled batch forces a log
-            // write of its own: 3.5× slower, measured): the queue entries go last, so a queue
-            // entry never points at a delivery or event that is not stored.
-            // The event after its deliveries: whoever sees the event sees all of them (the
-            // journal of a shared store ships an event with the deliveries it finds).
-            for d in deliveries {
-                db.insert(keys::delivery(d.id), serde_json::to_vec(d)?)?;
-                db.insert(keys::by_webhook(d), &[] as &[u8])?;
-                db.insert(keys::by_event(d), &[] as &[u8])?;
-            }
-            db.insert(keys::event(event.id), self.stored_form(event)?)?;
-            for d in deliveries {
-                db.insert(keys::queue(d), &[] as &[u8])?;
-            }
-            if self.flush == FlushMode::EveryEvent {
-                self.barrier.commit(db)?;
-            }
-            Ok(())
-        });
+        match self.append_deferred(event, deliveries)? {
+            Some(durable) => self.note(durable.wait()),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores an event and its deliveries; in `every-event` mode, returns before they are on
+    /// stable storage, with the ticket to wait on.
+    pub fn append_deferred(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        let result = self
+            .write(|db| {
+                // Single writes in a safe order rather than one batch (a sled batch forces a log
+                // write of its own: 3.5× slower, measured): the queue entries go last, so a queue
+                // entry never points at a delivery or event that is not stored.
+                // The event after its deliveries: whoever sees the event sees all of them (the
+                // journal of a shared store ships an event with the deliveries it finds).
+                for d in deliveries {
+                    db.insert(keys::delivery(d.id), serde_json::to_vec(d)?)?;
+                    db.insert(keys::by_webhook(d), &[] as &[u8])?;
+                    db.insert(keys::by_event(d), &[] as &[u8])?;
+                }
+                db.insert(keys::event(event.id), self.stored_form(event)?)?;
+                for d in deliveries {
+                    db.insert(keys::queue(d), &[] as &[u8])?;
+                }
+                Ok(())
+            })
+            .and_then(|()| match self.flush {
+                FlushMode::EveryEvent => Ok(Some(self.barrier.issue(&self.db()?)?)),
+                FlushMode::Interval(_) => Ok(None),
+            });
         if result.is_err() {
             self.failed_appends.fetch_add(1, Ordering::Relaxed);
         }

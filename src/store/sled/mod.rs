@@ -31,6 +31,7 @@
 //! - `retention`: the sweep of old records.
 
 mod barrier;
+pub use barrier::Durable;
 mod events;
 mod journal;
 pub use journal::Entry;
@@ -196,7 +197,7 @@ impl SledStore {
     }
 
     /// Notes a failed write: an I/O error inside sled means it must be reopened.
-    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(super) fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(
             StoreError::Sled(sled::Error::Io(_) | sled::Error::ReportableBug(_))
             | StoreError::Barrier(_),
@@ -256,6 +257,9 @@ impl SledStore {
                     }
                 }
             }
+        }
+        if self.barrier.take_failure() {
+            self.broken.store(true, Ordering::Relaxed);
         }
         if self.broken.load(Ordering::Relaxed) {
             self.close();
@@ -433,6 +437,14 @@ impl Store for SledStore {
 
     fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
         SledStore::append(self, event, deliveries)
+    }
+
+    fn append_deferred(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        SledStore::append_deferred(self, event, deliveries)
     }
 
     fn hold(&self, event: &Event) -> Result<(), StoreError> {

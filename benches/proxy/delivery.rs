@@ -65,6 +65,7 @@ threads = {threads}
 
 [store]
 path = "{store}"
+flush = "interval"
 
 [delivery]
 source = "https://tickets.example.com/"

@@ -851,7 +851,7 @@ http {{
             );
         }
         if durable {
-            text = text.replacen("[store]\n", "[store]\nflush = \"every-event\"\n", 1);
+            text = text.replacen("flush = \"interval\"", "flush = \"every-event\"", 1);
         }
         let conf = dir.join("hooktap.toml");
         std::fs::write(&conf, text)?;
@@ -1472,6 +1472,8 @@ fn cmd_rate(url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
             .build()?;
         let total = rate * seconds;
         let ok = Arc::new(AtomicU64::new(0));
+        // Each 201's time from sending its request to having read its whole response, in µs.
+        let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total as usize)));
         let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let started = Instant::now();
@@ -1479,7 +1481,9 @@ fn cmd_rate(url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
         for _ in 0..total {
             tick.tick().await;
             let (client, ok, url) = (client.clone(), Arc::clone(&ok), url.to_owned());
+            let latencies = Arc::clone(&latencies);
             tasks.push(tokio::spawn(async move {
+                let sent = Instant::now();
                 let r = client
                     .post(url)
                     .header("content-type", "application/json")
@@ -1490,6 +1494,10 @@ fn cmd_rate(url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
                     let created = resp.status().as_u16() == 201;
                     if resp.bytes().await.is_ok() && created {
                         ok.fetch_add(1, Ordering::Relaxed);
+                        let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        if let Ok(mut l) = latencies.lock() {
+                            l.push(us);
+                        }
                     }
                 }
             }));
@@ -1502,10 +1510,19 @@ fn cmd_rate(url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
         })
         .await;
         let ok = ok.load(Ordering::Relaxed);
+        let mut l = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+        l.sort_unstable();
+        let pct = |p: f64| {
+            l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
         println!(
-            "RATE sent={total} ok={ok} errors={} seconds={:.3}",
+            "RATE sent={total} ok={ok} errors={} seconds={:.3} request_p50_us={} request_p99_us={}",
             total - ok,
-            sent_in.as_secs_f64()
+            sent_in.as_secs_f64(),
+            pct(0.5),
+            pct(0.99)
         );
         anyhow::Ok(())
     })
@@ -1513,6 +1530,8 @@ fn cmd_rate(url: &str, rate: u64, seconds: u64) -> anyhow::Result<()> {
 
 struct LagRun {
     ok: u64,
+    /// The client's request → whole response, p50 and p99, in µs.
+    request_us: (u64, u64),
     stats: serde_json::Value,
     rss_kb: u64,
 }
@@ -1552,11 +1571,14 @@ fn lag_run(env: &Env, run: usize) -> anyhow::Result<LagRun> {
         .find_map(|l| l.strip_prefix("RATE "))
         .with_context(|| format!("rate generator printed no result:\n{out}"))?
         .to_owned();
-    let ok: u64 = line
-        .split_whitespace()
-        .find_map(|p| p.strip_prefix("ok="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let ok = field("ok");
+    let request_us = (field("request_p50_us"), field("request_p99_us"));
     // Wait (bounded) for the last webhooks.
     let deadline = Instant::now() + Duration::from_secs(15);
     let stats = loop {
@@ -1574,7 +1596,12 @@ fn lag_run(env: &Env, run: usize) -> anyhow::Result<LagRun> {
         std::fs::create_dir_all(parent)?;
     }
     std::fs::write(&csv, http(env.upstream_addr, "GET", "/stats/arrivals")?)?;
-    Ok(LagRun { ok, stats, rss_kb })
+    Ok(LagRun {
+        ok,
+        request_us,
+        stats,
+        rss_kb,
+    })
 }
 
 fn lag_section(env: &Env, report: &mut Report) -> anyhow::Result<()> {
@@ -1595,15 +1622,21 @@ fn lag_section(env: &Env, report: &mut Report) -> anyhow::Result<()> {
         "\n### Lag at a fixed {} events/s, {} runs of {} s: upstream answer made → webhook at the receiver\n",
         env.opts.lag_rate, env.opts.lag_runs, env.opts.lag_seconds
     ));
-    report.say("| run | orders sent | 201s | webhooks received | lag p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | hooktap RSS after MiB |");
-    report.say("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    report.say(&format!(
+        "hooktap's `[store] flush`: `{}`.\n",
+        env.opts.flush
+    ));
+    report.say("| run | orders sent | 201s | request p50 ms | request p99 ms | webhooks received | lag p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | hooktap RSS after MiB |");
+    report.say("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, r) in runs.iter().enumerate() {
         let st = |k| ms(stat(&r.stats, k) as f64);
         report.say(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
             i + 1,
             env.opts.lag_rate * env.opts.lag_seconds,
             r.ok,
+            ms(r.request_us.0 as f64),
+            ms(r.request_us.1 as f64),
             stat(&r.stats, "lag_count"),
             st("lag_p50_us"),
             st("lag_p90_us"),

@@ -14,7 +14,7 @@ pub(super) fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> 
     };
     let backend = compile_backend(r, &s);
     let flush = match s.flush {
-        None => FlushMode::Interval(flush_interval(r)),
+        None => FlushMode::EveryEvent,
         Some(f) if f.get_ref() == "interval" => FlushMode::Interval(flush_interval(r)),
         Some(f) if f.get_ref() == "every-event" => FlushMode::EveryEvent,
         Some(f) => {

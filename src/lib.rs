@@ -71,6 +71,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod event;
+pub mod learn;
 pub mod live;
 pub mod metrics;
 pub mod open_files;

@@ -129,10 +129,10 @@ impl Report {
             for u in &self.uncovered {
                 let statuses: Vec<String> = u.statuses.iter().map(u16::to_string).collect();
                 out.push(format!(
-                    "  {} {}  {} exchanges ({}), e.g. {}",
+                    "  {} {}  {} ({}), e.g. {}",
                     u.method,
                     u.template,
-                    u.count,
+                    super::propose::exchanges(u.count),
                     statuses.join(", "),
                     u.example
                 ));

@@ -142,10 +142,10 @@ pub fn learn(samples: &[Sample], sources: &str, skipped: &Skipped) -> Proposal {
     for g in ordered {
         if g.ok.is_empty() {
             unused.push(format!(
-                "{} {}: {} failed writes ({}), no rule",
+                "{} {}: {} ({}), no rule",
                 join(&g.methods),
                 g.template.text(),
-                g.failed.len(),
+                exchanges(g.failed.len()).replace("exchange", "failed write"),
                 status_counts(&g.failed)
             ));
             continue;
@@ -170,7 +170,7 @@ fn join(methods: &BTreeSet<String>) -> String {
 }
 
 /// `1 exchange`, `3 exchanges`.
-fn exchanges(n: usize) -> String {
+pub(crate) fn exchanges(n: usize) -> String {
     if n == 1 {
         "1 exchange".into()
     } else {
@@ -390,13 +390,10 @@ fn rule(g: &Group, topic: String) -> ProposedRule {
     )];
     if !g.failed.is_empty() {
         comments.push(format!(
-            "{} ({}) make no event.",
-            if g.failed.len() == 1 {
-                "1 failed write".to_owned()
-            } else {
-                format!("{} failed writes", g.failed.len())
-            },
-            status_counts(&g.failed)
+            "{} ({}) {} no event.",
+            exchanges(g.failed.len()).replace("exchange", "failed write"),
+            status_counts(&g.failed),
+            if g.failed.len() == 1 { "makes" } else { "make" }
         ));
     }
     let name = rule_name(&topic);

@@ -263,7 +263,7 @@ async fn forward(State(r): State<Arc<Recorder>>, req: Request) -> Response {
     let tee = Tee {
         upstream,
         copy: BodyCapture::new(r.max_body),
-        sample,
+        sample: Some(sample),
         recorder: Arc::clone(&r),
     };
     let stream = futures_util::stream::unfold(Some(tee), |state| async move {
@@ -278,9 +278,11 @@ async fn forward(State(r): State<Arc<Recorder>>, req: Request) -> Response {
                 None
             }
             Err(e) => {
-                let place = format!("{} {}", tee.sample.method, tee.sample.path);
-                tee.recorder
-                    .skip("the app's answer broke off, not recorded", &place);
+                if let Some(sample) = tee.sample.take() {
+                    let place = format!("{} {}", sample.method, sample.path);
+                    tee.recorder
+                        .skip("the app's answer broke off, not recorded", &place);
+                }
                 Some((Err(e), None))
             }
         }
@@ -295,25 +297,42 @@ async fn forward(State(r): State<Arc<Recorder>>, req: Request) -> Response {
 struct Tee {
     upstream: reqwest::Response,
     copy: BodyCapture,
-    sample: Sample,
+    /// Taken when recorded.
+    sample: Option<Sample>,
     recorder: Arc<Recorder>,
 }
 
 impl Tee {
-    fn finish(self) {
-        let Tee {
-            copy,
-            mut sample,
-            recorder,
-            ..
-        } = self;
+    fn finish(&mut self) {
+        let Some(mut sample) = self.sample.take() else {
+            return;
+        };
+        let copy = std::mem::replace(&mut self.copy, BodyCapture::new(0));
         if copy.overflowed() {
-            recorder.skip(
+            self.recorder.skip(
                 "response body over --max-body, recorded without it",
                 &format!("{} {}", sample.method, sample.path),
             );
         }
-        sample.response_body = plain(copy, &mut sample.response_headers, recorder.max_body);
-        recorder.add(sample);
+        sample.response_body = plain(copy, &mut sample.response_headers, self.recorder.max_body);
+        self.recorder.add(sample);
+    }
+}
+
+impl Drop for Tee {
+    /// A body the server never reads (204, 304, an answer to HEAD) still completes the
+    /// exchange; any other body dropped early means the client went away.
+    fn drop(&mut self) {
+        let Some(sample) = &self.sample else { return };
+        let bodyless = matches!(sample.status, 204 | 304) || sample.method == "HEAD";
+        if bodyless {
+            self.finish();
+        } else {
+            let place = format!("{} {}", sample.method, sample.path);
+            self.recorder.skip(
+                "the client left before the answer ended, not recorded",
+                &place,
+            );
+        }
     }
 }

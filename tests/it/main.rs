@@ -12,6 +12,8 @@
 //! - `demo`: `hooktap demo` from an empty directory.
 //! - `crash`: SIGKILL/SIGTERM loops under load (ignored by default: scripts/reliability.sh).
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
+//! - `learn`: `hooktap learn` from live traffic of two apps, its rules run by the real proxy;
+//!   `hooktap test --har`; HAR files that are damaged, compressed, huge or full of credentials.
 
 mod admin;
 mod cli;
@@ -21,6 +23,7 @@ mod dashboard;
 mod delivery;
 mod demo;
 mod hostile;
+mod learn;
 mod manage;
 mod passthrough;
 #[path = "../../src/store/postgres/cluster.rs"]

@@ -708,3 +708,226 @@ async fn learns_a_nested_api_with_codes_and_actions_without_leaking_credentials(
     );
     assert!(out.contains("every successful write is covered"), "{out}");
 }
+
+/// A HAR entry for `learn_from_damaged_har_files`.
+fn entry(method: &str, url: &str, status: i64, request: Option<Value>, response: Value) -> Value {
+    let mut req = json!({
+        "method": method, "url": url, "httpVersion": "HTTP/1.1",
+        "headers": [
+            {"name": "Authorization", "value": "Bearer planted-bearer-SECRET-1a2b3c"},
+            {"name": "Cookie", "value": "session=planted-cookie-SECRET-4d5e6f"},
+            {"name": "X-Api-Key", "value": "planted-apikey-SECRET-7g8h9i"},
+            {":authority": "ignored", "name": ":authority", "value": "shop.test"}
+        ],
+        "queryString": [],
+    });
+    if let Some(r) = request {
+        req["postData"] = r;
+    }
+    json!({"request": req, "response": {
+        "status": status,
+        "headers": [{"name": "Set-Cookie", "value": "sid=planted-setcookie-SECRET-0j1k2l"}],
+        "content": response,
+    }})
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+#[test]
+fn learn_from_damaged_har_files_skips_with_counts_and_never_prints_a_credential() {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let order = |id: u32| {
+        json!({"id": id, "status": "new", "email": "a@example.com",
+        "access_token": "planted-token-SECRET-mn0pq1", "password": "planted-password-SECRET"})
+    };
+    let json_req = |v: Value| Some(json!({"mimeType": "application/json", "text": v.to_string()}));
+    let big = "x".repeat(64 * 1024);
+    let mut gz_entry = entry(
+        "POST",
+        "https://shop.test/orders?api_key=planted-query-SECRET-zz9",
+        201,
+        json_req(json!({"email": "a@example.com", "password": "planted-password-SECRET"})),
+        json!({"mimeType": "application/json", "encoding": "base64", "text": b64(&gzip(order(2).to_string().as_bytes()))}),
+    );
+    gz_entry["response"]["headers"]
+        .as_array_mut()
+        .expect("headers")
+        .push(json!({"name": "Content-Encoding", "value": "gzip"}));
+    // As browsers store it: the header says gzip, the text is already decoded.
+    let mut decoded_entry = entry(
+        "POST",
+        "https://shop.test/orders",
+        201,
+        json_req(json!({"email": "b@example.com"})),
+        json!({"mimeType": "application/json", "text": order(3).to_string()}),
+    );
+    decoded_entry["response"]["headers"]
+        .as_array_mut()
+        .expect("headers")
+        .push(json!({"name": "Content-Encoding", "value": "br"}));
+    let entries = vec![
+        // Plain, base64, compressed (two ways): all usable.
+        entry(
+            "POST",
+            "https://shop.test/orders",
+            201,
+            json_req(json!({"email": "a@example.com"})),
+            json!({"mimeType": "application/json", "text": order(1).to_string()}),
+        ),
+        gz_entry,
+        decoded_entry,
+        entry(
+            "PATCH",
+            "https://shop.test/orders/1",
+            200,
+            json_req(json!({"tickets": 2})),
+            json!({"mimeType": "application/json", "encoding": "base64", "text": b64(br#"{"id":1,"tickets":2}"#)}),
+        ),
+        // Missing bodies: no postData, no content text though a size.
+        entry(
+            "DELETE",
+            "https://shop.test/orders/2",
+            204,
+            None,
+            json!({"size": 0, "mimeType": ""}),
+        ),
+        entry(
+            "POST",
+            "https://shop.test/orders/3/refund",
+            200,
+            None,
+            json!({"size": 120, "mimeType": "application/json"}),
+        ),
+        // Huge (over --max-body), non-JSON, broken JSON, bad base64.
+        entry(
+            "POST",
+            "https://shop.test/uploads",
+            201,
+            Some(json!({"mimeType": "text/plain", "text": big})),
+            json!({"mimeType": "text/html", "text": "<p>stored</p>"}),
+        ),
+        entry(
+            "POST",
+            "https://shop.test/notes",
+            201,
+            json_req(json!({"text": "hi"})),
+            json!({"mimeType": "application/json", "text": "{\"id\": 5, broken"}),
+        ),
+        entry(
+            "POST",
+            "https://shop.test/notes",
+            201,
+            None,
+            json!({"mimeType": "application/json", "encoding": "base64", "text": "!!not base64!!"}),
+        ),
+        // No response (blocked in the browser), a bad URL, an entry that is not one.
+        entry("POST", "https://shop.test/orders", 0, None, json!({})),
+        entry("POST", "http://[::1/orders", 201, None, json!({})),
+        json!({"request": "nonsense"}),
+        // A failed write and a read.
+        entry(
+            "POST",
+            "https://shop.test/orders",
+            422,
+            json_req(json!({"password": "planted-password-SECRET"})),
+            json!({"mimeType": "application/json", "text": "{\"error\":\"sold out\"}"}),
+        ),
+        entry(
+            "GET",
+            "https://shop.test/orders",
+            200,
+            None,
+            json!({"mimeType": "application/json", "text": "[]"}),
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let har = dir.path().join("damaged.har");
+    std::fs::write(
+        &har,
+        json!({"log": {"version": "1.2", "creator": {"name": "t"}, "entries": entries}})
+            .to_string(),
+    )
+    .expect("write har");
+    let out = Command::new(hooktap_bin())
+        .args(["learn", "--max-body", "16KiB", "--har"])
+        .arg(&har)
+        .output()
+        .expect("run learn");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    for said in [
+        "1 × entry without a response (status 0 or invalid) (first: damaged.har entry 10)",
+        "1 × entry with an unusable URL (first: damaged.har entry 11)",
+        "1 × entry not usable (invalid type: string \"nonsense\"",
+        "1 × request body over 16384 bytes, left out (first: damaged.har entry 7)",
+        "1 × response body declared JSON is not valid JSON (kept as text) (first: damaged.har entry 8)",
+        "1 × response body: invalid base64, left out (first: damaged.har entry 9)",
+        "1 × response body not recorded in the file (first: damaged.har entry 6)",
+    ] {
+        assert!(stderr.contains(said), "stderr lacks `{said}`:\n{stderr}");
+        assert!(
+            stdout.contains(said),
+            "the file's header lacks `{said}`:\n{stdout}"
+        );
+    }
+    let topics: BTreeSet<String> = rules_of(&stdout).into_iter().map(|(_, _, t)| t).collect();
+    assert_eq!(
+        topics,
+        BTreeSet::from(
+            [
+                "order.created",
+                "order.updated",
+                "order.deleted",
+                "order.refunded",
+                "upload.created",
+                "note.created"
+            ]
+            .map(str::to_owned)
+        ),
+        "{stdout}"
+    );
+    // The compressed answers were read: the ids of orders 2 and 3 reached the proposal's tests
+    // or the rule (order.created requires `id`, seen in all three answers).
+    assert!(stdout.contains("required = [\"id\"]"), "{stdout}");
+    assert!(
+        !stdout.contains("SECRET"),
+        "a planted credential leaked:\n{stdout}"
+    );
+    assert!(
+        !stderr.contains("SECRET"),
+        "a planted credential leaked:\n{stderr}"
+    );
+    assert_checks_and_tests(&stdout);
+
+    // A file that is not a HAR: named with line and column, exit 1, nothing printed.
+    std::fs::write(&har, "{\"log\": {\"entries\": [ {\"request\": ").expect("write");
+    let out = Command::new(hooktap_bin())
+        .args(["learn", "--har"])
+        .arg(&har)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("damaged.har:1:34: not a HAR file (invalid JSON)"),
+        "{stderr}"
+    );
+    std::fs::write(&har, "{\"entries\": []}").expect("write");
+    let out = Command::new(hooktap_bin())
+        .args(["learn", "--har"])
+        .arg(&har)
+        .output()
+        .expect("run");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("not a HAR file: there is no `log.entries` array")
+    );
+}

@@ -89,12 +89,15 @@ fn render_rule(out: &mut String, r: &ProposedRule) {
         let field = path.rsplit('.').next().unwrap_or(path);
         let seen: Vec<String> = values
             .iter()
-            .map(|(v, n)| format!("{} ×{n}", string(v)))
+            .map(|(v, n)| match n {
+                0 => string(v),
+                n => format!("{} ×{n}", string(v)),
+            })
             .collect();
         comment(
             out,
             &format!(
-                "The answers' `{field}` took {} values: {}. If they mean different outcomes,",
+                "The answers' `{field}` takes {} values: {}. If they mean different outcomes,",
                 values.len(),
                 seen.join(", ")
             ),

@@ -226,11 +226,10 @@ fn expected(rules: &RuleSet, r: &ProposedRule, t: &ProposedTest, max: usize) -> 
     let event = events.into_iter().find(|e| e.topic == r.topic)?;
     let mut want = serde_json::Map::new();
     for f in &r.expect_fields {
-        match event.payload.get(f) {
-            Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => {
-                want.insert(f.clone(), v.clone());
-            }
-            _ => {}
+        if let Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) =
+            event.payload.get(f)
+        {
+            want.insert(f.clone(), v.clone());
         }
     }
     Some(Value::Object(want))

@@ -162,9 +162,8 @@ pub async fn record(o: Options) -> Result<(Vec<Sample>, Skipped), RecordError> {
     });
     let _ = stopped_rx.await;
     // Connections get a moment to finish what they are sending; then recording ends.
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Err(e))) => return Err(RecordError::Serve(e)),
-        Ok(_) | Err(_) => {}
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), server).await {
+        return Err(RecordError::Serve(e));
     }
     let samples = std::mem::take(&mut *lock(&recorder.samples));
     let skipped = std::mem::take(&mut *lock(&recorder.skipped));

@@ -122,8 +122,10 @@ pub fn learn(samples: &[Sample], sources: &str, skipped: &Skipped) -> Proposal {
     let writes: usize = groups.values().map(|g| g.ok.len() + g.failed.len()).sum();
     let mut notes = vec![
         format!(
-            "Rules proposed by `hooktap learn` from {} exchanges ({sources}): {reads} reads and {writes} writes.",
-            samples.len()
+            "Rules proposed by `hooktap learn` from {} ({sources}): {} and {}.",
+            exchanges(samples.len()),
+            plural(reads, "read"),
+            plural(writes, "write"),
         ),
         "Review them before use: names, payloads and statuses are guesses from the traffic seen."
             .into(),
@@ -171,10 +173,15 @@ fn join(methods: &BTreeSet<String>) -> String {
 
 /// `1 exchange`, `3 exchanges`.
 pub(crate) fn exchanges(n: usize) -> String {
+    plural(n, "exchange")
+}
+
+/// `1 read`, `0 reads`.
+fn plural(n: usize, word: &str) -> String {
     if n == 1 {
-        "1 exchange".into()
+        format!("1 {word}")
     } else {
-        format!("{n} exchanges")
+        format!("{n} {word}s")
     }
 }
 
@@ -593,5 +600,191 @@ fn test_from(s: &Sample, template: &Template, name: String, expect_event: bool) 
         response_headers,
         response_body,
         expect_event,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderName, HeaderValue};
+    use serde_json::json;
+
+    fn sample(
+        method: &str,
+        path: &str,
+        status: u16,
+        req: Option<Value>,
+        resp: Option<Value>,
+    ) -> Sample {
+        let json_headers = || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                HeaderName::from_static("content-type"),
+                HeaderValue::from_static("application/json"),
+            );
+            h
+        };
+        Sample {
+            method: method.into(),
+            path: path.into(),
+            query: None,
+            request_headers: if req.is_some() {
+                json_headers()
+            } else {
+                HeaderMap::new()
+            },
+            request_body: req.map(|v| Bytes::from(v.to_string())),
+            status,
+            response_headers: if resp.is_some() {
+                json_headers()
+            } else {
+                HeaderMap::new()
+            },
+            response_body: resp.map(|v| Bytes::from(v.to_string())),
+            origin: format!("test {method} {path}"),
+        }
+    }
+
+    fn topics(p: &Proposal) -> Vec<(String, String)> {
+        p.rules
+            .iter()
+            .map(|r| (r.path.clone(), r.topic.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn topics_stay_unique_and_reads_and_failures_make_no_rule() {
+        let samples = vec![
+            sample("GET", "/orders", 200, None, Some(json!([]))),
+            sample("POST", "/orders", 201, None, Some(json!({"id": 1}))),
+            sample(
+                "POST",
+                "/shops/ABCD/orders",
+                201,
+                None,
+                Some(json!({"id": 2})),
+            ),
+            sample(
+                "POST",
+                "/orders/5/refund",
+                409,
+                None,
+                Some(json!({"error": "no"})),
+            ),
+            sample("PUT", "/orders/5", 200, None, None),
+            sample("POST", "/orders/6", 200, None, None),
+        ];
+        let p = learn(&samples, "test", &Skipped::default());
+        assert_eq!(
+            topics(&p),
+            [
+                ("/orders".to_owned(), "order.created".to_owned()),
+                ("/orders/{order}".to_owned(), "order.updated".to_owned()),
+                (
+                    "/shops/{shop}/orders".to_owned(),
+                    "shop_order.created".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(p.rules[1].methods, ["POST", "PUT"]);
+        assert!(
+            p.notes.iter().any(
+                |n| n.contains("POST /orders/{order}/refund: 1 failed write (409 ×1), no rule")
+            ),
+            "{:?}",
+            p.notes
+        );
+        assert!(
+            p.notes[0].contains("6 exchanges (test): 1 read and 5 writes"),
+            "{:?}",
+            p.notes
+        );
+    }
+
+    #[test]
+    fn credentials_in_an_answer_make_the_payload_field_by_field_and_outcomes_are_hinted() {
+        let samples = vec![
+            sample(
+                "POST",
+                "/sessions",
+                201,
+                Some(json!({"user": "ada", "password": "pw-planted-1"})),
+                Some(json!({"user": "ada", "access_token": "at-planted-2", "expires_in": 60})),
+            ),
+            sample(
+                "POST",
+                "/payments",
+                201,
+                None,
+                Some(json!({"id": "p1", "status": "succeeded"})),
+            ),
+            sample(
+                "POST",
+                "/payments",
+                201,
+                None,
+                Some(json!({"id": "p2", "status": "failed"})),
+            ),
+            sample(
+                "POST",
+                "/payments",
+                201,
+                None,
+                Some(json!({"id": "p3", "status": "succeeded"})),
+            ),
+        ];
+        let p = learn(&samples, "test", &Skipped::default());
+        let session = p
+            .rules
+            .iter()
+            .find(|r| r.topic == "session.created")
+            .expect("session rule");
+        let fields: Vec<&str> = session.fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(fields, ["user", "expires_in"]);
+        let payments = p
+            .rules
+            .iter()
+            .find(|r| r.topic == "payment.created")
+            .expect("payment rule");
+        assert_eq!(payments.required, ["id"]);
+        assert_eq!(
+            payments.when_hint,
+            Some((
+                "$.response.body.status".to_owned(),
+                vec![("succeeded".to_owned(), 2), ("failed".to_owned(), 1)]
+            ))
+        );
+        let text = super::super::emit::render(&p, 1 << 20).expect("renders");
+        assert!(!text.contains("planted"), "{text}");
+        assert!(
+            text.contains(
+                "#   when = [{ path = \"$.response.body.status\", equals = \"failed\" }]"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn hostile_names_and_values_are_escaped_by_the_serializer() {
+        let nasty = "'''\"\"\"\n[[rule]]\nname = \"injected\"";
+        let samples = vec![sample(
+            "POST",
+            "/notes/%22x%0A",
+            201,
+            Some(json!({nasty: nasty, "ok": "\u{7f}\u{0}"})),
+            Some(json!({"id": nasty, "a\"b\nc": [nasty, null, 1.5]})),
+        )];
+        let p = learn(
+            &samples,
+            "a \"file\"\nwith [[rule]] in its name",
+            &Skipped::default(),
+        );
+        let text = super::super::emit::render(&p, 1 << 20).expect("renders, loads and tests");
+        let doc: toml::Table = toml::from_str(&text).expect("TOML");
+        assert_eq!(doc["rule"].as_array().map(Vec::len), Some(1), "{text}");
+        assert_eq!(doc["test"].as_array().map(Vec::len), Some(1), "{text}");
+        let body = &doc["test"][0]["request"]["body"];
+        assert_eq!(body[nasty].as_str(), Some(nasty), "{text}");
     }
 }

@@ -3,7 +3,7 @@
 //! A plain reverse proxy (axum in, reqwest out) that a user puts in front of an app for a while
 //! (a staging app, a test run, a few clicks in the browser): every exchange passes through
 //! unchanged and a copy, bounded by `max_body`, becomes a [`Sample`]. Recording stops at
-//! Ctrl-C, after `duration`, or after `requests` exchanges; then `learn` proposes rules from
+//! Ctrl-C or SIGTERM, after `duration`, or after `requests` exchanges; then `learn` proposes rules from
 //! what passed. It is deliberately not hooktap's pingora proxy: learning needs every body,
 //! while the real proxy copies only what rules ask for.
 //!
@@ -144,8 +144,17 @@ pub async fn record(o: Options) -> Result<(Vec<Sample>, Skipped), RecordError> {
                     None => std::future::pending::<()>().await,
                 }
             };
+            let terminate = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
+                () = terminate => {}
                 () = enough => {}
                 () = timer => {}
             }

@@ -86,6 +86,44 @@ const SECRET_WORDS: &[&str] = &[
     "ssn",
 ];
 
+/// Words that certainly name a credential: what [`Vault`] remembers (a narrower list than
+/// [`SECRET_WORDS`], so that a field such as `key` or `pin` holding an ordinary value does not
+/// make the vault refuse output that repeats that value elsewhere).
+const CREDENTIAL_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "passphrase",
+    "secret",
+    "token",
+    "apikey",
+    "authorization",
+    "cookie",
+    "credential",
+    "credentials",
+    "cvv",
+    "cvc",
+    "jwt",
+    "bearer",
+    "privatekey",
+    "csrf",
+    "xsrf",
+    "sessionid",
+];
+
+/// A name that certainly says credential (`password`, `access_token`, `api_key`, `session_id`).
+pub fn is_credential_key(name: &str) -> bool {
+    let w = words(name);
+    let pair = |a: &str, b: &str| w.windows(2).any(|p| p[0] == a && p[1] == b);
+    w.iter()
+        .any(|word| CREDENTIAL_WORDS.contains(&word.as_str()))
+        || pair("api", "key")
+        || pair("private", "key")
+        || pair("session", "id")
+        || pair("access", "key")
+        || pair("secret", "key")
+}
+
 /// A field, header or query name that says it holds a credential.
 pub fn is_secret_key(name: &str) -> bool {
     let w = words(name);
@@ -177,7 +215,12 @@ impl Vault {
     pub fn headers(&mut self, headers: &HeaderMap) {
         for (name, value) in headers {
             let v = String::from_utf8_lossy(value.as_bytes());
-            if is_secret_header(name.as_str()) || looks_like_secret(&v) {
+            let n = name.as_str();
+            let credential = matches!(
+                n,
+                "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+            ) || is_credential_key(n);
+            if credential || looks_like_secret(&v) {
                 self.remember(&v);
             }
         }
@@ -186,7 +229,7 @@ impl Vault {
     /// Remembers the credentials in a query string or form body.
     pub fn pairs(&mut self, text: &str) {
         for (k, v) in form_urlencoded::parse(text.as_bytes()) {
-            if is_secret_key(&k) || looks_like_secret(&v) {
+            if is_credential_key(&k) || looks_like_secret(&v) {
                 self.remember(&v);
             }
         }
@@ -197,10 +240,14 @@ impl Vault {
         match value {
             Value::Object(map) => {
                 for (k, v) in map {
-                    if is_secret_key(k) {
-                        self.all_strings(v);
-                    } else {
-                        self.json(v);
+                    match v {
+                        Value::String(_) | Value::Number(_) if is_credential_key(k) => {
+                            self.scalar(v);
+                        }
+                        Value::Array(items) if is_credential_key(k) => {
+                            items.iter().for_each(|i| self.scalar(i));
+                        }
+                        _ => self.json(v),
                     }
                 }
             }
@@ -210,13 +257,11 @@ impl Vault {
         }
     }
 
-    fn all_strings(&mut self, value: &Value) {
+    fn scalar(&mut self, value: &Value) {
         match value {
             Value::String(s) => self.remember(s),
             Value::Number(n) => self.remember(&n.to_string()),
-            Value::Array(items) => items.iter().for_each(|v| self.all_strings(v)),
-            Value::Object(map) => map.values().for_each(|v| self.all_strings(v)),
-            _ => {}
+            other => self.json(other),
         }
     }
 
@@ -314,6 +359,36 @@ mod tests {
         ] {
             assert!(!is_secret_key(k), "{k}");
         }
+    }
+
+    #[test]
+    fn the_vault_remembers_credentials_not_ordinary_values_under_loose_names() {
+        let mut vault = Vault::default();
+        vault.json(&serde_json::json!({
+            "key": "summer-festival",
+            "pin": "north-gate",
+            "session": {"user": "ada@example.com", "id": "s-123456"},
+            "api_key": "k-planted-1",
+            "user": {"password": ["old-planted-2"]},
+        }));
+        assert_eq!(
+            vault.leak_in("/events/summer-festival north-gate ada@example.com"),
+            None
+        );
+        assert_eq!(vault.leak_in("x k-planted-1"), Some("k-planted-1"));
+        assert_eq!(vault.leak_in("x old-planted-2"), Some("old-planted-2"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-auth-token",
+            http::HeaderValue::from_static("hdr-planted-3"),
+        );
+        h.insert(
+            "x-request-key",
+            http::HeaderValue::from_static("ordinary-value"),
+        );
+        vault.headers(&h);
+        assert_eq!(vault.leak_in("hdr-planted-3"), Some("hdr-planted-3"));
+        assert_eq!(vault.leak_in("ordinary-value"), None);
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //!
 //! Bodies: HAR stores `content.text`, base64 when `content.encoding` is `"base64"`. Browsers
 //! store the text already decompressed while the headers still say `Content-Encoding: gzip`;
-//! other tools store the compressed bytes. Both are handled: a body that decodes is decoded, one
-//! that does not is taken as already decoded, and the header is removed.
+//! other tools store the compressed bytes. Both are handled: a body that is valid UTF-8 is taken
+//! as already decoded; other bytes are decoded when they decode, else kept as they are; the
+//! header is removed either way.
 
 use std::io::BufReader;
 use std::path::Path;
@@ -320,7 +321,11 @@ fn plain_body(
     place: &str,
     skipped: &mut Skipped,
 ) -> Option<Bytes> {
-    let encoded = headers.contains_key(http::header::CONTENT_ENCODING);
+    // Compressed bytes are practically never valid UTF-8 (gzip starts with 0x1f 0x8b), while
+    // a text body that browsers stored decoded is: do not run a decoder over text (raw deflate
+    // can "decode" text into garbage without an error).
+    let encoded = headers.contains_key(http::header::CONTENT_ENCODING)
+        && std::str::from_utf8(&bytes).is_err();
     let body = if encoded {
         match crate::capture::decode_content(&bytes, headers, max) {
             Ok(b) => b.into_owned(),

@@ -129,8 +129,9 @@ pub fn looks_like_id(s: &str) -> bool {
         return true;
     }
     if !word_chars {
-        // Percent-encoded or otherwise unusual: a value (names are plain words).
-        return s.contains('%') || s.contains('@') || s.contains('~');
+        // Percent-encoded, `@me`, `a+b`, `{x}`: a value (names are plain words, and template
+        // syntax must never come from the traffic).
+        return true;
     }
     if is_uuid(s) {
         return true;
@@ -283,12 +284,19 @@ mod tests {
     #[test]
     fn fixed_segments_stay_beside_params() {
         assert_eq!(
-            templates(&["/orders/new", "/orders/1", "/orders/2", "/oauth2/token"]),
+            templates(&[
+                "/orders/new",
+                "/orders/1",
+                "/orders/2",
+                "/oauth2/token",
+                "/files/{x}*"
+            ]),
             [
                 "/orders/new",
                 "/orders/{order}",
                 "/orders/{order}",
-                "/oauth2/token"
+                "/oauth2/token",
+                "/files/{file}"
             ]
         );
     }

@@ -18,6 +18,11 @@ use super::naming;
 /// Beyond this many distinct children, a node's children are values, whatever they look like.
 pub const MANY_VALUES: usize = 8;
 
+/// Paths deeper than this are not put into the tree (its walks recurse once per segment, and a
+/// hostile recording could hold a path of 100,000 segments); their templates come from
+/// [`Templates::of`], segment by segment.
+pub const MAX_DEPTH: usize = 64;
+
 /// One segment of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
@@ -177,7 +182,10 @@ impl Templates {
     pub fn infer<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
         let mut root = Node::default();
         for p in paths {
-            root.insert(&split(p));
+            let segments = split(p);
+            if segments.len() <= MAX_DEPTH {
+                root.insert(&segments);
+            }
         }
         root.generalize(None);
         Self { root }
@@ -329,6 +337,11 @@ mod tests {
         let paths: Vec<String> = words.iter().map(|w| format!("/tags/{w}")).collect();
         let t = Templates::infer(paths.iter().map(String::as_str));
         assert_eq!(t.of("/tags/anything").text(), "/tags/{tag}");
+        // A path deep enough to overflow a recursive walk is judged segment by segment.
+        let deep = "/a".repeat(200_000);
+        let t = Templates::infer([deep.as_str(), "/b/1"]);
+        assert_eq!(t.of(&deep).segments.len(), 200_000);
+        assert_eq!(t.of("/b/2").text(), "/b/{b}");
         assert_eq!(t.of("/1/2").text(), "/{id}/{id2}");
     }
 }

@@ -931,3 +931,65 @@ fn learn_from_damaged_har_files_skips_with_counts_and_never_prints_a_credential(
             .contains("not a HAR file: there is no `log.entries` array")
     );
 }
+
+#[test]
+fn learn_from_an_openapi_document_and_from_no_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("shop.yaml");
+    std::fs::write(
+        &spec,
+        r##"openapi: 3.0.3
+info: {title: shop, version: "1"}
+paths:
+  /orders:
+    post:
+      operationId: createOrder
+      responses:
+        "201":
+          description: created
+          content: {application/json: {schema: {$ref: "#/components/schemas/Order"}}}
+  /orders/{id}/cancel:
+    post:
+      responses: {"200": {description: cancelled}}
+  /orders/{id}:
+    get:
+      responses: {"200": {description: one order}}
+components:
+  schemas:
+    Order:
+      type: object
+      properties: {id: {type: integer}, status: {type: string, enum: [new, paid, pending]}}
+"##,
+    )
+    .expect("write");
+    let out = Command::new(hooktap_bin())
+        .args(["learn", "--openapi"])
+        .arg(&spec)
+        .output()
+        .expect("run learn");
+    let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let topics: BTreeSet<String> = rules_of(&rules).into_iter().map(|(_, _, t)| t).collect();
+    assert_eq!(
+        topics,
+        BTreeSet::from(["order.created".to_owned(), "order.cancelled".to_owned()]),
+        "{rules}"
+    );
+    assert!(rules.contains("equals = \"pending\""), "{rules}");
+    assert_checks_and_tests(&rules);
+
+    let out = Command::new(hooktap_bin())
+        .arg("learn")
+        .output()
+        .expect("run learn");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--har <FILE>") && stderr.contains("--openapi <FILE>"),
+        "{stderr}"
+    );
+}

@@ -102,16 +102,16 @@ struct LearnArgs {
     #[arg(long, requires = "upstream")]
     listen: Option<std::net::SocketAddr>,
     /// The app the recording proxy forwards to: `host:port` or `http://host:port`.
-    #[arg(long)]
+    #[arg(long, requires = "listen")]
     upstream: Option<String>,
     /// Stop recording after this long (e.g. `10m`); else at Ctrl-C or --requests.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, requires = "listen", value_parser = humantime::parse_duration)]
     duration: Option<std::time::Duration>,
     /// Stop recording after this many exchanges.
-    #[arg(long)]
+    #[arg(long, requires = "listen")]
     requests: Option<usize>,
     /// Also write the recorded exchanges as a HAR file (credential headers left out).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, requires = "listen", value_name = "FILE")]
     save_har: Option<PathBuf>,
     /// An OpenAPI 3.0 or 3.1 document, JSON or YAML.
     #[arg(long, value_name = "FILE")]

@@ -548,3 +548,58 @@ pub fn write(samples: &[Sample], base: &str) -> Value {
         .collect();
     serde_json::json!({"log": {"version": "1.2", "creator": {"name": "hooktap", "version": env!("CARGO_PKG_VERSION")}, "entries": entries}})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(v: serde_json::Value) -> (Vec<Sample>, Skipped) {
+        read_from(v.to_string().as_bytes(), "t.har", "t.har", 1 << 20).expect("a HAR")
+    }
+
+    #[test]
+    fn form_params_mime_types_pseudo_headers_and_relative_urls() {
+        let (samples, skipped) = read(serde_json::json!({"log": {"entries": [{
+            "request": {"method": "post", "url": "/scans?x=1",
+                "headers": [{"name": ":authority", "value": "a"}, {"name": "X-Ok", "value": "1"}],
+                "postData": {"mimeType": "application/x-www-form-urlencoded",
+                    "params": [{"name": "ticket", "value": "T 1"}, {"name": "gate"}]}},
+            "response": {"status": 201, "headers": [],
+                "content": {"mimeType": "application/json", "text": "{\"result\":\"valid\"}"}}
+        }]}}));
+        assert!(skipped.is_empty(), "{:?}", skipped.lines());
+        let s = &samples[0];
+        assert_eq!(
+            (s.method.as_str(), s.path.as_str(), s.query.as_deref()),
+            ("POST", "/scans", Some("x=1"))
+        );
+        assert_eq!(s.request_headers.len(), 2, "{:?}", s.request_headers);
+        assert_eq!(
+            s.request_value(),
+            serde_json::json!({"ticket": "T 1", "gate": ""})
+        );
+        assert_eq!(s.response_value(), serde_json::json!({"result": "valid"}));
+        assert_eq!(s.origin, "t.har entry 1");
+    }
+
+    #[test]
+    fn written_har_reads_back_without_credential_headers() {
+        let (samples, _) = read(serde_json::json!({"log": {"entries": [{
+            "request": {"method": "PUT", "url": "http://h/orders/1",
+                "headers": [{"name": "Authorization", "value": "Bearer zzz-planted"}],
+                "postData": {"mimeType": "application/octet-stream", "encoding": "base64", "text": "/wD+"}},
+            "response": {"status": 200, "headers": [{"name": "Set-Cookie", "value": "a=planted"}],
+                "content": {"mimeType": "text/plain", "text": "done"}}
+        }]}}));
+        let text = write(&samples, "http://h").to_string();
+        assert!(!text.contains("planted"), "{text}");
+        let (again, skipped) = read_from(text.as_bytes(), "w", "w", 1 << 20).expect("reads back");
+        assert!(skipped.is_empty());
+        assert_eq!(
+            again[0].request_body.as_deref(),
+            Some(&[0xff, 0x00, 0xfe][..])
+        );
+        assert_eq!(again[0].response_body.as_deref(), Some(&b"done"[..]));
+        assert_eq!(again[0].path, "/orders/1");
+    }
+}

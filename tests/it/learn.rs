@@ -993,3 +993,72 @@ components:
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_proxy_refuses_bodies_over_its_limit_and_stops_on_sigterm() {
+    let shop = serve(hooktap::demo::shop_app()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("learned.toml");
+    let mut child = Command::new(hooktap_bin())
+        .args([
+            "learn",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-body",
+            "1KiB",
+            "--upstream",
+        ])
+        .arg(shop.to_string())
+        .arg("-o")
+        .arg(&rules)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = lines.next().expect("a line").expect("text");
+    let addr = first
+        .strip_prefix("hooktap: recording on http://")
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let base = format!("http://{addr}");
+    let big = json!({"email": "x".repeat(4096)});
+    assert_eq!(send(&base, &call("POST", "/orders").json(big)).await, 413);
+    assert_eq!(
+        send(
+            &base,
+            &call("POST", "/orders").json(json!({"email": "a@b.c"}))
+        )
+        .await,
+        201
+    );
+    // A read streams through unchanged.
+    let r = client()
+        .get(format!("{base}/orders/1/tickets/a.pdf"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(
+        r.bytes().await.expect("body").as_ref(),
+        b"%PDF-1.7 demo tickets"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(exit.success(), "{rest:#?}");
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("1 × request body over --max-body, answered 413")),
+        "{rest:#?}"
+    );
+    let text = std::fs::read_to_string(&rules).expect("rules written after SIGTERM");
+    let topics: Vec<String> = rules_of(&text).into_iter().map(|(_, _, t)| t).collect();
+    assert_eq!(topics, ["order.created"], "{text}");
+}

@@ -364,7 +364,12 @@ fn learn(args: LearnArgs) -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?
                 .block_on(record::record(options))?;
             if let Some(path) = &args.save_har {
-                let har = hooktap::learn::har::write(&samples, &format!("http://{upstream}"));
+                let base = if upstream.contains("://") {
+                    upstream.trim_end_matches('/').to_owned()
+                } else {
+                    format!("http://{upstream}")
+                };
+                let har = hooktap::learn::har::write(&samples, &base);
                 let text = serde_json::to_string_pretty(&har)?;
                 std::fs::write(path, text)
                     .with_context(|| format!("cannot write {}", path.display()))?;

@@ -707,6 +707,16 @@ async fn learns_a_nested_api_with_codes_and_actions_without_leaking_credentials(
         "{out}"
     );
     assert!(out.contains("every successful write is covered"), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with(
+            "recorded.har entry 4  POST /v2/venues/QVMCL/bookings -> 201: booking.created {\"venue\":\"QVMCL\",\"code\":\"BK7Q1X\""
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("recorded.har entry 5  POST /v2/venues/QVMCL/bookings -> 422: no event"),
+        "{out}"
+    );
 }
 
 /// A HAR entry for `learn_from_damaged_har_files`.

@@ -137,7 +137,29 @@ struct Op {
     described: Vec<String>,
 }
 
+/// The path of the first server's URL (`https://api.test/v1` → `/v1`), its variables filled
+/// with their defaults: requests carry it before the document's paths.
+fn base_path(spec: &oas3::Spec) -> String {
+    let Some(server) = spec.servers.first() else {
+        return String::new();
+    };
+    let mut url = server.url.clone();
+    for (name, var) in &server.variables {
+        url = url.replace(&format!("{{{name}}}"), &var.default);
+    }
+    let path = match url::Url::parse(&url) {
+        Ok(u) => u.path().to_owned(),
+        // Relative server URLs (`/v1`) are relative to where the document is served.
+        Err(_) => url::Url::parse("http://document.invalid/")
+            .and_then(|b| b.join(&url))
+            .map(|u| u.path().to_owned())
+            .unwrap_or_default(),
+    };
+    path.trim_end_matches('/').to_owned()
+}
+
 fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
+    let base = base_path(spec);
     let mut ops: BTreeMap<(String, String), Op> = BTreeMap::new();
     let mut without_2xx = Vec::new();
     let mut reads = 0;
@@ -147,7 +169,7 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
             reads += 1;
             continue;
         }
-        let template = template_of(&path);
+        let template = template_of(&format!("{base}{path}"));
         let mut naming = naming::name(&template, &method);
         if method == "POST" && naming::post_to_item(&template) {
             let verb = op
@@ -238,6 +260,11 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
         ),
         "Review them before use: names and payloads are guesses from the document.".into(),
     ];
+    if !base.is_empty() {
+        notes.push(format!(
+            "Paths start with `{base}`, the path of the document's first server."
+        ));
+    }
     if !without_2xx.is_empty() {
         notes.push("Writes without a 2xx response:".into());
         notes.extend(without_2xx.into_iter().map(|l| format!("  {l}")));
@@ -490,12 +517,17 @@ components:
         let spec = json!({
             "openapi": "3.0.3",
             "info": {"title": "t", "version": "1"},
-            "paths": {"/v1/bookings/{code}/cancel": {"post": {"responses": {"200": {"description": "ok",
+            "servers": [{"url": "https://api.test/{v}/", "variables": {"v": {"default": "v1"}}}],
+            "paths": {"/bookings/{code}/cancel": {"post": {"responses": {"200": {"description": "ok",
                 "content": {"application/json": {"schema": {"type": "object", "nullable": true,
                     "properties": {"code": {"type": "string"}}}}}}}}}}
         });
         let out = learn_text(&spec.to_string(), "api.json");
         assert!(out.contains("topic = \"booking.cancelled\""), "{out}");
+        assert!(
+            out.contains("path = \"/v1/bookings/{code}/cancel\""),
+            "{out}"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("bad.yaml");
         std::fs::write(&p, "openapi: [").expect("write");

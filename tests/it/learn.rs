@@ -194,6 +194,26 @@ async fn cancel(
     }
 }
 
+/// A `hooktap learn` process that is killed if the test fails before it exits.
+struct Learner(Option<std::process::Child>);
+
+impl Learner {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0
+            .as_mut()
+            .expect("the process is held until the test takes it")
+    }
+}
+
+impl Drop for Learner {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// One request: method, path, optional JSON or form body, optional bearer token.
 struct Call {
     method: &'static str,
@@ -259,24 +279,26 @@ async fn send(base: &str, c: &Call) -> u16 {
 async fn learn_live(dir: &Path, upstream: SocketAddr, calls: &[Call]) -> (String, PathBuf) {
     let rules = dir.join("learned.toml");
     let har = dir.join("recorded.har");
-    let mut child = Command::new(hooktap_bin())
-        .args(["learn", "--listen", "127.0.0.1:0", "--upstream"])
-        .arg(upstream.to_string())
-        .args([
-            "--requests",
-            &calls.len().to_string(),
-            "--duration",
-            "60s",
-            "-o",
-        ])
-        .arg(&rules)
-        .arg("--save-har")
-        .arg(&har)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn hooktap learn");
-    let stderr = child.stderr.take().expect("stderr piped");
+    let mut child = Learner(Some(
+        Command::new(hooktap_bin())
+            .args(["learn", "--listen", "127.0.0.1:0", "--upstream"])
+            .arg(upstream.to_string())
+            .args([
+                "--requests",
+                &calls.len().to_string(),
+                "--duration",
+                "60s",
+                "-o",
+            ])
+            .arg(&rules)
+            .arg("--save-har")
+            .arg(&har)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn hooktap learn"),
+    ));
+    let stderr = child.child().stderr.take().expect("stderr piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
@@ -304,7 +326,7 @@ async fn learn_live(dir: &Path, upstream: SocketAddr, calls: &[Call]) -> (String
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = child.child().try_wait().expect("wait") {
             break s;
         }
         assert!(
@@ -1009,22 +1031,24 @@ async fn the_recording_proxy_refuses_bodies_over_its_limit_and_stops_on_sigterm(
     let shop = serve(hooktap::demo::shop_app()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = dir.path().join("learned.toml");
-    let mut child = Command::new(hooktap_bin())
-        .args([
-            "learn",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-body",
-            "1KiB",
-            "--upstream",
-        ])
-        .arg(shop.to_string())
-        .arg("-o")
-        .arg(&rules)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut child = Learner(Some(
+        Command::new(hooktap_bin())
+            .args([
+                "learn",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-body",
+                "1KiB",
+                "--upstream",
+            ])
+            .arg(shop.to_string())
+            .arg("-o")
+            .arg(&rules)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    ));
+    let mut lines = std::io::BufReader::new(child.child().stderr.take().expect("stderr")).lines();
     let first = lines.next().expect("a line").expect("text");
     let addr = first
         .strip_prefix("hooktap: recording on http://")
@@ -1053,14 +1077,18 @@ async fn the_recording_proxy_refuses_bodies_over_its_limit_and_stops_on_sigterm(
         b"%PDF-1.7 demo tickets"
     );
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.child().id().to_string()])
         .status()
         .expect("kill");
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.child().try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "learn did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(exit.success(), "{rest:#?}");
     assert!(

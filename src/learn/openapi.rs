@@ -131,6 +131,8 @@ struct Op {
     statuses: BTreeSet<Status>,
     /// Response body properties (of the first 2xx JSON response).
     properties: Vec<String>,
+    /// The properties declared as strings (their synthetic test value is `"1"`, not `1`).
+    strings: Vec<String>,
     json_body: bool,
     location: bool,
     outcome: Option<(String, Vec<String>)>,
@@ -189,6 +191,7 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
         }
         let mut statuses = BTreeSet::new();
         let mut properties = Vec::new();
+        let mut strings = Vec::new();
         let (mut json_body, mut location, mut outcome) = (false, false, None);
         let responses = op.responses(spec);
         for (code, response) in &responses {
@@ -213,6 +216,18 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
                 if properties.is_empty() {
                     if let Some(o) = media.schema.as_ref().and_then(|s| object(s, spec)) {
                         properties = o.properties.keys().cloned().collect();
+                        strings = o
+                            .properties
+                            .iter()
+                            .filter(|(_, p)| {
+                                object(p, spec).is_some_and(|p| {
+                                    p.schema_type
+                                        .as_ref()
+                                        .is_some_and(|t| t.contains(oas3::spec::SchemaType::String))
+                                })
+                            })
+                            .map(|(k, _)| k.clone())
+                            .collect();
                         outcome = outcome_enum(&o, spec);
                     }
                 }
@@ -238,6 +253,7 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
             methods: BTreeSet::new(),
             statuses: BTreeSet::new(),
             properties: Vec::new(),
+            strings: Vec::new(),
             json_body: false,
             location: false,
             outcome: None,
@@ -247,6 +263,7 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
         entry.statuses.extend(statuses);
         if entry.properties.is_empty() {
             entry.properties = properties;
+            entry.strings = strings;
         }
         entry.json_body |= json_body;
         entry.location |= location;
@@ -369,7 +386,12 @@ fn rule(o: Op, topic: String) -> ProposedRule {
     let path = if path.is_empty() { "/".into() } else { path };
     let mut body = serde_json::Map::new();
     if let Some(k) = &id {
-        body.insert(k.clone(), json!(1));
+        let value = if o.strings.contains(k) {
+            json!("1")
+        } else {
+            json!(1)
+        };
+        body.insert(k.clone(), value);
     }
     if let Some((p, values)) = &o.outcome {
         if let (Some(key), Some(v)) = (p.rsplit('.').next(), values.first()) {
@@ -528,6 +550,7 @@ components:
             out.contains("path = \"/v1/bookings/{code}/cancel\""),
             "{out}"
         );
+        assert!(out.contains("body = { code = \"1\" }"), "{out}");
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("bad.yaml");
         std::fs::write(&p, "openapi: [").expect("write");

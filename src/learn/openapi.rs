@@ -1,5 +1,7 @@
 //! Rules proposed from an OpenAPI 3.0 or 3.1 document (JSON or YAML), parsed with the `oas3`
-//! crate (which resolves `$ref`s into `components`).
+//! crate (which resolves `$ref`s into `components`). `oas3` is built for 3.1; the one 3.0
+//! schema form it refuses (boolean `exclusiveMinimum`/`exclusiveMaximum`) is rewritten the 3.1
+//! way first, on the document as JSON.
 //!
 //! Each write operation (POST, PUT, PATCH, DELETE) with a 2xx response is proposed the way
 //! [`super::propose`] proposes a group of recorded writes: the path is the template (parameter
@@ -44,27 +46,66 @@ pub fn learn(path: &Path) -> Result<Proposal, OpenApiError> {
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
         || text.trim_start().starts_with('{');
-    let spec = if json {
-        oas3::from_json(&text).map_err(|e| OpenApiError::Parse {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?
-    } else {
-        oas3::from_yaml(&text).map_err(|e| OpenApiError::Parse {
-            path: shown.clone(),
-            message: e.to_string(),
-        })?
+    let parse_error = |message: String| OpenApiError::Parse {
+        path: shown.clone(),
+        message,
     };
-    if !spec.openapi.starts_with("3.") {
-        return Err(OpenApiError::Parse {
-            path: shown,
-            message: format!("`openapi` is `{}`; only 3.0 and 3.1 are read", spec.openapi),
-        });
+    let mut doc: Value = if json {
+        serde_json::from_str(&text).map_err(|e| parse_error(e.to_string()))?
+    } else {
+        yaml_serde::from_str(&text).map_err(|e| parse_error(e.to_string()))?
+    };
+    let version = doc
+        .get("openapi")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if !version.starts_with("3.") {
+        return Err(parse_error(format!(
+            "`openapi` is `{version}`; only 3.0 and 3.1 are read"
+        )));
     }
+    if version.starts_with("3.0") {
+        upgrade_30(&mut doc);
+    }
+    let spec: oas3::Spec = serde_path_to_error::deserialize(doc)
+        .map_err(|e| parse_error(format!("at `{}`: {}", e.path(), e.inner())))?;
     let name = path
         .file_name()
         .map_or(shown.clone(), |n| n.to_string_lossy().into_owned());
     Ok(propose_from(&spec, &name))
+}
+
+/// What OpenAPI 3.1 changed in schemas and the parser (built for 3.1) insists on: 3.0's
+/// `exclusiveMinimum: true` beside `minimum: 5` is 3.1's `exclusiveMinimum: 5` (and the same
+/// for maximum); `false` is dropped. Everything else 3.0 writes, 3.1 reads.
+fn upgrade_30(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (flag, bound) in [
+                ("exclusiveMinimum", "minimum"),
+                ("exclusiveMaximum", "maximum"),
+            ] {
+                match map.get(flag) {
+                    Some(Value::Bool(true)) => {
+                        let b = map.remove(bound).unwrap_or(Value::Null);
+                        if b.is_null() {
+                            map.remove(flag);
+                        } else {
+                            map.insert(flag.to_owned(), b);
+                        }
+                    }
+                    Some(Value::Bool(false)) => {
+                        map.remove(flag);
+                    }
+                    _ => {}
+                }
+            }
+            map.values_mut().for_each(upgrade_30);
+        }
+        Value::Array(items) => items.iter_mut().for_each(upgrade_30),
+        _ => {}
+    }
 }
 
 /// The object schema behind a schema, `$ref`s followed; `None` for boolean schemas.
@@ -542,7 +583,9 @@ components:
             "servers": [{"url": "https://api.test/{v}/", "variables": {"v": {"default": "v1"}}}],
             "paths": {"/bookings/{code}/cancel": {"post": {"responses": {"200": {"description": "ok",
                 "content": {"application/json": {"schema": {"type": "object", "nullable": true,
-                    "properties": {"code": {"type": "string"}}}}}}}}}}
+                    "properties": {"code": {"type": "string"},
+                        "seats": {"type": "integer", "minimum": 0, "exclusiveMinimum": true,
+                            "maximum": 9, "exclusiveMaximum": false}}}}}}}}}}
         });
         let out = learn_text(&spec.to_string(), "api.json");
         assert!(out.contains("topic = \"booking.cancelled\""), "{out}");
@@ -556,6 +599,13 @@ components:
         std::fs::write(&p, "openapi: [").expect("write");
         let e = learn(&p).expect_err("not a document").to_string();
         assert!(e.contains("bad.yaml: not an OpenAPI 3 document"), "{e}");
+        std::fs::write(
+            &p,
+            "openapi: 3.1.0\ninfo: {title: t, version: '1'}\npaths: {/a: {post: {responses: 7}}}\n",
+        )
+        .expect("write");
+        let e = learn(&p).expect_err("bad responses").to_string();
+        assert!(e.contains("at `paths./a.post.responses`"), "{e}");
         std::fs::write(
             &p,
             "swagger: '2.0'\nopenapi: '2.0'\ninfo: {title: t, version: '1'}\npaths: {}\n",

@@ -65,6 +65,9 @@ enum Command {
         /// successful writes no rule covers (the `[[test]]` cases are not run).
         #[arg(long, value_name = "FILE", num_args = 1..)]
         har: Vec<PathBuf>,
+        /// With --har: exit 1 when a successful write is not covered (for CI).
+        #[arg(long, requires = "har")]
+        strict: bool,
     },
     /// Propose rules from recorded traffic (HAR files), live traffic (a recording proxy) or
     /// an OpenAPI document; prints a rule file.
@@ -328,7 +331,8 @@ fn test(config: &Config) -> bool {
 }
 
 /// `hooktap test --har FILE...`: the rules over recorded exchanges, then the coverage.
-fn test_har(config: &Config, files: &[PathBuf]) -> anyhow::Result<()> {
+/// Returns how many successful writes no rule covers.
+fn test_har(config: &Config, files: &[PathBuf]) -> anyhow::Result<usize> {
     let max = config.proxy.max_decoded_bytes;
     let (samples, skipped, _) = hooktap::learn::read_hars(files, max)?;
     for line in skipped.lines() {
@@ -338,7 +342,7 @@ fn test_har(config: &Config, files: &[PathBuf]) -> anyhow::Result<()> {
     for line in report.lines() {
         out(format_args!("{line}"));
     }
-    Ok(())
+    Ok(report.writes - report.covered)
 }
 
 /// `hooktap learn`: samples from the chosen source → a checked rule file.
@@ -589,8 +593,12 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Migrate { status } => load(&cli.config).and_then(|c| migrate(&c, status)),
-        Command::Test { har } if !har.is_empty() => {
-            load(&cli.config).and_then(|c| test_har(&c, &har))
+        Command::Test { har, strict } if !har.is_empty() => {
+            match load(&cli.config).and_then(|c| test_har(&c, &har)) {
+                Ok(uncovered) if strict && uncovered > 0 => return ExitCode::FAILURE,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
         }
         Command::Test { .. } => match load(&cli.config) {
             Ok(c) if test(&c) => Ok(()),

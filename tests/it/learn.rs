@@ -706,6 +706,18 @@ async fn learns_a_nested_api_with_codes_and_actions_without_leaking_credentials(
         out.contains("coverage: 0 of 8 successful writes derive an event"),
         "{out}"
     );
+    let strict = Command::new(hooktap_bin())
+        .args(["test", "--strict", "-c"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("hooktap.toml"))
+        .arg("--har")
+        .arg(&har)
+        .output()
+        .expect("run");
+    assert_eq!(
+        strict.status.code(),
+        Some(1),
+        "uncovered writes fail --strict"
+    );
     assert!(
         out.contains("  POST /v2/venues/{venue}/bookings  3 exchanges (201)"),
         "{out}"
@@ -724,6 +736,7 @@ async fn learns_a_nested_api_with_codes_and_actions_without_leaking_credentials(
         .output()
         .expect("run");
     let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
     assert!(
         out.contains("coverage: 8 of 8 successful writes derive an event"),
         "{out}"

@@ -95,19 +95,7 @@ pub fn decode_body(
     headers: &HeaderMap,
     max_decoded: usize,
 ) -> Result<Value, SkipReason> {
-    let mut body = std::borrow::Cow::Borrowed(raw);
-    // Encodings are listed in the order they were applied: undo them from the last.
-    let encodings: Vec<String> = headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|e| e.trim().to_ascii_lowercase())
-        .filter(|e| !e.is_empty() && e != "identity")
-        .collect();
-    for encoding in encodings.iter().rev() {
-        body = std::borrow::Cow::Owned(decompress(&body, encoding, max_decoded)?);
-    }
+    let body = decode_content(raw, headers, max_decoded)?;
     if body.is_empty() {
         return Ok(Value::Null);
     }
@@ -130,6 +118,29 @@ pub fn decode_body(
         return Ok(pairs_to_object(form_urlencoded::parse(&body)));
     }
     Ok(Value::String(String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Undoes a body's `Content-Encoding` (gzip, deflate, br, identity, or a chain of them),
+/// never producing more than `max_decoded` bytes: the bytes the app meant.
+pub fn decode_content<'a>(
+    raw: &'a [u8],
+    headers: &HeaderMap,
+    max_decoded: usize,
+) -> Result<std::borrow::Cow<'a, [u8]>, SkipReason> {
+    let mut body = std::borrow::Cow::Borrowed(raw);
+    // Encodings are listed in the order they were applied: undo them from the last.
+    let encodings: Vec<String> = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && e != "identity")
+        .collect();
+    for encoding in encodings.iter().rev() {
+        body = std::borrow::Cow::Owned(decompress(&body, encoding, max_decoded)?);
+    }
+    Ok(body)
 }
 
 fn decompress(body: &[u8], encoding: &str, max: usize) -> Result<Vec<u8>, SkipReason> {

@@ -38,6 +38,11 @@ struct Shop {
     scanned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// The demo's ticket shop as an axum app, for tests and `hooktap learn` examples.
+pub fn shop_app() -> Router {
+    shop(Arc::default())
+}
+
 fn shop(state: Arc<Shop>) -> Router {
     Router::new()
         .route(

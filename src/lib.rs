@@ -37,6 +37,8 @@
 //! - [`delivery`]: the engine: intake, registry, scheduler, outcome, sending, signing, retries,
 //!   the store keeper and management.
 //! - [`demo`]: `hooktap demo`: a shop, the proxy and a receiver in one process.
+//! - [`learn`]: `hooktap learn` (rules proposed from HAR files, live traffic or OpenAPI) and
+//!   the `hooktap test --har` dry run; offline, never on the proxy path.
 //! - [`open_files`]: the open-file limit and the share of it the proxy's client connections get.
 //! - [`server`]: wires the above into one pingora server with graceful shutdown.
 //!
@@ -46,6 +48,7 @@
 //!
 //! ```text
 //! server, demo ──→ admin, live, proxy, delivery, store, config, open_files
+//! learn ─────────→ rules, capture (a tool beside the data path; nothing imports it)
 //! admin ─────────→ live, delivery, store (the Store contract), webhook, event
 //! live ──────────→ config, delivery, rules, store
 //! client ────────→ config (AdminConfig), webhook, event
@@ -71,6 +74,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod event;
+pub mod learn;
 pub mod live;
 pub mod metrics;
 pub mod open_files;

@@ -58,8 +58,20 @@ enum Command {
     },
     /// Validate the config and every rule file, print a summary, start nothing.
     Check,
-    /// Run the `[[test]]` cases of the rule files.
-    Test,
+    /// Run the `[[test]]` cases of the rule files, or (with --har) the rules over recorded
+    /// traffic with a coverage report.
+    Test {
+        /// HAR files: print the events the rules derive from each exchange, then the
+        /// successful writes no rule covers (the `[[test]]` cases are not run).
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        har: Vec<PathBuf>,
+        /// With --har: exit 1 when a successful write is not covered (for CI).
+        #[arg(long, requires = "har")]
+        strict: bool,
+    },
+    /// Propose rules from recorded traffic (HAR files), live traffic (a recording proxy) or
+    /// an OpenAPI document; prints a rule file.
+    Learn(LearnArgs),
     /// Apply the PostgreSQL store's schema migrations (`run` applies them too), or show them.
     Migrate {
         /// Show which migrations are applied, change nothing.
@@ -78,6 +90,41 @@ enum Command {
     /// Commands that talk to a running hooktap's admin API.
     #[command(flatten)]
     Remote(Remote),
+}
+
+/// Where `hooktap learn` learns from: exactly one of --har, --listen (with --upstream) and
+/// --openapi.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["har", "listen", "openapi"])))]
+struct LearnArgs {
+    /// HAR 1.2 files, as browsers' dev tools, proxies and API clients export them.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    har: Vec<PathBuf>,
+    /// Record live traffic: listen here as a proxy in front of --upstream (port 0 picks one;
+    /// the address is printed on stderr), then learn from what passed.
+    #[arg(long, requires = "upstream")]
+    listen: Option<std::net::SocketAddr>,
+    /// The app the recording proxy forwards to: `host:port` or `http://host:port`.
+    #[arg(long, requires = "listen")]
+    upstream: Option<String>,
+    /// Stop recording after this long (e.g. `10m`); else at Ctrl-C or --requests.
+    #[arg(long, requires = "listen", value_parser = humantime::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// Stop recording after this many exchanges.
+    #[arg(long, requires = "listen")]
+    requests: Option<usize>,
+    /// Also write the recorded exchanges as a HAR file (credential headers left out).
+    #[arg(long, requires = "listen", value_name = "FILE")]
+    save_har: Option<PathBuf>,
+    /// An OpenAPI 3.0 or 3.1 document, JSON or YAML.
+    #[arg(long, value_name = "FILE")]
+    openapi: Option<PathBuf>,
+    /// Write the rules here instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Bodies larger than this (decoded) are left out.
+    #[arg(long, default_value_t = bytesize::ByteSize::b(hooktap::learn::DEFAULT_MAX_BODY as u64))]
+    max_body: bytesize::ByteSize,
 }
 
 /// The admin API client's commands.
@@ -283,6 +330,79 @@ fn test(config: &Config) -> bool {
     failed == 0
 }
 
+/// `hooktap test --har FILE...`: the rules over recorded exchanges, then the coverage.
+/// Returns how many successful writes no rule covers.
+fn test_har(config: &Config, files: &[PathBuf]) -> anyhow::Result<usize> {
+    let max = config.proxy.max_decoded_bytes;
+    let (samples, skipped, _) = hooktap::learn::read_hars(files, max)?;
+    for line in skipped.lines() {
+        eprintln!("hooktap: left out: {line}");
+    }
+    let report = hooktap::learn::coverage::dry_run(&config.rules, &samples, max);
+    for line in report.lines() {
+        out(format_args!("{line}"));
+    }
+    Ok(report.writes - report.covered)
+}
+
+/// `hooktap learn`: samples from the chosen source → a checked rule file.
+fn learn(args: LearnArgs) -> anyhow::Result<()> {
+    use hooktap::learn::{emit, openapi, propose, record};
+    let max = usize::try_from(args.max_body.as_u64()).unwrap_or(usize::MAX);
+    let proposal = if let Some(spec) = &args.openapi {
+        openapi::learn(spec)?
+    } else {
+        let (samples, skipped, sources) = if let Some(listen) = args.listen {
+            let upstream = args.upstream.as_deref().unwrap_or_default();
+            let options = record::Options {
+                listen,
+                upstream: upstream.to_owned(),
+                duration: args.duration,
+                requests: args.requests,
+                max_body: max,
+            };
+            let (samples, skipped) = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(record::record(options))?;
+            if let Some(path) = &args.save_har {
+                let base = if upstream.contains("://") {
+                    upstream.trim_end_matches('/').to_owned()
+                } else {
+                    format!("http://{upstream}")
+                };
+                let har = hooktap::learn::har::write(&samples, &base);
+                let text = serde_json::to_string_pretty(&har)?;
+                std::fs::write(path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!(
+                    "hooktap: wrote {} exchanges to {}",
+                    samples.len(),
+                    path.display()
+                );
+            }
+            (samples, skipped, format!("recorded in front of {upstream}"))
+        } else {
+            hooktap::learn::read_hars(&args.har, max)?
+        };
+        for line in skipped.lines() {
+            eprintln!("hooktap: left out: {line}");
+        }
+        eprintln!("hooktap: learning from {} exchanges", samples.len());
+        propose::learn(&samples, &sources, &skipped)
+    };
+    let text = emit::render(&proposal, max)?;
+    eprintln!("hooktap: proposed {} rules", proposal.rules.len());
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => out(format_args!("{}", text.trim_end())),
+    }
+    Ok(())
+}
+
 /// Runs one admin API client command.
 async fn remote(config: &Config, command: Remote) -> anyhow::Result<()> {
     let client = AdminClient::new(&config.admin)?;
@@ -473,11 +593,19 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         },
         Command::Migrate { status } => load(&cli.config).and_then(|c| migrate(&c, status)),
-        Command::Test => match load(&cli.config) {
+        Command::Test { har, strict } if !har.is_empty() => {
+            match load(&cli.config).and_then(|c| test_har(&c, &har)) {
+                Ok(uncovered) if strict && uncovered > 0 => return ExitCode::FAILURE,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        Command::Test { .. } => match load(&cli.config) {
             Ok(c) if test(&c) => Ok(()),
             Ok(_) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
+        Command::Learn(args) => learn(args),
         Command::Demo { listen, admin } => tempfile::tempdir()
             .context("cannot create the demo's temporary directory")
             .and_then(|dir| {

@@ -13,6 +13,8 @@
 //! - `crash`: SIGKILL/SIGTERM loops under load (ignored by default: scripts/reliability.sh).
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
 //! - `durability`: `flush = "every-event"` syncs every confirmed event, traced with strace.
+//! - `learn`: `hooktap learn` from live traffic of two apps, its rules run by the real proxy;
+//!   `hooktap test --har`; HAR files that are damaged, compressed, huge or full of credentials.
 
 mod admin;
 mod cli;
@@ -23,6 +25,7 @@ mod delivery;
 mod demo;
 mod durability;
 mod hostile;
+mod learn;
 mod manage;
 mod passthrough;
 #[path = "../../src/store/postgres/cluster.rs"]

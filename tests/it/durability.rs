@@ -82,6 +82,13 @@ impl Trace {
             .expect("wait");
         let text = std::fs::read_to_string(&self.out).expect("strace output");
         let syncs = parse(&text, db_file);
+        if syncs.is_empty() {
+            let head: Vec<&str> = text.lines().take(20).collect();
+            eprintln!(
+                "strace recorded no sync of {db_file}; it began:\n{}",
+                head.join("\n")
+            );
+        }
         assert!(text.lines().count() > 0, "strace recorded nothing:\n{text}");
         syncs
     }
@@ -99,8 +106,11 @@ fn parse(text: &str, db_file: &str) -> Vec<Sync> {
     let mut unfinished: std::collections::HashMap<&str, f64> = std::collections::HashMap::new();
     let mut syncs = Vec::new();
     for line in text.lines() {
-        let mut words = line.splitn(3, ' ');
-        let (Some(tid), Some(time), Some(rest)) = (words.next(), words.next(), words.next()) else {
+        // strace pads the thread id to a fixed width: split on runs of spaces.
+        let Some((tid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((time, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         let Ok(time) = time.parse::<f64>() else {

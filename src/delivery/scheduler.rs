@@ -15,10 +15,11 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::breaker::{Admit, Change};
 use super::outcome::{self, Step};
 use super::registry::{Target, lock};
 use super::send::{self, Outgoing, SendError, Sent};
-use super::{Engine, WEBHOOK_DISABLED_TOPIC};
+use super::{Engine, WEBHOOK_DISABLED_TOPIC, WEBHOOK_FAILING_TOPIC};
 use crate::event::{Delivery, Event, Topic, unix_ms};
 use crate::store::{Recording, StoreError};
 use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus};
@@ -135,11 +136,12 @@ impl Engine {
             fair: (self.config.concurrency / active.len().max(1)).max(1),
         };
         for target in active {
-            let (ordered, mode) = {
+            let (ordered, keyed, mode) = {
                 let w = target.record();
-                (w.spec.ordered, w.spec.mode)
+                (w.spec.ordered, w.spec.ordering_key.is_some(), w.spec.mode)
             };
             match mode {
+                Mode::Realtime if keyed => self.dispatch_keyed(&target, &mut round).await?,
                 Mode::Realtime if !ordered => self.dispatch_concurrent(&target, &mut round).await?,
                 Mode::Realtime => self.dispatch_ordered(&target, &mut round).await?,
                 Mode::Batch { interval, max, .. } => {
@@ -167,7 +169,7 @@ impl Engine {
                 .await?;
             let mut due = due.into_iter();
             for delivery in due.by_ref() {
-                if !self.may_start(target, round.fair) {
+                if !self.may_start(target, round.fair) || !admit(target, round) {
                     // Not started after all: a shared store's other instances may take it.
                     let mut left = vec![delivery.id];
                     left.extend(due.by_ref().map(|d| d.id));
@@ -205,8 +207,44 @@ impl Engine {
             if head.due_ms > round.now {
                 round.wake_at(head.due_ms);
             } else if self.may_start(target, round.fair) {
-                self.start(target, vec![head]);
+                if admit(target, round) {
+                    self.start(target, vec![head]);
+                } else {
+                    // Gated here: a shared store's other instances may send it meanwhile.
+                    self.store.unclaim(&[head.id]).await?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// The head of each key's queue may go when it is due, one in flight per key, up to the
+    /// webhook's limit: a key that fails (or waits for its retry) holds up only itself.
+    async fn dispatch_keyed(
+        self: &Arc<Self>,
+        target: &Arc<Target>,
+        round: &mut Round,
+    ) -> Result<(), StoreError> {
+        let room = target.limit().saturating_sub(target.requests());
+        if room == 0 || !self.may_start(target, round.fair) {
+            return Ok(());
+        }
+        let heads = self
+            .store
+            .claim_key_heads(target.id, round.now, room, &target.in_flight())
+            .await?;
+        if let Some(ms) = heads.next_due_ms {
+            round.wake_at(ms);
+        }
+        let mut ready = heads.ready.into_iter();
+        for delivery in ready.by_ref() {
+            if !self.may_start(target, round.fair) || !admit(target, round) {
+                let mut left = vec![delivery.id];
+                left.extend(ready.by_ref().map(|d| d.id));
+                self.store.unclaim(&left).await?;
+                break;
+            }
+            self.start(target, vec![delivery]);
         }
         Ok(())
     }
@@ -239,7 +277,7 @@ impl Engine {
                 .into_iter()
                 .filter(|d| d.attempts == 0 || d.due_ms <= now)
                 .collect();
-            if !batch.is_empty() && self.may_start(target, round.fair) {
+            if !batch.is_empty() && self.may_start(target, round.fair) && admit(target, round) {
                 self.start(target, batch);
             }
         } else {
@@ -295,13 +333,20 @@ impl Engine {
             Mode::Realtime => first.id,
             Mode::Batch { .. } => batch_id(&kept),
         };
+        // A batch carries many events' traces: only a single event's goes on.
+        let trace = match webhook.spec.mode {
+            Mode::Realtime => events.first().and_then(|e| e.trace.as_ref()),
+            Mode::Batch { .. } => None,
+        };
         let out = Outgoing::new(
             &webhook,
             &message_id.to_string(),
             topic.as_deref(),
             &self.config.source,
             body,
-        );
+        )
+        .https_only_by_default(self.config.https_only)
+        .with_trace(trace);
         let sent = send::send(&self.client, &self.config.guard, &out).await;
         self.record(target, &kept, Some(&out), sent).await
     }
@@ -340,6 +385,10 @@ impl Engine {
                     && lock(&target.saved_at).is_none_or(|at| at.elapsed() >= SAVE_COUNTERS_EVERY));
             (decided, w.clone(), save)
         };
+        let failures_before = target.record().counters.consecutive_failures;
+        if request.is_some() {
+            self.note_circuit(target, &webhook, sent.result.as_ref().is_ok_and(|a| a.success()));
+        }
         let recording = self
             .store
             .record_attempts(target.id, &decided.changes, save.then_some(&webhook))
@@ -377,10 +426,68 @@ impl Engine {
             *lock(&target.saved_at) = Some(std::time::Instant::now());
         }
         self.count(&webhook, &decided, request.is_some(), sent.elapsed);
+        if let Some(percent) = outcome::warning_level(
+            webhook.spec.failure_threshold,
+            failures_before,
+            webhook.counters.consecutive_failures,
+        ) {
+            self.announce_failing(&webhook, percent);
+        }
         if disabled {
             self.announce_disabled(&webhook);
         }
         Ok(())
+    }
+
+    /// Tells the circuit breaker how a request ended; logs and shows a change.
+    fn note_circuit(&self, target: &Target, webhook: &Webhook, success: bool) {
+        let (change, state) = {
+            let mut gates = target.gates();
+            let change = gates.record(
+                success,
+                tokio::time::Instant::now(),
+                webhook.spec.circuit_failures,
+                webhook.spec.circuit_cooldown,
+            );
+            (change, gates.circuit().0)
+        };
+        let name = &webhook.spec.name;
+        match change {
+            Some(Change::Opened) => {
+                tracing::warn!(webhook = %name, failures = webhook.spec.circuit_failures,
+                    cooldown = %humantime::format_duration(webhook.spec.circuit_cooldown),
+                    "circuit open: requests to the webhook failed in a row; nothing is sent until the cool-down ends, then one probe");
+            }
+            Some(Change::Closed) => {
+                tracing::info!(webhook = %name, "circuit closed: the probe succeeded; sending resumes");
+            }
+            None => return,
+        }
+        self.metrics.circuit(name, state);
+    }
+
+    /// Emits `hooktap.webhook.failing`: the webhook's consecutive failures reached `percent`
+    /// of its `failure_threshold`, an early warning before it is disabled.
+    fn announce_failing(&self, w: &Webhook, percent: u8) {
+        let failures = w.counters.consecutive_failures;
+        let threshold = w.spec.failure_threshold;
+        tracing::warn!(webhook = %w.spec.name, id = %w.id, failures, threshold, percent,
+            "webhook failing: it is disabled when its consecutive failures reach failure_threshold");
+        let Ok(topic) = Topic::parse(WEBHOOK_FAILING_TOPIC) else {
+            return;
+        };
+        let payload = serde_json::json!({
+            "id": w.id,
+            "name": w.spec.name,
+            "consecutive_failures": failures,
+            "failure_threshold": threshold,
+            "percent": percent,
+            "last_failure": w.counters.last_failure_at
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        });
+        if let Err(e) = self.intake.enqueue(&Event::new(&topic, "hooktap", payload)) {
+            tracing::error!(error = %e, "cannot store the webhook.failing event");
+        }
     }
 
     /// Metrics and logs of one recorded outcome.
@@ -442,6 +549,24 @@ impl Engine {
         if let Err(e) = self.intake.enqueue(&Event::new(&topic, "hooktap", payload)) {
             tracing::error!(error = %e, "cannot store the webhook.disabled event");
         }
+    }
+}
+
+/// Asks `target`'s gates (circuit breaker, rate limit) whether a request may start now; when
+/// not, notes when to look again.
+fn admit(target: &Target, round: &mut Round) -> bool {
+    let rate = target.record().spec.rate_limit;
+    let now = tokio::time::Instant::now();
+    match target.gates().admit(now, rate) {
+        Admit::Go => true,
+        Admit::Wait(at) => {
+            let wait = u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+            // At least a millisecond later, so the loop does not spin on a rounded-down wait.
+            round.wake_at(round.now.saturating_add(wait.max(1)));
+            false
+        }
+        // The probe's end wakes the loop.
+        Admit::Busy => false,
     }
 }
 

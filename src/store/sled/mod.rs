@@ -50,7 +50,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    EventQuery, FlushMode, QueueStats, Recorded, Recording, Store, StoreConfig, StoreError, Swept,
+    EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, Delivery, Event};
 use crate::webhook::Webhook;
@@ -454,6 +454,16 @@ impl Store for SledStore {
         skip: &HashSet<Uuid>,
     ) -> Result<Vec<Delivery>, StoreError> {
         SledStore::queued(self, webhook, until_ms, limit, skip)
+    }
+
+    async fn claim_key_heads(
+        &self,
+        webhook: Uuid,
+        now_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<KeyHeads, StoreError> {
+        SledStore::claim_key_heads(self, webhook, now_ms, limit, skip)
     }
 
     async fn next_queued(

@@ -83,7 +83,9 @@ impl TraceContext {
     /// zeros ids, wrong lengths, upper-case or non-hex digits.
     pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
         let hex = |s: &str, len: usize| {
-            s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         let mut parts = traceparent.trim().split('-');
         let (version, trace_id, parent_id, flags) =

@@ -180,7 +180,11 @@ mod tests {
         let mut g = Gates::default();
         g.record(false, now, 2, COOL);
         g.record(true, now, 2, COOL);
-        assert_eq!(g.record(false, now, 2, COOL), None, "the count started again");
+        assert_eq!(
+            g.record(false, now, 2, COOL),
+            None,
+            "the count started again"
+        );
         let mut off = Gates::default();
         for _ in 0..100 {
             assert_eq!(off.record(false, now, 0, COOL), None);

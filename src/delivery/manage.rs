@@ -87,8 +87,7 @@ impl Engine {
             let (state, until) = t.gates().circuit();
             view.circuit = state;
             view.circuit_open_until = until.map(|u| {
-                OffsetDateTime::now_utc()
-                    + u.saturating_duration_since(tokio::time::Instant::now())
+                OffsetDateTime::now_utc() + u.saturating_duration_since(tokio::time::Instant::now())
             });
         }
         view

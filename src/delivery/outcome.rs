@@ -238,6 +238,7 @@ mod tests {
                 mode: Mode::Realtime,
                 ordered,
                 concurrency: 8,
+                ..WebhookSpec::example("crm")
             },
             Origin::Api,
         )
@@ -439,14 +440,29 @@ mod tests {
         let levels: Vec<Option<u8>> = (0..10).map(|n| warning_level(10, n, n + 1)).collect();
         assert_eq!(
             levels,
-            [None, None, None, None, Some(50), None, Some(70), None, Some(90), None]
+            [
+                None,
+                None,
+                None,
+                None,
+                Some(50),
+                None,
+                Some(70),
+                None,
+                Some(90),
+                None
+            ]
         );
         // A threshold of 5: 2.5, 3.5 and 4.5 failures, so the 3rd, 4th and 5th.
         let levels: Vec<Option<u8>> = (0..5).map(|n| warning_level(5, n, n + 1)).collect();
         assert_eq!(levels, [None, None, Some(50), Some(70), Some(90)]);
         assert_eq!(warning_level(0, 0, 100), None, "never disabled: no warning");
         assert_eq!(warning_level(10, 8, 0), None, "a success resets");
-        assert_eq!(warning_level(10, 0, 10), Some(90), "a jump warns once, at its highest");
+        assert_eq!(
+            warning_level(10, 0, 10),
+            Some(90),
+            "a jump warns once, at its highest"
+        );
     }
 
     #[test]

@@ -83,7 +83,10 @@ impl Target {
 
     /// Recompiles the filter and the ordering key after the spec changed.
     pub(super) fn set_selection(&self, spec: &WebhookSpec) {
-        *self.selection.write().unwrap_or_else(PoisonError::into_inner) = Selection::compile(spec);
+        *self
+            .selection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Selection::compile(spec);
     }
 
     /// Whether a new event of `topic` gets a delivery to this webhook.
@@ -99,7 +102,10 @@ impl Target {
     /// Whether an event of an accepted topic passes the webhook's filter; if so, its
     /// ordering key (`Some(None)`: passes, no key).
     pub(super) fn select(&self, payload: &Value) -> Option<Option<String>> {
-        let s = self.selection.read().unwrap_or_else(PoisonError::into_inner);
+        let s = self
+            .selection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         (!s.broken && s.filter.iter().all(|p| p.holds(payload)))
             .then(|| s.key.as_ref().and_then(|k| ordering_key_of(k, payload)))
     }
@@ -171,7 +177,11 @@ impl Selection {
     /// older binary's record) lets no event through rather than the wrong ones.
     fn compile(spec: &WebhookSpec) -> Self {
         let filter = compile_filter(&spec.filter);
-        let key = spec.ordering_key.as_deref().map(check_ordering_key).transpose();
+        let key = spec
+            .ordering_key
+            .as_deref()
+            .map(check_ordering_key)
+            .transpose();
         match (filter, key) {
             (Ok(filter), Ok(key)) => Self {
                 filter,

@@ -387,7 +387,11 @@ impl Engine {
         };
         let failures_before = target.record().counters.consecutive_failures;
         if request.is_some() {
-            self.note_circuit(target, &webhook, sent.result.as_ref().is_ok_and(|a| a.success()));
+            self.note_circuit(
+                target,
+                &webhook,
+                sent.result.as_ref().is_ok_and(|a| a.success()),
+            );
         }
         let recording = self
             .store
@@ -560,7 +564,8 @@ fn admit(target: &Target, round: &mut Round) -> bool {
     match target.gates().admit(now, rate) {
         Admit::Go => true,
         Admit::Wait(at) => {
-            let wait = u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+            let wait =
+                u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
             // At least a millisecond later, so the loop does not spin on a rounded-down wait.
             round.wake_at(round.now.saturating_add(wait.max(1)));
             false

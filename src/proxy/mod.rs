@@ -30,8 +30,8 @@ use pingora::prelude::*;
 
 use self::framing::Framing;
 use crate::capture::{BodyCapture, Exchange, RequestParts, ResponseParts};
-use crate::event::TraceContext;
 use crate::delivery::intake::Intake;
+use crate::event::TraceContext;
 use crate::rules::RuleSet;
 use crate::rules::router::Candidates;
 use arc_swap::ArcSwap;
@@ -191,7 +191,10 @@ fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    TraceContext::parse(parent, (!state.is_empty()).then(|| state.join(",")).as_deref())
+    TraceContext::parse(
+        parent,
+        (!state.is_empty()).then(|| state.join(",")).as_deref(),
+    )
 }
 
 #[async_trait]

@@ -447,9 +447,7 @@ impl WebhookInput {
         );
         let filter = p.pick(
             "filter",
-            self.filter
-                .clone()
-                .map(|f| compile_filter(&f).map(|_| f)),
+            self.filter.clone().map(|f| compile_filter(&f).map(|_| f)),
             || base.map(|b| b.filter.clone()).unwrap_or_default(),
         );
         let rate_limit = p.pick(
@@ -472,7 +470,11 @@ impl WebhookInput {
             "headers",
             self.headers
                 .clone()
-                .or_else(|| self.header_prefix.as_ref().and(base.map(|b| b.headers.clone())))
+                .or_else(|| {
+                    self.header_prefix
+                        .as_ref()
+                        .and(base.map(|b| b.headers.clone()))
+                })
                 .map(|h| check_headers(h, header_prefix)),
             || base.map(|b| b.headers.clone()).unwrap_or_default(),
         );
@@ -510,8 +512,7 @@ impl WebhookInput {
             base.map(|b| b.url.clone()),
             "url is required",
         );
-        if self.url.is_none() && https_only && url.as_ref().is_some_and(|u| u.scheme() != "https")
-        {
+        if self.url.is_none() && https_only && url.as_ref().is_some_and(|u| u.scheme() != "https") {
             p.note(
                 "https_only",
                 "https_only is set but the webhook's URL is plain http://; give an https:// url too",

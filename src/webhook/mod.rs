@@ -24,9 +24,7 @@ mod settings;
 
 pub use destination::{TopicsError, UrlError, check_url, compile_topics, mask_url};
 pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields};
-pub use settings::{
-    RateLimit, check_headers, check_ordering_key, compile_filter, ordering_key_of,
-};
+pub use settings::{RateLimit, check_headers, check_ordering_key, compile_filter, ordering_key_of};
 
 use crate::rules::raw::RawWhen;
 

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::pg_error;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, unix_ms};
 use crate::store::{
-    Applied, CounterChange, EventQuery, KeyHeads, Planner, QueueStats, Recorded, Recording, StoreError,
-    Swept, WebhookPlan,
+    Applied, CounterChange, EventQuery, KeyHeads, Planner, QueueStats, Recorded, Recording,
+    StoreError, Swept, WebhookPlan,
 };
 use crate::webhook::{Counters, Webhook, WebhookStatus};
 

@@ -50,7 +50,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Store, StoreConfig, StoreError, Swept,
+    EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Store, StoreConfig,
+    StoreError, Swept,
 };
 use crate::event::{Attempt, Delivery, Event};
 use crate::webhook::Webhook;

@@ -367,8 +367,9 @@ impl Engine {
         }
         let now = OffsetDateTime::now_utc();
         let shared = self.store.shared();
-        let (decided, webhook, save) = {
+        let (decided, webhook, save, failures_before) = {
             let mut w = target.record();
+            let failures_before = w.counters.consecutive_failures;
             let mut decided = outcome::decide(&w, deliveries, request, &sent, now);
             if shared && !sent.result.as_ref().is_ok_and(|a| a.status == 410) {
                 // This copy's counters can be stale: the shared store's counters decide the
@@ -383,9 +384,8 @@ impl Engine {
             let save = decided.disable.is_some()
                 || (!shared
                     && lock(&target.saved_at).is_none_or(|at| at.elapsed() >= SAVE_COUNTERS_EVERY));
-            (decided, w.clone(), save)
+            (decided, w.clone(), save, failures_before)
         };
-        let failures_before = target.record().counters.consecutive_failures;
         if request.is_some() {
             self.note_circuit(
                 target,

@@ -12,6 +12,8 @@
 //! - `demo`: `hooktap demo` from an empty directory.
 //! - `crash`: SIGKILL/SIGTERM loops under load (ignored by default: scripts/reliability.sh).
 //! - `cli`: `hooktap check` and `hooktap test` as an operator runs them.
+//! - `subscribers`: what a subscriber asks for: per-key ordering, payload filters, rate
+//!   limits, circuit breaking with early warnings, trace context, ping-on-create.
 
 mod admin;
 mod cli;
@@ -27,4 +29,5 @@ mod passthrough;
 mod pg_cluster;
 mod pipeline;
 mod shared;
+mod subscribers;
 mod webhooks;

@@ -430,11 +430,13 @@ impl Engine {
             *lock(&target.saved_at) = Some(std::time::Instant::now());
         }
         self.count(&webhook, &decided, request.is_some(), sent.elapsed);
-        if let Some(percent) = outcome::warning_level(
+        // The failure that disables the webhook is announced as that, not as a warning.
+        let warning = outcome::warning_level(
             webhook.spec.failure_threshold,
             failures_before,
             webhook.counters.consecutive_failures,
-        ) {
+        );
+        if let Some(percent) = warning.filter(|_| !disabled) {
             self.announce_failing(&webhook, percent);
         }
         if disabled {
@@ -623,4 +625,60 @@ fn batch_id(deliveries: &[Delivery]) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     Uuid::new_v8(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::{Origin, RateLimit, WebhookSpec};
+
+    fn round(now: u64) -> Round {
+        Round {
+            now,
+            next: None,
+            fair: 1,
+        }
+    }
+
+    /// A webhook that must wait for its rate limit or its open circuit is not started (so it
+    /// holds no slot), and the loop is told when to look again: when the gate opens.
+    #[tokio::test(start_paused = true)]
+    async fn a_gated_webhook_is_not_started_and_wakes_the_loop_when_its_gate_opens() {
+        let mut spec = WebhookSpec::example("paced");
+        spec.rate_limit = Some(RateLimit::parse("5/s").expect("valid"));
+        spec.circuit_failures = 2;
+        spec.circuit_cooldown = Duration::from_secs(30);
+        let target = Target::new(Webhook::new(spec, Origin::Api)).expect("target");
+        let now_ms = 1_000_000;
+
+        let mut r = round(now_ms);
+        assert!(admit(&target, &mut r), "the first request goes at once");
+        assert!(!admit(&target, &mut r), "the second waits for its slot");
+        assert_eq!(r.next, Some(now_ms + 200), "woken when the slot comes");
+        assert_eq!(target.requests(), 0, "waiting takes no slot");
+
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let mut r = round(now_ms + 200);
+        assert!(admit(&target, &mut r));
+
+        // Two failures open the circuit: nothing goes until the cool-down ends.
+        let w = target.webhook();
+        for _ in 0..2 {
+            target.gates().record(
+                false,
+                tokio::time::Instant::now(),
+                w.spec.circuit_failures,
+                w.spec.circuit_cooldown,
+            );
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut r = round(now_ms + 1_200);
+        assert!(!admit(&target, &mut r));
+        assert_eq!(r.next, Some(now_ms + 1_200 + 29_000), "woken for the probe");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let mut r = round(now_ms + 30_200);
+        assert!(admit(&target, &mut r), "the probe");
+        assert!(!admit(&target, &mut r), "one probe at a time");
+        assert_eq!(r.next, None, "the probe's end wakes the loop");
+    }
 }

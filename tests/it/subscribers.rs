@@ -64,7 +64,8 @@ fn of_key(list: &[(String, u64)], key: &str) -> Vec<u64> {
 }
 
 /// A key whose receiver fails holds up only that key: the others arrive, each in order, while
-/// it waits; once it recovers, the failing key's deliveries arrive in order too.
+/// it waits, and a restart changes nothing of that; once it recovers, the failing key's
+/// deliveries arrive in order too.
 #[tokio::test]
 async fn a_failing_key_blocks_only_itself_and_is_delivered_in_order_after_it_recovers() {
     let (_app, upstream) = TestUpstream::start().await;
@@ -74,10 +75,14 @@ async fn a_failing_key_blocks_only_itself_and_is_delivered_in_order_after_it_rec
         .webhook(
             "keyed",
             &receiver,
-            "topics = [\"echo.*\"]\nordering_key = \"$.k\"\nconcurrency = 4\nretry = \"100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms\"\nfailure_threshold = 0\ncircuit_failures = 0",
+            &format!(
+                "topics = [\"echo.*\"]\nordering_key = \"$.k\"\nconcurrency = 4\nfailure_threshold = 0\ncircuit_failures = 0\nretry = \"{}\"",
+                // Retries every 100 ms for a minute: A keeps failing until the test lets it.
+                vec!["100ms"; 600].join(",")
+            ),
         )
         .rules(ECHO_RULE);
-    let proxy = TestProxy::start(&setup).await;
+    let mut proxy = TestProxy::start(&setup).await;
     let sequence = [
         ("A", 1),
         ("B", 1),
@@ -108,6 +113,21 @@ async fn a_failing_key_blocks_only_itself_and_is_delivered_in_order_after_it_rec
     assert!(
         a_attempts.iter().all(|n| *n == 1),
         "only A's first event is tried while it fails: {a_attempts:?}"
+    );
+
+    // A restart keeps the keys: A's later events still wait behind its first.
+    proxy.stop().await;
+    let before_restart = receiver.received().len();
+    proxy.spawn().await;
+    wait_until(WAIT, "A retried after the restart", || async {
+        receiver.received().len() > before_restart
+    })
+    .await;
+    assert!(
+        of_key(&keyed(&receiver.received(), |_| true), "A")
+            .iter()
+            .all(|n| *n == 1),
+        "after the restart too, only A's first event is tried"
     );
 
     // A recovers: its three events arrive, in order, the first one first.
@@ -157,6 +177,35 @@ async fn a_filter_lets_through_exactly_the_matching_events() {
     ];
     for e in &events {
         echo(&proxy, e).await;
+    }
+    // A bad filter is refused through the API too, naming the field and the entry.
+    for (filter, says) in [
+        (
+            json!([{"path": "$.total", "gt": 1}, {"path": "$.tier"}]),
+            "filter[1]: `when` on `$.tier` needs one operator",
+        ),
+        (
+            json!([{"path": "$.a", "matches": "("}]),
+            "filter[0]: invalid regex",
+        ),
+        (
+            json!([{"path": "$.a", "above": 1}]),
+            "unknown field `above`",
+        ),
+    ] {
+        let r = client()
+            .post(proxy.admin_url("/webhooks"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"url": witness.url(), "secret": "s", "topics": ["*"], "filter": filter, "status": "paused"}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), 400);
+        let e: Value = r.json().await.expect("json");
+        assert!(
+            e["field"] == "filter" && e["message"].as_str().unwrap_or_default().contains(says),
+            "{filter}: {e}"
+        );
     }
     witness.wait_for(events.len(), WAIT).await;
     proxy.wait_deliveries_final("all", events.len()).await;

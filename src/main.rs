@@ -118,58 +118,7 @@ enum WebhookAction {
     Get { webhook: String },
     /// Create a webhook. An active one (the default) is pinged first and created only when
     /// its URL answers 2xx; `--paused` creates it without a ping.
-    #[command(group(clap::ArgGroup::new("secret_source").required(true)
-        .args(["secret", "secret_env", "secret_stdin"])))]
-    Add {
-        #[arg(long)]
-        url: String,
-        /// The signing secret. Prefer --secret-env or --secret-stdin: a secret written on the
-        /// command line lands in shell history and in `ps`.
-        #[arg(long)]
-        secret: Option<String>,
-        /// Read the signing secret from this environment variable.
-        #[arg(long, value_name = "VAR")]
-        secret_env: Option<String>,
-        /// Read the signing secret from standard input (its first line).
-        #[arg(long)]
-        secret_stdin: bool,
-        /// Topic globs, comma-separated: `order.*,scan.*`.
-        #[arg(long, value_delimiter = ',', required = true)]
-        topics: Vec<String>,
-        #[arg(long)]
-        name: Option<String>,
-        /// The signing profile.
-        #[arg(long, value_enum)]
-        signature: Option<Profile>,
-        /// Retry delays, e.g. `5s,30s,1m`.
-        #[arg(long)]
-        retry: Option<String>,
-        /// A JSONPath over the payload, e.g. `$.order_id`: per-key ordering.
-        #[arg(long)]
-        ordering_key: Option<String>,
-        /// Payload predicates as JSON, e.g. `[{"path": "$.total", "gt": 100}]`.
-        #[arg(long, value_name = "JSON")]
-        filter: Option<String>,
-        /// At most this many requests, evenly spaced: `50/s`, `600/m`.
-        #[arg(long)]
-        rate_limit: Option<String>,
-        /// Consecutive failed requests that open the circuit (0: never).
-        #[arg(long)]
-        circuit_failures: Option<u32>,
-        /// How long an open circuit waits before its probe, e.g. `30s`.
-        #[arg(long)]
-        circuit_cooldown: Option<String>,
-        /// Refuse plain http:// (`--https-only=false` allows it when the global default
-        /// refuses it).
-        #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-        https_only: Option<bool>,
-        /// An extra static header, `Name: value`; repeat for more.
-        #[arg(long = "header", value_name = "NAME: VALUE")]
-        headers: Vec<String>,
-        /// Create it paused: no activation ping, nothing sent until `webhooks resume`.
-        #[arg(long)]
-        paused: bool,
-    },
+    Add(Box<AddArgs>),
     /// Send a signed test request with an empty body and show the answer.
     Ping { webhook: String },
     /// Stop sending (deliveries are kept and go out on resume).
@@ -178,6 +127,61 @@ enum WebhookAction {
     Resume { webhook: String },
     /// Delete a webhook and drop its pending deliveries.
     Delete { webhook: String },
+}
+
+/// The options of `webhooks add`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("secret_source").required(true)
+    .args(["secret", "secret_env", "secret_stdin"])))]
+struct AddArgs {
+    #[arg(long)]
+    url: String,
+    /// The signing secret. Prefer --secret-env or --secret-stdin: a secret written on the
+    /// command line lands in shell history and in `ps`.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Read the signing secret from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    secret_env: Option<String>,
+    /// Read the signing secret from standard input (its first line).
+    #[arg(long)]
+    secret_stdin: bool,
+    /// Topic globs, comma-separated: `order.*,scan.*`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    topics: Vec<String>,
+    #[arg(long)]
+    name: Option<String>,
+    /// The signing profile.
+    #[arg(long, value_enum)]
+    signature: Option<Profile>,
+    /// Retry delays, e.g. `5s,30s,1m`.
+    #[arg(long)]
+    retry: Option<String>,
+    /// A JSONPath over the payload, e.g. `$.order_id`: per-key ordering.
+    #[arg(long)]
+    ordering_key: Option<String>,
+    /// Payload predicates as JSON, e.g. `[{"path": "$.total", "gt": 100}]`.
+    #[arg(long, value_name = "JSON")]
+    filter: Option<String>,
+    /// At most this many requests, evenly spaced: `50/s`, `600/m`.
+    #[arg(long)]
+    rate_limit: Option<String>,
+    /// Consecutive failed requests that open the circuit (0: never).
+    #[arg(long)]
+    circuit_failures: Option<u32>,
+    /// How long an open circuit waits before its probe, e.g. `30s`.
+    #[arg(long)]
+    circuit_cooldown: Option<String>,
+    /// Refuse plain http:// (`--https-only=false` allows it when the global default
+    /// refuses it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    https_only: Option<bool>,
+    /// An extra static header, `Name: value`; repeat for more.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Create it paused: no activation ping, nothing sent until `webhooks resume`.
+    #[arg(long)]
+    paused: bool,
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -393,24 +397,25 @@ async fn webhooks(client: &AdminClient, action: WebhookAction) -> anyhow::Result
             let id = client.webhook_id(&webhook).await?;
             print_json(&client.webhook(&id).await?);
         }
-        WebhookAction::Add {
-            url,
-            secret,
-            secret_env,
-            secret_stdin,
-            topics,
-            name,
-            signature,
-            retry,
-            ordering_key,
-            filter,
-            rate_limit,
-            circuit_failures,
-            circuit_cooldown,
-            https_only,
-            headers,
-            paused,
-        } => {
+        WebhookAction::Add(add) => {
+            let AddArgs {
+                url,
+                secret,
+                secret_env,
+                secret_stdin,
+                topics,
+                name,
+                signature,
+                retry,
+                ordering_key,
+                filter,
+                rate_limit,
+                circuit_failures,
+                circuit_cooldown,
+                https_only,
+                headers,
+                paused,
+            } = *add;
             let secret = read_secret(secret, secret_env.as_deref(), secret_stdin)?;
             let filter = filter
                 .map(|f| serde_json::from_str(&f))

@@ -87,6 +87,20 @@ impl Gates {
         Admit::Go
     }
 
+    /// What [`Gates::admit`] would say at `now`, without taking anything: `None` when a
+    /// request could go. Lets the scheduler skip reading the queue of a webhook that waits.
+    pub fn blocked(&self, now: Instant, rate: Option<RateLimit>) -> Option<Admit> {
+        match self.state {
+            State::Open { until } if now < until => return Some(Admit::Wait(until)),
+            State::HalfOpen { probing: true } => return Some(Admit::Busy),
+            _ => {}
+        }
+        match self.next_slot {
+            Some(at) if rate.is_some() && at > now => Some(Admit::Wait(at)),
+            _ => None,
+        }
+    }
+
     /// Notes how a request ended (`threshold` 0: the breaker is off).
     pub fn record(
         &mut self,
@@ -156,12 +170,14 @@ mod tests {
         }
         assert_eq!(g.record(false, t0, 3, COOL), Some(Change::Opened));
         assert_eq!(g.circuit(), (CircuitState::Open, Some(t0 + COOL)));
+        assert_eq!(g.blocked(t0 + COOL / 2, None), Some(Admit::Wait(t0 + COOL)));
         assert_eq!(g.admit(t0 + COOL / 2, None), Admit::Wait(t0 + COOL));
         tokio::time::advance(COOL).await;
         let now = Instant::now();
         assert_eq!(g.admit(now, None), Admit::Go, "the probe");
         assert_eq!(g.circuit().0, CircuitState::HalfOpen);
         assert_eq!(g.admit(now, None), Admit::Busy, "one probe at a time");
+        assert_eq!(g.blocked(now, None), Some(Admit::Busy));
         // The probe fails: open again for a whole cool-down.
         assert_eq!(g.record(false, now, 3, COOL), Some(Change::Opened));
         assert_eq!(g.admit(now, None), Admit::Wait(now + COOL));
@@ -200,6 +216,8 @@ mod tests {
         assert_eq!(g.admit(t0, Some(rate)), Admit::Go);
         let spacing = Duration::from_millis(200);
         assert_eq!(g.admit(t0, Some(rate)), Admit::Wait(t0 + spacing));
+        assert_eq!(g.blocked(t0, Some(rate)), Some(Admit::Wait(t0 + spacing)));
+        assert_eq!(g.blocked(t0 + spacing, Some(rate)), None);
         // 24 requests, each admitted as soon as it may: 23 spacings from the first to the last.
         let mut sent = 1;
         let mut now = t0;

@@ -161,7 +161,11 @@ impl Engine {
         target: &Arc<Target>,
         round: &mut Round,
     ) -> Result<(), StoreError> {
+        if waiting(target, round) {
+            return Ok(());
+        }
         let room = target.limit().saturating_sub(target.requests());
+        let mut gated = false;
         if room > 0 && self.may_start(target, round.fair) {
             let due = self
                 .store
@@ -169,7 +173,11 @@ impl Engine {
                 .await?;
             let mut due = due.into_iter();
             for delivery in due.by_ref() {
-                if !self.may_start(target, round.fair) || !admit(target, round) {
+                let go = self.may_start(target, round.fair) && {
+                    gated = !admit(target, round);
+                    !gated
+                };
+                if !go {
                     // Not started after all: a shared store's other instances may take it.
                     let mut left = vec![delivery.id];
                     left.extend(due.by_ref().map(|d| d.id));
@@ -180,8 +188,9 @@ impl Engine {
             }
         }
         // With room left, the next due time matters; without, a finishing send wakes the loop
-        // (this also saves a queue scan per event under load).
-        if self.may_start(target, round.fair) {
+        // (this also saves a queue scan per event under load). A gate that closed noted when
+        // it opens again: what is due waits for that.
+        if !gated && self.may_start(target, round.fair) {
             if let Some(ms) = self
                 .store
                 .next_queued(target.id, &target.in_flight())
@@ -199,7 +208,7 @@ impl Engine {
         target: &Arc<Target>,
         round: &mut Round,
     ) -> Result<(), StoreError> {
-        if target.requests() > 0 {
+        if target.requests() > 0 || waiting(target, round) {
             return Ok(());
         }
         let head = self.store.claim_head(target.id, u64::MAX, 1).await?.pop();
@@ -226,7 +235,7 @@ impl Engine {
         round: &mut Round,
     ) -> Result<(), StoreError> {
         let room = target.limit().saturating_sub(target.requests());
-        if room == 0 || !self.may_start(target, round.fair) {
+        if room == 0 || !self.may_start(target, round.fair) || waiting(target, round) {
             return Ok(());
         }
         let heads = self
@@ -258,7 +267,7 @@ impl Engine {
         max: usize,
         round: &mut Round,
     ) -> Result<(), StoreError> {
-        if target.requests() > 0 {
+        if target.requests() > 0 || waiting(target, round) {
             return Ok(());
         }
         // New deliveries are queued `interval` after their event: everything queued until
@@ -558,6 +567,31 @@ impl Engine {
     }
 }
 
+/// Whether `target`'s gates hold every request back now (its circuit is open, its probe is
+/// out, or its rate limit's next slot is still to come); if so, notes when to look again, so
+/// that the queue is not read (nor, in a shared store, leased) in vain.
+fn waiting(target: &Target, round: &mut Round) -> bool {
+    let rate = target.record().spec.rate_limit;
+    let now = tokio::time::Instant::now();
+    let blocked = target.gates().blocked(now, rate);
+    match blocked {
+        None => false,
+        Some(Admit::Wait(at)) => {
+            round.wake_at(wake_ms(round, now, at));
+            true
+        }
+        // The probe's end wakes the loop.
+        Some(_) => true,
+    }
+}
+
+/// The wall-clock time in `round` at which tokio's `at` comes, at least a millisecond ahead
+/// (so that the loop does not spin on a wait rounded down to nothing).
+fn wake_ms(round: &Round, now: tokio::time::Instant, at: tokio::time::Instant) -> u64 {
+    let wait = u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+    round.now.saturating_add(wait.max(1))
+}
+
 /// Asks `target`'s gates (circuit breaker, rate limit) whether a request may start now; when
 /// not, notes when to look again.
 fn admit(target: &Target, round: &mut Round) -> bool {
@@ -566,10 +600,7 @@ fn admit(target: &Target, round: &mut Round) -> bool {
     match target.gates().admit(now, rate) {
         Admit::Go => true,
         Admit::Wait(at) => {
-            let wait =
-                u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
-            // At least a millisecond later, so the loop does not spin on a rounded-down wait.
-            round.wake_at(round.now.saturating_add(wait.max(1)));
+            round.wake_at(wake_ms(round, now, at));
             false
         }
         // The probe's end wakes the loop.
@@ -655,6 +686,9 @@ mod tests {
         assert!(admit(&target, &mut r), "the first request goes at once");
         assert!(!admit(&target, &mut r), "the second waits for its slot");
         assert_eq!(r.next, Some(now_ms + 200), "woken when the slot comes");
+        let mut r = round(now_ms);
+        assert!(waiting(&target, &mut r), "the queue need not be read");
+        assert_eq!(r.next, Some(now_ms + 200));
         assert_eq!(target.requests(), 0, "waiting takes no slot");
 
         tokio::time::advance(Duration::from_millis(200)).await;

@@ -789,6 +789,99 @@ mod tests {
         assert_eq!(fields, ["url", "secret", "topics", "retry", "ordered"]);
     }
 
+    /// A webhook's own `https_only` wins over the global default, both ways, and turning it
+    /// on over a plain http:// URL is refused on the field.
+    #[test]
+    fn https_only_per_webhook_overrides_the_default() {
+        let guard = Guard::default();
+        let strict = Defaults {
+            https_only: true,
+            ..defaults(&guard)
+        };
+        let http = WebhookInput {
+            url: Some("http://hooks.example.com/in".into()),
+            secret: Some("s".into()),
+            topics: Some(vec!["order.*".into()]),
+            ..WebhookInput::default()
+        };
+        let e = http.clone().apply(None, &strict).unwrap_err();
+        assert_eq!(e[0].field, "url");
+        let allowed = WebhookInput {
+            https_only: Some(false),
+            ..http.clone()
+        }
+        .apply(None, &strict)
+        .expect("the webhook allows http");
+        assert_eq!(allowed.https_only, Some(false));
+        let base = http.clone().apply(None, &defaults(&guard)).expect("valid");
+        let e = WebhookInput {
+            https_only: Some(true),
+            ..WebhookInput::default()
+        }
+        .apply(Some(&base), &defaults(&guard))
+        .unwrap_err();
+        assert_eq!(e[0].field, "https_only", "{e:?}");
+        let e = WebhookInput {
+            https_only: Some(true),
+            ..http
+        }
+        .apply(None, &defaults(&guard))
+        .unwrap_err();
+        assert_eq!(e[0].field, "url");
+    }
+
+    #[test]
+    fn delivery_settings_are_checked_kept_and_cleared() {
+        let guard = Guard::default();
+        let base = WebhookInput {
+            url: Some("https://hooks.example.com/in".into()),
+            secret: Some("s".into()),
+            topics: Some(vec!["order.*".into()]),
+            ordering_key: Some("$.order_id".into()),
+            rate_limit: Some("50/s".into()),
+            headers: Some(BTreeMap::from([("X-Team".into(), "crm".into())])),
+            ..WebhookInput::default()
+        }
+        .apply(None, &defaults(&guard))
+        .expect("valid");
+        assert_eq!(base.ordering_key.as_deref(), Some("$.order_id"));
+        assert_eq!(base.circuit_failures, DEFAULT_CIRCUIT_FAILURES);
+        let kept = WebhookInput {
+            circuit_failures: Some(0),
+            ..WebhookInput::default()
+        }
+        .apply(Some(&base), &defaults(&guard))
+        .expect("valid");
+        assert_eq!(
+            (kept.rate_limit, kept.headers.len(), kept.circuit_failures),
+            (base.rate_limit, 1, 0)
+        );
+        let cleared = WebhookInput {
+            ordering_key: Some(String::new()),
+            rate_limit: Some(String::new()),
+            headers: Some(BTreeMap::new()),
+            ..WebhookInput::default()
+        }
+        .apply(Some(&base), &defaults(&guard))
+        .expect("valid");
+        assert_eq!(
+            (
+                cleared.ordering_key,
+                cleared.rate_limit,
+                cleared.headers.len()
+            ),
+            (None, None, 0)
+        );
+        // A new header_prefix is checked against the headers kept.
+        let e = WebhookInput {
+            header_prefix: Some("X-Team".into()),
+            ..WebhookInput::default()
+        }
+        .apply(Some(&base), &defaults(&guard))
+        .unwrap_err();
+        assert_eq!(e[0].field, "headers", "{e:?}");
+    }
+
     #[test]
     fn a_partial_update_keeps_what_it_leaves_out() {
         let guard = Guard::default();

@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `e` event id | [`Event`] (JSON) |
 //! | `d` delivery id | [`Delivery`](crate::event::Delivery) (JSON) |
-//! | `q` webhook id, queue ms (big-endian u64), delivery id | empty: the queue |
+//! | `q` webhook id, queue ms (big-endian u64), delivery id | the ordering key (`k` + key) or empty: the queue |
 //! | `x` webhook id, delivery id | empty: a webhook's deliveries, in time order |
 //! | `v` event id, delivery id | empty: an event's deliveries |
 //! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`](crate::event::Attempt) (JSON) |

@@ -86,7 +86,7 @@ pub struct WebhookInput {
     pub filter: Option<Vec<RawWhen>>,
     /// At most this many requests, evenly spaced: `50/s`, `600/m` or `10/h`. Deliveries wait
     /// for their turn, none is dropped. Empty for no limit.
-    #[schema(examples("50/s"))]
+    #[schema(examples("50/s"), pattern = "^([1-9][0-9]{0,8}/[smh])?$")]
     pub rate_limit: Option<String>,
     /// Consecutive failed requests that open the circuit (nothing sent until the cool-down
     /// ends, then one probe); 0 never opens it.
@@ -452,7 +452,7 @@ impl WebhookInput {
         );
         let rate_limit = p.pick(
             "rate_limit",
-            self.rate_limit.as_deref().map(|r| match r.trim() {
+            self.rate_limit.as_deref().map(|r| match r {
                 "" => Ok(None),
                 r => RateLimit::parse(r).map(Some),
             }),
@@ -684,6 +684,10 @@ mod tests {
     #[test]
     fn the_documented_bounds_are_the_checked_ones() {
         assert_eq!(property::<WebhookInput>("secret")["minLength"], 1);
+        assert_eq!(
+            property::<WebhookInput>("rate_limit")["pattern"],
+            super::super::RateLimit::PATTERN
+        );
         assert!(check_secret(String::new()).is_err() && check_secret("s".into()).is_ok());
         let topics = property::<WebhookInput>("topics");
         assert_eq!(topics["minItems"], 1);

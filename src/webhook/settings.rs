@@ -22,26 +22,38 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
-    /// Reads `N/s`, `N/m` or `N/h` (N at least 1).
+    /// The rate limits [`RateLimit::parse`] reads, as the API document states them (`""`,
+    /// which clears a webhook's limit, included).
+    pub const PATTERN: &str = "^([1-9][0-9]{0,8}/[smh])?$";
+
+    /// Reads `N/s`, `N/m` or `N/h`: N from 1 to 999,999,999, written without sign, spaces or
+    /// leading zeros ([`RateLimit::PATTERN`] without the empty string).
     pub fn parse(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
                 "rate_limit `{s}` is not a rate such as 50/s or 600/m (requests per second, minute or hour)"
             )
         };
-        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        let per = match unit.trim() {
+        let (count, unit) = s.split_once('/').ok_or_else(bad)?;
+        let digits = !count.is_empty()
+            && count.len() <= 9
+            && count.bytes().all(|b| b.is_ascii_digit())
+            && !count.starts_with('0');
+        if count.bytes().all(|b| b == b'0') && !count.is_empty() {
+            return Err(format!(
+                "rate_limit `{s}` must allow at least one request (leave it out for no limit)"
+            ));
+        }
+        if !digits {
+            return Err(bad());
+        }
+        let count: u32 = count.parse().map_err(|_| bad())?;
+        let per = match unit {
             "s" => Duration::from_secs(1),
             "m" => Duration::from_secs(60),
             "h" => Duration::from_secs(3600),
             _ => return Err(bad()),
         };
-        if count == 0 {
-            return Err(format!(
-                "rate_limit `{s}` must allow at least one request (leave it out for no limit)"
-            ));
-        }
         Ok(Self { count, per })
     }
 
@@ -156,9 +168,53 @@ mod tests {
             RateLimit::parse("600/m").expect("valid").spacing(),
             Duration::from_millis(100)
         );
-        for bad in ["50", "50/d", "x/s", "0/s", "-1/s", ""] {
+        for bad in [
+            "50",
+            "50/d",
+            "x/s",
+            "0/s",
+            "-1/s",
+            "+5/s",
+            "05/s",
+            " 5/s",
+            "5/s ",
+            "1000000000/s",
+            "",
+        ] {
             let e = RateLimit::parse(bad).expect_err(bad);
             assert!(e.contains("rate_limit"), "{e}");
+        }
+    }
+
+    /// The pattern the API document states admits exactly the rates `parse` reads, and `""`.
+    #[test]
+    fn the_documented_pattern_is_exactly_what_parse_reads() {
+        let re = regex::Regex::new(RateLimit::PATTERN).expect("a regular expression");
+        for s in [
+            "",
+            "1/s",
+            "50/s",
+            "600/m",
+            "10/h",
+            "999999999/s",
+            "1000000000/s",
+            "0/s",
+            "05/m",
+            "+5/s",
+            " 5/s",
+            "5/ s",
+            "5/d",
+            "5",
+            "/s",
+            "5/s/s",
+            "٥/s",
+            "5/S",
+        ] {
+            assert_eq!(
+                re.is_match(s),
+                s.is_empty() || RateLimit::parse(s).is_ok(),
+                "{s:?}"
+            );
         }
     }
 

@@ -309,6 +309,9 @@ impl Engine {
                 tracing::error!(webhook = %guard.target.id, error = %e,
                     "cannot record a delivery attempt; the deliveries stay queued and will be sent again");
             }
+            // A probe whose outcome was recorded has moved the circuit on; one that never went
+            // (its event was missing, the store failed) must not hold the circuit half-open.
+            guard.target.gates().release_probe();
             drop(guard);
         });
     }

@@ -1,5 +1,5 @@
 //! Criterion micro-benchmarks of the per-request work hooktap adds: routing, payload
-//! extraction and signing. `cargo bench --bench micro` (about a minute on 2 cores).
+//! extraction, signing, and a webhook's filter, ordering key and key heads. `cargo bench --bench micro` (about a minute on 2 cores).
 //!
 //! Everything is built through the public API, as a rule file would be: rule sets are generated
 //! as TOML, parsed into `RawRuleFile` and compiled with `RuleSet::add`.
@@ -331,6 +331,89 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a webhook's delivery settings add: at intake, its `filter` (two predicates) and its
+/// `ordering_key` over a typical payload, per event and webhook; in the scheduler, finding the
+/// heads of its keys (`claim_key_heads`) in a queue of 1,000 deliveries over 100 keys, against
+/// reading the first 8 of the same queue (`queued`, what an unkeyed webhook does).
+fn webhook_settings(c: &mut Criterion) {
+    use hooktap::event::{Delivery, Event, Topic};
+    use hooktap::rules::raw::RawWhen;
+    use hooktap::webhook::{check_ordering_key, compile_filter, ordering_key_of};
+
+    let filter: Vec<RawWhen> = toml::from_str::<toml::Table>(
+        "f = [{ path = \"$.total\", gt = 50 }, { path = \"$.status\", in = [\"paid\", \"shipped\"] }]",
+    )
+    .expect("toml")
+    .remove("f")
+    .expect("f")
+    .try_into()
+    .expect("predicates");
+    let filter = compile_filter(&filter).expect("filter compiles");
+    let key = check_ordering_key("$.id").expect("key compiles");
+    let payload = serde_json::json!({"id": 1042, "status": "paid", "email": "buyer@example.com",
+        "event_id": 3, "tickets": 2, "total": 90.0, "location": "1042"});
+    let mut group = c.benchmark_group("webhook");
+    group.bench_function("select/filter-2-and-ordering-key", |b| {
+        b.iter(|| {
+            let payload = black_box(&payload);
+            filter
+                .iter()
+                .all(|p| p.holds(payload))
+                .then(|| ordering_key_of(&key, payload))
+        });
+    });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("hooktap.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "rules = [\"{}/rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n[store]\npath = \"{}\"\n",
+            env!("CARGO_MANIFEST_DIR"),
+            dir.path().join("store").display()
+        ),
+    )
+    .expect("write config");
+    let config = hooktap::config::Config::load(&file).expect("bench config loads");
+    let store = hooktap::store::SledStore::open(&config.store).expect("open store");
+    let topic = Topic::parse("order.paid").expect("topic");
+    let webhook = uuid::Uuid::now_v7();
+    for i in 0..1_000 {
+        let e = Event::new(&topic, "r", serde_json::json!({"id": i % 100}));
+        let mut d = Delivery::new(&e, webhook, 0);
+        d.ordering_key = Some((i % 100).to_string());
+        store.append(&e, std::slice::from_ref(&d)).expect("append");
+    }
+    let none = std::collections::HashSet::new();
+    group.sample_size(20);
+    group.bench_function("queue/queued-8-of-1000", |b| {
+        b.iter(|| store.queued(webhook, u64::MAX, 8, &none).expect("queued"));
+    });
+    group.bench_function("queue/claim_key_heads-8-of-1000-in-100-keys", |b| {
+        b.iter(|| {
+            store
+                .claim_key_heads(webhook, u64::MAX, 8, &none)
+                .expect("heads")
+        });
+    });
+    // Every key's head in flight: the whole queue is walked and nothing may go.
+    let all_heads: std::collections::HashSet<uuid::Uuid> = store
+        .claim_key_heads(webhook, u64::MAX, 100, &none)
+        .expect("heads")
+        .ready
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    group.bench_function("queue/claim_key_heads-every-key-in-flight", |b| {
+        b.iter(|| {
+            store
+                .claim_key_heads(webhook, u64::MAX, 8, &all_heads)
+                .expect("heads")
+        });
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     // Short: the whole file runs in about a minute on 2 cores.
     Criterion::default()
@@ -342,6 +425,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = routing, payload, signing, store
+    targets = routing, payload, signing, store, webhook_settings
 }
 criterion_main!(benches);

@@ -59,6 +59,60 @@ pub struct Event {
     pub rule: String,
     /// What the rule's `payload` selected: any JSON value.
     pub payload: Value,
+    /// The W3C trace context of the app's request that caused the event, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
+}
+
+/// A W3C trace context (`traceparent`, `tracestate`) as the app's request carried it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TraceContext {
+    /// 32 lower-case hex digits.
+    pub trace_id: String,
+    /// The span of the app's request: the parent of the webhook request's span.
+    pub parent_id: String,
+    /// Two hex digits (`01`: sampled).
+    pub flags: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// Reads a `traceparent` header (version `00` or a later one read as `00`, as the
+    /// specification asks), with the `tracestate` beside it. `None` when it is not valid: all
+    /// zeros ids, wrong lengths, upper-case or non-hex digits.
+    pub fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
+        let hex = |s: &str, len: usize| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let mut parts = traceparent.trim().split('-');
+        let (version, trace_id, parent_id, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let valid = hex(version, 2)
+            && version != "ff"
+            && (version != "00" || parts.next().is_none())
+            && hex(trace_id, 32)
+            && trace_id.bytes().any(|b| b != b'0')
+            && hex(parent_id, 16)
+            && parent_id.bytes().any(|b| b != b'0')
+            && hex(flags, 2);
+        valid.then(|| Self {
+            trace_id: trace_id.to_owned(),
+            parent_id: parent_id.to_owned(),
+            flags: flags.to_owned(),
+            tracestate: tracestate
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.len() <= 512)
+                .map(str::to_owned),
+        })
+    }
+
+    /// The `traceparent` of a child span `span_id` (16 hex digits) in the same trace.
+    pub fn child(&self, span_id: &str) -> String {
+        format!("00-{}-{span_id}-{}", self.trace_id, self.flags)
+    }
 }
 
 impl Event {
@@ -71,6 +125,7 @@ impl Event {
             event: topic.event().to_owned(),
             rule: rule.to_owned(),
             payload,
+            trace: None,
         }
     }
 }
@@ -109,6 +164,11 @@ pub struct Delivery {
     pub queue_ms: u64,
     /// The last attempt's summary, e.g. `HTTP 500 Internal Server Error: oops`.
     pub last_summary: Option<String>,
+    /// The webhook's `ordering_key` read from the payload: deliveries with the same key are
+    /// sent one at a time, in order. Absent when the webhook has none or the payload had no
+    /// value there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -130,6 +190,7 @@ impl Delivery {
             due_ms,
             queue_ms: due_ms,
             last_summary: None,
+            ordering_key: None,
             created_at: event.created_at,
             updated_at: event.created_at,
         }
@@ -201,6 +262,39 @@ mod tests {
         assert_eq!((t.resource(), t.event()), ("hooktap.webhook", "disabled"));
         let t = Topic::parse("order.created").expect("valid topic");
         assert_eq!((t.resource(), t.event()), ("order", "created"));
+    }
+
+    #[test]
+    fn a_traceparent_is_read_strictly_and_a_child_keeps_the_trace() {
+        let t = TraceContext::parse(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            Some("congo=t61rcWkgMzE"),
+        )
+        .expect("valid");
+        assert_eq!(
+            t.child("b7ad6b7169203331"),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+        );
+        assert_eq!(t.tracestate.as_deref(), Some("congo=t61rcWkgMzE"));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert!(TraceContext::parse(bad, None).is_none(), "{bad}");
+        }
+        // A later version may carry more fields.
+        assert!(
+            TraceContext::parse(
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more",
+                None
+            )
+            .is_some()
+        );
     }
 
     #[test]

@@ -163,24 +163,9 @@ enum WebhookAction {
     },
     /// Show one webhook (by id or name).
     Get { webhook: String },
-    /// Create a webhook.
-    Add {
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        secret: String,
-        /// Topic globs, comma-separated: `order.*,scan.*`.
-        #[arg(long, value_delimiter = ',', required = true)]
-        topics: Vec<String>,
-        #[arg(long)]
-        name: Option<String>,
-        /// The signing profile.
-        #[arg(long, value_enum)]
-        signature: Option<Profile>,
-        /// Retry delays, e.g. `5s,30s,1m`.
-        #[arg(long)]
-        retry: Option<String>,
-    },
+    /// Create a webhook. An active one (the default) is pinged first and created only when
+    /// its URL answers 2xx; `--paused` creates it without a ping.
+    Add(Box<AddArgs>),
     /// Send a signed test request with an empty body and show the answer.
     Ping { webhook: String },
     /// Stop sending (deliveries are kept and go out on resume).
@@ -189,6 +174,61 @@ enum WebhookAction {
     Resume { webhook: String },
     /// Delete a webhook and drop its pending deliveries.
     Delete { webhook: String },
+}
+
+/// The options of `webhooks add`.
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("secret_source").required(true)
+    .args(["secret", "secret_env", "secret_stdin"])))]
+struct AddArgs {
+    #[arg(long)]
+    url: String,
+    /// The signing secret. Prefer --secret-env or --secret-stdin: a secret written on the
+    /// command line lands in shell history and in `ps`.
+    #[arg(long)]
+    secret: Option<String>,
+    /// Read the signing secret from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    secret_env: Option<String>,
+    /// Read the signing secret from standard input (its first line).
+    #[arg(long)]
+    secret_stdin: bool,
+    /// Topic globs, comma-separated: `order.*,scan.*`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    topics: Vec<String>,
+    #[arg(long)]
+    name: Option<String>,
+    /// The signing profile.
+    #[arg(long, value_enum)]
+    signature: Option<Profile>,
+    /// Retry delays, e.g. `5s,30s,1m`.
+    #[arg(long)]
+    retry: Option<String>,
+    /// A JSONPath over the payload, e.g. `$.order_id`: per-key ordering.
+    #[arg(long)]
+    ordering_key: Option<String>,
+    /// Payload predicates as JSON, e.g. `[{"path": "$.total", "gt": 100}]`.
+    #[arg(long, value_name = "JSON")]
+    filter: Option<String>,
+    /// At most this many requests, evenly spaced: `50/s`, `600/m`.
+    #[arg(long)]
+    rate_limit: Option<String>,
+    /// Consecutive failed requests that open the circuit (0: never).
+    #[arg(long)]
+    circuit_failures: Option<u32>,
+    /// How long an open circuit waits before its probe, e.g. `30s`.
+    #[arg(long)]
+    circuit_cooldown: Option<String>,
+    /// Refuse plain http:// (`--https-only=false` allows it when the global default
+    /// refuses it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    https_only: Option<bool>,
+    /// An extra static header, `Name: value`; repeat for more.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Create it paused: no activation ping, nothing sent until `webhooks resume`.
+    #[arg(long)]
+    paused: bool,
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -238,11 +278,26 @@ fn check(config: &Config) -> bool {
         out(format_args!("  topic {topic}: {}", rules.join(", ")));
     }
     for w in &config.webhooks {
+        let mut extras = Vec::new();
+        if let Some(key) = &w.ordering_key {
+            extras.push(format!("ordered by {key}"));
+        }
+        if !w.filter.is_empty() {
+            extras.push(format!("{} filter predicates", w.filter.len()));
+        }
+        if let Some(rate) = w.rate_limit {
+            extras.push(format!("at most {rate}"));
+        }
         out(format_args!(
-            "  webhook {} -> {} [{}]",
+            "  webhook {} -> {} [{}]{}",
             w.name,
             hooktap::webhook::mask_url(&w.url),
-            w.topics.join(", ")
+            w.topics.join(", "),
+            if extras.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", extras.join("; "))
+            }
         ));
     }
     let hooktap::config::Backend::Postgres(pg) = &config.store.backend else {
@@ -430,28 +485,91 @@ async fn remote(config: &Config, command: Remote) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn webhooks(client: &AdminClient, action: WebhookAction) -> Result<(), ClientError> {
+/// The secret of `webhooks add`: given, from an environment variable or from the first line
+/// of standard input (clap makes sure exactly one source is named).
+fn read_secret(given: Option<String>, env: Option<&str>, stdin: bool) -> anyhow::Result<String> {
+    let secret = match (given, env) {
+        (Some(s), _) => s,
+        (None, Some(var)) => std::env::var(var).map_err(|e| {
+            anyhow::anyhow!("--secret-env {var}: cannot read the environment variable: {e}")
+        })?,
+        (None, None) if stdin => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| anyhow::anyhow!("--secret-stdin: cannot read standard input: {e}"))?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+        (None, None) => {
+            anyhow::bail!("give the secret with --secret-env, --secret-stdin or --secret")
+        }
+    };
+    if secret.is_empty() {
+        anyhow::bail!("the webhook secret is empty");
+    }
+    Ok(secret)
+}
+
+async fn webhooks(client: &AdminClient, action: WebhookAction) -> anyhow::Result<()> {
     match action {
         WebhookAction::List { status } => list_webhooks(client, status).await?,
         WebhookAction::Get { webhook } => {
             let id = client.webhook_id(&webhook).await?;
             print_json(&client.webhook(&id).await?);
         }
-        WebhookAction::Add {
-            url,
-            secret,
-            topics,
-            name,
-            signature,
-            retry,
-        } => {
+        WebhookAction::Add(add) => {
+            let AddArgs {
+                url,
+                secret,
+                secret_env,
+                secret_stdin,
+                topics,
+                name,
+                signature,
+                retry,
+                ordering_key,
+                filter,
+                rate_limit,
+                circuit_failures,
+                circuit_cooldown,
+                https_only,
+                headers,
+                paused,
+            } = *add;
+            let secret = read_secret(secret, secret_env.as_deref(), secret_stdin)?;
+            let filter = filter
+                .map(|f| serde_json::from_str(&f))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--filter: not a JSON list of predicates: {e}"))?;
+            let headers = (!headers.is_empty())
+                .then(|| {
+                    headers
+                        .iter()
+                        .map(|h| {
+                            h.split_once(':')
+                                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                                .ok_or_else(|| {
+                                    anyhow::anyhow!("--header `{h}`: write it as `Name: value`")
+                                })
+                        })
+                        .collect::<anyhow::Result<_>>()
+                })
+                .transpose()?;
             let input = WebhookInput {
                 name,
                 url: Some(url),
                 secret: Some(secret),
                 topics: Some(topics),
+                status: paused.then_some(WebhookStatus::Paused),
                 signature,
                 retry,
+                ordering_key,
+                filter,
+                rate_limit,
+                circuit_failures,
+                circuit_cooldown,
+                https_only,
+                headers,
                 ..WebhookInput::default()
             };
             print_json(&client.create_webhook(&input).await?);

@@ -33,6 +33,7 @@ pub struct Metrics {
     reloads: Family<Labels, Counter>,
     pending: Family<Labels, Gauge>,
     oldest_pending: Family<Labels, Gauge<f64, AtomicU64>>,
+    circuit: Family<Labels, Gauge>,
     journal_backlog: Gauge,
     journal_behind: Gauge<f64, AtomicU64>,
     store_syncs: Counter,
@@ -119,6 +120,12 @@ impl Metrics {
             "Age of the oldest queued delivery, by webhook",
             oldest_pending.clone(),
         );
+        let circuit = Family::default();
+        registry.register(
+            "circuit_state",
+            "Each webhook's circuit breaker on this instance: 0 closed, 1 open, 2 half-open",
+            circuit.clone(),
+        );
         let journal_backlog = Gauge::default();
         registry.register(
             "journal_backlog",
@@ -172,6 +179,7 @@ impl Metrics {
             reloads,
             pending,
             oldest_pending,
+            circuit,
             open_connections,
             connections_closed,
         }
@@ -269,6 +277,18 @@ impl Metrics {
             .set(oldest_age_seconds);
     }
 
+    /// Sets a webhook's circuit gauge.
+    pub fn circuit(&self, webhook: &str, state: crate::webhook::CircuitState) {
+        let value = match state {
+            crate::webhook::CircuitState::Closed => 0,
+            crate::webhook::CircuitState::Open => 1,
+            crate::webhook::CircuitState::HalfOpen => 2,
+        };
+        self.circuit
+            .get_or_create(&vec![("webhook", webhook.to_owned())])
+            .set(value);
+    }
+
     /// Sets the journal gauges of a shared store.
     pub fn journal(&self, backlog: u64, behind_seconds: f64) {
         self.journal_backlog
@@ -291,6 +311,7 @@ impl Metrics {
         let labels = vec![("webhook", webhook.to_owned())];
         self.pending.remove(&labels);
         self.oldest_pending.remove(&labels);
+        self.circuit.remove(&labels);
     }
 
     /// The gauge of the client connections open on `listener` (`proxy`, `admin`).

@@ -81,13 +81,12 @@ pub struct Redelivered {
 }
 
 fn views(state: &AdminState, status: Option<WebhookStatus>) -> Vec<WebhookView> {
-    let mut all: Vec<WebhookView> = state
-        .live
-        .engine()
+    let engine = state.live.engine();
+    let mut all: Vec<WebhookView> = engine
         .webhooks()
         .iter()
         .filter(|w| status.is_none_or(|s| w.status == s))
-        .map(|w| w.view())
+        .map(|w| engine.view(w))
         .collect();
     all.sort_by_key(|w| w.created_at);
     all
@@ -123,7 +122,8 @@ pub async fn count(State(state): State<AdminState>, Q(filter): Q<StatusFilter>) 
     })
 }
 
-#[utoipa::path(post, operation_id = "create_webhook", path = "/webhooks", tag = "webhooks", summary = "Create a webhook",
+#[utoipa::path(post, operation_id = "create_webhook", path = "/webhooks", tag = "webhooks",
+    summary = "Create a webhook; an active one is pinged first (409 ping_failed unless 2xx, nothing created)",
     request_body = NewWebhook, responses((status = 201, body = WebhookView)))]
 pub async fn create(
     State(state): State<AdminState>,
@@ -131,7 +131,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
     let NewWebhook(input) = json_body(body)?;
     let w = state.live.engine().create_webhook(input).await?;
-    Ok((StatusCode::CREATED, Json(w.view())))
+    Ok((StatusCode::CREATED, Json(state.live.engine().view(&w))))
 }
 
 #[utoipa::path(get, operation_id = "get_webhook", path = "/webhooks/{id}", tag = "webhooks", summary = "Get a webhook",
@@ -145,7 +145,7 @@ pub async fn get(
         .engine()
         .webhook(id(&raw, "webhook")?)
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    Ok(Json(w.view()))
+    Ok(Json(state.live.engine().view(&w)))
 }
 
 #[utoipa::path(put, operation_id = "update_webhook", path = "/webhooks/{id}", tag = "webhooks",
@@ -161,7 +161,7 @@ pub async fn update(
         .engine()
         .update_webhook(id(&raw, "webhook")?, json_body(body)?)
         .await?;
-    Ok(Json(w.view()))
+    Ok(Json(state.live.engine().view(&w)))
 }
 
 #[utoipa::path(delete, operation_id = "delete_webhook", path = "/webhooks/{id}", tag = "webhooks",
@@ -207,7 +207,7 @@ pub async fn duplicate(
         .engine()
         .duplicate_webhook(id(&raw, "webhook")?)
         .await?;
-    Ok((StatusCode::CREATED, Json(w.view())))
+    Ok((StatusCode::CREATED, Json(state.live.engine().view(&w))))
 }
 
 #[utoipa::path(post, operation_id = "reset_webhook", path = "/webhooks/{id}/reset", tag = "webhooks",
@@ -223,7 +223,7 @@ pub async fn reset(
         .reset_counters(id(&raw, "webhook")?)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
-    Ok(Json(w.view()))
+    Ok(Json(state.live.engine().view(&w)))
 }
 
 #[utoipa::path(post, operation_id = "recover_deliveries", path = "/webhooks/{id}/recover", tag = "webhooks",

@@ -456,6 +456,50 @@ status = [201]
     }
 
     #[test]
+    fn bad_delivery_settings_are_each_reported_at_their_line() {
+        let config = CONFIG.replace(
+            "topics = [\"order.*\"]",
+            "topics = [\"order.*\"]\nfilter = [{ path = \"$.total\", gt = 1 }, { path = \"total\", exists = true }]\nrate_limit = \"fast\"\nordering_key = \"$.[\"\nheaders = { \"X-Hooktap-Webhook-Id\" = \"mine\" }\ncircuit_cooldown = \"soon\"",
+        );
+        let problems = load(&config, RULE).unwrap_err();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        let expected = [
+            ("hooktap.toml:15:10: webhook `crm`: filter[1]: JSONPath `total` must start with `$`"),
+            ("hooktap.toml:16:14: webhook `crm`: rate_limit `fast` is not a rate"),
+            ("hooktap.toml:17:16: webhook `crm`: ordering_key: "),
+            ("hooktap.toml:18:11: webhook `crm`: headers: `X-Hooktap-Webhook-Id` is set by hooktap"),
+            ("hooktap.toml:19:20: webhook `crm`: circuit_cooldown `soon`"),
+        ];
+        for want in expected {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want}: {problems:#?}"
+            );
+        }
+        // A filter entry with an unknown operator is refused with its key named.
+        let config = CONFIG.replace(
+            "topics = [\"order.*\"]",
+            "topics = [\"order.*\"]\nfilter = [{ path = \"$.total\", above = 1 }]",
+        );
+        let problems = load(&config, RULE).unwrap_err();
+        assert!(
+            problems.len() == 1
+                && problems[0].starts_with("hooktap.toml:15:10: webhook `crm`: filter")
+                && problems[0].contains("above"),
+            "{problems:#?}"
+        );
+        let config = CONFIG.replace(
+            "topics = [\"order.*\"]",
+            "topics = [\"order.*\"]\nordered = true\nordering_key = \"$.id\"",
+        );
+        let problems = load(&config, RULE).unwrap_err();
+        assert!(
+            problems.len() == 1 && problems[0].contains("ordering_key cannot be combined"),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
     fn webhook_checks_name_the_field_line() {
         let config = CONFIG.replace("secret = \"s\"\n", "retry = \"5s,soon\"\nconcurrency = 0\n");
         let problems = load(&config, RULE).unwrap_err();

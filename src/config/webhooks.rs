@@ -71,12 +71,16 @@ fn read_webhook_table(
                 good.insert(key, value);
             }
             Err(e) => {
-                let e = e.also_accepting(FILE_ONLY_KEYS);
-                let span = match e {
-                    ValueError::UnknownField { .. } => key_span,
-                    _ => value_span,
+                // An unknown key of the table itself, or one inside its value (a `filter`
+                // entry's): only the first is at the key, and may be a file-only key.
+                let (message, span) = match e {
+                    ValueError::UnknownField { ref field, .. } if *field == key => {
+                        (e.also_accepting(FILE_ONLY_KEYS).about(&key), key_span)
+                    }
+                    ValueError::UnknownField { .. } => (format!("{key}: {e}"), value_span),
+                    _ => (e.about(&key), value_span),
                 };
-                r.at(span, format!("webhook `{shown}`: {}", e.about(&key)));
+                r.at(span, format!("webhook `{shown}`: {message}"));
                 rejected.push(key);
             }
         }

@@ -87,8 +87,8 @@ impl Intake {
         result
     }
 
-    /// Stores `event` with one delivery per webhook that accepts its topic (also used to
-    /// move held events in).
+    /// Stores `event` with one delivery per webhook that accepts its topic and whose filter
+    /// its payload passes, each with its ordering key (also used to move held events in).
     pub(super) fn store_with_deliveries(
         &self,
         event: &Event,
@@ -98,14 +98,17 @@ impl Intake {
             .all()
             .iter()
             .filter(|t| t.accepts(&event.topic))
-            .map(|t| {
+            .filter_map(|t| {
+                let ordering_key = t.select(&event.payload)?;
                 let delay = match t.record().spec.mode {
                     Mode::Batch { interval, .. } => {
                         u64::try_from(interval.as_millis()).unwrap_or(u64::MAX)
                     }
                     Mode::Realtime => 0,
                 };
-                Delivery::new(event, t.id, delay)
+                let mut d = Delivery::new(event, t.id, delay);
+                d.ordering_key = ordering_key;
+                Some(d)
             })
             .collect();
         let durable = self.store.append_deferred(event, &deliveries)?;

@@ -18,7 +18,7 @@ use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
 use crate::store::{Planner, StoreError};
 use crate::webhook::{
     Counters, Defaults, FieldError, Origin, TopicsError, Webhook, WebhookInput, WebhookSpec,
-    WebhookStatus, compile_topics,
+    WebhookStatus, WebhookView, compile_topics,
 };
 
 /// Why a management operation was refused.
@@ -80,6 +80,19 @@ impl Engine {
         self.registry.get(id).map(|t| t.webhook())
     }
 
+    /// A webhook as it may be shown, with where its circuit breaker stands on this instance.
+    pub fn view(&self, webhook: &Webhook) -> WebhookView {
+        let mut view = webhook.view();
+        if let Some(t) = self.registry.get(webhook.id) {
+            let (state, until) = t.gates().circuit();
+            view.circuit = state;
+            view.circuit_open_until = until.map(|u| {
+                OffsetDateTime::now_utc() + u.saturating_duration_since(tokio::time::Instant::now())
+            });
+        }
+        view
+    }
+
     /// Sets a webhook's status. Resuming wakes the loop, so queued deliveries go out at once;
     /// disabling emits `hooktap.webhook.disabled`.
     pub async fn set_status(
@@ -102,6 +115,10 @@ impl Engine {
                 w.status = status;
                 w.disabled_reason = None;
                 w.updated_at = OffsetDateTime::now_utc();
+            }
+            if status == WebhookStatus::Active && was != WebhookStatus::Active {
+                // Resumed by an operator (after a ping, through the API): start afresh.
+                target.gates().reset_circuit();
             }
             (
                 w.clone(),
@@ -219,6 +236,11 @@ impl Engine {
                             t.set_topics(topics);
                         }
                     }
+                    if running.spec.filter != webhook.spec.filter
+                        || running.spec.ordering_key != webhook.spec.ordering_key
+                    {
+                        t.set_selection(&webhook.spec);
+                    }
                     running.status != WebhookStatus::Active
                         && webhook.status == WebhookStatus::Active
                 };
@@ -264,7 +286,9 @@ impl Engine {
         }
     }
 
-    /// Creates a webhook from API input, validated like the config file.
+    /// Creates a webhook from API input, validated like the config file. One created active
+    /// (the default) is pinged first, as activating one is: unless its URL answers 2xx,
+    /// nothing is created. One created `paused` or `disabled` is not pinged.
     pub async fn create_webhook(&self, input: WebhookInput) -> Result<Webhook, ManageError> {
         let spec = input
             .apply(None, &self.defaults())
@@ -273,6 +297,16 @@ impl Engine {
             return Err(ManageError::NameTaken(spec.name));
         }
         let webhook = Webhook::new(spec, Origin::Api);
+        if webhook.status == WebhookStatus::Active {
+            let ping = self.ping_webhook(&webhook).await;
+            if !ping.success {
+                return Err(ManageError::PingFailed(ping.summary));
+            }
+            // Another request may have taken the name while the ping was out.
+            if self.registry.name_taken(&webhook.spec.name, None) {
+                return Err(ManageError::NameTaken(webhook.spec.name));
+            }
+        }
         let target = Target::new(webhook.clone()).map_err(topics_error)?;
         self.store.put_webhook(&webhook).await?;
         self.registry.add(Arc::new(target));
@@ -319,6 +353,7 @@ impl Engine {
                 return Err(ManageError::NotFound(id));
             }
             target.set_topics(topics);
+            target.set_selection(&w.spec);
         }
         if let Some(status) = status {
             self.set_status(id, status).await?;
@@ -360,7 +395,8 @@ impl Engine {
             None,
             &self.config.source,
             Vec::new(),
-        );
+        )
+        .https_only_by_default(self.config.https_only);
         let sent = send::send(&self.client, &self.config.guard, &out).await;
         let (status, summary, headers, body) = match sent.result {
             Ok(a) => (Some(a.status), a.summary(), a.headers, a.body),

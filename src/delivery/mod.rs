@@ -22,6 +22,7 @@
 //! most its own concurrency) even when the global limit is used up: receivers that hang can
 //! only use up their own shares, never a healthy webhook's.
 
+pub mod breaker;
 pub mod intake;
 pub mod keeper;
 pub mod manage;
@@ -50,6 +51,9 @@ use registry::{Registry, Target};
 
 /// The topic of the operational event emitted when a webhook becomes disabled.
 pub const WEBHOOK_DISABLED_TOPIC: &str = "hooktap.webhook.disabled";
+/// The topic of the early warning emitted when a webhook's consecutive failures reach 50, 70
+/// and 90 % of its `failure_threshold`.
+pub const WEBHOOK_FAILING_TOPIC: &str = "hooktap.webhook.failing";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -116,7 +120,8 @@ impl Engine {
         // pingora already links rustls with ring; use the same provider rather than a second one.
         // Installing fails only when a provider is already installed, which is just as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = client_builder(config.https_only, config.guard.resolver()).build()?;
+        // `https_only` is decided per webhook, at send time (see `Outgoing::https_only`).
+        let client = client_builder(false, config.guard.resolver()).build()?;
         let targets = webhooks
             .into_iter()
             .map(|w| {

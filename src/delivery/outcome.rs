@@ -70,8 +70,9 @@ pub fn decide(
                 Some(delay) => {
                     after.due_ms = unix_ms(now)
                         .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-                    // An ordered webhook's retry keeps its place at the head of the queue.
-                    if !webhook.spec.ordered {
+                    // An ordered webhook's retry keeps its place at the head of the queue,
+                    // a keyed delivery its place at the head of its key's queue.
+                    if !webhook.spec.ordered && before.ordering_key.is_none() {
                         after.queue_ms = after.due_ms;
                     }
                     Step::Retry { delay }
@@ -107,6 +108,25 @@ pub fn decide(
         counters,
         disable,
     }
+}
+
+/// The early-warning levels, in percent of `failure_threshold`.
+pub const WARNING_LEVELS: [u8; 3] = [50, 70, 90];
+
+/// The highest warning level (see [`WARNING_LEVELS`]) that consecutive failures crossed going
+/// from `before` to `after`, if any (none when `threshold` is 0).
+pub fn warning_level(threshold: u32, before: u64, after: u64) -> Option<u8> {
+    let threshold = u64::from(threshold);
+    if threshold == 0 || after <= before {
+        return None;
+    }
+    // `count` reached `level` % of the threshold: count * 100 >= level * threshold.
+    let reached = |count: u64, level: u8| count * 100 >= u64::from(level) * threshold;
+    WARNING_LEVELS
+        .iter()
+        .rev()
+        .find(|&&level| reached(after, level) && !reached(before, level))
+        .copied()
 }
 
 /// Why `webhook` must be disabled by its counters: `failure_threshold` consecutive failed
@@ -218,6 +238,7 @@ mod tests {
                 mode: Mode::Realtime,
                 ordered,
                 concurrency: 8,
+                ..WebhookSpec::example("crm")
             },
             Origin::Api,
         )
@@ -411,6 +432,36 @@ mod tests {
         assert_eq!(
             o.changes[1].attempt.request_body,
             format!("(sent in one batch with delivery {})", a.id)
+        );
+    }
+
+    #[test]
+    fn warnings_come_at_50_70_and_90_percent_once_each() {
+        let levels: Vec<Option<u8>> = (0..10).map(|n| warning_level(10, n, n + 1)).collect();
+        assert_eq!(
+            levels,
+            [
+                None,
+                None,
+                None,
+                None,
+                Some(50),
+                None,
+                Some(70),
+                None,
+                Some(90),
+                None
+            ]
+        );
+        // A threshold of 5: 2.5, 3.5 and 4.5 failures, so the 3rd, 4th and 5th.
+        let levels: Vec<Option<u8>> = (0..5).map(|n| warning_level(5, n, n + 1)).collect();
+        assert_eq!(levels, [None, None, Some(50), Some(70), Some(90)]);
+        assert_eq!(warning_level(0, 0, 100), None, "never disabled: no warning");
+        assert_eq!(warning_level(10, 8, 0), None, "a success resets");
+        assert_eq!(
+            warning_level(10, 0, 10),
+            Some(90),
+            "a jump warns once, at its highest"
         );
     }
 

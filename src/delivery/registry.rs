@@ -9,9 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use globset::GlobSet;
+use serde_json::Value;
 use uuid::Uuid;
 
-use crate::webhook::{Mode, TopicsError, Webhook, WebhookStatus, compile_topics};
+use super::breaker::Gates;
+use crate::rules::selector::Selector;
+use crate::rules::when::Predicate;
+use crate::webhook::{
+    Mode, TopicsError, Webhook, WebhookSpec, WebhookStatus, check_ordering_key, compile_filter,
+    compile_topics, ordering_key_of,
+};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep going with it.
@@ -24,6 +31,10 @@ pub struct Target {
     /// The live record (status, counters). A plain mutex, never held across an `.await`.
     record: Mutex<Webhook>,
     topics: RwLock<GlobSet>,
+    /// The spec's `filter` and `ordering_key`, compiled (the intake evaluates them).
+    selection: RwLock<Selection>,
+    /// The circuit breaker and the rate limit (see [`super::breaker`]).
+    gates: Mutex<Gates>,
     /// Deliveries being sent right now; their queue entries stay until the attempt is recorded.
     in_flight: Mutex<HashSet<Uuid>>,
     /// Requests in flight (a batch is one request carrying many deliveries).
@@ -40,10 +51,13 @@ pub struct Target {
 impl Target {
     pub fn new(webhook: Webhook) -> Result<Self, TopicsError> {
         let topics = compile_topics(&webhook.spec.topics)?;
+        let selection = Selection::compile(&webhook.spec);
         Ok(Self {
             id: webhook.id,
             record: Mutex::new(webhook),
             topics: RwLock::new(topics),
+            selection: RwLock::new(selection),
+            gates: Mutex::default(),
             in_flight: Mutex::default(),
             requests: AtomicUsize::new(0),
             saved_at: Mutex::default(),
@@ -67,6 +81,14 @@ impl Target {
         *self.topics.write().unwrap_or_else(PoisonError::into_inner) = topics;
     }
 
+    /// Recompiles the filter and the ordering key after the spec changed.
+    pub(super) fn set_selection(&self, spec: &WebhookSpec) {
+        *self
+            .selection
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Selection::compile(spec);
+    }
+
     /// Whether a new event of `topic` gets a delivery to this webhook.
     pub(super) fn accepts(&self, topic: &str) -> bool {
         self.record().status != WebhookStatus::Disabled
@@ -75,6 +97,22 @@ impl Target {
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .is_match(topic)
+    }
+
+    /// Whether an event of an accepted topic passes the webhook's filter; if so, its
+    /// ordering key (`Some(None)`: passes, no key).
+    pub(super) fn select(&self, payload: &Value) -> Option<Option<String>> {
+        let s = self
+            .selection
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        (!s.broken && s.filter.iter().all(|p| p.holds(payload)))
+            .then(|| s.key.as_ref().and_then(|k| ordering_key_of(k, payload)))
+    }
+
+    /// The circuit breaker and the rate limit; keep the guard short, never across an `.await`.
+    pub(super) fn gates(&self) -> MutexGuard<'_, Gates> {
+        lock(&self.gates)
     }
 
     /// How many requests may be in flight for this webhook, from its current spec: ordered
@@ -123,6 +161,43 @@ impl Target {
 
     pub(super) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
+    }
+}
+
+/// A webhook's compiled `filter` and `ordering_key`.
+struct Selection {
+    filter: Vec<Predicate>,
+    key: Option<Selector>,
+    /// The stored spec did not compile: nothing passes.
+    broken: bool,
+}
+
+impl Selection {
+    /// Both were checked when the spec was made; a stored spec that no longer compiles (an
+    /// older binary's record) lets no event through rather than the wrong ones.
+    fn compile(spec: &WebhookSpec) -> Self {
+        let filter = compile_filter(&spec.filter);
+        let key = spec
+            .ordering_key
+            .as_deref()
+            .map(check_ordering_key)
+            .transpose();
+        match (filter, key) {
+            (Ok(filter), Ok(key)) => Self {
+                filter,
+                key,
+                broken: false,
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(webhook = %spec.name, error = %e,
+                    "the webhook's filter or ordering key does not compile; it receives no events until it is fixed");
+                Self {
+                    filter: Vec::new(),
+                    key: None,
+                    broken: true,
+                }
+            }
+        }
     }
 }
 

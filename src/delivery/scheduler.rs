@@ -15,10 +15,11 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::breaker::{Admit, Change};
 use super::outcome::{self, Step};
 use super::registry::{Target, lock};
 use super::send::{self, Outgoing, SendError, Sent};
-use super::{Engine, WEBHOOK_DISABLED_TOPIC};
+use super::{Engine, WEBHOOK_DISABLED_TOPIC, WEBHOOK_FAILING_TOPIC};
 use crate::event::{Delivery, Event, Topic, unix_ms};
 use crate::store::{Recording, StoreError};
 use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus};
@@ -135,11 +136,12 @@ impl Engine {
             fair: (self.config.concurrency / active.len().max(1)).max(1),
         };
         for target in active {
-            let (ordered, mode) = {
+            let (ordered, keyed, mode) = {
                 let w = target.record();
-                (w.spec.ordered, w.spec.mode)
+                (w.spec.ordered, w.spec.ordering_key.is_some(), w.spec.mode)
             };
             match mode {
+                Mode::Realtime if keyed => self.dispatch_keyed(&target, &mut round).await?,
                 Mode::Realtime if !ordered => self.dispatch_concurrent(&target, &mut round).await?,
                 Mode::Realtime => self.dispatch_ordered(&target, &mut round).await?,
                 Mode::Batch { interval, max, .. } => {
@@ -159,7 +161,11 @@ impl Engine {
         target: &Arc<Target>,
         round: &mut Round,
     ) -> Result<(), StoreError> {
+        if waiting(target, round) {
+            return Ok(());
+        }
         let room = target.limit().saturating_sub(target.requests());
+        let mut gated = false;
         if room > 0 && self.may_start(target, round.fair) {
             let due = self
                 .store
@@ -167,7 +173,11 @@ impl Engine {
                 .await?;
             let mut due = due.into_iter();
             for delivery in due.by_ref() {
-                if !self.may_start(target, round.fair) {
+                let go = self.may_start(target, round.fair) && {
+                    gated = !admit(target, round);
+                    !gated
+                };
+                if !go {
                     // Not started after all: a shared store's other instances may take it.
                     let mut left = vec![delivery.id];
                     left.extend(due.by_ref().map(|d| d.id));
@@ -178,8 +188,9 @@ impl Engine {
             }
         }
         // With room left, the next due time matters; without, a finishing send wakes the loop
-        // (this also saves a queue scan per event under load).
-        if self.may_start(target, round.fair) {
+        // (this also saves a queue scan per event under load). A gate that closed noted when
+        // it opens again: what is due waits for that.
+        if !gated && self.may_start(target, round.fair) {
             if let Some(ms) = self
                 .store
                 .next_queued(target.id, &target.in_flight())
@@ -197,7 +208,7 @@ impl Engine {
         target: &Arc<Target>,
         round: &mut Round,
     ) -> Result<(), StoreError> {
-        if target.requests() > 0 {
+        if target.requests() > 0 || waiting(target, round) {
             return Ok(());
         }
         let head = self.store.claim_head(target.id, u64::MAX, 1).await?.pop();
@@ -205,8 +216,44 @@ impl Engine {
             if head.due_ms > round.now {
                 round.wake_at(head.due_ms);
             } else if self.may_start(target, round.fair) {
-                self.start(target, vec![head]);
+                if admit(target, round) {
+                    self.start(target, vec![head]);
+                } else {
+                    // Gated here: a shared store's other instances may send it meanwhile.
+                    self.store.unclaim(&[head.id]).await?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// The head of each key's queue may go when it is due, one in flight per key, up to the
+    /// webhook's limit: a key that fails (or waits for its retry) holds up only itself.
+    async fn dispatch_keyed(
+        self: &Arc<Self>,
+        target: &Arc<Target>,
+        round: &mut Round,
+    ) -> Result<(), StoreError> {
+        let room = target.limit().saturating_sub(target.requests());
+        if room == 0 || !self.may_start(target, round.fair) || waiting(target, round) {
+            return Ok(());
+        }
+        let heads = self
+            .store
+            .claim_key_heads(target.id, round.now, room, &target.in_flight())
+            .await?;
+        if let Some(ms) = heads.next_due_ms {
+            round.wake_at(ms);
+        }
+        let mut ready = heads.ready.into_iter();
+        for delivery in ready.by_ref() {
+            if !self.may_start(target, round.fair) || !admit(target, round) {
+                let mut left = vec![delivery.id];
+                left.extend(ready.by_ref().map(|d| d.id));
+                self.store.unclaim(&left).await?;
+                break;
+            }
+            self.start(target, vec![delivery]);
         }
         Ok(())
     }
@@ -220,7 +267,7 @@ impl Engine {
         max: usize,
         round: &mut Round,
     ) -> Result<(), StoreError> {
-        if target.requests() > 0 {
+        if target.requests() > 0 || waiting(target, round) {
             return Ok(());
         }
         // New deliveries are queued `interval` after their event: everything queued until
@@ -239,7 +286,7 @@ impl Engine {
                 .into_iter()
                 .filter(|d| d.attempts == 0 || d.due_ms <= now)
                 .collect();
-            if !batch.is_empty() && self.may_start(target, round.fair) {
+            if !batch.is_empty() && self.may_start(target, round.fair) && admit(target, round) {
                 self.start(target, batch);
             }
         } else {
@@ -262,6 +309,9 @@ impl Engine {
                 tracing::error!(webhook = %guard.target.id, error = %e,
                     "cannot record a delivery attempt; the deliveries stay queued and will be sent again");
             }
+            // A probe whose outcome was recorded has moved the circuit on; one that never went
+            // (its event was missing, the store failed) must not hold the circuit half-open.
+            guard.target.gates().release_probe();
             drop(guard);
         });
     }
@@ -295,13 +345,20 @@ impl Engine {
             Mode::Realtime => first.id,
             Mode::Batch { .. } => batch_id(&kept),
         };
+        // A batch carries many events' traces: only a single event's goes on.
+        let trace = match webhook.spec.mode {
+            Mode::Realtime => events.first().and_then(|e| e.trace.as_ref()),
+            Mode::Batch { .. } => None,
+        };
         let out = Outgoing::new(
             &webhook,
             &message_id.to_string(),
             topic.as_deref(),
             &self.config.source,
             body,
-        );
+        )
+        .https_only_by_default(self.config.https_only)
+        .with_trace(trace);
         let sent = send::send(&self.client, &self.config.guard, &out).await;
         self.record(target, &kept, Some(&out), sent).await
     }
@@ -322,8 +379,9 @@ impl Engine {
         }
         let now = OffsetDateTime::now_utc();
         let shared = self.store.shared();
-        let (decided, webhook, save) = {
+        let (decided, webhook, save, failures_before) = {
             let mut w = target.record();
+            let failures_before = w.counters.consecutive_failures;
             let mut decided = outcome::decide(&w, deliveries, request, &sent, now);
             if shared && !sent.result.as_ref().is_ok_and(|a| a.status == 410) {
                 // This copy's counters can be stale: the shared store's counters decide the
@@ -338,8 +396,15 @@ impl Engine {
             let save = decided.disable.is_some()
                 || (!shared
                     && lock(&target.saved_at).is_none_or(|at| at.elapsed() >= SAVE_COUNTERS_EVERY));
-            (decided, w.clone(), save)
+            (decided, w.clone(), save, failures_before)
         };
+        if request.is_some() {
+            self.note_circuit(
+                target,
+                &webhook,
+                sent.result.as_ref().is_ok_and(|a| a.success()),
+            );
+        }
         let recording = self
             .store
             .record_attempts(target.id, &decided.changes, save.then_some(&webhook))
@@ -377,10 +442,70 @@ impl Engine {
             *lock(&target.saved_at) = Some(std::time::Instant::now());
         }
         self.count(&webhook, &decided, request.is_some(), sent.elapsed);
+        // The failure that disables the webhook is announced as that, not as a warning.
+        let warning = outcome::warning_level(
+            webhook.spec.failure_threshold,
+            failures_before,
+            webhook.counters.consecutive_failures,
+        );
+        if let Some(percent) = warning.filter(|_| !disabled) {
+            self.announce_failing(&webhook, percent);
+        }
         if disabled {
             self.announce_disabled(&webhook);
         }
         Ok(())
+    }
+
+    /// Tells the circuit breaker how a request ended; logs and shows a change.
+    fn note_circuit(&self, target: &Target, webhook: &Webhook, success: bool) {
+        let (change, state) = {
+            let mut gates = target.gates();
+            let change = gates.record(
+                success,
+                tokio::time::Instant::now(),
+                webhook.spec.circuit_failures,
+                webhook.spec.circuit_cooldown,
+            );
+            (change, gates.circuit().0)
+        };
+        let name = &webhook.spec.name;
+        match change {
+            Some(Change::Opened) => {
+                tracing::warn!(webhook = %name, failures = webhook.spec.circuit_failures,
+                    cooldown = %humantime::format_duration(webhook.spec.circuit_cooldown),
+                    "circuit open: requests to the webhook failed in a row; nothing is sent until the cool-down ends, then one probe");
+            }
+            Some(Change::Closed) => {
+                tracing::info!(webhook = %name, "circuit closed: the probe succeeded; sending resumes");
+            }
+            None => return,
+        }
+        self.metrics.circuit(name, state);
+    }
+
+    /// Emits `hooktap.webhook.failing`: the webhook's consecutive failures reached `percent`
+    /// of its `failure_threshold`, an early warning before it is disabled.
+    fn announce_failing(&self, w: &Webhook, percent: u8) {
+        let failures = w.counters.consecutive_failures;
+        let threshold = w.spec.failure_threshold;
+        tracing::warn!(webhook = %w.spec.name, id = %w.id, failures, threshold, percent,
+            "webhook failing: it is disabled when its consecutive failures reach failure_threshold");
+        let Ok(topic) = Topic::parse(WEBHOOK_FAILING_TOPIC) else {
+            return;
+        };
+        let payload = serde_json::json!({
+            "id": w.id,
+            "name": w.spec.name,
+            "consecutive_failures": failures,
+            "failure_threshold": threshold,
+            "percent": percent,
+            "last_failure": w.counters.last_failure_at
+                .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
+        });
+        if let Err(e) = self.intake.enqueue(&Event::new(&topic, "hooktap", payload)) {
+            tracing::error!(error = %e, "cannot store the webhook.failing event");
+        }
     }
 
     /// Metrics and logs of one recorded outcome.
@@ -445,6 +570,47 @@ impl Engine {
     }
 }
 
+/// Whether `target`'s gates hold every request back now (its circuit is open, its probe is
+/// out, or its rate limit's next slot is still to come); if so, notes when to look again, so
+/// that the queue is not read (nor, in a shared store, leased) in vain.
+fn waiting(target: &Target, round: &mut Round) -> bool {
+    let rate = target.record().spec.rate_limit;
+    let now = tokio::time::Instant::now();
+    let blocked = target.gates().blocked(now, rate);
+    match blocked {
+        None => false,
+        Some(Admit::Wait(at)) => {
+            round.wake_at(wake_ms(round, now, at));
+            true
+        }
+        // The probe's end wakes the loop.
+        Some(_) => true,
+    }
+}
+
+/// The wall-clock time in `round` at which tokio's `at` comes, at least a millisecond ahead
+/// (so that the loop does not spin on a wait rounded down to nothing).
+fn wake_ms(round: &Round, now: tokio::time::Instant, at: tokio::time::Instant) -> u64 {
+    let wait = u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+    round.now.saturating_add(wait.max(1))
+}
+
+/// Asks `target`'s gates (circuit breaker, rate limit) whether a request may start now; when
+/// not, notes when to look again.
+fn admit(target: &Target, round: &mut Round) -> bool {
+    let rate = target.record().spec.rate_limit;
+    let now = tokio::time::Instant::now();
+    match target.gates().admit(now, rate) {
+        Admit::Go => true,
+        Admit::Wait(at) => {
+            round.wake_at(wake_ms(round, now, at));
+            false
+        }
+        // The probe's end wakes the loop.
+        Admit::Busy => false,
+    }
+}
+
 /// The request body for `events` and the topic header (absent for a batch of mixed topics).
 fn body(webhook: &Webhook, events: &[Event]) -> Result<(Vec<u8>, Option<String>), StoreError> {
     let first_topic = events.first().map(|e| e.topic.clone());
@@ -493,4 +659,63 @@ fn batch_id(deliveries: &[Delivery]) -> Uuid {
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     Uuid::new_v8(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::{Origin, RateLimit, WebhookSpec};
+
+    fn round(now: u64) -> Round {
+        Round {
+            now,
+            next: None,
+            fair: 1,
+        }
+    }
+
+    /// A webhook that must wait for its rate limit or its open circuit is not started (so it
+    /// holds no slot), and the loop is told when to look again: when the gate opens.
+    #[tokio::test(start_paused = true)]
+    async fn a_gated_webhook_is_not_started_and_wakes_the_loop_when_its_gate_opens() {
+        let mut spec = WebhookSpec::example("paced");
+        spec.rate_limit = Some(RateLimit::parse("5/s").expect("valid"));
+        spec.circuit_failures = 2;
+        spec.circuit_cooldown = Duration::from_secs(30);
+        let target = Target::new(Webhook::new(spec, Origin::Api)).expect("target");
+        let now_ms = 1_000_000;
+
+        let mut r = round(now_ms);
+        assert!(admit(&target, &mut r), "the first request goes at once");
+        assert!(!admit(&target, &mut r), "the second waits for its slot");
+        assert_eq!(r.next, Some(now_ms + 200), "woken when the slot comes");
+        let mut r = round(now_ms);
+        assert!(waiting(&target, &mut r), "the queue need not be read");
+        assert_eq!(r.next, Some(now_ms + 200));
+        assert_eq!(target.requests(), 0, "waiting takes no slot");
+
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let mut r = round(now_ms + 200);
+        assert!(admit(&target, &mut r));
+
+        // Two failures open the circuit: nothing goes until the cool-down ends.
+        let w = target.webhook();
+        for _ in 0..2 {
+            target.gates().record(
+                false,
+                tokio::time::Instant::now(),
+                w.spec.circuit_failures,
+                w.spec.circuit_cooldown,
+            );
+        }
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let mut r = round(now_ms + 1_200);
+        assert!(!admit(&target, &mut r));
+        assert_eq!(r.next, Some(now_ms + 1_200 + 29_000), "woken for the probe");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let mut r = round(now_ms + 30_200);
+        assert!(admit(&target, &mut r), "the probe");
+        assert!(!admit(&target, &mut r), "one probe at a time");
+        assert_eq!(r.next, None, "the probe's end wakes the loop");
+    }
 }

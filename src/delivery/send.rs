@@ -11,6 +11,7 @@ use url::Url;
 
 use super::retry;
 use super::sign::{self, Message};
+use crate::event::TraceContext;
 use crate::ssrf::{Blocked, Guard};
 use crate::webhook::{Webhook, mask_url};
 
@@ -28,6 +29,9 @@ pub struct Outgoing {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub timeout: Duration,
+    /// Refuse to send to a plain `http://` URL: the webhook's own `https_only`, else the
+    /// caller's default (see [`Outgoing::https_only_by_default`]).
+    pub https_only: Option<bool>,
 }
 
 impl Outgoing {
@@ -76,13 +80,35 @@ impl Outgoing {
             let _ = url.set_username("");
             let _ = url.set_password(None);
         }
+        // The webhook's own static headers; `headers` refused the names set above.
+        headers.extend(spec.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         Self {
             url,
             shown_url: mask_url(&spec.url),
             headers,
             body,
             timeout: spec.timeout,
+            https_only: spec.https_only,
         }
+    }
+
+    /// `[delivery] https_only` for a webhook that does not set its own.
+    pub fn https_only_by_default(mut self, default: bool) -> Self {
+        self.https_only.get_or_insert(default);
+        self
+    }
+
+    /// Carries the W3C trace context of the app's request on: a `traceparent` in the same
+    /// trace with a new span id (this request's), and the `tracestate` as it came.
+    pub fn with_trace(mut self, trace: Option<&TraceContext>) -> Self {
+        if let Some(t) = trace {
+            self.headers
+                .push(("traceparent".to_owned(), t.child(&new_span_id())));
+            if let Some(state) = &t.tracestate {
+                self.headers.push(("tracestate".to_owned(), state.clone()));
+            }
+        }
+        self
     }
 
     /// The headers as the attempt log shows them: credentials masked.
@@ -98,6 +124,17 @@ impl Outgoing {
                 (k.clone(), v)
             })
             .collect()
+    }
+}
+
+/// A random span id: 16 hex digits, not all zero.
+fn new_span_id() -> String {
+    loop {
+        let bytes = uuid::Uuid::new_v4().into_bytes();
+        let id: String = bytes[..8].iter().map(|b| format!("{b:02x}")).collect();
+        if id.bytes().any(|b| b != b'0') {
+            return id;
+        }
     }
 }
 
@@ -155,6 +192,9 @@ pub enum SendError {
     Connect(String),
     #[error("request failed: {0}")]
     Request(String),
+    /// Not sent: plain `http://` while `https_only` is set.
+    #[error("refused: the URL is plain http:// and https_only is set")]
+    HttpsOnly,
     /// Not sent: the delivery's event is not in the store.
     #[error("the event is missing from the store")]
     EventMissing,
@@ -174,6 +214,9 @@ pub async fn send(client: &reqwest::Client, guard: &Guard, out: &Outgoing) -> Se
         result,
         elapsed: started.elapsed(),
     };
+    if out.https_only == Some(true) && out.url.scheme() != "https" {
+        return done(Err(SendError::HttpsOnly));
+    }
     // IP-literal hosts never reach the resolver, so they are checked here.
     if let Err(blocked) = guard.check_url(&out.url) {
         return done(Err(blocked.into()));

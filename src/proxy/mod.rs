@@ -31,6 +31,7 @@ use pingora::prelude::*;
 use self::framing::Framing;
 use crate::capture::{BodyCapture, Exchange, RequestParts, ResponseParts};
 use crate::delivery::intake::Intake;
+use crate::event::TraceContext;
 use crate::rules::RuleSet;
 use crate::rules::router::Candidates;
 use arc_swap::ArcSwap;
@@ -149,6 +150,7 @@ impl Proxy {
         let Some((status, response_headers)) = capture.response else {
             return;
         };
+        let trace = trace_context(&capture.request_headers);
         let exchange = Exchange {
             request: RequestParts {
                 method: capture.method,
@@ -169,7 +171,8 @@ impl Proxy {
             self.intake.metrics().capture_skipped(side, reason.label());
         }
         let mut last = None;
-        for m in capture.rules.evaluate(&capture.candidates, &mut doc.value) {
+        for mut m in capture.rules.evaluate(&capture.candidates, &mut doc.value) {
+            m.event.trace = trace.clone();
             match self.intake.enqueue_deferred(&m.event) {
                 Ok((deliveries, durable)) => {
                     tracing::debug!(event = %m.event.id, topic = %m.event.topic, rule = %m.rule.name,
@@ -193,6 +196,21 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The W3C trace context of the app's request, when it carries a valid `traceparent`.
+fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+    let parent = headers.get("traceparent")?.to_str().ok()?;
+    // Several `tracestate` lines are one list.
+    let state: Vec<&str> = headers
+        .get_all("tracestate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    TraceContext::parse(
+        parent,
+        (!state.is_empty()).then(|| state.join(",")).as_deref(),
+    )
 }
 
 #[async_trait]

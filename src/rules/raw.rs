@@ -62,17 +62,27 @@ pub enum StatusSpec {
     Class(String),
 }
 
-#[derive(Debug, Deserialize)]
+/// One list-form predicate: a JSONPath and exactly one operator. Rules' `when` and webhooks'
+/// `filter` share it (a webhook stores it as written, so it serializes too).
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawWhen {
+    /// A JSONPath starting with `$`.
     pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub equals: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub not_equals: Option<Value>,
-    #[serde(rename = "in")]
+    #[serde(rename = "in", skip_serializing_if = "Option::is_none")]
     pub in_: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub exists: Option<bool>,
+    /// A regular expression over the value's text.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub matches: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gt: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lt: Option<f64>,
 }
 

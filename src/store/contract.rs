@@ -41,6 +41,7 @@ macro_rules! store_contract_tests {
             events_page_filters_newest_first,
             queue_stats_count_and_age,
             webhooks_are_listed_oldest_first,
+            key_heads_are_one_per_key_in_queue_order,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -485,4 +486,87 @@ pub async fn webhooks_are_listed_oldest_first(store: Arc<dyn Store>) {
     assert!(store.save_webhook(&b).await.expect("save"));
     assert_eq!(store.webhook(b.id).await.expect("read"), Some(b));
     assert_eq!(store.webhook(Uuid::now_v7()).await.expect("read"), None);
+}
+
+/// An event with one delivery to `w` whose ordering key is `key`, stored.
+async fn keyed_event(store: &Arc<dyn Store>, w: &Webhook, key: Option<&str>) -> Delivery {
+    let e = event_at(now(), "order.created");
+    let mut d = Delivery::new(&e, w.id, 0);
+    d.ordering_key = key.map(str::to_owned);
+    store
+        .append(&e, std::slice::from_ref(&d))
+        .expect("append event");
+    d
+}
+
+/// Per-key ordering: one head per key, in queue order; a key whose head is in flight, or
+/// waits for its retry, holds up only itself; a delivery without a key is a head of its own.
+pub async fn key_heads_are_one_per_key_in_queue_order(store: Arc<dyn Store>) {
+    let mut keyed = spec("keyed");
+    keyed.ordering_key = Some("$.k".to_owned());
+    let w = Webhook::new(keyed, Origin::Api);
+    store.put_webhook(&w).await.expect("put webhook");
+    let a1 = keyed_event(&store, &w, Some("A")).await;
+    let b1 = keyed_event(&store, &w, Some("B")).await;
+    let a2 = keyed_event(&store, &w, Some("A")).await;
+    let free = keyed_event(&store, &w, None).await;
+    let b2 = keyed_event(&store, &w, Some("B")).await;
+    settle(&store).await;
+    let ids = |ds: &[Delivery]| ds.iter().map(|d| d.id).collect::<Vec<_>>();
+    let now_ms = unix_ms(now()) + 1_000;
+
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &none())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [a1.id, b1.id, free.id]);
+    assert_eq!(heads.ready[0].ordering_key.as_deref(), Some("A"));
+    let limited = store
+        .claim_key_heads(w.id, now_ms, 1, &none())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&limited.ready), [a1.id], "at most `limit`");
+
+    // Every head in flight: nothing else may go, not even the keys' next deliveries.
+    let in_flight: HashSet<Uuid> = [a1.id, b1.id, free.id].into();
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &in_flight)
+        .await
+        .expect("heads");
+    assert_eq!(heads.ready, vec![], "one in flight per key");
+
+    // A1 fails and waits for its retry at the head of A's queue; B1 is delivered.
+    let mut retried = a1.clone();
+    retried.attempts = 1;
+    retried.due_ms = now_ms + 60_000;
+    let change = Recorded {
+        before: a1.clone(),
+        after: retried.clone(),
+        attempt: attempt(&a1, 1, false),
+    };
+    store
+        .record_attempts(w.id, &[change], None)
+        .await
+        .expect("record");
+    deliver(&store, &b1).await;
+    let in_flight: HashSet<Uuid> = [free.id].into();
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &in_flight)
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [b2.id], "B flows while A waits");
+    assert_eq!(
+        heads.next_due_ms,
+        Some(retried.due_ms),
+        "A's retry is due then"
+    );
+
+    // A1's retry succeeds: A2 is next.
+    deliver(&store, &retried).await;
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &[free.id, b2.id].into())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [a2.id]);
+    assert_eq!(heads.next_due_ms, None);
 }

@@ -255,6 +255,15 @@ pub struct Swept {
     pub attempts: usize,
 }
 
+/// What [`Store::claim_key_heads`] found.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct KeyHeads {
+    /// Heads due now, in queue order.
+    pub ready: Vec<Delivery>,
+    /// When the first head not yet due is due.
+    pub next_due_ms: Option<u64>,
+}
+
 /// A webhook's queue at a glance.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct QueueStats {
@@ -443,6 +452,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>, StoreError> {
         self.queued(webhook, until_ms, limit, &HashSet::new()).await
     }
+
+    /// For a webhook with an `ordering_key`: the head of each key's queue (the key's first
+    /// queued delivery, in queue order; in arrival order for a shared store) that is due by
+    /// `now_ms`, at most `limit`, and when the first head not yet due is due. A key whose head
+    /// is in `skip` (in flight here) or leased by another instance has nothing ready, so one
+    /// delivery per key is in flight over all instances; a delivery without a key is a head
+    /// on its own. A shared store leases what it returns.
+    async fn claim_key_heads(
+        &self,
+        webhook: Uuid,
+        now_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<KeyHeads, StoreError>;
 
     /// The queue time of the first queued delivery of `webhook` not in `skip` (for a shared
     /// store: the first one this instance may take; another instance's lease running out is

@@ -1,6 +1,7 @@
 //! [`WebhookInput`]: a webhook as an operator writes it, and the checks that turn it into a
 //! [`WebhookSpec`]. The config file and the admin API both go through here.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,9 +13,11 @@ use utoipa::{PartialSchema, ToSchema};
 use url::Url;
 
 use super::{
-    BatchOrder, DEFAULT_HEADER_PREFIX, Mode, ModeKind, Profile, WebhookSpec, WebhookStatus,
-    check_url, compile_topics,
+    BatchOrder, DEFAULT_CIRCUIT_COOLDOWN, DEFAULT_CIRCUIT_FAILURES, DEFAULT_HEADER_PREFIX, Mode,
+    ModeKind, Profile, RateLimit, WebhookSpec, WebhookStatus, check_headers, check_ordering_key,
+    check_url, compile_filter, compile_topics,
 };
+use crate::rules::raw::RawWhen;
 use crate::schedule::{default_schedule, parse_schedule};
 use crate::ssrf::Guard;
 
@@ -72,6 +75,30 @@ pub struct WebhookInput {
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(format = UInt64, minimum = 1)]
     pub concurrency: Option<usize>,
+    /// A JSONPath over the event payload, e.g. `$.order_id`: deliveries with the same key
+    /// are sent strictly in event order, one in flight per key, while other keys flow. An
+    /// event whose payload has no such value is sent without waiting. Empty for none; not
+    /// with `ordered` or batch mode.
+    #[schema(examples("$.order_id"))]
+    pub ordering_key: Option<String>,
+    /// Predicates over the event payload (`$`), written as a rule's `when` list: only events
+    /// that pass every one get a delivery. Empty for none.
+    pub filter: Option<Vec<RawWhen>>,
+    /// At most this many requests, evenly spaced: `50/s`, `600/m` or `10/h`. Deliveries wait
+    /// for their turn, none is dropped. Empty for no limit.
+    #[schema(examples("50/s"), pattern = "^([1-9][0-9]{0,8}/[smh])?$")]
+    pub rate_limit: Option<String>,
+    /// Consecutive failed requests that open the circuit (nothing sent until the cool-down
+    /// ends, then one probe); 0 never opens it.
+    #[serde(default, deserialize_with = "whole_number")]
+    pub circuit_failures: Option<u32>,
+    /// How long an open circuit waits before its probe, e.g. `30s`.
+    pub circuit_cooldown: Option<String>,
+    /// Refuse a plain `http://` URL; when left out, `[delivery] https_only` decides.
+    pub https_only: Option<bool>,
+    /// Extra static headers sent with every request, e.g. `{"X-Team": "crm"}`; not those
+    /// hooktap sets itself (content, signature, auth and trace headers).
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// Reads an optional whole number written as `8` or as `8.0`: the schema's `integer` admits
@@ -189,6 +216,16 @@ impl PartialSchema for NewWebhook {
         }
         schema
     }
+}
+
+/// The checked delivery settings of [`WebhookInput::delivery_settings`].
+struct DeliverySettings {
+    ordering_key: Option<String>,
+    filter: Vec<RawWhen>,
+    rate_limit: Option<RateLimit>,
+    circuit_failures: u32,
+    circuit_cooldown: Duration,
+    headers: BTreeMap<String, String>,
 }
 
 /// What a webhook gets when its input leaves a field out.
@@ -352,6 +389,13 @@ impl WebhookInput {
             self.concurrency.map(|c| at_least_one("concurrency", c)),
             || base.map_or(8, |b| b.concurrency),
         );
+        let delivery = self.delivery_settings(base, &header_prefix, &mut p);
+        if delivery.ordering_key.is_some() && (ordered || mode.kind() == ModeKind::Batch) {
+            p.note(
+                "ordering_key",
+                "ordering_key cannot be combined with ordered = true or batch mode, which already send one request at a time",
+            );
+        }
         match target {
             Some((url, secret, topics)) if p.0.is_empty() => Ok(WebhookSpec {
                 name,
@@ -373,8 +417,77 @@ impl WebhookInput {
                 mode,
                 ordered,
                 concurrency,
+                ordering_key: delivery.ordering_key,
+                filter: delivery.filter,
+                rate_limit: delivery.rate_limit,
+                circuit_failures: delivery.circuit_failures,
+                circuit_cooldown: delivery.circuit_cooldown,
+                https_only: self.https_only.or(base.and_then(|b| b.https_only)),
+                headers: delivery.headers,
             }),
             _ => Err(p.0),
+        }
+    }
+
+    /// The ordering key, filter, rate limit, circuit breaker and headers: given, else the
+    /// base's, else the defaults. An empty `ordering_key` or `rate_limit` clears it.
+    fn delivery_settings(
+        &self,
+        base: Option<&WebhookSpec>,
+        header_prefix: &str,
+        p: &mut Problems,
+    ) -> DeliverySettings {
+        let ordering_key = p.pick(
+            "ordering_key",
+            self.ordering_key.as_deref().map(|k| match k.trim() {
+                "" => Ok(None),
+                k => check_ordering_key(k).map(|_| Some(k.to_owned())),
+            }),
+            || base.and_then(|b| b.ordering_key.clone()),
+        );
+        let filter = p.pick(
+            "filter",
+            self.filter.clone().map(|f| compile_filter(&f).map(|_| f)),
+            || base.map(|b| b.filter.clone()).unwrap_or_default(),
+        );
+        let rate_limit = p.pick(
+            "rate_limit",
+            self.rate_limit.as_deref().map(|r| match r {
+                "" => Ok(None),
+                r => RateLimit::parse(r).map(Some),
+            }),
+            || base.and_then(|b| b.rate_limit),
+        );
+        let circuit_cooldown = p.pick(
+            "circuit_cooldown",
+            self.circuit_cooldown
+                .as_deref()
+                .map(|c| parse_duration("circuit_cooldown", c)),
+            || base.map_or(DEFAULT_CIRCUIT_COOLDOWN, |b| b.circuit_cooldown),
+        );
+        // Headers are checked against the prefix in force, so a new prefix is checked too.
+        let headers = p.pick(
+            "headers",
+            self.headers
+                .clone()
+                .or_else(|| {
+                    self.header_prefix
+                        .as_ref()
+                        .and(base.map(|b| b.headers.clone()))
+                })
+                .map(|h| check_headers(h, header_prefix)),
+            || base.map(|b| b.headers.clone()).unwrap_or_default(),
+        );
+        DeliverySettings {
+            ordering_key,
+            filter,
+            rate_limit,
+            circuit_failures: self
+                .circuit_failures
+                .or(base.map(|b| b.circuit_failures))
+                .unwrap_or(DEFAULT_CIRCUIT_FAILURES),
+            circuit_cooldown,
+            headers,
         }
     }
 
@@ -386,14 +499,25 @@ impl WebhookInput {
         d: &Defaults<'_>,
         p: &mut Problems,
     ) -> Option<(Url, String, Vec<String>)> {
+        // The webhook's own `https_only`, else the global default.
+        let https_only = self
+            .https_only
+            .or(base.and_then(|b| b.https_only))
+            .unwrap_or(d.https_only);
         let url = p.require(
             "url",
             self.url
                 .as_deref()
-                .map(|u| check_url(u, d.https_only, d.guard).map_err(|e| e.to_string())),
+                .map(|u| check_url(u, https_only, d.guard).map_err(|e| e.to_string())),
             base.map(|b| b.url.clone()),
             "url is required",
         );
+        if self.url.is_none() && https_only && url.as_ref().is_some_and(|u| u.scheme() != "https") {
+            p.note(
+                "https_only",
+                "https_only is set but the webhook's URL is plain http://; give an https:// url too",
+            );
+        }
         let secret = p.require(
             "secret",
             self.secret.clone().map(check_secret),
@@ -560,6 +684,10 @@ mod tests {
     #[test]
     fn the_documented_bounds_are_the_checked_ones() {
         assert_eq!(property::<WebhookInput>("secret")["minLength"], 1);
+        assert_eq!(
+            property::<WebhookInput>("rate_limit")["pattern"],
+            super::super::RateLimit::PATTERN
+        );
         assert!(check_secret(String::new()).is_err() && check_secret("s".into()).is_ok());
         let topics = property::<WebhookInput>("topics");
         assert_eq!(topics["minItems"], 1);
@@ -665,6 +793,99 @@ mod tests {
         assert_eq!(fields, ["url", "secret", "topics", "retry", "ordered"]);
     }
 
+    /// A webhook's own `https_only` wins over the global default, both ways, and turning it
+    /// on over a plain http:// URL is refused on the field.
+    #[test]
+    fn https_only_per_webhook_overrides_the_default() {
+        let guard = Guard::default();
+        let strict = Defaults {
+            https_only: true,
+            ..defaults(&guard)
+        };
+        let http = WebhookInput {
+            url: Some("http://hooks.example.com/in".into()),
+            secret: Some("s".into()),
+            topics: Some(vec!["order.*".into()]),
+            ..WebhookInput::default()
+        };
+        let e = http.clone().apply(None, &strict).unwrap_err();
+        assert_eq!(e[0].field, "url");
+        let allowed = WebhookInput {
+            https_only: Some(false),
+            ..http.clone()
+        }
+        .apply(None, &strict)
+        .expect("the webhook allows http");
+        assert_eq!(allowed.https_only, Some(false));
+        let base = http.clone().apply(None, &defaults(&guard)).expect("valid");
+        let e = WebhookInput {
+            https_only: Some(true),
+            ..WebhookInput::default()
+        }
+        .apply(Some(&base), &defaults(&guard))
+        .unwrap_err();
+        assert_eq!(e[0].field, "https_only", "{e:?}");
+        let e = WebhookInput {
+            https_only: Some(true),
+            ..http
+        }
+        .apply(None, &defaults(&guard))
+        .unwrap_err();
+        assert_eq!(e[0].field, "url");
+    }
+
+    #[test]
+    fn delivery_settings_are_checked_kept_and_cleared() {
+        let guard = Guard::default();
+        let base = WebhookInput {
+            url: Some("https://hooks.example.com/in".into()),
+            secret: Some("s".into()),
+            topics: Some(vec!["order.*".into()]),
+            ordering_key: Some("$.order_id".into()),
+            rate_limit: Some("50/s".into()),
+            headers: Some(BTreeMap::from([("X-Team".into(), "crm".into())])),
+            ..WebhookInput::default()
+        }
+        .apply(None, &defaults(&guard))
+        .expect("valid");
+        assert_eq!(base.ordering_key.as_deref(), Some("$.order_id"));
+        assert_eq!(base.circuit_failures, DEFAULT_CIRCUIT_FAILURES);
+        let kept = WebhookInput {
+            circuit_failures: Some(0),
+            ..WebhookInput::default()
+        }
+        .apply(Some(&base), &defaults(&guard))
+        .expect("valid");
+        assert_eq!(
+            (kept.rate_limit, kept.headers.len(), kept.circuit_failures),
+            (base.rate_limit, 1, 0)
+        );
+        let cleared = WebhookInput {
+            ordering_key: Some(String::new()),
+            rate_limit: Some(String::new()),
+            headers: Some(BTreeMap::new()),
+            ..WebhookInput::default()
+        }
+        .apply(Some(&base), &defaults(&guard))
+        .expect("valid");
+        assert_eq!(
+            (
+                cleared.ordering_key,
+                cleared.rate_limit,
+                cleared.headers.len()
+            ),
+            (None, None, 0)
+        );
+        // A new header_prefix is checked against the headers kept.
+        let e = WebhookInput {
+            header_prefix: Some("X-Team".into()),
+            ..WebhookInput::default()
+        }
+        .apply(Some(&base), &defaults(&guard))
+        .unwrap_err();
+        assert_eq!(e[0].field, "headers", "{e:?}");
+    }
+
     #[test]
     fn a_partial_update_keeps_what_it_leaves_out() {
         let guard = Guard::default();
@@ -726,7 +947,7 @@ mod tests {
     #[test]
     fn input_fields_are_the_serde_names() {
         let fields = WebhookInput::fields();
-        assert_eq!(fields.len(), 16);
+        assert_eq!(fields.len(), 23);
         assert_eq!(fields[0], "name");
         assert!(fields.contains(&"batch_order") && fields.contains(&"concurrency"));
     }

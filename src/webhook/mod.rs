@@ -8,6 +8,7 @@
 //! - `input`: [`WebhookInput`], the one declaration of a webhook's fields, and its checks.
 //! - `destination`: URL checks, masking and topic patterns.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use clap::ValueEnum;
@@ -19,9 +20,26 @@ use uuid::Uuid;
 
 mod destination;
 mod input;
+mod settings;
 
 pub use destination::{TopicsError, UrlError, check_url, compile_topics, mask_url};
 pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields};
+pub use settings::{RateLimit, check_headers, check_ordering_key, compile_filter, ordering_key_of};
+
+use crate::rules::raw::RawWhen;
+
+/// Consecutive failed requests that open a webhook's circuit, unless it sets its own.
+pub const DEFAULT_CIRCUIT_FAILURES: u32 = 10;
+/// How long an open circuit waits before its probe, unless the webhook sets its own.
+pub const DEFAULT_CIRCUIT_COOLDOWN: Duration = Duration::from_secs(30);
+
+fn default_circuit_failures() -> u32 {
+    DEFAULT_CIRCUIT_FAILURES
+}
+
+fn default_circuit_cooldown() -> Duration {
+    DEFAULT_CIRCUIT_COOLDOWN
+}
 
 /// Whether a webhook sends and whether it accepts new deliveries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, ValueEnum)]
@@ -113,6 +131,28 @@ pub struct WebhookSpec {
     pub ordered: bool,
     /// Deliveries in flight at once for this webhook.
     pub concurrency: usize,
+    /// A JSONPath over the payload: deliveries with the same key are sent strictly in event
+    /// order, one in flight per key; other keys are not held up.
+    #[serde(default)]
+    pub ordering_key: Option<String>,
+    /// Only events whose payload passes every predicate get a delivery.
+    #[serde(default)]
+    pub filter: Vec<RawWhen>,
+    /// At most this many requests per interval, evenly spaced.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Consecutive failed requests that open the circuit; 0 never opens it.
+    #[serde(default = "default_circuit_failures")]
+    pub circuit_failures: u32,
+    /// How long an open circuit waits before it lets one probe through.
+    #[serde(default = "default_circuit_cooldown", with = "millis")]
+    pub circuit_cooldown: Duration,
+    /// Refuse a plain `http://` URL; `None` follows `[delivery] https_only`.
+    #[serde(default)]
+    pub https_only: Option<bool>,
+    /// Extra static headers sent with every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 pub const DEFAULT_HEADER_PREFIX: &str = "X-Hooktap-Webhook-";
@@ -136,6 +176,19 @@ pub struct Counters {
     pub last_delivered_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub last_failure_at: Option<OffsetDateTime>,
+}
+
+/// The circuit breaker of a webhook (see docs/delivery.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// Requests go as usual.
+    Closed,
+    /// Too many requests in a row failed: nothing is sent until the cool-down ends.
+    Open,
+    /// The cool-down ended: one probe request is out (or about to go); its success closes
+    /// the circuit, its failure opens it again.
+    HalfOpen,
 }
 
 /// Where a webhook was declared: hooktap.toml owns the ones it declares (they are updated at
@@ -192,6 +245,20 @@ pub struct WebhookView {
     pub batch_order: Option<BatchOrder>,
     pub ordered: bool,
     pub concurrency: usize,
+    pub ordering_key: Option<String>,
+    pub filter: Vec<RawWhen>,
+    /// E.g. `50/s`.
+    pub rate_limit: Option<String>,
+    pub circuit_failures: u32,
+    pub circuit_cooldown: String,
+    /// Where the circuit breaker stands on this instance.
+    pub circuit: CircuitState,
+    /// While the circuit is open: when its probe may go.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub circuit_open_until: Option<OffsetDateTime>,
+    /// The webhook's own setting; absent when it follows `[delivery] https_only`.
+    pub https_only: Option<bool>,
+    pub headers: BTreeMap<String, String>,
     pub counters: Counters,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -302,6 +369,15 @@ impl Webhook {
             },
             ordered: s.ordered,
             concurrency: s.concurrency,
+            ordering_key: s.ordering_key.clone(),
+            filter: s.filter.clone(),
+            rate_limit: s.rate_limit.map(|r| r.to_string()),
+            circuit_failures: s.circuit_failures,
+            circuit_cooldown: humantime::format_duration(s.circuit_cooldown).to_string(),
+            circuit: CircuitState::Closed,
+            circuit_open_until: None,
+            https_only: s.https_only,
+            headers: s.headers.clone(),
             counters: self.counters.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -327,6 +403,13 @@ impl WebhookSpec {
             mode: Mode::Realtime,
             ordered: false,
             concurrency: 1,
+            ordering_key: None,
+            filter: Vec::new(),
+            rate_limit: None,
+            circuit_failures: DEFAULT_CIRCUIT_FAILURES,
+            circuit_cooldown: DEFAULT_CIRCUIT_COOLDOWN,
+            https_only: None,
+            headers: BTreeMap::new(),
         }
     }
 }

@@ -97,6 +97,11 @@ async fn webhooks_are_managed_over_http() {
         !created.to_string().contains("api-secret"),
         "the secret is never returned"
     );
+    let pinged = receiver.wait_for(1, WAIT).await;
+    assert!(
+        pinged[0].body.is_empty(),
+        "creating an active webhook pinged it first"
+    );
 
     // Validation names the field; unknown fields and name clashes are refused.
     let (status, e) = json_of(
@@ -125,10 +130,10 @@ async fn webhooks_are_managed_over_http() {
 
     // Traffic is delivered to the API-created webhook.
     post_order(&proxy, "api@example.com").await;
-    let got = receiver.wait_for(1, WAIT).await;
+    let got = receiver.wait_for(2, WAIT).await;
     assert_eq!(
-        got[0].header("x-hooktap-webhook-signature"),
-        expected_signature("api-secret", &got[0].body)
+        got[1].header("x-hooktap-webhook-signature"),
+        expected_signature("api-secret", &got[1].body)
     );
 
     // A partial update keeps everything else.
@@ -156,8 +161,8 @@ async fn webhooks_are_managed_over_http() {
             .to_string()
             .contains("X-Hooktap-Webhook-Signature")
     );
-    let pinged = receiver.wait_for(2, WAIT).await;
-    assert!(pinged[1].body.is_empty());
+    let pinged = receiver.wait_for(3, WAIT).await;
+    assert!(pinged[2].body.is_empty());
 
     // A copy starts disabled; activating it pings first and refuses a failing URL.
     let (status, copy) = json_of(admin(

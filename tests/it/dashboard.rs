@@ -136,9 +136,12 @@ impl Drop for Browser {
 async fn sign_in_see_a_webhook_and_ping_it() {
     let (_app, upstream) = TestUpstream::start().await;
     let receiver = TestReceiver::start(200).await;
-    let proxy =
-        TestProxy::start(&Setup::new(upstream).webhook("crm", &receiver, "topics = [\"order.*\"]"))
-            .await;
+    let proxy = TestProxy::start(&Setup::new(upstream).webhook(
+        "crm",
+        &receiver,
+        "topics = [\"order.*\"]\nordering_key = \"$.id\"\nrate_limit = \"50/s\"",
+    ))
+    .await;
     proxy.admin_ready().await;
     let r = client()
         .post(proxy.url("/orders"))
@@ -176,6 +179,14 @@ async fn sign_in_see_a_webhook_and_ping_it() {
         .wait_until(
             &format!("!!{row} && {row}.textContent.includes('active')"),
             "the webhook",
+        )
+        .await;
+    browser
+        .wait_until(
+            &format!(
+                "{row}.textContent.includes('circuit closed · ordered per $.id · at most 50/s')"
+            ),
+            "the webhook's delivery settings",
         )
         .await;
     browser

@@ -15,6 +15,8 @@
 //! - `durability`: `flush = "every-event"` syncs every confirmed event, traced with strace.
 //! - `learn`: `hooktap learn` from live traffic of two apps, its rules run by the real proxy;
 //!   `hooktap test --har`; HAR files that are damaged, compressed, huge or full of credentials.
+//! - `subscribers`: what a subscriber asks for: per-key ordering, payload filters, rate
+//!   limits, circuit breaking with early warnings, trace context, ping-on-create.
 
 mod admin;
 mod cli;
@@ -32,4 +34,5 @@ mod passthrough;
 mod pg_cluster;
 mod pipeline;
 mod shared;
+mod subscribers;
 mod webhooks;

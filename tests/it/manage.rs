@@ -35,6 +35,13 @@ fn spec(name: &str, url: &str) -> WebhookSpec {
         mode: Mode::Realtime,
         ordered: false,
         concurrency: 4,
+        ordering_key: None,
+        filter: Vec::new(),
+        rate_limit: None,
+        circuit_failures: hooktap::webhook::DEFAULT_CIRCUIT_FAILURES,
+        circuit_cooldown: hooktap::webhook::DEFAULT_CIRCUIT_COOLDOWN,
+        https_only: None,
+        headers: Default::default(),
     }
 }
 

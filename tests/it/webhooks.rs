@@ -124,8 +124,19 @@ async fn consecutive_failed_deliveries_disable_the_webhook() {
         "one failure is below the threshold: {shop_hook}"
     );
     post_order(&proxy, "2@example.com").await;
-    let told = ops.wait_for(1, WAIT).await;
-    assert_eq!(told[0].json()["reason"], "2 consecutive deliveries failed");
+    // The first failure reached 50 % of the threshold: a `hooktap.webhook.failing` warning.
+    let told = ops.wait_for(2, WAIT).await;
+    let topics: Vec<&str> = told
+        .iter()
+        .map(|r| r.header("x-hooktap-webhook-topic"))
+        .collect();
+    assert_eq!(
+        topics,
+        ["hooktap.webhook.failing", "hooktap.webhook.disabled"],
+        "a warning, then the disabled notice (no warning for the failure that disables)"
+    );
+    assert_eq!(told[0].json()["percent"], 50);
+    assert_eq!(told[1].json()["reason"], "2 consecutive deliveries failed");
     post_order(&proxy, "3@example.com").await;
     proxy.wait_exchanges(3).await;
     let all = proxy.deliveries("shop").await;
@@ -139,7 +150,9 @@ async fn consecutive_failed_deliveries_disable_the_webhook() {
         2,
         "no new deliveries for a disabled webhook"
     );
-    let notices = proxy.admin_get("/events?topic=hooktap.*").await;
+    let notices = proxy
+        .admin_get("/events?topic=hooktap.webhook.disabled")
+        .await;
     assert_eq!(
         notices.as_array().map(Vec::len),
         Some(1),

@@ -42,8 +42,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Applied, BarrierStats, Durable, EventQuery, JournalStats, Planner, QueueStats, Recorded,
-    Recording, Store, StoreConfig, StoreError, Swept,
+    Applied, BarrierStats, Durable, EventQuery, JournalStats, KeyHeads, Planner, QueueStats,
+    Recorded, Recording, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, Delivery, Event};
 use crate::store::SledStore;
@@ -540,6 +540,24 @@ impl Store for PgStore {
         };
         let mut client = self.client().await?;
         sql::claim_head(&mut client, &claim).await
+    }
+
+    async fn claim_key_heads(
+        &self,
+        webhook: Uuid,
+        now_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<KeyHeads, StoreError> {
+        let claim = sql::Claim {
+            webhook,
+            until_ms: now_ms,
+            limit,
+            owner: self.instance,
+            lease_ms: self.lease_ms,
+        };
+        let mut client = self.client().await?;
+        sql::claim_key_heads(&mut client, &claim, now_ms, skip).await
     }
 
     async fn next_queued(

@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::pg_error;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, unix_ms};
 use crate::store::{
-    Applied, CounterChange, EventQuery, Planner, QueueStats, Recorded, Recording, StoreError,
-    Swept, WebhookPlan,
+    Applied, CounterChange, EventQuery, KeyHeads, Planner, QueueStats, Recorded, Recording,
+    StoreError, Swept, WebhookPlan,
 };
 use crate::webhook::{Counters, Webhook, WebhookStatus};
 
@@ -442,6 +442,65 @@ pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Delivery>, 
     Ok(out)
 }
 
+/// The heads of a keyed webhook's queues (see [`crate::store::Store::claim_key_heads`]): under
+/// the webhook's advisory lock (as `claim_head`), the first pending delivery of each key in
+/// arrival order; those due, not in `skip` and not leased by another instance are leased here.
+/// A key whose head another instance holds has nothing ready, so one delivery per key is in
+/// flight over all instances.
+pub async fn claim_key_heads(
+    c: &mut Client,
+    claim: &Claim,
+    now_ms: u64,
+    skip: &HashSet<Uuid>,
+) -> Result<KeyHeads, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    exec(
+        &tx,
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))",
+        &[&claim.webhook.to_string()],
+    )
+    .await?;
+    let heads = rows(
+        &tx,
+        "SELECT id, record,
+                (lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until >= hooktap_now_ms())
+           FROM (SELECT DISTINCT ON (COALESCE('k' || ordering_key, 'i' || id::text))
+                        id, record, lease_owner, lease_until, seq
+                   FROM deliveries
+                  WHERE webhook_id = $1 AND pending
+                  ORDER BY COALESCE('k' || ordering_key, 'i' || id::text), seq) heads
+          ORDER BY seq",
+        &[&claim.webhook, &claim.owner],
+    )
+    .await?;
+    let mut out = KeyHeads::default();
+    for r in &heads {
+        let id: Uuid = r.try_get(0).map_err(pg_error)?;
+        let elsewhere: bool = r.try_get(2).map_err(pg_error)?;
+        if elsewhere || skip.contains(&id) {
+            continue;
+        }
+        let d: Delivery = decode(r, 1)?;
+        if d.due_ms > now_ms {
+            out.next_due_ms = Some(out.next_due_ms.map_or(d.due_ms, |n| n.min(d.due_ms)));
+        } else if out.ready.len() < claim.limit {
+            out.ready.push(d);
+        }
+    }
+    let ids: Vec<Uuid> = out.ready.iter().map(|d| d.id).collect();
+    if !ids.is_empty() {
+        exec(
+            &tx,
+            "UPDATE deliveries SET lease_owner = $2, lease_until = hooktap_now_ms() + $3
+              WHERE id = ANY($1)",
+            &[&ids, &claim.owner, &claim.lease_ms],
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(out)
+}
+
 /// When the loop should look at `webhook` again: the queue time of its first queued delivery
 /// that this instance may take (one walk down the queue index). Another instance's lease
 /// running out is noticed by the loop's once-a-second look.
@@ -716,8 +775,8 @@ pub async fn insert_events(
     )
     .await?;
     if !ids.is_empty() {
-        exec(&tx, "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
-             SELECT u.id, u.event_id, u.webhook_id, u.created_ms, true, u.queue_ms, u.record
+        exec(&tx, "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record, ordering_key)
+             SELECT u.id, u.event_id, u.webhook_id, u.created_ms, true, u.queue_ms, u.record, u.record->>'ordering_key'
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::jsonb[])
                   WITH ORDINALITY AS u(id, event_id, webhook_id, created_ms, queue_ms, record, n)
              WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id FOR KEY SHARE)

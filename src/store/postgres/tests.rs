@@ -168,6 +168,57 @@ async fn claim_head_gives_one_instance_at_a_time_the_head_of_the_queue() {
     );
 }
 
+/// Per-key ordering over instances: a key whose head one instance holds gives another
+/// instance nothing of that key (not its second delivery), while other keys go there.
+#[tokio::test]
+async fn a_key_in_flight_on_one_instance_is_held_back_on_all() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(30)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(30)).await;
+    let mut spec = WebhookSpec::example("keyed");
+    spec.ordering_key = Some("$.k".to_owned());
+    let w = Webhook::new(spec, Origin::Api);
+    a.put_webhook(&w).await.expect("put");
+    let mut queued = Vec::new();
+    for key in ["A", "A", "B"] {
+        let e = event();
+        let mut d = Delivery::new(&e, w.id, 0);
+        d.ordering_key = Some(key.to_owned());
+        a.append(&e, std::slice::from_ref(&d)).expect("append");
+        queued.push(d);
+    }
+    a.flush().await.expect("ship");
+
+    let got_a = a
+        .claim_key_heads(w.id, u64::MAX, 1, &none())
+        .await
+        .expect("claim");
+    assert_eq!(got_a.ready, queued[..1], "A's head, leased to `a`");
+    let got_b = b
+        .claim_key_heads(w.id, u64::MAX, 10, &none())
+        .await
+        .expect("claim");
+    assert_eq!(
+        got_b.ready,
+        queued[2..],
+        "B's head only: A's second waits for its first, held by `a`"
+    );
+    a.record_attempts(w.id, &[recorded(&queued[0], 1, true)], None)
+        .await
+        .expect("record");
+    let skip: HashSet<Uuid> = [queued[2].id].into();
+    let got_b = b
+        .claim_key_heads(w.id, u64::MAX, 10, &skip)
+        .await
+        .expect("claim");
+    assert_eq!(
+        got_b.ready,
+        queued[1..2],
+        "once A's first is done, its second may go anywhere"
+    );
+}
+
 #[tokio::test]
 async fn counters_add_up_over_instances_and_a_put_does_not_reset_them() {
     let cluster = Cluster::start();

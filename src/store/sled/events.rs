@@ -103,7 +103,7 @@ impl SledStore {
                 }
                 db.insert(keys::event(event.id), self.stored_form(event)?)?;
                 for d in deliveries {
-                    db.insert(keys::queue(d), &[] as &[u8])?;
+                    db.insert(keys::queue(d), keys::queue_value(d))?;
                 }
                 Ok(())
             })

@@ -46,6 +46,23 @@ pub(super) fn queue(d: &Delivery) -> Vec<u8> {
     )
 }
 
+/// The value of a queue entry: the delivery's ordering key, so that the heads of the keys
+/// are found without reading every delivery (`k` + the key; empty: none).
+pub(super) fn queue_value(d: &Delivery) -> Vec<u8> {
+    d.ordering_key.as_ref().map_or_else(Vec::new, |k| {
+        let mut v = Vec::with_capacity(1 + k.len());
+        v.push(b'k');
+        v.extend_from_slice(k.as_bytes());
+        v
+    })
+}
+
+/// The ordering key a queue entry's value holds (entries written before keys existed and
+/// deliveries without one have none).
+pub(super) fn queue_value_key(v: &[u8]) -> Option<&[u8]> {
+    v.strip_prefix(b"k")
+}
+
 /// The queue time in a queue key.
 pub(super) fn queue_ms(k: &[u8]) -> Option<u64> {
     k.get(17..25)

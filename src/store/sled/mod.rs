@@ -11,7 +11,7 @@
 //! |---|---|
 //! | `e` event id | [`Event`] (JSON) |
 //! | `d` delivery id | [`Delivery`](crate::event::Delivery) (JSON) |
-//! | `q` webhook id, queue ms (big-endian u64), delivery id | empty: the queue |
+//! | `q` webhook id, queue ms (big-endian u64), delivery id | the ordering key (`k` + key) or empty: the queue |
 //! | `x` webhook id, delivery id | empty: a webhook's deliveries, in time order |
 //! | `v` event id, delivery id | empty: an event's deliveries |
 //! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`](crate::event::Attempt) (JSON) |
@@ -52,8 +52,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BarrierStats, EventQuery, FlushMode, QueueStats, Recorded, Recording, Store, StoreConfig,
-    StoreError, Swept,
+    BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Store,
+    StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, Delivery, Event};
 use crate::webhook::Webhook;
@@ -479,6 +479,16 @@ impl Store for SledStore {
         skip: &HashSet<Uuid>,
     ) -> Result<Vec<Delivery>, StoreError> {
         SledStore::queued(self, webhook, until_ms, limit, skip)
+    }
+
+    async fn claim_key_heads(
+        &self,
+        webhook: Uuid,
+        now_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<KeyHeads, StoreError> {
+        SledStore::claim_key_heads(self, webhook, now_ms, limit, skip)
     }
 
     async fn next_queued(

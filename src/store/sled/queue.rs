@@ -11,7 +11,11 @@ use uuid::Uuid;
 
 use super::{SledStore, keys};
 use crate::event::{Attempt, Delivery, DeliveryState};
-use crate::store::{QueueStats, Recorded, StoreError};
+use crate::store::{KeyHeads, QueueStats, Recorded, StoreError};
+
+/// How deep [`SledStore::claim_key_heads`] looks into a webhook's queue in one round: keys
+/// whose first delivery is further back wait until those in front are sent.
+const MAX_KEY_SCAN: usize = 10_000;
 use crate::webhook::Webhook;
 
 impl SledStore {
@@ -88,6 +92,58 @@ impl SledStore {
         Ok(out)
     }
 
+    /// The head of each key's queue that is due by `now_ms`, at most `limit`, and when the
+    /// first head not yet due is due (see [`crate::store::Store::claim_key_heads`]). Reads
+    /// the keys from the queue entries' values and only the heads' records; looks at most
+    /// [`MAX_KEY_SCAN`] entries deep.
+    pub fn claim_key_heads(
+        &self,
+        webhook: Uuid,
+        now_ms: u64,
+        limit: usize,
+        skip: &HashSet<Uuid>,
+    ) -> Result<KeyHeads, StoreError> {
+        let mut heads = KeyHeads::default();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let prefix = keys::key(keys::QUEUE, &[webhook.as_bytes()]);
+        for entry in self.db()?.scan_prefix(prefix).take(MAX_KEY_SCAN) {
+            if heads.ready.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let Some(id) = keys::trailing_id(&k) else {
+                continue;
+            };
+            // A key is seen at its first entry: later ones wait behind it.
+            if let Some(key) = keys::queue_value_key(&v) {
+                if !seen.insert(key.to_vec()) {
+                    continue;
+                }
+            }
+            if skip.contains(&id) {
+                continue;
+            }
+            match self.delivery(id)? {
+                Some(d) if d.state == DeliveryState::Pending && keys::queue(&d) == k.as_ref() => {
+                    if d.due_ms <= now_ms {
+                        heads.ready.push(d);
+                    } else {
+                        heads.next_due_ms =
+                            Some(heads.next_due_ms.map_or(d.due_ms, |n| n.min(d.due_ms)));
+                    }
+                }
+                // A stale entry (see `queued`): it holds no key's place.
+                _ => {
+                    if let Some(key) = keys::queue_value_key(&v) {
+                        seen.remove(key);
+                    }
+                    let _ = self.write(|db| Ok(db.remove(&k)?));
+                }
+            }
+        }
+        Ok(heads)
+    }
+
     /// The queue time of the first queued delivery of `webhook` not in `skip`.
     pub fn next_queued(
         &self,
@@ -161,7 +217,7 @@ impl SledStore {
             for c in changes {
                 let pending = c.after.state == DeliveryState::Pending;
                 if pending {
-                    db.insert(keys::queue(&c.after), &[] as &[u8])?;
+                    db.insert(keys::queue(&c.after), keys::queue_value(&c.after))?;
                 }
                 if !pending || keys::queue(&c.after) != keys::queue(&c.before) {
                     db.remove(keys::queue(&c.before))?;
@@ -182,7 +238,7 @@ impl SledStore {
         self.write(|db| {
             // The same order as `record_attempts`: state, new entry, old entry.
             db.insert(keys::delivery(d.id), serde_json::to_vec(&d)?)?;
-            db.insert(keys::queue(&d), &[] as &[u8])?;
+            db.insert(keys::queue(&d), keys::queue_value(&d))?;
             if delivery.state == DeliveryState::Pending && keys::queue(delivery) != keys::queue(&d)
             {
                 db.remove(keys::queue(delivery))?;

@@ -240,6 +240,9 @@ struct Behaviour {
     headers: Mutex<Vec<(String, String)>>,
     /// How long to wait before answering.
     delay_ms: AtomicU64,
+    /// Answer this status to requests whose body contains this text (a receiver that fails
+    /// for some events only).
+    fail_bodies: Mutex<Option<(Vec<u8>, u16)>>,
 }
 
 impl TestReceiver {
@@ -255,38 +258,48 @@ impl TestReceiver {
         });
         let received = Arc::new(Mutex::new(Vec::new()));
         let (b, r) = (behaviour.clone(), received.clone());
-        let app = Router::new().fallback(
-            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-                let (b, r) = (b.clone(), r.clone());
-                async move {
-                    r.lock().expect("lock").push(Received {
-                        at: Instant::now(),
-                        path: uri.path().to_owned(),
-                        headers,
-                        body,
-                    });
-                    let delay = b.delay_ms.load(Ordering::SeqCst);
-                    if delay > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                    }
-                    let scripted = b.script.lock().expect("lock").pop_front();
-                    let code = scripted.unwrap_or_else(|| b.status.load(Ordering::SeqCst));
-                    let mut resp = (StatusCode::from_u16(code).expect("status"), "answer body")
-                        .into_response();
-                    if (300..400).contains(&code) {
-                        resp.headers_mut()
-                            .insert(header::LOCATION, "/elsewhere".parse().expect("header"));
-                    }
-                    for (k, v) in b.headers.lock().expect("lock").iter() {
-                        resp.headers_mut().insert(
-                            axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                            v.parse().expect("value"),
+        let app =
+            Router::new().fallback(
+                move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                    let (b, r) = (b.clone(), r.clone());
+                    async move {
+                        r.lock().expect("lock").push(Received {
+                            at: Instant::now(),
+                            path: uri.path().to_owned(),
+                            headers,
+                            body: body.clone(),
+                        });
+                        let delay = b.delay_ms.load(Ordering::SeqCst);
+                        if delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
+                        let scripted = b.script.lock().expect("lock").pop_front();
+                        let failed = b.fail_bodies.lock().expect("lock").as_ref().and_then(
+                            |(needle, code)| {
+                                body.windows(needle.len().max(1))
+                                    .any(|w| w == needle.as_slice())
+                                    .then_some(*code)
+                            },
                         );
+                        let code = failed
+                            .or(scripted)
+                            .unwrap_or_else(|| b.status.load(Ordering::SeqCst));
+                        let mut resp = (StatusCode::from_u16(code).expect("status"), "answer body")
+                            .into_response();
+                        if (300..400).contains(&code) {
+                            resp.headers_mut()
+                                .insert(header::LOCATION, "/elsewhere".parse().expect("header"));
+                        }
+                        for (k, v) in b.headers.lock().expect("lock").iter() {
+                            resp.headers_mut().insert(
+                                axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                                v.parse().expect("value"),
+                            );
+                        }
+                        resp
                     }
-                    resp
-                }
-            },
-        );
+                },
+            );
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind receiver");
@@ -310,6 +323,12 @@ impl TestReceiver {
     /// Answers these statuses first, one per request.
     pub fn script(&self, statuses: &[u16]) {
         self.behaviour.script.lock().expect("lock").extend(statuses);
+    }
+
+    /// Answers `status` to every request whose body contains `needle`; `None` stops it.
+    pub fn fail_bodies_containing(&self, failing: Option<(&str, u16)>) {
+        *self.behaviour.fail_bodies.lock().expect("lock") =
+            failing.map(|(needle, code)| (needle.as_bytes().to_vec(), code));
     }
 
     pub fn add_header(&self, name: &str, value: &str) {

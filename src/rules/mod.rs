@@ -4,6 +4,7 @@
 //! the [`router::Router`], `when` entries into [`when::Predicate`]s, payload paths into
 //! [`selector::Selector`]s. Everything here is pure: no I/O, no clocks beyond event timestamps.
 
+pub mod expr;
 pub mod raw;
 pub mod router;
 pub mod selector;

@@ -338,6 +338,9 @@ pub struct RawTestResponse {
 pub struct RawExpect {
     pub topic: Option<Spanned<String>>,
     pub payload: Option<Value>,
+    /// How many events of the topic (with the payload) the exchange must produce; at least
+    /// one when not given.
+    pub count: Option<usize>,
     #[serde(default)]
     pub none: bool,
 }

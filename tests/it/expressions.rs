@@ -1,0 +1,260 @@
+//! Expressions, payload shapes, `for_each`, `dedupe` and computed topics through the real
+//! proxy. The app's `/echo` answers with the request's body, so each test's request says what
+//! the response carries.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Posts `body` to `/echo` with `headers`; the app answers 200 with the same body.
+async fn echo(proxy: &TestProxy, body: &Value, headers: &[(&str, &str)]) {
+    let mut req = client().post(proxy.url("/echo")).json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.expect("proxied");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.expect("the app's JSON answer"),
+        *body
+    );
+}
+
+/// The events stored once `exchanges` exchanges are finished, oldest first.
+async fn events_after(proxy: &TestProxy, exchanges: u64) -> Vec<Value> {
+    proxy.wait_exchanges(exchanges).await;
+    let mut events = proxy
+        .admin_get("/events?per_page=100")
+        .await
+        .as_array()
+        .cloned()
+        .expect("events");
+    events.reverse();
+    events
+}
+
+#[tokio::test]
+async fn a_cel_when_matches_and_a_runtime_error_is_counted_as_a_miss() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let rules = r#"
+[[rule]]
+name = "paid with tickets"
+topic = "order.paid"
+method = "POST"
+path = "/echo"
+when = "response.body.status in ['new', 'paid'] && int(request.headers['x-tickets']) > 2"
+"#;
+    let proxy = TestProxy::start(&Setup::new(upstream).rules(rules)).await;
+    echo(&proxy, &json!({"status": "paid", "n": 1}), &[("x-tickets", "3")]).await;
+    echo(&proxy, &json!({"status": "old", "n": 2}), &[("x-tickets", "3")]).await;
+    echo(&proxy, &json!({"status": "paid", "n": 3}), &[("x-tickets", "2")]).await;
+    // No header: `request.headers['x-tickets']` fails, so the rule does not match.
+    echo(&proxy, &json!({"status": "paid", "n": 4}), &[]).await;
+    let events = events_after(&proxy, 4).await;
+    let got: Vec<(&str, &Value)> = events
+        .iter()
+        .map(|e| (e["topic"].as_str().unwrap_or_default(), &e["payload"]["n"]))
+        .collect();
+    assert_eq!(got, vec![("order.paid", &json!(1))], "{events:#?}");
+    assert_eq!(
+        proxy.metric_sum("hooktap_rule_misses_total").await,
+        1.0,
+        "the missing header is one miss"
+    );
+    assert!(
+        proxy.log().contains("rule did not match"),
+        "the miss is logged at debug"
+    );
+}
+
+#[tokio::test]
+async fn a_nested_payload_keeps_order_with_constants_and_computed_values() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let rules = r#"
+[[rule]]
+name = "order shaped"
+topic = "order.created"
+method = "POST"
+path = "/echo"
+required = ["id"]
+
+[rule.payload]
+id = "$.response.body.id"
+source = { value = "shop" }
+total_cents = { expr = "int(response.body.total * 100.0)" }
+
+[rule.payload.customer]
+email = { expr = "response.body.email.lowerAscii()" }
+vip = { value = true }
+
+[rule.payload.customer.address]
+city = "$.response.body.city"
+tags = { value = ["a", 1] }
+"#;
+    let proxy = TestProxy::start(
+        &Setup::new(upstream)
+            .rules(rules)
+            .webhook("crm", &receiver, "topics = [\"order.*\"]"),
+    )
+    .await;
+    echo(
+        &proxy,
+        &json!({"id": 9, "total": 45.5, "email": "Ann@Example.COM", "city": "Graz"}),
+        &[],
+    )
+    .await;
+    // No id: `required` holds the event back.
+    echo(&proxy, &json!({"total": 1.0, "email": "x@y"}), &[]).await;
+    let got = receiver.wait_for(1, WAIT).await;
+    // Compared as text: key order is part of what is promised.
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].body),
+        r#"{"id":9,"source":"shop","total_cents":4550,"customer":{"email":"ann@example.com","vip":true,"address":{"city":"Graz","tags":["a",1]}}}"#
+    );
+    assert_eq!(events_after(&proxy, 2).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_response_with_two_tickets_derives_two_events() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let rules = r#"
+[[rule]]
+name = "tickets issued"
+topic = "ticket.issued"
+method = "POST"
+path = "/echo"
+for_each = "$.response.body.tickets[*]"
+when = "item.state == 'issued'"
+
+[rule.payload]
+ticket = "$.item.code"
+seat = { expr = "item.seat + 1" }
+order = "$.response.body.order"
+"#;
+    let proxy = TestProxy::start(
+        &Setup::new(upstream)
+            .rules(rules)
+            .webhook("scanner", &receiver, "topics = [\"ticket.*\"]"),
+    )
+    .await;
+    echo(
+        &proxy,
+        &json!({"order": 5, "tickets": [
+            {"code": "T-1", "seat": 10, "state": "issued"},
+            {"code": "T-2", "seat": 11, "state": "issued"},
+            {"code": "T-3", "seat": 12, "state": "void"},
+        ]}),
+        &[],
+    )
+    .await;
+    let mut got: Vec<Value> = receiver
+        .wait_for(2, WAIT)
+        .await
+        .iter()
+        .map(Received::json)
+        .collect();
+    got.sort_by_key(|v| v["ticket"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(
+        got,
+        vec![
+            json!({"ticket": "T-1", "seat": 11, "order": 5}),
+            json!({"ticket": "T-2", "seat": 12, "order": 5}),
+        ]
+    );
+    let events = events_after(&proxy, 1).await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert!(events.iter().all(|e| e["topic"] == "ticket.issued"));
+}
+
+#[tokio::test]
+async fn one_idempotency_key_derives_one_event_also_across_a_restart() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let rules = r#"
+[[rule]]
+name = "order created once"
+topic = "order.created"
+method = "POST"
+path = "/echo"
+dedupe = { key = "$.request.headers['idempotency-key']", window = "10m" }
+"#;
+    let mut proxy = TestProxy::start(
+        &Setup::new(upstream)
+            .rules(rules)
+            .webhook("crm", &receiver, "topics = [\"order.*\"]"),
+    )
+    .await;
+    let order = json!({"email": "a@example.com"});
+    echo(&proxy, &order, &[("idempotency-key", "k-1")]).await;
+    echo(&proxy, &order, &[("idempotency-key", "k-1")]).await;
+    assert_eq!(events_after(&proxy, 2).await.len(), 1);
+    assert_eq!(
+        proxy.metric_sum("hooktap_events_deduplicated_total").await,
+        1.0
+    );
+    proxy.stop().await;
+    proxy.spawn().await;
+    // After the restart: the key is still known; another key is a new event.
+    echo(&proxy, &order, &[("idempotency-key", "k-1")]).await;
+    echo(&proxy, &order, &[("idempotency-key", "k-2")]).await;
+    let events = events_after(&proxy, 2).await;
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(
+        proxy.metric_sum("hooktap_events_deduplicated_total").await,
+        1.0,
+        "the repeat after the restart"
+    );
+    let rules_view = proxy.admin_get("/rules").await;
+    let rule = rules_view
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"] == "order created once")
+        .expect("the rule is listed");
+    assert_eq!(rule["deduplicated"], 1);
+    assert_eq!(
+        rule["features"],
+        json!(["dedupe $.request.headers['idempotency-key'] within 10m"])
+    );
+    assert_eq!(receiver.wait_for(2, WAIT).await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_computed_topic_names_the_event_and_an_invalid_one_is_a_miss() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let rules = r#"
+[[rule]]
+name = "order status"
+topic = { expr = "'order.' + response.body.status" }
+method = "POST"
+path = "/echo"
+"#;
+    let proxy = TestProxy::start(&Setup::new(upstream).rules(rules)).await;
+    echo(&proxy, &json!({"status": "paid"}), &[]).await;
+    echo(&proxy, &json!({"status": "Not A Topic"}), &[]).await;
+    let events = events_after(&proxy, 2).await;
+    let topics: Vec<&str> = events.iter().filter_map(|e| e["topic"].as_str()).collect();
+    assert_eq!(topics, vec!["order.paid"]);
+    assert_eq!(events[0]["resource"], "order");
+    assert_eq!(events[0]["event"], "paid");
+    assert_eq!(proxy.metric_sum("hooktap_rule_misses_total").await, 1.0);
+    let metrics = client()
+        .get(proxy.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"hooktap_rule_misses_total{rule="order status",reason="bad_topic"} 1"#),
+        "{metrics}"
+    );
+}

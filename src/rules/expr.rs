@@ -70,6 +70,13 @@ impl Ty {
         }
     }
 
+    /// The name with its article: "an int", "a string".
+    fn a_name(&self) -> String {
+        let n = self.name();
+        let article = if n.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+        format!("{article} {n}")
+    }
+
     fn numeric(&self) -> bool {
         matches!(self, Ty::Int | Ty::UInt | Ty::Double)
     }
@@ -192,14 +199,14 @@ impl Expr {
             (Want::Any, _) => {}
             (Want::Bool, t) => {
                 return Err(format!(
-                    "invalid expression `{source}`: a condition must be a bool, this is a {}",
-                    t.name()
+                    "invalid expression `{source}`: a condition must be a bool, this is {}",
+                    t.a_name()
                 ));
             }
             (Want::String, t) => {
                 return Err(format!(
-                    "invalid expression `{source}`: must be a string, this is a {}",
-                    t.name()
+                    "invalid expression `{source}`: must be a string, this is {}",
+                    t.a_name()
                 ));
             }
         }
@@ -696,7 +703,7 @@ mod tests {
         assert!(err("request.method.size() + 'x'").contains("no `+`"));
         let e = Expr::compile("response.status + 1", &Scope::exchange(false), Want::Bool)
             .expect_err("not a bool");
-        assert!(e.contains("must be a bool, this is a int"), "{e}");
+        assert!(e.contains("must be a bool, this is an int"), "{e}");
         assert!(Expr::compile("item.id", &Scope::exchange(true), Want::Any).is_ok());
         assert!(compile("response.body.lines.all(l, l.q > 0)").is_ok());
         assert!(compile("has(response.body.x) && request.method.lowerAscii() == 'post'").is_ok());

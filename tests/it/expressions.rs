@@ -258,3 +258,146 @@ path = "/echo"
         "{metrics}"
     );
 }
+
+/// Runs `hooktap <command>` on a project with `rules` as its one rule file.
+fn run_on(rules: &str, command: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("rules")).expect("mkdir");
+    std::fs::write(dir.path().join("hooktap.toml"), CONFIG).expect("write");
+    std::fs::write(dir.path().join("rules/shop.toml"), rules).expect("write");
+    std::process::Command::new(hooktap_bin())
+        .args([command, "-c"])
+        .arg(dir.path().join("hooktap.toml"))
+        .output()
+        .expect("run hooktap")
+}
+
+/// `check` fails with a line naming `place` and containing every one of `words`.
+fn assert_check_says(rules: &str, place: &str, words: &[&str]) {
+    let out = run_on(rules, "check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check should fail:\n{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(place) && words.iter().all(|w| l.contains(w))),
+        "expected a line with `{place}` and {words:?} in:\n{stderr}"
+    );
+}
+
+#[test]
+fn bad_expressions_are_config_errors_naming_file_line_and_expression() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "when = \"response.body.status ==\"\n",
+            "rules/shop.toml:7:",
+            &["when: invalid expression `response.body.status ==`", "syntax error"],
+        ),
+        (
+            "when = \"respons.body.status == 'paid'\"\n",
+            "rules/shop.toml:7:",
+            &["`respons.body.status == 'paid'`", "unknown variable `respons`"],
+        ),
+        (
+            "when = \"response.status > 'x'\"\n",
+            "rules/shop.toml:7:",
+            &["`response.status > 'x'`", "no `>` for (int, string)"],
+        ),
+        (
+            "when = \"response.status + 1\"\n",
+            "rules/shop.toml:7:",
+            &["must be a bool"],
+        ),
+        (
+            "when = \"item.id == 1\"\n",
+            "rules/shop.toml:7:",
+            &["unknown variable `item`"],
+        ),
+        (
+            "for_each = \"$.response.status\"\n",
+            "rules/shop.toml:7:",
+            &["for_each `$.response.status` selects a number, not an array"],
+        ),
+        (
+            "dedupe = { key = \"request.headers['k'] +\", window = \"10m\" }\n",
+            "rules/shop.toml:7:",
+            &["dedupe key: invalid expression `request.headers['k'] +`"],
+        ),
+        (
+            "dedupe = { key = \"$.request.headers['k']\", window = \"soon\" }\n",
+            "rules/shop.toml:7:",
+            &["dedupe window `soon`"],
+        ),
+        (
+            "[rule.payload]\nid = \"$.response.body.id\"\nlabel = { expr = \"'n' + response.status\" }\n",
+            "rules/shop.toml:9:",
+            &["payload field `label`: invalid expression", "no `+`"],
+        ),
+        (
+            "[rule.payload.customer]\nname = { expr = \"request.bdy.name\" }\n",
+            "rules/shop.toml:8:",
+            &["payload field `customer.name`", "no field `bdy`"],
+        ),
+    ];
+    for (extra, place, words) in cases {
+        assert_check_says(&format!("{GOOD_RULE}{extra}"), place, words);
+    }
+    assert_check_says(
+        &GOOD_RULE.replace(
+            "topic = \"order.created\"",
+            "topic = { expr = \"response.status\" }",
+        ),
+        "rules/shop.toml:3:",
+        &["topic: invalid expression `response.status`", "must be a string"],
+    );
+}
+
+#[test]
+fn check_lists_and_test_runs_the_new_rule_forms() {
+    let rules = r#"[[rule]]
+name = "tickets"
+topic = { expr = "'ticket.' + item.state" }
+method = "POST"
+path = "/orders"
+for_each = "$.response.body.tickets"
+when = "item.seat > 0"
+dedupe = { key = "item.code", window = "1h" }
+
+[rule.payload]
+code = "$.item.code"
+
+[[test]]
+name = "two tickets"
+request = { method = "POST", path = "/orders" }
+response = { status = 201, body = { tickets = [{ code = "A", seat = 1, state = "issued" }, { code = "B", seat = 2, state = "issued" }, { code = "C", seat = 0, state = "issued" }] } }
+expect = { topic = "ticket.issued", count = 2 }
+
+[[test]]
+name = "a seat that is not a number"
+request = { method = "POST", path = "/orders" }
+response = { status = 201, body = { tickets = [{ code = "A", seat = "x", state = "issued" }] } }
+expect = { topic = "ticket.issued" }
+"#;
+    let out = run_on(rules, "check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("topic = 'ticket.' + item.state: tickets"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "rule tickets: when item.seat > 0; for_each $.response.body.tickets; dedupe item.code within 1h"
+        ),
+        "{stdout}"
+    );
+    let out = run_on(rules, "test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ok   two tickets"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL a seat that is not a number")
+            && stdout.contains("rule `tickets` did not match (error: `item.seat > 0`:"),
+        "{stdout}"
+    );
+}

@@ -376,6 +376,6 @@ mod tests {
             text.contains("hooktap_pending_deliveries{webhook=\"crm\"} 3"),
             "{text}"
         );
-        assert_eq!(m.events_of_rule("order.created", "order created"), 1);
+        assert_eq!(m.events_of_rule("order created"), 1);
     }
 }

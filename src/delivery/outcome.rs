@@ -218,6 +218,7 @@ mod tests {
                 mode: Mode::Realtime,
                 ordered,
                 concurrency: 8,
+                transform: None,
             },
             Origin::Api,
         )

@@ -147,6 +147,28 @@ impl Shape {
         }
     }
 
+    /// Like [`Shape::eval`], but a failing expression is `null` and its error is kept in
+    /// `errors` (a webhook transform sends what it can rather than nothing).
+    pub fn eval_lenient(
+        &self,
+        docs: Docs<'_>,
+        vars: &Vars<'_>,
+        errors: &mut Vec<EvalError>,
+    ) -> Value {
+        match self {
+            Shape::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(name, shape)| (name.clone(), shape.eval_lenient(docs, vars, errors)))
+                    .collect(),
+            ),
+            other => other.eval(docs, vars).unwrap_or_else(|e| {
+                errors.push(e);
+                Value::Null
+            }),
+        }
+    }
+
     /// The value over `doc` (JSONPaths) and `vars` (expressions). A path that selects nothing
     /// is `null`; an expression that fails is an error.
     pub fn eval(&self, docs: Docs<'_>, vars: &Vars<'_>) -> Result<Value, EvalError> {

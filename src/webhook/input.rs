@@ -72,6 +72,11 @@ pub struct WebhookInput {
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(format = UInt64, minimum = 1)]
     pub concurrency: Option<usize>,
+    /// The body's shape for this webhook: fields as in a rule's `[rule.payload]` (a JSONPath,
+    /// `{ "path", "regex" }`, `{ "expr": CEL }`, `{ "value": constant }`, or a nested object),
+    /// over `payload`, `topic`, `event_id` and `time`. `{}` removes it.
+    #[schema(value_type = Option<Object>)]
+    pub transform: Option<serde_json::Value>,
 }
 
 /// Reads an optional whole number written as `8` or as `8.0`: the schema's `integer` admits
@@ -352,6 +357,14 @@ impl WebhookInput {
             self.concurrency.map(|c| at_least_one("concurrency", c)),
             || base.map_or(8, |b| b.concurrency),
         );
+        let transform = p.pick(
+            "transform",
+            self.transform.map(|t| match &t {
+                serde_json::Value::Object(m) if m.is_empty() => Ok(None),
+                _ => super::transform::Transform::compile(&t).map(|_| Some(t)),
+            }),
+            || base.and_then(|b| b.transform.clone()),
+        );
         match target {
             Some((url, secret, topics)) if p.0.is_empty() => Ok(WebhookSpec {
                 name,
@@ -373,6 +386,7 @@ impl WebhookInput {
                 mode,
                 ordered,
                 concurrency,
+                transform,
             }),
             _ => Err(p.0),
         }
@@ -726,9 +740,10 @@ mod tests {
     #[test]
     fn input_fields_are_the_serde_names() {
         let fields = WebhookInput::fields();
-        assert_eq!(fields.len(), 16);
+        assert_eq!(fields.len(), 17);
         assert_eq!(fields[0], "name");
         assert!(fields.contains(&"batch_order") && fields.contains(&"concurrency"));
+        assert!(fields.contains(&"transform"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 mod destination;
 mod input;
+pub mod transform;
 
 pub use destination::{TopicsError, UrlError, check_url, compile_topics, mask_url};
 pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields};
@@ -113,6 +114,10 @@ pub struct WebhookSpec {
     pub ordered: bool,
     /// Deliveries in flight at once for this webhook.
     pub concurrency: usize,
+    /// The body's shape for this webhook (`[webhook.transform]`), as written: a JSON object
+    /// of fields (see [`transform`]). `None` sends the event's payload as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<serde_json::Value>,
 }
 
 pub const DEFAULT_HEADER_PREFIX: &str = "X-Hooktap-Webhook-";
@@ -192,6 +197,11 @@ pub struct WebhookView {
     pub batch_order: Option<BatchOrder>,
     pub ordered: bool,
     pub concurrency: usize,
+    /// The body's shape for this webhook, as set: fields as in a rule's payload, over
+    /// `payload`, `topic`, `event_id` and `time`. Absent: the event's payload as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub transform: Option<serde_json::Value>,
     pub counters: Counters,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -302,6 +312,7 @@ impl Webhook {
             },
             ordered: s.ordered,
             concurrency: s.concurrency,
+            transform: s.transform.clone(),
             counters: self.counters.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -327,6 +338,7 @@ impl WebhookSpec {
             mode: Mode::Realtime,
             ordered: false,
             concurrency: 1,
+            transform: None,
         }
     }
 }

@@ -401,3 +401,83 @@ expect = { topic = "ticket.issued" }
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_transform_reshapes_one_webhooks_body_while_another_gets_the_original() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let shaped = TestReceiver::start(200).await;
+    let plain = TestReceiver::start(200).await;
+    let by_api = TestReceiver::start(200).await;
+    let proxy = TestProxy::start(
+        &Setup::new(upstream)
+            .webhook(
+                "shaped",
+                &shaped,
+                "topics = [\"order.*\"]\n\
+                 [webhook.transform]\n\
+                 order_id = \"$.payload.id\"\n\
+                 kind = { expr = \"topic.split('.')[1]\" }\n\
+                 event = { expr = \"event_id\" }\n\
+                 [webhook.transform.billing]\n\
+                 email = { expr = \"payload.email.upperAscii()\" }\n\
+                 currency = { value = \"EUR\" }\n",
+            )
+            .webhook("plain", &plain, "topics = [\"order.*\"]"),
+    )
+    .await;
+    proxy.admin_ready().await;
+    // The same through the API, and a bad one refused with the field named.
+    let api = |method: reqwest::Method, path: &str| {
+        client()
+            .request(method, proxy.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    };
+    let r = api(reqwest::Method::POST, "/webhooks")
+        .json(&json!({"name": "api", "url": by_api.url(), "secret": "s", "topics": ["order.*"],
+                      "transform": {"id": {"expr": "payload.id"}, "v": {"value": 1}}}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let created: Value = r.json().await.expect("json");
+    assert_eq!(
+        created["transform"],
+        json!({"id": {"expr": "payload.id"}, "v": {"value": 1}})
+    );
+    let r = api(reqwest::Method::POST, "/webhooks")
+        .json(&json!({"url": by_api.url(), "secret": "s", "topics": ["order.*"],
+                      "transform": {"id": {"expr": "response.body.id"}}}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.expect("json");
+    assert_eq!(e["field"], "transform", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown variable `response`")),
+        "{e}"
+    );
+
+    post_order(&proxy, "a@example.com").await;
+    let events = events_after(&proxy, 1).await;
+    let event_id = events[0]["id"].as_str().expect("event id");
+    let got = shaped.wait_for(1, WAIT).await;
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].body),
+        format!(
+            r#"{{"order_id":1,"kind":"created","event":"{event_id}","billing":{{"email":"A@EXAMPLE.COM","currency":"EUR"}}}}"#
+        )
+    );
+    assert_eq!(
+        got[0].header("x-hooktap-webhook-signature"),
+        expected_signature("secret-shaped", &got[0].body),
+        "the shaped body is what is signed"
+    );
+    assert_eq!(plain.wait_for(1, WAIT).await[0].json(), events[0]["payload"]);
+    assert_eq!(
+        by_api.wait_for(1, WAIT).await[0].json(),
+        json!({"id": 1, "v": 1})
+    );
+}

@@ -35,6 +35,7 @@ fn spec(name: &str, url: &str) -> WebhookSpec {
         mode: Mode::Realtime,
         ordered: false,
         concurrency: 4,
+        transform: None,
     }
 }
 

@@ -194,7 +194,11 @@ fn check(config: &Config) -> bool {
     for rule in config.rules.rules() {
         let features = rule.features();
         if !features.is_empty() {
-            out(format_args!("  rule {}: {}", rule.name, features.join("; ")));
+            out(format_args!(
+                "  rule {}: {}",
+                rule.name,
+                features.join("; ")
+            ));
         }
     }
     for w in &config.webhooks {

@@ -174,7 +174,10 @@ fn check_expected_topics(
         .filter_map(|rule| rule.topic.fixed().map(crate::event::Topic::as_str))
         .collect();
     // A computed topic can be any topic: the test itself says whether it is produced.
-    let computed = rules.rules().iter().any(|rule| rule.topic.fixed().is_none());
+    let computed = rules
+        .rules()
+        .iter()
+        .any(|rule| rule.topic.fixed().is_none());
     // One reporter per file (its line index is made once): a file's entries come together.
     for group in expected.chunk_by(|a, b| a.file == b.file) {
         let mut r = Reporter::new(&group[0].file, &group[0].text, &mut *problems);

@@ -167,15 +167,14 @@ impl Proxy {
             self.intake.metrics().capture_skipped(side, reason.label());
         }
         let metrics = self.intake.metrics();
-        let matches = capture.rules.evaluate_reporting(
-            &capture.candidates,
-            &mut doc.value,
-            &mut |miss| {
-                tracing::debug!(rule = %miss.rule.name, reason = miss.kind.label(),
+        let matches =
+            capture
+                .rules
+                .evaluate_reporting(&capture.candidates, &mut doc.value, &mut |miss| {
+                    tracing::debug!(rule = %miss.rule.name, reason = miss.kind.label(),
                     detail = %miss.detail, "rule did not match");
-                metrics.rule_miss(&miss.rule.name, miss.kind.label());
-            },
-        );
+                    metrics.rule_miss(&miss.rule.name, miss.kind.label());
+                });
         for m in matches {
             match self.intake.enqueue_derived(&m.event, m.dedupe.as_ref()) {
                 Ok(Enqueued::Stored(deliveries)) => {

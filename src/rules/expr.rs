@@ -73,7 +73,11 @@ impl Ty {
     /// The name with its article: "an int", "a string".
     fn a_name(&self) -> String {
         let n = self.name();
-        let article = if n.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+        let article = if n.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
         format!("{article} {n}")
     }
 
@@ -105,8 +109,13 @@ pub static REQUEST: LazyLock<Ty> = LazyLock::new(|| {
 });
 
 pub static RESPONSE: LazyLock<Ty> = LazyLock::new(|| {
-    static FIELDS: LazyLock<[(&str, Ty); 3]> =
-        LazyLock::new(|| [("status", Ty::Int), ("headers", strings()), ("body", Ty::Dyn)]);
+    static FIELDS: LazyLock<[(&str, Ty); 3]> = LazyLock::new(|| {
+        [
+            ("status", Ty::Int),
+            ("headers", strings()),
+            ("body", Ty::Dyn),
+        ]
+    });
     Ty::Record(&*FIELDS)
 });
 
@@ -224,7 +233,9 @@ impl Expr {
     pub fn eval_raw(&self, vars: &Vars<'_>) -> Result<cel::Value, EvalError> {
         let mut ctx = Context::with_env(Arc::clone(&ENV));
         ctx.set_variable_resolver(vars);
-        self.program.execute(&ctx).map_err(|e| self.error(e.to_string()))
+        self.program
+            .execute(&ctx)
+            .map_err(|e| self.error(e.to_string()))
     }
 
     /// Evaluates over `vars` to JSON.
@@ -496,7 +507,10 @@ fn call_type(name: &str, target: Option<&Ty>, args: &[Ty], raw: &[IdedExpr]) -> 
         if args.len() == n {
             Ok(())
         } else {
-            Err(format!("`{name}` takes {n} argument(s), got {}", args.len()))
+            Err(format!(
+                "`{name}` takes {n} argument(s), got {}",
+                args.len()
+            ))
         }
     };
     // The receiver of a member function, or the first argument of a global one.
@@ -586,7 +600,10 @@ fn call_type(name: &str, target: Option<&Ty>, args: &[Ty], raw: &[IdedExpr]) -> 
         },
         "@in" => match &args[1] {
             Ty::List(_) | Ty::Map(_) | Ty::Record(_) | Ty::Dyn => Ok(Ty::Bool),
-            t => Err(format!("`in` needs a list or a map, this is a {}", t.name())),
+            t => Err(format!(
+                "`in` needs a list or a map, this is a {}",
+                t.name()
+            )),
         },
         "size" => match subject {
             Ty::Dyn | Ty::String | Ty::Bytes | Ty::List(_) | Ty::Map(_) | Ty::Record(_) => {
@@ -669,15 +686,23 @@ mod tests {
     #[test]
     fn evaluates_over_the_exchange() {
         assert_eq!(
-            eval("response.body.status in ['new', 'paid'] && int(request.headers['x-tickets']) > 2"),
+            eval(
+                "response.body.status in ['new', 'paid'] && int(request.headers['x-tickets']) > 2"
+            ),
             Ok(json!(true))
         );
-        assert_eq!(eval("'order.' + response.body.status"), Ok(json!("order.paid")));
+        assert_eq!(
+            eval("'order.' + response.body.status"),
+            Ok(json!("order.paid"))
+        );
         assert_eq!(
             eval("response.body.lines.map(l, l.q * 10)"),
             Ok(json!([10, 20]))
         );
-        assert_eq!(eval("{'b': 1, 'a': params.id}"), Ok(json!({"a": "7", "b": 1})));
+        assert_eq!(
+            eval("{'b': 1, 'a': params.id}"),
+            Ok(json!({"a": "7", "b": 1}))
+        );
         assert_eq!(eval("response.status == 201"), Ok(json!(true)));
     }
 

@@ -372,10 +372,7 @@ impl Rule {
                     Some(kind) => {
                         err(
                             span,
-                            format!(
-                                "for_each `{}` selects {kind}, not an array",
-                                f.get_ref()
-                            ),
+                            format!("for_each `{}` selects {kind}, not an array", f.get_ref()),
                         );
                         None
                     }
@@ -526,7 +523,13 @@ impl Rule {
         let uses_cel = matches!(when, When::Expr(_))
             || matches!(topic, Some(RuleTopic::Computed(_)))
             || matches!(&payload, Some(Payload::Shape(s)) if s.uses_cel())
-            || matches!(&dedupe, Some(DedupeSpec { key: KeySource::Expr(_), .. }));
+            || matches!(
+                &dedupe,
+                Some(DedupeSpec {
+                    key: KeySource::Expr(_),
+                    ..
+                })
+            );
         match (topic, payload) {
             (Some(topic), Some(payload)) if errors.is_empty() => Ok(Self {
                 name,
@@ -564,12 +567,23 @@ fn static_kind(s: &Selector) -> Option<&'static str> {
     if s.is_multi() {
         return None;
     }
-    let path = s.source().replace("['", ".").replace("\']", "").replace("[\"", ".").replace("\"]", "");
-    let parts: Vec<&str> = path.trim_start_matches('$').split('.').filter(|p| !p.is_empty()).collect();
+    let path = s
+        .source()
+        .replace("['", ".")
+        .replace("\']", "")
+        .replace("[\"", ".")
+        .replace("\"]", "");
+    let parts: Vec<&str> = path
+        .trim_start_matches('$')
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .collect();
     match parts.as_slice() {
         [] | ["request"] | ["response"] | ["params"] => Some("an object"),
         ["request", "headers" | "query"] | ["response", "headers"] => Some("an object"),
-        ["request", "method" | "path"] | ["request", "headers", _] | ["response", "headers", _]
+        ["request", "method" | "path"]
+        | ["request", "headers", _]
+        | ["response", "headers", _]
         | ["params", _] => Some("a string"),
         ["response", "status"] => Some("a number"),
         _ => None,

@@ -74,8 +74,12 @@ impl Selector {
     /// descent), rather than one place.
     pub fn is_multi(&self) -> bool {
         let s = &self.source;
-        s.contains("[*]") || s.contains(".*") || s.contains("[?") || s.contains("..")
-            || s.contains(':') || s.contains(',')
+        s.contains("[*]")
+            || s.contains(".*")
+            || s.contains("[?")
+            || s.contains("..")
+            || s.contains(':')
+            || s.contains(',')
     }
 
     pub fn source(&self) -> &str {

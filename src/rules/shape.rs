@@ -83,10 +83,13 @@ impl Shape {
             RawNodeKind::Table(entries) => {
                 let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
                 let string_at = |key: &str| {
-                    entries.iter().find(|(k, _)| k == key).and_then(|(_, n)| match &n.kind {
-                        RawNodeKind::Str(s) => Some(s.clone()),
-                        _ => None,
-                    })
+                    entries
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .and_then(|(_, n)| match &n.kind {
+                            RawNodeKind::Str(s) => Some(s.clone()),
+                            _ => None,
+                        })
                 };
                 match keys.as_slice() {
                     ["value"] => Some(Shape::Const(entries[0].1.to_json())),
@@ -209,7 +212,11 @@ mod tests {
         };
         let mut errors = Vec::new();
         let s = Shape::object(fields, &Scope::exchange(false), "payload", &mut errors);
-        if errors.is_empty() { Ok(s) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(errors)
+        }
     }
 
     #[test]
@@ -235,11 +242,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = compile(json!({"c": {"n": {"expr": "respons.x"}}, "k": 3}))
-            .expect_err("invalid");
+        let e = compile(json!({"c": {"n": {"expr": "respons.x"}}, "k": 3})).expect_err("invalid");
         let messages: Vec<&str> = e.iter().map(|e| e.message.as_str()).collect();
-        assert!(messages[0].starts_with("payload field `c.n`: invalid expression `respons.x`"), "{messages:?}");
-        assert!(messages[1].contains("write a constant as `{ value = 3 }`"), "{messages:?}");
+        assert!(
+            messages[0].starts_with("payload field `c.n`: invalid expression `respons.x`"),
+            "{messages:?}"
+        );
+        assert!(
+            messages[1].contains("write a constant as `{ value = 3 }`"),
+            "{messages:?}"
+        );
         let e = compile(json!({"c": {"expr": "1", "value": 2}})).expect_err("mixed");
         assert!(e[0].message.contains("stand alone"), "{e:?}");
     }

@@ -198,7 +198,7 @@ impl RuleTest {
                 } else {
                     Err(TestFailure::Missing {
                         topic: topic.clone(),
-                        payload: payload.clone(),
+                        payload: payload.clone().map(Box::new),
                         count: *count,
                         got,
                     })
@@ -218,7 +218,7 @@ pub enum TestFailure {
         payload.as_ref().map_or(String::new(), |p| format!(" with payload {p}")))]
     Missing {
         topic: String,
-        payload: Option<Value>,
+        payload: Option<Box<Value>>,
         count: Option<usize>,
         got: Produced,
     },

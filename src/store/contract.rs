@@ -497,7 +497,10 @@ pub async fn a_dedupe_claim_holds_for_its_window(store: Arc<dyn Store>) {
     let t0 = unix_ms(now());
     let claim = |k: &DedupeKey, at: u64| store.claim_dedupe(k, Uuid::now_v7(), at, window);
     assert!(claim(&key, t0).expect("claim"), "a new key is claimed");
-    assert!(!claim(&key, t0 + 1).expect("claim"), "the same key is a repeat");
+    assert!(
+        !claim(&key, t0 + 1).expect("claim"),
+        "the same key is a repeat"
+    );
     assert!(
         !claim(&key, t0 + 599_999).expect("claim"),
         "still a repeat at the end of the window"

@@ -112,7 +112,10 @@ mod tests {
         );
         assert_eq!(errors.len(), 1, "{errors:?}");
         let e = Transform::compile(&json!({"x": {"expr": "request.body"}})).unwrap_err();
-        assert!(e.contains("transform field `x`") && e.contains("unknown variable `request`"), "{e}");
+        assert!(
+            e.contains("transform field `x`") && e.contains("unknown variable `request`"),
+            "{e}"
+        );
         assert!(Transform::compile(&json!("$.payload")).is_err());
     }
 }

@@ -49,9 +49,24 @@ path = "/echo"
 when = "response.body.status in ['new', 'paid'] && int(request.headers['x-tickets']) > 2"
 "#;
     let proxy = TestProxy::start(&Setup::new(upstream).rules(rules)).await;
-    echo(&proxy, &json!({"status": "paid", "n": 1}), &[("x-tickets", "3")]).await;
-    echo(&proxy, &json!({"status": "old", "n": 2}), &[("x-tickets", "3")]).await;
-    echo(&proxy, &json!({"status": "paid", "n": 3}), &[("x-tickets", "2")]).await;
+    echo(
+        &proxy,
+        &json!({"status": "paid", "n": 1}),
+        &[("x-tickets", "3")],
+    )
+    .await;
+    echo(
+        &proxy,
+        &json!({"status": "old", "n": 2}),
+        &[("x-tickets", "3")],
+    )
+    .await;
+    echo(
+        &proxy,
+        &json!({"status": "paid", "n": 3}),
+        &[("x-tickets", "2")],
+    )
+    .await;
     // No header: `request.headers['x-tickets']` fails, so the rule does not match.
     echo(&proxy, &json!({"status": "paid", "n": 4}), &[]).await;
     let events = events_after(&proxy, 4).await;
@@ -96,11 +111,11 @@ vip = { value = true }
 city = "$.response.body.city"
 tags = { value = ["a", 1] }
 "#;
-    let proxy = TestProxy::start(
-        &Setup::new(upstream)
-            .rules(rules)
-            .webhook("crm", &receiver, "topics = [\"order.*\"]"),
-    )
+    let proxy = TestProxy::start(&Setup::new(upstream).rules(rules).webhook(
+        "crm",
+        &receiver,
+        "topics = [\"order.*\"]",
+    ))
     .await;
     echo(
         &proxy,
@@ -137,11 +152,11 @@ ticket = "$.item.code"
 seat = { expr = "item.seat + 1" }
 order = "$.response.body.order"
 "#;
-    let proxy = TestProxy::start(
-        &Setup::new(upstream)
-            .rules(rules)
-            .webhook("scanner", &receiver, "topics = [\"ticket.*\"]"),
-    )
+    let proxy = TestProxy::start(&Setup::new(upstream).rules(rules).webhook(
+        "scanner",
+        &receiver,
+        "topics = [\"ticket.*\"]",
+    ))
     .await;
     echo(
         &proxy,
@@ -184,11 +199,11 @@ method = "POST"
 path = "/echo"
 dedupe = { key = "$.request.headers['idempotency-key']", window = "10m" }
 "#;
-    let mut proxy = TestProxy::start(
-        &Setup::new(upstream)
-            .rules(rules)
-            .webhook("crm", &receiver, "topics = [\"order.*\"]"),
-    )
+    let mut proxy = TestProxy::start(&Setup::new(upstream).rules(rules).webhook(
+        "crm",
+        &receiver,
+        "topics = [\"order.*\"]",
+    ))
     .await;
     let order = json!({"email": "a@example.com"});
     echo(&proxy, &order, &[("idempotency-key", "k-1")]).await;
@@ -291,12 +306,18 @@ fn bad_expressions_are_config_errors_naming_file_line_and_expression() {
         (
             "when = \"response.body.status ==\"\n",
             "rules/shop.toml:7:",
-            &["when: invalid expression `response.body.status ==`", "syntax error"],
+            &[
+                "when: invalid expression `response.body.status ==`",
+                "syntax error",
+            ],
         ),
         (
             "when = \"respons.body.status == 'paid'\"\n",
             "rules/shop.toml:7:",
-            &["`respons.body.status == 'paid'`", "unknown variable `respons`"],
+            &[
+                "`respons.body.status == 'paid'`",
+                "unknown variable `respons`",
+            ],
         ),
         (
             "when = \"response.status > 'x'\"\n",
@@ -348,7 +369,10 @@ fn bad_expressions_are_config_errors_naming_file_line_and_expression() {
             "topic = { expr = \"response.status\" }",
         ),
         "rules/shop.toml:3:",
-        &["topic: invalid expression `response.status`", "must be a string"],
+        &[
+            "topic: invalid expression `response.status`",
+            "must be a string",
+        ],
     );
 }
 
@@ -380,7 +404,11 @@ expect = { topic = "ticket.issued" }
 "#;
     let out = run_on(rules, "check");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.contains("topic = 'ticket.' + item.state: tickets"),
         "{stdout}"
@@ -433,8 +461,10 @@ async fn a_transform_reshapes_one_webhooks_body_while_another_gets_the_original(
             .bearer_auth(ADMIN_TOKEN)
     };
     let r = api(reqwest::Method::POST, "/webhooks")
-        .json(&json!({"name": "api", "url": by_api.url(), "secret": "s", "topics": ["order.*"],
-                      "transform": {"id": {"expr": "payload.id"}, "v": {"value": 1}}}))
+        .json(
+            &json!({"name": "api", "url": by_api.url(), "secret": "s", "topics": ["order.*"],
+                      "transform": {"id": {"expr": "payload.id"}, "v": {"value": 1}}}),
+        )
         .send()
         .await
         .expect("create");
@@ -445,8 +475,10 @@ async fn a_transform_reshapes_one_webhooks_body_while_another_gets_the_original(
         json!({"id": {"expr": "payload.id"}, "v": {"value": 1}})
     );
     let r = api(reqwest::Method::POST, "/webhooks")
-        .json(&json!({"url": by_api.url(), "secret": "s", "topics": ["order.*"],
-                      "transform": {"id": {"expr": "response.body.id"}}}))
+        .json(
+            &json!({"url": by_api.url(), "secret": "s", "topics": ["order.*"],
+                      "transform": {"id": {"expr": "response.body.id"}}}),
+        )
         .send()
         .await
         .expect("create");
@@ -475,7 +507,10 @@ async fn a_transform_reshapes_one_webhooks_body_while_another_gets_the_original(
         expected_signature("secret-shaped", &got[0].body),
         "the shaped body is what is signed"
     );
-    assert_eq!(plain.wait_for(1, WAIT).await[0].json(), events[0]["payload"]);
+    assert_eq!(
+        plain.wait_for(1, WAIT).await[0].json(),
+        events[0]["payload"]
+    );
     assert_eq!(
         by_api.wait_for(1, WAIT).await[0].json(),
         json!({"id": 1, "v": 1})

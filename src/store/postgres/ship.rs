@@ -88,7 +88,10 @@ pub async fn ship_all(
         status.connected.store(inserted.is_ok(), Ordering::Relaxed);
         let repeats = inserted?;
         if repeats > 0 {
-            tracing::info!(repeats, "events dropped as repeats: another instance derived an event with the same dedupe key within the window");
+            tracing::info!(
+                repeats,
+                "events dropped as repeats: another instance derived an event with the same dedupe key within the window"
+            );
         }
         let n = batch.len();
         let writer = Arc::clone(journal);

@@ -420,9 +420,20 @@ async fn a_dedupe_key_claimed_by_another_instance_drops_the_repeat_when_it_moves
         store.flush().await.expect("move in");
         ids.push(e.id);
     }
-    assert!(a.event(ids[0]).await.expect("read").is_some(), "the first stays");
-    assert_eq!(b.event(ids[1]).await.expect("read"), None, "the repeat is dropped");
-    assert_eq!(b.journal().map(|j| j.backlog), Some(0), "and gone from the journal");
+    assert!(
+        a.event(ids[0]).await.expect("read").is_some(),
+        "the first stays"
+    );
+    assert_eq!(
+        b.event(ids[1]).await.expect("read"),
+        None,
+        "the repeat is dropped"
+    );
+    assert_eq!(
+        b.journal().map(|j| j.backlog),
+        Some(0),
+        "and gone from the journal"
+    );
     assert_eq!(
         a.queue_stats(w.id).await.expect("stats").pending,
         1,

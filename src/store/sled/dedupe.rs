@@ -79,17 +79,31 @@ mod tests {
         let store = super::super::open_for_tests(dir.path());
         let a = DedupeKey::new("r", "a");
         let w = Duration::from_secs(10);
-        assert_eq!(store.claim_dedupe(&a, Uuid::nil(), 1_000, w).ok(), Some(true));
-        assert_eq!(store.claim_dedupe(&a, Uuid::nil(), 5_000, w).ok(), Some(false));
         assert_eq!(
-            store.claim_dedupe(&DedupeKey::new("other", "a"), Uuid::nil(), 5_000, w).ok(),
+            store.claim_dedupe(&a, Uuid::nil(), 1_000, w).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            store.claim_dedupe(&a, Uuid::nil(), 5_000, w).ok(),
+            Some(false)
+        );
+        assert_eq!(
+            store
+                .claim_dedupe(&DedupeKey::new("other", "a"), Uuid::nil(), 5_000, w)
+                .ok(),
             Some(true),
             "another rule's key is another key"
         );
         assert_eq!(store.sweep_dedupe(10_999).ok(), Some(0));
         assert_eq!(store.sweep_dedupe(11_000).ok(), Some(1));
-        assert_eq!(store.claim_dedupe(&a, Uuid::nil(), 11_000, w).ok(), Some(true));
+        assert_eq!(
+            store.claim_dedupe(&a, Uuid::nil(), 11_000, w).ok(),
+            Some(true)
+        );
         store.release_dedupe(&a, Uuid::nil()).expect("release");
-        assert_eq!(store.claim_dedupe(&a, Uuid::nil(), 11_001, w).ok(), Some(true));
+        assert_eq!(
+            store.claim_dedupe(&a, Uuid::nil(), 11_001, w).ok(),
+            Some(true)
+        );
     }
 }

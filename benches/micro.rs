@@ -186,6 +186,72 @@ fn payload(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same rule twice: a `when` and a payload with one computed field, once in JSONPath form
+/// (list predicates, paths, a regex), once in CEL. Both derive the same event.
+const JSONPATH_RULE: &str = r#"
+[[rule]]
+name = "order paid"
+topic = "order.paid"
+method = "POST"
+path = "/orders"
+status = [201]
+when = [
+  { path = "$.response.body.status", in = ["new", "paid"] },
+  { path = "$.request.body.tickets", gt = 1 },
+]
+[rule.payload]
+id = "$.response.body.id"
+email = "$.request.body.email"
+total = "$.response.body.total"
+city = "$.response.body.customer.address.city"
+domain = { path = "$.request.body.email", regex = "@(.+)$" }
+"#;
+
+const CEL_RULE: &str = r#"
+[[rule]]
+name = "order paid"
+topic = "order.paid"
+method = "POST"
+path = "/orders"
+status = [201]
+when = "response.body.status in ['new', 'paid'] && request.body.tickets > 1"
+[rule.payload]
+id = "$.response.body.id"
+email = "$.request.body.email"
+total = "$.response.body.total"
+city = "$.response.body.customer.address.city"
+domain = { expr = "request.body.email.split('@')[1]" }
+"#;
+
+/// A CEL `when` and a computed payload field against the same rule in JSONPath form.
+fn expressions(c: &mut Criterion) {
+    let max_decoded = 8 << 20;
+    let doc = exchange().into_document(max_decoded).value;
+    let mut group = c.benchmark_group("rule");
+    for (name, toml) in [("jsonpath", JSONPATH_RULE), ("cel", CEL_RULE)] {
+        let rules = rule_set(toml);
+        let candidates = rules
+            .candidates(&Method::POST, "/orders")
+            .expect("POST /orders is a candidate");
+        let events = rules.evaluate(&candidates, &mut doc.clone());
+        assert_eq!(events.len(), 1, "{name}: one event");
+        assert_eq!(
+            events[0].event.payload,
+            serde_json::json!({"id": 1042, "email": "buyer@example.com", "total": 90.0,
+                               "city": "London", "domain": "example.com"}),
+            "{name}: the same payload"
+        );
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || doc.clone(),
+                |doc| rules.evaluate(&candidates, doc),
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
 fn signing(c: &mut Criterion) {
     let body: Vec<u8> = ORDER_RESPONSE.bytes().cycle().take(1024).collect();
     let mut group = c.benchmark_group("sign");
@@ -342,6 +408,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = routing, payload, signing, store
+    targets = routing, payload, expressions, signing, store
 }
 criterion_main!(benches);

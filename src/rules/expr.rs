@@ -174,6 +174,8 @@ pub enum Want {
 pub struct Expr {
     source: Arc<str>,
     program: Arc<Program>,
+    /// The parts of the variables the expression reads (see [`Needs`]).
+    needs: Arc<Needs>,
 }
 
 impl std::fmt::Debug for Expr {
@@ -219,14 +221,22 @@ impl Expr {
                 ));
             }
         }
+        let mut needs = Needs::default();
+        collect_needs(program.expression(), scope, &mut Vec::new(), &mut needs);
         Ok(Self {
             source: source.into(),
             program: Arc::new(program),
+            needs: Arc::new(needs),
         })
     }
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The parts of the variables this expression reads.
+    pub fn needs(&self) -> &Needs {
+        &self.needs
     }
 
     /// Evaluates over `vars`; the result as CEL holds it.
@@ -280,6 +290,13 @@ impl<'a> Vars<'a> {
         self.set_val(name, to_val(value));
     }
 
+    /// Binds `name` to the parts of `value` that `needs` says are read, if any are.
+    pub fn set_needed(&mut self, name: &'static str, value: &'a Value, needs: &Needs) {
+        if let Some(n) = needs.field(name) {
+            self.set_val(name, to_val_needed(value, n));
+        }
+    }
+
     pub fn set_val(&mut self, name: &'static str, value: Box<dyn Val + 'a>) {
         match self.vars.iter_mut().find(|(n, _)| *n == name) {
             Some(slot) => slot.1 = value,
@@ -294,6 +311,141 @@ impl VariableResolver for Vars<'_> {
             .iter()
             .find(|(n, _)| *n == variable)
             .map(|(_, v)| CowVal::Borrowed(v.as_ref()))
+    }
+}
+
+/// Which parts of the variables some expressions read: a tree of field names from the variable
+/// down, where `whole` means the value is used as a whole (compared, iterated, passed on). The
+/// variables are converted to CEL values only as far as read: an expression that reads
+/// `response.body.status` does not pay for converting the rest of the body.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Needs {
+    whole: bool,
+    fields: std::collections::BTreeMap<String, Needs>,
+}
+
+impl Needs {
+    /// Adds what `other` reads.
+    pub fn merge(&mut self, other: &Needs) {
+        self.whole |= other.whole;
+        for (k, v) in &other.fields {
+            self.fields.entry(k.clone()).or_default().merge(v);
+        }
+    }
+
+    /// What is read of the field (or variable) `name`, if anything.
+    pub fn field(&self, name: &str) -> Option<&Needs> {
+        self.fields.get(name)
+    }
+
+    fn add(&mut self, path: &[String]) {
+        match path.split_first() {
+            None => self.whole = true,
+            Some((first, rest)) => self.fields.entry(first.clone()).or_default().add(rest),
+        }
+    }
+}
+
+/// `value` converted as far as `needs` reads it: objects keep only the fields read.
+pub fn to_val_needed<'a>(v: &'a Value, needs: &Needs) -> Box<dyn Val + 'a> {
+    match v {
+        Value::Object(m) if !needs.whole => Box::new(CelMap::from(
+            needs
+                .fields
+                .iter()
+                .filter_map(|(k, n)| {
+                    m.get_key_value(k.as_str())
+                        .map(|(k, v)| (CelMapKey::from(k.as_str()), to_val_needed(v, n)))
+                })
+                .collect::<HashMap<_, _>>(),
+        )),
+        _ => to_val(v),
+    }
+}
+
+/// The chain of static field names `e` spells from a variable: `request.headers['x-a']` is
+/// `request`, `headers`, `x-a`.
+fn static_chain(e: &IdedExpr) -> Option<Vec<String>> {
+    match &e.expr {
+        Node::Ident(name) => Some(vec![name.clone()]),
+        Node::Select(s) if !s.test => {
+            let mut chain = static_chain(&s.operand)?;
+            chain.push(s.field.clone());
+            Some(chain)
+        }
+        Node::Call(c) if c.func_name == "_[_]" && c.target.is_none() && c.args.len() == 2 => {
+            match &c.args[1].expr {
+                Node::Literal(LiteralValue::String(k)) => {
+                    let mut chain = static_chain(&c.args[0])?;
+                    chain.push(k.inner().to_owned());
+                    Some(chain)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Adds to `needs` every part of a scope variable that `e` reads.
+fn collect_needs(e: &IdedExpr, scope: &Scope, locals: &mut Vec<String>, needs: &mut Needs) {
+    if let Some(chain) = static_chain(e) {
+        if scope.get(&chain[0]).is_some() && !locals.contains(&chain[0]) {
+            needs.add(&chain);
+        }
+        return;
+    }
+    let mut walk = |e: &IdedExpr, locals: &mut Vec<String>| collect_needs(e, scope, locals, needs);
+    match &e.expr {
+        Node::Select(s) => {
+            // `has(a.b.c)`: `a.b` must show whether it has `c`.
+            match static_chain(&s.operand) {
+                Some(mut chain) if s.test => {
+                    if scope.get(&chain[0]).is_some() && !locals.contains(&chain[0]) {
+                        chain.push(s.field.clone());
+                        needs.add(&chain);
+                    }
+                }
+                _ => walk(&s.operand, locals),
+            }
+        }
+        Node::Call(c) => {
+            if let Some(t) = &c.target {
+                walk(t, locals);
+            }
+            for a in &c.args {
+                walk(a, locals);
+            }
+        }
+        Node::List(l) => l.elements.iter().for_each(|x| walk(x, locals)),
+        Node::Map(m) => {
+            for entry in &m.entries {
+                if let EntryExpr::MapEntry(me) = &entry.expr {
+                    walk(&me.key, locals);
+                    walk(&me.value, locals);
+                }
+            }
+        }
+        Node::Struct(s) => {
+            for entry in &s.entries {
+                if let EntryExpr::StructField(f) = &entry.expr {
+                    walk(&f.value, locals);
+                }
+            }
+        }
+        Node::Comprehension(c) => {
+            walk(&c.iter_range, locals);
+            walk(&c.accu_init, locals);
+            let depth = locals.len();
+            locals.push(c.iter_var.clone());
+            locals.extend(c.iter_var2.clone());
+            locals.push(c.accu_var.clone());
+            walk(&c.loop_cond, locals);
+            walk(&c.loop_step, locals);
+            walk(&c.result, locals);
+            locals.truncate(depth);
+        }
+        Node::Ident(_) | Node::Literal(_) | Node::Unspecified => {}
     }
 }
 
@@ -732,5 +884,37 @@ mod tests {
         assert!(Expr::compile("item.id", &Scope::exchange(true), Want::Any).is_ok());
         assert!(compile("response.body.lines.all(l, l.q > 0)").is_ok());
         assert!(compile("has(response.body.x) && request.method.lowerAscii() == 'post'").is_ok());
+    }
+
+    #[test]
+    fn only_what_is_read_is_converted() {
+        let e = compile(
+            "response.body.status == 'paid' && has(request.body.n) && \
+             request.headers['x-tickets'] != '' && response.body.lines.all(l, l.q > 0) && \
+             [1].exists(params, params > 0)",
+        )
+        .expect("valid");
+        let mut want = Needs::default();
+        for path in [
+            &["response", "body", "status"][..],
+            &["request", "body", "n"],
+            &["request", "headers", "x-tickets"],
+            &["response", "body", "lines"],
+        ] {
+            want.add(&path.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        }
+        assert_eq!(*e.needs(), want, "`params` inside the macro is its own variable");
+        let d = doc();
+        let mut vars = Vars::new();
+        for name in ["request", "response", "params"] {
+            vars.set_needed(name, &d[name], e.needs());
+        }
+        assert_eq!(e.eval(&vars), Ok(json!(true)));
+        // What is not read is not there.
+        let peek = compile("response.body").expect("valid");
+        assert_eq!(
+            peek.eval(&vars),
+            Ok(json!({"lines": [{"q": 1}, {"q": 2}], "status": "paid"}))
+        );
     }
 }

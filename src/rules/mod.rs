@@ -17,7 +17,7 @@ use std::ops::Range;
 use serde_json::{Map, Value};
 
 use crate::event::{Dedupe, DedupeKey, Event, Topic};
-use expr::{EvalError, Expr, Scope, Vars, Want};
+use expr::{EvalError, Expr, Needs, Scope, Vars, Want};
 use raw::{RawPayload, RawRule, RawTopic, RawWhenSpec, StatusSpec};
 use router::{Candidates, Router};
 use selector::{Docs, Selector};
@@ -172,8 +172,9 @@ pub struct Rule {
     /// Top-level payload fields that must not be `null`.
     required: Vec<String>,
     dedupe: Option<DedupeSpec>,
-    /// Whether any part is CEL, so that evaluation needs the exchange as CEL values.
-    uses_cel: bool,
+    /// What the rule's CEL expressions read of the exchange: only that is converted to CEL
+    /// values for an evaluation (nothing for a rule without CEL).
+    needs: Needs,
 }
 
 /// One event a rule derived, before it becomes an [`Event`].
@@ -251,10 +252,8 @@ impl Rule {
             }
         };
         let mut vars = Vars::new();
-        if self.uses_cel {
-            for name in ["request", "response", "params"] {
-                vars.set(name, &doc[name]);
-            }
+        for name in ["request", "response", "params"] {
+            vars.set_needed(name, &doc[name], &self.needs);
         }
         let Some(items) = &items else {
             return self
@@ -264,9 +263,7 @@ impl Rule {
         };
         let mut out = Vec::with_capacity(items.len());
         for wrapper in items {
-            if self.uses_cel {
-                vars.set("item", &wrapper["item"]);
-            }
+            vars.set_needed("item", &wrapper["item"], &self.needs);
             let docs = Docs {
                 exchange: doc,
                 item: Some(wrapper),
@@ -520,16 +517,23 @@ impl Rule {
                 window: window?,
             })
         });
-        let uses_cel = matches!(when, When::Expr(_))
-            || matches!(topic, Some(RuleTopic::Computed(_)))
-            || matches!(&payload, Some(Payload::Shape(s)) if s.uses_cel())
-            || matches!(
-                &dedupe,
-                Some(DedupeSpec {
-                    key: KeySource::Expr(_),
-                    ..
-                })
-            );
+        let mut needs = Needs::default();
+        if let When::Expr(e) = &when {
+            needs.merge(e.needs());
+        }
+        if let Some(RuleTopic::Computed(e)) = &topic {
+            needs.merge(e.needs());
+        }
+        if let Some(Payload::Shape(s)) = &payload {
+            s.collect_needs(&mut needs);
+        }
+        if let Some(DedupeSpec {
+            key: KeySource::Expr(e),
+            ..
+        }) = &dedupe
+        {
+            needs.merge(e.needs());
+        }
         match (topic, payload) {
             (Some(topic), Some(payload)) if errors.is_empty() => Ok(Self {
                 name,
@@ -542,7 +546,7 @@ impl Rule {
                 payload,
                 required,
                 dedupe,
-                uses_cel,
+                needs,
             }),
             _ => Err(errors),
         }

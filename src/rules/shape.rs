@@ -11,7 +11,7 @@ use std::ops::Range;
 use regex::Regex;
 use serde_json::{Map, Value};
 
-use super::expr::{EvalError, Expr, Scope, Vars, Want};
+use super::expr::{EvalError, Expr, Needs, Scope, Vars, Want};
 use super::raw::{RawNode, RawNodeKind};
 use super::selector::{Docs, Selector};
 use super::when;
@@ -141,12 +141,12 @@ impl Shape {
         }
     }
 
-    /// Whether any field is computed by CEL (and so needs [`Vars`]).
-    pub fn uses_cel(&self) -> bool {
+    /// Adds what the shape's expressions read to `needs`.
+    pub fn collect_needs(&self, needs: &mut Needs) {
         match self {
-            Shape::Expr(_) => true,
-            Shape::Object(fields) => fields.iter().any(|(_, s)| s.uses_cel()),
-            _ => false,
+            Shape::Expr(e) => needs.merge(e.needs()),
+            Shape::Object(fields) => fields.iter().for_each(|(_, s)| s.collect_needs(needs)),
+            _ => {}
         }
     }
 

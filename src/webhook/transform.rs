@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use serde_json::{Map, Value};
 
 use crate::event::Event;
-use crate::rules::expr::{EvalError, Scope, Vars};
+use crate::rules::expr::{EvalError, Needs, Scope, Vars};
 use crate::rules::raw::{RawNode, RawNodeKind};
 use crate::rules::selector::Docs;
 use crate::rules::shape::Shape;
@@ -20,6 +20,8 @@ use crate::rules::shape::Shape;
 #[derive(Debug)]
 pub struct Transform {
     shape: Shape,
+    /// What the expressions read (only that is converted for them).
+    needs: Needs,
 }
 
 /// Compiled transforms by their JSON text: webhooks are few and change rarely, and compiling
@@ -40,7 +42,9 @@ impl Transform {
         let mut errors = Vec::new();
         let shape = Shape::object(fields, &Scope::transform(), "transform", &mut errors);
         if errors.is_empty() {
-            Ok(Self { shape })
+            let mut needs = Needs::default();
+            shape.collect_needs(&mut needs);
+            Ok(Self { shape, needs })
         } else {
             let messages: Vec<String> = errors.into_iter().map(|e| e.message).collect();
             Err(messages.join("; "))
@@ -77,7 +81,7 @@ impl Transform {
         ]));
         let mut vars = Vars::new();
         for name in ["payload", "topic", "event_id", "time"] {
-            vars.set(name, &doc[name]);
+            vars.set_needed(name, &doc[name], &self.needs);
         }
         let mut errors = Vec::new();
         let v = self.shape.eval_lenient(Docs::of(&doc), &vars, &mut errors);

@@ -161,6 +161,90 @@ impl Scope {
     }
 }
 
+/// How deeply an expression may nest (operators, calls, field selections). Evaluation recurses
+/// once per level on the proxy's threads, so the depth is bounded at load.
+const MAX_DEPTH: usize = 100;
+
+/// The parser recurses deeper than the nesting it is given (an `a.a.a...` of a few thousand
+/// levels overflowed a main thread's stack), so parsing, and dropping what is refused, run on a
+/// thread with a stack of their own.
+const PARSE_STACK: usize = 256 << 20;
+
+/// `source` as shown in messages: at most 120 characters.
+fn shown(source: &str) -> Cow<'_, str> {
+    match source.char_indices().nth(120) {
+        None => Cow::Borrowed(source),
+        Some((cut, _)) => Cow::Owned(format!("{}…", &source[..cut])),
+    }
+}
+
+/// Parses `source` with the standard environment; refuses nesting deeper than [`MAX_DEPTH`].
+fn parse(source: &str) -> Result<Program, String> {
+    let owned = source.to_owned();
+    let parsed = std::thread::Builder::new()
+        .name("cel-parse".to_owned())
+        .stack_size(PARSE_STACK)
+        .spawn(move || {
+            let program = ENV.compile(&owned).map_err(|e| {
+                e.errors.first().map_or_else(
+                    || e.to_string(),
+                    |p| format!("syntax error at character {}: {}", p.pos.1 + 1, p.msg),
+                )
+            })?;
+            match depth(program.expression(), MAX_DEPTH + 1) {
+                d if d > MAX_DEPTH => Err(format!(
+                    "nested more than {MAX_DEPTH} levels deep; split it up"
+                )),
+                _ => Ok(program),
+            }
+        })
+        .map_err(|e| format!("cannot start the parser's thread: {e}"))?
+        .join();
+    parsed.unwrap_or_else(|_| Err("the expression could not be parsed".to_owned()))
+}
+
+/// The nesting depth of `e`, counted up to `limit` (not past it, so that counting a very deep
+/// tree is cheap).
+fn depth(e: &IdedExpr, limit: usize) -> usize {
+    if limit == 0 {
+        return 0;
+    }
+    let children: Vec<&IdedExpr> = match &e.expr {
+        Node::Call(c) => c.target.iter().map(|t| &**t).chain(&c.args).collect(),
+        Node::Select(s) => vec![&s.operand],
+        Node::List(l) => l.elements.iter().collect(),
+        Node::Map(m) => m
+            .entries
+            .iter()
+            .flat_map(|en| match &en.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                EntryExpr::StructField(f) => vec![&f.value],
+            })
+            .collect(),
+        Node::Struct(st) => st
+            .entries
+            .iter()
+            .filter_map(|en| match &en.expr {
+                EntryExpr::StructField(f) => Some(&f.value),
+                EntryExpr::MapEntry(_) => None,
+            })
+            .collect(),
+        Node::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Node::Ident(_) | Node::Literal(_) | Node::Unspecified => Vec::new(),
+    };
+    1 + children
+        .into_iter()
+        .map(|c| depth(c, limit - 1))
+        .max()
+        .unwrap_or(0)
+}
+
 /// What the place an expression stands in needs it to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
@@ -195,28 +279,23 @@ pub struct EvalError {
 impl Expr {
     /// Parses and checks `source`; the error names the expression.
     pub fn compile(source: &str, scope: &Scope, want: Want) -> Result<Self, String> {
-        let program = ENV.compile(source).map_err(|e| {
-            let first = e.errors.first().map_or_else(
-                || e.to_string(),
-                |p| format!("syntax error at character {}: {}", p.pos.1 + 1, p.msg),
-            );
-            format!("invalid expression `{source}`: {first}")
-        })?;
+        let shown = shown(source);
+        let program = parse(source).map_err(|m| format!("invalid expression `{shown}`: {m}"))?;
         let ty = Checker { scope }
             .check(program.expression(), &mut Vec::new())
-            .map_err(|m| format!("invalid expression `{source}`: {m}"))?;
+            .map_err(|m| format!("invalid expression `{shown}`: {m}"))?;
         match (want, &ty) {
             (Want::Bool, Ty::Bool | Ty::Dyn) | (Want::String, Ty::String | Ty::Dyn) => {}
             (Want::Any, _) => {}
             (Want::Bool, t) => {
                 return Err(format!(
-                    "invalid expression `{source}`: a condition must be a bool, this is {}",
+                    "invalid expression `{shown}`: a condition must be a bool, this is {}",
                     t.a_name()
                 ));
             }
             (Want::String, t) => {
                 return Err(format!(
-                    "invalid expression `{source}`: must be a string, this is {}",
+                    "invalid expression `{shown}`: must be a string, this is {}",
                     t.a_name()
                 ));
             }
@@ -878,6 +957,22 @@ mod tests {
         assert!(err("response.status == 'x'").contains("always false"));
         assert!(err("frobnicate(1)").contains("unknown function `frobnicate`"));
         assert!(err("request.method.size() + 'x'").contains("no `+`"));
+        // Deep nesting is refused at load, not a stack overflow there or at run time.
+        let deep = format!("{}true{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(!err(&deep).is_empty());
+        let chain = format!("request{} == 1", ".a".repeat(5000));
+        assert!(
+            err(&chain).contains("nested more than 100 levels"),
+            "{}",
+            err(&chain)
+        );
+        // The parser folds repeated negations: this one is shallow, and fine.
+        let nots = format!("{}true", "!".repeat(5000));
+        assert!(compile(&nots).is_ok());
+        assert!(
+            err(&chain).len() < 400,
+            "a long expression is shortened in messages"
+        );
         let e = Expr::compile("response.status + 1", &Scope::exchange(false), Want::Bool)
             .expect_err("not a bool");
         assert!(e.contains("must be a bool, this is an int"), "{e}");
@@ -903,7 +998,11 @@ mod tests {
         ] {
             want.add(&path.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         }
-        assert_eq!(*e.needs(), want, "`params` inside the macro is its own variable");
+        assert_eq!(
+            *e.needs(),
+            want,
+            "`params` inside the macro is its own variable"
+        );
         let d = doc();
         let mut vars = Vars::new();
         for name in ["request", "response", "params"] {

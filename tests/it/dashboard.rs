@@ -144,11 +144,11 @@ path = "/echo"
 when = "response.body.ok == true"
 dedupe = { key = "$.request.headers['idempotency-key']", window = "1h" }
 "#;
-    let proxy = TestProxy::start(
-        &Setup::new(upstream)
-            .rules(rules)
-            .webhook("crm", &receiver, "topics = [\"order.*\"]"),
-    )
+    let proxy = TestProxy::start(&Setup::new(upstream).rules(rules).webhook(
+        "crm",
+        &receiver,
+        "topics = [\"order.*\"]",
+    ))
     .await;
     proxy.admin_ready().await;
     let r = client()

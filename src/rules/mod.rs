@@ -1,8 +1,11 @@
 //! The compiled rule set: what turns a request/response pair into events.
 //!
 //! Rules are compiled once from the raw rule files ([`raw`]): path templates into
-//! the [`router::Router`], `when` entries into [`when::Predicate`]s, payload paths into
-//! [`selector::Selector`]s. Everything here is pure: no I/O, no clocks beyond event timestamps.
+//! the [`router::Router`], `when` entries into [`when::Predicate`]s or one CEL [`expr::Expr`],
+//! payloads into [`shape::Shape`]s of [`selector::Selector`]s, expressions and constants,
+//! `for_each`, `dedupe` keys and computed topics. Everything here is pure: no I/O, no clocks
+//! beyond event timestamps. What a rule did not derive because an expression failed is reported
+//! to the caller as a [`Miss`]; de-duplication is the store's part (a [`Match`] carries its key).
 
 pub mod expr;
 pub mod raw;

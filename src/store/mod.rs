@@ -17,6 +17,8 @@
 //!   not bring it back).
 //! - **Time order.** Ids are UUIDv7: events, a webhook's deliveries and attempts come back in
 //!   the order they were made.
+//! - **One claim per dedupe key and window.** [`Store::claim_dedupe`] grants a rule's key once
+//!   per window, also to callers racing with it and across a restart.
 //!
 //! - **Shared or not.** A backend shared by several hooktap instances ([`Store::shared`])
 //!   leases what [`Store::queued`] and [`Store::claim_head`] return to the instance that asked,

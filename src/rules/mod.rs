@@ -702,3 +702,95 @@ impl RuleSet {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules(toml_src: &str) -> RuleSet {
+        let file: raw::RawRuleFile = toml::from_str(toml_src).expect("rule file parses");
+        let mut set = RuleSet::default();
+        for r in file.rule {
+            set.add(r).expect("rule compiles");
+        }
+        set
+    }
+
+    /// Evaluates `body` as the response to `POST /x`: the events' payloads and the misses.
+    fn run(set: &RuleSet, body: Value) -> (Vec<Value>, Vec<(MissKind, String)>) {
+        let mut doc = json!({
+            "request": {"method": "POST", "path": "/x", "query": {}, "headers": {}, "body": null},
+            "response": {"status": 200, "headers": {}, "body": body},
+            "params": {},
+        });
+        let candidates = set
+            .candidates(&http::Method::POST, "/x")
+            .expect("a candidate");
+        let mut misses = Vec::new();
+        let events = set
+            .evaluate_reporting(&candidates, &mut doc, &mut |m| {
+                misses.push((m.kind, m.detail.clone()))
+            })
+            .into_iter()
+            .map(|m| m.event.payload)
+            .collect();
+        (events, misses)
+    }
+
+    #[test]
+    fn for_each_takes_the_elements_of_one_array_or_every_node_selected() {
+        let whole = rules(
+            "[[rule]]\nname = \"a\"\ntopic = \"t.a\"\npath = \"/x\"\nfor_each = \"$.response.body.items\"\npayload = \"$.item\"\n",
+        );
+        assert_eq!(
+            run(&whole, json!({"items": [1, 2]})).0,
+            vec![json!(1), json!(2)]
+        );
+        assert_eq!(run(&whole, json!({"items": []})).0, Vec::<Value>::new());
+        assert_eq!(
+            run(&whole, json!({})).0,
+            Vec::<Value>::new(),
+            "absent: nothing"
+        );
+        let (events, misses) = run(&whole, json!({"items": {"a": 1}}));
+        assert!(events.is_empty());
+        assert_eq!(misses[0].0, MissKind::NotArray);
+        assert!(
+            misses[0].1.contains("selected an object, not an array"),
+            "{misses:?}"
+        );
+
+        let filtered = rules(
+            "[[rule]]\nname = \"b\"\ntopic = \"t.b\"\npath = \"/x\"\nfor_each = \"$.response.body.items[?@.ok == true]\"\n[rule.payload]\nid = \"$.item.id\"\n",
+        );
+        let body = json!({"items": [{"id": 1, "ok": true}, {"id": 2, "ok": false}, {"id": 3, "ok": true}]});
+        assert_eq!(
+            run(&filtered, body).0,
+            vec![json!({"id": 1}), json!({"id": 3})]
+        );
+    }
+
+    #[test]
+    fn dedupe_keys_are_per_rule_and_absent_keys_do_not_dedupe() {
+        let set = rules(
+            "[[rule]]\nname = \"a\"\ntopic = \"t.a\"\npath = \"/x\"\ndedupe = { key = \"response.body.id\", window = \"1m\" }\n\n\
+             [[rule]]\nname = \"b\"\ntopic = \"t.b\"\npath = \"/x\"\ndedupe = { key = \"$.response.body.ref\", window = \"1m\" }\n",
+        );
+        let mut doc = json!({
+            "request": {"method": "POST", "path": "/x", "query": {}, "headers": {}, "body": null},
+            "response": {"status": 200, "headers": {}, "body": {"id": 7}},
+            "params": {},
+        });
+        let candidates = set
+            .candidates(&http::Method::POST, "/x")
+            .expect("a candidate");
+        let matches = set.evaluate(&candidates, &mut doc);
+        assert_eq!(matches.len(), 2);
+        assert_eq!(
+            matches[0].dedupe.map(|d| (d.key, d.window)),
+            Some((DedupeKey::new("a", "7"), std::time::Duration::from_secs(60)))
+        );
+        assert_eq!(matches[1].dedupe, None, "no `ref`: nothing to compare");
+    }
+}

@@ -515,4 +515,17 @@ async fn a_transform_reshapes_one_webhooks_body_while_another_gets_the_original(
         by_api.wait_for(1, WAIT).await[0].json(),
         json!({"id": 1, "v": 1})
     );
+    // `{}` removes the transform: the next event arrives as its payload.
+    let id = created["id"].as_str().expect("id");
+    let r = api(reqwest::Method::PUT, &format!("/webhooks/{id}"))
+        .json(&json!({"transform": {}}))
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(r.status(), 200);
+    let updated: Value = r.json().await.expect("json");
+    assert!(updated.get("transform").is_none(), "{updated}");
+    post_order(&proxy, "b@example.com").await;
+    let second = by_api.wait_for(2, WAIT).await;
+    assert_eq!(second[1].json()["email"], "b@example.com");
 }

@@ -130,6 +130,34 @@ impl Event {
     }
 }
 
+/// What makes two derived events "the same" for a rule's `dedupe`: a digest of the rule's
+/// name and the key the rule computed, so that stored keys have one size whatever the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DedupeKey(pub [u8; 32]);
+
+impl DedupeKey {
+    pub fn new(rule: &str, key: &str) -> Self {
+        use sha2::Digest;
+        let mut hash = sha2::Sha256::new();
+        hash.update(rule.as_bytes());
+        hash.update([0]);
+        hash.update(key.as_bytes());
+        Self(hash.finalize().into())
+    }
+
+    /// Lower-case hex, as the PostgreSQL store keeps it.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A rule's claim that an event is not a repeat: its key, kept for `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dedupe {
+    pub key: DedupeKey,
+    pub window: std::time::Duration,
+}
+
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]

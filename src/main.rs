@@ -258,12 +258,13 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 /// Prints what the config holds and checks that a shared store can be reached; false when
 /// it cannot.
 fn check(config: &Config) -> bool {
-    let mut per_topic: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut per_topic: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for rule in config.rules.rules() {
-        per_topic
-            .entry(rule.topic.as_str())
-            .or_default()
-            .push(&rule.name);
+        let topic = match rule.topic.fixed() {
+            Some(t) => t.as_str().to_owned(),
+            None => format!("= {}", rule.topic.as_str()),
+        };
+        per_topic.entry(topic).or_default().push(&rule.name);
     }
     out(format_args!(
         "{}: OK — {} rules in {} files, {} routes, {} tests, {} webhooks",
@@ -276,6 +277,16 @@ fn check(config: &Config) -> bool {
     ));
     for (topic, rules) in per_topic {
         out(format_args!("  topic {topic}: {}", rules.join(", ")));
+    }
+    for rule in config.rules.rules() {
+        let features = rule.features();
+        if !features.is_empty() {
+            out(format_args!(
+                "  rule {}: {}",
+                rule.name,
+                features.join("; ")
+            ));
+        }
     }
     for w in &config.webhooks {
         let mut extras = Vec::new();

@@ -24,6 +24,11 @@ pub struct Metrics {
     /// Indexed by status class: 1xx..5xx, then anything else (including failed proxying).
     requests_by_class: [Counter; 6],
     events: Family<Labels, Counter>,
+    /// Events by rule alone (for the admin API's rule list; a computed topic has no single
+    /// topic to look the count up by). Not exported: `events` has the same counts.
+    rule_events: Family<Labels, Counter>,
+    rule_misses: Family<Labels, Counter>,
+    deduplicated: Family<Labels, Counter>,
     capture_skipped: Family<Labels, Counter>,
     store_errors: Counter,
     store_up: Gauge,
@@ -64,6 +69,18 @@ impl Metrics {
             "events",
             "Events derived from traffic, by topic and rule",
             events.clone(),
+        );
+        let rule_misses = Family::default();
+        registry.register(
+            "rule_misses",
+            "Candidate rules that derived nothing because of an error, by rule and reason (error: an expression failed; bad_topic: a computed topic is not a valid topic; not_array: for_each selected something else than an array)",
+            rule_misses.clone(),
+        );
+        let deduplicated = Family::default();
+        registry.register(
+            "events_deduplicated",
+            "Events not derived because the rule's dedupe key was seen within its window, by rule",
+            deduplicated.clone(),
         );
         let capture_skipped = Family::default();
         registry.register(
@@ -170,6 +187,9 @@ impl Metrics {
             registry,
             requests_by_class,
             events,
+            rule_events: Family::default(),
+            rule_misses,
+            deduplicated,
             capture_skipped,
             store_errors,
             store_up,
@@ -201,15 +221,47 @@ impl Metrics {
                 ("rule", rule.to_owned()),
             ])
             .inc();
+        self.rule_events
+            .get_or_create(&vec![("rule", rule.to_owned())])
+            .inc();
     }
 
-    /// Events produced by `rule` since start.
-    pub fn events_of_rule(&self, topic: &str, rule: &str) -> u64 {
-        self.events
+    /// Events produced by `rule` since start, whatever their topics.
+    pub fn events_of_rule(&self, rule: &str) -> u64 {
+        self.rule_events
+            .get_or_create(&vec![("rule", rule.to_owned())])
+            .get()
+    }
+
+    /// A candidate rule derived nothing because of `reason` (see [`crate::rules::MissKind`]).
+    pub fn rule_miss(&self, rule: &str, reason: &str) {
+        self.rule_misses
             .get_or_create(&vec![
-                ("topic", topic.to_owned()),
                 ("rule", rule.to_owned()),
+                ("reason", reason.to_owned()),
             ])
+            .inc();
+    }
+
+    pub fn rule_misses(&self, rule: &str, reason: &str) -> u64 {
+        self.rule_misses
+            .get_or_create(&vec![
+                ("rule", rule.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .get()
+    }
+
+    /// An event of `rule` was a repeat within its dedupe window.
+    pub fn deduplicated(&self, rule: &str) {
+        self.deduplicated
+            .get_or_create(&vec![("rule", rule.to_owned())])
+            .inc();
+    }
+
+    pub fn deduplicated_of(&self, rule: &str) -> u64 {
+        self.deduplicated
+            .get_or_create(&vec![("rule", rule.to_owned())])
             .get()
     }
 
@@ -376,6 +428,6 @@ mod tests {
             text.contains("hooktap_pending_deliveries{webhook=\"crm\"} 3"),
             "{text}"
         );
-        assert_eq!(m.events_of_rule("order.created", "order created"), 1);
+        assert_eq!(m.events_of_rule("order created"), 1);
     }
 }

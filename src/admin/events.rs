@@ -139,6 +139,11 @@ pub struct RuleSummary {
     path: String,
     /// Events produced since hooktap started.
     events: u64,
+    /// Events not derived since start because their dedupe key was seen within the window.
+    deduplicated: u64,
+    /// What the rule does beyond method, path and topic, in a few words each: a CEL `when`,
+    /// `for_each`, `dedupe`. A computed topic shows as its expression in `topic`.
+    features: Vec<String>,
 }
 
 #[utoipa::path(get, operation_id = "list_rules", path = "/rules", tag = "rules",
@@ -156,7 +161,9 @@ pub async fn rules(State(state): State<AdminState>) -> Json<Vec<RuleSummary>> {
                 topic: r.topic.as_str().to_owned(),
                 methods: r.methods.iter().map(ToString::to_string).collect(),
                 path: r.path.clone(),
-                events: metrics.events_of_rule(r.topic.as_str(), &r.name),
+                events: metrics.events_of_rule(&r.name),
+                deduplicated: metrics.deduplicated_of(&r.name),
+                features: r.features(),
             })
             .collect(),
     )

@@ -6,10 +6,20 @@ use std::sync::Arc;
 use tokio::sync::{Notify, broadcast};
 
 use super::registry::Registry;
-use crate::event::{Delivery, Event};
+use crate::event::{Dedupe, Delivery, Event};
 use crate::metrics::Metrics;
 use crate::store::{Durable, Store, StoreError};
 use crate::webhook::Mode;
+
+/// What became of a derived event.
+#[derive(Debug)]
+pub enum Enqueued {
+    /// Stored (or held), with these deliveries, and in `every-event` mode what to wait on
+    /// before the event is durable (see [`Intake::enqueue_deferred`]).
+    Stored(Vec<Delivery>, Option<Durable>),
+    /// A repeat within its rule's dedupe window: not stored.
+    Repeat,
+}
 
 pub struct Intake {
     store: Arc<dyn Store>,
@@ -45,6 +55,48 @@ impl Intake {
     /// Live events as they are stored (a slow viewer misses events rather than slowing hooktap).
     pub fn tap(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tap.subscribe()
+    }
+
+    /// Stores a derived event unless its rule's dedupe key was claimed within the window: a
+    /// repeat is counted and dropped. The claim comes first, so that two requests racing with
+    /// one key store one event; it is given back when the event cannot be stored. When the
+    /// claim cannot be checked (the store failing), the event is stored: a possible duplicate
+    /// beats a lost event.
+    pub fn enqueue_derived(
+        &self,
+        event: &Event,
+        dedupe: Option<&Dedupe>,
+    ) -> Result<Enqueued, StoreError> {
+        let claimed = match dedupe {
+            None => None,
+            Some(d) => {
+                let now_ms = crate::event::unix_ms(event.created_at);
+                match self.store.claim_dedupe(&d.key, event.id, now_ms, d.window) {
+                    Ok(true) => Some(d.key),
+                    Ok(false) => {
+                        self.metrics.deduplicated(&event.rule);
+                        return Ok(Enqueued::Repeat);
+                    }
+                    Err(e) => {
+                        tracing::warn!(rule = %event.rule, error = %e,
+                            "cannot check the dedupe key; the event is stored and may be a repeat");
+                        None
+                    }
+                }
+            }
+        };
+        match self.enqueue_deferred(event) {
+            Ok((deliveries, durable)) => Ok(Enqueued::Stored(deliveries, durable)),
+            Err(e) => {
+                if let Some(key) = claimed
+                    && let Err(release) = self.store.release_dedupe(&key, event.id)
+                {
+                    tracing::warn!(rule = %event.rule, error = %release,
+                        "cannot give back a dedupe claim; a retry within the window counts as a repeat");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Stores `event` with one delivery per webhook that accepts its topic and wakes the

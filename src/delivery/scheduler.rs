@@ -22,6 +22,7 @@ use super::send::{self, Outgoing, SendError, Sent};
 use super::{Engine, WEBHOOK_DISABLED_TOPIC, WEBHOOK_FAILING_TOPIC};
 use crate::event::{Delivery, Event, Topic, unix_ms};
 use crate::store::{Recording, StoreError};
+use crate::webhook::transform::Transform;
 use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus};
 
 /// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
@@ -611,13 +612,36 @@ fn admit(target: &Target, round: &mut Round) -> bool {
     }
 }
 
+/// What `webhook` receives of `event`: its payload, or the webhook's transform of it.
+fn shaped(webhook: &Webhook, event: &Event) -> Value {
+    let Some(raw) = &webhook.spec.transform else {
+        return event.payload.clone();
+    };
+    match Transform::cached(raw) {
+        Ok(t) => {
+            let (v, errors) = t.apply(event);
+            for e in errors {
+                tracing::warn!(webhook = %webhook.spec.name, event = %event.id, error = %e,
+                    "a transform field failed; it is sent as null");
+            }
+            v
+        }
+        // Checked when the webhook was set; a record from elsewhere may still hold a bad one.
+        Err(e) => {
+            tracing::warn!(webhook = %webhook.spec.name, error = %e,
+                "the webhook's transform is invalid; the payload is sent as it is");
+            event.payload.clone()
+        }
+    }
+}
+
 /// The request body for `events` and the topic header (absent for a batch of mixed topics).
 fn body(webhook: &Webhook, events: &[Event]) -> Result<(Vec<u8>, Option<String>), StoreError> {
     let first_topic = events.first().map(|e| e.topic.clone());
     match webhook.spec.mode {
         Mode::Realtime => {
-            let payload = events.first().map_or(&Value::Null, |e| &e.payload);
-            Ok((serde_json::to_vec(payload)?, first_topic))
+            let payload = events.first().map_or(Value::Null, |e| shaped(webhook, e));
+            Ok((serde_json::to_vec(&payload)?, first_topic))
         }
         Mode::Batch { order, .. } => {
             let mut by_topic: Map<String, Value> = Map::new();
@@ -630,7 +654,7 @@ fn body(webhook: &Webhook, events: &[Event]) -> Result<(Vec<u8>, Option<String>)
                     .entry(e.topic.clone())
                     .or_insert_with(|| Value::Array(Vec::new()));
                 if let Value::Array(items) = list {
-                    items.push(e.payload.clone());
+                    items.push(shaped(webhook, e));
                 }
             }
             let single = events

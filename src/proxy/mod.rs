@@ -30,7 +30,7 @@ use pingora::prelude::*;
 
 use self::framing::Framing;
 use crate::capture::{BodyCapture, Exchange, RequestParts, ResponseParts};
-use crate::delivery::intake::Intake;
+use crate::delivery::intake::{Enqueued, Intake};
 use crate::event::TraceContext;
 use crate::rules::RuleSet;
 use crate::rules::router::Candidates;
@@ -170,14 +170,27 @@ impl Proxy {
             tracing::debug!(side, %reason, "body not captured");
             self.intake.metrics().capture_skipped(side, reason.label());
         }
+        let metrics = self.intake.metrics();
+        let matches =
+            capture
+                .rules
+                .evaluate_reporting(&capture.candidates, &mut doc.value, &mut |miss| {
+                    tracing::debug!(rule = %miss.rule.name, reason = miss.kind.label(),
+                    detail = %miss.detail, "rule did not match");
+                    metrics.rule_miss(&miss.rule.name, miss.kind.label());
+                });
         let mut last = None;
-        for mut m in capture.rules.evaluate(&capture.candidates, &mut doc.value) {
+        for mut m in matches {
             m.event.trace = trace.clone();
-            match self.intake.enqueue_deferred(&m.event) {
-                Ok((deliveries, durable)) => {
+            match self.intake.enqueue_derived(&m.event, m.dedupe.as_ref()) {
+                Ok(Enqueued::Stored(deliveries, durable)) => {
                     tracing::debug!(event = %m.event.id, topic = %m.event.topic, rule = %m.rule.name,
                     deliveries = deliveries.len(), "event stored");
                     last = durable.or(last);
+                }
+                Ok(Enqueued::Repeat) => {
+                    tracing::debug!(topic = %m.event.topic, rule = %m.rule.name,
+                        "event not derived: a repeat within the rule's dedupe window")
                 }
                 Err(e) => tracing::error!(topic = %m.event.topic, rule = %m.rule.name, error = %e,
                     "cannot store event; the request was proxied but this event is lost"),

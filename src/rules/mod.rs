@@ -1,24 +1,30 @@
 //! The compiled rule set: what turns a request/response pair into events.
 //!
 //! Rules are compiled once from the raw rule files ([`raw`]): path templates into
-//! the [`router::Router`], `when` entries into [`when::Predicate`]s, payload paths into
-//! [`selector::Selector`]s. Everything here is pure: no I/O, no clocks beyond event timestamps.
+//! the [`router::Router`], `when` entries into [`when::Predicate`]s or one CEL [`expr::Expr`],
+//! payloads into [`shape::Shape`]s of [`selector::Selector`]s, expressions and constants,
+//! `for_each`, `dedupe` keys and computed topics. Everything here is pure: no I/O, no clocks
+//! beyond event timestamps. What a rule did not derive because an expression failed is reported
+//! to the caller as a [`Miss`]; de-duplication is the store's part (a [`Match`] carries its key).
 
+pub mod expr;
 pub mod raw;
 pub mod router;
 pub mod selector;
+pub mod shape;
 pub mod test;
 pub mod when;
 
 use std::ops::Range;
 
-use regex::Regex;
 use serde_json::{Map, Value};
 
-use crate::event::{Event, Topic};
-use raw::{RawPayload, RawRule, StatusSpec};
+use crate::event::{Dedupe, DedupeKey, Event, Topic};
+use expr::{EvalError, Expr, Needs, Scope, Vars, Want};
+use raw::{RawPayload, RawRule, RawTopic, RawWhenSpec, StatusSpec};
 use router::{Candidates, Router};
-use selector::Selector;
+use selector::{Docs, Selector};
+use shape::Shape;
 use when::Predicate;
 
 /// A validation error at a place in a source file (a byte range, turned into a line later).
@@ -73,48 +79,112 @@ impl StatusMatch {
     }
 }
 
-/// One payload field: a path, optionally narrowed by a regex's first capture group.
-#[derive(Debug, Clone)]
-struct Field {
-    name: String,
-    selector: Selector,
-    regex: Option<Regex>,
-}
-
-impl Field {
-    fn extract(&self, doc: &Value) -> Value {
-        let Some(v) = self.selector.select(doc) else {
-            return Value::Null;
-        };
-        let Some(re) = &self.regex else { return v };
-        let Some(text) = when::as_text(&v) else {
-            return Value::Null;
-        };
-        re.captures(&text)
-            .and_then(|c| c.get(1).or_else(|| c.get(0)))
-            .map_or(Value::Null, |m| Value::String(m.as_str().to_owned()))
-    }
-}
-
 #[derive(Debug, Clone)]
 enum Payload {
     Whole(Selector),
-    Fields(Vec<Field>),
+    Shape(Shape),
+}
+
+/// A rule's `when`: the list of predicates, or one CEL expression.
+#[derive(Debug, Clone)]
+enum When {
+    List(Vec<Predicate>),
+    Expr(Expr),
+}
+
+/// A rule's topic: fixed, or computed per event.
+#[derive(Debug, Clone)]
+pub enum RuleTopic {
+    Fixed(Topic),
+    Computed(Expr),
+}
+
+impl RuleTopic {
+    /// The topic, or for a computed one the expression (`{ expr = "..." }` as written).
+    pub fn as_str(&self) -> &str {
+        match self {
+            RuleTopic::Fixed(t) => t.as_str(),
+            RuleTopic::Computed(e) => e.source(),
+        }
+    }
+
+    pub fn fixed(&self) -> Option<&Topic> {
+        match self {
+            RuleTopic::Fixed(t) => Some(t),
+            RuleTopic::Computed(_) => None,
+        }
+    }
+}
+
+/// Where a `dedupe` key comes from.
+#[derive(Debug, Clone)]
+enum KeySource {
+    Path(Selector),
+    Expr(Expr),
+}
+
+#[derive(Debug, Clone)]
+struct DedupeSpec {
+    key: KeySource,
+    window: std::time::Duration,
+}
+
+/// Why a candidate rule derived nothing although it was evaluated: counted and logged, since
+/// it is the rule file (or the traffic) that needs a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissKind {
+    /// An expression failed (a missing key, a wrong type at run time).
+    Error,
+    /// A computed topic is not a valid topic.
+    BadTopic,
+    /// `for_each` selected something that is not an array.
+    NotArray,
+}
+
+impl MissKind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            MissKind::Error => "error",
+            MissKind::BadTopic => "bad_topic",
+            MissKind::NotArray => "not_array",
+        }
+    }
+}
+
+/// A rule that did not match because of a [`MissKind`].
+#[derive(Debug, Clone)]
+pub struct Miss<'a> {
+    pub rule: &'a Rule,
+    pub kind: MissKind,
+    pub detail: String,
 }
 
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
-    pub topic: Topic,
+    pub topic: RuleTopic,
     /// Empty means any method.
     pub methods: Vec<http::Method>,
     pub path: String,
     status: Vec<StatusMatch>,
-    when: Vec<Predicate>,
+    when: When,
+    for_each: Option<Selector>,
     payload: Payload,
-    /// Indices into the payload fields that must not be `null`.
-    required: Vec<usize>,
+    /// Top-level payload fields that must not be `null`.
+    required: Vec<String>,
+    dedupe: Option<DedupeSpec>,
+    /// What the rule's CEL expressions read of the exchange: only that is converted to CEL
+    /// values for an evaluation (nothing for a rule without CEL).
+    needs: Needs,
+}
+
+/// One event a rule derived, before it becomes an [`Event`].
+struct Derived {
+    topic: Topic,
+    payload: Value,
+    dedupe: Option<Dedupe>,
 }
 
 impl Rule {
@@ -122,23 +192,169 @@ impl Rule {
         self.status.iter().any(|s| s.matches(status))
     }
 
-    /// The payload, or `None` when a `when` predicate fails or a required field is missing.
-    fn evaluate(&self, doc: &Value) -> Option<Value> {
-        if !self.when.iter().all(|p| p.holds(doc)) {
+    /// How the rule reads, for listings: `for_each`, CEL and dedupe in a few words.
+    pub fn features(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if let When::Expr(e) = &self.when {
+            f.push(format!("when {}", e.source()));
+        }
+        if let Some(s) = &self.for_each {
+            f.push(format!("for_each {}", s.source()));
+        }
+        if let Some(d) = &self.dedupe {
+            let key = match &d.key {
+                KeySource::Path(s) => s.source(),
+                KeySource::Expr(e) => e.source(),
+            };
+            f.push(format!(
+                "dedupe {key} within {}",
+                humantime::format_duration(d.window)
+            ));
+        }
+        f
+    }
+
+    /// The events this rule derives from `doc`: none when `when` fails or a required field is
+    /// missing, one per item under `for_each`.
+    fn derive(&self, doc: &Value, misses: &mut dyn FnMut(Miss<'_>)) -> Vec<Derived> {
+        let mut miss = |kind: MissKind, detail: String| {
+            misses(Miss {
+                rule: self,
+                kind,
+                detail,
+            })
+        };
+        // Each item as `{"item": ...}`, which `$.item` paths read (see `Docs`).
+        let items: Option<Vec<Value>> = match &self.for_each {
+            None => None,
+            Some(selector) => {
+                let mut items = selector.select_all(doc);
+                if !selector.is_multi() {
+                    match items.pop() {
+                        None | Some(Value::Null) => return Vec::new(),
+                        Some(Value::Array(a)) => items = a,
+                        Some(other) => {
+                            miss(
+                                MissKind::NotArray,
+                                format!(
+                                    "for_each `{}` selected {}, not an array",
+                                    selector.source(),
+                                    kind_of(&other)
+                                ),
+                            );
+                            return Vec::new();
+                        }
+                    }
+                }
+                Some(
+                    items
+                        .into_iter()
+                        .map(|item| Value::Object(Map::from_iter([("item".to_owned(), item)])))
+                        .collect(),
+                )
+            }
+        };
+        let mut vars = Vars::new();
+        for name in ["request", "response", "params"] {
+            vars.set_needed(name, &doc[name], &self.needs);
+        }
+        let Some(items) = &items else {
+            return self
+                .derive_one(Docs::of(doc), &vars, &mut miss)
+                .into_iter()
+                .collect();
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for wrapper in items {
+            vars.set_needed("item", &wrapper["item"], &self.needs);
+            let docs = Docs {
+                exchange: doc,
+                item: Some(wrapper),
+            };
+            out.extend(self.derive_one(docs, &vars, &mut miss));
+        }
+        out
+    }
+
+    fn derive_one(
+        &self,
+        docs: Docs<'_>,
+        vars: &Vars<'_>,
+        miss: &mut dyn FnMut(MissKind, String),
+    ) -> Option<Derived> {
+        let failed = |miss: &mut dyn FnMut(MissKind, String), e: EvalError| {
+            miss(MissKind::Error, e.to_string());
+            None
+        };
+        let holds = match &self.when {
+            When::List(list) => list.iter().all(|p| {
+                let doc = match (p.on_item(), docs.item) {
+                    (true, Some(item)) => item,
+                    _ => docs.exchange,
+                };
+                p.holds(doc)
+            }),
+            When::Expr(e) => match e.holds(vars) {
+                Ok(b) => b,
+                Err(e) => return failed(miss, e),
+            },
+        };
+        if !holds {
             return None;
         }
-        match &self.payload {
-            Payload::Whole(s) => Some(s.select(doc).unwrap_or(Value::Null)),
-            Payload::Fields(fields) => {
-                let values: Vec<Value> = fields.iter().map(|f| f.extract(doc)).collect();
-                if self.required.iter().any(|&i| values[i].is_null()) {
-                    return None;
-                }
-                let map: Map<String, Value> =
-                    fields.iter().map(|f| f.name.clone()).zip(values).collect();
-                Some(Value::Object(map))
-            }
+        let payload = match &self.payload {
+            Payload::Whole(s) => s.select_in(docs).unwrap_or(Value::Null),
+            Payload::Shape(shape) => match shape.eval(docs, vars) {
+                Ok(v) => v,
+                Err(e) => return failed(miss, e),
+            },
+        };
+        if let Value::Object(fields) = &payload
+            && self
+                .required
+                .iter()
+                .any(|name| fields.get(name).is_none_or(Value::is_null))
+        {
+            return None;
         }
+        let topic = match &self.topic {
+            RuleTopic::Fixed(t) => t.clone(),
+            RuleTopic::Computed(e) => {
+                let text = match e.eval(vars) {
+                    Ok(v) => v,
+                    Err(e) => return failed(miss, e),
+                };
+                match Topic::parse(&expr::text_of(&text)) {
+                    Ok(t) => t,
+                    Err(m) => {
+                        miss(MissKind::BadTopic, format!("`{}`: {m}", e.source()));
+                        return None;
+                    }
+                }
+            }
+        };
+        let dedupe = match &self.dedupe {
+            None => None,
+            Some(d) => {
+                let key = match &d.key {
+                    KeySource::Path(s) => s.select_in(docs).unwrap_or(Value::Null),
+                    KeySource::Expr(e) => match e.eval(vars) {
+                        Ok(v) => v,
+                        Err(e) => return failed(miss, e),
+                    },
+                };
+                // No key, nothing to compare: the event is derived.
+                (!key.is_null()).then(|| Dedupe {
+                    key: DedupeKey::new(&self.name, &expr::text_of(&key)),
+                    window: d.window,
+                })
+            }
+        };
+        Some(Derived {
+            topic,
+            payload,
+            dedupe,
+        })
     }
 
     fn compile(raw: RawRule) -> Result<Self, Vec<SpanError>> {
@@ -149,9 +365,37 @@ impl Rule {
         if name.is_empty() {
             err(raw.name.span(), "rule name must not be empty".into());
         }
-        let topic = Topic::parse(raw.topic.get_ref())
-            .map_err(|m| err(raw.topic.span(), m))
-            .ok();
+        let for_each = raw.for_each.and_then(|f| {
+            let span = f.span();
+            match Selector::parse(f.get_ref()) {
+                Ok(s) => match static_kind(&s) {
+                    Some(kind) => {
+                        err(
+                            span,
+                            format!("for_each `{}` selects {kind}, not an array", f.get_ref()),
+                        );
+                        None
+                    }
+                    None => Some(s),
+                },
+                Err(m) => {
+                    err(span, format!("for_each: {m}"));
+                    None
+                }
+            }
+        });
+        let scope = Scope::exchange(for_each.is_some());
+        let topic_span = raw.topic.span();
+        let topic = match raw.topic.into_inner() {
+            RawTopic::Fixed(t) => Topic::parse(&t)
+                .map(RuleTopic::Fixed)
+                .map_err(|m| err(topic_span, m))
+                .ok(),
+            RawTopic::Expr(src) => Expr::compile(&src, &scope, Want::String)
+                .map(RuleTopic::Computed)
+                .map_err(|m| err(topic_span, format!("topic: {m}")))
+                .ok(),
+        };
         let mut methods = Vec::new();
         if let Some(m) = raw.method {
             let span = m.span();
@@ -181,16 +425,31 @@ impl Rule {
                 list
             }
         };
-        let when: Vec<Predicate> = raw
-            .when
-            .into_iter()
-            .filter_map(|w| {
+        let when = match raw.when {
+            None => When::List(Vec::new()),
+            Some(w) => {
                 let span = w.span();
-                Predicate::compile(w.into_inner())
-                    .map_err(|m| err(span, m))
-                    .ok()
-            })
-            .collect();
+                match w.into_inner() {
+                    RawWhenSpec::List(list) => When::List(
+                        list.into_iter()
+                            .filter_map(|w| {
+                                let span = w.span();
+                                Predicate::compile(w.into_inner())
+                                    .map_err(|m| err(span, m))
+                                    .ok()
+                            })
+                            .collect(),
+                    ),
+                    RawWhenSpec::Expr(src) => match Expr::compile(&src, &scope, Want::Bool) {
+                        Ok(e) => When::Expr(e),
+                        Err(m) => {
+                            err(span, format!("when: {m}"));
+                            When::List(Vec::new())
+                        }
+                    },
+                }
+            }
+        };
         let payload = match raw.payload {
             None => Selector::parse("$.response.body").ok().map(Payload::Whole),
             Some(p) => {
@@ -201,30 +460,12 @@ impl Rule {
                         .map_err(|m| err(span, m))
                         .ok(),
                     RawPayload::Fields(raw_fields) => {
-                        let mut fields = Vec::new();
-                        for (name, f) in raw_fields {
-                            let span = f.span();
-                            let f = f.into_inner();
-                            let selector = Selector::parse(&f.path).map_err(|m| {
-                                err(span.clone(), format!("payload field `{name}`: {m}"))
-                            });
-                            let regex = f
-                                .regex
-                                .map(|r| {
-                                    when::compile_regex(&r).map_err(|m| {
-                                        err(span.clone(), format!("payload field `{name}`: {m}"))
-                                    })
-                                })
-                                .transpose();
-                            if let (Ok(selector), Ok(regex)) = (selector, regex) {
-                                fields.push(Field {
-                                    name,
-                                    selector,
-                                    regex,
-                                });
-                            }
+                        let mut shape_errors = Vec::new();
+                        let shape = Shape::object(raw_fields, &scope, "payload", &mut shape_errors);
+                        for e in shape_errors {
+                            err(e.span.unwrap_or_else(|| span.clone()), e.message);
                         }
-                        Some(Payload::Fields(fields))
+                        Some(Payload::Shape(shape))
                     }
                 }
             }
@@ -232,9 +473,9 @@ impl Rule {
         let mut required = Vec::new();
         for r in &raw.required {
             match &payload {
-                Some(Payload::Fields(fields)) => {
-                    match fields.iter().position(|f| f.name == *r.get_ref()) {
-                        Some(i) => required.push(i),
+                Some(Payload::Shape(shape)) => {
+                    match shape.field_names().iter().find(|f| **f == r.get_ref()) {
+                        Some(f) => required.push((*f).to_owned()),
                         None => err(
                             r.span(),
                             format!(
@@ -250,6 +491,52 @@ impl Rule {
                 ),
             }
         }
+        let dedupe = raw.dedupe.and_then(|d| {
+            let span = d.span();
+            let d = d.into_inner();
+            let key = if d.key.starts_with('$') {
+                Selector::parse(&d.key).map(KeySource::Path)
+            } else {
+                Expr::compile(&d.key, &scope, Want::Any).map(KeySource::Expr)
+            }
+            .map_err(|m| err(span.clone(), format!("dedupe key: {m}")))
+            .ok();
+            let window = match humantime::parse_duration(&d.window) {
+                Ok(w) if !w.is_zero() => Some(w),
+                Ok(_) => {
+                    err(span.clone(), "dedupe window must be longer than 0".into());
+                    None
+                }
+                Err(e) => {
+                    err(
+                        span.clone(),
+                        format!("dedupe window `{}`: {e} (write e.g. \"10m\")", d.window),
+                    );
+                    None
+                }
+            };
+            Some(DedupeSpec {
+                key: key?,
+                window: window?,
+            })
+        });
+        let mut needs = Needs::default();
+        if let When::Expr(e) = &when {
+            needs.merge(e.needs());
+        }
+        if let Some(RuleTopic::Computed(e)) = &topic {
+            needs.merge(e.needs());
+        }
+        if let Some(Payload::Shape(s)) = &payload {
+            s.collect_needs(&mut needs);
+        }
+        if let Some(DedupeSpec {
+            key: KeySource::Expr(e),
+            ..
+        }) = &dedupe
+        {
+            needs.merge(e.needs());
+        }
         match (topic, payload) {
             (Some(topic), Some(payload)) if errors.is_empty() => Ok(Self {
                 name,
@@ -258,11 +545,55 @@ impl Rule {
                 path: raw.path.into_inner(),
                 status,
                 when,
+                for_each,
                 payload,
                 required,
+                dedupe,
+                needs,
             }),
             _ => Err(errors),
         }
+    }
+}
+
+/// What a value is, in words: "an object", "a string".
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// What a path into the exchange's fixed parts selects, when that is known without traffic
+/// and is not an array: `$.response.status` is a number, `$.request.headers` an object.
+fn static_kind(s: &Selector) -> Option<&'static str> {
+    if s.is_multi() {
+        return None;
+    }
+    let path = s
+        .source()
+        .replace("['", ".")
+        .replace("\']", "")
+        .replace("[\"", ".")
+        .replace("\"]", "");
+    let parts: Vec<&str> = path
+        .trim_start_matches('$')
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .collect();
+    match parts.as_slice() {
+        [] | ["request"] | ["response"] | ["params"] => Some("an object"),
+        ["request", "headers" | "query"] | ["response", "headers"] => Some("an object"),
+        ["request", "method" | "path"]
+        | ["request", "headers", _]
+        | ["response", "headers", _]
+        | ["params", _] => Some("a string"),
+        ["response", "status"] => Some("a number"),
+        _ => None,
     }
 }
 
@@ -271,6 +602,9 @@ impl Rule {
 pub struct Match<'a> {
     pub rule: &'a Rule,
     pub event: Event,
+    /// The rule's `dedupe` claim, when it has one and the key was found: the event is to be
+    /// stored only if the store has not seen the key within the window.
+    pub dedupe: Option<Dedupe>,
 }
 
 /// All rules, routed.
@@ -324,8 +658,22 @@ impl RuleSet {
             .any(|(rule, _)| self.rules[*rule].status_matches(status))
     }
 
-    /// Evaluates every candidate over the exchange document; each matching rule makes one event.
+    /// Evaluates every candidate over the exchange document; each matching rule makes one event
+    /// (one per item under `for_each`). Misses are logged at debug.
     pub fn evaluate(&self, candidates: &Candidates, doc: &mut Value) -> Vec<Match<'_>> {
+        self.evaluate_reporting(candidates, doc, &mut |m| {
+            tracing::debug!(rule = %m.rule.name, reason = m.kind.label(), detail = %m.detail,
+                "rule did not match");
+        })
+    }
+
+    /// [`RuleSet::evaluate`], handing every [`Miss`] to `misses`.
+    pub fn evaluate_reporting(
+        &self,
+        candidates: &Candidates,
+        doc: &mut Value,
+        misses: &mut dyn FnMut(Miss<'_>),
+    ) -> Vec<Match<'_>> {
         let status = doc
             .pointer("/response/status")
             .and_then(Value::as_u64)
@@ -343,13 +691,106 @@ impl RuleSet {
                     .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect(),
             );
-            if let Some(payload) = rule.evaluate(doc) {
+            for d in rule.derive(doc, misses) {
                 out.push(Match {
                     rule,
-                    event: Event::new(&rule.topic, &rule.name, payload),
+                    event: Event::new(&d.topic, &rule.name, d.payload),
+                    dedupe: d.dedupe,
                 });
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rules(toml_src: &str) -> RuleSet {
+        let file: raw::RawRuleFile = toml::from_str(toml_src).expect("rule file parses");
+        let mut set = RuleSet::default();
+        for r in file.rule {
+            set.add(r).expect("rule compiles");
+        }
+        set
+    }
+
+    /// Evaluates `body` as the response to `POST /x`: the events' payloads and the misses.
+    fn run(set: &RuleSet, body: Value) -> (Vec<Value>, Vec<(MissKind, String)>) {
+        let mut doc = json!({
+            "request": {"method": "POST", "path": "/x", "query": {}, "headers": {}, "body": null},
+            "response": {"status": 200, "headers": {}, "body": body},
+            "params": {},
+        });
+        let candidates = set
+            .candidates(&http::Method::POST, "/x")
+            .expect("a candidate");
+        let mut misses = Vec::new();
+        let events = set
+            .evaluate_reporting(&candidates, &mut doc, &mut |m| {
+                misses.push((m.kind, m.detail.clone()))
+            })
+            .into_iter()
+            .map(|m| m.event.payload)
+            .collect();
+        (events, misses)
+    }
+
+    #[test]
+    fn for_each_takes_the_elements_of_one_array_or_every_node_selected() {
+        let whole = rules(
+            "[[rule]]\nname = \"a\"\ntopic = \"t.a\"\npath = \"/x\"\nfor_each = \"$.response.body.items\"\npayload = \"$.item\"\n",
+        );
+        assert_eq!(
+            run(&whole, json!({"items": [1, 2]})).0,
+            vec![json!(1), json!(2)]
+        );
+        assert_eq!(run(&whole, json!({"items": []})).0, Vec::<Value>::new());
+        assert_eq!(
+            run(&whole, json!({})).0,
+            Vec::<Value>::new(),
+            "absent: nothing"
+        );
+        let (events, misses) = run(&whole, json!({"items": {"a": 1}}));
+        assert!(events.is_empty());
+        assert_eq!(misses[0].0, MissKind::NotArray);
+        assert!(
+            misses[0].1.contains("selected an object, not an array"),
+            "{misses:?}"
+        );
+
+        let filtered = rules(
+            "[[rule]]\nname = \"b\"\ntopic = \"t.b\"\npath = \"/x\"\nfor_each = \"$.response.body.items[?@.ok == true]\"\n[rule.payload]\nid = \"$.item.id\"\n",
+        );
+        let body = json!({"items": [{"id": 1, "ok": true}, {"id": 2, "ok": false}, {"id": 3, "ok": true}]});
+        assert_eq!(
+            run(&filtered, body).0,
+            vec![json!({"id": 1}), json!({"id": 3})]
+        );
+    }
+
+    #[test]
+    fn dedupe_keys_are_per_rule_and_absent_keys_do_not_dedupe() {
+        let set = rules(
+            "[[rule]]\nname = \"a\"\ntopic = \"t.a\"\npath = \"/x\"\ndedupe = { key = \"response.body.id\", window = \"1m\" }\n\n\
+             [[rule]]\nname = \"b\"\ntopic = \"t.b\"\npath = \"/x\"\ndedupe = { key = \"$.response.body.ref\", window = \"1m\" }\n",
+        );
+        let mut doc = json!({
+            "request": {"method": "POST", "path": "/x", "query": {}, "headers": {}, "body": null},
+            "response": {"status": 200, "headers": {}, "body": {"id": 7}},
+            "params": {},
+        });
+        let candidates = set
+            .candidates(&http::Method::POST, "/x")
+            .expect("a candidate");
+        let matches = set.evaluate(&candidates, &mut doc);
+        assert_eq!(matches.len(), 2);
+        assert_eq!(
+            matches[0].dedupe.map(|d| (d.key, d.window)),
+            Some((DedupeKey::new("a", "7"), std::time::Duration::from_secs(60)))
+        );
+        assert_eq!(matches[1].dedupe, None, "no `ref`: nothing to compare");
     }
 }

@@ -9,6 +9,26 @@ use serde_json::Value;
 pub struct Selector {
     source: String,
     query: JpQuery,
+    /// Reads the `for_each` item (`$.item...`) rather than the exchange.
+    on_item: bool,
+}
+
+/// The documents a rule's paths read: the exchange and, under `for_each`, the item, held as
+/// `{"item": ...}` beside it (so that the exchange need not be copied for every item).
+#[derive(Debug, Clone, Copy)]
+pub struct Docs<'a> {
+    pub exchange: &'a Value,
+    pub item: Option<&'a Value>,
+}
+
+impl<'a> Docs<'a> {
+    /// The exchange alone.
+    pub fn of(exchange: &'a Value) -> Self {
+        Self {
+            exchange,
+            item: None,
+        }
+    }
 }
 
 impl Selector {
@@ -18,10 +38,48 @@ impl Selector {
         }
         let query =
             parse_json_path(source).map_err(|e| describe_parse_error(source, &e.to_string()))?;
+        let on_item = ["$.item", "$['item']", "$[\"item\"]"].iter().any(|p| {
+            source
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        });
         Ok(Self {
             source: source.to_owned(),
             query,
+            on_item,
         })
+    }
+
+    /// Whether the path reads the `for_each` item.
+    pub fn on_item(&self) -> bool {
+        self.on_item
+    }
+
+    /// [`Selector::select`] over the document this path reads.
+    pub fn select_in(&self, docs: Docs<'_>) -> Option<Value> {
+        match (self.on_item, docs.item) {
+            (true, Some(item)) => self.select(item),
+            _ => self.select(docs.exchange),
+        }
+    }
+
+    /// Every node the path selects, in order (no collapsing of one node into a value).
+    pub fn select_all(&self, doc: &Value) -> Vec<Value> {
+        js_path_process(&self.query, doc)
+            .map(|found| found.into_iter().map(|r| r.val().clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether the path can select several nodes (a wildcard, filter, slice, union or
+    /// descent), rather than one place.
+    pub fn is_multi(&self) -> bool {
+        let s = &self.source;
+        s.contains("[*]")
+            || s.contains(".*")
+            || s.contains("[?")
+            || s.contains("..")
+            || s.contains(':')
+            || s.contains(',')
     }
 
     pub fn source(&self) -> &str {

@@ -19,6 +19,8 @@ pub enum Expect {
     Event {
         topic: String,
         payload: Option<Value>,
+        /// Exactly this many such events (`for_each`), when given.
+        count: Option<usize>,
     },
 }
 
@@ -100,15 +102,16 @@ impl RuleTest {
             header_map(&resp.headers).map_err(|m| SpanError::new(resp_span.clone(), m))?;
         let response_body = body_bytes(resp.body, &mut response_headers);
         let expect = match (expect.none, expect.topic) {
-            (true, None) if expect.payload.is_none() => Expect::Nothing,
+            (true, None) if expect.payload.is_none() && expect.count.is_none() => Expect::Nothing,
             (false, Some(topic)) => Expect::Event {
                 topic: topic.into_inner(),
                 payload: expect.payload,
+                count: expect.count,
             },
             _ => {
                 return Err(SpanError::new(
                     expect_span,
-                    "expect needs either `topic` (and optionally `payload`) or `none = true`",
+                    "expect needs either `topic` (and optionally `payload`, `count`) or `none = true`",
                 ));
             }
         };
@@ -129,6 +132,7 @@ impl RuleTest {
 
     /// Runs the test; `Err` says what was produced instead.
     pub fn run(&self, rules: &RuleSet, max_decoded: usize) -> Result<(), TestFailure> {
+        let mut misses = Vec::new();
         let produced = match rules.candidates(&self.method, &self.path) {
             None => Vec::new(),
             Some(candidates) => {
@@ -148,7 +152,14 @@ impl RuleTest {
                 };
                 let mut doc = exchange.into_document(max_decoded).value;
                 rules
-                    .evaluate(&candidates, &mut doc)
+                    .evaluate_reporting(&candidates, &mut doc, &mut |m| {
+                        misses.push(format!(
+                            "rule `{}` did not match ({}: {})",
+                            m.rule.name,
+                            m.kind.label(),
+                            m.detail
+                        ));
+                    })
                     .into_iter()
                     .map(|m| m.event)
                     .collect()
@@ -158,24 +169,37 @@ impl RuleTest {
             produced
                 .iter()
                 .map(|e| format!("{} {}", e.topic, e.payload))
+                .chain(misses)
                 .collect(),
         );
         match &self.expect {
             Expect::Nothing if produced.is_empty() => Ok(()),
             Expect::Nothing => Err(TestFailure::UnexpectedEvent { got }),
-            Expect::Event { topic, payload } => {
-                let ok = produced.iter().any(|e| {
-                    e.topic == *topic
-                        && payload
-                            .as_ref()
-                            .is_none_or(|want| contains(&e.payload, want))
-                });
+            Expect::Event {
+                topic,
+                payload,
+                count,
+            } => {
+                let found = produced
+                    .iter()
+                    .filter(|e| {
+                        e.topic == *topic
+                            && payload
+                                .as_ref()
+                                .is_none_or(|want| contains(&e.payload, want))
+                    })
+                    .count();
+                let ok = match count {
+                    None => found > 0,
+                    Some(n) => found == *n,
+                };
                 if ok {
                     Ok(())
                 } else {
                     Err(TestFailure::Missing {
                         topic: topic.clone(),
-                        payload: payload.clone(),
+                        payload: payload.clone().map(Box::new),
+                        count: *count,
                         got,
                     })
                 }
@@ -189,10 +213,13 @@ impl RuleTest {
 pub enum TestFailure {
     #[error("expected no event, got {got}")]
     UnexpectedEvent { got: Produced },
-    #[error("expected {topic}{}, got {got}", payload.as_ref().map_or(String::new(), |p| format!(" with payload {p}")))]
+    #[error("expected {}{topic}{}, got {got}",
+        count.map_or(String::new(), |n| format!("{n} × ")),
+        payload.as_ref().map_or(String::new(), |p| format!(" with payload {p}")))]
     Missing {
         topic: String,
-        payload: Option<Value>,
+        payload: Option<Box<Value>>,
+        count: Option<usize>,
         got: Produced,
     },
 }

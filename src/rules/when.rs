@@ -74,6 +74,11 @@ impl Predicate {
         }
     }
 
+    /// Whether the predicate reads the `for_each` item (`$.item...`).
+    pub fn on_item(&self) -> bool {
+        self.selector.on_item()
+    }
+
     pub fn holds(&self, doc: &Value) -> bool {
         let found = self.selector.select(doc);
         let found = found.as_ref().filter(|v| !v.is_null());

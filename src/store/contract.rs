@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{EventQuery, Recorded, Recording, Store, Swept};
-use crate::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
+use crate::event::{Attempt, DedupeKey, Delivery, DeliveryState, Event, Topic, unix_ms};
 use crate::webhook::{Origin, Webhook, WebhookSpec};
 
 /// Runs every check of the contract as its own `#[tokio::test]`. `$make` builds a fresh,
@@ -42,6 +42,8 @@ macro_rules! store_contract_tests {
             queue_stats_count_and_age,
             webhooks_are_listed_oldest_first,
             key_heads_are_one_per_key_in_queue_order,
+            a_dedupe_claim_holds_for_its_window,
+            a_released_dedupe_claim_can_be_claimed_again,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -569,4 +571,49 @@ pub async fn key_heads_are_one_per_key_in_queue_order(store: Arc<dyn Store>) {
         .expect("heads");
     assert_eq!(ids(&heads.ready), [a2.id]);
     assert_eq!(heads.next_due_ms, None);
+}
+
+/// A key claimed once is a repeat until its window ends; other keys are not; a repeat does
+/// not extend the window.
+pub async fn a_dedupe_claim_holds_for_its_window(store: Arc<dyn Store>) {
+    let key = DedupeKey::new("order-created", "idem-1");
+    let window = std::time::Duration::from_secs(600);
+    let t0 = unix_ms(now());
+    let claim = |k: &DedupeKey, at: u64| store.claim_dedupe(k, Uuid::now_v7(), at, window);
+    assert!(claim(&key, t0).expect("claim"), "a new key is claimed");
+    assert!(
+        !claim(&key, t0 + 1).expect("claim"),
+        "the same key is a repeat"
+    );
+    assert!(
+        !claim(&key, t0 + 599_999).expect("claim"),
+        "still a repeat at the end of the window"
+    );
+    assert!(
+        claim(&DedupeKey::new("order-created", "idem-2"), t0 + 1).expect("claim"),
+        "another key is new"
+    );
+    assert!(
+        claim(&DedupeKey::new("other-rule", "idem-1"), t0 + 1).expect("claim"),
+        "the same key of another rule is new"
+    );
+    assert!(
+        claim(&key, t0 + 600_000).expect("claim"),
+        "new again once the window has passed"
+    );
+}
+
+/// A claim given back (its event could not be stored) does not make the next one a repeat.
+pub async fn a_released_dedupe_claim_can_be_claimed_again(store: Arc<dyn Store>) {
+    let key = DedupeKey::new("r", "k");
+    let window = std::time::Duration::from_secs(60);
+    let event = Uuid::now_v7();
+    let t0 = unix_ms(now());
+    assert!(store.claim_dedupe(&key, event, t0, window).expect("claim"));
+    store.release_dedupe(&key, event).expect("release");
+    assert!(
+        store
+            .claim_dedupe(&key, Uuid::now_v7(), t0 + 1, window)
+            .expect("claim")
+    );
 }

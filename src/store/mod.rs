@@ -17,6 +17,8 @@
 //!   not bring it back).
 //! - **Time order.** Ids are UUIDv7: events, a webhook's deliveries and attempts come back in
 //!   the order they were made.
+//! - **One claim per dedupe key and window.** [`Store::claim_dedupe`] grants a rule's key once
+//!   per window, also to callers racing with it and across a restart.
 //!
 //! - **Shared or not.** A backend shared by several hooktap instances ([`Store::shared`])
 //!   leases what [`Store::queued`] and [`Store::claim_head`] return to the instance that asked,
@@ -46,7 +48,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::event::{Attempt, Delivery, Event};
+use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::webhook::{Counters, Webhook};
 
 pub use self::postgres::{PgConfig, PgStore};
@@ -363,6 +365,24 @@ pub trait Store: Send + Sync + 'static {
         event: &Event,
         deliveries: &[Delivery],
     ) -> Result<Option<Durable>, StoreError>;
+
+    /// Claims a rule's de-duplication key for `window` from `now_ms`, for `event` (the event
+    /// about to be appended if the claim succeeds): true when the key was
+    /// not claimed within its window (the event is new and is to be stored), false for a
+    /// repeat. One key lookup, and one write for a new key; two callers racing with one key
+    /// get one `true`. The claim outlives a restart. A shared store claims on its local
+    /// journal here and again, across instances, when it moves the event in (an event whose
+    /// key another instance claimed within the window is then dropped).
+    fn claim_dedupe(
+        &self,
+        key: &DedupeKey,
+        event: Uuid,
+        now_ms: u64,
+        window: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives back a claim whose event could not be stored, so that a retry is not a repeat.
+    fn release_dedupe(&self, key: &DedupeKey, event: Uuid) -> Result<(), StoreError>;
 
     /// Keeps an event while the store is not ready, so that it is not lost;
     /// [`Store::drain_held`] hands it back once the store is ready.

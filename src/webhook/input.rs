@@ -99,6 +99,11 @@ pub struct WebhookInput {
     /// Extra static headers sent with every request, e.g. `{"X-Team": "crm"}`; not those
     /// hooktap sets itself (content, signature, auth and trace headers).
     pub headers: Option<BTreeMap<String, String>>,
+    /// The body's shape for this webhook: fields as in a rule's `[rule.payload]` (a JSONPath,
+    /// `{ "path", "regex" }`, `{ "expr": CEL }`, `{ "value": constant }`, or a nested object),
+    /// over `payload`, `topic`, `event_id` and `time`. `{}` removes it.
+    #[schema(value_type = Option<Object>)]
+    pub transform: Option<serde_json::Value>,
 }
 
 /// Reads an optional whole number written as `8` or as `8.0`: the schema's `integer` admits
@@ -396,6 +401,14 @@ impl WebhookInput {
                 "ordering_key cannot be combined with ordered = true or batch mode, which already send one request at a time",
             );
         }
+        let transform = p.pick(
+            "transform",
+            self.transform.map(|t| match &t {
+                serde_json::Value::Object(m) if m.is_empty() => Ok(None),
+                _ => super::transform::Transform::compile(&t).map(|_| Some(t)),
+            }),
+            || base.and_then(|b| b.transform.clone()),
+        );
         match target {
             Some((url, secret, topics)) if p.0.is_empty() => Ok(WebhookSpec {
                 name,
@@ -424,6 +437,7 @@ impl WebhookInput {
                 circuit_cooldown: delivery.circuit_cooldown,
                 https_only: self.https_only.or(base.and_then(|b| b.https_only)),
                 headers: delivery.headers,
+                transform,
             }),
             _ => Err(p.0),
         }
@@ -947,9 +961,10 @@ mod tests {
     #[test]
     fn input_fields_are_the_serde_names() {
         let fields = WebhookInput::fields();
-        assert_eq!(fields.len(), 23);
+        assert_eq!(fields.len(), 24);
         assert_eq!(fields[0], "name");
         assert!(fields.contains(&"batch_order") && fields.contains(&"concurrency"));
+        assert!(fields.contains(&"transform"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use uuid::Uuid;
 mod destination;
 mod input;
 mod settings;
+pub mod transform;
 
 pub use destination::{TopicsError, UrlError, check_url, compile_topics, mask_url};
 pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields};
@@ -153,6 +154,10 @@ pub struct WebhookSpec {
     /// Extra static headers sent with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The body's shape for this webhook (`[webhook.transform]`), as written: a JSON object
+    /// of fields (see [`transform`]). `None` sends the event's payload as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<serde_json::Value>,
 }
 
 pub const DEFAULT_HEADER_PREFIX: &str = "X-Hooktap-Webhook-";
@@ -259,6 +264,11 @@ pub struct WebhookView {
     /// The webhook's own setting; absent when it follows `[delivery] https_only`.
     pub https_only: Option<bool>,
     pub headers: BTreeMap<String, String>,
+    /// The body's shape for this webhook, as set: fields as in a rule's payload, over
+    /// `payload`, `topic`, `event_id` and `time`. Absent: the event's payload as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub transform: Option<serde_json::Value>,
     pub counters: Counters,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -378,6 +388,7 @@ impl Webhook {
             circuit_open_until: None,
             https_only: s.https_only,
             headers: s.headers.clone(),
+            transform: s.transform.clone(),
             counters: self.counters.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
@@ -410,6 +421,7 @@ impl WebhookSpec {
             circuit_cooldown: DEFAULT_CIRCUIT_COOLDOWN,
             https_only: None,
             headers: BTreeMap::new(),
+            transform: None,
         }
     }
 }

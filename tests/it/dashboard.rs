@@ -136,7 +136,15 @@ impl Drop for Browser {
 async fn sign_in_see_a_webhook_and_ping_it() {
     let (_app, upstream) = TestUpstream::start().await;
     let receiver = TestReceiver::start(200).await;
-    let proxy = TestProxy::start(&Setup::new(upstream).webhook(
+    let rules = r#"
+[[rule]]
+name = "echo once"
+topic = { expr = "'echo.' + response.body.kind" }
+path = "/echo"
+when = "response.body.ok == true"
+dedupe = { key = "$.request.headers['idempotency-key']", window = "1h" }
+"#;
+    let proxy = TestProxy::start(&Setup::new(upstream).rules(rules).webhook(
         "crm",
         &receiver,
         "topics = [\"order.*\"]\nordering_key = \"$.id\"\nrate_limit = \"50/s\"",
@@ -193,6 +201,18 @@ async fn sign_in_see_a_webhook_and_ping_it() {
         .wait_until(
             "document.querySelector('#events tbody').textContent.includes('browser@example.com')",
             "the event",
+        )
+        .await;
+    // The rule view shows what a rule does beyond method and path.
+    let rule = "document.querySelector('#rules tbody tr[data-name=\"echo once\"]')";
+    browser
+        .wait_until(
+            &format!(
+                "!!{rule} && {rule}.textContent.includes(\"'echo.' + response.body.kind\") \
+                 && {rule}.textContent.includes('when response.body.ok == true') \
+                 && {rule}.textContent.includes(\"dedupe $.request.headers['idempotency-key'] within 1h\")"
+            ),
+            "the rule view",
         )
         .await;
     browser

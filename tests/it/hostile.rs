@@ -171,8 +171,11 @@ mod config_catalogue {
             => "rules/shop.toml:2:8", "invalid type: integer `42`, expected a string";
         wrong_type_method_number: CONFIG, GOOD_RULE.replace("\"POST\"", "5")
             => "rules/shop.toml:4:10", "did not match any variant";
+        // A string is a CEL expression now: `yes` is an unknown variable.
         wrong_type_when_string: CONFIG, rule_with("when = \"yes\"\n")
-            => "rules/shop.toml:7:8", "invalid type: string \"yes\", expected a sequence";
+            => "rules/shop.toml:7:8", "when: invalid expression `yes`: unknown variable `yes`";
+        wrong_type_when_number: CONFIG, rule_with("when = 42\n")
+            => "rules/shop.toml:7:8", "expected a CEL expression or a list of `[[rule.when]]` predicates";
         wrong_type_threads_string: CONFIG.replace("[proxy]\n", "[proxy]\nthreads = \"two\"\n"), GOOD_RULE
             => "hooktap.toml:4:11", "invalid type: string \"two\", expected usize";
         wrong_type_negative_size: CONFIG.replace("[proxy]\n", "[proxy]\nmax_capture_bytes = -1\n"), GOOD_RULE

@@ -4,6 +4,7 @@
 //! - `admin`: the admin API over HTTP: auth, webhooks, deliveries, events, metrics, reload.
 //! - `passthrough`: the app's traffic is unchanged by the proxy.
 //! - `pipeline`: rules → stored event → signed webhook, one test per rule feature.
+//! - `expressions`: CEL `when`, payload shapes, `for_each`, `dedupe`, computed topics.
 //! - `delivery`: retries, restarts and failure outcomes.
 //! - `manage`: the delivery engine's Rust API in-process (status, delete, redeliver, ...).
 //! - `webhooks`: statuses, signature profiles, failure handling, modes, isolation.
@@ -26,6 +27,7 @@ mod dashboard;
 mod delivery;
 mod demo;
 mod durability;
+mod expressions;
 mod hostile;
 mod learn;
 mod manage;

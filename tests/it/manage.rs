@@ -42,6 +42,7 @@ fn spec(name: &str, url: &str) -> WebhookSpec {
         circuit_cooldown: hooktap::webhook::DEFAULT_CIRCUIT_COOLDOWN,
         https_only: None,
         headers: Default::default(),
+        transform: None,
     }
 }
 

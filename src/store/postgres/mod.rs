@@ -45,7 +45,7 @@ use super::{
     Applied, BarrierStats, Durable, EventQuery, JournalStats, KeyHeads, Planner, QueueStats,
     Recorded, Recording, Store, StoreConfig, StoreError, Swept,
 };
-use crate::event::{Attempt, Delivery, Event};
+use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::store::SledStore;
 use crate::webhook::Webhook;
 
@@ -457,6 +457,31 @@ impl Store for PgStore {
         self.journal.hold(event)
     }
 
+    fn claim_dedupe(
+        &self,
+        key: &DedupeKey,
+        event: Uuid,
+        now_ms: u64,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        // This instance's repeats (and those from before a restart) stop here, without a
+        // network round trip; other instances' are caught when the event moves in.
+        if !self.journal.claim_dedupe(key, event, now_ms, window)? {
+            return Ok(false);
+        }
+        let ends = now_ms.saturating_add(u64::try_from(window.as_millis()).unwrap_or(u64::MAX));
+        if let Err(e) = self.journal.journal_mark_dedupe(event, key, ends) {
+            let _ = self.journal.release_dedupe(key, event);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    fn release_dedupe(&self, key: &DedupeKey, event: Uuid) -> Result<(), StoreError> {
+        self.journal.journal_unmark_dedupe(event)?;
+        self.journal.release_dedupe(key, event)
+    }
+
     async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
         sql::webhooks(&self.client().await?, None).await
     }
@@ -618,6 +643,8 @@ impl Store for PgStore {
     }
 
     fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
+        self.journal
+            .sweep_dedupe(crate::event::unix_ms(OffsetDateTime::now_utc()))?;
         let pool = self.pool.clone();
         self.block_on(async move {
             let mut client = pool.get().await.map_err(pg_error)?;

@@ -86,7 +86,13 @@ pub async fn ship_all(
         }
         .await;
         status.connected.store(inserted.is_ok(), Ordering::Relaxed);
-        inserted?;
+        let repeats = inserted?;
+        if repeats > 0 {
+            tracing::info!(
+                repeats,
+                "events dropped as repeats: another instance derived an event with the same dedupe key within the window"
+            );
+        }
         let n = batch.len();
         let writer = Arc::clone(journal);
         let oldest = blocking(move || {

@@ -743,7 +743,49 @@ pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Atte
 pub async fn insert_events(
     c: &mut Client,
     entries: &[crate::store::sled::Entry],
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&SHIP_LOCK]).await?;
+    // Dedupe claims first: an event whose key another instance holds is a repeat.
+    let mut keys = Vec::new();
+    let mut claimants = Vec::new();
+    let mut ends = Vec::new();
+    for e in entries {
+        if let Some((key, until)) = &e.dedupe {
+            let hex = key.hex();
+            // One claim per key and batch (a second would be the same row twice); a later
+            // event with the same key passed its own journal's window, so it stands.
+            if !keys.contains(&hex) {
+                keys.push(hex);
+                claimants.push(e.event.id);
+                ends.push(ms(*until));
+            }
+        }
+    }
+    let mut repeats = std::collections::HashSet::new();
+    if !keys.is_empty() {
+        let granted: std::collections::HashSet<Uuid> = tx
+            .query(
+                "INSERT INTO dedupe_keys (key, event_id, ends_ms)
+                 SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::int8[])
+                 ON CONFLICT (key) DO UPDATE
+                   SET event_id = EXCLUDED.event_id, ends_ms = EXCLUDED.ends_ms
+                   WHERE dedupe_keys.ends_ms <= hooktap_now_ms()
+                      OR dedupe_keys.event_id = EXCLUDED.event_id
+                 RETURNING event_id",
+                &[&keys, &claimants, &ends],
+            )
+            .await
+            .map_err(pg_error)?
+            .iter()
+            .map(|r| r.get::<_, Uuid>(0))
+            .collect();
+        repeats.extend(claimants.into_iter().filter(|id| !granted.contains(id)));
+    }
+    let entries: Vec<&crate::store::sled::Entry> = entries
+        .iter()
+        .filter(|e| !repeats.contains(&e.event.id))
+        .collect();
     let event_ids: Vec<Uuid> = entries.iter().map(|e| e.event.id).collect();
     let created: Vec<i64> = entries
         .iter()
@@ -764,8 +806,6 @@ pub async fn insert_events(
         .map(|d| jsonb(*d))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let tx = c.transaction().await.map_err(pg_error)?;
-    exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&SHIP_LOCK]).await?;
     exec(
         &tx,
         "INSERT INTO events (id, created_ms, record)
@@ -785,7 +825,8 @@ pub async fn insert_events(
             &[&ids, &of_event, &webhook, &d_created, &queue, &records],).await?;
         notify(&tx, "work").await?;
     }
-    tx.commit().await.map_err(pg_error)
+    tx.commit().await.map_err(pg_error)?;
+    Ok(repeats.len())
 }
 
 /// The retention sweep, run by one instance per period: removes every event created before
@@ -826,6 +867,12 @@ pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime) -> Result<Swept, Stor
         "DELETE FROM deliveries d WHERE d.created_ms < $1
            AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)",
         &[&cutoff],
+    )
+    .await?;
+    exec(
+        &tx,
+        "DELETE FROM dedupe_keys WHERE ends_ms <= hooktap_now_ms()",
+        &[],
     )
     .await?;
     tx.commit().await.map_err(pg_error)?;

@@ -444,3 +444,57 @@ async fn deliveries_taken_but_not_sent_are_given_back() {
         "a stopping instance gives up the rest"
     );
 }
+
+/// Two instances each derive an event with the same dedupe key: each journal sees the key
+/// for the first time, so both claim it locally, and PostgreSQL keeps the first event that
+/// moves in. The same event moved in again (a crash before the journal forgot it) keeps its
+/// claim.
+#[tokio::test]
+async fn a_dedupe_key_claimed_by_another_instance_drops_the_repeat_when_it_moves_in() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(30)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(30)).await;
+    let w = webhook(&a, "dedupe", false).await;
+    let key = crate::event::DedupeKey::new("order-created", "idem-1");
+    let window = Duration::from_secs(600);
+    let now = crate::event::unix_ms(time::OffsetDateTime::now_utc());
+    let mut ids = Vec::new();
+    for store in [&a, &b] {
+        let e = event();
+        assert!(
+            store.claim_dedupe(&key, e.id, now, window).expect("claim"),
+            "each journal sees the key first"
+        );
+        let d = Delivery::new(&e, w.id, 0);
+        store.append(&e, std::slice::from_ref(&d)).expect("append");
+        store.flush().await.expect("move in");
+        ids.push(e.id);
+    }
+    assert!(
+        a.event(ids[0]).await.expect("read").is_some(),
+        "the first stays"
+    );
+    assert_eq!(
+        b.event(ids[1]).await.expect("read"),
+        None,
+        "the repeat is dropped"
+    );
+    assert_eq!(
+        b.journal().map(|j| j.backlog),
+        Some(0),
+        "and gone from the journal"
+    );
+    assert_eq!(
+        a.queue_stats(w.id).await.expect("stats").pending,
+        1,
+        "one delivery"
+    );
+    // An unrelated key on the second instance moves in as usual.
+    let e = event();
+    let other = crate::event::DedupeKey::new("order-created", "idem-2");
+    assert!(b.claim_dedupe(&other, e.id, now, window).expect("claim"));
+    b.append(&e, &[]).expect("append");
+    b.flush().await.expect("move in");
+    assert!(b.event(e.id).await.expect("read").is_some());
+}

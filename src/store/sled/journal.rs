@@ -7,7 +7,9 @@ use time::OffsetDateTime;
 
 use super::events::StoredEvent;
 use super::{SledStore, keys};
-use crate::event::{Delivery, Event};
+use uuid::Uuid;
+
+use crate::event::{DedupeKey, Delivery, Event};
 use crate::store::StoreError;
 
 /// One journalled event with the deliveries it was stored with.
@@ -15,9 +17,37 @@ use crate::store::StoreError;
 pub struct Entry {
     pub event: Event,
     pub deliveries: Vec<Delivery>,
+    /// The rule's dedupe claim for this event, to be claimed again across instances when the
+    /// event moves into the shared store: the key and when the claim ends (Unix ms).
+    pub dedupe: Option<(DedupeKey, u64)>,
+}
+
+/// A dedupe mark's value: the key's digest, then the claim's end (big-endian u64).
+fn parse_mark(v: &[u8]) -> Option<(DedupeKey, u64)> {
+    let digest: [u8; 32] = v.get(..32)?.try_into().ok()?;
+    let ends: [u8; 8] = v.get(32..40)?.try_into().ok()?;
+    Some((DedupeKey(digest), u64::from_be_bytes(ends)))
 }
 
 impl SledStore {
+    /// Notes that `event` carries the dedupe claim `key` until `ends_ms`, for the shipper.
+    pub fn journal_mark_dedupe(
+        &self,
+        event: Uuid,
+        key: &DedupeKey,
+        ends_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut v = Vec::with_capacity(40);
+        v.extend_from_slice(&key.0);
+        v.extend_from_slice(&ends_ms.to_be_bytes());
+        self.write(|db| Ok(db.insert(keys::dedupe_mark(event), v).map(drop)?))
+    }
+
+    /// Forgets the mark of an event that was not stored.
+    pub fn journal_unmark_dedupe(&self, event: Uuid) -> Result<(), StoreError> {
+        self.write_freeing(|db| Ok(db.remove(keys::dedupe_mark(event)).map(drop)?))
+    }
+
     /// Up to `limit` events, oldest first, each with its deliveries.
     pub fn journal_batch(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let db = self.db()?;
@@ -44,7 +74,14 @@ impl SledStore {
                     deliveries.extend(d);
                 }
             }
-            out.push(Entry { event, deliveries });
+            let dedupe = db
+                .get(keys::dedupe_mark(event.id))?
+                .and_then(|v| parse_mark(&v));
+            out.push(Entry {
+                event,
+                deliveries,
+                dedupe,
+            });
         }
         Ok(out)
     }
@@ -63,6 +100,7 @@ impl SledStore {
                 files.extend(stored.payload_file);
             }
             batch.remove(key);
+            batch.remove(keys::dedupe_mark(e.event.id));
             for d in &e.deliveries {
                 batch.remove(keys::delivery(d.id));
                 batch.remove(keys::by_webhook(d));
@@ -128,7 +166,11 @@ mod tests {
             );
             let deliveries = vec![Delivery::new(&event, uuid::Uuid::now_v7(), 0)];
             store.append(&event, &deliveries).expect("append");
-            entries.push(Entry { event, deliveries });
+            entries.push(Entry {
+                event,
+                deliveries,
+                dedupe: None,
+            });
         }
         assert_eq!(store.journal_backlog().expect("backlog").0, 3);
         let batch = store.journal_batch(2).expect("batch");

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::event::Delivery;
+use crate::event::{DedupeKey, Delivery};
 
 pub(super) const EVENT: u8 = b'e';
 pub(super) const DELIVERY: u8 = b'd';
@@ -12,6 +12,9 @@ pub(super) const BY_WEBHOOK: u8 = b'x';
 pub(super) const BY_EVENT: u8 = b'v';
 pub(super) const ATTEMPT: u8 = b'a';
 pub(super) const WEBHOOK: u8 = b'w';
+pub(super) const DEDUPE: u8 = b'k';
+/// A journalled event's dedupe claim (shared stores: claimed again when the event moves in).
+pub(super) const DEDUPE_MARK: u8 = b'K';
 
 pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
@@ -28,6 +31,14 @@ pub(super) fn event(id: Uuid) -> Vec<u8> {
 
 pub(super) fn delivery(id: Uuid) -> Vec<u8> {
     key(DELIVERY, &[id.as_bytes()])
+}
+
+pub(super) fn dedupe(k: &DedupeKey) -> Vec<u8> {
+    key(DEDUPE, &[&k.0])
+}
+
+pub(super) fn dedupe_mark(event: Uuid) -> Vec<u8> {
+    key(DEDUPE_MARK, &[event.as_bytes()])
 }
 
 pub(super) fn webhook(id: Uuid) -> Vec<u8> {

@@ -16,6 +16,8 @@
 //! | `v` event id, delivery id | empty: an event's deliveries |
 //! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`](crate::event::Attempt) (JSON) |
 //! | `w` webhook id | [`Webhook`](crate::webhook::Webhook) (JSON) |
+//! | `k` dedupe key digest | the claim's end, Unix ms (big-endian u64) |
+//! | `K` event id | journal only: the event's dedupe key digest and the claim's end |
 //!
 //! Ids are UUIDv7 and numbers big-endian, so byte order is time order: "what is due for this
 //! webhook" is a range scan from the start of its queue prefix.
@@ -29,9 +31,11 @@
 //! - `webhooks`: webhook records.
 //! - `pending`: events held as files while the database is not open.
 //! - `retention`: the sweep of old records.
+//! - `dedupe`: the keys of rules' `dedupe` claims.
 
 mod barrier;
 pub use barrier::Durable;
+mod dedupe;
 mod events;
 mod journal;
 pub use journal::Entry;
@@ -55,7 +59,7 @@ use super::{
     BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Store,
     StoreConfig, StoreError, Swept,
 };
-use crate::event::{Attempt, Delivery, Event};
+use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::webhook::Webhook;
 
 /// The file naming the process that holds the store.
@@ -548,6 +552,20 @@ impl Store for SledStore {
 
     fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
         SledStore::sweep(self, cutoff)
+    }
+
+    fn claim_dedupe(
+        &self,
+        key: &DedupeKey,
+        event: Uuid,
+        now_ms: u64,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        SledStore::claim_dedupe(self, key, event, now_ms, window)
+    }
+
+    fn release_dedupe(&self, key: &DedupeKey, event: Uuid) -> Result<(), StoreError> {
+        SledStore::release_dedupe(self, key, event)
     }
 }
 

@@ -65,6 +65,8 @@ impl SledStore {
             swept.deliveries += this.deliveries;
             swept.attempts += this.attempts;
         }
+        // Dedupe claims end on their own clock, not the retention's.
+        self.sweep_dedupe(crate::event::unix_ms(OffsetDateTime::now_utc()))?;
         Ok(swept)
     }
 }

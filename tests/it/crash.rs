@@ -778,9 +778,11 @@ async fn a_receiver_down_for_two_minutes_gets_everything_on_the_documented_sched
     // Nothing listens at the receiver's address during the outage: connections are refused.
     let receiver_addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port());
     let setup = Setup::new(upstream);
+    // The retry schedule alone: with the circuit breaker on (the default), the circuit opens
+    // after ten failures in a row and deliveries wait for its probe instead of their retries.
     let proxy = TestProxy::start_edited(&setup, |c| {
         format!(
-            "{c}\n[[webhook]]\nname = \"crm\"\nurl = \"http://{receiver_addr}/hook\"\nsecret = \"s\"\ntopics = [\"order.*\"]\nretry = \"10s,20s,40s,80s\"\n"
+            "{c}\n[[webhook]]\nname = \"crm\"\nurl = \"http://{receiver_addr}/hook\"\nsecret = \"s\"\ntopics = [\"order.*\"]\nretry = \"10s,20s,40s,80s\"\ncircuit_failures = 0\n"
         )
     })
     .await;

@@ -23,6 +23,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use super::template::MAX_DEPTH;
 use super::{Sample, Skipped};
 use crate::capture::SkipReason;
 
@@ -385,6 +386,13 @@ fn sample(entry: Entry, place: &str, max_body: usize, skipped: &mut Skipped) -> 
         skipped.add("entry with an unusable URL", place);
         return None;
     };
+    if url.path_segments().is_some_and(|s| s.count() > MAX_DEPTH) {
+        skipped.add(
+            format!("entry with a path deeper than {MAX_DEPTH} segments"),
+            place,
+        );
+        return None;
+    }
     let method = request.method.trim().to_ascii_uppercase();
     if http::Method::from_bytes(method.as_bytes()).is_err() {
         skipped.add("entry with an invalid method", place);

@@ -291,7 +291,8 @@ fn plain(name: &str) -> bool {
 }
 
 /// The payload fields for a JSON body at `base` (`$.response.body`): the whole body as `name`,
-/// or, when some sample's body has credential fields, each other top-level field on its own.
+/// or, when some sample's body holds a credential anywhere (`{"data": {"token": ..}}`), each
+/// top-level field on its own whose whole subtree is free of credentials in every sample.
 fn body_fields(
     bodies: &[Value],
     base: &str,
@@ -300,20 +301,23 @@ fn body_fields(
 ) -> Vec<(String, String)> {
     let objects: Vec<&serde_json::Map<String, Value>> =
         bodies.iter().filter_map(Value::as_object).collect();
-    let has_secret = objects
-        .iter()
-        .any(|o| o.keys().any(|k| secrets::is_secret_key(k)));
-    if !has_secret {
+    if !bodies.iter().any(secrets::holds_secret) {
         if taken.iter().any(|t| t == name) {
             return Vec::new();
         }
         taken.push(name.to_owned());
         return vec![(name.to_owned(), base.to_owned())];
     }
+    let tainted = |k: &str| {
+        secrets::is_secret_key(k)
+            || objects
+                .iter()
+                .any(|o| o.get(k).is_some_and(secrets::holds_secret))
+    };
     let mut out = Vec::new();
-    for o in objects {
+    for o in &objects {
         for k in o.keys() {
-            if secrets::is_secret_key(k) || !plain(k) || taken.iter().any(|t| t == k) {
+            if !plain(k) || taken.iter().any(|t| t == k) || tainted(k) {
                 continue;
             }
             taken.push(k.clone());
@@ -773,6 +777,81 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn nested_credentials_keep_their_whole_subtree_out_of_the_payload() {
+        let samples = vec![
+            sample(
+                "POST",
+                "/logins",
+                201,
+                None,
+                Some(
+                    json!({"id": 7, "data": {"token": "tk-planted-1"}, "name": "ada",
+                    "items": [{"sku": "a", "api_key": "ak-planted-2"}]}),
+                ),
+            ),
+            // No answer body: the request body is the payload, with the same care.
+            sample(
+                "POST",
+                "/users",
+                204,
+                Some(json!({"user": {"name": "ada", "password": "pw-planted-3"}, "plan": "pro"})),
+                None,
+            ),
+            sample(
+                "POST",
+                "/notes",
+                201,
+                None,
+                Some(json!({"id": 1, "data": {"text": "hi"}})),
+            ),
+        ];
+        let p = learn(&samples, "test", &Skipped::default());
+        let fields = |topic: &str| -> Vec<(String, String)> {
+            p.rules
+                .iter()
+                .find(|r| r.topic == topic)
+                .unwrap_or_else(|| panic!("{topic}: {:?}", topics(&p)))
+                .fields
+                .clone()
+        };
+        let pair = |n: &str, path: &str| (n.to_owned(), path.to_owned());
+        assert_eq!(
+            fields("login.created"),
+            [
+                pair("id", "$.response.body.id"),
+                pair("name", "$.response.body.name")
+            ]
+        );
+        assert_eq!(
+            fields("user.created"),
+            [pair("plan", "$.request.body.plan")]
+        );
+        // A clean body is still passed whole.
+        assert!(fields("note.created").contains(&pair("body", "$.response.body")));
+        let text = super::super::emit::render(&p, 1 << 20).expect("renders");
+        assert!(!text.contains("planted"), "{text}");
+    }
+
+    #[test]
+    fn a_session_cookie_does_not_stop_a_session_rule_from_printing() {
+        let mut s = sample("POST", "/sessions", 201, None, Some(json!({"id": 4})));
+        s.request_headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_static("session=ck-planted-1"),
+        );
+        s.response_headers.insert(
+            http::header::SET_COOKIE,
+            HeaderValue::from_static(
+                "session=sc-planted-2; Path=/; Expires=Wednesday, 21-Oct-2026 07:28:00 GMT; Secure",
+            ),
+        );
+        let p = learn(&[s], "test", &Skipped::default());
+        let text = super::super::emit::render(&p, 1 << 20).expect("renders");
+        assert!(text.contains("topic = \"session.created\""), "{text}");
+        assert!(!text.contains("planted"), "{text}");
     }
 
     #[test]

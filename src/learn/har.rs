@@ -610,4 +610,19 @@ mod tests {
         assert_eq!(again[0].response_body.as_deref(), Some(&b"done"[..]));
         assert_eq!(again[0].path, "/orders/1");
     }
+
+    #[test]
+    fn entries_with_very_deep_paths_are_skipped_and_counted() {
+        let deep = format!("http://h{}", "/1".repeat(20_000));
+        let (samples, skipped) = read(serde_json::json!({"log": {"entries": [
+            {"request": {"method": "POST", "url": deep}, "response": {"status": 201}},
+            {"request": {"method": "POST", "url": format!("http://h{}", "/a".repeat(MAX_DEPTH))},
+                "response": {"status": 201}},
+        ]}}));
+        assert_eq!(samples.len(), 1);
+        assert_eq!(
+            skipped.count("entry with a path deeper than 64 segments"),
+            1
+        );
+    }
 }

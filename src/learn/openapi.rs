@@ -378,7 +378,12 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
         notes.push("Writes without a 2xx response:".into());
         notes.extend(without_2xx.into_iter().map(|l| format!("  {l}")));
     }
-    let mut ordered: Vec<Op> = ops.into_values().collect();
+    let mut too_many = propose::TooManyParams::default();
+    let mut ordered: Vec<Op> = ops
+        .into_values()
+        .filter(|o| !too_many.left_out(&o.template, o.methods.len()))
+        .collect();
+    notes.extend(too_many.notes("operation"));
     ordered.sort_by_key(|o| (o.template.segments.len(), o.template.text()));
     let mut taken = BTreeSet::new();
     let mut rules: Vec<ProposedRule> = ordered

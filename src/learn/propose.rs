@@ -141,7 +141,11 @@ pub fn learn(samples: &[Sample], sources: &str, skipped: &Skipped) -> Proposal {
     // `/shops/{shop}/orders` becomes `shop_order.created`.
     ordered.sort_by_key(|g| (g.template.segments.len(), g.template.text()));
     let mut topics: BTreeSet<String> = BTreeSet::new();
+    let mut too_many = TooManyParams::default();
     for g in ordered {
+        if too_many.left_out(&g.template, g.ok.len() + g.failed.len()) {
+            continue;
+        }
         if g.ok.is_empty() {
             unused.push(format!(
                 "{} {}: {} ({}), no rule",
@@ -156,6 +160,7 @@ pub fn learn(samples: &[Sample], sources: &str, skipped: &Skipped) -> Proposal {
         rules.push(rule(&g, topic));
     }
     rules.sort_by(|a, b| (&a.path, &a.methods).cmp(&(&b.path, &b.methods)));
+    notes.extend(too_many.notes("exchange"));
     if !unused.is_empty() {
         notes.push("Writes that never succeeded:".into());
         notes.extend(unused.into_iter().map(|l| format!("  {l}")));
@@ -164,6 +169,50 @@ pub fn learn(samples: &[Sample], sources: &str, skipped: &Skipped) -> Proposal {
         rules,
         notes,
         vault,
+    }
+}
+
+/// Templates with more parameters than the router accepts
+/// ([`MAX_PARAMETERS`](crate::rules::router::MAX_PARAMETERS)): one such rule would make the
+/// whole file fail to load, so they are left out and counted in the header.
+#[derive(Debug, Default)]
+pub(crate) struct TooManyParams {
+    templates: usize,
+    exchanges: usize,
+    /// The first one, shortened, as an example.
+    example: Option<String>,
+}
+
+impl TooManyParams {
+    /// Whether `template` is left out (and then counts it, with the `n` exchanges or
+    /// operations under it).
+    pub(crate) fn left_out(&mut self, template: &Template, n: usize) -> bool {
+        let params = template.params().count();
+        if params <= crate::rules::router::MAX_PARAMETERS {
+            return false;
+        }
+        self.templates += 1;
+        self.exchanges += n;
+        self.example.get_or_insert_with(|| {
+            let text = template.text();
+            let short: String = text.chars().take(80).collect();
+            let more = if short.len() < text.len() { "…" } else { "" };
+            format!("{short}{more} ({params} parameters)")
+        });
+        true
+    }
+
+    /// The header note; `unit` names what was counted (`exchange`, `operation`).
+    pub(crate) fn notes(&self, unit: &str) -> Vec<String> {
+        let Some(example) = &self.example else {
+            return Vec::new();
+        };
+        vec![format!(
+            "Left out: {} with more than {} path parameters (the router's limit), {}; e.g. {example}",
+            plural(self.templates, "path template"),
+            crate::rules::router::MAX_PARAMETERS,
+            plural(self.exchanges, unit),
+        )]
     }
 }
 
@@ -852,6 +901,30 @@ mod tests {
         let text = super::super::emit::render(&p, 1 << 20).expect("renders");
         assert!(text.contains("topic = \"session.created\""), "{text}");
         assert!(!text.contains("planted"), "{text}");
+    }
+
+    #[test]
+    fn templates_with_more_parameters_than_the_router_takes_are_left_out_and_noted() {
+        let over = "/x/1".repeat(crate::rules::router::MAX_PARAMETERS + 1);
+        let at = "/y/1".repeat(crate::rules::router::MAX_PARAMETERS);
+        let samples = vec![
+            sample("POST", &over, 201, None, Some(json!({"id": 1}))),
+            sample("PUT", &over, 500, None, None),
+            sample("POST", &at, 201, None, Some(json!({"id": 2}))),
+            sample("POST", "/orders", 201, None, Some(json!({"id": 3}))),
+        ];
+        let p = learn(&samples, "test", &Skipped::default());
+        let text = super::super::emit::render(&p, 1 << 20).expect("the rest loads");
+        assert_eq!(text.matches("[[rule]]").count(), 2, "{text}");
+        assert!(text.contains("topic = \"order.created\""), "{text}");
+        assert!(
+            text.contains(
+                "Left out: 1 path template with more than 25 path parameters (the router's \
+                 limit), 2 exchanges; e.g. /x/{x}/x/{x2}/x/{x3}"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("(26 parameters)"), "{text}");
     }
 
     #[test]

@@ -134,13 +134,20 @@ pub fn read_from(
     let mut skipped = Skipped::default();
     let mut sink = |index: usize, entry: Value| {
         let place = format!("{name} entry {}", index + 1);
-        match Entry::deserialize(entry) {
+        let entry_value = entry;
+        match Entry::deserialize(&entry_value) {
             Ok(entry) => {
                 if let Some(s) = sample(entry, &place, max_body, &mut skipped) {
                     samples.push(s);
                 }
             }
-            Err(e) => skipped.add(format!("entry not usable ({e})"), &place),
+            Err(e) => {
+                let (path, at, what) = unusable(&entry_value, &e);
+                skipped.add(
+                    format!("entry not usable: `{path}` {what}"),
+                    &format!("{place}, `{at}`"),
+                );
+            }
         }
     };
     let mut de = serde_json::Deserializer::from_reader(reader);
@@ -157,11 +164,76 @@ pub fn read_from(
     Ok((samples, skipped))
 }
 
+/// What serde says is wrong, without the value it quotes (`invalid type: string "hunter2",
+/// expected i64` → `is not i64`): a HAR file holds credentials, and messages are printed.
+/// Only names from this file's own types remain, so there are few distinct messages.
+fn without_value(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" at line ").next().unwrap_or_default();
+    if let Some(field) = text.strip_prefix("missing field ") {
+        return format!("has no {field}");
+    }
+    if text.starts_with("invalid type:")
+        || text.starts_with("invalid value:")
+        || text.starts_with("invalid length")
+    {
+        if let Some((_, expected)) = text.rsplit_once(", expected ") {
+            return format!("is not {expected}");
+        }
+    }
+    "has the wrong shape".into()
+}
+
+/// Where an entry that does not deserialize goes wrong: the JSON path without indexes (for the
+/// reason, so reasons stay few), the path with them (for the place) and what is wrong there.
+/// The value itself is never shown.
+fn unusable(entry: &Value, e: &serde_json::Error) -> (String, String, String) {
+    fn first_bad<T: serde::de::DeserializeOwned>(
+        value: &Value,
+        path: &str,
+        lists: &[(&str, fn(&Value) -> Result<(), serde_json::Error>)],
+    ) -> Option<(String, String, String)> {
+        let err = T::deserialize(value).err()?;
+        for (list, check) in lists {
+            if let Some(items) = value.get(list).and_then(Value::as_array) {
+                for (i, item) in items.iter().enumerate() {
+                    if let Err(e) = check(item) {
+                        return Some((
+                            format!("{path}.{list}[]"),
+                            format!("{path}.{list}[{i}]"),
+                            without_value(&e),
+                        ));
+                    }
+                }
+            }
+        }
+        Some((path.to_owned(), path.to_owned(), without_value(&err)))
+    }
+    fn header(v: &Value) -> Result<(), serde_json::Error> {
+        Header::deserialize(v).map(drop)
+    }
+    fn param(v: &Value) -> Result<(), serde_json::Error> {
+        Param::deserialize(v).map(drop)
+    }
+    let request = entry.get("request").unwrap_or(&Value::Null);
+    let response = entry.get("response").unwrap_or(&Value::Null);
+    let post = request.get("postData").unwrap_or(&Value::Null);
+    let content = response.get("content").unwrap_or(&Value::Null);
+    if !entry.is_object() {
+        return ("entry".into(), "entry".into(), without_value(e));
+    }
+    first_bad::<Option<PostData>>(post, "request.postData", &[("params", param)])
+        .or_else(|| first_bad::<Request>(request, "request", &[("headers", header)]))
+        .or_else(|| first_bad::<Option<Content>>(content, "response.content", &[]))
+        .or_else(|| first_bad::<Response>(response, "response", &[("headers", header)]))
+        .unwrap_or_else(|| ("entry".into(), "entry".into(), without_value(e)))
+}
+
 fn syntax(shown: &str, e: &serde_json::Error) -> HarError {
     if e.is_data() {
         return HarError::NotHar {
             path: shown.to_owned(),
-            message: format!("{e}"),
+            message: without_value(e),
         };
     }
     HarError::Syntax {
@@ -624,5 +696,47 @@ mod tests {
             skipped.count("entry with a path deeper than 64 segments"),
             1
         );
+    }
+
+    #[test]
+    fn unusable_entries_say_where_but_never_the_value() {
+        let bad = |entry: serde_json::Value| {
+            read(serde_json::json!({"log": {"entries": [entry.clone(), entry]}})).1
+        };
+        let ok_response = serde_json::json!({"status": 200});
+        let skipped = bad(serde_json::json!({
+            "request": {"method": "GET", "url": "http://h/", "headers": [
+                {"name": "a", "value": "1"}, {"name": "Authorization", "value": ["tk-planted-1"]}]},
+            "response": ok_response}));
+        let lines = skipped.lines().join("\n");
+        assert!(!lines.contains("planted"), "{lines}");
+        assert!(
+            lines.contains("entry not usable: `request.headers[]` is not a string"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("t.har entry 1, `request.headers[1]`"),
+            "{lines}"
+        );
+        assert_eq!(skipped.count("entry not usable"), 2);
+        let skipped = bad(serde_json::json!({
+            "request": {"method": "GET", "url": "http://h/"},
+            "response": {"status": "pw-planted-2"}}));
+        let lines = skipped.lines().join("\n");
+        assert!(!lines.contains("planted"), "{lines}");
+        assert!(lines.contains("`response` is not i64"), "{lines}");
+        let skipped =
+            bad(serde_json::json!({"request": {"url": "http://h/"}, "response": ok_response}));
+        let lines = skipped.lines().join("\n");
+        assert!(lines.contains("`request` has no `method`"), "{lines}");
+        let e = read_from(
+            &br#"{"log": "pw-planted-3"}"#[..],
+            "t.har",
+            "t.har",
+            1 << 20,
+        )
+        .expect_err("not a HAR")
+        .to_string();
+        assert!(!e.contains("planted"), "{e}");
     }
 }

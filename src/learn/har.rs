@@ -178,6 +178,11 @@ fn without_value(e: &serde_json::Error) -> String {
         || text.starts_with("invalid length")
     {
         if let Some((_, expected)) = text.rsplit_once(", expected ") {
+            let expected = if expected.starts_with("struct ") {
+                "an object"
+            } else {
+                expected
+            };
             return format!("is not {expected}");
         }
     }

@@ -560,7 +560,54 @@ fn sample(entry: Entry, place: &str, max_body: usize, skipped: &mut Skipped) -> 
     })
 }
 
-/// HAR 1.2 text for samples (the recording proxy's `--save-har`), credentials left out.
+/// Writes [`write`]'s HAR to `path`, readable by its owner only (mode 0600 on Unix, also when
+/// the file existed with a wider mode): what is left of a recording is still the app's data.
+pub fn save(path: &Path, samples: &[Sample], base: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(&write(samples, base))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        let mut file = std::io::BufWriter::new(file);
+        file.write_all(text.as_bytes())?;
+        file.flush()
+    }
+    #[cfg(not(unix))]
+    {
+        let mut file = options.open(path)?;
+        file.write_all(text.as_bytes())
+    }
+}
+
+/// A body as `--save-har` keeps it: JSON with credential fields dropped and credential-like
+/// strings replaced ([`redact_json`](super::secrets::redact_json)), a form the same way
+/// ([`redact_pairs`](super::secrets::redact_pairs)), other text and bytes as they are.
+fn redacted_body(body: &Bytes, headers: &HeaderMap) -> Bytes {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return body.clone();
+    };
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        if v.is_object() || v.is_array() {
+            return Bytes::from(super::secrets::redact_json(&v).to_string());
+        }
+    }
+    let form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("x-www-form-urlencoded"));
+    if form {
+        return Bytes::from(super::secrets::redact_pairs(text));
+    }
+    body.clone()
+}
+
+/// HAR 1.2 text for samples (the recording proxy's `--save-har`), credentials left out:
+/// credential headers, and credentials in query strings, JSON and form bodies.
 pub fn write(samples: &[Sample], base: &str) -> Value {
     let headers = |h: &HeaderMap| -> Vec<Value> {
         h.iter()
@@ -576,10 +623,10 @@ pub fn write(samples: &[Sample], base: &str) -> Value {
             .unwrap_or("")
             .to_owned()
     };
-    let body = |b: &Option<Bytes>| -> (Option<String>, Option<&'static str>) {
-        match b {
+    let body = |b: &Option<Bytes>, h: &HeaderMap| -> (Option<String>, Option<&'static str>) {
+        match b.as_ref().map(|b| redacted_body(b, h)) {
             None => (None, None),
-            Some(b) => match std::str::from_utf8(b) {
+            Some(b) => match std::str::from_utf8(&b) {
                 Ok(s) => (Some(s.to_owned()), None),
                 Err(_) => (
                     Some(base64::engine::general_purpose::STANDARD.encode(b)),
@@ -592,11 +639,11 @@ pub fn write(samples: &[Sample], base: &str) -> Value {
         .iter()
         .map(|s| {
             let url = match &s.query {
-                Some(q) => format!("{base}{}?{q}", s.path),
+                Some(q) => format!("{base}{}?{}", s.path, super::secrets::redact_pairs(q)),
                 None => format!("{base}{}", s.path),
             };
-            let (req_text, req_enc) = body(&s.request_body);
-            let (resp_text, resp_enc) = body(&s.response_body);
+            let (req_text, req_enc) = body(&s.request_body, &s.request_headers);
+            let (resp_text, resp_enc) = body(&s.response_body, &s.response_headers);
             let mut request = serde_json::json!({
                 "method": s.method, "url": url, "httpVersion": "HTTP/1.1",
                 "headers": headers(&s.request_headers), "queryString": [], "cookies": [],

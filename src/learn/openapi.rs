@@ -461,6 +461,10 @@ fn rule(o: Op, topic: String) -> ProposedRule {
             fields.push(("body".into(), "$.response.body".into()));
         }
     }
+    if fields.is_empty() && !o.secret_properties.is_empty() {
+        // An empty payload means the whole answer (see `emit`): give the status instead.
+        fields.push(("status".into(), "$.response.status".into()));
+    }
     let methods: Vec<String> = o.methods.iter().cloned().collect();
     let statuses: Vec<Status> = o.statuses.iter().cloned().collect();
     let name = propose::rule_name(&topic);
@@ -682,6 +686,9 @@ components:
                         "id": {"type": "string"},
                         "name": {"type": "string"},
                         "data": {"$ref": "#/components/schemas/Auth"}}}}}}}}},
+                "/grants": {"post": {"responses": {"201": {"description": "ok",
+                    "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "data": {"$ref": "#/components/schemas/Auth"}}}}}}}}},
                 "/folders": {"post": {"responses": {"201": {"description": "ok",
                     "content": {"application/json": {"schema":
                         {"$ref": "#/components/schemas/Folder"}}}}}}}
@@ -699,6 +706,8 @@ components:
         let out = learn_text(&spec.to_string(), "api.json");
         assert!(out.contains("name = \"$.response.body.name\""), "{out}");
         assert!(!out.contains("$.response.body.data"), "{out}");
+        // Nothing clean to list: the status, not the whole answer (an empty payload would be).
+        assert!(out.contains("status = \"$.response.status\""), "{out}");
         // The login payload is field by field; the folder's, free of credentials, is whole.
         assert_eq!(
             out.matches("body = \"$.response.body\"").count(),

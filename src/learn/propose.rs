@@ -440,6 +440,10 @@ fn rule(g: &Group, topic: String) -> ProposedRule {
             ));
         }
     }
+    if fields.is_empty() && responses.iter().any(secrets::holds_secret) {
+        // An empty payload means the whole answer (see `emit`): give the status instead.
+        fields.push(("status".into(), "$.response.status".into()));
+    }
     let when_hint = outcome_hint(&responses, g.ok.len());
     let mut comments = vec![format!(
         "{} {}: learned from {} answered {}.",

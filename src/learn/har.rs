@@ -193,10 +193,12 @@ fn without_value(e: &serde_json::Error) -> String {
 /// reason, so reasons stay few), the path with them (for the place) and what is wrong there.
 /// The value itself is never shown.
 fn unusable(entry: &Value, e: &serde_json::Error) -> (String, String, String) {
+    /// Checks one item of a list inside the part (`headers[i]`).
+    type Check = fn(&Value) -> Result<(), serde_json::Error>;
     fn first_bad<T: serde::de::DeserializeOwned>(
         value: &Value,
         path: &str,
-        lists: &[(&str, fn(&Value) -> Result<(), serde_json::Error>)],
+        lists: &[(&str, Check)],
     ) -> Option<(String, String, String)> {
         let err = T::deserialize(value).err()?;
         for (list, check) in lists {

@@ -439,9 +439,7 @@ fn learn(args: LearnArgs) -> anyhow::Result<()> {
                 } else {
                     format!("http://{upstream}")
                 };
-                let har = hooktap::learn::har::write(&samples, &base);
-                let text = serde_json::to_string_pretty(&har)?;
-                std::fs::write(path, text)
+                hooktap::learn::har::save(path, &samples, &base)
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!(
                     "hooktap: wrote {} exchanges to {}",

@@ -1084,12 +1084,33 @@ mod edge_inputs {
 // ------------------------------------------------------------------------------------------
 
 /// Credentials planted in every generated exchange; none may reach a proposal.
-const PLANTED: [&str; 4] = [
+const PLANTED: [&str; 6] = [
     "planted-bearer-9x8y7z",
     "planted-cookie-6w5v4u",
     "planted-password-3t2s1r",
     "planted-apikey-0q9p8o",
+    "planted-nested-token-5m4l3k",
+    "planted-request-secret-2j1h0g",
 ];
+
+/// `credential` under a credential name, nested as `shape` says: `{"data": {"session":
+/// {"access_token": ..}}}`, `{"items": [{"x": 1, "secret": ..}]}`, or one level down.
+fn nested_credential(shape: usize, credential: &str) -> (String, Value) {
+    match shape % 3 {
+        0 => (
+            "data".into(),
+            json!({"session": {"access_token": credential}, "kind": "login"}),
+        ),
+        1 => (
+            "items".into(),
+            json!([{"x": 1}, {"x": 2, "client_secret": credential}]),
+        ),
+        _ => (
+            "user".into(),
+            json!({"name": "ada", "password": credential}),
+        ),
+    }
+}
 
 /// A HAR entry with arbitrary method, path, status and JSON bodies, and planted credentials.
 fn har_entry() -> impl Strategy<Value = Value> {
@@ -1102,10 +1123,27 @@ fn har_entry() -> impl Strategy<Value = Value> {
         prop::sample::select(vec![200u16, 201, 204, 400, 404, 409, 422, 500]),
         json_doc(),
         json_doc(),
+        0usize..6,
     )
-        .prop_map(|(method, path, status, req, mut resp)| {
-            if let Value::Object(map) = &mut resp {
-                map.insert("password".into(), json!(PLANTED[2]));
+        .prop_map(|(method, path, status, mut req, mut resp, shape)| {
+            match &mut resp {
+                Value::Object(map) => {
+                    map.insert("password".into(), json!(PLANTED[2]));
+                    let (k, v) = nested_credential(shape, PLANTED[4]);
+                    map.insert(k, v);
+                }
+                Value::Array(items) => items.push(nested_credential(shape, PLANTED[4]).1),
+                _ => {}
+            }
+            // Request bodies are the payload when the answer has none (204): plant there too,
+            // nested only, so a body without a top-level credential must still be split.
+            match &mut req {
+                Value::Object(map) => {
+                    let (k, v) = nested_credential(shape / 3 + 1, PLANTED[5]);
+                    map.insert(k, v);
+                }
+                Value::Array(items) => items.push(nested_credential(shape, PLANTED[5]).1),
+                _ => {}
             }
             json!({
                 "request": {
@@ -1129,7 +1167,9 @@ proptest! {
     #![proptest_config(cases(64))]
 
     /// Any recorded traffic: learn proposes a rule file that loads, whose tests pass (render
-    /// checks both), and that holds no credential of the input.
+    /// checks both), and that holds no credential of the input; and the events its rules
+    /// derive from that same traffic (what subscribers would get) hold none either, also
+    /// where credentials were nested in response and request bodies.
     #[test]
     fn learn_proposes_valid_rules_without_credentials(
         entries in prop::collection::vec(har_entry(), 1..24)
@@ -1143,6 +1183,19 @@ proptest! {
             .unwrap_or_else(|e| panic!("{e}\ninput: {text}"));
         for p in PLANTED {
             prop_assert!(!out.contains(p), "{p} leaked:\n{out}");
+        }
+        let (rules, _) = emit::compile(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let report = hooktap::learn::coverage::dry_run(&rules, &samples, 1 << 20);
+        for d in &report.exchanges {
+            for (topic, payload) in &d.events {
+                let payload = payload.to_string();
+                for p in PLANTED {
+                    prop_assert!(
+                        !payload.contains(p),
+                        "{p} reaches subscribers of {topic}: {payload}\nrules:\n{out}"
+                    );
+                }
+            }
         }
     }
 }

@@ -277,8 +277,8 @@ fn render_test(out: &mut String, r: &ProposedRule, t: &ProposedTest, want: &Valu
     out.push_str(&format!("expect = {}\n", toml::Value::Table(expect)));
 }
 
-/// Compiles rule-file text with the real rule compiler.
-fn compile(text: &str) -> Result<(RuleSet, Vec<RuleTest>), EmitError> {
+/// Compiles rule-file text with the real rule compiler (the rules and their `[[test]]`s).
+pub fn compile(text: &str) -> Result<(RuleSet, Vec<RuleTest>), EmitError> {
     let raw: RawRuleFile = toml::from_str(text).map_err(|e| EmitError::Invalid(e.to_string()))?;
     let mut rules = RuleSet::default();
     for r in raw.rule {

@@ -23,6 +23,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use super::template::MAX_DEPTH;
 use super::{Sample, Skipped};
 use crate::capture::SkipReason;
 
@@ -133,13 +134,20 @@ pub fn read_from(
     let mut skipped = Skipped::default();
     let mut sink = |index: usize, entry: Value| {
         let place = format!("{name} entry {}", index + 1);
-        match Entry::deserialize(entry) {
+        let entry_value = entry;
+        match Entry::deserialize(&entry_value) {
             Ok(entry) => {
                 if let Some(s) = sample(entry, &place, max_body, &mut skipped) {
                     samples.push(s);
                 }
             }
-            Err(e) => skipped.add(format!("entry not usable ({e})"), &place),
+            Err(e) => {
+                let (path, at, what) = unusable(&entry_value, &e);
+                skipped.add(
+                    format!("entry not usable: `{path}` {what}"),
+                    &format!("{place}, `{at}`"),
+                );
+            }
         }
     };
     let mut de = serde_json::Deserializer::from_reader(reader);
@@ -156,11 +164,83 @@ pub fn read_from(
     Ok((samples, skipped))
 }
 
+/// What serde says is wrong, without the value it quotes (`invalid type: string "hunter2",
+/// expected i64` → `is not i64`): a HAR file holds credentials, and messages are printed.
+/// Only names from this file's own types remain, so there are few distinct messages.
+fn without_value(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" at line ").next().unwrap_or_default();
+    if let Some(field) = text.strip_prefix("missing field ") {
+        return format!("has no {field}");
+    }
+    if text.starts_with("invalid type:")
+        || text.starts_with("invalid value:")
+        || text.starts_with("invalid length")
+    {
+        if let Some((_, expected)) = text.rsplit_once(", expected ") {
+            let expected = if expected.starts_with("struct ") {
+                "an object"
+            } else {
+                expected
+            };
+            return format!("is not {expected}");
+        }
+    }
+    "has the wrong shape".into()
+}
+
+/// Where an entry that does not deserialize goes wrong: the JSON path without indexes (for the
+/// reason, so reasons stay few), the path with them (for the place) and what is wrong there.
+/// The value itself is never shown.
+fn unusable(entry: &Value, e: &serde_json::Error) -> (String, String, String) {
+    /// Checks one item of a list inside the part (`headers[i]`).
+    type Check = fn(&Value) -> Result<(), serde_json::Error>;
+    fn first_bad<T: serde::de::DeserializeOwned>(
+        value: &Value,
+        path: &str,
+        lists: &[(&str, Check)],
+    ) -> Option<(String, String, String)> {
+        let err = T::deserialize(value).err()?;
+        for (list, check) in lists {
+            if let Some(items) = value.get(list).and_then(Value::as_array) {
+                for (i, item) in items.iter().enumerate() {
+                    if let Err(e) = check(item) {
+                        return Some((
+                            format!("{path}.{list}[]"),
+                            format!("{path}.{list}[{i}]"),
+                            without_value(&e),
+                        ));
+                    }
+                }
+            }
+        }
+        Some((path.to_owned(), path.to_owned(), without_value(&err)))
+    }
+    fn header(v: &Value) -> Result<(), serde_json::Error> {
+        Header::deserialize(v).map(drop)
+    }
+    fn param(v: &Value) -> Result<(), serde_json::Error> {
+        Param::deserialize(v).map(drop)
+    }
+    let request = entry.get("request").unwrap_or(&Value::Null);
+    let response = entry.get("response").unwrap_or(&Value::Null);
+    let post = request.get("postData").unwrap_or(&Value::Null);
+    let content = response.get("content").unwrap_or(&Value::Null);
+    if !entry.is_object() {
+        return ("entry".into(), "entry".into(), without_value(e));
+    }
+    first_bad::<Option<PostData>>(post, "request.postData", &[("params", param)])
+        .or_else(|| first_bad::<Request>(request, "request", &[("headers", header)]))
+        .or_else(|| first_bad::<Option<Content>>(content, "response.content", &[]))
+        .or_else(|| first_bad::<Response>(response, "response", &[("headers", header)]))
+        .unwrap_or_else(|| ("entry".into(), "entry".into(), without_value(e)))
+}
+
 fn syntax(shown: &str, e: &serde_json::Error) -> HarError {
     if e.is_data() {
         return HarError::NotHar {
             path: shown.to_owned(),
-            message: format!("{e}"),
+            message: without_value(e),
         };
     }
     HarError::Syntax {
@@ -385,6 +465,13 @@ fn sample(entry: Entry, place: &str, max_body: usize, skipped: &mut Skipped) -> 
         skipped.add("entry with an unusable URL", place);
         return None;
     };
+    if url.path_segments().is_some_and(|s| s.count() > MAX_DEPTH) {
+        skipped.add(
+            format!("entry with a path deeper than {MAX_DEPTH} segments"),
+            place,
+        );
+        return None;
+    }
     let method = request.method.trim().to_ascii_uppercase();
     if http::Method::from_bytes(method.as_bytes()).is_err() {
         skipped.add("entry with an invalid method", place);
@@ -475,7 +562,54 @@ fn sample(entry: Entry, place: &str, max_body: usize, skipped: &mut Skipped) -> 
     })
 }
 
-/// HAR 1.2 text for samples (the recording proxy's `--save-har`), credentials left out.
+/// Writes [`write`]'s HAR to `path`, readable by its owner only (mode 0600 on Unix, also when
+/// the file existed with a wider mode): what is left of a recording is still the app's data.
+pub fn save(path: &Path, samples: &[Sample], base: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(&write(samples, base))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        let mut file = std::io::BufWriter::new(file);
+        file.write_all(text.as_bytes())?;
+        file.flush()
+    }
+    #[cfg(not(unix))]
+    {
+        let mut file = options.open(path)?;
+        file.write_all(text.as_bytes())
+    }
+}
+
+/// A body as `--save-har` keeps it: JSON with credential fields dropped and credential-like
+/// strings replaced ([`redact_json`](super::secrets::redact_json)), a form the same way
+/// ([`redact_pairs`](super::secrets::redact_pairs)), other text and bytes as they are.
+fn redacted_body(body: &Bytes, headers: &HeaderMap) -> Bytes {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return body.clone();
+    };
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        if v.is_object() || v.is_array() {
+            return Bytes::from(super::secrets::redact_json(&v).to_string());
+        }
+    }
+    let form = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("x-www-form-urlencoded"));
+    if form {
+        return Bytes::from(super::secrets::redact_pairs(text));
+    }
+    body.clone()
+}
+
+/// HAR 1.2 text for samples (the recording proxy's `--save-har`), credentials left out:
+/// credential headers, and credentials in query strings, JSON and form bodies.
 pub fn write(samples: &[Sample], base: &str) -> Value {
     let headers = |h: &HeaderMap| -> Vec<Value> {
         h.iter()
@@ -491,10 +625,10 @@ pub fn write(samples: &[Sample], base: &str) -> Value {
             .unwrap_or("")
             .to_owned()
     };
-    let body = |b: &Option<Bytes>| -> (Option<String>, Option<&'static str>) {
-        match b {
+    let body = |b: &Option<Bytes>, h: &HeaderMap| -> (Option<String>, Option<&'static str>) {
+        match b.as_ref().map(|b| redacted_body(b, h)) {
             None => (None, None),
-            Some(b) => match std::str::from_utf8(b) {
+            Some(b) => match std::str::from_utf8(&b) {
                 Ok(s) => (Some(s.to_owned()), None),
                 Err(_) => (
                     Some(base64::engine::general_purpose::STANDARD.encode(b)),
@@ -507,11 +641,11 @@ pub fn write(samples: &[Sample], base: &str) -> Value {
         .iter()
         .map(|s| {
             let url = match &s.query {
-                Some(q) => format!("{base}{}?{q}", s.path),
+                Some(q) => format!("{base}{}?{}", s.path, super::secrets::redact_pairs(q)),
                 None => format!("{base}{}", s.path),
             };
-            let (req_text, req_enc) = body(&s.request_body);
-            let (resp_text, resp_enc) = body(&s.response_body);
+            let (req_text, req_enc) = body(&s.request_body, &s.request_headers);
+            let (resp_text, resp_enc) = body(&s.response_body, &s.response_headers);
             let mut request = serde_json::json!({
                 "method": s.method, "url": url, "httpVersion": "HTTP/1.1",
                 "headers": headers(&s.request_headers), "queryString": [], "cookies": [],
@@ -601,5 +735,62 @@ mod tests {
         );
         assert_eq!(again[0].response_body.as_deref(), Some(&b"done"[..]));
         assert_eq!(again[0].path, "/orders/1");
+    }
+
+    #[test]
+    fn entries_with_very_deep_paths_are_skipped_and_counted() {
+        let deep = format!("http://h{}", "/1".repeat(20_000));
+        let (samples, skipped) = read(serde_json::json!({"log": {"entries": [
+            {"request": {"method": "POST", "url": deep}, "response": {"status": 201}},
+            {"request": {"method": "POST", "url": format!("http://h{}", "/a".repeat(MAX_DEPTH))},
+                "response": {"status": 201}},
+        ]}}));
+        assert_eq!(samples.len(), 1);
+        assert_eq!(
+            skipped.count("entry with a path deeper than 64 segments"),
+            1
+        );
+    }
+
+    #[test]
+    fn unusable_entries_say_where_but_never_the_value() {
+        let bad = |entry: serde_json::Value| {
+            read(serde_json::json!({"log": {"entries": [entry.clone(), entry]}})).1
+        };
+        let ok_response = serde_json::json!({"status": 200});
+        let skipped = bad(serde_json::json!({
+            "request": {"method": "GET", "url": "http://h/", "headers": [
+                {"name": "a", "value": "1"}, {"name": "Authorization", "value": ["tk-planted-1"]}]},
+            "response": ok_response}));
+        let lines = skipped.lines().join("\n");
+        assert!(!lines.contains("planted"), "{lines}");
+        assert!(
+            lines.contains("entry not usable: `request.headers[]` is not a string"),
+            "{lines}"
+        );
+        assert!(
+            lines.contains("t.har entry 1, `request.headers[1]`"),
+            "{lines}"
+        );
+        assert_eq!(skipped.count("entry not usable"), 2);
+        let skipped = bad(serde_json::json!({
+            "request": {"method": "GET", "url": "http://h/"},
+            "response": {"status": "pw-planted-2"}}));
+        let lines = skipped.lines().join("\n");
+        assert!(!lines.contains("planted"), "{lines}");
+        assert!(lines.contains("`response` is not i64"), "{lines}");
+        let skipped =
+            bad(serde_json::json!({"request": {"url": "http://h/"}, "response": ok_response}));
+        let lines = skipped.lines().join("\n");
+        assert!(lines.contains("`request` has no `method`"), "{lines}");
+        let e = read_from(
+            &br#"{"log": "pw-planted-3"}"#[..],
+            "t.har",
+            "t.har",
+            1 << 20,
+        )
+        .expect_err("not a HAR")
+        .to_string();
+        assert!(!e.contains("planted"), "{e}");
     }
 }

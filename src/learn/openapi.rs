@@ -13,7 +13,7 @@
 //! `status`-like property with an `enum` of a few values gets a `when` hint. Each rule gets one
 //! test made from the schema (there is no real exchange to take it from).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 
 use oas3::spec::{ObjectOrReference, ObjectSchema, Schema};
@@ -119,6 +119,43 @@ fn object(schema: &Schema, spec: &oas3::Spec) -> Option<ObjectSchema> {
     }
 }
 
+/// How deep [`schema_holds_secret`] looks into schemas written inline.
+const MAX_SCHEMA_DEPTH: usize = 32;
+
+/// Whether a property anywhere below `schema` (object properties, array items, `allOf`/`anyOf`/
+/// `oneOf`, additional properties) is named as a credential. Each `$ref` is followed once per
+/// question (`seen`), so self-referring schemas end and the walk stays linear in the document;
+/// beyond [`MAX_SCHEMA_DEPTH`] inline levels it answers yes: what cannot be checked is not put
+/// into a payload whole.
+fn schema_holds_secret(
+    schema: &Schema,
+    spec: &oas3::Spec,
+    depth: usize,
+    seen: &mut HashSet<String>,
+) -> bool {
+    if depth > MAX_SCHEMA_DEPTH {
+        return true;
+    }
+    if let Schema::Object(o) = schema {
+        if let ObjectOrReference::Ref { ref_path, .. } = o.as_ref() {
+            if !seen.insert(ref_path.clone()) {
+                return false;
+            }
+        }
+    }
+    let Some(o) = object(schema, spec) else {
+        return false;
+    };
+    let mut below = |s: &Schema| schema_holds_secret(s, spec, depth + 1, seen);
+    o.properties
+        .iter()
+        .any(|(k, p)| secrets::is_secret_key(k) || below(p))
+        || o.items.as_deref().is_some_and(&mut below)
+        || o.prefix_items.iter().any(&mut below)
+        || o.additional_properties.as_ref().is_some_and(&mut below)
+        || o.all_of.iter().chain(&o.any_of).chain(&o.one_of).any(below)
+}
+
 /// `{order-id}` → `order_id`: names the router accepts.
 fn param(name: &str) -> String {
     let mut s: String = name
@@ -174,6 +211,8 @@ struct Op {
     properties: Vec<String>,
     /// The properties declared as strings (their synthetic test value is `"1"`, not `1`).
     strings: Vec<String>,
+    /// The properties named as credentials or holding one at any depth (`data.token`).
+    secret_properties: Vec<String>,
     json_body: bool,
     location: bool,
     outcome: Option<(String, Vec<String>)>,
@@ -233,6 +272,7 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
         let mut statuses = BTreeSet::new();
         let mut properties = Vec::new();
         let mut strings = Vec::new();
+        let mut secret_properties = Vec::new();
         let (mut json_body, mut location, mut outcome) = (false, false, None);
         let responses = op.responses(spec);
         for (code, response) in &responses {
@@ -257,6 +297,15 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
                 if properties.is_empty() {
                     if let Some(o) = media.schema.as_ref().and_then(|s| object(s, spec)) {
                         properties = o.properties.keys().cloned().collect();
+                        secret_properties = o
+                            .properties
+                            .iter()
+                            .filter(|(k, p)| {
+                                secrets::is_secret_key(k)
+                                    || schema_holds_secret(p, spec, 0, &mut HashSet::new())
+                            })
+                            .map(|(k, _)| k.clone())
+                            .collect();
                         strings = o
                             .properties
                             .iter()
@@ -295,6 +344,7 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
             statuses: BTreeSet::new(),
             properties: Vec::new(),
             strings: Vec::new(),
+            secret_properties: Vec::new(),
             json_body: false,
             location: false,
             outcome: None,
@@ -305,6 +355,7 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
         if entry.properties.is_empty() {
             entry.properties = properties;
             entry.strings = strings;
+            entry.secret_properties = secret_properties;
         }
         entry.json_body |= json_body;
         entry.location |= location;
@@ -327,7 +378,12 @@ fn propose_from(spec: &oas3::Spec, name: &str) -> Proposal {
         notes.push("Writes without a 2xx response:".into());
         notes.extend(without_2xx.into_iter().map(|l| format!("  {l}")));
     }
-    let mut ordered: Vec<Op> = ops.into_values().collect();
+    let mut too_many = propose::TooManyParams::default();
+    let mut ordered: Vec<Op> = ops
+        .into_values()
+        .filter(|o| !too_many.left_out(&o.template, o.methods.len()))
+        .collect();
+    notes.extend(too_many.notes("operation"));
     ordered.sort_by_key(|o| (o.template.segments.len(), o.template.text()));
     let mut taken = BTreeSet::new();
     let mut rules: Vec<ProposedRule> = ordered
@@ -393,10 +449,10 @@ fn rule(o: Op, topic: String) -> ProposedRule {
         taken.push("location".into());
     }
     if o.json_body {
-        if o.properties.iter().any(|p| secrets::is_secret_key(p)) {
+        if !o.secret_properties.is_empty() {
             for p in &o.properties {
                 let plain = p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                if plain && !secrets::is_secret_key(p) && !taken.contains(p) {
+                if plain && !o.secret_properties.contains(p) && !taken.contains(p) {
                     fields.push((p.clone(), format!("$.response.body.{p}")));
                     taken.push(p.clone());
                 }
@@ -404,6 +460,10 @@ fn rule(o: Op, topic: String) -> ProposedRule {
         } else if !taken.iter().any(|t| t == "body") {
             fields.push(("body".into(), "$.response.body".into()));
         }
+    }
+    if fields.is_empty() && !o.secret_properties.is_empty() {
+        // An empty payload means the whole answer (see `emit`): give the status instead.
+        fields.push(("status".into(), "$.response.status".into()));
     }
     let methods: Vec<String> = o.methods.iter().cloned().collect();
     let statuses: Vec<Status> = o.statuses.iter().cloned().collect();
@@ -613,5 +673,46 @@ components:
         .expect("write");
         let e = learn(&p).expect_err("version 2").to_string();
         assert!(e.contains("only 3.0 and 3.1 are read"), "{e}");
+    }
+
+    #[test]
+    fn nested_credentials_in_a_schema_keep_their_property_out_and_self_references_end() {
+        let spec = json!({
+            "openapi": "3.1.0",
+            "info": {"title": "t", "version": "1"},
+            "paths": {
+                "/logins": {"post": {"responses": {"201": {"description": "ok",
+                    "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "id": {"type": "string"},
+                        "name": {"type": "string"},
+                        "data": {"$ref": "#/components/schemas/Auth"}}}}}}}}},
+                "/grants": {"post": {"responses": {"201": {"description": "ok",
+                    "content": {"application/json": {"schema": {"type": "object", "properties": {
+                        "data": {"$ref": "#/components/schemas/Auth"}}}}}}}}},
+                "/folders": {"post": {"responses": {"201": {"description": "ok",
+                    "content": {"application/json": {"schema":
+                        {"$ref": "#/components/schemas/Folder"}}}}}}}
+            },
+            "components": {"schemas": {
+                "Auth": {"type": "object", "properties": {
+                    "session": {"type": "array", "items": {"type": "object",
+                        "properties": {"refresh_token": {"type": "string"}}}}}},
+                "Folder": {"type": "object", "properties": {
+                    "id": {"type": "string"},
+                    "parent": {"$ref": "#/components/schemas/Folder"},
+                    "children": {"type": "array", "items": {"$ref": "#/components/schemas/Folder"}}}}
+            }}
+        });
+        let out = learn_text(&spec.to_string(), "api.json");
+        assert!(out.contains("name = \"$.response.body.name\""), "{out}");
+        assert!(!out.contains("$.response.body.data"), "{out}");
+        // Nothing clean to list: the status, not the whole answer (an empty payload would be).
+        assert!(out.contains("status = \"$.response.status\""), "{out}");
+        // The login payload is field by field; the folder's, free of credentials, is whole.
+        assert_eq!(
+            out.matches("body = \"$.response.body\"").count(),
+            1,
+            "{out}"
+        );
     }
 }

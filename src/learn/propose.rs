@@ -141,7 +141,11 @@ pub fn learn(samples: &[Sample], sources: &str, skipped: &Skipped) -> Proposal {
     // `/shops/{shop}/orders` becomes `shop_order.created`.
     ordered.sort_by_key(|g| (g.template.segments.len(), g.template.text()));
     let mut topics: BTreeSet<String> = BTreeSet::new();
+    let mut too_many = TooManyParams::default();
     for g in ordered {
+        if too_many.left_out(&g.template, g.ok.len() + g.failed.len()) {
+            continue;
+        }
         if g.ok.is_empty() {
             unused.push(format!(
                 "{} {}: {} ({}), no rule",
@@ -156,6 +160,7 @@ pub fn learn(samples: &[Sample], sources: &str, skipped: &Skipped) -> Proposal {
         rules.push(rule(&g, topic));
     }
     rules.sort_by(|a, b| (&a.path, &a.methods).cmp(&(&b.path, &b.methods)));
+    notes.extend(too_many.notes("exchange"));
     if !unused.is_empty() {
         notes.push("Writes that never succeeded:".into());
         notes.extend(unused.into_iter().map(|l| format!("  {l}")));
@@ -164,6 +169,50 @@ pub fn learn(samples: &[Sample], sources: &str, skipped: &Skipped) -> Proposal {
         rules,
         notes,
         vault,
+    }
+}
+
+/// Templates with more parameters than the router accepts
+/// ([`MAX_PARAMETERS`](crate::rules::router::MAX_PARAMETERS)): one such rule would make the
+/// whole file fail to load, so they are left out and counted in the header.
+#[derive(Debug, Default)]
+pub(crate) struct TooManyParams {
+    templates: usize,
+    exchanges: usize,
+    /// The first one, shortened, as an example.
+    example: Option<String>,
+}
+
+impl TooManyParams {
+    /// Whether `template` is left out (and then counts it, with the `n` exchanges or
+    /// operations under it).
+    pub(crate) fn left_out(&mut self, template: &Template, n: usize) -> bool {
+        let params = template.params().count();
+        if params <= crate::rules::router::MAX_PARAMETERS {
+            return false;
+        }
+        self.templates += 1;
+        self.exchanges += n;
+        self.example.get_or_insert_with(|| {
+            let text = template.text();
+            let short: String = text.chars().take(80).collect();
+            let more = if short.len() < text.len() { "…" } else { "" };
+            format!("{short}{more} ({params} parameters)")
+        });
+        true
+    }
+
+    /// The header note; `unit` names what was counted (`exchange`, `operation`).
+    pub(crate) fn notes(&self, unit: &str) -> Vec<String> {
+        let Some(example) = &self.example else {
+            return Vec::new();
+        };
+        vec![format!(
+            "Left out: {} with more than {} path parameters (the router's limit), {}; e.g. {example}",
+            plural(self.templates, "path template"),
+            crate::rules::router::MAX_PARAMETERS,
+            plural(self.exchanges, unit),
+        )]
     }
 }
 
@@ -291,7 +340,8 @@ fn plain(name: &str) -> bool {
 }
 
 /// The payload fields for a JSON body at `base` (`$.response.body`): the whole body as `name`,
-/// or, when some sample's body has credential fields, each other top-level field on its own.
+/// or, when some sample's body holds a credential anywhere (`{"data": {"token": ..}}`), each
+/// top-level field on its own whose whole subtree is free of credentials in every sample.
 fn body_fields(
     bodies: &[Value],
     base: &str,
@@ -300,20 +350,23 @@ fn body_fields(
 ) -> Vec<(String, String)> {
     let objects: Vec<&serde_json::Map<String, Value>> =
         bodies.iter().filter_map(Value::as_object).collect();
-    let has_secret = objects
-        .iter()
-        .any(|o| o.keys().any(|k| secrets::is_secret_key(k)));
-    if !has_secret {
+    if !bodies.iter().any(secrets::holds_secret) {
         if taken.iter().any(|t| t == name) {
             return Vec::new();
         }
         taken.push(name.to_owned());
         return vec![(name.to_owned(), base.to_owned())];
     }
+    let tainted = |k: &str| {
+        secrets::is_secret_key(k)
+            || objects
+                .iter()
+                .any(|o| o.get(k).is_some_and(secrets::holds_secret))
+    };
     let mut out = Vec::new();
-    for o in objects {
+    for o in &objects {
         for k in o.keys() {
-            if secrets::is_secret_key(k) || !plain(k) || taken.iter().any(|t| t == k) {
+            if !plain(k) || taken.iter().any(|t| t == k) || tainted(k) {
                 continue;
             }
             taken.push(k.clone());
@@ -386,6 +439,10 @@ fn rule(g: &Group, topic: String) -> ProposedRule {
                 &mut taken,
             ));
         }
+    }
+    if fields.is_empty() && responses.iter().any(secrets::holds_secret) {
+        // An empty payload means the whole answer (see `emit`): give the status instead.
+        fields.push(("status".into(), "$.response.status".into()));
     }
     let when_hint = outcome_hint(&responses, g.ok.len());
     let mut comments = vec![format!(
@@ -773,6 +830,105 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn nested_credentials_keep_their_whole_subtree_out_of_the_payload() {
+        let samples = vec![
+            sample(
+                "POST",
+                "/logins",
+                201,
+                None,
+                Some(
+                    json!({"id": 7, "data": {"token": "tk-planted-1"}, "name": "ada",
+                    "items": [{"sku": "a", "api_key": "ak-planted-2"}]}),
+                ),
+            ),
+            // No answer body: the request body is the payload, with the same care.
+            sample(
+                "POST",
+                "/users",
+                204,
+                Some(json!({"user": {"name": "ada", "password": "pw-planted-3"}, "plan": "pro"})),
+                None,
+            ),
+            sample(
+                "POST",
+                "/notes",
+                201,
+                None,
+                Some(json!({"id": 1, "data": {"text": "hi"}})),
+            ),
+        ];
+        let p = learn(&samples, "test", &Skipped::default());
+        let fields = |topic: &str| -> Vec<(String, String)> {
+            p.rules
+                .iter()
+                .find(|r| r.topic == topic)
+                .unwrap_or_else(|| panic!("{topic}: {:?}", topics(&p)))
+                .fields
+                .clone()
+        };
+        let pair = |n: &str, path: &str| (n.to_owned(), path.to_owned());
+        assert_eq!(
+            fields("login.created"),
+            [
+                pair("id", "$.response.body.id"),
+                pair("name", "$.response.body.name")
+            ]
+        );
+        assert_eq!(
+            fields("user.created"),
+            [pair("plan", "$.request.body.plan")]
+        );
+        // A clean body is still passed whole.
+        assert!(fields("note.created").contains(&pair("body", "$.response.body")));
+        let text = super::super::emit::render(&p, 1 << 20).expect("renders");
+        assert!(!text.contains("planted"), "{text}");
+    }
+
+    #[test]
+    fn a_session_cookie_does_not_stop_a_session_rule_from_printing() {
+        let mut s = sample("POST", "/sessions", 201, None, Some(json!({"id": 4})));
+        s.request_headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_static("session=ck-planted-1"),
+        );
+        s.response_headers.insert(
+            http::header::SET_COOKIE,
+            HeaderValue::from_static(
+                "session=sc-planted-2; Path=/; Expires=Wednesday, 21-Oct-2026 07:28:00 GMT; Secure",
+            ),
+        );
+        let p = learn(&[s], "test", &Skipped::default());
+        let text = super::super::emit::render(&p, 1 << 20).expect("renders");
+        assert!(text.contains("topic = \"session.created\""), "{text}");
+        assert!(!text.contains("planted"), "{text}");
+    }
+
+    #[test]
+    fn templates_with_more_parameters_than_the_router_takes_are_left_out_and_noted() {
+        let over = "/x/1".repeat(crate::rules::router::MAX_PARAMETERS + 1);
+        let at = "/y/1".repeat(crate::rules::router::MAX_PARAMETERS);
+        let samples = vec![
+            sample("POST", &over, 201, None, Some(json!({"id": 1}))),
+            sample("PUT", &over, 500, None, None),
+            sample("POST", &at, 201, None, Some(json!({"id": 2}))),
+            sample("POST", "/orders", 201, None, Some(json!({"id": 3}))),
+        ];
+        let p = learn(&samples, "test", &Skipped::default());
+        let text = super::super::emit::render(&p, 1 << 20).expect("the rest loads");
+        assert_eq!(text.matches("[[rule]]").count(), 2, "{text}");
+        assert!(text.contains("topic = \"order.created\""), "{text}");
+        assert!(
+            text.contains(
+                "Left out: 1 path template with more than 25 path parameters (the router's \
+                 limit), 2 exchanges; e.g. /x/{x}/x/{x2}/x/{x3}"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("(26 parameters)"), "{text}");
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //!
 //! Request bodies are read whole before they are forwarded (up to `max_body`; a bigger one is
 //! answered `413`); response bodies stream through, copied up to `max_body`.
+//!
+//! Bounds ([`Limits`]): the upstream gets a connect and a read timeout (an app that hangs is
+//! answered `502`, the exchange counted); at most `concurrency` exchanges are in flight (others
+//! wait their turn before their body is read), so the copies in flight stay in proportion to
+//! `concurrency × max_body`; recorded bodies share a total budget, beyond which exchanges
+//! are recorded without their bodies and counted. The client's `Host` header is not forwarded:
+//! the upstream gets its own.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +41,29 @@ pub struct Options {
     pub max_body: usize,
 }
 
+/// The recording proxy's bounds (see the module documentation).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    /// Between reads of the upstream's answer (also before its head arrives).
+    pub read_timeout: Duration,
+    /// Exchanges in flight at once.
+    pub concurrency: usize,
+    /// Bytes of recorded bodies (request and response, decoded) over the whole recording.
+    pub body_budget: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            concurrency: 64,
+            body_budget: 512 << 20,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("--upstream `{0}` is not an address such as 127.0.0.1:8000 or http://app:8000")]
@@ -56,6 +86,10 @@ struct Recorder {
     samples: Mutex<Vec<Sample>>,
     skipped: Mutex<Skipped>,
     count: AtomicUsize,
+    /// Bytes of bodies recorded so far (under the `samples` lock).
+    body_bytes: AtomicUsize,
+    body_budget: usize,
+    in_flight: Arc<tokio::sync::Semaphore>,
     enough: Option<usize>,
     done: tokio::sync::Notify,
 }
@@ -77,13 +111,28 @@ fn hop_by_hop(name: &str) -> bool {
 
 fn copy_headers(from: &HeaderMap) -> HeaderMap {
     from.iter()
-        .filter(|(n, _)| !hop_by_hop(n.as_str()))
+        .filter(|(n, _)| !hop_by_hop(n.as_str()) && *n != axum::http::header::HOST)
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect()
 }
 
 /// Records samples until Ctrl-C, `duration` or `requests`; returns them.
 pub async fn record(o: Options) -> Result<(Vec<Sample>, Skipped), RecordError> {
+    let listener = tokio::net::TcpListener::bind(o.listen)
+        .await
+        .map_err(|source| RecordError::Bind {
+            addr: o.listen,
+            source,
+        })?;
+    record_on(listener, o, Limits::default()).await
+}
+
+/// [`record`] on a bound listener (`o.listen` is then not used), with the given bounds.
+pub async fn record_on(
+    listener: tokio::net::TcpListener,
+    o: Options,
+    limits: Limits,
+) -> Result<(Vec<Sample>, Skipped), RecordError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let base = if o.upstream.contains("://") {
         o.upstream.trim_end_matches('/').to_owned()
@@ -97,6 +146,8 @@ pub async fn record(o: Options) -> Result<(Vec<Sample>, Skipped), RecordError> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .connect_timeout(limits.connect_timeout)
+        .read_timeout(limits.read_timeout)
         .build()
         .map_err(|e| RecordError::Client(e.to_string()))?;
     let recorder = Arc::new(Recorder {
@@ -106,15 +157,12 @@ pub async fn record(o: Options) -> Result<(Vec<Sample>, Skipped), RecordError> {
         samples: Mutex::new(Vec::new()),
         skipped: Mutex::new(Skipped::default()),
         count: AtomicUsize::new(0),
+        body_bytes: AtomicUsize::new(0),
+        body_budget: limits.body_budget,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(limits.concurrency.max(1))),
         enough: o.requests,
         done: tokio::sync::Notify::new(),
     });
-    let listener = tokio::net::TcpListener::bind(o.listen)
-        .await
-        .map_err(|source| RecordError::Bind {
-            addr: o.listen,
-            source,
-        })?;
     let addr = listener.local_addr().map_err(RecordError::Serve)?;
     eprintln!(
         "hooktap: recording on http://{addr}, forwarding to {base}; stop with Ctrl-C{}{}",
@@ -187,6 +235,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Recorder {
     fn add(&self, mut sample: Sample) {
         let mut samples = lock(&self.samples);
+        let size = sample.request_body.as_ref().map_or(0, Bytes::len)
+            + sample.response_body.as_ref().map_or(0, Bytes::len);
+        let used = self.body_bytes.load(Ordering::SeqCst);
+        if used.saturating_add(size) > self.body_budget {
+            sample.request_body = None;
+            sample.response_body = None;
+            self.skip(
+                &format!(
+                    "bodies over the recording's budget of {} bytes, recorded without them",
+                    self.body_budget
+                ),
+                &format!("{} {}", sample.method, sample.path),
+            );
+        } else {
+            self.body_bytes.store(used + size, Ordering::SeqCst);
+        }
         sample.origin = format!("recorded exchange {}", samples.len() + 1);
         samples.push(sample);
         drop(samples);
@@ -212,6 +276,14 @@ fn plain(copy: BodyCapture, headers: &mut HeaderMap, max: usize) -> Option<Bytes
 }
 
 async fn forward(State(r): State<Arc<Recorder>>, req: Request) -> Response {
+    // Held until the answer has streamed through (it moves into the `Tee`).
+    let Ok(permit) = Arc::clone(&r.in_flight).acquire_owned().await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "hooktap learn is stopping\n",
+        )
+            .into_response();
+    };
     let (parts, body) = req.into_parts();
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
@@ -244,7 +316,7 @@ async fn forward(State(r): State<Arc<Recorder>>, req: Request) -> Response {
         Ok(resp) => resp,
         Err(e) => {
             r.skip("the app did not answer, answered 502", &place);
-            tracing::warn!(error = %e, %url, "the app did not answer");
+            tracing::warn!(error = %e, %place, "the app did not answer");
             return (
                 StatusCode::BAD_GATEWAY,
                 "the app did not answer hooktap learn\n",
@@ -273,6 +345,7 @@ async fn forward(State(r): State<Arc<Recorder>>, req: Request) -> Response {
         copy: BodyCapture::new(r.max_body),
         sample: Some(sample),
         recorder: Arc::clone(&r),
+        _permit: permit,
     };
     let stream = futures_util::stream::unfold(Some(tee), |state| async move {
         let mut tee = state?;
@@ -308,6 +381,7 @@ struct Tee {
     /// Taken when recorded.
     sample: Option<Sample>,
     recorder: Arc<Recorder>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Tee {

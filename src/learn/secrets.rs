@@ -216,10 +216,28 @@ impl Vault {
         for (name, value) in headers {
             let v = String::from_utf8_lossy(value.as_bytes());
             let n = name.as_str();
-            let credential = matches!(
-                n,
-                "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
-            ) || is_credential_key(n);
+            match n {
+                // Only the values: cookie names (`session`), attributes (`Path`, `HttpOnly`)
+                // and dates are ordinary words that also appear in rules (`session.created`).
+                "cookie" => {
+                    for pair in v.split(';') {
+                        if let Some((_, value)) = pair.split_once('=') {
+                            self.remember(value);
+                        }
+                    }
+                    continue;
+                }
+                "set-cookie" => {
+                    let first = v.split(';').next().unwrap_or_default();
+                    if let Some((_, value)) = first.split_once('=') {
+                        self.remember(value);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let credential =
+                matches!(n, "authorization" | "proxy-authorization") || is_credential_key(n);
             if credential || looks_like_secret(&v) {
                 self.remember(&v);
             }
@@ -294,6 +312,16 @@ fn is_scheme(s: &str) -> bool {
     )
 }
 
+/// Whether a field anywhere in `value` (at any depth, in arrays too) is named as a credential:
+/// `{"data": {"token": ..}}`, `{"users": [{"password": ..}]}`.
+pub fn holds_secret(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| is_secret_key(k) || holds_secret(v)),
+        Value::Array(items) => items.iter().any(holds_secret),
+        _ => false,
+    }
+}
+
 /// A JSON value with credentials taken out: secret-named fields dropped, token-like strings
 /// replaced by [`REDACTED`].
 pub fn redact_json(value: &Value) -> Value {
@@ -331,6 +359,37 @@ pub fn redact_pairs(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cookies_give_their_values_not_their_names_attributes_or_dates() {
+        let mut vault = Vault::default();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            http::HeaderValue::from_static("session=ck-planted-1; preferences=dark-mode-on"),
+        );
+        h.append(
+            "set-cookie",
+            http::HeaderValue::from_static(
+                "session=sc-planted-2; Path=/; Domain=shop.example; \
+                 Expires=Wednesday, 21-Oct-2026 07:28:00 GMT; HttpOnly; Secure; SameSite=Strict",
+            ),
+        );
+        vault.headers(&h);
+        assert_eq!(vault.leak_in("x ck-planted-1"), Some("ck-planted-1"));
+        assert_eq!(vault.leak_in("x sc-planted-2"), Some("sc-planted-2"));
+        assert_eq!(vault.leak_in("x dark-mode-on"), Some("dark-mode-on"));
+        for ordinary in [
+            "topic = \"session.created\"",
+            "preferences",
+            "shop.example",
+            "Wednesday",
+            "07:28:00",
+            "HttpOnly SameSite Strict",
+        ] {
+            assert_eq!(vault.leak_in(ordinary), None, "{ordinary}");
+        }
+    }
 
     #[test]
     fn names_that_say_credential() {

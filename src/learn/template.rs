@@ -3,15 +3,16 @@
 //! All paths go into one tree of segments. At each node, children that look like values are
 //! merged into one parameter child: numbers, UUIDs, long hex, codes such as `QVMCL` or `T-1001`
 //! (upper-case or mixed letters and digits), and slugs such as `summer-night` when a plural
-//! collection has several of them (or ids beside them). A node with more than
-//! [`MANY_VALUES`] distinct children takes them all as values. Fixed segments stay, so
+//! collection has several of them (or ids beside them). A plural collection with more than
+//! [`MANY_VALUES`] distinct children takes them all as values (the root, `/api` or `/v1` never
+//! do: many collections side by side stay names). Fixed segments stay, so
 //! `/orders/new` and `/orders/{order}` are two templates, which the router tells apart as
 //! hooktap's does (the literal wins).
 //!
 //! A parameter is named after the collection it follows, singular: `/orders/17` →
 //! `/orders/{order}`; without a collection before it, `{id}`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::naming;
 
@@ -99,7 +100,9 @@ impl Node {
         let slugs = keys.iter().filter(|k| looks_like_slug(k)).count();
         let plural_parent = parent.is_some_and(naming::is_plural);
         let take_slugs = plural_parent && (slugs >= 3 || (slugs >= 2 && ids > 0));
-        let take_all = keys.len() > MANY_VALUES;
+        // Only below a plural collection: an API root or `/api` with many collections keeps
+        // them apart (`/api/orders` and `/api/users` are not one `{id}`).
+        let take_all = plural_parent && keys.len() > MANY_VALUES;
         let values: Vec<String> = self
             .literals
             .keys()
@@ -195,7 +198,7 @@ impl Templates {
     pub fn of(&self, path: &str) -> Template {
         let mut node = Some(&self.root);
         let mut segments = Vec::new();
-        let mut used: Vec<String> = Vec::new();
+        let mut names = Names::default();
         let mut previous: Option<&str> = None;
         for seg in split(path) {
             let literal = node.and_then(|n| n.literals.get(seg));
@@ -211,14 +214,7 @@ impl Templates {
                 }
                 (None, Some(next)) => {
                     let base = previous.map_or_else(|| "id".to_owned(), naming::param_name);
-                    let mut name = base.clone();
-                    let mut n = 2;
-                    while used.contains(&name) {
-                        name = format!("{base}{n}");
-                        n += 1;
-                    }
-                    used.push(name.clone());
-                    segments.push(Segment::Param(name));
+                    segments.push(Segment::Param(names.fresh(base)));
                     node = Some(next);
                     previous = None;
                 }
@@ -226,14 +222,7 @@ impl Templates {
                     // Not seen while inferring: judge the segment alone.
                     if looks_like_id(seg) {
                         let base = previous.map_or_else(|| "id".to_owned(), naming::param_name);
-                        let mut name = base.clone();
-                        let mut n = 2;
-                        while used.contains(&name) {
-                            name = format!("{base}{n}");
-                            n += 1;
-                        }
-                        used.push(name.clone());
-                        segments.push(Segment::Param(name));
+                        segments.push(Segment::Param(names.fresh(base)));
                         previous = None;
                     } else {
                         segments.push(Segment::Literal {
@@ -247,6 +236,31 @@ impl Templates {
             }
         }
         Template { segments }
+    }
+}
+
+/// Unique parameter names within one template: `{id}`, `{id2}`, … Each base name keeps its next
+/// number, so naming stays linear in the number of parameters (a hostile path of 20,000 `/1`
+/// segments must not take quadratic or cubic time).
+#[derive(Default)]
+struct Names {
+    used: HashSet<String>,
+    next: HashMap<String, usize>,
+}
+
+impl Names {
+    fn fresh(&mut self, base: String) -> String {
+        if self.used.insert(base.clone()) {
+            return base;
+        }
+        let n = self.next.entry(base.clone()).or_insert(2);
+        loop {
+            let name = format!("{base}{n}");
+            *n += 1;
+            if self.used.insert(name.clone()) {
+                return name;
+            }
+        }
     }
 }
 
@@ -343,5 +357,56 @@ mod tests {
         assert_eq!(t.of(&deep).segments.len(), 200_000);
         assert_eq!(t.of("/b/2").text(), "/b/{b}");
         assert_eq!(t.of("/1/2").text(), "/{id}/{id2}");
+    }
+
+    #[test]
+    fn many_collections_under_an_api_prefix_or_the_root_stay_names() {
+        let collections = [
+            "orders",
+            "users",
+            "products",
+            "carts",
+            "invoices",
+            "refunds",
+            "coupons",
+            "reviews",
+            "shipments",
+            "payments",
+        ];
+        let mut paths: Vec<String> = collections.iter().map(|c| format!("/api/{c}")).collect();
+        paths.extend(collections.iter().map(|c| format!("/{c}")));
+        paths.extend(
+            [
+                "/favicon.ico",
+                "/main.js",
+                "/robots.txt",
+                "/styles.css",
+                "/index.html",
+            ]
+            .map(String::from),
+        );
+        let t = Templates::infer(paths.iter().map(String::as_str));
+        for p in &paths {
+            assert_eq!(&t.of(p).text(), p);
+        }
+        assert_eq!(t.of("/api/orders/17").text(), "/api/orders/{order}");
+    }
+
+    #[test]
+    fn a_huge_path_of_values_is_named_in_linear_time() {
+        // Quadratic-per-segment naming made this hang; finishing at all is the check.
+        let huge = "/1".repeat(20_000);
+        let t = Templates::infer([huge.as_str(), "/orders/1"]);
+        let template = t.of(&huge);
+        let names: Vec<&str> = template.params().collect();
+        assert_eq!(names.len(), 20_000);
+        assert_eq!(names[0], "id");
+        assert_eq!(names[1], "id2");
+        assert_eq!(names[19_999], "id20000");
+        // `{id2}` taken by a base of its own does not repeat.
+        let mut names = Names::default();
+        assert_eq!(names.fresh("id".into()), "id");
+        assert_eq!(names.fresh("id2".into()), "id2");
+        assert_eq!(names.fresh("id".into()), "id3");
     }
 }

@@ -601,6 +601,10 @@ async fn learns_a_nested_api_with_codes_and_actions_without_leaking_credentials(
         call("POST", "/v2/sessions")
             .json(json!({"username": "ops", "password": "wrong-password-123"})),
         call("GET", "/v2/venues/QVMCL"),
+        call(
+            "GET",
+            "/v2/venues/QVMCL?access_token=qk-planted-5555&lang=en",
+        ),
         call("POST", "/v2/venues/QVMCL/bookings")
             .json(json!({"seats": 2}))
             .auth(),
@@ -654,10 +658,25 @@ async fn learns_a_nested_api_with_codes_and_actions_without_leaking_credentials(
     ] {
         assert!(!rules.contains(secret), "{secret} leaked into:\n{rules}");
     }
-    // The saved HAR keeps bodies but no credential headers.
+    // The saved HAR keeps bodies but no credential headers, no credentials in bodies or query
+    // strings, and only its owner may read it.
     let har_text = std::fs::read_to_string(&har).expect("har");
-    assert!(!har_text.contains(&format!("Bearer {SESSION_TOKEN}")));
-    assert!(!har_text.contains("cookie-session-4242xyz"));
+    for secret in [
+        SESSION_TOKEN,
+        PASSWORD,
+        "wrong-password-123",
+        "cookie-session-4242xyz",
+        "qk-planted-5555",
+    ] {
+        assert!(!har_text.contains(secret), "{secret} kept in the HAR");
+    }
+    assert!(har_text.contains(r#"\"seats\":2"#), "bodies are kept");
+    assert!(har_text.contains("lang=en"), "queries are kept");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&har).expect("har").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
     assert_checks_and_tests(&rules);
 
     let new_traffic = vec![
@@ -744,12 +763,12 @@ async fn learns_a_nested_api_with_codes_and_actions_without_leaking_credentials(
     assert!(out.contains("every successful write is covered"), "{out}");
     assert!(
         out.lines().any(|l| l.starts_with(
-            "recorded.har entry 4  POST /v2/venues/QVMCL/bookings -> 201: booking.created {\"venue\":\"QVMCL\",\"code\":\"BK7Q1X\""
+            "recorded.har entry 5  POST /v2/venues/QVMCL/bookings -> 201: booking.created {\"venue\":\"QVMCL\",\"code\":\"BK7Q1X\""
         )),
         "{out}"
     );
     assert!(
-        out.contains("recorded.har entry 5  POST /v2/venues/QVMCL/bookings -> 422: no event"),
+        out.contains("recorded.har entry 6  POST /v2/venues/QVMCL/bookings -> 422: no event"),
         "{out}"
     );
 }
@@ -910,7 +929,7 @@ fn learn_from_damaged_har_files_skips_with_counts_and_never_prints_a_credential(
     for said in [
         "1 × entry without a response (status 0 or invalid) (first: damaged.har entry 10)",
         "1 × entry with an unusable URL (first: damaged.har entry 11)",
-        "1 × entry not usable (invalid type: string \"nonsense\"",
+        "1 × entry not usable: `request` is not an object (first: damaged.har entry",
         "1 × request body over 16384 bytes, left out (first: damaged.har entry 7)",
         "1 × response body declared JSON is not valid JSON (kept as text) (first: damaged.har entry 8)",
         "1 × response body: invalid base64, left out (first: damaged.har entry 9)",
@@ -922,6 +941,8 @@ fn learn_from_damaged_har_files_skips_with_counts_and_never_prints_a_credential(
             "the file's header lacks `{said}`:\n{stdout}"
         );
     }
+    // Where an entry goes wrong is said, never the value there (it may be a credential).
+    assert!(!stderr.contains("nonsense"), "{stderr}");
     let topics: BTreeSet<String> = rules_of(&stdout).into_iter().map(|(_, _, t)| t).collect();
     assert_eq!(
         topics,
@@ -1112,4 +1133,127 @@ async fn the_recording_proxy_refuses_bodies_over_its_limit_and_stops_on_sigterm(
     let text = std::fs::read_to_string(&rules).expect("rules written after SIGTERM");
     let topics: Vec<String> = rules_of(&text).into_iter().map(|(_, _, t)| t).collect();
     assert_eq!(topics, ["order.created"], "{text}");
+}
+
+/// The recording proxy's bounds, run in process on a listener bound to port 0: an upstream that
+/// never answers is cut off by the read timeout (`502`, counted), no more exchanges than the
+/// limit are in flight at the upstream, bodies beyond the total budget are left out and
+/// counted, and the upstream gets its own `Host`, not the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recording_proxy_times_out_limits_concurrency_budgets_bodies_and_sets_host() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Clone, Default)]
+    struct Seen {
+        now: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+    let seen = Seen::default();
+    let app = Router::new()
+        .route(
+            "/host",
+            get(|h: HeaderMap| async move {
+                h.get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            }),
+        )
+        .route(
+            "/hang",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "never"
+            }),
+        )
+        .route("/echo", post(|b: Bytes| async move { b }))
+        .route(
+            "/slow",
+            post(|State(s): State<Seen>| async move {
+                let n = s.now.fetch_add(1, Ordering::SeqCst) + 1;
+                s.most.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                s.now.fetch_sub(1, Ordering::SeqCst);
+                "ok"
+            }),
+        )
+        .with_state(seen.clone());
+    let upstream = serve(app).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let options = hooktap::learn::record::Options {
+        listen: listener.local_addr().expect("addr"),
+        upstream: upstream.to_string(),
+        duration: Some(Duration::from_secs(60)),
+        requests: Some(1 + 3 + 4),
+        max_body: 1 << 20,
+    };
+    let limits = hooktap::learn::record::Limits {
+        connect_timeout: Duration::from_secs(5),
+        read_timeout: Duration::from_millis(300),
+        concurrency: 1,
+        body_budget: 2500,
+    };
+    let recording = tokio::spawn(hooktap::learn::record::record_on(listener, options, limits));
+    let c = client();
+    let host = c
+        .get(format!("{base}/host"))
+        .header(header::HOST, "evil.example:1")
+        .send()
+        .await
+        .expect("host");
+    assert_eq!(host.text().await.expect("text"), upstream.to_string());
+    let hang = c.get(format!("{base}/hang")).send().await.expect("hang");
+    assert_eq!(hang.status(), StatusCode::BAD_GATEWAY);
+    for _ in 0..3 {
+        let r = c
+            .post(format!("{base}/echo"))
+            .body("e".repeat(1000))
+            .send()
+            .await
+            .expect("echo");
+        assert_eq!(
+            r.bytes().await.expect("body").len(),
+            1000,
+            "passes through whole"
+        );
+    }
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, url) = (c.clone(), format!("{base}/slow"));
+            tokio::spawn(async move { c.post(url).send().await.map(|r| r.status()) })
+        })
+        .collect();
+    for s in slow {
+        assert_eq!(s.await.expect("task").expect("slow"), StatusCode::OK);
+    }
+    assert_eq!(
+        seen.most.load(Ordering::SeqCst),
+        1,
+        "one exchange in flight at a time"
+    );
+    let (samples, skipped) = tokio::time::timeout(Duration::from_secs(30), recording)
+        .await
+        .expect("recording stops after its requests")
+        .expect("task")
+        .expect("recorded");
+    let lines = skipped.lines().join("\n");
+    assert_eq!(skipped.count("the app did not answer"), 1, "{lines}");
+    assert_eq!(
+        skipped.count("bodies over the recording's budget of 2500 bytes"),
+        2,
+        "{lines}"
+    );
+    let echoes: Vec<Option<usize>> = samples
+        .iter()
+        .filter(|s| s.path == "/echo")
+        .map(|s| s.request_body.as_ref().map(|b| b.len()))
+        .collect();
+    assert_eq!(echoes, [Some(1000), None, None]);
+    let host = samples
+        .iter()
+        .find(|s| s.path == "/host")
+        .expect("host sample");
+    assert!(!host.request_headers.contains_key(header::HOST));
 }

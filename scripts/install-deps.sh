@@ -38,6 +38,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 command -v cargo >/dev/null 2>&1 || {
-  echo "cargo is missing: install Rust 1.85 or newer (https://rustup.rs)" >&2
+  echo "cargo is missing: install Rust 1.86 or newer (https://rustup.rs)" >&2
   exit 1
 }

@@ -782,47 +782,45 @@ http {{
 
     fn start_bare(&self, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
         let dir = self.scratch(name)?;
-        let addr = free_port()?;
-        let mut p = Proc::spawn(
+        self.start_reference(
             "bare pingora",
-            self.cpus("proxy"),
-            &self.me,
-            &[
-                "bare".into(),
-                "--listen".into(),
-                addr.to_string(),
-                "--upstream".into(),
-                self.upstream_addr.to_string(),
-                "--threads".into(),
-                self.opts.proxy_threads.to_string(),
-                "--dir".into(),
-                dir.display().to_string(),
-            ],
-            &[],
-            dir.join("bare.log"),
-        )?;
-        p.wait_ready(addr)?;
-        Ok((p, addr))
+            "bare",
+            &["--dir".into(), dir.display().to_string()],
+            &dir,
+        )
     }
 
     fn start_hyper(&self, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
         let dir = self.scratch(name)?;
+        self.start_reference("hyper reference", "hyper", &[], &dir)
+    }
+
+    /// One of the reference proxies this binary serves (`sub`), in front of the upstream.
+    fn start_reference(
+        &self,
+        label: &str,
+        sub: &str,
+        extra: &[String],
+        dir: &Path,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
         let addr = free_port()?;
+        let mut args = vec![
+            sub.to_owned(),
+            "--listen".into(),
+            addr.to_string(),
+            "--upstream".into(),
+            self.upstream_addr.to_string(),
+            "--threads".into(),
+            self.opts.proxy_threads.to_string(),
+        ];
+        args.extend_from_slice(extra);
         let mut p = Proc::spawn(
-            "hyper reference",
+            label,
             self.cpus("proxy"),
             &self.me,
-            &[
-                "hyper".into(),
-                "--listen".into(),
-                addr.to_string(),
-                "--upstream".into(),
-                self.upstream_addr.to_string(),
-                "--threads".into(),
-                self.opts.proxy_threads.to_string(),
-            ],
+            &args,
             &[],
-            dir.join("hyper.log"),
+            dir.join(format!("{sub}.log")),
         )?;
         p.wait_ready(addr)?;
         Ok((p, addr))

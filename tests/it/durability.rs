@@ -178,38 +178,56 @@ fn unsynced(windows: &[(f64, f64)], syncs: &[Sync]) -> Vec<(f64, f64)> {
         .collect()
 }
 
-async fn durable_proxy() -> (TestProxy, TestReceiver, TestUpstream) {
-    let (upstream, addr) = TestUpstream::start().await;
-    let receiver = TestReceiver::start(200).await;
-    let setup = Setup::new(addr).webhook("shop", &receiver, "topics = [\"order.*\"]");
-    let proxy = TestProxy::start_edited(&setup, |c| {
-        c.replace("[store]\n", "[store]\nflush = \"every-event\"\n")
-    })
-    .await;
-    (proxy, receiver, upstream)
+/// hooktap in `every-event` mode in front of the shop, with strace attached.
+struct Traced {
+    proxy: TestProxy,
+    trace: Trace,
+    _receiver: TestReceiver,
+    _upstream: TestUpstream,
 }
 
-fn db_file(proxy: &TestProxy) -> String {
-    // The config's `path = "data"` is relative to the config file's directory.
-    proxy.dir.path().join("data/db").display().to_string()
+impl Traced {
+    async fn start() -> Self {
+        let (upstream, addr) = TestUpstream::start().await;
+        let receiver = TestReceiver::start(200).await;
+        let setup = Setup::new(addr).webhook("shop", &receiver, "topics = [\"order.*\"]");
+        let proxy = TestProxy::start_edited(&setup, |c| {
+            c.replace("[store]\n", "[store]\nflush = \"every-event\"\n")
+        })
+        .await;
+        let trace = Trace::attach(
+            proxy.pid().expect("running"),
+            proxy.dir.path().join("strace.txt"),
+        )
+        .await;
+        Self {
+            proxy,
+            trace,
+            _receiver: receiver,
+            _upstream: upstream,
+        }
+    }
+
+    /// Detaches strace; the syncs of the store's log file (`path = "data"` is relative to the
+    /// config file's directory).
+    async fn syncs(self) -> (TestProxy, Vec<Sync>) {
+        let db = self.proxy.dir.path().join("data/db").display().to_string();
+        let syncs = self.trace.finish(&db).await;
+        (self.proxy, syncs)
+    }
 }
 
 /// One client, one order at a time: each confirmed event had its own sync in its window.
 #[tokio::test]
 async fn every_event_syncs_before_it_answers() {
-    let (proxy, _receiver, _upstream) = durable_proxy().await;
-    let trace = Trace::attach(
-        proxy.pid().expect("running"),
-        proxy.dir.path().join("strace.txt"),
-    )
-    .await;
+    let traced = Traced::start().await;
     let client = client();
-    let url = proxy.url("/orders");
+    let url = traced.proxy.url("/orders");
     let mut windows = Vec::new();
     for i in 0..30 {
         windows.push(timed_order(&client, &url, &format!("buyer{i}@example.com")).await);
     }
-    let syncs = trace.finish(&db_file(&proxy)).await;
+    let (proxy, syncs) = traced.syncs().await;
     let missing = unsynced(&windows, &syncs);
     assert!(
         missing.is_empty(),
@@ -226,14 +244,9 @@ async fn every_event_syncs_before_it_answers() {
 /// (fewer syncs than events: the group commit at work).
 #[tokio::test]
 async fn concurrent_events_share_syncs() {
-    let (proxy, _receiver, _upstream) = durable_proxy().await;
-    let trace = Trace::attach(
-        proxy.pid().expect("running"),
-        proxy.dir.path().join("strace.txt"),
-    )
-    .await;
+    let traced = Traced::start().await;
     let client = client();
-    let url = Arc::new(proxy.url("/orders"));
+    let url = Arc::new(traced.proxy.url("/orders"));
     let clients: Vec<_> = (0..32)
         .map(|c| {
             let (client, url) = (client.clone(), Arc::clone(&url));
@@ -251,7 +264,7 @@ async fn concurrent_events_share_syncs() {
     for c in clients {
         windows.extend(c.await.expect("client"));
     }
-    let syncs = trace.finish(&db_file(&proxy)).await;
+    let (proxy, syncs) = traced.syncs().await;
     let missing = unsynced(&windows, &syncs);
     assert!(
         missing.is_empty(),

@@ -88,7 +88,7 @@ impl Cluster {
             .tempdir()
             .expect("tempdir");
         let as_postgres = is_root();
-        let cluster = Self {
+        let mut cluster = Self {
             bin: bin_dir(),
             port: free_port(),
             as_postgres,
@@ -121,7 +121,20 @@ impl Cluster {
                 .arg(cluster.data())
                 .output(),
         );
-        cluster.start_server();
+        // A port picked free can be taken by another process before the server binds it:
+        // then start again on another one.
+        for attempt in 1.. {
+            match cluster.try_start_server() {
+                Ok(()) => break,
+                Err(why)
+                    if attempt < 3
+                        && (why.contains("could not bind") || why.contains("already in use")) =>
+                {
+                    cluster.port = free_port();
+                }
+                Err(why) => panic!("pg_ctl start failed: {why}"),
+            }
+        }
         cluster
     }
 
@@ -142,6 +155,12 @@ impl Cluster {
 
     /// Starts the server (again, after [`Cluster::kill`]) on the same port.
     pub fn start_server(&self) {
+        if let Err(why) = self.try_start_server() {
+            panic!("pg_ctl start failed: {why}");
+        }
+    }
+
+    fn try_start_server(&self) -> Result<(), String> {
         // HOOKTAP_PG_OPTIONS adds server options (e.g. `-c
         // shared_preload_libraries=pg_stat_statements` to see where a benchmark's time goes).
         let options = format!(
@@ -150,16 +169,27 @@ impl Cluster {
             self.dir.path().display(),
             std::env::var("HOOKTAP_PG_OPTIONS").unwrap_or_default()
         );
-        check(
-            "pg_ctl start",
-            self.command("pg_ctl")
-                .arg("-D")
-                .arg(self.data())
-                .args(["-w", "-t", "30", "-l"])
-                .arg(self.dir.path().join("log"))
-                .args(["-o", &options, "start"])
-                .output(),
-        );
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-w", "-t", "30", "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-o", &options, "start"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run pg_ctl start: {e}"));
+        if out.status.success() {
+            return Ok(());
+        }
+        // pg_ctl only says that the server stopped: its reason is in the server's log.
+        let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        Err(format!(
+            "{}{}\nserver log (last lines):\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
     }
 
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).

@@ -42,6 +42,7 @@ macro_rules! store_contract_tests {
             queue_stats_count_and_age,
             webhooks_are_listed_oldest_first,
             key_heads_are_one_per_key_in_queue_order,
+            a_long_ordering_key_is_stored_and_ordered_like_any,
             a_dedupe_claim_holds_for_its_window,
             a_released_dedupe_claim_can_be_claimed_again,
         );
@@ -571,6 +572,40 @@ pub async fn key_heads_are_one_per_key_in_queue_order(store: Arc<dyn Store>) {
         .expect("heads");
     assert_eq!(ids(&heads.ready), [a2.id]);
     assert_eq!(heads.next_due_ms, None);
+}
+
+/// A key of 4 KB of random text (which no index compresses below its row limit) is stored
+/// as its digest and orders its deliveries like any key.
+pub async fn a_long_ordering_key_is_stored_and_ordered_like_any(store: Arc<dyn Store>) {
+    let mut keyed = spec("keyed");
+    keyed.ordering_key = Some("$.k".to_owned());
+    let w = Webhook::new(keyed, Origin::Api);
+    store.put_webhook(&w).await.expect("put webhook");
+    let text: String = std::iter::repeat_with(|| *Uuid::new_v4().as_bytes())
+        .flatten()
+        .take(4096)
+        .map(|b| char::from(b'!' + b % 94))
+        .collect();
+    let selector = crate::webhook::check_ordering_key("$.k").expect("selector");
+    let key = crate::webhook::ordering_key_of(&selector, &serde_json::json!({ "k": text }));
+    let first = keyed_event(&store, &w, key.as_deref()).await;
+    let second = keyed_event(&store, &w, key.as_deref()).await;
+    let other = keyed_event(&store, &w, Some("B")).await;
+    settle(&store).await;
+    let ids = |ds: &[Delivery]| ds.iter().map(|d| d.id).collect::<Vec<_>>();
+    let now_ms = unix_ms(now()) + 1_000;
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &none())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [first.id, other.id], "one head per key");
+    assert_eq!(heads.ready[0].ordering_key, key);
+    deliver(&store, &first).await;
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &[other.id].into())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [second.id], "then the key's next");
 }
 
 /// A key claimed once is a repeat until its window ends; other keys are not; a repeat does

@@ -43,6 +43,7 @@ macro_rules! store_contract_tests {
             webhooks_are_listed_oldest_first,
             key_heads_are_one_per_key_in_queue_order,
             a_long_ordering_key_is_stored_and_ordered_like_any,
+            a_queued_delivery_waits_for_its_due_time,
             a_dedupe_claim_holds_for_its_window,
             a_released_dedupe_claim_can_be_claimed_again,
         );
@@ -606,6 +607,48 @@ pub async fn a_long_ordering_key_is_stored_and_ordered_like_any(store: Arc<dyn S
         .await
         .expect("heads");
     assert_eq!(ids(&heads.ready), [second.id], "then the key's next");
+}
+
+/// A delivery whose queue time is early but whose retry is not due yet (a keyed retry kept
+/// its place, then the webhook's `ordering_key` was removed) is not returned by `queued`,
+/// and the queue's next time is its due time, not its queue time.
+pub async fn a_queued_delivery_waits_for_its_due_time(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let d = keyed_event(&store, &w, Some("A")).await;
+    settle(&store).await;
+    let now_ms = unix_ms(now()) + 1_000;
+    let mut retried = d.clone();
+    retried.attempts = 1;
+    retried.due_ms = now_ms + 60_000;
+    let change = Recorded {
+        before: d.clone(),
+        after: retried.clone(),
+        attempt: attempt(&d, 1, false),
+    };
+    store
+        .record_attempts(w.id, &[change], None)
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .queued(w.id, now_ms, 10, &none())
+            .await
+            .expect("queue"),
+        vec![],
+        "not due yet"
+    );
+    assert_eq!(
+        store.next_queued(w.id, &none()).await.expect("next"),
+        Some(retried.due_ms)
+    );
+    assert_eq!(
+        store
+            .queued(w.id, retried.due_ms, 10, &none())
+            .await
+            .expect("queue"),
+        vec![retried],
+        "due then"
+    );
 }
 
 /// A key claimed once is a repeat until its window ends; other keys are not; a repeat does

@@ -451,7 +451,9 @@ pub trait Store: Send + Sync + 'static {
     // --- the queue -----------------------------------------------------------------------------
 
     /// Up to `limit` queued deliveries of `webhook` whose queue time is at most `until_ms`,
-    /// in queue order, leaving out those in `skip` (in flight). A shared store leaves out
+    /// in queue order, leaving out those in `skip` (in flight) and those not due by
+    /// `until_ms` (a keyed retry keeps its early queue time after the webhook's
+    /// `ordering_key` is removed). A shared store leaves out
     /// those leased to other instances and leases what it returns to this one.
     async fn queued(
         &self,
@@ -487,7 +489,8 @@ pub trait Store: Send + Sync + 'static {
         skip: &HashSet<Uuid>,
     ) -> Result<KeyHeads, StoreError>;
 
-    /// The queue time of the first queued delivery of `webhook` not in `skip` (for a shared
+    /// When the first queued delivery of `webhook` not in `skip` may go: the later of its
+    /// queue and due times, the earliest over the queue (for a shared
     /// store: the first one this instance may take; another instance's lease running out is
     /// noticed by the scheduler's once-a-second look).
     async fn next_queued(

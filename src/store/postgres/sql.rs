@@ -361,6 +361,10 @@ pub async fn claim(
     claim_in(c, claim, skip, "queue_ms, id").await
 }
 
+/// A delivery's due time, read from its record: a keyed delivery's retry keeps its early
+/// queue time, and once its webhook's `ordering_key` is removed it must still wait for this.
+const DUE_MS: &str = "(record->>'due_ms')::bigint";
+
 /// The same in `order` (columns of `deliveries`). `FOR UPDATE SKIP LOCKED` lets instances
 /// take different deliveries at once; in queue-head order (`seq`) a locked head must be waited
 /// for, not skipped, or the next one would go first (the advisory lock of `claim_head`
@@ -371,10 +375,10 @@ async fn claim_in(
     skip: &HashSet<Uuid>,
     order: &str,
 ) -> Result<Vec<Delivery>, StoreError> {
-    let lock = if order.starts_with("seq") {
-        "FOR UPDATE"
+    let (lock, due) = if order.starts_with("seq") {
+        ("FOR UPDATE", String::new())
     } else {
-        "FOR UPDATE SKIP LOCKED"
+        ("FOR UPDATE SKIP LOCKED", format!("AND {DUE_MS} <= $2"))
     };
     let skip: Vec<Uuid> = skip.iter().copied().collect();
     let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
@@ -383,7 +387,7 @@ async fn claim_in(
                     SELECT id FROM deliveries
                     WHERE webhook_id = $1 AND pending AND queue_ms <= $2
                       AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < hooktap_now_ms())
-                      AND NOT (id = ANY($5))
+                      AND NOT (id = ANY($5)) {due}
                     ORDER BY {order}
                     LIMIT $3
                     {lock})
@@ -513,14 +517,15 @@ pub async fn next_queued(
     let skip: Vec<Uuid> = skip.iter().copied().collect();
     let next = row_opt(
         c,
-        "SELECT queue_ms FROM deliveries
+        &format!(
+            "SELECT min(GREATEST(queue_ms, {DUE_MS})) FROM deliveries
              WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))
-               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())
-             ORDER BY queue_ms, id LIMIT 1",
+               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())"
+        ),
         &[&webhook, &owner, &skip],
     )
     .await?;
-    Ok(next.map(|r| count(r.get(0))))
+    Ok(next.and_then(|r| r.get::<_, Option<i64>>(0)).map(count))
 }
 
 pub async fn queue_stats(c: &impl GenericClient, webhook: Uuid) -> Result<QueueStats, StoreError> {

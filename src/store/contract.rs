@@ -44,6 +44,7 @@ macro_rules! store_contract_tests {
             key_heads_are_one_per_key_in_queue_order,
             a_long_ordering_key_is_stored_and_ordered_like_any,
             a_queued_delivery_waits_for_its_due_time,
+            a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_flight,
             a_dedupe_claim_holds_for_its_window,
             a_released_dedupe_claim_can_be_claimed_again,
         );
@@ -649,6 +650,59 @@ pub async fn a_queued_delivery_waits_for_its_due_time(store: Arc<dyn Store>) {
         vec![retried],
         "due then"
     );
+}
+
+/// Redelivering a keyed head that waits for its retry keeps it in front of its key's later
+/// deliveries; and a key gives nothing while any of its deliveries is in flight, also when a
+/// finished one is redelivered while a later one is out.
+pub async fn a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_flight(
+    store: Arc<dyn Store>,
+) {
+    let mut keyed = spec("keyed");
+    keyed.ordering_key = Some("$.k".to_owned());
+    let w = Webhook::new(keyed, Origin::Api);
+    store.put_webhook(&w).await.expect("put webhook");
+    let a1 = keyed_event(&store, &w, Some("A")).await;
+    let a2 = keyed_event(&store, &w, Some("A")).await;
+    settle(&store).await;
+    let ids = |ds: &[Delivery]| ds.iter().map(|d| d.id).collect::<Vec<_>>();
+    let now_ms = unix_ms(now()) + 1_000;
+
+    // A1 fails and waits for its retry; redelivered by hand, it is due now, still first.
+    let mut retried = a1.clone();
+    retried.attempts = 1;
+    retried.due_ms = now_ms + 60_000;
+    let change = Recorded {
+        before: a1.clone(),
+        after: retried.clone(),
+        attempt: attempt(&a1, 1, false),
+    };
+    store
+        .record_attempts(w.id, &[change], None)
+        .await
+        .expect("record");
+    let again = store.requeue(&retried, now_ms).await.expect("requeue");
+    assert_eq!(again.queue_ms, a1.queue_ms, "keeps its place");
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &none())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [a1.id], "A1 is still A's head");
+
+    // A1 is delivered; A2 goes out; A1 is redelivered meanwhile: A waits for A2.
+    deliver(&store, &again).await;
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &none())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [a2.id]);
+    let done = store.delivery(a1.id).await.expect("read").expect("A1");
+    store.requeue(&done, now_ms).await.expect("requeue");
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &[a2.id].into())
+        .await
+        .expect("heads");
+    assert_eq!(heads.ready, vec![], "A2 is in flight: nothing else of A");
 }
 
 /// A key claimed once is a repeat until its window ends; other keys are not; a repeat does

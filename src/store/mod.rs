@@ -48,7 +48,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::event::{Attempt, DedupeKey, Delivery, Event};
+use crate::event::{Attempt, DedupeKey, Delivery, DeliveryState, Event};
 use crate::webhook::{Counters, Webhook};
 
 pub use self::postgres::{PgConfig, PgStore};
@@ -536,4 +536,15 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every event created before `cutoff` none of whose deliveries is pending, with
     /// its deliveries and their attempts. Runs on a blocking thread.
     fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError>;
+}
+
+/// The queue time of a delivery put back in the queue at `now_ms`: a finished one joins at
+/// the end, a pending one keeps its place if that is earlier (a keyed or ordered head waiting
+/// for its retry stays in front of its key's later deliveries).
+pub(crate) fn requeued_at(delivery: &Delivery, now_ms: u64) -> u64 {
+    if delivery.state == DeliveryState::Pending {
+        delivery.queue_ms.min(now_ms)
+    } else {
+        now_ms
+    }
 }

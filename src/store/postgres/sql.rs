@@ -464,24 +464,33 @@ pub async fn claim_key_heads(
         &[&claim.webhook.to_string()],
     )
     .await?;
+    // A key with any delivery in `skip` (in flight here) gives nothing, not only one whose
+    // head is: a delivery put back in the queue (`requeue`) becomes its key's head again
+    // while a later one of the key may be out.
+    let skip_ids: Vec<Uuid> = skip.iter().copied().collect();
     let heads = rows(
         &tx,
         "SELECT id, record,
-                (lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until >= hooktap_now_ms())
+                (lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until >= hooktap_now_ms()),
+                (ordering_key IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM deliveries s
+                     WHERE s.webhook_id = $1 AND s.pending AND s.ordering_key = heads.ordering_key
+                       AND s.id = ANY($3)))
            FROM (SELECT DISTINCT ON (COALESCE('k' || ordering_key, 'i' || id::text))
-                        id, record, lease_owner, lease_until, seq
+                        id, record, lease_owner, lease_until, seq, ordering_key
                    FROM deliveries
                   WHERE webhook_id = $1 AND pending
                   ORDER BY COALESCE('k' || ordering_key, 'i' || id::text), seq) heads
           ORDER BY seq",
-        &[&claim.webhook, &claim.owner],
+        &[&claim.webhook, &claim.owner, &skip_ids],
     )
     .await?;
     let mut out = KeyHeads::default();
     for r in &heads {
         let id: Uuid = r.try_get(0).map_err(pg_error)?;
         let elsewhere: bool = r.try_get(2).map_err(pg_error)?;
-        if elsewhere || skip.contains(&id) {
+        let key_in_flight: bool = r.try_get(3).map_err(pg_error)?;
+        if elsewhere || key_in_flight || skip.contains(&id) {
             continue;
         }
         let d: Delivery = decode(r, 1)?;
@@ -652,7 +661,7 @@ pub async fn requeue(
     d.state = DeliveryState::Pending;
     d.schedule_start = d.attempts;
     d.due_ms = now_ms;
-    d.queue_ms = now_ms;
+    d.queue_ms = crate::store::requeued_at(delivery, now_ms);
     d.updated_at = OffsetDateTime::now_utc();
     exec(
         c,

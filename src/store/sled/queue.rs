@@ -242,13 +242,15 @@ impl SledStore {
         })
     }
 
-    /// Puts a delivery back in the queue, due at `now_ms` (a redelivery keeps its id).
+    /// Puts a delivery back in the queue, due at `now_ms` (a redelivery keeps its id). A
+    /// delivery still pending keeps an earlier queue time: a keyed or ordered head waiting for
+    /// its retry stays in front of its key's later deliveries.
     pub fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
         let mut d = delivery.clone();
         d.state = DeliveryState::Pending;
         d.schedule_start = d.attempts;
         d.due_ms = now_ms;
-        d.queue_ms = now_ms;
+        d.queue_ms = crate::store::requeued_at(delivery, now_ms);
         d.updated_at = OffsetDateTime::now_utc();
         self.write(|db| {
             // The same order as `record_attempts`: state, new entry, old entry.

@@ -22,8 +22,11 @@ use crate::webhook::{CircuitState, RateLimit};
 /// What the gates say about starting a request now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
-    /// Go (the rate limit's slot is taken, a probe is marked out).
+    /// Go (the rate limit's slot is taken).
     Go,
+    /// Go as the half-open circuit's probe (the rate limit's slot is taken, the probe is
+    /// marked out): only this request's end may release it.
+    Probe,
     /// Not before this instant.
     Wait(Instant),
     /// Not until a request in flight (the probe) ends.
@@ -83,6 +86,7 @@ impl Gates {
         }
         if let State::HalfOpen { .. } = self.state {
             self.state = State::HalfOpen { probing: true };
+            return Admit::Probe;
         }
         Admit::Go
     }
@@ -131,7 +135,8 @@ impl Gates {
         None
     }
 
-    /// A request that took the probe's place but was not sent after all (no request went).
+    /// A request admitted as [`Admit::Probe`] ended without moving the circuit on (it was not
+    /// sent after all, or its outcome was not recorded). Only the probe's own end calls this.
     pub fn release_probe(&mut self) {
         if self.state == (State::HalfOpen { probing: true }) {
             self.state = State::HalfOpen { probing: false };
@@ -174,7 +179,7 @@ mod tests {
         assert_eq!(g.admit(t0 + COOL / 2, None), Admit::Wait(t0 + COOL));
         tokio::time::advance(COOL).await;
         let now = Instant::now();
-        assert_eq!(g.admit(now, None), Admit::Go, "the probe");
+        assert_eq!(g.admit(now, None), Admit::Probe, "the probe");
         assert_eq!(g.circuit().0, CircuitState::HalfOpen);
         assert_eq!(g.admit(now, None), Admit::Busy, "one probe at a time");
         assert_eq!(g.blocked(now, None), Some(Admit::Busy));
@@ -183,7 +188,7 @@ mod tests {
         assert_eq!(g.admit(now, None), Admit::Wait(now + COOL));
         tokio::time::advance(COOL).await;
         let now = Instant::now();
-        assert_eq!(g.admit(now, None), Admit::Go);
+        assert_eq!(g.admit(now, None), Admit::Probe);
         assert_eq!(g.record(true, now, 3, COOL), Some(Change::Closed));
         assert_eq!(g.circuit(), (CircuitState::Closed, None));
         assert_eq!(g.admit(now, None), Admit::Go);
@@ -225,7 +230,7 @@ mod tests {
             match g.admit(now, Some(rate)) {
                 Admit::Go => sent += 1,
                 Admit::Wait(at) => now = at,
-                Admit::Busy => unreachable!("no probe without a failure"),
+                Admit::Busy | Admit::Probe => unreachable!("no probe without a failure"),
             }
         }
         assert_eq!(now - t0, spacing * 23);

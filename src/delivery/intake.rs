@@ -61,11 +61,13 @@ impl Intake {
     /// repeat is counted and dropped. The claim comes first, so that two requests racing with
     /// one key store one event; it is given back when the event cannot be stored. When the
     /// claim cannot be checked (the store failing), the event is stored: a possible duplicate
-    /// beats a lost event.
+    /// beats a lost event. The events metric counts it under `metric_topic` (see
+    /// [`crate::rules::Rule::metric_topic`]).
     pub fn enqueue_derived(
         &self,
         event: &Event,
         dedupe: Option<&Dedupe>,
+        metric_topic: &str,
     ) -> Result<Enqueued, StoreError> {
         let claimed = match dedupe {
             None => None,
@@ -85,7 +87,7 @@ impl Intake {
                 }
             }
         };
-        match self.enqueue_deferred(event) {
+        match self.enqueue_labelled(event, metric_topic) {
             Ok((deliveries, durable)) => Ok(Enqueued::Stored(deliveries, durable)),
             Err(e) => {
                 if let Some(key) = claimed
@@ -119,6 +121,15 @@ impl Intake {
         &self,
         event: &Event,
     ) -> Result<(Vec<Delivery>, Option<Durable>), StoreError> {
+        self.enqueue_labelled(event, &event.topic)
+    }
+
+    /// [`Intake::enqueue_deferred`], counting the event under `metric_topic`.
+    fn enqueue_labelled(
+        &self,
+        event: &Event,
+        metric_topic: &str,
+    ) -> Result<(Vec<Delivery>, Option<Durable>), StoreError> {
         let result = if self.store.is_ready() {
             match self.store_with_deliveries(event) {
                 // The store closed meanwhile (a failure, being reopened): hold it instead.
@@ -132,7 +143,7 @@ impl Intake {
             self.metrics.store_error();
             return result;
         }
-        self.metrics.event(&event.topic, &event.rule);
+        self.metrics.event(metric_topic, &event.rule);
         if self.tap.receiver_count() > 0 {
             let _ = self.tap.send(Arc::new(event.clone()));
         }

@@ -71,8 +71,12 @@ pub fn decide(
                     after.due_ms = unix_ms(now)
                         .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                     // An ordered webhook's retry keeps its place at the head of the queue,
-                    // a keyed delivery its place at the head of its key's queue.
-                    if !webhook.spec.ordered && before.ordering_key.is_none() {
+                    // a keyed delivery its place at the head of its key's queue, as long as
+                    // the webhook (as it is now) orders: once `ordering_key` is removed, a
+                    // delivery stored with a key is sent as any other, at its due time.
+                    let keeps_place = webhook.spec.ordered
+                        || (webhook.spec.ordering_key.is_some() && before.ordering_key.is_some());
+                    if !keeps_place {
                         after.queue_ms = after.due_ms;
                     }
                     Step::Retry { delay }
@@ -472,6 +476,29 @@ mod tests {
         let o = decide(&w, std::slice::from_ref(&d), None, &refused(), NOW);
         assert_eq!(o.changes[0].after.queue_ms, d.queue_ms);
         assert!(o.changes[0].after.due_ms > d.due_ms);
+    }
+
+    /// A keyed retry keeps its place while the webhook has an `ordering_key`; once it is
+    /// removed, a delivery stored with a key moves to its due time like any other.
+    #[test]
+    fn a_keyed_retry_keeps_its_place_only_while_the_webhook_has_a_key() {
+        let mut w = webhook(&[30], 0, false);
+        w.spec.ordering_key = Some("$.k".to_owned());
+        let mut d = delivery(&w, NOW);
+        d.ordering_key = Some("A".to_owned());
+        let o = decide(&w, std::slice::from_ref(&d), None, &refused(), NOW);
+        assert_eq!(
+            o.changes[0].after.queue_ms, d.queue_ms,
+            "keyed: keeps its place"
+        );
+        w.spec.ordering_key = None;
+        let o = decide(&w, std::slice::from_ref(&d), None, &refused(), NOW);
+        let after = &o.changes[0].after;
+        assert!(after.due_ms > d.due_ms);
+        assert_eq!(
+            after.queue_ms, after.due_ms,
+            "key removed: queued at its due time"
+        );
     }
 
     #[test]

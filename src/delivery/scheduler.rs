@@ -174,18 +174,21 @@ impl Engine {
                 .await?;
             let mut due = due.into_iter();
             for delivery in due.by_ref() {
-                let go = self.may_start(target, round.fair) && {
-                    gated = !admit(target, round);
-                    !gated
+                let admitted = if self.may_start(target, round.fair) {
+                    let a = admit(target, round);
+                    gated = a.is_none();
+                    a
+                } else {
+                    None
                 };
-                if !go {
+                let Some(probe) = admitted else {
                     // Not started after all: a shared store's other instances may take it.
                     let mut left = vec![delivery.id];
                     left.extend(due.by_ref().map(|d| d.id));
                     self.store.unclaim(&left).await?;
                     break;
-                }
-                self.start(target, vec![delivery]);
+                };
+                self.start(target, vec![delivery], probe);
             }
         }
         // With room left, the next due time matters; without, a finishing send wakes the loop
@@ -217,8 +220,8 @@ impl Engine {
             if head.due_ms > round.now {
                 round.wake_at(head.due_ms);
             } else if self.may_start(target, round.fair) {
-                if admit(target, round) {
-                    self.start(target, vec![head]);
+                if let Some(probe) = admit(target, round) {
+                    self.start(target, vec![head], probe);
                 } else {
                     // Gated here: a shared store's other instances may send it meanwhile.
                     self.store.unclaim(&[head.id]).await?;
@@ -248,13 +251,18 @@ impl Engine {
         }
         let mut ready = heads.ready.into_iter();
         for delivery in ready.by_ref() {
-            if !self.may_start(target, round.fair) || !admit(target, round) {
+            let admitted = if self.may_start(target, round.fair) {
+                admit(target, round)
+            } else {
+                None
+            };
+            let Some(probe) = admitted else {
                 let mut left = vec![delivery.id];
                 left.extend(ready.by_ref().map(|d| d.id));
                 self.store.unclaim(&left).await?;
                 break;
-            }
-            self.start(target, vec![delivery]);
+            };
+            self.start(target, vec![delivery], probe);
         }
         Ok(())
     }
@@ -287,8 +295,11 @@ impl Engine {
                 .into_iter()
                 .filter(|d| d.attempts == 0 || d.due_ms <= now)
                 .collect();
-            if !batch.is_empty() && self.may_start(target, round.fair) && admit(target, round) {
-                self.start(target, batch);
+            if !batch.is_empty()
+                && self.may_start(target, round.fair)
+                && let Some(probe) = admit(target, round)
+            {
+                self.start(target, batch, probe);
             }
         } else {
             round.wake_at(head.queue_ms);
@@ -296,7 +307,8 @@ impl Engine {
         Ok(())
     }
 
-    fn start(self: &Arc<Self>, target: &Arc<Target>, deliveries: Vec<Delivery>) {
+    /// Starts the request for `deliveries`; `probe`: it was admitted as the circuit's probe.
+    fn start(self: &Arc<Self>, target: &Arc<Target>, deliveries: Vec<Delivery>, probe: bool) {
         let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
         target.set_in_flight(&ids, true);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -310,9 +322,7 @@ impl Engine {
                 tracing::error!(webhook = %guard.target.id, error = %e,
                     "cannot record a delivery attempt; the deliveries stay queued and will be sent again");
             }
-            // A probe whose outcome was recorded has moved the circuit on; one that never went
-            // (its event was missing, the store failed) must not hold the circuit half-open.
-            guard.target.gates().release_probe();
+            ended(&guard.target, probe);
             drop(guard);
         });
     }
@@ -596,19 +606,30 @@ fn wake_ms(round: &Round, now: tokio::time::Instant, at: tokio::time::Instant) -
     round.now.saturating_add(wait.max(1))
 }
 
-/// Asks `target`'s gates (circuit breaker, rate limit) whether a request may start now; when
-/// not, notes when to look again.
-fn admit(target: &Target, round: &mut Round) -> bool {
+/// Asks `target`'s gates (circuit breaker, rate limit) whether a request may start now:
+/// `Some(probe)` when it may (`probe`: as the half-open circuit's probe); when not, notes when
+/// to look again.
+fn admit(target: &Target, round: &mut Round) -> Option<bool> {
     let rate = target.record().spec.rate_limit;
     let now = tokio::time::Instant::now();
     match target.gates().admit(now, rate) {
-        Admit::Go => true,
+        Admit::Go => Some(false),
+        Admit::Probe => Some(true),
         Admit::Wait(at) => {
             round.wake_at(wake_ms(round, now, at));
-            false
+            None
         }
         // The probe's end wakes the loop.
-        Admit::Busy => false,
+        Admit::Busy => None,
+    }
+}
+
+/// A request to `target` ended. A probe whose outcome was recorded has moved the circuit on;
+/// one that never went (its event was missing, the store failed) must not hold the circuit
+/// half-open. Any other request (one that went before the circuit opened) leaves the probe be.
+fn ended(target: &Target, probe: bool) {
+    if probe {
+        target.gates().release_probe();
     }
 }
 
@@ -710,8 +731,16 @@ mod tests {
         let now_ms = 1_000_000;
 
         let mut r = round(now_ms);
-        assert!(admit(&target, &mut r), "the first request goes at once");
-        assert!(!admit(&target, &mut r), "the second waits for its slot");
+        assert_eq!(
+            admit(&target, &mut r),
+            Some(false),
+            "the first request goes at once"
+        );
+        assert_eq!(
+            admit(&target, &mut r),
+            None,
+            "the second waits for its slot"
+        );
         assert_eq!(r.next, Some(now_ms + 200), "woken when the slot comes");
         let mut r = round(now_ms);
         assert!(waiting(&target, &mut r), "the queue need not be read");
@@ -720,7 +749,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_millis(200)).await;
         let mut r = round(now_ms + 200);
-        assert!(admit(&target, &mut r));
+        assert_eq!(admit(&target, &mut r), Some(false));
 
         // Two failures open the circuit: nothing goes until the cool-down ends.
         let w = target.webhook();
@@ -734,12 +763,45 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         let mut r = round(now_ms + 1_200);
-        assert!(!admit(&target, &mut r));
+        assert_eq!(admit(&target, &mut r), None);
         assert_eq!(r.next, Some(now_ms + 1_200 + 29_000), "woken for the probe");
         tokio::time::advance(Duration::from_secs(29)).await;
         let mut r = round(now_ms + 30_200);
-        assert!(admit(&target, &mut r), "the probe");
-        assert!(!admit(&target, &mut r), "one probe at a time");
+        assert_eq!(admit(&target, &mut r), Some(true), "the probe");
+        assert_eq!(admit(&target, &mut r), None, "one probe at a time");
         assert_eq!(r.next, None, "the probe's end wakes the loop");
+    }
+
+    /// Only the probe's own end releases it: a request that went before the circuit opened
+    /// and ends while the probe is out leaves the circuit with one probe.
+    #[tokio::test(start_paused = true)]
+    async fn only_the_probe_releases_the_probe() {
+        let mut spec = WebhookSpec::example("breaker");
+        spec.circuit_failures = 1;
+        spec.circuit_cooldown = Duration::from_secs(30);
+        let target = Target::new(Webhook::new(spec, Origin::Api)).expect("target");
+        let now_ms = 1_000_000;
+        let mut r = round(now_ms);
+        let early = admit(&target, &mut r).expect("closed: goes");
+        assert!(!early, "not a probe");
+        let failing = admit(&target, &mut r).expect("closed: goes");
+        let w = target.webhook();
+        target.gates().record(
+            false,
+            tokio::time::Instant::now(),
+            w.spec.circuit_failures,
+            w.spec.circuit_cooldown,
+        );
+        ended(&target, failing);
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let mut r = round(now_ms + 30_000);
+        let probe = admit(&target, &mut r).expect("the probe goes");
+        assert!(probe);
+        // The early request ends (its outcome not recorded): the probe is still out.
+        ended(&target, early);
+        assert_eq!(admit(&target, &mut r), None, "still one probe at a time");
+        // The probe ends without moving the circuit on: another may go.
+        ended(&target, probe);
+        assert_eq!(admit(&target, &mut r), Some(true), "the next probe");
     }
 }

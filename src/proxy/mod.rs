@@ -182,7 +182,11 @@ impl Proxy {
         let mut last = None;
         for mut m in matches {
             m.event.trace = trace.clone();
-            match self.intake.enqueue_derived(&m.event, m.dedupe.as_ref()) {
+            match self.intake.enqueue_derived(
+                &m.event,
+                m.dedupe.as_ref(),
+                m.rule.metric_topic(&m.event),
+            ) {
                 Ok(Enqueued::Stored(deliveries, durable)) => {
                     tracing::debug!(event = %m.event.id, topic = %m.event.topic, rule = %m.rule.name,
                     deliveries = deliveries.len(), "event stored");

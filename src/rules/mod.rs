@@ -116,6 +116,30 @@ impl RuleTopic {
     }
 }
 
+/// The longest topic a rule may compute.
+pub const MAX_COMPUTED_TOPIC: usize = 128;
+
+/// The `topic` label of the events metric for a computed topic: the values a request computes
+/// are not bounded, so such a rule's events are counted under its name only.
+pub const COMPUTED_TOPIC_LABEL: &str = "computed";
+
+/// Checks a computed topic: a valid topic, at most [`MAX_COMPUTED_TOPIC`] bytes, and not in
+/// hooktap's own `hooktap.*` namespace (its operational events, which a request must not fake).
+fn computed_topic(text: &str) -> Result<Topic, String> {
+    if text.len() > MAX_COMPUTED_TOPIC {
+        return Err(format!(
+            "the computed topic is {} bytes long; at most {MAX_COMPUTED_TOPIC} are allowed",
+            text.len()
+        ));
+    }
+    if text == "hooktap" || text.starts_with("hooktap.") {
+        return Err(format!(
+            "topic `{text}` is in the reserved `hooktap.*` namespace (hooktap's own events)"
+        ));
+    }
+    Topic::parse(text)
+}
+
 /// Where a `dedupe` key comes from.
 #[derive(Debug, Clone)]
 enum KeySource {
@@ -193,6 +217,15 @@ impl Rule {
     }
 
     /// How the rule reads, for listings: `for_each`, CEL and dedupe in a few words.
+    /// The `topic` label of this rule's events in the events metric: the topic when it is
+    /// fixed, [`COMPUTED_TOPIC_LABEL`] when computed (bounded label values).
+    pub fn metric_topic<'a>(&'a self, event: &'a Event) -> &'a str {
+        match self.topic {
+            RuleTopic::Fixed(_) => &event.topic,
+            RuleTopic::Computed(_) => COMPUTED_TOPIC_LABEL,
+        }
+    }
+
     pub fn features(&self) -> Vec<String> {
         let mut f = Vec::new();
         if let When::Expr(e) = &self.when {
@@ -324,7 +357,7 @@ impl Rule {
                     Ok(v) => v,
                     Err(e) => return failed(miss, e),
                 };
-                match Topic::parse(&expr::text_of(&text)) {
+                match computed_topic(&expr::text_of(&text)) {
                     Ok(t) => t,
                     Err(m) => {
                         miss(MissKind::BadTopic, format!("`{}`: {m}", e.source()));

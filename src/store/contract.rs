@@ -42,6 +42,9 @@ macro_rules! store_contract_tests {
             queue_stats_count_and_age,
             webhooks_are_listed_oldest_first,
             key_heads_are_one_per_key_in_queue_order,
+            a_long_ordering_key_is_stored_and_ordered_like_any,
+            a_queued_delivery_waits_for_its_due_time,
+            a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_flight,
             a_dedupe_claim_holds_for_its_window,
             a_released_dedupe_claim_can_be_claimed_again,
         );
@@ -571,6 +574,135 @@ pub async fn key_heads_are_one_per_key_in_queue_order(store: Arc<dyn Store>) {
         .expect("heads");
     assert_eq!(ids(&heads.ready), [a2.id]);
     assert_eq!(heads.next_due_ms, None);
+}
+
+/// A key of 4 KB of random text (which no index compresses below its row limit) is stored
+/// as its digest and orders its deliveries like any key.
+pub async fn a_long_ordering_key_is_stored_and_ordered_like_any(store: Arc<dyn Store>) {
+    let mut keyed = spec("keyed");
+    keyed.ordering_key = Some("$.k".to_owned());
+    let w = Webhook::new(keyed, Origin::Api);
+    store.put_webhook(&w).await.expect("put webhook");
+    let text: String = std::iter::repeat_with(|| *Uuid::new_v4().as_bytes())
+        .flatten()
+        .take(4096)
+        .map(|b| char::from(b'!' + b % 94))
+        .collect();
+    let selector = crate::webhook::check_ordering_key("$.k").expect("selector");
+    let key = crate::webhook::ordering_key_of(&selector, &serde_json::json!({ "k": text }));
+    let first = keyed_event(&store, &w, key.as_deref()).await;
+    let second = keyed_event(&store, &w, key.as_deref()).await;
+    let other = keyed_event(&store, &w, Some("B")).await;
+    settle(&store).await;
+    let ids = |ds: &[Delivery]| ds.iter().map(|d| d.id).collect::<Vec<_>>();
+    let now_ms = unix_ms(now()) + 1_000;
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &none())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [first.id, other.id], "one head per key");
+    assert_eq!(heads.ready[0].ordering_key, key);
+    deliver(&store, &first).await;
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &[other.id].into())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [second.id], "then the key's next");
+}
+
+/// A delivery whose queue time is early but whose retry is not due yet (a keyed retry kept
+/// its place, then the webhook's `ordering_key` was removed) is not returned by `queued`,
+/// and the queue's next time is its due time, not its queue time.
+pub async fn a_queued_delivery_waits_for_its_due_time(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let d = keyed_event(&store, &w, Some("A")).await;
+    settle(&store).await;
+    let now_ms = unix_ms(now()) + 1_000;
+    let mut retried = d.clone();
+    retried.attempts = 1;
+    retried.due_ms = now_ms + 60_000;
+    let change = Recorded {
+        before: d.clone(),
+        after: retried.clone(),
+        attempt: attempt(&d, 1, false),
+    };
+    store
+        .record_attempts(w.id, &[change], None)
+        .await
+        .expect("record");
+    assert_eq!(
+        store
+            .queued(w.id, now_ms, 10, &none())
+            .await
+            .expect("queue"),
+        vec![],
+        "not due yet"
+    );
+    assert_eq!(
+        store.next_queued(w.id, &none()).await.expect("next"),
+        Some(retried.due_ms)
+    );
+    assert_eq!(
+        store
+            .queued(w.id, retried.due_ms, 10, &none())
+            .await
+            .expect("queue"),
+        vec![retried],
+        "due then"
+    );
+}
+
+/// Redelivering a keyed head that waits for its retry keeps it in front of its key's later
+/// deliveries; and a key gives nothing while any of its deliveries is in flight, also when a
+/// finished one is redelivered while a later one is out.
+pub async fn a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_flight(
+    store: Arc<dyn Store>,
+) {
+    let mut keyed = spec("keyed");
+    keyed.ordering_key = Some("$.k".to_owned());
+    let w = Webhook::new(keyed, Origin::Api);
+    store.put_webhook(&w).await.expect("put webhook");
+    let a1 = keyed_event(&store, &w, Some("A")).await;
+    let a2 = keyed_event(&store, &w, Some("A")).await;
+    settle(&store).await;
+    let ids = |ds: &[Delivery]| ds.iter().map(|d| d.id).collect::<Vec<_>>();
+    let now_ms = unix_ms(now()) + 1_000;
+
+    // A1 fails and waits for its retry; redelivered by hand, it is due now, still first.
+    let mut retried = a1.clone();
+    retried.attempts = 1;
+    retried.due_ms = now_ms + 60_000;
+    let change = Recorded {
+        before: a1.clone(),
+        after: retried.clone(),
+        attempt: attempt(&a1, 1, false),
+    };
+    store
+        .record_attempts(w.id, &[change], None)
+        .await
+        .expect("record");
+    let again = store.requeue(&retried, now_ms).await.expect("requeue");
+    assert_eq!(again.queue_ms, a1.queue_ms, "keeps its place");
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &none())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [a1.id], "A1 is still A's head");
+
+    // A1 is delivered; A2 goes out; A1 is redelivered meanwhile: A waits for A2.
+    deliver(&store, &again).await;
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &none())
+        .await
+        .expect("heads");
+    assert_eq!(ids(&heads.ready), [a2.id]);
+    let done = store.delivery(a1.id).await.expect("read").expect("A1");
+    store.requeue(&done, now_ms).await.expect("requeue");
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &[a2.id].into())
+        .await
+        .expect("heads");
+    assert_eq!(heads.ready, vec![], "A2 is in flight: nothing else of A");
 }
 
 /// A key claimed once is a repeat until its window ends; other keys are not; a repeat does

@@ -48,7 +48,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::event::{Attempt, DedupeKey, Delivery, Event};
+use crate::event::{Attempt, DedupeKey, Delivery, DeliveryState, Event};
 use crate::webhook::{Counters, Webhook};
 
 pub use self::postgres::{PgConfig, PgStore};
@@ -451,7 +451,9 @@ pub trait Store: Send + Sync + 'static {
     // --- the queue -----------------------------------------------------------------------------
 
     /// Up to `limit` queued deliveries of `webhook` whose queue time is at most `until_ms`,
-    /// in queue order, leaving out those in `skip` (in flight). A shared store leaves out
+    /// in queue order, leaving out those in `skip` (in flight) and those not due by
+    /// `until_ms` (a keyed retry keeps its early queue time after the webhook's
+    /// `ordering_key` is removed). A shared store leaves out
     /// those leased to other instances and leases what it returns to this one.
     async fn queued(
         &self,
@@ -487,7 +489,8 @@ pub trait Store: Send + Sync + 'static {
         skip: &HashSet<Uuid>,
     ) -> Result<KeyHeads, StoreError>;
 
-    /// The queue time of the first queued delivery of `webhook` not in `skip` (for a shared
+    /// When the first queued delivery of `webhook` not in `skip` may go: the later of its
+    /// queue and due times, the earliest over the queue (for a shared
     /// store: the first one this instance may take; another instance's lease running out is
     /// noticed by the scheduler's once-a-second look).
     async fn next_queued(
@@ -533,4 +536,15 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every event created before `cutoff` none of whose deliveries is pending, with
     /// its deliveries and their attempts. Runs on a blocking thread.
     fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError>;
+}
+
+/// The queue time of a delivery put back in the queue at `now_ms`: a finished one joins at
+/// the end, a pending one keeps its place if that is earlier (a keyed or ordered head waiting
+/// for its retry stays in front of its key's later deliveries).
+pub(crate) fn requeued_at(delivery: &Delivery, now_ms: u64) -> u64 {
+    if delivery.state == DeliveryState::Pending {
+        delivery.queue_ms.min(now_ms)
+    } else {
+        now_ms
+    }
 }

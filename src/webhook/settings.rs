@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::rules::raw::RawWhen;
 use crate::rules::selector::Selector;
@@ -144,15 +145,31 @@ pub fn compile_filter(filter: &[RawWhen]) -> Result<Vec<Predicate>, String> {
         .collect()
 }
 
+/// The longest ordering key stored as it is; a longer one is stored as its digest (see
+/// [`ordering_key_of`]).
+pub const MAX_ORDERING_KEY: usize = 256;
+
 /// The ordering key of a payload: the text of the value `selector` selects (strings as they
 /// are, other values as JSON), or `None` when it selects nothing or `null`: such an event is
-/// sent without waiting for others.
+/// sent without waiting for others. A text longer than [`MAX_ORDERING_KEY`] bytes becomes
+/// `sha256:` and the hex SHA-256 of the text, so that every key fits a store's index (a
+/// PostgreSQL btree row holds at most ~2.7 KB) whatever the payload holds.
 pub fn ordering_key_of(selector: &Selector, payload: &Value) -> Option<String> {
-    match selector.select(payload)? {
-        Value::Null => None,
-        Value::String(s) => Some(s),
-        other => Some(other.to_string()),
+    let key = match selector.select(payload)? {
+        Value::Null => return None,
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    if key.len() <= MAX_ORDERING_KEY {
+        return Some(key);
     }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -250,5 +267,30 @@ mod tests {
             None
         );
         assert!(check_ordering_key("order_id").is_err());
+    }
+
+    /// A long key becomes a fixed-size digest: the same text the same digest, another text
+    /// another digest; a key at the limit stays as it is.
+    #[test]
+    fn long_ordering_keys_become_digests() {
+        let s = check_ordering_key("$.k").expect("valid");
+        let at_limit = "a".repeat(MAX_ORDERING_KEY);
+        assert_eq!(
+            ordering_key_of(&s, &serde_json::json!({ "k": at_limit })),
+            Some(at_limit.clone())
+        );
+        let long = "é".repeat(2048);
+        let key = ordering_key_of(&s, &serde_json::json!({ "k": long })).expect("a key");
+        assert!(key.starts_with("sha256:"), "{key}");
+        assert_eq!(key.len(), 7 + 64);
+        assert_eq!(
+            ordering_key_of(&s, &serde_json::json!({ "k": long })),
+            Some(key.clone())
+        );
+        let other = format!("{long}x");
+        assert_ne!(
+            ordering_key_of(&s, &serde_json::json!({ "k": other })),
+            Some(key)
+        );
     }
 }

@@ -274,6 +274,48 @@ path = "/echo"
     );
 }
 
+/// A computed topic in hooktap's own `hooktap.*` namespace, or longer than 128 bytes, is a
+/// `bad_topic` miss; the events metric counts a computed-topic rule's events under the rule
+/// only (topic label `computed`), so requests cannot make up label values.
+#[tokio::test]
+async fn computed_topics_stay_out_of_hooktap_and_out_of_metric_labels() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let rules = r#"
+[[rule]]
+name = "any topic"
+topic = { expr = "response.body.topic" }
+method = "POST"
+path = "/echo"
+"#;
+    let proxy = TestProxy::start(&Setup::new(upstream).rules(rules)).await;
+    let long = format!("order.{}", "x".repeat(123));
+    assert_eq!(long.len(), 129);
+    for topic in ["order.paid", "hooktap.webhook.disabled", long.as_str()] {
+        echo(&proxy, &json!({ "topic": topic }), &[]).await;
+    }
+    let events = events_after(&proxy, 3).await;
+    let topics: Vec<&str> = events.iter().filter_map(|e| e["topic"].as_str()).collect();
+    assert_eq!(topics, vec!["order.paid"]);
+    let metrics = client()
+        .get(proxy.admin_url("/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"hooktap_rule_misses_total{rule="any topic",reason="bad_topic"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"hooktap_events_total{topic="computed",rule="any topic"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"topic="order.paid""#), "{metrics}");
+}
+
 /// Runs `hooktap <command>` on a project with `rules` as its one rule file.
 fn run_on(rules: &str, command: &str) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -361,6 +361,10 @@ pub async fn claim(
     claim_in(c, claim, skip, "queue_ms, id").await
 }
 
+/// A delivery's due time, read from its record: a keyed delivery's retry keeps its early
+/// queue time, and once its webhook's `ordering_key` is removed it must still wait for this.
+const DUE_MS: &str = "(record->>'due_ms')::bigint";
+
 /// The same in `order` (columns of `deliveries`). `FOR UPDATE SKIP LOCKED` lets instances
 /// take different deliveries at once; in queue-head order (`seq`) a locked head must be waited
 /// for, not skipped, or the next one would go first (the advisory lock of `claim_head`
@@ -371,10 +375,10 @@ async fn claim_in(
     skip: &HashSet<Uuid>,
     order: &str,
 ) -> Result<Vec<Delivery>, StoreError> {
-    let lock = if order.starts_with("seq") {
-        "FOR UPDATE"
+    let (lock, due) = if order.starts_with("seq") {
+        ("FOR UPDATE", String::new())
     } else {
-        "FOR UPDATE SKIP LOCKED"
+        ("FOR UPDATE SKIP LOCKED", format!("AND {DUE_MS} <= $2"))
     };
     let skip: Vec<Uuid> = skip.iter().copied().collect();
     let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
@@ -383,7 +387,7 @@ async fn claim_in(
                     SELECT id FROM deliveries
                     WHERE webhook_id = $1 AND pending AND queue_ms <= $2
                       AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < hooktap_now_ms())
-                      AND NOT (id = ANY($5))
+                      AND NOT (id = ANY($5)) {due}
                     ORDER BY {order}
                     LIMIT $3
                     {lock})
@@ -460,24 +464,33 @@ pub async fn claim_key_heads(
         &[&claim.webhook.to_string()],
     )
     .await?;
+    // A key with any delivery in `skip` (in flight here) gives nothing, not only one whose
+    // head is: a delivery put back in the queue (`requeue`) becomes its key's head again
+    // while a later one of the key may be out.
+    let skip_ids: Vec<Uuid> = skip.iter().copied().collect();
     let heads = rows(
         &tx,
         "SELECT id, record,
-                (lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until >= hooktap_now_ms())
+                (lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until >= hooktap_now_ms()),
+                (ordering_key IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM deliveries s
+                     WHERE s.webhook_id = $1 AND s.pending AND s.ordering_key = heads.ordering_key
+                       AND s.id = ANY($3)))
            FROM (SELECT DISTINCT ON (COALESCE('k' || ordering_key, 'i' || id::text))
-                        id, record, lease_owner, lease_until, seq
+                        id, record, lease_owner, lease_until, seq, ordering_key
                    FROM deliveries
                   WHERE webhook_id = $1 AND pending
                   ORDER BY COALESCE('k' || ordering_key, 'i' || id::text), seq) heads
           ORDER BY seq",
-        &[&claim.webhook, &claim.owner],
+        &[&claim.webhook, &claim.owner, &skip_ids],
     )
     .await?;
     let mut out = KeyHeads::default();
     for r in &heads {
         let id: Uuid = r.try_get(0).map_err(pg_error)?;
         let elsewhere: bool = r.try_get(2).map_err(pg_error)?;
-        if elsewhere || skip.contains(&id) {
+        let key_in_flight: bool = r.try_get(3).map_err(pg_error)?;
+        if elsewhere || key_in_flight || skip.contains(&id) {
             continue;
         }
         let d: Delivery = decode(r, 1)?;
@@ -513,14 +526,15 @@ pub async fn next_queued(
     let skip: Vec<Uuid> = skip.iter().copied().collect();
     let next = row_opt(
         c,
-        "SELECT queue_ms FROM deliveries
+        &format!(
+            "SELECT min(GREATEST(queue_ms, {DUE_MS})) FROM deliveries
              WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))
-               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())
-             ORDER BY queue_ms, id LIMIT 1",
+               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())"
+        ),
         &[&webhook, &owner, &skip],
     )
     .await?;
-    Ok(next.map(|r| count(r.get(0))))
+    Ok(next.and_then(|r| r.get::<_, Option<i64>>(0)).map(count))
 }
 
 pub async fn queue_stats(c: &impl GenericClient, webhook: Uuid) -> Result<QueueStats, StoreError> {
@@ -647,7 +661,7 @@ pub async fn requeue(
     d.state = DeliveryState::Pending;
     d.schedule_start = d.attempts;
     d.due_ms = now_ms;
-    d.queue_ms = now_ms;
+    d.queue_ms = crate::store::requeued_at(delivery, now_ms);
     d.updated_at = OffsetDateTime::now_utc();
     exec(
         c,

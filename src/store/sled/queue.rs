@@ -49,7 +49,9 @@ impl SledStore {
     }
 
     /// Up to `limit` queued deliveries of `webhook` whose queue time is at most `until_ms`,
-    /// in queue order, leaving out those in `skip` (deliveries already in flight).
+    /// in queue order, leaving out those in `skip` (deliveries already in flight) and those
+    /// not due by `until_ms` (a keyed delivery's retry keeps its early queue time; when the
+    /// webhook's `ordering_key` is removed it must still wait for its due time).
     pub fn queued(
         &self,
         webhook: Uuid,
@@ -79,7 +81,9 @@ impl SledStore {
             }
             match self.delivery(id)? {
                 Some(d) if d.state == DeliveryState::Pending && keys::queue(&d) == k.as_ref() => {
-                    out.push(d);
+                    if d.due_ms <= until_ms {
+                        out.push(d);
+                    }
                 }
                 // An entry left behind by a crash between two writes of `record_attempts`:
                 // the delivery has moved on (or is gone). Dropping it is tidying only, so a
@@ -144,25 +148,36 @@ impl SledStore {
         Ok(heads)
     }
 
-    /// The queue time of the first queued delivery of `webhook` not in `skip`.
+    /// When the first queued delivery of `webhook` not in `skip` may go: the later of its
+    /// queue and due times (a delivery queued early, stored with an ordering key the webhook
+    /// no longer has, waits for its due time), the earliest over the queue. Reads records only
+    /// while their queue times are before the earliest found, at most [`MAX_KEY_SCAN`].
     pub fn next_queued(
         &self,
         webhook: Uuid,
         skip: &HashSet<Uuid>,
     ) -> Result<Option<u64>, StoreError> {
+        let mut next: Option<u64> = None;
         for entry in self
             .db()?
             .scan_prefix(keys::key(keys::QUEUE, &[webhook.as_bytes()]))
+            .take(MAX_KEY_SCAN)
         {
             let (k, _) = entry?;
-            let Some(id) = keys::trailing_id(&k) else {
+            let (Some(id), Some(queue_ms)) = (keys::trailing_id(&k), keys::queue_ms(&k)) else {
                 continue;
             };
-            if !skip.contains(&id) {
-                return Ok(keys::queue_ms(&k));
+            if next.is_some_and(|n| queue_ms >= n) {
+                break;
             }
+            if skip.contains(&id) {
+                continue;
+            }
+            let due_ms = self.delivery(id)?.map_or(queue_ms, |d| d.due_ms);
+            let at = queue_ms.max(due_ms);
+            next = Some(next.map_or(at, |n| n.min(at)));
         }
-        Ok(None)
+        Ok(next)
     }
 
     /// How many deliveries are queued for `webhook`, and when the oldest was created (read
@@ -227,13 +242,15 @@ impl SledStore {
         })
     }
 
-    /// Puts a delivery back in the queue, due at `now_ms` (a redelivery keeps its id).
+    /// Puts a delivery back in the queue, due at `now_ms` (a redelivery keeps its id). A
+    /// delivery still pending keeps an earlier queue time: a keyed or ordered head waiting for
+    /// its retry stays in front of its key's later deliveries.
     pub fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
         let mut d = delivery.clone();
         d.state = DeliveryState::Pending;
         d.schedule_start = d.attempts;
         d.due_ms = now_ms;
-        d.queue_ms = now_ms;
+        d.queue_ms = crate::store::requeued_at(delivery, now_ms);
         d.updated_at = OffsetDateTime::now_utc();
         self.write(|db| {
             // The same order as `record_attempts`: state, new entry, old entry.

@@ -598,24 +598,12 @@ async fn order_status(proxy: &TestProxy, email: &str) -> u16 {
         .as_u16()
 }
 
-async fn metrics_text(proxy: &TestProxy) -> String {
-    client()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
 async fn metric_line(proxy: &TestProxy, line: &str) -> bool {
-    metrics_text(proxy).await.lines().any(|l| l == line)
+    proxy.metrics_text().await.lines().any(|l| l == line)
 }
 
 async fn store_errors(proxy: &TestProxy) -> u64 {
-    let metrics = metrics_text(proxy).await;
+    let metrics = proxy.metrics_text().await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("hooktap_store_errors_total "))

@@ -259,15 +259,7 @@ path = "/echo"
     assert_eq!(events[0]["resource"], "order");
     assert_eq!(events[0]["event"], "paid");
     assert_eq!(proxy.metric_sum("hooktap_rule_misses_total").await, 1.0);
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = proxy.metrics_text().await;
     assert!(
         metrics.contains(r#"hooktap_rule_misses_total{rule="order status",reason="bad_topic"} 1"#),
         "{metrics}"
@@ -296,15 +288,7 @@ path = "/echo"
     let events = events_after(&proxy, 3).await;
     let topics: Vec<&str> = events.iter().filter_map(|e| e["topic"].as_str()).collect();
     assert_eq!(topics, vec!["order.paid"]);
-    let metrics = client()
-        .get(proxy.admin_url("/metrics"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = proxy.metrics_text().await;
     assert!(
         metrics.contains(r#"hooktap_rule_misses_total{rule="any topic",reason="bad_topic"} 2"#),
         "{metrics}"

@@ -2746,14 +2746,6 @@ mod slow_clients {
     }
 
     async fn metrics(h: &Harness) -> String {
-        client()
-            .get(h.proxy.admin_url("/metrics"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        h.proxy.metrics_text().await
     }
 }

@@ -744,8 +744,9 @@ impl TestProxy {
     }
 
     /// The sum of every series of the metric `name` (e.g. `hooktap_proxy_requests_total`).
-    pub async fn metric_sum(&self, name: &str) -> f64 {
-        let text = client()
+    /// The Prometheus exposition of `GET /metrics`.
+    pub async fn metrics_text(&self) -> String {
+        client()
             .get(self.admin_url("/metrics"))
             .bearer_auth(ADMIN_TOKEN)
             .send()
@@ -753,8 +754,13 @@ impl TestProxy {
             .expect("GET /metrics")
             .text()
             .await
-            .expect("metrics text");
-        text.lines()
+            .expect("metrics text")
+    }
+
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .filter(|l| {
                 l.strip_prefix(name)
                     .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))

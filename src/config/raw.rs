@@ -70,6 +70,7 @@ pub struct RawStore {
     pub url_env: Option<Spanned<String>>,
     pub lease: Option<Spanned<String>>,
     pub pool_size: Option<Spanned<usize>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

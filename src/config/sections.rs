@@ -12,7 +12,7 @@ pub(super) fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> 
             Duration::from_millis(500),
         )
     };
-    let backend = compile_backend(r, &s);
+    let backend = compile_backend(r, &s, base);
     let flush = match s.flush {
         None => FlushMode::EveryEvent,
         Some(f) if f.get_ref() == "interval" => FlushMode::Interval(flush_interval(r)),
@@ -63,8 +63,8 @@ pub(super) fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> 
 }
 
 /// `backend` and the keys of a PostgreSQL backend.
-fn compile_backend(r: &mut Reporter, s: &raw::RawStore) -> Backend {
-    let postgres_keys = [&s.url, &s.url_env, &s.lease]
+fn compile_backend(r: &mut Reporter, s: &raw::RawStore, base: &Path) -> Backend {
+    let postgres_keys = [&s.url, &s.url_env, &s.lease, &s.ca_file]
         .into_iter()
         .flatten()
         .map(Spanned::span)
@@ -101,7 +101,18 @@ fn compile_backend(r: &mut Reporter, s: &raw::RawStore) -> Backend {
                 .as_ref()
                 .or(s.url_env.as_ref())
                 .map_or(0..0, Spanned::span);
-            let url = url.and_then(|u| match PgConfig::parse_url(&u) {
+            // Relative to the config file, like `path`.
+            let ca_file = s.ca_file.as_ref().and_then(|f| {
+                let path = base.join(f.get_ref());
+                match PgConfig::check_ca_file(&path) {
+                    Ok(()) => Some(path),
+                    Err(e) => {
+                        r.at(f.span(), format!("`ca_file`: {e}"));
+                        None
+                    }
+                }
+            });
+            let url = url.and_then(|u| match PgConfig::parse_url(&u, ca_file.as_deref()) {
                 Ok(()) => Some(u),
                 Err(e) => {
                     r.at(span.clone(), format!("`url`: {e}"));
@@ -122,6 +133,7 @@ fn compile_backend(r: &mut Reporter, s: &raw::RawStore) -> Backend {
                 url: url.unwrap_or_default(),
                 lease,
                 pool_size: pool_size.max(1),
+                ca_file,
             })
         }
         Some(other) => {

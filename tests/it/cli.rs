@@ -477,3 +477,55 @@ fn check_and_migrate_reach_a_postgres_store_and_name_a_wrong_password() {
         "the error names the cause and not the password: {stderr}"
     );
 }
+
+/// A config on the PostgreSQL store at `url` that trusts the CA in `ca_file` (written beside
+/// hooktap.toml and named relative to it, as an operator would).
+fn postgres_tls_project(url: &str, ca_pem: &str) -> tempfile::TempDir {
+    let dir = project(
+        &format!(
+            "rules = [\"rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:18080\"\nupstream = \"127.0.0.1:18000\"\n[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nca_file = \"certs/db-ca.pem\"\n"
+        ),
+        "[[rule]]\nname = \"r\"\ntopic = \"order.created\"\nmethod = \"POST\"\npath = \"/orders\"\n",
+    );
+    std::fs::create_dir(dir.path().join("certs")).expect("mkdir");
+    std::fs::write(dir.path().join("certs/db-ca.pem"), ca_pem).expect("write the CA");
+    dir
+}
+
+#[test]
+fn check_verifies_postgres_tls_with_the_ca_file_and_names_a_wrong_ca() {
+    let cluster = crate::pg_cluster::Cluster::start_tls(&["localhost"]);
+    let url = format!(
+        "{}?sslmode=verify-full",
+        cluster.database().replace("127.0.0.1", "localhost")
+    );
+    let ca = std::fs::read_to_string(cluster.ca_file()).expect("read the CA");
+    let ok = run(postgres_tls_project(&url, &ca).path(), "check");
+    assert!(
+        ok.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("store: PostgreSQL at localhost:"));
+
+    let other = crate::pg_cluster::Certificates::new(&["localhost"]).ca;
+    let out = run(postgres_tls_project(&url, &other).path(), "check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot be used")
+            && stderr.contains("not signed by a trusted CA")
+            && stderr.contains("certs/db-ca.pem")
+            && !stderr.contains(crate::pg_cluster::PASSWORD),
+        "the error names the certificate problem and the CA file: {stderr}"
+    );
+
+    // A CA file that is not there, or not PEM: the config's line says so.
+    let dir = postgres_tls_project(&url, "not a certificate");
+    let out = run(dir.path(), "check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_says(&stderr, "hooktap.toml:8", "`ca_file`");
+    assert!(stderr.contains("no PEM certificate"), "{stderr}");
+}

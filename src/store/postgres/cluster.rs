@@ -25,6 +25,51 @@ pub struct Cluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// `ssl = on` with a certificate made for the test (see [`Cluster::start_tls`]).
+    tls: Option<Certificates>,
+}
+
+/// A CA and a server certificate it signed, all PEM.
+pub struct Certificates {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl Certificates {
+    /// A new CA, and a certificate it signs for `names` (DNS names or IP addresses).
+    pub fn new(names: &[&str]) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Each CA its own name: another test CA is an unknown issuer, not a forged signature.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        ca.distinguished_name.push(
+            DnType::CommonName,
+            format!(
+                "hooktap test CA {}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ),
+        );
+        let ca_pem = ca.self_signed(&ca_key).expect("CA certificate").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("server params");
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
+        let cert = params.signed_by(&key, &issuer).expect("server certificate");
+        Self {
+            ca: ca_pem,
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
 }
 
 fn is_root() -> bool {
@@ -83,6 +128,17 @@ fn check(what: &str, out: std::io::Result<Output>) -> Output {
 impl Cluster {
     /// Creates and starts a cluster.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Creates and starts a cluster that accepts TLS (`ssl = on`) with a certificate for
+    /// `names` signed by a CA made here ([`Cluster::ca_file`]). Plain connections are still
+    /// accepted.
+    pub fn start_tls(names: &[&str]) -> Self {
+        Self::start_with(Some(Certificates::new(names)))
+    }
+
+    fn start_with(tls: Option<Certificates>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hooktap-pg-")
             .tempdir()
@@ -93,9 +149,21 @@ impl Cluster {
             port: free_port(),
             as_postgres,
             dir,
+            tls,
         };
         let pwfile = cluster.dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).expect("write the password file");
+        if let Some(tls) = &cluster.tls {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = cluster.dir.path();
+            std::fs::write(dir.join("ca.pem"), &tls.ca).expect("write the CA");
+            std::fs::write(dir.join("server.crt"), &tls.cert).expect("write the certificate");
+            let key = dir.join("server.key");
+            std::fs::write(&key, &tls.key).expect("write the key");
+            // The server refuses a key that others can read.
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod the key");
+        }
         if as_postgres {
             check(
                 "chown",
@@ -163,8 +231,14 @@ impl Cluster {
     fn try_start_server(&self) -> Result<(), String> {
         // HOOKTAP_PG_OPTIONS adds server options (e.g. `-c
         // shared_preload_libraries=pg_stat_statements` to see where a benchmark's time goes).
+        let tls = if self.tls.is_some() {
+            let dir = self.dir.path().display();
+            format!("-c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key")
+        } else {
+            String::new()
+        };
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200 {}",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c max_connections=200 {tls} {}",
             self.port,
             self.dir.path().display(),
             std::env::var("HOOKTAP_PG_OPTIONS").unwrap_or_default()
@@ -255,6 +329,12 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The CA that signed the server's certificate (a cluster from [`Cluster::start_tls`]).
+    pub fn ca_file(&self) -> PathBuf {
+        assert!(self.tls.is_some(), "a cluster without TLS has no CA");
+        self.dir.path().join("ca.pem")
     }
 }
 

@@ -28,9 +28,11 @@ pub mod cluster;
 mod schema;
 mod ship;
 mod sql;
+mod tls;
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
@@ -60,6 +62,9 @@ pub struct PgConfig {
     pub lease: Duration,
     /// Connections to PostgreSQL per instance.
     pub pool_size: usize,
+    /// The CAs (PEM) that PostgreSQL's certificate must be signed by, instead of the system's
+    /// (see `tls` for what the URL's `sslmode` does with it).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PgConfig {
@@ -68,21 +73,32 @@ impl std::fmt::Debug for PgConfig {
             .field("url", &PgConfig::shown(&self.url))
             .field("lease", &self.lease)
             .field("pool_size", &self.pool_size)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
 
 impl PgConfig {
-    /// Checks a connection URL (or `key=value` connection string).
-    pub fn parse_url(url: &str) -> Result<(), String> {
-        url.parse::<tokio_postgres::Config>()
+    /// Checks a connection URL (or `key=value` connection string), with its `sslmode` and
+    /// the `ca_file` that goes with it.
+    pub fn parse_url(url: &str, ca_file: Option<&std::path::Path>) -> Result<(), String> {
+        tls::check(url, ca_file)
+    }
+
+    /// Checks that a CA file holds PEM certificates.
+    pub fn check_ca_file(path: &std::path::Path) -> Result<(), String> {
+        tls::ca_certificates(path)
             .map(drop)
             .map_err(|e| e.to_string())
     }
 
+    fn connector(&self) -> Result<tls::Connector, StoreError> {
+        tls::Connector::new(&self.url, self.ca_file.as_deref())
+    }
+
     /// Where a URL points, without its credentials: `host:port/database`.
     pub fn shown(url: &str) -> String {
-        let Ok(c) = url.parse::<tokio_postgres::Config>() else {
+        let Ok((c, _)) = tls::parse(url, None) else {
             return "(invalid URL)".to_owned();
         };
         let host = c
@@ -149,6 +165,8 @@ pub struct PgStore {
     status: Arc<Status>,
     /// Where the store is, for messages (no credentials).
     shown: String,
+    /// How to connect (TLS included), for errors about the certificate.
+    connector: tls::Connector,
 }
 
 impl Drop for PgStore {
@@ -177,7 +195,8 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Task(format!("cannot start the PostgreSQL runtime: {e}")))?;
-        let pool = pool(pg)?;
+        let connector = pg.connector()?;
+        let pool = pool(&connector, pg.pool_size)?;
         let store = Self {
             journal,
             pool,
@@ -189,10 +208,10 @@ impl PgStore {
             remote: Arc::new(Notify::new()),
             status: Arc::new(Status::default()),
             shown: PgConfig::shown(&pg.url),
+            connector,
         };
-        let url = pg.url.clone();
         store.handle.spawn(ship::listen(
-            url,
+            store.connector.clone(),
             Arc::clone(&store.remote),
             Arc::clone(&store.status),
         ));
@@ -234,7 +253,7 @@ impl PgStore {
             }
             Err(e) => {
                 self.status.connected.store(false, Ordering::Relaxed);
-                Err(pg_error(e))
+                Err(self.connector.explain(pg_error(e)))
             }
         }
     }
@@ -301,16 +320,14 @@ where
     F: FnOnce(tokio_postgres::Client) -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    let mut config: tokio_postgres::Config = pg
-        .url
-        .parse()
-        .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
+    let connector = pg.connector()?;
+    let mut config = connector.config.clone();
     config.connect_timeout(Duration::from_secs(5));
     config.application_name("hooktap-tool");
     let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(connector.tls.clone())
         .await
-        .map_err(pg_error)?;
+        .map_err(|e| connector.explain(pg_error(e)))?;
     let driver = tokio::spawn(connection);
     let result = f(client).await;
     // `f` dropped the client: the connection ends.
@@ -332,22 +349,19 @@ pub(crate) fn bounded(config: &mut tokio_postgres::Config) {
 }
 
 /// The connection pool: connections are made on demand, each connect bounded.
-fn pool(pg: &PgConfig) -> Result<Pool, StoreError> {
-    let mut config: tokio_postgres::Config = pg
-        .url
-        .parse()
-        .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
+fn pool(connector: &tls::Connector, pool_size: usize) -> Result<Pool, StoreError> {
+    let mut config = connector.config.clone();
     bounded(&mut config);
     config.application_name("hooktap");
     let manager = Manager::from_config(
         config,
-        tokio_postgres::NoTls,
+        connector.tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
     Pool::builder(manager)
-        .max_size(pg.pool_size)
+        .max_size(pool_size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(5)))

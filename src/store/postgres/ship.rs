@@ -12,6 +12,7 @@ use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 
+use super::tls::Connector;
 use super::{Status, pg_error, sql};
 use crate::event::unix_ms;
 use crate::store::{SledStore, StoreError};
@@ -120,10 +121,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Listens for other instances' news until the store is dropped, reconnecting as needed.
-pub async fn listen(url: String, remote: Arc<Notify>, status: Arc<Status>) {
+pub async fn listen(connector: Connector, remote: Arc<Notify>, status: Arc<Status>) {
     let mut failing: Option<String> = None;
     loop {
-        if let Err(e) = listen_once(&url, &remote, &status).await {
+        if let Err(e) = listen_once(&connector, &remote, &status).await {
             let message = e.to_string();
             if failing.as_deref() != Some(message.as_str()) {
                 tracing::warn!(error = %message, "not listening for other instances' changes; trying again every second");
@@ -136,16 +137,18 @@ pub async fn listen(url: String, remote: Arc<Notify>, status: Arc<Status>) {
     }
 }
 
-async fn listen_once(url: &str, remote: &Notify, status: &Status) -> Result<(), StoreError> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| StoreError::Postgres(format!("invalid url: {e}")))?;
+async fn listen_once(
+    connector: &Connector,
+    remote: &Notify,
+    status: &Status,
+) -> Result<(), StoreError> {
+    let mut config = connector.config.clone();
     super::bounded(&mut config);
     config.application_name("hooktap-listen");
     let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(connector.tls.clone())
         .await
-        .map_err(pg_error)?;
+        .map_err(|e| connector.explain(pg_error(e)))?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     // The connection delivers notifications only while it is polled.
     let driver = tokio::spawn(async move {

@@ -23,6 +23,7 @@ fn config(dir: &std::path::Path, url: &str, lease: Duration) -> (StoreConfig, Pg
         url: url.to_owned(),
         lease,
         pool_size: 4,
+        ca_file: None,
     };
     let store = StoreConfig {
         path: dir.join("journal"),
@@ -497,4 +498,112 @@ async fn a_dedupe_key_claimed_by_another_instance_drops_the_repeat_when_it_moves
     b.append(&e, &[]).expect("append");
     b.flush().await.expect("move in");
     assert!(b.event(e.id).await.expect("read").is_some());
+}
+
+/// Opens a store on `url` trusting `ca_file`; the error if it cannot.
+async fn open_tls(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<(tempfile::TempDir, PgStore), String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, mut pg) = config(dir.path(), url, Duration::from_secs(30));
+    pg.ca_file = ca_file.map(std::path::Path::to_path_buf);
+    match PgStore::open_now(&store, &pg).await {
+        Ok(s) => Ok((dir, s)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether the store's connections are encrypted, as the server sees them.
+async fn encrypted(store: &PgStore) -> bool {
+    let client = store.client().await.expect("a connection");
+    client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0)
+}
+
+#[tokio::test]
+async fn sslmode_is_honoured_as_libpq_means_it() {
+    // The server's certificate names `localhost` only.
+    let cluster = Cluster::start_tls(&["localhost"]);
+    let by_ip = cluster.database();
+    let by_name = by_ip.replace("127.0.0.1", "localhost");
+    let ca = cluster.ca_file();
+    let with = |url: &str, mode: &str| format!("{url}?sslmode={mode}");
+
+    // verify-full: the right CA and the name in the certificate.
+    let (_d, store) = open_tls(&with(&by_name, "verify-full"), Some(&ca))
+        .await
+        .expect("verify-full with the server's CA");
+    assert!(encrypted(&store).await, "verify-full connects over TLS");
+
+    // verify-full refuses an address the certificate was not issued for; verify-ca checks
+    // the CA only.
+    let e = open_tls(&with(&by_ip, "verify-full"), Some(&ca))
+        .await
+        .err()
+        .expect("127.0.0.1 is not in the certificate");
+    assert!(
+        e.contains("certificate not valid for name \"127.0.0.1\"") && e.contains("verify-full"),
+        "{e}"
+    );
+    let (_d, store) = open_tls(&with(&by_ip, "verify-ca"), Some(&ca))
+        .await
+        .expect("verify-ca ignores the name");
+    assert!(encrypted(&store).await);
+
+    // Another CA: refused, naming the problem and the CA file.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_ca = other.path().join("other-ca.pem");
+    std::fs::write(&other_ca, cluster::Certificates::new(&["localhost"]).ca).expect("write");
+    let e = open_tls(&with(&by_name, "verify-full"), Some(&other_ca))
+        .await
+        .err()
+        .expect("a certificate from another CA");
+    assert!(
+        e.contains("invalid peer certificate")
+            && e.contains("UnknownIssuer")
+            && e.contains("not signed by a trusted CA")
+            && e.contains("other-ca.pem"),
+        "{e}"
+    );
+    // `require` with a CA file checks the CA, as libpq does with a root certificate.
+    let e = open_tls(&with(&by_ip, "require"), Some(&other_ca))
+        .await
+        .err()
+        .expect("require with a CA file checks it");
+    assert!(e.contains("UnknownIssuer"), "{e}");
+
+    // require without a CA, and the default (prefer): encrypted, unchecked.
+    let (_d, store) = open_tls(&with(&by_ip, "require"), None)
+        .await
+        .expect("require");
+    assert!(encrypted(&store).await);
+    let (_d, store) = open_tls(&by_ip, None).await.expect("prefer");
+    assert!(
+        encrypted(&store).await,
+        "prefer uses TLS when the server has it"
+    );
+    let (_d, store) = open_tls(&with(&by_ip, "disable"), None)
+        .await
+        .expect("disable");
+    assert!(!encrypted(&store).await, "disable never uses TLS");
+}
+
+#[tokio::test]
+async fn require_refuses_a_server_without_tls_and_prefer_goes_plain() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let e = open_tls(&format!("{url}?sslmode=require"), None)
+        .await
+        .err()
+        .expect("the server has no TLS");
+    assert!(e.contains("TLS") && e.contains("sslmode=require"), "{e}");
+    let (_d, store) = open_tls(&url, None).await.expect("prefer");
+    assert!(!encrypted(&store).await);
 }

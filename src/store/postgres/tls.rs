@@ -1,0 +1,450 @@
+//! TLS to PostgreSQL: the URL's `sslmode` as libpq means it, on rustls (the TLS stack the
+//! rest of hooktap uses, with the same `ring` provider), through `tokio-postgres-rustls`.
+//!
+//! | `sslmode` | TLS | the server's certificate |
+//! |---|---|---|
+//! | `disable` | never | — |
+//! | `prefer` (the default) | if the server offers it | not checked |
+//! | `require` | always | not checked; with `ca_file`, checked as `verify-ca` (as libpq does with a root certificate) |
+//! | `verify-ca` | always | signed by a trusted CA |
+//! | `verify-full` | always | signed by a trusted CA and issued for the URL's host |
+//!
+//! The trusted CAs are those of `[store] ca_file` (PEM), or else the system's store.
+//! tokio-postgres itself knows only `disable`, `prefer` and `require`: the verifying modes are
+//! read here and handed to it as `require` with a verifying rustls configuration.
+
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::store::StoreError;
+
+/// `sslmode`, as libpq means it (`allow` is not supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "disable" => Ok(Self::Disable),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-ca" => Ok(Self::VerifyCa),
+            "verify-full" => Ok(Self::VerifyFull),
+            "allow" => Err(
+                "sslmode=allow is not supported: use disable, prefer, require, verify-ca or verify-full"
+                    .to_owned(),
+            ),
+            other => Err(format!(
+                "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// `sslmode=VALUE` in a URL's query or a `key=value` connection string (the value may be
+/// quoted in the latter).
+static SSLMODE: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"(?:^|[?&\s])sslmode\s*=\s*'?([A-Za-z-]*)")
+        .unwrap_or_else(|e| unreachable!("a constant pattern: {e}"))
+});
+
+/// How to reach PostgreSQL: the connection settings and the TLS connector, made once per
+/// store (reading the CAs is not free) and cloned for each connection.
+#[derive(Clone)]
+pub struct Connector {
+    pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+    /// The mode in force and where the trusted CAs come from, for errors.
+    described: String,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.described)
+    }
+}
+
+impl Connector {
+    /// Reads `url` (a secret: never in an error) and `ca_file`.
+    pub fn new(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
+        let (config, mode) = parse(url, ca_file).map_err(StoreError::Postgres)?;
+        let roots = match mode {
+            SslMode::VerifyCa | SslMode::VerifyFull => Some(roots(ca_file)?),
+            _ => None,
+        };
+        let described = match (mode, ca_file) {
+            (SslMode::VerifyCa | SslMode::VerifyFull, Some(f)) => {
+                format!(
+                    "sslmode={}, CA certificates from {}",
+                    mode.as_str(),
+                    f.display()
+                )
+            }
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => format!(
+                "sslmode={}, CA certificates from the system's store (set [store] ca_file for a private CA)",
+                mode.as_str()
+            ),
+            _ => format!("sslmode={}", mode.as_str()),
+        };
+        Ok(Self {
+            config,
+            tls: MakeRustlsConnect::new(client_config(mode, roots)?),
+            described,
+        })
+    }
+
+    /// `e`, a failure to connect, with the TLS settings when it is about the certificate
+    /// (`invalid peer certificate: UnknownIssuer` says what, not which CAs were tried).
+    pub fn explain(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Postgres(text) if text.contains("certificate") || text.contains("TLS") => {
+                let meaning = if text.contains("UnknownIssuer") {
+                    "the server's certificate is not signed by a trusted CA; "
+                } else if text.contains("BadSignature") {
+                    "the server's certificate does not carry a valid signature of a trusted CA; "
+                } else {
+                    ""
+                };
+                StoreError::Postgres(format!("{text} ({meaning}{})", self.described))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Checks a URL and the `ca_file` that goes with it (the config's checks).
+pub fn check(url: &str, ca_file: Option<&Path>) -> Result<(), String> {
+    parse(url, ca_file).map(drop)
+}
+
+/// The connection settings with the verifying modes handed to tokio-postgres as `require`, and
+/// the mode in force.
+pub(super) fn parse(
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Result<(tokio_postgres::Config, SslMode), String> {
+    let mut given = None;
+    let mut rewritten = String::with_capacity(url.len());
+    let mut last = 0;
+    for m in SSLMODE.captures_iter(url) {
+        let Some(value) = m.get(1) else { continue };
+        let mode = SslMode::parse(value.as_str())?;
+        rewritten.push_str(&url[last..value.start()]);
+        rewritten.push_str(match mode {
+            SslMode::VerifyCa | SslMode::VerifyFull => "require",
+            other => other.as_str(),
+        });
+        last = value.end();
+        given = Some(mode);
+    }
+    rewritten.push_str(&url[last..]);
+    let config = rewritten.parse::<tokio_postgres::Config>().map_err(|e| {
+        // "invalid connection string: unknown option `sslrootcert`"
+        let e = super::pg_error(e).to_string();
+        if e.contains("sslrootcert") {
+            "sslrootcert in the url is not read: set `ca_file` in [store] instead".to_owned()
+        } else {
+            e
+        }
+    })?;
+    let mode = match (given, ca_file) {
+        (None, None) => SslMode::Prefer,
+        (None, Some(_)) => SslMode::VerifyFull,
+        (Some(SslMode::Require), Some(_)) => SslMode::VerifyCa,
+        (Some(mode @ (SslMode::Disable | SslMode::Prefer)), Some(_)) => {
+            return Err(format!(
+                "`ca_file` is used with sslmode=require, verify-ca or verify-full; the url says sslmode={}",
+                mode.as_str()
+            ));
+        }
+        (Some(mode), _) => mode,
+    };
+    let mut config = config;
+    config.ssl_mode(match mode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+    });
+    Ok((config, mode))
+}
+
+/// The CAs of `ca_file`, or else the system's.
+fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, StoreError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let (added, ignored) = roots.add_parsable_certificates(ca_certificates(path)?);
+            if added == 0 {
+                return Err(StoreError::Postgres(format!(
+                    "ca_file {}: none of its {ignored} certificates can be used as a CA",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!(error = %e, "cannot read part of the system's CA certificates");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(StoreError::Postgres(
+                    "no CA certificates in the system's store to verify PostgreSQL's certificate with: set `ca_file` in [store]"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// The PEM certificates of a CA file, with the file named in every error.
+pub fn ca_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, StoreError> {
+    let named = |e: &dyn std::fmt::Display| {
+        StoreError::Postgres(format!("ca_file {}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| named(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named(&e))?;
+    if certs.is_empty() {
+        return Err(named(
+            &"no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+        ));
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(
+    mode: SslMode,
+    roots: Option<RootCertStore>,
+) -> Result<rustls::ClientConfig, StoreError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Postgres(format!("cannot set up TLS: {e}")))?;
+    let algorithms = provider.signature_verification_algorithms;
+    let verifier: Arc<dyn ServerCertVerifier> = match (mode, roots) {
+        (SslMode::VerifyFull, Some(roots)) => {
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| StoreError::Postgres(format!("cannot set up TLS: {e}")))?
+        }
+        (SslMode::VerifyCa, Some(roots)) => Arc::new(ChainOnly {
+            roots: Arc::new(roots),
+            algorithms,
+        }),
+        _ => Arc::new(Unchecked { algorithms }),
+    };
+    Ok(builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth())
+}
+
+/// `verify-ca`: the chain up to a trusted CA, whatever name the certificate was issued for.
+#[derive(Debug)]
+struct ChainOnly {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// `prefer` and `require`: encrypted, with the certificate unchecked (as libpq does). The
+/// handshake's signatures are still checked, so the server holds the certificate's key.
+#[derive(Debug)]
+struct Unchecked {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_is_read_from_urls_and_connection_strings() {
+        let cases = [
+            ("postgres://u:p@h/db", SslMode::Prefer),
+            ("postgres://u:p@h/db?sslmode=disable", SslMode::Disable),
+            (
+                "postgres://u:p@h/db?application_name=x&sslmode=verify-ca",
+                SslMode::VerifyCa,
+            ),
+            (
+                "postgres://u:p@h/db?sslmode=verify-full",
+                SslMode::VerifyFull,
+            ),
+            ("host=h user=u sslmode='verify-full'", SslMode::VerifyFull),
+            ("host=h user=u sslmode=require", SslMode::Require),
+        ];
+        for (url, want) in cases {
+            let (config, mode) = parse(url, None).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(mode, want, "{url}");
+            let pg = match want {
+                SslMode::Disable => PgSslMode::Disable,
+                SslMode::Prefer => PgSslMode::Prefer,
+                _ => PgSslMode::Require,
+            };
+            assert_eq!(config.get_ssl_mode(), pg, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_ca_file_makes_the_certificate_checked() {
+        let ca = Path::new("ca.pem");
+        let mode = |url: &str| parse(url, Some(ca)).map(|(_, m)| m);
+        assert_eq!(mode("postgres://h/db"), Ok(SslMode::VerifyFull));
+        assert_eq!(
+            mode("postgres://h/db?sslmode=require"),
+            Ok(SslMode::VerifyCa)
+        );
+        assert_eq!(
+            mode("postgres://h/db?sslmode=verify-ca"),
+            Ok(SslMode::VerifyCa)
+        );
+        let e = mode("postgres://h/db?sslmode=prefer").expect_err("prefer ignores a CA");
+        assert!(
+            e.contains("`ca_file`") && e.contains("sslmode=prefer"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unsupported_modes_and_sslrootcert_are_named() {
+        let e = check("postgres://u:secret@h/db?sslmode=allow", None).expect_err("allow");
+        assert!(e.contains("sslmode=allow is not supported"), "{e}");
+        let e = check("postgres://u:secret@h/db?sslmode=verify", None).expect_err("typo");
+        assert!(e.contains("sslmode=verify is not one of"), "{e}");
+        let e = check(
+            "postgres://u:secret@h/db?sslmode=verify-full&sslrootcert=/ca.pem",
+            None,
+        )
+        .expect_err("sslrootcert");
+        assert!(e.contains("ca_file") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").expect("write");
+        let e = ca_certificates(&path)
+            .expect_err("no certificate")
+            .to_string();
+        assert!(
+            e.contains("ca.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = ca_certificates(&dir.path().join("missing.pem"))
+            .expect_err("missing")
+            .to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+    }
+}

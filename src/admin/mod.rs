@@ -139,7 +139,9 @@ impl From<ManageError> for ApiError {
                     .join("; ");
                 Self::invalid(field, message)
             }
-            ManageError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ManageError::NameTaken(_) | ManageError::Conflict(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             ManageError::PingFailed(_) => {
                 Self::new(StatusCode::CONFLICT, "ping_failed", e.to_string())
             }

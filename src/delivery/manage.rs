@@ -3,7 +3,11 @@
 //! Every operation goes through the engine, so that the running loop and the store never
 //! disagree: every change takes effect for the next send, and a deletion drops the queue.
 //! Changes to a webhook's record are made under its `writes` lock, the same one the
-//! scheduler holds while it records an outcome, so neither overwrites the other.
+//! scheduler holds while it records an outcome, so neither overwrites the other. They are
+//! made on the record as stored, not on the running copy (which a change through another
+//! instance can be 200 ms ahead of), and written only while the stored record is still the
+//! version read; when another writer came in between, the change is made again on its
+//! result (see [`Engine::change_record`]).
 
 use std::sync::Arc;
 
@@ -15,7 +19,7 @@ use super::Engine;
 use super::registry::Target;
 use super::send::{self, Outgoing};
 use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
-use crate::store::{Planner, StoreError};
+use crate::store::{Planner, Replaced, StoreError};
 use crate::webhook::{
     Counters, Defaults, FieldError, Origin, TopicsError, Webhook, WebhookInput, WebhookSpec,
     WebhookStatus, WebhookView, compile_topics,
@@ -32,6 +36,10 @@ pub enum ManageError {
     NameTaken(String),
     #[error("the webhook was not activated: its URL did not answer the ping with 2xx ({0})")]
     PingFailed(String),
+    #[error(
+        "webhook {0} was changed by other requests {CHANGE_TRIES} times while this change was being made; nothing was changed, try again"
+    )]
+    Conflict(Uuid),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -55,6 +63,10 @@ pub struct Ping {
     pub response_headers: Vec<(String, String)>,
     pub response_body: String,
 }
+
+/// How many times a change is made again on a record that another writer changed meanwhile
+/// before it is refused ([`ManageError::Conflict`]).
+pub(super) const CHANGE_TRIES: usize = 5;
 
 /// Marks a webhook disabled, with the reason.
 pub(super) fn disable(webhook: &mut Webhook, reason: String) {
@@ -99,35 +111,35 @@ impl Engine {
         &self,
         id: Uuid,
         status: WebhookStatus,
-    ) -> Result<Option<Webhook>, StoreError> {
+    ) -> Result<Option<Webhook>, ManageError> {
         let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
         let _writing = target.writes.lock().await;
-        let (updated, became_disabled) = {
-            let mut w = target.record();
-            let was = w.status;
-            if status == WebhookStatus::Disabled {
-                if was != WebhookStatus::Disabled {
-                    disable(&mut w, "disabled by an operator".to_owned());
+        let mut was = status;
+        let changed = self
+            .change_record(&target, |w| {
+                was = w.status;
+                if status == WebhookStatus::Disabled {
+                    if was != WebhookStatus::Disabled {
+                        disable(w, "disabled by an operator".to_owned());
+                    }
+                } else {
+                    w.status = status;
+                    w.disabled_reason = None;
+                    w.updated_at = OffsetDateTime::now_utc();
                 }
-            } else {
-                w.status = status;
-                w.disabled_reason = None;
-                w.updated_at = OffsetDateTime::now_utc();
-            }
-            if status == WebhookStatus::Active && was != WebhookStatus::Active {
-                // Resumed by an operator (after a ping, through the API): start afresh.
-                target.gates().reset_circuit();
-            }
-            (
-                w.clone(),
-                was != WebhookStatus::Disabled && w.status == WebhookStatus::Disabled,
-            )
-        };
-        if !self.store.replace_webhook(&updated).await? {
+                Ok(())
+            })
+            .await?;
+        let Some(updated) = changed else {
             return Ok(None);
+        };
+        if status == WebhookStatus::Active && was != WebhookStatus::Active {
+            // Resumed by an operator (after a ping, through the API): start afresh.
+            target.gates().reset_circuit();
         }
+        let became_disabled = was != WebhookStatus::Disabled && status == WebhookStatus::Disabled;
         tracing::info!(webhook = %updated.spec.name, status = ?updated.status, "webhook status changed");
         if became_disabled {
             self.announce_disabled(&updated);
@@ -137,11 +149,22 @@ impl Engine {
     }
 
     /// Zeroes a webhook's counters.
-    pub async fn reset_counters(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+    pub async fn reset_counters(&self, id: Uuid) -> Result<Option<Webhook>, ManageError> {
         let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
         let _writing = target.writes.lock().await;
+        if !self.store.shared() {
+            // The counters are in the record: a change of the record like any other.
+            target.record().counters = Counters::default();
+            return self
+                .change_record(&target, |w| {
+                    w.counters = Counters::default();
+                    Ok(())
+                })
+                .await;
+        }
+        // A shared store zeroes its counter columns; the record is not written.
         let w = {
             let mut w = target.record();
             w.counters = Counters::default();
@@ -149,6 +172,43 @@ impl Engine {
         };
         self.store.reset_counters(&w).await?;
         Ok(Some(w))
+    }
+
+    /// Changes webhook `target`'s record with `change` and runs the result; the caller holds
+    /// `target.writes`. The change is made on the record as stored (this instance's counters
+    /// kept, for a store that is not shared) and written only if the stored record is still
+    /// the version read; if another writer (another instance, the config file, the engine
+    /// disabling the webhook) came in between, it is made again on the newer record, so a
+    /// change never overwrites another unseen. After [`CHANGE_TRIES`] such races it is
+    /// refused as a [`ManageError::Conflict`]. `None`: the webhook is gone.
+    pub(super) async fn change_record(
+        &self,
+        target: &Target,
+        mut change: impl FnMut(&mut Webhook) -> Result<(), ManageError>,
+    ) -> Result<Option<Webhook>, ManageError> {
+        for _ in 0..CHANGE_TRIES {
+            let Some(mut w) = self.store.webhook(target.id).await? else {
+                return Ok(None);
+            };
+            if !self.store.shared() {
+                // This instance counts, and saves its counters now and then: its running
+                // counters are ahead of the stored ones.
+                w.counters = target.record().counters.clone();
+            }
+            change(&mut w)?;
+            match self.store.replace_webhook(&w).await? {
+                Replaced::Done => {
+                    w.version += 1;
+                    self.run_record(target, w.clone());
+                    return Ok(Some(w));
+                }
+                Replaced::Gone => return Ok(None),
+                Replaced::Stale => {
+                    tracing::debug!(webhook = %target.id, "the webhook's record changed meanwhile; changing the newer record");
+                }
+            }
+        }
+        Err(ManageError::Conflict(target.id))
     }
 
     /// Deletes a webhook and everything queued for it; returns how many pending deliveries were
@@ -226,28 +286,10 @@ impl Engine {
                 if t.is_deleted() {
                     return;
                 }
-                let resumed = {
-                    let running = t.record();
-                    if !self.store.shared() {
-                        webhook.counters = running.counters.clone();
-                    }
-                    if running.spec.topics != webhook.spec.topics {
-                        if let Ok(topics) = compile_topics(&webhook.spec.topics) {
-                            t.set_topics(topics);
-                        }
-                    }
-                    if running.spec.filter != webhook.spec.filter
-                        || running.spec.ordering_key != webhook.spec.ordering_key
-                    {
-                        t.set_selection(&webhook.spec);
-                    }
-                    running.status != WebhookStatus::Active
-                        && webhook.status == WebhookStatus::Active
-                };
-                *t.record() = webhook;
-                if resumed {
-                    self.wake();
+                if !self.store.shared() {
+                    webhook.counters = t.record().counters.clone();
                 }
+                self.run_record(&t, webhook);
             }
             None => match Target::new(webhook) {
                 Ok(t) => {
@@ -256,6 +298,29 @@ impl Engine {
                 }
                 Err(e) => tracing::error!(error = %e, "cannot run a stored webhook"),
             },
+        }
+    }
+
+    /// Makes `webhook` the running record of `t` (under `t.writes`): its topics, filter and
+    /// ordering key take effect, and a webhook that became active is woken.
+    fn run_record(&self, t: &Target, webhook: Webhook) {
+        let resumed = {
+            let running = t.record();
+            if running.spec.topics != webhook.spec.topics {
+                if let Ok(topics) = compile_topics(&webhook.spec.topics) {
+                    t.set_topics(topics);
+                }
+            }
+            if running.spec.filter != webhook.spec.filter
+                || running.spec.ordering_key != webhook.spec.ordering_key
+            {
+                t.set_selection(&webhook.spec);
+            }
+            running.status != WebhookStatus::Active && webhook.status == WebhookStatus::Active
+        };
+        *t.record() = webhook;
+        if resumed {
+            self.wake();
         }
     }
 
@@ -327,6 +392,7 @@ impl Engine {
         let target = self.registry.get(id).ok_or(ManageError::NotFound(id))?;
         let current = target.webhook();
         let mut spec = input
+            .clone()
             .apply(Some(&current.spec), &self.defaults())
             .map_err(ManageError::Invalid)?;
         if self.registry.name_taken(&spec.name, Some(id)) {
@@ -341,19 +407,25 @@ impl Engine {
                 return Err(ManageError::PingFailed(ping.summary));
             }
         }
-        let topics = compile_topics(&spec.topics).map_err(topics_error)?;
+        compile_topics(&spec.topics).map_err(topics_error)?;
         {
             let _writing = target.writes.lock().await;
-            let w = {
-                let mut w = target.record();
-                w.update(spec, self.config.secret_rotation_grace);
-                w.clone()
-            };
-            if !self.store.replace_webhook(&w).await? {
+            let changed = self
+                .change_record(&target, |w| {
+                    // The input is applied to the record as stored: the fields it leaves out
+                    // keep what another instance may have changed meanwhile.
+                    let spec = input
+                        .clone()
+                        .apply(Some(&w.spec), &self.defaults())
+                        .map_err(ManageError::Invalid)?;
+                    compile_topics(&spec.topics).map_err(topics_error)?;
+                    w.update(spec, self.config.secret_rotation_grace);
+                    Ok(())
+                })
+                .await?;
+            if changed.is_none() {
                 return Err(ManageError::NotFound(id));
             }
-            target.set_topics(topics);
-            target.set_selection(&w.spec);
         }
         if let Some(status) = status {
             self.set_status(id, status).await?;
@@ -487,5 +559,186 @@ impl Engine {
             self.wake();
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::delivery::DeliveryConfig;
+    use crate::ssrf::Guard;
+    use crate::store::postgres::cluster::Cluster;
+    use crate::store::{Backend, FlushMode, PgConfig, PgStore, SledStore, Store, StoreConfig};
+
+    fn delivery_config() -> DeliveryConfig {
+        DeliveryConfig {
+            source: "https://shop.test/".to_owned(),
+            timeout: Duration::from_secs(1),
+            concurrency: 4,
+            https_only: false,
+            guard: Guard::default(),
+            secret_rotation_grace: Duration::ZERO,
+        }
+    }
+
+    /// An engine on the shared store at `url`, its journal under `dir`. Its loop is not run,
+    /// so its running copies are refreshed by nothing: as stale as they can get.
+    async fn instance(url: &str, dir: &std::path::Path) -> Arc<Engine> {
+        let pg = PgConfig {
+            url: url.to_owned(),
+            lease: Duration::from_secs(30),
+            pool_size: 2,
+            ca_file: None,
+        };
+        let config = StoreConfig {
+            path: dir.join("journal"),
+            flush: FlushMode::Interval(Duration::from_millis(100)),
+            retention: Duration::from_secs(3600),
+            min_free_space: 0,
+            backend: Backend::Postgres(pg.clone()),
+        };
+        let store = PgStore::open_now(&config, &pg).await.expect("open");
+        store.mark_ready();
+        let engine = Engine::new(
+            Arc::new(store),
+            Vec::new(),
+            delivery_config(),
+            Default::default(),
+        );
+        Arc::new(engine.expect("engine"))
+    }
+
+    fn schedule() -> Vec<Duration> {
+        vec![Duration::from_secs(1), Duration::from_secs(7)]
+    }
+
+    fn input() -> WebhookInput {
+        WebhookInput::default()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_change_on_one_instance_survives_another_instances_stale_copy() {
+        let cluster = Cluster::start();
+        let url = cluster.database();
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = instance(&url, da.path()).await;
+        let b = instance(&url, db.path()).await;
+        let spec = WebhookSpec::example("crm");
+        a.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync a");
+        b.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync b");
+        let id = a.webhooks()[0].id;
+        assert_eq!(b.webhooks()[0].id, id, "one id on both instances");
+
+        // A changes the retry schedule; B still runs the copy from before.
+        a.update_webhook(
+            id,
+            WebhookInput {
+                retry: Some("1s, 7s".to_owned()),
+                ..input()
+            },
+        )
+        .await
+        .expect("update on a");
+        let stale = b.webhook(id).expect("b's copy");
+        assert_ne!(stale.spec.retry, schedule(), "b's copy is stale");
+
+        // B pauses it and changes its timeout from that stale copy: A's change stays.
+        b.set_status(id, WebhookStatus::Paused)
+            .await
+            .expect("pause on b")
+            .expect("found");
+        b.update_webhook(
+            id,
+            WebhookInput {
+                timeout: Some("3s".to_owned()),
+                ..input()
+            },
+        )
+        .await
+        .expect("update on b");
+        let stored = a.store().webhook(id).await.expect("read").expect("there");
+        assert_eq!(
+            stored.spec.retry,
+            schedule(),
+            "a's change survives b's changes"
+        );
+        assert_eq!(stored.status, WebhookStatus::Paused, "b's pause is there");
+        assert_eq!(
+            stored.spec.timeout,
+            Duration::from_secs(3),
+            "b's change is there"
+        );
+        let running = b.webhook(id).expect("b's copy");
+        assert_eq!(
+            (running.spec.retry.clone(), running.status),
+            (schedule(), WebhookStatus::Paused),
+            "b runs the record as written"
+        );
+
+        // And back: A (its copy now stale) resumes; B's timeout stays.
+        a.set_status(id, WebhookStatus::Active)
+            .await
+            .expect("resume on a")
+            .expect("found");
+        let stored = b.store().webhook(id).await.expect("read").expect("there");
+        assert_eq!(stored.status, WebhookStatus::Active);
+        assert_eq!(stored.spec.timeout, Duration::from_secs(3));
+        assert_eq!(stored.spec.retry, schedule());
+    }
+
+    #[tokio::test]
+    async fn a_change_that_other_writers_keep_overtaking_is_refused_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(crate::store::sled::open_for_tests(dir.path()));
+        let engine = Engine::new(
+            Arc::clone(&store) as Arc<dyn Store>,
+            Vec::new(),
+            delivery_config(),
+            Default::default(),
+        )
+        .expect("engine");
+        engine
+            .sync_webhooks(&[WebhookSpec::example("crm")], Duration::ZERO)
+            .await
+            .expect("sync");
+        let id = engine.webhooks()[0].id;
+        let target = engine.registry.get(id).expect("target");
+        let _writing = target.writes.lock().await;
+        let mut tries = 0;
+        let result = engine
+            .change_record(&target, |w| {
+                tries += 1;
+                // Another writer gets in between every read and write.
+                let mut other = w.clone();
+                other.spec.failure_threshold = tries;
+                SledStore::put_webhook(&store, &other).map_err(ManageError::Store)?;
+                w.status = WebhookStatus::Paused;
+                Ok(())
+            })
+            .await;
+        let e = result.expect_err("refused");
+        assert!(matches!(e, ManageError::Conflict(i) if i == id), "{e}");
+        assert!(e.to_string().contains("try again"), "{e}");
+        assert_eq!(tries, CHANGE_TRIES as u32);
+        let stored = store.webhook(id).expect("read").expect("there");
+        assert_eq!(
+            stored.status,
+            WebhookStatus::Active,
+            "nothing of the change"
+        );
+        assert_eq!(
+            stored.spec.failure_threshold, CHANGE_TRIES as u32,
+            "the others' last write stays"
+        );
     }
 }

@@ -441,9 +441,26 @@ impl Engine {
                     webhook.status == WebhookStatus::Disabled && !disabled
                 };
                 if newly_disabled {
-                    // Deleted meanwhile (by another instance): nothing left to disable.
-                    if !self.store.replace_webhook(&webhook).await? {
-                        return Ok(());
+                    // On the stored record, so that a change another instance made meanwhile
+                    // is not overwritten by this copy.
+                    let reason = webhook.disabled_reason.clone().unwrap_or_default();
+                    let changed = self
+                        .change_record(target, |w| {
+                            if w.status != WebhookStatus::Disabled {
+                                super::manage::disable(w, reason.clone());
+                            }
+                            Ok(())
+                        })
+                        .await;
+                    match changed {
+                        Ok(Some(w)) => webhook = w,
+                        // Deleted meanwhile (by another instance): nothing left to disable.
+                        Ok(None) => return Ok(()),
+                        Err(super::manage::ManageError::Store(e)) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(webhook = %webhook.spec.name, error = %e, "cannot disable the webhook now; its failures will disable it at the next outcome");
+                            return Ok(());
+                        }
                     }
                     disabled = true;
                 }

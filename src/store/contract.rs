@@ -18,7 +18,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{EventQuery, Recorded, Recording, Store, Swept};
+use super::{EventQuery, Recorded, Recording, Replaced, Store, Swept};
 use crate::event::{Attempt, DedupeKey, Delivery, DeliveryState, Event, Topic, unix_ms};
 use crate::webhook::{Origin, Webhook, WebhookSpec};
 
@@ -47,6 +47,7 @@ macro_rules! store_contract_tests {
             a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_flight,
             a_dedupe_claim_holds_for_its_window,
             a_released_dedupe_claim_can_be_claimed_again,
+            a_stale_copy_does_not_replace_a_newer_record,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -489,6 +490,7 @@ pub async fn webhooks_are_listed_oldest_first(store: Arc<dyn Store>) {
     );
     b.counters.delivered = 7;
     assert!(store.save_webhook(&b).await.expect("save"));
+    b.version += 1;
     assert_eq!(store.webhook(b.id).await.expect("read"), Some(b));
     assert_eq!(store.webhook(Uuid::now_v7()).await.expect("read"), None);
 }
@@ -747,5 +749,63 @@ pub async fn a_released_dedupe_claim_can_be_claimed_again(store: Arc<dyn Store>)
         store
             .claim_dedupe(&key, Uuid::now_v7(), t0 + 1, window)
             .expect("claim")
+    );
+}
+
+/// A copy replaces the record only while the record is the version the copy was read at;
+/// every write moves the version on.
+pub async fn a_stale_copy_does_not_replace_a_newer_record(store: Arc<dyn Store>) {
+    let w = Webhook::new(spec("versioned"), Origin::Api);
+    store.put_webhook(&w).await.expect("put webhook");
+    let read = |store: Arc<dyn Store>| async move {
+        store
+            .webhook(w.id)
+            .await
+            .expect("read")
+            .expect("the webhook is there")
+    };
+    let first = read(Arc::clone(&store)).await;
+    let stale = first.clone();
+
+    let mut changed = first.clone();
+    changed.spec.failure_threshold = 7;
+    assert_eq!(
+        store.replace_webhook(&changed).await.expect("replace"),
+        Replaced::Done
+    );
+    let second = read(Arc::clone(&store)).await;
+    assert_eq!(second.spec.failure_threshold, 7);
+    assert_eq!(
+        second.version,
+        first.version + 1,
+        "a replacement moves the version on"
+    );
+
+    let mut overtaken = stale.clone();
+    overtaken.status = crate::webhook::WebhookStatus::Paused;
+    assert_eq!(
+        store.replace_webhook(&overtaken).await.expect("replace"),
+        Replaced::Stale,
+        "a copy read before the change is refused"
+    );
+    let after = read(Arc::clone(&store)).await;
+    assert_eq!(after.spec.failure_threshold, 7, "the change stays");
+    assert_eq!(after.status, crate::webhook::WebhookStatus::Active);
+
+    // A put (the config file's) and a save move the version on too.
+    store.put_webhook(&after).await.expect("put again");
+    let put = read(Arc::clone(&store)).await;
+    assert!(put.version > after.version, "a put moves the version on");
+    assert_eq!(
+        store.replace_webhook(&after).await.expect("replace"),
+        Replaced::Stale
+    );
+    assert!(store.save_webhook(&put).await.expect("save"));
+    assert!(read(Arc::clone(&store)).await.version > put.version);
+
+    store.delete_webhook(w.id).await.expect("delete");
+    assert_eq!(
+        store.replace_webhook(&put).await.expect("replace"),
+        Replaced::Gone
     );
 }

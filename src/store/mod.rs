@@ -127,6 +127,17 @@ pub struct Recorded {
     pub attempt: Attempt,
 }
 
+/// What [`Store::replace_webhook`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    /// Written: the stored version is the copy's plus one.
+    Done,
+    /// Nothing written: the webhook is gone (deleted meanwhile).
+    Gone,
+    /// Nothing written: the record changed since the copy was read (read it again).
+    Stale,
+}
+
 /// What recording an outcome came to (see [`Store::record_attempts`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recording {
@@ -396,19 +407,23 @@ pub trait Store: Send + Sync + 'static {
     async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError>;
 
     /// Creates or replaces a webhook. A shared store keeps its own counters (see
-    /// [`Store::reset_counters`]).
+    /// [`Store::reset_counters`]). Replacing one moves its version on (see
+    /// [`Store::replace_webhook`]).
     async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError>;
 
-    /// Replaces a webhook and zeroes its counters (nothing when it was deleted).
+    /// Zeroes a webhook's counters (nothing when it was deleted). A shared store zeroes its
+    /// counters only; others write `webhook` (its counters zeroed by the caller).
     async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        self.replace_webhook(webhook).await.map(drop)
+        self.save_webhook(webhook).await.map(drop)
     }
 
-    /// Replaces the record of a webhook that exists (a shared store keeps its counters);
-    /// false, writing nothing, when it was deleted (by another instance, meanwhile).
-    async fn replace_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
-        self.save_webhook(webhook).await
-    }
+    /// Replaces the record of a webhook that exists (a shared store keeps its counters) if
+    /// the stored record is still at `webhook.version`, the version the copy was read at;
+    /// the stored version is then `webhook.version + 1`. Every other write of the record
+    /// moves the version on too, so a copy read before any change (through another
+    /// instance, the config file, or the engine disabling the webhook) is refused as
+    /// [`Replaced::Stale`] instead of overwriting that change.
+    async fn replace_webhook(&self, webhook: &Webhook) -> Result<Replaced, StoreError>;
 
     /// Gives up the leases on deliveries [`Store::queued`] returned but that were not sent
     /// (the concurrency limits filled up meanwhile).
@@ -440,8 +455,8 @@ pub trait Store: Send + Sync + 'static {
         Ok(applied)
     }
 
-    /// Replaces the record of a webhook that exists (counters, status); returns false, and
-    /// writes nothing, when it was deleted.
+    /// Replaces the record of a webhook that exists (counters, status), whatever its version
+    /// (moving it on); returns false, and writes nothing, when it was deleted.
     async fn save_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError>;
 
     /// Deletes a webhook with its deliveries and attempts; returns how many deliveries were

@@ -224,6 +224,10 @@ pub struct Webhook {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// How many times the stored record was written: a copy replaces the record only while
+    /// the record is still the one it was read from (see [`crate::store::Store::replace_webhook`]).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A webhook as it may be shown: no secret, credentials masked. The admin API answers with it
@@ -293,6 +297,7 @@ impl Webhook {
             counters: Counters::default(),
             created_at: now,
             updated_at: now,
+            version: 0,
         }
     }
 

@@ -45,7 +45,7 @@ use uuid::Uuid;
 
 use super::{
     Applied, BarrierStats, Durable, EventQuery, JournalStats, KeyHeads, Planner, QueueStats,
-    Recorded, Recording, Store, StoreConfig, StoreError, Swept,
+    Recorded, Recording, Replaced, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::store::SledStore;
@@ -505,17 +505,17 @@ impl Store for PgStore {
     }
 
     async fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        sql::put_webhook(&self.client().await?, webhook).await
-    }
-
-    async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        sql::replace_webhook(&self.client().await?, webhook, true)
+        sql::put_webhook(&self.client().await?, webhook)
             .await
             .map(drop)
     }
 
-    async fn replace_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
-        sql::replace_webhook(&self.client().await?, webhook, false).await
+    async fn reset_counters(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        sql::reset_counters(&self.client().await?, webhook.id).await
+    }
+
+    async fn replace_webhook(&self, webhook: &Webhook) -> Result<Replaced, StoreError> {
+        sql::replace_webhook(&self.client().await?, webhook).await
     }
 
     async fn unclaim(&self, deliveries: &[Uuid]) -> Result<(), StoreError> {

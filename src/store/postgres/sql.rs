@@ -13,7 +13,7 @@ use super::pg_error;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, unix_ms};
 use crate::store::{
     Applied, CounterChange, EventQuery, KeyHeads, Planner, QueueStats, Recorded, Recording,
-    StoreError, Swept, WebhookPlan,
+    Replaced, StoreError, Swept, WebhookPlan,
 };
 use crate::webhook::{Counters, Webhook, WebhookStatus};
 
@@ -171,9 +171,11 @@ impl WebhookRow {
     }
 }
 
+/// A webhook from a `WEBHOOK_COLUMNS, version` row.
 fn webhook_of(row: &Row) -> Webhook {
     let Json(mut w): Json<Webhook> = row.get(0);
     w.counters = counters_at(row, 1);
+    w.version = count(row.get(7));
     w
 }
 
@@ -185,14 +187,14 @@ pub async fn webhooks(
     let rows = match id {
         None => {
             c.query(
-                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY id"),
+                &format!("SELECT {WEBHOOK_COLUMNS}, version FROM webhooks ORDER BY id"),
                 &[],
             )
             .await
         }
         Some(id) => {
             c.query(
-                &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = $1"),
+                &format!("SELECT {WEBHOOK_COLUMNS}, version FROM webhooks WHERE id = $1"),
                 &[&id],
             )
             .await
@@ -209,40 +211,68 @@ pub async fn webhooks(
         .collect()
 }
 
-/// Creates or replaces a webhook's record. Its counters are written when it is created;
-/// afterwards they stay as counted.
-pub async fn put_webhook(c: &impl GenericClient, w: &Webhook) -> Result<(), StoreError> {
-    exec(
+/// Creates or replaces a webhook's record (moving its version on); returns the version
+/// stored. Its counters are written when it is created; afterwards they stay as counted.
+pub async fn put_webhook(c: &impl GenericClient, w: &Webhook) -> Result<u64, StoreError> {
+    let fields = WebhookRow::of(w, &w.counters)?;
+    let version = ms(w.version);
+    let mut params = fields.params().to_vec();
+    params.push(&version);
+    let version = row(
         c,
         &format!(
-            "INSERT INTO webhooks (id, {WEBHOOK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record"
+            "INSERT INTO webhooks (id, {WEBHOOK_COLUMNS}, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record,
+                                            version = webhooks.version + 1
+             RETURNING version"
         ),
-        &WebhookRow::of(w, &w.counters)?.params(),
+        &params,
     )
-    .await?;
-    notify(c, "webhooks").await
+    .await?
+    .get(0);
+    notify(c, "webhooks").await?;
+    Ok(count(version))
 }
 
-/// Replaces the record of a webhook that exists, not its counters (zeroed with `reset`);
-/// false, writing nothing, when it does not.
-pub async fn replace_webhook(
-    c: &impl GenericClient,
-    w: &Webhook,
-    reset: bool,
-) -> Result<bool, StoreError> {
-    let sql = if reset {
-        "UPDATE webhooks SET record = $2, delivered = 0, failed = 0, retries = 0,
-                consecutive_failures = 0, last_delivered_ms = NULL, last_failure_ms = NULL
-         WHERE id = $1"
+/// Replaces the record of a webhook that exists and is still at `w.version`, not its
+/// counters.
+pub async fn replace_webhook(c: &impl GenericClient, w: &Webhook) -> Result<Replaced, StoreError> {
+    let r = row(
+        c,
+        "WITH replaced AS (
+            UPDATE webhooks SET record = $2, version = version + 1
+            WHERE id = $1 AND version = $3
+            RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM replaced), EXISTS (SELECT 1 FROM webhooks WHERE id = $1)",
+        &[&w.id, &jsonb(w)?, &ms(w.version)],
+    )
+    .await?;
+    let (replaced, there): (bool, bool) = (r.get(0), r.get(1));
+    if replaced {
+        notify(c, "webhooks").await?;
+        Ok(Replaced::Done)
+    } else if there {
+        Ok(Replaced::Stale)
     } else {
-        "UPDATE webhooks SET record = $2 WHERE id = $1"
-    };
-    let n = exec(c, sql, &[&w.id, &jsonb(w)?]).await?;
+        Ok(Replaced::Gone)
+    }
+}
+
+/// Zeroes a webhook's counters (its record is left as it is).
+pub async fn reset_counters(c: &impl GenericClient, id: Uuid) -> Result<(), StoreError> {
+    let n = exec(
+        c,
+        "UPDATE webhooks SET delivered = 0, failed = 0, retries = 0, consecutive_failures = 0,
+                last_delivered_ms = NULL, last_failure_ms = NULL
+         WHERE id = $1",
+        &[&id],
+    )
+    .await?;
     if n > 0 {
         notify(c, "webhooks").await?;
     }
-    Ok(n > 0)
+    Ok(())
 }
 
 /// Ends this instance's leases on `deliveries` (taken but not sent).
@@ -277,7 +307,8 @@ pub async fn save_webhook(c: &impl GenericClient, w: &Webhook) -> Result<bool, S
     let n = exec(
         c,
         "UPDATE webhooks SET record = $2, delivered = $3, failed = $4, retries = $5,
-                    consecutive_failures = $6, last_delivered_ms = $7, last_failure_ms = $8
+                    consecutive_failures = $6, last_delivered_ms = $7, last_failure_ms = $8,
+                    version = version + 1
              WHERE id = $1",
         &WebhookRow::of(w, &w.counters)?.params(),
     )
@@ -299,8 +330,8 @@ pub async fn apply_webhooks(c: &mut Client, planner: &Planner) -> Result<Applied
     let stored = webhooks(&tx, None).await?;
     let WebhookPlan { put, remove } = planner.plan(&stored);
     let mut applied = Applied::default();
-    for w in put {
-        put_webhook(&tx, &w).await?;
+    for mut w in put {
+        w.version = put_webhook(&tx, &w).await?;
         applied.put.push(w);
     }
     for w in remove {
@@ -619,7 +650,10 @@ pub async fn record_attempts(
                 record = CASE WHEN $8::text IS NOT NULL AND record->>'status' <> 'disabled'
                               THEN record || jsonb_build_object('status', 'disabled',
                                    'disabled_reason', $8::text, 'updated_at', $9::text)
-                              ELSE record END
+                              ELSE record END,
+                -- Disabling is a change of the record: a copy read before it is stale.
+                version = CASE WHEN $8::text IS NOT NULL AND record->>'status' <> 'disabled'
+                               THEN version + 1 ELSE version END
              FROM w WHERE webhooks.id = w.id
              RETURNING (SELECT count(*) FROM states) + (SELECT count(*) FROM logged),
                        delivered, failed, retries, consecutive_failures,

@@ -56,8 +56,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Store,
-    StoreConfig, StoreError, Swept,
+    BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Replaced,
+    Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::webhook::Webhook;
@@ -469,6 +469,10 @@ impl Store for SledStore {
 
     async fn save_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
         SledStore::save_webhook(self, webhook)
+    }
+
+    async fn replace_webhook(&self, webhook: &Webhook) -> Result<Replaced, StoreError> {
+        SledStore::replace_webhook(self, webhook)
     }
 
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {

@@ -1,11 +1,29 @@
 //! Webhook records (`w` webhook id).
 
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{SledStore, keys};
 use crate::event::DeliveryState;
-use crate::store::StoreError;
+use crate::store::{Replaced, StoreError};
 use crate::webhook::Webhook;
+
+/// A stored record's version (records from before versions count as 0).
+#[derive(Deserialize)]
+struct Versioned {
+    #[serde(default)]
+    version: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Create or replace.
+    Put,
+    /// Replace, if there.
+    IfThere,
+    /// Replace, if there and still at the copy's version.
+    IfVersion,
+}
 
 impl SledStore {
     pub fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
@@ -16,11 +34,9 @@ impl SledStore {
         self.get(keys::webhook(id))
     }
 
+    /// Creates a webhook, or replaces its record (moving its version on).
     pub fn put_webhook(&self, w: &Webhook) -> Result<(), StoreError> {
-        self.write(|db| {
-            db.insert(keys::webhook(w.id), serde_json::to_vec(w)?)?;
-            Ok(())
-        })
+        self.write(|db| Self::write_webhook(db, w, Write::Put).map(drop))
     }
 
     /// Replaces the record of a webhook that exists; false when it does not.
@@ -28,14 +44,40 @@ impl SledStore {
         self.write(|db| Self::update_webhook(db, w))
     }
 
+    /// Replaces the record of a webhook that exists and is still at `w.version`.
+    pub fn replace_webhook(&self, w: &Webhook) -> Result<Replaced, StoreError> {
+        self.write(|db| Self::write_webhook(db, w, Write::IfVersion))
+    }
+
     /// Replaces a webhook's record in one atomic step, only if it is there: a deletion that
     /// happens meanwhile wins.
     pub(super) fn update_webhook(db: &sled::Db, w: &Webhook) -> Result<bool, StoreError> {
-        let bytes = serde_json::to_vec(w)?;
-        let previous = db.fetch_and_update(keys::webhook(w.id), |old| {
-            old.map(|_| sled::IVec::from(bytes.as_slice()))
-        })?;
-        Ok(previous.is_some())
+        Ok(Self::write_webhook(db, w, Write::IfThere)? == Replaced::Done)
+    }
+
+    /// Writes `w` with the stored version plus one (a compare-and-swap on the stored bytes,
+    /// so that nothing written in between is overwritten unseen).
+    fn write_webhook(db: &sled::Db, w: &Webhook, how: Write) -> Result<Replaced, StoreError> {
+        let key = keys::webhook(w.id);
+        loop {
+            let old = db.get(&key)?;
+            let mut next = w.clone();
+            match &old {
+                None if how != Write::Put => return Ok(Replaced::Gone),
+                None => {}
+                Some(bytes) => {
+                    let stored = serde_json::from_slice::<Versioned>(bytes)?.version;
+                    if how == Write::IfVersion && stored != w.version {
+                        return Ok(Replaced::Stale);
+                    }
+                    next.version = stored + 1;
+                }
+            }
+            let bytes = serde_json::to_vec(&next)?;
+            if db.compare_and_swap(&key, old, Some(bytes))?.is_ok() {
+                return Ok(Replaced::Done);
+            }
+        }
     }
 
     /// Deletes a webhook with all its deliveries and attempts; returns how many deliveries

@@ -531,10 +531,14 @@ impl Engine {
         {
             return Ok(None);
         }
-        let d = self
+        // `None`: another instance is sending it right now.
+        let Some(d) = self
             .store
             .requeue(&d, unix_ms(OffsetDateTime::now_utc()))
-            .await?;
+            .await?
+        else {
+            return Ok(None);
+        };
         self.wake();
         Ok(Some(d))
     }
@@ -551,8 +555,10 @@ impl Engine {
         let mut n = 0;
         for d in self.store.deliveries_of(webhook, usize::MAX).await? {
             if d.state == DeliveryState::Failed && d.created_at >= since && d.created_at < until {
-                self.store.requeue(&d, now).await?;
-                n += 1;
+                // One being sent by another instance right now is left to that send.
+                if self.store.requeue(&d, now).await?.is_some() {
+                    n += 1;
+                }
             }
         }
         if n > 0 {

@@ -343,7 +343,11 @@ pub async fn requeue_makes_a_finished_delivery_due_again(store: Arc<dyn Store>) 
     let (_, d) = queued_event(&store, &w, 0).await;
     let done = deliver(&store, &d).await;
     let at = unix_ms(now()) + 5;
-    let again = store.requeue(&done, at).await.expect("requeue");
+    let again = store
+        .requeue(&done, at)
+        .await
+        .expect("requeue")
+        .expect("requeued");
     assert_eq!(again.id, d.id, "the same id");
     assert_eq!(again.state, DeliveryState::Pending);
     assert_eq!(
@@ -355,7 +359,11 @@ pub async fn requeue_makes_a_finished_delivery_due_again(store: Arc<dyn Store>) 
         vec![again.clone()]
     );
     // Requeueing a pending delivery moves it rather than queueing it twice.
-    let later = store.requeue(&again, at + 10).await.expect("requeue");
+    let later = store
+        .requeue(&again, at + 10)
+        .await
+        .expect("requeue")
+        .expect("requeued");
     assert_eq!(
         store
             .queued(w.id, u64::MAX, 10, &none())
@@ -683,7 +691,11 @@ pub async fn a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_fl
         .record_attempts(w.id, &[change], None)
         .await
         .expect("record");
-    let again = store.requeue(&retried, now_ms).await.expect("requeue");
+    let again = store
+        .requeue(&retried, now_ms)
+        .await
+        .expect("requeue")
+        .expect("requeued");
     assert_eq!(again.queue_ms, a1.queue_ms, "keeps its place");
     let heads = store
         .claim_key_heads(w.id, now_ms, 10, &none())
@@ -699,7 +711,11 @@ pub async fn a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_fl
         .expect("heads");
     assert_eq!(ids(&heads.ready), [a2.id]);
     let done = store.delivery(a1.id).await.expect("read").expect("A1");
-    store.requeue(&done, now_ms).await.expect("requeue");
+    store
+        .requeue(&done, now_ms)
+        .await
+        .expect("requeue")
+        .expect("requeued");
     let heads = store
         .claim_key_heads(w.id, now_ms, 10, &[a2.id].into())
         .await

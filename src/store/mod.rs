@@ -528,8 +528,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Recording, StoreError>;
 
     /// Puts a delivery back in the queue, due at `now_ms`, with a fresh retry schedule and
-    /// the same id.
-    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError>;
+    /// the same id. It is built on the delivery as stored (`delivery` names it), so an attempt
+    /// recorded since `delivery` was read is kept. `None`, writing nothing, when it is gone
+    /// or another instance holds a live lease on it (it is being sent right now). A shared
+    /// store fences out the late outcome of a send whose lease ran out, or of this instance's
+    /// own send, so that the requeue stands (the delivery is sent again: at least once).
+    async fn requeue(
+        &self,
+        delivery: &Delivery,
+        now_ms: u64,
+    ) -> Result<Option<Delivery>, StoreError>;
 
     // --- reads ---------------------------------------------------------------------------------
 
@@ -551,6 +559,17 @@ pub trait Store: Send + Sync + 'static {
     /// Removes every event created before `cutoff` none of whose deliveries is pending, with
     /// its deliveries and their attempts. Runs on a blocking thread.
     fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError>;
+}
+
+/// `delivery` (as stored) put back in the queue at `now_ms` (see [`Store::requeue`]).
+pub(crate) fn requeued(delivery: &Delivery, now_ms: u64) -> Delivery {
+    let mut d = delivery.clone();
+    d.state = DeliveryState::Pending;
+    d.schedule_start = d.attempts;
+    d.due_ms = now_ms;
+    d.queue_ms = requeued_at(delivery, now_ms);
+    d.updated_at = OffsetDateTime::now_utc();
+    d
 }
 
 /// The queue time of a delivery put back in the queue at `now_ms`: a finished one joins at

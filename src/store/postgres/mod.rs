@@ -621,8 +621,13 @@ impl Store for PgStore {
         sql::record_attempts(&mut client, webhook, self.instance, changes, record).await
     }
 
-    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
-        sql::requeue(&self.client().await?, delivery, now_ms).await
+    async fn requeue(
+        &self,
+        delivery: &Delivery,
+        now_ms: u64,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let mut client = self.client().await?;
+        sql::requeue(&mut client, self.instance, delivery.id, now_ms).await
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {

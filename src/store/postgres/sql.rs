@@ -685,28 +685,55 @@ pub async fn record_attempts(
     Ok(Recording::Shared(counters_at(&row, 1)))
 }
 
-/// Puts a delivery back in the queue, due at `now_ms`, with a fresh retry schedule.
+/// Puts delivery `id` back in the queue, due at `now_ms`, with a fresh retry schedule: built
+/// on its record as stored, under the row's lock, so an attempt recorded meanwhile is kept.
+/// `None`, writing nothing, when it is gone or another instance's lease on it still runs
+/// (that instance is sending it now: the caller answers "in flight").
+///
+/// A lease that ran out (its holder may still be sending: paused, partitioned) or this
+/// instance's own is handed to no one (the nil owner, run out at 0): the delivery can be
+/// claimed at once, and the holder's late outcome is fenced out by `record_attempts` (which
+/// records only for the lease's owner or a delivery with no owner), so it cannot overwrite
+/// the requeue. The holder's send then counts as one more delivery of the same id.
 pub async fn requeue(
-    c: &impl GenericClient,
-    delivery: &Delivery,
+    c: &mut Client,
+    owner: Uuid,
+    id: Uuid,
     now_ms: u64,
-) -> Result<Delivery, StoreError> {
-    let mut d = delivery.clone();
-    d.state = DeliveryState::Pending;
-    d.schedule_start = d.attempts;
-    d.due_ms = now_ms;
-    d.queue_ms = crate::store::requeued_at(delivery, now_ms);
-    d.updated_at = OffsetDateTime::now_utc();
+) -> Result<Option<Delivery>, StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    let Some(r) = row_opt(
+        &tx,
+        "SELECT record, lease_owner,
+                lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until >= hooktap_now_ms()
+         FROM deliveries WHERE id = $1 FOR UPDATE",
+        &[&id, &owner],
+    )
+    .await?
+    else {
+        return Ok(None);
+    };
+    let (held, in_flight): (Option<Uuid>, bool) = (r.get(1), r.get(2));
+    if in_flight {
+        return Ok(None);
+    }
+    let d = crate::store::requeued(&decode::<Delivery>(&r, 0)?, now_ms);
     exec(
-        c,
+        &tx,
         "UPDATE deliveries SET record = $2, pending = true, queue_ms = $3,
-                lease_owner = NULL, lease_until = NULL
+                lease_owner = $4, lease_until = CASE WHEN $4::uuid IS NULL THEN NULL ELSE 0 END
          WHERE id = $1",
-        &[&d.id, &jsonb(&d)?, &ms(d.queue_ms)],
+        &[
+            &d.id,
+            &jsonb(&d)?,
+            &ms(d.queue_ms),
+            &held.map(|_| Uuid::nil()),
+        ],
     )
     .await?;
-    notify(c, "work").await?;
-    Ok(d)
+    notify(&tx, "work").await?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(Some(d))
 }
 
 pub async fn event(c: &impl GenericClient, id: Uuid) -> Result<Option<Event>, StoreError> {

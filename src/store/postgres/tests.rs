@@ -607,3 +607,73 @@ async fn require_refuses_a_server_without_tls_and_prefer_goes_plain() {
     let (_d, store) = open_tls(&url, None).await.expect("prefer");
     assert!(!encrypted(&store).await);
 }
+
+#[tokio::test]
+async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fences_out_a_late_outcome()
+ {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    // `a` sends (short leases); `b` is the instance whose admin API redelivers.
+    let (_a_dir, a) = store_on(&url, Duration::from_millis(500)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(30)).await;
+    let w = webhook(&a, "redelivered", false).await;
+    let queued = queue(&a, &w, 2).await;
+    let claimed = a.queued(w.id, u64::MAX, 2, &none()).await.expect("claim");
+    assert_eq!(claimed, queued, "a leases both");
+    let now_ms = crate::event::unix_ms(OffsetDateTime::now_utc());
+
+    // a's lease runs: a is sending it, so b does not requeue it.
+    assert_eq!(b.requeue(&queued[0], now_ms).await.expect("requeue"), None);
+
+    // a records a failed attempt; b requeues from the copy it read before: the requeue is
+    // built on the attempt, not on b's copy.
+    a.record_attempts(w.id, &[recorded(&claimed[0], 1, false)], None)
+        .await
+        .expect("record");
+    let again = b
+        .requeue(&queued[0], now_ms)
+        .await
+        .expect("requeue")
+        .expect("requeued once a recorded its attempt");
+    assert_eq!(
+        (again.attempts, again.schedule_start, again.due_ms),
+        (1, 1, now_ms),
+        "the recorded attempt is kept and the requeue is due now"
+    );
+    assert_eq!(b.attempts(queued[0].id).await.expect("log").len(), 1);
+
+    // a's lease on the second runs out while a still sends it (paused past its lease); b
+    // requeues it; a's late success must not overwrite the requeue.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    b.requeue(&queued[1], now_ms)
+        .await
+        .expect("requeue")
+        .expect("requeued: the lease ran out");
+    a.record_attempts(w.id, &[recorded(&claimed[1], 1, true)], None)
+        .await
+        .expect("record");
+    let stored = b
+        .delivery(queued[1].id)
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(
+        (stored.state, stored.due_ms),
+        (DeliveryState::Pending, now_ms),
+        "the requeue stands"
+    );
+    assert!(
+        b.attempts(queued[1].id).await.expect("log").is_empty(),
+        "the fenced-out outcome is not logged"
+    );
+    let taken = b.queued(w.id, u64::MAX, 10, &none()).await.expect("claim");
+    assert!(
+        taken.iter().any(|d| d.id == queued[1].id),
+        "any instance can send the requeued delivery at once: {taken:?}"
+    );
+    // Once b holds it, a's outcome stays fenced out too.
+    a.record_attempts(w.id, &[recorded(&claimed[1], 1, true)], None)
+        .await
+        .expect("record");
+    assert!(b.attempts(queued[1].id).await.expect("log").is_empty());
+}

@@ -526,7 +526,11 @@ impl Store for SledStore {
         })
     }
 
-    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
+    async fn requeue(
+        &self,
+        delivery: &Delivery,
+        now_ms: u64,
+    ) -> Result<Option<Delivery>, StoreError> {
         SledStore::requeue(self, delivery, now_ms)
     }
 

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{SledStore, keys};
@@ -245,13 +244,17 @@ impl SledStore {
     /// Puts a delivery back in the queue, due at `now_ms` (a redelivery keeps its id). A
     /// delivery still pending keeps an earlier queue time: a keyed or ordered head waiting for
     /// its retry stays in front of its key's later deliveries.
-    pub fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {
-        let mut d = delivery.clone();
-        d.state = DeliveryState::Pending;
-        d.schedule_start = d.attempts;
-        d.due_ms = now_ms;
-        d.queue_ms = crate::store::requeued_at(delivery, now_ms);
-        d.updated_at = OffsetDateTime::now_utc();
+    pub fn requeue(
+        &self,
+        delivery: &Delivery,
+        now_ms: u64,
+    ) -> Result<Option<Delivery>, StoreError> {
+        // As stored: an attempt recorded since `delivery` was read is built on.
+        let Some(delivery) = self.delivery(delivery.id)? else {
+            return Ok(None);
+        };
+        let delivery = &delivery;
+        let d = crate::store::requeued(delivery, now_ms);
         self.write(|db| {
             // The same order as `record_attempts`: state, new entry, old entry.
             db.insert(keys::delivery(d.id), serde_json::to_vec(&d)?)?;
@@ -262,6 +265,6 @@ impl SledStore {
             }
             Ok(())
         })?;
-        Ok(d)
+        Ok(Some(d))
     }
 }

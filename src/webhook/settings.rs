@@ -160,8 +160,14 @@ pub fn ordering_key_of(selector: &Selector, payload: &Value) -> Option<String> {
         Value::String(s) => s,
         other => other.to_string(),
     };
+    Some(bounded_ordering_key(key))
+}
+
+/// `key` as stored: itself up to [`MAX_ORDERING_KEY`] bytes, else `sha256:` and the hex
+/// SHA-256 of its text (also for keys journalled before keys were bounded at intake).
+pub fn bounded_ordering_key(key: String) -> String {
     if key.len() <= MAX_ORDERING_KEY {
-        return Some(key);
+        return key;
     }
     let digest = Sha256::digest(key.as_bytes());
     let mut out = String::with_capacity(7 + 64);
@@ -169,7 +175,7 @@ pub fn ordering_key_of(selector: &Selector, payload: &Value) -> Option<String> {
     for b in digest {
         out.push_str(&format!("{b:02x}"));
     }
-    Some(out)
+    out
 }
 
 #[cfg(test)]

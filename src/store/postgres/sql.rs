@@ -870,7 +870,23 @@ pub async fn insert_events(
         .iter()
         .map(|e| jsonb(&e.event))
         .collect::<Result<Vec<_>, _>>()?;
-    let all: Vec<&Delivery> = entries.iter().flat_map(|e| &e.deliveries).collect();
+    // A key journalled raw before keys were bounded at intake (over MAX_ORDERING_KEY bytes)
+    // would not fit the key index, and the batch would fail again and again: bound it here.
+    let all: Vec<std::borrow::Cow<'_, Delivery>> = entries
+        .iter()
+        .flat_map(|e| &e.deliveries)
+        .map(|d| match &d.ordering_key {
+            Some(k) if k.len() > crate::webhook::MAX_ORDERING_KEY => {
+                let mut d = d.clone();
+                d.ordering_key = d
+                    .ordering_key
+                    .take()
+                    .map(crate::webhook::bounded_ordering_key);
+                std::borrow::Cow::Owned(d)
+            }
+            _ => std::borrow::Cow::Borrowed(d),
+        })
+        .collect();
     let ids: Vec<Uuid> = all.iter().map(|d| d.id).collect();
     let of_event: Vec<Uuid> = all.iter().map(|d| d.event_id).collect();
     let webhook: Vec<Uuid> = all.iter().map(|d| d.webhook_id).collect();
@@ -878,7 +894,7 @@ pub async fn insert_events(
     let queue: Vec<i64> = all.iter().map(|d| ms(d.queue_ms)).collect();
     let records = all
         .iter()
-        .map(|d| jsonb(*d))
+        .map(|d| jsonb(d.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
 
     exec(

@@ -677,3 +677,56 @@ async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fenc
         .expect("record");
     assert!(b.attempts(queued[1].id).await.expect("log").is_empty());
 }
+
+#[tokio::test]
+async fn a_raw_long_key_journalled_before_keys_were_bounded_moves_in_as_its_digest() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let mut spec = WebhookSpec::example("keyed");
+    spec.ordering_key = Some("$.k".to_owned());
+    let w = Webhook::new(spec, Origin::Api);
+    store.put_webhook(&w).await.expect("put");
+    // 4 KB that does not compress below a btree row's limit.
+    let text: String = std::iter::repeat_with(|| *Uuid::new_v4().as_bytes())
+        .flatten()
+        .take(4096)
+        .map(|b| char::from(b'!' + b % 94))
+        .collect();
+    // As a hooktap from before the digest journalled it: the raw text as the key.
+    let old = event();
+    let mut raw = Delivery::new(&old, w.id, 0);
+    raw.ordering_key = Some(text.clone());
+    store
+        .append(&old, std::slice::from_ref(&raw))
+        .expect("append");
+    // As this one journals the same key.
+    let new = event();
+    let mut bounded = Delivery::new(&new, w.id, 0);
+    let selector = crate::webhook::check_ordering_key("$.k").expect("selector");
+    bounded.ordering_key =
+        crate::webhook::ordering_key_of(&selector, &serde_json::json!({ "k": text }));
+    store
+        .append(&new, std::slice::from_ref(&bounded))
+        .expect("append");
+
+    tokio::time::timeout(Duration::from_secs(30), store.flush())
+        .await
+        .expect("the move ends")
+        .expect("the journal moves in, the raw key with it");
+    assert_eq!(store.journal().map(|j| j.backlog), Some(0));
+    let now_ms = crate::event::unix_ms(OffsetDateTime::now_utc()) + 1_000;
+    let heads = store
+        .claim_key_heads(w.id, now_ms, 10, &none())
+        .await
+        .expect("heads");
+    let ready: Vec<Uuid> = heads.ready.iter().map(|d| d.id).collect();
+    assert_eq!(
+        ready,
+        [raw.id],
+        "one key: the old delivery first, the new one waits"
+    );
+    assert_eq!(
+        heads.ready[0].ordering_key, bounded.ordering_key,
+        "stored as the digest that intake makes now"
+    );
+}

@@ -1,7 +1,7 @@
 //! The `hooktap` command line: parse arguments, load the config, call into the library.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -72,11 +72,17 @@ enum Command {
     /// Propose rules from recorded traffic (HAR files), live traffic (a recording proxy) or
     /// an OpenAPI document; prints a rule file.
     Learn(LearnArgs),
-    /// Apply the PostgreSQL store's schema migrations (`run` applies them too), or show them.
+    /// Apply the PostgreSQL store's schema migrations (`run` applies them too), or show them;
+    /// with --from-sled, also move a stopped sled store into it.
     Migrate {
         /// Show which migrations are applied, change nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_sled")]
         status: bool,
+        /// A stopped single instance's sled store (its `[store] path`): move its webhooks
+        /// (same ids, secrets, counters) and pending deliveries with their events into the
+        /// PostgreSQL store of the config. Running it again moves nothing twice.
+        #[arg(long, value_name = "DIR")]
+        from_sled: Option<PathBuf>,
     },
     /// Run a demo: a ticket shop, hooktap in front of it, a receiver, and some traffic.
     Demo {
@@ -375,6 +381,45 @@ fn migrate(config: &Config, status: bool) -> anyhow::Result<()> {
             m.applied_on.as_deref().unwrap_or("not applied")
         ));
     }
+    Ok(())
+}
+
+/// `hooktap migrate --from-sled DIR`: the sled store at `dir` into the config's PostgreSQL
+/// store (whose schema `migrate` has just applied).
+fn migrate_from_sled(config: &Config, dir: &Path) -> anyhow::Result<()> {
+    let hooktap::config::Backend::Postgres(pg) = &config.store.backend else {
+        anyhow::bail!(
+            "--from-sled moves a sled store into PostgreSQL: the config's [store] backend must be \"postgres\""
+        );
+    };
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(dir, &config.store.path) {
+        anyhow::bail!(
+            "{} is both the sled store to move and this config's [store] path (the journal of the instance on PostgreSQL): give the instance a new, empty path",
+            dir.display()
+        );
+    }
+    let sled = hooktap::store::SledStore::open_stopped(dir)
+        .with_context(|| format!("the sled store at {}", dir.display()))?;
+    let shown = hooktap::store::PgConfig::shown(&pg.url);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    let done = rt
+        .block_on(hooktap::store::postgres::import_sled(pg, &sled, dir))
+        .with_context(|| format!("moving {} into PostgreSQL at {shown}", dir.display()))?;
+    out(format_args!(
+        "{}: moved {} webhooks ({} were there already) and {} pending deliveries of {} events into {shown}",
+        dir.display(),
+        done.webhooks,
+        done.webhooks_there,
+        done.deliveries,
+        done.events
+    ));
     Ok(())
 }
 
@@ -719,7 +764,13 @@ fn main() -> ExitCode {
             Ok(_) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
-        Command::Migrate { status } => load(&cli.config).and_then(|c| migrate(&c, status)),
+        Command::Migrate { status, from_sled } => load(&cli.config).and_then(|c| {
+            migrate(&c, status)?;
+            match from_sled {
+                Some(dir) => migrate_from_sled(&c, &dir),
+                None => Ok(()),
+            }
+        }),
         Command::Test { har, strict } if !har.is_empty() => {
             match load(&cli.config).and_then(|c| test_har(&c, &har)) {
                 Ok(uncovered) if strict && uncovered > 0 => return ExitCode::FAILURE,

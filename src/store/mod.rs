@@ -115,6 +115,9 @@ pub enum StoreError {
     Task(String),
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    /// A store that a tool cannot use as it is (missing, in use, holding what it cannot move).
+    #[error("{0}")]
+    Unusable(String),
     #[error("the store's durability barrier failed ({0}); the store is being reopened")]
     Barrier(String),
 }

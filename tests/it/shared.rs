@@ -289,3 +289,140 @@ async fn three_instances_share_one_store_through_a_peer_kill_an_outage_and_a_pau
         "the ordered webhook received its deliveries in queue order"
     );
 }
+
+/// `hooktap migrate --from-sled DIR -c CONFIG`.
+fn migrate_from_sled(config: &std::path::Path, sled: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(hooktap_bin())
+        .args(["migrate", "--from-sled"])
+        .arg(sled)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .expect("run hooktap migrate")
+}
+
+/// A single instance on sled holds undelivered orders (its receiver fails); `hooktap migrate
+/// --from-sled` refuses the store while it runs, moves it once stopped (twice: nothing moves
+/// twice), and an instance on PostgreSQL delivers the orders with the same webhook id and
+/// delivery ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_sled_store_moves_into_postgres_and_its_pending_deliveries_go_out() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(500).await;
+    let setup = Setup::new(upstream).webhook(
+        "crm",
+        &receiver,
+        "topics = [\"order.*\"]\nretry = \"1s,1s,1s,1s,1s,1s,1s,1s,1s,1s\"\nfailure_threshold = 0",
+    );
+    let mut sled = TestProxy::start(&setup).await;
+    let crm = sled.webhook_id("crm").await;
+    for n in 0..3 {
+        post_order(&sled, &format!("buyer{n}@example.com")).await;
+    }
+    let pending: HashSet<String> = wait_for_value(
+        Duration::from_secs(15),
+        "three deliveries tried and pending",
+        || async {
+            let list = sled.deliveries("crm").await;
+            let tried = list
+                .iter()
+                .filter(|d| d["state"] == "pending" && d["attempts"].as_u64() >= Some(1))
+                .count();
+            (list.len() == 3 && tried == 3).then(|| {
+                list.iter()
+                    .filter_map(|d| d["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+        },
+    )
+    .await;
+
+    // The PostgreSQL instance's config: the same webhooks, its own journal.
+    let pg_dir = tempfile::tempdir().expect("tempdir");
+    let pg_config = pg_dir.path().join("hooktap.toml");
+    let text = std::fs::read_to_string(&sled.config).expect("read config");
+    let pg_lines = format!("[store]\npath = \"journal\"\nbackend = \"postgres\"\nurl = \"{url}\"");
+    std::fs::write(
+        &pg_config,
+        text.replace("[store]\npath = \"data\"", &pg_lines),
+    )
+    .expect("write config");
+    let sled_store = sled.dir.path().join("data");
+
+    let refused = migrate_from_sled(&pg_config, &sled_store);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a store in use is refused");
+    assert!(stderr.contains("in use by a running hooktap"), "{stderr}");
+
+    sled.stop().await;
+    let moved = migrate_from_sled(&pg_config, &sled_store);
+    let stdout = String::from_utf8_lossy(&moved.stdout);
+    assert!(
+        moved.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "moved 1 webhooks (0 were there already) and 3 pending deliveries of 3 events"
+        ),
+        "{stdout}"
+    );
+    let again = migrate_from_sled(&pg_config, &sled_store);
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("moved 0 webhooks (1 were there already)"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    let rows = cluster.psql(
+        url.rsplit('/').next().expect("database"),
+        "SELECT count(*) FROM deliveries WHERE pending",
+    );
+    assert!(
+        rows.lines().any(|l| l.trim() == "3"),
+        "nothing moved twice: {rows}"
+    );
+
+    // The receiver is back; an instance on PostgreSQL sends what the sled instance held.
+    let tried = deliveries(receiver.received()).len();
+    receiver.set_status(200);
+    let pg =
+        TestProxy::start_edited(&setup, |c| c.replace("[store]\npath = \"data\"", &pg_lines)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the file's webhooks are applied",
+        || async {
+            pg.admin_get("/webhooks")
+                .await
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
+        },
+    )
+    .await;
+    assert_eq!(pg.webhook_id("crm").await, crm, "the webhook keeps its id");
+    wait_until(
+        Duration::from_secs(20),
+        "the three pending deliveries delivered from PostgreSQL",
+        || async {
+            let list = pg.deliveries("crm").await;
+            list.len() == 3 && list.iter().all(|d| d["state"] == "delivered")
+        },
+    )
+    .await;
+    let after: Vec<Received> = deliveries(receiver.received())
+        .into_iter()
+        .skip(tried)
+        .collect();
+    let sent: HashSet<String> = after
+        .iter()
+        .filter(|r| r.header("x-hooktap-webhook-id") == crm)
+        .map(|r| r.header("x-hooktap-webhook-delivery-id").to_owned())
+        .collect();
+    assert_eq!(
+        sent, pending,
+        "the same deliveries, under the same webhook id"
+    );
+}

@@ -25,6 +25,7 @@
 
 #[cfg(test)]
 pub mod cluster;
+mod import;
 mod schema;
 mod ship;
 mod sql;
@@ -51,6 +52,7 @@ use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::store::SledStore;
 use crate::webhook::Webhook;
 
+pub use import::{Imported, import_sled};
 pub use schema::{MigrationStatus, migrate_with, status_with};
 
 /// `[store]` keys of the PostgreSQL backend.

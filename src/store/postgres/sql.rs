@@ -235,6 +235,29 @@ pub async fn put_webhook(c: &impl GenericClient, w: &Webhook) -> Result<u64, Sto
     Ok(count(version))
 }
 
+/// Writes a webhook with its counters and version unless one with its id is there (an import
+/// run again); whether it was written.
+pub async fn insert_webhook(c: &impl GenericClient, w: &Webhook) -> Result<bool, StoreError> {
+    let fields = WebhookRow::of(w, &w.counters)?;
+    let version = ms(w.version);
+    let mut params = fields.params().to_vec();
+    params.push(&version);
+    let n = exec(
+        c,
+        &format!(
+            "INSERT INTO webhooks (id, {WEBHOOK_COLUMNS}, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (id) DO NOTHING"
+        ),
+        &params,
+    )
+    .await?;
+    if n > 0 {
+        notify(c, "webhooks").await?;
+    }
+    Ok(n > 0)
+}
+
 /// Replaces the record of a webhook that exists and is still at `w.version`, not its
 /// counters.
 pub async fn replace_webhook(c: &impl GenericClient, w: &Webhook) -> Result<Replaced, StoreError> {

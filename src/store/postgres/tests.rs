@@ -730,3 +730,65 @@ async fn a_raw_long_key_journalled_before_keys_were_bounded_moves_in_as_its_dige
         "stored as the digest that intake makes now"
     );
 }
+
+#[tokio::test]
+async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deliveries() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let sled_dir = tempfile::tempdir().expect("tempdir");
+    let sled_id = {
+        let sled = crate::store::sled::open_for_tests(sled_dir.path());
+        let w = Webhook::new(WebhookSpec::example("crm"), Origin::Config);
+        sled.put_webhook(&w).expect("put");
+        sled.flush().expect("flush");
+        w.id
+    };
+    let (_dir, store) = store_on(&url, Duration::from_secs(30)).await;
+    // An instance started on PostgreSQL first: its own `crm`.
+    let other = webhook(&store, "crm", false).await;
+    let (_, pg) = config(_dir.path(), &url, Duration::from_secs(30));
+
+    let path = sled_dir.path().join("data");
+    let e = SledStore::open_stopped(sled_dir.path())
+        .err()
+        .expect("no store there")
+        .to_string();
+    assert!(e.contains("no sled store at"), "{e}");
+    let sled = SledStore::open_stopped(&path).expect("open the stopped store");
+    let e = import_sled(&pg, &sled, &path)
+        .await
+        .expect_err("the name is taken")
+        .to_string();
+    assert!(
+        e.contains("`crm`")
+            && e.contains(&other.id.to_string())
+            && e.contains(&sled_id.to_string()),
+        "{e}"
+    );
+    store.delete_webhook(other.id).await.expect("delete");
+
+    // An event waiting in pending/ has no deliveries yet: the import says what to do.
+    let held = path.join("pending");
+    std::fs::create_dir_all(&held).expect("mkdir");
+    std::fs::write(held.join(format!("{}.json", Uuid::now_v7())), "{}").expect("write");
+    let e = import_sled(&pg, &sled, &path)
+        .await
+        .expect_err("held events")
+        .to_string();
+    assert!(
+        e.contains("1 events wait in") && e.contains("start hooktap once"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&held).expect("rm");
+
+    let done = import_sled(&pg, &sled, &path).await.expect("import");
+    assert_eq!((done.webhooks, done.deliveries), (1, 0));
+    assert_eq!(
+        store
+            .webhook(sled_id)
+            .await
+            .expect("read")
+            .map(|w| w.spec.name),
+        Some("crm".to_owned())
+    );
+}

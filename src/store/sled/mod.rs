@@ -123,6 +123,33 @@ impl SledStore {
         Ok(store)
     }
 
+    /// Opens the sled store at `path` for reading by a tool (`hooktap migrate --from-sled`):
+    /// only if it exists and no process holds it, and without claiming it (no pid file).
+    pub fn open_stopped(path: &Path) -> Result<Self, StoreError> {
+        if !path.join("db").is_file() {
+            return Err(StoreError::Unusable(format!(
+                "there is no sled store at {} (no `db` file)",
+                path.display()
+            )));
+        }
+        if Self::locked_by_another(path) {
+            let by = Self::holder(path).map_or_else(String::new, |pid| format!(" (pid {pid})"));
+            return Err(StoreError::Unusable(format!(
+                "the sled store at {} is in use by a running hooktap{by}: stop it first",
+                path.display()
+            )));
+        }
+        let store = Self::unopened(&StoreConfig {
+            path: path.to_path_buf(),
+            flush: FlushMode::Interval(Duration::from_millis(500)),
+            retention: Duration::MAX,
+            min_free_space: 0,
+            backend: super::Backend::Sled,
+        });
+        store.db.store(Some(Arc::new(store.sled_config.open()?)));
+        Ok(store)
+    }
+
     /// A store whose database is not open yet: events wait in `pending/` until
     /// [`SledStore::maintain`] opens it and [`SledStore::mark_ready`] is called. This is how hooktap
     /// starts while another hooktap still holds the database (an upgrade) or while the disk

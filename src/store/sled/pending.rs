@@ -16,6 +16,23 @@ use crate::store::{FlushMode, StoreError};
 const PENDING: &str = "pending";
 
 impl SledStore {
+    /// How many events wait in `pending/` of the store at `path` (a stopped store's, for
+    /// tools: they have no deliveries yet).
+    pub fn held_events(path: &Path) -> Result<usize, StoreError> {
+        let dir = path.join(PENDING);
+        match std::fs::read_dir(&dir) {
+            Ok(entries) => Ok(entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(source) => Err(StoreError::Pending {
+                file: dir.display().to_string(),
+                source,
+            }),
+        }
+    }
+
     /// Keeps an event in `pending/` while the database is not open: one file per event,
     /// written whole and renamed into place (and synced in `every-event` mode), so that a crash
     /// leaves either the whole event or nothing. [`SledStore::drain_pending`] moves them into the

@@ -629,7 +629,22 @@ impl Store for PgStore {
         now_ms: u64,
     ) -> Result<Option<Delivery>, StoreError> {
         let mut client = self.client().await?;
-        sql::requeue(&mut client, self.instance, delivery.id, now_ms).await
+        match sql::requeue(&mut client, self.instance, delivery.id, now_ms).await? {
+            sql::Requeue::Done(d) => return Ok(Some(d)),
+            sql::Requeue::InFlight => return Ok(None),
+            sql::Requeue::Missing => {}
+        }
+        // Still in this instance's journal (moved in within milliseconds): move it now.
+        if self.journal.delivery(delivery.id)?.is_none() {
+            return Ok(None);
+        }
+        drop(client);
+        self.ship_all().await?;
+        let mut client = self.client().await?;
+        match sql::requeue(&mut client, self.instance, delivery.id, now_ms).await? {
+            sql::Requeue::Done(d) => Ok(Some(d)),
+            sql::Requeue::InFlight | sql::Requeue::Missing => Ok(None),
+        }
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {

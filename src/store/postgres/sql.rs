@@ -708,10 +708,18 @@ pub async fn record_attempts(
     Ok(Recording::Shared(counters_at(&row, 1)))
 }
 
+/// What [`requeue`] did.
+pub enum Requeue {
+    Done(Delivery),
+    /// Another instance's lease on it still runs: it is being sent now.
+    InFlight,
+    /// Not in PostgreSQL (deleted, or still in an instance's journal).
+    Missing,
+}
+
 /// Puts delivery `id` back in the queue, due at `now_ms`, with a fresh retry schedule: built
 /// on its record as stored, under the row's lock, so an attempt recorded meanwhile is kept.
-/// `None`, writing nothing, when it is gone or another instance's lease on it still runs
-/// (that instance is sending it now: the caller answers "in flight").
+/// Nothing is written when it is missing or another instance's lease on it still runs.
 ///
 /// A lease that ran out (its holder may still be sending: paused, partitioned) or this
 /// instance's own is handed to no one (the nil owner, run out at 0): the delivery can be
@@ -723,7 +731,7 @@ pub async fn requeue(
     owner: Uuid,
     id: Uuid,
     now_ms: u64,
-) -> Result<Option<Delivery>, StoreError> {
+) -> Result<Requeue, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     let Some(r) = row_opt(
         &tx,
@@ -734,11 +742,11 @@ pub async fn requeue(
     )
     .await?
     else {
-        return Ok(None);
+        return Ok(Requeue::Missing);
     };
     let (held, in_flight): (Option<Uuid>, bool) = (r.get(1), r.get(2));
     if in_flight {
-        return Ok(None);
+        return Ok(Requeue::InFlight);
     }
     let d = crate::store::requeued(&decode::<Delivery>(&r, 0)?, now_ms);
     exec(
@@ -756,7 +764,7 @@ pub async fn requeue(
     .await?;
     notify(&tx, "work").await?;
     tx.commit().await.map_err(pg_error)?;
-    Ok(Some(d))
+    Ok(Requeue::Done(d))
 }
 
 pub async fn event(c: &impl GenericClient, id: Uuid) -> Result<Option<Event>, StoreError> {

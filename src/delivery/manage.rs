@@ -103,7 +103,7 @@ impl Engine {
         let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
-        let _writing = target.writes.lock().await;
+        let _writing = target.writes.write().await;
         let (updated, became_disabled) = {
             let mut w = target.record();
             let was = w.status;
@@ -141,7 +141,7 @@ impl Engine {
         let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
-        let _writing = target.writes.lock().await;
+        let _writing = target.writes.write().await;
         let w = {
             let mut w = target.record();
             w.counters = Counters::default();
@@ -165,7 +165,7 @@ impl Engine {
 
     /// Takes a webhook out of the running set for good; returns its name.
     async fn remove_target(&self, target: &Target) -> String {
-        let _writing = target.writes.lock().await;
+        let _writing = target.writes.write().await;
         target.mark_deleted();
         self.registry.remove(target.id);
         let name = target.record().spec.name.clone();
@@ -222,7 +222,7 @@ impl Engine {
     async fn run_stored(&self, mut webhook: Webhook) {
         match self.registry.get(webhook.id) {
             Some(t) => {
-                let _writing = t.writes.lock().await;
+                let _writing = t.writes.write().await;
                 if t.is_deleted() {
                     return;
                 }
@@ -343,7 +343,7 @@ impl Engine {
         }
         let topics = compile_topics(&spec.topics).map_err(topics_error)?;
         {
-            let _writing = target.writes.lock().await;
+            let _writing = target.writes.write().await;
             let w = {
                 let mut w = target.record();
                 w.update(spec, self.config.secret_rotation_grace);

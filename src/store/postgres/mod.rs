@@ -16,15 +16,18 @@
 //! across all instances. Work added and webhooks changed elsewhere are announced with
 //! `NOTIFY` (see `ship`).
 //!
-//! Counters are increments applied in the statement that records an attempt, so every
-//! instance counts into one set; the failure threshold reads the result.
+//! Counters are counted in the statement that records attempts, so every instance counts
+//! into one set; the failure threshold reads the result. Outcomes are recorded in batches
+//! (see `record`): many requests' outcomes per statement when many finish together.
 //!
 //! - `schema`: versioned migrations, applied under an advisory lock.
 //! - `ship`: the shipper (journal → PostgreSQL) and the listener (`LISTEN`).
+//! - `record`: the recorder (outcomes → PostgreSQL, in batches).
 //! - `sql`: the queries.
 
 #[cfg(test)]
 pub mod cluster;
+mod record;
 mod schema;
 mod ship;
 mod sql;
@@ -146,6 +149,8 @@ pub struct PgStore {
     ship_now: Arc<Notify>,
     /// Signalled when another instance added work or changed a webhook.
     remote: Arc<Notify>,
+    /// Where outcomes go to be recorded (see `record`).
+    recorder: tokio::sync::mpsc::UnboundedSender<record::Job>,
     status: Arc<Status>,
     /// Where the store is, for messages (no credentials).
     shown: String,
@@ -178,12 +183,16 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Task(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let pool = pool(pg)?;
+        let instance = Uuid::now_v7();
+        let (recorder, jobs) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(record::run(pool.clone(), instance, jobs));
         let store = Self {
             journal,
             pool,
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
-            instance: Uuid::now_v7(),
+            instance,
+            recorder,
             lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
             ship_now: Arc::new(Notify::new()),
             remote: Arc::new(Notify::new()),
@@ -603,8 +612,13 @@ impl Store for PgStore {
         changes: &[Recorded],
         record: Option<&Webhook>,
     ) -> Result<Recording, StoreError> {
-        let mut client = self.client().await?;
-        sql::record_attempts(&mut client, webhook, self.instance, changes, record).await
+        let outcome = sql::Outcome::of(webhook, changes, record)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::Task("the PostgreSQL runtime stopped".to_owned());
+        self.recorder
+            .send(record::Job { outcome, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Delivery, StoreError> {

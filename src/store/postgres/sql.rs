@@ -550,106 +550,265 @@ pub async fn queue_stats(c: &impl GenericClient, webhook: Uuid) -> Result<QueueS
     })
 }
 
-/// Records one request's outcome in one statement (one round trip, one transaction): the
-/// deliveries' new states (ending their leases), the attempts, and the webhook's counters as
-/// increments; a webhook the engine disabled is marked disabled. The webhook's row is locked
-/// first, and nothing is written when it is gone (deleted meanwhile).
-pub async fn record_attempts(
-    c: &mut Client,
+/// One request's outcome, ready to be recorded (see [`record_many`]): built by the caller, so
+/// that turning records into JSON happens on its threads, not the store's.
+pub struct Outcome {
     webhook: Uuid,
-    owner: Uuid,
-    changes: &[Recorded],
-    record: Option<&Webhook>,
-) -> Result<Recording, StoreError> {
-    let ids: Vec<Uuid> = changes.iter().map(|r| r.after.id).collect();
-    let records = changes
-        .iter()
-        .map(|r| jsonb(&r.after))
-        .collect::<Result<Vec<_>, _>>()?;
-    let pending: Vec<bool> = changes
-        .iter()
-        .map(|r| r.after.state == DeliveryState::Pending)
-        .collect();
-    let queue: Vec<i64> = changes.iter().map(|r| ms(r.after.queue_ms)).collect();
-    let numbers: Vec<i32> = changes
-        .iter()
-        .map(|r| i32::try_from(r.attempt.number).unwrap_or(i32::MAX))
-        .collect();
-    let attempts = changes
-        .iter()
-        .map(|r| jsonb(&r.attempt))
-        .collect::<Result<Vec<_>, _>>()?;
-    let change = CounterChange::of(changes);
-    let disabled = record
-        .filter(|w| w.status == WebhookStatus::Disabled)
-        .map(|w| {
-            (
-                w.disabled_reason.clone().unwrap_or_default(),
-                w.updated_at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-            )
-        });
-    let at = ms_of(change.at);
-    let row = row_opt(c, "WITH w AS (SELECT id FROM webhooks WHERE id = $1 FOR UPDATE),
-             states AS (
-                UPDATE deliveries d SET record = u.record, pending = u.pending,
-                       queue_ms = u.queue_ms, lease_owner = NULL, lease_until = NULL
-                FROM UNNEST($10::uuid[], $11::jsonb[], $12::bool[], $13::int8[])
-                     AS u(id, record, pending, queue_ms), w
-                -- Fencing: only a delivery still pending and not leased to another instance
-                -- (an instance whose lease ran out and was taken over records nothing).
-                WHERE d.id = u.id AND d.pending
-                  AND (d.lease_owner IS NULL OR d.lease_owner = $16)
-                RETURNING d.id),
-             logged AS (
-                INSERT INTO attempts (delivery_id, number, webhook_id, record)
-                SELECT u.delivery_id, u.number, w.id, u.record
-                FROM UNNEST($10::uuid[], $14::int4[], $15::jsonb[]) AS u(delivery_id, number, record)
-                JOIN states ON states.id = u.delivery_id, w
-                ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record
-                RETURNING 1)
-             UPDATE webhooks SET
-                delivered = delivered + $2, failed = failed + $3, retries = retries + $4,
-                consecutive_failures = CASE WHEN $5 THEN 0
-                                            WHEN $6 THEN consecutive_failures + 1
-                                            ELSE consecutive_failures END,
-                last_delivered_ms = CASE WHEN $5 THEN $7 ELSE last_delivered_ms END,
-                last_failure_ms = CASE WHEN NOT $5 AND $3 + $4 > 0 THEN $7 ELSE last_failure_ms END,
-                record = CASE WHEN $8::text IS NOT NULL AND record->>'status' <> 'disabled'
-                              THEN record || jsonb_build_object('status', 'disabled',
-                                   'disabled_reason', $8::text, 'updated_at', $9::text)
-                              ELSE record END
-             FROM w WHERE webhooks.id = w.id
-             RETURNING (SELECT count(*) FROM states) + (SELECT count(*) FROM logged),
-                       delivered, failed, retries, consecutive_failures,
-                       last_delivered_ms, last_failure_ms",
-            &[
-                &webhook,
-                &ms(change.delivered),
-                &ms(change.failed),
-                &ms(change.retries),
-                &change.success,
-                &change.final_failure,
-                &at,
-                &disabled.as_ref().map(|d| d.0.as_str()),
-                &disabled.as_ref().map(|d| d.1.as_str()),
-                &ids,
-                &records,
-                &pending,
-                &queue,
-                &numbers,
-                &attempts,
-                &owner,
-            ],).await?;
-    let Some(row) = row else {
-        return Ok(Recording::Gone);
-    };
-    if disabled.is_some() {
-        notify(&*c, "webhooks").await?;
-    }
-    Ok(Recording::Shared(counters_at(&row, 1)))
+    /// The counter change (see [`CounterChange`]).
+    delivered: i64,
+    failed: i64,
+    retries: i64,
+    at: Option<i64>,
+    /// The webhook was disabled by this request: why and when (RFC 3339).
+    disable: Option<(String, String)>,
+    ids: Vec<Uuid>,
+    records: Vec<Json<serde_json::Value>>,
+    pending: Vec<bool>,
+    queue: Vec<i64>,
+    numbers: Vec<i32>,
+    attempts: Vec<Json<serde_json::Value>>,
 }
+
+impl Outcome {
+    /// The outcome of one request to `webhook`; `record`: the engine's copy of the webhook,
+    /// given when the request disabled it.
+    pub fn of(
+        webhook: Uuid,
+        changes: &[Recorded],
+        record: Option<&Webhook>,
+    ) -> Result<Self, StoreError> {
+        let change = CounterChange::of(changes);
+        let disable = record
+            .filter(|w| w.status == WebhookStatus::Disabled)
+            .map(|w| {
+                (
+                    w.disabled_reason.clone().unwrap_or_default(),
+                    w.updated_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                )
+            });
+        Ok(Self {
+            webhook,
+            delivered: ms(change.delivered),
+            failed: ms(change.failed),
+            retries: ms(change.retries),
+            at: ms_of(change.at),
+            disable,
+            ids: changes.iter().map(|r| r.after.id).collect(),
+            records: changes
+                .iter()
+                .map(|r| jsonb(&r.after))
+                .collect::<Result<_, _>>()?,
+            pending: changes
+                .iter()
+                .map(|r| r.after.state == DeliveryState::Pending)
+                .collect(),
+            queue: changes.iter().map(|r| ms(r.after.queue_ms)).collect(),
+            numbers: changes
+                .iter()
+                .map(|r| i32::try_from(r.attempt.number).unwrap_or(i32::MAX))
+                .collect(),
+            attempts: changes
+                .iter()
+                .map(|r| jsonb(&r.attempt))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// How many deliveries it records.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Why [`record_many`] failed.
+#[derive(Debug)]
+pub enum RecordError {
+    /// PostgreSQL rejected the statement: nothing of it was written.
+    Rejected(StoreError),
+    /// No connection, or the connection broke: what was written is not known.
+    Failed(StoreError),
+}
+
+impl RecordError {
+    pub fn into_store(self) -> StoreError {
+        match self {
+            Self::Rejected(e) | Self::Failed(e) => e,
+        }
+    }
+}
+
+/// Records many requests' outcomes in one statement (one round trip, one transaction), in
+/// their order: the deliveries' new states (ending their leases), the attempts, and each
+/// webhook's counters; a webhook a request disabled is marked disabled. The webhooks' rows
+/// are locked first (`FOR NO KEY UPDATE`, in id order, so that batches of several instances
+/// wait for each other rather than deadlock, and journals moving in are not held up), and
+/// nothing is written for a webhook that is gone (deleted meanwhile): its requests come back
+/// [`Recording::Gone`]. Each request gets the counters as they are after it, counted in order
+/// as [`crate::webhook::Counters::apply`] counts (a success ends a run of consecutive failures
+/// within the batch too), so the failure threshold sees every request.
+pub async fn record_many(
+    c: &impl GenericClient,
+    owner: Uuid,
+    outcomes: &[Outcome],
+) -> Result<Vec<Recording>, RecordError> {
+    let n = outcomes.len();
+    let req: Vec<i32> = (0..n)
+        .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+        .collect();
+    let webhook: Vec<Uuid> = outcomes.iter().map(|o| o.webhook).collect();
+    let delivered: Vec<i64> = outcomes.iter().map(|o| o.delivered).collect();
+    let failed: Vec<i64> = outcomes.iter().map(|o| o.failed).collect();
+    let retries: Vec<i64> = outcomes.iter().map(|o| o.retries).collect();
+    let at: Vec<Option<i64>> = outcomes.iter().map(|o| o.at).collect();
+    let disable: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.disable.as_ref().map(|d| d.0.as_str()))
+        .collect();
+    let updated: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.disable.as_ref().map(|d| d.1.as_str()))
+        .collect();
+    let of_req: Vec<i32> = outcomes
+        .iter()
+        .zip(&req)
+        .flat_map(|(o, r)| std::iter::repeat_n(*r, o.len()))
+        .collect();
+    let ids: Vec<Uuid> = outcomes
+        .iter()
+        .flat_map(|o| o.ids.iter().copied())
+        .collect();
+    let records: Vec<&Json<serde_json::Value>> =
+        outcomes.iter().flat_map(|o| o.records.iter()).collect();
+    let pending: Vec<bool> = outcomes
+        .iter()
+        .flat_map(|o| o.pending.iter().copied())
+        .collect();
+    let queue: Vec<i64> = outcomes
+        .iter()
+        .flat_map(|o| o.queue.iter().copied())
+        .collect();
+    let numbers: Vec<i32> = outcomes
+        .iter()
+        .flat_map(|o| o.numbers.iter().copied())
+        .collect();
+    let attempts: Vec<&Json<serde_json::Value>> =
+        outcomes.iter().flat_map(|o| o.attempts.iter()).collect();
+    let statement = c.prepare_cached(RECORD_MANY).await.map_err(record_error)?;
+    let rows = c
+        .query(
+            &statement,
+            &[
+                &req, &webhook, &delivered, &failed, &retries, &at, &disable, &updated, &of_req,
+                &ids, &records, &pending, &queue, &numbers, &attempts, &owner,
+            ],
+        )
+        .await
+        .map_err(record_error)?;
+    let mut out = vec![Recording::Gone; n];
+    let mut disabled = false;
+    for r in &rows {
+        let i: i32 = r.try_get(0).map_err(|e| RecordError::Failed(pg_error(e)))?;
+        let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) else {
+            continue;
+        };
+        *slot = Recording::Shared(counters_at(r, 1));
+        disabled |= outcomes[usize::try_from(i).unwrap_or(0)].disable.is_some();
+    }
+    if disabled {
+        notify(c, "webhooks").await.map_err(RecordError::Failed)?;
+    }
+    Ok(out)
+}
+
+/// A failed statement: rejected by the server (rolled back), or of unknown fate.
+fn record_error(e: tokio_postgres::Error) -> RecordError {
+    if e.code().is_some() {
+        RecordError::Rejected(pg_error(e))
+    } else {
+        RecordError::Failed(pg_error(e))
+    }
+}
+
+/// The statement of [`record_many`]. `r`: the requests; `u`: their deliveries. The counters
+/// after each request: sums of the changes so far, and the consecutive failures since the
+/// webhook's last success (`since` numbers the successes so far: a request after the `k`th
+/// counts the final failures since it, one before any counts on from the stored value).
+const RECORD_MANY: &str = "
+WITH r AS MATERIALIZED (
+    SELECT * FROM UNNEST($1::int4[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[],
+                         $6::int8[], $7::text[], $8::text[])
+        AS r(req, webhook_id, delivered, failed, retries, at, disable, updated)),
+w AS MATERIALIZED (
+    SELECT id, delivered, failed, retries, consecutive_failures,
+           last_delivered_ms, last_failure_ms
+      FROM webhooks WHERE id IN (SELECT webhook_id FROM r)
+     ORDER BY id
+       FOR NO KEY UPDATE),
+u AS MATERIALIZED (
+    SELECT u.*, r.webhook_id
+      FROM UNNEST($9::int4[], $10::uuid[], $11::jsonb[], $12::bool[], $13::int8[],
+                  $14::int4[], $15::jsonb[])
+           AS u(req, id, record, pending, queue_ms, number, attempt)
+      JOIN r ON r.req = u.req
+      JOIN w ON w.id = r.webhook_id),
+states AS (
+    UPDATE deliveries d SET record = u.record, pending = u.pending, queue_ms = u.queue_ms,
+           lease_owner = NULL, lease_until = NULL
+      FROM u
+    -- Fencing: only a delivery still pending and not leased to another instance (an
+    -- instance whose lease ran out and was taken over records nothing).
+     WHERE d.id = u.id AND d.webhook_id = u.webhook_id AND d.pending
+       AND (d.lease_owner IS NULL OR d.lease_owner = $16)
+    RETURNING d.id),
+logged AS (
+    INSERT INTO attempts (delivery_id, number, webhook_id, record)
+    SELECT u.id, u.number, u.webhook_id, u.attempt FROM u JOIN states ON states.id = u.id
+    ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record
+    RETURNING 1),
+runs AS (
+    SELECT r.*, count(*) FILTER (WHERE r.delivered > 0)
+                  OVER (PARTITION BY r.webhook_id ORDER BY r.req) AS since
+      FROM r),
+after AS (
+    SELECT x.req, x.webhook_id,
+           (w.delivered + sum(x.delivered) OVER run)::int8 AS delivered,
+           (w.failed + sum(x.failed) OVER run)::int8 AS failed,
+           (w.retries + sum(x.retries) OVER run)::int8 AS retries,
+           CASE WHEN x.since = 0 THEN w.consecutive_failures ELSE 0 END
+             + count(*) FILTER (WHERE x.delivered = 0 AND x.failed > 0)
+                 OVER (PARTITION BY x.webhook_id, x.since ORDER BY x.req)
+             AS consecutive_failures,
+           COALESCE(max(x.at) FILTER (WHERE x.delivered > 0) OVER run,
+                    w.last_delivered_ms) AS last_delivered_ms,
+           COALESCE(max(x.at) FILTER (WHERE x.delivered = 0 AND x.failed + x.retries > 0)
+                      OVER run,
+                    w.last_failure_ms) AS last_failure_ms
+      FROM runs x JOIN w ON w.id = x.webhook_id
+    WINDOW run AS (PARTITION BY x.webhook_id ORDER BY x.req)),
+last AS (
+    SELECT DISTINCT ON (webhook_id) * FROM after ORDER BY webhook_id, req DESC),
+disabling AS (
+    SELECT DISTINCT ON (webhook_id) webhook_id, disable, updated FROM r
+     WHERE disable IS NOT NULL ORDER BY webhook_id, req),
+saved AS (
+    UPDATE webhooks SET
+           delivered = last.delivered, failed = last.failed, retries = last.retries,
+           consecutive_failures = last.consecutive_failures,
+           last_delivered_ms = last.last_delivered_ms, last_failure_ms = last.last_failure_ms,
+           record = CASE WHEN disabling.disable IS NOT NULL
+                              AND webhooks.record->>'status' <> 'disabled'
+                         THEN webhooks.record || jsonb_build_object('status', 'disabled',
+                              'disabled_reason', disabling.disable,
+                              'updated_at', disabling.updated)
+                         ELSE webhooks.record END
+      FROM last LEFT JOIN disabling ON disabling.webhook_id = last.webhook_id
+     WHERE webhooks.id = last.webhook_id
+    RETURNING 1)
+SELECT req, delivered, failed, retries, consecutive_failures, last_delivered_ms,
+       last_failure_ms, (SELECT count(*) FROM logged), (SELECT count(*) FROM saved)
+  FROM after";
 
 /// Puts a delivery back in the queue, due at `now_ms`, with a fresh retry schedule.
 pub async fn requeue(

@@ -32,7 +32,7 @@ mod schema;
 mod ship;
 mod sql;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -151,6 +151,9 @@ pub struct PgStore {
     remote: Arc<Notify>,
     /// Where outcomes go to be recorded (see `record`).
     recorder: tokio::sync::mpsc::UnboundedSender<record::Job>,
+    /// The events of deliveries just leased, read with the lease: the engine asks for each
+    /// next ([`Store::event`]), and is answered from here without a round trip.
+    leased: std::sync::Mutex<HashMap<Uuid, Event>>,
     status: Arc<Status>,
     /// Where the store is, for messages (no credentials).
     shown: String,
@@ -193,6 +196,7 @@ impl PgStore {
             runtime: Some(runtime),
             instance,
             recorder,
+            leased: std::sync::Mutex::default(),
             lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
             ship_now: Arc::new(Notify::new()),
             remote: Arc::new(Notify::new()),
@@ -274,6 +278,28 @@ impl PgStore {
         Ok(applied)
     }
 
+    /// Keeps the events read with a lease for [`Store::event`]; returns the deliveries.
+    fn keep_events(&self, leased: Vec<sql::Leased>) -> Vec<Delivery> {
+        let mut kept = self
+            .leased
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Events of deliveries leased but not sent (given back) are never asked for: the
+        // map is bounded by starting afresh (an event not found here is read as usual).
+        if kept.len() >= LEASED_EVENTS {
+            kept.clear();
+        }
+        leased
+            .into_iter()
+            .map(|(d, e)| {
+                if let Some(e) = e {
+                    kept.insert(e.id, e);
+                }
+                d
+            })
+            .collect()
+    }
+
     /// Moves everything journalled so far to PostgreSQL now.
     pub async fn ship_all(&self) -> Result<usize, StoreError> {
         let journal = Arc::clone(&self.journal);
@@ -285,6 +311,9 @@ impl PgStore {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
+
+/// Events read with leases and kept for the engine at most (see `PgStore::leased`).
+const LEASED_EVENTS: usize = 4096;
 
 /// Connects once and reads the schema's state: what `hooktap check` reports.
 pub async fn probe(pg: &PgConfig) -> Result<Vec<MigrationStatus>, StoreError> {
@@ -556,7 +585,8 @@ impl Store for PgStore {
             owner: self.instance,
             lease_ms: self.lease_ms,
         };
-        sql::claim(&self.client().await?, &claim, skip).await
+        let leased = sql::claim(&self.client().await?, &claim, skip).await?;
+        Ok(self.keep_events(leased))
     }
 
     async fn claim_head(
@@ -573,7 +603,8 @@ impl Store for PgStore {
             lease_ms: self.lease_ms,
         };
         let mut client = self.client().await?;
-        sql::claim_head(&mut client, &claim).await
+        let leased = sql::claim_head(&mut client, &claim).await?;
+        Ok(self.keep_events(leased))
     }
 
     async fn claim_key_heads(
@@ -626,6 +657,14 @@ impl Store for PgStore {
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+        let kept = self
+            .leased
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        if kept.is_some() {
+            return Ok(kept);
+        }
         match sql::event(&self.client().await?, id).await? {
             Some(e) => Ok(Some(e)),
             // Not moved over yet: still in this instance's journal.

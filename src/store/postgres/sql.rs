@@ -351,13 +351,16 @@ pub struct Claim {
     pub lease_ms: i64,
 }
 
+/// A leased delivery and its event, read in the same statement (`None`: not there).
+pub type Leased = (Delivery, Option<Event>);
+
 /// Leases up to `limit` due deliveries that no other instance holds, skipping `skip`, in
 /// queue order.
 pub async fn claim(
     c: &impl GenericClient,
     claim: &Claim,
     skip: &HashSet<Uuid>,
-) -> Result<Vec<Delivery>, StoreError> {
+) -> Result<Vec<Leased>, StoreError> {
     claim_in(c, claim, skip, "queue_ms, id").await
 }
 
@@ -374,7 +377,7 @@ async fn claim_in(
     claim: &Claim,
     skip: &HashSet<Uuid>,
     order: &str,
-) -> Result<Vec<Delivery>, StoreError> {
+) -> Result<Vec<Leased>, StoreError> {
     let (lock, due) = if order.starts_with("seq") {
         ("FOR UPDATE", String::new())
     } else {
@@ -393,7 +396,8 @@ async fn claim_in(
                     {lock})
                  UPDATE deliveries d SET lease_owner = $4, lease_until = hooktap_now_ms() + $6
                  FROM c WHERE d.id = c.id
-                 RETURNING d.record, d.seq"
+                 RETURNING d.record, d.seq,
+                           (SELECT e.record FROM events e WHERE e.id = d.event_id)"
             ),
             &[
                 &claim.webhook,
@@ -403,23 +407,30 @@ async fn claim_in(
                 &skip,
                 &claim.lease_ms,
             ],).await?;
-    let mut out: Vec<(i64, Delivery)> = rows
+    let mut out: Vec<(i64, Leased)> = rows
         .iter()
-        .map(|r| Ok((r.try_get(1).map_err(pg_error)?, decode(r, 0)?)))
+        .map(|r| {
+            let event = match r.try_get::<_, Option<Json<Event>>>(2) {
+                Ok(e) => e.map(|Json(e)| e),
+                // Read again on its own, where a record that does not decode is reported.
+                Err(_) => None,
+            };
+            Ok((r.try_get(1).map_err(pg_error)?, (decode(r, 0)?, event)))
+        })
         .collect::<Result<_, StoreError>>()?;
     if order.starts_with("seq") {
         out.sort_by_key(|(seq, _)| *seq);
     } else {
-        out.sort_by_key(|(_, d)| (d.queue_ms, d.id));
+        out.sort_by_key(|(_, (d, _))| (d.queue_ms, d.id));
     }
-    Ok(out.into_iter().map(|(_, d)| d).collect())
+    Ok(out.into_iter().map(|(_, l)| l).collect())
 }
 
 /// Leases the head of the queue (up to `limit`), but only while no other instance holds a
 /// lease on any of the webhook's deliveries: one request at a time over all instances. The
 /// queue is in the order deliveries reached the shared store: the one order all instances
 /// agree on (an instance whose journal lags cannot put events before ones already sent).
-pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Delivery>, StoreError> {
+pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Leased>, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     // Serialises the check and the lease between instances (a lock per webhook).
     exec(
@@ -514,9 +525,16 @@ pub async fn claim_key_heads(
     Ok(out)
 }
 
-/// When the loop should look at `webhook` again: the queue time of its first queued delivery
-/// that this instance may take (one walk down the queue index). Another instance's lease
+/// When the loop should look at `webhook` again: the earliest time at which one of its queued
+/// deliveries that this instance may take is both queued and due. Another instance's lease
 /// running out is noticed by the loop's once-a-second look.
+///
+/// Two short walks down the queue index rather than a look at every pending delivery (whose
+/// records would all be read): the first delivery in queue order gives a time `t` (its due
+/// time, at least its queue time), and only deliveries queued by `t` can come earlier (a
+/// delivery's time is never before its queue time). Usually `t` is the first's queue time and
+/// the second walk stops at once; a retry that kept its place (keyed, or ordered before
+/// `ordering_key` was removed) is due later than it is queued, and the walk goes on to `t`.
 pub async fn next_queued(
     c: &impl GenericClient,
     webhook: Uuid,
@@ -527,9 +545,18 @@ pub async fn next_queued(
     let next = row_opt(
         c,
         &format!(
-            "SELECT min(GREATEST(queue_ms, {DUE_MS})) FROM deliveries
-             WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))
-               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())"
+            "WITH first AS (
+                SELECT GREATEST(queue_ms, {DUE_MS}) AS at FROM deliveries
+                 WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))
+                   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())
+                 ORDER BY queue_ms, id
+                 LIMIT 1)
+             SELECT min(GREATEST(d.queue_ms, (d.record->>'due_ms')::bigint))
+               FROM deliveries d, first
+              WHERE d.webhook_id = $1 AND d.pending AND d.queue_ms <= first.at
+                AND NOT (d.id = ANY($3))
+                AND (d.lease_owner IS NULL OR d.lease_owner = $2
+                     OR d.lease_until < hooktap_now_ms())"
         ),
         &[&webhook, &owner, &skip],
     )

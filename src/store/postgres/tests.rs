@@ -725,3 +725,73 @@ async fn a_rejected_batch_is_recorded_one_request_at_a_time() {
         assert!(attempts[0].success);
     }
 }
+
+/// The queue's next time walks the queue index only as far as it must: behind a retry that
+/// kept its place (queued early, due late) a delivery queued later but due sooner is found.
+#[tokio::test]
+async fn the_next_time_is_the_earliest_due_even_behind_a_retry_that_kept_its_place() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let w = webhook(&store, "kept", false).await;
+    let queued = queue(&store, &w, 2).await;
+    assert_eq!(
+        store
+            .queued(w.id, u64::MAX, 1, &none())
+            .await
+            .expect("claim"),
+        queued[..1]
+    );
+    let mut change = recorded(&queued[0], 1, false);
+    // A keyed retry keeps its queue time and waits for its due time.
+    change.after.queue_ms = queued[0].queue_ms;
+    change.after.due_ms = queued[1].queue_ms + 60_000;
+    store
+        .record_attempts(w.id, &[change.clone()], None)
+        .await
+        .expect("record");
+    assert_eq!(
+        store.next_queued(w.id, &none()).await.expect("next"),
+        Some(queued[1].queue_ms),
+        "the second is due before the first's retry"
+    );
+    let skip: HashSet<Uuid> = [queued[1].id].into();
+    assert_eq!(
+        store.next_queued(w.id, &skip).await.expect("next"),
+        Some(change.after.due_ms),
+        "then the retry, at its due time, not its queue time"
+    );
+}
+
+/// A delivery's event comes with its lease: the engine reads it next without another round
+/// trip (here PostgreSQL is gone by then), once; a second read goes to PostgreSQL again.
+#[tokio::test]
+async fn a_leased_delivery_brings_its_event_along() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let w = webhook(&store, "along", false).await;
+    let queued = queue(&store, &w, 1).await;
+    let expected = store
+        .event(queued[0].event_id)
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(
+        store
+            .queued(w.id, u64::MAX, 1, &none())
+            .await
+            .expect("claim"),
+        queued
+    );
+    cluster.kill();
+    assert_eq!(
+        store
+            .event(queued[0].event_id)
+            .await
+            .expect("read with the lease"),
+        Some(expected)
+    );
+    assert!(
+        store.event(queued[0].event_id).await.is_err(),
+        "read again from PostgreSQL, which is down"
+    );
+}

@@ -795,3 +795,39 @@ async fn a_leased_delivery_brings_its_event_along() {
         "read again from PostgreSQL, which is down"
     );
 }
+
+/// An outcome that cannot be recorded (PostgreSQL went away mid-run) is an error for the
+/// engine, not a loss: the deliveries stay leased and pending, and once the lease runs out
+/// another instance takes them again, with the same ids.
+#[tokio::test]
+async fn an_outcome_that_cannot_be_recorded_leaves_its_deliveries_to_be_sent_again() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(1)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(1)).await;
+    let w = webhook(&a, "unrecorded", false).await;
+    let queued = queue(&a, &w, 2).await;
+    assert_eq!(
+        a.queued(w.id, u64::MAX, 2, &none()).await.expect("claim"),
+        queued
+    );
+    cluster.kill();
+    for d in &queued {
+        assert!(
+            a.record_attempts(w.id, &[recorded(d, 1, true)], None)
+                .await
+                .is_err(),
+            "nothing recorded while PostgreSQL is down"
+        );
+    }
+    cluster.start_server();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = b.queued(w.id, u64::MAX, 10, &none()).await.expect("claim");
+    assert_eq!(
+        again, queued,
+        "pending still, taken over when the lease ran out"
+    );
+    for d in &queued {
+        assert!(b.attempts(d.id).await.expect("attempts").is_empty());
+    }
+}

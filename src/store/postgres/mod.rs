@@ -151,9 +151,10 @@ pub struct PgStore {
     remote: Arc<Notify>,
     /// Where outcomes go to be recorded (see `record`).
     recorder: tokio::sync::mpsc::UnboundedSender<record::Job>,
-    /// The events of deliveries just leased, read with the lease: the engine asks for each
-    /// next ([`Store::event`]), and is answered from here without a round trip.
-    leased: std::sync::Mutex<HashMap<Uuid, Event>>,
+    /// The events of deliveries just leased, read with the lease (by event id, with the
+    /// delivery's id): the engine asks for each next ([`Store::event`]), and is answered from
+    /// here without a round trip.
+    leased: std::sync::Mutex<HashMap<Uuid, (Uuid, Event)>>,
     status: Arc<Status>,
     /// Where the store is, for messages (no credentials).
     shown: String,
@@ -278,14 +279,19 @@ impl PgStore {
         Ok(applied)
     }
 
+    /// The events read with leases, locked.
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Uuid, Event)>> {
+        self.leased
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Keeps the events read with a lease for [`Store::event`]; returns the deliveries.
     fn keep_events(&self, leased: Vec<sql::Leased>) -> Vec<Delivery> {
-        let mut kept = self
-            .leased
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // Events of deliveries leased but not sent (given back) are never asked for: the
-        // map is bounded by starting afresh (an event not found here is read as usual).
+        let mut kept = self.leased();
+        // Deliveries given back drop their events (`unclaim`); any other left unasked (a
+        // batch gathered but not yet due) is bounded by starting afresh: an event not found
+        // here is read as usual.
         if kept.len() >= LEASED_EVENTS {
             kept.clear();
         }
@@ -293,7 +299,7 @@ impl PgStore {
             .into_iter()
             .map(|(d, e)| {
                 if let Some(e) = e {
-                    kept.insert(e.id, e);
+                    kept.insert(e.id, (d.id, e));
                 }
                 d
             })
@@ -313,7 +319,7 @@ impl PgStore {
 }
 
 /// Events read with leases and kept for the engine at most (see `PgStore::leased`).
-const LEASED_EVENTS: usize = 4096;
+const LEASED_EVENTS: usize = 1024;
 
 /// Connects once and reads the schema's state: what `hooktap check` reports.
 pub async fn probe(pg: &PgConfig) -> Result<Vec<MigrationStatus>, StoreError> {
@@ -543,6 +549,8 @@ impl Store for PgStore {
     }
 
     async fn unclaim(&self, deliveries: &[Uuid]) -> Result<(), StoreError> {
+        self.leased()
+            .retain(|_, (delivery, _)| !deliveries.contains(delivery));
         sql::unclaim(&self.client().await?, self.instance, deliveries)
             .await
             .map(drop)
@@ -657,13 +665,8 @@ impl Store for PgStore {
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
-        let kept = self
-            .leased
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&id);
-        if kept.is_some() {
-            return Ok(kept);
+        if let Some((_, kept)) = self.leased().remove(&id) {
+            return Ok(Some(kept));
         }
         match sql::event(&self.client().await?, id).await? {
             Some(e) => Ok(Some(e)),

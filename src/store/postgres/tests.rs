@@ -763,13 +763,14 @@ async fn the_next_time_is_the_earliest_due_even_behind_a_retry_that_kept_its_pla
 }
 
 /// A delivery's event comes with its lease: the engine reads it next without another round
-/// trip (here PostgreSQL is gone by then), once; a second read goes to PostgreSQL again.
+/// trip (here PostgreSQL is gone by then), once; a second read goes to PostgreSQL again, as
+/// does the read of a delivery given back.
 #[tokio::test]
 async fn a_leased_delivery_brings_its_event_along() {
     let cluster = Cluster::start();
     let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
     let w = webhook(&store, "along", false).await;
-    let queued = queue(&store, &w, 1).await;
+    let queued = queue(&store, &w, 2).await;
     let expected = store
         .event(queued[0].event_id)
         .await
@@ -777,11 +778,12 @@ async fn a_leased_delivery_brings_its_event_along() {
         .expect("there");
     assert_eq!(
         store
-            .queued(w.id, u64::MAX, 1, &none())
+            .queued(w.id, u64::MAX, 2, &none())
             .await
             .expect("claim"),
         queued
     );
+    store.unclaim(&[queued[1].id]).await.expect("give back");
     cluster.kill();
     assert_eq!(
         store
@@ -793,6 +795,10 @@ async fn a_leased_delivery_brings_its_event_along() {
     assert!(
         store.event(queued[0].event_id).await.is_err(),
         "read again from PostgreSQL, which is down"
+    );
+    assert!(
+        store.event(queued[1].event_id).await.is_err(),
+        "a delivery given back left nothing behind"
     );
 }
 

@@ -115,7 +115,7 @@ impl Engine {
         let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
-        let _writing = target.writes.lock().await;
+        let _writing = target.writes.write().await;
         let mut was = status;
         let changed = self
             .change_record(&target, |w| {
@@ -153,7 +153,7 @@ impl Engine {
         let Some(target) = self.registry.get(id) else {
             return Ok(None);
         };
-        let _writing = target.writes.lock().await;
+        let _writing = target.writes.write().await;
         if !self.store.shared() {
             // The counters are in the record: a change of the record like any other.
             target.record().counters = Counters::default();
@@ -225,7 +225,7 @@ impl Engine {
 
     /// Takes a webhook out of the running set for good; returns its name.
     async fn remove_target(&self, target: &Target) -> String {
-        let _writing = target.writes.lock().await;
+        let _writing = target.writes.write().await;
         target.mark_deleted();
         self.registry.remove(target.id);
         let name = target.record().spec.name.clone();
@@ -282,7 +282,7 @@ impl Engine {
     async fn run_stored(&self, mut webhook: Webhook) {
         match self.registry.get(webhook.id) {
             Some(t) => {
-                let _writing = t.writes.lock().await;
+                let _writing = t.writes.write().await;
                 if t.is_deleted() {
                     return;
                 }
@@ -409,7 +409,7 @@ impl Engine {
         }
         compile_topics(&spec.topics).map_err(topics_error)?;
         {
-            let _writing = target.writes.lock().await;
+            let _writing = target.writes.write().await;
             let changed = self
                 .change_record(&target, |w| {
                     // The input is applied to the record as stored: the fields it leaves out
@@ -719,7 +719,7 @@ mod tests {
             .expect("sync");
         let id = engine.webhooks()[0].id;
         let target = engine.registry.get(id).expect("target");
-        let _writing = target.writes.lock().await;
+        let _writing = target.writes.write().await;
         let mut tries = 0;
         let result = engine
             .change_record(&target, |w| {

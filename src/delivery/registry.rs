@@ -42,8 +42,9 @@ pub struct Target {
     /// When the record was last written to the store (`None`: not yet).
     pub(super) saved_at: Mutex<Option<std::time::Instant>>,
     /// Held while an outcome is written to the store and while the webhook is deleted, so
-    /// that a send finishing during a deletion cannot write the webhook back.
-    pub(super) writes: tokio::sync::Mutex<()>,
+    /// that a send finishing during a deletion cannot write the webhook back. Taken alone,
+    /// except by the outcomes of a shared store (see the scheduler's `record`).
+    pub(super) writes: tokio::sync::RwLock<()>,
     /// Set (under `writes`) when the webhook is deleted.
     deleted: AtomicBool,
 }
@@ -61,7 +62,7 @@ impl Target {
             in_flight: Mutex::default(),
             requests: AtomicUsize::new(0),
             saved_at: Mutex::default(),
-            writes: tokio::sync::Mutex::new(()),
+            writes: tokio::sync::RwLock::new(()),
             deleted: AtomicBool::new(false),
         })
     }

@@ -21,9 +21,9 @@ use super::registry::{Target, lock};
 use super::send::{self, Outgoing, SendError, Sent};
 use super::{Engine, WEBHOOK_DISABLED_TOPIC, WEBHOOK_FAILING_TOPIC};
 use crate::event::{Delivery, Event, Topic, unix_ms};
-use crate::store::{Recording, StoreError};
+use crate::store::{CounterChange, Recording, StoreError};
 use crate::webhook::transform::Transform;
-use crate::webhook::{BatchOrder, Mode, Webhook, WebhookStatus};
+use crate::webhook::{BatchOrder, Counters, Mode, Webhook, WebhookStatus};
 
 /// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
 const IDLE: Duration = Duration::from_secs(30);
@@ -383,14 +383,22 @@ impl Engine {
         request: Option<&Outgoing>,
         sent: Sent,
     ) -> Result<(), StoreError> {
-        let _writing = target.writes.lock().await;
+        let shared = self.store.shared();
+        // A shared store records many outcomes of one webhook at once (gathered into batches)
+        // and checks itself that the webhook still exists: its recordings share the lock, which
+        // a deletion or a change through the API takes alone. A store of one's own writes the
+        // engine's copy of the record, one outcome at a time.
+        let _writing = if shared {
+            (Some(target.writes.read().await), None)
+        } else {
+            (None, Some(target.writes.write().await))
+        };
         if target.is_deleted() {
             tracing::debug!(webhook = %target.id, "the webhook was deleted during the send; its outcome is dropped");
             return Ok(());
         }
         let now = OffsetDateTime::now_utc();
-        let shared = self.store.shared();
-        let (decided, webhook, save, failures_before) = {
+        let (decided, webhook, save, mut failures_before) = {
             let mut w = target.record();
             let failures_before = w.counters.consecutive_failures;
             let mut decided = outcome::decide(&w, deliveries, request, &sent, now);
@@ -426,19 +434,30 @@ impl Engine {
             Recording::Gone => return Ok(()),
             Recording::Saved => {}
             Recording::Shared(counters) => {
-                // Counted over every instance: these counters are the truth, and the failure
-                // threshold reads them (other instances' failures count too).
+                // Counted over every instance, in the order the store recorded the requests:
+                // these counters, as they are after this request, are the truth, and the
+                // failure threshold and its warnings read them (other instances' failures
+                // count too). This request's own final failure is the last one counted.
+                let change = CounterChange::of(&decided.changes);
+                failures_before = counters
+                    .consecutive_failures
+                    .saturating_sub(u64::from(change.final_failure && !change.success));
                 let newly_disabled = {
                     let mut w = target.record();
-                    w.counters = counters;
                     let reason = (!disabled)
-                        .then(|| outcome::threshold_reason(&w, &w.counters))
+                        .then(|| outcome::threshold_reason(&w, &counters))
                         .flatten();
+                    let newly = reason.is_some();
                     if let Some(reason) = reason {
                         super::manage::disable(&mut w, reason);
                     }
+                    // Recordings finish in any order: the copy keeps the latest counts.
+                    if attempts_counted(&counters) >= attempts_counted(&w.counters) {
+                        w.counters = counters.clone();
+                    }
                     webhook = w.clone();
-                    webhook.status == WebhookStatus::Disabled && !disabled
+                    webhook.counters = counters;
+                    newly
                 };
                 if newly_disabled {
                     // On the stored record, so that a change another instance made meanwhile
@@ -572,7 +591,7 @@ impl Engine {
             return;
         }
         for target in self.registry.all() {
-            let _writing = target.writes.lock().await;
+            let _writing = target.writes.write().await;
             if target.is_deleted() {
                 continue;
             }
@@ -596,6 +615,11 @@ impl Engine {
             tracing::error!(error = %e, "cannot store the webhook.disabled event");
         }
     }
+}
+
+/// How many attempts `counters` have counted: they only grow (until a reset).
+fn attempts_counted(counters: &Counters) -> u64 {
+    counters.delivered + counters.failed + counters.retries
 }
 
 /// Whether `target`'s gates hold every request back now (its circuit is open, its probe is

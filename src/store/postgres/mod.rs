@@ -16,22 +16,25 @@
 //! across all instances. Work added and webhooks changed elsewhere are announced with
 //! `NOTIFY` (see `ship`).
 //!
-//! Counters are increments applied in the statement that records an attempt, so every
-//! instance counts into one set; the failure threshold reads the result.
+//! Counters are counted in the statement that records attempts, so every instance counts
+//! into one set; the failure threshold reads the result. Outcomes are recorded in batches
+//! (see `record`): many requests' outcomes per statement when many finish together.
 //!
 //! - `schema`: versioned migrations, applied under an advisory lock.
 //! - `ship`: the shipper (journal → PostgreSQL) and the listener (`LISTEN`).
+//! - `record`: the recorder (outcomes → PostgreSQL, in batches).
 //! - `sql`: the queries.
 
 #[cfg(test)]
 pub mod cluster;
 mod import;
+mod record;
 mod schema;
 mod ship;
 mod sql;
 mod tls;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,6 +167,12 @@ pub struct PgStore {
     ship_now: Arc<Notify>,
     /// Signalled when another instance added work or changed a webhook.
     remote: Arc<Notify>,
+    /// Where outcomes go to be recorded (see `record`).
+    recorder: tokio::sync::mpsc::UnboundedSender<record::Job>,
+    /// The events of deliveries just leased, read with the lease (by event id, with the
+    /// delivery's id): the engine asks for each next ([`Store::event`]), and is answered from
+    /// here without a round trip.
+    leased: std::sync::Mutex<HashMap<Uuid, (Uuid, Event)>>,
     status: Arc<Status>,
     /// Where the store is, for messages (no credentials).
     shown: String,
@@ -199,12 +208,17 @@ impl PgStore {
             .map_err(|e| StoreError::Task(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let connector = pg.connector()?;
         let pool = pool(&connector, pg.pool_size)?;
+        let instance = Uuid::now_v7();
+        let (recorder, jobs) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(record::run(pool.clone(), instance, jobs));
         let store = Self {
             journal,
             pool,
             handle: runtime.handle().clone(),
             runtime: Some(runtime),
-            instance: Uuid::now_v7(),
+            instance,
+            recorder,
+            leased: std::sync::Mutex::default(),
             lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
             ship_now: Arc::new(Notify::new()),
             remote: Arc::new(Notify::new()),
@@ -286,6 +300,33 @@ impl PgStore {
         Ok(applied)
     }
 
+    /// The events read with leases, locked.
+    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Uuid, Event)>> {
+        self.leased
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps the events read with a lease for [`Store::event`]; returns the deliveries.
+    fn keep_events(&self, leased: Vec<sql::Leased>) -> Vec<Delivery> {
+        let mut kept = self.leased();
+        // Deliveries given back drop their events (`unclaim`); any other left unasked (a
+        // batch gathered but not yet due) is bounded by starting afresh: an event not found
+        // here is read as usual.
+        if kept.len() >= LEASED_EVENTS {
+            kept.clear();
+        }
+        leased
+            .into_iter()
+            .map(|(d, e)| {
+                if let Some(e) = e {
+                    kept.insert(e.id, (d.id, e));
+                }
+                d
+            })
+            .collect()
+    }
+
     /// Moves everything journalled so far to PostgreSQL now.
     pub async fn ship_all(&self) -> Result<usize, StoreError> {
         let journal = Arc::clone(&self.journal);
@@ -297,6 +338,9 @@ impl PgStore {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
+
+/// Events read with leases and kept for the engine at most (see `PgStore::leased`).
+const LEASED_EVENTS: usize = 1024;
 
 /// Connects once and reads the schema's state: what `hooktap check` reports.
 pub async fn probe(pg: &PgConfig) -> Result<Vec<MigrationStatus>, StoreError> {
@@ -521,6 +565,8 @@ impl Store for PgStore {
     }
 
     async fn unclaim(&self, deliveries: &[Uuid]) -> Result<(), StoreError> {
+        self.leased()
+            .retain(|_, (delivery, _)| !deliveries.contains(delivery));
         sql::unclaim(&self.client().await?, self.instance, deliveries)
             .await
             .map(drop)
@@ -563,7 +609,8 @@ impl Store for PgStore {
             owner: self.instance,
             lease_ms: self.lease_ms,
         };
-        sql::claim(&self.client().await?, &claim, skip).await
+        let leased = sql::claim(&self.client().await?, &claim, skip).await?;
+        Ok(self.keep_events(leased))
     }
 
     async fn claim_head(
@@ -580,7 +627,8 @@ impl Store for PgStore {
             lease_ms: self.lease_ms,
         };
         let mut client = self.client().await?;
-        sql::claim_head(&mut client, &claim).await
+        let leased = sql::claim_head(&mut client, &claim).await?;
+        Ok(self.keep_events(leased))
     }
 
     async fn claim_key_heads(
@@ -619,8 +667,13 @@ impl Store for PgStore {
         changes: &[Recorded],
         record: Option<&Webhook>,
     ) -> Result<Recording, StoreError> {
-        let mut client = self.client().await?;
-        sql::record_attempts(&mut client, webhook, self.instance, changes, record).await
+        let outcome = sql::Outcome::of(webhook, changes, record)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::Task("the PostgreSQL runtime stopped".to_owned());
+        self.recorder
+            .send(record::Job { outcome, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn requeue(
@@ -648,6 +701,9 @@ impl Store for PgStore {
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+        if let Some((_, kept)) = self.leased().remove(&id) {
+            return Ok(Some(kept));
+        }
         match sql::event(&self.client().await?, id).await? {
             Some(e) => Ok(Some(e)),
             // Not moved over yet: still in this instance's journal.

@@ -405,13 +405,16 @@ pub struct Claim {
     pub lease_ms: i64,
 }
 
+/// A leased delivery and its event, read in the same statement (`None`: not there).
+pub type Leased = (Delivery, Option<Event>);
+
 /// Leases up to `limit` due deliveries that no other instance holds, skipping `skip`, in
 /// queue order.
 pub async fn claim(
     c: &impl GenericClient,
     claim: &Claim,
     skip: &HashSet<Uuid>,
-) -> Result<Vec<Delivery>, StoreError> {
+) -> Result<Vec<Leased>, StoreError> {
     claim_in(c, claim, skip, "queue_ms, id").await
 }
 
@@ -428,7 +431,7 @@ async fn claim_in(
     claim: &Claim,
     skip: &HashSet<Uuid>,
     order: &str,
-) -> Result<Vec<Delivery>, StoreError> {
+) -> Result<Vec<Leased>, StoreError> {
     let (lock, due) = if order.starts_with("seq") {
         ("FOR UPDATE", String::new())
     } else {
@@ -447,7 +450,8 @@ async fn claim_in(
                     {lock})
                  UPDATE deliveries d SET lease_owner = $4, lease_until = hooktap_now_ms() + $6
                  FROM c WHERE d.id = c.id
-                 RETURNING d.record, d.seq"
+                 RETURNING d.record, d.seq,
+                           (SELECT e.record FROM events e WHERE e.id = d.event_id)"
             ),
             &[
                 &claim.webhook,
@@ -457,23 +461,30 @@ async fn claim_in(
                 &skip,
                 &claim.lease_ms,
             ],).await?;
-    let mut out: Vec<(i64, Delivery)> = rows
+    let mut out: Vec<(i64, Leased)> = rows
         .iter()
-        .map(|r| Ok((r.try_get(1).map_err(pg_error)?, decode(r, 0)?)))
+        .map(|r| {
+            let event = match r.try_get::<_, Option<Json<Event>>>(2) {
+                Ok(e) => e.map(|Json(e)| e),
+                // Read again on its own, where a record that does not decode is reported.
+                Err(_) => None,
+            };
+            Ok((r.try_get(1).map_err(pg_error)?, (decode(r, 0)?, event)))
+        })
         .collect::<Result<_, StoreError>>()?;
     if order.starts_with("seq") {
         out.sort_by_key(|(seq, _)| *seq);
     } else {
-        out.sort_by_key(|(_, d)| (d.queue_ms, d.id));
+        out.sort_by_key(|(_, (d, _))| (d.queue_ms, d.id));
     }
-    Ok(out.into_iter().map(|(_, d)| d).collect())
+    Ok(out.into_iter().map(|(_, l)| l).collect())
 }
 
 /// Leases the head of the queue (up to `limit`), but only while no other instance holds a
 /// lease on any of the webhook's deliveries: one request at a time over all instances. The
 /// queue is in the order deliveries reached the shared store: the one order all instances
 /// agree on (an instance whose journal lags cannot put events before ones already sent).
-pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Delivery>, StoreError> {
+pub async fn claim_head(c: &mut Client, claim: &Claim) -> Result<Vec<Leased>, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     // Serialises the check and the lease between instances (a lock per webhook).
     exec(
@@ -568,9 +579,16 @@ pub async fn claim_key_heads(
     Ok(out)
 }
 
-/// When the loop should look at `webhook` again: the queue time of its first queued delivery
-/// that this instance may take (one walk down the queue index). Another instance's lease
+/// When the loop should look at `webhook` again: the earliest time at which one of its queued
+/// deliveries that this instance may take is both queued and due. Another instance's lease
 /// running out is noticed by the loop's once-a-second look.
+///
+/// Two short walks down the queue index rather than a look at every pending delivery (whose
+/// records would all be read): the first delivery in queue order gives a time `t` (its due
+/// time, at least its queue time), and only deliveries queued by `t` can come earlier (a
+/// delivery's time is never before its queue time). Usually `t` is the first's queue time and
+/// the second walk stops at once; a retry that kept its place (keyed, or ordered before
+/// `ordering_key` was removed) is due later than it is queued, and the walk goes on to `t`.
 pub async fn next_queued(
     c: &impl GenericClient,
     webhook: Uuid,
@@ -581,9 +599,18 @@ pub async fn next_queued(
     let next = row_opt(
         c,
         &format!(
-            "SELECT min(GREATEST(queue_ms, {DUE_MS})) FROM deliveries
-             WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))
-               AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())"
+            "WITH first AS (
+                SELECT GREATEST(queue_ms, {DUE_MS}) AS at FROM deliveries
+                 WHERE webhook_id = $1 AND pending AND NOT (id = ANY($3))
+                   AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until < hooktap_now_ms())
+                 ORDER BY queue_ms, id
+                 LIMIT 1)
+             SELECT min(GREATEST(d.queue_ms, (d.record->>'due_ms')::bigint))
+               FROM deliveries d, first
+              WHERE d.webhook_id = $1 AND d.pending AND d.queue_ms <= first.at
+                AND NOT (d.id = ANY($3))
+                AND (d.lease_owner IS NULL OR d.lease_owner = $2
+                     OR d.lease_until < hooktap_now_ms())"
         ),
         &[&webhook, &owner, &skip],
     )
@@ -604,109 +631,278 @@ pub async fn queue_stats(c: &impl GenericClient, webhook: Uuid) -> Result<QueueS
     })
 }
 
-/// Records one request's outcome in one statement (one round trip, one transaction): the
-/// deliveries' new states (ending their leases), the attempts, and the webhook's counters as
-/// increments; a webhook the engine disabled is marked disabled. The webhook's row is locked
-/// first, and nothing is written when it is gone (deleted meanwhile).
-pub async fn record_attempts(
-    c: &mut Client,
+/// One request's outcome, ready to be recorded (see [`record_many`]): built by the caller, so
+/// that turning records into JSON happens on its threads, not the store's.
+pub struct Outcome {
     webhook: Uuid,
-    owner: Uuid,
-    changes: &[Recorded],
-    record: Option<&Webhook>,
-) -> Result<Recording, StoreError> {
-    let ids: Vec<Uuid> = changes.iter().map(|r| r.after.id).collect();
-    let records = changes
-        .iter()
-        .map(|r| jsonb(&r.after))
-        .collect::<Result<Vec<_>, _>>()?;
-    let pending: Vec<bool> = changes
-        .iter()
-        .map(|r| r.after.state == DeliveryState::Pending)
-        .collect();
-    let queue: Vec<i64> = changes.iter().map(|r| ms(r.after.queue_ms)).collect();
-    let numbers: Vec<i32> = changes
-        .iter()
-        .map(|r| i32::try_from(r.attempt.number).unwrap_or(i32::MAX))
-        .collect();
-    let attempts = changes
-        .iter()
-        .map(|r| jsonb(&r.attempt))
-        .collect::<Result<Vec<_>, _>>()?;
-    let change = CounterChange::of(changes);
-    let disabled = record
-        .filter(|w| w.status == WebhookStatus::Disabled)
-        .map(|w| {
-            (
-                w.disabled_reason.clone().unwrap_or_default(),
-                w.updated_at
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap_or_default(),
-            )
-        });
-    let at = ms_of(change.at);
-    let row = row_opt(c, "WITH w AS (SELECT id FROM webhooks WHERE id = $1 FOR UPDATE),
-             states AS (
-                UPDATE deliveries d SET record = u.record, pending = u.pending,
-                       queue_ms = u.queue_ms, lease_owner = NULL, lease_until = NULL
-                FROM UNNEST($10::uuid[], $11::jsonb[], $12::bool[], $13::int8[])
-                     AS u(id, record, pending, queue_ms), w
-                -- Fencing: only a delivery still pending and not leased to another instance
-                -- (an instance whose lease ran out and was taken over records nothing).
-                WHERE d.id = u.id AND d.pending
-                  AND (d.lease_owner IS NULL OR d.lease_owner = $16)
-                RETURNING d.id),
-             logged AS (
-                INSERT INTO attempts (delivery_id, number, webhook_id, record)
-                SELECT u.delivery_id, u.number, w.id, u.record
-                FROM UNNEST($10::uuid[], $14::int4[], $15::jsonb[]) AS u(delivery_id, number, record)
-                JOIN states ON states.id = u.delivery_id, w
-                ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record
-                RETURNING 1)
-             UPDATE webhooks SET
-                delivered = delivered + $2, failed = failed + $3, retries = retries + $4,
-                consecutive_failures = CASE WHEN $5 THEN 0
-                                            WHEN $6 THEN consecutive_failures + 1
-                                            ELSE consecutive_failures END,
-                last_delivered_ms = CASE WHEN $5 THEN $7 ELSE last_delivered_ms END,
-                last_failure_ms = CASE WHEN NOT $5 AND $3 + $4 > 0 THEN $7 ELSE last_failure_ms END,
-                record = CASE WHEN $8::text IS NOT NULL AND record->>'status' <> 'disabled'
-                              THEN record || jsonb_build_object('status', 'disabled',
-                                   'disabled_reason', $8::text, 'updated_at', $9::text)
-                              ELSE record END,
-                -- Disabling is a change of the record: a copy read before it is stale.
-                version = CASE WHEN $8::text IS NOT NULL AND record->>'status' <> 'disabled'
-                               THEN version + 1 ELSE version END
-             FROM w WHERE webhooks.id = w.id
-             RETURNING (SELECT count(*) FROM states) + (SELECT count(*) FROM logged),
-                       delivered, failed, retries, consecutive_failures,
-                       last_delivered_ms, last_failure_ms",
-            &[
-                &webhook,
-                &ms(change.delivered),
-                &ms(change.failed),
-                &ms(change.retries),
-                &change.success,
-                &change.final_failure,
-                &at,
-                &disabled.as_ref().map(|d| d.0.as_str()),
-                &disabled.as_ref().map(|d| d.1.as_str()),
-                &ids,
-                &records,
-                &pending,
-                &queue,
-                &numbers,
-                &attempts,
-                &owner,
-            ],).await?;
-    let Some(row) = row else {
-        return Ok(Recording::Gone);
-    };
-    if disabled.is_some() {
-        notify(&*c, "webhooks").await?;
-    }
-    Ok(Recording::Shared(counters_at(&row, 1)))
+    /// The counter change (see [`CounterChange`]).
+    delivered: i64,
+    failed: i64,
+    retries: i64,
+    at: Option<i64>,
+    /// The webhook was disabled by this request: why and when (RFC 3339).
+    disable: Option<(String, String)>,
+    ids: Vec<Uuid>,
+    records: Vec<Json<serde_json::Value>>,
+    pending: Vec<bool>,
+    queue: Vec<i64>,
+    numbers: Vec<i32>,
+    attempts: Vec<Json<serde_json::Value>>,
 }
+
+impl Outcome {
+    /// The outcome of one request to `webhook`; `record`: the engine's copy of the webhook,
+    /// given when the request disabled it.
+    pub fn of(
+        webhook: Uuid,
+        changes: &[Recorded],
+        record: Option<&Webhook>,
+    ) -> Result<Self, StoreError> {
+        let change = CounterChange::of(changes);
+        let disable = record
+            .filter(|w| w.status == WebhookStatus::Disabled)
+            .map(|w| {
+                (
+                    w.disabled_reason.clone().unwrap_or_default(),
+                    w.updated_at
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default(),
+                )
+            });
+        Ok(Self {
+            webhook,
+            delivered: ms(change.delivered),
+            failed: ms(change.failed),
+            retries: ms(change.retries),
+            at: ms_of(change.at),
+            disable,
+            ids: changes.iter().map(|r| r.after.id).collect(),
+            records: changes
+                .iter()
+                .map(|r| jsonb(&r.after))
+                .collect::<Result<_, _>>()?,
+            pending: changes
+                .iter()
+                .map(|r| r.after.state == DeliveryState::Pending)
+                .collect(),
+            queue: changes.iter().map(|r| ms(r.after.queue_ms)).collect(),
+            numbers: changes
+                .iter()
+                .map(|r| i32::try_from(r.attempt.number).unwrap_or(i32::MAX))
+                .collect(),
+            attempts: changes
+                .iter()
+                .map(|r| jsonb(&r.attempt))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// How many deliveries it records.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// Why [`record_many`] failed.
+#[derive(Debug)]
+pub enum RecordError {
+    /// PostgreSQL rejected the statement: nothing of it was written.
+    Rejected(StoreError),
+    /// No connection, or the connection broke: what was written is not known.
+    Failed(StoreError),
+}
+
+impl RecordError {
+    pub fn into_store(self) -> StoreError {
+        match self {
+            Self::Rejected(e) | Self::Failed(e) => e,
+        }
+    }
+}
+
+/// Records many requests' outcomes in one statement (one round trip, one transaction), in
+/// their order: the deliveries' new states (ending their leases), the attempts, and each
+/// webhook's counters; a webhook a request disabled is marked disabled. The webhooks' rows
+/// are locked first (`FOR NO KEY UPDATE`, in id order, so that batches of several instances
+/// wait for each other rather than deadlock, and journals moving in are not held up), and
+/// nothing is written for a webhook that is gone (deleted meanwhile): its requests come back
+/// [`Recording::Gone`]. Each request gets the counters as they are after it, counted in order
+/// as [`crate::webhook::Counters::apply`] counts (a success ends a run of consecutive failures
+/// within the batch too), so the failure threshold sees every request.
+pub async fn record_many(
+    c: &impl GenericClient,
+    owner: Uuid,
+    outcomes: &[Outcome],
+) -> Result<Vec<Recording>, RecordError> {
+    let n = outcomes.len();
+    let req: Vec<i32> = (0..n)
+        .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+        .collect();
+    let webhook: Vec<Uuid> = outcomes.iter().map(|o| o.webhook).collect();
+    let delivered: Vec<i64> = outcomes.iter().map(|o| o.delivered).collect();
+    let failed: Vec<i64> = outcomes.iter().map(|o| o.failed).collect();
+    let retries: Vec<i64> = outcomes.iter().map(|o| o.retries).collect();
+    let at: Vec<Option<i64>> = outcomes.iter().map(|o| o.at).collect();
+    let disable: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.disable.as_ref().map(|d| d.0.as_str()))
+        .collect();
+    let updated: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.disable.as_ref().map(|d| d.1.as_str()))
+        .collect();
+    let of_req: Vec<i32> = outcomes
+        .iter()
+        .zip(&req)
+        .flat_map(|(o, r)| std::iter::repeat_n(*r, o.len()))
+        .collect();
+    let ids: Vec<Uuid> = outcomes
+        .iter()
+        .flat_map(|o| o.ids.iter().copied())
+        .collect();
+    let records: Vec<&Json<serde_json::Value>> =
+        outcomes.iter().flat_map(|o| o.records.iter()).collect();
+    let pending: Vec<bool> = outcomes
+        .iter()
+        .flat_map(|o| o.pending.iter().copied())
+        .collect();
+    let queue: Vec<i64> = outcomes
+        .iter()
+        .flat_map(|o| o.queue.iter().copied())
+        .collect();
+    let numbers: Vec<i32> = outcomes
+        .iter()
+        .flat_map(|o| o.numbers.iter().copied())
+        .collect();
+    let attempts: Vec<&Json<serde_json::Value>> =
+        outcomes.iter().flat_map(|o| o.attempts.iter()).collect();
+    let statement = c.prepare_cached(RECORD_MANY).await.map_err(record_error)?;
+    let rows = c
+        .query(
+            &statement,
+            &[
+                &req, &webhook, &delivered, &failed, &retries, &at, &disable, &updated, &of_req,
+                &ids, &records, &pending, &queue, &numbers, &attempts, &owner,
+            ],
+        )
+        .await
+        .map_err(record_error)?;
+    let mut out = vec![Recording::Gone; n];
+    let mut disabled = false;
+    for r in &rows {
+        let i: i32 = r.try_get(0).map_err(|e| RecordError::Failed(pg_error(e)))?;
+        let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) else {
+            continue;
+        };
+        *slot = Recording::Shared(counters_at(r, 1));
+        disabled |= outcomes[usize::try_from(i).unwrap_or(0)].disable.is_some();
+    }
+    if disabled {
+        notify(c, "webhooks").await.map_err(RecordError::Failed)?;
+    }
+    Ok(out)
+}
+
+/// A failed statement: rejected by the server (rolled back), or of unknown fate.
+fn record_error(e: tokio_postgres::Error) -> RecordError {
+    if e.code().is_some() {
+        RecordError::Rejected(pg_error(e))
+    } else {
+        RecordError::Failed(pg_error(e))
+    }
+}
+
+/// The statement of [`record_many`]. `r`: the requests; `u`: their deliveries. The counters
+/// after each request: sums of the changes so far, and the consecutive failures since the
+/// webhook's last success (`since` numbers the successes so far: a request after the `k`th
+/// counts the final failures since it, one before any counts on from the stored value).
+const RECORD_MANY: &str = "
+WITH r AS MATERIALIZED (
+    SELECT * FROM UNNEST($1::int4[], $2::uuid[], $3::int8[], $4::int8[], $5::int8[],
+                         $6::int8[], $7::text[], $8::text[])
+        AS r(req, webhook_id, delivered, failed, retries, at, disable, updated)),
+w AS MATERIALIZED (
+    SELECT id, delivered, failed, retries, consecutive_failures,
+           last_delivered_ms, last_failure_ms
+      FROM webhooks WHERE id IN (SELECT webhook_id FROM r)
+     ORDER BY id
+       FOR NO KEY UPDATE),
+u AS MATERIALIZED (
+    SELECT u.*, r.webhook_id
+      FROM UNNEST($9::int4[], $10::uuid[], $11::jsonb[], $12::bool[], $13::int8[],
+                  $14::int4[], $15::jsonb[])
+           AS u(req, id, record, pending, queue_ms, number, attempt)
+      JOIN r ON r.req = u.req
+      JOIN w ON w.id = r.webhook_id),
+states AS (
+    UPDATE deliveries d SET record = u.record, pending = u.pending, queue_ms = u.queue_ms,
+           lease_owner = NULL, lease_until = NULL
+      FROM u
+    -- Fencing: only a delivery still pending and not leased to another instance (an
+    -- instance whose lease ran out and was taken over records nothing).
+     WHERE d.id = u.id AND d.webhook_id = u.webhook_id AND d.pending
+       AND (d.lease_owner IS NULL OR d.lease_owner = $16)
+    RETURNING d.id),
+logged AS (
+    INSERT INTO attempts (delivery_id, number, webhook_id, record)
+    SELECT u.id, u.number, u.webhook_id, u.attempt FROM u JOIN states ON states.id = u.id
+    ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record
+    RETURNING 1),
+-- A request whose deliveries were all fenced out (its lease was taken over) changes no
+-- counter: the instance that took the delivery over counts its own attempt.
+kept AS (
+    SELECT r.req, r.webhook_id, r.at, r.disable, r.updated,
+           CASE WHEN k.req IS NULL THEN 0 ELSE r.delivered END AS delivered,
+           CASE WHEN k.req IS NULL THEN 0 ELSE r.failed END AS failed,
+           CASE WHEN k.req IS NULL THEN 0 ELSE r.retries END AS retries
+      FROM r LEFT JOIN (SELECT DISTINCT u.req FROM u JOIN states ON states.id = u.id) k
+        ON k.req = r.req),
+runs AS (
+    SELECT kept.*, count(*) FILTER (WHERE kept.delivered > 0)
+                     OVER (PARTITION BY kept.webhook_id ORDER BY kept.req) AS since
+      FROM kept),
+after AS (
+    SELECT x.req, x.webhook_id,
+           (w.delivered + sum(x.delivered) OVER run)::int8 AS delivered,
+           (w.failed + sum(x.failed) OVER run)::int8 AS failed,
+           (w.retries + sum(x.retries) OVER run)::int8 AS retries,
+           CASE WHEN x.since = 0 THEN w.consecutive_failures ELSE 0 END
+             + count(*) FILTER (WHERE x.delivered = 0 AND x.failed > 0)
+                 OVER (PARTITION BY x.webhook_id, x.since ORDER BY x.req)
+             AS consecutive_failures,
+           COALESCE(max(x.at) FILTER (WHERE x.delivered > 0) OVER run,
+                    w.last_delivered_ms) AS last_delivered_ms,
+           COALESCE(max(x.at) FILTER (WHERE x.delivered = 0 AND x.failed + x.retries > 0)
+                      OVER run,
+                    w.last_failure_ms) AS last_failure_ms
+      FROM runs x JOIN w ON w.id = x.webhook_id
+    WINDOW run AS (PARTITION BY x.webhook_id ORDER BY x.req)),
+last AS (
+    SELECT DISTINCT ON (webhook_id) * FROM after ORDER BY webhook_id, req DESC),
+disabling AS (
+    SELECT DISTINCT ON (webhook_id) webhook_id, disable, updated FROM r
+     WHERE disable IS NOT NULL ORDER BY webhook_id, req),
+saved AS (
+    UPDATE webhooks SET
+           delivered = last.delivered, failed = last.failed, retries = last.retries,
+           consecutive_failures = last.consecutive_failures,
+           last_delivered_ms = last.last_delivered_ms, last_failure_ms = last.last_failure_ms,
+           record = CASE WHEN disabling.disable IS NOT NULL
+                              AND webhooks.record->>'status' <> 'disabled'
+                         THEN webhooks.record || jsonb_build_object('status', 'disabled',
+                              'disabled_reason', disabling.disable,
+                              'updated_at', disabling.updated)
+                         ELSE webhooks.record END,
+           -- Disabling is a change of the record: a copy read before it is stale.
+           version = CASE WHEN disabling.disable IS NOT NULL
+                               AND webhooks.record->>'status' <> 'disabled'
+                          THEN webhooks.version + 1 ELSE webhooks.version END
+      FROM last LEFT JOIN disabling ON disabling.webhook_id = last.webhook_id
+     WHERE webhooks.id = last.webhook_id
+    RETURNING 1)
+SELECT req, delivered, failed, retries, consecutive_failures, last_delivered_ms,
+       last_failure_ms, (SELECT count(*) FROM logged), (SELECT count(*) FROM saved)
+  FROM after";
 
 /// What [`requeue`] did.
 pub enum Requeue {
@@ -723,7 +919,7 @@ pub enum Requeue {
 ///
 /// A lease that ran out (its holder may still be sending: paused, partitioned) or this
 /// instance's own is handed to no one (the nil owner, run out at 0): the delivery can be
-/// claimed at once, and the holder's late outcome is fenced out by `record_attempts` (which
+/// claimed at once, and the holder's late outcome is fenced out by `record_many` (which
 /// records only for the lease's owner or a delivery with no owner), so it cannot overwrite
 /// the requeue. The holder's send then counts as one more delivery of the same id.
 pub async fn requeue(

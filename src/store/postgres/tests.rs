@@ -792,3 +792,342 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
         Some("crm".to_owned())
     );
 }
+
+/// The outcome of a request carrying `d` that failed finally (its schedule used up).
+fn failed_finally(d: &Delivery, number: u32) -> Recorded {
+    let mut r = recorded(d, number, false);
+    r.after.state = DeliveryState::Failed;
+    r
+}
+
+/// Many requests recorded in one statement count in their order, as one statement per
+/// request would: each gets the counters as they are after it (a success in the middle of
+/// the batch ends the run of consecutive failures), and a request to a webhook deleted
+/// meanwhile writes nothing, beside others that do.
+#[tokio::test]
+async fn a_batch_of_outcomes_counts_each_request_in_order() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let w = webhook(&store, "batched", false).await;
+    let gone = webhook(&store, "deleted", false).await;
+    let queued = queue(&store, &w, 5).await;
+    let lost = queue(&store, &gone, 1).await;
+    assert_eq!(
+        store
+            .queued(w.id, u64::MAX, 5, &none())
+            .await
+            .expect("claim")
+            .len(),
+        5
+    );
+    store.delete_webhook(gone.id).await.expect("delete");
+    let changes = [
+        failed_finally(&queued[0], 1),
+        failed_finally(&queued[1], 1),
+        recorded(&queued[2], 1, true),
+        failed_finally(&queued[3], 1),
+        recorded(&queued[4], 1, false),
+    ];
+    let mut outcomes: Vec<sql::Outcome> = changes
+        .iter()
+        .map(|c| sql::Outcome::of(w.id, std::slice::from_ref(c), None).expect("outcome"))
+        .collect();
+    outcomes.insert(
+        1,
+        sql::Outcome::of(gone.id, &[recorded(&lost[0], 1, true)], None).expect("outcome"),
+    );
+    let client = store.client().await.expect("connect");
+    let recordings = sql::record_many(&client, store.instance, &outcomes)
+        .await
+        .map_err(sql::RecordError::into_store)
+        .expect("record");
+    let counted: Vec<Option<(u64, u64, u64, u64)>> = recordings
+        .iter()
+        .map(|r| match r {
+            Recording::Shared(c) => {
+                Some((c.delivered, c.failed, c.retries, c.consecutive_failures))
+            }
+            Recording::Gone => None,
+            Recording::Saved => panic!("a shared store counts: {r:?}"),
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            Some((0, 1, 0, 1)),
+            None,
+            Some((0, 2, 0, 2)),
+            Some((1, 2, 0, 0)),
+            Some((1, 3, 0, 1)),
+            Some((1, 3, 1, 1)),
+        ],
+        "(delivered, failed, retries, consecutive failures) after each request"
+    );
+    let stored = store.webhook(w.id).await.expect("read").expect("there");
+    assert_eq!(
+        (
+            stored.counters.delivered,
+            stored.counters.failed,
+            stored.counters.retries,
+            stored.counters.consecutive_failures
+        ),
+        (1, 3, 1, 1),
+        "the webhook keeps the counters after the last request"
+    );
+    let mut expected = webhook_counters(&changes);
+    expected.last_delivered_at = expected.last_delivered_at.map(whole_ms);
+    expected.last_failure_at = expected.last_failure_at.map(whole_ms);
+    assert_eq!(stored.counters, expected, "as Counters::apply counts");
+    for (d, state) in queued.iter().zip([
+        DeliveryState::Failed,
+        DeliveryState::Failed,
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+        DeliveryState::Pending,
+    ]) {
+        let now = store.delivery(d.id).await.expect("read").expect("there");
+        assert_eq!(now.state, state);
+        assert_eq!(store.attempts(d.id).await.expect("attempts").len(), 1);
+    }
+    assert_eq!(store.delivery(lost[0].id).await.expect("read"), None);
+    assert!(store.attempts(lost[0].id).await.expect("read").is_empty());
+}
+
+/// The counters `changes` (one request each) come to, counted in memory.
+fn webhook_counters(changes: &[Recorded]) -> crate::webhook::Counters {
+    let mut c = crate::webhook::Counters::default();
+    for change in changes {
+        c.apply(&crate::store::CounterChange::of(std::slice::from_ref(
+            change,
+        )));
+    }
+    c
+}
+
+/// A time as PostgreSQL keeps it: whole milliseconds.
+fn whole_ms(t: time::OffsetDateTime) -> time::OffsetDateTime {
+    let ms = i128::from(crate::event::unix_ms(t));
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms * 1_000_000).expect("a time")
+}
+
+/// Two instances record a hundred requests each at once (the recorder gathers them into
+/// batches): every delivery is recorded once, the counters add up, and each request got its
+/// own place in the count (the `delivered` it saw is one of 1..=200, none twice).
+#[tokio::test]
+async fn concurrent_recordings_on_two_instances_count_every_request_once() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(30)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(30)).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let w = webhook(&a, "busy", false).await;
+    let queued = queue(&a, &w, 200).await;
+    let mut tasks = Vec::new();
+    for store in [&a, &b] {
+        let claimed = store
+            .queued(w.id, u64::MAX, 100, &none())
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 100);
+        for d in claimed {
+            let store = Arc::clone(store);
+            tasks.push(tokio::spawn(async move {
+                store
+                    .record_attempts(w.id, &[recorded(&d, 1, true)], None)
+                    .await
+                    .expect("record")
+            }));
+        }
+    }
+    let mut seen = HashSet::new();
+    for task in tasks {
+        match task.await.expect("join") {
+            Recording::Shared(c) => assert!(seen.insert(c.delivered), "{} twice", c.delivered),
+            other => panic!("a shared store counts: {other:?}"),
+        }
+    }
+    assert_eq!(seen, (1..=200).collect::<HashSet<u64>>());
+    let stored = a.webhook(w.id).await.expect("read").expect("there");
+    assert_eq!(stored.counters.delivered, 200);
+    for d in &queued {
+        let now = a.delivery(d.id).await.expect("read").expect("there");
+        assert_eq!(now.state, DeliveryState::Delivered);
+        assert_eq!(a.attempts(d.id).await.expect("attempts").len(), 1);
+    }
+    assert_eq!(a.queue_stats(w.id).await.expect("stats").pending, 0);
+}
+
+/// A batch that PostgreSQL rejects is rolled back whole and recorded one request at a time,
+/// so the one that cannot be written does not take the others down with it. Here two
+/// requests log the same attempt of one delivery (which one statement cannot do twice): the
+/// first is recorded, the second finds the delivery no longer pending and writes nothing,
+/// and the request beside them is recorded as usual.
+#[tokio::test]
+async fn a_rejected_batch_is_recorded_one_request_at_a_time() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let w = webhook(&store, "rejected", false).await;
+    let queued = queue(&store, &w, 2).await;
+    assert_eq!(
+        store
+            .queued(w.id, u64::MAX, 2, &none())
+            .await
+            .expect("claim")
+            .len(),
+        2
+    );
+    let changes = [
+        recorded(&queued[0], 1, true),
+        recorded(&queued[0], 1, false),
+        recorded(&queued[1], 1, true),
+    ];
+    let mut jobs = Vec::new();
+    let mut answers = Vec::new();
+    for c in &changes {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let outcome = sql::Outcome::of(w.id, std::slice::from_ref(c), None).expect("outcome");
+        jobs.push(record::Job { outcome, reply });
+        answers.push(answer);
+    }
+    let outcomes: Vec<sql::Outcome> = changes
+        .iter()
+        .map(|c| sql::Outcome::of(w.id, std::slice::from_ref(c), None).expect("outcome"))
+        .collect();
+    let client = store.client().await.expect("connect");
+    assert!(
+        matches!(
+            sql::record_many(&client, store.instance, &outcomes).await,
+            Err(sql::RecordError::Rejected(_))
+        ),
+        "one statement cannot log one attempt twice"
+    );
+    drop(client);
+    record::record(&store.pool, store.instance, jobs).await;
+    for answer in answers {
+        let recording = answer.await.expect("answered").expect("recorded");
+        assert!(matches!(recording, Recording::Shared(_)), "{recording:?}");
+    }
+    for d in &queued {
+        let now = store.delivery(d.id).await.expect("read").expect("there");
+        assert_eq!(
+            now.state,
+            DeliveryState::Delivered,
+            "the first outcome stands"
+        );
+        let attempts = store.attempts(d.id).await.expect("attempts");
+        assert_eq!(attempts.len(), 1);
+        assert!(attempts[0].success);
+    }
+}
+
+/// The queue's next time walks the queue index only as far as it must: behind a retry that
+/// kept its place (queued early, due late) a delivery queued later but due sooner is found.
+#[tokio::test]
+async fn the_next_time_is_the_earliest_due_even_behind_a_retry_that_kept_its_place() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let w = webhook(&store, "kept", false).await;
+    let queued = queue(&store, &w, 2).await;
+    assert_eq!(
+        store
+            .queued(w.id, u64::MAX, 1, &none())
+            .await
+            .expect("claim"),
+        queued[..1]
+    );
+    let mut change = recorded(&queued[0], 1, false);
+    // A keyed retry keeps its queue time and waits for its due time.
+    change.after.queue_ms = queued[0].queue_ms;
+    change.after.due_ms = queued[1].queue_ms + 60_000;
+    store
+        .record_attempts(w.id, &[change.clone()], None)
+        .await
+        .expect("record");
+    assert_eq!(
+        store.next_queued(w.id, &none()).await.expect("next"),
+        Some(queued[1].queue_ms),
+        "the second is due before the first's retry"
+    );
+    let skip: HashSet<Uuid> = [queued[1].id].into();
+    assert_eq!(
+        store.next_queued(w.id, &skip).await.expect("next"),
+        Some(change.after.due_ms),
+        "then the retry, at its due time, not its queue time"
+    );
+}
+
+/// A delivery's event comes with its lease: the engine reads it next without another round
+/// trip (here PostgreSQL is gone by then), once; a second read goes to PostgreSQL again, as
+/// does the read of a delivery given back.
+#[tokio::test]
+async fn a_leased_delivery_brings_its_event_along() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let w = webhook(&store, "along", false).await;
+    let queued = queue(&store, &w, 2).await;
+    let expected = store
+        .event(queued[0].event_id)
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(
+        store
+            .queued(w.id, u64::MAX, 2, &none())
+            .await
+            .expect("claim"),
+        queued
+    );
+    store.unclaim(&[queued[1].id]).await.expect("give back");
+    cluster.kill();
+    assert_eq!(
+        store
+            .event(queued[0].event_id)
+            .await
+            .expect("read with the lease"),
+        Some(expected)
+    );
+    assert!(
+        store.event(queued[0].event_id).await.is_err(),
+        "read again from PostgreSQL, which is down"
+    );
+    assert!(
+        store.event(queued[1].event_id).await.is_err(),
+        "a delivery given back left nothing behind"
+    );
+}
+
+/// An outcome that cannot be recorded (PostgreSQL went away mid-run) is an error for the
+/// engine, not a loss: the deliveries stay leased and pending, and once the lease runs out
+/// another instance takes them again, with the same ids.
+#[tokio::test]
+async fn an_outcome_that_cannot_be_recorded_leaves_its_deliveries_to_be_sent_again() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(1)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(1)).await;
+    let w = webhook(&a, "unrecorded", false).await;
+    let queued = queue(&a, &w, 2).await;
+    assert_eq!(
+        a.queued(w.id, u64::MAX, 2, &none()).await.expect("claim"),
+        queued
+    );
+    cluster.kill();
+    for d in &queued {
+        assert!(
+            a.record_attempts(w.id, &[recorded(d, 1, true)], None)
+                .await
+                .is_err(),
+            "nothing recorded while PostgreSQL is down"
+        );
+    }
+    cluster.start_server();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = b.queued(w.id, u64::MAX, 10, &none()).await.expect("claim");
+    assert_eq!(
+        again, queued,
+        "pending still, taken over when the lease ran out"
+    );
+    for d in &queued {
+        assert!(b.attempts(d.id).await.expect("attempts").is_empty());
+    }
+}

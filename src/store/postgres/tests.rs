@@ -755,7 +755,7 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
         .to_string();
     assert!(e.contains("no sled store at"), "{e}");
     let sled = SledStore::open_stopped(&path).expect("open the stopped store");
-    let e = import_sled(&pg, &sled, &path)
+    let e = import_sled(&pg, &sled, &path, false)
         .await
         .expect_err("the name is taken")
         .to_string();
@@ -771,7 +771,7 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
     let held = path.join("pending");
     std::fs::create_dir_all(&held).expect("mkdir");
     std::fs::write(held.join(format!("{}.json", Uuid::now_v7())), "{}").expect("write");
-    let e = import_sled(&pg, &sled, &path)
+    let e = import_sled(&pg, &sled, &path, false)
         .await
         .expect_err("held events")
         .to_string();
@@ -781,7 +781,7 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
     );
     std::fs::remove_dir_all(&held).expect("rm");
 
-    let done = import_sled(&pg, &sled, &path).await.expect("import");
+    let done = import_sled(&pg, &sled, &path, false).await.expect("import");
     assert_eq!((done.webhooks, done.deliveries), (1, 0));
     assert_eq!(
         store
@@ -790,5 +790,96 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
             .expect("read")
             .map(|w| w.spec.name),
         Some("crm".to_owned())
+    );
+}
+
+/// An import queues every webhook's deliveries in their own queue order (not by the earliest
+/// delivery of their event), counts the rows it wrote, and marks the sled store: moving it
+/// again is refused without `force`, and with it brings back only what is gone.
+#[tokio::test]
+async fn an_import_keeps_each_queue_in_order_counts_what_it_wrote_and_marks_the_store() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let database = url.rsplit('/').next().expect("database").to_owned();
+    let sled_dir = tempfile::tempdir().expect("tempdir");
+    let (b, first_b, second_b) = {
+        let sled = crate::store::sled::open_for_tests(sled_dir.path());
+        let a = Webhook::new(WebhookSpec::example("a"), Origin::Config);
+        let mut spec = WebhookSpec::example("b");
+        spec.ordered = true;
+        let b = Webhook::new(spec, Origin::Config);
+        sled.put_webhook(&a).expect("put");
+        sled.put_webhook(&b).expect("put");
+        // Event 1 reaches `a` first of all but `b` after event 2.
+        let at = |e: &Event, w: &Webhook, queue_ms: u64| {
+            let mut d = Delivery::new(e, w.id, 0);
+            (d.due_ms, d.queue_ms) = (queue_ms, queue_ms);
+            d
+        };
+        let (e1, e2) = (event(), event());
+        let (d1a, d1b) = (at(&e1, &a, 10), at(&e1, &b, 30));
+        let d2b = at(&e2, &b, 20);
+        sled.append(&e1, &[d1a, d1b.clone()]).expect("append");
+        sled.append(&e2, std::slice::from_ref(&d2b)).expect("append");
+        sled.flush().expect("flush");
+        (b.id, d2b.id, d1b.id)
+    };
+    let path = sled_dir.path().join("data");
+    let sled = SledStore::open_stopped(&path).expect("open the stopped store");
+    let (_dir, pg) = config(sled_dir.path(), &url, Duration::from_secs(30));
+
+    let done = import_sled(&pg, &sled, &path, false)
+        .await
+        .expect("import");
+    assert_eq!(
+        done,
+        Imported {
+            webhooks: 2,
+            webhooks_there: 0,
+            deliveries: 3,
+            events: 2
+        }
+    );
+    let queue_of_b = cluster.psql(
+        &database,
+        &format!("SELECT id FROM deliveries WHERE webhook_id = '{b}' ORDER BY seq"),
+    );
+    let order: Vec<&str> = queue_of_b
+        .lines()
+        .map(str::trim)
+        .filter(|l| Uuid::parse_str(l).is_ok())
+        .collect();
+    assert_eq!(
+        order,
+        [first_b.to_string(), second_b.to_string()],
+        "`b` queues in its own order"
+    );
+    let note = SledStore::moved(&path)
+        .expect("read the marker")
+        .expect("the store is marked");
+    assert!(note.contains(&database), "{note}");
+
+    let e = import_sled(&pg, &sled, &path, false)
+        .await
+        .expect_err("a marked store is refused")
+        .to_string();
+    assert!(e.contains("was moved already") && e.contains("--force"), "{e}");
+
+    // The retention sweep (or a delete) took one delivery: a forced run brings back that one.
+    cluster.psql(
+        &database,
+        &format!("DELETE FROM deliveries WHERE id = '{first_b}'"),
+    );
+    let again = import_sled(&pg, &sled, &path, true)
+        .await
+        .expect("forced import");
+    assert_eq!(
+        again,
+        Imported {
+            webhooks: 0,
+            webhooks_there: 2,
+            deliveries: 1,
+            events: 0
+        }
     );
 }

@@ -346,10 +346,16 @@ async fn notify(c: &impl GenericClient, what: &str) -> Result<(), StoreError> {
 }
 
 /// Applies the config file's webhooks under an advisory lock, in one transaction: instances
-/// that start together see each other's webhooks, so a file webhook gets one id.
+/// that start together see each other's webhooks, so a file webhook gets one id. The stored
+/// webhooks are read under their row locks: a change made meanwhile through another instance
+/// (a pause, a failure-threshold disable, all version-checked) waits for the commit and then
+/// finds its copy stale, rather than being overwritten by a plan made before it.
 pub async fn apply_webhooks(c: &mut Client, planner: &Planner) -> Result<Applied, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK]).await?;
+    // Locked first, read after: the read (a statement of its own) sees every change committed
+    // before the locks were granted.
+    exec(&tx, "SELECT 1 FROM webhooks ORDER BY id FOR UPDATE", &[]).await?;
     let stored = webhooks(&tx, None).await?;
     let WebhookPlan { put, remove } = planner.plan(&stored);
     let mut applied = Applied::default();

@@ -883,3 +883,58 @@ async fn an_import_keeps_each_queue_in_order_counts_what_it_wrote_and_marks_the_
         }
     );
 }
+
+/// Instance A applies the config file while instance B pauses the webhook: B's pause waits
+/// for A's apply and then stands (A's plan, made before it, does not overwrite it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_through_another_instance_during_an_apply_stands() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(30)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(30)).await;
+    let b = Arc::new(b);
+    let w = Webhook::new(WebhookSpec::example("filed"), Origin::Config);
+    a.put_webhook(&w).await.expect("put");
+    let pausing: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let planner = {
+        let pausing = Arc::clone(&pausing);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let handle = tokio::runtime::Handle::current();
+        Planner(Box::new(move |stored: &[Webhook]| {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                // B pauses while A plans (on the other worker thread); the plan waits for it
+                // a while, as a slow plan would.
+                let b = Arc::clone(&b);
+                let (done, finished) = std::sync::mpsc::channel();
+                let task = handle.spawn(async move {
+                    crate::store::contract::pause(b.as_ref(), w.id)
+                        .await
+                        .expect("pause");
+                    let _ = done.send(());
+                });
+                let _ = finished.recv_timeout(Duration::from_secs(1));
+                *pausing.lock().expect("lock") = Some(task);
+            }
+            crate::store::WebhookPlan {
+                put: stored
+                    .iter()
+                    .map(|w| {
+                        let mut w = w.clone();
+                        w.spec.failure_threshold = 9;
+                        w
+                    })
+                    .collect(),
+                remove: Vec::new(),
+            }
+        }))
+    };
+    a.apply_webhooks(&planner).await.expect("apply");
+    let task = pausing.lock().expect("lock").take().expect("planned");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the pause finishes")
+        .expect("join");
+    let after = a.webhook(w.id).await.expect("read").expect("there");
+    assert_eq!(after.status, crate::webhook::WebhookStatus::Paused, "the pause stands");
+    assert_eq!(after.spec.failure_threshold, 9, "the file's change is applied");
+}

@@ -19,7 +19,7 @@ use super::Engine;
 use super::registry::Target;
 use super::send::{self, Outgoing};
 use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
-use crate::store::{Planner, Replaced, StoreError};
+use crate::store::{Planner, Replaced, Requeued, StoreError};
 use crate::webhook::{
     Counters, Defaults, FieldError, Origin, TopicsError, Webhook, WebhookInput, WebhookSpec,
     WebhookStatus, WebhookView, compile_topics,
@@ -519,28 +519,27 @@ impl Engine {
     }
 
     /// Sends a delivery again, now, with the same id (a delivered one too: receivers that
-    /// lost it asked for it). Returns `None` for an unknown delivery or one already in flight.
-    pub async fn redeliver(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
+    /// lost it asked for it). [`Requeued::Gone`] for an unknown delivery (or one deleted
+    /// meanwhile), [`Requeued::InFlight`] for one being sent by this or another instance.
+    pub async fn redeliver(&self, id: Uuid) -> Result<Requeued, StoreError> {
         let Some(d) = self.store.delivery(id).await? else {
-            return Ok(None);
+            return Ok(Requeued::Gone);
         };
         if self
             .registry
             .get(d.webhook_id)
             .is_some_and(|t| t.is_in_flight(&d.id))
         {
-            return Ok(None);
+            return Ok(Requeued::InFlight);
         }
-        // `None`: another instance is sending it right now.
-        let Some(d) = self
+        let requeued = self
             .store
             .requeue(&d, unix_ms(OffsetDateTime::now_utc()))
-            .await?
-        else {
-            return Ok(None);
-        };
-        self.wake();
-        Ok(Some(d))
+            .await?;
+        if matches!(requeued, Requeued::Done(_)) {
+            self.wake();
+        }
+        Ok(requeued)
     }
 
     /// Re-queues every failed delivery of `webhook` created in `[since, until)`, as Svix's
@@ -556,7 +555,7 @@ impl Engine {
         for d in self.store.deliveries_of(webhook, usize::MAX).await? {
             if d.state == DeliveryState::Failed && d.created_at >= since && d.created_at < until {
                 // One being sent by another instance right now is left to that send.
-                if self.store.requeue(&d, now).await?.is_some() {
+                if matches!(self.store.requeue(&d, now).await?, Requeued::Done(_)) {
                     n += 1;
                 }
             }

@@ -49,6 +49,7 @@ macro_rules! store_contract_tests {
             a_released_dedupe_claim_can_be_claimed_again,
             a_stale_copy_does_not_replace_a_newer_record,
             applying_the_file_keeps_a_change_made_meanwhile,
+            requeueing_a_deleted_delivery_says_it_is_gone,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -348,6 +349,7 @@ pub async fn requeue_makes_a_finished_delivery_due_again(store: Arc<dyn Store>) 
         .requeue(&done, at)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued");
     assert_eq!(again.id, d.id, "the same id");
     assert_eq!(again.state, DeliveryState::Pending);
@@ -364,6 +366,7 @@ pub async fn requeue_makes_a_finished_delivery_due_again(store: Arc<dyn Store>) 
         .requeue(&again, at + 10)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued");
     assert_eq!(
         store
@@ -696,6 +699,7 @@ pub async fn a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_fl
         .requeue(&retried, now_ms)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued");
     assert_eq!(again.queue_ms, a1.queue_ms, "keeps its place");
     let heads = store
@@ -716,6 +720,7 @@ pub async fn a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_fl
         .requeue(&done, now_ms)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued");
     let heads = store
         .claim_key_heads(w.id, now_ms, 10, &[a2.id].into())
@@ -903,4 +908,20 @@ pub async fn applying_the_file_keeps_a_change_made_meanwhile(store: Arc<dyn Stor
         "the pause stands"
     );
     assert_eq!(after.spec.failure_threshold, 9, "the file's change is applied");
+}
+
+/// A delivery deleted (with its webhook) after it was read is reported gone by requeue (the
+/// admin API answers 404), not as being sent (409).
+pub async fn requeueing_a_deleted_delivery_says_it_is_gone(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let (_, d) = queued_event(&store, &w, 0).await;
+    let done = deliver(&store, &d).await;
+    store.delete_webhook(w.id).await.expect("delete");
+    assert_eq!(
+        store
+            .requeue(&done, unix_ms(now()))
+            .await
+            .expect("requeue"),
+        super::Requeued::Gone
+    );
 }

@@ -133,6 +133,27 @@ pub struct Recorded {
 /// How often [`Store::apply_webhooks`] plans again when a webhook changed meanwhile.
 const APPLY_ROUNDS: usize = 100;
 
+/// What [`Store::requeue`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Requeued {
+    /// Queued again, due at once.
+    Done(Delivery),
+    /// Nothing written: another instance holds a live lease on it (it is being sent now).
+    InFlight,
+    /// Nothing written: the delivery is gone (deleted with its webhook, or swept).
+    Gone,
+}
+
+impl Requeued {
+    /// The requeued delivery, if it was requeued.
+    pub fn done(self) -> Option<Delivery> {
+        match self {
+            Self::Done(d) => Some(d),
+            Self::InFlight | Self::Gone => None,
+        }
+    }
+}
+
 /// What [`Store::replace_webhook`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replaced {
@@ -550,15 +571,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts a delivery back in the queue, due at `now_ms`, with a fresh retry schedule and
     /// the same id. It is built on the delivery as stored (`delivery` names it), so an attempt
-    /// recorded since `delivery` was read is kept. `None`, writing nothing, when it is gone
-    /// or another instance holds a live lease on it (it is being sent right now). A shared
+    /// recorded since `delivery` was read is kept. Nothing is written when it is gone
+    /// ([`Requeued::Gone`]) or another instance holds a live lease on it (it is being sent
+    /// right now: [`Requeued::InFlight`]). A shared
     /// store fences out the late outcome of a send whose lease ran out, or of this instance's
     /// own send, so that the requeue stands (the delivery is sent again: at least once).
     async fn requeue(
         &self,
         delivery: &Delivery,
         now_ms: u64,
-    ) -> Result<Option<Delivery>, StoreError>;
+    ) -> Result<Requeued, StoreError>;
 
     // --- reads ---------------------------------------------------------------------------------
 

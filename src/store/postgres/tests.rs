@@ -623,7 +623,10 @@ async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fenc
     let now_ms = crate::event::unix_ms(OffsetDateTime::now_utc());
 
     // a's lease runs: a is sending it, so b does not requeue it.
-    assert_eq!(b.requeue(&queued[0], now_ms).await.expect("requeue"), None);
+    assert_eq!(
+        b.requeue(&queued[0], now_ms).await.expect("requeue"),
+        crate::store::Requeued::InFlight
+    );
 
     // a records a failed attempt; b requeues from the copy it read before: the requeue is
     // built on the attempt, not on b's copy.
@@ -634,6 +637,7 @@ async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fenc
         .requeue(&queued[0], now_ms)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued once a recorded its attempt");
     assert_eq!(
         (again.attempts, again.schedule_start, again.due_ms),
@@ -648,6 +652,7 @@ async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fenc
     b.requeue(&queued[1], now_ms)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued: the lease ran out");
     a.record_attempts(w.id, &[recorded(&claimed[1], 1, true)], None)
         .await

@@ -56,7 +56,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Replaced,
+    BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Replaced, Requeued,
     Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
@@ -595,8 +595,8 @@ impl Store for SledStore {
         &self,
         delivery: &Delivery,
         now_ms: u64,
-    ) -> Result<Option<Delivery>, StoreError> {
-        SledStore::requeue(self, delivery, now_ms)
+    ) -> Result<Requeued, StoreError> {
+        Ok(SledStore::requeue(self, delivery, now_ms)?.map_or(Requeued::Gone, Requeued::Done))
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {

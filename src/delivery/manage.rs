@@ -211,6 +211,43 @@ impl Engine {
         Err(ManageError::Conflict(target.id))
     }
 
+    /// Disables the webhook on its stored record, as [`Dispatcher::change_record`] changes it,
+    /// unless the stored record is disabled already (another instance's outcome did it): then
+    /// nothing is written and the running copy takes the stored record. The running copy is
+    /// changed only after the store. Returns the record and whether this call disabled it;
+    /// `None` when the webhook was deleted.
+    pub(super) async fn disable_record(
+        &self,
+        target: &Target,
+        reason: &str,
+    ) -> Result<Option<(Webhook, bool)>, ManageError> {
+        for _ in 0..CHANGE_TRIES {
+            let Some(mut w) = self.store.webhook(target.id).await? else {
+                return Ok(None);
+            };
+            if !self.store.shared() {
+                w.counters = target.record().counters.clone();
+            }
+            if w.status == WebhookStatus::Disabled {
+                self.run_record(target, w.clone());
+                return Ok(Some((w, false)));
+            }
+            disable(&mut w, reason.to_owned());
+            match self.store.replace_webhook(&w).await? {
+                Replaced::Done => {
+                    w.version += 1;
+                    self.run_record(target, w.clone());
+                    return Ok(Some((w, true)));
+                }
+                Replaced::Gone => return Ok(None),
+                Replaced::Stale => {
+                    tracing::debug!(webhook = %target.id, "the webhook's record changed meanwhile; disabling the newer record");
+                }
+            }
+        }
+        Err(ManageError::Conflict(target.id))
+    }
+
     /// Deletes a webhook and everything queued for it; returns how many pending deliveries were
     /// dropped unsent (also logged). A send in flight finishes, but its outcome is dropped.
     pub async fn delete_webhook(&self, id: Uuid) -> Result<Option<usize>, StoreError> {
@@ -699,6 +736,57 @@ mod tests {
         assert_eq!(stored.status, WebhookStatus::Active);
         assert_eq!(stored.spec.timeout, Duration::from_secs(3));
         assert_eq!(stored.spec.retry, schedule());
+    }
+
+    /// A's failures reach the threshold after B's did: B disabled the webhook, A writes
+    /// nothing (no new version, B's reason stays) and says it did not disable it, so that
+    /// only B announces `hooktap.webhook.disabled`.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_webhook_another_instance_disabled_is_not_disabled_again() {
+        let cluster = Cluster::start();
+        let url = cluster.database();
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = instance(&url, da.path()).await;
+        let b = instance(&url, db.path()).await;
+        let spec = WebhookSpec::example("crm");
+        a.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync a");
+        b.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync b");
+        let id = a.webhooks()[0].id;
+        let (ta, tb) = (
+            a.registry.get(id).expect("a runs it"),
+            b.registry.get(id).expect("b runs it"),
+        );
+
+        let (by_b, disabled_by_b) = b
+            .disable_record(&tb, "b's failures")
+            .await
+            .expect("disable on b")
+            .expect("there");
+        assert!(disabled_by_b, "b disabled it");
+        assert_eq!(a.webhook(id).expect("a's copy").status, WebhookStatus::Active);
+
+        let (seen, disabled_by_a) = a
+            .disable_record(&ta, "a's failures")
+            .await
+            .expect("disable on a")
+            .expect("there");
+        assert!(!disabled_by_a, "a did not disable it again");
+        let stored = a.store().webhook(id).await.expect("read").expect("there");
+        assert_eq!(stored.version, by_b.version, "a wrote nothing");
+        assert_eq!(stored.disabled_reason.as_deref(), Some("b's failures"));
+        assert_eq!(seen.version, stored.version);
+        assert_eq!(
+            a.webhook(id).expect("a's copy").status,
+            WebhookStatus::Disabled,
+            "a runs the stored record"
+        );
     }
 
     #[tokio::test]

@@ -428,32 +428,27 @@ impl Engine {
             Recording::Shared(counters) => {
                 // Counted over every instance: these counters are the truth, and the failure
                 // threshold reads them (other instances' failures count too).
-                let newly_disabled = {
+                let reason = {
                     let mut w = target.record();
                     w.counters = counters;
-                    let reason = (!disabled)
-                        .then(|| outcome::threshold_reason(&w, &w.counters))
-                        .flatten();
-                    if let Some(reason) = reason {
-                        super::manage::disable(&mut w, reason);
-                    }
                     webhook = w.clone();
-                    webhook.status == WebhookStatus::Disabled && !disabled
+                    (!disabled && w.status != WebhookStatus::Disabled)
+                        .then(|| outcome::threshold_reason(&w, &w.counters))
+                        .flatten()
                 };
-                if newly_disabled {
+                if let Some(reason) = reason {
                     // On the stored record, so that a change another instance made meanwhile
-                    // is not overwritten by this copy.
-                    let reason = webhook.disabled_reason.clone().unwrap_or_default();
-                    let changed = self
-                        .change_record(target, |w| {
-                            if w.status != WebhookStatus::Disabled {
-                                super::manage::disable(w, reason.clone());
+                    // is not overwritten by this copy; the running copy follows the store.
+                    // Announced only by the instance that disabled it.
+                    match self.disable_record(target, &reason).await {
+                        Ok(Some((w, by_this))) => {
+                            webhook = w;
+                            if !by_this {
+                                // Another instance disabled it and announced it.
+                                self.count(&webhook, &decided, request.is_some(), sent.elapsed);
+                                return Ok(());
                             }
-                            Ok(())
-                        })
-                        .await;
-                    match changed {
-                        Ok(Some(w)) => webhook = w,
+                        }
                         // Deleted meanwhile (by another instance): nothing left to disable.
                         Ok(None) => return Ok(()),
                         Err(super::manage::ManageError::Store(e)) => return Err(e),

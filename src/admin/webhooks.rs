@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::{AdminState, ApiError, Page, Q, json_body};
 use crate::delivery::manage::Ping;
-use crate::store::Requeued as Redelivery;
 use crate::event::{Attempt, Delivery, DeliveryState};
+use crate::store::Requeued as Redelivery;
 use crate::webhook::{NewWebhook, WebhookInput, WebhookStatus, WebhookView};
 
 #[derive(Debug, Deserialize, IntoParams)]

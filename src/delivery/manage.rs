@@ -770,7 +770,10 @@ mod tests {
             .expect("disable on b")
             .expect("there");
         assert!(disabled_by_b, "b disabled it");
-        assert_eq!(a.webhook(id).expect("a's copy").status, WebhookStatus::Active);
+        assert_eq!(
+            a.webhook(id).expect("a's copy").status,
+            WebhookStatus::Active
+        );
 
         let (seen, disabled_by_a) = a
             .disable_record(&ta, "a's failures")

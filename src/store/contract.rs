@@ -892,7 +892,11 @@ pub async fn applying_the_file_keeps_a_change_made_meanwhile(store: Arc<dyn Stor
         }))
     };
     store.apply_webhooks(&planner).await.expect("apply");
-    let thread = pausing.lock().expect("lock").take().expect("the plan was made");
+    let thread = pausing
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("the plan was made");
     tokio::task::spawn_blocking(move || thread.join())
         .await
         .expect("join")
@@ -907,7 +911,10 @@ pub async fn applying_the_file_keeps_a_change_made_meanwhile(store: Arc<dyn Stor
         crate::webhook::WebhookStatus::Paused,
         "the pause stands"
     );
-    assert_eq!(after.spec.failure_threshold, 9, "the file's change is applied");
+    assert_eq!(
+        after.spec.failure_threshold, 9,
+        "the file's change is applied"
+    );
 }
 
 /// A delivery deleted (with its webhook) after it was read is reported gone by requeue (the
@@ -918,10 +925,7 @@ pub async fn requeueing_a_deleted_delivery_says_it_is_gone(store: Arc<dyn Store>
     let done = deliver(&store, &d).await;
     store.delete_webhook(w.id).await.expect("delete");
     assert_eq!(
-        store
-            .requeue(&done, unix_ms(now()))
-            .await
-            .expect("requeue"),
+        store.requeue(&done, unix_ms(now())).await.expect("requeue"),
         super::Requeued::Gone
     );
 }

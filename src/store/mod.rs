@@ -576,11 +576,7 @@ pub trait Store: Send + Sync + 'static {
     /// right now: [`Requeued::InFlight`]). A shared
     /// store fences out the late outcome of a send whose lease ran out, or of this instance's
     /// own send, so that the requeue stands (the delivery is sent again: at least once).
-    async fn requeue(
-        &self,
-        delivery: &Delivery,
-        now_ms: u64,
-    ) -> Result<Requeued, StoreError>;
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Requeued, StoreError>;
 
     // --- reads ---------------------------------------------------------------------------------
 

@@ -76,7 +76,9 @@ pub async fn import_sled(
     for d in pending {
         let event = match events.entry(d.event_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
-            std::collections::hash_map::Entry::Vacant(v) => v.insert(sled.event(d.event_id)?).clone(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(sled.event(d.event_id)?).clone()
+            }
         };
         let Some(event) = event else {
             // Swept or never written whole: nothing to send.

@@ -623,11 +623,7 @@ impl Store for PgStore {
         sql::record_attempts(&mut client, webhook, self.instance, changes, record).await
     }
 
-    async fn requeue(
-        &self,
-        delivery: &Delivery,
-        now_ms: u64,
-    ) -> Result<Requeued, StoreError> {
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Requeued, StoreError> {
         let mut client = self.client().await?;
         match sql::requeue(&mut client, self.instance, delivery.id, now_ms).await? {
             sql::Requeue::Done(d) => return Ok(Requeued::Done(d)),

@@ -825,7 +825,8 @@ async fn an_import_keeps_each_queue_in_order_counts_what_it_wrote_and_marks_the_
         let (d1a, d1b) = (at(&e1, &a, 10), at(&e1, &b, 30));
         let d2b = at(&e2, &b, 20);
         sled.append(&e1, &[d1a, d1b.clone()]).expect("append");
-        sled.append(&e2, std::slice::from_ref(&d2b)).expect("append");
+        sled.append(&e2, std::slice::from_ref(&d2b))
+            .expect("append");
         sled.flush().expect("flush");
         (b.id, d2b.id, d1b.id)
     };
@@ -833,9 +834,7 @@ async fn an_import_keeps_each_queue_in_order_counts_what_it_wrote_and_marks_the_
     let sled = SledStore::open_stopped(&path).expect("open the stopped store");
     let (_dir, pg) = config(sled_dir.path(), &url, Duration::from_secs(30));
 
-    let done = import_sled(&pg, &sled, &path, false)
-        .await
-        .expect("import");
+    let done = import_sled(&pg, &sled, &path, false).await.expect("import");
     assert_eq!(
         done,
         Imported {
@@ -868,7 +867,10 @@ async fn an_import_keeps_each_queue_in_order_counts_what_it_wrote_and_marks_the_
         .await
         .expect_err("a marked store is refused")
         .to_string();
-    assert!(e.contains("was moved already") && e.contains("--force"), "{e}");
+    assert!(
+        e.contains("was moved already") && e.contains("--force"),
+        "{e}"
+    );
 
     // The retention sweep (or a delete) took one delivery: a forced run brings back that one.
     cluster.psql(
@@ -940,6 +942,13 @@ async fn a_pause_through_another_instance_during_an_apply_stands() {
         .expect("the pause finishes")
         .expect("join");
     let after = a.webhook(w.id).await.expect("read").expect("there");
-    assert_eq!(after.status, crate::webhook::WebhookStatus::Paused, "the pause stands");
-    assert_eq!(after.spec.failure_threshold, 9, "the file's change is applied");
+    assert_eq!(
+        after.status,
+        crate::webhook::WebhookStatus::Paused,
+        "the pause stands"
+    );
+    assert_eq!(
+        after.spec.failure_threshold, 9,
+        "the file's change is applied"
+    );
 }

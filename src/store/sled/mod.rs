@@ -56,8 +56,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Replaced, Requeued,
-    Store, StoreConfig, StoreError, Swept,
+    BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Replaced,
+    Requeued, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::webhook::Webhook;
@@ -183,9 +183,7 @@ impl SledStore {
             std::fs::rename(&part, &file)?;
             std::fs::File::open(path)?.sync_all()
         };
-        write().map_err(|e| {
-            StoreError::Unusable(format!("cannot write {}: {e}", file.display()))
-        })
+        write().map_err(|e| StoreError::Unusable(format!("cannot write {}: {e}", file.display())))
     }
 
     /// A store whose database is not open yet: events wait in `pending/` until
@@ -591,11 +589,7 @@ impl Store for SledStore {
         })
     }
 
-    async fn requeue(
-        &self,
-        delivery: &Delivery,
-        now_ms: u64,
-    ) -> Result<Requeued, StoreError> {
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Requeued, StoreError> {
         Ok(SledStore::requeue(self, delivery, now_ms)?.map_or(Requeued::Gone, Requeued::Done))
     }
 

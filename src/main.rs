@@ -80,9 +80,13 @@ enum Command {
         status: bool,
         /// A stopped single instance's sled store (its `[store] path`): move its webhooks
         /// (same ids, secrets, counters) and pending deliveries with their events into the
-        /// PostgreSQL store of the config. Running it again moves nothing twice.
+        /// PostgreSQL store of the config, then mark DIR as moved (`hooktap run` refuses it).
         #[arg(long, value_name = "DIR")]
         from_sled: Option<PathBuf>,
+        /// With --from-sled: move a store that an earlier --from-sled marked as moved (what
+        /// PostgreSQL has swept since comes back, to be delivered again).
+        #[arg(long, requires = "from_sled")]
+        force: bool,
     },
     /// Run a demo: a ticket shop, hooktap in front of it, a receiver, and some traffic.
     Demo {
@@ -384,9 +388,9 @@ fn migrate(config: &Config, status: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `hooktap migrate --from-sled DIR`: the sled store at `dir` into the config's PostgreSQL
-/// store (whose schema `migrate` has just applied).
-fn migrate_from_sled(config: &Config, dir: &Path) -> anyhow::Result<()> {
+/// `hooktap migrate --from-sled DIR [--force]`: applies the schema, then moves the sled store
+/// at `dir` into the config's PostgreSQL store.
+fn migrate_from_sled(config: &Config, dir: &Path, force: bool) -> anyhow::Result<()> {
     let hooktap::config::Backend::Postgres(pg) = &config.store.backend else {
         anyhow::bail!(
             "--from-sled moves a sled store into PostgreSQL: the config's [store] backend must be \"postgres\""
@@ -404,13 +408,14 @@ fn migrate_from_sled(config: &Config, dir: &Path) -> anyhow::Result<()> {
     }
     let sled = hooktap::store::SledStore::open_stopped(dir)
         .with_context(|| format!("the sled store at {}", dir.display()))?;
+    migrate(config, false)?;
     let shown = hooktap::store::PgConfig::shown(&pg.url);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start a runtime")?;
     let done = rt
-        .block_on(hooktap::store::postgres::import_sled(pg, &sled, dir))
+        .block_on(hooktap::store::postgres::import_sled(pg, &sled, dir, force))
         .with_context(|| format!("moving {} into PostgreSQL at {shown}", dir.display()))?;
     out(format_args!(
         "{}: moved {} webhooks ({} were there already) and {} pending deliveries of {} events into {shown}",
@@ -764,12 +769,13 @@ fn main() -> ExitCode {
             Ok(_) => return ExitCode::FAILURE,
             Err(e) => Err(e),
         },
-        Command::Migrate { status, from_sled } => load(&cli.config).and_then(|c| {
-            migrate(&c, status)?;
-            match from_sled {
-                Some(dir) => migrate_from_sled(&c, &dir),
-                None => Ok(()),
-            }
+        Command::Migrate {
+            status,
+            from_sled,
+            force,
+        } => load(&cli.config).and_then(|c| match from_sled {
+            Some(dir) => migrate_from_sled(&c, &dir, force),
+            None => migrate(&c, status),
         }),
         Command::Test { har, strict } if !har.is_empty() => {
             match load(&cli.config).and_then(|c| test_har(&c, &har)) {

@@ -44,6 +44,11 @@ pub enum ServerError {
     )]
     AlreadyRunning { path: String, pid: Option<u32> },
     #[error(
+        "the store at {path} was moved into PostgreSQL ({note}): running on it would send its moved deliveries again beside the instances on PostgreSQL. Set [store] backend = \"postgres\" with a new, empty path; to use this store on its own again anyway, delete {path}/{file} (its pending deliveries will be sent again)",
+        file = crate::store::sled::MOVED_FILE
+    )]
+    Moved { path: String, note: String },
+    #[error(
         "--upgrade: no running hooktap holds the store at {path} (it is not locked, or hooktap.pid names no live process); start without --upgrade"
     )]
     NothingToUpgrade { path: String },
@@ -200,6 +205,19 @@ impl BackgroundService for ReloadOnHangup {
 /// which then stops accepting, finishes its requests and exits. Events matched meanwhile wait
 /// in `pending/` until the old process lets go of the store.
 pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
+    // Refused rather than run with delivery off: such an instance would go on taking events
+    // that nothing ever sends.
+    if let Some(note) =
+        SledStore::moved(&config.store.path).map_err(|source| ServerError::Store {
+            path: config.store.path.display().to_string(),
+            source,
+        })?
+    {
+        return Err(ServerError::Moved {
+            path: config.store.path.display().to_string(),
+            note,
+        });
+    }
     let previous = upgrade
         .then(|| previous_holder(&config.store.path))
         .transpose()?;

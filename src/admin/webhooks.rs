@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::{AdminState, ApiError, Page, Q, json_body};
 use crate::delivery::manage::Ping;
 use crate::event::{Attempt, Delivery, DeliveryState};
+use crate::store::Requeued as Redelivery;
 use crate::webhook::{NewWebhook, WebhookInput, WebhookStatus, WebhookView};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -307,14 +308,16 @@ pub async fn redeliver(
         Some((x, _)) if x.webhook_id == webhook => {}
         _ => return Err(ApiError::not_found("delivery")),
     }
-    let delivery = d.redeliver(delivery_id).await?.ok_or_else(|| {
-        ApiError::new(
+    match d.redeliver(delivery_id).await? {
+        Redelivery::Done(delivery) => Ok(Json(Redelivered { delivery })),
+        // Deleted (with its webhook) since it was read.
+        Redelivery::Gone => Err(ApiError::not_found("delivery")),
+        Redelivery::InFlight => Err(ApiError::new(
             StatusCode::CONFLICT,
             "in_flight",
             "the delivery is being sent right now",
-        )
-    })?;
-    Ok(Json(Redelivered { delivery }))
+        )),
+    }
 }
 
 #[cfg(test)]

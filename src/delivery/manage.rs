@@ -19,7 +19,7 @@ use super::Engine;
 use super::registry::Target;
 use super::send::{self, Outgoing};
 use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
-use crate::store::{Planner, Replaced, StoreError};
+use crate::store::{Planner, Replaced, Requeued, StoreError};
 use crate::webhook::{
     Counters, Defaults, FieldError, Origin, TopicsError, Webhook, WebhookInput, WebhookSpec,
     WebhookStatus, WebhookView, compile_topics,
@@ -205,6 +205,43 @@ impl Engine {
                 Replaced::Gone => return Ok(None),
                 Replaced::Stale => {
                     tracing::debug!(webhook = %target.id, "the webhook's record changed meanwhile; changing the newer record");
+                }
+            }
+        }
+        Err(ManageError::Conflict(target.id))
+    }
+
+    /// Disables the webhook on its stored record, as [`Dispatcher::change_record`] changes it,
+    /// unless the stored record is disabled already (another instance's outcome did it): then
+    /// nothing is written and the running copy takes the stored record. The running copy is
+    /// changed only after the store. Returns the record and whether this call disabled it;
+    /// `None` when the webhook was deleted.
+    pub(super) async fn disable_record(
+        &self,
+        target: &Target,
+        reason: &str,
+    ) -> Result<Option<(Webhook, bool)>, ManageError> {
+        for _ in 0..CHANGE_TRIES {
+            let Some(mut w) = self.store.webhook(target.id).await? else {
+                return Ok(None);
+            };
+            if !self.store.shared() {
+                w.counters = target.record().counters.clone();
+            }
+            if w.status == WebhookStatus::Disabled {
+                self.run_record(target, w.clone());
+                return Ok(Some((w, false)));
+            }
+            disable(&mut w, reason.to_owned());
+            match self.store.replace_webhook(&w).await? {
+                Replaced::Done => {
+                    w.version += 1;
+                    self.run_record(target, w.clone());
+                    return Ok(Some((w, true)));
+                }
+                Replaced::Gone => return Ok(None),
+                Replaced::Stale => {
+                    tracing::debug!(webhook = %target.id, "the webhook's record changed meanwhile; disabling the newer record");
                 }
             }
         }
@@ -519,28 +556,27 @@ impl Engine {
     }
 
     /// Sends a delivery again, now, with the same id (a delivered one too: receivers that
-    /// lost it asked for it). Returns `None` for an unknown delivery or one already in flight.
-    pub async fn redeliver(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
+    /// lost it asked for it). [`Requeued::Gone`] for an unknown delivery (or one deleted
+    /// meanwhile), [`Requeued::InFlight`] for one being sent by this or another instance.
+    pub async fn redeliver(&self, id: Uuid) -> Result<Requeued, StoreError> {
         let Some(d) = self.store.delivery(id).await? else {
-            return Ok(None);
+            return Ok(Requeued::Gone);
         };
         if self
             .registry
             .get(d.webhook_id)
             .is_some_and(|t| t.is_in_flight(&d.id))
         {
-            return Ok(None);
+            return Ok(Requeued::InFlight);
         }
-        // `None`: another instance is sending it right now.
-        let Some(d) = self
+        let requeued = self
             .store
             .requeue(&d, unix_ms(OffsetDateTime::now_utc()))
-            .await?
-        else {
-            return Ok(None);
-        };
-        self.wake();
-        Ok(Some(d))
+            .await?;
+        if matches!(requeued, Requeued::Done(_)) {
+            self.wake();
+        }
+        Ok(requeued)
     }
 
     /// Re-queues every failed delivery of `webhook` created in `[since, until)`, as Svix's
@@ -556,7 +592,7 @@ impl Engine {
         for d in self.store.deliveries_of(webhook, usize::MAX).await? {
             if d.state == DeliveryState::Failed && d.created_at >= since && d.created_at < until {
                 // One being sent by another instance right now is left to that send.
-                if self.store.requeue(&d, now).await?.is_some() {
+                if matches!(self.store.requeue(&d, now).await?, Requeued::Done(_)) {
                     n += 1;
                 }
             }
@@ -700,6 +736,60 @@ mod tests {
         assert_eq!(stored.status, WebhookStatus::Active);
         assert_eq!(stored.spec.timeout, Duration::from_secs(3));
         assert_eq!(stored.spec.retry, schedule());
+    }
+
+    /// A's failures reach the threshold after B's did: B disabled the webhook, A writes
+    /// nothing (no new version, B's reason stays) and says it did not disable it, so that
+    /// only B announces `hooktap.webhook.disabled`.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_webhook_another_instance_disabled_is_not_disabled_again() {
+        let cluster = Cluster::start();
+        let url = cluster.database();
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = instance(&url, da.path()).await;
+        let b = instance(&url, db.path()).await;
+        let spec = WebhookSpec::example("crm");
+        a.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync a");
+        b.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync b");
+        let id = a.webhooks()[0].id;
+        let (ta, tb) = (
+            a.registry.get(id).expect("a runs it"),
+            b.registry.get(id).expect("b runs it"),
+        );
+
+        let (by_b, disabled_by_b) = b
+            .disable_record(&tb, "b's failures")
+            .await
+            .expect("disable on b")
+            .expect("there");
+        assert!(disabled_by_b, "b disabled it");
+        assert_eq!(
+            a.webhook(id).expect("a's copy").status,
+            WebhookStatus::Active
+        );
+
+        let (seen, disabled_by_a) = a
+            .disable_record(&ta, "a's failures")
+            .await
+            .expect("disable on a")
+            .expect("there");
+        assert!(!disabled_by_a, "a did not disable it again");
+        let stored = a.store().webhook(id).await.expect("read").expect("there");
+        assert_eq!(stored.version, by_b.version, "a wrote nothing");
+        assert_eq!(stored.disabled_reason.as_deref(), Some("b's failures"));
+        assert_eq!(seen.version, stored.version);
+        assert_eq!(
+            a.webhook(id).expect("a's copy").status,
+            WebhookStatus::Disabled,
+            "a runs the stored record"
+        );
     }
 
     #[tokio::test]

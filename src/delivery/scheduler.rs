@@ -442,37 +442,32 @@ impl Engine {
                 failures_before = counters
                     .consecutive_failures
                     .saturating_sub(u64::from(change.final_failure && !change.success));
-                let newly_disabled = {
+                let reason = {
                     let mut w = target.record();
-                    let reason = (!disabled)
+                    let reason = (!disabled && w.status != WebhookStatus::Disabled)
                         .then(|| outcome::threshold_reason(&w, &counters))
                         .flatten();
-                    let newly = reason.is_some();
-                    if let Some(reason) = reason {
-                        super::manage::disable(&mut w, reason);
-                    }
                     // Recordings finish in any order: the copy keeps the latest counts.
                     if attempts_counted(&counters) >= attempts_counted(&w.counters) {
                         w.counters = counters.clone();
                     }
                     webhook = w.clone();
                     webhook.counters = counters;
-                    newly
+                    reason
                 };
-                if newly_disabled {
+                if let Some(reason) = reason {
                     // On the stored record, so that a change another instance made meanwhile
-                    // is not overwritten by this copy.
-                    let reason = webhook.disabled_reason.clone().unwrap_or_default();
-                    let changed = self
-                        .change_record(target, |w| {
-                            if w.status != WebhookStatus::Disabled {
-                                super::manage::disable(w, reason.clone());
+                    // is not overwritten by this copy; the running copy follows the store.
+                    // Announced only by the instance that disabled it.
+                    match self.disable_record(target, &reason).await {
+                        Ok(Some((w, by_this))) => {
+                            webhook = w;
+                            if !by_this {
+                                // Another instance disabled it and announced it.
+                                self.count(&webhook, &decided, request.is_some(), sent.elapsed);
+                                return Ok(());
                             }
-                            Ok(())
-                        })
-                        .await;
-                    match changed {
-                        Ok(Some(w)) => webhook = w,
+                        }
                         // Deleted meanwhile (by another instance): nothing left to disable.
                         Ok(None) => return Ok(()),
                         Err(super::manage::ManageError::Store(e)) => return Err(e),

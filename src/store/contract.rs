@@ -48,6 +48,8 @@ macro_rules! store_contract_tests {
             a_dedupe_claim_holds_for_its_window,
             a_released_dedupe_claim_can_be_claimed_again,
             a_stale_copy_does_not_replace_a_newer_record,
+            applying_the_file_keeps_a_change_made_meanwhile,
+            requeueing_a_deleted_delivery_says_it_is_gone,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -347,6 +349,7 @@ pub async fn requeue_makes_a_finished_delivery_due_again(store: Arc<dyn Store>) 
         .requeue(&done, at)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued");
     assert_eq!(again.id, d.id, "the same id");
     assert_eq!(again.state, DeliveryState::Pending);
@@ -363,6 +366,7 @@ pub async fn requeue_makes_a_finished_delivery_due_again(store: Arc<dyn Store>) 
         .requeue(&again, at + 10)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued");
     assert_eq!(
         store
@@ -695,6 +699,7 @@ pub async fn a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_fl
         .requeue(&retried, now_ms)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued");
     assert_eq!(again.queue_ms, a1.queue_ms, "keeps its place");
     let heads = store
@@ -715,6 +720,7 @@ pub async fn a_requeued_key_head_keeps_its_place_and_its_key_waits_for_any_in_fl
         .requeue(&done, now_ms)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued");
     let heads = store
         .claim_key_heads(w.id, now_ms, 10, &[a2.id].into())
@@ -823,5 +829,103 @@ pub async fn a_stale_copy_does_not_replace_a_newer_record(store: Arc<dyn Store>)
     assert_eq!(
         store.replace_webhook(&put).await.expect("replace"),
         Replaced::Gone
+    );
+}
+
+/// Pauses webhook `id` as the admin API does: read, change, replace if not changed since
+/// (again when it was).
+pub async fn pause(store: &dyn Store, id: Uuid) -> Result<(), super::StoreError> {
+    loop {
+        let Some(mut w) = store.webhook(id).await? else {
+            return Ok(());
+        };
+        w.status = crate::webhook::WebhookStatus::Paused;
+        if store.replace_webhook(&w).await? != Replaced::Stale {
+            return Ok(());
+        }
+    }
+}
+
+/// A webhook paused while the config file's webhooks are being applied (through the admin
+/// API of this or another instance) stays paused: the apply does not write back a plan made
+/// before the pause, and what the file changes is applied too.
+pub async fn applying_the_file_keeps_a_change_made_meanwhile(store: Arc<dyn Store>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, mpsc};
+    let w = Webhook::new(spec("filed"), Origin::Config);
+    store.put_webhook(&w).await.expect("put webhook");
+    let pausing: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
+    let planner = {
+        let store = Arc::clone(&store);
+        let pausing = Arc::clone(&pausing);
+        let first = AtomicBool::new(true);
+        super::Planner(Box::new(move |stored: &[Webhook]| {
+            if first.swap(false, Ordering::SeqCst) {
+                // The pause comes while the plan is made, in a thread of its own: a shared
+                // store holds it back until the apply has committed.
+                let store = Arc::clone(&store);
+                let (done, finished) = mpsc::channel();
+                let thread = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    runtime
+                        .block_on(pause(store.as_ref(), w.id))
+                        .expect("pause");
+                    let _ = done.send(());
+                });
+                let _ = finished.recv_timeout(std::time::Duration::from_secs(1));
+                *pausing.lock().expect("lock") = Some(thread);
+            }
+            super::WebhookPlan {
+                put: stored
+                    .iter()
+                    .map(|w| {
+                        let mut w = w.clone();
+                        w.spec.failure_threshold = 9;
+                        w
+                    })
+                    .collect(),
+                remove: Vec::new(),
+            }
+        }))
+    };
+    store.apply_webhooks(&planner).await.expect("apply");
+    let thread = pausing
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("the plan was made");
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .expect("join")
+        .expect("the pause finished");
+    let after = store
+        .webhook(w.id)
+        .await
+        .expect("read")
+        .expect("the webhook is there");
+    assert_eq!(
+        after.status,
+        crate::webhook::WebhookStatus::Paused,
+        "the pause stands"
+    );
+    assert_eq!(
+        after.spec.failure_threshold, 9,
+        "the file's change is applied"
+    );
+}
+
+/// A delivery deleted (with its webhook) after it was read is reported gone by requeue (the
+/// admin API answers 404), not as being sent (409).
+pub async fn requeueing_a_deleted_delivery_says_it_is_gone(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let (_, d) = queued_event(&store, &w, 0).await;
+    let done = deliver(&store, &d).await;
+    store.delete_webhook(w.id).await.expect("delete");
+    assert_eq!(
+        store.requeue(&done, unix_ms(now())).await.expect("requeue"),
+        super::Requeued::Gone
     );
 }

@@ -130,6 +130,30 @@ pub struct Recorded {
     pub attempt: Attempt,
 }
 
+/// How often [`Store::apply_webhooks`] plans again when a webhook changed meanwhile.
+const APPLY_ROUNDS: usize = 100;
+
+/// What [`Store::requeue`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Requeued {
+    /// Queued again, due at once.
+    Done(Delivery),
+    /// Nothing written: another instance holds a live lease on it (it is being sent now).
+    InFlight,
+    /// Nothing written: the delivery is gone (deleted with its webhook, or swept).
+    Gone,
+}
+
+impl Requeued {
+    /// The requeued delivery, if it was requeued.
+    pub fn done(self) -> Option<Delivery> {
+        match self {
+            Self::Done(d) => Some(d),
+            Self::InFlight | Self::Gone => None,
+        }
+    }
+}
+
 /// What [`Store::replace_webhook`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replaced {
@@ -442,20 +466,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies the config file's webhooks: `plan` decides from what is stored, and the store
     /// writes it. A shared store does both under one lock, so instances starting together
-    /// agree on one id per webhook.
+    /// agree on one id per webhook. A change made to a stored webhook meanwhile (an admin
+    /// PUT, a pause, a failure-threshold disable) is never overwritten by a plan made before
+    /// it: here stored webhooks are written version-checked, and the plan is made again from
+    /// what is stored when one was changed (or deleted) in between.
     async fn apply_webhooks(&self, planner: &Planner) -> Result<Applied, StoreError> {
-        let stored = self.webhooks().await?;
-        let plan = planner.plan(&stored);
-        let mut applied = Applied::default();
-        for w in plan.put {
-            self.put_webhook(&w).await?;
-            applied.put.push(w);
+        'plan: for _ in 0..APPLY_ROUNDS {
+            let stored = self.webhooks().await?;
+            let plan = planner.plan(&stored);
+            let mut applied = Applied::default();
+            for mut w in plan.put {
+                if stored.iter().any(|s| s.id == w.id) {
+                    match self.replace_webhook(&w).await? {
+                        Replaced::Done => w.version += 1,
+                        Replaced::Stale | Replaced::Gone => continue 'plan,
+                    }
+                } else {
+                    self.put_webhook(&w).await?;
+                }
+                applied.put.push(w);
+            }
+            for w in plan.remove {
+                let dropped = self.delete_webhook(w.id).await?;
+                applied.removed.push((w, dropped));
+            }
+            return Ok(applied);
         }
-        for w in plan.remove {
-            let dropped = self.delete_webhook(w.id).await?;
-            applied.removed.push((w, dropped));
-        }
-        Ok(applied)
+        Err(StoreError::Unusable(format!(
+            "the webhooks changed under every one of {APPLY_ROUNDS} attempts to apply the config file's webhooks"
+        )))
     }
 
     /// Replaces the record of a webhook that exists (counters, status), whatever its version
@@ -532,15 +571,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Puts a delivery back in the queue, due at `now_ms`, with a fresh retry schedule and
     /// the same id. It is built on the delivery as stored (`delivery` names it), so an attempt
-    /// recorded since `delivery` was read is kept. `None`, writing nothing, when it is gone
-    /// or another instance holds a live lease on it (it is being sent right now). A shared
+    /// recorded since `delivery` was read is kept. Nothing is written when it is gone
+    /// ([`Requeued::Gone`]) or another instance holds a live lease on it (it is being sent
+    /// right now: [`Requeued::InFlight`]). A shared
     /// store fences out the late outcome of a send whose lease ran out, or of this instance's
     /// own send, so that the requeue stands (the delivery is sent again: at least once).
-    async fn requeue(
-        &self,
-        delivery: &Delivery,
-        now_ms: u64,
-    ) -> Result<Option<Delivery>, StoreError>;
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Requeued, StoreError>;
 
     // --- reads ---------------------------------------------------------------------------------
 

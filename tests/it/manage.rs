@@ -344,6 +344,7 @@ async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
         .redeliver(first.id)
         .await
         .expect("redeliver")
+        .done()
         .expect("found");
     let got = receiver.wait_for(5, WAIT).await;
     assert_eq!(
@@ -356,7 +357,7 @@ async fn redeliver_and_recover_send_again_with_the_same_delivery_id() {
             .redeliver(Uuid::now_v7())
             .await
             .expect("redeliver")
-            .is_none()
+            == hooktap::store::Requeued::Gone
     );
 }
 

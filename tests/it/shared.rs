@@ -370,10 +370,52 @@ async fn a_stopped_sled_store_moves_into_postgres_and_its_pending_deliveries_go_
         ),
         "{stdout}"
     );
-    let again = migrate_from_sled(&pg_config, &sled_store);
+    // The old store is marked: running it again would send the moved deliveries twice.
+    let mut old = std::process::Command::new(hooktap_bin())
+        .arg("run")
+        .arg("-c")
+        .arg(&sled.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start hooktap run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = old.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            old.kill().expect("kill");
+            old.wait().expect("wait");
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut old.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "run on a moved store is refused: {stderr}"
+    );
+    assert!(stderr.contains("was moved into PostgreSQL"), "{stderr}");
+
+    let refused = migrate_from_sled(&pg_config, &sled_store);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a second move needs --force");
+    assert!(stderr.contains("was moved already"), "{stderr}");
+    let again = std::process::Command::new(hooktap_bin())
+        .args(["migrate", "--force", "--from-sled"])
+        .arg(&sled_store)
+        .arg("-c")
+        .arg(&pg_config)
+        .output()
+        .expect("run hooktap migrate");
     assert!(again.status.success());
     assert!(
-        String::from_utf8_lossy(&again.stdout).contains("moved 0 webhooks (1 were there already)"),
+        String::from_utf8_lossy(&again.stdout).contains(
+            "moved 0 webhooks (1 were there already) and 0 pending deliveries of 0 events"
+        ),
         "{}",
         String::from_utf8_lossy(&again.stdout)
     );

@@ -4,16 +4,16 @@
 //!
 //! Moved: every webhook (same id, secret, status, counters) and every pending delivery with
 //! its event (same ids, attempts made so far, due time). Not moved: finished deliveries and
-//! the delivery log, which stay readable in the sled directory. Running it again moves
-//! nothing twice: rows already there are left as they are (PostgreSQL's instances may have
-//! changed them since).
+//! the delivery log, which stay in the sled directory. Afterwards the sled directory is marked
+//! as moved: `hooktap run` refuses it, and moving it again needs `--force` (rows already there
+//! are left as they are, but rows PostgreSQL has swept since would come back).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use uuid::Uuid;
 
 use super::{PgConfig, migrate_with, pg_error, pool, sql};
-use crate::event::{Delivery, DeliveryState};
+use crate::event::{Delivery, DeliveryState, Event};
 use crate::store::sled::Entry;
 use crate::store::{SledStore, StoreError};
 
@@ -27,19 +27,30 @@ pub struct Imported {
     pub webhooks: usize,
     /// Webhooks that were there already (an earlier run).
     pub webhooks_there: usize,
-    /// Pending deliveries handed over (those already there are left as they are).
+    /// Pending deliveries written now (those already there are left as they are).
     pub deliveries: usize,
-    /// The events they belong to.
+    /// The events written now with them.
     pub events: usize,
 }
 
-/// Moves the stopped sled store `sled` (at `path`, for messages) into the PostgreSQL store of
-/// `pg`, applying its schema first.
+/// Moves the stopped sled store `sled` (at `path`) into the PostgreSQL store of `pg`, applying
+/// its schema first, then marks the sled store as moved ([`MOVED_FILE`](crate::store::sled::MOVED_FILE)). A store marked so
+/// is refused unless `force`: PostgreSQL's retention sweep may have deleted what was moved,
+/// and moving it again would queue old deliveries again.
 pub async fn import_sled(
     pg: &PgConfig,
     sled: &SledStore,
     path: &std::path::Path,
+    force: bool,
 ) -> Result<Imported, StoreError> {
+    if let Some(note) = SledStore::moved(path)?
+        && !force
+    {
+        return Err(StoreError::Unusable(format!(
+            "the sled store at {} was moved already ({note}): moving it again would queue again what PostgreSQL has delivered and swept since; pass --force to move it anyway",
+            path.display()
+        )));
+    }
     let held = SledStore::held_events(path)?;
     if held > 0 {
         return Err(StoreError::Unusable(format!(
@@ -48,36 +59,38 @@ pub async fn import_sled(
         )));
     }
     let webhooks = sled.webhooks()?;
-    // Every pending delivery with its event, in queue order: an ordered webhook's queue in
-    // PostgreSQL is the order in which deliveries reach it.
-    let mut by_event: BTreeMap<Uuid, Vec<Delivery>> = BTreeMap::new();
+    // Every pending delivery, one entry each (with its event; an event's row is written by
+    // its first entry), in queue order: PostgreSQL queues a webhook's deliveries in the order
+    // they are inserted, and an ordered or keyed webhook sends them in that order.
+    let mut pending: Vec<Delivery> = Vec::new();
     for w in &webhooks {
-        for d in sled.deliveries_of(w.id, usize::MAX)? {
-            if d.state == DeliveryState::Pending {
-                by_event.entry(d.event_id).or_default().push(d);
-            }
-        }
+        pending.extend(
+            sled.deliveries_of(w.id, usize::MAX)?
+                .into_iter()
+                .filter(|d| d.state == DeliveryState::Pending),
+        );
     }
-    let mut entries = Vec::with_capacity(by_event.len());
-    for (event_id, deliveries) in by_event {
-        let Some(event) = sled.event(event_id)? else {
+    pending.sort_by_key(|d| (d.queue_ms, d.id));
+    let mut events: HashMap<Uuid, Option<Event>> = HashMap::new();
+    let mut entries = Vec::with_capacity(pending.len());
+    for d in pending {
+        let event = match events.entry(d.event_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(sled.event(d.event_id)?).clone()
+            }
+        };
+        let Some(event) = event else {
             // Swept or never written whole: nothing to send.
-            tracing::warn!(event = %event_id, "a pending delivery's event is missing; it is not moved");
+            tracing::warn!(event = %d.event_id, delivery = %d.id, "a pending delivery's event is missing; it is not moved");
             continue;
         };
         entries.push(Entry {
             event,
-            deliveries,
+            deliveries: vec![d],
             dedupe: None,
         });
     }
-    entries.sort_by_key(|e| {
-        e.deliveries
-            .iter()
-            .map(|d| (d.queue_ms, d.id))
-            .min()
-            .unwrap_or_default()
-    });
 
     // One pooled connection: the queries take deadpool's client, as the store's do.
     let connector = pg.connector()?;
@@ -115,9 +128,19 @@ pub async fn import_sled(
         tx.commit().await.map_err(pg_error)?;
     }
     for batch in entries.chunks(BATCH) {
-        sql::insert_events(&mut client, batch).await?;
-        done.events += batch.len();
-        done.deliveries += batch.iter().map(|e| e.deliveries.len()).sum::<usize>();
+        let inserted = sql::insert_entries(&mut client, batch).await?;
+        done.events += inserted.events;
+        done.deliveries += inserted.deliveries;
     }
+    let when = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    SledStore::mark_moved(
+        path,
+        &format!(
+            "by hooktap migrate --from-sled into PostgreSQL at {} on {when}",
+            PgConfig::shown(&pg.url)
+        ),
+    )?;
     Ok(done)
 }

@@ -49,7 +49,7 @@ use uuid::Uuid;
 
 use super::{
     Applied, BarrierStats, Durable, EventQuery, JournalStats, KeyHeads, Planner, QueueStats,
-    Recorded, Recording, Replaced, Store, StoreConfig, StoreError, Swept,
+    Recorded, Recording, Replaced, Requeued, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::store::SledStore;
@@ -676,28 +676,27 @@ impl Store for PgStore {
         answer.await.map_err(|_| stopped())?
     }
 
-    async fn requeue(
-        &self,
-        delivery: &Delivery,
-        now_ms: u64,
-    ) -> Result<Option<Delivery>, StoreError> {
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Requeued, StoreError> {
         let mut client = self.client().await?;
         match sql::requeue(&mut client, self.instance, delivery.id, now_ms).await? {
-            sql::Requeue::Done(d) => return Ok(Some(d)),
-            sql::Requeue::InFlight => return Ok(None),
+            sql::Requeue::Done(d) => return Ok(Requeued::Done(d)),
+            sql::Requeue::InFlight => return Ok(Requeued::InFlight),
             sql::Requeue::Missing => {}
         }
         // Still in this instance's journal (moved in within milliseconds): move it now.
         if self.journal.delivery(delivery.id)?.is_none() {
-            return Ok(None);
+            return Ok(Requeued::Gone);
         }
         drop(client);
         self.ship_all().await?;
         let mut client = self.client().await?;
-        match sql::requeue(&mut client, self.instance, delivery.id, now_ms).await? {
-            sql::Requeue::Done(d) => Ok(Some(d)),
-            sql::Requeue::InFlight | sql::Requeue::Missing => Ok(None),
-        }
+        Ok(
+            match sql::requeue(&mut client, self.instance, delivery.id, now_ms).await? {
+                sql::Requeue::Done(d) => Requeued::Done(d),
+                sql::Requeue::InFlight => Requeued::InFlight,
+                sql::Requeue::Missing => Requeued::Gone,
+            },
+        )
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {

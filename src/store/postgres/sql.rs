@@ -346,10 +346,16 @@ async fn notify(c: &impl GenericClient, what: &str) -> Result<(), StoreError> {
 }
 
 /// Applies the config file's webhooks under an advisory lock, in one transaction: instances
-/// that start together see each other's webhooks, so a file webhook gets one id.
+/// that start together see each other's webhooks, so a file webhook gets one id. The stored
+/// webhooks are read under their row locks: a change made meanwhile through another instance
+/// (a pause, a failure-threshold disable, all version-checked) waits for the commit and then
+/// finds its copy stale, rather than being overwritten by a plan made before it.
 pub async fn apply_webhooks(c: &mut Client, planner: &Planner) -> Result<Applied, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&SETUP_LOCK]).await?;
+    // Locked first, read after: the read (a statement of its own) sees every change committed
+    // before the locks were granted.
+    exec(&tx, "SELECT 1 FROM webhooks ORDER BY id FOR UPDATE", &[]).await?;
     let stored = webhooks(&tx, None).await?;
     let WebhookPlan { put, remove } = planner.plan(&stored);
     let mut applied = Applied::default();
@@ -1046,6 +1052,25 @@ pub async fn insert_events(
     c: &mut Client,
     entries: &[crate::store::sled::Entry],
 ) -> Result<usize, StoreError> {
+    insert_entries(c, entries).await.map(|i| i.repeats)
+}
+
+/// What [`insert_entries`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    /// Events dropped as repeats of another instance's (their dedupe key was taken).
+    pub repeats: usize,
+    /// Events written now (not there already).
+    pub events: usize,
+    /// Deliveries written now (not there already, their webhook there).
+    pub deliveries: usize,
+}
+
+/// [`insert_events`], saying how many rows it wrote.
+pub async fn insert_entries(
+    c: &mut Client,
+    entries: &[crate::store::sled::Entry],
+) -> Result<Inserted, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     exec(&tx, "SELECT pg_advisory_xact_lock($1)", &[&SHIP_LOCK]).await?;
     // Dedupe claims first: an event whose key another instance holds is a repeat.
@@ -1124,7 +1149,7 @@ pub async fn insert_events(
         .map(|d| jsonb(d.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
 
-    exec(
+    let new_events = exec(
         &tx,
         "INSERT INTO events (id, created_ms, record)
          SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::jsonb[])
@@ -1132,8 +1157,9 @@ pub async fn insert_events(
         &[&event_ids, &created, &events],
     )
     .await?;
+    let mut new_deliveries = 0;
     if !ids.is_empty() {
-        exec(&tx, "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record, ordering_key)
+        new_deliveries = exec(&tx, "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record, ordering_key)
              SELECT u.id, u.event_id, u.webhook_id, u.created_ms, true, u.queue_ms, u.record, u.record->>'ordering_key'
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::jsonb[])
                   WITH ORDINALITY AS u(id, event_id, webhook_id, created_ms, queue_ms, record, n)
@@ -1144,7 +1170,11 @@ pub async fn insert_events(
         notify(&tx, "work").await?;
     }
     tx.commit().await.map_err(pg_error)?;
-    Ok(repeats.len())
+    Ok(Inserted {
+        repeats: repeats.len(),
+        events: usize::try_from(new_events).unwrap_or(usize::MAX),
+        deliveries: usize::try_from(new_deliveries).unwrap_or(usize::MAX),
+    })
 }
 
 /// The retention sweep, run by one instance per period: removes every event created before

@@ -623,7 +623,10 @@ async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fenc
     let now_ms = crate::event::unix_ms(OffsetDateTime::now_utc());
 
     // a's lease runs: a is sending it, so b does not requeue it.
-    assert_eq!(b.requeue(&queued[0], now_ms).await.expect("requeue"), None);
+    assert_eq!(
+        b.requeue(&queued[0], now_ms).await.expect("requeue"),
+        crate::store::Requeued::InFlight
+    );
 
     // a records a failed attempt; b requeues from the copy it read before: the requeue is
     // built on the attempt, not on b's copy.
@@ -634,6 +637,7 @@ async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fenc
         .requeue(&queued[0], now_ms)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued once a recorded its attempt");
     assert_eq!(
         (again.attempts, again.schedule_start, again.due_ms),
@@ -648,7 +652,9 @@ async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fenc
     b.requeue(&queued[1], now_ms)
         .await
         .expect("requeue")
+        .done()
         .expect("requeued: the lease ran out");
+    let before = webhook_counters_of(&b, w.id).await;
     a.record_attempts(w.id, &[recorded(&claimed[1], 1, true)], None)
         .await
         .expect("record");
@@ -671,11 +677,29 @@ async fn a_requeue_waits_for_a_live_lease_builds_on_the_stored_delivery_and_fenc
         taken.iter().any(|d| d.id == queued[1].id),
         "any instance can send the requeued delivery at once: {taken:?}"
     );
-    // Once b holds it, a's outcome stays fenced out too.
+    // Once b holds it, a's outcome stays fenced out too, a failure as well as a success.
     a.record_attempts(w.id, &[recorded(&claimed[1], 1, true)], None)
         .await
         .expect("record");
+    a.record_attempts(w.id, &[recorded(&claimed[1], 2, false)], None)
+        .await
+        .expect("record");
     assert!(b.attempts(queued[1].id).await.expect("log").is_empty());
+    assert_eq!(
+        webhook_counters_of(&b, w.id).await,
+        before,
+        "fenced-out outcomes count nothing: the instance holding the lease counts its own"
+    );
+}
+
+/// A webhook's counters as stored.
+async fn webhook_counters_of(store: &PgStore, id: Uuid) -> crate::webhook::Counters {
+    store
+        .webhook(id)
+        .await
+        .expect("read")
+        .expect("there")
+        .counters
 }
 
 #[tokio::test]
@@ -755,7 +779,7 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
         .to_string();
     assert!(e.contains("no sled store at"), "{e}");
     let sled = SledStore::open_stopped(&path).expect("open the stopped store");
-    let e = import_sled(&pg, &sled, &path)
+    let e = import_sled(&pg, &sled, &path, false)
         .await
         .expect_err("the name is taken")
         .to_string();
@@ -771,7 +795,7 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
     let held = path.join("pending");
     std::fs::create_dir_all(&held).expect("mkdir");
     std::fs::write(held.join(format!("{}.json", Uuid::now_v7())), "{}").expect("write");
-    let e = import_sled(&pg, &sled, &path)
+    let e = import_sled(&pg, &sled, &path, false)
         .await
         .expect_err("held events")
         .to_string();
@@ -781,7 +805,7 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
     );
     std::fs::remove_dir_all(&held).expect("rm");
 
-    let done = import_sled(&pg, &sled, &path).await.expect("import");
+    let done = import_sled(&pg, &sled, &path, false).await.expect("import");
     assert_eq!((done.webhooks, done.deliveries), (1, 0));
     assert_eq!(
         store
@@ -790,6 +814,161 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
             .expect("read")
             .map(|w| w.spec.name),
         Some("crm".to_owned())
+    );
+}
+
+/// An import queues every webhook's deliveries in their own queue order (not by the earliest
+/// delivery of their event), counts the rows it wrote, and marks the sled store: moving it
+/// again is refused without `force`, and with it brings back only what is gone.
+#[tokio::test]
+async fn an_import_keeps_each_queue_in_order_counts_what_it_wrote_and_marks_the_store() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let database = url.rsplit('/').next().expect("database").to_owned();
+    let sled_dir = tempfile::tempdir().expect("tempdir");
+    let (b, first_b, second_b) = {
+        let sled = crate::store::sled::open_for_tests(sled_dir.path());
+        let a = Webhook::new(WebhookSpec::example("a"), Origin::Config);
+        let mut spec = WebhookSpec::example("b");
+        spec.ordered = true;
+        let b = Webhook::new(spec, Origin::Config);
+        sled.put_webhook(&a).expect("put");
+        sled.put_webhook(&b).expect("put");
+        // Event 1 reaches `a` first of all but `b` after event 2.
+        let at = |e: &Event, w: &Webhook, queue_ms: u64| {
+            let mut d = Delivery::new(e, w.id, 0);
+            (d.due_ms, d.queue_ms) = (queue_ms, queue_ms);
+            d
+        };
+        let (e1, e2) = (event(), event());
+        let (d1a, d1b) = (at(&e1, &a, 10), at(&e1, &b, 30));
+        let d2b = at(&e2, &b, 20);
+        sled.append(&e1, &[d1a, d1b.clone()]).expect("append");
+        sled.append(&e2, std::slice::from_ref(&d2b))
+            .expect("append");
+        sled.flush().expect("flush");
+        (b.id, d2b.id, d1b.id)
+    };
+    let path = sled_dir.path().join("data");
+    let sled = SledStore::open_stopped(&path).expect("open the stopped store");
+    let (_dir, pg) = config(sled_dir.path(), &url, Duration::from_secs(30));
+
+    let done = import_sled(&pg, &sled, &path, false).await.expect("import");
+    assert_eq!(
+        done,
+        Imported {
+            webhooks: 2,
+            webhooks_there: 0,
+            deliveries: 3,
+            events: 2
+        }
+    );
+    let queue_of_b = cluster.psql(
+        &database,
+        &format!("SELECT id FROM deliveries WHERE webhook_id = '{b}' ORDER BY seq"),
+    );
+    let order: Vec<&str> = queue_of_b
+        .lines()
+        .map(str::trim)
+        .filter(|l| Uuid::parse_str(l).is_ok())
+        .collect();
+    assert_eq!(
+        order,
+        [first_b.to_string(), second_b.to_string()],
+        "`b` queues in its own order"
+    );
+    let note = SledStore::moved(&path)
+        .expect("read the marker")
+        .expect("the store is marked");
+    assert!(note.contains(&database), "{note}");
+
+    let e = import_sled(&pg, &sled, &path, false)
+        .await
+        .expect_err("a marked store is refused")
+        .to_string();
+    assert!(
+        e.contains("was moved already") && e.contains("--force"),
+        "{e}"
+    );
+
+    // The retention sweep (or a delete) took one delivery: a forced run brings back that one.
+    cluster.psql(
+        &database,
+        &format!("DELETE FROM deliveries WHERE id = '{first_b}'"),
+    );
+    let again = import_sled(&pg, &sled, &path, true)
+        .await
+        .expect("forced import");
+    assert_eq!(
+        again,
+        Imported {
+            webhooks: 0,
+            webhooks_there: 2,
+            deliveries: 1,
+            events: 0
+        }
+    );
+}
+
+/// Instance A applies the config file while instance B pauses the webhook: B's pause waits
+/// for A's apply and then stands (A's plan, made before it, does not overwrite it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_through_another_instance_during_an_apply_stands() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_a_dir, a) = store_on(&url, Duration::from_secs(30)).await;
+    let (_b_dir, b) = store_on(&url, Duration::from_secs(30)).await;
+    let b = Arc::new(b);
+    let w = Webhook::new(WebhookSpec::example("filed"), Origin::Config);
+    a.put_webhook(&w).await.expect("put");
+    let pausing: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let planner = {
+        let pausing = Arc::clone(&pausing);
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let handle = tokio::runtime::Handle::current();
+        Planner(Box::new(move |stored: &[Webhook]| {
+            if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                // B pauses while A plans (on the other worker thread); the plan waits for it
+                // a while, as a slow plan would.
+                let b = Arc::clone(&b);
+                let (done, finished) = std::sync::mpsc::channel();
+                let task = handle.spawn(async move {
+                    crate::store::contract::pause(b.as_ref(), w.id)
+                        .await
+                        .expect("pause");
+                    let _ = done.send(());
+                });
+                let _ = finished.recv_timeout(Duration::from_secs(1));
+                *pausing.lock().expect("lock") = Some(task);
+            }
+            crate::store::WebhookPlan {
+                put: stored
+                    .iter()
+                    .map(|w| {
+                        let mut w = w.clone();
+                        w.spec.failure_threshold = 9;
+                        w
+                    })
+                    .collect(),
+                remove: Vec::new(),
+            }
+        }))
+    };
+    a.apply_webhooks(&planner).await.expect("apply");
+    let task = pausing.lock().expect("lock").take().expect("planned");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the pause finishes")
+        .expect("join");
+    let after = a.webhook(w.id).await.expect("read").expect("there");
+    assert_eq!(
+        after.status,
+        crate::webhook::WebhookStatus::Paused,
+        "the pause stands"
+    );
+    assert_eq!(
+        after.spec.failure_threshold, 9,
+        "the file's change is applied"
     );
 }
 

@@ -14,7 +14,7 @@
 //! read here and handed to it as `require` with a verifying rustls configuration.
 
 use std::path::Path;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{WebPkiServerVerifier, verify_server_cert_signed_by_trust_anchor};
@@ -67,12 +67,87 @@ impl SslMode {
     }
 }
 
-/// `sslmode=VALUE` in a URL's query or a `key=value` connection string (the value may be
-/// quoted in the latter).
-static SSLMODE: LazyLock<regex::Regex> = LazyLock::new(|| {
-    regex::Regex::new(r"(?:^|[?&\s])sslmode\s*=\s*'?([A-Za-z-]*)")
-        .unwrap_or_else(|e| unreachable!("a constant pattern: {e}"))
-});
+/// The connection string without its `sslmode` settings, and the last one's value (the one
+/// libpq uses). A `postgres://` URL's query is split into its `&`-separated pairs (the others
+/// are kept byte for byte); a `key=value` string is read with libpq's rules: a value is
+/// either `'quoted'` or runs to the next whitespace, and a backslash takes the next character
+/// as it is. A string that does not read so is handed on unchanged, for tokio-postgres to
+/// name what is wrong with it.
+fn take_sslmode(url: &str) -> (String, Option<String>) {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return (url.to_owned(), None);
+        };
+        let mut mode = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&') {
+            match url::form_urlencoded::parse(pair.as_bytes()).next() {
+                Some((key, value)) if key == "sslmode" => mode = Some(value.into_owned()),
+                _ => kept.push(pair),
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (rest, mode);
+    }
+    let mut mode = None;
+    let mut kept = String::with_capacity(url.len());
+    let mut chars = url.char_indices().peekable();
+    let skip_spaces = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>| {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+    };
+    loop {
+        skip_spaces(&mut chars);
+        let Some(&(start, _)) = chars.peek() else {
+            break;
+        };
+        let mut key = String::new();
+        while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        skip_spaces(&mut chars);
+        if chars.next_if(|(_, c)| *c == '=').is_none() {
+            return (url.to_owned(), None);
+        }
+        skip_spaces(&mut chars);
+        let mut value = String::new();
+        if chars.next_if(|(_, c)| *c == '\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some((_, '\'')) => break,
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, c)) => value.push(c),
+                        None => return (url.to_owned(), None),
+                    },
+                    Some((_, c)) => value.push(c),
+                    None => return (url.to_owned(), None),
+                }
+            }
+        } else {
+            while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
+                if c == '\\' {
+                    match chars.next() {
+                        Some((_, c)) => value.push(c),
+                        None => return (url.to_owned(), None),
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        let end = chars.peek().map_or(url.len(), |&(i, _)| i);
+        if key == "sslmode" {
+            mode = Some(value);
+        } else {
+            kept.push_str(&url[start..end]);
+            kept.push(' ');
+        }
+    }
+    (kept.trim_end().to_owned(), mode)
+}
 
 /// How to reach PostgreSQL: the connection settings and the TLS connector, made once per
 /// store (reading the CAs is not free) and cloned for each connection.
@@ -149,21 +224,8 @@ pub(super) fn parse(
     url: &str,
     ca_file: Option<&Path>,
 ) -> Result<(tokio_postgres::Config, SslMode), String> {
-    let mut given = None;
-    let mut rewritten = String::with_capacity(url.len());
-    let mut last = 0;
-    for m in SSLMODE.captures_iter(url) {
-        let Some(value) = m.get(1) else { continue };
-        let mode = SslMode::parse(value.as_str())?;
-        rewritten.push_str(&url[last..value.start()]);
-        rewritten.push_str(match mode {
-            SslMode::VerifyCa | SslMode::VerifyFull => "require",
-            other => other.as_str(),
-        });
-        last = value.end();
-        given = Some(mode);
-    }
-    rewritten.push_str(&url[last..]);
+    let (rewritten, given) = take_sslmode(url);
+    let given = given.as_deref().map(SslMode::parse).transpose()?;
     let config = rewritten.parse::<tokio_postgres::Config>().map_err(|e| {
         // "invalid connection string: unknown option `sslrootcert`"
         let e = super::pg_error(e).to_string();
@@ -173,6 +235,17 @@ pub(super) fn parse(
             e
         }
     })?;
+    // As libpq: sslmode means nothing for a Unix-domain socket (no TLS there).
+    let hosts = config.get_hosts();
+    if !hosts.is_empty()
+        && hosts
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+    {
+        let mut config = config;
+        config.ssl_mode(PgSslMode::Disable);
+        return Ok((config, SslMode::Disable));
+    }
     let mode = match (given, ca_file) {
         (None, None) => SslMode::Prefer,
         (None, Some(_)) => SslMode::VerifyFull,
@@ -266,10 +339,14 @@ fn client_config(
         }),
         _ => Arc::new(Unchecked { algorithms }),
     };
-    Ok(builder
+    let mut config = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
+        .with_no_client_auth();
+    // As libpq 17: PostgreSQL 17 refuses a direct TLS connection (`sslnegotiation=direct`)
+    // without this ALPN; older servers ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(config)
 }
 
 /// `verify-ca`: the chain up to a trusted CA, whatever name the certificate was issued for.
@@ -383,6 +460,27 @@ mod tests {
             ),
             ("host=h user=u sslmode='verify-full'", SslMode::VerifyFull),
             ("host=h user=u sslmode=require", SslMode::Require),
+            // A quoted value is a value: its `sslmode=` is part of the password.
+            (
+                "host=h sslmode=verify-full password='x sslmode=disable'",
+                SslMode::VerifyFull,
+            ),
+            (
+                r"host=h password=a\ sslmode=disable sslmode=require",
+                SslMode::Require,
+            ),
+            (
+                "host=h sslmode = disable sslmode=verify-ca",
+                SslMode::VerifyCa,
+            ),
+            (
+                "postgres://u:p@h/db?application_name=sslmode%3Ddisable&sslmode=verify-full",
+                SslMode::VerifyFull,
+            ),
+            (
+                "postgres://u:p@h/db?sslmode=disable&sslmode=require",
+                SslMode::Require,
+            ),
         ];
         for (url, want) in cases {
             let (config, mode) = parse(url, None).unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -394,6 +492,44 @@ mod tests {
             };
             assert_eq!(config.get_ssl_mode(), pg, "{url}");
         }
+    }
+
+    #[test]
+    fn what_is_not_sslmode_is_kept_as_written() {
+        let (config, _) = parse(
+            r"host=h user=u password='it\'s a' sslmode=require application_name=a\ b",
+            None,
+        )
+        .expect("parse");
+        assert_eq!(config.get_password(), Some(&b"it's a"[..]));
+        assert_eq!(config.get_application_name(), Some("a b"));
+        let (config, _) = parse(
+            "postgres://u:p%40ss@h/db?sslmode=verify-full&application_name=a%20b",
+            None,
+        )
+        .expect("parse");
+        assert_eq!(config.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(config.get_application_name(), Some("a b"));
+    }
+
+    /// libpq ignores sslmode on a Unix-domain socket; so does hooktap, even with a CA file.
+    #[test]
+    fn a_unix_socket_is_reached_without_tls() {
+        let ca = Path::new("ca.pem");
+        for url in [
+            "host=/run/postgresql user=u sslmode=verify-full",
+            "postgres://u@%2Frun%2Fpostgresql/db",
+        ] {
+            let (config, mode) = parse(url, Some(ca)).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(mode, SslMode::Disable, "{url}");
+            assert_eq!(config.get_ssl_mode(), PgSslMode::Disable, "{url}");
+        }
+    }
+
+    #[test]
+    fn tls_offers_the_postgresql_alpn() {
+        let config = client_config(SslMode::Require, None).expect("config");
+        assert_eq!(config.alpn_protocols, vec![b"postgresql".to_vec()]);
     }
 
     #[test]

@@ -57,13 +57,19 @@ use uuid::Uuid;
 
 use super::{
     BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Replaced,
-    Store, StoreConfig, StoreError, Swept,
+    Requeued, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::webhook::Webhook;
 
 /// The file naming the process that holds the store.
 pub const PID_FILE: &str = "hooktap.pid";
+
+/// The file `hooktap migrate --from-sled` leaves in a sled store it has moved into PostgreSQL:
+/// it names where to and when. `hooktap run` refuses such a store (its engine would send the
+/// moved deliveries again beside the instances on PostgreSQL), and a second `--from-sled`
+/// needs `--force`.
+pub const MOVED_FILE: &str = "MOVED-TO-POSTGRES";
 
 pub struct SledStore {
     /// `None` until the database could be opened (another hooktap holds it during an upgrade;
@@ -148,6 +154,36 @@ impl SledStore {
         });
         store.db.store(Some(Arc::new(store.sled_config.open()?)));
         Ok(store)
+    }
+
+    /// What the [`MOVED_FILE`] of the sled store at `path` says, if there is one.
+    pub fn moved(path: &Path) -> Result<Option<String>, StoreError> {
+        let file = path.join(MOVED_FILE);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Ok(Some(text.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::Unusable(format!(
+                "cannot read {}: {e}",
+                file.display()
+            ))),
+        }
+    }
+
+    /// Marks the sled store at `path` as moved (see [`MOVED_FILE`]): written whole and
+    /// synced, so that a crash leaves the old marker, a whole one or none.
+    pub fn mark_moved(path: &Path, note: &str) -> Result<(), StoreError> {
+        use std::io::Write;
+        let file = path.join(MOVED_FILE);
+        let part = path.join(format!("{MOVED_FILE}.part"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&part)?;
+            f.write_all(note.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            std::fs::rename(&part, &file)?;
+            std::fs::File::open(path)?.sync_all()
+        };
+        write().map_err(|e| StoreError::Unusable(format!("cannot write {}: {e}", file.display())))
     }
 
     /// A store whose database is not open yet: events wait in `pending/` until
@@ -553,12 +589,8 @@ impl Store for SledStore {
         })
     }
 
-    async fn requeue(
-        &self,
-        delivery: &Delivery,
-        now_ms: u64,
-    ) -> Result<Option<Delivery>, StoreError> {
-        SledStore::requeue(self, delivery, now_ms)
+    async fn requeue(&self, delivery: &Delivery, now_ms: u64) -> Result<Requeued, StoreError> {
+        Ok(SledStore::requeue(self, delivery, now_ms)?.map_or(Requeued::Gone, Requeued::Done))
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {

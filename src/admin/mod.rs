@@ -3,13 +3,16 @@
 //! never sends webhooks itself.
 //!
 //! Every endpoint but `/healthz` and `/readyz` requires `Authorization: Bearer <token>`; the
-//! dashboard page at `/` is static (a login form and the script that calls the API with the
-//! token) and carries no data. Errors are `{"code": "...", "message": "..."}`.
+//! console's files (`/`, `/console.js`, `/console.css`) are static (a sign-in form and the
+//! script that calls the API with the token) and carry no data. Errors are
+//! `{"code": "...", "message": "...", "field": "..."}`.
 //!
+//! - [`console`]: the browser console's embedded files and their Content-Security-Policy.
 //! - [`webhooks`]: webhooks, their actions and deliveries.
 //! - [`events`]: events, rules, the live stream, reload, metrics and health.
 //! - [`openapi`]: the OpenAPI document of all of the above.
 
+mod console;
 mod events;
 pub mod openapi;
 #[cfg(test)]
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -331,9 +334,6 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The dashboard: one static page (login form + script) that calls this API with the token.
-const DASHBOARD: &str = include_str!("dashboard.html");
-
 /// The admin API's routes.
 pub fn router(state: AdminState) -> Router {
     let api = Router::new()
@@ -367,7 +367,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/", get(console::page))
+        .merge(console::assets())
         .route("/healthz", get(events::health))
         .route("/readyz", get(events::ready))
         .merge(api)

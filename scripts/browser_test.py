@@ -571,7 +571,8 @@ def main():
         if "panicked" in hooktap.log():
             fail("hooktap panicked:\n" + hooktap.log())
     except BaseException:
-        say("hooktap's log:\n" + (hooktap.log() if os.path.exists(hooktap.log_path) else "(none)"))
+        log = hooktap.log().splitlines() if os.path.exists(hooktap.log_path) else []
+        say("the end of hooktap's log:\n" + "\n".join(log[-30:]))
         raise
     finally:
         hooktap.stop()

@@ -91,6 +91,37 @@ mod tests {
         );
     }
 
+    /// Each file is served with its type, the policy and `nosniff`, without a token.
+    #[tokio::test]
+    async fn each_file_is_served_with_its_type_and_the_policy() {
+        use axum::body::Body;
+        use axum::http::{Request, StatusCode};
+        use tower::ServiceExt;
+
+        let app: Router = Router::new().route("/", get(page)).merge(assets());
+        for (path, content_type, body) in [
+            ("/", "text/html; charset=utf-8", PAGE),
+            ("/console.js", "text/javascript; charset=utf-8", SCRIPT),
+            ("/console.css", "text/css; charset=utf-8", STYLE),
+        ] {
+            let request = Request::get(path).body(Body::empty()).expect("request");
+            let r = app.clone().oneshot(request).await.expect("answer");
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            let h = r.headers();
+            assert_eq!(h[header::CONTENT_TYPE], content_type, "{path}");
+            assert_eq!(
+                h[header::CONTENT_SECURITY_POLICY],
+                CONTENT_SECURITY_POLICY,
+                "{path}"
+            );
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+            let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            assert_eq!(bytes, body.as_bytes(), "{path}");
+        }
+    }
+
     #[test]
     fn the_policy_allows_nothing_inline_and_no_other_origin() {
         assert!(!CONTENT_SECURITY_POLICY.contains("unsafe"));

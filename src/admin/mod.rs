@@ -1,5 +1,5 @@
 //! The admin HTTP API: manage webhooks, inspect deliveries and events, metrics, live tap, the
-//! dashboard. It asks the delivery engine ([`crate::delivery::Engine`]) and the store; it
+//! console. It asks the delivery engine ([`crate::delivery::Engine`]) and the store; it
 //! never sends webhooks itself.
 //!
 //! Every endpoint but `/healthz` and `/readyz` requires `Authorization: Bearer <token>`; the

@@ -297,7 +297,7 @@ mod tests {
     fn the_document_lists_exactly_the_routed_paths() {
         let documented: BTreeSet<String> = operations().into_iter().map(|(_, p)| p).collect();
         let mut routed = routed_paths();
-        // The dashboard page is not part of the API.
+        // The console's page is not part of the API (its script and style sheet are routed in console.rs).
         assert!(routed.remove("/"));
         assert!(routed.len() > 15, "{routed:?}");
         assert_eq!(documented, routed);

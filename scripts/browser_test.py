@@ -10,6 +10,9 @@ never guessed: the upstream, the receiver and the admin API bind port 0 and are 
 proxy's port is picked free and hooktap started again if another process took it meanwhile.
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -42,6 +45,15 @@ path = "/echo"
 when = "response.body.ok == true"
 dedupe = { key = "$.request.headers['idempotency-key']", window = "1h" }
 """
+
+
+def signature(secret, body):
+    """The hooktap profile's signature: base64 HMAC-SHA256 of the body."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def header(request, name):
+    return next((v for k, v in request["headers"].items() if k.lower() == name.lower()), None)
 
 
 def say(*args):
@@ -501,6 +513,69 @@ def scenario(run):
             if width == 800:
                 run.shot(f"11-{name}-800px")
     page.set_viewport_size({"width": 1280, "height": 900})
+
+    # Manage it through the forms: edit (an error beside its field first), rotate the secret,
+    # reset the counters, recover a window, duplicate.
+    page.goto(admin + f"/#/webhooks/{webhook_id}")
+    expect(page.get_by_role("heading", name="browser-test", level=1)).to_be_visible()
+    timeout_before = hooktap.api("GET", f"/webhooks/{webhook_id}")[1]["timeout"]
+    page.get_by_role("button", name="Edit").click()
+    dialog = page.locator("dialog[open]")
+    expect(dialog.get_by_label("Topics", exact=True)).to_have_value("order.*")
+    expect(dialog.get_by_label("Rate limit")).to_have_value("50/s")
+    dialog.get_by_label("Rate limit").fill("fast")
+    dialog.get_by_label("Timeout").fill("3s")
+    dialog.get_by_role("button", name="Save").click()
+    expect(page.locator("#wf-rate_limit-error")).not_to_be_empty()
+    expect(dialog.get_by_label("Rate limit")).to_have_attribute("aria-invalid", "true")
+    if hooktap.api("GET", f"/webhooks/{webhook_id}")[1]["timeout"] != timeout_before:
+        fail("a refused edit changed the webhook")
+    dialog.get_by_label("Rate limit").fill("")
+    dialog.get_by_role("button", name="Save").click()
+    expect(page.locator("dialog")).to_have_count(0)
+    _, w = hooktap.api("GET", f"/webhooks/{webhook_id}")
+    if w["timeout"] != "3s" or w["rate_limit"] is not None or w["url"] != receiver_url:
+        fail(f"the edit did not save what the form said: {w}")
+
+    new_secret = "rotated-" + secrets.token_hex(8)
+    page.get_by_role("button", name="Rotate secret").click()
+    page.locator("dialog[open]").get_by_label("New secret").fill(new_secret)
+    page.locator("dialog[open]").get_by_role("button", name="Rotate").click()
+    expect(page.locator("dialog")).to_have_count(0)
+    before = len(Receiver.deliveries())
+    hooktap.order("rotated@example.com")
+    wait_for(lambda: len(Receiver.deliveries()) > before, "a delivery after the rotation")
+    sent = Receiver.deliveries()[-1]
+    if header(sent, "X-Hooktap-Webhook-Signature") != signature(new_secret, sent["body"]):
+        fail("the delivery after Rotate secret is not signed with the new secret")
+    if header(Receiver.deliveries()[0], "X-Hooktap-Webhook-Signature") != signature(SECRET, Receiver.deliveries()[0]["body"]):
+        fail("the first delivery was not signed with the form's secret")
+    if new_secret in page.content():
+        fail("the new secret is on the page")
+
+    page.get_by_role("button", name="Reset counters").click()
+    expect(page.locator("#flash")).to_contain_text("Counters reset.")
+    expect(page.locator("main dl.kv")).to_contain_text("0 / 0 (retries 0)")
+
+    page.get_by_role("button", name="Recover…").click()
+    recover = page.locator("dialog[open]")
+    recover.get_by_label("Until").fill("2000-01-01T00:00")
+    recover.get_by_role("button", name="Recover").click()
+    expect(page.locator("#rec-until-error")).to_contain_text("after since")
+    recover.get_by_label("Until").fill("")
+    recover.get_by_role("button", name="Recover").click()
+    expect(page.locator("#flash")).to_contain_text("queued again")
+    run.shot("13-webhook-managed")
+
+    page.get_by_role("button", name="Duplicate").click()
+    expect(page.get_by_role("heading", name="browser-test (copy)", level=1)).to_be_visible()
+    expect(page.locator("main .page-head .badge")).to_have_text("disabled")
+    copy_id = page.url.split("#/webhooks/")[1].split("?")[0]
+    page.get_by_role("button", name="Delete").click()
+    page.locator("dialog[open]").get_by_role("button", name="Delete webhook").click()
+    expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_visible()
+    if hooktap.api("GET", f"/webhooks/{copy_id}")[0] != 404:
+        fail("the copy is still there after Delete")
 
     # Pause the webhook, then delete it (after a confirmation).
     page.goto(admin + f"/#/webhooks/{webhook_id}")

@@ -60,7 +60,7 @@
 
   function when(t) {
     if (!t) return "—";
-    const d = typeof t === "number" ? new Date(t) : new Date(t);
+    const d = new Date(t);
     return isNaN(d) ? String(t) : d.toLocaleString();
   }
 
@@ -1076,9 +1076,8 @@
     let held = [];
     const list = h("div", { class: "live-list", id: "live-list" });
     const state = h("span", { class: "muted", id: "live-state", role: "status" }, "connecting…");
-    const pauseButton = h("button", { type: "button", id: "live-pause", "aria-pressed": "false", onclick: () => {
+    const pauseButton = h("button", { type: "button", id: "live-pause", onclick: () => {
       paused = !paused;
-      pauseButton.setAttribute("aria-pressed", String(paused));
       pauseButton.textContent = paused ? "Resume" : "Pause";
       if (!paused) { held.reverse().forEach(show); held = []; }
       status();

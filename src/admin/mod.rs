@@ -10,11 +10,13 @@
 //! - [`console`]: the browser console's embedded files and their Content-Security-Policy.
 //! - [`webhooks`]: webhooks, their actions and deliveries.
 //! - [`events`]: events, rules, the live stream, reload, metrics and health.
+//! - [`stats`]: delivery statistics per webhook and the overview, from the store's records.
 //! - [`openapi`]: the OpenAPI document of all of the above.
 
 mod console;
 mod events;
 pub mod openapi;
+mod stats;
 #[cfg(test)]
 mod tests;
 mod webhooks;
@@ -350,6 +352,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/webhooks/{id}/reset", post(webhooks::reset))
         .route("/webhooks/{id}/recover", post(webhooks::recover))
         .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/webhooks/{id}/stats", get(stats::stats))
+        .route("/overview", get(stats::overview))
         .route(
             "/webhooks/{id}/deliveries/{delivery_id}",
             get(webhooks::delivery),
@@ -361,6 +365,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/events", get(events::list))
         .route("/events/stream", get(events::stream))
         .route("/events/{id}", get(events::get))
+        .route("/events/{id}/deliveries", get(events::deliveries))
         .route("/rules", get(events::rules))
         .route("/reload", post(events::reload))
         .route("/metrics", get(events::metrics))

@@ -21,7 +21,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, events, webhooks};
+use super::{ErrorBody, events, stats, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,9 +40,12 @@ use super::{ErrorBody, events, webhooks};
         webhooks::deliveries,
         webhooks::delivery,
         webhooks::redeliver,
+        stats::stats,
+        stats::overview,
         events::list,
         events::stream,
         events::get,
+        events::deliveries,
         events::rules,
         events::reload,
         events::metrics,
@@ -276,7 +279,13 @@ mod tests {
                 "{schema:?}"
             );
         }
-        let page = &document()["paths"]["/events"]["get"]["parameters"][3]["schema"];
+        let page = document()["paths"]["/events"]["get"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "page")
+            .map(|p| &p["schema"])
+            .expect("a page parameter");
         assert_eq!(page["maximum"], u32::MAX, "{page}");
     }
 

@@ -457,7 +457,8 @@ fn check_and_migrate_reach_a_postgres_store_and_name_a_wrong_password() {
     assert!(
         stdout.contains("applied V1__schema")
             && stdout.contains("applied V2__ordering_keys")
-            && stdout.contains("applied V3__dedupe"),
+            && stdout.contains("applied V3__dedupe")
+            && stdout.contains("applied V4__console"),
         "{stdout}"
     );
     let again = run(dir.path(), "migrate");
@@ -466,7 +467,7 @@ fn check_and_migrate_reach_a_postgres_store_and_name_a_wrong_password() {
         "a second run applies nothing"
     );
     let checked = run(dir.path(), "check");
-    assert!(String::from_utf8_lossy(&checked.stdout).contains("3 of 3 migrations applied"));
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("4 of 4 migrations applied"));
 
     let wrong = url.replace(crate::pg_cluster::PASSWORD, "not-the-password");
     let out = run(postgres_project(&wrong).path(), "check");

@@ -112,9 +112,11 @@ class Shop(BaseHTTPRequestHandler):
 
 
 class Receiver(BaseHTTPRequestHandler):
-    """The webhook receiver: answers 200 `ok` and keeps every request."""
+    """The webhook receiver: answers 200 `ok` and keeps every request. A body that mentions
+    `flaky` is answered 500 the first time."""
 
     received = []
+    failed_once = set()
     lock = threading.Lock()
 
     def log_message(self, *args):
@@ -124,8 +126,11 @@ class Receiver(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("content-length") or 0))
         with Receiver.lock:
             Receiver.received.append({"headers": dict(self.headers), "body": body})
-        data = b"ok"
-        self.send_response(200)
+            fail_now = b"flaky" in body and body not in Receiver.failed_once
+            if fail_now:
+                Receiver.failed_once.add(body)
+        data = b"not now" if fail_now else b"ok"
+        self.send_response(500 if fail_now else 200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -386,12 +391,21 @@ def scenario(run):
     expect(page.locator("svg.chart-lag circle").first).to_be_attached()
     expect(page.locator("#totals")).to_contain_text("1 succeeded")
     run.shot("04-webhook")
+    # A receiver that fails once: a failed bar, the last error, then the retry (5 s later).
+    hooktap.order("flaky@example.com")
+    expect(page.locator("svg.chart-deliveries rect.bar-fail").first).to_be_attached()
+    expect(page.locator("#last-error")).to_contain_text("HTTP 500")
+    expect(page.locator("table.deliveries tbody tr").first).to_contain_text("delivered", timeout=20_000)
+    expect(page.locator("#totals")).to_contain_text("2 succeeded, 1 failed")
     page.get_by_role("button", name="Last day").click()
     expect(page.get_by_role("button", name="Last day")).to_have_attribute("aria-pressed", "true")
     expect(page.locator("svg.chart-deliveries rect.bar-ok").first).to_be_attached()
+    expect(page.locator("svg.chart-deliveries rect.bar-fail").first).to_be_attached()
+    run.shot("04-webhook-day")
+    page.get_by_role("button", name="Last hour").click()
 
     # The delivery's page: the attempt with request and response, headers and bodies.
-    page.locator("table.deliveries tbody tr").first.get_by_role("link").first.click()
+    page.locator("table.deliveries tbody tr").last.get_by_role("link").first.click()
     expect(page.get_by_role("heading", name=re.compile(r"^Delivery "), level=1)).to_be_visible()
     attempt = page.locator("details.attempt").first
     expect(attempt).to_contain_text("X-Hooktap-Webhook-Signature")
@@ -404,7 +418,8 @@ def scenario(run):
     page.get_by_role("button", name="Redeliver").click()
     wait_for(lambda: len(Receiver.deliveries()) > delivered, "the redelivery at the receiver")
     expect(page.locator("details.attempt")).to_have_count(2)
-    first, again = Receiver.deliveries()[0], Receiver.deliveries()[-1]
+    first = next(r for r in Receiver.deliveries() if b"browser@example.com" in r["body"])
+    again = Receiver.deliveries()[-1]
     if first["body"] != again["body"]:
         fail("the redelivery sent another body")
 

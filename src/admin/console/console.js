@@ -65,7 +65,7 @@
   }
 
   const short = (id) => String(id).slice(0, 8) + "…" + String(id).slice(-4);
-  const ms = (v) => (v === null || v === undefined ? "—" : `${Math.round(v)} ms`);
+  const ms = (v) => (v === null || v === undefined ? "—" : v < 1000 ? `${Math.round(v)} ms` : `${(v / 1000).toFixed(v < 10000 ? 1 : 0)} s`);
   const json = (v) => JSON.stringify(v, null, 2);
 
   function badge(status) {
@@ -353,12 +353,21 @@
     return [[0, fmt(buckets[0].start)], [Math.floor(last / 2), fmt(buckets[Math.floor(last / 2)].start)], [last, fmt(buckets[last].start)]];
   }
 
-  function frame(svg, max, unit, buckets) {
+  /** The smallest of 2, 4, 10, 20, 40, ... at or above `n`: a scale whose halves are whole. */
+  function niceMax(n) {
+    let step = 1;
+    for (;;) {
+      for (const m of [2, 4, 10]) if (m * step >= n) return m * step;
+      step *= 10;
+    }
+  }
+
+  function frame(svg, max, label, buckets) {
     const plotH = CHART_H - T - B;
     for (const f of [0, 0.5, 1]) {
       const y = T + plotH * (1 - f);
       svg.append(s("line", { class: "grid", x1: L, x2: CHART_W - R, y1: y, y2: y }));
-      svg.append(s("text", { class: "axis", x: L - 4, y: y + 4, "text-anchor": "end" }, `${Math.round(max * f)}${unit}`));
+      svg.append(s("text", { class: "axis", x: L - 4, y: y + 4, "text-anchor": "end" }, label(max * f)));
     }
     const bw = (CHART_W - L - R) / Math.max(buckets.length, 1);
     for (const [i, label] of axisTimes(buckets)) {
@@ -370,13 +379,13 @@
 
   /** Succeeded (bottom) and failed (top) attempts per bucket, one bar each. */
   function deliveriesChart(buckets, label) {
-    const max = Math.max(1, ...buckets.map((b) => (b.succeeded || 0) + (b.failed || 0)));
+    const max = niceMax(Math.max(1, ...buckets.map((b) => (b.succeeded || 0) + (b.failed || 0))));
     const svg = s("svg", { class: "chart chart-deliveries", viewBox: `0 0 ${CHART_W} ${CHART_H}`, role: "img", "aria-label": label });
-    const { plotH, bw } = frame(svg, max, "", buckets);
+    const { plotH, bw } = frame(svg, max, (v) => String(Math.round(v)), buckets);
     buckets.forEach((b, i) => {
       const ok = b.succeeded || 0, fail = b.failed || 0;
       if (!ok && !fail) return;
-      const x = L + i * bw, w = Math.max(bw * 0.8, 1);
+      const x = L + i * bw, w = Math.max(bw * 0.8, 2);
       const hOk = (ok / max) * plotH, hFail = (fail / max) * plotH;
       const tip = `${when(b.start)}: ${ok} succeeded, ${fail} failed`;
       if (ok) svg.append(s("rect", { class: "bar-ok", x, width: w, y: T + plotH - hOk, height: Math.max(hOk, 1) }, s("title", {}, tip)));
@@ -388,9 +397,9 @@
   /** Two series (p50, p99) of milliseconds per bucket; a gap where a bucket has none. */
   function linesChart(buckets, keys, label, cls) {
     const values = buckets.flatMap((b) => keys.map((k) => b[k])).filter((v) => v !== null && v !== undefined);
-    const max = Math.max(1, ...values);
+    const max = niceMax(Math.max(1, ...values));
     const svg = s("svg", { class: `chart ${cls}`, viewBox: `0 0 ${CHART_W} ${CHART_H}`, role: "img", "aria-label": label });
-    const { plotH, bw } = frame(svg, max, " ms", buckets);
+    const { plotH, bw } = frame(svg, max, ms, buckets);
     keys.forEach((k, n) => {
       const series = ["p50", "p99"][n];
       let d = "", open = false;
@@ -400,7 +409,7 @@
         const x = L + i * bw + bw / 2, y = T + plotH * (1 - v / max);
         d += `${open ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)} `;
         open = true;
-        svg.append(s("circle", { class: `dot-${series}`, cx: x, cy: y, r: 2.2 }, s("title", {}, `${when(b.start)}: ${series} ${Math.round(v)} ms`)));
+        svg.append(s("circle", { class: `dot-${series}`, cx: x, cy: y, r: 3 }, s("title", {}, `${when(b.start)}: ${series} ${ms(v)}`)));
       });
       if (d) svg.prepend(s("path", { class: `line-${series}`, d }));
     });
@@ -411,7 +420,8 @@
   function sparkline(ok, fail, label) {
     const n = Math.max(ok.length, fail.length, 1);
     const max = Math.max(1, ...ok.map((v, i) => v + (fail[i] || 0)));
-    const svg = s("svg", { class: "sparkline", viewBox: `0 0 ${n * 2} 28`, preserveAspectRatio: "none", role: "img", "aria-label": label });
+    const svg = s("svg", { class: "sparkline", viewBox: `0 0 ${n * 2} 28`, preserveAspectRatio: "none", role: "img", "aria-label": label },
+      s("line", { class: "grid", x1: 0, x2: n * 2, y1: 27.5, y2: 27.5 }));
     for (let i = 0; i < n; i++) {
       const a = ok[i] || 0, b = fail[i] || 0;
       if (a) svg.append(s("rect", { class: "bar-ok", x: i * 2, width: 1.6, y: 28 - (a / max) * 28, height: (a / max) * 28 }));
@@ -439,7 +449,14 @@
       }
       const o = await get("/overview");
       const store = o.store || {};
-      const storePairs = Object.entries(store).map(([k, v]) => [k.replace(/_/g, " "), v === null ? "—" : typeof v === "object" ? json(v) : String(v)]);
+      const storePairs = [
+        ["Backend", store.backend === "postgres" ? "PostgreSQL (shared)" : store.backend],
+        ["Taking events", store.ready === undefined ? "—" : store.ready ? "yes" : "no: waiting in pending/"],
+        ["Pending deliveries", String(store.pending ?? "—")],
+        store.journal_backlog !== null && store.journal_backlog !== undefined && ["Journal backlog", `${store.journal_backlog} events not yet in PostgreSQL`],
+        store.journal_connected !== null && store.journal_connected !== undefined && ["PostgreSQL", store.journal_connected ? "connected" : "not answering"],
+        ["Failed appends", String(store.failed_appends ?? "—")],
+      ];
       const rows = (o.webhooks || []).map((w) => {
         const spark = w.sparkline || { succeeded: [], failed: [] };
         return h("tr", { dataset: { id: w.id, name: w.name } },
@@ -450,7 +467,7 @@
           h("td", { class: "num fail" }, String(w.failed ?? "—")),
           h("td", { class: "num" }, ms(w.p99_ms)),
           h("td", { class: "num" }, String(w.pending ?? "—")),
-          h("td", {}, w.last_error ? h("span", { class: "fail" }, lastError(w.last_error)) : "—"));
+          h("td", {}, w.last_error ? h("span", { class: "fail" }, lastError(w.last_error, w.id)) : "—"));
       });
       body.replaceChildren(
         h("div", { class: "grid-3" },
@@ -468,7 +485,11 @@
   }
 
   const sum = (xs) => (xs || []).reduce((a, b) => a + (b || 0), 0);
-  const lastError = (e) => (typeof e === "string" ? e : `${e.summary} (${when(e.at)})`);
+  /** The last failed attempt, linked to its delivery. */
+  function lastError(e, webhookId) {
+    const text = `${e.summary} (${when(e.at)})`;
+    return e.delivery_id ? h("a", { href: `#/webhooks/${webhookId}/deliveries/${e.delivery_id}`, class: "fail" }, text) : text;
+  }
 
   // ---- webhooks ----------------------------------------------------------------------------
 
@@ -769,7 +790,7 @@
           ["Last delivered", when(c.last_delivered_at)],
           ["Last failure", when(c.last_failure_at)],
           stats && ["Pending", String(stats.pending)],
-          ["Last error", stats && stats.last_error ? h("span", { class: "fail", id: "last-error" }, lastError(stats.last_error)) : "—"],
+          ["Last error", stats && stats.last_error ? h("span", { class: "fail", id: "last-error" }, lastError(stats.last_error, w.id)) : "—"],
         ])));
       const toggle = (name, label) => h("button", { type: "button", "aria-pressed": String(windowName === name), onclick: () => go(`/webhooks/${w.id}`, { window: name === "hour" ? "" : name }) }, label);
       if (!stats) {
@@ -778,7 +799,7 @@
       }
       const t = stats.totals || {};
       const span = windowName === "day" ? "last day" : "last hour";
-      chartsCard.replaceChildren(card("Deliveries",
+      chartsCard.replaceChildren(card("Activity",
         h("div", { class: "actions", role: "group", "aria-label": "Window" }, toggle("hour", "Last hour"), toggle("day", "Last day")),
         h("p", { class: "muted", id: "totals" }, `${span}: ${t.succeeded ?? 0} succeeded, ${t.failed ?? 0} failed · response p50 ${ms(t.p50_ms)}, p99 ${ms(t.p99_ms)} · lag p50 ${ms(t.lag_p50_ms)}, p99 ${ms(t.lag_p99_ms)}`),
         h("div", { class: "chart-box" }, h("h3", {}, "Attempts per minute"), legend([["sw-ok", "succeeded"], ["sw-fail", "failed"]]),

@@ -764,7 +764,9 @@
 
     const stateCard = h("div");
     const chartsCard = h("div");
-    main.append(h("div", { class: "grid-2" }, stateCard, chartsCard));
+    const latencyCard = h("div");
+    const lagCard = h("div");
+    main.append(h("div", { class: "grid-2" }, stateCard, chartsCard), h("div", { class: "grid-2" }, latencyCard, lagCard));
     const deliveries = h("div");
     main.append(deliveries);
 
@@ -795,18 +797,22 @@
       const toggle = (name, label) => h("button", { type: "button", "aria-pressed": String(windowName === name), onclick: () => go(`/webhooks/${w.id}`, { window: name === "hour" ? "" : name }) }, label);
       if (!stats) {
         chartsCard.replaceChildren(card("Charts", problem));
+        latencyCard.replaceChildren();
+        lagCard.replaceChildren();
         return;
       }
       const t = stats.totals || {};
       const span = windowName === "day" ? "last day" : "last hour";
-      chartsCard.replaceChildren(card("Activity",
+      chartsCard.replaceChildren(card("Attempts per minute",
         h("div", { class: "actions", role: "group", "aria-label": "Window" }, toggle("hour", "Last hour"), toggle("day", "Last day")),
         h("p", { class: "muted", id: "totals" }, `${span}: ${t.succeeded ?? 0} succeeded, ${t.failed ?? 0} failed · response p50 ${ms(t.p50_ms)}, p99 ${ms(t.p99_ms)} · lag p50 ${ms(t.lag_p50_ms)}, p99 ${ms(t.lag_p99_ms)}`),
-        h("div", { class: "chart-box" }, h("h3", {}, "Attempts per minute"), legend([["sw-ok", "succeeded"], ["sw-fail", "failed"]]),
-          deliveriesChart(stats.buckets, `Attempts per minute, ${span}: ${t.succeeded ?? 0} succeeded, ${t.failed ?? 0} failed`)),
-        h("div", { class: "chart-box" }, h("h3", {}, "Response time"), legend([["sw-p50", "p50"], ["sw-p99", "p99"]]),
-          linesChart(stats.buckets, ["p50_ms", "p99_ms"], `Receiver response time, ${span}: p50 ${ms(t.p50_ms)}, p99 ${ms(t.p99_ms)}`, "chart-latency")),
-        h("div", { class: "chart-box" }, h("h3", {}, "Lag: event created → attempt"), legend([["sw-p50", "p50"], ["sw-p99", "p99"]]),
+        h("div", { class: "chart-box" }, legend([["sw-ok", "succeeded"], ["sw-fail", "failed"]]),
+          deliveriesChart(stats.buckets, `Attempts per minute, ${span}: ${t.succeeded ?? 0} succeeded, ${t.failed ?? 0} failed`))));
+      latencyCard.replaceChildren(card("Response time",
+        h("div", { class: "chart-box" }, legend([["sw-p50", "p50"], ["sw-p99", "p99"]]),
+          linesChart(stats.buckets, ["p50_ms", "p99_ms"], `Receiver response time, ${span}: p50 ${ms(t.p50_ms)}, p99 ${ms(t.p99_ms)}`, "chart-latency"))));
+      lagCard.replaceChildren(card("Lag: event created → attempt",
+        h("div", { class: "chart-box" }, legend([["sw-p50", "p50"], ["sw-p99", "p99"]]),
           linesChart(stats.buckets, ["lag_p50_ms", "lag_p99_ms"], `Delivery lag, ${span}: p50 ${ms(t.lag_p50_ms)}, p99 ${ms(t.lag_p99_ms)}`, "chart-lag"))));
     };
     await Promise.all([drawStats(), deliveriesList(deliveries, w, query)]);

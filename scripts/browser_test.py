@@ -11,6 +11,7 @@ proxy's port is picked free and hooktap started again if another process took it
 """
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -448,6 +449,17 @@ def scenario(run):
     expect(page.locator("table.events tbody tr")).to_have_count(1)
     expect(page.locator("table.events tbody tr")).to_contain_text("browser@example.com")
     run.shot("07-events")
+    # A time range (the browser runs in UTC): the last hour has it, the next hour has nothing.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    local = lambda t: t.strftime("%Y-%m-%dT%H:%M")
+    page.get_by_label("Since").fill(local(now - datetime.timedelta(hours=1)))
+    page.get_by_label("Until").fill(local(now + datetime.timedelta(minutes=2)))
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("table.events tbody tr")).to_have_count(1)
+    page.get_by_label("Since").fill(local(now + datetime.timedelta(minutes=2)))
+    page.get_by_label("Until").fill(local(now + datetime.timedelta(hours=1)))
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("No event matches.")).to_be_visible()
 
     # Rules: match counts, what a rule does, and trying the rules on a pasted exchange.
     run.nav("Rules")

@@ -953,7 +953,6 @@
         }
         return;
       }
-      focusOnRender = false;
       go("/events", Object.fromEntries(["topic", "since", "until", "q"].map((k) => [k, form.elements.namedItem(k).value.trim()])));
     });
     const params = new URLSearchParams({ page, per_page: 50 });

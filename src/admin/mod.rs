@@ -11,11 +11,13 @@
 //! - [`webhooks`]: webhooks, their actions and deliveries.
 //! - [`events`]: events, rules, the live stream, reload, metrics and health.
 //! - [`stats`]: delivery statistics per webhook and the overview, from the store's records.
+//! - [`rules`]: trying the loaded rules on an exchange (a dry run).
 //! - [`openapi`]: the OpenAPI document of all of the above.
 
 mod console;
 mod events;
 pub mod openapi;
+mod rules;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -48,6 +50,9 @@ pub struct AdminState {
     token_hash: Option<[u8; 32]>,
     /// Where the proxy listens, for `/readyz`.
     pub proxy_addr: SocketAddr,
+    /// What the proxy copies of an exchange: `/rules/try` copies as much, so that it derives
+    /// what the proxy would.
+    pub capture: crate::proxy::Limits,
 }
 
 impl AdminState {
@@ -56,7 +61,18 @@ impl AdminState {
             live,
             token_hash: token.map(|t| Sha256::digest(t.as_bytes()).into()),
             proxy_addr,
+            // `[proxy]`'s defaults, until `with_capture` sets the configured ones.
+            capture: crate::proxy::Limits {
+                max_capture_bytes: 1 << 20,
+                max_decoded_bytes: 8 << 20,
+            },
         }
+    }
+
+    /// The proxy's capture limits (`[proxy] max_capture_bytes`, `max_decoded_bytes`).
+    pub fn with_capture(mut self, capture: crate::proxy::Limits) -> Self {
+        self.capture = capture;
+        self
     }
 }
 
@@ -367,6 +383,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/events/{id}", get(events::get))
         .route("/events/{id}/deliveries", get(events::deliveries))
         .route("/rules", get(events::rules))
+        .route("/rules/try", post(rules::try_exchange))
         .route("/reload", post(events::reload))
         .route("/metrics", get(events::metrics))
         .route("/openapi.json", get(openapi::serve))

@@ -21,7 +21,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi};
 
-use super::{ErrorBody, events, stats, webhooks};
+use super::{ErrorBody, events, rules, stats, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,6 +47,7 @@ use super::{ErrorBody, events, stats, webhooks};
         events::get,
         events::deliveries,
         events::rules,
+        rules::try_exchange,
         events::reload,
         events::metrics,
         serve,

@@ -838,3 +838,142 @@ async fn stats_overview_and_an_events_deliveries_come_from_real_attempts() {
     .await;
     assert_eq!((status, &body["field"]), (400, &json!("window")), "{body}");
 }
+
+/// A rule beside the example rules that derives one event per valid ticket.
+const TICKET_RULES: &str = r#"
+[[rule]]
+name = "tickets issued"
+topic = "ticket.issued"
+method = "POST"
+path = "/orders/{id}/tickets"
+status = [201]
+for_each = "$.response.body.tickets"
+when = [{ path = "$.item.valid", equals = true }]
+[rule.payload]
+order = "$.params.id"
+ticket = "$.item.code"
+"#;
+
+/// `POST /rules/try` with `exchange`; the status and the JSON answer.
+async fn try_rules(proxy: &TestProxy, exchange: Value) -> (u16, Value) {
+    json_of(admin(proxy, reqwest::Method::POST, "/rules/try").json(&exchange)).await
+}
+
+/// An order exchange as the shop answers it: `status` and the order's state.
+fn order_exchange(status: u16, state: &str) -> Value {
+    json!({
+        "request": {"method": "POST", "url": "/orders?source=web",
+                    "headers": [["content-type", "application/json"]],
+                    "body": "{\"email\": \"ada@example.com\", \"tickets\": 2}"},
+        "response": {"status": status,
+                     "headers": [["content-type", "application/json"], ["location", "/orders/7"]],
+                     "body": format!("{{\"id\": 7, \"status\": \"{state}\", \"total\": 40}}")}
+    })
+}
+
+/// The loaded rules (the example rules and a `for_each` rule) tried on pasted exchanges: the
+/// matches carry the payloads the proxy would derive, the misses say why, and nothing is
+/// stored or counted.
+#[tokio::test]
+async fn trying_rules_on_an_exchange_derives_nothing() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy = started(
+        &Setup::new(upstream)
+            .rules(TICKET_RULES)
+            .webhook("crm", &receiver, ""),
+    )
+    .await;
+
+    let (status, tried) = try_rules(&proxy, order_exchange(201, "new")).await;
+    assert_eq!(status, 200, "{tried}");
+    assert_eq!(tried["misses"], json!([]));
+    assert_eq!(
+        tried["matches"],
+        json!([{"rule": "order created", "topic": "order.created", "notes": [],
+                "events": [{"topic": "order.created", "payload": {
+                    "id": 7, "status": "new", "email": "ada@example.com", "event_id": null,
+                    "tickets": 2, "total": 40, "location": "7"}}]}])
+    );
+
+    // A miss on `when`, and one on the status.
+    let (_, tried) = try_rules(&proxy, order_exchange(201, "cancelled")).await;
+    assert_eq!(tried["matches"], json!([]));
+    assert_eq!(tried["misses"][0]["rule"], "order created");
+    assert_eq!(tried["misses"][0]["reason"], "`when` did not hold");
+    let (_, tried) = try_rules(&proxy, order_exchange(400, "new")).await;
+    assert_eq!(
+        tried["misses"],
+        json!([{"rule": "order created", "reason": "status 400 is not one the rule takes (201)"}])
+    );
+
+    // for_each: one event per valid ticket, with the path parameter.
+    let tickets = json!({
+        "request": {"method": "POST", "url": "/orders/42/tickets"},
+        "response": {"status": 201, "headers": [["content-type", "application/json"]],
+                     "body": "{\"tickets\": [{\"code\": \"A\", \"valid\": true}, {\"code\": \"B\", \"valid\": false}, {\"code\": \"C\", \"valid\": true}]}"}
+    });
+    let (status, tried) = try_rules(&proxy, tickets).await;
+    assert_eq!(status, 200, "{tried}");
+    assert_eq!(
+        tried["matches"],
+        json!([{"rule": "tickets issued", "topic": "ticket.issued",
+                "notes": ["`when` did not hold for an item"],
+                "events": [
+                    {"topic": "ticket.issued", "payload": {"order": "42", "ticket": "A"}},
+                    {"topic": "ticket.issued", "payload": {"order": "42", "ticket": "C"}}]}])
+    );
+
+    // No rule for this path: nothing to say.
+    let (_, tried) = try_rules(
+        &proxy,
+        json!({"request": {"method": "GET", "url": "/health"}, "response": {"status": 200}}),
+    )
+    .await;
+    assert_eq!(tried, json!({"matches": [], "misses": []}));
+
+    // A malformed exchange names its part.
+    for (exchange, field) in [
+        (
+            json!({"request": {"method": "POST", "url": "orders"}, "response": {"status": 201}}),
+            "request.url",
+        ),
+        (
+            json!({"request": {"method": "P OST", "url": "/orders"}, "response": {"status": 201}}),
+            "request.method",
+        ),
+        (
+            json!({"request": {"method": "POST", "url": "/orders", "headers": [["bad name", "x"]]},
+                   "response": {"status": 201}}),
+            "request.headers",
+        ),
+        (
+            json!({"request": {"method": "POST", "url": "/orders"}, "response": {"status": 99}}),
+            "response.status",
+        ),
+    ] {
+        let (status, body) = try_rules(&proxy, exchange).await;
+        assert_eq!(
+            (status, &body["code"], &body["field"]),
+            (422, &json!("invalid_exchange"), &json!(field)),
+            "{body}"
+        );
+    }
+    let (status, body) =
+        try_rules(&proxy, json!({"request": {"method": "POST", "url": "/"}})).await;
+    assert_eq!(status, 400, "{body}");
+
+    // Nothing was derived: no event, no delivery, no count.
+    assert_eq!(proxy.admin_get("/events").await, json!([]));
+    let rules = proxy.admin_get("/rules").await;
+    assert!(
+        rules
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|r| r["events"] == 0),
+        "{rules}"
+    );
+    assert_eq!(proxy.metric_sum("hooktap_events_total").await, 0.0);
+    assert!(receiver.received().is_empty());
+}

@@ -1079,13 +1079,15 @@
       try {
         const { data } = await api("POST", "/rules/try", body);
         const matches = data.matches || [], misses = data.misses || [];
-        result.replaceChildren(
+        result.replaceChildren();
+        append(result, [
           h("h3", {}, matches.length ? `${matches.length} rule${matches.length === 1 ? "" : "s"} match` : "No rule matches"),
           matches.map((m) => h("section", { class: "card try-match", dataset: { rule: m.rule } },
             h("h3", {}, m.rule, " → ", h("span", { class: "mono" }, m.topic)),
-            (m.events || []).map((e) => [h("p", { class: "muted" }, `event ${e.topic}`), h("pre", {}, json(e.payload))]))),
+            (m.events || []).map((e) => [h("p", { class: "muted" }, `event ${e.topic}`), h("pre", {}, json(e.payload))]),
+            (m.notes || []).map((n) => h("p", { class: "muted" }, n)))),
           misses.length ? [h("h3", {}, "Matched the method and path, but derived nothing"),
-            table(["Rule", "Why not"], misses.map((m) => h("tr", { dataset: { rule: m.rule } }, h("td", {}, m.rule), h("td", {}, m.reason))), "misses")] : null);
+            table(["Rule", "Why not"], misses.map((m) => h("tr", { dataset: { rule: m.rule } }, h("td", {}, m.rule), h("td", {}, m.reason))), "misses")] : null]);
       } catch (e) {
         const f = e.field || "";
         const guess = f.includes(".") ? f : { method: "request.method", url: "request.url", status: "response.status", path: "request.url" }[f];

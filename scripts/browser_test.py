@@ -487,6 +487,11 @@ def scenario(run):
     status, listed = hooktap.api("GET", "/events?per_page=100&q=try%40example.com")
     if status != 200 or listed:
         fail(f"trying a rule derived an event: {status} {listed}")
+    # A rule whose method and path match but that derives nothing says why.
+    page.get_by_label("Status", exact=True).fill("422")
+    page.get_by_role("button", name="Try the rules").click()
+    expect(page.locator("#try-result")).to_contain_text("No rule matches")
+    expect(page.locator('table.misses tr[data-rule="order created"]')).to_contain_text("422")
     # An exchange that cannot be HTTP is refused with the error beside the field.
     page.get_by_label("Status", exact=True).fill("700")
     page.get_by_role("button", name="Try the rules").click()

@@ -1036,12 +1036,13 @@
     main.append(pageHead("Rules"));
     const rules = await get("/rules");
     main.append(card(`Loaded rules (${rules.length})`,
-      rules.length ? table(["Name", "Topic", "Method", "Path", "Events", "Repeats skipped", "Also"],
+      rules.length ? table(["Name", "Topic", "Request", "Events", "Repeats", "Also"],
         rules.map((r) => h("tr", { dataset: { name: r.name } },
-          h("td", {}, r.name), h("td", { class: "mono" }, r.topic), h("td", {}, r.methods.length ? r.methods.join(", ") : "any"),
-          h("td", { class: "mono" }, r.path), h("td", { class: "num" }, String(r.events)), h("td", { class: "num" }, String(r.deduplicated)),
+          h("td", {}, r.name), h("td", { class: "mono" }, r.topic),
+          h("td", { class: "mono" }, `${r.methods.length ? r.methods.join("|") : "any"} ${r.path}`),
+          h("td", { class: "num" }, String(r.events)), h("td", { class: "num" }, String(r.deduplicated)),
           h("td", {}, r.features.join("; ")))), "rules") : h("p", { class: "muted" }, "No rules loaded."),
-      h("p", { class: "muted" }, "Events: derived since hooktap started.")));
+      h("p", { class: "muted" }, "Events: derived since hooktap started (the match count). Repeats: not derived since then because dedupe had seen their key.")));
     if (!features.tryRule) {
       main.append(card("Try a rule", missing("Trying rules on an exchange", "POST /rules/try")));
       return;

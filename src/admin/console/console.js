@@ -12,8 +12,9 @@
   let token = sessionStorage.getItem(TOKEN_KEY) || "";
   /** Which optional endpoints the API serves: filled from its OpenAPI document. */
   let features = {};
-  /** Stops what the current page runs in the background (timers, the live stream). */
-  let leavePage = () => {};
+  /** The view of the page shown now: each render builds a new one, so a render that a newer
+   * one overtook (both wait on the API) fills a view no longer in the document. */
+  let currentView = null;
   let focusOnRender = false;
 
   // ---- DOM helpers -------------------------------------------------------------------------
@@ -247,7 +248,7 @@
   // ---- sign in -----------------------------------------------------------------------------
 
   function signOut(message) {
-    leavePage();
+    leave(currentView);
     sessionStorage.removeItem(TOKEN_KEY);
     token = "";
     $("#main").hidden = true;
@@ -300,13 +301,26 @@
     location.hash = "#" + path + (q ? "?" + q : "");
   }
 
+  /** Stops what a view runs in the background (timers, the live stream). */
+  function leave(view) {
+    if (!view) return;
+    for (const stop of view.stops || []) stop();
+    view.stops = [];
+  }
+
+  /** Runs `stop` when `view` is left, or now if it already was. */
+  function onLeave(view, stop) {
+    if (view !== currentView) return stop();
+    (view.stops = view.stops || []).push(stop);
+  }
+
   async function render() {
     if (!token && $("#main").hidden) return;
-    leavePage();
-    leavePage = () => {};
+    leave(currentView);
     const { path, query } = parseHash();
-    const main = $("#main");
-    main.replaceChildren();
+    const main = h("div", { class: "view" });
+    currentView = main;
+    $("#main").replaceChildren(main);
     const route = routes.find(([re]) => re.test(path));
     for (const a of document.querySelectorAll("#nav a")) {
       if (route && a.dataset.page === route[1]) a.setAttribute("aria-current", "page");
@@ -323,7 +337,7 @@
       if (e.status === 401) return;
       main.append(notice(e.missing ? "This hooktap does not serve what this page needs." : e.message, true));
     }
-    if (focusOnRender) {
+    if (focusOnRender && main === currentView) {
       const heading = $("h1", main);
       if (heading) { heading.setAttribute("tabindex", "-1"); heading.focus(); }
     }
@@ -335,11 +349,10 @@
     return h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, title), rest);
   }
 
-  /** Runs `f` every `ms` while this page is shown (not while the tab is hidden). */
-  function every(msInterval, f) {
+  /** Runs `f` every `ms` while `view` is shown (not while the tab is hidden). */
+  function every(view, msInterval, f) {
     const t = setInterval(() => { if (!document.hidden) f().catch(() => {}); }, msInterval);
-    const before = leavePage;
-    leavePage = () => { clearInterval(t); before(); };
+    onLeave(view, () => clearInterval(t));
   }
 
   // ---- charts ------------------------------------------------------------------------------
@@ -481,7 +494,7 @@
             : h("p", {}, "No webhooks yet. ", h("a", { href: "#/webhooks" }, "Add one"), ".")));
     };
     await draw();
-    every(10000, draw);
+    every(main, 10000, draw);
   }
 
   const sum = (xs) => (xs || []).reduce((a, b) => a + (b || 0), 0);
@@ -816,7 +829,7 @@
           linesChart(stats.buckets, ["lag_p50_ms", "lag_p99_ms"], `Delivery lag, ${span}: p50 ${ms(t.lag_p50_ms)}, p99 ${ms(t.lag_p99_ms)}`, "chart-lag"))));
     };
     await Promise.all([drawStats(), deliveriesList(deliveries, w, query)]);
-    every(5000, async () => {
+    every(main, 5000, async () => {
       await drawStats();
       if (!deliveries.contains(document.activeElement)) await deliveriesList(deliveries, w, query);
     });
@@ -1134,7 +1147,7 @@
     }
     const abort = new AbortController();
     let stopped = false;
-    leavePage = () => { stopped = true; abort.abort(); };
+    onLeave(main, () => { stopped = true; abort.abort(); });
     const connect = async () => {
       while (!stopped) {
         try {

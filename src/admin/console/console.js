@@ -413,7 +413,7 @@
     const max = niceMax(Math.max(1, ...values));
     const svg = s("svg", { class: `chart ${cls}`, viewBox: `0 0 ${CHART_W} ${CHART_H}`, role: "img", "aria-label": label });
     const { plotH, bw } = frame(svg, max, ms, buckets);
-    // A dot per point while there are few (a lone minute shows); a line alone beyond that.
+    // A dot per point while there are few; beyond that a line, and a dot only for a lone minute.
     const dots = values.length <= 240;
     keys.forEach((k, n) => {
       const series = ["p50", "p99"][n];
@@ -424,7 +424,8 @@
         const x = L + i * bw + bw / 2, y = T + plotH * (1 - v / max);
         d += `${open ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)} `;
         open = true;
-        if (dots) svg.append(s("circle", { class: `dot-${series}`, cx: x, cy: y, r: 3 }, s("title", {}, `${when(b.start)}: ${series} ${ms(v)}`)));
+        const has = (j) => buckets[j] && buckets[j][k] !== null && buckets[j][k] !== undefined;
+        if (dots || (!has(i - 1) && !has(i + 1))) svg.append(s("circle", { class: `dot-${series}`, cx: x, cy: y, r: 3 }, s("title", {}, `${when(b.start)}: ${series} ${ms(v)}`)));
       });
       if (d) svg.prepend(s("path", { class: `line-${series}`, d }));
     });

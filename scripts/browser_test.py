@@ -543,6 +543,10 @@ def scenario(run):
             overflow = run.horizontal_overflow()
             if overflow > 0:
                 fail(f"{name} at {width} px scrolls sideways by {overflow} px")
+            unlabelled = page.evaluate("""[...document.querySelectorAll('main input, main select, main textarea')]
+                .filter(e => !e.labels || !e.labels.length).map(e => e.name || e.outerHTML)""")
+            if unlabelled:
+                fail(f"inputs without a label on {name}: {unlabelled}")
             if width == 800:
                 run.shot(f"11-{name}-800px")
     page.set_viewport_size({"width": 1280, "height": 900})

@@ -22,10 +22,14 @@ use crate::event::HeaderPair;
 #[serde(deny_unknown_fields)]
 pub struct TryRequest {
     /// As sent, e.g. `POST` (methods are case-sensitive, as on the wire).
-    #[schema(min_length = 1, examples("POST"))]
+    #[schema(
+        min_length = 1,
+        pattern = r"^[A-Za-z0-9!#$%&'*+.^_|~-]+$",
+        examples("POST")
+    )]
     method: String,
     /// The path with its query, e.g. `/orders?source=web`.
-    #[schema(min_length = 1, examples("/orders"))]
+    #[schema(min_length = 1, pattern = r"^/[!-~]*$", examples("/orders"))]
     url: String,
     #[serde(default)]
     #[schema(value_type = Vec<HeaderPair>)]
@@ -39,8 +43,10 @@ pub struct TryRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TryResponse {
-    #[schema(minimum = 100, maximum = 599, examples(201))]
-    status: u16,
+    /// Written `201` or `201.0` (the schema's `integer` admits both).
+    #[serde(deserialize_with = "crate::webhook::whole_number")]
+    #[schema(value_type = u16, minimum = 100, maximum = 599, examples(201))]
+    status: Option<u16>,
     #[serde(default)]
     #[schema(value_type = Vec<HeaderPair>)]
     headers: Vec<(String, String)>,
@@ -155,10 +161,13 @@ pub async fn try_exchange(
                 ),
             )
         })?;
-    if !(100..=599).contains(&response.status) {
+    let status = response
+        .status
+        .ok_or_else(|| ApiError::invalid("response", "response.status must be a number"))?;
+    if !(100..=599).contains(&status) {
         return Err(unprocessable(
             "response.status",
-            format!("{} is not an HTTP status (100-599)", response.status),
+            format!("{status} is not an HTTP status (100-599)"),
         ));
     }
     let request_headers = header_map(&request.headers, "request.headers")?;
@@ -181,7 +190,7 @@ pub async fn try_exchange(
             body: captured(&request.body, limit),
         },
         response: ResponseParts {
-            status: response.status,
+            status,
             headers: response_headers,
             body: captured(&response.body, limit),
         },

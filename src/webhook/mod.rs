@@ -24,7 +24,7 @@ mod settings;
 pub mod transform;
 
 pub use destination::{TopicsError, UrlError, check_url, compile_topics, mask_url};
-pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields};
+pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields, whole_number};
 pub use settings::{RateLimit, check_headers, check_ordering_key, compile_filter, ordering_key_of};
 
 use crate::rules::raw::RawWhen;

@@ -446,7 +446,7 @@ fn check_and_migrate_reach_a_postgres_store_and_name_a_wrong_password() {
     );
     assert!(
         stdout.contains("store: PostgreSQL at 127.0.0.1:")
-            && stdout.contains("0 of 3 migrations applied"),
+            && stdout.contains("0 of 4 migrations applied"),
         "{stdout}"
     );
 

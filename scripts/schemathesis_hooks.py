@@ -8,11 +8,14 @@ import schemathesis
 UNSTATED = {
     # `ordering_key` and `filter` hold JSONPaths and regexes, `ordering_key` and `https_only`
     # also rules across fields (not with `ordered`/batch mode; not over an http:// URL),
-    # `headers` names reserved by the header prefix in force, `circuit_cooldown` a duration.
+    # `headers` names reserved by the header prefix in force, `circuit_cooldown` a duration,
+    # `transform` an object whose values are JSONPaths, expressions or `{ value }` constants.
     "create_webhook": {"url", "topics", "retry", "timeout", "batch_interval", "mode", "ordered",
-                       "ordering_key", "filter", "headers", "circuit_cooldown", "https_only"},
+                       "ordering_key", "filter", "headers", "circuit_cooldown", "https_only",
+                       "transform"},
     "update_webhook": {"url", "topics", "retry", "timeout", "batch_interval", "mode", "ordered",
-                       "ordering_key", "filter", "headers", "circuit_cooldown", "https_only"},
+                       "ordering_key", "filter", "headers", "circuit_cooldown", "https_only",
+                       "transform"},
     "recover_deliveries": {"until"},
     "list_events": {"topic"},
     "stream_events": {"topic"},

@@ -506,6 +506,128 @@ fn webhook_settings(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the console's reads cost on sled: a webhook's statistics over a day with 100,000
+/// attempts in it (another webhook's 100,000 beside them), read through the `t` index, against
+/// reading the same attempts' records (what it would cost without the index); and a payload
+/// search that finds nothing, so reads its whole cap of 10,000 events.
+fn console(c: &mut Criterion) {
+    use hooktap::event::{Attempt, Delivery, DeliveryState, Event, Topic, unix_ms};
+    use hooktap::store::{EventQuery, Recorded, StatsWindow};
+    const ATTEMPTS: u64 = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("hooktap.toml");
+    let hook = |name: &str| {
+        format!(
+            "[[webhook]]\nname = \"{name}\"\nurl = \"https://crm.example/hooks\"\nsecret = \"s\"\ntopics = [\"*\"]\n"
+        )
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "rules = [\"{}/rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n[store]\npath = \"{}\"\n{}{}",
+            env!("CARGO_MANIFEST_DIR"),
+            dir.path().join("store").display(),
+            hook("busy"),
+            hook("other"),
+        ),
+    )
+    .expect("write config");
+    let config = hooktap::config::Config::load(&file).expect("bench config loads");
+    let store = hooktap::store::SledStore::open(&config.store).expect("open store");
+    let hooks: Vec<hooktap::webhook::Webhook> = config
+        .webhooks
+        .iter()
+        .map(|spec| hooktap::webhook::Webhook::new(spec.clone(), hooktap::webhook::Origin::Config))
+        .collect();
+    for h in &hooks {
+        store.put_webhook(h).expect("webhook");
+    }
+    let topic = Topic::parse("order.created").expect("topic");
+    let (busy, other) = (hooks[0].id, hooks[1].id);
+    let now = time::OffsetDateTime::now_utc();
+    for w in [busy, other] {
+        for i in 0..ATTEMPTS {
+            // Spread over the last 22 hours (inside the day window), oldest first.
+            let at = now - time::Duration::milliseconds(((ATTEMPTS - i) * 800) as i64);
+            let mut e = Event::new(
+                &topic,
+                "order created",
+                serde_json::json!({"id": i, "email": "buyer@example.com"}),
+            );
+            e.created_at = at - time::Duration::milliseconds(50);
+            let d = Delivery::new(&e, w, 0);
+            store.append(&e, std::slice::from_ref(&d)).expect("append");
+            let mut after = d.clone();
+            after.attempts = 1;
+            after.state = DeliveryState::Delivered;
+            let attempt = Attempt {
+                id: uuid::Uuid::now_v7(),
+                delivery_id: d.id,
+                webhook_id: w,
+                number: 1,
+                created_at: at,
+                duration_ms: i % 200,
+                summary: "HTTP 200 OK".into(),
+                success: true,
+                request_method: "POST".into(),
+                request_url: "https://crm.example/hooks".into(),
+                request_headers: vec![("content-type".into(), "application/json".into())],
+                request_body: "{\"id\":1042,\"email\":\"buyer@example.com\"}".into(),
+                response_code: Some(200),
+                response_message: "OK".into(),
+                response_headers: vec![],
+                response_body: "ok".into(),
+            };
+            let change = Recorded {
+                before: d,
+                after,
+                attempt,
+            };
+            store.record_attempts(w, &[change], None).expect("record");
+        }
+    }
+    let until = (unix_ms(now) / 60_000 + 1) * 60_000;
+    let day = StatsWindow {
+        since_ms: until - 86_400_000,
+        bucket_ms: 60_000,
+        buckets: 1440,
+    };
+    let hour = StatsWindow {
+        since_ms: until - 3_600_000,
+        bucket_ms: 60_000,
+        buckets: 60,
+    };
+    let mut group = c.benchmark_group("console");
+    group.sample_size(10);
+    group.bench_function("stats/day-100k-attempts", |b| {
+        b.iter(|| {
+            let s = store.attempt_stats(busy, &day).expect("stats");
+            assert_eq!(s.totals.succeeded, ATTEMPTS);
+        })
+    });
+    group.bench_function("stats/hour", |b| {
+        b.iter(|| store.attempt_stats(busy, &hour).expect("stats"))
+    });
+    group.bench_function("stats/day-from-attempt-records", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for d in store.deliveries_of(busy, usize::MAX).expect("deliveries") {
+                n += store.attempts(d.id).expect("attempts").len();
+            }
+            assert_eq!(n as u64, ATTEMPTS);
+        })
+    });
+    group.bench_function("search/10k-events-no-match", |b| {
+        let q = EventQuery {
+            text: Some("nowhere@example.org".into()),
+            limit: 20,
+            ..EventQuery::default()
+        };
+        b.iter(|| assert!(store.events_page(&q).expect("search").is_empty()))
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     // Short: the whole file runs in about a minute on 2 cores.
     Criterion::default()
@@ -517,6 +639,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = routing, payload, expressions, signing, store, webhook_settings
+    targets = routing, payload, expressions, signing, store, webhook_settings, console
 }
 criterion_main!(benches);

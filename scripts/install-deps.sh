@@ -3,10 +3,11 @@
 # (pingora's zlib dependency builds with it), a C compiler, e2fsprogs (the reliability suite
 # formats an ext4 image), PostgreSQL's server binaries (the shared-store tests start their own
 # throwaway cluster; no server is started here), python3-venv and iproute2
-# (scripts/schemathesis.sh makes a venv, and brings up loopback in a network namespace), strace
-# (the durability test traces hooktap's fdatasync calls), and
-# chromium (the dashboard test drives it headless). Safe to run again: it installs only what is
-# missing.
+# (scripts/schemathesis.sh and scripts/browser-test.sh make venvs; the first also brings up
+# loopback in a network namespace), strace (the durability test traces hooktap's fdatasync
+# calls), and chromium (scripts/browser-test.sh drives it headless through Playwright, which
+# it installs into its venv; no browser is downloaded). Safe to run again: it installs only
+# what is missing.
 # HOOKTAP_NO_BROWSER=1 skips chromium when only building.
 set -euo pipefail
 
@@ -18,7 +19,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 # The PostgreSQL store's tests run initdb/pg_ctl from /usr/lib/postgresql/<version>/bin.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
-# The OpenAPI conformance run installs schemathesis into a venv (Debian splits venv out).
+# The OpenAPI conformance run and the browser test install schemathesis and Playwright into
+# venvs (Debian splits venv out).
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # The durability test watches hooktap's fdatasync calls with strace.

@@ -1,6 +1,6 @@
 //! `hooktap demo`: a ticket shop, hooktap in front of it with the example rules, and a receiver
 //! that checks signatures, all in one process, with some traffic driven through. It needs
-//! nothing but the binary, and leaves the dashboard up until Ctrl-C.
+//! nothing but the binary, and leaves the console up until Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -312,7 +312,7 @@ retry = "1s,5s"
         let valid = driver_receiver.valid.load(Ordering::SeqCst);
         println!();
         println!("summary: {requests} requests through the proxy, {received} webhooks delivered, {valid} with a valid signature");
-        println!("dashboard: http://{admin}/  (token: {token})");
+        println!("console: http://{admin}/  (token: {token})");
         println!("try: curl -X POST http://{listen}/orders -H 'content-type: application/json' -d '{{\"email\":\"you@example.com\"}}'");
         println!("Ctrl-C to stop.");
     });

@@ -18,7 +18,7 @@
 //! Dependencies point one way: `config` assembles the components; the engine and the admin
 //! API use the [`store::Store`] contract, never a backend's internals.
 //!
-//! - [`admin`]: the admin HTTP API, dashboard, metrics and live tap.
+//! - [`admin`]: the admin HTTP API, console, metrics and live tap.
 //! - [`client`]: the admin API client behind the `webhooks`, `deliveries` and `tap` commands.
 //! - [`config`]: loads hooktap.toml and the rule files and assembles the checked parts; every
 //!   error says `file:line`.

@@ -93,7 +93,7 @@ enum Command {
         /// Where the demo's proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Where the demo's admin API and dashboard listen.
+        /// Where the demo's admin API and console listen.
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: std::net::SocketAddr,
     },

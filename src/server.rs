@@ -511,7 +511,11 @@ fn add_background_services(
         "admin",
         AdminService {
             listen: config.admin.listen,
-            state: AdminState::new(Arc::clone(live), config.admin.token.as_deref(), p.listen),
+            state: AdminState::new(Arc::clone(live), config.admin.token.as_deref(), p.listen)
+                .with_capture(Limits {
+                    max_capture_bytes: p.max_capture_bytes,
+                    max_decoded_bytes: p.max_decoded_bytes,
+                }),
             limits: admin::Limits {
                 header_timeout: config.admin.header_timeout,
                 max_connections: config.admin.max_connections,

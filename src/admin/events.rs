@@ -18,7 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{AdminState, ApiError, Page, Q};
-use crate::event::Event;
+use crate::event::{Attempt, Delivery, Event};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -32,6 +32,22 @@ pub struct EventFilter {
     /// Only events created before this time (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
     until: Option<OffsetDateTime>,
+    /// Only events whose payload's JSON text contains this, ignoring case. A search reads at
+    /// most the newest 10,000 events that pass the other filters.
+    #[param(min_length = 1, max_length = 1000)]
+    q: Option<String>,
+}
+
+/// The payload search, lower-cased; empty is refused like `topic`.
+fn search_text(q: Option<&str>) -> Result<Option<String>, ApiError> {
+    match q {
+        Some("") => Err(ApiError::invalid("q", "q must not be empty")),
+        Some(q) if q.chars().count() > 1000 => {
+            Err(ApiError::invalid("q", "q must be at most 1000 characters"))
+        }
+        Some(q) => Ok(Some(q.to_lowercase())),
+        None => Ok(None),
+    }
 }
 
 /// The `topic` glob, compiled. An empty one is refused like every empty query value: it
@@ -51,7 +67,7 @@ fn topic_matcher(topic: Option<&str>) -> Result<Option<globset::GlobMatcher>, Ap
         .transpose()
 }
 
-#[utoipa::path(get, operation_id = "list_events", path = "/events", tag = "events", summary = "Derived events, newest first",
+#[utoipa::path(get, operation_id = "list_events", path = "/events", tag = "events", summary = "Derived events, newest first; `q` searches the payloads",
     params(EventFilter, Page), responses((status = 200, body = [Event])))]
 pub async fn list(
     State(state): State<AdminState>,
@@ -64,6 +80,7 @@ pub async fn list(
         topic,
         since: filter.since,
         until: filter.until,
+        text: search_text(filter.q.as_deref())?,
         offset,
         limit,
     };
@@ -86,6 +103,40 @@ pub async fn get(
         .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
     Ok(Json(event))
+}
+
+/// One delivery of an event, with its webhook's name and every attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventDelivery {
+    delivery: Delivery,
+    /// `null` when the webhook was deleted meanwhile.
+    webhook_name: Option<String>,
+    /// First attempt first: requests and responses with headers and bodies.
+    attempts: Vec<Attempt>,
+}
+
+#[utoipa::path(get, operation_id = "get_event_deliveries", path = "/events/{id}/deliveries", tag = "events",
+    summary = "An event's deliveries to every webhook, oldest first, each with its attempts",
+    params(("id" = uuid::Uuid, Path, description = "The event's id")), responses((status = 200, body = [EventDelivery])))]
+pub async fn deliveries(
+    State(state): State<AdminState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Vec<EventDelivery>>, ApiError> {
+    let id = uuid::Uuid::parse_str(&raw).map_err(|_| ApiError::not_found("event"))?;
+    let engine = state.live.engine();
+    let store = engine.store();
+    if store.event(id).await?.is_none() {
+        return Err(ApiError::not_found("event"));
+    }
+    let mut out = Vec::new();
+    for delivery in store.deliveries_of_event(id).await? {
+        out.push(EventDelivery {
+            webhook_name: engine.webhook(delivery.webhook_id).map(|w| w.spec.name),
+            attempts: store.attempts(delivery.id).await?,
+            delivery,
+        });
+    }
+    Ok(Json(out))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

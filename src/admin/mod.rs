@@ -1,17 +1,24 @@
 //! The admin HTTP API: manage webhooks, inspect deliveries and events, metrics, live tap, the
-//! dashboard. It asks the delivery engine ([`crate::delivery::Engine`]) and the store; it
+//! console. It asks the delivery engine ([`crate::delivery::Engine`]) and the store; it
 //! never sends webhooks itself.
 //!
 //! Every endpoint but `/healthz` and `/readyz` requires `Authorization: Bearer <token>`; the
-//! dashboard page at `/` is static (a login form and the script that calls the API with the
-//! token) and carries no data. Errors are `{"code": "...", "message": "..."}`.
+//! console's files (`/`, `/console.js`, `/console.css`) are static (a sign-in form and the
+//! script that calls the API with the token) and carry no data. Errors are
+//! `{"code": "...", "message": "...", "field": "..."}`.
 //!
+//! - [`console`]: the browser console's embedded files and their Content-Security-Policy.
 //! - [`webhooks`]: webhooks, their actions and deliveries.
 //! - [`events`]: events, rules, the live stream, reload, metrics and health.
+//! - [`stats`]: delivery statistics per webhook and the overview, from the store's records.
+//! - [`rules`]: trying the loaded rules on an exchange (a dry run).
 //! - [`openapi`]: the OpenAPI document of all of the above.
 
+mod console;
 mod events;
 pub mod openapi;
+mod rules;
+mod stats;
 #[cfg(test)]
 mod tests;
 mod webhooks;
@@ -22,7 +29,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -43,6 +50,9 @@ pub struct AdminState {
     token_hash: Option<[u8; 32]>,
     /// Where the proxy listens, for `/readyz`.
     pub proxy_addr: SocketAddr,
+    /// What the proxy copies of an exchange: `/rules/try` copies as much, so that it derives
+    /// what the proxy would.
+    pub capture: crate::proxy::Limits,
 }
 
 impl AdminState {
@@ -51,7 +61,18 @@ impl AdminState {
             live,
             token_hash: token.map(|t| Sha256::digest(t.as_bytes()).into()),
             proxy_addr,
+            // `[proxy]`'s defaults, until `with_capture` sets the configured ones.
+            capture: crate::proxy::Limits {
+                max_capture_bytes: 1 << 20,
+                max_decoded_bytes: 8 << 20,
+            },
         }
+    }
+
+    /// The proxy's capture limits (`[proxy] max_capture_bytes`, `max_decoded_bytes`).
+    pub fn with_capture(mut self, capture: crate::proxy::Limits) -> Self {
+        self.capture = capture;
+        self
     }
 }
 
@@ -333,9 +354,6 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The dashboard: one static page (login form + script) that calls this API with the token.
-const DASHBOARD: &str = include_str!("dashboard.html");
-
 /// The admin API's routes.
 pub fn router(state: AdminState) -> Router {
     let api = Router::new()
@@ -352,6 +370,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/webhooks/{id}/reset", post(webhooks::reset))
         .route("/webhooks/{id}/recover", post(webhooks::recover))
         .route("/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/webhooks/{id}/stats", get(stats::stats))
+        .route("/overview", get(stats::overview))
         .route(
             "/webhooks/{id}/deliveries/{delivery_id}",
             get(webhooks::delivery),
@@ -363,13 +383,16 @@ pub fn router(state: AdminState) -> Router {
         .route("/events", get(events::list))
         .route("/events/stream", get(events::stream))
         .route("/events/{id}", get(events::get))
+        .route("/events/{id}/deliveries", get(events::deliveries))
         .route("/rules", get(events::rules))
+        .route("/rules/try", post(rules::try_exchange))
         .route("/reload", post(events::reload))
         .route("/metrics", get(events::metrics))
         .route("/openapi.json", get(openapi::serve))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/", get(console::page))
+        .merge(console::assets())
         .route("/healthz", get(events::health))
         .route("/readyz", get(events::ready))
         .merge(api)

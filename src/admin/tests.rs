@@ -29,7 +29,9 @@ fn admin() -> Admin {
 
 fn admin_with(token: Option<&str>) -> Admin {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::for_tests(dir.path());
+    // Webhooks reach the loopback receiver only (see `RECEIVER`).
+    let guard = crate::ssrf::Guard::new(&["127.0.0.1/32".to_owned()]).expect("a network");
+    let engine = Engine::for_tests_with_guard(dir.path(), guard);
     let live = Arc::new(Live::new(
         dir.path().join("hooktap.toml"),
         RuleSet::default(),
@@ -106,10 +108,71 @@ async fn call_with(
     (parts.status, parts.headers, json)
 }
 
+/// A receiver on loopback answering every request `204 No Content`, for the whole test
+/// binary: the webhooks of these tests point at it, so that a webhook created or set `active`
+/// (which pings its URL first) never sends anything off the machine.
+static RECEIVER: std::sync::LazyLock<std::net::SocketAddr> = std::sync::LazyLock::new(|| {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let addr = listener.local_addr().expect("its address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || answer_no_content(stream));
+        }
+    });
+    addr
+});
+
+/// Reads HTTP/1.1 requests (head and `content-length` body) off one connection and answers
+/// each `204`, until the client closes it.
+fn answer_no_content(stream: std::net::TcpStream) {
+    use std::io::{BufRead, Read, Write};
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = std::io::BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut lines = 0;
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            lines += 1;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        if lines == 1 {
+            continue;
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err()
+            || writer
+                .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The URL of [`RECEIVER`].
+fn receiver_url() -> String {
+    format!("http://{}/hooks", *RECEIVER)
+}
+
 fn webhook_body() -> Value {
-    // An IP literal the SSRF guard permits, so no name is resolved; paused, so that creating
-    // it sends no activation ping off the machine.
-    json!({"name": "crm", "url": "https://93.184.216.34/hooks", "secret": "s3cret", "topics": ["order.*"], "status": "paused"})
+    // The loopback receiver, so that no name is resolved and nothing leaves the machine; paused,
+    // so that creating it sends no activation ping (tests that leave `status` out ping it).
+    json!({"name": "crm", "url": receiver_url(), "secret": "s3cret", "topics": ["order.*"], "status": "paused"})
 }
 
 /// The token is required exactly where the document says: every operation but those whose
@@ -183,7 +246,7 @@ async fn a_webhook_is_created_listed_and_never_shows_its_secret() {
     let (status, _, got) = call(&admin, "GET", &format!("/webhooks/{id}"), Some(TOKEN), None).await;
     assert_eq!(
         (status, &got["url"]),
-        (StatusCode::OK, &json!("https://93.184.216.34/hooks"))
+        (StatusCode::OK, &json!(receiver_url()))
     );
     assert_eq!(admin.engine.webhooks().len(), 1, "the engine runs it");
 
@@ -220,7 +283,7 @@ async fn errors_name_the_field_and_use_fitting_statuses() {
         "POST",
         "/webhooks",
         Some(TOKEN),
-        Some(json!({"url": "https://93.184.216.34/", "unknown": 1})),
+        Some(json!({"url": receiver_url(), "unknown": 1})),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -282,6 +345,20 @@ async fn errors_name_the_field_and_use_fitting_statuses() {
     assert!(
         message.contains("`active`, `paused`, `disabled`"),
         "{message}"
+    );
+}
+
+/// An active webhook is pinged when created: these tests' webhooks answer from loopback.
+#[tokio::test]
+async fn creating_an_active_webhook_pings_the_loopback_receiver() {
+    let admin = admin();
+    let mut body = webhook_body();
+    body.as_object_mut().expect("an object").remove("status");
+    let (status, _, created) = call(&admin, "POST", "/webhooks", Some(TOKEN), Some(body)).await;
+    assert_eq!(
+        (status, &created["status"]),
+        (StatusCode::CREATED, &json!("active")),
+        "{created}"
     );
 }
 
@@ -457,7 +534,7 @@ async fn every_answer_has_a_documented_status_and_media_type() {
     assert_eq!(status, StatusCode::CREATED);
     assert_documented("POST", "/webhooks", status, &headers);
     let id = created["id"].as_str().expect("id").to_owned();
-    let calls: [(&str, &str, Option<Value>, StatusCode); 19] = [
+    let calls: [(&str, &str, Option<Value>, StatusCode); 24] = [
         ("GET", "/webhooks", None, StatusCode::OK),
         ("GET", "/webhooks/count", None, StatusCode::OK),
         ("GET", "/webhooks/{id}", None, StatusCode::OK),
@@ -481,6 +558,8 @@ async fn every_answer_has_a_documented_status_and_media_type() {
             StatusCode::OK,
         ),
         ("GET", "/webhooks/{id}/deliveries", None, StatusCode::OK),
+        ("GET", "/webhooks/{id}/stats", None, StatusCode::OK),
+        ("GET", "/overview", None, StatusCode::OK),
         (
             "GET",
             "/webhooks/{id}/deliveries/{delivery_id}",
@@ -495,7 +574,27 @@ async fn every_answer_has_a_documented_status_and_media_type() {
         ),
         ("GET", "/events", None, StatusCode::OK),
         ("GET", "/events/{id}", None, StatusCode::NOT_FOUND),
+        (
+            "GET",
+            "/events/{id}/deliveries",
+            None,
+            StatusCode::NOT_FOUND,
+        ),
         ("GET", "/rules", None, StatusCode::OK),
+        (
+            "POST",
+            "/rules/try",
+            Some(json!({"request": {"method": "POST", "url": "/orders"},
+                        "response": {"status": 201}})),
+            StatusCode::OK,
+        ),
+        (
+            "POST",
+            "/rules/try",
+            Some(json!({"request": {"method": "POST", "url": "orders"},
+                        "response": {"status": 201}})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         // The fixture's config path names no file.
         ("POST", "/reload", None, StatusCode::UNPROCESSABLE_ENTITY),
         ("GET", "/metrics", None, StatusCode::OK),
@@ -696,6 +795,8 @@ async fn request_bodies_take_exactly_the_values_the_document_admits() {
                 "/webhooks" => new_webhook_body(&mut names),
                 "/webhooks/{id}" => json!({}),
                 "/webhooks/{id}/recover" => json!({"since": "2026-01-01T00:00:00Z"}),
+                "/rules/try" => json!({"request": {"method": "POST", "url": "/orders"},
+                                       "response": {"status": 201}}),
                 other => panic!("no valid body for {other}"),
             };
             if field.starts_with("batch_") {

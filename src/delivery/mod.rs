@@ -181,12 +181,18 @@ impl Engine {
     /// An engine over a sled store in `dir`, with no webhooks and loopback blocked (tests).
     #[cfg(test)]
     pub(crate) fn for_tests(dir: &std::path::Path) -> Arc<Self> {
+        Self::for_tests_with_guard(dir, Guard::default())
+    }
+
+    /// [`Engine::for_tests`] with `guard` deciding which addresses webhooks may reach.
+    #[cfg(test)]
+    pub(crate) fn for_tests_with_guard(dir: &std::path::Path, guard: Guard) -> Arc<Self> {
         let config = DeliveryConfig {
             source: "https://shop.test/".to_owned(),
             timeout: Duration::from_secs(1),
             concurrency: 4,
             https_only: false,
-            guard: Guard::default(),
+            guard,
             secret_rotation_grace: Duration::ZERO,
         };
         let store = crate::store::sled::open_for_tests(dir);

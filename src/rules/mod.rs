@@ -184,6 +184,30 @@ pub struct Miss<'a> {
     pub detail: String,
 }
 
+/// Why a candidate rule derived nothing although nothing failed: the rule simply does not
+/// apply. The proxy neither counts nor logs these; a dry run ([`RuleSet::explain`]) tells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet<'a> {
+    /// The response's status is not one the rule takes.
+    Status(u16),
+    /// `when` did not hold (under `for_each`: for one item).
+    When,
+    /// A `required` payload field was missing or `null`.
+    Required(&'a str),
+    /// `for_each` selected nothing, `null` or an empty array.
+    NoItems,
+}
+
+/// What one candidate rule made of an exchange in a dry run (see [`RuleSet::explain`]).
+#[derive(Debug, Clone)]
+pub struct Explained<'a> {
+    pub rule: &'a Rule,
+    /// The events it derives (several under `for_each`), as the proxy would store them.
+    pub matches: Vec<Match<'a>>,
+    /// Why it derived nothing (or nothing for some items), in words, in the order met.
+    pub reasons: Vec<String>,
+}
+
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -214,6 +238,42 @@ struct Derived {
 impl Rule {
     fn status_matches(&self, status: u16) -> bool {
         self.status.iter().any(|s| s.matches(status))
+    }
+
+    /// The statuses the rule takes, as written: `201`, `2xx`.
+    pub fn statuses(&self) -> Vec<String> {
+        self.status
+            .iter()
+            .map(|s| match s {
+                StatusMatch::Exact(c) => c.to_string(),
+                StatusMatch::Class(c) => format!("{c}xx"),
+            })
+            .collect()
+    }
+
+    /// A [`Quiet`] reason in words.
+    fn quiet_reason(&self, quiet: Quiet<'_>) -> String {
+        match quiet {
+            Quiet::Status(s) => format!(
+                "status {s} is not one the rule takes ({})",
+                self.statuses().join(", ")
+            ),
+            Quiet::When => match (&self.when, &self.for_each) {
+                (When::Expr(e), None) => format!("`when` {} did not hold", e.source()),
+                (When::Expr(e), Some(_)) => {
+                    format!("`when` {} did not hold for an item", e.source())
+                }
+                (When::List(_), None) => "`when` did not hold".to_owned(),
+                (When::List(_), Some(_)) => "`when` did not hold for an item".to_owned(),
+            },
+            Quiet::Required(field) => {
+                format!("required payload field `{field}` is missing or null")
+            }
+            Quiet::NoItems => match &self.for_each {
+                Some(s) => format!("for_each `{}` selected no items", s.source()),
+                None => "no items".to_owned(),
+            },
+        }
     }
 
     /// How the rule reads, for listings: `for_each`, CEL and dedupe in a few words.
@@ -249,7 +309,12 @@ impl Rule {
 
     /// The events this rule derives from `doc`: none when `when` fails or a required field is
     /// missing, one per item under `for_each`.
-    fn derive(&self, doc: &Value, misses: &mut dyn FnMut(Miss<'_>)) -> Vec<Derived> {
+    fn derive(
+        &self,
+        doc: &Value,
+        misses: &mut dyn FnMut(Miss<'_>),
+        quiet: &mut dyn FnMut(Quiet<'_>),
+    ) -> Vec<Derived> {
         let mut miss = |kind: MissKind, detail: String| {
             misses(Miss {
                 rule: self,
@@ -264,7 +329,10 @@ impl Rule {
                 let mut items = selector.select_all(doc);
                 if !selector.is_multi() {
                     match items.pop() {
-                        None | Some(Value::Null) => return Vec::new(),
+                        None | Some(Value::Null) => {
+                            quiet(Quiet::NoItems);
+                            return Vec::new();
+                        }
                         Some(Value::Array(a)) => items = a,
                         Some(other) => {
                             miss(
@@ -293,10 +361,13 @@ impl Rule {
         }
         let Some(items) = &items else {
             return self
-                .derive_one(Docs::of(doc), &vars, &mut miss)
+                .derive_one(Docs::of(doc), &vars, &mut miss, quiet)
                 .into_iter()
                 .collect();
         };
+        if items.is_empty() {
+            quiet(Quiet::NoItems);
+        }
         let mut out = Vec::with_capacity(items.len());
         for wrapper in items {
             vars.set_needed("item", &wrapper["item"], &self.needs);
@@ -304,7 +375,7 @@ impl Rule {
                 exchange: doc,
                 item: Some(wrapper),
             };
-            out.extend(self.derive_one(docs, &vars, &mut miss));
+            out.extend(self.derive_one(docs, &vars, &mut miss, quiet));
         }
         out
     }
@@ -314,6 +385,7 @@ impl Rule {
         docs: Docs<'_>,
         vars: &Vars<'_>,
         miss: &mut dyn FnMut(MissKind, String),
+        quiet: &mut dyn FnMut(Quiet<'_>),
     ) -> Option<Derived> {
         let failed = |miss: &mut dyn FnMut(MissKind, String), e: EvalError| {
             miss(MissKind::Error, e.to_string());
@@ -333,6 +405,7 @@ impl Rule {
             },
         };
         if !holds {
+            quiet(Quiet::When);
             return None;
         }
         let payload = match &self.payload {
@@ -343,11 +416,12 @@ impl Rule {
             },
         };
         if let Value::Object(fields) = &payload
-            && self
+            && let Some(name) = self
                 .required
                 .iter()
-                .any(|name| fields.get(name).is_none_or(Value::is_null))
+                .find(|name| fields.get(*name).is_none_or(Value::is_null))
         {
+            quiet(Quiet::Required(name));
             return None;
         }
         let topic = match &self.topic {
@@ -707,15 +781,65 @@ impl RuleSet {
         doc: &mut Value,
         misses: &mut dyn FnMut(Miss<'_>),
     ) -> Vec<Match<'_>> {
+        let mut out = Vec::new();
+        self.evaluate_each(candidates, doc, false, &mut |rule, matches, failed, _| {
+            for (kind, detail) in failed {
+                misses(Miss { rule, kind, detail });
+            }
+            out.extend(matches);
+        });
+        out
+    }
+
+    /// A dry run: what every candidate rule makes of the exchange, by the same evaluation as
+    /// [`RuleSet::evaluate`] (the proxy's), with why a rule derived nothing. Nothing is
+    /// counted, logged or claimed: a match's dedupe claim is only described.
+    pub fn explain(&self, candidates: &Candidates, doc: &mut Value) -> Vec<Explained<'_>> {
+        let mut out = Vec::new();
+        self.evaluate_each(
+            candidates,
+            doc,
+            true,
+            &mut |rule, matches, failed, quiet| {
+                let mut reasons: Vec<String> = failed
+                    .into_iter()
+                    .map(|(kind, detail)| format!("{detail} ({})", kind.label()))
+                    .collect();
+                reasons.extend(quiet);
+                out.push(Explained {
+                    rule,
+                    matches,
+                    reasons,
+                });
+            },
+        );
+        out
+    }
+
+    /// Evaluates each candidate rule in turn, handing `each` the rule, its matches, its
+    /// failures ([`MissKind`] and detail) and, when `explain` is set, the [`Quiet`] reasons
+    /// in words (the proxy does not build them).
+    #[allow(clippy::type_complexity)]
+    fn evaluate_each<'s>(
+        &'s self,
+        candidates: &Candidates,
+        doc: &mut Value,
+        explain: bool,
+        each: &mut dyn FnMut(&'s Rule, Vec<Match<'s>>, Vec<(MissKind, String)>, Vec<String>),
+    ) {
         let status = doc
             .pointer("/response/status")
             .and_then(Value::as_u64)
             .and_then(|s| u16::try_from(s).ok())
             .unwrap_or(0);
-        let mut out = Vec::new();
         for (index, params) in &candidates.matches {
             let rule = &self.rules[*index];
+            let mut quiet = Vec::new();
             if !rule.status_matches(status) {
+                if explain {
+                    quiet.push(rule.quiet_reason(Quiet::Status(status)));
+                    each(rule, Vec::new(), Vec::new(), quiet);
+                }
                 continue;
             }
             doc["params"] = Value::Object(
@@ -724,15 +848,30 @@ impl RuleSet {
                     .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect(),
             );
-            for d in rule.derive(doc, misses) {
-                out.push(Match {
+            let mut failed = Vec::new();
+            let derived = rule.derive(
+                doc,
+                &mut |m: Miss<'_>| failed.push((m.kind, m.detail)),
+                &mut |q: Quiet<'_>| {
+                    if explain {
+                        let reason = rule.quiet_reason(q);
+                        // Under `for_each` the same reason can come once per item.
+                        if !quiet.contains(&reason) {
+                            quiet.push(reason);
+                        }
+                    }
+                },
+            );
+            let matches = derived
+                .into_iter()
+                .map(|d| Match {
                     rule,
                     event: Event::new(&d.topic, &rule.name, d.payload),
                     dedupe: d.dedupe,
-                });
-            }
+                })
+                .collect();
+            each(rule, matches, failed, quiet);
         }
-        out
     }
 }
 
@@ -802,6 +941,61 @@ mod tests {
             run(&filtered, body).0,
             vec![json!({"id": 1}), json!({"id": 3})]
         );
+    }
+
+    #[test]
+    fn a_dry_run_tells_what_each_candidate_made_and_why_not() {
+        let set = rules(
+            "[[rule]]\nname = \"each\"\ntopic = \"t.each\"\npath = \"/x\"\nfor_each = \"$.response.body.items\"\nwhen = [{ path = \"$.item.ok\", equals = true }]\npayload = \"$.item.id\"\n\n\
+             [[rule]]\nname = \"created\"\ntopic = \"t.created\"\npath = \"/x\"\nstatus = [201]\n\n\
+             [[rule]]\nname = \"needs\"\ntopic = \"t.needs\"\npath = \"/x\"\nrequired = [\"ref\"]\n[rule.payload]\nref = \"$.response.body.ref\"\n\n\
+             [[rule]]\nname = \"empty\"\ntopic = \"t.empty\"\npath = \"/x\"\nfor_each = \"$.response.body.none\"\n",
+        );
+        let mut doc = json!({
+            "request": {"method": "POST", "path": "/x", "query": {}, "headers": {}, "body": null},
+            "response": {"status": 200, "headers": {}, "body": {"items": [
+                {"id": 1, "ok": true}, {"id": 2, "ok": false}, {"id": 3, "ok": true}]}},
+            "params": {},
+        });
+        let candidates = set
+            .candidates(&http::Method::POST, "/x")
+            .expect("a candidate");
+        let explained = set.explain(&candidates, &mut doc);
+        let by_name = |n: &str| {
+            explained
+                .iter()
+                .find(|e| e.rule.name == n)
+                .unwrap_or_else(|| panic!("{n} explained"))
+        };
+        let each = by_name("each");
+        assert_eq!(
+            each.matches
+                .iter()
+                .map(|m| m.event.payload.clone())
+                .collect::<Vec<_>>(),
+            vec![json!(1), json!(3)]
+        );
+        assert_eq!(each.reasons, vec!["`when` did not hold for an item"]);
+        assert_eq!(
+            by_name("created").reasons,
+            vec!["status 200 is not one the rule takes (201)"]
+        );
+        assert!(by_name("created").matches.is_empty());
+        assert_eq!(
+            by_name("needs").reasons,
+            vec!["required payload field `ref` is missing or null"]
+        );
+        assert_eq!(
+            by_name("empty").reasons,
+            vec!["for_each `$.response.body.none` selected no items"]
+        );
+        // The same evaluation as the proxy's.
+        let evaluated: Vec<Value> = set
+            .evaluate(&candidates, &mut doc)
+            .into_iter()
+            .map(|m| m.event.payload)
+            .collect();
+        assert_eq!(evaluated, vec![json!(1), json!(3)]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{EventQuery, Recorded, Recording, Replaced, Store, Swept};
+use super::{AttemptBucket, EventQuery, Recorded, Recording, Replaced, StatsWindow, Store, Swept};
 use crate::event::{Attempt, DedupeKey, Delivery, DeliveryState, Event, Topic, unix_ms};
 use crate::webhook::{Origin, Webhook, WebhookSpec};
 
@@ -50,6 +50,9 @@ macro_rules! store_contract_tests {
             a_stale_copy_does_not_replace_a_newer_record,
             applying_the_file_keeps_a_change_made_meanwhile,
             requeueing_a_deleted_delivery_says_it_is_gone,
+            attempt_stats_count_per_bucket_with_discrete_percentiles,
+            an_event_lists_its_deliveries_to_every_webhook,
+            events_page_searches_the_payload_text,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -927,5 +930,233 @@ pub async fn requeueing_a_deleted_delivery_says_it_is_gone(store: Arc<dyn Store>
     assert_eq!(
         store.requeue(&done, unix_ms(now())).await.expect("requeue"),
         super::Requeued::Gone
+    );
+}
+
+/// Records one attempt of a fresh pending delivery `d`, made at `at` and lasting
+/// `duration_ms`; it finishes the delivery (delivered or failed).
+async fn attempt_at(
+    store: &Arc<dyn Store>,
+    d: &Delivery,
+    at: OffsetDateTime,
+    duration_ms: u64,
+    success: bool,
+) {
+    let mut after = d.clone();
+    after.attempts = 1;
+    after.state = if success {
+        DeliveryState::Delivered
+    } else {
+        DeliveryState::Failed
+    };
+    let mut a = attempt(d, 1, success);
+    a.created_at = at;
+    a.duration_ms = duration_ms;
+    a.summary = format!(
+        "HTTP {} after {duration_ms} ms",
+        if success { 200 } else { 500 }
+    );
+    let change = Recorded {
+        before: d.clone(),
+        after,
+        attempt: a,
+    };
+    assert_ne!(
+        store
+            .record_attempts(d.webhook_id, &[change], None)
+            .await
+            .expect("record"),
+        Recording::Gone
+    );
+}
+
+pub async fn attempt_stats_count_per_bucket_with_discrete_percentiles(store: Arc<dyn Store>) {
+    let w = webhook(&store, "a").await;
+    let other = webhook(&store, "b").await;
+    // Ten one-minute buckets ending at the start of this minute.
+    let minute = 60_000;
+    let since_ms = (unix_ms(now()) / minute - 10) * minute;
+    let window = StatsWindow {
+        since_ms,
+        bucket_ms: minute,
+        buckets: 10,
+    };
+    let at = |offset_ms: i64| {
+        OffsetDateTime::from_unix_timestamp_nanos(
+            (i128::from(since_ms as i64) + i128::from(offset_ms)) * 1_000_000,
+        )
+        .expect("a time")
+    };
+    // The event five seconds before the window: lags are offset + 5 s.
+    let e = event_at(at(-5_000), "order.created");
+    let ds: Vec<Delivery> = (0..8).map(|_| Delivery::new(&e, w.id, 0)).collect();
+    let theirs = Delivery::new(&e, other.id, 0);
+    let mut all = ds.clone();
+    all.push(theirs.clone());
+    store.append(&e, &all).expect("append");
+    settle(&store).await;
+    // Bucket 0: four successes; bucket 2: two failures; one before and one after the window.
+    attempt_at(&store, &ds[0], at(1_000), 30, true).await;
+    attempt_at(&store, &ds[1], at(2_000), 10, true).await;
+    attempt_at(&store, &ds[2], at(3_000), 40, true).await;
+    attempt_at(&store, &ds[3], at(4_000), 20, true).await;
+    attempt_at(&store, &ds[4], at(2 * minute as i64 + 500), 100, false).await;
+    attempt_at(&store, &ds[5], at(2 * minute as i64 + 9_000), 5, false).await;
+    attempt_at(&store, &ds[6], at(-1), 7, false).await;
+    attempt_at(&store, &ds[7], at(10 * minute as i64), 7, false).await;
+    attempt_at(&store, &theirs, at(1_500), 999, true).await;
+
+    let stats = store.attempt_stats(w.id, &window).await.expect("stats");
+    assert_eq!(stats.buckets.len(), 10, "dense");
+    assert_eq!(
+        stats.buckets[0],
+        AttemptBucket {
+            succeeded: 4,
+            failed: 0,
+            p50_ms: Some(20),
+            p99_ms: Some(40),
+            lag_p50_ms: Some(7_000),
+            lag_p99_ms: Some(9_000),
+        }
+    );
+    assert_eq!(
+        stats.buckets[1],
+        AttemptBucket::default(),
+        "empty: no percentiles"
+    );
+    assert_eq!(
+        stats.buckets[2],
+        AttemptBucket {
+            succeeded: 0,
+            failed: 2,
+            p50_ms: Some(5),
+            p99_ms: Some(100),
+            lag_p50_ms: Some(125_500),
+            lag_p99_ms: Some(134_000),
+        }
+    );
+    assert!(
+        stats.buckets[3..]
+            .iter()
+            .all(|b| *b == AttemptBucket::default())
+    );
+    assert_eq!(
+        stats.totals,
+        AttemptBucket {
+            succeeded: 4,
+            failed: 2,
+            p50_ms: Some(20),
+            p99_ms: Some(100),
+            lag_p50_ms: Some(8_000),
+            lag_p99_ms: Some(134_000),
+        }
+    );
+
+    let last = store
+        .last_failure(w.id, since_ms)
+        .await
+        .expect("last failure")
+        .expect("a failure");
+    assert_eq!(
+        last.delivery_id, ds[7].id,
+        "the latest, after the window too"
+    );
+    assert_eq!(
+        last.summary, "HTTP 500 after 7 ms",
+        "the attempt record, whole"
+    );
+    assert_eq!(
+        store
+            .last_failure(w.id, since_ms + 10 * minute + 1)
+            .await
+            .expect("read"),
+        None,
+        "nothing failed since"
+    );
+    assert_eq!(
+        store.last_failure(other.id, 0).await.expect("read"),
+        None,
+        "the other webhook never failed"
+    );
+
+    store.delete_webhook(w.id).await.expect("delete");
+    let gone = store.attempt_stats(w.id, &window).await.expect("stats");
+    assert_eq!(
+        gone.totals,
+        AttemptBucket::default(),
+        "deleted with the webhook"
+    );
+    assert_eq!(store.last_failure(w.id, 0).await.expect("read"), None);
+    let theirs_stats = store.attempt_stats(other.id, &window).await.expect("stats");
+    assert_eq!(
+        (
+            theirs_stats.buckets[0].succeeded,
+            theirs_stats.buckets[0].p50_ms
+        ),
+        (1, Some(999))
+    );
+}
+
+pub async fn an_event_lists_its_deliveries_to_every_webhook(store: Arc<dyn Store>) {
+    let a = webhook(&store, "a").await;
+    let b = webhook(&store, "b").await;
+    let e = event_at(now(), "order.created");
+    let (da, db) = (Delivery::new(&e, a.id, 0), Delivery::new(&e, b.id, 0));
+    store.append(&e, &[da.clone(), db.clone()]).expect("append");
+    let (_, unrelated) = queued_event(&store, &a, 0).await;
+    settle(&store).await;
+    let listed = store.deliveries_of_event(e.id).await.expect("list");
+    assert_eq!(listed, vec![da, db], "both webhooks', oldest first");
+    assert!(!listed.contains(&unrelated));
+    assert!(
+        store
+            .deliveries_of_event(Uuid::now_v7())
+            .await
+            .expect("list")
+            .is_empty()
+    );
+}
+
+pub async fn events_page_searches_the_payload_text(store: Arc<dyn Store>) {
+    let t0 = now() - time::Duration::minutes(10);
+    let mut ada = event_at(t0, "order.created");
+    ada.payload = serde_json::json!({"customer": "Ada Lovelace", "total": 12});
+    let mut bob = event_at(t0 + time::Duration::minutes(1), "order.created");
+    bob.payload = serde_json::json!({"note": "BOB", "n": [1, 2]});
+    let mut big = event_at(t0 + time::Duration::minutes(2), "scan.created");
+    big.payload = serde_json::json!({"pad": "x".repeat(10_000), "tag": "needle"});
+    for e in [&ada, &bob, &big] {
+        store.append(e, &[]).expect("append");
+    }
+    settle(&store).await;
+    let search = |text: &str, topic: Option<&str>| {
+        let store = Arc::clone(&store);
+        let q = EventQuery {
+            text: Some(text.to_lowercase()),
+            topic: topic.map(|t| globset::Glob::new(t).expect("glob").compile_matcher()),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        async move { store.events_page(&q).await.expect("search") }
+    };
+    assert_eq!(search("LOVELACE", None).await, vec![ada.clone()]);
+    // The compact JSON text: keys and values as hooktap writes them, whatever the backend.
+    assert_eq!(search(r#""note":"bob""#, None).await, vec![bob.clone()]);
+    assert_eq!(search(r#"[1,2]"#, None).await, vec![bob.clone()]);
+    assert_eq!(
+        search("needle", None).await,
+        vec![big.clone()],
+        "a large payload too"
+    );
+    assert_eq!(search("needle", Some("order.*")).await, vec![]);
+    assert_eq!(
+        search("created", None).await,
+        vec![],
+        "the topic is not the payload"
+    );
+    assert_eq!(
+        search("\"", None).await.len(),
+        3,
+        "every payload has a quote"
     );
 }

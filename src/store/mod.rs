@@ -313,6 +313,130 @@ pub struct QueueStats {
     pub oldest_ms: Option<u64>,
 }
 
+/// A window of a webhook's attempts cut into `buckets` equal buckets of `bucket_ms`, from
+/// `since_ms` (see [`Store::attempt_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatsWindow {
+    pub since_ms: u64,
+    pub bucket_ms: u64,
+    pub buckets: usize,
+}
+
+impl StatsWindow {
+    /// Where the window ends (exclusive).
+    pub fn until_ms(&self) -> u64 {
+        self.since_ms.saturating_add(
+            self.bucket_ms
+                .saturating_mul(u64::try_from(self.buckets).unwrap_or(u64::MAX)),
+        )
+    }
+
+    /// The bucket an attempt made at `at_ms` falls in, if it is in the window.
+    pub fn bucket_of(&self, at_ms: u64) -> Option<usize> {
+        if at_ms < self.since_ms || at_ms >= self.until_ms() || self.bucket_ms == 0 {
+            return None;
+        }
+        usize::try_from((at_ms - self.since_ms) / self.bucket_ms).ok()
+    }
+}
+
+/// What the attempts of one bucket (or of a whole window) came to. An attempt's *lag* is the
+/// time from its event's creation to the attempt's end (when its outcome was recorded), as
+/// the `delivery_lag_seconds` metric measures it, but over every attempt, failed ones too.
+/// Percentiles are discrete (the smallest value with at least that share of the attempts at
+/// or below it, PostgreSQL's `percentile_disc`), `None` without attempts.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AttemptBucket {
+    pub succeeded: u64,
+    pub failed: u64,
+    /// The receiver's response time (the attempt's `duration_ms`).
+    pub p50_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    pub lag_p50_ms: Option<u64>,
+    pub lag_p99_ms: Option<u64>,
+}
+
+/// One attempt as statistics see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptSample {
+    pub success: bool,
+    pub duration_ms: u64,
+    pub lag_ms: u64,
+}
+
+impl AttemptBucket {
+    /// The bucket of these attempts (their order does not matter).
+    pub fn of(samples: &[AttemptSample]) -> Self {
+        let mut durations: Vec<u64> = samples.iter().map(|s| s.duration_ms).collect();
+        let mut lags: Vec<u64> = samples.iter().map(|s| s.lag_ms).collect();
+        durations.sort_unstable();
+        lags.sort_unstable();
+        let succeeded = samples.iter().filter(|s| s.success).count() as u64;
+        Self {
+            succeeded,
+            failed: samples.len() as u64 - succeeded,
+            p50_ms: percentile_disc(&durations, 50),
+            p99_ms: percentile_disc(&durations, 99),
+            lag_p50_ms: percentile_disc(&lags, 50),
+            lag_p99_ms: percentile_disc(&lags, 99),
+        }
+    }
+}
+
+/// PostgreSQL's `percentile_disc(percent / 100)` over sorted values: the first value whose
+/// position (from 1) is at least `percent` % of the count. In integers, so that both backends
+/// agree to the row.
+pub fn percentile_disc(sorted: &[u64], percent: u64) -> Option<u64> {
+    let n = u64::try_from(sorted.len()).ok()?;
+    if n == 0 {
+        return None;
+    }
+    let position = (n * percent).div_ceil(100).max(1);
+    sorted.get(usize::try_from(position - 1).ok()?).copied()
+}
+
+/// A webhook's attempts over a [`StatsWindow`]: one entry per bucket, oldest first (dense:
+/// empty buckets too), and the whole window.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AttemptStats {
+    pub buckets: Vec<AttemptBucket>,
+    pub totals: AttemptBucket,
+}
+
+impl AttemptStats {
+    /// The statistics of `samples`, each with the time it was made (Unix ms); samples outside
+    /// the window are left out.
+    pub fn of(
+        window: &StatsWindow,
+        samples: impl IntoIterator<Item = (u64, AttemptSample)>,
+    ) -> Self {
+        let mut per_bucket: Vec<Vec<AttemptSample>> = vec![Vec::new(); window.buckets];
+        let mut all = Vec::new();
+        for (at_ms, sample) in samples {
+            if let Some(b) = window.bucket_of(at_ms).and_then(|b| per_bucket.get_mut(b)) {
+                b.push(sample);
+                all.push(sample);
+            }
+        }
+        Self {
+            buckets: per_bucket.iter().map(|b| AttemptBucket::of(b)).collect(),
+            totals: AttemptBucket::of(&all),
+        }
+    }
+}
+
+/// The most events a payload search ([`EventQuery::text`]) reads: it looks at the newest
+/// events that pass the other filters, this many at most, so that one search costs a bounded
+/// amount of work whatever the store holds. Narrow `since`/`until` to look further back.
+pub const MAX_TEXT_SCAN: usize = 10_000;
+
+/// Whether `payload`'s JSON text (compact, as hooktap writes it) contains `needle`, which is
+/// lower-case, ignoring case. Both backends match this way, on the decoded payload, so they
+/// agree whatever their storage formats.
+pub fn payload_contains(payload: &serde_json::Value, needle: &str) -> bool {
+    serde_json::to_string(payload).is_ok_and(|text| text.to_lowercase().contains(needle))
+}
+
 /// Which events to list: newest first, filtered.
 #[derive(Debug, Default, Clone)]
 pub struct EventQuery {
@@ -320,8 +444,20 @@ pub struct EventQuery {
     pub topic: Option<globset::GlobMatcher>,
     pub since: Option<OffsetDateTime>,
     pub until: Option<OffsetDateTime>,
+    /// Only events whose payload's JSON text contains this, ignoring case (lower-case here);
+    /// at most [`MAX_TEXT_SCAN`] events are read for it.
+    pub text: Option<String>,
     pub offset: usize,
     pub limit: usize,
+}
+
+impl EventQuery {
+    /// Whether an event passes the payload search (always, without one).
+    pub fn text_matches(&self, payload: &serde_json::Value) -> bool {
+        self.text
+            .as_deref()
+            .is_none_or(|needle| payload_contains(payload, needle))
+    }
 }
 
 /// The store contract. See the module documentation for the promises; `contract` tests them.
@@ -583,6 +719,24 @@ pub trait Store: Send + Sync + 'static {
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError>;
 
     async fn events_page(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
+
+    /// The deliveries of one event (to every webhook), oldest first.
+    async fn deliveries_of_event(&self, event: Uuid) -> Result<Vec<Delivery>, StoreError>;
+
+    /// What `webhook`'s attempts made within `window` came to, bucket by bucket. Reads only
+    /// the window's attempts, through an index by webhook and time on both backends.
+    async fn attempt_stats(
+        &self,
+        webhook: Uuid,
+        window: &StatsWindow,
+    ) -> Result<AttemptStats, StoreError>;
+
+    /// `webhook`'s most recent failed attempt made at or after `since_ms`.
+    async fn last_failure(
+        &self,
+        webhook: Uuid,
+        since_ms: u64,
+    ) -> Result<Option<Attempt>, StoreError>;
 
     async fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError>;
 

@@ -110,7 +110,7 @@ pub struct WebhookInput {
 /// both (JSON Schema compares values, not spellings, and a Python client writes a float that
 /// holds 8 as `8.0`), serde on its own only the first. Anything else, or a number `T` cannot
 /// hold, is refused as serde refuses it.
-fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: TryFrom<u64>,

@@ -24,7 +24,7 @@ mod settings;
 pub mod transform;
 
 pub use destination::{TopicsError, UrlError, check_url, compile_topics, mask_url};
-pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields};
+pub use input::{Defaults, FieldError, NewWebhook, WebhookInput, struct_fields, whole_number};
 pub use settings::{
     MAX_ORDERING_KEY, RateLimit, bounded_ordering_key, check_headers, check_ordering_key,
     compile_filter, ordering_key_of,

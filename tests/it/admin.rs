@@ -674,3 +674,306 @@ async fn secrets_never_appear_in_output_logs_or_metrics() {
         );
     }
 }
+
+/// Sums one field over a stats answer's buckets.
+fn bucket_sum(stats: &Value, field: &str) -> u64 {
+    stats["buckets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b[field].as_u64())
+        .sum()
+}
+
+/// Orders through the real proxy, delivered to a real receiver that fails the first attempt
+/// and answers slowly: the console's statistics, overview and event page show those attempts.
+#[tokio::test]
+async fn stats_overview_and_an_events_deliveries_come_from_real_attempts() {
+    use reqwest::Method;
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    receiver.script(&[500]);
+    receiver.set_delay(Duration::from_millis(40));
+    let proxy = started(&Setup::new(upstream).webhook(
+        "crm",
+        &receiver,
+        "retry = \"100ms\"\ntopics = [\"order.*\"]",
+    ))
+    .await;
+    post_order(&proxy, "ada@example.com").await;
+    post_order(&proxy, "bob@example.com").await;
+    let deliveries = proxy.wait_deliveries_final("crm", 2).await;
+    assert!(
+        deliveries.iter().all(|d| d["state"] == "delivered"),
+        "{deliveries:?}"
+    );
+    let id = proxy.webhook_id("crm").await;
+
+    for (window, buckets) in [("hour", 60), ("day", 1440)] {
+        let stats = proxy
+            .admin_get(&format!("/webhooks/{id}/stats?window={window}"))
+            .await;
+        assert_eq!(stats["window"], window);
+        assert_eq!(stats["bucket_seconds"], 60);
+        assert_eq!(stats["buckets"].as_array().map(Vec::len), Some(buckets));
+        // Two successes and the one failed first attempt, in the window's last minutes.
+        assert_eq!(
+            (
+                bucket_sum(&stats, "succeeded"),
+                bucket_sum(&stats, "failed")
+            ),
+            (2, 1),
+            "{window}"
+        );
+        let totals = &stats["totals"];
+        assert_eq!(
+            (&totals["succeeded"], &totals["failed"]),
+            (&json!(2), &json!(1))
+        );
+        let p50 = totals["p50_ms"].as_u64().expect("a median response time");
+        let p99 = totals["p99_ms"].as_u64().expect("a p99 response time");
+        assert!(
+            p50 >= 40 && p99 >= p50,
+            "the receiver waits 40 ms: {totals}"
+        );
+        let lag = totals["lag_p99_ms"].as_u64().expect("a lag");
+        assert!(
+            lag >= 100 + 40,
+            "the retry waited 100 ms after a 40 ms attempt: {totals}"
+        );
+        assert_eq!(stats["pending"], 0);
+        assert!(
+            stats["last_error"]["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("500")),
+            "{}",
+            stats["last_error"]
+        );
+        let empty = stats["buckets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["succeeded"] == 0 && b["failed"] == 0)
+            .expect("a minute without attempts");
+        assert_eq!(empty["p50_ms"], Value::Null);
+    }
+
+    let overview = proxy.admin_get("/overview").await;
+    assert_eq!(overview["store"]["backend"], "sled");
+    assert_eq!(overview["store"]["journal_backlog"], Value::Null);
+    assert_eq!(overview["store"]["pending"], 0);
+    let crm = &overview["webhooks"][0];
+    assert_eq!((&crm["name"], &crm["id"]), (&json!("crm"), &json!(id)));
+    assert_eq!((&crm["succeeded"], &crm["failed"]), (&json!(2), &json!(1)));
+    let spark = |k: &str| -> Vec<u64> {
+        crm["sparkline"][k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect()
+    };
+    assert_eq!(spark("succeeded").len(), 60);
+    assert_eq!(spark("succeeded").iter().sum::<u64>(), 2);
+    assert_eq!(spark("failed").iter().sum::<u64>(), 1);
+
+    // The event whose first attempt failed: its page lists the delivery with both attempts.
+    let failed_first = deliveries
+        .iter()
+        .find(|d| d["attempts"] == 2)
+        .expect("the delivery that was retried");
+    let event_id = failed_first["event_id"].as_str().expect("event id");
+    let listed = proxy
+        .admin_get(&format!("/events/{event_id}/deliveries"))
+        .await;
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["webhook_name"], "crm");
+    assert_eq!(listed[0]["delivery"]["id"], failed_first["id"]);
+    let attempts = listed[0]["attempts"].as_array().expect("attempts");
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a["response_code"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(500), json!(200)]
+    );
+    assert!(
+        attempts[0]["request_body"]
+            .as_str()
+            .is_some_and(|b| b.contains("@example.com")),
+        "{}",
+        attempts[0]
+    );
+    assert!(
+        attempts[0]["request_headers"]
+            .as_array()
+            .is_some_and(|h| !h.is_empty())
+    );
+
+    // The payload search finds each order by its customer.
+    let found = proxy.admin_get("/events?q=ADA%40EXAMPLE").await;
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    assert!(found[0]["payload"].to_string().contains("ada@example.com"));
+    let (status, body) = json_of(admin(&proxy, Method::GET, "/events?q=")).await;
+    assert_eq!((status, &body["field"]), (400, &json!("q")));
+
+    let unknown = uuid::Uuid::now_v7();
+    for path in [
+        format!("/webhooks/{unknown}/stats"),
+        format!("/events/{unknown}/deliveries"),
+    ] {
+        let (status, body) = json_of(admin(&proxy, Method::GET, &path)).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (404, &json!("not_found")),
+            "{path}"
+        );
+    }
+    let (status, body) = json_of(admin(
+        &proxy,
+        Method::GET,
+        &format!("/webhooks/{id}/stats?window=week"),
+    ))
+    .await;
+    assert_eq!((status, &body["field"]), (400, &json!("window")), "{body}");
+}
+
+/// A rule beside the example rules that derives one event per valid ticket.
+const TICKET_RULES: &str = r#"
+[[rule]]
+name = "tickets issued"
+topic = "ticket.issued"
+method = "POST"
+path = "/orders/{id}/tickets"
+status = [201]
+for_each = "$.response.body.tickets"
+when = [{ path = "$.item.valid", equals = true }]
+[rule.payload]
+order = "$.params.id"
+ticket = "$.item.code"
+"#;
+
+/// `POST /rules/try` with `exchange`; the status and the JSON answer.
+async fn try_rules(proxy: &TestProxy, exchange: Value) -> (u16, Value) {
+    json_of(admin(proxy, reqwest::Method::POST, "/rules/try").json(&exchange)).await
+}
+
+/// An order exchange as the shop answers it: `status` and the order's state.
+fn order_exchange(status: u16, state: &str) -> Value {
+    json!({
+        "request": {"method": "POST", "url": "/orders?source=web",
+                    "headers": [["content-type", "application/json"]],
+                    "body": "{\"email\": \"ada@example.com\", \"tickets\": 2}"},
+        "response": {"status": status,
+                     "headers": [["content-type", "application/json"], ["location", "/orders/7"]],
+                     "body": format!("{{\"id\": 7, \"status\": \"{state}\", \"total\": 40}}")}
+    })
+}
+
+/// The loaded rules (the example rules and a `for_each` rule) tried on pasted exchanges: the
+/// matches carry the payloads the proxy would derive, the misses say why, and nothing is
+/// stored or counted.
+#[tokio::test]
+async fn trying_rules_on_an_exchange_derives_nothing() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let proxy = started(
+        &Setup::new(upstream)
+            .rules(TICKET_RULES)
+            .webhook("crm", &receiver, ""),
+    )
+    .await;
+
+    let (status, tried) = try_rules(&proxy, order_exchange(201, "new")).await;
+    assert_eq!(status, 200, "{tried}");
+    assert_eq!(tried["misses"], json!([]));
+    assert_eq!(
+        tried["matches"],
+        json!([{"rule": "order created", "topic": "order.created", "notes": [],
+                "events": [{"topic": "order.created", "payload": {
+                    "id": 7, "status": "new", "email": "ada@example.com", "event_id": null,
+                    "tickets": 2, "total": 40, "location": "7"}}]}])
+    );
+
+    // A miss on `when`, and one on the status.
+    let (_, tried) = try_rules(&proxy, order_exchange(201, "cancelled")).await;
+    assert_eq!(tried["matches"], json!([]));
+    assert_eq!(tried["misses"][0]["rule"], "order created");
+    assert_eq!(tried["misses"][0]["reason"], "`when` did not hold");
+    let (_, tried) = try_rules(&proxy, order_exchange(400, "new")).await;
+    assert_eq!(
+        tried["misses"],
+        json!([{"rule": "order created", "reason": "status 400 is not one the rule takes (201)"}])
+    );
+
+    // for_each: one event per valid ticket, with the path parameter.
+    let tickets = json!({
+        "request": {"method": "POST", "url": "/orders/42/tickets"},
+        "response": {"status": 201, "headers": [["content-type", "application/json"]],
+                     "body": "{\"tickets\": [{\"code\": \"A\", \"valid\": true}, {\"code\": \"B\", \"valid\": false}, {\"code\": \"C\", \"valid\": true}]}"}
+    });
+    let (status, tried) = try_rules(&proxy, tickets).await;
+    assert_eq!(status, 200, "{tried}");
+    assert_eq!(
+        tried["matches"],
+        json!([{"rule": "tickets issued", "topic": "ticket.issued",
+                "notes": ["`when` did not hold for an item"],
+                "events": [
+                    {"topic": "ticket.issued", "payload": {"order": "42", "ticket": "A"}},
+                    {"topic": "ticket.issued", "payload": {"order": "42", "ticket": "C"}}]}])
+    );
+
+    // No rule for this path: nothing to say.
+    let (_, tried) = try_rules(
+        &proxy,
+        json!({"request": {"method": "GET", "url": "/health"}, "response": {"status": 200}}),
+    )
+    .await;
+    assert_eq!(tried, json!({"matches": [], "misses": []}));
+
+    // A malformed exchange names its part.
+    for (exchange, field) in [
+        (
+            json!({"request": {"method": "POST", "url": "orders"}, "response": {"status": 201}}),
+            "request.url",
+        ),
+        (
+            json!({"request": {"method": "P OST", "url": "/orders"}, "response": {"status": 201}}),
+            "request.method",
+        ),
+        (
+            json!({"request": {"method": "POST", "url": "/orders", "headers": [["bad name", "x"]]},
+                   "response": {"status": 201}}),
+            "request.headers",
+        ),
+        (
+            json!({"request": {"method": "POST", "url": "/orders"}, "response": {"status": 99}}),
+            "response.status",
+        ),
+    ] {
+        let (status, body) = try_rules(&proxy, exchange).await;
+        assert_eq!(
+            (status, &body["code"], &body["field"]),
+            (422, &json!("invalid_exchange"), &json!(field)),
+            "{body}"
+        );
+    }
+    let (status, body) =
+        try_rules(&proxy, json!({"request": {"method": "POST", "url": "/"}})).await;
+    assert_eq!(status, 400, "{body}");
+
+    // Nothing was derived: no event, no delivery, no count.
+    assert_eq!(proxy.admin_get("/events").await, json!([]));
+    let rules = proxy.admin_get("/rules").await;
+    assert!(
+        rules
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|r| r["events"] == 0),
+        "{rules}"
+    );
+    assert_eq!(proxy.metric_sum("hooktap_events_total").await, 0.0);
+    assert!(receiver.received().is_empty());
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 #[tokio::test]
-async fn the_demo_delivers_every_webhook_with_a_valid_signature_and_keeps_the_dashboard_up() {
+async fn the_demo_delivers_every_webhook_with_a_valid_signature_and_keeps_the_console_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A port picked free can be taken by a parallel test before the demo binds it: then start
     // again on other ports.
@@ -48,7 +48,7 @@ async fn the_demo_delivers_every_webhook_with_a_valid_signature_and_keeps_the_da
                     );
                 };
                 output.push(line.clone());
-                if let Some(rest) = line.strip_prefix("dashboard: ") {
+                if let Some(rest) = line.strip_prefix("console: ") {
                     let token = rest
                         .split("token: ")
                         .nth(1)
@@ -87,7 +87,7 @@ async fn the_demo_delivers_every_webhook_with_a_valid_signature_and_keeps_the_da
         .bearer_auth(&token)
         .send()
         .await
-        .expect("dashboard API");
+        .expect("console API");
     assert_eq!(r.status(), 200);
     let _ = demo.kill();
     let _ = demo.wait();

@@ -8,7 +8,6 @@
 //! - `delivery`: retries, restarts and failure outcomes.
 //! - `manage`: the delivery engine's Rust API in-process (status, delete, redeliver, ...).
 //! - `webhooks`: statuses, signature profiles, failure handling, modes, isolation.
-//! - `dashboard`: the dashboard in headless Chromium.
 //! - `hostile`: the catalogue of malformed and hostile input, config and traffic.
 //! - `demo`: `hooktap demo` from an empty directory.
 //! - `crash`: SIGKILL/SIGTERM loops under load (ignored by default: scripts/reliability.sh).
@@ -23,7 +22,6 @@ mod admin;
 mod cli;
 mod common;
 mod crash;
-mod dashboard;
 mod delivery;
 mod demo;
 mod durability;

@@ -48,8 +48,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Applied, BarrierStats, Durable, EventQuery, JournalStats, KeyHeads, Planner, QueueStats,
-    Recorded, Recording, Replaced, Requeued, Store, StoreConfig, StoreError, Swept,
+    Applied, AttemptStats, BarrierStats, Durable, EventQuery, JournalStats, KeyHeads, Planner,
+    QueueStats, Recorded, Recording, Replaced, Requeued, StatsWindow, Store, StoreConfig,
+    StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::store::SledStore;
@@ -719,6 +720,26 @@ impl Store for PgStore {
             Some(d) => Ok(Some(d)),
             None => self.journal.delivery(id),
         }
+    }
+
+    async fn deliveries_of_event(&self, event: Uuid) -> Result<Vec<Delivery>, StoreError> {
+        sql::deliveries_of_event(&self.client().await?, event).await
+    }
+
+    async fn attempt_stats(
+        &self,
+        webhook: Uuid,
+        window: &StatsWindow,
+    ) -> Result<AttemptStats, StoreError> {
+        sql::attempt_stats(&self.client().await?, webhook, window).await
+    }
+
+    async fn last_failure(
+        &self,
+        webhook: Uuid,
+        since_ms: u64,
+    ) -> Result<Option<Attempt>, StoreError> {
+        sql::last_failure(&self.client().await?, webhook, since_ms).await
     }
 
     async fn deliveries_of(

@@ -50,6 +50,21 @@ pub async fn migrate_with(client: &mut tokio_postgres::Client) -> Result<Vec<Str
         .collect())
 }
 
+/// Applies the migrations up to `version` only: a database as an older hooktap left it (tests
+/// of a later migration's upgrade of existing rows).
+#[cfg(test)]
+pub async fn migrate_to(
+    client: &mut tokio_postgres::Client,
+    version: u8,
+) -> Result<(), StoreError> {
+    runner()
+        .set_target(refinery::Target::Version(version.into()))
+        .run_async(client)
+        .await
+        .map(drop)
+        .map_err(|e| StoreError::Postgres(format!("cannot migrate the schema: {e}")))
+}
+
 /// Every migration this binary knows, with whether (and when) the database has it.
 pub async fn status_with(
     client: &mut tokio_postgres::Client,

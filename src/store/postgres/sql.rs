@@ -12,8 +12,9 @@ use uuid::Uuid;
 use super::pg_error;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, unix_ms};
 use crate::store::{
-    Applied, CounterChange, EventQuery, KeyHeads, Planner, QueueStats, Recorded, Recording,
-    Replaced, StoreError, Swept, WebhookPlan,
+    Applied, AttemptBucket, AttemptStats, CounterChange, EventQuery, KeyHeads, MAX_TEXT_SCAN,
+    Planner, QueueStats, Recorded, Recording, Replaced, StatsWindow, StoreError, Swept,
+    WebhookPlan,
 };
 use crate::webhook::{Counters, Webhook, WebhookStatus};
 
@@ -654,6 +655,12 @@ pub struct Outcome {
     queue: Vec<i64>,
     numbers: Vec<i32>,
     attempts: Vec<Json<serde_json::Value>>,
+    /// What statistics read, as columns (see V4__console.sql): when each attempt was made,
+    /// whether it succeeded, how long it took, and how long after its delivery was created.
+    attempt_ms: Vec<i64>,
+    successes: Vec<bool>,
+    durations: Vec<i64>,
+    lags: Vec<i64>,
 }
 
 impl Outcome {
@@ -700,6 +707,18 @@ impl Outcome {
                 .iter()
                 .map(|r| jsonb(&r.attempt))
                 .collect::<Result<_, _>>()?,
+            attempt_ms: changes
+                .iter()
+                .map(|r| ms(unix_ms(r.attempt.created_at)))
+                .collect(),
+            successes: changes.iter().map(|r| r.attempt.success).collect(),
+            durations: changes.iter().map(|r| ms(r.attempt.duration_ms)).collect(),
+            lags: changes
+                .iter()
+                .map(|r| {
+                    ms(unix_ms(r.attempt.created_at).saturating_sub(unix_ms(r.before.created_at)))
+                })
+                .collect(),
         })
     }
 
@@ -782,13 +801,41 @@ pub async fn record_many(
         .collect();
     let attempts: Vec<&Json<serde_json::Value>> =
         outcomes.iter().flat_map(|o| o.attempts.iter()).collect();
+    let flat_i64 = |f: fn(&Outcome) -> &Vec<i64>| -> Vec<i64> {
+        outcomes.iter().flat_map(|o| f(o).iter().copied()).collect()
+    };
+    let attempt_ms = flat_i64(|o| &o.attempt_ms);
+    let durations = flat_i64(|o| &o.durations);
+    let lags = flat_i64(|o| &o.lags);
+    let successes: Vec<bool> = outcomes
+        .iter()
+        .flat_map(|o| o.successes.iter().copied())
+        .collect();
     let statement = c.prepare_cached(RECORD_MANY).await.map_err(record_error)?;
     let rows = c
         .query(
             &statement,
             &[
-                &req, &webhook, &delivered, &failed, &retries, &at, &disable, &updated, &of_req,
-                &ids, &records, &pending, &queue, &numbers, &attempts, &owner,
+                &req,
+                &webhook,
+                &delivered,
+                &failed,
+                &retries,
+                &at,
+                &disable,
+                &updated,
+                &of_req,
+                &ids,
+                &records,
+                &pending,
+                &queue,
+                &numbers,
+                &attempts,
+                &owner,
+                &attempt_ms,
+                &successes,
+                &durations,
+                &lags,
             ],
         )
         .await
@@ -836,8 +883,10 @@ w AS MATERIALIZED (
 u AS MATERIALIZED (
     SELECT u.*, r.webhook_id
       FROM UNNEST($9::int4[], $10::uuid[], $11::jsonb[], $12::bool[], $13::int8[],
-                  $14::int4[], $15::jsonb[])
-           AS u(req, id, record, pending, queue_ms, number, attempt)
+                  $14::int4[], $15::jsonb[], $17::int8[], $18::bool[], $19::int8[],
+                  $20::int8[])
+           AS u(req, id, record, pending, queue_ms, number, attempt, created_ms, success,
+                duration_ms, lag_ms)
       JOIN r ON r.req = u.req
       JOIN w ON w.id = r.webhook_id),
 states AS (
@@ -850,9 +899,14 @@ states AS (
        AND (d.lease_owner IS NULL OR d.lease_owner = $16)
     RETURNING d.id),
 logged AS (
-    INSERT INTO attempts (delivery_id, number, webhook_id, record)
-    SELECT u.id, u.number, u.webhook_id, u.attempt FROM u JOIN states ON states.id = u.id
-    ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record
+    INSERT INTO attempts (delivery_id, number, webhook_id, record,
+                          created_ms, success, duration_ms, lag_ms)
+    SELECT u.id, u.number, u.webhook_id, u.attempt,
+           u.created_ms, u.success, u.duration_ms, u.lag_ms
+      FROM u JOIN states ON states.id = u.id
+    ON CONFLICT (delivery_id, number) DO UPDATE SET record = EXCLUDED.record,
+        created_ms = EXCLUDED.created_ms, success = EXCLUDED.success,
+        duration_ms = EXCLUDED.duration_ms, lag_ms = EXCLUDED.lag_ms
     RETURNING 1),
 -- A request whose deliveries were all fenced out (its lease was taken over) changes no
 -- counter: the instance that took the delivery over counts its own attempt.
@@ -984,6 +1038,7 @@ pub async fn events_page(c: &impl GenericClient, q: &EventQuery) -> Result<Vec<E
     let since = q.since.map_or(i64::MIN, |t| ms(unix_ms(t)));
     let until = q.until.map_or(i64::MAX, |t| ms(unix_ms(t)));
     let mut skipped = 0;
+    let mut searched = 0;
     // Keyset pagination: (created_ms, id) of the last row seen.
     let mut before: (i64, Uuid) = (i64::MAX, Uuid::max());
     loop {
@@ -1000,6 +1055,17 @@ pub async fn events_page(c: &impl GenericClient, q: &EventQuery) -> Result<Vec<E
             let e: Event = decode(r, 0)?;
             if q.topic.as_ref().is_some_and(|g| !g.is_match(&e.topic)) {
                 continue;
+            }
+            if q.text.is_some() {
+                // Matched here, on the decoded payload, as the sled store does: jsonb's own
+                // text (its key order and spacing) is not the payload's JSON text.
+                if searched >= MAX_TEXT_SCAN {
+                    return Ok(out);
+                }
+                searched += 1;
+                if !q.text_matches(&e.payload) {
+                    continue;
+                }
             }
             if skipped < q.offset {
                 skipped += 1;
@@ -1033,6 +1099,91 @@ pub async fn deliveries_of(
     )
     .await?;
     rows.iter().map(|r| decode(r, 0)).collect()
+}
+
+/// An event's deliveries, oldest first.
+pub async fn deliveries_of_event(
+    c: &impl GenericClient,
+    event: Uuid,
+) -> Result<Vec<Delivery>, StoreError> {
+    let rows = rows(
+        c,
+        "SELECT record FROM deliveries WHERE event_id = $1 ORDER BY id",
+        &[&event],
+    )
+    .await?;
+    rows.iter().map(|r| decode(r, 0)).collect()
+}
+
+/// A webhook's attempts over a window, per bucket and in total, aggregated by PostgreSQL
+/// (`GROUPING SETS`, `percentile_disc`) from the `attempts_by_time` index: one row per bucket
+/// with attempts and one for the window.
+pub async fn attempt_stats(
+    c: &impl GenericClient,
+    webhook: Uuid,
+    window: &StatsWindow,
+) -> Result<AttemptStats, StoreError> {
+    let rows = rows(
+        c,
+        "SELECT (created_ms - $2) / $3 AS bucket,
+                count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success),
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY duration_ms),
+                percentile_disc(0.99) WITHIN GROUP (ORDER BY duration_ms),
+                percentile_disc(0.5) WITHIN GROUP (ORDER BY lag_ms),
+                percentile_disc(0.99) WITHIN GROUP (ORDER BY lag_ms),
+                GROUPING((created_ms - $2) / $3)
+         FROM attempts
+         WHERE webhook_id = $1 AND created_ms >= $2 AND created_ms < $4
+         GROUP BY GROUPING SETS (((created_ms - $2) / $3), ())",
+        &[
+            &webhook,
+            &ms(window.since_ms),
+            &ms(window.bucket_ms.max(1)),
+            &ms(window.until_ms()),
+        ],
+    )
+    .await?;
+    let mut stats = AttemptStats {
+        buckets: vec![AttemptBucket::default(); window.buckets],
+        totals: AttemptBucket::default(),
+    };
+    for r in &rows {
+        let bucket = AttemptBucket {
+            succeeded: count(r.get(1)),
+            failed: count(r.get(2)),
+            p50_ms: r.get::<_, Option<i64>>(3).map(count),
+            p99_ms: r.get::<_, Option<i64>>(4).map(count),
+            lag_p50_ms: r.get::<_, Option<i64>>(5).map(count),
+            lag_p99_ms: r.get::<_, Option<i64>>(6).map(count),
+        };
+        if r.get::<_, i32>(7) == 1 {
+            stats.totals = bucket;
+        } else if let Some(slot) = r
+            .get::<_, Option<i64>>(0)
+            .and_then(|b| usize::try_from(b).ok())
+            .and_then(|b| stats.buckets.get_mut(b))
+        {
+            *slot = bucket;
+        }
+    }
+    Ok(stats)
+}
+
+/// A webhook's most recent failed attempt at or after `since_ms`.
+pub async fn last_failure(
+    c: &impl GenericClient,
+    webhook: Uuid,
+    since_ms: u64,
+) -> Result<Option<Attempt>, StoreError> {
+    let row = row_opt(
+        c,
+        "SELECT record FROM attempts
+         WHERE webhook_id = $1 AND created_ms >= $2 AND NOT success
+         ORDER BY created_ms DESC, delivery_id DESC, number DESC LIMIT 1",
+        &[&webhook, &ms(since_ms)],
+    )
+    .await?;
+    row.map(|r| decode(&r, 0)).transpose()
 }
 
 pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {

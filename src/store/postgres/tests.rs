@@ -1310,3 +1310,82 @@ async fn an_outcome_that_cannot_be_recorded_leaves_its_deliveries_to_be_sent_aga
         assert!(b.attempts(d.id).await.expect("attempts").is_empty());
     }
 }
+
+/// `V4__console` gives the attempts an older hooktap recorded what statistics read, from their
+/// records: after the upgrade they count like new ones.
+#[tokio::test]
+async fn the_console_migration_fills_in_the_statistics_of_older_attempts() {
+    let cluster = Arc::new(Cluster::start());
+    let url = cluster.database();
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let connection = tokio::spawn(connection);
+    super::schema::migrate_to(&mut client, 3)
+        .await
+        .expect("V1 to V3");
+    let minute = 60_000;
+    let since_ms = (crate::event::unix_ms(OffsetDateTime::now_utc()) / minute - 5) * minute;
+    let e = event();
+    let d = Delivery::new(&e, Uuid::now_v7(), 0);
+    let mut a = crate::store::contract::attempt(&d, 1, false);
+    a.created_at = OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(since_ms + 2 * minute + 2_000) * 1_000_000,
+    )
+    .expect("a time");
+    a.duration_ms = 33;
+    a.summary = "HTTP 503".to_owned();
+    let created_ms = i64::try_from(since_ms + 2 * minute).expect("ms");
+    client
+        .execute(
+            "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
+             VALUES ($1, $2, $3, $4, false, $4, '{}'::jsonb)",
+            &[&d.id, &e.id, &d.webhook_id, &created_ms],
+        )
+        .await
+        .expect("an old delivery");
+    client
+        .execute(
+            "INSERT INTO attempts (delivery_id, number, webhook_id, record) VALUES ($1, 1, $2, $3)",
+            &[
+                &d.id,
+                &d.webhook_id,
+                &tokio_postgres::types::Json(serde_json::to_value(&a).expect("json")),
+            ],
+        )
+        .await
+        .expect("an old attempt");
+    drop(client);
+    connection.abort();
+
+    // Opening the store applies V4.
+    let (_dir, store) = store_on(&url, Duration::from_secs(60)).await;
+    let window = crate::store::StatsWindow {
+        since_ms,
+        bucket_ms: minute,
+        buckets: 5,
+    };
+    let stats = store
+        .attempt_stats(d.webhook_id, &window)
+        .await
+        .expect("stats");
+    assert_eq!(
+        stats.buckets[2],
+        crate::store::AttemptBucket {
+            succeeded: 0,
+            failed: 1,
+            p50_ms: Some(33),
+            p99_ms: Some(33),
+            lag_p50_ms: Some(2_000),
+            lag_p99_ms: Some(2_000),
+        }
+    );
+    assert_eq!(
+        store
+            .last_failure(d.webhook_id, since_ms)
+            .await
+            .expect("last failure")
+            .map(|a| a.summary),
+        Some("HTTP 503".to_owned())
+    );
+}

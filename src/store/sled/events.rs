@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{Durable, SledStore, keys};
 use crate::event::{Delivery, Event};
-use crate::store::{EventQuery, FlushMode, StoreError};
+use crate::store::{EventQuery, FlushMode, MAX_TEXT_SCAN, StoreError};
 
 /// Payloads bigger than this are kept in a file (measured: inline, +200 MB RSS per 200 MB of
 /// 64 KiB values, +31 MB for 1 KiB values).
@@ -124,17 +124,21 @@ impl SledStore {
         }
     }
 
-    /// Events newest first, filtered by topic and creation time, skipping `offset`.
+    /// Events newest first, filtered by topic, creation time and payload text, skipping
+    /// `offset`. A payload search reads at most [`MAX_TEXT_SCAN`] events.
     pub fn events_page(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
         let mut skipped = 0;
+        let mut searched = 0;
         if q.limit == 0 {
             return Ok(out);
         }
         for entry in self.db()?.scan_prefix([keys::EVENT]).rev() {
             let (_, v) = entry?;
-            // Filter on the small head; read a payload file only for events that are returned.
-            let event = serde_json::from_slice::<StoredEvent>(&v)?.event;
+            // Filter on the small head; read a payload file only for events that are returned
+            // (or searched).
+            let stored = serde_json::from_slice::<StoredEvent>(&v)?;
+            let event = &stored.event;
             if q.since.is_some_and(|s| event.created_at < s) {
                 break;
             }
@@ -142,6 +146,20 @@ impl SledStore {
                 || q.topic.as_ref().is_some_and(|t| !t.is_match(&event.topic))
             {
                 continue;
+            }
+            if q.text.is_some() {
+                if searched >= MAX_TEXT_SCAN {
+                    break;
+                }
+                searched += 1;
+                let matches = if stored.payload_file.is_some() {
+                    q.text_matches(&self.load_event(&v)?.payload)
+                } else {
+                    q.text_matches(&event.payload)
+                };
+                if !matches {
+                    continue;
+                }
             }
             if skipped < q.offset {
                 skipped += 1;

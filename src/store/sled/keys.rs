@@ -13,6 +13,8 @@ pub(super) const BY_EVENT: u8 = b'v';
 pub(super) const ATTEMPT: u8 = b'a';
 pub(super) const WEBHOOK: u8 = b'w';
 pub(super) const DEDUPE: u8 = b'k';
+/// A webhook's attempts by time, for statistics.
+pub(super) const ATTEMPT_BY_TIME: u8 = b't';
 /// A journalled event's dedupe claim (shared stores: claimed again when the event moves in).
 pub(super) const DEDUPE_MARK: u8 = b'K';
 
@@ -91,6 +93,52 @@ pub(super) fn by_event(d: &Delivery) -> Vec<u8> {
 
 pub(super) fn attempt(delivery: Uuid, number: u32) -> Vec<u8> {
     key(ATTEMPT, &[delivery.as_bytes(), &number.to_be_bytes()])
+}
+
+/// `t` webhook id, attempt time (Unix ms, big-endian u64), delivery id, attempt number: a
+/// webhook's attempts in time order.
+pub(super) fn attempt_by_time(webhook: Uuid, at_ms: u64, delivery: Uuid, number: u32) -> Vec<u8> {
+    key(
+        ATTEMPT_BY_TIME,
+        &[
+            webhook.as_bytes(),
+            &at_ms.to_be_bytes(),
+            delivery.as_bytes(),
+            &number.to_be_bytes(),
+        ],
+    )
+}
+
+/// The start of `webhook`'s attempts made at or after `at_ms`.
+pub(super) fn attempt_by_time_from(webhook: Uuid, at_ms: u64) -> Vec<u8> {
+    key(ATTEMPT_BY_TIME, &[webhook.as_bytes(), &at_ms.to_be_bytes()])
+}
+
+/// The time, delivery and number in an `attempt_by_time` key.
+pub(super) fn attempt_by_time_parts(k: &[u8]) -> Option<(u64, Uuid, u32)> {
+    let at = u64::from_be_bytes(k.get(17..25)?.try_into().ok()?);
+    let delivery = Uuid::from_slice(k.get(25..41)?).ok()?;
+    let number = u32::from_be_bytes(k.get(41..45)?.try_into().ok()?);
+    Some((at, delivery, number))
+}
+
+/// The value of an `attempt_by_time` entry: success (1 byte), duration ms and lag ms
+/// (big-endian u64 each): all statistics read, so no attempt record is decoded for them.
+pub(super) fn attempt_sample(s: &crate::store::AttemptSample) -> [u8; 17] {
+    let mut v = [0u8; 17];
+    v[0] = u8::from(s.success);
+    v[1..9].copy_from_slice(&s.duration_ms.to_be_bytes());
+    v[9..17].copy_from_slice(&s.lag_ms.to_be_bytes());
+    v
+}
+
+/// The sample an `attempt_by_time` value holds.
+pub(super) fn attempt_sample_of(v: &[u8]) -> Option<crate::store::AttemptSample> {
+    Some(crate::store::AttemptSample {
+        success: *v.first()? == 1,
+        duration_ms: u64::from_be_bytes(v.get(1..9)?.try_into().ok()?),
+        lag_ms: u64::from_be_bytes(v.get(9..17)?.try_into().ok()?),
+    })
 }
 
 /// The id at the end of a key (every index key ends with the 16-byte id it points to).

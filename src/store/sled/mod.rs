@@ -15,6 +15,7 @@
 //! | `x` webhook id, delivery id | empty: a webhook's deliveries, in time order |
 //! | `v` event id, delivery id | empty: an event's deliveries |
 //! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`](crate::event::Attempt) (JSON) |
+//! | `t` webhook id, attempt time ms (big-endian u64), delivery id, attempt number | success, duration ms, lag ms (17 bytes): attempt statistics |
 //! | `w` webhook id | [`Webhook`](crate::webhook::Webhook) (JSON) |
 //! | `k` dedupe key digest | the claim's end, Unix ms (big-endian u64) |
 //! | `K` event id | journal only: the event's dedupe key digest and the claim's end |
@@ -32,6 +33,11 @@
 //! - `pending`: events held as files while the database is not open.
 //! - `retention`: the sweep of old records.
 //! - `dedupe`: the keys of rules' `dedupe` claims.
+//! - `stats`: attempt statistics from the `t` index.
+//!
+//! The `t` index came with the console (issue 15): a store written by an older hooktap has
+//! none for its earlier attempts, so statistics count attempts from the upgrade on (the
+//! window they show is at most a day, so they are whole a day after the upgrade).
 
 mod barrier;
 pub use barrier::Durable;
@@ -43,6 +49,7 @@ mod keys;
 mod pending;
 mod queue;
 mod retention;
+mod stats;
 mod webhooks;
 
 use std::collections::HashSet;
@@ -56,8 +63,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording, Replaced,
-    Requeued, Store, StoreConfig, StoreError, Swept,
+    AttemptStats, BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording,
+    Replaced, Requeued, StatsWindow, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::webhook::Webhook;
@@ -603,6 +610,26 @@ impl Store for SledStore {
 
     async fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
         SledStore::delivery(self, id)
+    }
+
+    async fn deliveries_of_event(&self, event: Uuid) -> Result<Vec<Delivery>, StoreError> {
+        SledStore::deliveries_of_event(self, event)
+    }
+
+    async fn attempt_stats(
+        &self,
+        webhook: Uuid,
+        window: &StatsWindow,
+    ) -> Result<AttemptStats, StoreError> {
+        SledStore::attempt_stats(self, webhook, window)
+    }
+
+    async fn last_failure(
+        &self,
+        webhook: Uuid,
+        since_ms: u64,
+    ) -> Result<Option<Attempt>, StoreError> {
+        SledStore::last_failure(self, webhook, since_ms)
     }
 
     async fn deliveries_of(

@@ -223,6 +223,8 @@ impl SledStore {
                     keys::attempt(c.attempt.delivery_id, c.attempt.number),
                     serde_json::to_vec(&c.attempt)?,
                 )?;
+                let (index, sample) = Self::attempt_index(&c.before, &c.attempt);
+                db.insert(index, &sample[..])?;
                 db.insert(keys::delivery(c.after.id), serde_json::to_vec(&c.after)?)?;
             }
             if let Some(w) = record {

@@ -10,7 +10,9 @@ use crate::store::{StoreError, Swept};
 impl SledStore {
     /// Removes every event created before `cutoff` none of whose deliveries is still pending,
     /// with its deliveries and their attempts. Events are scanned oldest first, so the sweep
-    /// stops at the first event younger than the cutoff.
+    /// stops at the first event younger than the cutoff. The statistics index loses its
+    /// entries older than the cutoff (those of a pending delivery's attempts too: statistics
+    /// cover at most a day).
     pub fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
         let mut swept = Swept::default();
         for entry in self.db()?.scan_prefix([keys::EVENT]) {
@@ -65,6 +67,7 @@ impl SledStore {
             swept.deliveries += this.deliveries;
             swept.attempts += this.attempts;
         }
+        self.sweep_attempt_index(crate::event::unix_ms(cutoff))?;
         // Dedupe claims end on their own clock, not the retention's.
         self.sweep_dedupe(crate::event::unix_ms(OffsetDateTime::now_utc()))?;
         Ok(swept)

@@ -107,6 +107,9 @@ impl SledStore {
                     batch.remove(a?.0);
                 }
             }
+            for entry in db.scan_prefix(keys::key(keys::ATTEMPT_BY_TIME, &[id.as_bytes()])) {
+                batch.remove(entry?.0);
+            }
             db.apply_batch(batch)?;
             Ok(pending)
         })

@@ -1,0 +1,211 @@
+//! Attempt statistics: the `t` index (webhook, time) and what is read from it.
+//!
+//! `record_attempts` writes one small entry per attempt beside the attempt log; statistics
+//! over a window are one range scan of it, decoding 17 bytes per attempt and no record. The
+//! retention sweep prunes it by time, and deleting a webhook drops its entries.
+
+use uuid::Uuid;
+
+use super::{SledStore, keys};
+use crate::event::{Attempt, Delivery, unix_ms};
+use crate::store::{AttemptSample, AttemptStats, StatsWindow, StoreError};
+
+impl SledStore {
+    /// The index entry of `attempt` of `delivery` (the delivery as it was before the attempt:
+    /// its creation time is the event's).
+    pub(super) fn attempt_index(delivery: &Delivery, attempt: &Attempt) -> (Vec<u8>, [u8; 17]) {
+        let at_ms = unix_ms(attempt.created_at);
+        let sample = AttemptSample {
+            success: attempt.success,
+            duration_ms: attempt.duration_ms,
+            lag_ms: at_ms.saturating_sub(unix_ms(delivery.created_at)),
+        };
+        (
+            keys::attempt_by_time(
+                attempt.webhook_id,
+                at_ms,
+                attempt.delivery_id,
+                attempt.number,
+            ),
+            keys::attempt_sample(&sample),
+        )
+    }
+
+    /// `webhook`'s attempts within `window`, bucket by bucket: one range scan of the index.
+    pub fn attempt_stats(
+        &self,
+        webhook: Uuid,
+        window: &StatsWindow,
+    ) -> Result<AttemptStats, StoreError> {
+        let db = self.db()?;
+        let range = keys::attempt_by_time_from(webhook, window.since_ms)
+            ..keys::attempt_by_time_from(webhook, window.until_ms());
+        let mut samples = Vec::new();
+        for entry in db.range(range) {
+            let (k, v) = entry?;
+            if let (Some((at, ..)), Some(sample)) =
+                (keys::attempt_by_time_parts(&k), keys::attempt_sample_of(&v))
+            {
+                samples.push((at, sample));
+            }
+        }
+        Ok(AttemptStats::of(window, samples))
+    }
+
+    /// `webhook`'s most recent failed attempt made at or after `since_ms`: the index read
+    /// backwards from now, one attempt record decoded.
+    pub fn last_failure(
+        &self,
+        webhook: Uuid,
+        since_ms: u64,
+    ) -> Result<Option<Attempt>, StoreError> {
+        let db = self.db()?;
+        let range = keys::attempt_by_time_from(webhook, since_ms)
+            ..keys::attempt_by_time_from(webhook, u64::MAX);
+        for entry in db.range(range).rev() {
+            let (k, v) = entry?;
+            if keys::attempt_sample_of(&v).is_some_and(|s| !s.success) {
+                if let Some((_, delivery, number)) = keys::attempt_by_time_parts(&k) {
+                    if let Some(a) = self.get(keys::attempt(delivery, number))? {
+                        return Ok(Some(a));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes the index entries of attempts made before `cutoff_ms`, webhook by webhook: a
+    /// range per webhook, so the sweep reads only what it removes (and one key per webhook).
+    pub(super) fn sweep_attempt_index(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let db = self.db()?;
+        let mut removed = 0;
+        let mut from = vec![keys::ATTEMPT_BY_TIME];
+        loop {
+            let Some(first) = db
+                .range(from.clone()..)
+                .keys()
+                .next()
+                .transpose()?
+                .filter(|k| k.first() == Some(&keys::ATTEMPT_BY_TIME))
+            else {
+                break;
+            };
+            let Some(webhook) = first.get(1..17).and_then(|b| Uuid::from_slice(b).ok()) else {
+                break;
+            };
+            let mut batch = sled::Batch::default();
+            for k in db
+                .range(
+                    keys::attempt_by_time_from(webhook, 0)
+                        ..keys::attempt_by_time_from(webhook, cutoff_ms),
+                )
+                .keys()
+            {
+                batch.remove(k?);
+                removed += 1;
+            }
+            self.write_freeing(|db| Ok(db.apply_batch(batch)?))?;
+            // The next webhook's entries start at the next id.
+            let Some(next) = webhook.as_u128().checked_add(1) else {
+                break;
+            };
+            from = keys::key(keys::ATTEMPT_BY_TIME, &[Uuid::from_u128(next).as_bytes()]);
+        }
+        Ok(removed)
+    }
+
+    /// An event's deliveries, oldest first.
+    pub fn deliveries_of_event(&self, event: Uuid) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self
+            .db()?
+            .scan_prefix(keys::key(keys::BY_EVENT, &[event.as_bytes()]))
+        {
+            let (k, _) = entry?;
+            if let Some(d) = keys::trailing_id(&k)
+                .map(|id| self.delivery(id))
+                .transpose()?
+                .flatten()
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+
+    use super::super::open_for_tests as open;
+    use super::*;
+    use crate::event::{DeliveryState, Event, Topic};
+    use crate::store::Recorded;
+    use crate::webhook::{Origin, Webhook, WebhookSpec};
+
+    /// One attempt made `days_ago`, recorded for a new event's delivery to `w`.
+    fn attempt_days_ago(s: &SledStore, w: &Webhook, days_ago: i64) -> Delivery {
+        let mut e = Event::new(
+            &Topic::parse("order.created").expect("topic"),
+            "r",
+            serde_json::json!({}),
+        );
+        e.created_at = OffsetDateTime::now_utc() - time::Duration::days(days_ago);
+        let d = Delivery::new(&e, w.id, 0);
+        s.append(&e, std::slice::from_ref(&d)).expect("append");
+        let mut after = d.clone();
+        after.state = DeliveryState::Pending;
+        after.attempts = 1;
+        let mut a = crate::store::contract::attempt(&d, 1, false);
+        a.created_at = e.created_at + time::Duration::seconds(1);
+        let change = Recorded {
+            before: d.clone(),
+            after,
+            attempt: a,
+        };
+        assert!(s.record_attempts(w.id, &[change], None).expect("record"));
+        d
+    }
+
+    fn index_len(s: &SledStore) -> usize {
+        s.db()
+            .expect("open")
+            .scan_prefix([keys::ATTEMPT_BY_TIME])
+            .count()
+    }
+
+    #[test]
+    fn the_sweep_prunes_the_index_by_time_for_every_webhook() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let a = Webhook::new(WebhookSpec::example("a"), Origin::Api);
+        let b = Webhook::new(WebhookSpec::example("b"), Origin::Api);
+        for w in [&a, &b] {
+            s.put_webhook(w).expect("put");
+            attempt_days_ago(&s, w, 40);
+            attempt_days_ago(&s, w, 0);
+        }
+        // A webhook deleted without its index entries (a store written mid-crash).
+        let gone = Webhook::new(WebhookSpec::example("gone"), Origin::Api);
+        s.put_webhook(&gone).expect("put");
+        attempt_days_ago(&s, &gone, 40);
+        assert_eq!(index_len(&s), 5);
+        // The old deliveries are still pending, so their records stay; their index goes.
+        s.sweep(OffsetDateTime::now_utc() - time::Duration::days(30))
+            .expect("sweep");
+        assert_eq!(index_len(&s), 2, "one young attempt per webhook is left");
+        let window = StatsWindow {
+            since_ms: unix_ms(OffsetDateTime::now_utc()) - 3_600_000,
+            bucket_ms: 60_000,
+            buckets: 61,
+        };
+        for w in [&a, &b] {
+            assert_eq!(
+                s.attempt_stats(w.id, &window).expect("stats").totals.failed,
+                1
+            );
+        }
+    }
+}

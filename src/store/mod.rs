@@ -410,19 +410,106 @@ impl AttemptStats {
         window: &StatsWindow,
         samples: impl IntoIterator<Item = (u64, AttemptSample)>,
     ) -> Self {
-        let mut per_bucket: Vec<Vec<AttemptSample>> = vec![Vec::new(); window.buckets];
-        let mut all = Vec::new();
+        let mut acc = StatsAccumulator::new(window);
         for (at_ms, sample) in samples {
-            if let Some(b) = window.bucket_of(at_ms).and_then(|b| per_bucket.get_mut(b)) {
-                b.push(sample);
-                all.push(sample);
-            }
+            acc.add(at_ms, sample);
         }
+        acc.finish()
+    }
+}
+
+/// [`AttemptStats`] gathered while scanning: each sample is kept once, as a duration and a
+/// lag in its bucket's vectors; the window's percentiles are found in the sorted buckets
+/// without copying them into one.
+pub struct StatsAccumulator {
+    window: StatsWindow,
+    buckets: Vec<BucketSamples>,
+}
+
+#[derive(Default, Clone)]
+struct BucketSamples {
+    succeeded: u64,
+    durations: Vec<u64>,
+    lags: Vec<u64>,
+}
+
+impl StatsAccumulator {
+    pub fn new(window: &StatsWindow) -> Self {
         Self {
-            buckets: per_bucket.iter().map(|b| AttemptBucket::of(b)).collect(),
-            totals: AttemptBucket::of(&all),
+            window: *window,
+            buckets: vec![BucketSamples::default(); window.buckets],
         }
     }
+
+    /// Counts an attempt made at `at_ms`; one outside the window is left out.
+    pub fn add(&mut self, at_ms: u64, sample: AttemptSample) {
+        if let Some(b) = self
+            .window
+            .bucket_of(at_ms)
+            .and_then(|b| self.buckets.get_mut(b))
+        {
+            b.succeeded += u64::from(sample.success);
+            b.durations.push(sample.duration_ms);
+            b.lags.push(sample.lag_ms);
+        }
+    }
+
+    pub fn finish(mut self) -> AttemptStats {
+        for b in &mut self.buckets {
+            b.durations.sort_unstable();
+            b.lags.sort_unstable();
+        }
+        let bucket = |b: &BucketSamples| AttemptBucket {
+            succeeded: b.succeeded,
+            failed: b.durations.len() as u64 - b.succeeded,
+            p50_ms: percentile_disc(&b.durations, 50),
+            p99_ms: percentile_disc(&b.durations, 99),
+            lag_p50_ms: percentile_disc(&b.lags, 50),
+            lag_p99_ms: percentile_disc(&b.lags, 99),
+        };
+        let durations: Vec<&[u64]> = self.buckets.iter().map(|b| &b.durations[..]).collect();
+        let lags: Vec<&[u64]> = self.buckets.iter().map(|b| &b.lags[..]).collect();
+        let succeeded: u64 = self.buckets.iter().map(|b| b.succeeded).sum();
+        let count: u64 = self.buckets.iter().map(|b| b.durations.len() as u64).sum();
+        AttemptStats {
+            buckets: self.buckets.iter().map(bucket).collect(),
+            totals: AttemptBucket {
+                succeeded,
+                failed: count - succeeded,
+                p50_ms: percentile_disc_of_sorted(&durations, 50),
+                p99_ms: percentile_disc_of_sorted(&durations, 99),
+                lag_p50_ms: percentile_disc_of_sorted(&lags, 50),
+                lag_p99_ms: percentile_disc_of_sorted(&lags, 99),
+            },
+        }
+    }
+}
+
+/// [`percentile_disc`] over the union of several sorted lists, without merging them: the
+/// smallest value with at least the wanted position's count at or below it (a binary search
+/// over values, counting with a binary search in each list).
+fn percentile_disc_of_sorted(lists: &[&[u64]], percent: u64) -> Option<u64> {
+    let n: u64 = lists.iter().map(|l| l.len() as u64).sum();
+    if n == 0 {
+        return None;
+    }
+    let position = (n * percent).div_ceil(100).max(1);
+    let at_or_below = |v: u64| -> u64 {
+        lists
+            .iter()
+            .map(|l| l.partition_point(|&x| x <= v) as u64)
+            .sum()
+    };
+    let (mut lo, mut hi) = (0u64, lists.iter().filter_map(|l| l.last()).copied().max()?);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if at_or_below(mid) >= position {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(lo)
 }
 
 /// The most events a payload search ([`EventQuery::text`]) reads: it looks at the newest
@@ -773,5 +860,55 @@ pub(crate) fn requeued_at(delivery: &Delivery, now_ms: u64) -> u64 {
         delivery.queue_ms.min(now_ms)
     } else {
         now_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_totals_found_in_the_buckets_equal_those_of_all_samples() {
+        let window = StatsWindow {
+            since_ms: 1_000_000,
+            bucket_ms: 60_000,
+            buckets: 60,
+        };
+        // A deterministic spread of samples, with duplicates, across most buckets.
+        let mut x: u64 = 7;
+        let mut samples = Vec::new();
+        for i in 0..5_000u64 {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let sample = AttemptSample {
+                success: x % 5 != 0,
+                duration_ms: (x >> 33) % 2_000,
+                lag_ms: (x >> 20) % 50_000 + i % 3,
+            };
+            samples.push((
+                window.since_ms + (x >> 40) % (window.bucket_ms * 55),
+                sample,
+            ));
+        }
+        let stats = AttemptStats::of(&window, samples.clone());
+        let all: Vec<AttemptSample> = samples.iter().map(|(_, s)| *s).collect();
+        assert_eq!(stats.totals, AttemptBucket::of(&all));
+        for (b, bucket) in stats.buckets.iter().enumerate() {
+            let inside: Vec<AttemptSample> = samples
+                .iter()
+                .filter(|(at, _)| window.bucket_of(*at) == Some(b))
+                .map(|(_, s)| *s)
+                .collect();
+            assert_eq!(*bucket, AttemptBucket::of(&inside), "bucket {b}");
+        }
+        // One sample, and none.
+        let one = [(window.since_ms, all[0])];
+        assert_eq!(
+            AttemptStats::of(&window, one).totals,
+            AttemptBucket::of(&all[..1])
+        );
+        assert_eq!(
+            AttemptStats::of(&window, []).totals,
+            AttemptBucket::default()
+        );
     }
 }

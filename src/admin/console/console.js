@@ -349,10 +349,20 @@
     return h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, title), rest);
   }
 
-  /** Runs `f` every `ms` while `view` is shown (not while the tab is hidden). */
+  /**
+   * Runs `f` every `msInterval` while `view` is shown (not while the tab is hidden): the next
+   * run is timed from the end of the previous one, so a slow answer never has a second request
+   * stacked behind it.
+   */
   function every(view, msInterval, f) {
-    const t = setInterval(() => { if (!document.hidden) f().catch(() => {}); }, msInterval);
-    onLeave(view, () => clearInterval(t));
+    let t = null, stopped = false;
+    const next = () => { if (!stopped) t = setTimeout(tick, msInterval); };
+    const tick = async () => {
+      if (!document.hidden && view === currentView) { try { await f(); } catch (_) { /* shown by f */ } }
+      next();
+    };
+    onLeave(view, () => { stopped = true; clearTimeout(t); });
+    next();
   }
 
   // ---- charts ------------------------------------------------------------------------------
@@ -832,7 +842,9 @@
           linesChart(stats.buckets, ["lag_p50_ms", "lag_p99_ms"], `Delivery lag, ${span}: p50 ${ms(t.lag_p50_ms)}, p99 ${ms(t.lag_p99_ms)}`, "chart-lag"))));
     };
     await Promise.all([drawStats(), deliveriesList(deliveries, w, query)]);
-    every(main, 5000, async () => {
+    // A day's statistics are per minute too, but cost the store a day of attempts: refreshed
+    // once a minute.
+    every(main, windowName === "day" ? 60000 : 5000, async () => {
       await drawStats();
       if (!deliveries.contains(document.activeElement)) await deliveriesList(deliveries, w, query);
     });

@@ -64,14 +64,7 @@ impl SledStore {
 
     /// An event from its sled record, reading a large payload back from its file.
     pub(super) fn load_event(&self, bytes: &[u8]) -> Result<Event, StoreError> {
-        let stored: StoredEvent = serde_json::from_slice(bytes)?;
-        let mut event = stored.event;
-        if let Some(file) = stored.payload_file {
-            let bytes = std::fs::read(self.payload_path(&file))
-                .map_err(|source| StoreError::Payload { file, source })?;
-            event.payload = serde_json::from_slice(&bytes)?;
-        }
-        Ok(event)
+        load_event_in(&self.path, bytes)
     }
 
     /// Stores an event and its deliveries (durably, in `every-event` mode).
@@ -125,53 +118,76 @@ impl SledStore {
     }
 
     /// Events newest first, filtered by topic, creation time and payload text, skipping
-    /// `offset`. A payload search reads at most [`MAX_TEXT_SCAN`] events.
+    /// `offset` (see [`events_page_in`]).
     pub fn events_page(&self, q: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        let mut out = Vec::new();
-        let mut skipped = 0;
-        let mut searched = 0;
-        if q.limit == 0 {
-            return Ok(out);
-        }
-        for entry in self.db()?.scan_prefix([keys::EVENT]).rev() {
-            let (_, v) = entry?;
-            // Filter on the small head; read a payload file only for events that are returned
-            // (or searched).
-            let stored = serde_json::from_slice::<StoredEvent>(&v)?;
-            let event = &stored.event;
-            if q.since.is_some_and(|s| event.created_at < s) {
-                break;
-            }
-            if q.until.is_some_and(|u| event.created_at >= u)
-                || q.topic.as_ref().is_some_and(|t| !t.is_match(&event.topic))
-            {
-                continue;
-            }
-            if q.text.is_some() {
-                if searched >= MAX_TEXT_SCAN {
-                    break;
-                }
-                searched += 1;
-                let matches = if stored.payload_file.is_some() {
-                    q.text_matches(&self.load_event(&v)?.payload)
-                } else {
-                    q.text_matches(&event.payload)
-                };
-                if !matches {
-                    continue;
-                }
-            }
-            if skipped < q.offset {
-                skipped += 1;
-                continue;
-            }
-            out.push(self.load_event(&v)?);
-            if out.len() >= q.limit {
-                break;
-            }
-        }
-        Ok(out)
+        events_page_in(&*self.db()?, &self.path, q)
     }
+}
+
+/// An event as stored (`bytes`), its payload read from its file under the store's `path`
+/// when it has one.
+pub(super) fn load_event_in(path: &std::path::Path, bytes: &[u8]) -> Result<Event, StoreError> {
+    let stored: StoredEvent = serde_json::from_slice(bytes)?;
+    let mut event = stored.event;
+    if let Some(file) = stored.payload_file {
+        let bytes = std::fs::read(path.join("payloads").join(&file))
+            .map_err(|source| StoreError::Payload { file, source })?;
+        event.payload = serde_json::from_slice(&bytes)?;
+    }
+    Ok(event)
+}
+
+/// Events newest first, filtered by topic, creation time and payload text, skipping
+/// `offset`. A payload search reads at most [`MAX_TEXT_SCAN`] events.
+pub(super) fn events_page_in(
+    db: &sled::Db,
+    path: &std::path::Path,
+    q: &EventQuery,
+) -> Result<Vec<Event>, StoreError> {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    let mut searched = 0;
+    if q.limit == 0 {
+        return Ok(out);
+    }
+    for entry in db.scan_prefix([keys::EVENT]).rev() {
+        let (_, v) = entry?;
+        // Filter on the small head; read a payload file only for events that are returned
+        // (or searched).
+        let stored = serde_json::from_slice::<StoredEvent>(&v)?;
+        let event = &stored.event;
+        if q.since.is_some_and(|s| event.created_at < s) {
+            break;
+        }
+        if q.until.is_some_and(|u| event.created_at >= u)
+            || q.topic.as_ref().is_some_and(|t| !t.is_match(&event.topic))
+        {
+            continue;
+        }
+        if q.text.is_some() {
+            if searched >= MAX_TEXT_SCAN {
+                break;
+            }
+            searched += 1;
+            let matches = if stored.payload_file.is_some() {
+                q.text_matches(&load_event_in(path, &v)?.payload)
+            } else {
+                q.text_matches(&event.payload)
+            };
+            if !matches {
+                continue;
+            }
+        }
+        if skipped < q.offset {
+            skipped += 1;
+            continue;
+        }
+        out.push(load_event_in(path, &v)?);
+        if out.len() >= q.limit {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -445,6 +445,21 @@ impl SledStore {
             .collect()
     }
 
+    /// Runs a read off the async runtime, on tokio's blocking pool: the admin API shares a
+    /// one-thread runtime with the health checks, metrics and the live stream, and a read over
+    /// a day of a busy webhook's attempts (or a payload search) takes long enough to stall
+    /// them.
+    async fn off_thread<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&sled::Db, &Path) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db()?;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || read(&db, &path))
+            .await
+            .map_err(|e| StoreError::Task(format!("a store read failed: {e}")))?
+    }
+
     /// Whether events go into sled (rather than wait in `pending/`).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && self.is_open()
@@ -578,7 +593,8 @@ impl Store for SledStore {
     }
 
     async fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
-        SledStore::queue_stats(self, webhook)
+        self.off_thread(move |db, _| queue::queue_stats_in(db, webhook))
+            .await
     }
 
     async fn record_attempts(
@@ -605,7 +621,9 @@ impl Store for SledStore {
     }
 
     async fn events_page(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
-        SledStore::events_page(self, query)
+        let query = query.clone();
+        self.off_thread(move |db, path| events::events_page_in(db, path, &query))
+            .await
     }
 
     async fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
@@ -621,7 +639,9 @@ impl Store for SledStore {
         webhook: Uuid,
         window: &StatsWindow,
     ) -> Result<AttemptStats, StoreError> {
-        SledStore::attempt_stats(self, webhook, window)
+        let window = *window;
+        self.off_thread(move |db, _| stats::attempt_stats_in(db, webhook, &window))
+            .await
     }
 
     async fn last_failure(
@@ -629,7 +649,8 @@ impl Store for SledStore {
         webhook: Uuid,
         since_ms: u64,
     ) -> Result<Option<Attempt>, StoreError> {
-        SledStore::last_failure(self, webhook, since_ms)
+        self.off_thread(move |db, _| stats::last_failure_in(db, webhook, since_ms))
+            .await
     }
 
     async fn deliveries_of(
@@ -698,6 +719,49 @@ mod tests {
         let store = open(dir.path());
         (dir, Arc::new(store) as Arc<dyn Store>)
     });
+
+    /// The console's reads leave the async runtime: on a one-thread runtime their futures
+    /// are pending (the read runs on the blocking pool) instead of finishing in their first
+    /// poll, which would hold every other task on that thread meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn console_reads_run_off_the_async_runtime() {
+        use std::future::Future;
+        use std::pin::pin;
+        use std::task::{Context, Poll};
+
+        fn first_poll_is_pending<T>(f: impl Future<Output = T>) -> bool {
+            let mut f = pin!(f);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            matches!(f.as_mut().poll(&mut cx), Poll::Pending)
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let s: &dyn Store = &store;
+        let w = Uuid::now_v7();
+        let window = StatsWindow {
+            since_ms: 0,
+            bucket_ms: 60_000,
+            buckets: 60,
+        };
+        let query = EventQuery {
+            limit: 10,
+            ..EventQuery::default()
+        };
+        assert!(first_poll_is_pending(s.attempt_stats(w, &window)));
+        assert!(first_poll_is_pending(s.last_failure(w, 0)));
+        assert!(first_poll_is_pending(s.events_page(&query)));
+        assert!(first_poll_is_pending(s.queue_stats(w)));
+        // And they still answer.
+        assert_eq!(
+            s.attempt_stats(w, &window)
+                .await
+                .expect("stats")
+                .totals
+                .failed,
+            0
+        );
+        assert!(s.events_page(&query).await.expect("events").is_empty());
+    }
 
     #[test]
     fn the_directory_is_private() {

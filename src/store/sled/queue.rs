@@ -182,24 +182,7 @@ impl SledStore {
     /// How many deliveries are queued for `webhook`, and when the oldest was created (read
     /// from the UUIDv7 delivery ids in the keys, so no record is decoded).
     pub fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
-        let mut stats = QueueStats::default();
-        for entry in self
-            .db()?
-            .scan_prefix(keys::key(keys::QUEUE, &[webhook.as_bytes()]))
-        {
-            let (k, _) = entry?;
-            stats.pending += 1;
-            let created = keys::trailing_id(&k)
-                .and_then(|id| id.get_timestamp())
-                .map(|ts| {
-                    let (secs, nanos) = ts.to_unix();
-                    secs * 1000 + u64::from(nanos) / 1_000_000
-                });
-            if let Some(c) = created {
-                stats.oldest_ms = Some(stats.oldest_ms.map_or(c, |o| o.min(c)));
-            }
-        }
-        Ok(stats)
+        queue_stats_in(&*self.db()?, webhook)
     }
 
     /// Records attempts with the new states of their deliveries and, when given, the
@@ -269,4 +252,23 @@ impl SledStore {
         })?;
         Ok(Some(d))
     }
+}
+
+/// How many deliveries are queued for `webhook`, and when the oldest was created.
+pub(super) fn queue_stats_in(db: &sled::Db, webhook: Uuid) -> Result<QueueStats, StoreError> {
+    let mut stats = QueueStats::default();
+    for entry in db.scan_prefix(keys::key(keys::QUEUE, &[webhook.as_bytes()])) {
+        let (k, _) = entry?;
+        stats.pending += 1;
+        let created = keys::trailing_id(&k)
+            .and_then(|id| id.get_timestamp())
+            .map(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                secs * 1000 + u64::from(nanos) / 1_000_000
+            });
+        if let Some(c) = created {
+            stats.oldest_ms = Some(stats.oldest_ms.map_or(c, |o| o.min(c)));
+        }
+    }
+    Ok(stats)
 }

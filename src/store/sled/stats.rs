@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{SledStore, keys};
 use crate::event::{Attempt, Delivery, unix_ms};
-use crate::store::{AttemptSample, AttemptStats, StatsWindow, StoreError};
+use crate::store::{AttemptSample, AttemptStats, StatsAccumulator, StatsWindow, StoreError};
 
 impl SledStore {
     /// The index entry of `attempt` of `delivery` (the delivery as it was before the attempt:
@@ -37,42 +37,16 @@ impl SledStore {
         webhook: Uuid,
         window: &StatsWindow,
     ) -> Result<AttemptStats, StoreError> {
-        let db = self.db()?;
-        let range = keys::attempt_by_time_from(webhook, window.since_ms)
-            ..keys::attempt_by_time_from(webhook, window.until_ms());
-        let mut samples = Vec::new();
-        for entry in db.range(range) {
-            let (k, v) = entry?;
-            if let (Some((at, ..)), Some(sample)) =
-                (keys::attempt_by_time_parts(&k), keys::attempt_sample_of(&v))
-            {
-                samples.push((at, sample));
-            }
-        }
-        Ok(AttemptStats::of(window, samples))
+        attempt_stats_in(&*self.db()?, webhook, window)
     }
 
-    /// `webhook`'s most recent failed attempt made at or after `since_ms`: the index read
-    /// backwards from now, one attempt record decoded.
+    /// `webhook`'s most recent failed attempt made at or after `since_ms`.
     pub fn last_failure(
         &self,
         webhook: Uuid,
         since_ms: u64,
     ) -> Result<Option<Attempt>, StoreError> {
-        let db = self.db()?;
-        let range = keys::attempt_by_time_from(webhook, since_ms)
-            ..keys::attempt_by_time_from(webhook, u64::MAX);
-        for entry in db.range(range).rev() {
-            let (k, v) = entry?;
-            if keys::attempt_sample_of(&v).is_some_and(|s| !s.success) {
-                if let Some((_, delivery, number)) = keys::attempt_by_time_parts(&k) {
-                    if let Some(a) = self.get(keys::attempt(delivery, number))? {
-                        return Ok(Some(a));
-                    }
-                }
-            }
-        }
-        Ok(None)
+        last_failure_in(&*self.db()?, webhook, since_ms)
     }
 
     /// Removes the index entries of attempts made before `cutoff_ms`, webhook by webhook: a
@@ -133,6 +107,49 @@ impl SledStore {
         }
         Ok(out)
     }
+}
+
+/// `webhook`'s attempts within `window`: one range scan of the index, each entry counted
+/// into its bucket as it is read.
+pub(super) fn attempt_stats_in(
+    db: &sled::Db,
+    webhook: Uuid,
+    window: &StatsWindow,
+) -> Result<AttemptStats, StoreError> {
+    let range = keys::attempt_by_time_from(webhook, window.since_ms)
+        ..keys::attempt_by_time_from(webhook, window.until_ms());
+    let mut acc = StatsAccumulator::new(window);
+    for entry in db.range(range) {
+        let (k, v) = entry?;
+        if let (Some((at, ..)), Some(sample)) =
+            (keys::attempt_by_time_parts(&k), keys::attempt_sample_of(&v))
+        {
+            acc.add(at, sample);
+        }
+    }
+    Ok(acc.finish())
+}
+
+/// `webhook`'s most recent failed attempt made at or after `since_ms`: the index read
+/// backwards from now, one attempt record decoded.
+pub(super) fn last_failure_in(
+    db: &sled::Db,
+    webhook: Uuid,
+    since_ms: u64,
+) -> Result<Option<Attempt>, StoreError> {
+    let range = keys::attempt_by_time_from(webhook, since_ms)
+        ..keys::attempt_by_time_from(webhook, u64::MAX);
+    for entry in db.range(range).rev() {
+        let (k, v) = entry?;
+        if keys::attempt_sample_of(&v).is_some_and(|s| !s.success) {
+            if let Some((_, delivery, number)) = keys::attempt_by_time_parts(&k) {
+                if let Some(a) = db.get(keys::attempt(delivery, number))? {
+                    return Ok(Some(serde_json::from_slice(&a)?));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

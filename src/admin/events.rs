@@ -33,7 +33,7 @@ pub struct EventFilter {
     #[serde(default, with = "time::serde::rfc3339::option")]
     until: Option<OffsetDateTime>,
     /// Only events whose payload's JSON text contains this, ignoring case. A search reads at
-    /// most the newest 10,000 events that pass the other filters.
+    /// most the newest 10,000 events, whatever their topic.
     #[param(min_length = 1, max_length = 1000)]
     q: Option<String>,
 }

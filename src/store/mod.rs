@@ -532,7 +532,8 @@ pub struct EventQuery {
     pub since: Option<OffsetDateTime>,
     pub until: Option<OffsetDateTime>,
     /// Only events whose payload's JSON text contains this, ignoring case (lower-case here);
-    /// at most [`MAX_TEXT_SCAN`] events are read for it.
+    /// at most [`MAX_TEXT_SCAN`] events are read for it, each counted whether or not the other
+    /// filters keep it.
     pub text: Option<String>,
     pub offset: usize,
     pub limit: usize,

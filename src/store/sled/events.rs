@@ -138,7 +138,8 @@ pub(super) fn load_event_in(path: &std::path::Path, bytes: &[u8]) -> Result<Even
 }
 
 /// Events newest first, filtered by topic, creation time and payload text, skipping
-/// `offset`. A payload search reads at most [`MAX_TEXT_SCAN`] events.
+/// `offset`. A payload search reads at most [`MAX_TEXT_SCAN`] events (newest first, whatever
+/// the other filters make of them).
 pub(super) fn events_page_in(
     db: &sled::Db,
     path: &std::path::Path,
@@ -159,16 +160,20 @@ pub(super) fn events_page_in(
         if q.since.is_some_and(|s| event.created_at < s) {
             break;
         }
+        if q.text.is_some() {
+            // Every event read counts toward the cap, also those the other filters drop: a
+            // rare topic must not make a search read the whole store.
+            if searched >= MAX_TEXT_SCAN {
+                break;
+            }
+            searched += 1;
+        }
         if q.until.is_some_and(|u| event.created_at >= u)
             || q.topic.as_ref().is_some_and(|t| !t.is_match(&event.topic))
         {
             continue;
         }
         if q.text.is_some() {
-            if searched >= MAX_TEXT_SCAN {
-                break;
-            }
-            searched += 1;
             let matches = if stored.payload_file.is_some() {
                 q.text_matches(&load_event_in(path, &v)?.payload)
             } else {
@@ -219,5 +224,36 @@ mod tests {
             .expect("sweep");
         assert!(s.event(big.id).expect("read").is_none());
         assert!(!file.exists(), "the sweep removes the file too");
+    }
+
+    #[test]
+    fn a_payload_search_counts_every_event_read_toward_its_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let rare = Event::new(
+            &Topic::parse("rare.thing").expect("topic"),
+            "r",
+            serde_json::json!({"needle": true}),
+        );
+        s.append(&rare, &[]).expect("append");
+        let common = Topic::parse("common.thing").expect("topic");
+        for _ in 0..MAX_TEXT_SCAN {
+            s.append(&Event::new(&common, "r", serde_json::json!({})), &[])
+                .expect("append");
+        }
+        let q = |text: Option<&str>| EventQuery {
+            topic: Some(
+                globset::Glob::new("rare.*")
+                    .expect("glob")
+                    .compile_matcher(),
+            ),
+            text: text.map(str::to_owned),
+            limit: 10,
+            ..EventQuery::default()
+        };
+        // Without text the topic filter alone walks the store and finds it.
+        assert_eq!(s.events_page(&q(None)).expect("page").len(), 1);
+        // A search stops after the newest MAX_TEXT_SCAN events, all of another topic.
+        assert!(s.events_page(&q(Some("needle"))).expect("page").is_empty());
     }
 }

@@ -15,6 +15,9 @@ pub(super) const WEBHOOK: u8 = b'w';
 pub(super) const DEDUPE: u8 = b'k';
 /// A webhook's attempts by time, for statistics.
 pub(super) const ATTEMPT_BY_TIME: u8 = b't';
+/// A webhook's failed attempts by time (the `t` key of each, under this prefix): its last
+/// error without reading its successes.
+pub(super) const FAILURE_BY_TIME: u8 = b'f';
 /// A journalled event's dedupe claim (shared stores: claimed again when the event moves in).
 pub(super) const DEDUPE_MARK: u8 = b'K';
 
@@ -111,7 +114,21 @@ pub(super) fn attempt_by_time(webhook: Uuid, at_ms: u64, delivery: Uuid, number:
 
 /// The start of `webhook`'s attempts made at or after `at_ms`.
 pub(super) fn attempt_by_time_from(webhook: Uuid, at_ms: u64) -> Vec<u8> {
-    key(ATTEMPT_BY_TIME, &[webhook.as_bytes(), &at_ms.to_be_bytes()])
+    by_time_from(ATTEMPT_BY_TIME, webhook, at_ms)
+}
+
+/// The start of `webhook`'s entries made at or after `at_ms` in a by-time index (`t`, `f`).
+pub(super) fn by_time_from(prefix: u8, webhook: Uuid, at_ms: u64) -> Vec<u8> {
+    key(prefix, &[webhook.as_bytes(), &at_ms.to_be_bytes()])
+}
+
+/// The `f` entry beside an attempt's `t` entry: the same key under the other prefix.
+pub(super) fn failure_by_time(attempt_by_time: &[u8]) -> Vec<u8> {
+    let mut k = attempt_by_time.to_vec();
+    if let Some(p) = k.first_mut() {
+        *p = FAILURE_BY_TIME;
+    }
+    k
 }
 
 /// The time, delivery and number in an `attempt_by_time` key.

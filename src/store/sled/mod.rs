@@ -16,6 +16,7 @@
 //! | `v` event id, delivery id | empty: an event's deliveries |
 //! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`](crate::event::Attempt) (JSON) |
 //! | `t` webhook id, attempt time ms (big-endian u64), delivery id, attempt number | success, duration ms, lag ms (17 bytes): attempt statistics |
+//! | `f` webhook id, attempt time ms, delivery id, attempt number | empty: the failed attempts of `t` alone (a webhook's last error) |
 //! | `w` webhook id | [`Webhook`](crate::webhook::Webhook) (JSON) |
 //! | `k` dedupe key digest | the claim's end, Unix ms (big-endian u64) |
 //! | `K` event id | journal only: the event's dedupe key digest and the claim's end |

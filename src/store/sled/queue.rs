@@ -207,6 +207,9 @@ impl SledStore {
                     serde_json::to_vec(&c.attempt)?,
                 )?;
                 let (index, sample) = Self::attempt_index(&c.before, &c.attempt);
+                if !c.attempt.success {
+                    db.insert(keys::failure_by_time(&index), &[] as &[u8])?;
+                }
                 db.insert(index, &sample[..])?;
                 db.insert(keys::delivery(c.after.id), serde_json::to_vec(&c.after)?)?;
             }

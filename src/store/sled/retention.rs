@@ -67,7 +67,9 @@ impl SledStore {
             swept.deliveries += this.deliveries;
             swept.attempts += this.attempts;
         }
-        self.sweep_attempt_index(crate::event::unix_ms(cutoff))?;
+        let cutoff_ms = crate::event::unix_ms(cutoff);
+        self.sweep_attempt_index(keys::ATTEMPT_BY_TIME, cutoff_ms)?;
+        self.sweep_attempt_index(keys::FAILURE_BY_TIME, cutoff_ms)?;
         // Dedupe claims end on their own clock, not the retention's.
         self.sweep_dedupe(crate::event::unix_ms(OffsetDateTime::now_utc()))?;
         Ok(swept)

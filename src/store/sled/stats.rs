@@ -49,19 +49,23 @@ impl SledStore {
         last_failure_in(&*self.db()?, webhook, since_ms)
     }
 
-    /// Removes the index entries of attempts made before `cutoff_ms`, webhook by webhook: a
+    /// Removes the entries of attempts made before `cutoff_ms` from a by-time index (`t`, `f`), webhook by webhook: a
     /// range per webhook, so the sweep reads only what it removes (and one key per webhook).
-    pub(super) fn sweep_attempt_index(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+    pub(super) fn sweep_attempt_index(
+        &self,
+        prefix: u8,
+        cutoff_ms: u64,
+    ) -> Result<usize, StoreError> {
         let db = self.db()?;
         let mut removed = 0;
-        let mut from = vec![keys::ATTEMPT_BY_TIME];
+        let mut from = vec![prefix];
         loop {
             let Some(first) = db
                 .range(from.clone()..)
                 .keys()
                 .next()
                 .transpose()?
-                .filter(|k| k.first() == Some(&keys::ATTEMPT_BY_TIME))
+                .filter(|k| k.first() == Some(&prefix))
             else {
                 break;
             };
@@ -71,8 +75,8 @@ impl SledStore {
             let mut batch = sled::Batch::default();
             for k in db
                 .range(
-                    keys::attempt_by_time_from(webhook, 0)
-                        ..keys::attempt_by_time_from(webhook, cutoff_ms),
+                    keys::by_time_from(prefix, webhook, 0)
+                        ..keys::by_time_from(prefix, webhook, cutoff_ms),
                 )
                 .keys()
             {
@@ -84,7 +88,7 @@ impl SledStore {
             let Some(next) = webhook.as_u128().checked_add(1) else {
                 break;
             };
-            from = keys::key(keys::ATTEMPT_BY_TIME, &[Uuid::from_u128(next).as_bytes()]);
+            from = keys::key(prefix, &[Uuid::from_u128(next).as_bytes()]);
         }
         Ok(removed)
     }
@@ -130,22 +134,20 @@ pub(super) fn attempt_stats_in(
     Ok(acc.finish())
 }
 
-/// `webhook`'s most recent failed attempt made at or after `since_ms`: the index read
-/// backwards from now, one attempt record decoded.
+/// `webhook`'s most recent failed attempt made at or after `since_ms`: the failures index
+/// read backwards from now (no success is read), one attempt record decoded.
 pub(super) fn last_failure_in(
     db: &sled::Db,
     webhook: Uuid,
     since_ms: u64,
 ) -> Result<Option<Attempt>, StoreError> {
-    let range = keys::attempt_by_time_from(webhook, since_ms)
-        ..keys::attempt_by_time_from(webhook, u64::MAX);
+    let range = keys::by_time_from(keys::FAILURE_BY_TIME, webhook, since_ms)
+        ..keys::by_time_from(keys::FAILURE_BY_TIME, webhook, u64::MAX);
     for entry in db.range(range).rev() {
-        let (k, v) = entry?;
-        if keys::attempt_sample_of(&v).is_some_and(|s| !s.success) {
-            if let Some((_, delivery, number)) = keys::attempt_by_time_parts(&k) {
-                if let Some(a) = db.get(keys::attempt(delivery, number))? {
-                    return Ok(Some(serde_json::from_slice(&a)?));
-                }
+        let (k, _) = entry?;
+        if let Some((_, delivery, number)) = keys::attempt_by_time_parts(&k) {
+            if let Some(a) = db.get(keys::attempt(delivery, number))? {
+                return Ok(Some(serde_json::from_slice(&a)?));
             }
         }
     }
@@ -187,10 +189,11 @@ mod tests {
     }
 
     fn index_len(s: &SledStore) -> usize {
-        s.db()
-            .expect("open")
-            .scan_prefix([keys::ATTEMPT_BY_TIME])
-            .count()
+        prefix_len(s, keys::ATTEMPT_BY_TIME)
+    }
+
+    fn prefix_len(s: &SledStore, prefix: u8) -> usize {
+        s.db().expect("open").scan_prefix([prefix]).count()
     }
 
     #[test]
@@ -224,5 +227,47 @@ mod tests {
                 1
             );
         }
+    }
+
+    #[test]
+    fn failed_attempts_are_indexed_apart_and_leave_with_sweep_and_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let w = Webhook::new(WebhookSpec::example("a"), Origin::Api);
+        s.put_webhook(&w).expect("put");
+        attempt_days_ago(&s, &w, 40);
+        let young = attempt_days_ago(&s, &w, 0);
+        // A success after the failures: only the `t` index has it.
+        let mut e = Event::new(
+            &Topic::parse("order.created").expect("topic"),
+            "r",
+            serde_json::json!({}),
+        );
+        e.created_at = OffsetDateTime::now_utc();
+        let d = Delivery::new(&e, w.id, 0);
+        s.append(&e, std::slice::from_ref(&d)).expect("append");
+        let mut after = d.clone();
+        after.state = DeliveryState::Delivered;
+        after.attempts = 1;
+        let ok = Recorded {
+            before: d.clone(),
+            after,
+            attempt: crate::store::contract::attempt(&d, 1, true),
+        };
+        assert!(s.record_attempts(w.id, &[ok], None).expect("record"));
+        assert_eq!(index_len(&s), 3);
+        assert_eq!(prefix_len(&s, keys::FAILURE_BY_TIME), 2, "the two failures");
+        let last = s.last_failure(w.id, 0).expect("read").expect("a failure");
+        assert_eq!(last.delivery_id, young.id, "the newest failure");
+        s.sweep(OffsetDateTime::now_utc() - time::Duration::days(30))
+            .expect("sweep");
+        assert_eq!(
+            prefix_len(&s, keys::FAILURE_BY_TIME),
+            1,
+            "the sweep prunes it"
+        );
+        s.delete_webhook(w.id).expect("delete");
+        assert_eq!(prefix_len(&s, keys::FAILURE_BY_TIME), 0, "delete drops it");
+        assert_eq!(index_len(&s), 0);
     }
 }

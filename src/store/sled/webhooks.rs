@@ -107,8 +107,10 @@ impl SledStore {
                     batch.remove(a?.0);
                 }
             }
-            for entry in db.scan_prefix(keys::key(keys::ATTEMPT_BY_TIME, &[id.as_bytes()])) {
-                batch.remove(entry?.0);
+            for prefix in [keys::ATTEMPT_BY_TIME, keys::FAILURE_BY_TIME] {
+                for entry in db.scan_prefix(keys::key(prefix, &[id.as_bytes()])) {
+                    batch.remove(entry?.0);
+                }
             }
             db.apply_batch(batch)?;
             Ok(pending)

@@ -20,3 +20,7 @@ UPDATE attempts a SET
 FROM deliveries d WHERE d.id = a.delivery_id;
 CREATE INDEX attempts_by_time ON attempts (webhook_id, created_ms)
     INCLUDE (success, duration_ms, lag_ms);
+-- A webhook's failed attempts alone, newest first in the order `last_failure` reads them: a
+-- healthy webhook's last error is found without walking a day of its successes.
+CREATE INDEX attempts_failures ON attempts (webhook_id, created_ms, delivery_id, number)
+    WHERE NOT success;

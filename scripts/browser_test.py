@@ -28,12 +28,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import zoneinfo
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from playwright.sync_api import expect, sync_playwright
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_MS = 15_000
+# The browser's time zone: not UTC, so that local/UTC mix-ups in time inputs show.
+BROWSER_TIMEZONE = "Asia/Kolkata"
 SECRET = "browser-" + secrets.token_hex(12)
 TOKEN = secrets.token_hex(16)
 
@@ -278,7 +281,19 @@ class Run:
         self.taken.append(path)
 
     def nav(self, label):
-        self.page.get_by_role("navigation", name="Console").get_by_role("link", name=label).click()
+        link = self.page.get_by_role("navigation", name="Console").get_by_role("link", name=label)
+        link.click()
+        self.ready(link.get_attribute("href"))
+
+    def ready(self, hash_):
+        """Waits until the console has drawn `hash_`'s first data: a hash change returns at
+        once, before the page's requests (the console marks `#main` when it is done)."""
+        expect(self.page.locator("#main")).to_have_attribute("data-ready", hash_)
+
+    def open(self, hash_):
+        """Goes to a page of the console (a hash) and waits until it is drawn."""
+        self.page.goto(self.hooktap.admin + "/" + hash_)
+        self.ready(hash_)
 
     def horizontal_overflow(self):
         return self.page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
@@ -449,8 +464,9 @@ def scenario(run):
     expect(page.locator("table.events tbody tr")).to_have_count(1)
     expect(page.locator("table.events tbody tr")).to_contain_text("browser@example.com")
     run.shot("07-events")
-    # A time range (the browser runs in UTC): the last hour has it, the next hour has nothing.
-    now = datetime.datetime.now(datetime.timezone.utc)
+    # A time range, typed in the browser's local time (not UTC): the last hour has it, the next
+    # hour has nothing. Read as UTC, either range would be 5.5 hours off and find nothing.
+    now = datetime.datetime.now(zoneinfo.ZoneInfo(BROWSER_TIMEZONE))
     local = lambda t: t.strftime("%Y-%m-%dT%H:%M")
     page.get_by_label("Since").fill(local(now - datetime.timedelta(hours=1)))
     page.get_by_label("Until").fill(local(now + datetime.timedelta(minutes=2)))
@@ -506,10 +522,15 @@ def scenario(run):
     page.get_by_role("button", name="Pause").click()
     hooktap.order("live-2@example.com")
     expect(page.locator("#live-state")).to_contain_text("1 held")
+    hooktap.order("live-2b@example.com")
+    expect(page.locator("#live-state")).to_contain_text("2 held")
     if "live-2@example.com" in page.locator("#live-list").inner_text():
         fail("a paused stream showed a new event")
     page.get_by_role("button", name="Resume").click()
     expect(page.locator("#live-list")).to_contain_text("live-2@example.com")
+    # The held events in the order they came: the newest on top, as if never paused.
+    expect(page.locator("#live-list .live-item").first).to_contain_text("live-2b@example.com")
+    expect(page.locator("#live-list .live-item").nth(1)).to_contain_text("live-2@example.com")
     page.get_by_label("Topic filter").fill("download.*")
     page.get_by_role("button", name="Apply").click()
     expect(page.locator("#live-state")).to_contain_text("topic download.*")
@@ -530,16 +551,22 @@ def scenario(run):
     run.shot("10-overview")
 
     # 800 px wide: no page scrolls sideways, and each page is photographed.
+    # Each page with what its data draws, present as soon as the page says it is ready.
     pages = {
-        "overview": "#/overview", "webhooks": "#/webhooks", "webhook": f"#/webhooks/{webhook_id}",
-        "events": "#/events", "event": f"#/events/{event_id}", "rules": "#/rules", "live": "#/live",
+        "overview": ("#/overview", "table.overview svg.sparkline"),
+        "webhooks": ("#/webhooks", "table.webhooks tbody tr"),
+        "webhook": (f"#/webhooks/{webhook_id}", "svg.chart-deliveries rect.bar-ok"),
+        "events": ("#/events", "table.events tbody tr"),
+        "event": (f"#/events/{event_id}", ".event-delivery details.attempt"),
+        "rules": ("#/rules", "table.rules tbody tr"),
+        "live": ("#/live", "#live-list > *"),
     }
     for width in (1280, 800):
         page.set_viewport_size({"width": width, "height": 900})
-        for name, hash_ in pages.items():
-            page.goto(admin + "/" + hash_)
-            expect(page.locator("main h1")).to_be_visible()
-            page.wait_for_load_state("networkidle") if name != "live" else page.wait_for_timeout(300)
+        for name, (hash_, drawn) in pages.items():
+            run.open(hash_)
+            if page.locator(drawn).count() == 0:
+                fail(f"{name} said it was drawn without {drawn}")
             overflow = run.horizontal_overflow()
             if overflow > 0:
                 fail(f"{name} at {width} px scrolls sideways by {overflow} px")
@@ -550,6 +577,26 @@ def scenario(run):
             if width == 800:
                 run.shot(f"11-{name}-800px")
     page.set_viewport_size({"width": 1280, "height": 900})
+
+    # "Skip to content" moves focus to the page and leaves the hash (and so the page) alone.
+    run.open("#/rules")
+    page.locator("a.skip").focus()
+    page.keyboard.press("Enter")
+    if page.evaluate("location.hash") != "#/rules":
+        fail(f"the skip link changed the page to {page.evaluate('location.hash')}")
+    if page.evaluate("document.activeElement && document.activeElement.id") != "main":
+        fail("the skip link did not move focus to the page")
+    expect(page.locator("table.rules")).to_be_visible()
+
+    # A periodic refresh leaves keyboard focus where it is: the focused window toggle survives
+    # the next refresh of the charts (drawn before the deliveries list is read again).
+    run.open(f"#/webhooks/{webhook_id}")
+    page.get_by_role("button", name="Last day").focus()
+    with page.expect_response(lambda r: f"/webhooks/{webhook_id}/deliveries?" in r.url, timeout=TIMEOUT_MS):
+        pass
+    focused = page.evaluate("document.activeElement && document.activeElement.textContent")
+    if focused != "Last day":
+        fail(f"a refresh of the webhook page moved focus to {focused!r}")
 
     # An older hooktap without the console's newer endpoints (its OpenAPI document does not
     # list them): each view that needs one says so, and the rest still works.
@@ -675,8 +722,15 @@ def scenario(run):
         fail("the token outlived signing out")
 
 
+def stop_on_sigterm(signum, _frame):
+    """`timeout` ends a run that took too long with SIGTERM: leave through the `finally`
+    below, which stops hooktap, rather than die and leave it running."""
+    raise SystemExit(128 + signum)
+
+
 def main():
     global RECEIVER_PORT
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     binary, shots = sys.argv[1], sys.argv[2]
     os.makedirs(shots, exist_ok=True)
     for old in os.listdir(shots):
@@ -692,7 +746,10 @@ def main():
         say(f"hooktap: admin API at {hooktap.admin}, proxy at 127.0.0.1:{hooktap.proxy_port}")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
-            context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="UTC")
+            context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-GB",
+                                          # Not UTC: a time input read as UTC (or as local
+                                          # where UTC is meant) is then 5.5 hours off.
+                                          timezone_id=BROWSER_TIMEZONE)
             context.set_default_timeout(TIMEOUT_MS)
             expect.set_options(timeout=TIMEOUT_MS)
             page = context.new_page()

@@ -314,8 +314,15 @@
     (view.stops = view.stops || []).push(stop);
   }
 
+  /**
+   * Shows the page the hash names. When its first data is drawn, `#main` gets
+   * `data-ready` set to the hash it shows (the browser test waits for it; a hash change alone
+   * returns before the page's requests do).
+   */
   async function render() {
     if (!token && $("#main").hidden) return;
+    const shown = location.hash;
+    delete $("#main").dataset.ready;
     leave(currentView);
     const { path, query } = parseHash();
     const main = h("div", { class: "view" });
@@ -328,6 +335,7 @@
     }
     if (!route) {
       main.append(h("h1", { tabindex: "-1" }, "Not found"), notice(`No page at #${path}.`));
+      $("#main").dataset.ready = shown;
       return;
     }
     const args = path.match(route[0]).slice(1).map(decodeURIComponent);
@@ -342,11 +350,25 @@
       if (heading) { heading.setAttribute("tabindex", "-1"); heading.focus(); }
     }
     focusOnRender = false;
+    if (main === currentView) $("#main").dataset.ready = shown;
   }
 
   function pageHead(title, ...rest) {
     document.title = `${title} · hooktap`;
     return h("div", { class: "page-head" }, h("h1", { tabindex: "-1" }, title), rest);
+  }
+
+  /** One segment of an API path: ids come from the address bar too, so they are encoded. */
+  const seg = (x) => encodeURIComponent(String(x));
+
+  /**
+   * Replaces what `el` shows, unless keyboard focus is inside it: a periodic refresh would
+   * remove the focused element and throw focus back to the page's start. Such a region is
+   * refreshed at the next tick after focus leaves it.
+   */
+  function swap(el, ...children) {
+    if (el.contains(document.activeElement) && document.activeElement !== document.body) return;
+    el.replaceChildren(...children);
   }
 
   /**
@@ -469,7 +491,7 @@
     const draw = async () => {
       if (!features.overview) {
         const { data } = await api("GET", "/webhooks?per_page=100");
-        body.replaceChildren(missing("The health overview (sparklines, backlog)", "GET /overview"),
+        swap(body, missing("The health overview (sparklines, backlog)", "GET /overview"),
           card("Webhooks", webhookTable(data)));
         return;
       }
@@ -495,7 +517,7 @@
           h("td", { class: "num" }, String(w.pending ?? "—")),
           h("td", {}, w.last_error ? h("span", { class: "fail" }, lastError(w.last_error, w.id)) : "—"));
       });
-      body.replaceChildren(
+      swap(body,
         h("div", { class: "grid-3" },
           card("Store", kv(storePairs)),
           card("Pending deliveries", h("p", { class: "stat" }, String(store.pending ?? "—")), h("p", { class: "muted" }, "waiting to be sent, all webhooks")),
@@ -550,7 +572,7 @@
       ["Basics", [
         { name: "name", label: "Name", hint: "Unique. Default: “Webhook created on <date>”.", value: v(w && w.name, "") },
         { name: "url", label: "URL", inputmode: "url", placeholder: "https://receiver.example/hooks", hint: "http:// or https://; user:password@ is sent as basic auth and masked when shown.", value: v(w && w.url, "") },
-        { name: "secret", label: "Secret", type: "password", autocomplete: "new-password", hint: w ? "Leave empty to keep the current one. Never shown after saving." : "Signs every request (HMAC-SHA256). Never shown after saving.", value: "" },
+        { name: "secret", label: "Secret", type: "password", autocomplete: "off", hint: w ? "Leave empty to keep the current one. Never shown after saving." : "Signs every request (HMAC-SHA256). Never shown after saving.", value: "" },
         { name: "topics", label: "Topics", placeholder: "order.*, download.tickets", hint: "Comma-separated globs over topics, e.g. order.* or *.", value: w ? w.topics.join(", ") : "" },
         { name: "status", label: "Status", type: "select", options: [["active", "active"], ["paused", "paused"], ["disabled", "disabled"]], hint: "Default active: the URL is pinged first and must answer 2xx.", value: v(w && w.status, "active") },
       ]],
@@ -647,7 +669,7 @@
         const submit = $("button[type=submit]", form);
         submit.disabled = true;
         try {
-          const saved = w ? (await api("PUT", `/webhooks/${w.id}`, body)).data : (await api("POST", "/webhooks", body)).data;
+          const saved = w ? (await api("PUT", `/webhooks/${seg(w.id)}`, body)).data : (await api("POST", "/webhooks", body)).data;
           form.elements.namedItem("secret").value = "";
           close();
           flash(w ? `Saved ${saved.name}.` : `Created ${saved.name}.`);
@@ -696,7 +718,7 @@
     dialog(`Rotate the secret of ${w.name}`, (heading, close) => {
       const form = h("form", { class: "stack", novalidate: true }, heading,
         h("p", {}, "Requests are signed with the new secret from now on; the standard profile also signs with the old one for [delivery] secret_rotation_grace. The secret is not shown again after saving."),
-        field("rot", { name: "secret", label: "New secret", type: "password", autocomplete: "new-password" }),
+        field("rot", { name: "secret", label: "New secret", type: "password", autocomplete: "off" }),
         formFoot("Rotate", [
           h("button", { type: "button", onclick: () => {
             const bytes = crypto.getRandomValues(new Uint8Array(24));
@@ -709,7 +731,7 @@
         ev.preventDefault();
         clearErrors(form);
         try {
-          await api("PUT", `/webhooks/${w.id}`, { secret: form.elements.namedItem("secret").value });
+          await api("PUT", `/webhooks/${seg(w.id)}`, { secret: form.elements.namedItem("secret").value });
           form.elements.namedItem("secret").value = "";
           close();
           flash("Secret rotated.");
@@ -744,7 +766,7 @@
         const since = form.elements.namedItem("since").value;
         if (!since) return fieldError(form, "since", "since is required");
         try {
-          const { data } = await api("POST", `/webhooks/${w.id}/recover`, { since: fromLocalInput(since), until: fromLocalInput(form.elements.namedItem("until").value) });
+          const { data } = await api("POST", `/webhooks/${seg(w.id)}/recover`, { since: fromLocalInput(since), until: fromLocalInput(form.elements.namedItem("until").value) });
           close();
           flash(`${data.requeued} deliver${data.requeued === 1 ? "y" : "ies"} queued again.`);
           done();
@@ -757,12 +779,12 @@
   }
 
   async function webhookPage(main, [id], query) {
-    let w = await get(`/webhooks/${id}`);
+    let w = await get(`/webhooks/${seg(id)}`);
     const windowName = query.get("window") === "day" ? "day" : "hour";
     const reload = () => render();
     const status = w.status === "active"
-      ? h("button", { type: "button", id: "pause", onclick: () => webhookAction("Paused.", () => api("PUT", `/webhooks/${w.id}`, { status: "paused" }), reload) }, "Pause")
-      : h("button", { type: "button", id: "resume", onclick: () => webhookAction("Resumed.", () => api("PUT", `/webhooks/${w.id}`, { status: "active" }), reload) }, "Resume");
+      ? h("button", { type: "button", id: "pause", onclick: () => webhookAction("Paused.", () => api("PUT", `/webhooks/${seg(w.id)}`, { status: "paused" }), reload) }, "Pause")
+      : h("button", { type: "button", id: "resume", onclick: () => webhookAction("Resumed.", () => api("PUT", `/webhooks/${seg(w.id)}`, { status: "active" }), reload) }, "Resume");
     const pingOut = h("div");
     main.append(pageHead(w.name, badge(w.status),
       h("div", { class: "actions" },
@@ -770,7 +792,7 @@
         status,
         h("button", { type: "button", id: "ping", onclick: async () => {
           try {
-            const { data: p } = await api("POST", `/webhooks/${w.id}/ping`);
+            const { data: p } = await api("POST", `/webhooks/${seg(w.id)}/ping`);
             pingOut.replaceChildren(card("Ping result", h("div", { id: "ping-result" },
               h("p", {}, h("span", { class: p.success ? "ok" : "fail" }, p.success ? "Succeeded: " : "Failed: "), `${p.summary} · ${p.duration_ms} ms`),
               h("div", { class: "sides attempt-sides" },
@@ -778,13 +800,13 @@
                 h("div", {}, h("h3", {}, "Response"), h("p", { class: "mono" }, p.status ? `HTTP ${p.status}` : "no response"), headersTable(p.response_headers), h("h3", {}, "Body"), bodyBlock(p.response_body))))));
           } catch (e) { flash(e.message, true); }
         } }, "Ping"),
-        h("button", { type: "button", id: "duplicate", onclick: () => webhookAction("Duplicated: the copy starts disabled.", () => api("POST", `/webhooks/${w.id}/duplicate`), (r) => go(`/webhooks/${r.data.id}`)) }, "Duplicate"),
+        h("button", { type: "button", id: "duplicate", onclick: () => webhookAction("Duplicated: the copy starts disabled.", () => api("POST", `/webhooks/${seg(w.id)}/duplicate`), (r) => go(`/webhooks/${r.data.id}`)) }, "Duplicate"),
         h("button", { type: "button", id: "rotate", onclick: () => rotateDialog(w, reload) }, "Rotate secret"),
-        h("button", { type: "button", id: "reset", onclick: () => webhookAction("Counters reset.", () => api("POST", `/webhooks/${w.id}/reset`), reload) }, "Reset counters"),
+        h("button", { type: "button", id: "reset", onclick: () => webhookAction("Counters reset.", () => api("POST", `/webhooks/${seg(w.id)}/reset`), reload) }, "Reset counters"),
         h("button", { type: "button", id: "recover", onclick: () => recoverDialog(w, reload) }, "Recover…"),
         h("button", { type: "button", id: "delete", class: "danger", onclick: async () => {
           if (!(await confirmDialog(`Delete ${w.name}?`, "Its pending deliveries are dropped unsent. This cannot be undone.", "Delete webhook"))) return;
-          webhookAction(`Deleted ${w.name}.`, () => api("DELETE", `/webhooks/${w.id}`), () => go("/webhooks"));
+          webhookAction(`Deleted ${w.name}.`, () => api("DELETE", `/webhooks/${seg(w.id)}`), () => go("/webhooks"));
         } }, "Delete"))));
     main.append(pingOut);
 
@@ -799,14 +821,14 @@
     let first = true;
     const drawStats = async () => {
       let stats = null, problem = null;
-      if (!first) w = await get(`/webhooks/${id}`);
+      if (!first) w = await get(`/webhooks/${seg(id)}`);
       first = false;
       if (!features.stats) problem = missing("Charts", "GET /webhooks/{id}/stats");
       else {
-        try { stats = await get(`/webhooks/${w.id}/stats?window=${windowName}`); } catch (e) { problem = notice(e.message, true); }
+        try { stats = await get(`/webhooks/${seg(w.id)}/stats?window=${windowName}`); } catch (e) { problem = notice(e.message, true); }
       }
       const c = w.counters;
-      stateCard.replaceChildren(card("State",
+      swap(stateCard, card("State",
         kv([
           ["Status", [badge(w.status), w.disabled_reason ? ` ${w.disabled_reason}` : ""]],
           ["URL", h("span", { class: "mono" }, w.url)],
@@ -822,22 +844,22 @@
         ])));
       const toggle = (name, label) => h("button", { type: "button", "aria-pressed": String(windowName === name), onclick: () => go(`/webhooks/${w.id}`, { window: name === "hour" ? "" : name }) }, label);
       if (!stats) {
-        chartsCard.replaceChildren(card("Charts", problem));
-        latencyCard.replaceChildren();
-        lagCard.replaceChildren();
+        swap(chartsCard, card("Charts", problem));
+        swap(latencyCard);
+        swap(lagCard);
         return;
       }
       const t = stats.totals || {};
       const span = windowName === "day" ? "last day" : "last hour";
-      chartsCard.replaceChildren(card("Attempts per minute",
+      swap(chartsCard, card("Attempts per minute",
         h("div", { class: "actions", role: "group", "aria-label": "Window" }, toggle("hour", "Last hour"), toggle("day", "Last day")),
         h("p", { class: "muted", id: "totals" }, `${span}: ${t.succeeded ?? 0} succeeded, ${t.failed ?? 0} failed · response p50 ${ms(t.p50_ms)}, p99 ${ms(t.p99_ms)} · lag p50 ${ms(t.lag_p50_ms)}, p99 ${ms(t.lag_p99_ms)}`),
         h("div", { class: "chart-box" }, legend([["sw-ok", "succeeded"], ["sw-fail", "failed"]]),
           deliveriesChart(stats.buckets, `Attempts per minute, ${span}: ${t.succeeded ?? 0} succeeded, ${t.failed ?? 0} failed`))));
-      latencyCard.replaceChildren(card("Response time",
+      swap(latencyCard, card("Response time",
         h("div", { class: "chart-box" }, legend([["sw-p50", "p50"], ["sw-p99", "p99"]]),
           linesChart(stats.buckets, ["p50_ms", "p99_ms"], `Receiver response time, ${span}: p50 ${ms(t.p50_ms)}, p99 ${ms(t.p99_ms)}`, "chart-latency"))));
-      lagCard.replaceChildren(card("Lag: event created → attempt",
+      swap(lagCard, card("Lag: event created → attempt",
         h("div", { class: "chart-box" }, legend([["sw-p50", "p50"], ["sw-p99", "p99"]]),
           linesChart(stats.buckets, ["lag_p50_ms", "lag_p99_ms"], `Delivery lag, ${span}: p50 ${ms(t.lag_p50_ms)}, p99 ${ms(t.lag_p99_ms)}`, "chart-lag"))));
     };
@@ -855,7 +877,7 @@
     const page = Math.max(1, Number(query.get("page")) || 1);
     const params = new URLSearchParams({ page, per_page: 25 });
     if (outcome) params.set("outcome", outcome);
-    const { data, total } = await api("GET", `/webhooks/${w.id}/deliveries?${params}`);
+    const { data, total } = await api("GET", `/webhooks/${seg(w.id)}/deliveries?${params}`);
     const filter = field("dl", { name: "outcome", label: "Show", type: "select", value: outcome, options: [["", "all"], ["pending", "pending"], ["delivered", "delivered"], ["failed", "failed"]] });
     $("select", filter).addEventListener("change", (e) => go(`/webhooks/${w.id}`, { window: query.get("window"), outcome: e.target.value }));
     const rows = data.map((d) => h("tr", { dataset: { id: d.id } },
@@ -915,22 +937,23 @@
 
   async function deliveryPage(main, [webhookId, deliveryId]) {
     const [{ delivery: d, attempts }, w] = await Promise.all([
-      get(`/webhooks/${webhookId}/deliveries/${deliveryId}`),
-      get(`/webhooks/${webhookId}`).catch(() => null),
+      get(`/webhooks/${seg(webhookId)}/deliveries/${seg(deliveryId)}`),
+      get(`/webhooks/${seg(webhookId)}`).catch(() => null),
     ]);
     const redeliver = h("button", { type: "button", id: "redeliver", class: "primary", onclick: async () => {
       redeliver.disabled = true;
       try {
-        await api("POST", `/webhooks/${webhookId}/deliveries/${deliveryId}/redeliver`);
+        await api("POST", `/webhooks/${seg(webhookId)}/deliveries/${seg(deliveryId)}/redeliver`);
         flash("Queued again: sending now.");
         // Show the new attempt when it is recorded (or after ten seconds).
         const before = attempts.length;
-        for (let i = 0; i < 20; i++) {
+        for (let i = 0; i < 20 && main === currentView; i++) {
           await new Promise((r) => setTimeout(r, 500));
-          const again = await get(`/webhooks/${webhookId}/deliveries/${deliveryId}`);
+          const again = await get(`/webhooks/${seg(webhookId)}/deliveries/${seg(deliveryId)}`);
           if (again.attempts.length > before) break;
         }
-        render();
+        // Only if this delivery is still the page shown: the operator may have moved on.
+        if (main === currentView) render();
       } catch (e) {
         if (e.status !== 401) flash(e.message, true);
         redeliver.disabled = false;
@@ -974,7 +997,7 @@
       const id = form.elements.namedItem("id").value.trim();
       if (id) {
         try {
-          await get(`/events/${encodeURIComponent(id)}`);
+          await get(`/events/${seg(id)}`);
           go(`/events/${id}`);
         } catch (e) {
           fieldError(form, "id", e.status === 404 ? "No event with that id." : e.message);
@@ -1014,7 +1037,7 @@
   }
 
   async function eventPage(main, [id]) {
-    const e = await get(`/events/${encodeURIComponent(id)}`);
+    const e = await get(`/events/${seg(id)}`);
     main.append(pageHead(`Event ${short(e.id)}`, h("span", { class: "badge" }, e.topic)));
     main.append(h("div", { class: "grid-2" },
       card("Event", kv([
@@ -1029,16 +1052,16 @@
     main.append(box);
     let list;
     if (features.eventDeliveries) {
-      list = await get(`/events/${e.id}/deliveries`);
+      list = await get(`/events/${seg(e.id)}/deliveries`);
     } else {
       // Without the endpoint: look through each webhook's newest 100 deliveries.
       box.append(missing("Listing every delivery of an event", "GET /events/{id}/deliveries"));
       const webhooks = await get("/webhooks?per_page=100");
       list = [];
       for (const w of webhooks) {
-        const ds = await get(`/webhooks/${w.id}/deliveries?per_page=100`);
+        const ds = await get(`/webhooks/${seg(w.id)}/deliveries?per_page=100`);
         for (const d of ds.filter((x) => x.event_id === e.id)) {
-          const detail = await get(`/webhooks/${w.id}/deliveries/${d.id}`);
+          const detail = await get(`/webhooks/${seg(w.id)}/deliveries/${seg(d.id)}`);
           list.push({ delivery: d, webhook_name: w.name, attempts: detail.attempts });
         }
       }
@@ -1130,13 +1153,22 @@
   async function livePage(main, _args, query) {
     const topic = query.get("topic") || "";
     let paused = false;
+    // Events that arrived while paused, oldest first; at most HELD_MAX (the oldest go first).
+    const HELD_MAX = 200;
     let held = [];
+    let dropped = 0;
     const list = h("div", { class: "live-list", id: "live-list" });
     const state = h("span", { class: "muted", id: "live-state", role: "status" }, "connecting…");
     const pauseButton = h("button", { type: "button", id: "live-pause", onclick: () => {
       paused = !paused;
       pauseButton.textContent = paused ? "Resume" : "Pause";
-      if (!paused) { held.reverse().forEach(show); held = []; }
+      if (!paused) {
+        // Oldest first: each is put on top, so the newest ends on top as it would have live.
+        if (dropped) list.prepend(h("p", { class: "notice" }, `${dropped} events arrived while paused and were not kept (at most ${HELD_MAX} are held).`));
+        held.forEach(show);
+        held = [];
+        dropped = 0;
+      }
       status();
     } }, "Pause");
     const form = h("form", { class: "search", id: "live-filter", novalidate: true },
@@ -1151,7 +1183,7 @@
     main.append(pageHead("Live", state), card("Stream", form), card("Events as they are stored", list));
     let connected = false;
     const status = () => {
-      state.textContent = (connected ? "connected" : "reconnecting…") + (paused ? ` · paused, ${held.length} held` : "") + (topic ? ` · topic ${topic}` : "");
+      state.textContent = (connected ? "connected" : "reconnecting…") + (paused ? ` · paused, ${held.length} held${dropped ? `, ${dropped} dropped` : ""}` : "") + (topic ? ` · topic ${topic}` : "");
     };
     function show(e) {
       list.prepend(h("div", { class: "live-item", dataset: { id: e.id, topic: e.topic } },
@@ -1193,7 +1225,10 @@
               }
               if (kind === "event" && data) {
                 const e = JSON.parse(data);
-                if (paused) held.push(e); else show(e);
+                if (paused) {
+                  held.push(e);
+                  if (held.length > HELD_MAX) { held.shift(); dropped++; }
+                } else show(e);
                 status();
               } else if (kind === "lagged") {
                 list.prepend(h("p", { class: "notice" }, `${data} events skipped: this page read too slowly.`));
@@ -1224,7 +1259,19 @@
       start();
     });
     $("#sign-out").addEventListener("click", () => signOut("Signed out."));
-    window.addEventListener("hashchange", () => { focusOnRender = true; render(); });
+    // The skip link moves focus to the page without changing the hash (a hash of "#main"
+    // would be read as a page); other in-page anchors leave the page shown alone.
+    $("a.skip").addEventListener("click", (e) => {
+      e.preventDefault();
+      const m = $("#main");
+      m.setAttribute("tabindex", "-1");
+      m.focus();
+    });
+    window.addEventListener("hashchange", () => {
+      if (location.hash && !location.hash.startsWith("#/")) return;
+      focusOnRender = true;
+      render();
+    });
     if (token) start();
     else $("#token").focus();
   });

@@ -169,9 +169,10 @@ impl Connector {
     /// Reads `url` (a secret: never in an error) and `ca_file`.
     pub fn new(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
         let (config, mode) = parse(url, ca_file).map_err(StoreError::Postgres)?;
-        let roots = match mode {
-            SslMode::VerifyCa | SslMode::VerifyFull => Some(roots(ca_file)?),
-            _ => None,
+        let check = match mode {
+            SslMode::VerifyFull => Check::Full(roots(ca_file)?),
+            SslMode::VerifyCa => Check::Chain(roots(ca_file)?),
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => Check::Nothing,
         };
         let described = match (mode, ca_file) {
             (SslMode::VerifyCa | SslMode::VerifyFull, Some(f)) => {
@@ -189,7 +190,7 @@ impl Connector {
         };
         Ok(Self {
             config,
-            tls: MakeRustlsConnect::new(client_config(mode, roots)?),
+            tls: MakeRustlsConnect::new(client_config(check)?),
             described,
         })
     }
@@ -318,26 +319,36 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn client_config(
-    mode: SslMode,
-    roots: Option<RootCertStore>,
-) -> Result<rustls::ClientConfig, StoreError> {
+/// What is checked of the server's certificate.
+enum Check {
+    /// `verify-full`: the chain up to a trusted CA, and the host name.
+    Full(RootCertStore),
+    /// `verify-ca`: the chain up to a trusted CA, whatever name it was issued for.
+    Chain(RootCertStore),
+    /// `prefer` and `require`: nothing (as libpq does); the handshake's signatures still are.
+    Nothing,
+}
+
+fn client_config(check: Check) -> Result<rustls::ClientConfig, StoreError> {
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::Postgres(format!("cannot set up TLS: {e}")))?;
     let algorithms = provider.signature_verification_algorithms;
-    let verifier: Arc<dyn ServerCertVerifier> = match (mode, roots) {
-        (SslMode::VerifyFull, Some(roots)) => {
+    let verifier: Arc<dyn ServerCertVerifier> = match check {
+        Check::Full(roots) => {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| StoreError::Postgres(format!("cannot set up TLS: {e}")))?
         }
-        (SslMode::VerifyCa, Some(roots)) => Arc::new(ChainOnly {
-            roots: Arc::new(roots),
+        Check::Chain(roots) => Arc::new(ChainOrNothing {
+            roots: Some(Arc::new(roots)),
             algorithms,
         }),
-        _ => Arc::new(Unchecked { algorithms }),
+        Check::Nothing => Arc::new(ChainOrNothing {
+            roots: None,
+            algorithms,
+        }),
     };
     let mut config = builder
         .dangerous()
@@ -349,14 +360,17 @@ fn client_config(
     Ok(config)
 }
 
-/// `verify-ca`: the chain up to a trusted CA, whatever name the certificate was issued for.
+/// `verify-ca` (with `roots`): the chain up to a trusted CA, whatever name the certificate was
+/// issued for. `prefer` and `require` (without): the certificate unchecked, as libpq does.
+/// Either way the handshake's signatures are checked, so the server holds the certificate's
+/// key.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
+struct ChainOrNothing {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainOrNothing {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -365,56 +379,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `prefer` and `require`: encrypted, with the certificate unchecked (as libpq does). The
-/// handshake's signatures are still checked, so the server holds the certificate's key.
-#[derive(Debug)]
-struct Unchecked {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -528,7 +502,7 @@ mod tests {
 
     #[test]
     fn tls_offers_the_postgresql_alpn() {
-        let config = client_config(SslMode::Require, None).expect("config");
+        let config = client_config(Check::Nothing).expect("config");
         assert_eq!(config.alpn_protocols, vec![b"postgresql".to_vec()]);
     }
 

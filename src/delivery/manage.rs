@@ -435,7 +435,15 @@ impl Engine {
         if self.registry.name_taken(&spec.name, Some(id)) {
             return Err(ManageError::NameTaken(spec.name));
         }
-        let status = spec.status.take().filter(|s| *s != current.status);
+        // The status asked for is compared with the stored record's, not with this instance's
+        // running copy: that can be ~200 ms behind a change made through another instance (a
+        // resume right after another instance's pause would otherwise look like no change).
+        let stored = self
+            .store
+            .webhook(id)
+            .await?
+            .ok_or(ManageError::NotFound(id))?;
+        let status = spec.status.take().filter(|s| *s != stored.status);
         if status == Some(WebhookStatus::Active) {
             let mut probe = current.clone();
             probe.spec = spec.clone();
@@ -659,6 +667,53 @@ mod tests {
 
     fn input() -> WebhookInput {
         WebhookInput::default()
+    }
+
+    /// A status asked for through one instance is compared with the stored record, not with
+    /// that instance's running copy: B's copy still says paused after A resumed the webhook,
+    /// and B's pause must not be taken for "no change".
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_status_asked_for_through_a_stale_copy_is_still_set() {
+        let cluster = Cluster::start();
+        let url = cluster.database();
+        let (da, db) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let a = instance(&url, da.path()).await;
+        let b = instance(&url, db.path()).await;
+        let spec = WebhookSpec::example("crm");
+        a.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync a");
+        b.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync b");
+        let id = a.webhooks()[0].id;
+        b.set_status(id, WebhookStatus::Paused)
+            .await
+            .expect("pause on b")
+            .expect("found");
+        a.set_status(id, WebhookStatus::Active)
+            .await
+            .expect("resume on a")
+            .expect("found");
+        assert_eq!(
+            b.webhook(id).expect("b's copy").status,
+            WebhookStatus::Paused,
+            "b's copy is stale"
+        );
+        b.update_webhook(
+            id,
+            WebhookInput {
+                status: Some(WebhookStatus::Paused),
+                ..input()
+            },
+        )
+        .await
+        .expect("pause on b again");
+        let stored = a.store().webhook(id).await.expect("read").expect("there");
+        assert_eq!(stored.status, WebhookStatus::Paused, "b's pause is stored");
     }
 
     #[tokio::test(flavor = "multi_thread")]

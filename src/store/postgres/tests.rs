@@ -778,7 +778,7 @@ async fn an_import_refuses_a_name_taken_under_another_id_and_events_without_deli
         .expect("no store there")
         .to_string();
     assert!(e.contains("no sled store at"), "{e}");
-    let sled = SledStore::open_stopped(&path).expect("open the stopped store");
+    let sled = open_released(&path).await;
     let e = import_sled(&pg, &sled, &path, false)
         .await
         .expect_err("the name is taken")
@@ -850,7 +850,7 @@ async fn an_import_keeps_each_queue_in_order_counts_what_it_wrote_and_marks_the_
         (b.id, d2b.id, d1b.id)
     };
     let path = sled_dir.path().join("data");
-    let sled = SledStore::open_stopped(&path).expect("open the stopped store");
+    let sled = open_released(&path).await;
     let (_dir, pg) = config(sled_dir.path(), &url, Duration::from_secs(30));
 
     let done = import_sled(&pg, &sled, &path, false).await.expect("import");
@@ -1388,4 +1388,18 @@ async fn the_console_migration_fills_in_the_statistics_of_older_attempts() {
             .map(|a| a.summary),
         Some("HTTP 503".to_owned())
     );
+}
+
+/// Opens the stopped sled store at `path` that a test has just dropped: sled's background
+/// threads may hold its file lock a moment longer (a hooktap that exited has released it).
+async fn open_released(path: &std::path::Path) -> SledStore {
+    let mut opened = SledStore::open_stopped(path);
+    for _ in 0..100 {
+        if opened.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        opened = SledStore::open_stopped(path);
+    }
+    opened.expect("open the stopped store")
 }

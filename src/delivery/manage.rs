@@ -636,6 +636,26 @@ mod tests {
 
     /// An engine on the shared store at `url`, its journal under `dir`. Its loop is not run,
     /// so its running copies are refreshed by nothing: as stale as they can get.
+    /// Two instances on the database at `url`, both running the file webhook `crm`: their
+    /// directories (kept while they run), the instances, and the webhook's one id.
+    async fn two_instances(url: &str) -> ([tempfile::TempDir; 2], Arc<Engine>, Arc<Engine>, Uuid) {
+        let dirs = [
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        ];
+        let a = instance(url, dirs[0].path()).await;
+        let b = instance(url, dirs[1].path()).await;
+        let spec = WebhookSpec::example("crm");
+        a.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync a");
+        b.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
+            .await
+            .expect("sync b");
+        let id = a.webhooks()[0].id;
+        (dirs, a, b, id)
+    }
+
     async fn instance(url: &str, dir: &std::path::Path) -> Arc<Engine> {
         let pg = PgConfig {
             url: url.to_owned(),
@@ -676,20 +696,7 @@ mod tests {
     async fn a_status_asked_for_through_a_stale_copy_is_still_set() {
         let cluster = Cluster::start();
         let url = cluster.database();
-        let (da, db) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let a = instance(&url, da.path()).await;
-        let b = instance(&url, db.path()).await;
-        let spec = WebhookSpec::example("crm");
-        a.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
-            .await
-            .expect("sync a");
-        b.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
-            .await
-            .expect("sync b");
-        let id = a.webhooks()[0].id;
+        let (_dirs, a, b, id) = two_instances(&url).await;
         b.set_status(id, WebhookStatus::Paused)
             .await
             .expect("pause on b")
@@ -720,20 +727,7 @@ mod tests {
     async fn a_change_on_one_instance_survives_another_instances_stale_copy() {
         let cluster = Cluster::start();
         let url = cluster.database();
-        let (da, db) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let a = instance(&url, da.path()).await;
-        let b = instance(&url, db.path()).await;
-        let spec = WebhookSpec::example("crm");
-        a.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
-            .await
-            .expect("sync a");
-        b.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
-            .await
-            .expect("sync b");
-        let id = a.webhooks()[0].id;
+        let (_dirs, a, b, id) = two_instances(&url).await;
         assert_eq!(b.webhooks()[0].id, id, "one id on both instances");
 
         // A changes the retry schedule; B still runs the copy from before.
@@ -800,20 +794,7 @@ mod tests {
     async fn a_webhook_another_instance_disabled_is_not_disabled_again() {
         let cluster = Cluster::start();
         let url = cluster.database();
-        let (da, db) = (
-            tempfile::tempdir().expect("dir"),
-            tempfile::tempdir().expect("dir"),
-        );
-        let a = instance(&url, da.path()).await;
-        let b = instance(&url, db.path()).await;
-        let spec = WebhookSpec::example("crm");
-        a.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
-            .await
-            .expect("sync a");
-        b.sync_webhooks(std::slice::from_ref(&spec), Duration::ZERO)
-            .await
-            .expect("sync b");
-        let id = a.webhooks()[0].id;
+        let (_dirs, a, b, id) = two_instances(&url).await;
         let (ta, tb) = (
             a.registry.get(id).expect("a runs it"),
             b.registry.get(id).expect("b runs it"),

@@ -259,6 +259,14 @@ pub(super) fn parse(
         }
         (Some(mode), _) => mode,
     };
+    // As libpq: verify-full compares the certificate with the host *name*; an address alone
+    // (`hostaddr`) gives nothing to compare it with.
+    if mode == SslMode::VerifyFull && hosts.is_empty() && !config.get_hostaddrs().is_empty() {
+        return Err(
+            "sslmode=verify-full checks the certificate against the url's host name, but the url gives only `hostaddr`: add `host=<the name the certificate is issued for>` (the address is still used to connect), or use sslmode=verify-ca"
+                .to_owned(),
+        );
+    }
     let mut config = config;
     config.ssl_mode(match mode {
         SslMode::Disable => PgSslMode::Disable,
@@ -497,6 +505,25 @@ mod tests {
             let (config, mode) = parse(url, Some(ca)).unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(mode, SslMode::Disable, "{url}");
             assert_eq!(config.get_ssl_mode(), PgSslMode::Disable, "{url}");
+        }
+    }
+
+    /// verify-full needs a host name to check the certificate against; `hostaddr` alone is
+    /// refused when the config is read, not at the first connection.
+    #[test]
+    fn verify_full_with_only_an_address_is_refused() {
+        let e = parse("hostaddr=127.0.0.1 user=u sslmode=verify-full", None)
+            .expect_err("no host name to verify");
+        assert!(e.contains("hostaddr") && e.contains("host="), "{e}");
+        let ca = Path::new("ca.pem");
+        // A CA file alone makes the mode verify-full: the same error.
+        assert!(parse("hostaddr=127.0.0.1 user=u", Some(ca)).is_err());
+        // With a name beside the address, or with verify-ca, it is fine.
+        for url in [
+            "host=db.internal hostaddr=127.0.0.1 user=u sslmode=verify-full",
+            "hostaddr=127.0.0.1 user=u sslmode=verify-ca",
+        ] {
+            parse(url, None).unwrap_or_else(|e| panic!("{url}: {e}"));
         }
     }
 

@@ -694,8 +694,18 @@ def scenario(run):
     if hooktap.api("GET", f"/webhooks/{copy_id}")[0] != 404:
         fail("the copy is still there after Delete")
 
-    # Pause the webhook, then delete it (after a confirmation).
+    # A pause made elsewhere (another instance, curl) reaches the heading with the State
+    # card's refresh (every 5 s), and the Resume button it brings works.
     page.goto(admin + f"/#/webhooks/{webhook_id}")
+    expect(page.locator("main .page-head .badge")).to_have_text("active")
+    if hooktap.api("PUT", f"/webhooks/{webhook_id}", {"status": "paused"})[0] != 200:
+        fail("pausing through the API failed")
+    expect(page.locator("main .page-head .badge")).to_have_text("paused", timeout=15000)
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#flash")).to_contain_text("Resumed.")
+    expect(page.locator("main .page-head .badge")).to_have_text("active")
+
+    # Pause the webhook, then delete it (after a confirmation).
     page.get_by_role("button", name="Pause").click()
     expect(page.locator("main .page-head .badge")).to_have_text("paused")
     status, w = hooktap.api("GET", f"/webhooks/{webhook_id}")

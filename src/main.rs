@@ -627,7 +627,7 @@ async fn webhooks(client: &AdminClient, action: WebhookAction) -> anyhow::Result
                 rate_limit,
                 circuit_failures,
                 circuit_cooldown,
-                https_only,
+                https_only: https_only.map(Some),
                 headers,
                 ..WebhookInput::default()
             };

@@ -94,8 +94,15 @@ pub struct WebhookInput {
     pub circuit_failures: Option<u32>,
     /// How long an open circuit waits before its probe, e.g. `30s`.
     pub circuit_cooldown: Option<String>,
-    /// Refuse a plain `http://` URL; when left out, `[delivery] https_only` decides.
-    pub https_only: Option<bool>,
+    /// Refuse a plain `http://` URL. `null` gives the choice back to `[delivery] https_only`
+    /// (as leaving it out does when creating); left out of a `PUT`, it is unchanged.
+    #[serde(
+        default,
+        deserialize_with = "null_clears",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<bool>)]
+    pub https_only: Option<Option<bool>>,
     /// Extra static headers sent with every request, e.g. `{"X-Team": "crm"}`; not those
     /// hooktap sets itself (content, signature, auth and trace headers).
     pub headers: Option<BTreeMap<String, String>>,
@@ -104,6 +111,16 @@ pub struct WebhookInput {
     /// over `payload`, `topic`, `event_id` and `time`. `{}` removes it.
     #[schema(value_type = Option<Object>)]
     pub transform: Option<serde_json::Value>,
+}
+
+/// Reads a field whose `null` means something: left out is `None` (unchanged), `null` is
+/// `Some(None)` (back to the default), a value is `Some(Some(value))`.
+fn null_clears<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// Reads an optional whole number written as `8` or as `8.0`: the schema's `integer` admits
@@ -435,7 +452,7 @@ impl WebhookInput {
                 rate_limit: delivery.rate_limit,
                 circuit_failures: delivery.circuit_failures,
                 circuit_cooldown: delivery.circuit_cooldown,
-                https_only: self.https_only.or(base.and_then(|b| b.https_only)),
+                https_only: self.https_only.unwrap_or(base.and_then(|b| b.https_only)),
                 headers: delivery.headers,
                 transform,
             }),
@@ -516,7 +533,7 @@ impl WebhookInput {
         // The webhook's own `https_only`, else the global default.
         let https_only = self
             .https_only
-            .or(base.and_then(|b| b.https_only))
+            .unwrap_or(base.and_then(|b| b.https_only))
             .unwrap_or(d.https_only);
         let url = p.require(
             "url",
@@ -825,7 +842,7 @@ mod tests {
         let e = http.clone().apply(None, &strict).unwrap_err();
         assert_eq!(e[0].field, "url");
         let allowed = WebhookInput {
-            https_only: Some(false),
+            https_only: Some(Some(false)),
             ..http.clone()
         }
         .apply(None, &strict)
@@ -833,19 +850,49 @@ mod tests {
         assert_eq!(allowed.https_only, Some(false));
         let base = http.clone().apply(None, &defaults(&guard)).expect("valid");
         let e = WebhookInput {
-            https_only: Some(true),
+            https_only: Some(Some(true)),
             ..WebhookInput::default()
         }
         .apply(Some(&base), &defaults(&guard))
         .unwrap_err();
         assert_eq!(e[0].field, "https_only", "{e:?}");
         let e = WebhookInput {
-            https_only: Some(true),
+            https_only: Some(Some(true)),
             ..http
         }
         .apply(None, &defaults(&guard))
         .unwrap_err();
         assert_eq!(e[0].field, "url");
+    }
+
+    /// `null` gives `https_only` back to the global default; left out, the webhook's own
+    /// setting stays; and the CLI's input, serialised, leaves out what it does not set.
+    #[test]
+    fn https_only_null_returns_to_the_default() {
+        let guard = Guard::default();
+        let d = defaults(&guard);
+        let read = |json: &str| serde_json::from_str::<WebhookInput>(json).expect("input");
+        let base = read(
+            r#"{"url": "https://hooks.example.com/in", "secret": "s", "topics": ["a"], "https_only": true}"#,
+        )
+        .apply(None, &d)
+        .expect("valid");
+        assert_eq!(base.https_only, Some(true));
+        let kept = read(r#"{"name": "renamed"}"#)
+            .apply(Some(&base), &d)
+            .expect("valid");
+        assert_eq!(kept.https_only, Some(true));
+        let cleared = read(r#"{"https_only": null}"#)
+            .apply(Some(&base), &d)
+            .expect("valid");
+        assert_eq!(cleared.https_only, None);
+        let unset = WebhookInput {
+            name: Some("n".into()),
+            ..WebhookInput::default()
+        };
+        let json = serde_json::to_value(&unset).expect("serialise");
+        assert!(json.get("https_only").is_none(), "{json}");
+        assert_eq!(read(&json.to_string()), unset);
     }
 
     #[test]

@@ -659,7 +659,6 @@
               continue;
             }
             if (!required && JSON.stringify(value) === JSON.stringify(initial[name])) continue;
-            if (name === "https_only" && value === null) continue;
             body[name] = value;
           }
         } catch (e) {
@@ -782,14 +781,20 @@
     let w = await get(`/webhooks/${seg(id)}`);
     const windowName = query.get("window") === "day" ? "day" : "hour";
     const reload = () => render();
-    const status = w.status === "active"
+    const statusButton = () => w.status === "active"
       ? h("button", { type: "button", id: "pause", onclick: () => webhookAction("Paused.", () => api("PUT", `/webhooks/${seg(w.id)}`, { status: "paused" }), reload) }, "Pause")
       : h("button", { type: "button", id: "resume", onclick: () => webhookAction("Resumed.", () => api("PUT", `/webhooks/${seg(w.id)}`, { status: "active" }), reload) }, "Resume");
+    // The heading's badge and Pause/Resume follow the status as the State card's refreshes
+    // read it (another instance, an operator elsewhere or the failure threshold may change it);
+    // they are redrawn only when it changed, so a focused button keeps its focus.
+    let shownStatus = w.status;
+    const headBadge = h("span", { id: "head-status" }, badge(w.status));
+    const statusSlot = h("span", { class: "slot" }, statusButton());
     const pingOut = h("div");
-    main.append(pageHead(w.name, badge(w.status),
+    main.append(pageHead(w.name, headBadge,
       h("div", { class: "actions" },
         h("button", { type: "button", id: "edit", onclick: () => webhookForm(w, reload) }, "Edit"),
-        status,
+        statusSlot,
         h("button", { type: "button", id: "ping", onclick: async () => {
           try {
             const { data: p } = await api("POST", `/webhooks/${seg(w.id)}/ping`);
@@ -823,6 +828,11 @@
       let stats = null, problem = null;
       if (!first) w = await get(`/webhooks/${seg(id)}`);
       first = false;
+      if (w.status !== shownStatus) {
+        shownStatus = w.status;
+        headBadge.replaceChildren(badge(w.status));
+        statusSlot.replaceChildren(statusButton());
+      }
       if (!features.stats) problem = missing("Charts", "GET /webhooks/{id}/stats");
       else {
         try { stats = await get(`/webhooks/${seg(w.id)}/stats?window=${windowName}`); } catch (e) { problem = notice(e.message, true); }

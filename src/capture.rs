@@ -259,23 +259,32 @@ impl Exchange {
         };
         let request_body = body("request", self.request.body, &self.request.headers);
         let response_body = body("response", self.response.body, &self.response.headers);
-        let value = serde_json::json!({
-            "request": {
-                "method": self.request.method,
-                "path": self.request.path,
-                "query": query_to_json(self.request.query.as_deref()),
-                "headers": headers_to_json(&self.request.headers),
-                "body": request_body,
-            },
-            "response": {
-                "status": self.response.status,
-                "headers": headers_to_json(&self.response.headers),
-                "body": response_body,
-            },
-            "params": {},
-        });
+        // Built field by field: `json!` with expressions serialises each value into a new one,
+        // which deep-copied both parsed bodies on every matched request.
+        let request = object([
+            ("method", Value::String(self.request.method)),
+            ("path", Value::String(self.request.path)),
+            ("query", query_to_json(self.request.query.as_deref())),
+            ("headers", headers_to_json(&self.request.headers)),
+            ("body", request_body),
+        ]);
+        let response = object([
+            ("status", Value::from(self.response.status)),
+            ("headers", headers_to_json(&self.response.headers)),
+            ("body", response_body),
+        ]);
+        let value = object([
+            ("request", request),
+            ("response", response),
+            ("params", Value::Object(Map::new())),
+        ]);
         Document { value, skipped }
     }
+}
+
+/// An object of these fields, in this order.
+fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::Object(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
 #[cfg(test)]
@@ -313,6 +322,54 @@ mod tests {
         c.reset();
         c.push(b"abcd");
         assert_eq!(c.into_bytes().as_deref(), Some(&b"abcd"[..]));
+    }
+
+    #[test]
+    fn the_document_holds_each_part_in_its_place() {
+        let exchange = Exchange {
+            request: RequestParts {
+                method: "POST".into(),
+                path: "/orders".into(),
+                query: Some("a=1&a=2".into()),
+                headers: headers(&[("content-type", "application/json"), ("x-tag", "t")]),
+                body: Some(Bytes::from_static(br#"{"email":"a@b.c"}"#)),
+            },
+            response: ResponseParts {
+                status: 201,
+                headers: headers(&[("content-type", "application/json")]),
+                body: None,
+            },
+        };
+        let doc = exchange.into_document(1000);
+        assert_eq!(
+            doc.value,
+            serde_json::json!({
+                "request": {
+                    "method": "POST",
+                    "path": "/orders",
+                    "query": {"a": ["1", "2"]},
+                    "headers": {"content-type": "application/json", "x-tag": "t"},
+                    "body": {"email": "a@b.c"},
+                },
+                "response": {"status": 201, "headers": {"content-type": "application/json"}, "body": null},
+                "params": {},
+            })
+        );
+        assert_eq!(doc.skipped, vec![("response", SkipReason::TooBig)]);
+        // The order rules and payloads see (serde_json keeps insertion order).
+        let keys = |v: &Value| v.as_object().map(|m| m.keys().cloned().collect::<Vec<_>>());
+        assert_eq!(
+            keys(&doc.value["request"]),
+            Some(
+                ["method", "path", "query", "headers", "body"]
+                    .map(String::from)
+                    .to_vec()
+            )
+        );
+        assert_eq!(
+            keys(&doc.value),
+            Some(["request", "response", "params"].map(String::from).to_vec())
+        );
     }
 
     #[test]

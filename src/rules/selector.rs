@@ -1,6 +1,6 @@
 //! A JSONPath compiled once and evaluated over exchange documents.
 
-use jsonpath_rust::parser::model::JpQuery;
+use jsonpath_rust::parser::model::{self, JpQuery, Segment};
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use serde_json::Value;
@@ -9,8 +9,53 @@ use serde_json::Value;
 pub struct Selector {
     source: String,
     query: JpQuery,
+    /// The path as plain steps when it is only names and indices (`$.response.body.id`,
+    /// `$.items[0]`): walked directly, without the general evaluator, which builds a path
+    /// string for every node it visits. `None` for anything else (wildcards, filters, ...).
+    steps: Option<Vec<Step>>,
     /// Reads the `for_each` item (`$.item...`) rather than the exchange.
     on_item: bool,
+}
+
+/// One step of a plain path: an object member or an array element (negative: from the end).
+#[derive(Debug, Clone)]
+enum Step {
+    Name(String),
+    Index(i64),
+}
+
+impl Step {
+    /// The node this step leads to from `v`, as jsonpath-rust's name and index selectors find
+    /// it: a name only in an object, an index only in an array.
+    fn apply<'v>(&self, v: &'v Value) -> Option<&'v Value> {
+        match self {
+            Step::Name(name) => v.as_object()?.get(name),
+            Step::Index(i) => {
+                let array = v.as_array()?;
+                let at = if *i >= 0 {
+                    usize::try_from(*i).ok()?
+                } else {
+                    array
+                        .len()
+                        .checked_sub(usize::try_from(i.unsigned_abs()).ok()?)?
+                };
+                array.get(at)
+            }
+        }
+    }
+}
+
+/// The steps of `query` when it has only name and index selectors, one per segment.
+fn plain_steps(query: &JpQuery) -> Option<Vec<Step>> {
+    query
+        .segments
+        .iter()
+        .map(|segment| match segment {
+            Segment::Selector(model::Selector::Name(name)) => Some(Step::Name(name.clone())),
+            Segment::Selector(model::Selector::Index(i)) => Some(Step::Index(*i)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The documents a rule's paths read: the exchange and, under `for_each`, the item, held as
@@ -45,6 +90,7 @@ impl Selector {
         });
         Ok(Self {
             source: source.to_owned(),
+            steps: plain_steps(&query),
             query,
             on_item,
         })
@@ -65,6 +111,9 @@ impl Selector {
 
     /// Every node the path selects, in order (no collapsing of one node into a value).
     pub fn select_all(&self, doc: &Value) -> Vec<Value> {
+        if let Some(steps) = &self.steps {
+            return walk(steps, doc).cloned().into_iter().collect();
+        }
         js_path_process(&self.query, doc)
             .map(|found| found.into_iter().map(|r| r.val().clone()).collect())
             .unwrap_or_default()
@@ -88,6 +137,9 @@ impl Selector {
 
     /// What the path selects: `None` when nothing, the value when one node, an array when several.
     pub fn select(&self, doc: &Value) -> Option<Value> {
+        if let Some(steps) = &self.steps {
+            return walk(steps, doc).cloned();
+        }
         let mut found = js_path_process(&self.query, doc).ok()?;
         match found.len() {
             0 => None,
@@ -97,6 +149,11 @@ impl Selector {
             )),
         }
     }
+}
+
+/// The node a plain path leads to, if any.
+fn walk<'v>(steps: &[Step], doc: &'v Value) -> Option<&'v Value> {
+    steps.iter().try_fold(doc, |v, step| step.apply(v))
 }
 
 /// The parser's multi-line report, folded into one line with a hint for the common mistake.
@@ -137,6 +194,59 @@ mod tests {
         assert_eq!(s("$.a.b"), Some(json!(1)));
         assert_eq!(s("$.a.missing"), None);
         assert_eq!(s("$.items[*].id"), Some(json!([1, 2])));
+    }
+
+    /// Plain paths are walked directly; they must select what the general evaluator selects.
+    #[test]
+    fn plain_paths_select_what_the_evaluator_selects() {
+        let doc = json!({
+            "a": {"b": 1, "n": null, "user-agent": "x", "0": "zero"},
+            "items": [{"id": 1}, {"id": 2}, {"id": 3}],
+            "s": "text",
+        });
+        let paths = [
+            "$",
+            "$.a",
+            "$.a.b",
+            "$.a.n",
+            "$.a.missing",
+            "$.a.b.c",
+            "$['a']['user-agent']",
+            "$[\"a\"].b",
+            "$.a['0']",
+            "$.a[0]",
+            "$.items[0]",
+            "$.items[2].id",
+            "$.items[3]",
+            "$.items[-1]",
+            "$.items[-3].id",
+            "$.items[-4]",
+            "$.items.id",
+            "$.items['0']",
+            "$.s[0]",
+            "$.s.length",
+            "$.missing[0]",
+        ];
+        for path in paths {
+            let s = Selector::parse(path).expect("valid path");
+            assert!(s.steps.is_some(), "{path} is a plain path");
+            let general = Selector {
+                steps: None,
+                ..s.clone()
+            };
+            assert_eq!(s.select(&doc), general.select(&doc), "{path}");
+            assert_eq!(s.select_all(&doc), general.select_all(&doc), "{path}");
+        }
+        for path in [
+            "$.items[*].id",
+            "$..id",
+            "$.items[0,1]",
+            "$.items[1:]",
+            "$.items[?@.id > 1]",
+        ] {
+            let s = Selector::parse(path).expect("valid path");
+            assert!(s.steps.is_none(), "{path} is evaluated by jsonpath-rust");
+        }
     }
 
     #[test]

@@ -43,6 +43,8 @@ const RECORDING_PER_SLOT: usize = 4;
 const AHEAD_PER_SLOT: usize = 4;
 /// ... and at most.
 const AHEAD_MAX: usize = 64;
+/// The longest deliveries leased ahead are held for (half the lease, unless that is longer).
+const AHEAD_HOLD_MAX: Duration = Duration::from_secs(600);
 
 /// One request in flight: released (and the loop woken) when dropped, however the send ends.
 struct InFlight {
@@ -275,7 +277,9 @@ impl Engine {
             let mut claimed = self.store.queued(target.id, round.now, want, &skip).await?;
             let rest = claimed.split_off((room - due.len()).min(claimed.len()));
             due.extend(claimed);
-            target.keep_ahead(rest, now + lease / 2);
+            // Half the lease: sent well before another instance may take them over.
+            let hold = (lease / 2).min(AHEAD_HOLD_MAX);
+            target.keep_ahead(rest, now + hold);
         }
         Ok(due)
     }

@@ -4,7 +4,7 @@
 //! the scheduler walks. The store holds the durable record; a [`Target`] holds the live copy
 //! (its counters are written back at most once a second, see the scheduler).
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -13,6 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::breaker::Gates;
+use crate::event::Delivery;
 use crate::rules::selector::Selector;
 use crate::rules::when::Predicate;
 use crate::webhook::{
@@ -39,6 +40,12 @@ pub struct Target {
     in_flight: Mutex<HashSet<Uuid>>,
     /// Requests in flight (a batch is one request carrying many deliveries).
     requests: AtomicUsize,
+    /// Requests whose send has ended and whose outcome is being written: they hold no request
+    /// slot any more, but their deliveries stay in `in_flight` until written.
+    recording: AtomicUsize,
+    /// Deliveries a shared store leased to this instance ahead of need, each with the time
+    /// until which it is sent from here (well within its lease), in queue order.
+    ahead: Mutex<VecDeque<(Delivery, tokio::time::Instant)>>,
     /// When the record was last written to the store (`None`: not yet).
     pub(super) saved_at: Mutex<Option<std::time::Instant>>,
     /// Held while an outcome is written to the store and while the webhook is deleted, so
@@ -61,6 +68,8 @@ impl Target {
             gates: Mutex::default(),
             in_flight: Mutex::default(),
             requests: AtomicUsize::new(0),
+            recording: AtomicUsize::new(0),
+            ahead: Mutex::default(),
             saved_at: Mutex::default(),
             writes: tokio::sync::RwLock::new(()),
             deleted: AtomicBool::new(false),
@@ -135,8 +144,9 @@ impl Target {
         lock(&self.in_flight).clone()
     }
 
+    /// Whether `id` is being sent or recorded, or held ahead to be sent from here.
     pub(super) fn is_in_flight(&self, id: &Uuid) -> bool {
-        lock(&self.in_flight).contains(id)
+        lock(&self.in_flight).contains(id) || lock(&self.ahead).iter().any(|(d, _)| d.id == *id)
     }
 
     /// Marks a request carrying `ids` as started (`on`) or finished.
@@ -154,6 +164,53 @@ impl Target {
         } else {
             self.requests.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// Moves a request from sending to recording: its slot is free, its deliveries stay in
+    /// flight until [`Target::recorded`].
+    pub(super) fn sent(&self) {
+        self.recording.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A request that [`Target::sent`] let go of has its outcome written (or given up).
+    pub(super) fn recorded(&self, ids: &[Uuid]) {
+        let mut set = lock(&self.in_flight);
+        for id in ids {
+            set.remove(id);
+        }
+        self.recording.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Requests whose outcomes are being written after their slots were freed.
+    pub(super) fn recording(&self) -> usize {
+        self.recording.load(Ordering::Acquire)
+    }
+
+    /// Up to `n` of the deliveries leased ahead whose local time has not run out (those whose
+    /// has are forgotten: their lease still names this instance, so the next claim takes
+    /// them again, or another instance once the lease ends).
+    pub(super) fn take_ahead(&self, n: usize, now: tokio::time::Instant) -> Vec<Delivery> {
+        let mut ahead = lock(&self.ahead);
+        ahead.retain(|(_, until)| *until > now);
+        let n = n.min(ahead.len());
+        ahead.drain(..n).map(|(d, _)| d).collect()
+    }
+
+    /// Keeps `deliveries` (leased ahead of need) to be sent from here until `until`.
+    pub(super) fn keep_ahead(&self, deliveries: Vec<Delivery>, until: tokio::time::Instant) {
+        lock(&self.ahead).extend(deliveries.into_iter().map(|d| (d, until)));
+    }
+
+    /// The ids of the deliveries held ahead.
+    #[cfg(test)]
+    pub(super) fn ahead_ids(&self) -> Vec<Uuid> {
+        lock(&self.ahead).iter().map(|(d, _)| d.id).collect()
+    }
+
+    /// Empties the deliveries held ahead and returns their ids (to give their leases back).
+    pub(super) fn drop_ahead(&self) -> Vec<Uuid> {
+        lock(&self.ahead).drain(..).map(|(d, _)| d.id).collect()
     }
 
     pub(super) fn is_deleted(&self) -> bool {

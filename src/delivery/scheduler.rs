@@ -7,7 +7,7 @@
 //! it is below its fair share (see the isolation rule in [`crate::delivery`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -35,18 +35,47 @@ const IDLE_SHARED: Duration = Duration::from_secs(1);
 const SAVE_COUNTERS_EVERY: Duration = Duration::from_secs(1);
 /// How long to wait before reading the queue again after the store failed.
 const ON_STORE_ERROR: Duration = Duration::from_secs(1);
+/// A concurrent webhook's requests whose outcomes are still being written, at most, per unit
+/// of its `concurrency`: when its sends are faster than the store records them, sending waits.
+const RECORDING_PER_SLOT: usize = 4;
+/// How many deliveries a shared store leases at once for a concurrent webhook, per unit of its
+/// `concurrency` (see [`Engine::claim_due`]).
+const AHEAD_PER_SLOT: usize = 4;
+/// ... and at most.
+const AHEAD_MAX: usize = 64;
+/// The longest deliveries leased ahead are held for (half the lease, unless that is longer).
+const AHEAD_HOLD_MAX: Duration = Duration::from_secs(600);
 
 /// One request in flight: released (and the loop woken) when dropped, however the send ends.
 struct InFlight {
     engine: Arc<Engine>,
     target: Arc<Target>,
     ids: Vec<Uuid>,
+    /// Whether the request still holds its slot (see [`InFlight::free_slot`]).
+    holding: AtomicBool,
+}
+
+impl InFlight {
+    /// The send has ended and the circuit breaker has noted it: the slot goes to the next
+    /// request while the outcome is written. The deliveries stay in flight (not queued again)
+    /// until the guard is dropped.
+    fn free_slot(&self) {
+        if self.holding.swap(false, Ordering::AcqRel) {
+            self.target.sent();
+            self.engine.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.engine.wake();
+        }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.target.set_in_flight(&self.ids, false);
-        self.engine.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.holding.load(Ordering::Acquire) {
+            self.target.set_in_flight(&self.ids, false);
+            self.engine.in_flight.fetch_sub(1, Ordering::AcqRel);
+        } else {
+            self.target.recorded(&self.ids);
+        }
         self.engine.wake();
     }
 }
@@ -141,6 +170,13 @@ impl Engine {
                 let w = target.record();
                 (w.spec.ordered, w.spec.ordering_key.is_some(), w.spec.mode)
             };
+            if keyed || ordered || !matches!(mode, Mode::Realtime) {
+                // Held ahead while the webhook was concurrent: its spec changed since.
+                let ahead = target.drop_ahead();
+                if !ahead.is_empty() {
+                    self.store.unclaim(&ahead).await?;
+                }
+            }
             match mode {
                 Mode::Realtime if keyed => self.dispatch_keyed(&target, &mut round).await?,
                 Mode::Realtime if !ordered => self.dispatch_concurrent(&target, &mut round).await?,
@@ -165,13 +201,15 @@ impl Engine {
         if waiting(target, round) {
             return Ok(());
         }
+        // Sends faster than their outcomes are written wait for the writing (a finished
+        // recording wakes the loop).
+        if target.recording() >= target.limit().saturating_mul(RECORDING_PER_SLOT) {
+            return Ok(());
+        }
         let room = target.limit().saturating_sub(target.requests());
         let mut gated = false;
         if room > 0 && self.may_start(target, round.fair) {
-            let due = self
-                .store
-                .queued(target.id, round.now, room, &target.in_flight())
-                .await?;
+            let due = self.claim_due(target, round, room).await?;
             let mut due = due.into_iter();
             for delivery in due.by_ref() {
                 let admitted = if self.may_start(target, round.fair) {
@@ -182,13 +220,15 @@ impl Engine {
                     None
                 };
                 let Some(probe) = admitted else {
-                    // Not started after all: a shared store's other instances may take it.
+                    // Not started after all: a shared store's other instances may take it,
+                    // and what was held ahead.
                     let mut left = vec![delivery.id];
                     left.extend(due.by_ref().map(|d| d.id));
+                    left.extend(target.drop_ahead());
                     self.store.unclaim(&left).await?;
                     break;
                 };
-                self.start(target, vec![delivery], probe);
+                self.start(target, vec![delivery], probe, true);
             }
         }
         // With room left, the next due time matters; without, a finishing send wakes the loop
@@ -206,13 +246,52 @@ impl Engine {
         Ok(())
     }
 
+    /// Up to `room` due deliveries of a concurrent webhook, leased to this instance. A store
+    /// of its own is read for just these. A shared store is asked for more at once, up to
+    /// [`AHEAD_PER_SLOT`] times the webhook's `concurrency` (at most [`AHEAD_MAX`]), in one
+    /// statement: the rest are held here and handed to the next free slots while half their
+    /// lease runs, so that most sends need no round trip to claim. Those not sent by then
+    /// are forgotten here and claimed afresh (by this instance or, once the lease ends, by
+    /// another); an instance that dies leaves them to the others after the lease, like any
+    /// delivery it leased.
+    async fn claim_due(
+        &self,
+        target: &Target,
+        round: &Round,
+        room: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let Some(lease) = self.store.lease() else {
+            return self
+                .store
+                .queued(target.id, round.now, room, &target.in_flight())
+                .await;
+        };
+        let now = tokio::time::Instant::now();
+        let mut due = target.take_ahead(room, now);
+        if due.len() < room {
+            // Nothing is left ahead: lease the next ones, not those in hand (this instance's
+            // leases are its own to take again).
+            let mut skip = target.in_flight();
+            skip.extend(due.iter().map(|d| d.id));
+            let want = ahead(target.limit()).max(room) - due.len();
+            let mut claimed = self.store.queued(target.id, round.now, want, &skip).await?;
+            let rest = claimed.split_off((room - due.len()).min(claimed.len()));
+            due.extend(claimed);
+            // Half the lease: sent well before another instance may take them over.
+            let hold = (lease / 2).min(AHEAD_HOLD_MAX);
+            target.keep_ahead(rest, now + hold);
+        }
+        Ok(due)
+    }
+
     /// Only the head of the queue may go, and only when it is due.
     async fn dispatch_ordered(
         self: &Arc<Self>,
         target: &Arc<Target>,
         round: &mut Round,
     ) -> Result<(), StoreError> {
-        if target.requests() > 0 || waiting(target, round) {
+        // `recording`: only after a change from concurrent (its outcomes are written first).
+        if target.requests() > 0 || target.recording() > 0 || waiting(target, round) {
             return Ok(());
         }
         let head = self.store.claim_head(target.id, u64::MAX, 1).await?.pop();
@@ -221,7 +300,7 @@ impl Engine {
                 round.wake_at(head.due_ms);
             } else if self.may_start(target, round.fair) {
                 if let Some(probe) = admit(target, round) {
-                    self.start(target, vec![head], probe);
+                    self.start(target, vec![head], probe, false);
                 } else {
                     // Gated here: a shared store's other instances may send it meanwhile.
                     self.store.unclaim(&[head.id]).await?;
@@ -239,7 +318,11 @@ impl Engine {
         round: &mut Round,
     ) -> Result<(), StoreError> {
         let room = target.limit().saturating_sub(target.requests());
-        if room == 0 || !self.may_start(target, round.fair) || waiting(target, round) {
+        if room == 0
+            || target.recording() > 0
+            || !self.may_start(target, round.fair)
+            || waiting(target, round)
+        {
             return Ok(());
         }
         let heads = self
@@ -262,7 +345,7 @@ impl Engine {
                 self.store.unclaim(&left).await?;
                 break;
             };
-            self.start(target, vec![delivery], probe);
+            self.start(target, vec![delivery], probe, false);
         }
         Ok(())
     }
@@ -276,7 +359,7 @@ impl Engine {
         max: usize,
         round: &mut Round,
     ) -> Result<(), StoreError> {
-        if target.requests() > 0 || waiting(target, round) {
+        if target.requests() > 0 || target.recording() > 0 || waiting(target, round) {
             return Ok(());
         }
         // New deliveries are queued `interval` after their event: everything queued until
@@ -299,7 +382,7 @@ impl Engine {
                 && self.may_start(target, round.fair)
                 && let Some(probe) = admit(target, round)
             {
-                self.start(target, batch, probe);
+                self.start(target, batch, probe, false);
             }
         } else {
             round.wake_at(head.queue_ms);
@@ -307,8 +390,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Starts the request for `deliveries`; `probe`: it was admitted as the circuit's probe.
-    fn start(self: &Arc<Self>, target: &Arc<Target>, deliveries: Vec<Delivery>, probe: bool) {
+    /// Starts the request for `deliveries`; `probe`: it was admitted as the circuit's probe;
+    /// `early`: its slot is freed once the send has ended, before the outcome is written
+    /// (only where order does not matter: an ordered or keyed webhook's next delivery must
+    /// see this one's outcome first).
+    fn start(
+        self: &Arc<Self>,
+        target: &Arc<Target>,
+        deliveries: Vec<Delivery>,
+        probe: bool,
+        early: bool,
+    ) {
         let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
         target.set_in_flight(&ids, true);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -316,9 +408,11 @@ impl Engine {
             engine: Arc::clone(self),
             target: Arc::clone(target),
             ids,
+            holding: AtomicBool::new(true),
         };
         tokio::spawn(async move {
-            if let Err(e) = guard.engine.deliver(&guard.target, deliveries).await {
+            let slot = early.then_some(&guard);
+            if let Err(e) = guard.engine.deliver(&guard.target, deliveries, slot).await {
                 tracing::error!(webhook = %guard.target.id, error = %e,
                     "cannot record a delivery attempt; the deliveries stay queued and will be sent again");
             }
@@ -327,8 +421,14 @@ impl Engine {
         });
     }
 
-    /// Sends one delivery, or one batch of them, and records the outcome.
-    async fn deliver(&self, target: &Target, deliveries: Vec<Delivery>) -> Result<(), StoreError> {
+    /// Sends one delivery, or one batch of them, and records the outcome; `slot`: freed once
+    /// the send has ended.
+    async fn deliver(
+        &self,
+        target: &Target,
+        deliveries: Vec<Delivery>,
+        slot: Option<&InFlight>,
+    ) -> Result<(), StoreError> {
         let webhook = target.webhook();
         let mut events = Vec::with_capacity(deliveries.len());
         let mut kept = Vec::with_capacity(deliveries.len());
@@ -344,7 +444,7 @@ impl Engine {
                         result: Err(SendError::EventMissing),
                         elapsed: Duration::ZERO,
                     };
-                    self.record(target, &[d], None, missing).await?;
+                    self.record(target, &[d], None, missing, None).await?;
                 }
             }
         }
@@ -371,17 +471,19 @@ impl Engine {
         .https_only_by_default(self.config.https_only)
         .with_trace(trace);
         let sent = send::send(&self.client, &self.config.guard, &out).await;
-        self.record(target, &kept, Some(&out), sent).await
+        self.record(target, &kept, Some(&out), sent, slot).await
     }
 
     /// Records what one request came to (see [`outcome::decide`]): writes it, counts it, logs
     /// it, and announces a webhook it disabled. Nothing is written for a deleted webhook.
+    /// `slot`: the request's, freed once the circuit breaker has noted the send.
     async fn record(
         &self,
         target: &Target,
         deliveries: &[Delivery],
         request: Option<&Outgoing>,
         sent: Sent,
+        slot: Option<&InFlight>,
     ) -> Result<(), StoreError> {
         let shared = self.store.shared();
         // A shared store records many outcomes of one webhook at once (gathered into batches)
@@ -423,6 +525,9 @@ impl Engine {
                 &webhook,
                 sent.result.as_ref().is_ok_and(|a| a.success()),
             );
+        }
+        if let Some(slot) = slot {
+            slot.free_slot();
         }
         let recording = self
             .store
@@ -610,6 +715,12 @@ impl Engine {
             tracing::error!(error = %e, "cannot store the webhook.disabled event");
         }
     }
+}
+
+/// How many deliveries of a concurrent webhook with `limit` requests in flight a shared store
+/// leases at once.
+fn ahead(limit: usize) -> usize {
+    limit.saturating_mul(AHEAD_PER_SLOT).min(AHEAD_MAX)
 }
 
 /// How many attempts `counters` have counted: they only grow (until a reset).
@@ -839,5 +950,312 @@ mod tests {
         // The probe ends without moving the circuit on: another may go.
         ended(&target, probe);
         assert_eq!(admit(&target, &mut r), Some(true), "the next probe");
+    }
+
+    /// The scheduler on a shared store (PostgreSQL), against a throwaway cluster.
+    mod shared {
+        use std::collections::HashSet;
+        use std::net::SocketAddr;
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::sync::watch;
+        use uuid::Uuid;
+
+        use super::super::{AHEAD_PER_SLOT, Engine, Round, ahead};
+        use crate::delivery::DeliveryConfig;
+        use crate::event::{Delivery, DeliveryState, Event, Topic};
+        use crate::ssrf::Guard;
+        use crate::store::postgres::cluster::Cluster;
+        use crate::store::{Backend, FlushMode, PgConfig, PgStore, Store, StoreConfig};
+        use crate::webhook::WebhookSpec;
+
+        /// The delivery id (`X-Hooktap-Webhook-Delivery-Id`) of every request a loopback receiver got, in arrival order.
+        type Got = Arc<Mutex<Vec<String>>>;
+
+        /// A receiver on a free loopback port that answers 200 and notes each request's id.
+        async fn receiver() -> (SocketAddr, Got) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let got: Got = Arc::default();
+            let noted = Arc::clone(&got);
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    let noted = Arc::clone(&noted);
+                    tokio::spawn(async move {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        let text = String::from_utf8_lossy(&head).to_lowercase();
+                        if let Some(id) = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("x-hooktap-webhook-delivery-id:"))
+                            .map(|v| v.trim().to_owned())
+                        {
+                            noted.lock().expect("lock").push(id);
+                        }
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                    });
+                }
+            });
+            (addr, got)
+        }
+
+        /// An engine on the shared store at `url` (leases of `lease`), journal under `dir`.
+        async fn instance(url: &str, dir: &std::path::Path, lease: Duration) -> Arc<Engine> {
+            let pg = PgConfig {
+                url: url.to_owned(),
+                lease,
+                pool_size: 4,
+                ca_file: None,
+            };
+            let config = StoreConfig {
+                path: dir.join("journal"),
+                flush: FlushMode::Interval(Duration::from_millis(100)),
+                retention: Duration::from_secs(3600),
+                min_free_space: 0,
+                backend: Backend::Postgres(pg.clone()),
+            };
+            let store = PgStore::open_now(&config, &pg).await.expect("open");
+            store.mark_ready();
+            let delivery = DeliveryConfig {
+                source: "https://shop.test/".to_owned(),
+                timeout: Duration::from_secs(5),
+                concurrency: 16,
+                https_only: false,
+                guard: Guard::new(&["127.0.0.0/8".to_owned()]).expect("guard"),
+                secret_rotation_grace: Duration::ZERO,
+            };
+            let engine = Engine::new(Arc::new(store), Vec::new(), delivery, Default::default());
+            Arc::new(engine.expect("engine"))
+        }
+
+        /// The file webhook `name` to `receiver` on `engine` (one id on every instance).
+        async fn webhook(engine: &Engine, spec: &WebhookSpec) -> Uuid {
+            engine
+                .sync_webhooks(std::slice::from_ref(spec), Duration::ZERO)
+                .await
+                .expect("sync");
+            engine
+                .webhooks()
+                .iter()
+                .find(|w| w.spec.name == spec.name)
+                .expect("synced")
+                .id
+        }
+
+        fn spec(name: &str, receiver: SocketAddr) -> WebhookSpec {
+            let mut spec = WebhookSpec::example(name);
+            spec.url = format!("http://{receiver}/in").parse().expect("url");
+            spec
+        }
+
+        /// Queues `n` events with a delivery each to `webhook` and moves them to PostgreSQL.
+        async fn queue(engine: &Engine, webhook: Uuid, n: usize) -> Vec<Delivery> {
+            let topic = Topic::parse("order.created").expect("topic");
+            let mut queued = Vec::new();
+            for i in 0..n {
+                let e = Event::new(&topic, "r", serde_json::json!({"n": i}));
+                let d = Delivery::new(&e, webhook, 0);
+                engine
+                    .store()
+                    .append(&e, std::slice::from_ref(&d))
+                    .expect("append");
+                queued.push(d);
+            }
+            engine.store().flush().await.expect("ship");
+            queued
+        }
+
+        /// Waits (at most 30 s) until `got` holds `n` distinct ids.
+        async fn wait_for(got: &Got, n: usize) -> HashSet<String> {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let ids: HashSet<String> = got.lock().expect("lock").iter().cloned().collect();
+                if ids.len() >= n || tokio::time::Instant::now() > deadline {
+                    return ids;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Runs `engine`'s loop until the returned sender is dropped or sent `true`.
+        fn run(engine: &Arc<Engine>) -> watch::Sender<bool> {
+            let (stop, stopped) = watch::channel(false);
+            tokio::spawn(Arc::clone(engine).run(Duration::from_secs(3600), stopped));
+            stop
+        }
+
+        /// A concurrent webhook's deliveries are leased several at a time, more than its free
+        /// slots: the rest are held by the instance. One that dies holding them (no sends, no
+        /// release) leaves them to another once the lease runs out: every one is sent, with
+        /// its own id.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn deliveries_leased_ahead_by_an_instance_that_dies_are_sent_by_another() {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let (addr, got) = receiver().await;
+            let dirs = [
+                tempfile::tempdir().expect("dir"),
+                tempfile::tempdir().expect("dir"),
+            ];
+            let lease = Duration::from_secs(1);
+            let a = instance(&url, dirs[0].path(), lease).await;
+            let b = instance(&url, dirs[1].path(), lease).await;
+            let mut spec = spec("ahead", addr);
+            spec.concurrency = 2;
+            let id = webhook(&a, &spec).await;
+            assert_eq!(webhook(&b, &spec).await, id, "one id on both");
+            let queued = queue(&a, id, 20).await;
+
+            // `a` has room for one request: it leases AHEAD_PER_SLOT × 2 in one go.
+            let target = a.registry.get(id).expect("target");
+            let now = crate::event::unix_ms(time::OffsetDateTime::now_utc());
+            let round = Round {
+                now,
+                next: None,
+                fair: 1,
+            };
+            let due = a.claim_due(&target, &round, 1).await.expect("claim");
+            let k = ahead(2);
+            assert_eq!(k, 2 * AHEAD_PER_SLOT);
+            assert_eq!(due.len(), 1, "only what there is room for is handed out");
+            assert_eq!(target.ahead_ids().len(), k - 1, "the rest is held ahead");
+            let none = HashSet::new();
+            let rest = b
+                .store()
+                .queued(id, u64::MAX, 100, &none)
+                .await
+                .expect("b claims");
+            assert_eq!(rest.len(), 20 - k, "b gets only what `a` did not lease");
+            b.store()
+                .unclaim(&rest.iter().map(|d| d.id).collect::<Vec<_>>())
+                .await
+                .expect("unclaim");
+
+            // `a` dies with its leases: its store goes, nothing is released.
+            drop(target);
+            drop(a);
+            let _stop = run(&b);
+            let ids = wait_for(&got, queued.len()).await;
+            let want: HashSet<String> = queued.iter().map(|d| d.id.to_string()).collect();
+            assert_eq!(
+                ids, want,
+                "every delivery reaches the receiver under its own id"
+            );
+            // And each is recorded as delivered.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            for d in &queued {
+                loop {
+                    let stored = b.store().delivery(d.id).await.expect("read").expect("kept");
+                    if stored.state == DeliveryState::Delivered {
+                        break;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{} not recorded as delivered: {:?}",
+                        d.id,
+                        stored.state
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+
+        /// Holds the webhook's row locked so that no outcome of it can be recorded (the
+        /// recording statement locks that row) until the returned client is dropped.
+        async fn block_recording(url: &str, webhook: Uuid) -> tokio_postgres::Client {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client.batch_execute("BEGIN").await.expect("begin");
+            client
+                .execute(
+                    "SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE",
+                    &[&webhook],
+                )
+                .await
+                .expect("lock the webhook's row");
+            client
+        }
+
+        /// A concurrent webhook's request slot is free once the send has ended, before its
+        /// outcome is written: with `concurrency = 1` and recording held up, the second
+        /// delivery goes anyway. An ordered webhook's next delivery waits for its
+        /// predecessor's record: with recording held up, only the first goes. Once recording
+        /// goes on, both of each are recorded as delivered.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_concurrent_slot_is_free_before_the_record_and_an_ordered_one_is_not() {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let dir = tempfile::tempdir().expect("dir");
+            let engine = instance(&url, dir.path(), Duration::from_secs(30)).await;
+            for ordered in [false, true] {
+                let (addr, got) = receiver().await;
+                let mut spec = spec(if ordered { "ordered" } else { "concurrent" }, addr);
+                spec.concurrency = 1;
+                spec.ordered = ordered;
+                let id = webhook(&engine, &spec).await;
+                let queued = queue(&engine, id, 2).await;
+                let lock = block_recording(&url, id).await;
+                let stop = run(&engine);
+                if ordered {
+                    assert_eq!(wait_for(&got, 1).await.len(), 1, "the head goes");
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    assert_eq!(
+                        got.lock().expect("lock").len(),
+                        1,
+                        "the next waits for the head's record"
+                    );
+                } else {
+                    assert_eq!(
+                        wait_for(&got, 2).await.len(),
+                        2,
+                        "the slot was free before the first outcome was written"
+                    );
+                }
+                for d in &queued {
+                    let stored = engine.store().delivery(d.id).await.expect("read");
+                    assert_eq!(
+                        stored.map(|d| d.state),
+                        Some(DeliveryState::Pending),
+                        "nothing is recorded while the row is locked"
+                    );
+                }
+                drop(lock);
+                assert_eq!(wait_for(&got, 2).await.len(), 2);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                for d in &queued {
+                    loop {
+                        let stored = engine.store().delivery(d.id).await.expect("read");
+                        if stored.as_ref().map(|d| d.state) == Some(DeliveryState::Delivered) {
+                            break;
+                        }
+                        assert!(
+                            tokio::time::Instant::now() < deadline,
+                            "not recorded: {stored:?}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let _ = stop.send(true);
+                let order: Vec<String> = got.lock().expect("lock").clone();
+                let want: Vec<String> = queued.iter().map(|d| d.id.to_string()).collect();
+                if ordered {
+                    assert_eq!(order, want, "in queue order");
+                }
+            }
+        }
     }
 }

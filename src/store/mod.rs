@@ -593,6 +593,14 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// How long a delivery that [`Store::queued`] returned stays this instance's own (shared
+    /// stores: its lease). `None`: nobody else can take it, and the scheduler claims only what
+    /// it starts at once; `Some`: it may claim ahead of need and hold the rest locally for part
+    /// of this time (see the scheduler's `claim_ahead`).
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+
     /// Signalled when another instance added work or changed a webhook (shared stores).
     fn remote_changes(&self) -> Option<Arc<Notify>> {
         None

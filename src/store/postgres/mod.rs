@@ -479,6 +479,12 @@ impl Store for PgStore {
         true
     }
 
+    fn lease(&self) -> Option<Duration> {
+        Some(Duration::from_millis(
+            u64::try_from(self.lease_ms).unwrap_or(0),
+        ))
+    }
+
     fn remote_changes(&self) -> Option<Arc<Notify>> {
         Some(Arc::clone(&self.remote))
     }

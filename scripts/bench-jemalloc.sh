@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-2}
 duration=${DURATION:-5}
 idle=${IDLE:-10}
-IFS=';' read -r -a variants <<<"${VARIANTS:-as built|;jemalloc defaults|background_thread:false,dirty_decay_ms:10000,narenas:8;background thread|background_thread:true;dirty decay 1 s|dirty_decay_ms:1000;2 arenas|narenas:2;background thread + 2 arenas + decay 1 s|background_thread:true,narenas:2,dirty_decay_ms:1000}"
+IFS=';' read -r -a variants <<<"${VARIANTS:-as built|;8 arenas|narenas:8;background thread|background_thread:true;dirty decay 1 s|dirty_decay_ms:1000;2 arenas|narenas:2;background thread + 2 arenas + decay 1 s|background_thread:true,narenas:2,dirty_decay_ms:1000}"
 cargo build --release --bin hooktap >/dev/null 2>&1
 cargo bench --no-run --bench proxy >/dev/null 2>&1
 out=$(mktemp)

@@ -67,6 +67,11 @@ threads = {threads}
 path = "{store}"
 flush = "interval"
 
+# Port 0: the benchmark does not use the admin API, and a fixed port would collide with any
+# other hooktap on the machine.
+[admin]
+listen = "127.0.0.1:0"
+
 [delivery]
 source = "https://tickets.example.com/"
 allow_networks = ["127.0.0.0/8"]

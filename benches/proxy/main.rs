@@ -69,6 +69,8 @@ enum Sub {
         threads: usize,
         #[arg(long)]
         dir: PathBuf,
+        #[command(flatten)]
+        knobs: bare::Knobs,
     },
     /// Serve a minimal hyper/tokio reverse proxy: the second reference, beside bare pingora.
     Hyper {
@@ -78,6 +80,20 @@ enum Sub {
         upstream: SocketAddr,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+    },
+    /// Print the hooktap config the benchmark runs (store in `dir`, the webhook receiver on the
+    /// upstream), for tools that start hooktap themselves (scripts/bench-callgrind.sh).
+    Config {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        #[arg(long, default_value = "active")]
+        webhook_status: String,
     },
     /// The in-process delivery benchmark (one run).
     Delivery {
@@ -189,6 +205,13 @@ struct AllOpts {
     /// the e2e section measures both (`hooktap-post`, `hooktap-durable-post`).
     #[arg(long, default_value = "interval", value_parser = ["interval", "every-event"])]
     flush: String,
+    /// Seconds after each e2e run's load to measure the server's RSS again (idle; 0: not).
+    #[arg(long, default_value_t = 0)]
+    idle_rss_after: u64,
+    /// An argument for bare pingora (repeatable; one of its knobs, see `proxy bare --help`),
+    /// e.g. `--bare-arg=--keepalive-pool=16`.
+    #[arg(long, allow_hyphen_values = true)]
+    bare_arg: Vec<String>,
     /// Extra `[proxy]` lines for hooktap's config, e.g. `max_capture_bytes = 65536`.
     #[arg(long)]
     hooktap_proxy_extra: Option<String>,
@@ -214,8 +237,9 @@ fn main() -> ExitCode {
             upstream,
             threads,
             dir,
+            knobs,
         }) => {
-            bare::serve(listen, upstream, threads, &dir);
+            bare::serve(listen, upstream, threads, &dir, knobs);
             Ok(())
         }
         Some(Sub::Hyper {
@@ -223,6 +247,19 @@ fn main() -> ExitCode {
             upstream,
             threads,
         }) => hyper_ref::serve(listen, upstream, threads),
+        Some(Sub::Config {
+            dir,
+            listen,
+            upstream,
+            threads,
+            webhook_status,
+        }) => {
+            print!(
+                "{}",
+                delivery::config_text(&dir, listen, upstream, upstream, &webhook_status, threads)
+            );
+            Ok(())
+        }
         Some(Sub::Delivery {
             receiver,
             events,
@@ -782,12 +819,9 @@ http {{
 
     fn start_bare(&self, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
         let dir = self.scratch(name)?;
-        self.start_reference(
-            "bare pingora",
-            "bare",
-            &["--dir".into(), dir.display().to_string()],
-            &dir,
-        )
+        let mut args = vec!["--dir".into(), dir.display().to_string()];
+        args.extend(self.opts.bare_arg.iter().cloned());
+        self.start_reference("bare pingora", "bare", &args, &dir)
     }
 
     fn start_hyper(&self, name: &str) -> anyhow::Result<(Proc, SocketAddr)> {
@@ -1017,6 +1051,8 @@ struct Sample {
     foreign: f64,
     rss_kb: u64,
     hwm_kb: u64,
+    /// RSS `--idle-rss-after` seconds after the load stopped (0 when not asked for).
+    idle_rss_kb: u64,
     /// Webhooks the receiver got during the measured run (matched case only).
     hooks: Option<u64>,
 }
@@ -1061,12 +1097,20 @@ fn run_case(env: &Env, case: &Case, run: usize) -> anyhow::Result<Sample> {
         .max(1);
     let ours = (cpu1 - cpu0) + (other1 - other0) + wrk.cpu_ticks;
     let foreign = 100.0 * busy.saturating_sub(ours) as f64 / wall as f64;
+    let (rss, hwm) = (rss_kb(&pids), hwm_kb(&pids));
+    let idle_rss_kb = if env.opts.idle_rss_after > 0 {
+        std::thread::sleep(Duration::from_secs(env.opts.idle_rss_after));
+        rss_kb(&pids)
+    } else {
+        0
+    };
     let sample = Sample {
         cpu_us_per_req: (cpu1 - cpu0) as f64 * 1e6 / env.ticks as f64 / wrk.requests.max(1) as f64,
         cores: core_busy(&cores0, &cores1),
         foreign,
-        rss_kb: rss_kb(&pids),
-        hwm_kb: hwm_kb(&pids),
+        rss_kb: rss,
+        hwm_kb: hwm,
+        idle_rss_kb,
         hooks,
         wrk,
     };
@@ -1164,7 +1208,7 @@ fn e2e(env: &Env, report: &mut Report) -> anyhow::Result<BTreeMap<String, Summar
                 std::thread::sleep(Duration::from_secs(5));
             };
             let line = format!(
-                "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {} | {:.0}{} | {:.1} / {:.1} | {} |",
+                "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {} | {:.0}{} | {:.1} / {:.1}{} | {} |",
                 run + 1,
                 case.name,
                 s.wrk.rps(),
@@ -1185,6 +1229,11 @@ fn e2e(env: &Env, report: &mut Report) -> anyhow::Result<BTreeMap<String, Summar
                 },
                 s.rss_kb as f64 / 1024.0,
                 s.hwm_kb as f64 / 1024.0,
+                if s.idle_rss_kb > 0 {
+                    format!(" / idle {:.1}", s.idle_rss_kb as f64 / 1024.0)
+                } else {
+                    String::new()
+                },
                 s.hooks.map_or_else(String::new, |h| h.to_string()),
             );
             eprintln!("{line}");
@@ -1241,7 +1290,7 @@ fn e2e(env: &Env, report: &mut Report) -> anyhow::Result<BTreeMap<String, Summar
         ));
     }
     report.say("\nEvery run (cores: busy % of core 0 / core 1 during the run; other processes: CPU the machine spent on anything but wrk, the upstream and the server, in % of one core — noise from outside the benchmark; a run above the noise limit is repeated):\n");
-    report.say("| run | case | requests/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | cores % | other processes % | server RSS / peak MiB | webhooks received |");
+    report.say("| run | case | requests/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | cores % | other processes % | server RSS / peak MiB (/ idle after `--idle-rss-after`) | webhooks received |");
     report.say("|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     report.say(raw.trim_end());
 

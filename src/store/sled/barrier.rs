@@ -38,6 +38,11 @@ struct State {
     db: Option<Arc<sled::Db>>,
     /// Tasks waiting for their ticket.
     wakers: Vec<(u64, Waker)>,
+    /// The committer waits for work: only then does a new ticket notify it (a notification is
+    /// a `futex` call whether anyone waits or not, and `issue` is on the request path).
+    idle: bool,
+    /// Threads blocked in [`Durable::wait`]: only then does a barrier notify `done`.
+    blocked: usize,
     /// The committer thread runs.
     running: bool,
     /// The store is gone: the committer thread ends.
@@ -119,8 +124,11 @@ impl Barrier {
         state.issued += 1;
         state.db = Some(Arc::clone(db));
         let ticket = state.issued;
+        let idle = std::mem::take(&mut state.idle);
         drop(state);
-        self.shared.work.notify_one();
+        if idle {
+            self.shared.work.notify_one();
+        }
         Ok(Durable {
             shared: Arc::clone(&self.shared),
             ticket,
@@ -162,11 +170,13 @@ impl Durable {
                 if let Some(result) = outcome(&state, self.ticket) {
                     return result;
                 }
+                state.blocked += 1;
                 state = self
                     .shared
                     .done
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
+                state.blocked -= 1;
             }
         };
         match tokio::runtime::Handle::try_current() {
@@ -200,10 +210,12 @@ fn commit_loop(shared: &Shared) {
                 state.running = false;
                 return;
             }
+            state.idle = true;
             state = shared
                 .work
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.idle = false;
         }
         let upto = state.issued;
         let db = state.db.take();
@@ -236,7 +248,9 @@ fn commit_loop(shared: &Shared) {
             }
             keep
         });
-        shared.done.notify_all();
+        if state.blocked > 0 {
+            shared.done.notify_all();
+        }
         drop(state);
         for waker in ready {
             waker.wake();

@@ -189,13 +189,18 @@ impl Durable {
 }
 
 /// What became of `ticket`, if its barrier has returned.
+///
+/// A failure is checked first: after a failed `fdatasync` the kernel may have dropped the
+/// pages it could not write, and the store reopens the database, so a later barrier that
+/// succeeds does not cover the tickets of the failed one. (A ticket of a successful barrier
+/// between two failed ones then reads as failed too: the safe side.)
 fn outcome(state: &State, ticket: u64) -> Option<Result<(), StoreError>> {
-    if state.durable >= ticket {
-        Some(Ok(()))
-    } else if state.failed >= ticket {
+    if state.failed >= ticket {
         Some(Err(StoreError::Barrier(
             state.error.clone().unwrap_or_default(),
         )))
+    } else if state.durable >= ticket {
+        Some(Ok(()))
     } else {
         None
     }
@@ -353,11 +358,8 @@ mod tests {
         // The log file is not where the barrier looks: its fdatasync cannot run.
         let barrier = Barrier::new(dir.path().join("missing"));
         db.insert(b"k", &b"v"[..]).expect("insert");
-        let err = barrier
-            .issue(&db)
-            .expect("issue")
-            .wait()
-            .expect_err("no file to sync");
+        let failed = barrier.issue(&db).expect("issue");
+        let err = failed.wait().expect_err("no file to sync");
         assert!(err.to_string().contains("missing"), "{err}");
         assert_eq!(barrier.stats().syncs, 0);
         std::fs::write(dir.path().join("missing"), b"").expect("create");
@@ -367,5 +369,9 @@ mod tests {
             .wait()
             .expect("the next barrier runs");
         assert_eq!(barrier.stats().syncs, 1);
+        // A later barrier that succeeds does not make the failed one's write durable.
+        failed
+            .wait()
+            .expect_err("still failed after a later barrier succeeded");
     }
 }

@@ -144,9 +144,14 @@ impl Target {
         lock(&self.in_flight).clone()
     }
 
-    /// Whether `id` is being sent or recorded, or held ahead to be sent from here.
+    /// Whether `id` is being sent or recorded, or held ahead to be sent from here (and its
+    /// local time has not run out: past it, it is claimed afresh like any queued delivery).
     pub(super) fn is_in_flight(&self, id: &Uuid) -> bool {
-        lock(&self.in_flight).contains(id) || lock(&self.ahead).iter().any(|(d, _)| d.id == *id)
+        let now = tokio::time::Instant::now();
+        lock(&self.in_flight).contains(id)
+            || lock(&self.ahead)
+                .iter()
+                .any(|(d, until)| d.id == *id && *until > now)
     }
 
     /// Marks a request carrying `ids` as started (`on`) or finished.
@@ -187,14 +192,27 @@ impl Target {
         self.recording.load(Ordering::Acquire)
     }
 
-    /// Up to `n` of the deliveries leased ahead whose local time has not run out (those whose
-    /// has are forgotten: their lease still names this instance, so the next claim takes
-    /// them again, or another instance once the lease ends).
-    pub(super) fn take_ahead(&self, n: usize, now: tokio::time::Instant) -> Vec<Delivery> {
+    /// Up to `n` of the deliveries leased ahead whose local time has not run out, each with
+    /// that time (those whose has are forgotten: their lease still names this instance, so
+    /// the next claim takes them again, or another instance once the lease ends).
+    pub(super) fn take_ahead(
+        &self,
+        n: usize,
+        now: tokio::time::Instant,
+    ) -> Vec<(Delivery, tokio::time::Instant)> {
         let mut ahead = lock(&self.ahead);
         ahead.retain(|(_, until)| *until > now);
         let n = n.min(ahead.len());
-        ahead.drain(..n).map(|(d, _)| d).collect()
+        ahead.drain(..n).collect()
+    }
+
+    /// Puts deliveries taken from (or claimed for) the held set back at its front, in their
+    /// order, each with its own time: they were not started after all (a gate held them).
+    pub(super) fn put_back(&self, deliveries: Vec<(Delivery, tokio::time::Instant)>) {
+        let mut ahead = lock(&self.ahead);
+        for entry in deliveries.into_iter().rev() {
+            ahead.push_front(entry);
+        }
     }
 
     /// Keeps `deliveries` (leased ahead of need) to be sent from here until `until`.

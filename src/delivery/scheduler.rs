@@ -23,7 +23,7 @@ use super::{Engine, WEBHOOK_DISABLED_TOPIC, WEBHOOK_FAILING_TOPIC};
 use crate::event::{Delivery, Event, Topic, unix_ms};
 use crate::store::{CounterChange, Recording, StoreError};
 use crate::webhook::transform::Transform;
-use crate::webhook::{BatchOrder, Counters, Mode, Webhook, WebhookStatus};
+use crate::webhook::{BatchOrder, CircuitState, Counters, Mode, Webhook, WebhookStatus};
 
 /// How long the loop sleeps when nothing is queued (new work wakes it at once anyway).
 const IDLE: Duration = Duration::from_secs(30);
@@ -45,6 +45,9 @@ const AHEAD_PER_SLOT: usize = 4;
 const AHEAD_MAX: usize = 64;
 /// The longest deliveries leased ahead are held for (half the lease, unless that is longer).
 const AHEAD_HOLD_MAX: Duration = Duration::from_secs(600);
+/// What a delivery taken from those held ahead has left of its lease, at least, besides the
+/// webhook's `timeout`: for waiting for a connection to the store and writing the outcome.
+const AHEAD_MARGIN: Duration = Duration::from_secs(2);
 
 /// One request in flight: released (and the loop woken) when dropped, however the send ends.
 struct InFlight {
@@ -159,7 +162,19 @@ impl Engine {
 
     /// Starts every due send there is room for; returns how long until the next one is due.
     pub(super) async fn dispatch_due(self: &Arc<Self>) -> Result<Option<Duration>, StoreError> {
-        let active = self.registry.active();
+        let (active, stopped): (Vec<_>, Vec<_>) = self
+            .registry
+            .all()
+            .into_iter()
+            .partition(|t| t.record().status == WebhookStatus::Active);
+        for target in stopped {
+            // Paused or disabled while deliveries were held ahead for it: the other instances
+            // may take them (and a redelivery by hand is not refused as in flight).
+            let held = target.drop_ahead();
+            if !held.is_empty() {
+                self.store.unclaim(&held).await?;
+            }
+        }
         let mut round = Round {
             now: unix_ms(OffsetDateTime::now_utc()),
             next: None,
@@ -177,14 +192,20 @@ impl Engine {
                     self.store.unclaim(&ahead).await?;
                 }
             }
-            match mode {
-                Mode::Realtime if keyed => self.dispatch_keyed(&target, &mut round).await?,
-                Mode::Realtime if !ordered => self.dispatch_concurrent(&target, &mut round).await?,
-                Mode::Realtime => self.dispatch_ordered(&target, &mut round).await?,
+            let dispatched = match mode {
+                Mode::Realtime if keyed => self.dispatch_keyed(&target, &mut round).await,
+                Mode::Realtime if !ordered => self.dispatch_concurrent(&target, &mut round).await,
+                Mode::Realtime => self.dispatch_ordered(&target, &mut round).await,
                 Mode::Batch { interval, max, .. } => {
                     self.dispatch_batch(&target, interval, max, &mut round)
-                        .await?;
+                        .await
                 }
+            };
+            if let Err(e) = dispatched {
+                // The store fails: what is held ahead is not sent while nothing can be
+                // recorded (it is forgotten, its leases run out or are claimed again).
+                target.drop_ahead();
+                return Err(e);
             }
         }
         Ok(round
@@ -199,19 +220,31 @@ impl Engine {
         round: &mut Round,
     ) -> Result<(), StoreError> {
         if waiting(target, round) {
+            if circuit_shut(target) {
+                // Nothing goes until the cool-down ends (or the probe is back): the other
+                // instances may take what is held here (they see the same failures, or not).
+                let held = target.drop_ahead();
+                if !held.is_empty() {
+                    self.store.unclaim(&held).await?;
+                }
+            }
             return Ok(());
         }
         // Sends faster than their outcomes are written wait for the writing (a finished
-        // recording wakes the loop).
-        if target.recording() >= target.limit().saturating_mul(RECORDING_PER_SLOT) {
+        // recording wakes the loop): requests in flight and outcomes waiting to be written
+        // are at most RECORDING_PER_SLOT × the limit together.
+        let limit = target.limit();
+        let busy = target.recording().saturating_add(target.requests());
+        let cap = limit.saturating_mul(RECORDING_PER_SLOT);
+        if busy >= cap {
             return Ok(());
         }
-        let room = target.limit().saturating_sub(target.requests());
+        let room = limit.saturating_sub(target.requests()).min(cap - busy);
         let mut gated = false;
         if room > 0 && self.may_start(target, round.fair) {
             let due = self.claim_due(target, round, room).await?;
             let mut due = due.into_iter();
-            for delivery in due.by_ref() {
+            for (delivery, until) in due.by_ref() {
                 let admitted = if self.may_start(target, round.fair) {
                     let a = admit(target, round);
                     gated = a.is_none();
@@ -220,12 +253,26 @@ impl Engine {
                     None
                 };
                 let Some(probe) = admitted else {
-                    // Not started after all: a shared store's other instances may take it,
-                    // and what was held ahead.
-                    let mut left = vec![delivery.id];
-                    left.extend(due.by_ref().map(|d| d.id));
-                    left.extend(target.drop_ahead());
-                    self.store.unclaim(&left).await?;
+                    // Not started after all. Held back by the rate limit or the global limit:
+                    // kept here for the next round (no lease churns). By an open circuit or a
+                    // probe out: a shared store's other instances may take them, and what is
+                    // held ahead. A store of one's own holds nothing ahead (`until` is `None`).
+                    let shut = circuit_shut(target);
+                    let mut left = Vec::new();
+                    let mut keep = Vec::new();
+                    for (d, until) in std::iter::once((delivery, until)).chain(due.by_ref()) {
+                        match until {
+                            Some(until) if !shut => keep.push((d, until)),
+                            _ => left.push(d.id),
+                        }
+                    }
+                    target.put_back(keep);
+                    if shut {
+                        left.extend(target.drop_ahead());
+                    }
+                    if !left.is_empty() {
+                        self.store.unclaim(&left).await?;
+                    }
                     break;
                 };
                 self.start(target, vec![delivery], probe, true);
@@ -246,40 +293,52 @@ impl Engine {
         Ok(())
     }
 
-    /// Up to `room` due deliveries of a concurrent webhook, leased to this instance. A store
-    /// of its own is read for just these. A shared store is asked for more at once, up to
-    /// [`AHEAD_PER_SLOT`] times the webhook's `concurrency` (at most [`AHEAD_MAX`]), in one
-    /// statement: the rest are held here and handed to the next free slots while half their
-    /// lease runs, so that most sends need no round trip to claim. Those not sent by then
+    /// Up to `room` due deliveries of a concurrent webhook, leased to this instance, each with
+    /// the time until which it may be held here if it is not started now (`None`: it may not
+    /// be held, give its lease back). A store of its own is read for just these. A shared
+    /// store is asked for more at once, up to [`AHEAD_PER_SLOT`] times the webhook's
+    /// `concurrency` (at most [`AHEAD_MAX`]), in one statement: the rest are held here and
+    /// handed to the next free slots for [`hold`] (at most half the lease, and short enough
+    /// that one taken at the end still has the webhook's `timeout` and [`AHEAD_MARGIN`] left
+    /// of its lease), so that most sends need no round trip to claim. Those not sent by then
     /// are forgotten here and claimed afresh (by this instance or, once the lease ends, by
     /// another); an instance that dies leaves them to the others after the lease, like any
-    /// delivery it leased.
+    /// delivery it leased. A lease too short for that holds nothing ahead.
     async fn claim_due(
         &self,
         target: &Target,
         round: &Round,
         room: usize,
-    ) -> Result<Vec<Delivery>, StoreError> {
-        let Some(lease) = self.store.lease() else {
-            return self
+    ) -> Result<Vec<(Delivery, Option<tokio::time::Instant>)>, StoreError> {
+        let hold = self
+            .store
+            .lease()
+            .map(|lease| hold(lease, target.record().spec.timeout))
+            .filter(|hold| !hold.is_zero());
+        let Some(hold) = hold else {
+            let due = self
                 .store
                 .queued(target.id, round.now, room, &target.in_flight())
-                .await;
+                .await?;
+            return Ok(due.into_iter().map(|d| (d, None)).collect());
         };
         let now = tokio::time::Instant::now();
-        let mut due = target.take_ahead(room, now);
+        let mut due: Vec<_> = target
+            .take_ahead(room, now)
+            .into_iter()
+            .map(|(d, until)| (d, Some(until)))
+            .collect();
         if due.len() < room {
             // Nothing is left ahead: lease the next ones, not those in hand (this instance's
             // leases are its own to take again).
             let mut skip = target.in_flight();
-            skip.extend(due.iter().map(|d| d.id));
+            skip.extend(due.iter().map(|(d, _)| d.id));
             let want = ahead(target.limit()).max(room) - due.len();
             let mut claimed = self.store.queued(target.id, round.now, want, &skip).await?;
             let rest = claimed.split_off((room - due.len()).min(claimed.len()));
-            due.extend(claimed);
-            // Half the lease: sent well before another instance may take them over.
-            let hold = (lease / 2).min(AHEAD_HOLD_MAX);
-            target.keep_ahead(rest, now + hold);
+            let until = now + hold;
+            due.extend(claimed.into_iter().map(|d| (d, Some(until))));
+            target.keep_ahead(rest, until);
         }
         Ok(due)
     }
@@ -413,6 +472,8 @@ impl Engine {
         tokio::spawn(async move {
             let slot = early.then_some(&guard);
             if let Err(e) = guard.engine.deliver(&guard.target, deliveries, slot).await {
+                // Nothing is sent from what is held ahead while outcomes cannot be written.
+                guard.target.drop_ahead();
                 tracing::error!(webhook = %guard.target.id, error = %e,
                     "cannot record a delivery attempt; the deliveries stay queued and will be sent again");
             }
@@ -526,7 +587,10 @@ impl Engine {
                 sent.result.as_ref().is_ok_and(|a| a.success()),
             );
         }
-        if let Some(slot) = slot {
+        // Only a success frees its slot before its outcome is written: a failure's record can
+        // reach `failure_threshold` and disable the webhook, and must before the next request
+        // goes (or the threshold is overshot by the requests sent meanwhile).
+        if let Some(slot) = slot.filter(|_| sent.result.as_ref().is_ok_and(|a| a.success())) {
             slot.free_slot();
         }
         let recording = self
@@ -721,6 +785,21 @@ impl Engine {
 /// leases at once.
 fn ahead(limit: usize) -> usize {
     limit.saturating_mul(AHEAD_PER_SLOT).min(AHEAD_MAX)
+}
+
+/// How long deliveries leased ahead for a webhook with `timeout` may be held when the lease is
+/// `lease`: half of it (at most [`AHEAD_HOLD_MAX`]), but no longer than leaves the `timeout`
+/// and [`AHEAD_MARGIN`] of the lease to a delivery taken at the end (zero: hold none).
+fn hold(lease: Duration, timeout: Duration) -> Duration {
+    (lease / 2)
+        .min(AHEAD_HOLD_MAX)
+        .min(lease.saturating_sub(timeout).saturating_sub(AHEAD_MARGIN))
+}
+
+/// Whether `target`'s circuit holds every request back (open, or half-open with its probe
+/// out), as opposed to its rate limit.
+fn circuit_shut(target: &Target) -> bool {
+    target.gates().circuit().0 != CircuitState::Closed
 }
 
 /// How many attempts `counters` have counted: they only grow (until a reset).
@@ -952,6 +1031,18 @@ mod tests {
         assert_eq!(admit(&target, &mut r), Some(true), "the next probe");
     }
 
+    /// Held deliveries are kept at most half the lease, and never so long that one taken at
+    /// the end of its hold has less than the webhook's timeout and the margin left.
+    #[test]
+    fn the_hold_leaves_the_timeout_and_a_margin_of_the_lease() {
+        let s = Duration::from_secs;
+        assert_eq!(hold(s(60), s(10)), s(30), "the default: half the lease");
+        assert_eq!(hold(s(60), s(40)), s(18), "60 - 40 - 2");
+        assert_eq!(hold(s(4), s(3)), Duration::ZERO, "too short: nothing held");
+        assert_eq!(hold(s(5), s(1)), s(2));
+        assert_eq!(hold(s(7200), s(10)), AHEAD_HOLD_MAX);
+    }
+
     /// The scheduler on a shared store (PostgreSQL), against a throwaway cluster.
     mod shared {
         use std::collections::HashSet;
@@ -969,13 +1060,19 @@ mod tests {
         use crate::ssrf::Guard;
         use crate::store::postgres::cluster::Cluster;
         use crate::store::{Backend, FlushMode, PgConfig, PgStore, Store, StoreConfig};
-        use crate::webhook::WebhookSpec;
+        use crate::webhook::{RateLimit, WebhookSpec, WebhookStatus};
 
         /// The delivery id (`X-Hooktap-Webhook-Delivery-Id`) of every request a loopback receiver got, in arrival order.
         type Got = Arc<Mutex<Vec<String>>>;
 
         /// A receiver on a free loopback port that answers 200 and notes each request's id.
         async fn receiver() -> (SocketAddr, Got) {
+            answering("200 OK").await
+        }
+
+        /// A receiver on a free loopback port that answers `status` (as in `200 OK`) and notes
+        /// each request's id.
+        async fn answering(status: &'static str) -> (SocketAddr, Got) {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
@@ -1002,9 +1099,10 @@ mod tests {
                         {
                             noted.lock().expect("lock").push(id);
                         }
-                        let _ = conn
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                            .await;
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = conn.write_all(answer.as_bytes()).await;
                     });
                 }
             });
@@ -1089,11 +1187,39 @@ mod tests {
             }
         }
 
-        /// Runs `engine`'s loop until the returned sender is dropped or sent `true`.
-        fn run(engine: &Arc<Engine>) -> watch::Sender<bool> {
+        /// Runs `engine`'s loop until the returned sender is dropped or sent `true`; the handle
+        /// ends with the loop.
+        fn run(engine: &Arc<Engine>) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
             let (stop, stopped) = watch::channel(false);
-            tokio::spawn(Arc::clone(engine).run(Duration::from_secs(3600), stopped));
-            stop
+            let handle = tokio::spawn(Arc::clone(engine).run(Duration::from_secs(3600), stopped));
+            (stop, handle)
+        }
+
+        /// A round as the loop starts it now (`fair`: 1).
+        fn round_now() -> Round {
+            Round {
+                now: crate::event::unix_ms(time::OffsetDateTime::now_utc()),
+                next: None,
+                fair: 1,
+            }
+        }
+
+        /// How many of `webhook`'s deliveries `engine` (another instance than the one under
+        /// test: an instance may take its own leases again) could claim now; given straight
+        /// back.
+        async fn claimable(engine: &Engine, webhook: Uuid) -> usize {
+            let none = HashSet::new();
+            let got = engine
+                .store()
+                .queued(webhook, u64::MAX, 1000, &none)
+                .await
+                .expect("claim");
+            engine
+                .store()
+                .unclaim(&got.iter().map(|d| d.id).collect::<Vec<_>>())
+                .await
+                .expect("unclaim");
+            got.len()
         }
 
         /// A concurrent webhook's deliveries are leased several at a time, more than its free
@@ -1109,7 +1235,9 @@ mod tests {
                 tempfile::tempdir().expect("dir"),
                 tempfile::tempdir().expect("dir"),
             ];
-            let lease = Duration::from_secs(1);
+            // Long enough to hold ahead (the webhook's timeout is 1 s) and for the claims below
+            // to be made well within it on a loaded machine.
+            let lease = Duration::from_secs(5);
             let a = instance(&url, dirs[0].path(), lease).await;
             let b = instance(&url, dirs[1].path(), lease).await;
             let mut spec = spec("ahead", addr);
@@ -1146,7 +1274,7 @@ mod tests {
             // `a` dies with its leases: its store goes, nothing is released.
             drop(target);
             drop(a);
-            let _stop = run(&b);
+            let (_stop, _loop) = run(&b);
             let ids = wait_for(&got, queued.len()).await;
             let want: HashSet<String> = queued.iter().map(|d| d.id.to_string()).collect();
             assert_eq!(
@@ -1209,7 +1337,7 @@ mod tests {
                 let id = webhook(&engine, &spec).await;
                 let queued = queue(&engine, id, 2).await;
                 let lock = block_recording(&url, id).await;
-                let stop = run(&engine);
+                let (stop, running) = run(&engine);
                 if ordered {
                     assert_eq!(wait_for(&got, 1).await.len(), 1, "the head goes");
                     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -1249,13 +1377,173 @@ mod tests {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
+                // The next pass starts its loop only once this one has stopped (two loops on one
+                // engine could both claim the ordered head).
                 let _ = stop.send(true);
+                running.await.expect("the loop ends");
                 let order: Vec<String> = got.lock().expect("lock").clone();
                 let want: Vec<String> = queued.iter().map(|d| d.id.to_string()).collect();
                 if ordered {
                     assert_eq!(order, want, "in queue order");
                 }
             }
+        }
+
+        /// A lease too short for the webhook's `timeout` to fit in what is left of it after
+        /// half of it holds nothing ahead: a held delivery taken late would still be sending
+        /// when another instance may take it over. Only what there is room for is leased.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_lease_too_short_for_the_timeout_holds_nothing_ahead() {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let (addr, _got) = receiver().await;
+            let dirs = [
+                tempfile::tempdir().expect("dir"),
+                tempfile::tempdir().expect("dir"),
+            ];
+            let lease = Duration::from_secs(4);
+            let a = instance(&url, dirs[0].path(), lease).await;
+            let b = instance(&url, dirs[1].path(), lease).await;
+            let mut spec = spec("slow", addr);
+            spec.concurrency = 2;
+            spec.timeout = Duration::from_secs(3);
+            let id = webhook(&a, &spec).await;
+            queue(&a, id, 20).await;
+            let target = a.registry.get(id).expect("target");
+            let due = a.claim_due(&target, &round_now(), 1).await.expect("claim");
+            assert_eq!(due.len(), 1);
+            assert!(due[0].1.is_none(), "not to be held if not started");
+            assert!(target.ahead_ids().is_empty(), "nothing held ahead");
+            assert_eq!(
+                claimable(&b, id).await,
+                19,
+                "only the one in hand is leased"
+            );
+        }
+
+        /// Deliveries held ahead for a webhook that is paused are given back at the next round:
+        /// another instance may take them, and they are not "in flight" any more.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn held_deliveries_of_a_paused_webhook_are_given_back() {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let (addr, _got) = receiver().await;
+            let dirs = [
+                tempfile::tempdir().expect("dir"),
+                tempfile::tempdir().expect("dir"),
+            ];
+            let lease = Duration::from_secs(30);
+            let a = instance(&url, dirs[0].path(), lease).await;
+            let b = instance(&url, dirs[1].path(), lease).await;
+            let mut spec = spec("paused", addr);
+            spec.concurrency = 2;
+            let id = webhook(&a, &spec).await;
+            queue(&a, id, 20).await;
+            let target = a.registry.get(id).expect("target");
+            let due = a.claim_due(&target, &round_now(), 1).await.expect("claim");
+            let held = target.ahead_ids();
+            assert_eq!(held.len(), ahead(2) - 1);
+            assert!(target.is_in_flight(&held[0]));
+            a.store()
+                .unclaim(&due.iter().map(|(d, _)| d.id).collect::<Vec<_>>())
+                .await
+                .expect("unclaim");
+            assert_eq!(claimable(&b, id).await, 20 - (ahead(2) - 1));
+
+            a.set_status(id, WebhookStatus::Paused)
+                .await
+                .expect("pause")
+                .expect("known");
+            a.dispatch_due().await.expect("round");
+            assert!(
+                target.ahead_ids().is_empty(),
+                "nothing held for a paused webhook"
+            );
+            assert!(
+                !target.is_in_flight(&held[0]),
+                "a redelivery is not refused"
+            );
+            assert_eq!(claimable(&b, id).await, 20, "every delivery can be claimed");
+        }
+
+        /// A rate-limited webhook does not give back (and claim again) what it holds ahead each
+        /// time its rate limit holds a request back: the first goes, the rest stay held.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_rate_limit_keeps_what_is_held_ahead() {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let (addr, got) = receiver().await;
+            let dirs = [
+                tempfile::tempdir().expect("dir"),
+                tempfile::tempdir().expect("dir"),
+            ];
+            let lease = Duration::from_secs(30);
+            let a = instance(&url, dirs[0].path(), lease).await;
+            let b = instance(&url, dirs[1].path(), lease).await;
+            let mut spec = spec("paced", addr);
+            spec.concurrency = 2;
+            spec.rate_limit = Some(RateLimit::parse("1/m").expect("rate"));
+            let id = webhook(&a, &spec).await;
+            queue(&a, id, 20).await;
+            let target = a.registry.get(id).expect("target");
+            a.dispatch_due().await.expect("first round");
+            assert_eq!(wait_for(&got, 1).await.len(), 1, "the first goes");
+            assert_eq!(
+                target.ahead_ids().len(),
+                ahead(2) - 1,
+                "the rest of the claim is kept"
+            );
+            a.dispatch_due().await.expect("second round");
+            assert_eq!(
+                target.ahead_ids().len(),
+                ahead(2) - 1,
+                "and not claimed again"
+            );
+            // The one sent is recorded (its lease cleared) in a moment: the others stay leased.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while target.recording() + target.requests() > 0 {
+                assert!(tokio::time::Instant::now() < deadline, "not recorded");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(claimable(&b, id).await, 20 - ahead(2));
+        }
+
+        /// A failed send keeps its request slot until its outcome is written: with recording
+        /// held up, a webhook with `concurrency = 4` whose receiver fails sends 4 requests and
+        /// no more (so `failure_threshold` is not overshot by sends made while failures wait
+        /// to be counted). Once recording goes on, the threshold disables it.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_failed_send_keeps_its_slot_until_its_outcome_is_written() {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let (addr, got) = answering("500 Internal Server Error").await;
+            let dir = tempfile::tempdir().expect("dir");
+            let engine = instance(&url, dir.path(), Duration::from_secs(30)).await;
+            let mut spec = spec("failing", addr);
+            spec.concurrency = 4;
+            spec.failure_threshold = 3;
+            spec.circuit_failures = 0;
+            let id = webhook(&engine, &spec).await;
+            queue(&engine, id, 20).await;
+            let lock = block_recording(&url, id).await;
+            let (stop, running) = run(&engine);
+            assert_eq!(wait_for(&got, 4).await.len(), 4, "one request per slot");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(
+                got.lock().expect("lock").len(),
+                4,
+                "no slot is free while the failures are not recorded"
+            );
+            drop(lock);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while engine.registry.get(id).expect("target").record().status
+                != WebhookStatus::Disabled
+            {
+                assert!(tokio::time::Instant::now() < deadline, "not disabled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = stop.send(true);
+            running.await.expect("the loop ends");
         }
     }
 }

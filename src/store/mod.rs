@@ -596,7 +596,7 @@ pub trait Store: Send + Sync + 'static {
     /// How long a delivery that [`Store::queued`] returned stays this instance's own (shared
     /// stores: its lease). `None`: nobody else can take it, and the scheduler claims only what
     /// it starts at once; `Some`: it may claim ahead of need and hold the rest locally for part
-    /// of this time (see the scheduler's `claim_ahead`).
+    /// of this time (see the scheduler's `claim_due`).
     fn lease(&self) -> Option<Duration> {
         None
     }

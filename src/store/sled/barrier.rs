@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
 use crate::store::{BarrierStats, StoreError};
@@ -208,6 +208,8 @@ fn outcome(state: &State, ticket: u64) -> Option<Result<(), StoreError>> {
 
 /// The committer thread: one barrier for every ticket issued since the last.
 fn commit_loop(shared: &Shared) {
+    // sled's file, open while barriers follow one another (see `LogFile`).
+    let mut log: Option<LogFile> = None;
     let mut state = shared.lock();
     loop {
         while state.issued == state.durable.max(state.failed) {
@@ -215,6 +217,9 @@ fn commit_loop(shared: &Shared) {
                 state.running = false;
                 return;
             }
+            // Nothing to make durable: no descriptor is kept (a store closed after a failure
+            // must hold none of its files, or the disk cannot be unmounted and repaired).
+            log = None;
             state.idle = true;
             state = shared
                 .work
@@ -226,9 +231,14 @@ fn commit_loop(shared: &Shared) {
         let db = state.db.take();
         drop(state);
         let result = match db {
-            Some(db) => sync(&shared.path, &db),
+            Some(db) => sync(&shared.path, &db, &mut log),
             None => Err("no database to flush".to_owned()),
         };
+        if result.is_err() {
+            // A descriptor whose sync failed may have lost its error state: the next barrier
+            // opens a new one (of the reopened database).
+            log = None;
+        }
         state = shared.lock();
         let covered = upto - state.durable.max(state.failed);
         match result {
@@ -264,13 +274,35 @@ fn commit_loop(shared: &Shared) {
     }
 }
 
+/// sled's log file, opened for one database instance and kept while barriers follow one
+/// another. A descriptor open when a write-back error happens reports it to its next
+/// `fdatasync`; one opened afterwards may not (sled's own flusher thread syncs the file too and
+/// can take the error first), so the same descriptor serves consecutive barriers. It is not
+/// kept across idle periods, across a failed sync, or for another database instance.
+struct LogFile {
+    /// The database it belongs to (held weakly, so that its address is not reused).
+    db: Weak<sled::Db>,
+    file: File,
+}
+
 /// One barrier: sled writes its buffers, then the file's data reach stable storage.
-fn sync(path: &std::path::Path, db: &sled::Db) -> Result<(), String> {
+fn sync(
+    path: &std::path::Path,
+    db: &Arc<sled::Db>,
+    log: &mut Option<LogFile>,
+) -> Result<(), String> {
     db.flush().map_err(|e| format!("sled flush: {e}"))?;
-    // fsync acts on the file, whichever descriptor names it: sled's own is not exposed. A new
-    // descriptor each time: one whose sync failed may have lost its error state.
-    let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    file.sync_data()
+    // fsync acts on the file, whichever descriptor names it: sled's own is not exposed.
+    let open = match log.take() {
+        Some(kept) if std::ptr::eq(kept.db.as_ptr(), Arc::as_ptr(db)) => kept,
+        _ => LogFile {
+            db: Arc::downgrade(db),
+            file: File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?,
+        },
+    };
+    let open = log.insert(open);
+    open.file
+        .sync_data()
         .map_err(|e| format!("fdatasync {}: {e}", path.display()))
 }
 
@@ -287,6 +319,37 @@ mod tests {
             .expect("open sled");
         let barrier = Arc::new(Barrier::new(dir.path().join("db")));
         (dir, Arc::new(db), barrier)
+    }
+
+    /// Descriptors of this process open on `file`.
+    fn open_descriptors(file: &std::path::Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target == file)
+            .count()
+    }
+
+    /// The committer keeps sled's file open while barriers follow one another, and holds no
+    /// descriptor of it once it has nothing to do (a store closed after a failure must hold
+    /// none of its files, or its disk cannot be unmounted).
+    #[test]
+    fn an_idle_committer_holds_no_descriptor_of_the_store() {
+        let (dir, db, barrier) = open();
+        let file = dir.path().join("db").canonicalize().expect("sled's file");
+        let sled_own = open_descriptors(&file);
+        for i in 0u32..5 {
+            db.insert(i.to_be_bytes(), &[1u8][..]).expect("insert");
+            barrier.issue(&db).expect("issue").wait().expect("durable");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while open_descriptors(&file) > sled_own {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the idle committer still holds sled's file open"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -1139,6 +1139,37 @@ mod tests {
         }
 
         /// The file webhook `name` to `receiver` on `engine` (one id on every instance).
+        /// Two instances on one throwaway cluster, each with its own journal directory and
+        /// `lease`, and a receiver that answers 200. A test moves the engines and the receiver
+        /// out and keeps the rest (the cluster, the directories) alive until it ends, after the
+        /// engines.
+        struct Pair {
+            a: Arc<Engine>,
+            b: Arc<Engine>,
+            addr: SocketAddr,
+            got: Got,
+            _dirs: [tempfile::TempDir; 2],
+            _cluster: Cluster,
+        }
+
+        async fn pair(lease: Duration) -> Pair {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let (addr, got) = receiver().await;
+            let dirs = [
+                tempfile::tempdir().expect("dir"),
+                tempfile::tempdir().expect("dir"),
+            ];
+            Pair {
+                a: instance(&url, dirs[0].path(), lease).await,
+                b: instance(&url, dirs[1].path(), lease).await,
+                addr,
+                got,
+                _dirs: dirs,
+                _cluster: cluster,
+            }
+        }
+
         async fn webhook(engine: &Engine, spec: &WebhookSpec) -> Uuid {
             engine
                 .sync_webhooks(std::slice::from_ref(spec), Duration::ZERO)
@@ -1228,18 +1259,10 @@ mod tests {
         /// its own id.
         #[tokio::test(flavor = "multi_thread")]
         async fn deliveries_leased_ahead_by_an_instance_that_dies_are_sent_by_another() {
-            let cluster = Cluster::start();
-            let url = cluster.database();
-            let (addr, got) = receiver().await;
-            let dirs = [
-                tempfile::tempdir().expect("dir"),
-                tempfile::tempdir().expect("dir"),
-            ];
             // Long enough to hold ahead (the webhook's timeout is 1 s) and for the claims below
             // to be made well within it on a loaded machine.
-            let lease = Duration::from_secs(5);
-            let a = instance(&url, dirs[0].path(), lease).await;
-            let b = instance(&url, dirs[1].path(), lease).await;
+            let two = pair(Duration::from_secs(5)).await;
+            let (a, b, addr, got) = (two.a, two.b, two.addr, two.got);
             let mut spec = spec("ahead", addr);
             spec.concurrency = 2;
             let id = webhook(&a, &spec).await;
@@ -1394,16 +1417,8 @@ mod tests {
         /// when another instance may take it over. Only what there is room for is leased.
         #[tokio::test(flavor = "multi_thread")]
         async fn a_lease_too_short_for_the_timeout_holds_nothing_ahead() {
-            let cluster = Cluster::start();
-            let url = cluster.database();
-            let (addr, _got) = receiver().await;
-            let dirs = [
-                tempfile::tempdir().expect("dir"),
-                tempfile::tempdir().expect("dir"),
-            ];
-            let lease = Duration::from_secs(4);
-            let a = instance(&url, dirs[0].path(), lease).await;
-            let b = instance(&url, dirs[1].path(), lease).await;
+            let two = pair(Duration::from_secs(4)).await;
+            let (a, b, addr, _got) = (two.a, two.b, two.addr, two.got);
             let mut spec = spec("slow", addr);
             spec.concurrency = 2;
             spec.timeout = Duration::from_secs(3);
@@ -1425,16 +1440,8 @@ mod tests {
         /// another instance may take them, and they are not "in flight" any more.
         #[tokio::test(flavor = "multi_thread")]
         async fn held_deliveries_of_a_paused_webhook_are_given_back() {
-            let cluster = Cluster::start();
-            let url = cluster.database();
-            let (addr, _got) = receiver().await;
-            let dirs = [
-                tempfile::tempdir().expect("dir"),
-                tempfile::tempdir().expect("dir"),
-            ];
-            let lease = Duration::from_secs(30);
-            let a = instance(&url, dirs[0].path(), lease).await;
-            let b = instance(&url, dirs[1].path(), lease).await;
+            let two = pair(Duration::from_secs(30)).await;
+            let (a, b, addr, _got) = (two.a, two.b, two.addr, two.got);
             let mut spec = spec("paused", addr);
             spec.concurrency = 2;
             let id = webhook(&a, &spec).await;
@@ -1470,16 +1477,8 @@ mod tests {
         /// time its rate limit holds a request back: the first goes, the rest stay held.
         #[tokio::test(flavor = "multi_thread")]
         async fn a_rate_limit_keeps_what_is_held_ahead() {
-            let cluster = Cluster::start();
-            let url = cluster.database();
-            let (addr, got) = receiver().await;
-            let dirs = [
-                tempfile::tempdir().expect("dir"),
-                tempfile::tempdir().expect("dir"),
-            ];
-            let lease = Duration::from_secs(30);
-            let a = instance(&url, dirs[0].path(), lease).await;
-            let b = instance(&url, dirs[1].path(), lease).await;
+            let two = pair(Duration::from_secs(30)).await;
+            let (a, b, addr, got) = (two.a, two.b, two.addr, two.got);
             let mut spec = spec("paced", addr);
             spec.concurrency = 2;
             spec.rate_limit = Some(RateLimit::parse("1/m").expect("rate"));

@@ -382,9 +382,18 @@ where
     result
 }
 
+/// The session settings of hooktap's connections, given before the URL's own `options` (the
+/// later setting wins, so a URL can override them):
+/// - `statement_timeout`: no statement runs on for ever (see [`bounded`]).
+/// - `jit = off`: hooktap's statements are short, and a plan whose estimate crosses
+///   `jit_above_cost` (a fresh table without statistics is enough) is compiled with LLVM on
+///   every execution: the retention sweep at startup took 230-1,160 ms of compiling for a
+///   statement that then ran in under a millisecond (benches/RESULTS.md).
+const SESSION_OPTIONS: &str = "-c statement_timeout=60000 -c jit=off";
+
 /// Bounds every wait on PostgreSQL: connecting, a statement on the server, and a peer that
 /// vanished without closing the connection (a partition), so that no loop hangs on it (leases
-/// run out meanwhile and other instances carry on).
+/// run out meanwhile and other instances carry on). Sets [`SESSION_OPTIONS`].
 pub(crate) fn bounded(config: &mut tokio_postgres::Config) {
     config.connect_timeout(Duration::from_secs(5));
     config.keepalives(true);
@@ -392,7 +401,11 @@ pub(crate) fn bounded(config: &mut tokio_postgres::Config) {
     config.keepalives_interval(Duration::from_secs(5));
     config.keepalives_retries(3);
     config.tcp_user_timeout(Duration::from_secs(30));
-    config.options("-c statement_timeout=60000");
+    let options = match config.get_options() {
+        Some(own) if !own.trim().is_empty() => format!("{SESSION_OPTIONS} {own}"),
+        _ => SESSION_OPTIONS.to_owned(),
+    };
+    config.options(options);
 }
 
 /// The connection pool: connections are made on demand, each connect bounded.

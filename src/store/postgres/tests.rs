@@ -329,6 +329,35 @@ async fn a_wrong_password_is_a_clear_error() {
     assert!(error.contains("password authentication failed"), "{error}");
 }
 
+/// hooktap's session settings (no JIT, a statement timeout) hold on every pooled connection,
+/// and the URL's own `options` are kept and win over them.
+#[tokio::test]
+async fn sessions_run_without_jit_and_keep_the_urls_options() {
+    let cluster = Cluster::start();
+    let show = |store: &PgStore, setting: &'static str| {
+        let pool = store.pool.clone();
+        async move {
+            let c = pool.get().await.expect("a connection");
+            let row = c
+                .query_one(&format!("SHOW {setting}"), &[])
+                .await
+                .expect("SHOW");
+            row.get::<_, String>(0)
+        }
+    };
+    let (_dir, plain) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    assert_eq!(show(&plain, "jit").await, "off");
+    assert_eq!(show(&plain, "statement_timeout").await, "1min");
+    let own = format!(
+        "{}?options=-c%20work_mem%3D5MB%20-c%20statement_timeout%3D2min",
+        cluster.database()
+    );
+    let (_dir, tuned) = store_on(&own, Duration::from_secs(30)).await;
+    assert_eq!(show(&tuned, "jit").await, "off");
+    assert_eq!(show(&tuned, "work_mem").await, "5MB");
+    assert_eq!(show(&tuned, "statement_timeout").await, "2min");
+}
+
 /// A recorded attempt of `d` (attempt `number`), with `success`.
 fn recorded(d: &Delivery, number: u32, success: bool) -> Recorded {
     let mut after = d.clone();

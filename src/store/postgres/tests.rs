@@ -358,6 +358,27 @@ async fn sessions_run_without_jit_and_keep_the_urls_options() {
     assert_eq!(show(&tuned, "statement_timeout").await, "2min");
 }
 
+/// Recording an attempt updates three indexes of `attempts`: the key, the console's index by
+/// webhook and time (which also serves deleting a webhook's attempts), and failures alone.
+#[tokio::test]
+async fn attempts_carry_three_indexes() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let c = store.pool.get().await.expect("a connection");
+    let rows = c
+        .query(
+            "SELECT indexname::text FROM pg_indexes WHERE tablename = 'attempts' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("pg_indexes");
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        names,
+        ["attempts_by_time", "attempts_failures", "attempts_pkey"]
+    );
+}
+
 /// A recorded attempt of `d` (attempt `number`), with `success`.
 fn recorded(d: &Delivery, number: u32, success: bool) -> Recorded {
     let mut after = d.clone();

@@ -302,8 +302,8 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     // A shared store gives the leases up behind the outcomes still being written (so that no
     // other instance sends those deliveries again), waiting for them at most `shutdown_timeout`.
     let wait = p.shutdown_timeout.max(Duration::from_secs(1));
-    let release = tokio::time::timeout(wait, store.release());
-    match runtime.block_on(release) {
+    // (Made inside the runtime: a timer needs one.)
+    match runtime.block_on(async { tokio::time::timeout(wait, store.release()).await }) {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot give up this instance's leases; the other instances take its deliveries when the leases run out");

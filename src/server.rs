@@ -299,8 +299,19 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     server.run(RunArgs::default());
     // Sends that finished after the delivery loop stopped updated the counters too.
     runtime.block_on(engine.save_counters());
-    if let Err(e) = runtime.block_on(store.release()) {
-        tracing::warn!(error = %e, "cannot give up this instance's leases; the other instances take its deliveries when the leases run out");
+    // A shared store gives the leases up behind the outcomes still being written (so that no
+    // other instance sends those deliveries again), waiting for them at most `shutdown_timeout`.
+    let wait = p.shutdown_timeout.max(Duration::from_secs(1));
+    // (Made inside the runtime: a timer needs one.)
+    match runtime.block_on(async { tokio::time::timeout(wait, store.release()).await }) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot give up this instance's leases; the other instances take its deliveries when the leases run out");
+        }
+        Err(_) => {
+            tracing::warn!(timeout = %humantime::format_duration(wait),
+                "outcomes still being written at shutdown_timeout: this instance's leases are not given up; the other instances take its deliveries when the leases run out");
+        }
     }
     if !local.is_open() {
         tracing::warn!(

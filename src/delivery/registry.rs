@@ -46,6 +46,10 @@ pub struct Target {
     /// Deliveries a shared store leased to this instance ahead of need, each with the time
     /// until which it is sent from here (well within its lease), in queue order.
     ahead: Mutex<VecDeque<(Delivery, tokio::time::Instant)>>,
+    /// When an outcome of this webhook last failed to be written (the store fails), until one
+    /// is written again: meanwhile the scheduler sends one request at a time, at most one a
+    /// second (see the scheduler's `dispatch_due`).
+    store_failed: Mutex<Option<tokio::time::Instant>>,
     /// When the record was last written to the store (`None`: not yet).
     pub(super) saved_at: Mutex<Option<std::time::Instant>>,
     /// Held while an outcome is written to the store and while the webhook is deleted, so
@@ -70,6 +74,7 @@ impl Target {
             requests: AtomicUsize::new(0),
             recording: AtomicUsize::new(0),
             ahead: Mutex::default(),
+            store_failed: Mutex::default(),
             saved_at: Mutex::default(),
             writes: tokio::sync::RwLock::new(()),
             deleted: AtomicBool::new(false),
@@ -229,6 +234,23 @@ impl Target {
     /// Empties the deliveries held ahead and returns their ids (to give their leases back).
     pub(super) fn drop_ahead(&self) -> Vec<Uuid> {
         lock(&self.ahead).drain(..).map(|(d, _)| d.id).collect()
+    }
+
+    /// An outcome of this webhook could not be written; whether this is the first failure
+    /// since one was written.
+    pub(super) fn store_failed(&self, at: tokio::time::Instant) -> bool {
+        lock(&self.store_failed).replace(at).is_none()
+    }
+
+    /// An outcome of this webhook was written: sending goes on as usual. Whether the store had
+    /// failed to write one before.
+    pub(super) fn store_recorded(&self) -> bool {
+        lock(&self.store_failed).take().is_some()
+    }
+
+    /// When an outcome last failed to be written, if none has been written since.
+    pub(super) fn store_failing(&self) -> Option<tokio::time::Instant> {
+        *lock(&self.store_failed)
     }
 
     pub(super) fn is_deleted(&self) -> bool {

@@ -118,6 +118,7 @@ impl Engine {
             IDLE
         };
         let remote = self.store.remote_changes().unwrap_or_default();
+        let webhooks = self.store.webhook_changes();
         let mut failing: Option<String> = None;
         loop {
             let sleep = match self.dispatch_due().await {
@@ -141,6 +142,9 @@ impl Engine {
                 }
             };
             tokio::select! {
+                // First: a change that arrived during the round is taken in before the next.
+                biased;
+                () = changed(webhooks.as_deref()) => self.take_in_webhook_changes().await,
                 _ = self.wake.notified() => {}
                 _ = remote.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
@@ -150,6 +154,42 @@ impl Engine {
         sweeper.abort();
         self.save_counters().await;
         tracing::info!("delivery loop stopped");
+    }
+
+    /// A webhook was changed (by this instance or another): before the next round, what is
+    /// held ahead for a webhook whose stored record is no longer the running one (deleted,
+    /// paused, changed elsewhere) is given back, so that none of it is sent on the old record
+    /// until the store keeper's next look runs the new one (the running set is not changed
+    /// here: that waits for the outcomes being written). If the webhooks cannot be read, what
+    /// is held ahead is forgotten (the leases stay this instance's: the next claim takes them
+    /// again, if their webhook is still there).
+    async fn take_in_webhook_changes(&self) {
+        let stored = match self.store.webhooks().await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the changed webhooks; forgetting the deliveries held ahead");
+                for target in self.registry.all() {
+                    target.drop_ahead();
+                }
+                return;
+            }
+        };
+        let versions: std::collections::HashMap<Uuid, u64> =
+            stored.iter().map(|w| (w.id, w.version)).collect();
+        let mut held = Vec::new();
+        for target in self.registry.all() {
+            let running = target.record().version;
+            if versions.get(&target.id) != Some(&running) {
+                held.extend(target.drop_ahead());
+            }
+        }
+        // Only this task takes from (and claims for) what is held: none of these is being
+        // sent, so none loses its lease mid-send.
+        if !held.is_empty()
+            && let Err(e) = self.store.unclaim(&held).await
+        {
+            tracing::debug!(error = %e, "cannot give back the deliveries held for changed webhooks; their leases run out");
+        }
     }
 
     /// Whether `target` may start one more request now.
@@ -190,6 +230,21 @@ impl Engine {
                 let ahead = target.drop_ahead();
                 if !ahead.is_empty() {
                     self.store.unclaim(&ahead).await?;
+                }
+            }
+            if let Some(failed) = target.store_failing() {
+                // An outcome of this webhook could not be written: nothing more goes until
+                // what is out has ended, then one request a second (without claiming ahead or
+                // freeing its slot early) until an outcome is written again, so that a store
+                // that claims but cannot record does not have deliveries sent unrecorded.
+                if target.requests() + target.recording() > 0 {
+                    continue;
+                }
+                let now = tokio::time::Instant::now();
+                let at = failed + ON_STORE_ERROR;
+                if at > now {
+                    round.wake_at(wake_ms(&round, now, at));
+                    continue;
                 }
             }
             let dispatched = match mode {
@@ -239,7 +294,11 @@ impl Engine {
         if busy >= cap {
             return Ok(());
         }
-        let room = limit.saturating_sub(target.requests()).min(cap - busy);
+        let probing = target.store_failing().is_some();
+        let mut room = limit.saturating_sub(target.requests()).min(cap - busy);
+        if probing {
+            room = room.min(1);
+        }
         let mut gated = false;
         // The store gave as many as there was room for: more may be due, and the sends and
         // recordings now under way wake the loop to take them.
@@ -279,7 +338,7 @@ impl Engine {
                     }
                     break;
                 };
-                self.start(target, vec![delivery], probe, true);
+                self.start(target, vec![delivery], probe, !probing);
             }
         }
         // With room left and nothing more due now, the next due time matters; without room,
@@ -316,11 +375,12 @@ impl Engine {
         round: &Round,
         room: usize,
     ) -> Result<Vec<(Delivery, Option<tokio::time::Instant>)>, StoreError> {
+        // Nothing is held ahead while outcomes of the webhook cannot be written.
         let hold = self
             .store
             .lease()
             .map(|lease| hold(lease, target.record().spec.timeout))
-            .filter(|hold| !hold.is_zero());
+            .filter(|hold| !hold.is_zero() && target.store_failing().is_none());
         let Some(hold) = hold else {
             let due = self
                 .store
@@ -382,7 +442,10 @@ impl Engine {
         target: &Arc<Target>,
         round: &mut Round,
     ) -> Result<(), StoreError> {
-        let room = target.limit().saturating_sub(target.requests());
+        let mut room = target.limit().saturating_sub(target.requests());
+        if target.store_failing().is_some() {
+            room = room.min(1);
+        }
         if room == 0
             || target.recording() > 0
             || !self.may_start(target, round.fair)
@@ -478,10 +541,16 @@ impl Engine {
         tokio::spawn(async move {
             let slot = early.then_some(&guard);
             if let Err(e) = guard.engine.deliver(&guard.target, deliveries, slot).await {
-                // Nothing is sent from what is held ahead while outcomes cannot be written.
+                // Nothing is sent from what is held ahead while outcomes cannot be written,
+                // and little else until one is (see `dispatch_due`).
                 guard.target.drop_ahead();
-                tracing::error!(webhook = %guard.target.id, error = %e,
-                    "cannot record a delivery attempt; the deliveries stay queued and will be sent again");
+                if guard.target.store_failed(tokio::time::Instant::now()) {
+                    tracing::error!(webhook = %guard.target.id, error = %e,
+                        "cannot record a delivery attempt; the deliveries stay queued and will be sent again; until an attempt is recorded, one request a second goes to this webhook");
+                } else {
+                    tracing::debug!(webhook = %guard.target.id, error = %e,
+                        "cannot record a delivery attempt yet");
+                }
             }
             ended(&guard.target, probe);
             drop(guard);
@@ -603,6 +672,9 @@ impl Engine {
             .store
             .record_attempts(target.id, &decided.changes, save.then_some(&webhook))
             .await?;
+        if target.store_recorded() {
+            tracing::info!(webhook = %target.id, "delivery attempts are recorded again; sending resumes");
+        }
         let mut webhook = webhook;
         let mut disabled = decided.disable.is_some();
         match recording {
@@ -800,6 +872,14 @@ fn hold(lease: Duration, timeout: Duration) -> Duration {
     (lease / 2)
         .min(AHEAD_HOLD_MAX)
         .min(lease.saturating_sub(timeout).saturating_sub(AHEAD_MARGIN))
+}
+
+/// Resolves when `changes` is signalled; never without it (a store of one's own).
+async fn changed(changes: Option<&tokio::sync::Notify>) {
+    match changes {
+        Some(changes) => changes.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Whether `target`'s circuit holds every request back (open, or half-open with its probe
@@ -1060,7 +1140,7 @@ mod tests {
         use tokio::sync::watch;
         use uuid::Uuid;
 
-        use super::super::{AHEAD_PER_SLOT, Engine, Round, ahead};
+        use super::super::{AHEAD_PER_SLOT, Engine, RECORDING_PER_SLOT, Round, ahead};
         use crate::delivery::DeliveryConfig;
         use crate::event::{Delivery, DeliveryState, Event, Topic};
         use crate::ssrf::Guard;
@@ -1079,6 +1159,12 @@ mod tests {
         /// A receiver on a free loopback port that answers `status` (as in `200 OK`) and notes
         /// each request's id.
         async fn answering(status: &'static str) -> (SocketAddr, Got) {
+            answering_after(status, Duration::ZERO).await
+        }
+
+        /// [`answering`], but each answer goes `delay` after the request arrived (its id is
+        /// noted on arrival).
+        async fn answering_after(status: &'static str, delay: Duration) -> (SocketAddr, Got) {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
@@ -1105,6 +1191,7 @@ mod tests {
                         {
                             noted.lock().expect("lock").push(id);
                         }
+                        tokio::time::sleep(delay).await;
                         let answer = format!(
                             "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                         );
@@ -1117,6 +1204,15 @@ mod tests {
 
         /// An engine on the shared store at `url` (leases of `lease`), journal under `dir`.
         async fn instance(url: &str, dir: &std::path::Path, lease: Duration) -> Arc<Engine> {
+            instance_with_store(url, dir, lease).await.0
+        }
+
+        /// [`instance`], and its store.
+        async fn instance_with_store(
+            url: &str,
+            dir: &std::path::Path,
+            lease: Duration,
+        ) -> (Arc<Engine>, Arc<PgStore>) {
             let pg = PgConfig {
                 url: url.to_owned(),
                 lease,
@@ -1140,8 +1236,10 @@ mod tests {
                 guard: Guard::new(&["127.0.0.0/8".to_owned()]).expect("guard"),
                 secret_rotation_grace: Duration::ZERO,
             };
-            let engine = Engine::new(Arc::new(store), Vec::new(), delivery, Default::default());
-            Arc::new(engine.expect("engine"))
+            let store = Arc::new(store);
+            let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
+            let engine = Engine::new(shared, Vec::new(), delivery, Default::default());
+            (Arc::new(engine.expect("engine")), store)
         }
 
         /// The file webhook `name` to `receiver` on `engine` (one id on every instance).
@@ -1154,6 +1252,7 @@ mod tests {
             b: Arc<Engine>,
             addr: SocketAddr,
             got: Got,
+            url: String,
             _dirs: [tempfile::TempDir; 2],
             _cluster: Cluster,
         }
@@ -1171,6 +1270,7 @@ mod tests {
                 b: instance(&url, dirs[1].path(), lease).await,
                 addr,
                 got,
+                url,
                 _dirs: dirs,
                 _cluster: cluster,
             }
@@ -1549,6 +1649,253 @@ mod tests {
             }
             let _ = stop.send(true);
             running.await.expect("the loop ends");
+        }
+
+        /// Waits (at most 30 s) until every one of `queued` is recorded as delivered.
+        async fn all_delivered(engine: &Engine, queued: &[Delivery]) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            for d in queued {
+                loop {
+                    let stored = engine.store().delivery(d.id).await.expect("read");
+                    if stored.as_ref().map(|d| d.state) == Some(DeliveryState::Delivered) {
+                        break;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{} not recorded as delivered: {stored:?}",
+                        d.id
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+
+        /// How many requests `got` holds, and whether some id came twice.
+        fn received(got: &Got) -> (usize, usize) {
+            let all = got.lock().expect("lock").clone();
+            let distinct: HashSet<&String> = all.iter().collect();
+            (all.len(), distinct.len())
+        }
+
+        /// A graceful stop gives this instance's leases up only after the outcomes already
+        /// waiting in the recorder are written: with recording held up, `a` sends what its
+        /// recording allowance lets it and stops; `b`, running meanwhile, cannot claim (and
+        /// send again) any of those, even once `a` asked to give its leases up. Once recording
+        /// goes on, every delivery arrives exactly once.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_stop_gives_leases_up_only_after_the_outcomes_waiting_to_be_written() {
+            let two = pair(Duration::from_secs(30)).await;
+            let (a, b, addr, got, url) = (two.a, two.b, two.addr, two.got, two.url.clone());
+            let mut spec = spec("stopping", addr);
+            spec.concurrency = 2;
+            let id = webhook(&a, &spec).await;
+            assert_eq!(webhook(&b, &spec).await, id, "one id on both");
+            let queued = queue(&a, id, 20).await;
+            let lock = block_recording(&url, id).await;
+            let (stop, running) = run(&a);
+            // Requests in flight and outcomes waiting to be written: at most 4 × 2.
+            let cap = RECORDING_PER_SLOT * 2;
+            assert_eq!(wait_for(&got, cap).await.len(), cap);
+            let target = a.registry.get(id).expect("target");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while target.recording() < cap {
+                assert!(tokio::time::Instant::now() < deadline, "not all sent");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = stop.send(true);
+            running.await.expect("the loop ends");
+            // As `hooktap run` stops: the leases are given up.
+            let releasing = {
+                let a = Arc::clone(&a);
+                tokio::spawn(async move { a.store().release().await })
+            };
+            let (_stop_b, _b) = run(&b);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let (all, distinct) = received(&got);
+            assert_eq!(all, distinct, "b sent nothing that a had sent");
+            drop(lock);
+            releasing
+                .await
+                .expect("the release ends")
+                .expect("released");
+            assert_eq!(wait_for(&got, queued.len()).await.len(), queued.len());
+            all_delivered(&b, &queued).await;
+            assert_eq!(
+                received(&got),
+                (queued.len(), queued.len()),
+                "no delivery was sent twice"
+            );
+        }
+
+        /// The events of deliveries held ahead are read with their leases only, however many
+        /// webhooks hold deliveries (the cache of those events once dropped everything past
+        /// 1,024, that is, past 16 webhooks holding 64 each).
+        #[tokio::test(flavor = "multi_thread")]
+        async fn events_held_ahead_for_many_webhooks_are_read_only_with_their_leases() {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let dir = tempfile::tempdir().expect("dir");
+            let (engine, store) =
+                instance_with_store(&url, dir.path(), Duration::from_secs(30)).await;
+            let (addr, got) = receiver().await;
+            let specs: Vec<WebhookSpec> = (0..18)
+                .map(|i| {
+                    let mut spec = spec(&format!("busy-{i}"), addr);
+                    spec.concurrency = 16;
+                    spec
+                })
+                .collect();
+            engine
+                .sync_webhooks(&specs, Duration::ZERO)
+                .await
+                .expect("sync");
+            let per = ahead(16);
+            let mut queued = Vec::new();
+            for w in engine.webhooks() {
+                queued.extend(queue(&engine, w.id, per).await);
+            }
+            assert_eq!(queued.len(), 18 * per);
+            // Each webhook holds all of its deliveries ahead: 1,152 in all.
+            for target in engine.registry.all() {
+                let due = engine
+                    .claim_due(&target, &round_now(), 1)
+                    .await
+                    .expect("claim");
+                target.put_back(
+                    due.into_iter()
+                        .map(|(d, until)| (d, until.expect("held")))
+                        .collect(),
+                );
+                assert_eq!(target.ahead_ids().len(), per);
+            }
+            let before = store.events_read();
+            let (_stop, _loop) = run(&engine);
+            assert_eq!(wait_for(&got, queued.len()).await.len(), queued.len());
+            assert_eq!(
+                store.events_read() - before,
+                0,
+                "no event was read a second time"
+            );
+        }
+
+        /// PostgreSQL stopped hard while an instance sends and holds deliveries ahead: the
+        /// receiver gets at most `concurrency` + 1 requests that cannot be recorded (each slot
+        /// takes one more of those held before the first failed recording is known; then
+        /// nothing is sent from them), and once PostgreSQL is back every delivery arrives
+        /// and is recorded.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn postgresql_stopped_hard_mid_run_gets_few_unrecorded_requests() {
+            let cluster = Arc::new(Cluster::start());
+            let url = cluster.database();
+            let dir = tempfile::tempdir().expect("dir");
+            let engine = instance(&url, dir.path(), Duration::from_secs(30)).await;
+            let (addr, got) = answering_after("200 OK", Duration::from_millis(300)).await;
+            let mut spec = spec("outage", addr);
+            spec.concurrency = 4;
+            let id = webhook(&engine, &spec).await;
+            let queued = queue(&engine, id, 60).await;
+            let (_stop, _loop) = run(&engine);
+            wait_for(&got, 4).await;
+            let target = engine.registry.get(id).expect("target");
+            assert!(!target.ahead_ids().is_empty(), "deliveries are held ahead");
+            let down = Arc::clone(&cluster);
+            tokio::task::spawn_blocking(move || down.kill())
+                .await
+                .expect("stopped");
+            let (at_stop, _) = received(&got);
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let (while_down, _) = received(&got);
+            assert!(
+                while_down - at_stop <= spec.concurrency + 1,
+                "{} requests while PostgreSQL was down",
+                while_down - at_stop
+            );
+            let up = Arc::clone(&cluster);
+            tokio::task::spawn_blocking(move || up.start_server())
+                .await
+                .expect("started");
+            assert_eq!(wait_for(&got, queued.len()).await.len(), queued.len());
+            all_delivered(&engine, &queued).await;
+        }
+
+        /// A store that claims but cannot record (a trigger refuses every attempt): after the
+        /// requests sent before the first failed recording was known, the webhook gets one
+        /// request a second, not `concurrency` per round; once recording works again every
+        /// delivery arrives and is recorded.
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_store_that_cannot_record_gets_one_request_a_second() {
+            let cluster = Cluster::start();
+            let url = cluster.database();
+            let dir = tempfile::tempdir().expect("dir");
+            let engine = instance(&url, dir.path(), Duration::from_secs(30)).await;
+            let (addr, got) = answering_after("200 OK", Duration::from_millis(300)).await;
+            let mut spec = spec("unrecorded", addr);
+            spec.concurrency = 4;
+            let id = webhook(&engine, &spec).await;
+            let queued = queue(&engine, id, 40).await;
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+                .batch_execute(
+                    "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                         $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$;
+                     CREATE TRIGGER refuse BEFORE INSERT ON attempts
+                         FOR EACH ROW EXECUTE FUNCTION refuse();",
+                )
+                .await
+                .expect("refuse attempts");
+            let (_stop, _loop) = run(&engine);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let (sent, _) = received(&got);
+            // Two rounds of `concurrency` (the second taken from those held ahead before the
+            // first recording failed), then one a second.
+            assert!(
+                sent <= 2 * spec.concurrency + 3,
+                "{sent} requests in 3 s while nothing could be recorded"
+            );
+            let target = engine.registry.get(id).expect("target");
+            assert!(target.ahead_ids().is_empty(), "nothing held ahead");
+            client
+                .batch_execute("DROP TRIGGER refuse ON attempts")
+                .await
+                .expect("record again");
+            assert_eq!(wait_for(&got, queued.len()).await.len(), queued.len());
+            all_delivered(&engine, &queued).await;
+        }
+
+        /// A webhook deleted through another instance gets nothing more from what this one
+        /// holds ahead for it: on the change's notification, what is held for a webhook whose
+        /// stored record changed is given back before the next round (without it, held
+        /// deliveries went on being sent until the store keeper's next look; the keeper does
+        /// not run here).
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_webhook_deleted_elsewhere_gets_nothing_more_of_what_is_held() {
+            let two = pair(Duration::from_secs(30)).await;
+            let (a, b) = (two.a, two.b);
+            let (addr, got) = answering_after("200 OK", Duration::from_millis(500)).await;
+            let mut spec = spec("deleted", addr);
+            spec.concurrency = 2;
+            let id = webhook(&a, &spec).await;
+            assert_eq!(webhook(&b, &spec).await, id);
+            // As the store keeper's look does: `a` runs the record as `b` last wrote it.
+            a.refresh_webhooks().await.expect("refresh");
+            queue(&a, id, 20).await;
+            let (_stop, _loop) = run(&a);
+            assert_eq!(wait_for(&got, 2).await.len(), 2);
+            let target = a.registry.get(id).expect("target");
+            assert!(!target.ahead_ids().is_empty(), "deliveries are held ahead");
+            b.delete_webhook(id).await.expect("delete").expect("known");
+            let (at_delete, _) = received(&got);
+            // The two in flight end (500 ms): nothing follows them.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(
+                received(&got).0,
+                at_delete,
+                "nothing sent after the deletion"
+            );
+            assert!(target.ahead_ids().is_empty(), "nothing held for it");
         }
     }
 }

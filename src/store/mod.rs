@@ -606,6 +606,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Signalled when a webhook was changed (created, changed, paused, deleted, disabled) by
+    /// any instance (shared stores): the running set is then out of date until it is read
+    /// again.
+    fn webhook_changes(&self) -> Option<Arc<Notify>> {
+        None
+    }
+
     /// The local journal of a shared store.
     fn journal(&self) -> Option<JournalStats> {
         None

@@ -28,13 +28,14 @@
 #[cfg(test)]
 pub mod cluster;
 mod import;
+mod leased;
 mod record;
 mod schema;
 mod ship;
 mod sql;
 mod tls;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -168,12 +169,15 @@ pub struct PgStore {
     ship_now: Arc<Notify>,
     /// Signalled when another instance added work or changed a webhook.
     remote: Arc<Notify>,
+    /// Signalled when a webhook was changed (by any instance).
+    webhooks_changed: Arc<Notify>,
     /// Where outcomes go to be recorded (see `record`).
-    recorder: tokio::sync::mpsc::UnboundedSender<record::Job>,
-    /// The events of deliveries just leased, read with the lease (by event id, with the
-    /// delivery's id): the engine asks for each next ([`Store::event`]), and is answered from
-    /// here without a round trip.
-    leased: std::sync::Mutex<HashMap<Uuid, (Uuid, Event)>>,
+    recorder: tokio::sync::mpsc::UnboundedSender<record::Message>,
+    /// The events of deliveries just leased, read with the lease: the engine asks for each
+    /// next ([`Store::event`]), and is answered from here without a round trip.
+    leased: std::sync::Mutex<leased::LeasedEvents>,
+    /// Events read from PostgreSQL by [`Store::event`] (not found among those leased).
+    events_read: AtomicU64,
     status: Arc<Status>,
     /// Where the store is, for messages (no credentials).
     shown: String,
@@ -219,10 +223,12 @@ impl PgStore {
             runtime: Some(runtime),
             instance,
             recorder,
-            leased: std::sync::Mutex::default(),
+            leased: std::sync::Mutex::new(leased::LeasedEvents::new(pg.lease)),
+            events_read: AtomicU64::new(0),
             lease_ms: i64::try_from(pg.lease.as_millis()).unwrap_or(i64::MAX),
             ship_now: Arc::new(Notify::new()),
             remote: Arc::new(Notify::new()),
+            webhooks_changed: Arc::new(Notify::new()),
             status: Arc::new(Status::default()),
             shown: PgConfig::shown(&pg.url),
             connector,
@@ -230,6 +236,7 @@ impl PgStore {
         store.handle.spawn(ship::listen(
             store.connector.clone(),
             Arc::clone(&store.remote),
+            Arc::clone(&store.webhooks_changed),
             Arc::clone(&store.status),
         ));
         store.handle.spawn(ship::ship(
@@ -302,7 +309,7 @@ impl PgStore {
     }
 
     /// The events read with leases, locked.
-    fn leased(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Uuid, Event)>> {
+    fn leased(&self) -> std::sync::MutexGuard<'_, leased::LeasedEvents> {
         self.leased
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -310,22 +317,24 @@ impl PgStore {
 
     /// Keeps the events read with a lease for [`Store::event`]; returns the deliveries.
     fn keep_events(&self, leased: Vec<sql::Leased>) -> Vec<Delivery> {
+        let now = tokio::time::Instant::now();
         let mut kept = self.leased();
-        // Deliveries given back drop their events (`unclaim`); any other left unasked (a
-        // batch gathered but not yet due) is bounded by starting afresh: an event not found
-        // here is read as usual.
-        if kept.len() >= LEASED_EVENTS {
-            kept.clear();
-        }
         leased
             .into_iter()
             .map(|(d, e)| {
                 if let Some(e) = e {
-                    kept.insert(e.id, (d.id, e));
+                    kept.keep(d.id, e, now);
                 }
                 d
             })
             .collect()
+    }
+
+    /// How many events [`Store::event`] had to read from PostgreSQL (tests: those leased are
+    /// answered without).
+    #[cfg(test)]
+    pub(crate) fn events_read(&self) -> u64 {
+        self.events_read.load(Ordering::Relaxed)
     }
 
     /// Moves everything journalled so far to PostgreSQL now.
@@ -339,9 +348,6 @@ impl PgStore {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 }
-
-/// Events read with leases and kept for the engine at most (see `PgStore::leased`).
-const LEASED_EVENTS: usize = 1024;
 
 /// Connects once and reads the schema's state: what `hooktap check` reports.
 pub async fn probe(pg: &PgConfig) -> Result<Vec<MigrationStatus>, StoreError> {
@@ -502,6 +508,10 @@ impl Store for PgStore {
         Some(Arc::clone(&self.remote))
     }
 
+    fn webhook_changes(&self) -> Option<Arc<Notify>> {
+        Some(Arc::clone(&self.webhooks_changed))
+    }
+
     fn journal(&self) -> Option<JournalStats> {
         let oldest = self.status.oldest_ms.load(Ordering::Relaxed);
         let now = crate::event::unix_ms(OffsetDateTime::now_utc());
@@ -585,15 +595,21 @@ impl Store for PgStore {
     }
 
     async fn unclaim(&self, deliveries: &[Uuid]) -> Result<(), StoreError> {
-        self.leased()
-            .retain(|_, (delivery, _)| !deliveries.contains(delivery));
+        self.leased().give_back(deliveries);
         sql::unclaim(&self.client().await?, self.instance, deliveries)
             .await
             .map(drop)
     }
 
     async fn release(&self) -> Result<(), StoreError> {
-        let released = sql::release(&self.client().await?, self.instance).await?;
+        // Behind the outcomes already queued (see `record`): a delivery whose outcome waits
+        // to be written must not be claimed by another instance meanwhile.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || StoreError::Task("the PostgreSQL runtime stopped".to_owned());
+        self.recorder
+            .send(record::Message::Release(reply))
+            .map_err(|_| stopped())?;
+        let released = answer.await.map_err(|_| stopped())??;
         if released > 0 {
             tracing::info!(deliveries = released, "gave up this instance's leases");
         }
@@ -691,7 +707,7 @@ impl Store for PgStore {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let stopped = || StoreError::Task("the PostgreSQL runtime stopped".to_owned());
         self.recorder
-            .send(record::Job { outcome, reply })
+            .send(record::Message::Record(record::Job { outcome, reply }))
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -720,9 +736,10 @@ impl Store for PgStore {
     }
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
-        if let Some((_, kept)) = self.leased().remove(&id) {
+        if let Some(kept) = self.leased().take(id) {
             return Ok(Some(kept));
         }
+        self.events_read.fetch_add(1, Ordering::Relaxed);
         match sql::event(&self.client().await?, id).await? {
             Some(e) => Ok(Some(e)),
             // Not moved over yet: still in this instance's journal.

@@ -10,6 +10,10 @@
 //! that one that cannot be written does not hold up the others. A batch whose fate is
 //! unknown (the connection broke) is not written again, since it may have been committed:
 //! each caller gets the error and its deliveries are sent again once their leases run out.
+//!
+//! Giving this instance's leases up when it stops ([`Message::Release`]) goes through the same
+//! queue: the outcomes queued before it are written first, so that no other instance can claim
+//! (and send again) a delivery whose outcome was only waiting to be written.
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
@@ -28,20 +32,61 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Recording, StoreError>>,
 }
 
-/// Records what arrives on `jobs` until every sender is gone.
-pub async fn run(pool: Pool, owner: Uuid, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = jobs.recv().await {
+/// What the recorder is asked, in order.
+// Nearly every message is a `Record`, so the small `Release` wastes nothing worth a box per
+// outcome.
+#[allow(clippy::large_enum_variant)]
+pub enum Message {
+    Record(Job),
+    /// Give up this instance's leases (it stops) once everything queued before is written;
+    /// answered with how many were given up.
+    Release(oneshot::Sender<Result<u64, StoreError>>),
+}
+
+/// Records what arrives on `messages` until every sender is gone.
+pub async fn run(pool: Pool, owner: Uuid, mut messages: mpsc::UnboundedReceiver<Message>) {
+    // A release found while gathering a batch: handled right after that batch.
+    let mut next = None;
+    loop {
+        let message = match next.take() {
+            Some(m) => m,
+            None => match messages.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let first = match message {
+            Message::Record(job) => job,
+            Message::Release(reply) => {
+                let _ = reply.send(release(&pool, owner).await);
+                continue;
+            }
+        };
         // Outcomes decided at the same moment (a burst of answers) arrive together.
         tokio::task::yield_now().await;
         let mut size = first.outcome.len();
         let mut batch = vec![first];
         while size < MAX_DELIVERIES {
-            let Ok(job) = jobs.try_recv() else { break };
-            size += job.outcome.len();
-            batch.push(job);
+            match messages.try_recv() {
+                Ok(Message::Record(job)) => {
+                    size += job.outcome.len();
+                    batch.push(job);
+                }
+                Ok(release) => {
+                    next = Some(release);
+                    break;
+                }
+                Err(_) => break,
+            }
         }
         record(&pool, owner, batch).await;
     }
+}
+
+/// Ends this instance's leases ([`sql::release`]).
+async fn release(pool: &Pool, owner: Uuid) -> Result<u64, StoreError> {
+    let client = pool.get().await.map_err(pg_error)?;
+    sql::release(&client, owner).await
 }
 
 /// Records `batch` and answers each job.

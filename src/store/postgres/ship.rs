@@ -120,11 +120,20 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
+/// The payload of the notification `sql` sends when a webhook changed (as opposed to new work).
+const WEBHOOKS_CHANGED: &str = "webhooks";
+
 /// Listens for other instances' news until the store is dropped, reconnecting as needed.
-pub async fn listen(connector: Connector, remote: Arc<Notify>, status: Arc<Status>) {
+/// `webhooks` is signalled for a change of a webhook, `remote` for that and any other news.
+pub async fn listen(
+    connector: Connector,
+    remote: Arc<Notify>,
+    webhooks: Arc<Notify>,
+    status: Arc<Status>,
+) {
     let mut failing: Option<String> = None;
     loop {
-        if let Err(e) = listen_once(&connector, &remote, &status).await {
+        if let Err(e) = listen_once(&connector, &remote, &webhooks, &status).await {
             let message = e.to_string();
             if failing.as_deref() != Some(message.as_str()) {
                 tracing::warn!(error = %message, "not listening for other instances' changes; trying again every second");
@@ -133,6 +142,7 @@ pub async fn listen(connector: Connector, remote: Arc<Notify>, status: Arc<Statu
         }
         // Whatever was announced while not listening: look now.
         remote.notify_one();
+        webhooks.notify_one();
         tokio::time::sleep(RETRY).await;
     }
 }
@@ -140,6 +150,7 @@ pub async fn listen(connector: Connector, remote: Arc<Notify>, status: Arc<Statu
 async fn listen_once(
     connector: &Connector,
     remote: &Notify,
+    webhooks: &Notify,
     status: &Status,
 ) -> Result<(), StoreError> {
     let mut config = connector.config.clone();
@@ -155,8 +166,8 @@ async fn listen_once(
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                    if tx.send(()).is_err() {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload() == WEBHOOKS_CHANGED).is_err() {
                         break;
                     }
                 }
@@ -172,7 +183,11 @@ async fn listen_once(
         .map_err(pg_error)?;
     status.connected.store(true, Ordering::Relaxed);
     remote.notify_one();
-    while rx.recv().await.is_some() {
+    webhooks.notify_one();
+    while let Some(webhook) = rx.recv().await {
+        if webhook {
+            webhooks.notify_one();
+        }
         remote.notify_one();
     }
     drop(client);

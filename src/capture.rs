@@ -701,6 +701,55 @@ mod tests {
         ));
     }
 
+    /// What a full parse refuses inside a member no rule reads is refused too (rules then see
+    /// the body as text, as they would have), and what it accepts gives the same values.
+    #[test]
+    fn pruned_json_checks_what_it_skips_as_a_full_parse_does() {
+        let mut reads = Reads::default();
+        reads.add_selector(&crate::rules::selector::Selector::parse("$.a").expect("valid"));
+        let deep = format!(r#"{{"a": 1, "b": {}{}}}"#, "[".repeat(200), "]".repeat(200));
+        let shallow = format!(r#"{{"a": 1, "b": {}{}}}"#, "[".repeat(100), "]".repeat(100));
+        let cases: [&[u8]; 9] = [
+            deep.as_bytes(),
+            shallow.as_bytes(),
+            b"{\"a\": 1, \"b\": \"\xff\"}",
+            br#"{"a": 1, "b": 1e400}"#,
+            br#"{"a": 1, "b": "\ud800"}"#,
+            br#"{"a": 1, "b": "\q"}"#,
+            br#"{"a": 1} {}"#,
+            br#"{"a": 1, "a": {"x": 2}, "b": [1, 2}"#,
+            br#"{"a": 1, "b": 2, "a": {"x": [1.5, -3, null]}}"#,
+        ];
+        for text in cases {
+            let full = serde_json::from_slice::<Value>(text);
+            let pruned = parse_json_reading(text, &reads);
+            assert_eq!(
+                full.is_ok(),
+                pruned.is_ok(),
+                "{}: {full:?} {pruned:?}",
+                String::from_utf8_lossy(text)
+            );
+            if let (Ok(full), Ok(pruned)) = (full, pruned) {
+                assert_eq!(pruned, serde_json::json!({"a": full["a"]}));
+            }
+        }
+        // serde's IgnoredAny, for contrast, accepts the first and third: not used for that.
+        let ignored = |text: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok();
+        assert!(ignored(deep.as_bytes()) && ignored(b"\"\xff\""));
+    }
+
+    #[test]
+    fn headers_no_rule_reads_are_left_out() {
+        let h = headers(&[("x-a", "1"), ("x-b", "2"), ("x-a", "3")]);
+        let mut reads = Reads::default();
+        reads.add_selector(&crate::rules::selector::Selector::parse("$['x-a']").expect("valid"));
+        assert_eq!(
+            headers_reading(&h, &reads),
+            serde_json::json!({"x-a": "1, 3"})
+        );
+        assert_eq!(headers_reading(&h, &EVERYTHING), headers_to_json(&h));
+    }
+
     #[test]
     fn brotli_and_deflate_are_decoded() {
         let mut br = Vec::new();

@@ -134,7 +134,199 @@ impl Reads {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::{Exchange, RequestParts, ResponseParts};
+    use crate::rules::RuleSet;
     use crate::rules::expr::{Expr, Scope, Want};
+    use crate::rules::raw::RawRuleFile;
+    use serde_json::{Value, json};
+
+    const RESPONSE: &str = r#"{"id": 7, "status": "paid", "total": 90.5,
+        "customer": {"name": "Ada", "address": {"city": "London"}},
+        "lines": [{"sku": "a", "qty": 1, "id": 1}, {"sku": "b", "qty": 2, "id": 2}],
+        "notes": "long text no rule reads"}"#;
+
+    fn exchange(method: &str, path: &str, response: &str) -> Exchange {
+        let mut request_headers = http::HeaderMap::new();
+        request_headers.insert("content-type", "application/json".parse().expect("valid"));
+        request_headers.insert("x-tag", "vip".parse().expect("valid"));
+        request_headers.insert("user-agent", "curl".parse().expect("valid"));
+        let mut response_headers = http::HeaderMap::new();
+        response_headers.insert("content-type", "application/json".parse().expect("valid"));
+        Exchange {
+            request: RequestParts {
+                method: method.to_owned(),
+                path: path.to_owned(),
+                query: Some("page=2".to_owned()),
+                headers: request_headers,
+                body: Some(bytes::Bytes::from_static(
+                    br#"{"email": "a@b.c", "tickets": 2}"#,
+                )),
+            },
+            response: ResponseParts {
+                status: 201,
+                headers: response_headers,
+                body: Some(bytes::Bytes::copy_from_slice(response.as_bytes())),
+            },
+        }
+    }
+
+    /// The rules' payloads over `POST /x`, after checking that the pruned document gives
+    /// every candidate exactly what the full one gives; and the pruned document.
+    fn evaluated(rules: &str) -> (Vec<Value>, Value) {
+        payloads_of(rules, "POST", "/x")
+    }
+
+    fn payloads_of(rules: &str, method: &str, path: &str) -> (Vec<Value>, Value) {
+        let file: RawRuleFile = toml::from_str(rules).expect("rule file parses");
+        let mut set = RuleSet::default();
+        for r in file.rule {
+            set.add(r).expect("rule compiles");
+        }
+        let m = http::Method::from_bytes(method.as_bytes()).expect("method");
+        let candidates = set.candidates(&m, path).expect("a candidate");
+        let told = |doc: &mut Value| -> Vec<(String, Vec<Value>, Vec<String>)> {
+            set.explain(&candidates, doc)
+                .into_iter()
+                .map(|e| {
+                    let payloads = e.matches.into_iter().map(|m| m.event.payload).collect();
+                    (e.rule.name.clone(), payloads, e.reasons)
+                })
+                .collect()
+        };
+        let mut full = exchange(method, path, RESPONSE)
+            .into_document(1 << 20)
+            .value;
+        let mut pruned = exchange(method, path, RESPONSE)
+            .into_document_for(&candidates, 1 << 20)
+            .value;
+        let from_full = told(&mut full);
+        assert_eq!(from_full, told(&mut pruned), "pruned: {pruned}");
+        let payloads = from_full.into_iter().flat_map(|(_, p, _)| p).collect();
+        (payloads, pruned)
+    }
+
+    fn rule(body: &str) -> String {
+        format!("[[rule]]\nname = \"r\"\ntopic = \"t.r\"\npath = \"/x\"\n{body}\n")
+    }
+
+    #[test]
+    fn a_nested_field_and_array_elements_are_built_alone() {
+        let (payloads, doc) = evaluated(&rule(
+            "[rule.payload]\ncity = \"$.response.body.customer.address.city\"\nfirst = \"$.response.body.lines[0].sku\"\nlast = \"$.response.body.lines[-1].sku\"",
+        ));
+        assert_eq!(
+            payloads,
+            vec![json!({"city": "London", "first": "a", "last": "b"})]
+        );
+        assert_eq!(
+            doc["response"]["body"],
+            json!({"customer": {"address": {"city": "London"}}, "lines": [{"sku": "a"}, {"sku": "b"}]}),
+            "elements are kept in place, pruned alike"
+        );
+        assert_eq!(doc["request"]["body"], Value::Null, "not read: not decoded");
+        assert_eq!(doc["request"]["headers"], json!({}));
+        assert_eq!(doc["request"]["query"], json!({}));
+        assert_eq!(
+            doc["request"]["method"], "POST",
+            "fixed parts are always there"
+        );
+        assert_eq!(doc["response"]["status"], 201);
+    }
+
+    #[test]
+    fn a_subtree_read_whole_is_built_whole() {
+        let (payloads, doc) = evaluated(&rule(
+            "[rule.payload]\ncustomer = \"$.response.body.customer\"\nemail = \"$.request.body.email\"",
+        ));
+        let customer = json!({"name": "Ada", "address": {"city": "London"}});
+        assert_eq!(
+            payloads,
+            vec![json!({"customer": customer, "email": "a@b.c"})]
+        );
+        assert_eq!(doc["response"]["body"], json!({"customer": customer}));
+        assert_eq!(doc["request"]["body"], json!({"email": "a@b.c"}));
+        // No payload at all: the whole response body.
+        let (payloads, doc) = evaluated(&rule(""));
+        let whole: Value = serde_json::from_str(RESPONSE).expect("json");
+        assert_eq!(payloads, vec![whole.clone()]);
+        assert_eq!(doc["response"]["body"], whole);
+    }
+
+    #[test]
+    fn cel_reads_are_built() {
+        let (payloads, doc) = evaluated(&rule(
+            "when = \"response.body.total > 10.0 && request.headers['x-tag'] == 'vip'\"\n[rule.payload]\nname = { expr = \"response.body.customer.name.upperAscii()\" }\nskus = { expr = \"response.body.lines.map(l, l.sku)\" }",
+        ));
+        assert_eq!(payloads, vec![json!({"name": "ADA", "skus": ["a", "b"]})]);
+        assert_eq!(doc["request"]["headers"], json!({"x-tag": "vip"}));
+        let body = &doc["response"]["body"];
+        assert_eq!(body["customer"], json!({"name": "Ada"}));
+        assert_eq!(
+            body["lines"],
+            serde_json::from_str::<Value>(RESPONSE).expect("json")["lines"],
+            "iterated: whole"
+        );
+        assert_eq!(body.get("notes"), None);
+    }
+
+    #[test]
+    fn for_each_reads_its_items_whole() {
+        let (payloads, doc) = evaluated(&rule(
+            "for_each = \"$.response.body.lines\"\nwhen = [{ path = \"$.item.qty\", gt = 1 }]\ndedupe = { key = \"item.sku\", window = \"1m\" }\n[rule.payload]\nsku = \"$.item.sku\"\norder = \"$.response.body.id\"",
+        ));
+        assert_eq!(payloads, vec![json!({"sku": "b", "order": 7})]);
+        let all: Value = serde_json::from_str(RESPONSE).expect("json");
+        assert_eq!(
+            doc["response"]["body"],
+            json!({"id": 7, "lines": all["lines"]})
+        );
+    }
+
+    #[test]
+    fn wildcards_filters_and_descents_read_their_subtree() {
+        let (payloads, doc) = evaluated(&rule(
+            "[rule.payload]\nskus = \"$.response.body.lines[*].sku\"\nbig = \"$.response.body.lines[?@.qty > 1].id\"",
+        ));
+        assert_eq!(payloads, vec![json!({"skus": ["a", "b"], "big": 2})]);
+        let all: Value = serde_json::from_str(RESPONSE).expect("json");
+        assert_eq!(doc["response"]["body"], json!({"lines": all["lines"]}));
+        let (payloads, doc) = evaluated(&rule("[rule.payload]\nids = \"$.response.body..id\""));
+        assert_eq!(payloads, vec![json!({"ids": [7, 1, 2]})]);
+        assert_eq!(
+            doc["response"]["body"], all,
+            "a descent reads the whole body"
+        );
+        let (_, doc) = evaluated(&rule(
+            "[rule.payload]\nmine = \"$.response.body.lines[?@.sku == $.request.body.email]\"",
+        ));
+        assert_eq!(
+            doc["request"]["headers"]["user-agent"], "curl",
+            "a filter with an absolute path reads the whole document"
+        );
+    }
+
+    #[test]
+    fn each_method_builds_what_its_own_candidates_read() {
+        let rules = "[[rule]]\nname = \"put\"\ntopic = \"t.put\"\nmethod = \"PUT\"\npath = \"/x/{id}\"\npayload = \"$.response.body\"\n\n\
+                     [[rule]]\nname = \"delete\"\ntopic = \"t.delete\"\nmethod = \"DELETE\"\npath = \"/x/{n}\"\n[rule.payload]\nid = \"$.params.n\"\n\n\
+                     [[rule]]\nname = \"any\"\ntopic = \"t.any\"\npath = \"/x/{id}\"\n[rule.payload]\nref = \"$.response.body.customer.name\"\n";
+        let (payloads, doc) = payloads_of(rules, "DELETE", "/x/7");
+        assert_eq!(payloads, vec![json!({"id": "7"}), json!({"ref": "Ada"})]);
+        assert_eq!(
+            doc["response"]["body"],
+            json!({"customer": {"name": "Ada"}})
+        );
+        let (_, doc) = payloads_of(rules, "PUT", "/x/7");
+        assert_eq!(
+            doc["response"]["body"],
+            serde_json::from_str::<Value>(RESPONSE).expect("json")
+        );
+        let (_, doc) = payloads_of(rules, "PATCH", "/x/7");
+        assert_eq!(
+            doc["response"]["body"],
+            json!({"customer": {"name": "Ada"}})
+        );
+    }
 
     fn of_paths(paths: &[&str]) -> Reads {
         let mut r = Reads::default();

@@ -1041,7 +1041,9 @@ fn exchange_expr() -> impl Strategy<Value = String> {
         9 => format!("'{n}' in {v}"),
         10 => v.to_owned(),
         11 => format!("string({v}.{n})"),
-        12 => format!("{v}.map(k, k)"),
+        // The size only: iterating a map (an object) goes in no fixed order, so a list made
+        // from its keys can differ between two evaluations of the same document.
+        12 => format!("size({v}.map(k, k))"),
         _ => format!("response.headers['content-type'] + string({v}.{n})"),
     })
 }

@@ -771,11 +771,14 @@ struct RouteReads {
 
 impl RouteReads {
     fn add(&mut self, methods: &[http::Method], reads: &Reads) {
+        let merge = |into: &mut Arc<Reads>| {
+            let into = Arc::make_mut(into);
+            into.merge(reads);
+            into.shrink();
+        };
         if methods.is_empty() {
-            Arc::make_mut(&mut self.any).merge(reads);
-            for (_, r) in &mut self.by_method {
-                Arc::make_mut(r).merge(reads);
-            }
+            merge(&mut self.any);
+            self.by_method.iter_mut().for_each(|(_, r)| merge(r));
             return;
         }
         for method in methods {
@@ -787,7 +790,7 @@ impl RouteReads {
                     self.by_method.len() - 1
                 }
             };
-            Arc::make_mut(&mut self.by_method[at].1).merge(reads);
+            merge(&mut self.by_method[at].1);
         }
     }
 

@@ -22,8 +22,6 @@
 //! Array elements are kept in place, each pruned the same way (so indices and lengths do not
 //! change), and an array a read expects to be an object is kept whole.
 
-use std::collections::BTreeMap;
-
 use super::expr::Needs;
 use super::selector::{ReadStep, Selector};
 
@@ -32,8 +30,10 @@ use super::selector::{ReadStep, Selector};
 pub struct Reads {
     /// The value is read as a whole: everything under it is kept.
     whole: bool,
-    /// Object members read, by name.
-    fields: BTreeMap<String, Reads>,
+    /// Object members read, sorted by name. (A sorted `Vec` rather than a `BTreeMap`: a route
+    /// keeps one tree per method, and 40,000 routes of three or four paths each held ~4 KiB
+    /// of mostly empty B-tree nodes apiece.)
+    fields: Vec<(String, Reads)>,
     /// What is read of an array's elements (of any of them: indices are not told apart).
     items: Option<Box<Reads>>,
 }
@@ -41,7 +41,7 @@ pub struct Reads {
 /// Everything.
 pub static EVERYTHING: Reads = Reads {
     whole: true,
-    fields: BTreeMap::new(),
+    fields: Vec::new(),
     items: None,
 };
 
@@ -61,7 +61,22 @@ impl Reads {
         if self.whole {
             return Some(&EVERYTHING);
         }
-        self.fields.get(name)
+        self.fields
+            .binary_search_by(|(n, _)| n.as_str().cmp(name))
+            .ok()
+            .map(|at| &self.fields[at].1)
+    }
+
+    /// The entry for the member `name`, added empty if it is not there yet.
+    fn field_mut(&mut self, name: &str) -> &mut Reads {
+        let at = match self.fields.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            Ok(at) => at,
+            Err(at) => {
+                self.fields.insert(at, (name.to_owned(), Reads::default()));
+                at
+            }
+        };
+        &mut self.fields[at].1
     }
 
     /// What is read of an array's elements, when the array is read element by element only:
@@ -84,10 +99,21 @@ impl Reads {
             return;
         }
         for (name, reads) in &other.fields {
-            self.fields.entry(name.clone()).or_default().merge(reads);
+            self.field_mut(name).merge(reads);
         }
         if let Some(items) = &other.items {
             self.items.get_or_insert_default().merge(items);
+        }
+    }
+
+    /// Gives back the spare capacity of every member list (trees are built once and kept).
+    pub fn shrink(&mut self) {
+        self.fields.shrink_to_fit();
+        for (_, reads) in &mut self.fields {
+            reads.shrink();
+        }
+        if let Some(items) = &mut self.items {
+            items.shrink();
         }
     }
 
@@ -98,11 +124,7 @@ impl Reads {
         }
         match path.split_first() {
             None => *self = Self::everything(),
-            Some((ReadStep::Name(name), rest)) => self
-                .fields
-                .entry((*name).to_owned())
-                .or_default()
-                .add_path(rest),
+            Some((ReadStep::Name(name), rest)) => self.field_mut(name).add_path(rest),
             Some((ReadStep::Index, rest)) => self.items.get_or_insert_default().add_path(rest),
         }
     }
@@ -123,10 +145,7 @@ impl Reads {
             return;
         }
         for (name, needs) in needs.fields() {
-            self.fields
-                .entry(name.to_owned())
-                .or_default()
-                .add_needs(needs);
+            self.field_mut(name).add_needs(needs);
         }
     }
 }

@@ -5,12 +5,23 @@
 //! (`Content-Encoding`, then JSON / form / text) and builds the one JSON document that every
 //! JSONPath in the rules is evaluated over. This module never touches the bytes the client
 //! receives: it only ever works on its own copy.
+//!
+//! The proxy builds the document only as far as its candidate rules read it
+//! ([`Exchange::into_document_reading`], [`Reads`]): JSON members no rule reads are parsed
+//! (validated exactly as a full parse validates them) but not built, headers no rule reads are
+//! not copied, and a body no rule reads is not decoded. Rules see the same values either way.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::io::Read;
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::rules::reads::{EVERYTHING, Reads};
+use crate::rules::router::Candidates;
 
 /// A copy of a body as it streams by, bounded by `limit` bytes.
 #[derive(Debug)]
@@ -95,6 +106,16 @@ pub fn decode_body(
     headers: &HeaderMap,
     max_decoded: usize,
 ) -> Result<Value, SkipReason> {
+    decode_body_reading(raw, headers, max_decoded, &EVERYTHING)
+}
+
+/// [`decode_body`], building of a JSON body only what `reads` reads (see [`parse_json_reading`]).
+pub fn decode_body_reading(
+    raw: &[u8],
+    headers: &HeaderMap,
+    max_decoded: usize,
+    reads: &Reads,
+) -> Result<Value, SkipReason> {
     let body = decode_content(raw, headers, max_decoded)?;
     if body.is_empty() {
         return Ok(Value::Null);
@@ -111,7 +132,7 @@ pub fn decode_body(
         })
         .unwrap_or_default();
     if content_type == "application/json" || content_type.ends_with("+json") {
-        if let Ok(v) = serde_json::from_slice(&body) {
+        if let Ok(v) = parse_json_reading(&body, reads) {
             return Ok(v);
         }
     } else if content_type == "application/x-www-form-urlencoded" {
@@ -191,10 +212,222 @@ fn pairs_to_object<'a>(
     Value::Object(map)
 }
 
+/// JSON text as a value holding only what `reads` reads: members no read reaches are left
+/// out (arrays keep all their elements, each pruned alike; see [`Reads`]).
+///
+/// It fails exactly when `serde_json::from_slice` fails: what is left out is still parsed
+/// with the same checks (UTF-8 and escapes in strings, number range, nesting depth), without
+/// being built. (`serde::de::IgnoredAny` would skip faster but does not check strings' UTF-8,
+/// numbers' range or the nesting limit, so a body the full parse refuses, and rules then see
+/// as text, would parse.)
+pub fn parse_json_reading(text: &[u8], reads: &Reads) -> serde_json::Result<Value> {
+    if reads.is_whole() {
+        return serde_json::from_slice(text);
+    }
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let value = Pruned(reads).deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Deserialises a value keeping what the [`Reads`] read.
+struct Pruned<'r>(&'r Reads);
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if self.0.is_whole() {
+            return serde::Deserialize::deserialize(d);
+        }
+        d.deserialize_any(self)
+    }
+}
+
+/// Scalars as serde_json's own `Value` makes them; objects and arrays pruned.
+impl<'de> Visitor<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        match self.0.elements() {
+            Some(each) => {
+                while let Some(v) = seq.next_element_seed(Pruned(each))? {
+                    items.push(v);
+                }
+            }
+            None => {
+                while let Some(v) = seq.next_element::<Value>()? {
+                    items.push(v);
+                }
+            }
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            match self.0.field(&key) {
+                // `insert` as serde_json's own: a repeated key's last value wins.
+                Some(reads) => {
+                    let v = map.next_value_seed(Pruned(reads))?;
+                    out.insert(key.into_owned(), v);
+                }
+                None => map.next_value_seed(Skip)?,
+            }
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// A value parsed and checked as a full parse would, and dropped: strings are borrowed from
+/// the text (or unescaped into the parser's scratch space), nothing is allocated.
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Skip)?.is_some() {
+            map.next_value_seed(Skip)?;
+        }
+        Ok(())
+    }
+}
+
 /// Headers as an object keyed by lower-case name; repeated headers are joined with `, `.
 pub fn headers_to_json(headers: &HeaderMap) -> Value {
+    headers_reading(headers, &EVERYTHING)
+}
+
+/// [`headers_to_json`], holding only the headers `reads` reads.
+fn headers_reading(headers: &HeaderMap, reads: &Reads) -> Value {
     let mut map = Map::new();
     for name in headers.keys() {
+        if reads.field(name.as_str()).is_none() {
+            continue;
+        }
         let joined = headers
             .get_all(name)
             .iter()
@@ -246,31 +479,77 @@ pub struct Document {
 impl Exchange {
     /// Builds `{"request": {...}, "response": {...}, "params": {}}`; rules fill in `params`.
     pub fn into_document(self, max_decoded: usize) -> Document {
+        self.into_document_reading(&EVERYTHING, max_decoded)
+    }
+
+    /// The document as far as the `candidates`' rules read it (the whole document when their
+    /// reads are not known): what the proxy evaluates them over.
+    pub fn into_document_for(self, candidates: &Candidates, max_decoded: usize) -> Document {
+        let reads = candidates.reads.as_deref().unwrap_or(&EVERYTHING);
+        self.into_document_reading(reads, max_decoded)
+    }
+
+    /// [`Exchange::into_document`], built only as far as `reads` reads it: a body no rule reads
+    /// is `null` and not decoded (a body over the capture limit is still reported), headers
+    /// and query parameters no rule reads are left out, JSON members no rule reads are parsed
+    /// but not built. Every read in `reads` finds what it would find in the full document.
+    pub fn into_document_reading(self, reads: &Reads, max_decoded: usize) -> Document {
         let mut skipped = Vec::new();
-        let mut body = |side: &'static str, raw: Option<Bytes>, headers: &HeaderMap| match raw {
-            None => {
+        let mut body = |side: &'static str,
+                        raw: Option<Bytes>,
+                        headers: &HeaderMap,
+                        reads: Option<&Reads>| match (raw, reads) {
+            (None, _) => {
                 skipped.push((side, SkipReason::TooBig));
                 Value::Null
             }
-            Some(raw) => decode_body(&raw, headers, max_decoded).unwrap_or_else(|reason| {
-                skipped.push((side, reason));
-                Value::Null
-            }),
+            (Some(_), None) => Value::Null,
+            (Some(raw), Some(reads)) => decode_body_reading(&raw, headers, max_decoded, reads)
+                .unwrap_or_else(|reason| {
+                    skipped.push((side, reason));
+                    Value::Null
+                }),
         };
-        let request_body = body("request", self.request.body, &self.request.headers);
-        let response_body = body("response", self.response.body, &self.response.headers);
+        let request_reads = reads.field("request");
+        let response_reads = reads.field("response");
+        let request_body = body(
+            "request",
+            self.request.body,
+            &self.request.headers,
+            part(request_reads, "body"),
+        );
+        let response_body = body(
+            "response",
+            self.response.body,
+            &self.response.headers,
+            part(response_reads, "body"),
+        );
+        let headers = |headers: &HeaderMap, reads: Option<&Reads>| match reads {
+            None => Value::Object(Map::new()),
+            Some(reads) => headers_reading(headers, reads),
+        };
+        let query = match part(request_reads, "query") {
+            None => Value::Object(Map::new()),
+            Some(_) => query_to_json(self.request.query.as_deref()),
+        };
         // Built field by field: `json!` with expressions serialises each value into a new one,
         // which deep-copied both parsed bodies on every matched request.
         let request = object([
             ("method", Value::String(self.request.method)),
             ("path", Value::String(self.request.path)),
-            ("query", query_to_json(self.request.query.as_deref())),
-            ("headers", headers_to_json(&self.request.headers)),
+            ("query", query),
+            (
+                "headers",
+                headers(&self.request.headers, part(request_reads, "headers")),
+            ),
             ("body", request_body),
         ]);
         let response = object([
             ("status", Value::from(self.response.status)),
-            ("headers", headers_to_json(&self.response.headers)),
+            (
+                "headers",
+                headers(&self.response.headers, part(response_reads, "headers")),
+            ),
             ("body", response_body),
         ]);
         let value = object([
@@ -280,6 +559,11 @@ impl Exchange {
         ]);
         Document { value, skipped }
     }
+}
+
+/// What `reads` reads of its member `name`.
+fn part<'r>(reads: Option<&'r Reads>, name: &str) -> Option<&'r Reads> {
+    reads.and_then(|r| r.field(name))
 }
 
 /// An object of these fields, in this order.
@@ -415,6 +699,55 @@ mod tests {
             decode_body(b"not gzip", &h, 100),
             Err(SkipReason::Undecodable { .. })
         ));
+    }
+
+    /// What a full parse refuses inside a member no rule reads is refused too (rules then see
+    /// the body as text, as they would have), and what it accepts gives the same values.
+    #[test]
+    fn pruned_json_checks_what_it_skips_as_a_full_parse_does() {
+        let mut reads = Reads::default();
+        reads.add_selector(&crate::rules::selector::Selector::parse("$.a").expect("valid"));
+        let deep = format!(r#"{{"a": 1, "b": {}{}}}"#, "[".repeat(200), "]".repeat(200));
+        let shallow = format!(r#"{{"a": 1, "b": {}{}}}"#, "[".repeat(100), "]".repeat(100));
+        let cases: [&[u8]; 9] = [
+            deep.as_bytes(),
+            shallow.as_bytes(),
+            b"{\"a\": 1, \"b\": \"\xff\"}",
+            br#"{"a": 1, "b": 1e400}"#,
+            br#"{"a": 1, "b": "\ud800"}"#,
+            br#"{"a": 1, "b": "\q"}"#,
+            br#"{"a": 1} {}"#,
+            br#"{"a": 1, "a": {"x": 2}, "b": [1, 2}"#,
+            br#"{"a": 1, "b": 2, "a": {"x": [1.5, -3, null]}}"#,
+        ];
+        for text in cases {
+            let full = serde_json::from_slice::<Value>(text);
+            let pruned = parse_json_reading(text, &reads);
+            assert_eq!(
+                full.is_ok(),
+                pruned.is_ok(),
+                "{}: {full:?} {pruned:?}",
+                String::from_utf8_lossy(text)
+            );
+            if let (Ok(full), Ok(pruned)) = (full, pruned) {
+                assert_eq!(pruned, serde_json::json!({"a": full["a"]}));
+            }
+        }
+        // serde's IgnoredAny, for contrast, accepts the first and third: not used for that.
+        let ignored = |text: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok();
+        assert!(ignored(deep.as_bytes()) && ignored(b"\"\xff\""));
+    }
+
+    #[test]
+    fn headers_no_rule_reads_are_left_out() {
+        let h = headers(&[("x-a", "1"), ("x-b", "2"), ("x-a", "3")]);
+        let mut reads = Reads::default();
+        reads.add_selector(&crate::rules::selector::Selector::parse("$['x-a']").expect("valid"));
+        assert_eq!(
+            headers_reading(&h, &reads),
+            serde_json::json!({"x-a": "1, 3"})
+        );
+        assert_eq!(headers_reading(&h, &EVERYTHING), headers_to_json(&h));
     }
 
     #[test]

@@ -18,11 +18,14 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 
-use hooktap::capture::{SkipReason, decode_body};
+use hooktap::capture::{
+    Exchange, RequestParts, ResponseParts, SkipReason, decode_body, parse_json_reading,
+};
 use hooktap::config::Config;
 use hooktap::rules::RuleSet;
 use hooktap::rules::raw::RawRuleFile;
-use hooktap::rules::router::Router;
+use hooktap::rules::reads::Reads;
+use hooktap::rules::router::{Candidates, Router};
 use hooktap::rules::selector::Selector;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use proptest::prelude::*;
@@ -986,6 +989,274 @@ proptest! {
         let doc = json!({ "wrap": { key.clone(): value.clone() }, "other": other });
         let selector = Selector::parse(&format!("$.wrap.{key}")).expect("a simple path");
         prop_assert_eq!(selector.select(&doc), Some(value));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// The document built only as far as the rules read it
+// ------------------------------------------------------------------------------------------
+
+/// A JSONPath into the exchange: a part of it, then any segments (names, indices, wildcards,
+/// slices, unions, filters, descents, a filter with an absolute path).
+fn exchange_selector() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec![
+            "$.response.body",
+            "$.request.body",
+            "$.response.body",
+            "$.request.headers",
+            "$.response.headers",
+            "$.request.query",
+            "$.item",
+            "$.item",
+            "$.request",
+            "$",
+            "$.params",
+        ]),
+        prop::collection::vec(segment(), 0..3),
+    )
+        .prop_map(|(start, segments)| format!("{start}{}", segments.concat()))
+}
+
+/// A CEL expression reading the exchange (or the `for_each` item) in the ways CEL can: member
+/// chains, `has`, `in`, sizes, indices (static and dynamic), comprehensions, whole values.
+fn exchange_expr() -> impl Strategy<Value = String> {
+    let name = prop::sample::select(vec!["a", "b", "id", "status", "body", "c"]);
+    let var = prop::sample::select(vec![
+        "response.body",
+        "request.body",
+        "item",
+        "response.body.a",
+    ]);
+    (var, name.clone(), name, 0usize..14).prop_map(|(v, n, m, form)| match form {
+        0 => format!("{v}.{n}"),
+        1 => format!("{v}.{n}.{m}"),
+        2 => format!("has({v}.{n})"),
+        3 => format!("size({v}.{n})"),
+        4 => format!("{v}.{n} == {v}.{m}"),
+        5 => format!("{v}[request.body.{n}]"),
+        6 => format!("{v}.{n}[0]"),
+        7 => format!("{v}.{n}.exists(x, x.{m} == 1)"),
+        8 => format!("request.headers['x-{n}']"),
+        9 => format!("'{n}' in {v}"),
+        10 => v.to_owned(),
+        11 => format!("string({v}.{n})"),
+        // The size only: iterating a map (an object) goes in no fixed order, so a list made
+        // from its keys can differ between two evaluations of the same document.
+        12 => format!("size({v}.map(k, k))"),
+        _ => format!("response.headers['content-type'] + string({v}.{n})"),
+    })
+}
+
+/// A rule on `/x` using every kind of read the rules language has: `for_each`, `when` paths
+/// or a CEL `when`, payload paths, expressions and constants (or the default whole body, or
+/// one path), a computed topic, a dedupe key by path or expression.
+fn reading_rule(index: usize) -> impl Strategy<Value = String> {
+    (
+        prop::option::of(exchange_selector()),
+        prop::collection::vec((exchange_selector(), 0usize..4), 0..3),
+        prop::option::of(exchange_expr()),
+        prop::collection::vec(
+            prop_oneof![
+                3 => exchange_selector().prop_map(|p| toml_str(&p)),
+                2 => exchange_expr().prop_map(|e| format!("{{ expr = {} }}", toml_str(&e))),
+                1 => Just("{ value = 1 }".to_owned()),
+            ],
+            0..4,
+        ),
+        prop_oneof![
+            3 => Just(None),
+            1 => exchange_selector().prop_map(Some),
+        ],
+        prop_oneof![
+            3 => Just(None),
+            1 => exchange_selector().prop_map(Some),
+            1 => exchange_expr().prop_map(Some),
+        ],
+        any::<bool>(),
+    )
+        .prop_map(
+            move |(for_each, when, when_expr, fields, whole, dedupe, topic_expr)| {
+                let mut r = format!("[[rule]]\nname = \"r{index}\"\npath = \"/x\"\n");
+                if topic_expr {
+                    r.push_str("topic = { expr = \"'t.' + string(response.status)\" }\n");
+                } else {
+                    r.push_str("topic = \"t.x\"\n");
+                }
+                if let Some(f) = for_each {
+                    r.push_str(&format!("for_each = {}\n", toml_str(&f)));
+                }
+                match when_expr {
+                    Some(e) => {
+                        r.push_str(&format!("when = {}\n", toml_str(&format!("({e}) != null"))))
+                    }
+                    None if !when.is_empty() => {
+                        let entries: Vec<String> = when
+                            .iter()
+                            .map(|(p, op)| {
+                                let op = match op {
+                                    0 => "exists = true",
+                                    1 => "equals = 1",
+                                    2 => "matches = \"^a\"",
+                                    _ => "not_equals = \"b\"",
+                                };
+                                format!("{{ path = {}, {op} }}", toml_str(p))
+                            })
+                            .collect();
+                        r.push_str(&format!("when = [{}]\n", entries.join(", ")));
+                    }
+                    None => {}
+                }
+                if let Some(d) = dedupe {
+                    r.push_str(&format!(
+                        "dedupe = {{ key = {}, window = \"1m\" }}\n",
+                        toml_str(&d)
+                    ));
+                }
+                if let Some(w) = whole {
+                    r.push_str(&format!("payload = {}\n", toml_str(&w)));
+                } else if !fields.is_empty() {
+                    r.push_str("[rule.payload]\n");
+                    for (i, f) in fields.iter().enumerate() {
+                        r.push_str(&format!("f{i} = {f}\n"));
+                    }
+                }
+                r
+            },
+        )
+}
+
+/// A body as the app may send it: JSON of the keys the rules read (sometimes with a repeated
+/// key, sometimes invalid JSON that rules then see as text), or text.
+fn reading_body() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        6 => json_doc().prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+        1 => (json_doc(), json_doc()).prop_map(|(a, b)| {
+            format!(
+                "{{\"a\": {}, \"b\": 2, \"a\": {}}}",
+                serde_json::to_string(&a).unwrap_or_default(),
+                serde_json::to_string(&b).unwrap_or_default()
+            )
+            .into_bytes()
+        }),
+        1 => prop::sample::select(vec![
+            &b"{\"a\": 1, \"b\": \"\xff\"}"[..],
+            b"{\"a\": 1, \"b\": 1e400}",
+            b"{\"a\": 1, \"b\": \"\\ud800\"}",
+            b"{\"a\": 1} x",
+            b"{\"a\": 1, \"b\": [}",
+            b"",
+            b"plain text",
+        ])
+        .prop_map(<[u8]>::to_vec),
+        1 => (1usize..200).prop_map(|depth| {
+            format!("{{\"a\": 1, \"b\": {}{}}}", "[".repeat(depth), "]".repeat(depth)).into_bytes()
+        }),
+    ]
+}
+
+/// The exchange of a POST /x with these bodies and a few headers.
+fn reading_exchange(request: &[u8], response: &[u8], query: &str) -> Exchange {
+    let mut request_headers = headers(None, Some(b"application/json"));
+    request_headers.append("x-a", HeaderValue::from_static("one"));
+    request_headers.append("x-a", HeaderValue::from_static("two"));
+    request_headers.append("x-b", HeaderValue::from_static("b"));
+    let response_headers = headers(None, Some(b"application/json"));
+    Exchange {
+        request: RequestParts {
+            method: "POST".to_owned(),
+            path: "/x".to_owned(),
+            query: Some(query.to_owned()),
+            headers: request_headers,
+            body: Some(bytes::Bytes::copy_from_slice(request)),
+        },
+        response: ResponseParts {
+            status: 201,
+            headers: response_headers,
+            body: Some(bytes::Bytes::copy_from_slice(response)),
+        },
+    }
+}
+
+/// What a dry run tells of every candidate: its events (topic, payload, dedupe key) and why
+/// it derived nothing.
+fn told(set: &RuleSet, candidates: &Candidates, doc: &mut Value) -> Vec<String> {
+    set.explain(candidates, doc)
+        .into_iter()
+        .map(|e| {
+            let events: Vec<String> = e
+                .matches
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} {} {:?}",
+                        m.event.topic,
+                        m.event.payload,
+                        m.dedupe.as_ref().map(|d| &d.key)
+                    )
+                })
+                .collect();
+            format!("{}: {events:?} {:?}", e.rule.name, e.reasons)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    /// The document built only as far as the candidate rules read it gives every rule exactly
+    /// what the full document gives: the same events, payloads, topics, dedupe keys and the
+    /// same reasons for deriving nothing.
+    #[test]
+    fn rules_derive_the_same_from_the_pruned_document_as_from_the_full_one(
+        rules in (0usize..4).prop_flat_map(|n| (0..=n).map(reading_rule).collect::<Vec<_>>()),
+        request in reading_body(),
+        response in reading_body(),
+        query in "(a=1&a=2|b=x|)",
+    ) {
+        let mut set = RuleSet::default();
+        let raw: RawRuleFile = toml::from_str(&rules.concat()).expect("generated rules parse");
+        for rule in raw.rule {
+            let _ = set.add(rule);
+        }
+        let Some(candidates) = set.candidates(&Method::POST, "/x") else {
+            return Ok(());
+        };
+        let mut full = reading_exchange(&request, &response, &query).into_document(1 << 20).value;
+        let mut pruned = reading_exchange(&request, &response, &query)
+            .into_document_for(&candidates, 1 << 20)
+            .value;
+        prop_assert_eq!(
+            told(&set, &candidates, &mut full),
+            told(&set, &candidates, &mut pruned),
+            "rules:\n{}\nfull: {}\npruned: {}", rules.concat(), full, pruned
+        );
+    }
+
+    /// A JSON body parsed as far as some reads go fails exactly when the full parse fails, and
+    /// otherwise every plain path selects the same from both.
+    #[test]
+    fn pruned_json_fails_when_full_json_fails_and_selects_the_same(
+        body in reading_body(),
+        paths in prop::collection::vec(
+            prop::collection::vec(prop::sample::select(vec![".a", ".b", ".c", ".id", "[0]", "[-1]", "[1]"]), 0..4),
+            0..4,
+        ),
+    ) {
+        let paths: Vec<String> = paths.iter().map(|p| format!("${}", p.concat())).collect();
+        let selectors: Vec<Selector> = paths.iter().map(|p| Selector::parse(p).expect("plain path")).collect();
+        let mut reads = Reads::default();
+        for s in &selectors {
+            reads.add_selector(s);
+        }
+        let full = serde_json::from_slice::<Value>(&body);
+        let pruned = parse_json_reading(&body, &reads);
+        prop_assert_eq!(full.is_ok(), pruned.is_ok(), "{:?} {:?}", full, pruned);
+        if let (Ok(full), Ok(pruned)) = (full, pruned) {
+            for s in &selectors {
+                prop_assert_eq!(s.select(&full), s.select(&pruned), "{}", s.source());
+            }
+        }
     }
 }
 

@@ -100,27 +100,42 @@ fuzz_target!(|data: &[u8]| {
         .filter(|s| (100..=599).contains(s))
         .unwrap_or(200);
     let _ = rules.wants_response(&candidates, status);
-    let exchange = Exchange {
+    let exchange = || Exchange {
         request: RequestParts {
             method: method.to_string(),
             path: path.to_owned(),
-            query,
-            headers: request_headers,
-            body: request_body,
+            query: query.clone(),
+            headers: request_headers.clone(),
+            body: request_body.clone(),
         },
         response: ResponseParts {
             status,
-            headers: response_headers,
-            body: response_body,
+            headers: response_headers.clone(),
+            body: response_body.clone(),
         },
     };
-    let mut doc = exchange.into_document(MAX_DECODED);
+    let mut doc = exchange().into_document(MAX_DECODED);
     assert_eq!(doc.value["request"]["path"], Value::from(path));
     assert_eq!(doc.value["response"]["status"], Value::from(status));
-    for m in rules.evaluate(&candidates, &mut doc.value) {
+    let matches = rules.evaluate(&candidates, &mut doc.value);
+    for m in &matches {
         assert!(m.rule.methods.is_empty() || m.rule.methods.contains(&method));
         // What the store would write and a receiver would read.
         let json = serde_json::to_vec(&m.event).expect("an event serializes");
         let _: hooktap::event::Event = serde_json::from_slice(&json).expect("and reads back");
     }
+    // The document the proxy builds (only what the candidates read) derives the same events.
+    let mut pruned = exchange().into_document_for(&candidates, MAX_DECODED);
+    let derived = |ms: &[hooktap::rules::Match<'_>]| -> Vec<(String, Value, Option<String>)> {
+        ms.iter()
+            .map(|m| {
+                let key = m.dedupe.as_ref().map(|d| format!("{:?}", d.key));
+                (m.event.topic.clone(), m.event.payload.clone(), key)
+            })
+            .collect()
+    };
+    assert_eq!(
+        derived(&matches),
+        derived(&rules.evaluate(&candidates, &mut pruned.value))
+    );
 });

@@ -195,7 +195,7 @@ pub async fn try_exchange(
             body: captured(&response.body, limit),
         },
     };
-    let mut doc = exchange.into_document(state.capture.max_decoded_bytes);
+    let mut doc = exchange.into_document_for(&candidates, state.capture.max_decoded_bytes);
     let mut result = TryResult {
         matches: Vec::new(),
         misses: Vec::new(),

@@ -165,7 +165,8 @@ impl Proxy {
                 body: capture.response_body.and_then(BodyCapture::into_bytes),
             },
         };
-        let mut doc = exchange.into_document(self.limits.max_decoded_bytes);
+        let mut doc =
+            exchange.into_document_for(&capture.candidates, self.limits.max_decoded_bytes);
         for (side, reason) in &doc.skipped {
             tracing::debug!(side, %reason, "body not captured");
             self.intake.metrics().capture_skipped(side, reason.label());

@@ -417,6 +417,16 @@ impl Needs {
         self.fields.get(name)
     }
 
+    /// Whether the value is used as a whole.
+    pub fn is_whole(&self) -> bool {
+        self.whole
+    }
+
+    /// The fields read, with what is read of each.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &Needs)> {
+        self.fields.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
     fn add(&mut self, path: &[String]) {
         match path.split_first() {
             None => self.whole = true,

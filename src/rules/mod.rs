@@ -9,6 +9,7 @@
 
 pub mod expr;
 pub mod raw;
+pub mod reads;
 pub mod router;
 pub mod selector;
 pub mod shape;
@@ -16,12 +17,14 @@ pub mod test;
 pub mod when;
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::event::{Dedupe, DedupeKey, Event, Topic};
 use expr::{EvalError, Expr, Needs, Scope, Vars, Want};
 use raw::{RawPayload, RawRule, RawTopic, RawWhenSpec, StatusSpec};
+use reads::Reads;
 use router::{Candidates, Router};
 use selector::{Docs, Selector};
 use shape::Shape;
@@ -305,6 +308,38 @@ impl Rule {
             ));
         }
         f
+    }
+
+    /// What the rule can read of the exchange document (see [`reads`]).
+    pub fn reads(&self) -> Reads {
+        let mut reads = Reads::default();
+        // Under `for_each` the items are read whole, so `$.item` paths read nothing more.
+        let covered = self.for_each.is_some();
+        let mut path = |s: &Selector| {
+            if !(covered && s.on_item()) {
+                reads.add_selector(s);
+            }
+        };
+        if let Some(s) = &self.for_each {
+            path(s);
+        }
+        if let When::List(list) = &self.when {
+            list.iter().for_each(|p| path(p.selector()));
+        }
+        match &self.payload {
+            Payload::Whole(s) => path(s),
+            Payload::Shape(shape) => shape.each_selector(&mut path),
+        }
+        if let Some(DedupeSpec {
+            key: KeySource::Path(s),
+            ..
+        }) = &self.dedupe
+        {
+            path(s);
+        }
+        // Every CEL expression of the rule (`when`, topic, payload, dedupe).
+        reads.add_needs(&self.needs);
+        reads
     }
 
     /// The events this rule derives from `doc`: none when `when` fails or a required field is
@@ -721,6 +756,50 @@ pub struct RuleSet {
     /// The rules' names, for the duplicate check (a scan of `rules` made loading quadratic).
     names: std::collections::HashSet<String>,
     router: Router,
+    /// Per route (the router's index): what its candidate rules read of the exchange.
+    route_reads: Vec<RouteReads>,
+}
+
+/// What the rules of one route read, per request method (the candidates depend on it).
+#[derive(Debug, Default)]
+struct RouteReads {
+    /// The rules that take any method.
+    any: Arc<Reads>,
+    /// Per method some rule names: that method's rules and the `any` rules.
+    by_method: Vec<(http::Method, Arc<Reads>)>,
+}
+
+impl RouteReads {
+    fn add(&mut self, methods: &[http::Method], reads: &Reads) {
+        let merge = |into: &mut Arc<Reads>| {
+            let into = Arc::make_mut(into);
+            into.merge(reads);
+            into.shrink();
+        };
+        if methods.is_empty() {
+            merge(&mut self.any);
+            self.by_method.iter_mut().for_each(|(_, r)| merge(r));
+            return;
+        }
+        for method in methods {
+            let at = match self.by_method.iter().position(|(m, _)| m == method) {
+                Some(at) => at,
+                None => {
+                    let any = Reads::clone(&self.any);
+                    self.by_method.push((method.clone(), Arc::new(any)));
+                    self.by_method.len() - 1
+                }
+            };
+            merge(&mut self.by_method[at].1);
+        }
+    }
+
+    fn of(&self, method: &http::Method) -> &Arc<Reads> {
+        self.by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map_or(&self.any, |(_, r)| r)
+    }
 }
 
 impl RuleSet {
@@ -735,9 +814,14 @@ impl RuleSet {
                 format!("duplicate rule name `{}`", rule.name),
             )]);
         }
-        self.router
+        let route = self
+            .router
             .insert(&rule.path, rule.methods.clone(), self.rules.len())
             .map_err(|e| vec![SpanError::new(path_span, e.to_string())])?;
+        if route == self.route_reads.len() {
+            self.route_reads.push(RouteReads::default());
+        }
+        self.route_reads[route].add(&rule.methods, &rule.reads());
         self.names.insert(rule.name.clone());
         self.rules.push(rule);
         Ok(())
@@ -752,9 +836,15 @@ impl RuleSet {
         &self.rules
     }
 
-    /// The rules that could match this request, or `None` for the common passthrough case.
+    /// The rules that could match this request, or `None` for the common passthrough case;
+    /// with what they can read of the exchange (computed when the rules were loaded).
     pub fn candidates(&self, method: &http::Method, path: &str) -> Option<Candidates> {
-        self.router.candidates(method, path)
+        let mut candidates = self.router.candidates(method, path)?;
+        candidates.reads = self
+            .route_reads
+            .get(candidates.route)
+            .map(|r| Arc::clone(r.of(method)));
+        Some(candidates)
     }
 
     /// Whether any candidate still matches once the status is known (else skip the body copy).

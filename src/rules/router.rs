@@ -20,6 +20,11 @@ struct Target {
 #[derive(Debug)]
 pub struct Candidates {
     pub matches: Vec<(usize, Vec<(String, String)>)>,
+    /// The route the request took (an index the rule set keeps per-route facts under).
+    pub route: usize,
+    /// What these rules can read of the exchange, when the rule set knows it (see
+    /// [`super::RuleSet::candidates`]); `None`: the whole document.
+    pub reads: Option<std::sync::Arc<super::reads::Reads>>,
 }
 
 #[derive(Debug, Default)]
@@ -106,13 +111,14 @@ fn canonicalize(template: &str) -> Result<(String, Vec<String>), TemplateError> 
 }
 
 impl Router {
-    /// Adds rule `rule` for `template`; `methods` empty means any method.
+    /// Adds rule `rule` for `template`; `methods` empty means any method. Returns the route's
+    /// index (shared by templates that differ only in parameter names).
     pub fn insert(
         &mut self,
         template: &str,
         methods: Vec<http::Method>,
         rule: usize,
-    ) -> Result<(), TemplateError> {
+    ) -> Result<usize, TemplateError> {
         let (canonical, param_names) = canonicalize(template)?;
         let route = match self.index.get(&canonical) {
             Some(&i) => i,
@@ -134,7 +140,7 @@ impl Router {
             methods,
             param_names,
         });
-        Ok(())
+        Ok(route)
     }
 
     /// How many distinct routes (templates up to parameter names) the rules use.
@@ -170,7 +176,11 @@ impl Router {
                 (t.rule, params)
             })
             .collect();
-        Some(Candidates { matches })
+        Some(Candidates {
+            matches,
+            route: *found.value,
+            reads: None,
+        })
     }
 }
 

@@ -58,6 +58,15 @@ fn plain_steps(query: &JpQuery) -> Option<Vec<Step>> {
         .collect()
 }
 
+/// One step of the path to what a selector reads (see [`Selector::read_prefix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadStep<'a> {
+    /// An object member.
+    Name(&'a str),
+    /// An array element (which one is not told apart).
+    Index,
+}
+
 /// The documents a rule's paths read: the exchange and, under `for_each`, the item, held as
 /// `{"item": ...}` beside it (so that the exchange need not be copied for every item).
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +142,26 @@ impl Selector {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The path to the node under which everything this selector can read lies: the whole
+    /// path when it is only names and indices, else its leading names and indices (a wildcard,
+    /// filter, slice, union or descent reads within the node they apply to). Empty (the whole
+    /// document) when a filter holds an absolute path (`$` anywhere after the start), which can
+    /// read any part of the document.
+    pub fn read_prefix(&self) -> Vec<ReadStep<'_>> {
+        if self.source[1..].contains('$') {
+            return Vec::new();
+        }
+        self.query
+            .segments
+            .iter()
+            .map_while(|segment| match segment {
+                Segment::Selector(model::Selector::Name(name)) => Some(ReadStep::Name(name)),
+                Segment::Selector(model::Selector::Index(_)) => Some(ReadStep::Index),
+                _ => None,
+            })
+            .collect()
     }
 
     /// What the path selects: `None` when nothing, the value when one node, an array when several.

@@ -150,6 +150,15 @@ impl Shape {
         }
     }
 
+    /// Hands `f` every JSONPath of the shape.
+    pub fn each_selector(&self, f: &mut dyn FnMut(&Selector)) {
+        match self {
+            Shape::Path { selector, .. } => f(selector),
+            Shape::Object(fields) => fields.iter().for_each(|(_, s)| s.each_selector(f)),
+            Shape::Expr(_) | Shape::Const(_) => {}
+        }
+    }
+
     /// Like [`Shape::eval`], but a failing expression is `null` and its error is kept in
     /// `errors` (a webhook transform sends what it can rather than nothing).
     pub fn eval_lenient(

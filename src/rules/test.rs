@@ -150,7 +150,7 @@ impl RuleTest {
                         body: Some(self.response_body.clone()),
                     },
                 };
-                let mut doc = exchange.into_document(max_decoded).value;
+                let mut doc = exchange.into_document_for(&candidates, max_decoded).value;
                 rules
                     .evaluate_reporting(&candidates, &mut doc, &mut |m| {
                         misses.push(format!(

@@ -74,6 +74,11 @@ impl Predicate {
         }
     }
 
+    /// The path the predicate reads.
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+
     /// Whether the predicate reads the `for_each` item (`$.item...`).
     pub fn on_item(&self) -> bool {
         self.selector.on_item()

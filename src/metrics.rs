@@ -43,7 +43,6 @@ pub struct Metrics {
     journal_behind: Gauge<f64, AtomicU64>,
     store_syncs: Counter,
     store_synced_events: Counter,
-    store_delayed_syncs: Counter,
     open_connections: Family<Labels, Gauge>,
     connections_closed: Family<Labels, Counter>,
 }
@@ -162,12 +161,6 @@ impl Metrics {
             "flush = \"every-event\" only: durability barriers run (sled flush + fdatasync), each shared by the events that arrived while the one before ran",
             store_syncs.clone(),
         );
-        let store_delayed_syncs = Counter::default();
-        registry.register(
-            "store_delayed_syncs",
-            "flush = \"every-event\" only: barriers that first waited (at most commit_delay) for events of exchanges under way",
-            store_delayed_syncs.clone(),
-        );
         let store_synced_events = Counter::default();
         registry.register(
             "store_synced_events",
@@ -191,7 +184,6 @@ impl Metrics {
             journal_behind,
             store_syncs,
             store_synced_events,
-            store_delayed_syncs,
             registry,
             requests_by_class,
             events,
@@ -357,11 +349,10 @@ impl Metrics {
     }
 
     /// Brings the barrier counters up to the store's figures (read before each scrape).
-    pub fn barrier(&self, syncs: u64, events: u64, delayed: u64) {
+    pub fn barrier(&self, syncs: u64, events: u64) {
         for (counter, now) in [
             (&self.store_syncs, syncs),
             (&self.store_synced_events, events),
-            (&self.store_delayed_syncs, delayed),
         ] {
             counter.inc_by(now.saturating_sub(counter.get()));
         }

@@ -295,7 +295,7 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<Response, ApiErr
         d.metrics().journal(j.backlog, j.behind.as_secs_f64());
     }
     if let Some(b) = d.store().barrier() {
-        d.metrics().barrier(b.syncs, b.writes, b.delayed);
+        d.metrics().barrier(b.syncs, b.writes);
     }
     Ok((
         [(

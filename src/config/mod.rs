@@ -34,7 +34,7 @@ use sections::{compile_admin, compile_delivery, compile_proxy, compile_store};
 use webhooks::compile_webhooks;
 
 pub use crate::delivery::DeliveryConfig;
-pub use crate::store::{Backend, CommitDelay, FlushMode, PgConfig, StoreConfig};
+pub use crate::store::{Backend, FlushMode, PgConfig, StoreConfig};
 
 /// One problem in one file, with its place when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,29 +412,6 @@ status = [201]
         assert_eq!(c.webhooks.len(), 1);
         assert_eq!(c.webhooks[0].name, "crm");
         assert_eq!(c.rules.rules().len(), 1);
-    }
-
-    #[test]
-    fn the_group_commits_wait_is_read_and_bounded() {
-        let c = load(CONFIG, RULE).expect("valid");
-        assert_eq!(c.store.commit_delay, CommitDelay::default());
-        let store = |lines: &str| format!("{CONFIG}\n[store]\n{lines}\n");
-        let c = load(&store("commit_delay = \"2ms\"\ncommit_siblings = 8"), RULE).expect("valid");
-        assert_eq!(
-            c.store.commit_delay,
-            CommitDelay {
-                delay: Duration::from_millis(2),
-                siblings: 8
-            }
-        );
-        let off = load(&store("commit_delay = \"0s\""), RULE).expect("valid");
-        assert_eq!(off.store.commit_delay.delay, Duration::ZERO);
-        assert_eq!(
-            load(&store("commit_delay = \"1s\""), RULE).unwrap_err(),
-            [
-                "hooktap.toml:17:16: `commit_delay` = \"1s\" is more than 10ms: it is added to responses' latency under load; use \"0s\" to turn the wait off"
-            ]
-        );
     }
 
     #[test]

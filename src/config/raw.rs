@@ -65,8 +65,6 @@ pub struct RawStore {
     pub min_free_space: Option<Spanned<String>>,
     pub flush: Option<Spanned<String>>,
     pub flush_interval: Option<Spanned<String>>,
-    pub commit_delay: Option<Spanned<String>>,
-    pub commit_siblings: Option<Spanned<usize>>,
     pub backend: Option<Spanned<String>>,
     pub url: Option<Spanned<String>>,
     pub url_env: Option<Spanned<String>>,

@@ -3,36 +3,6 @@
 
 use super::*;
 
-/// The longest `commit_delay` accepted: it is added to a response's latency under load, and
-/// beyond a few milliseconds a group gains nothing more on any disk.
-const MAX_COMMIT_DELAY: Duration = Duration::from_millis(10);
-
-/// `commit_delay` and `commit_siblings` (see [`CommitDelay`]).
-fn compile_commit_delay(
-    r: &mut Reporter,
-    delay: Option<Spanned<String>>,
-    siblings: Option<Spanned<usize>>,
-) -> CommitDelay {
-    let default = CommitDelay::default();
-    let span = delay.as_ref().map(Spanned::span);
-    let mut delay = duration(r, delay, "commit_delay", default.delay);
-    if let Some(span) = span.filter(|_| delay > MAX_COMMIT_DELAY) {
-        r.at(
-            span,
-            format!(
-                "`commit_delay` = \"{}\" is more than {}: it is added to responses' latency under load; use \"0s\" to turn the wait off",
-                humantime::format_duration(delay),
-                humantime::format_duration(MAX_COMMIT_DELAY)
-            ),
-        );
-        delay = default.delay;
-    }
-    CommitDelay {
-        delay,
-        siblings: siblings.map_or(default.siblings, Spanned::into_inner),
-    }
-}
-
 pub(super) fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> StoreConfig {
     let flush_interval = |r: &mut Reporter| {
         duration(
@@ -82,7 +52,6 @@ pub(super) fn compile_store(r: &mut Reporter, s: raw::RawStore, base: &Path) -> 
                 .map_or_else(|| "data/hooktap".to_owned(), Spanned::into_inner),
         ),
         flush,
-        commit_delay: compile_commit_delay(r, s.commit_delay, s.commit_siblings),
         retention: duration(
             r,
             s.retention,

@@ -8,7 +8,7 @@ use tokio::sync::{Notify, broadcast};
 use super::registry::Registry;
 use crate::event::{Dedupe, Delivery, Event};
 use crate::metrics::Metrics;
-use crate::store::{Coming, Durable, Store, StoreError};
+use crate::store::{Durable, Store, StoreError};
 use crate::webhook::Mode;
 
 /// What became of a derived event.
@@ -50,11 +50,6 @@ impl Intake {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
-    }
-
-    /// A matched exchange is under way: its events may be waited for (see [`Store::coming`]).
-    pub fn coming(&self) -> Option<Coming> {
-        self.store.coming()
     }
 
     /// Live events as they are stored (a slow viewer misses events rather than slowing hooktap).

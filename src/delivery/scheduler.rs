@@ -1120,7 +1120,6 @@ mod tests {
             let config = StoreConfig {
                 path: dir.join("journal"),
                 flush: FlushMode::Interval(Duration::from_millis(100)),
-                commit_delay: Default::default(),
                 retention: Duration::from_secs(3600),
                 min_free_space: 0,
                 backend: Backend::Postgres(pg.clone()),

@@ -34,7 +34,6 @@ use crate::delivery::intake::{Enqueued, Intake};
 use crate::event::TraceContext;
 use crate::rules::RuleSet;
 use crate::rules::router::Candidates;
-use crate::store::Coming;
 use arc_swap::ArcSwap;
 
 /// Where and how to reach the host application.
@@ -135,9 +134,6 @@ struct Capture {
     response: Option<(u16, HeaderMap)>,
     response_body: Option<BodyCapture>,
     upstream_done: bool,
-    /// Tells the store's group commit that events may come of this exchange (`every-event`
-    /// mode): a barrier may wait for them. Dropped before they are appended.
-    coming: Option<Coming>,
 }
 
 /// Per-request state; `None` for the passthrough case, so it costs one pointer.
@@ -150,9 +146,7 @@ impl Proxy {
     /// The exchange is complete: derive events and store them. Never fails the request. In
     /// `every-event` mode the rest of the response to `session` waits until the events are on
     /// stable storage (`None`: the response is out already).
-    fn commit(&self, mut capture: Box<Capture>, session: Option<&Session>) {
-        // Its tickets are issued below, each of which notifies a committer waiting for it.
-        drop(capture.coming.take());
+    fn commit(&self, capture: Box<Capture>, session: Option<&Session>) {
         let Some((status, response_headers)) = capture.response else {
             return;
         };
@@ -293,7 +287,6 @@ impl ProxyHttp for Proxy {
                 response: None,
                 response_body: None,
                 upstream_done: false,
-                coming: self.intake.coming(),
             }));
         }
         Ok(false)

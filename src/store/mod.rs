@@ -52,7 +52,7 @@ use crate::event::{Attempt, DedupeKey, Delivery, DeliveryState, Event};
 use crate::webhook::{Counters, Webhook};
 
 pub use self::postgres::{PgConfig, PgStore};
-pub use self::sled::{Coming, Durable, SledStore};
+pub use self::sled::{Durable, SledStore};
 
 /// How eagerly the store reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,32 +63,11 @@ pub enum FlushMode {
     EveryEvent,
 }
 
-/// How long a barrier of `every-event` mode may wait for events already on their way, so that
-/// they share it (`[store] commit_delay` and `commit_siblings`, PostgreSQL's names for the same
-/// idea). It waits only while at least `siblings` matched exchanges are under way, and at most
-/// `delay`; under light load it never waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CommitDelay {
-    pub delay: Duration,
-    pub siblings: usize,
-}
-
-impl Default for CommitDelay {
-    fn default() -> Self {
-        Self {
-            delay: Duration::from_micros(500),
-            siblings: 4,
-        }
-    }
-}
-
 /// Where and how the store keeps its data (`[store]` in hooktap.toml).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub path: PathBuf,
     pub flush: FlushMode,
-    /// The group commit's wait for events under way (`every-event` mode).
-    pub commit_delay: CommitDelay,
     /// How long finished events, deliveries and attempts are kept.
     pub retention: Duration,
     /// Below this much free disk space, events are not stored (traffic still flows).
@@ -306,8 +285,6 @@ pub struct BarrierStats {
     pub syncs: u64,
     /// Events made durable by them (`writes / syncs` is the mean group size).
     pub writes: u64,
-    /// Barriers that first waited for events under way (see [`CommitDelay`]).
-    pub delayed: u64,
 }
 
 /// What a retention sweep removed.
@@ -636,13 +613,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// What the durability barrier of `flush = "every-event"` has done (`None` in other modes).
     fn barrier(&self) -> Option<BarrierStats> {
-        None
-    }
-
-    /// A matched exchange is under way and will append its events soon: while the returned
-    /// guard lives, a barrier of `every-event` mode may wait for them (see [`CommitDelay`]).
-    /// `None` where nothing waits for it.
-    fn coming(&self) -> Option<Coming> {
         None
     }
 

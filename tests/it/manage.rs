@@ -84,7 +84,6 @@ impl Running {
             SledStore::open(&StoreConfig {
                 path: dir.path().join("data"),
                 flush: FlushMode::Interval(Duration::from_millis(100)),
-                commit_delay: Default::default(),
                 retention: Duration::from_secs(3600),
                 min_free_space: 0,
                 backend: Default::default(),
@@ -374,7 +373,6 @@ async fn a_rotated_secret_signs_too_during_its_grace_period() {
         let store = SledStore::open(&StoreConfig {
             path: dir.path().join("data"),
             flush: FlushMode::EveryEvent,
-            commit_delay: Default::default(),
             retention: Duration::from_secs(3600),
             min_free_space: 0,
             backend: Default::default(),

@@ -48,8 +48,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Applied, AttemptStats, BarrierStats, Coming, Durable, EventQuery, JournalStats, KeyHeads,
-    Planner, QueueStats, Recorded, Recording, Replaced, Requeued, StatsWindow, Store, StoreConfig,
+    Applied, AttemptStats, BarrierStats, Durable, EventQuery, JournalStats, KeyHeads, Planner,
+    QueueStats, Recorded, Recording, Replaced, Requeued, StatsWindow, Store, StoreConfig,
     StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
@@ -464,10 +464,6 @@ impl Store for PgStore {
 
     fn barrier(&self) -> Option<BarrierStats> {
         self.journal.barrier()
-    }
-
-    fn coming(&self) -> Option<Coming> {
-        self.journal.coming()
     }
 
     fn failed_appends(&self) -> u64 {

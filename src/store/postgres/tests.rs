@@ -28,7 +28,6 @@ fn config(dir: &std::path::Path, url: &str, lease: Duration) -> (StoreConfig, Pg
     let store = StoreConfig {
         path: dir.join("journal"),
         flush: FlushMode::Interval(Duration::from_millis(100)),
-        commit_delay: Default::default(),
         retention: Duration::from_secs(3600),
         min_free_space: 0,
         backend: Backend::Postgres(pg.clone()),

@@ -9,16 +9,8 @@
 //! goes on; one committer thread runs a barrier for every ticket issued so far, then the next
 //! one for every ticket issued while the first ran, and so on (the way PostgreSQL and RocksDB
 //! group their log flushes). A ticket is durable once a barrier that started after it was
-//! issued has returned. Events share barriers in proportion to how many arrive while one runs.
-//!
-//! That alone groups little when the process is CPU-bound: a barrier takes ~250 µs here, and at
-//! ~3,000 matched requests/s on one core about one event arrives meanwhile, so each event pays
-//! the barrier's whole CPU cost (the committer's wake-up, sled's hand-off to its I/O thread,
-//! the kernel's share of `fdatasync`, the held task's wake-up). So the committer, before a
-//! barrier, waits for events already on their way ([`Coming`]: the proxy's matched exchanges
-//! under way) when there are at least `siblings` of them, until as many more tickets are
-//! issued, none is under way any more, or `delay` has passed ([`CommitDelay`], PostgreSQL's
-//! `commit_delay` and `commit_siblings`). A lone event, or light load, never waits.
+//! issued has returned. Under load, events share barriers in proportion to how many arrive
+//! while one runs; a lone event pays one barrier and no added wait: there is no timer.
 //!
 //! Waiting is asynchronous ([`Durable::poll`]): the proxy holds back the response's last bytes
 //! until then without blocking a thread (see `proxy::connection`). [`Durable::wait`] blocks,
@@ -26,12 +18,10 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
-use crate::store::{BarrierStats, CommitDelay, StoreError};
+use crate::store::{BarrierStats, StoreError};
 
 #[derive(Default)]
 struct State {
@@ -59,9 +49,6 @@ struct State {
     closed: bool,
     /// A barrier failed since the store last asked ([`Barrier::take_failure`]).
     failure: bool,
-    /// The committer waits for events under way until this ticket is issued (see
-    /// [`CommitDelay`]): the ticket that reaches it notifies the committer.
-    gather_until: Option<u64>,
     stats: BarrierStats,
 }
 
@@ -73,11 +60,6 @@ struct Shared {
     work: Condvar,
     /// Wakes blocking waiters: a barrier returned.
     done: Condvar,
-    /// Exchanges under way that will issue tickets soon ([`Coming`]); atomic, so that the
-    /// request path takes no lock for it.
-    coming: AtomicUsize,
-    /// How long a barrier may wait for them.
-    delay: CommitDelay,
 }
 
 impl Shared {
@@ -89,25 +71,6 @@ impl Shared {
 /// The group commit of one sled store (see the module documentation).
 pub struct Barrier {
     shared: Arc<Shared>,
-}
-
-/// An exchange under way that will append events soon: while it lives, a barrier may wait
-/// for its ticket (see the module documentation). Dropping it (before the append, or when no
-/// event comes of the exchange) takes no lock.
-pub struct Coming {
-    shared: Arc<Shared>,
-}
-
-impl std::fmt::Debug for Coming {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coming").finish_non_exhaustive()
-    }
-}
-
-impl Drop for Coming {
-    fn drop(&mut self) {
-        self.shared.coming.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// A write waiting to be on stable storage: a ticket of the group commit.
@@ -126,24 +89,14 @@ impl std::fmt::Debug for Durable {
 }
 
 impl Barrier {
-    pub fn new(path: PathBuf, delay: CommitDelay) -> Self {
+    pub fn new(path: PathBuf) -> Self {
         Self {
             shared: Arc::new(Shared {
                 path,
                 state: Mutex::new(State::default()),
                 work: Condvar::new(),
                 done: Condvar::new(),
-                coming: AtomicUsize::new(0),
-                delay,
             }),
-        }
-    }
-
-    /// An exchange is under way whose events will be appended soon (see [`Coming`]).
-    pub fn coming(&self) -> Coming {
-        self.shared.coming.fetch_add(1, Ordering::SeqCst);
-        Coming {
-            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -172,12 +125,8 @@ impl Barrier {
         state.db = Some(Arc::clone(db));
         let ticket = state.issued;
         let idle = std::mem::take(&mut state.idle);
-        // A committer gathering a group: the ticket it waits for, or the last one under way.
-        let gathered = state
-            .gather_until
-            .is_some_and(|until| ticket >= until || self.shared.coming.load(Ordering::SeqCst) == 0);
         drop(state);
-        if idle || gathered {
+        if idle {
             self.shared.work.notify_one();
         }
         Ok(Durable {
@@ -278,7 +227,6 @@ fn commit_loop(shared: &Shared) {
                 .unwrap_or_else(PoisonError::into_inner);
             state.idle = false;
         }
-        state = gather(shared, state);
         let upto = state.issued;
         let db = state.db.take();
         drop(state);
@@ -326,37 +274,6 @@ fn commit_loop(shared: &Shared) {
     }
 }
 
-/// Before a barrier: waits for the events under way, if there are enough of them, until as
-/// many more tickets are issued, none is under way any more, the store closes, or the delay
-/// has passed (see [`CommitDelay`]).
-fn gather<'a>(shared: &'a Shared, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-    let CommitDelay { delay, siblings } = shared.delay;
-    let coming = shared.coming.load(Ordering::SeqCst);
-    if delay.is_zero() || coming == 0 || coming < siblings {
-        return state;
-    }
-    let until = state.issued + coming as u64;
-    let deadline = Instant::now() + delay;
-    state.gather_until = Some(until);
-    state.stats.delayed += 1;
-    loop {
-        if state.closed || state.issued >= until || shared.coming.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        state = shared
-            .work
-            .wait_timeout(state, deadline - now)
-            .unwrap_or_else(PoisonError::into_inner)
-            .0;
-    }
-    state.gather_until = None;
-    state
-}
-
 /// sled's log file, opened for one database instance and kept while barriers follow one
 /// another. A descriptor open when a write-back error happens reports it to its next
 /// `fdatasync`; one opened afterwards may not (sled's own flusher thread syncs the file too and
@@ -400,7 +317,7 @@ mod tests {
             .flush_every_ms(None)
             .open()
             .expect("open sled");
-        let barrier = Arc::new(Barrier::new(dir.path().join("db"), CommitDelay::default()));
+        let barrier = Arc::new(Barrier::new(dir.path().join("db")));
         (dir, Arc::new(db), barrier)
     }
 
@@ -446,8 +363,7 @@ mod tests {
             barrier.stats(),
             BarrierStats {
                 syncs: 3,
-                writes: 3,
-                delayed: 0,
+                writes: 3
             }
         );
     }
@@ -493,97 +409,6 @@ mod tests {
         assert_eq!(barrier.stats().writes, 200);
     }
 
-    fn open_with(delay: CommitDelay) -> (tempfile::TempDir, Arc<sled::Db>, Arc<Barrier>) {
-        let (dir, db, _) = open();
-        let barrier = Arc::new(Barrier::new(dir.path().join("db"), delay));
-        (dir, db, barrier)
-    }
-
-    /// Waits (bounded) until the committer has begun to wait for events under way.
-    fn until_delayed(barrier: &Barrier, n: u64) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while barrier.stats().delayed < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the committer never waited for the exchange under way"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-
-    /// With an exchange under way, the barrier waits for its ticket and covers both events;
-    /// it ends its wait when that ticket comes, not when the (here very long) delay ends.
-    #[test]
-    fn a_barrier_waits_for_an_exchange_under_way_until_its_ticket() {
-        let (_dir, db, barrier) = open_with(CommitDelay {
-            delay: std::time::Duration::from_secs(600),
-            siblings: 1,
-        });
-        let coming = barrier.coming();
-        db.insert(b"first", &b"1"[..]).expect("insert");
-        let first = barrier.issue(&db).expect("issue");
-        until_delayed(&barrier, 1);
-        drop(coming);
-        db.insert(b"second", &b"2"[..]).expect("insert");
-        let second = barrier.issue(&db).expect("issue");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send((first.wait(), second.wait()));
-        });
-        let (first, second) = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("the sibling's ticket ends the wait");
-        first.expect("first durable");
-        second.expect("second durable");
-        assert_eq!(
-            barrier.stats(),
-            BarrierStats {
-                syncs: 1,
-                writes: 2,
-                delayed: 1,
-            }
-        );
-    }
-
-    /// Fewer exchanges under way than `siblings`: no wait, one barrier per lone event.
-    #[test]
-    fn too_few_exchanges_under_way_do_not_delay_a_barrier() {
-        let (_dir, db, barrier) = open_with(CommitDelay {
-            delay: std::time::Duration::from_secs(600),
-            siblings: 3,
-        });
-        let _coming = [barrier.coming(), barrier.coming()];
-        for i in 0u32..3 {
-            db.insert(i.to_be_bytes(), &[1u8][..]).expect("insert");
-            barrier.issue(&db).expect("issue").wait().expect("durable");
-        }
-        assert_eq!(
-            barrier.stats(),
-            BarrierStats {
-                syncs: 3,
-                writes: 3,
-                delayed: 0,
-            }
-        );
-    }
-
-    /// An exchange under way that brings no event (no rule matched) holds a barrier back for
-    /// `delay` at most.
-    #[test]
-    fn an_exchange_without_events_delays_a_barrier_by_the_delay_at_most() {
-        let (_dir, db, barrier) = open_with(CommitDelay {
-            delay: std::time::Duration::from_millis(20),
-            siblings: 1,
-        });
-        let coming = barrier.coming();
-        db.insert(b"k", &b"v"[..]).expect("insert");
-        let durable = barrier.issue(&db).expect("issue");
-        until_delayed(&barrier, 1);
-        durable.wait().expect("durable once the delay has passed");
-        drop(coming);
-        assert_eq!(barrier.stats().syncs, 1);
-    }
-
     #[test]
     fn a_failed_barrier_fails_its_writers_and_the_next_one_runs_again() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -594,7 +419,7 @@ mod tests {
                 .expect("open sled"),
         );
         // The log file is not where the barrier looks: its fdatasync cannot run.
-        let barrier = Barrier::new(dir.path().join("missing"), CommitDelay::default());
+        let barrier = Barrier::new(dir.path().join("missing"));
         db.insert(b"k", &b"v"[..]).expect("insert");
         let failed = barrier.issue(&db).expect("issue");
         let err = failed.wait().expect_err("no file to sync");

@@ -41,7 +41,7 @@
 //! window they show is at most a day, so they are whole a day after the upgrade).
 
 mod barrier;
-pub use barrier::{Coming, Durable};
+pub use barrier::Durable;
 mod dedupe;
 mod events;
 mod journal;
@@ -156,7 +156,6 @@ impl SledStore {
         let store = Self::unopened(&StoreConfig {
             path: path.to_path_buf(),
             flush: FlushMode::Interval(Duration::from_millis(500)),
-            commit_delay: Default::default(),
             retention: Duration::MAX,
             min_free_space: 0,
             backend: super::Backend::Sled,
@@ -220,7 +219,7 @@ impl SledStore {
             min_free_space: config.min_free_space,
             space_ok: std::sync::atomic::AtomicBool::new(true),
             flushed_at: std::sync::Mutex::new(std::time::Instant::now()),
-            barrier: barrier::Barrier::new(config.path.join("db"), config.commit_delay),
+            barrier: barrier::Barrier::new(config.path.join("db")),
         }
     }
 
@@ -518,10 +517,6 @@ impl Store for SledStore {
         (self.flush == FlushMode::EveryEvent).then(|| self.barrier.stats())
     }
 
-    fn coming(&self) -> Option<Coming> {
-        (self.flush == FlushMode::EveryEvent).then(|| self.barrier.coming())
-    }
-
     fn failed_appends(&self) -> u64 {
         SledStore::failed_appends(self)
     }
@@ -696,7 +691,6 @@ pub(crate) fn test_config(dir: &Path, flush: FlushMode) -> StoreConfig {
     StoreConfig {
         path: dir.join("data"),
         flush,
-        commit_delay: Default::default(),
         retention: Duration::from_secs(3600),
         min_free_space: 0,
         backend: super::Backend::Sled,

@@ -107,7 +107,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def config(dir_, listen, upstream, status):
+def config(dir_, listen, upstream, status, flush="interval"):
     return f'''rules = ["{ROOT}/rules/*.toml"]
 
 [proxy]
@@ -117,7 +117,7 @@ threads = 1
 
 [store]
 path = "{dir_}/store"
-flush = "interval"
+flush = "{flush}"
 
 [delivery]
 source = "https://tickets.example.com/"
@@ -160,13 +160,13 @@ def callgrind_control(*args):
     subprocess.run(["callgrind_control", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_case(hooktap, case, requests, upstream_port, keep):
+def run_case(hooktap, case, requests, upstream_port, keep, flush):
     dir_ = tempfile.mkdtemp(prefix=f"hooktap-cg-{case}-")
     listen = free_port()
     status = "active" if case == "orders-active" else "paused"
     conf = os.path.join(dir_, "hooktap.toml")
     with open(conf, "w") as f:
-        f.write(config(dir_, listen, upstream_port, status))
+        f.write(config(dir_, listen, upstream_port, status, flush))
     out = os.path.join(dir_, "callgrind.out")
     env = dict(os.environ, HOOKTAP_LOG="warn")
     proc = subprocess.Popen(
@@ -223,6 +223,8 @@ def main():
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--cases", default="get,post,orders,orders-active")
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps")
+    ap.add_argument("--flush", default="interval", choices=["interval", "every-event"],
+                    help="[store] flush (every-event: one request at a time, so one barrier each)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -232,9 +234,9 @@ def main():
     port = up.server_address[1]
     results = {}
     for case in args.cases.split(","):
-        per_req, statuses, hooks = run_case(args.hooktap, case, args.requests, port, args.keep)
+        per_req, statuses, hooks = run_case(args.hooktap, case, args.requests, port, args.keep, args.flush)
         results[case] = per_req
-        print(f"CALLGRIND case={case} requests={args.requests} instructions_per_request={per_req:.0f} "
+        print(f"CALLGRIND case={case} flush={args.flush} requests={args.requests} instructions_per_request={per_req:.0f} "
               f"statuses={json.dumps(statuses)} webhooks={hooks}", flush=True)
     for base in ("get", "post"):
         for case in ("orders", "orders-active"):

@@ -215,6 +215,9 @@ struct AllOpts {
     /// Extra `[proxy]` lines for hooktap's config, e.g. `max_capture_bytes = 65536`.
     #[arg(long)]
     hooktap_proxy_extra: Option<String>,
+    /// Extra `[store]` lines for hooktap's config, e.g. `commit_delay = "0s"`.
+    #[arg(long)]
+    hooktap_store_extra: Option<String>,
     /// Run hooktap on the PostgreSQL store (a throwaway cluster, a new database per start)
     /// instead of sled.
     #[arg(long)]
@@ -873,6 +876,9 @@ http {{
         );
         if let Some(extra) = &self.opts.hooktap_proxy_extra {
             text = text.replacen("[store]", &format!("{extra}\n\n[store]"), 1);
+        }
+        if let Some(extra) = &self.opts.hooktap_store_extra {
+            text = text.replacen("[store]\n", &format!("[store]\n{extra}\n"), 1);
         }
         if let Some(cluster) = &self.postgres {
             let url = cluster.database();

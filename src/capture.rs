@@ -225,9 +225,15 @@ pub fn parse_json_reading(text: &[u8], reads: &Reads) -> serde_json::Result<Valu
         return serde_json::from_slice(text);
     }
     let mut de = serde_json::Deserializer::from_slice(text);
-    let value = Pruned(reads).deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
+    match Pruned(reads)
+        .deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value))
+    {
+        Ok(value) => Ok(value),
+        // The full parse decides what a body it would refuse, or read as serde_json's own
+        // private tokens (see [`PRIVATE_KEY`]), is: a second parse only for such bodies.
+        Err(_) => serde_json::from_slice(text),
+    }
 }
 
 /// Deserialises a value keeping what the [`Reads`] read.
@@ -307,7 +313,11 @@ impl<'de> Visitor<'de> for Pruned<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
+        let mut first = true;
         while let Some(key) = map.next_key_seed(Key)? {
+            if std::mem::take(&mut first) && key.starts_with(PRIVATE_KEY) {
+                return Err(serde::de::Error::custom(PRIVATE_KEY));
+            }
             match self.0.field(&key) {
                 // `insert` as serde_json's own: a repeated key's last value wins.
                 Some(reads) => {
@@ -320,6 +330,12 @@ impl<'de> Visitor<'de> for Pruned<'_> {
         Ok(Value::Object(out))
     }
 }
+
+/// The prefix of the keys by which serde_json marks its own values: with its `raw_value` or
+/// `arbitrary_precision` feature on (a dependency turns `raw_value` on), an object whose first
+/// key is `$serde_json::private::RawValue` (or `…::Number`) is read by the full parse as the
+/// value that key holds. The pruned parse leaves such bodies to the full parse.
+const PRIVATE_KEY: &str = "$serde_json::private::";
 
 /// An object key, borrowed from the text when it has no escapes.
 struct Key;
@@ -409,6 +425,13 @@ impl<'de> Visitor<'de> for Skip {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        match map.next_key_seed(Key)? {
+            Some(key) if key.starts_with(PRIVATE_KEY) => {
+                return Err(serde::de::Error::custom(PRIVATE_KEY));
+            }
+            Some(_) => map.next_value_seed(Skip)?,
+            None => return Ok(()),
+        }
         while map.next_key_seed(Skip)?.is_some() {
             map.next_value_seed(Skip)?;
         }
@@ -732,6 +755,25 @@ mod tests {
             if let (Ok(full), Ok(pruned)) = (full, pruned) {
                 assert_eq!(pruned, serde_json::json!({"a": full["a"]}));
             }
+        }
+        // serde_json's private tokens (its `raw_value` feature is on in this build): what the
+        // full parse makes of them, whether read or skipped, escaped or not.
+        let tokens: [&[u8]; 5] = [
+            br#"{"$serde_json::private::RawValue": "{"a": 99}"}"#,
+            br#"{"a": 1, "b": {"$serde_json::private::RawValue": "not json"}}"#,
+            br#"{"a": 1, "b": {"$serde_json::private::RawValue": "not json"}}"#,
+            br#"{"a": {"$serde_json::private::Number": "1"}}"#,
+            br#"{"a": 1, "b": {"x": 1, "$serde_json::private::RawValue": "2"}}"#,
+        ];
+        for text in tokens {
+            let full = serde_json::from_slice::<Value>(text);
+            let pruned = parse_json_reading(text, &reads);
+            assert_eq!(
+                full.as_ref().ok().map(|v| &v["a"]),
+                pruned.as_ref().ok().map(|v| &v["a"]),
+                "{}: {full:?} {pruned:?}",
+                String::from_utf8_lossy(text)
+            );
         }
         // serde's IgnoredAny, for contrast, accepts the first and third: not used for that.
         let ignored = |text: &[u8]| serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok();

@@ -156,6 +156,7 @@ pub(super) fn load_rules(
             }
         }
     }
+    rules.shrink();
     // A rule that failed to compile has no topic; do not report its tests a second time.
     if !rules_failed {
         check_expected_topics(&rules, expected, problems);

@@ -771,11 +771,9 @@ struct RouteReads {
 
 impl RouteReads {
     fn add(&mut self, methods: &[http::Method], reads: &Reads) {
-        let merge = |into: &mut Arc<Reads>| {
-            let into = Arc::make_mut(into);
-            into.merge(reads);
-            into.shrink();
-        };
+        // Not shrunk per rule (a reallocation of the whole tree each time made loading many
+        // rules of one route quadratic): [`RuleSet::shrink`] does it once, when all are in.
+        let merge = |into: &mut Arc<Reads>| Arc::make_mut(into).merge(reads);
         if methods.is_empty() {
             merge(&mut self.any);
             self.by_method.iter_mut().for_each(|(_, r)| merge(r));
@@ -825,6 +823,17 @@ impl RuleSet {
         self.names.insert(rule.name.clone());
         self.rules.push(rule);
         Ok(())
+    }
+
+    /// Gives back the spare capacity of what the routes read, once every rule is added (the
+    /// trees are kept for as long as the rule set).
+    pub fn shrink(&mut self) {
+        for route in &mut self.route_reads {
+            Arc::make_mut(&mut route.any).shrink();
+            for (_, reads) in &mut route.by_method {
+                Arc::make_mut(reads).shrink();
+            }
+        }
     }
 
     /// How many distinct routes the router holds.

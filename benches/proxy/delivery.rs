@@ -233,10 +233,11 @@ pub fn run_on(
             deliver,
             delivered,
             failed,
-            cpu_intake: after_intake.0 - before.0,
-            cpu_deliver: after.0 - after_intake.0,
-            pg_intake: after_intake.1 - before.1,
-            pg_deliver: after.1 - after_intake.1,
+            // PostgreSQL's processes that ended meanwhile take their ticks with them.
+            cpu_intake: after_intake.0.saturating_sub(before.0),
+            cpu_deliver: after.0.saturating_sub(after_intake.0),
+            pg_intake: after_intake.1.saturating_sub(before.1),
+            pg_deliver: after.1.saturating_sub(after_intake.1),
         })
     })?;
     Ok(outcome)

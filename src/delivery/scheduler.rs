@@ -121,6 +121,13 @@ impl Engine {
         let webhooks = self.store.webhook_changes();
         let mut failing: Option<String> = None;
         loop {
+            // A round can run without anything in it ever waiting (a store of one's own
+            // answers at once) and end with a wake already stored (`Notify` spends no
+            // budget): without this, such rounds could follow one another inside one poll
+            // forever. That happened when the runtime shut down with sends in flight: each
+            // send started was cancelled at once, its guard woke the loop, which started it
+            // again, and the runtime waited forever for this poll to return.
+            tokio::task::consume_budget().await;
             let sleep = match self.dispatch_due().await {
                 Ok(next) => {
                     if failing.take().is_some() {

@@ -210,6 +210,42 @@ async fn pause_resume_delete_and_counters() {
     assert_eq!(d.delete_webhook(id).await.expect("delete"), None);
 }
 
+/// A runtime shut down while the engine is busy sending ends: the sends it cancels wake the
+/// loop, which must not start them again and again inside one poll (the runtime waits for
+/// that poll to return; it hung the test runtime of `pause_resume_delete_and_counters`).
+#[test]
+fn a_runtime_shut_down_with_sends_in_flight_stops() {
+    for round in 0..5 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let kept = runtime.block_on(async {
+            let receiver = TestReceiver::start(200).await;
+            let mut webhook = spec("crm", &receiver.url());
+            webhook.concurrency = 16;
+            let engine = Running::start(&[webhook], &["127.0.0.0/8"]).await;
+            for n in 0..2_000 {
+                engine.order(n);
+            }
+            // Stopped while the loop is taking from a long queue with sends under way.
+            receiver.wait_for(50, WAIT).await;
+            (engine, receiver)
+        });
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(runtime);
+            let _ = done.send(());
+        });
+        assert!(
+            stopped.recv_timeout(Duration::from_secs(60)).is_ok(),
+            "round {round}: the runtime did not stop within a minute"
+        );
+        drop(kept);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_attempt_log_has_woocommerce_fields_with_credentials_masked() {
     let receiver = TestReceiver::start(500).await;

@@ -78,11 +78,15 @@ impl BackgroundService for StoreService {
 struct DeliveryService {
     engine: Arc<Engine>,
     retention: Duration,
+    /// `[delivery] nice`: the runtime's one thread (and the threads it starts: its blocking
+    /// pool) run at this nice value.
+    nice: u8,
 }
 
 #[async_trait]
 impl BackgroundService for DeliveryService {
     async fn start(&self, shutdown: ShutdownWatch) {
+        crate::delivery::lower_priority(self.nice);
         Arc::clone(&self.engine).run(self.retention, shutdown).await;
     }
 }
@@ -516,6 +520,7 @@ fn add_background_services(
         DeliveryService {
             engine: Arc::clone(engine),
             retention: config.store.retention,
+            nice: config.delivery.nice,
         },
     ));
     server.add_service(background_service(

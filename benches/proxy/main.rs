@@ -218,6 +218,9 @@ struct AllOpts {
     /// Extra `[store]` lines for hooktap's config, e.g. `commit_delay = "0s"`.
     #[arg(long)]
     hooktap_store_extra: Option<String>,
+    /// Extra `[delivery]` lines for hooktap's config, e.g. `nice = 0`.
+    #[arg(long)]
+    hooktap_delivery_extra: Option<String>,
     /// Run hooktap on the PostgreSQL store (a throwaway cluster, a new database per start)
     /// instead of sled.
     #[arg(long)]
@@ -879,6 +882,9 @@ http {{
         }
         if let Some(extra) = &self.opts.hooktap_store_extra {
             text = text.replacen("[store]\n", &format!("[store]\n{extra}\n"), 1);
+        }
+        if let Some(extra) = &self.opts.hooktap_delivery_extra {
+            text = text.replacen("[delivery]\n", &format!("[delivery]\n{extra}\n"), 1);
         }
         if let Some(cluster) = &self.postgres {
             let url = cluster.database();

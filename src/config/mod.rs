@@ -500,6 +500,29 @@ status = [201]
     }
 
     #[test]
+    fn the_delivery_nice_value_defaults_to_10_and_is_checked() {
+        assert_eq!(load(CONFIG, RULE).expect("valid").delivery.nice, 10);
+        let config = |nice: &str| CONFIG.replace("[delivery]\n", &format!("[delivery]\n{nice}\n"));
+        assert_eq!(
+            load(&config("nice = 0"), RULE)
+                .expect("valid")
+                .delivery
+                .nice,
+            0
+        );
+        for bad in ["nice = 20", "nice = -5"] {
+            let value = bad.trim_start_matches("nice = ");
+            assert_eq!(
+                load(&config(bad), RULE).unwrap_err(),
+                [format!(
+                    "hooktap.toml:8:8: `nice` = {value} must be between 0 (the proxy's priority) and 19 (the lowest)"
+                )],
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn webhook_checks_name_the_field_line() {
         let config = CONFIG.replace("secret = \"s\"\n", "retry = \"5s,soon\"\nconcurrency = 0\n");
         let problems = load(&config, RULE).unwrap_err();

@@ -84,6 +84,7 @@ pub struct RawDelivery {
     #[serde(default)]
     pub allow_networks: Vec<Spanned<String>>,
     pub secret_rotation_grace: Option<Spanned<String>>,
+    pub nice: Option<Spanned<i64>>,
 }
 
 /// A `[[webhook]]` table: its keys and values as written, each with its place. The keys are

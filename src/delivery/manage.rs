@@ -631,6 +631,7 @@ mod tests {
             https_only: false,
             guard: Guard::default(),
             secret_rotation_grace: Duration::ZERO,
+            nice: 0,
         }
     }
 

@@ -80,6 +80,32 @@ pub struct DeliveryConfig {
     pub guard: Guard,
     /// How long a replaced webhook secret keeps being used for a second signature.
     pub secret_rotation_grace: Duration,
+    /// The nice value of the delivery loop's threads (0–19; see [`lower_priority`]).
+    pub nice: u8,
+}
+
+/// Lowers the calling thread's priority to nice value `nice` (a thread's own on Linux, and
+/// inherited by the threads it starts): the delivery runtime's thread calls it before the loop
+/// starts, so that under a CPU shortage sending webhooks yields to proxying (the store keeps
+/// what waits; with idle CPU the nice value changes nothing). A thread already at `nice` or
+/// lower priority (the whole process started under `nice`) is left as it is. A failure is
+/// logged and changes nothing else.
+pub fn lower_priority(nice: u8) {
+    // On Linux a "process" id here is a thread id: only this thread is read and changed.
+    let me = Some(rustix::thread::gettid());
+    let nice = i32::from(nice);
+    let set = rustix::process::getpriority_process(me).and_then(|now| {
+        if now >= nice {
+            return Ok(now);
+        }
+        rustix::process::setpriority_process(me, nice).map(|()| nice)
+    });
+    match set {
+        Ok(now) => tracing::debug!(nice = now, "the delivery thread's nice value"),
+        Err(e) => {
+            tracing::warn!(nice, error = %e, "cannot lower the delivery thread's priority; it runs at the proxy's")
+        }
+    }
 }
 
 /// The delivery client: no redirects followed, every name resolved through the SSRF guard.
@@ -194,6 +220,7 @@ impl Engine {
             https_only: false,
             guard,
             secret_rotation_grace: Duration::ZERO,
+            nice: 0,
         };
         let store = crate::store::sled::open_for_tests(dir);
         let engine = Self::new(Arc::new(store), Vec::new(), config, Default::default());
@@ -203,5 +230,31 @@ impl Engine {
     /// Wakes the scheduler (new work, a changed webhook).
     fn wake(&self) {
         self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lower_priority;
+
+    /// The calling thread's nice value.
+    fn nice() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).expect("getpriority")
+    }
+
+    #[test]
+    fn lowering_priority_changes_only_the_calling_thread_and_never_raises_it() {
+        let before = nice();
+        let (lowered, raised) = std::thread::spawn(|| {
+            lower_priority(12);
+            let lowered = nice();
+            // Asked for a higher priority than it has: left as it is.
+            lower_priority(5);
+            (lowered, nice())
+        })
+        .join()
+        .expect("thread");
+        assert_eq!((lowered, raised), (12.max(before), 12.max(before)));
+        assert_eq!(nice(), before, "the other threads keep theirs");
     }
 }

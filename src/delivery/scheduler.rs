@@ -1242,6 +1242,7 @@ mod tests {
                 https_only: false,
                 guard: Guard::new(&["127.0.0.0/8".to_owned()]).expect("guard"),
                 secret_rotation_grace: Duration::ZERO,
+                nice: 0,
             };
             let store = Arc::new(store);
             let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;

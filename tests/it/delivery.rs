@@ -146,3 +146,56 @@ async fn a_webhook_keeps_its_id_across_restarts() {
         got[1].header("x-hooktap-webhook-delivery-id")
     );
 }
+
+/// The threads of a running process by name, each with its nice value (from /proc).
+fn threads_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // The thread ended meanwhile.
+        };
+        // `pid (comm) state ...`: the comm may hold spaces; the nice value is the 19th field.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
+        let nice = rest
+            .split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok())
+            .expect("nice field");
+        out.push((name, nice));
+    }
+    out
+}
+
+#[tokio::test]
+async fn delivery_runs_at_its_nice_value_and_proxying_at_the_processs() {
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let setup = Setup::new(upstream).webhook("crm", &receiver, "");
+    let proxy = TestProxy::start_edited(&setup, |c| {
+        c.replace("[delivery]\n", "[delivery]\nnice = 7\n")
+    })
+    .await;
+    // Delivery works at the lower priority (and its thread has started some sends).
+    post_order(&proxy, "n@example.com").await;
+    receiver.wait_for(1, WAIT).await;
+    let threads = threads_nice(proxy.pid().expect("running"));
+    let delivery: Vec<_> = threads.iter().filter(|(n, _)| n == "BG delivery").collect();
+    assert!(!delivery.is_empty(), "a delivery thread: {threads:?}");
+    assert!(
+        delivery.iter().all(|(_, nice)| *nice == 7),
+        "every delivery thread at nice 7: {threads:?}"
+    );
+    let proxying: Vec<_> = threads
+        .iter()
+        .filter(|(n, _)| n.starts_with("hooktap proxy"))
+        .collect();
+    assert!(!proxying.is_empty(), "proxy threads: {threads:?}");
+    assert!(
+        proxying.iter().all(|(_, nice)| *nice == 0),
+        "the proxy's threads keep the process's priority: {threads:?}"
+    );
+}

@@ -62,6 +62,7 @@ fn delivery_config(allow: &[&str]) -> DeliveryConfig {
         guard: Guard::new(&allow.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .expect("allow list"),
         secret_rotation_grace: Duration::from_secs(3600),
+        nice: 0,
     }
 }
 

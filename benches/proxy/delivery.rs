@@ -44,6 +44,9 @@ pub struct Backend<'a> {
     pub instances: usize,
     /// The PostgreSQL server's processes, for their CPU time.
     pub server_pids: &'a dyn Fn() -> Vec<u32>,
+    /// The delivery threads' nice value (`[delivery] nice`: the product lowers its delivery
+    /// thread's priority as these do).
+    pub nice: u8,
 }
 
 /// A hooktap.toml for `dir` with one webhook to `receiver`, paused or active.
@@ -101,6 +104,7 @@ pub fn run(
         postgres: None,
         instances: 1,
         server_pids: &Vec::new,
+        nice: hooktap::delivery::DEFAULT_NICE,
     };
     run_on(dir, receiver, events, threads, timeout, &backend)
 }
@@ -124,8 +128,10 @@ pub fn run_on(
     backend: &Backend<'_>,
 ) -> anyhow::Result<Outcome> {
     let unused: SocketAddr = "127.0.0.1:9".parse()?;
+    let nice = backend.nice;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
+        .on_thread_start(move || hooktap::delivery::lower_priority(nice))
         .enable_all()
         .build()?;
     let mut engines = Vec::new();

@@ -115,6 +115,9 @@ enum Sub {
         threads: usize,
         #[arg(long, default_value_t = 2)]
         runs: usize,
+        /// The delivery threads' nice value (the product's `[delivery] nice`).
+        #[arg(long, default_value_t = hooktap::delivery::DEFAULT_NICE)]
+        nice: u8,
     },
     /// POST /orders at a fixed rate.
     Rate {
@@ -276,7 +279,8 @@ fn main() -> ExitCode {
             events,
             threads,
             runs,
-        }) => cmd_shared(events, threads, runs),
+            nice,
+        }) => cmd_shared(events, threads, runs, nice),
         Some(Sub::Rate { url, rate, seconds }) => cmd_rate(&url, rate, seconds),
         Some(Sub::Attach { case, cmd, opts }) => cmd_attach(&opts, &case, &cmd),
         None => cmd_all(&cli.all),
@@ -1372,7 +1376,7 @@ fn postgres_pids(cluster: &pg_cluster::Cluster) -> Vec<u32> {
     .unwrap_or_default()
 }
 
-fn cmd_shared(events: u64, threads: usize, runs: usize) -> anyhow::Result<()> {
+fn cmd_shared(events: u64, threads: usize, runs: usize, nice: u8) -> anyhow::Result<()> {
     let receiver = free_port()?;
     std::thread::spawn(move || upstream::serve(receiver, 1, Duration::from_secs(3600)));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1398,6 +1402,7 @@ fn cmd_shared(events: u64, threads: usize, runs: usize) -> anyhow::Result<()> {
                 postgres: url.as_deref(),
                 instances,
                 server_pids: &pids,
+                nice,
             };
             let o = delivery::run_on(
                 dir.path(),

@@ -183,7 +183,7 @@ pub(super) fn compile_delivery(
 /// the proxy's) are not offered, and would need privileges.
 fn nice(r: &mut Reporter, n: Option<Spanned<i64>>) -> u8 {
     let Some(n) = n else {
-        return DEFAULT_NICE;
+        return crate::delivery::DEFAULT_NICE;
     };
     match u8::try_from(*n.get_ref()) {
         Ok(v) if v <= 19 => v,
@@ -195,14 +195,10 @@ fn nice(r: &mut Reporter, n: Option<Spanned<i64>>) -> u8 {
                     n.get_ref()
                 ),
             );
-            DEFAULT_NICE
+            crate::delivery::DEFAULT_NICE
         }
     }
 }
-
-/// The delivery threads' nice value when unset: under a CPU shortage the proxy's threads get
-/// about nine times their share (CFS weights 1,024 against 110), with idle CPU it costs nothing.
-pub const DEFAULT_NICE: u8 = 10;
 
 /// What `header_timeout` is when unset, on both listeners: a request head is a few KiB, which
 /// any client that can use the app sends in well under a second; ten seconds leave room for a

@@ -84,6 +84,11 @@ pub struct DeliveryConfig {
     pub nice: u8,
 }
 
+/// The delivery thread's nice value when `[delivery] nice` is unset: under a CPU shortage the
+/// proxy's threads get about nine times its share (scheduler weights 1,024 against 110); with
+/// idle CPU it costs nothing. Measured against 5 and 19 in benches/RESULTS.md.
+pub const DEFAULT_NICE: u8 = 10;
+
 /// Lowers the calling thread's priority to nice value `nice` (a thread's own on Linux, and
 /// inherited by the threads it starts): the delivery runtime's thread calls it before the loop
 /// starts, so that under a CPU shortage sending webhooks yields to proxying (the store keeps

@@ -79,7 +79,7 @@ struct DeliveryService {
     engine: Arc<Engine>,
     retention: Duration,
     /// `[delivery] nice`: the runtime's one thread (and the threads it starts: its blocking
-    /// pool) run at this nice value.
+    /// pool) run this many nice levels below the process.
     nice: u8,
 }
 

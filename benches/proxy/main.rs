@@ -888,6 +888,10 @@ http {{
             text = text.replacen("[store]\n", &format!("[store]\n{extra}\n"), 1);
         }
         if let Some(extra) = &self.opts.hooktap_delivery_extra {
+            anyhow::ensure!(
+                text.contains("[delivery]\n"),
+                "--hooktap-delivery-extra: the bench config has no [delivery] section"
+            );
             text = text.replacen("[delivery]\n", &format!("[delivery]\n{extra}\n"), 1);
         }
         if let Some(cluster) = &self.postgres {

@@ -515,7 +515,7 @@ status = [201]
             assert_eq!(
                 load(&config(bad), RULE).unwrap_err(),
                 [format!(
-                    "hooktap.toml:8:8: `nice` = {value} must be between 0 (the proxy's priority) and 19 (the lowest)"
+                    "hooktap.toml:8:8: `nice` = {value} must be between 0 and 19 (nice levels below the proxy's priority)"
                 )],
                 "{bad}"
             );

@@ -179,8 +179,8 @@ pub(super) fn compile_delivery(
     }
 }
 
-/// The delivery threads' nice value: 0 (the proxy's own) to 19; lower values (a priority above
-/// the proxy's) are not offered, and would need privileges.
+/// How many nice levels below the proxy's priority delivery runs: 0 (the same) to 19; a priority
+/// above the proxy's is not offered (it would need privileges).
 fn nice(r: &mut Reporter, n: Option<Spanned<i64>>) -> u8 {
     let Some(n) = n else {
         return crate::delivery::DEFAULT_NICE;
@@ -191,7 +191,7 @@ fn nice(r: &mut Reporter, n: Option<Spanned<i64>>) -> u8 {
             r.at(
                 n.span(),
                 format!(
-                    "`nice` = {} must be between 0 (the proxy's priority) and 19 (the lowest)",
+                    "`nice` = {} must be between 0 and 19 (nice levels below the proxy's priority)",
                     n.get_ref()
                 ),
             );

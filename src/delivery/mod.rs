@@ -80,37 +80,59 @@ pub struct DeliveryConfig {
     pub guard: Guard,
     /// How long a replaced webhook secret keeps being used for a second signature.
     pub secret_rotation_grace: Duration,
-    /// The nice value of the delivery loop's threads (0–19; see [`lower_priority`]).
+    /// How many nice levels below the proxy's priority the delivery loop's thread runs (0–19;
+    /// see [`lower_priority`]).
     pub nice: u8,
 }
 
-/// The delivery thread's nice value when `[delivery] nice` is unset: under a CPU shortage the
-/// proxy's threads get about nine times its share (scheduler weights 1,024 against 110); with
-/// idle CPU it costs nothing. Measured against 5 and 19 in benches/RESULTS.md.
+/// How far below the proxy's priority the delivery thread runs when `[delivery] nice` is unset:
+/// 10 nice levels, so that under a CPU shortage the proxy's threads get about nine times its
+/// share (scheduler weights 1,024 against 110); with idle CPU it costs nothing. Measured against
+/// 5 and 19 in benches/RESULTS.md.
 pub const DEFAULT_NICE: u8 = 10;
 
-/// Lowers the calling thread's priority to nice value `nice` (a thread's own on Linux, and
-/// inherited by the threads it starts): the delivery runtime's thread calls it before the loop
-/// starts, so that under a CPU shortage sending webhooks yields to proxying (the store keeps
-/// what waits; with idle CPU the nice value changes nothing). A thread already at `nice` or
-/// lower priority (the whole process started under `nice`) is left as it is. A failure is
-/// logged and changes nothing else.
+/// Lowers the calling thread's priority by `nice` levels below its own (the process's), to at
+/// most 19, the lowest: the delivery runtime's thread calls it before the loop starts, so that
+/// under a CPU shortage sending webhooks yields to proxying (the store keeps what waits; with
+/// idle CPU the nice value changes nothing). A Linux nice value is a thread's own and is
+/// inherited by the threads it starts. A failure is logged and changes nothing else; on other
+/// systems nothing is changed.
 pub fn lower_priority(nice: u8) {
-    // On Linux a "process" id here is a thread id: only this thread is read and changed.
-    let me = Some(rustix::thread::gettid());
-    let nice = i32::from(nice);
-    let set = rustix::process::getpriority_process(me).and_then(|now| {
-        if now >= nice {
-            return Ok(now);
-        }
-        rustix::process::setpriority_process(me, nice).map(|()| nice)
-    });
-    match set {
-        Ok(now) => tracing::debug!(nice = now, "the delivery thread's nice value"),
-        Err(e) => {
-            tracing::warn!(nice, error = %e, "cannot lower the delivery thread's priority; it runs at the proxy's")
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // On Linux a "process" id here is a thread id: only this thread is read and changed.
+        let me = Some(rustix::thread::gettid());
+        let set = rustix::process::getpriority_process(me).and_then(|from| {
+            let to = from.saturating_add(i32::from(nice)).min(19);
+            rustix::process::setpriority_process(me, to).map(|()| (from, to))
+        });
+        match set {
+            Ok((from, to)) if to > from => {
+                tracing::info!(
+                    proxy = from,
+                    delivery = to,
+                    "delivery runs at a lower CPU priority (nice value) than the proxy"
+                );
+            }
+            Ok((from, _)) => {
+                tracing::warn!(
+                    nice = from,
+                    "the process already runs at the lowest CPU priority: delivery cannot run lower than the proxy"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(nice, error = %e, "cannot lower the delivery thread's CPU priority; it runs at the proxy's");
+            }
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    tracing::info!(
+        nice,
+        "[delivery] nice applies on Linux only: delivery runs at the proxy's priority"
+    );
 }
 
 /// The delivery client: no redirects followed, every name resolved through the SSRF guard.
@@ -238,7 +260,7 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::lower_priority;
 
@@ -248,18 +270,18 @@ mod tests {
     }
 
     #[test]
-    fn lowering_priority_changes_only_the_calling_thread_and_never_raises_it() {
+    fn lowering_priority_goes_below_the_threads_own_and_changes_only_that_thread() {
         let before = nice();
-        let (lowered, raised) = std::thread::spawn(|| {
+        let lowered = std::thread::spawn(|| {
             lower_priority(12);
-            let lowered = nice();
-            // Asked for a higher priority than it has: left as it is.
-            lower_priority(5);
-            (lowered, nice())
+            let once = nice();
+            // Capped at the lowest priority.
+            lower_priority(12);
+            (once, nice())
         })
         .join()
         .expect("thread");
-        assert_eq!((lowered, raised), (12.max(before), 12.max(before)));
+        assert_eq!(lowered, ((before + 12).min(19), (before + 24).min(19)));
         assert_eq!(nice(), before, "the other threads keep theirs");
     }
 }

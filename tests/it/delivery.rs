@@ -147,31 +147,28 @@ async fn a_webhook_keeps_its_id_across_restarts() {
     );
 }
 
+/// The name and nice value in a `/proc/<pid>[/task/<tid>]/stat` text: `pid (comm) state ...`,
+/// where the comm may hold spaces and the nice value is the 19th field.
+fn name_and_nice(stat: &str) -> Option<(String, i64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
+    let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+    Some((name, nice))
+}
+
 /// The threads of a running process by name, each with its nice value (from /proc).
 fn threads_nice(pid: u32) -> Vec<(String, i64)> {
-    let mut out = Vec::new();
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
-    for task in tasks.flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
-            continue; // The thread ended meanwhile.
-        };
-        // `pid (comm) state ...`: the comm may hold spaces; the nice value is the 19th field.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
-        let nice = rest
-            .split_whitespace()
-            .nth(16)
-            .and_then(|n| n.parse().ok())
-            .expect("nice field");
-        out.push((name, nice));
-    }
-    out
+    tasks
+        .flatten()
+        // A thread that ended meanwhile has no stat any more.
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .map(|stat| name_and_nice(&stat).expect("a stat line"))
+        .collect()
 }
 
 #[tokio::test]
-async fn delivery_runs_at_its_nice_value_and_proxying_at_the_processs() {
+async fn delivery_runs_below_the_processs_priority_and_the_rest_at_it() {
     let (_app, upstream) = TestUpstream::start().await;
     let receiver = TestReceiver::start(200).await;
     let setup = Setup::new(upstream).webhook("crm", &receiver, "");
@@ -179,23 +176,41 @@ async fn delivery_runs_at_its_nice_value_and_proxying_at_the_processs() {
         c.replace("[delivery]\n", "[delivery]\nnice = 7\n")
     })
     .await;
+    let pid = proxy.pid().expect("running");
+    // The process's own (inherited from this test, which may run under `nice` itself).
+    let base = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| name_and_nice(&stat))
+        .expect("the process's stat")
+        .1;
+    let at = |threads: &[(String, i64)], name: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    // The durability barrier's thread is started with the store, at the process's priority
+    // (a thread inherits its creator's: started by delivery's first event, it would run low).
+    let before = threads_nice(pid);
+    assert_eq!(at(&before, "hooktap-commit"), [base], "{before:?}");
     // Delivery works at the lower priority (and its thread has started some sends).
     post_order(&proxy, "n@example.com").await;
     receiver.wait_for(1, WAIT).await;
-    let threads = threads_nice(proxy.pid().expect("running"));
-    let delivery: Vec<_> = threads.iter().filter(|(n, _)| n == "BG delivery").collect();
+    let threads = threads_nice(pid);
+    let delivery = at(&threads, "BG delivery");
     assert!(!delivery.is_empty(), "a delivery thread: {threads:?}");
     assert!(
-        delivery.iter().all(|(_, nice)| *nice == 7),
-        "every delivery thread at nice 7: {threads:?}"
+        delivery.iter().all(|nice| *nice == (base + 7).min(19)),
+        "every delivery thread 7 levels below the process: {threads:?}"
     );
-    let proxying: Vec<_> = threads
-        .iter()
-        .filter(|(n, _)| n.starts_with("hooktap proxy"))
-        .collect();
+    let proxying = at(&threads, "hooktap proxy");
     assert!(!proxying.is_empty(), "proxy threads: {threads:?}");
     assert!(
-        proxying.iter().all(|(_, nice)| *nice == 0),
-        "the proxy's threads keep the process's priority: {threads:?}"
+        proxying
+            .iter()
+            .chain(&at(&threads, "hooktap-commit"))
+            .all(|nice| *nice == base),
+        "the proxy's and the barrier's threads keep the process's priority: {threads:?}"
     );
 }

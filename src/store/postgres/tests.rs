@@ -89,6 +89,43 @@ fn none() -> HashSet<Uuid> {
     HashSet::new()
 }
 
+/// The pool's connections are driven on the store's own runtime, whoever asks for one: one
+/// asked for from another runtime (as the delivery loop's, at a lower CPU priority, asks)
+/// answers another caller while that runtime does not run at all. (It hung when `client`
+/// took connections on the caller's runtime.)
+#[test]
+fn a_pooled_connection_does_not_depend_on_the_runtime_that_opened_it() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store_config, mut pg) = config(dir.path(), &cluster.database(), Duration::from_secs(60));
+    pg.pool_size = 1;
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name(name)
+            .build()
+            .expect("runtime")
+    };
+    // The store's own tasks leave the pool alone until the journal is ready: its one
+    // connection is opened here, then this runtime stops running (a task of it would not be
+    // polled again).
+    let store = PgStore::open(&store_config, &pg).expect("set the store up");
+    let opener = runtime("opener");
+    opener
+        .block_on(store.client())
+        .map(drop)
+        .expect("a connection");
+    let other = runtime("other");
+    let migrated = other
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), store.migrate()).await });
+    assert!(
+        matches!(migrated, Ok(Ok(_))),
+        "the store answers through the connection opened from the idle runtime: {migrated:?}"
+    );
+    drop(store);
+    drop(opener);
+}
+
 #[tokio::test]
 async fn a_lease_keeps_a_delivery_to_one_instance_until_it_runs_out() {
     let cluster = Cluster::start();

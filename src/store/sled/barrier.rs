@@ -110,9 +110,15 @@ impl Barrier {
         std::mem::take(&mut self.shared.lock().failure)
     }
 
-    /// Everything written to `db` so far is to be made durable: the ticket to wait on.
-    pub fn issue(&self, db: &Arc<sled::Db>) -> Result<Durable, StoreError> {
-        let mut state = self.shared.lock();
+    /// Starts the committer thread, if it does not run. The store calls this when it is set up,
+    /// so that the thread takes the priority of the thread that sets the store up (the
+    /// process's): a thread inherits its creator's nice value, and the first ticket may come
+    /// from the delivery loop, whose thread runs lower (`[delivery] nice`).
+    pub fn start(&self) -> Result<(), StoreError> {
+        self.start_locked(&mut self.shared.lock())
+    }
+
+    fn start_locked(&self, state: &mut State) -> Result<(), StoreError> {
         if !state.running {
             let shared = Arc::clone(&self.shared);
             std::thread::Builder::new()
@@ -121,6 +127,13 @@ impl Barrier {
                 .map_err(|e| StoreError::Barrier(format!("cannot start the commit thread: {e}")))?;
             state.running = true;
         }
+        Ok(())
+    }
+
+    /// Everything written to `db` so far is to be made durable: the ticket to wait on.
+    pub fn issue(&self, db: &Arc<sled::Db>) -> Result<Durable, StoreError> {
+        let mut state = self.shared.lock();
+        self.start_locked(&mut state)?;
         state.issued += 1;
         state.db = Some(Arc::clone(db));
         let ticket = state.issued;

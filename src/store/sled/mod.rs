@@ -205,6 +205,13 @@ impl SledStore {
             FlushMode::Interval(d) => Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)),
             FlushMode::EveryEvent => Some(500),
         };
+        let barrier = barrier::Barrier::new(config.path.join("db"));
+        if config.flush == FlushMode::EveryEvent
+            && let Err(e) = barrier.start()
+        {
+            // The first event tries again (and fails the same way, so it is not confirmed).
+            tracing::warn!(error = %e, "cannot start the durability barrier's thread yet");
+        }
         Self {
             db: arc_swap::ArcSwapOption::empty(),
             ready: std::sync::atomic::AtomicBool::new(false),
@@ -219,7 +226,7 @@ impl SledStore {
             min_free_space: config.min_free_space,
             space_ok: std::sync::atomic::AtomicBool::new(true),
             flushed_at: std::sync::Mutex::new(std::time::Instant::now()),
-            barrier: barrier::Barrier::new(config.path.join("db")),
+            barrier,
         }
     }
 

@@ -299,7 +299,8 @@ pub fn run(mut config: Config, upgrade: bool) -> Result<(), ServerError> {
     ));
 
     tracing::info!(listen = %p.listen, upstream = %p.upstream, admin = %config.admin.listen,
-        rule_files = config.rule_files.len(), webhooks = config.webhooks.len(), "hooktap started");
+        rule_files = config.rule_files.len(), webhooks = config.webhooks.len(),
+        delivery_nice = config.delivery.nice, "hooktap started");
     server.run(RunArgs::default());
     // Sends that finished after the delivery loop stopped updated the counters too.
     runtime.block_on(engine.save_counters());
@@ -417,11 +418,10 @@ fn open_store(config: &Config, upgrade: bool) -> Result<Opened, ServerError> {
     let store: Arc<dyn Store> = match &config.store.backend {
         Backend::Sled => Arc::clone(&local) as Arc<dyn Store>,
         Backend::Postgres(pg) => {
-            let store = PgStore::with_journal(Arc::clone(&local), pg).map_err(|source| {
-                ServerError::Store {
-                    path: PgConfig::shown(&pg.url),
-                    source,
-                }
+            let store = PgStore::with_journal_below(Arc::clone(&local), pg, config.delivery.nice)
+                .map_err(|source| ServerError::Store {
+                path: PgConfig::shown(&pg.url),
+                source,
             })?;
             tracing::info!(store = %store.shown(), journal = %path.display(), "the store is PostgreSQL, shared with other instances");
             Arc::new(store)

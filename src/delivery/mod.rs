@@ -91,45 +91,45 @@ pub struct DeliveryConfig {
 /// 5 and 19 in benches/RESULTS.md.
 pub const DEFAULT_NICE: u8 = 10;
 
-/// Lowers the calling thread's priority by `nice` levels below its own (the process's), to at
-/// most 19, the lowest: the delivery runtime's thread calls it before the loop starts, so that
-/// under a CPU shortage sending webhooks yields to proxying (the store keeps what waits; with
-/// idle CPU the nice value changes nothing). A Linux nice value is a thread's own and is
-/// inherited by the threads it starts. A failure is logged and changes nothing else; on other
-/// systems nothing is changed.
+/// Lowers the calling thread's priority to `nice` levels below the process's (its main
+/// thread's), to at most 19, the lowest; a thread already that low (one started by a lowered
+/// thread inherits its nice value) is left as it is, so calling it again, or from a runtime's
+/// `on_thread_start`, lowers nothing twice. The delivery runtime's thread calls it before the
+/// loop starts, so that under a CPU shortage sending webhooks yields to proxying (the store
+/// keeps what waits; with idle CPU the nice value changes nothing). A failure is logged and
+/// changes nothing else; on systems other than Linux nothing is changed.
 pub fn lower_priority(nice: u8) {
     if nice == 0 {
         return;
     }
     #[cfg(target_os = "linux")]
     {
-        // On Linux a "process" id here is a thread id: only this thread is read and changed.
+        use rustix::process::{getpid, getpriority_process, setpriority_process};
+        // On Linux a "process" id here is a thread id: the process's own is its main thread's.
         let me = Some(rustix::thread::gettid());
-        let set = rustix::process::getpriority_process(me).and_then(|from| {
-            let to = from.saturating_add(i32::from(nice)).min(19);
-            rustix::process::setpriority_process(me, to).map(|()| (from, to))
+        let set = getpriority_process(Some(getpid())).and_then(|base| {
+            let to = base.saturating_add(i32::from(nice)).min(19);
+            if getpriority_process(me)? >= to {
+                return Ok((base, None));
+            }
+            setpriority_process(me, to).map(|()| (base, Some(to)))
         });
         match set {
-            Ok((from, to)) if to > from => {
-                tracing::info!(
-                    proxy = from,
-                    delivery = to,
-                    "delivery runs at a lower CPU priority (nice value) than the proxy"
-                );
-            }
-            Ok((from, _)) => {
-                tracing::warn!(
-                    nice = from,
-                    "the process already runs at the lowest CPU priority: delivery cannot run lower than the proxy"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(nice, error = %e, "cannot lower the delivery thread's CPU priority; it runs at the proxy's");
-            }
+            Ok((base, Some(to))) => tracing::debug!(
+                process = base,
+                thread = to,
+                "a background thread runs at a lower CPU priority (nice value) than the proxy"
+            ),
+            Ok((19, None)) => tracing::warn!(
+                "the process already runs at the lowest CPU priority (nice 19): delivery cannot run lower than the proxy"
+            ),
+            Ok((_, None)) => {}
+            Err(e) => tracing::warn!(nice, error = %e,
+                "cannot lower a background thread's CPU priority; it runs at the proxy's"),
         }
     }
     #[cfg(not(target_os = "linux"))]
-    tracing::info!(
+    tracing::debug!(
         nice,
         "[delivery] nice applies on Linux only: delivery runs at the proxy's priority"
     );
@@ -270,18 +270,26 @@ mod tests {
     }
 
     #[test]
-    fn lowering_priority_goes_below_the_threads_own_and_changes_only_that_thread() {
+    fn lowering_priority_goes_below_the_processs_once_and_changes_only_that_thread() {
         let before = nice();
         let lowered = std::thread::spawn(|| {
             lower_priority(12);
             let once = nice();
-            // Capped at the lowest priority.
+            // Again, or in a thread started by a lowered one: not lower.
             lower_priority(12);
-            (once, nice())
+            let again = nice();
+            let inherited = std::thread::spawn(|| {
+                lower_priority(12);
+                nice()
+            })
+            .join()
+            .expect("thread");
+            (once, again, inherited)
         })
         .join()
         .expect("thread");
-        assert_eq!(lowered, ((before + 12).min(19), (before + 24).min(19)));
+        let low = (before + 12).min(19);
+        assert_eq!(lowered, (low, low, low));
         assert_eq!(nice(), before, "the other threads keep theirs");
     }
 }

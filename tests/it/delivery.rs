@@ -149,7 +149,7 @@ async fn a_webhook_keeps_its_id_across_restarts() {
 
 /// The name and nice value in a `/proc/<pid>[/task/<tid>]/stat` text: `pid (comm) state ...`,
 /// where the comm may hold spaces and the nice value is the 19th field.
-fn name_and_nice(stat: &str) -> Option<(String, i64)> {
+pub fn name_and_nice(stat: &str) -> Option<(String, i64)> {
     let (head, rest) = stat.rsplit_once(')')?;
     let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
     let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
@@ -157,7 +157,7 @@ fn name_and_nice(stat: &str) -> Option<(String, i64)> {
 }
 
 /// The threads of a running process by name, each with its nice value (from /proc).
-fn threads_nice(pid: u32) -> Vec<(String, i64)> {
+pub fn threads_nice(pid: u32) -> Vec<(String, i64)> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
     tasks
         .flatten()

@@ -3,6 +3,7 @@
 //! while one instance is SIGKILLed and restarted, PostgreSQL is stopped hard and started
 //! again, and one instance is paused (SIGSTOP) past its lease. Every order the app confirmed reaches the receiver, the ordered webhook receives
 //! them in queue order, and the duplicates are counted. Part of `scripts/reliability.sh`.
+//! Beside it, quick: the shared store's runtime runs at delivery's lowered priority.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -466,5 +467,53 @@ async fn a_stopped_sled_store_moves_into_postgres_and_its_pending_deliveries_go_
     assert_eq!(
         sent, pending,
         "the same deliveries, under the same webhook id"
+    );
+}
+
+/// On PostgreSQL the store's own runtime (shipping the journal, recording outcomes, every
+/// pooled connection) runs as low as the delivery loop: none of it is on the request path.
+#[tokio::test]
+async fn the_shared_stores_runtime_runs_below_the_process_as_delivery_does() {
+    let cluster = Cluster::start();
+    let (_app, upstream) = TestUpstream::start().await;
+    let receiver = TestReceiver::start(200).await;
+    let setup = Setup::new(upstream).webhook("crm", &receiver, "");
+    let url = cluster.database();
+    let lines = format!("backend = \"postgres\"\nurl = \"{url}\"");
+    let proxy = TestProxy::start_edited(&setup, |c| {
+        c.replace(
+            "[store]\npath = \"data\"",
+            &format!("[store]\npath = \"data\"\n{lines}"),
+        )
+        .replace("[delivery]\n", "[delivery]\nnice = 6\n")
+    })
+    .await;
+    post_order(&proxy, "pg@example.com").await;
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+    let pid = proxy.pid().expect("running");
+    let base = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| crate::delivery::name_and_nice(&stat))
+        .expect("the process's stat")
+        .1;
+    let threads = crate::delivery::threads_nice(pid);
+    let low = (base + 6).min(19);
+    for name in ["hooktap-pg", "BG delivery"] {
+        let at: Vec<i64> = threads
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, nice)| *nice)
+            .collect();
+        assert!(
+            !at.is_empty() && at.iter().all(|nice| *nice == low),
+            "{name} at nice {low}: {threads:?}"
+        );
+    }
+    assert!(
+        threads
+            .iter()
+            .filter(|(n, _)| n == "hooktap proxy")
+            .all(|(_, nice)| *nice == base),
+        "the proxy keeps the process's priority: {threads:?}"
     );
 }

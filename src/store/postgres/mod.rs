@@ -205,9 +205,22 @@ impl PgStore {
 
     /// The same over a journal opened by the caller (unready: see [`Store::mark_ready`]).
     pub fn with_journal(journal: Arc<SledStore>, pg: &PgConfig) -> Result<Self, StoreError> {
+        Self::with_journal_below(journal, pg, 0)
+    }
+
+    /// The same with the store's runtime (the shipper, the recorder, the listener and every
+    /// pooled connection) running `nice` levels below the process's priority, as the delivery
+    /// loop does (see [`crate::delivery::lower_priority`]): none of it is on the request path,
+    /// which only writes the journal.
+    pub fn with_journal_below(
+        journal: Arc<SledStore>,
+        pg: &PgConfig,
+        nice: u8,
+    ) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("hooktap-pg")
+            .on_thread_start(move || crate::delivery::lower_priority(nice))
             .enable_all()
             .build()
             .map_err(|e| StoreError::Task(format!("cannot start the PostgreSQL runtime: {e}")))?;

@@ -147,26 +147,6 @@ async fn a_webhook_keeps_its_id_across_restarts() {
     );
 }
 
-/// The name and nice value in a `/proc/<pid>[/task/<tid>]/stat` text: `pid (comm) state ...`,
-/// where the comm may hold spaces and the nice value is the 19th field.
-pub fn name_and_nice(stat: &str) -> Option<(String, i64)> {
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
-    let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
-    Some((name, nice))
-}
-
-/// The threads of a running process by name, each with its nice value (from /proc).
-pub fn threads_nice(pid: u32) -> Vec<(String, i64)> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
-    tasks
-        .flatten()
-        // A thread that ended meanwhile has no stat any more.
-        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
-        .map(|stat| name_and_nice(&stat).expect("a stat line"))
-        .collect()
-}
-
 #[tokio::test]
 async fn delivery_runs_below_the_processs_priority_and_the_rest_at_it() {
     let (_app, upstream) = TestUpstream::start().await;
@@ -178,38 +158,27 @@ async fn delivery_runs_below_the_processs_priority_and_the_rest_at_it() {
     .await;
     let pid = proxy.pid().expect("running");
     // The process's own (inherited from this test, which may run under `nice` itself).
-    let base = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| name_and_nice(&stat))
-        .expect("the process's stat")
-        .1;
-    let at = |threads: &[(String, i64)], name: &str| -> Vec<i64> {
-        threads
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, nice)| *nice)
-            .collect()
-    };
+    let base = process_nice(pid);
     // The durability barrier's thread is started with the store, at the process's priority
     // (a thread inherits its creator's: started by delivery's first event, it would run low).
     let before = threads_nice(pid);
-    assert_eq!(at(&before, "hooktap-commit"), [base], "{before:?}");
+    assert_eq!(nice_of(&before, "hooktap-commit"), [base], "{before:?}");
     // Delivery works at the lower priority (and its thread has started some sends).
     post_order(&proxy, "n@example.com").await;
     receiver.wait_for(1, WAIT).await;
     let threads = threads_nice(pid);
-    let delivery = at(&threads, "BG delivery");
+    let delivery = nice_of(&threads, "BG delivery");
     assert!(!delivery.is_empty(), "a delivery thread: {threads:?}");
     assert!(
         delivery.iter().all(|nice| *nice == (base + 7).min(19)),
         "every delivery thread 7 levels below the process: {threads:?}"
     );
-    let proxying = at(&threads, "hooktap proxy");
+    let proxying = nice_of(&threads, "hooktap proxy");
     assert!(!proxying.is_empty(), "proxy threads: {threads:?}");
     assert!(
         proxying
             .iter()
-            .chain(&at(&threads, "hooktap-commit"))
+            .chain(&nice_of(&threads, "hooktap-commit"))
             .all(|nice| *nice == base),
         "the proxy's and the barrier's threads keep the process's priority: {threads:?}"
     );

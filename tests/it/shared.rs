@@ -491,29 +491,20 @@ async fn the_shared_stores_runtime_runs_below_the_process_as_delivery_does() {
     post_order(&proxy, "pg@example.com").await;
     receiver.wait_for(1, Duration::from_secs(15)).await;
     let pid = proxy.pid().expect("running");
-    let base = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| crate::delivery::name_and_nice(&stat))
-        .expect("the process's stat")
-        .1;
-    let threads = crate::delivery::threads_nice(pid);
+    let base = process_nice(pid);
+    let threads = threads_nice(pid);
     let low = (base + 6).min(19);
     for name in ["hooktap-pg", "BG delivery"] {
-        let at: Vec<i64> = threads
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, nice)| *nice)
-            .collect();
+        let at = nice_of(&threads, name);
         assert!(
             !at.is_empty() && at.iter().all(|nice| *nice == low),
             "{name} at nice {low}: {threads:?}"
         );
     }
     assert!(
-        threads
+        nice_of(&threads, "hooktap proxy")
             .iter()
-            .filter(|(n, _)| n == "hooktap proxy")
-            .all(|(_, nice)| *nice == base),
+            .all(|nice| *nice == base),
         "the proxy keeps the process's priority: {threads:?}"
     );
 }

@@ -943,3 +943,41 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("client")
 }
+
+/// The name and nice value in a `/proc/<pid>[/task/<tid>]/stat` text: `pid (comm) state ...`,
+/// where the comm may hold spaces and the nice value is the 19th field.
+fn name_and_nice(stat: &str) -> Option<(String, i64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(').map_or("", |(_, n)| n).to_owned();
+    let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+    Some((name, nice))
+}
+
+/// The threads of a running process by name, each with its nice value (from /proc).
+pub fn threads_nice(pid: u32) -> Vec<(String, i64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks");
+    tasks
+        .flatten()
+        // A thread that ended meanwhile has no stat any more.
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .map(|stat| name_and_nice(&stat).expect("a stat line"))
+        .collect()
+}
+
+/// The nice value of process `pid` (its main thread's: what its threads start with).
+pub fn process_nice(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| name_and_nice(&stat))
+        .expect("the process's stat")
+        .1
+}
+
+/// The nice values of the threads named `name` in `threads` (from [`threads_nice`]).
+pub fn nice_of(threads: &[(String, i64)], name: &str) -> Vec<i64> {
+    threads
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, nice)| *nice)
+        .collect()
+}

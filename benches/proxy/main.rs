@@ -1423,7 +1423,7 @@ fn cmd_shared(events: u64, threads: usize, runs: usize, nice: u8) -> anyhow::Res
             ) {
                 let db = url.rsplit('/').next().unwrap_or_default();
                 let _ = cluster.psql(db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
-                eprintln!("{}", cluster.psql(db, "SELECT calls, round(total_exec_time) AS ms, round(mean_exec_time::numeric, 3) AS mean_ms, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12"));
+                eprintln!("{}", cluster.psql(db, "SELECT calls, plans, round(total_plan_time) AS plan_ms, round(total_exec_time) AS ms, round(mean_exec_time::numeric, 3) AS mean_ms, shared_blks_hit + shared_blks_read AS blks, wal_bytes, left(regexp_replace(query, '\\s+', ' ', 'g'), 90) FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 12"));
                 let _ = cluster.psql(db, "SELECT pg_stat_statements_reset()");
             }
             println!(

@@ -64,11 +64,13 @@ async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u
     c.execute(&statement, params).await.map_err(pg_error)
 }
 
-/// A record serialised for a `jsonb` (or `json`) parameter: its JSON text, sent as it is.
+/// A record serialised for a `json` (or `jsonb`) parameter: its JSON text, sent as it is.
 ///
-/// PostgreSQL's `jsonb` cannot hold the character U+0000 (a NUL in a captured body or a
-/// receiver's answer would make every write of that record fail, jamming the journal or the
-/// delivery), so it becomes U+FFFD, as invalid UTF-8 in a body already does. Records are
+/// PostgreSQL's `jsonb` cannot hold the character U+0000, and `->>` cannot read it out of a
+/// `json` text (a NUL in a captured body or a receiver's answer would make every write or read
+/// of that record fail, jamming the journal or the delivery; and an older hooktap's `jsonb`
+/// parameters are cast to the `json` columns), so it becomes U+FFFD, as invalid UTF-8 in a
+/// body already does. Records are
 /// written straight to text; only one whose text holds the escape `\u0000` (serde_json writes
 /// a NUL so) is rebuilt as a tree and cleaned: the others skip building a `serde_json::Value`
 /// per record, which was most of the cost of preparing an outcome.
@@ -911,8 +913,8 @@ w AS MATERIALIZED (
        FOR NO KEY UPDATE),
 u AS MATERIALIZED (
     SELECT u.*, r.webhook_id
-      FROM UNNEST($9::int4[], $10::uuid[], $11::jsonb[], $12::bool[], $13::int8[],
-                  $14::int4[], $15::jsonb[], $17::int8[], $18::bool[], $19::int8[],
+      FROM UNNEST($9::int4[], $10::uuid[], $11::json[], $12::bool[], $13::int8[],
+                  $14::int4[], $15::json[], $17::int8[], $18::bool[], $19::int8[],
                   $20::int8[])
            AS u(req, id, record, pending, queue_ms, number, attempt, created_ms, success,
                 duration_ms, lag_ms)
@@ -1094,8 +1096,9 @@ pub async fn events_page(c: &impl GenericClient, q: &EventQuery) -> Result<Vec<E
                 continue;
             }
             if q.text.is_some() {
-                // Matched here, on the decoded payload, as the sled store does: jsonb's own
-                // text (its key order and spacing) is not the payload's JSON text.
+                // Matched here, on the decoded payload, as the sled store does: the text of
+                // an event stored before V8 is jsonb's (its key order and spacing), not the
+                // payload's JSON text.
                 if !q.text_matches(&e.payload) {
                     continue;
                 }
@@ -1336,7 +1339,7 @@ pub async fn insert_entries(
     let new_events = exec(
         &tx,
         "INSERT INTO events (id, created_ms, record)
-         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::jsonb[])
+         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::json[])
          ON CONFLICT (id) DO NOTHING",
         &[&event_ids, &created, &events],
     )
@@ -1345,7 +1348,7 @@ pub async fn insert_entries(
     if !ids.is_empty() {
         new_deliveries = exec(&tx, "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record, ordering_key)
              SELECT u.id, u.event_id, u.webhook_id, u.created_ms, true, u.queue_ms, u.record, u.record->>'ordering_key'
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::jsonb[])
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::json[])
                   WITH ORDINALITY AS u(id, event_id, webhook_id, created_ms, queue_ms, record, n)
              WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id FOR KEY SHARE)
              ORDER BY u.n

@@ -1477,6 +1477,96 @@ async fn the_console_migration_fills_in_the_statistics_of_older_attempts() {
     );
 }
 
+/// `V8__records_as_json` turns the `jsonb` records an older hooktap wrote into `json`: after
+/// the upgrade they read back unchanged, a pending one is still claimed (its `due_ms` is read
+/// out of the text), and an older hooktap's `jsonb` parameters still write the columns.
+#[tokio::test]
+async fn records_stored_as_jsonb_before_v8_read_back_unchanged_and_older_writers_still_write() {
+    let cluster = Arc::new(Cluster::start());
+    let url = cluster.database();
+    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let connection = tokio::spawn(connection);
+    super::schema::migrate_to(&mut client, 7)
+        .await
+        .expect("V1 to V7");
+    let e = event();
+    let webhook = Uuid::now_v7();
+    let d = Delivery::new(&e, webhook, 0);
+    let a = crate::store::contract::attempt(&d, 1, false);
+    fn json<T: serde::Serialize>(record: &T) -> tokio_postgres::types::Json<serde_json::Value> {
+        tokio_postgres::types::Json(serde_json::to_value(record).expect("json"))
+    }
+    let insert_delivery = "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending,
+                                                   queue_ms, record)
+                           VALUES ($1, $2, $3, $4, true, $5, $6::jsonb)";
+    let created_ms = i64::try_from(crate::event::unix_ms(d.created_at)).expect("ms");
+    let queue_ms = i64::try_from(d.queue_ms).expect("ms");
+    client
+        .execute(
+            "INSERT INTO events (id, created_ms, record) VALUES ($1, $2, $3::jsonb)",
+            &[&e.id, &created_ms, &json(&e)],
+        )
+        .await
+        .expect("an old event");
+    client
+        .execute(
+            insert_delivery,
+            &[&d.id, &e.id, &webhook, &created_ms, &queue_ms, &json(&d)],
+        )
+        .await
+        .expect("an old delivery");
+    client
+        .execute(
+            "INSERT INTO attempts (delivery_id, number, webhook_id, record)
+             VALUES ($1, 1, $2, $3::jsonb)",
+            &[&d.id, &webhook, &json(&a)],
+        )
+        .await
+        .expect("an old attempt");
+
+    // Opening the store applies V8.
+    let (_dir, store) = store_on(&url, Duration::from_secs(60)).await;
+    assert_eq!(store.event(e.id).await.expect("event"), Some(e.clone()));
+    assert_eq!(
+        store.delivery(d.id).await.expect("delivery"),
+        Some(d.clone())
+    );
+    assert_eq!(store.attempts(d.id).await.expect("attempts"), vec![a]);
+    let now = crate::event::unix_ms(OffsetDateTime::now_utc());
+    let claimed = store
+        .queued(webhook, now, 10, &HashSet::new())
+        .await
+        .expect("claim");
+    assert_eq!(claimed, vec![d]);
+
+    // An instance of an older hooktap, still running beside the upgraded ones.
+    let later = Delivery::new(&e, webhook, 0);
+    let created_ms = i64::try_from(crate::event::unix_ms(later.created_at)).expect("ms");
+    let queue_ms = i64::try_from(later.queue_ms).expect("ms");
+    client
+        .execute(
+            insert_delivery,
+            &[
+                &later.id,
+                &e.id,
+                &webhook,
+                &created_ms,
+                &queue_ms,
+                &json(&later),
+            ],
+        )
+        .await
+        .expect("an older instance writes a jsonb record into the json column");
+    assert_eq!(
+        store.delivery(later.id).await.expect("delivery"),
+        Some(later)
+    );
+    drop(client);
+    connection.abort();
+}
+
 /// Opens the stopped sled store at `path` that a test has just dropped: sled's background
 /// threads may hold its file lock a moment longer (a hooktap that exited has released it).
 async fn open_released(path: &std::path::Path) -> SledStore {

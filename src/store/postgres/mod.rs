@@ -408,7 +408,14 @@ where
 ///   `jit_above_cost` (a fresh table without statistics is enough) is compiled with LLVM on
 ///   every execution: the retention sweep at startup took 230-1,160 ms of compiling for a
 ///   statement that then ran in under a millisecond (benches/RESULTS.md).
-const SESSION_OPTIONS: &str = "-c statement_timeout=60000 -c jit=off";
+/// - `plan_cache_mode = force_generic_plan`: every statement is prepared once per connection
+///   and planned once, for its shape (each is written for the index it walks), not for the
+///   values of each call. A custom plan made for the values saw, on a table whose statistics
+///   lag behind a backlog, that every pending delivery was due, and claimed 64 of 20,000 by
+///   reading, filtering and sorting all 20,000 (75 ms) instead of walking the queue's index
+///   in order (2 ms); PostgreSQL makes five such plans per connection before it compares.
+const SESSION_OPTIONS: &str =
+    "-c statement_timeout=60000 -c jit=off -c plan_cache_mode=force_generic_plan";
 
 /// Bounds every wait on PostgreSQL: connecting, a statement on the server, and a peer that
 /// vanished without closing the connection (a partition), so that no loop hangs on it (leases

@@ -366,7 +366,7 @@ async fn a_wrong_password_is_a_clear_error() {
     assert!(error.contains("password authentication failed"), "{error}");
 }
 
-/// hooktap's session settings (no JIT, a statement timeout) hold on every pooled connection,
+/// hooktap's session settings (no JIT, a statement timeout, generic plans) hold on every pooled connection,
 /// and the URL's own `options` are kept and win over them.
 #[tokio::test]
 async fn sessions_run_without_jit_and_keep_the_urls_options() {
@@ -385,6 +385,7 @@ async fn sessions_run_without_jit_and_keep_the_urls_options() {
     let (_dir, plain) = store_on(&cluster.database(), Duration::from_secs(30)).await;
     assert_eq!(show(&plain, "jit").await, "off");
     assert_eq!(show(&plain, "statement_timeout").await, "1min");
+    assert_eq!(show(&plain, "plan_cache_mode").await, "force_generic_plan");
     let own = format!(
         "{}?options=-c%20work_mem%3D5MB%20-c%20statement_timeout%3D2min",
         cluster.database()

@@ -121,9 +121,49 @@ impl PgConfig {
     }
 }
 
+/// Set when PostgreSQL refused a prepared statement because what it returns changed type (a
+/// migration such as `V8__records_as_json`, applied by another instance while this one ran):
+/// the pool's prepared statements are then dropped before the next connection is taken out
+/// ([`connection`]), so the call that met the change fails and the next ones prepare afresh.
+/// One flag for the process: it runs one store (tests that run several only clear more).
+static STALE_STATEMENTS: AtomicBool = AtomicBool::new(false);
+
+/// A connection from `pool`, its prepared statements dropped first when the schema changed
+/// under them (see [`STALE_STATEMENTS`]).
+pub(crate) async fn connection(pool: &Pool) -> Result<Object, deadpool_postgres::PoolError> {
+    if STALE_STATEMENTS.swap(false, Ordering::AcqRel) {
+        pool.manager().statement_caches.clear();
+        tracing::info!(
+            "the shared store's schema changed under this instance's prepared statements; preparing them again"
+        );
+    }
+    pool.get().await
+}
+
+/// Notes in [`STALE_STATEMENTS`] whether `e` (or what it wraps) is PostgreSQL refusing a
+/// prepared statement whose result changed type.
+fn note_stale(e: &(dyn std::error::Error + 'static)) {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(db) = e
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+            && *db.code() == tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED
+            && db
+                .message()
+                .contains("cached plan must not change result type")
+        {
+            STALE_STATEMENTS.store(true, Ordering::Release);
+            return;
+        }
+        next = e.source();
+    }
+}
+
 /// A PostgreSQL error with what it says (tokio-postgres puts the server's message in the
 /// error's source).
-pub(crate) fn pg_error(e: impl std::error::Error) -> StoreError {
+pub(crate) fn pg_error(e: impl std::error::Error + 'static) -> StoreError {
+    note_stale(&e);
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -280,7 +320,7 @@ impl PgStore {
         let pool = self.pool.clone();
         let got = self
             .handle
-            .spawn(async move { pool.get().await })
+            .spawn(async move { connection(&pool).await })
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?;
         match got {
@@ -815,7 +855,7 @@ impl Store for PgStore {
             .sweep_dedupe(crate::event::unix_ms(OffsetDateTime::now_utc()))?;
         let pool = self.pool.clone();
         self.block_on(async move {
-            let mut client = pool.get().await.map_err(pg_error)?;
+            let mut client = connection(&pool).await.map_err(pg_error)?;
             sql::sweep(&mut client, cutoff).await
         })
     }

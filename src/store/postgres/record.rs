@@ -85,7 +85,7 @@ pub async fn run(pool: Pool, owner: Uuid, mut messages: mpsc::UnboundedReceiver<
 
 /// Ends this instance's leases ([`sql::release`]).
 async fn release(pool: &Pool, owner: Uuid) -> Result<u64, StoreError> {
-    let client = pool.get().await.map_err(pg_error)?;
+    let client = super::connection(pool).await.map_err(pg_error)?;
     sql::release(&client, owner).await
 }
 
@@ -128,8 +128,7 @@ async fn write(
     owner: Uuid,
     outcomes: &[Outcome],
 ) -> Result<Vec<Recording>, RecordError> {
-    let client = pool
-        .get()
+    let client = super::connection(pool)
         .await
         .map_err(|e| RecordError::Failed(pg_error(e)))?;
     sql::record_many(&client, owner, outcomes).await

@@ -82,7 +82,7 @@ pub async fn ship_all(
             return Ok(moved);
         }
         let inserted = async {
-            let mut client = pool.get().await.map_err(pg_error)?;
+            let mut client = super::connection(pool).await.map_err(pg_error)?;
             sql::insert_events(&mut client, &batch).await
         }
         .await;

@@ -1568,6 +1568,66 @@ async fn records_stored_as_jsonb_before_v8_read_back_unchanged_and_older_writers
     connection.abort();
 }
 
+/// A migration applied by another instance while this one runs may change the type of what
+/// a statement this one prepared returns (V8 did): PostgreSQL refuses such a statement
+/// ("cached plan must not change result type") for as long as the connection keeps it. The
+/// call that meets the change fails; the store then prepares its statements again.
+#[tokio::test]
+async fn statements_prepared_before_another_instance_migrated_are_prepared_again() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (config, mut pg) = config(dir.path(), &url, Duration::from_secs(60));
+    // One connection, so that every call below meets the statements the first one prepared.
+    pg.pool_size = 1;
+    let store = PgStore::open_now(&config, &pg).await.expect("open");
+    store.mark_ready();
+    let e = event();
+    let d = Delivery::new(&e, Uuid::now_v7(), 0);
+    let client = sql_client(&url).await;
+    client
+        .execute(
+            "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
+             VALUES ($1, $2, $3, 0, true, 0, $4)",
+            &[
+                &d.id,
+                &e.id,
+                &d.webhook_id,
+                &tokio_postgres::types::Json(serde_json::to_value(&d).expect("json")),
+            ],
+        )
+        .await
+        .expect("a delivery");
+    assert_eq!(store.delivery(d.id).await.expect("read"), Some(d.clone()));
+
+    // Another instance's migration changes the column's type.
+    client
+        .batch_execute("ALTER TABLE deliveries ALTER COLUMN record TYPE jsonb USING record::jsonb")
+        .await
+        .expect("alter");
+    let first = store.delivery(d.id).await;
+    assert!(
+        first.as_ref().is_err_and(|e| e
+            .to_string()
+            .contains("cached plan must not change result type")),
+        "the statement prepared before is refused: {first:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            store.delivery(d.id).await.expect("prepared again"),
+            Some(d.clone())
+        );
+    }
+}
+
+async fn sql_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
 /// Opens the stopped sled store at `path` that a test has just dropped: sled's background
 /// threads may hold its file lock a moment longer (a hooktap that exited has released it).
 async fn open_released(path: &std::path::Path) -> SledStore {

@@ -1437,19 +1437,10 @@ mod tests {
             }
         }
 
-        /// A connection of the test's own to the database at `url` (as an operator's psql).
-        async fn sql_client(url: &str) -> tokio_postgres::Client {
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(connection);
-            client
-        }
-
         /// Holds the webhook's row locked so that no outcome of it can be recorded (the
         /// recording statement locks that row) until the returned client is dropped.
         async fn block_recording(url: &str, webhook: Uuid) -> tokio_postgres::Client {
-            let client = sql_client(url).await;
+            let client = crate::store::postgres::cluster::connect(url).await;
             client.batch_execute("BEGIN").await.expect("begin");
             client
                 .execute(
@@ -1847,7 +1838,7 @@ mod tests {
             spec.concurrency = 4;
             let id = webhook(&engine, &spec).await;
             let queued = queue(&engine, id, 40).await;
-            let client = sql_client(&url).await;
+            let client = crate::store::postgres::cluster::connect(&url).await;
             client
                 .batch_execute(
                     "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS

@@ -69,10 +69,7 @@ fn duplicates(received: &[Received]) -> usize {
 /// The ordered webhook's deliveries in the shared queue's order (the order they reached
 /// PostgreSQL), read from PostgreSQL itself.
 async fn queue_order(url: &str, webhook: &str) -> Vec<String> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect to the test cluster");
-    tokio::spawn(connection);
+    let client = crate::pg_cluster::connect(url).await;
     let id: uuid::Uuid = webhook.parse().expect("a webhook id");
     client
         .query(

@@ -348,3 +348,13 @@ impl Drop for Cluster {
             .output();
     }
 }
+
+/// A connection of the test's own to the database at `url` (as an operator's psql), its
+/// connection task running until the client is dropped.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
+    tokio::spawn(connection);
+    client
+}

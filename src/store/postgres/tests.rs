@@ -1405,10 +1405,7 @@ async fn an_outcome_that_cannot_be_recorded_leaves_its_deliveries_to_be_sent_aga
 async fn the_console_migration_fills_in_the_statistics_of_older_attempts() {
     let cluster = Arc::new(Cluster::start());
     let url = cluster.database();
-    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    let connection = tokio::spawn(connection);
+    let mut client = super::cluster::connect(&url).await;
     super::schema::migrate_to(&mut client, 3)
         .await
         .expect("V1 to V3");
@@ -1444,7 +1441,6 @@ async fn the_console_migration_fills_in_the_statistics_of_older_attempts() {
         .await
         .expect("an old attempt");
     drop(client);
-    connection.abort();
 
     // Opening the store applies V4.
     let (_dir, store) = store_on(&url, Duration::from_secs(60)).await;
@@ -1485,10 +1481,7 @@ async fn the_console_migration_fills_in_the_statistics_of_older_attempts() {
 async fn records_stored_as_jsonb_before_v8_read_back_unchanged_and_older_writers_still_write() {
     let cluster = Arc::new(Cluster::start());
     let url = cluster.database();
-    let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    let connection = tokio::spawn(connection);
+    let mut client = super::cluster::connect(&url).await;
     super::schema::migrate_to(&mut client, 7)
         .await
         .expect("V1 to V7");
@@ -1565,7 +1558,6 @@ async fn records_stored_as_jsonb_before_v8_read_back_unchanged_and_older_writers
         Some(later)
     );
     drop(client);
-    connection.abort();
 }
 
 /// A migration applied by another instance while this one runs may change the type of what
@@ -1584,7 +1576,7 @@ async fn statements_prepared_before_another_instance_migrated_are_prepared_again
     store.mark_ready();
     let e = event();
     let d = Delivery::new(&e, Uuid::now_v7(), 0);
-    let client = sql_client(&url).await;
+    let client = super::cluster::connect(&url).await;
     client
         .execute(
             "INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
@@ -1618,14 +1610,6 @@ async fn statements_prepared_before_another_instance_migrated_are_prepared_again
             Some(d.clone())
         );
     }
-}
-
-async fn sql_client(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
 }
 
 /// Opens the stopped sled store at `path` that a test has just dropped: sled's background

@@ -16,13 +16,66 @@ use crate::store::{EventQuery, FlushMode, MAX_TEXT_SCAN, StoreError};
 /// 64 KiB values, +31 MB for 1 KiB values).
 const INLINE_PAYLOAD_MAX: usize = 4096;
 
-/// An event as sled holds it: a large payload lives in `payloads/<file>` instead.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// An event as sled holds it: a large payload lives in `payloads/<file>` instead, and the
+/// record lists the event's deliveries.
+#[derive(serde::Deserialize)]
 pub(super) struct StoredEvent {
     #[serde(flatten)]
     pub(super) event: Event,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub(super) payload_file: Option<String>,
+    /// The ids of the deliveries stored with the event (a delivery of a webhook deleted since
+    /// is gone). Empty for an event stored before records listed them: the `v` index lists
+    /// those (see [`delivery_ids`]).
+    #[serde(default)]
+    pub(super) deliveries: Vec<Uuid>,
+}
+
+/// What [`StoredEvent`] reads, written from borrowed parts.
+#[derive(serde::Serialize)]
+struct StoredEventRef<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_file: Option<&'a str>,
+    #[serde(skip_serializing_if = "DeliveryIds::is_empty")]
+    deliveries: DeliveryIds<'a>,
+}
+
+/// The ids of deliveries, written as a JSON array.
+struct DeliveryIds<'a>(&'a [Delivery]);
+
+impl DeliveryIds<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for DeliveryIds<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|d| d.id))
+    }
+}
+
+/// An event's deliveries: each one's id, with the `v` index entry that lists it for an event
+/// stored before its record listed them (to be removed with it). The deliveries themselves may
+/// be gone (their webhook was deleted).
+pub(super) fn delivery_ids(
+    db: &sled::Db,
+    event: Uuid,
+    listed: &[Uuid],
+) -> Result<Vec<(Uuid, Option<sled::IVec>)>, StoreError> {
+    if !listed.is_empty() {
+        return Ok(listed.iter().map(|id| (*id, None)).collect());
+    }
+    let mut out = Vec::new();
+    for entry in db.scan_prefix(keys::key(keys::BY_EVENT, &[event.as_bytes()])) {
+        let (k, _) = entry?;
+        if let Some(id) = keys::trailing_id(&k) {
+            out.push((id, Some(k)));
+        }
+    }
+    Ok(out)
 }
 
 impl SledStore {
@@ -30,12 +83,21 @@ impl SledStore {
         self.path.join("payloads").join(file)
     }
 
-    /// The record to keep in sled for `event`, writing a large payload to its own file first
-    /// (a crash between the two leaves at most an unreferenced file behind).
-    fn stored_form(&self, event: &Event) -> Result<Vec<u8>, StoreError> {
+    /// The record to keep in sled for `event` with `deliveries`, writing a large payload to
+    /// its own file first (a crash between the two leaves at most an unreferenced file behind).
+    fn stored_form(&self, event: &Event, deliveries: &[Delivery]) -> Result<Vec<u8>, StoreError> {
+        let record = serde_json::to_vec(&StoredEventRef {
+            event,
+            payload_file: None,
+            deliveries: DeliveryIds(deliveries),
+        })?;
+        // A record within the bound holds a payload within it; only a longer one is measured.
+        if record.len() <= INLINE_PAYLOAD_MAX {
+            return Ok(record);
+        }
         let payload = serde_json::to_vec(&event.payload)?;
         if payload.len() <= INLINE_PAYLOAD_MAX {
-            return Ok(serde_json::to_vec(event)?);
+            return Ok(record);
         }
         let file = format!("{}.json", event.id);
         let io = |source| StoreError::Payload {
@@ -52,14 +114,15 @@ impl SledStore {
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;
         }
-        let head = StoredEvent {
-            event: Event {
-                payload: serde_json::Value::Null,
-                ..event.clone()
-            },
-            payload_file: Some(file),
+        let head = Event {
+            payload: serde_json::Value::Null,
+            ..event.clone()
         };
-        Ok(serde_json::to_vec(&head)?)
+        Ok(serde_json::to_vec(&StoredEventRef {
+            event: &head,
+            payload_file: Some(&file),
+            deliveries: DeliveryIds(deliveries),
+        })?)
     }
 
     /// An event from its sled record, reading a large payload back from its file.
@@ -88,13 +151,13 @@ impl SledStore {
                 // write of its own: 3.5× slower, measured): the queue entries go last, so a queue
                 // entry never points at a delivery or event that is not stored.
                 // The event after its deliveries: whoever sees the event sees all of them (the
-                // journal of a shared store ships an event with the deliveries it finds).
+                // journal of a shared store ships an event with the deliveries it finds). The
+                // event's record lists them (no `v` index entries since).
                 for d in deliveries {
                     db.insert(keys::delivery(d.id), serde_json::to_vec(d)?)?;
                     db.insert(keys::by_webhook(d), &[] as &[u8])?;
-                    db.insert(keys::by_event(d), &[] as &[u8])?;
                 }
-                db.insert(keys::event(event.id), self.stored_form(event)?)?;
+                db.insert(keys::event(event.id), self.stored_form(event, deliveries)?)?;
                 for d in deliveries {
                     db.insert(keys::queue(d), keys::queue_value(d))?;
                 }
@@ -127,14 +190,25 @@ impl SledStore {
 /// An event as stored (`bytes`), its payload read from its file under the store's `path`
 /// when it has one.
 pub(super) fn load_event_in(path: &std::path::Path, bytes: &[u8]) -> Result<Event, StoreError> {
-    let stored: StoredEvent = serde_json::from_slice(bytes)?;
-    let mut event = stored.event;
-    if let Some(file) = stored.payload_file {
-        let bytes = std::fs::read(path.join("payloads").join(&file))
-            .map_err(|source| StoreError::Payload { file, source })?;
-        event.payload = serde_json::from_slice(&bytes)?;
+    Ok(load_stored_in(path, bytes)?.event)
+}
+
+/// The same with what else the record holds.
+pub(super) fn load_stored_in(
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> Result<StoredEvent, StoreError> {
+    let mut stored: StoredEvent = serde_json::from_slice(bytes)?;
+    if let Some(file) = &stored.payload_file {
+        let bytes = std::fs::read(path.join("payloads").join(file)).map_err(|source| {
+            StoreError::Payload {
+                file: file.clone(),
+                source,
+            }
+        })?;
+        stored.event.payload = serde_json::from_slice(&bytes)?;
     }
-    Ok(event)
+    Ok(stored)
 }
 
 /// Events newest first, filtered by topic, creation time and payload text, skipping
@@ -224,6 +298,99 @@ mod tests {
             .expect("sweep");
         assert!(s.event(big.id).expect("read").is_none());
         assert!(!file.exists(), "the sweep removes the file too");
+    }
+
+    /// The `v` keys in the store.
+    fn index_entries(s: &SledStore) -> usize {
+        s.db().expect("db").scan_prefix([keys::BY_EVENT]).count()
+    }
+
+    #[test]
+    fn an_event_lists_its_deliveries_in_its_record_and_writes_no_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let topic = Topic::parse("order.created").expect("topic");
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut e = Event::new(&topic, "r", serde_json::json!({"id": 1}));
+        e.created_at = OffsetDateTime::now_utc() - time::Duration::days(40);
+        let ds = [Delivery::new(&e, a, 0), Delivery::new(&e, b, 0)];
+        s.append(&e, &ds).expect("append");
+        assert_eq!(index_entries(&s), 0, "no `v` entries");
+        assert_eq!(s.deliveries_of_event(e.id).expect("read"), ds.to_vec());
+        assert_eq!(s.event(e.id).expect("read"), Some(e.clone()));
+        let entry = s.journal_batch(10).expect("journal");
+        assert_eq!(entry.len(), 1);
+        assert_eq!(entry[0].deliveries, ds.to_vec());
+
+        // A deleted webhook takes its delivery; the record still names it, readers skip it.
+        assert_eq!(s.delete_webhook(a).expect("delete"), 1);
+        assert_eq!(
+            s.deliveries_of_event(e.id).expect("read"),
+            vec![ds[1].clone()]
+        );
+        assert_eq!(
+            s.journal_batch(10).expect("journal")[0].deliveries,
+            vec![ds[1].clone()]
+        );
+
+        // Finished, it is swept with its event.
+        let mut done = ds[1].clone();
+        done.state = crate::event::DeliveryState::Delivered;
+        s.db()
+            .expect("db")
+            .insert(
+                keys::delivery(done.id),
+                serde_json::to_vec(&done).expect("json"),
+            )
+            .expect("insert");
+        let swept = s
+            .sweep(OffsetDateTime::now_utc() - time::Duration::days(30))
+            .expect("sweep");
+        assert_eq!((swept.events, swept.deliveries), (1, 1));
+        assert!(s.event(e.id).expect("read").is_none());
+        assert!(s.delivery(done.id).expect("read").is_none());
+    }
+
+    #[test]
+    fn events_stored_before_records_listed_deliveries_are_read_and_swept_through_the_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let topic = Topic::parse("order.created").expect("topic");
+        let mut e = Event::new(&topic, "r", serde_json::json!({"id": 2}));
+        e.created_at = OffsetDateTime::now_utc() - time::Duration::days(40);
+        let mut ds = vec![
+            Delivery::new(&e, Uuid::now_v7(), 0),
+            Delivery::new(&e, Uuid::now_v7(), 0),
+        ];
+        // The layout of earlier versions: a plain event record and a `v` entry per delivery.
+        let db = s.db().expect("db");
+        for d in &ds {
+            db.insert(keys::delivery(d.id), serde_json::to_vec(d).expect("json"))
+                .expect("insert");
+            db.insert(keys::by_webhook(d), &[] as &[u8])
+                .expect("insert");
+            db.insert(keys::by_event(d), &[] as &[u8]).expect("insert");
+        }
+        db.insert(keys::event(e.id), serde_json::to_vec(&e).expect("json"))
+            .expect("insert");
+        assert_eq!(s.deliveries_of_event(e.id).expect("read"), ds);
+        assert_eq!(s.journal_batch(10).expect("journal")[0].deliveries, ds);
+
+        // A pending delivery keeps the event; once both are finished, all of it goes.
+        let sweep = || {
+            s.sweep(OffsetDateTime::now_utc() - time::Duration::days(30))
+                .expect("sweep")
+        };
+        assert_eq!(sweep().events, 0);
+        for d in &mut ds {
+            d.state = crate::event::DeliveryState::Delivered;
+            db.insert(keys::delivery(d.id), serde_json::to_vec(&*d).expect("json"))
+                .expect("insert");
+        }
+        let swept = sweep();
+        assert_eq!((swept.events, swept.deliveries), (1, 2));
+        assert_eq!(index_entries(&s), 0, "the `v` entries go with the event");
+        assert!(s.deliveries_of_event(e.id).expect("read").is_empty());
     }
 
     #[test]

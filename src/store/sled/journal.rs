@@ -5,7 +5,7 @@
 
 use time::OffsetDateTime;
 
-use super::events::StoredEvent;
+use super::events::{StoredEvent, delivery_ids, load_stored_in};
 use super::{SledStore, keys};
 use uuid::Uuid;
 
@@ -54,8 +54,8 @@ impl SledStore {
         let mut out = Vec::new();
         for entry in db.scan_prefix([keys::EVENT]).take(limit) {
             let (k, v) = entry?;
-            let event = match self.load_event(&v) {
-                Ok(event) => event,
+            let stored = match load_stored_in(&self.path, &v) {
+                Ok(stored) => stored,
                 Err(e) => {
                     // It can never be moved: set it aside rather than stop the journal.
                     tracing::error!(key = ?keys::trailing_id(&k), error = %e,
@@ -64,15 +64,10 @@ impl SledStore {
                     continue;
                 }
             };
+            let event = stored.event;
             let mut deliveries = Vec::new();
-            for index in db.scan_prefix(keys::key(keys::BY_EVENT, &[event.id.as_bytes()])) {
-                let (ik, _) = index?;
-                if let Some(d) = keys::trailing_id(&ik)
-                    .map(|id| self.delivery(id))
-                    .transpose()?
-                {
-                    deliveries.extend(d);
-                }
+            for (id, _) in delivery_ids(&db, event.id, &stored.deliveries)? {
+                deliveries.extend(self.delivery(id)?);
             }
             let dedupe = db
                 .get(keys::dedupe_mark(event.id))?

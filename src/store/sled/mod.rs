@@ -9,11 +9,11 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `e` event id | [`Event`] (JSON) |
+//! | `e` event id | [`Event`] (JSON) and `deliveries`: the ids of its deliveries |
 //! | `d` delivery id | [`Delivery`](crate::event::Delivery) (JSON) |
 //! | `q` webhook id, queue ms (big-endian u64), delivery id | the ordering key (`k` + key) or empty: the queue |
 //! | `x` webhook id, delivery id | empty: a webhook's deliveries, in time order |
-//! | `v` event id, delivery id | empty: an event's deliveries |
+//! | `v` event id, delivery id | empty: an event's deliveries, for events stored before records listed them (no longer written) |
 //! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`](crate::event::Attempt) (JSON) |
 //! | `t` webhook id, attempt time ms (big-endian u64), delivery id, attempt number | success, duration ms, lag ms (17 bytes): attempt statistics |
 //! | `f` webhook id, attempt time ms, delivery id, attempt number | empty: the failed attempts of `t` alone (a webhook's last error) |

@@ -2,7 +2,7 @@
 
 use time::OffsetDateTime;
 
-use super::events::StoredEvent;
+use super::events::{StoredEvent, delivery_ids};
 use super::{SledStore, keys};
 use crate::event::DeliveryState;
 use crate::store::{StoreError, Swept};
@@ -28,14 +28,7 @@ impl SledStore {
                 ..Swept::default()
             };
             let mut pending = false;
-            for index in self
-                .db()?
-                .scan_prefix(keys::key(keys::BY_EVENT, &[event.id.as_bytes()]))
-            {
-                let (ik, _) = index?;
-                let Some(delivery_id) = keys::trailing_id(&ik) else {
-                    continue;
-                };
+            for (delivery_id, index) in delivery_ids(&*self.db()?, event.id, &stored.deliveries)? {
                 if let Some(d) = self.delivery(delivery_id)? {
                     if d.state == DeliveryState::Pending {
                         pending = true;
@@ -52,7 +45,9 @@ impl SledStore {
                     batch.remove(a?.0);
                     this.attempts += 1;
                 }
-                batch.remove(ik);
+                if let Some(index) = index {
+                    batch.remove(index);
+                }
             }
             if pending {
                 continue;

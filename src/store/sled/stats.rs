@@ -6,6 +6,7 @@
 
 use uuid::Uuid;
 
+use super::events::{StoredEvent, delivery_ids};
 use super::{SledStore, keys};
 use crate::event::{Attempt, Delivery, unix_ms};
 use crate::store::{AttemptSample, AttemptStats, StatsAccumulator, StatsWindow, StoreError};
@@ -95,19 +96,14 @@ impl SledStore {
 
     /// An event's deliveries, oldest first.
     pub fn deliveries_of_event(&self, event: Uuid) -> Result<Vec<Delivery>, StoreError> {
+        let db = self.db()?;
+        let listed = match db.get(keys::event(event))? {
+            Some(v) => serde_json::from_slice::<StoredEvent>(&v)?.deliveries,
+            None => Vec::new(),
+        };
         let mut out = Vec::new();
-        for entry in self
-            .db()?
-            .scan_prefix(keys::key(keys::BY_EVENT, &[event.as_bytes()]))
-        {
-            let (k, _) = entry?;
-            if let Some(d) = keys::trailing_id(&k)
-                .map(|id| self.delivery(id))
-                .transpose()?
-                .flatten()
-            {
-                out.push(d);
-            }
+        for (id, _) in delivery_ids(&db, event, &listed)? {
+            out.extend(self.delivery(id)?);
         }
         Ok(out)
     }

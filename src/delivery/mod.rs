@@ -114,18 +114,24 @@ pub fn lower_priority(nice: u8) {
             }
             setpriority_process(me, to).map(|()| (base, Some(to)))
         });
+        // Every thread of the runtimes calls this: a warning is said once per process.
+        static WARNED: std::sync::Once = std::sync::Once::new();
         match set {
             Ok((base, Some(to))) => tracing::debug!(
                 process = base,
                 thread = to,
                 "a background thread runs at a lower CPU priority (nice value) than the proxy"
             ),
-            Ok((19, None)) => tracing::warn!(
-                "the process already runs at the lowest CPU priority (nice 19): delivery cannot run lower than the proxy"
-            ),
+            Ok((19, None)) => WARNED.call_once(|| {
+                tracing::warn!(
+                    "the process already runs at the lowest CPU priority (nice 19): delivery cannot run lower than the proxy"
+                );
+            }),
             Ok((_, None)) => {}
-            Err(e) => tracing::warn!(nice, error = %e,
-                "cannot lower a background thread's CPU priority; it runs at the proxy's"),
+            Err(e) => WARNED.call_once(|| {
+                tracing::warn!(nice, error = %e,
+                    "cannot lower a background thread's CPU priority; it runs at the proxy's");
+            }),
         }
     }
     #[cfg(not(target_os = "linux"))]

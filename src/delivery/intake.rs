@@ -151,13 +151,34 @@ impl Intake {
     }
 
     /// Stores `event` with one delivery per webhook that accepts its topic and whose filter
-    /// its payload passes, each with its ordering key (also used to move held events in).
+    /// its payload passes, each with its ordering key.
     pub(super) fn store_with_deliveries(
         &self,
         event: &Event,
     ) -> Result<(Vec<Delivery>, Option<Durable>), StoreError> {
-        let deliveries: Vec<Delivery> = self
-            .registry
+        let deliveries = self.deliveries_for(event);
+        let durable = self.store.append_deferred(event, &deliveries)?;
+        if !deliveries.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok((deliveries, durable))
+    }
+
+    /// The same for an event held in `pending/`, which may be stored already (see
+    /// [`Store::append_again`]).
+    pub(super) fn store_held(&self, event: &Event) -> Result<Option<Durable>, StoreError> {
+        let deliveries = self.deliveries_for(event);
+        let durable = self.store.append_again(event, &deliveries)?;
+        if !deliveries.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(durable)
+    }
+
+    /// One delivery of `event` per webhook that accepts its topic and whose filter its
+    /// payload passes, each with its ordering key.
+    fn deliveries_for(&self, event: &Event) -> Vec<Delivery> {
+        self.registry
             .all()
             .iter()
             .filter(|t| t.accepts(&event.topic))
@@ -173,11 +194,6 @@ impl Intake {
                 d.ordering_key = ordering_key;
                 Some(d)
             })
-            .collect();
-        let durable = self.store.append_deferred(event, &deliveries)?;
-        if !deliveries.is_empty() {
-            self.wake.notify_one();
-        }
-        Ok((deliveries, durable))
+            .collect()
     }
 }

@@ -67,9 +67,9 @@ impl Engine {
         let drained = tokio::task::spawn_blocking(move || {
             this.store.drain_held(&mut |e| {
                 // Durable before its file in `pending/` is removed.
-                match this.intake.store_with_deliveries(e)? {
-                    (_, Some(durable)) => durable.wait(),
-                    (_, None) => Ok(()),
+                match this.intake.store_held(e)? {
+                    Some(durable) => durable.wait(),
+                    None => Ok(()),
                 }
             })
         })

@@ -643,6 +643,17 @@ pub trait Store: Send + Sync + 'static {
         deliveries: &[Delivery],
     ) -> Result<Option<Durable>, StoreError>;
 
+    /// [`Store::append_deferred`] for an event that may be stored already (one held in
+    /// `pending/` is stored again when a crash came between storing it and forgetting it):
+    /// the deliveries stored with it before stay its own beside `deliveries`.
+    fn append_again(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        self.append_deferred(event, deliveries)
+    }
+
     /// Claims a rule's de-duplication key for `window` from `now_ms`, for `event` (the event
     /// about to be appended if the claim succeeds): true when the key was
     /// not claimed within its window (the event is new and is to be stored), false for a

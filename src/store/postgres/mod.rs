@@ -236,6 +236,18 @@ impl Drop for PgStore {
 }
 
 impl PgStore {
+    /// Counts an event just written to the journal and wakes the shipper.
+    fn journalled(&self, event: &Event) {
+        self.status.backlog.fetch_add(1, Ordering::Relaxed);
+        let _ = self.status.oldest_ms.compare_exchange(
+            0,
+            crate::event::unix_ms(event.created_at),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.ship_now.notify_one();
+    }
+
     /// Sets the store up without connecting: the journal opens like a sled store (see
     /// [`SledStore::unopened`]), the pool connects on first use and the shipper and listener
     /// start on the store's runtime. PostgreSQL may be down: the proxy serves regardless.
@@ -592,14 +604,17 @@ impl Store for PgStore {
         deliveries: &[Delivery],
     ) -> Result<Option<Durable>, StoreError> {
         let durable = self.journal.append_deferred(event, deliveries)?;
-        self.status.backlog.fetch_add(1, Ordering::Relaxed);
-        let _ = self.status.oldest_ms.compare_exchange(
-            0,
-            crate::event::unix_ms(event.created_at),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        self.ship_now.notify_one();
+        self.journalled(event);
+        Ok(durable)
+    }
+
+    fn append_again(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        let durable = self.journal.append_again(event, deliveries)?;
+        self.journalled(event);
         Ok(durable)
     }
 

@@ -42,18 +42,53 @@ struct StoredEventRef<'a> {
     deliveries: DeliveryIds<'a>,
 }
 
-/// The ids of deliveries, written as a JSON array.
-struct DeliveryIds<'a>(&'a [Delivery]);
+/// The ids of an event's deliveries, written as one JSON array: those its record listed
+/// already (`earlier`, when it is stored again) and those stored now.
+#[derive(Clone, Copy)]
+struct DeliveryIds<'a> {
+    earlier: &'a [Uuid],
+    now: &'a [Delivery],
+}
 
 impl DeliveryIds<'_> {
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.earlier.is_empty() && self.now.is_empty()
     }
 }
 
 impl serde::Serialize for DeliveryIds<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|d| d.id))
+        s.collect_seq(
+            self.earlier
+                .iter()
+                .copied()
+                .chain(self.now.iter().map(|d| d.id)),
+        )
+    }
+}
+
+/// How an event's deliveries are found: from its record, or (an event stored by an earlier
+/// version and stored again now) through `v` entries.
+#[derive(Clone, Copy)]
+enum Listing<'a> {
+    Record(DeliveryIds<'a>),
+    Index,
+}
+
+/// A `Vec` that refuses to grow past its bound: serialising into it stops early.
+struct Bounded(Vec<u8>, usize);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > self.1 {
+            return Err(std::io::ErrorKind::FileTooLarge.into());
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -85,19 +120,27 @@ impl SledStore {
 
     /// The record to keep in sled for `event` with `deliveries`, writing a large payload to
     /// its own file first (a crash between the two leaves at most an unreferenced file behind).
-    fn stored_form(&self, event: &Event, deliveries: &[Delivery]) -> Result<Vec<u8>, StoreError> {
-        let record = serde_json::to_vec(&StoredEventRef {
+    fn stored_form(
+        &self,
+        event: &Event,
+        deliveries: DeliveryIds<'_>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let inline = StoredEventRef {
             event,
             payload_file: None,
-            deliveries: DeliveryIds(deliveries),
-        })?;
-        // A record within the bound holds a payload within it; only a longer one is measured.
-        if record.len() <= INLINE_PAYLOAD_MAX {
-            return Ok(record);
+            deliveries,
+        };
+        // A record within the bound holds a payload within it: one serialisation. Past the
+        // bound it stops, and the payload alone is measured.
+        let mut record = Bounded(Vec::with_capacity(512), INLINE_PAYLOAD_MAX);
+        match serde_json::to_writer(&mut record, &inline) {
+            Ok(()) => return Ok(record.0),
+            Err(e) if e.is_io() => {}
+            Err(e) => return Err(e.into()),
         }
         let payload = serde_json::to_vec(&event.payload)?;
         if payload.len() <= INLINE_PAYLOAD_MAX {
-            return Ok(record);
+            return Ok(serde_json::to_vec(&inline)?);
         }
         let file = format!("{}.json", event.id);
         let io = |source| StoreError::Payload {
@@ -121,7 +164,7 @@ impl SledStore {
         Ok(serde_json::to_vec(&StoredEventRef {
             event: &head,
             payload_file: Some(&file),
-            deliveries: DeliveryIds(deliveries),
+            deliveries,
         })?)
     }
 
@@ -145,6 +188,45 @@ impl SledStore {
         event: &Event,
         deliveries: &[Delivery],
     ) -> Result<Option<Durable>, StoreError> {
+        let listing = Listing::Record(DeliveryIds {
+            earlier: &[],
+            now: deliveries,
+        });
+        self.append_listed(event, deliveries, listing)
+    }
+
+    /// [`SledStore::append_deferred`] for an event that may be stored already: moving an
+    /// event held in `pending/` in again after a crash between storing it and removing its
+    /// file. Its record keeps the deliveries stored with it the first time (they are queued
+    /// too), and the new ones are added.
+    pub fn append_again(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        let Some(v) = self.db()?.get(keys::event(event.id))? else {
+            return self.append_deferred(event, deliveries);
+        };
+        let earlier: StoredEvent = serde_json::from_slice(&v)?;
+        let listing = if earlier.deliveries.is_empty() {
+            // Stored by an earlier version (or without deliveries): its `v` entries list them,
+            // and list the new ones too.
+            Listing::Index
+        } else {
+            Listing::Record(DeliveryIds {
+                earlier: &earlier.deliveries,
+                now: deliveries,
+            })
+        };
+        self.append_listed(event, deliveries, listing)
+    }
+
+    fn append_listed(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+        listing: Listing<'_>,
+    ) -> Result<Option<Durable>, StoreError> {
         let result = self
             .write(|db| {
                 // Single writes in a safe order rather than one batch (a sled batch forces a log
@@ -156,8 +238,18 @@ impl SledStore {
                 for d in deliveries {
                     db.insert(keys::delivery(d.id), serde_json::to_vec(d)?)?;
                     db.insert(keys::by_webhook(d), &[] as &[u8])?;
+                    if let Listing::Index = listing {
+                        db.insert(keys::by_event(d), &[] as &[u8])?;
+                    }
                 }
-                db.insert(keys::event(event.id), self.stored_form(event, deliveries)?)?;
+                let ids = match listing {
+                    Listing::Record(ids) => ids,
+                    Listing::Index => DeliveryIds {
+                        earlier: &[],
+                        now: &[],
+                    },
+                };
+                db.insert(keys::event(event.id), self.stored_form(event, ids)?)?;
                 for d in deliveries {
                     db.insert(keys::queue(d), keys::queue_value(d))?;
                 }
@@ -391,6 +483,71 @@ mod tests {
         assert_eq!((swept.events, swept.deliveries), (1, 2));
         assert_eq!(index_entries(&s), 0, "the `v` entries go with the event");
         assert!(s.deliveries_of_event(e.id).expect("read").is_empty());
+    }
+
+    #[test]
+    fn an_event_stored_again_keeps_the_deliveries_stored_with_it_before() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let topic = Topic::parse("order.created").expect("topic");
+        let w = Uuid::now_v7();
+        let e = Event::new(&topic, "r", serde_json::json!({"id": 3}));
+        let first = [Delivery::new(&e, w, 0)];
+        s.append(&e, &first).expect("append");
+        // A crash before its file in `pending/` was removed: the drain stores it again.
+        let second = [Delivery::new(&e, w, 0)];
+        s.append_again(&e, &second).expect("append again");
+        let both = vec![first[0].clone(), second[0].clone()];
+        assert_eq!(s.deliveries_of_event(e.id).expect("read"), both);
+        assert_eq!(s.journal_batch(10).expect("journal")[0].deliveries, both);
+        assert_eq!(index_entries(&s), 0);
+
+        // Stored by an earlier version (its `v` entries list its deliveries), then again.
+        let old = Event::new(&topic, "r", serde_json::json!({"id": 4}));
+        let d = Delivery::new(&old, w, 0);
+        let db = s.db().expect("db");
+        db.insert(keys::delivery(d.id), serde_json::to_vec(&d).expect("json"))
+            .expect("insert");
+        db.insert(keys::by_event(&d), &[] as &[u8]).expect("insert");
+        db.insert(keys::event(old.id), serde_json::to_vec(&old).expect("json"))
+            .expect("insert");
+        let again = [Delivery::new(&old, w, 0)];
+        s.append_again(&old, &again).expect("append again");
+        assert_eq!(
+            s.deliveries_of_event(old.id).expect("read"),
+            vec![d, again[0].clone()]
+        );
+        // Not stored before: as a first append.
+        let fresh = Event::new(&topic, "r", serde_json::json!({"id": 5}));
+        let ds = [Delivery::new(&fresh, w, 0)];
+        s.append_again(&fresh, &ds).expect("append again");
+        assert_eq!(s.deliveries_of_event(fresh.id).expect("read"), ds.to_vec());
+    }
+
+    #[test]
+    fn payloads_up_to_the_bound_stay_inline_and_longer_ones_go_to_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let topic = Topic::parse("order.created").expect("topic");
+        // `{"pad":"…"}` is 10 bytes around the padding.
+        for (len, in_file) in [
+            (100, false),
+            (INLINE_PAYLOAD_MAX - 10, false),
+            (INLINE_PAYLOAD_MAX - 9, true),
+            (100_000, true),
+        ] {
+            let payload = serde_json::json!({"pad": "x".repeat(len)});
+            let e = Event::new(&topic, "r", payload);
+            let d = Delivery::new(&e, Uuid::now_v7(), 0);
+            s.append(&e, std::slice::from_ref(&d)).expect("append");
+            let file = dir
+                .path()
+                .join("data/payloads")
+                .join(format!("{}.json", e.id));
+            assert_eq!(file.exists(), in_file, "padding of {len}");
+            assert_eq!(s.event(e.id).expect("read"), Some(e.clone()));
+            assert_eq!(s.deliveries_of_event(e.id).expect("read"), vec![d]);
+        }
     }
 
     #[test]

@@ -544,6 +544,14 @@ impl Store for SledStore {
         SledStore::append_deferred(self, event, deliveries)
     }
 
+    fn append_again(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        SledStore::append_again(self, event, deliveries)
+    }
+
     fn hold(&self, event: &Event) -> Result<(), StoreError> {
         SledStore::hold(self, event)
     }

@@ -522,6 +522,14 @@ mod tests {
         let ds = [Delivery::new(&fresh, w, 0)];
         s.append_again(&fresh, &ds).expect("append again");
         assert_eq!(s.deliveries_of_event(fresh.id).expect("read"), ds.to_vec());
+
+        // Moved into a shared store, all of it is forgotten, `v` entries too.
+        let entries = s.journal_batch(10).expect("journal");
+        assert_eq!(entries.len(), 3);
+        s.journal_forget(&entries).expect("forget");
+        assert_eq!(index_entries(&s), 0);
+        assert!(db.scan_prefix([keys::DELIVERY]).next().is_none());
+        assert!(db.scan_prefix([keys::QUEUE]).next().is_none());
     }
 
     #[test]

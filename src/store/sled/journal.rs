@@ -90,16 +90,21 @@ impl SledStore {
         let db = self.db()?;
         for e in entries {
             let key = keys::event(e.event.id);
+            // An event whose record lists its deliveries has no `v` entries to remove.
+            let mut indexed = true;
             if let Some(v) = db.get(&key)? {
                 let stored: StoredEvent = serde_json::from_slice(&v)?;
                 files.extend(stored.payload_file);
+                indexed = stored.deliveries.is_empty();
             }
             batch.remove(key);
             batch.remove(keys::dedupe_mark(e.event.id));
             for d in &e.deliveries {
                 batch.remove(keys::delivery(d.id));
                 batch.remove(keys::by_webhook(d));
-                batch.remove(keys::by_event(d));
+                if indexed {
+                    batch.remove(keys::by_event(d));
+                }
                 batch.remove(keys::queue(d));
             }
         }

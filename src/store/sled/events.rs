@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use uuid::Uuid;
 
 use super::{Durable, SledStore, keys};
-use crate::event::{Delivery, Event};
+use crate::event::{Delivery, Event, TraceContext};
 use crate::store::{EventQuery, FlushMode, MAX_TEXT_SCAN, StoreError};
 
 /// Payloads bigger than this are kept in a file (measured: inline, +200 MB RSS per 200 MB of
@@ -19,27 +19,109 @@ const INLINE_PAYLOAD_MAX: usize = 4096;
 /// An event as sled holds it: a large payload lives in `payloads/<file>` instead, and the
 /// record lists the event's deliveries.
 #[derive(serde::Deserialize)]
+#[serde(from = "Record")]
 pub(super) struct StoredEvent {
-    #[serde(flatten)]
     pub(super) event: Event,
-    #[serde(default)]
     pub(super) payload_file: Option<String>,
     /// The ids of the deliveries stored with the event (a delivery of a webhook deleted since
     /// is gone). Empty for an event stored before records listed them: the `v` index lists
     /// those (see [`delivery_ids`]).
-    #[serde(default)]
     pub(super) deliveries: Vec<Uuid>,
 }
 
-/// What [`StoredEvent`] reads, written from borrowed parts.
+/// The record's fields, read as one flat struct: [`Event`]'s own and the store's beside them.
+/// (`#[serde(flatten)]` would buffer the whole record, payload included, before reading it:
+/// slower on every event read.)
+#[derive(serde::Deserialize)]
+struct Record {
+    id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
+    topic: String,
+    resource: String,
+    event: String,
+    rule: String,
+    #[serde(default)]
+    payload: serde_json::Value,
+    #[serde(default)]
+    trace: Option<TraceContext>,
+    #[serde(default)]
+    payload_file: Option<String>,
+    #[serde(default)]
+    deliveries: Vec<Uuid>,
+}
+
+impl From<Record> for StoredEvent {
+    fn from(r: Record) -> Self {
+        Self {
+            // Every field named: a field added to `Event` must be added to the record.
+            event: Event {
+                id: r.id,
+                created_at: r.created_at,
+                topic: r.topic,
+                resource: r.resource,
+                event: r.event,
+                rule: r.rule,
+                payload: r.payload,
+                trace: r.trace,
+            },
+            payload_file: r.payload_file,
+            deliveries: r.deliveries,
+        }
+    }
+}
+
+/// What [`Record`] reads, written from borrowed parts.
 #[derive(serde::Serialize)]
 struct StoredEventRef<'a> {
-    #[serde(flatten)]
-    event: &'a Event,
+    id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
+    topic: &'a str,
+    resource: &'a str,
+    event: &'a str,
+    rule: &'a str,
+    payload: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a TraceContext>,
     #[serde(skip_serializing_if = "Option::is_none")]
     payload_file: Option<&'a str>,
     #[serde(skip_serializing_if = "DeliveryIds::is_empty")]
     deliveries: DeliveryIds<'a>,
+}
+
+impl<'a> StoredEventRef<'a> {
+    /// `event` with `payload` in place of its own (`Null` when it lives in `payload_file`).
+    fn new(
+        event: &'a Event,
+        payload: &'a serde_json::Value,
+        payload_file: Option<&'a str>,
+        deliveries: DeliveryIds<'a>,
+    ) -> Self {
+        // Every field named: a field added to `Event` must be added to the record.
+        let Event {
+            id,
+            created_at,
+            topic,
+            resource,
+            event,
+            rule,
+            payload: _,
+            trace,
+        } = event;
+        Self {
+            id: *id,
+            created_at: *created_at,
+            topic,
+            resource,
+            event,
+            rule,
+            payload,
+            trace: trace.as_ref(),
+            payload_file,
+            deliveries,
+        }
+    }
 }
 
 /// The ids of an event's deliveries, written as one JSON array: those its record listed
@@ -125,11 +207,7 @@ impl SledStore {
         event: &Event,
         deliveries: DeliveryIds<'_>,
     ) -> Result<Vec<u8>, StoreError> {
-        let inline = StoredEventRef {
-            event,
-            payload_file: None,
-            deliveries,
-        };
+        let inline = StoredEventRef::new(event, &event.payload, None, deliveries);
         // A record within the bound holds a payload within it: one serialisation. Past the
         // bound it stops, and the payload alone is measured.
         let mut record = Bounded(Vec::with_capacity(512), INLINE_PAYLOAD_MAX);
@@ -157,15 +235,12 @@ impl SledStore {
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;
         }
-        let head = Event {
-            payload: serde_json::Value::Null,
-            ..event.clone()
-        };
-        Ok(serde_json::to_vec(&StoredEventRef {
-            event: &head,
-            payload_file: Some(&file),
+        Ok(serde_json::to_vec(&StoredEventRef::new(
+            event,
+            &serde_json::Value::Null,
+            Some(&file),
             deliveries,
-        })?)
+        ))?)
     }
 
     /// An event from its sled record, reading a large payload back from its file.
@@ -533,6 +608,39 @@ mod tests {
     }
 
     #[test]
+    fn a_record_reads_back_as_the_event_it_was_written_from() {
+        let mut e = Event::new(
+            &Topic::parse("order.created").expect("topic"),
+            "r",
+            serde_json::json!({"id": 1, "items": [{"sku": "A"}]}),
+        );
+        e.trace = Some(TraceContext {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+            parent_id: "00f067aa0ba902b7".to_owned(),
+            flags: "01".to_owned(),
+            tracestate: None,
+        });
+        let ids = [Uuid::now_v7()];
+        let bytes = serde_json::to_vec(&StoredEventRef::new(
+            &e,
+            &e.payload,
+            None,
+            DeliveryIds {
+                earlier: &ids,
+                now: &[],
+            },
+        ))
+        .expect("json");
+        let back: StoredEvent = serde_json::from_slice(&bytes).expect("read");
+        assert_eq!(back.event, e);
+        assert_eq!(back.deliveries, ids);
+        assert_eq!(back.payload_file, None);
+        // A record is an event's JSON with the store's fields beside it.
+        let as_event: Event = serde_json::from_slice(&bytes).expect("an event");
+        assert_eq!(as_event, e);
+    }
+
+    #[test]
     fn payloads_up_to_the_bound_stay_inline_and_longer_ones_go_to_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = open(dir.path());
@@ -545,7 +653,14 @@ mod tests {
             (100_000, true),
         ] {
             let payload = serde_json::json!({"pad": "x".repeat(len)});
-            let e = Event::new(&topic, "r", payload);
+            let mut e = Event::new(&topic, "r", payload);
+            // Every field of the event comes back, inline or not.
+            e.trace = Some(TraceContext {
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".to_owned(),
+                parent_id: "00f067aa0ba902b7".to_owned(),
+                flags: "01".to_owned(),
+                tracestate: Some("vendor=x".to_owned()),
+            });
             let d = Delivery::new(&e, Uuid::now_v7(), 0);
             s.append(&e, std::slice::from_ref(&d)).expect("append");
             let file = dir

@@ -89,6 +89,7 @@ pub async fn import_sled(
             event,
             deliveries: vec![d],
             dedupe: None,
+            local: Default::default(),
         });
     }
 

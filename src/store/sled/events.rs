@@ -310,9 +310,13 @@ impl SledStore {
                 // The event after its deliveries: whoever sees the event sees all of them (the
                 // journal of a shared store ships an event with the deliveries it finds). The
                 // event's record lists them (no `v` index entries since).
+                // A shared store's journal writes no `x` and `q` entries: its deliveries are
+                // listed and queued in the shared store they move to.
                 for d in deliveries {
                     db.insert(keys::delivery(d.id), serde_json::to_vec(d)?)?;
-                    db.insert(keys::by_webhook(d), &[] as &[u8])?;
+                    if !self.journal {
+                        db.insert(keys::by_webhook(d), &[] as &[u8])?;
+                    }
                     if let Listing::Index = listing {
                         db.insert(keys::by_event(d), &[] as &[u8])?;
                     }
@@ -325,8 +329,10 @@ impl SledStore {
                     },
                 };
                 db.insert(keys::event(event.id), self.stored_form(event, ids)?)?;
-                for d in deliveries {
-                    db.insert(keys::queue(d), keys::queue_value(d))?;
+                if !self.journal {
+                    for d in deliveries {
+                        db.insert(keys::queue(d), keys::queue_value(d))?;
+                    }
                 }
                 Ok(())
             })

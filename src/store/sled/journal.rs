@@ -9,7 +9,7 @@ use super::events::{StoredEvent, delivery_ids, load_stored_in};
 use super::{SledStore, keys};
 use uuid::Uuid;
 
-use crate::event::{DedupeKey, Delivery, Event};
+use crate::event::{DedupeKey, Delivery, DeliveryState, Event};
 use crate::store::StoreError;
 
 /// One journalled event with the deliveries it was stored with.
@@ -20,6 +20,20 @@ pub struct Entry {
     /// The rule's dedupe claim for this event, to be claimed again across instances when the
     /// event moves into the shared store: the key and when the claim ends (Unix ms).
     pub dedupe: Option<(DedupeKey, u64)>,
+    /// What forgetting it removes besides its records (`Default` for an entry that is not
+    /// from a journal, such as one moved from a sled store by `hooktap migrate`).
+    pub local: Local,
+}
+
+/// What the journal keeps of an event beside its records, read with it so that forgetting it
+/// need not read its record again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Local {
+    /// The file its large payload is kept in.
+    payload_file: Option<String>,
+    /// Whether `v` entries list its deliveries (stored by a hooktap older than the record's
+    /// `deliveries` list).
+    indexed: bool,
 }
 
 /// A dedupe mark's value: the key's digest, then the claim's end (big-endian u64).
@@ -76,48 +90,99 @@ impl SledStore {
                 event,
                 deliveries,
                 dedupe,
+                local: Local {
+                    payload_file: stored.payload_file,
+                    indexed: stored.deliveries.is_empty(),
+                },
             });
         }
         Ok(out)
     }
 
-    /// Forgets journalled events once the shared store has them: records, indexes, queue
-    /// entries and payload files. One batch, so a crash forgets all of them or none (and
-    /// those are moved again: the shared store ignores what it has).
+    /// Forgets journalled events (from [`SledStore::journal_batch`]) once the shared store
+    /// has them: records, indexes, queue entries and payload files. One batch, so a crash
+    /// forgets all of them or none (and those are moved again: the shared store ignores what
+    /// it has).
     pub fn journal_forget(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut files = Vec::new();
-        let db = self.db()?;
         for e in entries {
-            let key = keys::event(e.event.id);
-            // An event whose record lists its deliveries has no `v` entries to remove.
-            let mut indexed = true;
-            if let Some(v) = db.get(&key)? {
-                let stored: StoredEvent = serde_json::from_slice(&v)?;
-                files.extend(stored.payload_file);
-                indexed = stored.deliveries.is_empty();
-            }
-            batch.remove(key);
+            files.extend(e.local.payload_file.iter().cloned());
+            batch.remove(keys::event(e.event.id));
             batch.remove(keys::dedupe_mark(e.event.id));
             for d in &e.deliveries {
                 batch.remove(keys::delivery(d.id));
+                // Written by a hooktap older than journals without them (removing a key that
+                // is not there writes nothing).
                 batch.remove(keys::by_webhook(d));
-                if indexed {
+                batch.remove(keys::queue(d));
+                if e.local.indexed {
                     batch.remove(keys::by_event(d));
                 }
-                batch.remove(keys::queue(d));
             }
         }
-        // Removing only frees space: allowed on a nearly full disk. Flushed before the payload
-        // files go, so that a crash cannot bring back a record whose file is gone.
+        // Removing only frees space: allowed on a nearly full disk. Flushed before payload
+        // files go, so that a crash cannot bring back a record whose file is gone. (Without
+        // files, sled's own flush follows within its interval; a crash before it brings the
+        // events back, and moving them again changes nothing.)
         self.write_freeing(|db| {
             db.apply_batch(batch)?;
-            db.flush()?;
+            if !files.is_empty() {
+                db.flush()?;
+            }
             Ok(())
         })?;
         for file in files {
             // An orphan file would only cost disk space; the record is gone either way.
             let _ = std::fs::remove_file(self.payload_path(&file));
+        }
+        Ok(())
+    }
+
+    /// Marks a database just opened with its role. A journal gets the [`keys::JOURNAL_ROLE`]
+    /// mark. A sled store that has it was a shared store's journal until now (an instance
+    /// moved back to `backend = "sled"` on the same path): the events it still holds lack the
+    /// `x` and `q` entries the sled store delivers through, so they get them, and the mark
+    /// goes.
+    pub(super) fn settle_role(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let marked = db.contains_key(keys::JOURNAL_ROLE)?;
+        if self.journal {
+            if !marked {
+                db.insert(keys::JOURNAL_ROLE, &[] as &[u8])?;
+            }
+            return Ok(());
+        }
+        if !marked {
+            return Ok(());
+        }
+        let mut queued = 0usize;
+        for entry in db.scan_prefix([keys::EVENT]) {
+            let (k, v) = entry?;
+            let stored: StoredEvent = match serde_json::from_slice(&v) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::error!(key = ?keys::trailing_id(&k), error = %e,
+                        "an event left by the journal cannot be read; its deliveries are not queued");
+                    continue;
+                }
+            };
+            for (id, _) in delivery_ids(db, stored.event.id, &stored.deliveries)? {
+                let Some(v) = db.get(keys::delivery(id))? else {
+                    continue;
+                };
+                let d: Delivery = serde_json::from_slice(&v)?;
+                db.insert(keys::by_webhook(&d), &[] as &[u8])?;
+                if d.state == DeliveryState::Pending {
+                    db.insert(keys::queue(&d), keys::queue_value(&d))?;
+                    queued += 1;
+                }
+            }
+        }
+        db.remove(keys::JOURNAL_ROLE)?;
+        db.flush()?;
+        if queued > 0 {
+            tracing::warn!(path = %self.path.display(), queued,
+                "this store was the journal of an instance on PostgreSQL: the deliveries it had not moved there are queued here");
         }
         Ok(())
     }
@@ -149,41 +214,163 @@ impl SledStore {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
     use super::*;
     use crate::event::Topic;
+    use crate::store::{Backend, FlushMode, PgConfig, StoreConfig};
+
+    /// The config of a shared store's journal under `dir` (nothing connects to `url` here).
+    fn journal_config(dir: &Path) -> StoreConfig {
+        StoreConfig {
+            backend: Backend::Postgres(PgConfig {
+                url: "postgres://hooktap@127.0.0.1:1/hooktap".to_owned(),
+                lease: Duration::from_secs(30),
+                pool_size: 1,
+                ca_file: None,
+            }),
+            ..super::super::test_config(dir, FlushMode::Interval(Duration::from_millis(100)))
+        }
+    }
+
+    /// Opens `config`'s store, waiting for a store dropped just before to release its lock
+    /// (sled's background thread may hold it a moment longer).
+    fn open_released(config: &StoreConfig) -> SledStore {
+        let mut opened = SledStore::open(config);
+        for _ in 0..100 {
+            if opened.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            opened = SledStore::open(config);
+        }
+        opened.expect("open the store")
+    }
+
+    /// Appends three events with one delivery each (payloads long enough for files).
+    fn append_three(store: &SledStore) -> Vec<(Event, Vec<Delivery>)> {
+        let topic = Topic::parse("order.created").expect("topic");
+        let webhook = uuid::Uuid::now_v7();
+        (0..3)
+            .map(|i| {
+                let event = Event::new(
+                    &topic,
+                    "r",
+                    serde_json::json!({"i": i, "pad": "x".repeat(5000)}),
+                );
+                let deliveries = vec![Delivery::new(&event, webhook, 0)];
+                store.append(&event, &deliveries).expect("append");
+                (event, deliveries)
+            })
+            .collect()
+    }
+
+    fn contents(batch: &[Entry]) -> Vec<(Event, Vec<Delivery>)> {
+        batch
+            .iter()
+            .map(|e| (e.event.clone(), e.deliveries.clone()))
+            .collect()
+    }
+
+    fn keys_under(store: &SledStore, prefix: u8) -> usize {
+        store.db().expect("db").scan_prefix([prefix]).count()
+    }
+
+    /// Moves the journal in two batches and checks that everything of the first is gone.
+    fn forget_in_two_batches(dir: &Path, store: &SledStore, appended: &[(Event, Vec<Delivery>)]) {
+        assert_eq!(store.journal_backlog().expect("backlog").0, 3);
+        let batch = store.journal_batch(2).expect("batch");
+        assert_eq!(contents(&batch), appended[..2]);
+        store.journal_forget(&batch).expect("forget");
+        assert_eq!(
+            contents(&store.journal_batch(10).expect("batch")),
+            appended[2..]
+        );
+        assert_eq!(store.delivery(appended[0].1[0].id).expect("read"), None);
+        for prefix in [keys::BY_WEBHOOK, keys::QUEUE] {
+            assert!(
+                keys_under(store, prefix) <= 1,
+                "the forgotten events' {} entries are gone",
+                prefix as char
+            );
+        }
+        let payloads = std::fs::read_dir(dir.join("data").join("payloads"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(payloads, 1, "the forgotten events' payload files are gone");
+    }
 
     #[test]
     fn journalled_events_come_back_oldest_first_and_are_forgotten_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = super::super::open_for_tests(dir.path());
-        let topic = Topic::parse("order.created").expect("topic");
-        let mut entries = Vec::new();
-        for i in 0..3 {
-            let event = Event::new(
-                &topic,
-                "r",
-                serde_json::json!({"i": i, "pad": "x".repeat(5000)}),
-            );
-            let deliveries = vec![Delivery::new(&event, uuid::Uuid::now_v7(), 0)];
-            store.append(&event, &deliveries).expect("append");
-            entries.push(Entry {
-                event,
-                deliveries,
-                dedupe: None,
-            });
-        }
-        assert_eq!(store.journal_backlog().expect("backlog").0, 3);
-        let batch = store.journal_batch(2).expect("batch");
-        assert_eq!(batch, entries[..2]);
-        store.journal_forget(&batch).expect("forget");
-        assert_eq!(store.journal_batch(10).expect("batch"), entries[2..]);
-        assert_eq!(
-            store.delivery(entries[0].deliveries[0].id).expect("read"),
-            None
+        let store = open_released(&journal_config(dir.path()));
+        let appended = append_three(&store);
+        // A journal lists and queues nothing: the shared store does.
+        assert_eq!(keys_under(&store, keys::BY_WEBHOOK), 0);
+        assert_eq!(keys_under(&store, keys::QUEUE), 0);
+        forget_in_two_batches(dir.path(), &store, &appended);
+    }
+
+    #[test]
+    fn a_journal_written_with_queue_entries_is_forgotten_whole() {
+        // Journals written by earlier versions hold `x` and `q` entries, as a sled store does.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled = super::super::open_for_tests(dir.path());
+        let appended = append_three(&sled);
+        assert_eq!(keys_under(&sled, keys::QUEUE), 3);
+        drop(sled);
+        let store = open_released(&journal_config(dir.path()));
+        forget_in_two_batches(dir.path(), &store, &appended);
+    }
+
+    #[test]
+    fn a_journal_opened_as_a_sled_store_queues_what_it_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journal = open_released(&journal_config(dir.path()));
+        let appended = append_three(&journal);
+        let webhook = appended[0].1[0].webhook_id;
+        drop(journal);
+        let e = SledStore::open_stopped(&dir.path().join("data"))
+            .err()
+            .expect("a journal is no sled store to move")
+            .to_string();
+        assert!(
+            e.contains("local journal of an instance on PostgreSQL"),
+            "{e}"
         );
-        let payloads = std::fs::read_dir(dir.path().join("data").join("payloads"))
-            .map(|d| d.count())
-            .unwrap_or(0);
-        assert_eq!(payloads, 1, "the forgotten events' payload files are gone");
+
+        let sled = open_released(&super::super::test_config(
+            dir.path(),
+            FlushMode::Interval(Duration::from_millis(100)),
+        ));
+        assert_eq!(sled.queue_stats(webhook).expect("stats").pending, 3);
+        let listed: Vec<Uuid> = sled
+            .deliveries_of(webhook, 10)
+            .expect("list")
+            .iter()
+            .map(|d| d.id)
+            .collect();
+        let mut ids: Vec<Uuid> = appended.iter().map(|(_, d)| d[0].id).collect();
+        ids.sort();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort();
+        assert_eq!(listed_sorted, ids);
+        assert!(
+            !sled
+                .db()
+                .expect("db")
+                .contains_key(keys::JOURNAL_ROLE)
+                .expect("read")
+        );
+        drop(sled);
+        let journal = open_released(&journal_config(dir.path()));
+        assert!(
+            journal
+                .db()
+                .expect("db")
+                .contains_key(keys::JOURNAL_ROLE)
+                .expect("read")
+        );
     }
 }

@@ -20,6 +20,9 @@ pub(super) const ATTEMPT_BY_TIME: u8 = b't';
 pub(super) const FAILURE_BY_TIME: u8 = b'f';
 /// A journalled event's dedupe claim (shared stores: claimed again when the event moves in).
 pub(super) const DEDUPE_MARK: u8 = b'K';
+/// Present while the database is the local journal of a shared store, whose events have no
+/// `x` or `q` entries (see `SledStore::settle_role`).
+pub(super) const JOURNAL_ROLE: &[u8] = b"J";
 
 pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());

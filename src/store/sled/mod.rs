@@ -20,6 +20,12 @@
 //! | `w` webhook id | [`Webhook`](crate::webhook::Webhook) (JSON) |
 //! | `k` dedupe key digest | the claim's end, Unix ms (big-endian u64) |
 //! | `K` event id | journal only: the event's dedupe key digest and the claim's end |
+//! | `J` | journal only: marks the database as a shared store's journal |
+//!
+//! As the local journal of a shared store (see [`crate::store::postgres`]) the database holds
+//! events on their way into it: an event's record and its deliveries' records, without the
+//! `x` and `q` entries that only the sled store's own delivery reads (two writes fewer per
+//! delivery on the request path).
 //!
 //! Ids are UUIDv7 and numbers big-endian, so byte order is time order: "what is due for this
 //! webhook" is a range scan from the start of its queue prefix.
@@ -45,7 +51,7 @@ pub use barrier::Durable;
 mod dedupe;
 mod events;
 mod journal;
-pub use journal::Entry;
+pub use journal::{Entry, Local};
 mod keys;
 mod pending;
 mod queue;
@@ -107,6 +113,9 @@ pub struct SledStore {
     barrier: barrier::Barrier,
     /// Whether the last check found enough free space (see [`SledStore::check_space`]).
     space_ok: AtomicBool,
+    /// Whether this is the local journal of a shared store (`[store] backend = "postgres"`):
+    /// it writes no `x` or `q` entries.
+    journal: bool,
 }
 
 /// Creates the directory readable by its owner only: it holds payloads, secrets and the
@@ -131,7 +140,9 @@ impl SledStore {
     pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
         let store = Self::unopened(config);
         create_private_dir(&config.path)?;
-        store.db.store(Some(Arc::new(store.sled_config.open()?)));
+        let db = store.sled_config.open()?;
+        store.settle_role(&db)?;
+        store.db.store(Some(Arc::new(db)));
         store.check_space();
         store.mark_ready();
         Ok(store)
@@ -160,7 +171,14 @@ impl SledStore {
             min_free_space: 0,
             backend: super::Backend::Sled,
         });
-        store.db.store(Some(Arc::new(store.sled_config.open()?)));
+        let db = store.sled_config.open()?;
+        if db.contains_key(keys::JOURNAL_ROLE)? {
+            return Err(StoreError::Unusable(format!(
+                "{} is the local journal of an instance on PostgreSQL, not a sled store: what it holds moves into PostgreSQL when that instance runs",
+                path.display()
+            )));
+        }
+        store.db.store(Some(Arc::new(db)));
         Ok(store)
     }
 
@@ -227,6 +245,7 @@ impl SledStore {
             space_ok: std::sync::atomic::AtomicBool::new(true),
             flushed_at: std::sync::Mutex::new(std::time::Instant::now()),
             barrier,
+            journal: matches!(config.backend, super::Backend::Postgres(_)),
         }
     }
 
@@ -349,7 +368,11 @@ impl SledStore {
         if self.is_open() {
             return false;
         }
-        let opened = create_private_dir(&self.path).and_then(|()| Ok(self.sled_config.open()?));
+        let opened = create_private_dir(&self.path).and_then(|()| {
+            let db = self.sled_config.open()?;
+            self.settle_role(&db)?;
+            Ok(db)
+        });
         let mut last = self
             .open_error
             .lock()

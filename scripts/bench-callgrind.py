@@ -3,7 +3,8 @@
 noisy machine where wall-clock figures are not.
 
     scripts/bench-callgrind.py [--hooktap target/release/hooktap] [--requests 2000]
-                               [--cases get,post,orders,orders-active]
+                               [--cases get,post,orders,orders-active] [--postgres]
+                               [--connections 1]
 
 Cases (the traffic of benches/proxy, sent one request at a time on one keep-alive connection):
   get            GET /orders/1: a router lookup that finds no candidate (passthrough)
@@ -18,6 +19,12 @@ after start-up, the counters are zeroed after a warm-up of 200 requests and dump
 `--requests` more. The figure is all of hooktap's threads' instructions in that window divided by
 the requests (idle background work is part of it; it is small beside a request at this rate).
 The upstream and receiver are a small Python server here: only hooktap is counted.
+
+--postgres runs hooktap on the PostgreSQL store, against a throwaway cluster this script starts
+(initdb as the `postgres` user, pg_ctl on a free port, stopped at the end). The window then
+ends once PostgreSQL holds every event of it: the shipper's moving them (reading the local
+journal back, sending, forgetting) is counted with the requests, as delivery is in
+orders-active. PostgreSQL itself is not counted.
 """
 
 import argparse
@@ -107,7 +114,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def config(dir_, listen, upstream, status, flush="interval"):
+def config(dir_, listen, upstream, status, flush="interval", pg_url=None):
+    backend = f'backend = "postgres"\nurl = "{pg_url}"\n' if pg_url else ""
     return f'''rules = ["{ROOT}/rules/*.toml"]
 
 [proxy]
@@ -118,7 +126,7 @@ threads = 1
 [store]
 path = "{dir_}/store"
 flush = "{flush}"
-
+{backend}
 [delivery]
 source = "https://tickets.example.com/"
 allow_networks = ["127.0.0.0/8"]
@@ -160,13 +168,56 @@ def callgrind_control(*args):
     subprocess.run(["callgrind_control", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_case(hooktap, case, requests, upstream_port, keep, flush):
+class Postgres:
+    """A throwaway PostgreSQL cluster in a temp directory, owned by the `postgres` user."""
+
+    def __init__(self):
+        bins = sorted(d for d in os.listdir("/usr/lib/postgresql") if d.isdigit())
+        if not bins:
+            raise SystemExit("PostgreSQL is missing: scripts/install-deps.sh installs it")
+        self.bin = f"/usr/lib/postgresql/{bins[-1]}/bin"
+        self.dir = tempfile.mkdtemp(prefix="hooktap-cg-pg-")
+        os.chmod(self.dir, 0o777)
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        self.as_postgres(f"{self.bin}/initdb", "-D", self.data, "-U", "postgres", "--auth=trust")
+        self.as_postgres(f"{self.bin}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w",
+                         "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
+        self.url = f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def as_postgres(self, *cmd):
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(prefix + list(cmd), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def count_events(self):
+        out = subprocess.run([f"{self.bin}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                              "-tAc", "SELECT count(*) FROM events"], capture_output=True, text=True)
+        return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else 0
+
+    def wait_events(self, n, seconds=120):
+        end = time.time() + seconds
+        while self.count_events() < n:
+            if time.time() > end:
+                raise SystemExit(f"PostgreSQL did not get {n} events in {seconds} s")
+            time.sleep(0.2)
+
+    def reset(self):
+        subprocess.run([f"{self.bin}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-qc",
+                        "DROP SCHEMA public CASCADE; CREATE SCHEMA public"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        self.as_postgres(f"{self.bin}/pg_ctl", "-D", self.data, "-m", "immediate", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_case(hooktap, case, requests, upstream_port, keep, flush, pg=None, connections=1):
     dir_ = tempfile.mkdtemp(prefix=f"hooktap-cg-{case}-")
     listen = free_port()
     status = "active" if case == "orders-active" else "paused"
     conf = os.path.join(dir_, "hooktap.toml")
     with open(conf, "w") as f:
-        f.write(config(dir_, listen, upstream_port, status, flush))
+        f.write(config(dir_, listen, upstream_port, status, flush, pg.url if pg else None))
     out = os.path.join(dir_, "callgrind.out")
     env = dict(os.environ, HOOKTAP_LOG="warn")
     proc = subprocess.Popen(
@@ -182,17 +233,34 @@ def run_case(hooktap, case, requests, upstream_port, keep, flush):
             request(conn, case)
         if case == "orders-active":
             time.sleep(2)  # let the warm-up's webhooks go out before counting
+        matched = case.startswith("orders")
+        if pg and matched:
+            pg.wait_events(200)
         hooks0 = Upstream.hooks[0]
         callgrind_control("-z", pid)
         statuses = {}
-        for _ in range(requests):
-            s = request(conn, case)
-            statuses[s] = statuses.get(s, 0) + 1
+        lock = threading.Lock()
+
+        def client(n):
+            c = conn if connections == 1 else http.client.HTTPConnection("127.0.0.1", listen, timeout=60)
+            for _ in range(n):
+                s = request(c, case)
+                with lock:
+                    statuses[s] = statuses.get(s, 0) + 1
+
+        shares = [requests // connections + (i < requests % connections) for i in range(connections)]
+        clients = [threading.Thread(target=client, args=(n,)) for n in shares]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join()
         if case == "orders-active":
             # Count the sending of this window's webhooks too.
             end = time.time() + 60
             while Upstream.hooks[0] - hooks0 < requests and time.time() < end:
                 time.sleep(0.2)
+        if pg and matched:
+            pg.wait_events(200 + requests)
         callgrind_control("-d", pid)
         conn.close()
         dumps = sorted(p for p in os.listdir(dir_) if p.startswith("callgrind.out.") and "." in p[len("callgrind.out."):])
@@ -214,6 +282,8 @@ def run_case(hooktap, case, requests, upstream_port, keep, flush):
             proc.kill()
         if not keep:
             shutil.rmtree(dir_, ignore_errors=True)
+        if pg:
+            pg.reset()
 
 
 def main():
@@ -225,6 +295,11 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the callgrind dumps")
     ap.add_argument("--flush", default="interval", choices=["interval", "every-event"],
                     help="[store] flush (every-event: one request at a time, so one barrier each)")
+    ap.add_argument("--connections", type=int, default=1,
+                    help="send the counted requests over this many connections at once (the store "
+                         "and the shipper then work in groups, as under load)")
+    ap.add_argument("--postgres", action="store_true",
+                    help="run on the PostgreSQL store (a throwaway cluster); the shipper is counted")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
@@ -233,11 +308,18 @@ def main():
     threading.Thread(target=up.serve_forever, daemon=True).start()
     port = up.server_address[1]
     results = {}
-    for case in args.cases.split(","):
-        per_req, statuses, hooks = run_case(args.hooktap, case, args.requests, port, args.keep, args.flush)
-        results[case] = per_req
-        print(f"CALLGRIND case={case} flush={args.flush} requests={args.requests} instructions_per_request={per_req:.0f} "
-              f"statuses={json.dumps(statuses)} webhooks={hooks}", flush=True)
+    pg = Postgres() if args.postgres else None
+    backend = "postgres" if pg else "sled"
+    try:
+        for case in args.cases.split(","):
+            per_req, statuses, hooks = run_case(args.hooktap, case, args.requests, port, args.keep, args.flush, pg,
+                                                args.connections)
+            results[case] = per_req
+            print(f"CALLGRIND case={case} backend={backend} flush={args.flush} connections={args.connections} requests={args.requests} instructions_per_request={per_req:.0f} "
+                  f"statuses={json.dumps(statuses)} webhooks={hooks}", flush=True)
+    finally:
+        if pg:
+            pg.stop()
     for base in ("get", "post"):
         for case in ("orders", "orders-active"):
             if base in results and case in results:

@@ -202,23 +202,24 @@ impl SledStore {
 
     /// The record to keep in sled for `event` with `deliveries`, writing a large payload to
     /// its own file first (a crash between the two leaves at most an unreferenced file behind).
+    /// Also says the file's name when there is one.
     fn stored_form(
         &self,
         event: &Event,
         deliveries: DeliveryIds<'_>,
-    ) -> Result<Vec<u8>, StoreError> {
+    ) -> Result<(Vec<u8>, Option<String>), StoreError> {
         let inline = StoredEventRef::new(event, &event.payload, None, deliveries);
         // A record within the bound holds a payload within it: one serialisation. Past the
         // bound it stops, and the payload alone is measured.
         let mut record = Bounded(Vec::with_capacity(512), INLINE_PAYLOAD_MAX);
         match serde_json::to_writer(&mut record, &inline) {
-            Ok(()) => return Ok(record.0),
+            Ok(()) => return Ok((record.0, None)),
             Err(e) if e.is_io() => {}
             Err(e) => return Err(e.into()),
         }
         let payload = serde_json::to_vec(&event.payload)?;
         if payload.len() <= INLINE_PAYLOAD_MAX {
-            return Ok(serde_json::to_vec(&inline)?);
+            return Ok((serde_json::to_vec(&inline)?, None));
         }
         let file = format!("{}.json", event.id);
         let io = |source| StoreError::Payload {
@@ -235,12 +236,13 @@ impl SledStore {
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;
         }
-        Ok(serde_json::to_vec(&StoredEventRef::new(
+        let record = serde_json::to_vec(&StoredEventRef::new(
             event,
             &serde_json::Value::Null,
             Some(&file),
             deliveries,
-        ))?)
+        ))?;
+        Ok((record, Some(file)))
     }
 
     /// An event from its sled record, reading a large payload back from its file.
@@ -328,7 +330,23 @@ impl SledStore {
                         now: &[],
                     },
                 };
-                db.insert(keys::event(event.id), self.stored_form(event, ids)?)?;
+                let (record, payload_file) = self.stored_form(event, ids)?;
+                // A journal hands a new event to its shipper in memory before its record can
+                // be seen (so the shipper does not read it back); one stored again is read.
+                if self.journal {
+                    match listing {
+                        Listing::Record(ids) if ids.earlier.is_empty() => {
+                            self.handoff.offer(event, deliveries, payload_file);
+                        }
+                        _ => drop(self.handoff.take(event.id)),
+                    }
+                }
+                if let Err(e) = db.insert(keys::event(event.id), record) {
+                    if self.journal {
+                        self.handoff.take(event.id);
+                    }
+                    return Err(e.into());
+                }
                 if !self.journal {
                     for d in deliveries {
                         db.insert(keys::queue(d), keys::queue_value(d))?;

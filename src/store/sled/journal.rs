@@ -3,6 +3,10 @@
 //! The request path appends to sled exactly as it does when sled is the store; a shipper reads
 //! what was appended, oldest first, moves it to the shared store and then forgets it here.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, PoisonError};
+
 use time::OffsetDateTime;
 
 use super::events::{StoredEvent, delivery_ids, load_stored_in};
@@ -36,11 +40,92 @@ pub struct Local {
     indexed: bool,
 }
 
+/// At most this many events wait in the [`Handoff`] (the shipper is behind: PostgreSQL is
+/// down or slow); past it, events are read back from sled, as after a restart.
+const HANDOFF_MAX: usize = 1024;
+
+/// New events handed from the request path to the shipper in memory, so that it need not read
+/// back and decode what was just written. Only a shortcut: an event not found here is read
+/// from sled (after a restart, past [`HANDOFF_MAX`], an event stored again), so dropping any
+/// of it is always safe.
+#[derive(Default)]
+pub(super) struct Handoff(Mutex<HashMap<Uuid, Entry>>);
+
+impl Handoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands over a new event with its deliveries, before its record is written (so the
+    /// shipper cannot see the record first and leave the entry behind).
+    pub(super) fn offer(
+        &self,
+        event: &Event,
+        deliveries: &[Delivery],
+        payload_file: Option<String>,
+    ) {
+        if self.lock().len() >= HANDOFF_MAX {
+            return;
+        }
+        let entry = Entry {
+            event: event.clone(),
+            deliveries: deliveries.to_vec(),
+            dedupe: None,
+            local: Local {
+                payload_file,
+                indexed: false,
+            },
+        };
+        self.lock().insert(event.id, entry);
+    }
+
+    /// Takes the entry of `event` back.
+    pub(super) fn take(&self, event: Uuid) -> Option<Entry> {
+        self.lock().remove(&event)
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
 /// A dedupe mark's value: the key's digest, then the claim's end (big-endian u64).
 fn parse_mark(v: &[u8]) -> Option<(DedupeKey, u64)> {
     let digest: [u8; 32] = v.get(..32)?.try_into().ok()?;
     let ends: [u8; 8] = v.get(32..40)?.try_into().ok()?;
     Some((DedupeKey(digest), u64::from_be_bytes(ends)))
+}
+
+/// The dedupe marks of a batch's events, read in one scan from the first event on (events and
+/// their marks are both in id order) rather than one lookup per event: most events have none.
+#[derive(Default)]
+struct MarksInOrder {
+    scan: Option<std::iter::Peekable<sled::Iter>>,
+}
+
+impl MarksInOrder {
+    /// The mark of `event`, which comes after every event asked for before it.
+    fn of(&mut self, db: &sled::Db, event: Uuid) -> Result<Option<(DedupeKey, u64)>, StoreError> {
+        let scan = self.scan.get_or_insert_with(|| {
+            db.range(keys::dedupe_mark(event)..=keys::dedupe_mark(Uuid::max()))
+                .peekable()
+        });
+        let wanted = keys::dedupe_mark(event);
+        while let Some(next) = scan.peek() {
+            if let Ok((k, _)) = next
+                && k.as_ref() > wanted.as_slice()
+            {
+                return Ok(None);
+            }
+            // A mark up to `event`'s, or an error: taken.
+            let Some(item) = scan.next() else { break };
+            let (k, v) = item?;
+            if k.as_ref() == wanted.as_slice() {
+                return Ok(parse_mark(&v));
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl SledStore {
@@ -66,8 +151,14 @@ impl SledStore {
     pub fn journal_batch(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let db = self.db()?;
         let mut out = Vec::new();
+        let mut marks = MarksInOrder::default();
         for entry in db.scan_prefix([keys::EVENT]).take(limit) {
             let (k, v) = entry?;
+            if let Some(mut handed) = keys::trailing_id(&k).and_then(|id| self.handoff.take(id)) {
+                handed.dedupe = marks.of(&db, handed.event.id)?;
+                out.push(handed);
+                continue;
+            }
             let stored = match load_stored_in(&self.path, &v) {
                 Ok(stored) => stored,
                 Err(e) => {
@@ -83,9 +174,7 @@ impl SledStore {
             for (id, _) in delivery_ids(&db, event.id, &stored.deliveries)? {
                 deliveries.extend(self.delivery(id)?);
             }
-            let dedupe = db
-                .get(keys::dedupe_mark(event.id))?
-                .and_then(|v| parse_mark(&v));
+            let dedupe = marks.of(&db, event.id)?;
             out.push(Entry {
                 event,
                 deliveries,
@@ -95,6 +184,11 @@ impl SledStore {
                     indexed: stored.deliveries.is_empty(),
                 },
             });
+        }
+        if out.is_empty() {
+            self.journal_legacy.store(false, Ordering::Relaxed);
+            // Whatever is left was never written (or was dropped as unreadable).
+            self.handoff.clear();
         }
         Ok(out)
     }
@@ -106,16 +200,20 @@ impl SledStore {
     pub fn journal_forget(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let mut files = Vec::new();
+        // Each removal looks its key up even when it is not there: only those there are made.
+        let legacy = self.journal_legacy.load(Ordering::Relaxed);
         for e in entries {
             files.extend(e.local.payload_file.iter().cloned());
             batch.remove(keys::event(e.event.id));
-            batch.remove(keys::dedupe_mark(e.event.id));
+            if e.dedupe.is_some() {
+                batch.remove(keys::dedupe_mark(e.event.id));
+            }
             for d in &e.deliveries {
                 batch.remove(keys::delivery(d.id));
-                // Written by a hooktap older than journals without them (removing a key that
-                // is not there writes nothing).
-                batch.remove(keys::by_webhook(d));
-                batch.remove(keys::queue(d));
+                if legacy || !self.journal {
+                    batch.remove(keys::by_webhook(d));
+                    batch.remove(keys::queue(d));
+                }
                 if e.local.indexed {
                     batch.remove(keys::by_event(d));
                 }
@@ -149,6 +247,9 @@ impl SledStore {
         if self.journal {
             if !marked {
                 db.insert(keys::JOURNAL_ROLE, &[] as &[u8])?;
+            }
+            if db.scan_prefix([keys::BY_WEBHOOK]).next().is_some() {
+                self.journal_legacy.store(true, Ordering::Relaxed);
             }
             return Ok(());
         }
@@ -309,7 +410,64 @@ mod tests {
         // A journal lists and queues nothing: the shared store does.
         assert_eq!(keys_under(&store, keys::BY_WEBHOOK), 0);
         assert_eq!(keys_under(&store, keys::QUEUE), 0);
+        // They are handed to the shipper in memory too.
+        assert_eq!(store.handoff.lock().len(), 3);
         forget_in_two_batches(dir.path(), &store, &appended);
+        assert_eq!(store.handoff.lock().len(), 0);
+    }
+
+    #[test]
+    fn journalled_events_are_read_back_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_released(&journal_config(dir.path()));
+        let appended = append_three(&store);
+        drop(store);
+        let store = open_released(&journal_config(dir.path()));
+        assert_eq!(store.handoff.lock().len(), 0);
+        forget_in_two_batches(dir.path(), &store, &appended);
+    }
+
+    #[test]
+    fn an_event_stored_again_in_a_journal_is_read_back_with_every_delivery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_released(&journal_config(dir.path()));
+        let appended = append_three(&store);
+        let (event, first) = &appended[0];
+        let second = vec![Delivery::new(event, uuid::Uuid::now_v7(), 0)];
+        store.append_again(event, &second).expect("append again");
+        let batch = store.journal_batch(1).expect("batch");
+        let mut ids: Vec<Uuid> = batch[0].deliveries.iter().map(|d| d.id).collect();
+        ids.sort();
+        let mut both = vec![first[0].id, second[0].id];
+        both.sort();
+        assert_eq!(ids, both);
+    }
+
+    #[test]
+    fn dedupe_marks_come_back_with_their_events_and_go_with_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_released(&journal_config(dir.path()));
+        let appended = append_three(&store);
+        let key = |i: u8| DedupeKey([i; 32]);
+        // Marks of the first and the last event (the middle one has none).
+        for i in [0, 2] {
+            let id = appended[usize::from(i)].0.id;
+            store
+                .journal_mark_dedupe(id, &key(i), 1_000 + u64::from(i))
+                .expect("mark");
+        }
+        let batch = store.journal_batch(10).expect("batch");
+        let marks: Vec<_> = batch.iter().map(|e| e.dedupe).collect();
+        assert_eq!(
+            marks,
+            vec![Some((key(0), 1_000)), None, Some((key(2), 1_002))]
+        );
+        store.journal_forget(&batch[..2]).expect("forget");
+        let rest = store.journal_batch(10).expect("batch");
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].dedupe, Some((key(2), 1_002)));
+        store.journal_forget(&rest).expect("forget");
+        assert_eq!(keys_under(&store, keys::DEDUPE_MARK), 0);
     }
 
     #[test]

@@ -116,6 +116,12 @@ pub struct SledStore {
     /// Whether this is the local journal of a shared store (`[store] backend = "postgres"`):
     /// it writes no `x` or `q` entries.
     journal: bool,
+    /// Whether the journal may hold events written with `x` and `q` entries (by a hooktap
+    /// older than journals without them), which forgetting them must remove too: found at
+    /// open, cleared once the journal was empty.
+    journal_legacy: AtomicBool,
+    /// A journal's new events, handed to the shipper in memory.
+    handoff: journal::Handoff,
 }
 
 /// Creates the directory readable by its owner only: it holds payloads, secrets and the
@@ -246,6 +252,8 @@ impl SledStore {
             flushed_at: std::sync::Mutex::new(std::time::Instant::now()),
             barrier,
             journal: matches!(config.backend, super::Backend::Postgres(_)),
+            journal_legacy: AtomicBool::new(false),
+            handoff: journal::Handoff::default(),
         }
     }
 

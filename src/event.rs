@@ -50,7 +50,7 @@ impl Topic {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     pub id: Uuid,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub created_at: OffsetDateTime,
     pub topic: String,
     pub resource: String,
@@ -197,9 +197,9 @@ pub struct Delivery {
     /// value there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
 
@@ -233,7 +233,7 @@ pub struct Attempt {
     pub webhook_id: Uuid,
     /// 1 for the first attempt.
     pub number: u32,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     pub created_at: OffsetDateTime,
     pub duration_ms: u64,
     /// `HTTP 200 OK: ok`, or the transport error.
@@ -278,6 +278,161 @@ impl ToSchema for HeaderPair {}
 /// Milliseconds since the Unix epoch; times before 1970 clamp to 0.
 pub fn unix_ms(t: OffsetDateTime) -> u64 {
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// RFC 3339 timestamps for serde, for the records written on the request path: the text
+/// `time`'s `Rfc3339` writes (a test compares the two), written on the stack instead of into
+/// a `String` of its own (an event with one delivery writes three timestamps into sled and,
+/// with PostgreSQL, three more). Read back by `time`.
+pub mod rfc3339 {
+    use time::OffsetDateTime;
+
+    /// The longest text: `9999-12-31T23:59:59.999999999+23:59`.
+    const MAX: usize = 35;
+
+    pub fn serialize<S: serde::Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; MAX];
+        match write(t, &mut buf) {
+            Some(n) => {
+                s.serialize_str(std::str::from_utf8(&buf[..n]).map_err(serde::ser::Error::custom)?)
+            }
+            // Outside what RFC 3339 can say (a year past 9999, an offset with seconds):
+            // `time`'s error.
+            None => time::serde::rfc3339::serialize(t, s),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        time::serde::rfc3339::deserialize(d)
+    }
+
+    /// Writes `t` into `out`; `None` when RFC 3339 cannot say it.
+    fn write(t: &OffsetDateTime, out: &mut [u8; MAX]) -> Option<usize> {
+        let (year, month, day) = t.to_calendar_date();
+        let (hour, minute, second, nanos) = t.to_hms_nano();
+        let offset = t.offset();
+        let year = u32::try_from(year).ok().filter(|y| *y < 10_000)?;
+        if offset.seconds_past_minute() != 0 || offset.whole_hours().unsigned_abs() > 23 {
+            return None;
+        }
+        let mut w = Digits { out, len: 0 };
+        w.number(year, 4);
+        w.byte(b'-');
+        w.number(u32::from(u8::from(month)), 2);
+        w.byte(b'-');
+        w.number(u32::from(day), 2);
+        w.byte(b'T');
+        w.number(u32::from(hour), 2);
+        w.byte(b':');
+        w.number(u32::from(minute), 2);
+        w.byte(b':');
+        w.number(u32::from(second), 2);
+        if nanos != 0 {
+            // The fraction without its trailing zeros.
+            let (mut fraction, mut digits) = (nanos, 9);
+            while fraction % 10 == 0 {
+                fraction /= 10;
+                digits -= 1;
+            }
+            w.byte(b'.');
+            w.number(fraction, digits);
+        }
+        if offset.is_utc() {
+            w.byte(b'Z');
+        } else {
+            w.byte(if offset.is_negative() { b'-' } else { b'+' });
+            w.number(u32::from(offset.whole_hours().unsigned_abs()), 2);
+            w.byte(b':');
+            w.number(u32::from(offset.minutes_past_hour().unsigned_abs()), 2);
+        }
+        Some(w.len)
+    }
+
+    struct Digits<'a> {
+        out: &'a mut [u8; MAX],
+        len: usize,
+    }
+
+    impl Digits<'_> {
+        fn byte(&mut self, b: u8) {
+            if let Some(slot) = self.out.get_mut(self.len) {
+                *slot = b;
+            }
+            self.len += 1;
+        }
+
+        /// `n` in `width` digits, zero-padded (`n` has at most `width` digits).
+        fn number(&mut self, mut n: u32, width: usize) {
+            let end = self.len + width;
+            for i in (self.len..end).rev() {
+                if let Some(slot) = self.out.get_mut(i) {
+                    // `n % 10` is a digit: the cast cannot truncate.
+                    *slot = b'0' + (n % 10) as u8;
+                }
+                n /= 10;
+            }
+            self.len = end;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use time::format_description::well_known::Rfc3339;
+        use time::{Duration, OffsetDateTime, UtcOffset};
+
+        #[test]
+        fn writes_what_time_writes() {
+            let offsets = [
+                UtcOffset::UTC,
+                UtcOffset::from_hms(2, 0, 0).expect("offset"),
+                UtcOffset::from_hms(-9, -30, 0).expect("offset"),
+                UtcOffset::from_hms(23, 59, 0).expect("offset"),
+            ];
+            let nanos = [
+                0,
+                1,
+                10,
+                120,
+                1_000,
+                5_000_000,
+                123_456_789,
+                100_000_000,
+                999_999_999,
+                20,
+            ];
+            let mut t = OffsetDateTime::UNIX_EPOCH - Duration::days(719_162); // 0001-01-01
+            let mut checked = 0;
+            // Steps of about 397 days and 7 hours across years 1 to 9999 and around now.
+            while t.year() < 9_999 {
+                for offset in offsets {
+                    for n in nanos {
+                        let at = t.replace_nanosecond(n).expect("nanos").to_offset(offset);
+                        let ours = serde_json::to_string(&Wrap(at)).expect("ours");
+                        let theirs = format!("{:?}", at.format(&Rfc3339).expect("time"));
+                        assert_eq!(ours, theirs, "{at:?}");
+                        let back: Wrap = serde_json::from_str(&ours).expect("read back");
+                        assert_eq!(back.0, at);
+                        checked += 1;
+                    }
+                }
+                t += Duration::hours(397 * 24 + 7) + Duration::seconds(61);
+            }
+            assert!(checked > 10_000, "{checked}");
+        }
+
+        #[test]
+        fn what_rfc3339_cannot_say_is_refused_as_time_refuses_it() {
+            let t = OffsetDateTime::UNIX_EPOCH.replace_year(-1).expect("year");
+            assert!(serde_json::to_string(&Wrap(t)).is_err());
+            let odd = UtcOffset::from_hms(1, 0, 30).expect("offset");
+            assert!(
+                serde_json::to_string(&Wrap(OffsetDateTime::UNIX_EPOCH.to_offset(odd))).is_err()
+            );
+        }
+
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Wrap(#[serde(with = "super")] OffsetDateTime);
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub(super) struct StoredEvent {
 #[derive(serde::Deserialize)]
 struct Record {
     id: Uuid,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     created_at: time::OffsetDateTime,
     topic: String,
     resource: String,
@@ -75,7 +75,7 @@ impl From<Record> for StoredEvent {
 #[derive(serde::Serialize)]
 struct StoredEventRef<'a> {
     id: Uuid,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::event::rfc3339")]
     created_at: time::OffsetDateTime,
     topic: &'a str,
     resource: &'a str,

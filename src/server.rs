@@ -400,6 +400,13 @@ fn open_store(config: &Config, upgrade: bool) -> Result<Opened, ServerError> {
         Backend::Postgres(_) => SledStore::unopened(&config.store),
         Backend::Sled => match SledStore::open(&config.store) {
             Ok(store) => store,
+            // A configuration mistake, not a passing failure: said at start.
+            Err(source @ StoreError::UnshippedJournal { .. }) => {
+                return Err(ServerError::Store {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
             Err(_) if upgrade => SledStore::unopened(&config.store),
             Err(_) if SledStore::locked_by_another(path) => {
                 return Err(ServerError::AlreadyRunning {

@@ -120,6 +120,10 @@ pub enum StoreError {
     Unusable(String),
     #[error("the store's durability barrier failed ({0}); the store is being reopened")]
     Barrier(String),
+    #[error(
+        "{path} is the local journal of an instance on PostgreSQL and still holds {events} events not moved there: run it with [store] backend = \"postgres\" until hooktap_journal_backlog is 0, or give the sled store another path"
+    )]
+    UnshippedJournal { path: String, events: usize },
 }
 
 /// One delivery's step: its state before and after an attempt, and the attempt's log entry.

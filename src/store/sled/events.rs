@@ -14,7 +14,7 @@ use crate::store::{EventQuery, FlushMode, MAX_TEXT_SCAN, StoreError};
 
 /// Payloads bigger than this are kept in a file (measured: inline, +200 MB RSS per 200 MB of
 /// 64 KiB values, +31 MB for 1 KiB values).
-const INLINE_PAYLOAD_MAX: usize = 4096;
+pub(super) const INLINE_PAYLOAD_MAX: usize = 4096;
 
 /// An event as sled holds it: a large payload lives in `payloads/<file>` instead, and the
 /// record lists the event's deliveries.
@@ -332,11 +332,14 @@ impl SledStore {
                 };
                 let (record, payload_file) = self.stored_form(event, ids)?;
                 // A journal hands a new event to its shipper in memory before its record can
-                // be seen (so the shipper does not read it back); one stored again is read.
+                // be seen (so the shipper does not read it back); one stored again, or with
+                // its payload in a file, is read back.
                 if self.journal {
                     match listing {
-                        Listing::Record(ids) if ids.earlier.is_empty() => {
-                            self.handoff.offer(event, deliveries, payload_file);
+                        Listing::Record(ids)
+                            if ids.earlier.is_empty() && payload_file.is_none() =>
+                        {
+                            self.handoff.offer(event, deliveries);
                         }
                         _ => drop(self.handoff.take(event.id)),
                     }

@@ -1,7 +1,9 @@
 //! The sled store as the local journal of a shared store (see [`crate::store::postgres`]).
 //!
-//! The request path appends to sled exactly as it does when sled is the store; a shipper reads
-//! what was appended, oldest first, moves it to the shared store and then forgets it here.
+//! The request path appends to sled as it does when sled is the store, without the listing and
+//! queue entries (`x`, `q`) that only the sled store's own delivery reads, and hands each new
+//! event to the shipper in memory; the shipper takes what was appended, oldest first (reading
+//! it back when it was not handed over), moves it to the shared store and then forgets it here.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -9,11 +11,11 @@ use std::sync::{Mutex, PoisonError};
 
 use time::OffsetDateTime;
 
-use super::events::{StoredEvent, delivery_ids, load_stored_in};
+use super::events::{delivery_ids, load_stored_in};
 use super::{SledStore, keys};
 use uuid::Uuid;
 
-use crate::event::{DedupeKey, Delivery, DeliveryState, Event};
+use crate::event::{DedupeKey, Delivery, Event};
 use crate::store::StoreError;
 
 /// One journalled event with the deliveries it was stored with.
@@ -57,26 +59,20 @@ impl Handoff {
     }
 
     /// Hands over a new event with its deliveries, before its record is written (so the
-    /// shipper cannot see the record first and leave the entry behind).
-    pub(super) fn offer(
-        &self,
-        event: &Event,
-        deliveries: &[Delivery],
-        payload_file: Option<String>,
-    ) {
-        if self.lock().len() >= HANDOFF_MAX {
-            return;
-        }
+    /// shipper cannot see the record first and leave the entry behind). Only an event whose
+    /// payload is kept inline (at most `INLINE_PAYLOAD_MAX` bytes): so the handoff holds a
+    /// few MiB at most, and a large payload stays on disk only.
+    pub(super) fn offer(&self, event: &Event, deliveries: &[Delivery]) {
         let entry = Entry {
             event: event.clone(),
             deliveries: deliveries.to_vec(),
             dedupe: None,
-            local: Local {
-                payload_file,
-                indexed: false,
-            },
+            local: Local::default(),
         };
-        self.lock().insert(event.id, entry);
+        let mut handed = self.lock();
+        if handed.len() < HANDOFF_MAX {
+            handed.insert(event.id, entry);
+        }
     }
 
     /// Takes the entry of `event` back.
@@ -84,7 +80,7 @@ impl Handoff {
         self.lock().remove(&event)
     }
 
-    fn clear(&self) {
+    pub(super) fn clear(&self) {
         self.lock().clear();
     }
 }
@@ -96,36 +92,35 @@ fn parse_mark(v: &[u8]) -> Option<(DedupeKey, u64)> {
     Some((DedupeKey(digest), u64::from_be_bytes(ends)))
 }
 
-/// The dedupe marks of a batch's events, read in one scan from the first event on (events and
-/// their marks are both in id order) rather than one lookup per event: most events have none.
-#[derive(Default)]
-struct MarksInOrder {
-    scan: Option<std::iter::Peekable<sled::Iter>>,
-}
-
-impl MarksInOrder {
-    /// The mark of `event`, which comes after every event asked for before it.
-    fn of(&mut self, db: &sled::Db, event: Uuid) -> Result<Option<(DedupeKey, u64)>, StoreError> {
-        let scan = self.scan.get_or_insert_with(|| {
-            db.range(keys::dedupe_mark(event)..=keys::dedupe_mark(Uuid::max()))
-                .peekable()
-        });
-        let wanted = keys::dedupe_mark(event);
-        while let Some(next) = scan.peek() {
+/// Fills in the dedupe marks of a batch's events, read in one range scan rather than one
+/// lookup per event (most events have none). Called once the batch's events were read: a mark
+/// is written before its event's record, so every mark of an event seen is in the range then.
+fn marks_of(db: &sled::Db, entries: &mut [Entry]) -> Result<(), StoreError> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(());
+    };
+    let mut marks = db
+        .range(keys::dedupe_mark(first.event.id)..=keys::dedupe_mark(last.event.id))
+        .peekable();
+    // Both in id order: one pass.
+    for entry in entries.iter_mut() {
+        let wanted = keys::dedupe_mark(entry.event.id);
+        while let Some(next) = marks.peek() {
             if let Ok((k, _)) = next
                 && k.as_ref() > wanted.as_slice()
             {
-                return Ok(None);
+                break;
             }
-            // A mark up to `event`'s, or an error: taken.
-            let Some(item) = scan.next() else { break };
+            // A mark up to this event's, or an error: taken.
+            let Some(item) = marks.next() else { break };
             let (k, v) = item?;
             if k.as_ref() == wanted.as_slice() {
-                return Ok(parse_mark(&v));
+                entry.dedupe = parse_mark(&v);
+                break;
             }
         }
-        Ok(None)
     }
+    Ok(())
 }
 
 impl SledStore {
@@ -151,11 +146,11 @@ impl SledStore {
     pub fn journal_batch(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let db = self.db()?;
         let mut out = Vec::new();
-        let mut marks = MarksInOrder::default();
+        let mut seen = false;
         for entry in db.scan_prefix([keys::EVENT]).take(limit) {
             let (k, v) = entry?;
-            if let Some(mut handed) = keys::trailing_id(&k).and_then(|id| self.handoff.take(id)) {
-                handed.dedupe = marks.of(&db, handed.event.id)?;
+            seen = true;
+            if let Some(handed) = keys::trailing_id(&k).and_then(|id| self.handoff.take(id)) {
                 out.push(handed);
                 continue;
             }
@@ -174,22 +169,22 @@ impl SledStore {
             for (id, _) in delivery_ids(&db, event.id, &stored.deliveries)? {
                 deliveries.extend(self.delivery(id)?);
             }
-            let dedupe = marks.of(&db, event.id)?;
             out.push(Entry {
                 event,
                 deliveries,
-                dedupe,
+                dedupe: None,
                 local: Local {
                     payload_file: stored.payload_file,
                     indexed: stored.deliveries.is_empty(),
                 },
             });
         }
-        if out.is_empty() {
+        if !seen {
             self.journal_legacy.store(false, Ordering::Relaxed);
-            // Whatever is left was never written (or was dropped as unreadable).
+            // Whatever is left was never written.
             self.handoff.clear();
         }
+        marks_of(&db, &mut out)?;
         Ok(out)
     }
 
@@ -205,9 +200,7 @@ impl SledStore {
         for e in entries {
             files.extend(e.local.payload_file.iter().cloned());
             batch.remove(keys::event(e.event.id));
-            if e.dedupe.is_some() {
-                batch.remove(keys::dedupe_mark(e.event.id));
-            }
+            batch.remove(keys::dedupe_mark(e.event.id));
             for d in &e.deliveries {
                 batch.remove(keys::delivery(d.id));
                 if legacy || !self.journal {
@@ -237,12 +230,12 @@ impl SledStore {
         Ok(())
     }
 
-    /// Marks a database just opened with its role. A journal gets the [`keys::JOURNAL_ROLE`]
-    /// mark. A sled store that has it was a shared store's journal until now (an instance
-    /// moved back to `backend = "sled"` on the same path): the events it still holds lack the
-    /// `x` and `q` entries the sled store delivers through, so they get them, and the mark
-    /// goes.
+    /// Marks a database just opened with its role, and forgets what was handed over before
+    /// it was (re)opened. A journal gets the [`keys::JOURNAL_ROLE`] mark. A sled store refuses
+    /// a journal that still holds events (they belong in PostgreSQL: their deliveries name
+    /// webhooks by PostgreSQL's ids and were never queued here); an empty one loses the mark.
     pub(super) fn settle_role(&self, db: &sled::Db) -> Result<(), StoreError> {
+        self.handoff.clear();
         let marked = db.contains_key(keys::JOURNAL_ROLE)?;
         if self.journal {
             if !marked {
@@ -256,35 +249,14 @@ impl SledStore {
         if !marked {
             return Ok(());
         }
-        let mut queued = 0usize;
-        for entry in db.scan_prefix([keys::EVENT]) {
-            let (k, v) = entry?;
-            let stored: StoredEvent = match serde_json::from_slice(&v) {
-                Ok(stored) => stored,
-                Err(e) => {
-                    tracing::error!(key = ?keys::trailing_id(&k), error = %e,
-                        "an event left by the journal cannot be read; its deliveries are not queued");
-                    continue;
-                }
-            };
-            for (id, _) in delivery_ids(db, stored.event.id, &stored.deliveries)? {
-                let Some(v) = db.get(keys::delivery(id))? else {
-                    continue;
-                };
-                let d: Delivery = serde_json::from_slice(&v)?;
-                db.insert(keys::by_webhook(&d), &[] as &[u8])?;
-                if d.state == DeliveryState::Pending {
-                    db.insert(keys::queue(&d), keys::queue_value(&d))?;
-                    queued += 1;
-                }
-            }
+        let events = db.scan_prefix([keys::EVENT]).keys().count();
+        if events > 0 {
+            return Err(StoreError::UnshippedJournal {
+                path: self.path.display().to_string(),
+                events,
+            });
         }
         db.remove(keys::JOURNAL_ROLE)?;
-        db.flush()?;
-        if queued > 0 {
-            tracing::warn!(path = %self.path.display(), queued,
-                "this store was the journal of an instance on PostgreSQL: the deliveries it had not moved there are queued here");
-        }
         Ok(())
     }
 
@@ -349,16 +321,18 @@ mod tests {
         opened.expect("open the store")
     }
 
-    /// Appends three events with one delivery each (payloads long enough for files).
+    /// Appends three events with one delivery each (the first and the last with payloads long
+    /// enough for files).
     fn append_three(store: &SledStore) -> Vec<(Event, Vec<Delivery>)> {
         let topic = Topic::parse("order.created").expect("topic");
         let webhook = uuid::Uuid::now_v7();
         (0..3)
             .map(|i| {
+                let pad = if i == 1 { 10 } else { 5000 };
                 let event = Event::new(
                     &topic,
                     "r",
-                    serde_json::json!({"i": i, "pad": "x".repeat(5000)}),
+                    serde_json::json!({"i": i, "pad": "x".repeat(pad)}),
                 );
                 let deliveries = vec![Delivery::new(&event, webhook, 0)];
                 store.append(&event, &deliveries).expect("append");
@@ -410,8 +384,8 @@ mod tests {
         // A journal lists and queues nothing: the shared store does.
         assert_eq!(keys_under(&store, keys::BY_WEBHOOK), 0);
         assert_eq!(keys_under(&store, keys::QUEUE), 0);
-        // They are handed to the shipper in memory too.
-        assert_eq!(store.handoff.lock().len(), 3);
+        // The one with its payload inline is handed to the shipper in memory too.
+        assert_eq!(store.handoff.lock().len(), 1);
         forget_in_two_batches(dir.path(), &store, &appended);
         assert_eq!(store.handoff.lock().len(), 0);
     }
@@ -483,11 +457,10 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_opened_as_a_sled_store_queues_what_it_holds() {
+    fn a_journal_holding_events_is_no_sled_store_and_an_empty_one_becomes_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = open_released(&journal_config(dir.path()));
-        let appended = append_three(&journal);
-        let webhook = appended[0].1[0].webhook_id;
+        append_three(&journal);
         drop(journal);
         let e = SledStore::open_stopped(&dir.path().join("data"))
             .err()
@@ -497,34 +470,27 @@ mod tests {
             e.contains("local journal of an instance on PostgreSQL"),
             "{e}"
         );
+        let sled_config =
+            super::super::test_config(dir.path(), FlushMode::Interval(Duration::from_millis(100)));
+        let mut opened = SledStore::open(&sled_config);
+        // (sled's background thread may hold the lock a moment longer)
+        for _ in 0..100 {
+            if !matches!(opened, Err(StoreError::Sled(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            opened = SledStore::open(&sled_config);
+        }
+        let e = opened.err().expect("refused").to_string();
+        assert!(e.contains("still holds 3 events not moved"), "{e}");
 
-        let sled = open_released(&super::super::test_config(
-            dir.path(),
-            FlushMode::Interval(Duration::from_millis(100)),
-        ));
-        assert_eq!(sled.queue_stats(webhook).expect("stats").pending, 3);
-        let listed: Vec<Uuid> = sled
-            .deliveries_of(webhook, 10)
-            .expect("list")
-            .iter()
-            .map(|d| d.id)
-            .collect();
-        let mut ids: Vec<Uuid> = appended.iter().map(|(_, d)| d[0].id).collect();
-        ids.sort();
-        let mut listed_sorted = listed.clone();
-        listed_sorted.sort();
-        assert_eq!(listed_sorted, ids);
+        let journal = open_released(&journal_config(dir.path()));
+        let batch = journal.journal_batch(10).expect("batch");
+        journal.journal_forget(&batch).expect("forget");
+        drop(journal);
+        let sled = open_released(&sled_config);
         assert!(
             !sled
-                .db()
-                .expect("db")
-                .contains_key(keys::JOURNAL_ROLE)
-                .expect("read")
-        );
-        drop(sled);
-        let journal = open_released(&journal_config(dir.path()));
-        assert!(
-            journal
                 .db()
                 .expect("db")
                 .contains_key(keys::JOURNAL_ROLE)

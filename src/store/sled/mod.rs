@@ -122,6 +122,9 @@ pub struct SledStore {
     journal_legacy: AtomicBool,
     /// A journal's new events, handed to the shipper in memory.
     handoff: journal::Handoff,
+    /// Set when opening refused the directory for good (a journal still holding events, opened
+    /// as a sled store): [`SledStore::maintain`] stops trying.
+    refused: AtomicBool,
 }
 
 /// Creates the directory readable by its owner only: it holds payloads, secrets and the
@@ -254,6 +257,7 @@ impl SledStore {
             journal: matches!(config.backend, super::Backend::Postgres(_)),
             journal_legacy: AtomicBool::new(false),
             handoff: journal::Handoff::default(),
+            refused: AtomicBool::new(false),
         }
     }
 
@@ -373,7 +377,7 @@ impl SledStore {
         if self.broken.load(Ordering::Relaxed) {
             self.close();
         }
-        if self.is_open() {
+        if self.is_open() || self.refused.load(Ordering::Relaxed) {
             return false;
         }
         let opened = create_private_dir(&self.path).and_then(|()| {
@@ -391,6 +395,14 @@ impl SledStore {
                 *last = None;
                 tracing::warn!(path = %self.path.display(), "the store is open: events are stored again");
                 true
+            }
+            Err(e @ StoreError::UnshippedJournal { .. }) => {
+                // Not a passing failure: trying again cannot help (it only reads the journal
+                // again and again). Said loudly, once.
+                self.refused.store(true, Ordering::Relaxed);
+                tracing::error!(path = %self.path.display(), error = %e,
+                    "the store will not open with this config: events wait in pending/ until the config is fixed and hooktap restarted");
+                false
             }
             Err(e) => {
                 let message = e.to_string();

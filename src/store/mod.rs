@@ -124,6 +124,10 @@ pub enum StoreError {
         "{path} is the local journal of an instance on PostgreSQL and still holds {events} events not moved there: run it with [store] backend = \"postgres\" until hooktap_journal_backlog is 0, or give the sled store another path"
     )]
     UnshippedJournal { path: String, events: usize },
+    #[error(
+        "{path} is a sled store (it holds webhooks), not the local journal of an instance on PostgreSQL: move it there with `hooktap migrate --from-sled {path}` and give [store] path a new, empty directory (as a journal, its pending deliveries would be lost)"
+    )]
+    SledStoreAsJournal { path: String },
 }
 
 /// One delivery's step: its state before and after an attempt, and the attempt's log entry.

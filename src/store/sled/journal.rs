@@ -238,7 +238,8 @@ impl SledStore {
     }
 
     /// Marks a database just opened with its role, and forgets what was handed over before
-    /// it was (re)opened. A journal gets the [`keys::JOURNAL_ROLE`] mark. A sled store refuses
+    /// it was (re)opened. A journal gets the [`keys::JOURNAL_ROLE`] mark; a directory holding
+    /// webhooks (a sled store) is refused as a journal. A sled store refuses
     /// a journal that still holds events (they belong in PostgreSQL: their deliveries name
     /// webhooks by PostgreSQL's ids and were never queued here); an empty one loses the mark.
     pub(super) fn settle_role(&self, db: &sled::Db) -> Result<(), StoreError> {
@@ -246,6 +247,13 @@ impl SledStore {
         let marked = db.contains_key(keys::JOURNAL_ROLE)?;
         if self.journal {
             if !marked {
+                // A sled store's webhooks are not PostgreSQL's: shipped from here, its events'
+                // deliveries would name webhooks PostgreSQL does not have.
+                if db.scan_prefix([keys::WEBHOOK]).next().is_some() {
+                    return Err(StoreError::SledStoreAsJournal {
+                        path: self.path.display().to_string(),
+                    });
+                }
                 db.insert(keys::JOURNAL_ROLE, &[] as &[u8])?;
             }
             if db.scan_prefix([keys::BY_WEBHOOK]).next().is_some() {
@@ -466,15 +474,61 @@ mod tests {
     }
 
     #[test]
+    fn a_sled_store_is_refused_as_a_journal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sled = super::super::open_for_tests(dir.path());
+        let webhook = crate::webhook::Webhook::new(
+            crate::webhook::WebhookSpec::example("crm"),
+            crate::webhook::Origin::Api,
+        );
+        sled.put_webhook(&webhook).expect("webhook");
+        append_three(&sled);
+        drop(sled);
+        let journal = SledStore::unopened(&journal_config(dir.path()));
+        for _ in 0..100 {
+            assert!(!journal.maintain());
+            if journal.refused.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(journal.refused.load(Ordering::Relaxed));
+        assert!(!journal.is_open());
+        drop(journal);
+        // Still the sled store it was, events and all.
+        let sled = open_released(&super::super::test_config(
+            dir.path(),
+            FlushMode::Interval(Duration::from_millis(100)),
+        ));
+        assert_eq!(keys_under(&sled, keys::QUEUE), 3);
+        assert!(
+            !sled
+                .db()
+                .expect("db")
+                .contains_key(keys::JOURNAL_ROLE)
+                .expect("read")
+        );
+    }
+
+    #[test]
     fn a_journal_holding_events_is_no_sled_store_and_an_empty_one_becomes_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let journal = open_released(&journal_config(dir.path()));
         append_three(&journal);
         drop(journal);
-        let e = SledStore::open_stopped(&dir.path().join("data"))
-            .err()
-            .expect("a journal is no sled store to move")
-            .to_string();
+        let path = dir.path().join("data");
+        let mut e = String::new();
+        // (sled's background thread may hold the lock a moment longer: "in use")
+        for _ in 0..100 {
+            e = SledStore::open_stopped(&path)
+                .err()
+                .expect("a journal is no sled store to move")
+                .to_string();
+            if !e.contains("in use") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(
             e.contains("local journal of an instance on PostgreSQL"),
             "{e}"

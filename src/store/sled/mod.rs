@@ -396,7 +396,9 @@ impl SledStore {
                 tracing::warn!(path = %self.path.display(), "the store is open: events are stored again");
                 true
             }
-            Err(e @ StoreError::UnshippedJournal { .. }) => {
+            Err(
+                e @ (StoreError::UnshippedJournal { .. } | StoreError::SledStoreAsJournal { .. }),
+            ) => {
                 // Not a passing failure: trying again cannot help (it only reads the journal
                 // again and again). Said loudly, once.
                 self.refused.store(true, Ordering::Relaxed);

@@ -14,7 +14,7 @@ use crate::store::{EventQuery, FlushMode, MAX_TEXT_SCAN, StoreError};
 
 /// Payloads bigger than this are kept in a file (measured: inline, +200 MB RSS per 200 MB of
 /// 64 KiB values, +31 MB for 1 KiB values).
-pub(super) const INLINE_PAYLOAD_MAX: usize = 4096;
+const INLINE_PAYLOAD_MAX: usize = 4096;
 
 /// An event as sled holds it: a large payload lives in `payloads/<file>` instead, and the
 /// record lists the event's deliveries.

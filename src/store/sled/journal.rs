@@ -318,22 +318,42 @@ mod tests {
                 pool_size: 1,
                 ca_file: None,
             }),
-            ..super::super::test_config(dir, FlushMode::Interval(Duration::from_millis(100)))
+            ..sled_config(dir)
         }
     }
 
-    /// Opens `config`'s store, waiting for a store dropped just before to release its lock
-    /// (sled's background thread may hold it a moment longer).
-    fn open_released(config: &StoreConfig) -> SledStore {
-        let mut opened = SledStore::open(config);
+    /// Calls `f` until `done` takes its result, at most 100 times 50 ms apart: sled's
+    /// background thread may hold a store's lock a moment after the store was dropped.
+    fn retried<T>(mut f: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+        let mut result = f();
         for _ in 0..100 {
-            if opened.is_ok() {
+            if done(&result) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
-            opened = SledStore::open(config);
+            result = f();
         }
-        opened.expect("open the store")
+        result
+    }
+
+    /// Opens `config`'s store once a store dropped just before has let go of it.
+    fn open_released(config: &StoreConfig) -> SledStore {
+        retried(|| SledStore::open(config), Result::is_ok).expect("open the store")
+    }
+
+    /// Tries to open `store` until it is refused for good; says whether it was.
+    fn refused_for_good(store: &SledStore) -> bool {
+        retried(
+            || {
+                assert!(!store.maintain());
+                store.refused.load(Ordering::Relaxed)
+            },
+            |refused| *refused,
+        )
+    }
+
+    fn sled_config(dir: &Path) -> StoreConfig {
+        super::super::test_config(dir, FlushMode::Interval(Duration::from_millis(100)))
     }
 
     /// Appends three events with one delivery each (the first and the last with payloads long
@@ -485,21 +505,11 @@ mod tests {
         append_three(&sled);
         drop(sled);
         let journal = SledStore::unopened(&journal_config(dir.path()));
-        for _ in 0..100 {
-            assert!(!journal.maintain());
-            if journal.refused.load(Ordering::Relaxed) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(journal.refused.load(Ordering::Relaxed));
+        assert!(refused_for_good(&journal));
         assert!(!journal.is_open());
         drop(journal);
         // Still the sled store it was, events and all.
-        let sled = open_released(&super::super::test_config(
-            dir.path(),
-            FlushMode::Interval(Duration::from_millis(100)),
-        ));
+        let sled = open_released(&sled_config(dir.path()));
         assert_eq!(keys_under(&sled, keys::QUEUE), 3);
         assert!(
             !sled
@@ -517,46 +527,32 @@ mod tests {
         append_three(&journal);
         drop(journal);
         let path = dir.path().join("data");
-        let mut e = String::new();
-        // (sled's background thread may hold the lock a moment longer: "in use")
-        for _ in 0..100 {
-            e = SledStore::open_stopped(&path)
-                .err()
-                .expect("a journal is no sled store to move")
-                .to_string();
-            if !e.contains("in use") {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let e = retried(
+            || {
+                SledStore::open_stopped(&path)
+                    .err()
+                    .expect("a journal is no sled store to move")
+                    .to_string()
+            },
+            |e| !e.contains("in use"),
+        );
         assert!(
             e.contains("local journal of an instance on PostgreSQL"),
             "{e}"
         );
-        let sled_config =
-            super::super::test_config(dir.path(), FlushMode::Interval(Duration::from_millis(100)));
-        let mut opened = SledStore::open(&sled_config);
-        // (sled's background thread may hold the lock a moment longer)
-        for _ in 0..100 {
-            if !matches!(opened, Err(StoreError::Sled(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            opened = SledStore::open(&sled_config);
-        }
-        let e = opened.err().expect("refused").to_string();
+        let sled_config = sled_config(dir.path());
+        let e = retried(
+            || SledStore::open(&sled_config),
+            |opened| !matches!(opened, Err(StoreError::Sled(_))),
+        )
+        .err()
+        .expect("refused")
+        .to_string();
         assert!(e.contains("still holds 3 events not moved"), "{e}");
         // Met when reopening (a start that found the store held by another hooktap): refused
         // once, and not tried again.
         let later = SledStore::unopened(&sled_config);
-        for _ in 0..100 {
-            assert!(!later.maintain());
-            if later.refused.load(Ordering::Relaxed) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert!(later.refused.load(Ordering::Relaxed));
+        assert!(refused_for_good(&later));
         assert!(!later.maintain());
         assert!(!later.is_open());
         drop(later);

@@ -122,8 +122,9 @@ pub struct SledStore {
     journal_legacy: AtomicBool,
     /// A journal's new events, handed to the shipper in memory.
     handoff: journal::Handoff,
-    /// Set when opening refused the directory for good (a journal still holding events, opened
-    /// as a sled store): [`SledStore::maintain`] stops trying.
+    /// Set when opening refused the directory for good (a journal still holding events opened
+    /// as a sled store, a sled store opened as a journal): [`SledStore::maintain`] stops
+    /// trying.
     refused: AtomicBool,
 }
 

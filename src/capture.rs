@@ -220,11 +220,17 @@ fn pairs_to_object<'a>(
 /// being built. (`serde::de::IgnoredAny` would skip faster but does not check strings' UTF-8,
 /// numbers' range or the nesting limit, so a body the full parse refuses, and rules then see
 /// as text, would parse.)
-pub fn parse_json_reading(text: &[u8], reads: &Reads) -> serde_json::Result<Value> {
+pub fn parse_json_reading(bytes: &[u8], reads: &Reads) -> serde_json::Result<Value> {
+    // JSON text is UTF-8 as a whole (outside strings no byte above 0x7f is valid either), so
+    // one check of the whole text spares the parser checking each string on its own: a third
+    // of its work on a typical order body. Text that is not UTF-8 gets the parse's own error.
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return serde_json::from_slice(bytes);
+    };
     if reads.is_whole() {
-        return serde_json::from_slice(text);
+        return serde_json::from_str(text);
     }
-    let mut de = serde_json::Deserializer::from_slice(text);
+    let mut de = serde_json::Deserializer::from_str(text);
     match Pruned(reads)
         .deserialize(&mut de)
         .and_then(|value| de.end().map(|()| value))
@@ -232,7 +238,7 @@ pub fn parse_json_reading(text: &[u8], reads: &Reads) -> serde_json::Result<Valu
         Ok(value) => Ok(value),
         // The full parse decides what a body it would refuse, or read as serde_json's own
         // private tokens (see [`PRIVATE_KEY`]), is: a second parse only for such bodies.
-        Err(_) => serde_json::from_slice(text),
+        Err(_) => serde_json::from_str(text),
     }
 }
 
@@ -732,10 +738,13 @@ mod tests {
         reads.add_selector(&crate::rules::selector::Selector::parse("$.a").expect("valid"));
         let deep = format!(r#"{{"a": 1, "b": {}{}}}"#, "[".repeat(200), "]".repeat(200));
         let shallow = format!(r#"{{"a": 1, "b": {}{}}}"#, "[".repeat(100), "]".repeat(100));
-        let cases: [&[u8]; 9] = [
+        let cases: [&[u8]; 12] = [
             deep.as_bytes(),
             shallow.as_bytes(),
             b"{\"a\": 1, \"b\": \"\xff\"}",
+            b"{\"a\": \"\xc3\"}",
+            b"{\"a\": 1}\xff",
+            "{\"a\": \"caf\u{e9} \u{1F600}\", \"b\": \"\u{fc}\"}".as_bytes(),
             br#"{"a": 1, "b": 1e400}"#,
             br#"{"a": 1, "b": "\ud800"}"#,
             br#"{"a": 1, "b": "\q"}"#,

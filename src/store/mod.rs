@@ -95,6 +95,9 @@ pub enum StoreError {
     Sled(#[from] ::sled::Error),
     #[error("store record is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A record in a binary form that does not read back (what, which, and why).
+    #[error("store record is corrupt: {0}")]
+    CorruptRecord(String),
     #[error("the store is not open (waiting for it to open; see the log)")]
     NotOpen,
     #[error("cannot read or write the payload file {file}: {source}")]

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
-use super::{Durable, SledStore, keys};
+use super::{Durable, SledStore, keys, record};
 use crate::event::{Delivery, Event, TraceContext};
 use crate::store::{EventQuery, FlushMode, MAX_TEXT_SCAN, StoreError};
 
@@ -315,7 +315,7 @@ impl SledStore {
                 // A shared store's journal writes no `x` and `q` entries: its deliveries are
                 // listed and queued in the shared store they move to.
                 for d in deliveries {
-                    db.insert(keys::delivery(d.id), serde_json::to_vec(d)?)?;
+                    db.insert(keys::delivery(d.id), record::encode(d)?)?;
                     if !self.journal {
                         db.insert(keys::by_webhook(d), &[] as &[u8])?;
                     }

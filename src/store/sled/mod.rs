@@ -55,6 +55,7 @@ pub use journal::{Entry, Local};
 mod keys;
 mod pending;
 mod queue;
+mod record;
 mod retention;
 mod stats;
 mod webhooks;

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use super::{SledStore, keys};
+use super::{SledStore, keys, record};
 use crate::event::{Attempt, Delivery, DeliveryState};
 use crate::store::{KeyHeads, QueueStats, Recorded, StoreError};
 
@@ -19,7 +19,10 @@ use crate::webhook::Webhook;
 
 impl SledStore {
     pub fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
-        self.get(keys::delivery(id))
+        match self.db()?.get(keys::delivery(id))? {
+            Some(v) => Ok(Some(record::decode(&v)?)),
+            None => Ok(None),
+        }
     }
 
     /// A webhook's deliveries, newest first, at most `limit`.
@@ -211,7 +214,7 @@ impl SledStore {
                     db.insert(keys::failure_by_time(&index), &[] as &[u8])?;
                 }
                 db.insert(index, &sample[..])?;
-                db.insert(keys::delivery(c.after.id), serde_json::to_vec(&c.after)?)?;
+                db.insert(keys::delivery(c.after.id), record::encode(&c.after)?)?;
             }
             if let Some(w) = record {
                 Self::update_webhook(db, w)?;
@@ -245,7 +248,7 @@ impl SledStore {
         let d = crate::store::requeued(delivery, now_ms);
         self.write(|db| {
             // The same order as `record_attempts`: state, new entry, old entry.
-            db.insert(keys::delivery(d.id), serde_json::to_vec(&d)?)?;
+            db.insert(keys::delivery(d.id), record::encode(&d)?)?;
             db.insert(keys::queue(&d), keys::queue_value(&d))?;
             if delivery.state == DeliveryState::Pending && keys::queue(delivery) != keys::queue(&d)
             {

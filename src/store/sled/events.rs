@@ -4,6 +4,7 @@
 //! bigger than [`INLINE_PAYLOAD_MAX`] is kept in `payloads/<event id>.json` beside the
 //! database, and the record in sled names the file.
 
+use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
@@ -312,13 +313,15 @@ impl SledStore {
                 // The event after its deliveries: whoever sees the event sees all of them (the
                 // journal of a shared store ships an event with the deliveries it finds). The
                 // event's record lists them (no `v` index entries since).
-                // A shared store's journal writes no `x` and `q` entries: its deliveries are
-                // listed and queued in the shared store they move to.
+                // A delivery's webhook lists it (through its second's `X` entry) before its
+                // record is written, so that no stored delivery is missing from the list.
+                // A shared store's journal writes no `X`, `x` and `q` entries: its
+                // deliveries are listed and queued in the shared store they move to.
                 for d in deliveries {
-                    db.insert(keys::delivery(d.id), record::encode(d)?)?;
                     if !self.journal {
-                        db.insert(keys::by_webhook(d), &[] as &[u8])?;
+                        self.list_under_webhook(db, d)?;
                     }
+                    db.insert(keys::delivery(d.id), record::encode(d)?)?;
                     if let Listing::Index = listing {
                         db.insert(keys::by_event(d), &[] as &[u8])?;
                     }
@@ -365,6 +368,23 @@ impl SledStore {
             self.failed_appends.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+
+    /// Lists `d` under its webhook: the `X` entry of its id's second, written once per
+    /// webhook and second (an `x` entry of its own for an id that is not a UUIDv7).
+    fn list_under_webhook(&self, db: &sled::Db, d: &Delivery) -> Result<(), StoreError> {
+        let Some(second) = keys::id_second(d.id) else {
+            db.insert(keys::by_webhook(d), &[] as &[u8])?;
+            return Ok(());
+        };
+        let seconds = || self.seconds.lock().unwrap_or_else(PoisonError::into_inner);
+        if seconds().get(&d.webhook_id) == Some(&second) {
+            return Ok(());
+        }
+        db.insert(keys::webhook_second(d.webhook_id, second), &[] as &[u8])?;
+        // Only once written: a delivery that finds its second here finds it in the database.
+        seconds().insert(d.webhook_id, second);
+        Ok(())
     }
 
     pub fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {

@@ -244,6 +244,11 @@ impl SledStore {
     /// webhooks by PostgreSQL's ids and were never queued here); an empty one loses the mark.
     pub(super) fn settle_role(&self, db: &sled::Db) -> Result<(), StoreError> {
         self.handoff.clear();
+        // What was written before reopening is read again from the database.
+        self.seconds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         let marked = db.contains_key(keys::JOURNAL_ROLE)?;
         if self.journal {
             if !marked {
@@ -256,7 +261,10 @@ impl SledStore {
                 }
                 db.insert(keys::JOURNAL_ROLE, &[] as &[u8])?;
             }
-            if db.scan_prefix([keys::BY_WEBHOOK]).next().is_some() {
+            if [keys::BY_WEBHOOK, keys::WEBHOOK_SECOND]
+                .iter()
+                .any(|p| db.scan_prefix([*p]).next().is_some())
+            {
                 self.journal_legacy.store(true, Ordering::Relaxed);
             }
             return Ok(());
@@ -418,6 +426,7 @@ mod tests {
         let appended = append_three(&store);
         // A journal lists and queues nothing: the shared store does.
         assert_eq!(keys_under(&store, keys::BY_WEBHOOK), 0);
+        assert_eq!(keys_under(&store, keys::WEBHOOK_SECOND), 0);
         assert_eq!(keys_under(&store, keys::QUEUE), 0);
         // The one with its payload inline is handed to the shipper in memory too.
         assert_eq!(store.handoff.lock().len(), 1);
@@ -488,7 +497,17 @@ mod tests {
         let sled = super::super::open_for_tests(dir.path());
         let appended = append_three(&sled);
         assert_eq!(keys_under(&sled, keys::QUEUE), 3);
-        drop(sled);
+        // Those versions listed each delivery by an `x` entry.
+        let db = sled.db().expect("db");
+        for (_, deliveries) in &appended {
+            for d in deliveries {
+                db.insert(keys::by_webhook(d), &[] as &[u8]).expect("x");
+            }
+        }
+        for k in db.scan_prefix([keys::WEBHOOK_SECOND]).keys() {
+            db.remove(k.expect("key")).expect("remove");
+        }
+        drop((db, sled));
         let store = open_released(&journal_config(dir.path()));
         forget_in_two_batches(dir.path(), &store, &appended);
     }

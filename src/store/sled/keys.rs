@@ -9,6 +9,8 @@ pub(super) const EVENT: u8 = b'e';
 pub(super) const DELIVERY: u8 = b'd';
 pub(super) const QUEUE: u8 = b'q';
 pub(super) const BY_WEBHOOK: u8 = b'x';
+/// A second in which a webhook has deliveries (see [`webhook_second`]).
+pub(super) const WEBHOOK_SECOND: u8 = b'X';
 pub(super) const BY_EVENT: u8 = b'v';
 pub(super) const ATTEMPT: u8 = b'a';
 pub(super) const WEBHOOK: u8 = b'w';
@@ -91,6 +93,46 @@ pub(super) fn queue_ms(k: &[u8]) -> Option<u64> {
 
 pub(super) fn by_webhook(d: &Delivery) -> Vec<u8> {
     key(BY_WEBHOOK, &[d.webhook_id.as_bytes(), d.id.as_bytes()])
+}
+
+/// `X` webhook id, second: the webhook has deliveries whose ids (UUIDv7, so `d` keys sort
+/// by time) fall in that Unix second. A webhook's deliveries are the `d` records of its
+/// seconds' [`deliveries_in_second`] ranges that name it: one index write per webhook and
+/// second rather than an `x` entry per delivery.
+pub(super) fn webhook_second(webhook: Uuid, second: u64) -> Vec<u8> {
+    key(WEBHOOK_SECOND, &[webhook.as_bytes(), &second.to_be_bytes()])
+}
+
+/// The second in a [`webhook_second`] key.
+pub(super) fn second_of_key(k: &[u8]) -> Option<u64> {
+    k.get(17..25)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+}
+
+/// The Unix second a UUIDv7 was made in (its first 48 bits are Unix milliseconds); `None`
+/// for an id of another version, which is listed by an `x` entry instead.
+pub(super) fn id_second(id: Uuid) -> Option<u64> {
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&id.as_bytes()[..6]);
+    Some(u64::from_be_bytes(ms) / 1000)
+}
+
+/// The `d` keys of deliveries whose UUIDv7 ids were made in `second`: `start..end`.
+pub(super) fn deliveries_in_second(second: u64) -> (Vec<u8>, Vec<u8>) {
+    let bound = |second: u64| {
+        let ms = second.saturating_mul(1000).to_be_bytes();
+        let mut k = Vec::with_capacity(17);
+        k.push(DELIVERY);
+        // The low 48 bits of the milliseconds, as a UUIDv7 holds them, then the lowest id.
+        k.extend_from_slice(&ms[2..]);
+        k.extend_from_slice(&[0; 10]);
+        k
+    };
+    (bound(second), bound(second.saturating_add(1)))
 }
 
 pub(super) fn by_event(d: &Delivery) -> Vec<u8> {

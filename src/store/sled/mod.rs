@@ -10,9 +10,10 @@
 //! | key | value |
 //! |---|---|
 //! | `e` event id | [`Event`] (JSON) and `deliveries`: the ids of its deliveries |
-//! | `d` delivery id | [`Delivery`](crate::event::Delivery) (JSON) |
+//! | `d` delivery id | [`Delivery`](crate::event::Delivery): a version byte and postcard (`record`); JSON in stores written before |
 //! | `q` webhook id, queue ms (big-endian u64), delivery id | the ordering key (`k` + key) or empty: the queue |
-//! | `x` webhook id, delivery id | empty: a webhook's deliveries, in time order |
+//! | `X` webhook id, Unix second (big-endian u64) | empty: the webhook has deliveries whose ids were made in that second (its deliveries are the `d` records of its seconds that name it) |
+//! | `x` webhook id, delivery id | empty: a webhook's delivery, for deliveries stored before `X` entries and ids that are not UUIDv7 |
 //! | `v` event id, delivery id | empty: an event's deliveries, for events stored before records listed them (no longer written) |
 //! | `a` delivery id, attempt number (big-endian u32) | [`Attempt`](crate::event::Attempt) (JSON) |
 //! | `t` webhook id, attempt time ms (big-endian u64), delivery id, attempt number | success, duration ms, lag ms (17 bytes): attempt statistics |
@@ -24,8 +25,7 @@
 //!
 //! As the local journal of a shared store (see [`crate::store::postgres`]) the database holds
 //! events on their way into it: an event's record and its deliveries' records, without the
-//! `x` and `q` entries that only the sled store's own delivery reads (two writes fewer per
-//! delivery on the request path).
+//! `X` and `q` entries that only the sled store's own delivery reads.
 //!
 //! Ids are UUIDv7 and numbers big-endian, so byte order is time order: "what is due for this
 //! webhook" is a range scan from the start of its queue prefix.
@@ -35,7 +35,8 @@
 //!
 //! - [`keys`]: the key layout.
 //! - `events`: events (large payloads as files beside the database) and the intake.
-//! - `queue`: deliveries, the queue and the attempt log.
+//! - `queue`: deliveries, the queue, a webhook's deliveries and the attempt log.
+//! - `record`: a delivery's record in its binary form.
 //! - `webhooks`: webhook records.
 //! - `pending`: events held as files while the database is not open.
 //! - `retention`: the sweep of old records.
@@ -115,7 +116,7 @@ pub struct SledStore {
     /// Whether the last check found enough free space (see [`SledStore::check_space`]).
     space_ok: AtomicBool,
     /// Whether this is the local journal of a shared store (`[store] backend = "postgres"`):
-    /// it writes no `x` or `q` entries.
+    /// it writes no `X`, `x` or `q` entries.
     journal: bool,
     /// Whether the journal may hold events written with `x` and `q` entries (by a hooktap
     /// older than journals without them), which forgetting them must remove too: found at
@@ -123,6 +124,9 @@ pub struct SledStore {
     journal_legacy: AtomicBool,
     /// A journal's new events, handed to the shipper in memory.
     handoff: journal::Handoff,
+    /// The last second whose `X` entry each webhook's deliveries wrote, since the database
+    /// was opened: the next delivery of that webhook in the same second writes none.
+    seconds: Mutex<std::collections::HashMap<Uuid, u64>>,
     /// Set when opening refused the directory for good (a journal still holding events opened
     /// as a sled store, a sled store opened as a journal): [`SledStore::maintain`] stops
     /// trying.
@@ -259,6 +263,7 @@ impl SledStore {
             journal: matches!(config.backend, super::Backend::Postgres(_)),
             journal_legacy: AtomicBool::new(false),
             handoff: journal::Handoff::default(),
+            seconds: Mutex::default(),
             refused: AtomicBool::new(false),
         }
     }

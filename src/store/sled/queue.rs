@@ -20,29 +20,88 @@ use crate::webhook::Webhook;
 impl SledStore {
     pub fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
         match self.db()?.get(keys::delivery(id))? {
-            Some(v) => Ok(Some(record::decode(&v)?)),
+            Some(v) => Ok(Some(record::decode(id, &v)?)),
             None => Ok(None),
         }
     }
 
     /// A webhook's deliveries, newest first, at most `limit`.
     pub fn deliveries_of(&self, webhook: Uuid, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let db = self.db()?;
         let mut out = Vec::new();
-        let prefix = keys::key(keys::BY_WEBHOOK, &[webhook.as_bytes()]);
-        for entry in self.db()?.scan_prefix(prefix).rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, _) = entry?;
-            if let Some(d) = keys::trailing_id(&k)
-                .map(|id| self.delivery(id))
-                .transpose()?
-                .flatten()
-            {
-                out.push(d);
-            }
+        self.each_delivery_by_second(&db, webhook, |d| {
+            out.push(d);
+            out.len() < limit
+        })?;
+        // Deliveries stored before `X` entries, and any whose id is not a UUIDv7, are listed
+        // by `x` entries: both lists are newest first, merged by id (UUIDv7: by time).
+        let mut listed = Vec::new();
+        self.each_delivery_by_entry(&db, webhook, |d| {
+            listed.push(d);
+            listed.len() < limit
+        })?;
+        if !listed.is_empty() {
+            out.extend(listed);
+            out.sort_by_key(|d| std::cmp::Reverse(d.id));
+            out.dedup_by_key(|d| d.id);
+            out.truncate(limit);
         }
         Ok(out)
+    }
+
+    /// `webhook`'s deliveries found through its `X` seconds, newest first, while `more` asks
+    /// for more. A second's range holds every webhook's deliveries made in it: a binary
+    /// record's webhook is read without decoding the rest.
+    pub(super) fn each_delivery_by_second(
+        &self,
+        db: &sled::Db,
+        webhook: Uuid,
+        mut more: impl FnMut(Delivery) -> bool,
+    ) -> Result<(), StoreError> {
+        let prefix = keys::key(keys::WEBHOOK_SECOND, &[webhook.as_bytes()]);
+        for entry in db.scan_prefix(prefix).rev() {
+            let (k, _) = entry?;
+            let Some(second) = keys::second_of_key(&k) else {
+                continue;
+            };
+            let (start, end) = keys::deliveries_in_second(second);
+            for entry in db.range(start..end).rev() {
+                let (k, v) = entry?;
+                if record::webhook_of(&v).is_some_and(|w| w != webhook) {
+                    continue;
+                }
+                let d = record::decode(keys::trailing_id(&k).unwrap_or_default(), &v)?;
+                if d.webhook_id == webhook && !more(d) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `webhook`'s deliveries listed by `x` entries, newest first, while `more` asks for more.
+    fn each_delivery_by_entry(
+        &self,
+        db: &sled::Db,
+        webhook: Uuid,
+        mut more: impl FnMut(Delivery) -> bool,
+    ) -> Result<(), StoreError> {
+        let prefix = keys::key(keys::BY_WEBHOOK, &[webhook.as_bytes()]);
+        for entry in db.scan_prefix(prefix).rev() {
+            let (k, _) = entry?;
+            let Some(id) = keys::trailing_id(&k) else {
+                continue;
+            };
+            if let Some(d) = self.delivery(id)?
+                && !more(d)
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// The attempts of one delivery, first attempt first.
@@ -277,4 +336,192 @@ pub(super) fn queue_stats_in(db: &sled::Db, webhook: Uuid) -> Result<QueueStats,
         }
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+    use uuid::{NoContext, Timestamp};
+
+    use super::super::open_for_tests;
+    use super::*;
+    use crate::event::{Event, Topic};
+
+    /// A delivery to `webhook` whose id was made `secs_ago` seconds before `NOW` (`None`: a
+    /// UUIDv4, which has no time).
+    fn delivery(webhook: Uuid, secs_ago: Option<u64>, nanos: u32) -> (Event, Delivery) {
+        static NOW: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+            u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).expect("now")
+        });
+        let topic = Topic::parse("order.created").expect("topic");
+        let event = Event::new(&topic, "r", serde_json::json!({"n": nanos}));
+        let mut d = Delivery::new(&event, webhook, 0);
+        d.id = match secs_ago {
+            Some(ago) => Uuid::new_v7(Timestamp::from_unix(NoContext, *NOW - ago, nanos)),
+            None => Uuid::new_v4(),
+        };
+        (event, d)
+    }
+
+    fn keys_under(store: &SledStore, prefix: u8) -> usize {
+        store.db().expect("db").scan_prefix([prefix]).count()
+    }
+
+    fn newest_first(mut ds: Vec<Delivery>) -> Vec<Delivery> {
+        ds.sort_by_key(|d| std::cmp::Reverse(d.id));
+        ds
+    }
+
+    #[test]
+    fn a_webhook_lists_its_deliveries_through_one_entry_per_second() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        // Interleaved in three seconds, one UUIDv4 (listed by an `x` entry of its own).
+        let plan = [
+            (a, Some(30), 1),
+            (b, Some(30), 2),
+            (a, Some(30), 3),
+            (a, Some(29), 4),
+            (b, Some(27), 5),
+            (a, Some(27), 6),
+            (a, None, 7),
+            (a, Some(27), 8),
+        ];
+        let mut stored = Vec::new();
+        for (webhook, ago, n) in plan {
+            let (event, d) = delivery(webhook, ago, n);
+            store
+                .append(&event, std::slice::from_ref(&d))
+                .expect("append");
+            stored.push(d);
+        }
+        // a: seconds 30, 29, 27; b: 30, 27.
+        assert_eq!(keys_under(&store, keys::WEBHOOK_SECOND), 5);
+        assert_eq!(keys_under(&store, keys::BY_WEBHOOK), 1);
+        let of = |w: Uuid| {
+            newest_first(
+                stored
+                    .iter()
+                    .filter(|d| d.webhook_id == w)
+                    .cloned()
+                    .collect(),
+            )
+        };
+        assert_eq!(store.deliveries_of(a, 100).expect("list"), of(a));
+        assert_eq!(store.deliveries_of(b, 100).expect("list"), of(b));
+        assert_eq!(store.deliveries_of(a, 2).expect("list"), of(a)[..2]);
+        assert_eq!(store.deliveries_of(a, 0).expect("list"), []);
+        assert_eq!(store.deliveries_of(Uuid::now_v7(), 10).expect("list"), []);
+    }
+
+    #[test]
+    fn deliveries_listed_by_x_entries_of_earlier_stores_are_listed_with_the_new_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let webhook = Uuid::now_v7();
+        // As a store before `X` entries wrote it: a JSON record and an `x` entry.
+        let (old_event, old) = delivery(webhook, Some(100), 1);
+        let db = store.db().expect("db");
+        db.insert(
+            keys::delivery(old.id),
+            serde_json::to_vec(&old).expect("json"),
+        )
+        .expect("d");
+        db.insert(keys::by_webhook(&old), &[] as &[u8]).expect("x");
+        db.insert(
+            keys::event(old_event.id),
+            serde_json::to_vec(&old_event).expect("json"),
+        )
+        .expect("e");
+        let (e1, new1) = delivery(webhook, Some(50), 2);
+        let (e2, new2) = delivery(webhook, Some(150), 3);
+        store
+            .append(&e1, std::slice::from_ref(&new1))
+            .expect("append");
+        store
+            .append(&e2, std::slice::from_ref(&new2))
+            .expect("append");
+        let all = newest_first(vec![old.clone(), new1.clone(), new2.clone()]);
+        assert_eq!(store.deliveries_of(webhook, 10).expect("list"), all);
+        assert_eq!(store.deliveries_of(webhook, 2).expect("list"), all[..2]);
+        assert_eq!(store.deliveries_of(webhook, 1).expect("list"), [new1]);
+    }
+
+    #[test]
+    fn deleting_a_webhook_removes_what_lists_it_and_a_new_delivery_is_listed_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut kept = Vec::new();
+        for (webhook, ago, n) in [
+            (a, Some(5), 1),
+            (b, Some(5), 2),
+            (a, Some(0), 3),
+            (a, None, 4),
+        ] {
+            let (event, d) = delivery(webhook, ago, n);
+            store
+                .append(&event, std::slice::from_ref(&d))
+                .expect("append");
+            if webhook == b {
+                kept.push(d);
+            }
+        }
+        assert_eq!(store.delete_webhook(a).expect("delete"), 3);
+        assert_eq!(store.deliveries_of(a, 10).expect("list"), []);
+        assert_eq!(store.deliveries_of(b, 10).expect("list"), kept);
+        assert_eq!(keys_under(&store, keys::WEBHOOK_SECOND), 1);
+        assert_eq!(keys_under(&store, keys::BY_WEBHOOK), 0);
+        assert_eq!(keys_under(&store, keys::DELIVERY), 1);
+        assert_eq!(keys_under(&store, keys::QUEUE), 1);
+        // The same webhook id again (a file webhook declared anew), in a second it had.
+        let (event, d) = delivery(a, Some(0), 5);
+        store
+            .append(&event, std::slice::from_ref(&d))
+            .expect("append");
+        assert_eq!(store.deliveries_of(a, 10).expect("list"), [d]);
+    }
+
+    #[test]
+    fn the_sweep_drops_a_seconds_entry_once_its_webhook_has_no_delivery_left_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (e_gone, gone) = delivery(a, Some(7200), 1);
+        let (e_pending, pending) = delivery(a, Some(3600), 2);
+        let (e_other, other) = delivery(b, Some(7200), 3);
+        let (e_recent, recent) = delivery(a, Some(0), 4);
+        for (e, d) in [
+            (&e_gone, &gone),
+            (&e_pending, &pending),
+            (&e_other, &other),
+            (&e_recent, &recent),
+        ] {
+            store.append(e, std::slice::from_ref(d)).expect("append");
+        }
+        // `gone` was swept with its event (its delivery finished); `b`'s delivery in the same
+        // second stays and must not keep `a`'s second listed.
+        let db = store.db().expect("db");
+        db.remove(keys::delivery(gone.id)).expect("remove");
+        db.remove(keys::queue(&gone)).expect("remove");
+        store.sweep(OffsetDateTime::now_utc()).expect("sweep");
+        let left: Vec<_> = db
+            .scan_prefix([keys::WEBHOOK_SECOND])
+            .keys()
+            .map(|k| {
+                let k = k.expect("key");
+                (
+                    Uuid::from_slice(&k[1..17]).expect("id"),
+                    keys::second_of_key(&k),
+                )
+            })
+            .collect();
+        let second = |d: &Delivery| (d.webhook_id, keys::id_second(d.id));
+        assert_eq!(left.len(), 3, "{left:?}");
+        for d in [&pending, &other, &recent] {
+            assert!(left.contains(&second(d)), "{d:?} {left:?}");
+        }
+        assert_eq!(store.deliveries_of(a, 10).expect("list"), [recent, pending]);
+    }
 }

@@ -66,17 +66,12 @@ pub(super) fn encode(d: &Delivery) -> Result<Vec<u8>, StoreError> {
     postcard::to_extend(&record, out).map_err(|e| corrupt("cannot encode", d.id, e))
 }
 
-/// A delivery as stored, in either form.
-pub(super) fn decode(bytes: &[u8]) -> Result<Delivery, StoreError> {
+/// The delivery `id` as stored (`id` names it in errors), in either form.
+pub(super) fn decode(id: Uuid, bytes: &[u8]) -> Result<Delivery, StoreError> {
     match bytes.split_first() {
         Some((&BINARY, rest)) => {
-            let r: Record<'_> = postcard::from_bytes(rest).map_err(|e| {
-                let id = rest
-                    .get(1..17)
-                    .and_then(|b| Uuid::from_slice(b).ok())
-                    .unwrap_or_default();
-                corrupt("cannot read", id, e)
-            })?;
+            let r: Record<'_> =
+                postcard::from_bytes(rest).map_err(|e| corrupt("cannot read", id, e))?;
             Ok(Delivery {
                 id: r.id,
                 event_id: r.event_id,
@@ -93,8 +88,26 @@ pub(super) fn decode(bytes: &[u8]) -> Result<Delivery, StoreError> {
                 updated_at: r.updated_at,
             })
         }
-        _ => Ok(serde_json::from_slice(bytes)?),
+        Some((b'{', _)) => Ok(serde_json::from_slice(bytes)?),
+        Some((other, _)) => Err(StoreError::CorruptRecord(format!(
+            "delivery record {id} is of an unknown form (first byte {other}): written by a newer hooktap?"
+        ))),
+        None => Err(StoreError::CorruptRecord(format!(
+            "delivery record {id} is empty"
+        ))),
     }
+}
+
+/// The webhook a binary record names, read in place (`None` for a JSON record): postcard
+/// writes each id as its length (16, one byte) and its bytes, so the third id, the webhook's,
+/// is at a fixed place.
+pub(super) fn webhook_of(bytes: &[u8]) -> Option<Uuid> {
+    let ids = bytes.strip_prefix(&[BINARY])?;
+    // The delivery's, the event's and the webhook's id.
+    if [0, 17, 34].iter().any(|&at| ids.get(at) != Some(&16)) {
+        return None;
+    }
+    Uuid::from_slice(ids.get(35..51)?).ok()
 }
 
 fn corrupt(what: &str, id: Uuid, e: postcard::Error) -> StoreError {
@@ -132,7 +145,10 @@ mod tests {
         assert_eq!(bytes[0], BINARY);
         assert!(bytes.len() <= 120, "{} bytes", bytes.len());
         assert!(serde_json::to_vec(&plain).expect("json").len() > 3 * bytes.len());
-        assert_eq!(decode(&bytes).expect("decode"), plain);
+        assert_eq!(decode(plain.id, &bytes).expect("decode"), plain);
+        assert_eq!(webhook_of(&bytes), Some(plain.webhook_id));
+        assert_eq!(webhook_of(&serde_json::to_vec(&plain).expect("json")), None);
+        assert_eq!(webhook_of(&bytes[..51]), None);
 
         let full = Delivery {
             state: DeliveryState::Failed,
@@ -147,7 +163,7 @@ mod tests {
             updated_at: datetime!(+9999-12-31 23:59:59.999999999 -23:59:59),
             ..plain
         };
-        let back = decode(&encode(&full).expect("encode")).expect("decode");
+        let back = decode(full.id, &encode(&full).expect("encode")).expect("decode");
         assert_eq!(back, full);
         assert_eq!(back.created_at.offset(), full.created_at.offset());
         for state in [DeliveryState::Delivered, DeliveryState::Failed] {
@@ -155,7 +171,10 @@ mod tests {
                 state,
                 ..delivery()
             };
-            assert_eq!(decode(&encode(&d).expect("encode")).expect("decode"), d);
+            assert_eq!(
+                decode(d.id, &encode(&d).expect("encode")).expect("decode"),
+                d
+            );
         }
     }
 
@@ -166,30 +185,32 @@ mod tests {
             ..delivery()
         };
         let json = serde_json::to_vec(&d).expect("json");
-        assert_eq!(decode(&json).expect("decode"), d);
+        assert_eq!(decode(d.id, &json).expect("decode"), d);
     }
 
     #[test]
     fn a_damaged_record_is_an_error_naming_the_delivery() {
         let d = delivery();
         let bytes = encode(&d).expect("encode");
-        for cut in [1, 17, bytes.len() - 1] {
-            let err = decode(&bytes[..cut]).expect_err("truncated");
+        let named = |err: StoreError| {
             assert!(matches!(err, StoreError::CorruptRecord(_)), "{err}");
-            if cut > 17 {
-                assert!(err.to_string().contains(&d.id.to_string()), "{err}");
-            }
+            assert!(err.to_string().contains(&d.id.to_string()), "{err}");
+        };
+        for cut in [1, 17, bytes.len() - 1] {
+            named(decode(d.id, &bytes[..cut]).expect_err("truncated"));
         }
         let mut bad_state = bytes.clone();
         // id, event, webhook (16 bytes and a length each), the topic's length and text.
         bad_state[1 + 3 * 17 + 1 + d.topic.len()] = 9;
-        assert!(decode(&bad_state).is_err());
+        named(decode(d.id, &bad_state).expect_err("no such state"));
+        named(decode(d.id, b"").expect_err("empty"));
+        let mut newer = bytes;
+        newer[0] = 2;
+        let err = decode(d.id, &newer).expect_err("unknown form");
+        assert!(err.to_string().contains("newer hooktap"), "{err}");
+        named(err);
         assert!(matches!(
-            decode(b"").expect_err("empty"),
-            StoreError::Corrupt(_)
-        ));
-        assert!(matches!(
-            decode(b"{\"id\":").expect_err("json"),
+            decode(d.id, b"{\"id\":").expect_err("json"),
             StoreError::Corrupt(_)
         ));
     }

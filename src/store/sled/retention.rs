@@ -1,9 +1,12 @@
 //! The retention sweep: finished records older than `[store] retention` leave.
 
+use std::ops::Bound;
+
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use super::events::{StoredEvent, delivery_ids};
-use super::{SledStore, keys};
+use super::{SledStore, keys, record};
 use crate::event::DeliveryState;
 use crate::store::{StoreError, Swept};
 
@@ -62,11 +65,56 @@ impl SledStore {
             swept.deliveries += this.deliveries;
             swept.attempts += this.attempts;
         }
+        self.sweep_webhook_seconds(cutoff)?;
         let cutoff_ms = crate::event::unix_ms(cutoff);
         self.sweep_attempt_index(keys::ATTEMPT_BY_TIME, cutoff_ms)?;
         self.sweep_attempt_index(keys::FAILURE_BY_TIME, cutoff_ms)?;
         // Dedupe claims end on their own clock, not the retention's.
         self.sweep_dedupe(crate::event::unix_ms(OffsetDateTime::now_utc()))?;
         Ok(swept)
+    }
+
+    /// Removes the `X` entries of seconds before `cutoff` in which their webhook has no
+    /// delivery left (one still pending keeps its second listed). Seconds of the last minute
+    /// are kept whatever the retention: a delivery is stored within moments of its id.
+    fn sweep_webhook_seconds(&self, cutoff: OffsetDateTime) -> Result<(), StoreError> {
+        let recent = OffsetDateTime::now_utc() - time::Duration::MINUTE;
+        let before = u64::try_from(cutoff.min(recent).unix_timestamp()).unwrap_or(0);
+        let db = self.db()?;
+        let mut from = Bound::Included(vec![keys::WEBHOOK_SECOND]);
+        while let Some(entry) = db.range::<Vec<u8>, _>((from, Bound::Unbounded)).next() {
+            let (k, _) = entry?;
+            if k.first() != Some(&keys::WEBHOOK_SECOND) {
+                break;
+            }
+            from = Bound::Excluded(k.to_vec());
+            let webhook = k.get(1..17).and_then(|b| Uuid::from_slice(b).ok());
+            let (Some(webhook), Some(second)) = (webhook, keys::second_of_key(&k)) else {
+                continue;
+            };
+            if second >= before {
+                // The webhook's later seconds are younger still: on to the next webhook.
+                from = Bound::Excluded(keys::webhook_second(webhook, u64::MAX));
+                continue;
+            }
+            let (start, end) = keys::deliveries_in_second(second);
+            let mut kept = false;
+            for entry in db.range(start..end) {
+                let (k, v) = entry?;
+                // A record that does not read is kept listed, to be seen.
+                let id = keys::trailing_id(&k).unwrap_or_default();
+                kept = record::webhook_of(&v).map_or_else(
+                    || record::decode(id, &v).map_or(true, |d| d.webhook_id == webhook),
+                    |w| w == webhook,
+                );
+                if kept {
+                    break;
+                }
+            }
+            if !kept {
+                self.write_freeing(|db| Ok(db.remove(&k).map(drop)?))?;
+            }
+        }
+        Ok(())
     }
 }

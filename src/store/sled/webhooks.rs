@@ -87,32 +87,55 @@ impl SledStore {
     pub fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
         self.write(|db| {
             db.remove(keys::webhook(id))?;
+            let mut deliveries = Vec::new();
+            self.each_delivery_by_second(db, id, |d| {
+                deliveries.push(d);
+                true
+            })?;
+            // Listed by `x` entries (stores before `X` entries): their attempts go even where
+            // the delivery itself is gone.
+            let mut ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+            for entry in db.scan_prefix(keys::key(keys::BY_WEBHOOK, &[id.as_bytes()])) {
+                if let Some(listed) = keys::trailing_id(&entry?.0) {
+                    ids.push(listed);
+                    deliveries.extend(self.delivery(listed)?);
+                }
+            }
+            deliveries.sort_by_key(|d| d.id);
+            deliveries.dedup_by_key(|d| d.id);
+            ids.sort_unstable();
+            ids.dedup();
             let mut batch = sled::Batch::default();
             let mut pending = 0;
-            for entry in db.scan_prefix(keys::key(keys::BY_WEBHOOK, &[id.as_bytes()])) {
-                let (k, _) = entry?;
-                batch.remove(k.clone());
-                let Some(delivery_id) = keys::trailing_id(&k) else {
-                    continue;
-                };
-                if let Some(d) = self.delivery(delivery_id)? {
-                    if d.state == DeliveryState::Pending {
-                        pending += 1;
-                        batch.remove(keys::queue(&d));
-                    }
-                    batch.remove(keys::by_event(&d));
-                    batch.remove(keys::delivery(d.id));
+            for d in deliveries {
+                if d.state == DeliveryState::Pending {
+                    pending += 1;
+                    batch.remove(keys::queue(&d));
                 }
-                for a in db.scan_prefix(keys::key(keys::ATTEMPT, &[delivery_id.as_bytes()])) {
+                batch.remove(keys::by_event(&d));
+                batch.remove(keys::delivery(d.id));
+            }
+            for delivery in ids {
+                for a in db.scan_prefix(keys::key(keys::ATTEMPT, &[delivery.as_bytes()])) {
                     batch.remove(a?.0);
                 }
             }
-            for prefix in [keys::ATTEMPT_BY_TIME, keys::FAILURE_BY_TIME] {
+            for prefix in [
+                keys::WEBHOOK_SECOND,
+                keys::BY_WEBHOOK,
+                keys::ATTEMPT_BY_TIME,
+                keys::FAILURE_BY_TIME,
+            ] {
                 for entry in db.scan_prefix(keys::key(prefix, &[id.as_bytes()])) {
                     batch.remove(entry?.0);
                 }
             }
             db.apply_batch(batch)?;
+            // Its seconds' entries are gone: a delivery naming it again lists itself anew.
+            self.seconds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
             Ok(pending)
         })
     }

@@ -8,12 +8,12 @@
 //! as moved: `hooktap run` refuses it, and moving it again needs `--force` (rows already there
 //! are left as they are, but rows PostgreSQL has swept since would come back).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
 use super::{PgConfig, migrate_with, pg_error, pool, sql};
-use crate::event::{Delivery, DeliveryState, Event};
+use crate::event::{Delivery, Event};
 use crate::store::sled::Entry;
 use crate::store::{SledStore, StoreError};
 
@@ -64,11 +64,8 @@ pub async fn import_sled(
     // they are inserted, and an ordered or keyed webhook sends them in that order.
     let mut pending: Vec<Delivery> = Vec::new();
     for w in &webhooks {
-        pending.extend(
-            sled.deliveries_of(w.id, usize::MAX)?
-                .into_iter()
-                .filter(|d| d.state == DeliveryState::Pending),
-        );
+        // The webhook's queue: its pending deliveries, without reading its history.
+        pending.extend(sled.queued(w.id, u64::MAX, usize::MAX, &HashSet::new())?);
     }
     pending.sort_by_key(|d| (d.queue_ms, d.id));
     let mut events: HashMap<Uuid, Option<Event>> = HashMap::new();

@@ -73,7 +73,16 @@ impl SledStore {
                 if record::webhook_of(&v).is_some_and(|w| w != webhook) {
                     continue;
                 }
-                let d = record::decode(keys::trailing_id(&k).unwrap_or_default(), &v)?;
+                let id = keys::trailing_id(&k).unwrap_or_default();
+                let d = match record::decode(id, &v) {
+                    Ok(d) => d,
+                    // Whose it is cannot be told: listing this webhook goes on without it
+                    // (it may be another webhook's; its own reads report it).
+                    Err(e) => {
+                        tracing::warn!(delivery = %id, error = %e, "a delivery record cannot be read; left out of the webhook's deliveries");
+                        continue;
+                    }
+                };
                 if d.webhook_id == webhook && !more(d) {
                     return Ok(());
                 }
@@ -347,17 +356,19 @@ mod tests {
     use super::*;
     use crate::event::{Event, Topic};
 
-    /// A delivery to `webhook` whose id was made `secs_ago` seconds before `NOW` (`None`: a
+    /// The current Unix second: each test reads it once and places its ids by it.
+    fn now() -> u64 {
+        u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).expect("now")
+    }
+
+    /// A delivery to `webhook` whose id was made in Unix `second`, `ms` into it (`None`: a
     /// UUIDv4, which has no time).
-    fn delivery(webhook: Uuid, secs_ago: Option<u64>, nanos: u32) -> (Event, Delivery) {
-        static NOW: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
-            u64::try_from(OffsetDateTime::now_utc().unix_timestamp()).expect("now")
-        });
+    fn delivery(webhook: Uuid, second: Option<u64>, ms: u32) -> (Event, Delivery) {
         let topic = Topic::parse("order.created").expect("topic");
-        let event = Event::new(&topic, "r", serde_json::json!({"n": nanos}));
+        let event = Event::new(&topic, "r", serde_json::json!({"ms": ms}));
         let mut d = Delivery::new(&event, webhook, 0);
-        d.id = match secs_ago {
-            Some(ago) => Uuid::new_v7(Timestamp::from_unix(NoContext, *NOW - ago, nanos)),
+        d.id = match second {
+            Some(second) => Uuid::new_v7(Timestamp::from_unix(NoContext, second, ms * 1_000_000)),
             None => Uuid::new_v4(),
         };
         (event, d)
@@ -374,19 +385,21 @@ mod tests {
 
     #[test]
     fn a_webhook_lists_its_deliveries_through_one_entry_per_second() {
+        let now = now();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         // Interleaved in three seconds, one UUIDv4 (listed by an `x` entry of its own).
+        // The first and last millisecond of a second are in it.
         let plan = [
-            (a, Some(30), 1),
-            (b, Some(30), 2),
-            (a, Some(30), 3),
-            (a, Some(29), 4),
-            (b, Some(27), 5),
-            (a, Some(27), 6),
-            (a, None, 7),
-            (a, Some(27), 8),
+            (a, Some(now - 30), 0),
+            (b, Some(now - 30), 500),
+            (a, Some(now - 30), 999),
+            (a, Some(now - 29), 0),
+            (b, Some(now - 27), 999),
+            (a, Some(now - 27), 0),
+            (a, None, 0),
+            (a, Some(now - 27), 999),
         ];
         let mut stored = Vec::new();
         for (webhook, ago, n) in plan {
@@ -417,11 +430,12 @@ mod tests {
 
     #[test]
     fn deliveries_listed_by_x_entries_of_earlier_stores_are_listed_with_the_new_ones() {
+        let now = now();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
         let webhook = Uuid::now_v7();
         // As a store before `X` entries wrote it: a JSON record and an `x` entry.
-        let (old_event, old) = delivery(webhook, Some(100), 1);
+        let (old_event, old) = delivery(webhook, Some(now - 100), 1);
         let db = store.db().expect("db");
         db.insert(
             keys::delivery(old.id),
@@ -434,8 +448,8 @@ mod tests {
             serde_json::to_vec(&old_event).expect("json"),
         )
         .expect("e");
-        let (e1, new1) = delivery(webhook, Some(50), 2);
-        let (e2, new2) = delivery(webhook, Some(150), 3);
+        let (e1, new1) = delivery(webhook, Some(now - 50), 2);
+        let (e2, new2) = delivery(webhook, Some(now - 150), 3);
         store
             .append(&e1, std::slice::from_ref(&new1))
             .expect("append");
@@ -450,14 +464,15 @@ mod tests {
 
     #[test]
     fn deleting_a_webhook_removes_what_lists_it_and_a_new_delivery_is_listed_again() {
+        let now = now();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let mut kept = Vec::new();
         for (webhook, ago, n) in [
-            (a, Some(5), 1),
-            (b, Some(5), 2),
-            (a, Some(0), 3),
+            (a, Some(now - 5), 1),
+            (b, Some(now - 5), 2),
+            (a, Some(now), 3),
             (a, None, 4),
         ] {
             let (event, d) = delivery(webhook, ago, n);
@@ -476,7 +491,7 @@ mod tests {
         assert_eq!(keys_under(&store, keys::DELIVERY), 1);
         assert_eq!(keys_under(&store, keys::QUEUE), 1);
         // The same webhook id again (a file webhook declared anew), in a second it had.
-        let (event, d) = delivery(a, Some(0), 5);
+        let (event, d) = delivery(a, Some(now), 5);
         store
             .append(&event, std::slice::from_ref(&d))
             .expect("append");
@@ -485,13 +500,14 @@ mod tests {
 
     #[test]
     fn the_sweep_drops_a_seconds_entry_once_its_webhook_has_no_delivery_left_there() {
+        let now = now();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let (e_gone, gone) = delivery(a, Some(7200), 1);
-        let (e_pending, pending) = delivery(a, Some(3600), 2);
-        let (e_other, other) = delivery(b, Some(7200), 3);
-        let (e_recent, recent) = delivery(a, Some(0), 4);
+        let (e_gone, gone) = delivery(a, Some(now - 7200), 1);
+        let (e_pending, pending) = delivery(a, Some(now - 3600), 2);
+        let (e_other, other) = delivery(b, Some(now - 7200), 3);
+        let (e_recent, recent) = delivery(a, Some(now), 4);
         for (e, d) in [
             (&e_gone, &gone),
             (&e_pending, &pending),
@@ -523,5 +539,62 @@ mod tests {
             assert!(left.contains(&second(d)), "{d:?} {left:?}");
         }
         assert_eq!(store.deliveries_of(a, 10).expect("list"), [recent, pending]);
+    }
+
+    #[test]
+    fn deliveries_stored_from_several_threads_at_once_are_all_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let webhook = Uuid::now_v7();
+        let stored: Vec<Delivery> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..150)
+                            .map(|i| {
+                                let topic = Topic::parse("order.created").expect("topic");
+                                let event = Event::new(&topic, "r", serde_json::json!({"i": i}));
+                                let d = Delivery::new(&event, webhook, 0);
+                                store
+                                    .append(&event, std::slice::from_ref(&d))
+                                    .expect("append");
+                                d
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        assert_eq!(
+            store.deliveries_of(webhook, usize::MAX).expect("list"),
+            newest_first(stored)
+        );
+    }
+
+    #[test]
+    fn the_sweep_keeps_the_last_minutes_seconds() {
+        let now = now();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let webhook = Uuid::now_v7();
+        let db = store.db().expect("db");
+        for ago in [120, 10] {
+            let (e, d) = delivery(webhook, Some(now - ago), 0);
+            store.append(&e, std::slice::from_ref(&d)).expect("append");
+            // Gone as the sweep would remove it with its event, its second's entry left.
+            db.remove(keys::delivery(d.id)).expect("remove");
+            db.remove(keys::queue(&d)).expect("remove");
+        }
+        store.sweep(OffsetDateTime::now_utc()).expect("sweep");
+        let left: Vec<_> = db
+            .scan_prefix([keys::WEBHOOK_SECOND])
+            .keys()
+            .map(|k| keys::second_of_key(&k.expect("key")))
+            .collect();
+        assert_eq!(left, [Some(now - 10)]);
     }
 }

@@ -87,6 +87,16 @@ impl SledStore {
     pub fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
         self.write(|db| {
             db.remove(keys::webhook(id))?;
+            // First: a delivery stored from now on lists itself anew, and its `X` entry,
+            // written after the scan below, is not among those removed.
+            self.seconds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
+            let seconds: Vec<sled::IVec> = db
+                .scan_prefix(keys::key(keys::WEBHOOK_SECOND, &[id.as_bytes()]))
+                .keys()
+                .collect::<Result<_, _>>()?;
             let mut deliveries = Vec::new();
             self.each_delivery_by_second(db, id, |d| {
                 deliveries.push(d);
@@ -120,8 +130,10 @@ impl SledStore {
                     batch.remove(a?.0);
                 }
             }
+            for k in seconds {
+                batch.remove(k);
+            }
             for prefix in [
-                keys::WEBHOOK_SECOND,
                 keys::BY_WEBHOOK,
                 keys::ATTEMPT_BY_TIME,
                 keys::FAILURE_BY_TIME,
@@ -131,11 +143,6 @@ impl SledStore {
                 }
             }
             db.apply_batch(batch)?;
-            // Its seconds' entries are gone: a delivery naming it again lists itself anew.
-            self.seconds
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id);
             Ok(pending)
         })
     }

@@ -86,6 +86,11 @@ pub(super) fn queue_value_key(v: &[u8]) -> Option<&[u8]> {
 
 /// The queue time in a queue key.
 pub(super) fn queue_ms(k: &[u8]) -> Option<u64> {
+    number_after_webhook(k)
+}
+
+/// The big-endian number after the prefix and webhook id of a `q` or `X` key.
+fn number_after_webhook(k: &[u8]) -> Option<u64> {
     k.get(17..25)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
@@ -105,9 +110,7 @@ pub(super) fn webhook_second(webhook: Uuid, second: u64) -> Vec<u8> {
 
 /// The second in a [`webhook_second`] key.
 pub(super) fn second_of_key(k: &[u8]) -> Option<u64> {
-    k.get(17..25)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
+    number_after_webhook(k)
 }
 
 /// The Unix second a UUIDv7 was made in (its first 48 bits are Unix milliseconds); `None`

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
-use super::{Durable, SledStore, keys, record};
+use super::{Durable, SledStore, fresh, keys, record};
 use crate::event::{Delivery, Event, TraceContext};
 use crate::store::{EventQuery, FlushMode, MAX_TEXT_SCAN, StoreError};
 
@@ -305,11 +305,19 @@ impl SledStore {
         deliveries: &[Delivery],
         listing: Listing<'_>,
     ) -> Result<Option<Durable>, StoreError> {
+        // Deliveries stored now are queued in memory rather than by `q` entries, where they
+        // may be (see `fresh`); a shared store's journal queues nothing.
+        let fresh = if self.journal {
+            None
+        } else {
+            self.fresh.reserve(deliveries, fresh::now_ms())
+        };
         let result = self
             .write(|db| {
                 // Single writes in a safe order rather than one batch (a sled batch forces a log
-                // write of its own: 3.5× slower, measured): the queue entries go last, so a queue
-                // entry never points at a delivery or event that is not stored.
+                // write of its own: 3.5× slower, measured): the queue entries go last (or the
+                // entries in memory, once all is written), so a queue entry never points at a
+                // delivery or event that is not stored.
                 // The event after its deliveries: whoever sees the event sees all of them (the
                 // journal of a shared store ships an event with the deliveries it finds). The
                 // event's record lists them (no `v` index entries since).
@@ -353,12 +361,17 @@ impl SledStore {
                     }
                     return Err(e.into());
                 }
-                if !self.journal {
+                if !self.journal && fresh.is_none() {
                     for d in deliveries {
                         db.insert(keys::queue(d), keys::queue_value(d))?;
                     }
                 }
                 Ok(())
+            })
+            .map(|()| {
+                if let Some(fresh) = fresh {
+                    fresh.add(deliveries);
+                }
             })
             .and_then(|()| match self.flush {
                 FlushMode::EveryEvent => Ok(Some(self.barrier.issue(&self.db()?)?)),

@@ -238,6 +238,11 @@ impl SledStore {
             }
             Ok(())
         })?;
+        if !self.journal {
+            for d in entries.iter().flat_map(|e| &e.deliveries) {
+                self.fresh.remove(d.webhook_id, d.queue_ms, d.id);
+            }
+        }
         for file in files {
             // An orphan file would only cost disk space; the record is gone either way.
             let _ = std::fs::remove_file(self.payload_path(&file));
@@ -504,6 +509,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sled = super::super::open_for_tests(dir.path());
         let appended = append_three(&sled);
+        // Queued by entries (rather than in memory, as new deliveries are at first).
+        sled.spill_held_before(u64::MAX).expect("spill");
         assert_eq!(keys_under(&sled, keys::QUEUE), 3);
         // Those versions listed each delivery by an `x` entry (this one by its second's
         // `X` entry: both kinds are forgotten).
@@ -528,7 +535,7 @@ mod tests {
             crate::webhook::Origin::Api,
         );
         sled.put_webhook(&webhook).expect("webhook");
-        append_three(&sled);
+        let appended = append_three(&sled);
         drop(sled);
         let journal = SledStore::unopened(&journal_config(dir.path()));
         assert!(refused_for_good(&journal));
@@ -536,7 +543,15 @@ mod tests {
         drop(journal);
         // Still the sled store it was, events and all.
         let sled = open_released(&sled_config(dir.path()));
-        assert_eq!(keys_under(&sled, keys::QUEUE), 3);
+        let queued = sled
+            .queued(
+                appended[0].1[0].webhook_id,
+                u64::MAX,
+                10,
+                &std::collections::HashSet::new(),
+            )
+            .expect("queued");
+        assert_eq!(queued.len(), 3);
         assert!(
             !sled
                 .db()

@@ -25,6 +25,9 @@ pub(super) const DEDUPE_MARK: u8 = b'K';
 /// Present while the database is the local journal of a shared store, whose events have no
 /// `x` or `q` entries (see `SledStore::settle_role`).
 pub(super) const JOURNAL_ROLE: &[u8] = b"J";
+/// The checkpoint of the deliveries queued in memory (a Unix second, big-endian u64): every
+/// pending delivery whose id was made before it has a `q` entry (see `fresh`).
+pub(super) const FRESH_CHECKPOINT: &[u8] = b"Q";
 
 pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());

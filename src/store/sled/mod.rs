@@ -51,6 +51,7 @@ mod barrier;
 pub use barrier::Durable;
 mod dedupe;
 mod events;
+mod fresh;
 mod journal;
 pub use journal::{Entry, Local};
 mod keys;
@@ -127,6 +128,8 @@ pub struct SledStore {
     /// The last second whose `X` entry each webhook's deliveries wrote, since the database
     /// was opened: the next delivery of that webhook in the same second writes none.
     seconds: Mutex<std::collections::HashMap<Uuid, u64>>,
+    /// The newest deliveries of each webhook's queue, held in memory without `q` entries.
+    fresh: fresh::Fresh,
     /// Set when opening refused the directory for good (a journal still holding events opened
     /// as a sled store, a sled store opened as a journal): [`SledStore::maintain`] stops
     /// trying.
@@ -157,6 +160,7 @@ impl SledStore {
         create_private_dir(&config.path)?;
         let db = store.sled_config.open()?;
         store.settle_role(&db)?;
+        store.recover_fresh(&db)?;
         store.db.store(Some(Arc::new(db)));
         store.check_space();
         store.mark_ready();
@@ -193,6 +197,8 @@ impl SledStore {
                 path.display()
             )));
         }
+        // Its queue as `queued` reads it: deliveries stored without `q` entries included.
+        store.recover_fresh(&db)?;
         store.db.store(Some(Arc::new(db)));
         Ok(store)
     }
@@ -264,6 +270,7 @@ impl SledStore {
             journal_legacy: AtomicBool::new(false),
             handoff: journal::Handoff::default(),
             seconds: Mutex::default(),
+            fresh: fresh::Fresh::default(),
             refused: AtomicBool::new(false),
         }
     }
@@ -339,6 +346,8 @@ impl SledStore {
             match Arc::try_unwrap(old) {
                 Ok(db) => {
                     drop(db);
+                    // Taken back from the database when it opens again.
+                    self.fresh.reset(None);
                     self.broken.store(false, Ordering::Relaxed);
                     return;
                 }
@@ -384,12 +393,18 @@ impl SledStore {
         if self.broken.load(Ordering::Relaxed) {
             self.close();
         }
+        if self.is_open()
+            && let Err(e) = self.spill_fresh()
+        {
+            tracing::warn!(error = %e, "cannot give waiting deliveries their queue entries yet; trying again");
+        }
         if self.is_open() || self.refused.load(Ordering::Relaxed) {
             return false;
         }
         let opened = create_private_dir(&self.path).and_then(|()| {
             let db = self.sled_config.open()?;
             self.settle_role(&db)?;
+            self.recover_fresh(&db)?;
             Ok(db)
         });
         let mut last = self
@@ -661,8 +676,16 @@ impl Store for SledStore {
     }
 
     async fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
-        self.off_thread(move |db, _| queue::queue_stats_in(db, webhook))
-            .await
+        let mut stats = self
+            .off_thread(move |db, _| queue::queue_stats_in(db, webhook))
+            .await?;
+        let (held, oldest) = self.fresh.count(webhook);
+        stats.pending += held;
+        stats.oldest_ms = match (stats.oldest_ms, oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(stats)
     }
 
     async fn record_attempts(

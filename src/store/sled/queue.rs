@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use super::{SledStore, keys, record};
+use super::{SledStore, fresh, keys, record};
 use crate::event::{Attempt, Delivery, DeliveryState};
 use crate::store::{KeyHeads, QueueStats, Recorded, StoreError};
 
@@ -137,39 +137,68 @@ impl SledStore {
                 &until_ms.saturating_add(1).to_be_bytes(),
             ],
         );
+        let held = self
+            .fresh
+            .entries(webhook, until_ms, limit.saturating_add(skip.len()));
         let mut out = Vec::new();
-        for entry in self.db()?.range(start..end) {
+        for queued in Merged::new(self.db()?.range(start..end), held) {
             if out.len() >= limit {
                 break;
             }
-            let (k, _) = entry?;
-            let Some(id) = keys::trailing_id(&k) else {
-                continue;
-            };
-            if skip.contains(&id) {
+            let queued = queued?;
+            if skip.contains(&queued.id()) {
                 continue;
             }
-            match self.delivery(id)? {
-                Some(d) if d.state == DeliveryState::Pending && keys::queue(&d) == k.as_ref() => {
-                    if d.due_ms <= until_ms {
-                        out.push(d);
-                    }
-                }
-                // An entry left behind by a crash between two writes of `record_attempts`:
-                // the delivery has moved on (or is gone). Dropping it is tidying only, so a
-                // refused write (a full disk) does not fail the read.
-                _ => {
-                    let _ = self.write(|db| Ok(db.remove(&k)?));
-                }
+            if let Some(d) = self.still_queued(webhook, &queued)?
+                && d.due_ms <= until_ms
+            {
+                out.push(d);
             }
         }
         Ok(out)
     }
 
+    /// The delivery `queued` stands for, if it is still queued there. An entry left behind
+    /// (by a crash between two writes of `record_attempts`, or a write that failed) is let
+    /// go: the delivery has moved on or is gone. Dropping a `q` entry is tidying only, so a
+    /// refused write (a full disk) does not fail the read. A delivery held in memory whose
+    /// record is queued elsewhere gets its `q` entry (it has one unless a write failed).
+    fn still_queued(&self, webhook: Uuid, queued: &Queued) -> Result<Option<Delivery>, StoreError> {
+        let d = self.delivery(queued.id())?;
+        match queued {
+            Queued::Entry { key, .. } => match d {
+                Some(d) if d.state == DeliveryState::Pending && keys::queue(&d) == key.as_ref() => {
+                    Ok(Some(d))
+                }
+                _ => {
+                    let _ = self.write(|db| Ok(db.remove(key)?));
+                    Ok(None)
+                }
+            },
+            Queued::Held(held) => {
+                match d {
+                    Some(d)
+                        if d.state == DeliveryState::Pending
+                            && d.webhook_id == webhook
+                            && d.queue_ms == held.queue_ms =>
+                    {
+                        return Ok(Some(d));
+                    }
+                    Some(d) if d.state == DeliveryState::Pending => {
+                        self.write(|db| Ok(db.insert(keys::queue(&d), keys::queue_value(&d))?))?;
+                    }
+                    _ => {}
+                }
+                self.fresh.remove(webhook, held.queue_ms, held.id);
+                Ok(None)
+            }
+        }
+    }
+
     /// The head of each key's queue that is due by `now_ms`, at most `limit`, and when the
     /// first head not yet due is due (see [`crate::store::Store::claim_key_heads`]). Reads
-    /// the keys from the queue entries' values and only the heads' records; looks at most
-    /// [`MAX_KEY_SCAN`] entries deep.
+    /// the keys from the queue entries' values (and the entries in memory) and only the
+    /// heads' records; looks at most [`MAX_KEY_SCAN`] entries deep.
     pub fn claim_key_heads(
         &self,
         webhook: Uuid,
@@ -180,25 +209,23 @@ impl SledStore {
         let mut heads = KeyHeads::default();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let prefix = keys::key(keys::QUEUE, &[webhook.as_bytes()]);
-        for entry in self.db()?.scan_prefix(prefix).take(MAX_KEY_SCAN) {
+        let held = self.fresh.entries(webhook, u64::MAX, MAX_KEY_SCAN);
+        for queued in Merged::new(self.db()?.scan_prefix(prefix), held).take(MAX_KEY_SCAN) {
             if heads.ready.len() >= limit {
                 break;
             }
-            let (k, v) = entry?;
-            let Some(id) = keys::trailing_id(&k) else {
-                continue;
-            };
+            let queued = queued?;
             // A key is seen at its first entry: later ones wait behind it.
-            if let Some(key) = keys::queue_value_key(&v) {
+            if let Some(key) = queued.ordering_key() {
                 if !seen.insert(key.to_vec()) {
                     continue;
                 }
             }
-            if skip.contains(&id) {
+            if skip.contains(&queued.id()) {
                 continue;
             }
-            match self.delivery(id)? {
-                Some(d) if d.state == DeliveryState::Pending && keys::queue(&d) == k.as_ref() => {
+            match self.still_queued(webhook, &queued)? {
+                Some(d) => {
                     if d.due_ms <= now_ms {
                         heads.ready.push(d);
                     } else {
@@ -206,12 +233,11 @@ impl SledStore {
                             Some(heads.next_due_ms.map_or(d.due_ms, |n| n.min(d.due_ms)));
                     }
                 }
-                // A stale entry (see `queued`): it holds no key's place.
-                _ => {
-                    if let Some(key) = keys::queue_value_key(&v) {
+                // A stale entry: it holds no key's place.
+                None => {
+                    if let Some(key) = queued.ordering_key() {
                         seen.remove(key);
                     }
-                    let _ = self.write(|db| Ok(db.remove(&k)?));
                 }
             }
         }
@@ -227,7 +253,7 @@ impl SledStore {
         webhook: Uuid,
         skip: &HashSet<Uuid>,
     ) -> Result<Option<u64>, StoreError> {
-        let mut next: Option<u64> = None;
+        let mut next: Option<u64> = self.fresh.next_at(webhook, skip);
         for entry in self
             .db()?
             .scan_prefix(keys::key(keys::QUEUE, &[webhook.as_bytes()]))
@@ -292,6 +318,10 @@ impl SledStore {
                 if pending {
                     db.insert(keys::queue(&c.after), keys::queue_value(&c.after))?;
                 }
+                // A delivery held in memory has no entry to remove: it is let go below.
+                if self.fresh.remove(webhook, c.before.queue_ms, c.before.id) {
+                    continue;
+                }
                 if !pending || keys::queue(&c.after) != keys::queue(&c.before) {
                     db.remove(keys::queue(&c.before))?;
                 }
@@ -318,13 +348,98 @@ impl SledStore {
             // The same order as `record_attempts`: state, new entry, old entry.
             db.insert(keys::delivery(d.id), record::encode(&d)?)?;
             db.insert(keys::queue(&d), keys::queue_value(&d))?;
-            if delivery.state == DeliveryState::Pending && keys::queue(delivery) != keys::queue(&d)
+            // One held in memory has no entry to remove.
+            let held = delivery.state == DeliveryState::Pending
+                && self
+                    .fresh
+                    .remove(delivery.webhook_id, delivery.queue_ms, delivery.id);
+            if delivery.state == DeliveryState::Pending
+                && !held
+                && keys::queue(delivery) != keys::queue(&d)
             {
                 db.remove(keys::queue(delivery))?;
             }
             Ok(())
         })?;
         Ok(Some(d))
+    }
+}
+
+/// A place in a webhook's queue: a `q` entry, or a delivery held in memory.
+enum Queued {
+    Entry { key: sled::IVec, value: sled::IVec },
+    Held(fresh::Held),
+}
+
+impl Queued {
+    fn id(&self) -> Uuid {
+        match self {
+            Queued::Entry { key, .. } => keys::trailing_id(key).unwrap_or_default(),
+            Queued::Held(h) => h.id,
+        }
+    }
+
+    fn ordering_key(&self) -> Option<&[u8]> {
+        match self {
+            Queued::Entry { value, .. } => keys::queue_value_key(value),
+            Queued::Held(h) => h.entry.key.as_deref().map(str::as_bytes),
+        }
+    }
+}
+
+/// Queue time and id of a `q` entry's key: the queue's order.
+fn entry_place(key: &[u8]) -> (u64, Uuid) {
+    (
+        keys::queue_ms(key).unwrap_or_default(),
+        keys::trailing_id(key).unwrap_or_default(),
+    )
+}
+
+/// A webhook's `q` entries and its deliveries held in memory, merged in queue order. A
+/// delivery found in both (for the moment between its entry's write and its letting go)
+/// comes once.
+struct Merged<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+    entries: std::iter::Peekable<I>,
+    held: std::iter::Peekable<std::vec::IntoIter<fresh::Held>>,
+    last: Option<Uuid>,
+}
+
+impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Merged<I> {
+    fn new(entries: I, held: Vec<fresh::Held>) -> Self {
+        Self {
+            entries: entries.peekable(),
+            held: held.into_iter().peekable(),
+            last: None,
+        }
+    }
+}
+
+impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Merged<I> {
+    type Item = Result<Queued, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let from_entries = match (self.entries.peek(), self.held.peek()) {
+                (None, None) => return None,
+                (None, Some(_)) => false,
+                (Some(Ok((key, _))), Some(h)) => entry_place(key) <= (h.queue_ms, h.id),
+                (Some(_), _) => true,
+            };
+            let queued = if from_entries {
+                match self.entries.next()? {
+                    Ok((key, value)) => Queued::Entry { key, value },
+                    Err(e) => return Some(Err(e.into())),
+                }
+            } else {
+                Queued::Held(self.held.next()?)
+            };
+            let id = queued.id();
+            if self.last == Some(id) {
+                continue;
+            }
+            self.last = Some(id);
+            return Some(Ok(queued));
+        }
     }
 }
 

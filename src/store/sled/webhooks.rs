@@ -143,6 +143,7 @@ impl SledStore {
                 }
             }
             db.apply_batch(batch)?;
+            self.fresh.forget_webhook(id);
             Ok(pending)
         })
     }

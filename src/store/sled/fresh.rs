@@ -1,0 +1,663 @@
+//! The newest part of each webhook's queue, held in memory: deliveries stored by requests
+//! that have no `q` entry (yet).
+//!
+//! Most deliveries are sent, and their new state written, within moments of being stored.
+//! Queued here rather than by a `q` entry, such a delivery costs its request one sled write
+//! fewer, and its delivery the entry's removal. The scheduler reads a webhook's queue as its
+//! `q` entries and its entries here, merged in queue order (`SledStore::queued`).
+//!
+//! An entry leaves when its delivery's state is next written (`record_attempts`, `requeue`:
+//! a delivery still pending then gets its `q` entry), or once it is older than
+//! [`SPILL_AFTER_MS`] (a paused or backed-up webhook): the keeper then writes its `q` entry
+//! ([`SledStore::spill_fresh`](super::SledStore::spill_fresh)). At most [`MAX_ENTRIES`] are
+//! held; past that, deliveries are stored with `q` entries as before.
+//!
+//! What a crash takes of this memory is found again at open. The checkpoint (the `Q` key, a
+//! Unix second) says that every pending delivery whose id was made before that second has a
+//! `q` entry; so opening reads the delivery records from that second on (ids are UUIDv7, so
+//! `d` keys are in time order) and takes back the pending ones without an entry. The
+//! checkpoint moves forward as entries leave, never past the second of a delivery held here
+//! or being stored (see [`Fresh::reserve`]), and it is written after the `q` entries it
+//! relies on: sled recovers a prefix of its writes, so a checkpoint found at open has its
+//! entries.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use uuid::Uuid;
+
+use super::{SledStore, keys, record};
+use crate::event::{Delivery, DeliveryState};
+use crate::store::StoreError;
+
+/// How long a delivery may wait here before the keeper gives it a `q` entry.
+pub(super) const SPILL_AFTER_MS: u64 = 20_000;
+
+/// At most this many deliveries are held (~100 bytes each).
+pub(super) const MAX_ENTRIES: usize = 50_000;
+
+/// Only deliveries whose ids were made this recently are held: one made earlier (an event
+/// moved in from `pending/`, a request that took long) gets a `q` entry.
+const RECENT_MS: u64 = 2_000;
+
+/// The checkpoint stays this far behind the clock: a delivery whose id is made now is
+/// never behind it, even across a small step of the clock.
+const CHECKPOINT_LAG_S: u64 = 5;
+
+/// One delivery held here (its webhook, queue time and id are the key it is held under).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Entry {
+    pub due_ms: u64,
+    /// The delivery's ordering key, read by `claim_key_heads` without the record.
+    pub key: Option<Arc<str>>,
+}
+
+/// An entry with its place in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Held {
+    pub queue_ms: u64,
+    pub id: Uuid,
+    pub entry: Entry,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Each webhook's entries in queue order.
+    queues: HashMap<Uuid, BTreeMap<(u64, Uuid), Entry>>,
+    len: usize,
+    /// How many deliveries, by the Unix second of their ids, are held here or being stored
+    /// under a [`Reservation`]: the checkpoint stays at or before the first.
+    seconds: BTreeMap<u64, usize>,
+    /// The checkpoint in force; `None` until the database was opened and its checkpoint read
+    /// (nothing is held then).
+    checkpoint: Option<u64>,
+}
+
+impl Inner {
+    fn hold(&mut self, second: u64) {
+        *self.seconds.entry(second).or_default() += 1;
+    }
+
+    fn release(&mut self, second: u64) {
+        if let Some(n) = self.seconds.get_mut(&second) {
+            *n -= 1;
+            if *n == 0 {
+                self.seconds.remove(&second);
+            }
+        }
+    }
+
+    /// Holds `d`, whose id was made in `second` (a second already held by a reservation is
+    /// held once more: the caller lets go of the reservation's).
+    fn insert(&mut self, d: &Delivery, second: u64) {
+        let entry = Entry {
+            due_ms: d.due_ms,
+            key: d.ordering_key.as_deref().map(Arc::from),
+        };
+        let queue = self.queues.entry(d.webhook_id).or_default();
+        if queue.insert((d.queue_ms, d.id), entry).is_none() {
+            self.len += 1;
+            self.hold(second);
+        }
+    }
+
+    fn remove(&mut self, webhook: Uuid, queue_ms: u64, id: Uuid) -> bool {
+        let Some(queue) = self.queues.get_mut(&webhook) else {
+            return false;
+        };
+        if queue.remove(&(queue_ms, id)).is_none() {
+            return false;
+        }
+        if queue.is_empty() {
+            self.queues.remove(&webhook);
+        }
+        self.len -= 1;
+        if let Some(second) = keys::id_second(id) {
+            self.release(second);
+        }
+        true
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub(super) struct Fresh {
+    inner: Mutex<Inner>,
+}
+
+/// Deliveries being stored that will be held here: until [`Reservation::add`] (or its drop,
+/// when storing failed) the first of their seconds keeps the checkpoint behind them.
+pub(super) struct Reservation<'a> {
+    fresh: &'a Fresh,
+    /// `None` once added.
+    second: Option<u64>,
+}
+
+impl Reservation<'_> {
+    /// The deliveries are stored: hold them.
+    pub(super) fn add(mut self, deliveries: &[Delivery]) {
+        let mut inner = self.fresh.lock();
+        for d in deliveries {
+            if let Some(second) = keys::id_second(d.id) {
+                inner.insert(d, second);
+            }
+        }
+        // Held by the entries now.
+        if let Some(second) = self.second.take() {
+            inner.release(second);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(second) = self.second {
+            self.fresh.lock().release(second);
+        }
+    }
+}
+
+impl Fresh {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets everything and takes `checkpoint` (read at open; `None`: the database is
+    /// closed, nothing is held until it is open again).
+    pub(super) fn reset(&self, checkpoint: Option<u64>) {
+        *self.lock() = Inner {
+            checkpoint,
+            ..Inner::default()
+        };
+    }
+
+    /// The checkpoint in force.
+    pub(super) fn checkpoint(&self) -> Option<u64> {
+        self.lock().checkpoint
+    }
+
+    /// Whether `deliveries`, about to be stored, are to be held here rather than given `q`
+    /// entries: all of them or none, each pending, due within [`SPILL_AFTER_MS`], with a
+    /// UUIDv7 id made within [`RECENT_MS`] of `now_ms` and not before the checkpoint, and
+    /// room for them. If so, their seconds are held from now on.
+    pub(super) fn reserve(&self, deliveries: &[Delivery], now_ms: u64) -> Option<Reservation<'_>> {
+        let mut inner = self.lock();
+        let checkpoint = inner.checkpoint?;
+        if deliveries.is_empty() || inner.len + deliveries.len() > MAX_ENTRIES {
+            return None;
+        }
+        let mut first = u64::MAX;
+        for d in deliveries {
+            let second = keys::id_second(d.id)?;
+            let made_ms = second.saturating_mul(1000);
+            let eligible = d.state == DeliveryState::Pending
+                && second >= checkpoint
+                && made_ms.saturating_add(RECENT_MS + 1000) >= now_ms
+                && d.due_ms <= now_ms.saturating_add(SPILL_AFTER_MS);
+            if !eligible {
+                return None;
+            }
+            first = first.min(second);
+        }
+        inner.hold(first);
+        Some(Reservation {
+            fresh: self,
+            second: Some(first),
+        })
+    }
+
+    /// Takes back a pending delivery found without a `q` entry at open; false when there is
+    /// no room (it then needs an entry).
+    pub(super) fn readmit(&self, d: &Delivery) -> bool {
+        let mut inner = self.lock();
+        let Some(second) = keys::id_second(d.id) else {
+            return false;
+        };
+        if inner.len >= MAX_ENTRIES || inner.checkpoint.is_none_or(|c| second < c) {
+            return false;
+        }
+        inner.insert(d, second);
+        true
+    }
+
+    /// Lets go of a delivery (its state was written; it has a `q` entry if it is still
+    /// pending). Returns whether it was held.
+    pub(super) fn remove(&self, webhook: Uuid, queue_ms: u64, id: Uuid) -> bool {
+        self.lock().remove(webhook, queue_ms, id)
+    }
+
+    /// Lets go of a deleted webhook's deliveries.
+    pub(super) fn forget_webhook(&self, webhook: Uuid) {
+        let mut inner = self.lock();
+        if let Some(queue) = inner.queues.remove(&webhook) {
+            inner.len -= queue.len();
+            for (_, id) in queue.keys() {
+                if let Some(second) = keys::id_second(*id) {
+                    inner.release(second);
+                }
+            }
+        }
+    }
+
+    /// Up to `max` of `webhook`'s entries in queue order, those queued by `until_ms` only.
+    pub(super) fn entries(&self, webhook: Uuid, until_ms: u64, max: usize) -> Vec<Held> {
+        let inner = self.lock();
+        let Some(queue) = inner.queues.get(&webhook) else {
+            return Vec::new();
+        };
+        queue
+            .range(..=(until_ms, Uuid::max()))
+            .take(max)
+            .map(|(&(queue_ms, id), entry)| Held {
+                queue_ms,
+                id,
+                entry: entry.clone(),
+            })
+            .collect()
+    }
+
+    /// When the first of `webhook`'s entries not in `skip` may go: the later of its queue
+    /// and due times, the earliest over the entries.
+    pub(super) fn next_at(&self, webhook: Uuid, skip: &HashSet<Uuid>) -> Option<u64> {
+        let inner = self.lock();
+        let mut next: Option<u64> = None;
+        for (&(queue_ms, id), entry) in inner.queues.get(&webhook)? {
+            if next.is_some_and(|n| queue_ms >= n) {
+                break;
+            }
+            if skip.contains(&id) {
+                continue;
+            }
+            let at = queue_ms.max(entry.due_ms);
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        next
+    }
+
+    /// How many of `webhook`'s deliveries are held, and when the oldest was created.
+    pub(super) fn count(&self, webhook: Uuid) -> (usize, Option<u64>) {
+        let inner = self.lock();
+        let Some(queue) = inner.queues.get(&webhook) else {
+            return (0, None);
+        };
+        let oldest = queue.keys().filter_map(|(_, id)| created_ms(*id)).min();
+        (queue.len(), oldest)
+    }
+
+    /// The deliveries held longer than [`SPILL_AFTER_MS`] at `now_ms`: (webhook, queue ms,
+    /// id) each.
+    pub(super) fn overdue(&self, now_ms: u64) -> Vec<(Uuid, u64, Uuid)> {
+        let inner = self.lock();
+        let mut out = Vec::new();
+        for (webhook, queue) in &inner.queues {
+            for &(queue_ms, id) in queue.keys() {
+                if created_ms(id).is_none_or(|c| c.saturating_add(SPILL_AFTER_MS) < now_ms) {
+                    out.push((*webhook, queue_ms, id));
+                }
+            }
+        }
+        out
+    }
+
+    /// Moves the checkpoint as far as it may go at `now_ms`: to the first second held, at
+    /// most [`CHECKPOINT_LAG_S`] behind the clock. Returns the new checkpoint when it moved
+    /// (to be written); admissions see it at once.
+    pub(super) fn advance(&self, now_ms: u64) -> Option<u64> {
+        let mut inner = self.lock();
+        let current = inner.checkpoint?;
+        let mut to = (now_ms / 1000).saturating_sub(CHECKPOINT_LAG_S);
+        if let Some((&first, _)) = inner.seconds.first_key_value() {
+            to = to.min(first);
+        }
+        if to <= current {
+            return None;
+        }
+        inner.checkpoint = Some(to);
+        Some(to)
+    }
+}
+
+/// When a UUIDv7 id was made, in Unix milliseconds.
+fn created_ms(id: Uuid) -> Option<u64> {
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
+/// The clock in Unix milliseconds.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl SledStore {
+    /// Reads the checkpoint of the database just opened and takes back the pending
+    /// deliveries stored since then without a `q` entry (see the module documentation): held
+    /// here while there is room, given their entry otherwise. A database without a
+    /// checkpoint (a new one, or one written by a hooktap that wrote a `q` entry for every
+    /// delivery) gets one at the current second.
+    pub(super) fn recover_fresh(&self, db: &sled::Db) -> Result<(), StoreError> {
+        if self.journal {
+            self.fresh.reset(None);
+            return Ok(());
+        }
+        let checkpoint = match db.get(keys::FRESH_CHECKPOINT)? {
+            Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+                Ok(b) => u64::from_be_bytes(b),
+                Err(_) => {
+                    tracing::warn!(path = %self.path.display(),
+                        "the store's queue checkpoint is unreadable: reading every delivery record for the queue");
+                    0
+                }
+            },
+            None => {
+                let now = now_ms() / 1000;
+                db.insert(keys::FRESH_CHECKPOINT, &now.to_be_bytes())?;
+                now
+            }
+        };
+        self.fresh.reset(Some(checkpoint));
+        let (start, _) = keys::deliveries_in_second(checkpoint);
+        let end = [keys::DELIVERY + 1];
+        let (mut held, mut queued) = (0usize, 0usize);
+        for entry in db.range(start.as_slice()..end.as_slice()) {
+            let (k, v) = entry?;
+            let Some(id) = keys::trailing_id(&k) else {
+                continue;
+            };
+            let d = match record::decode(id, &v) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(delivery = %id, error = %e, "a delivery record cannot be read; not queued");
+                    continue;
+                }
+            };
+            if d.state != DeliveryState::Pending || db.contains_key(keys::queue(&d))? {
+                continue;
+            }
+            if self.fresh.readmit(&d) {
+                held += 1;
+            } else {
+                db.insert(keys::queue(&d), keys::queue_value(&d))?;
+                queued += 1;
+            }
+        }
+        if held + queued > 0 {
+            tracing::info!(
+                held,
+                queued,
+                "queued again the deliveries stored before the last stop without a queue entry"
+            );
+        }
+        Ok(())
+    }
+
+    /// The keeper's round: gives the deliveries held longer than [`SPILL_AFTER_MS`] their `q`
+    /// entries, then moves the checkpoint and writes it (after those entries).
+    pub(super) fn spill_fresh(&self) -> Result<(), StoreError> {
+        if self.journal || self.fresh.checkpoint().is_none() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.spill_held_before(now)?;
+        if let Some(checkpoint) = self.fresh.advance(now) {
+            self.write(|db| Ok(db.insert(keys::FRESH_CHECKPOINT, &checkpoint.to_be_bytes())?))?;
+        }
+        Ok(())
+    }
+
+    /// Gives the deliveries held longer than [`SPILL_AFTER_MS`] at `now_ms` their `q`
+    /// entries, and lets go of them.
+    pub(super) fn spill_held_before(&self, now_ms: u64) -> Result<(), StoreError> {
+        for (webhook, queue_ms, id) in self.fresh.overdue(now_ms) {
+            self.write(|db| {
+                if let Some(v) = db.get(keys::delivery(id))? {
+                    let d = record::decode(id, &v)?;
+                    if d.state == DeliveryState::Pending && d.queue_ms == queue_ms {
+                        db.insert(keys::queue(&d), keys::queue_value(&d))?;
+                    }
+                }
+                Ok(())
+            })?;
+            self.fresh.remove(webhook, queue_ms, id);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::super::{open_for_tests, test_config};
+    use super::*;
+    use crate::event::{Event, Topic};
+    use crate::store::{FlushMode, Recorded, contract::attempt};
+    use crate::webhook::{Origin, Webhook, WebhookSpec};
+
+    fn webhook(store: &SledStore) -> Uuid {
+        let w = Webhook::new(WebhookSpec::example("crm"), Origin::Api);
+        store.put_webhook(&w).expect("webhook");
+        w.id
+    }
+
+    fn append(store: &SledStore, webhook: Uuid, key: Option<&str>) -> Delivery {
+        let topic = Topic::parse("order.created").expect("topic");
+        let event = Event::new(&topic, "r", serde_json::json!({"n": 1}));
+        let mut d = Delivery::new(&event, webhook, 0);
+        d.ordering_key = key.map(str::to_owned);
+        store
+            .append(&event, std::slice::from_ref(&d))
+            .expect("append");
+        d
+    }
+
+    fn queue_entries(store: &SledStore) -> usize {
+        store.db().expect("db").scan_prefix([keys::QUEUE]).count()
+    }
+
+    fn queued(store: &SledStore, webhook: Uuid) -> Vec<Uuid> {
+        store
+            .queued(webhook, u64::MAX, 100, &HashSet::new())
+            .expect("queued")
+            .iter()
+            .map(|d| d.id)
+            .collect()
+    }
+
+    fn recorded(d: &Delivery, success: bool) -> Recorded {
+        let mut after = d.clone();
+        after.attempts += 1;
+        if success {
+            after.state = DeliveryState::Delivered;
+        } else {
+            after.due_ms += 60_000;
+            after.queue_ms = after.due_ms;
+        }
+        Recorded {
+            before: d.clone(),
+            after,
+            attempt: attempt(d, 1, success),
+        }
+    }
+
+    #[test]
+    fn a_new_delivery_is_queued_in_memory_and_sent_without_a_queue_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let d = append(&store, w, None);
+        assert_eq!(queue_entries(&store), 0);
+        assert_eq!(queued(&store, w), vec![d.id]);
+        assert_eq!(store.fresh.count(w).0, 1);
+        assert!(
+            store
+                .record_attempts(w, &[recorded(&d, true)], None)
+                .expect("record")
+        );
+        assert_eq!(queued(&store, w), Vec::<Uuid>::new());
+        assert_eq!(store.fresh.count(w).0, 0);
+        assert_eq!(queue_entries(&store), 0);
+    }
+
+    #[test]
+    fn a_retry_gets_a_queue_entry_and_is_queued_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let d = append(&store, w, None);
+        let change = recorded(&d, false);
+        assert!(
+            store
+                .record_attempts(w, std::slice::from_ref(&change), None)
+                .expect("record")
+        );
+        assert_eq!(queue_entries(&store), 1);
+        assert_eq!(store.fresh.count(w).0, 0);
+        assert_eq!(queued(&store, w), vec![d.id]);
+        // Requeued by hand: still one place in the queue.
+        store.requeue(&change.after, 1).expect("requeue");
+        assert_eq!(queued(&store, w), vec![d.id]);
+        assert_eq!(queue_entries(&store), 1);
+    }
+
+    #[test]
+    fn entries_and_deliveries_in_memory_are_read_in_queue_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let a = append(&store, w, Some("k1"));
+        let b = append(&store, w, Some("k2"));
+        let c = append(&store, w, Some("k1"));
+        // `b` waits for a retry with a queue entry at its own queue time: in front of `c`,
+        // which is still in memory.
+        let mut retry = recorded(&b, false);
+        retry.after.queue_ms = b.queue_ms;
+        retry.after.due_ms = 0;
+        assert!(store.record_attempts(w, &[retry], None).expect("record"));
+        assert_eq!(queue_entries(&store), 1);
+        assert_eq!(queued(&store, w), vec![a.id, b.id, c.id]);
+        // One head per key, across both: `a` for k1 (not `c`), `b` for k2.
+        let heads = store
+            .claim_key_heads(w, u64::MAX, 10, &HashSet::new())
+            .expect("heads");
+        let ids: Vec<Uuid> = heads.ready.iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec![a.id, b.id]);
+        // In flight, `a` holds its key: `c` waits.
+        let heads = store
+            .claim_key_heads(w, u64::MAX, 10, &HashSet::from([a.id]))
+            .expect("heads");
+        let ids: Vec<Uuid> = heads.ready.iter().map(|d| d.id).collect();
+        assert_eq!(ids, vec![b.id]);
+        assert_eq!(
+            store.next_queued(w, &HashSet::new()).expect("next"),
+            Some(a.queue_ms)
+        );
+    }
+
+    #[test]
+    fn what_memory_held_is_queued_again_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let sent = append(&store, w, None);
+        let waiting = append(&store, w, Some("k"));
+        assert!(
+            store
+                .record_attempts(w, &[recorded(&sent, true)], None)
+                .expect("record")
+        );
+        assert_eq!(queue_entries(&store), 0);
+        store.flush().expect("flush");
+        // The process ends without a word to the store: its memory is gone.
+        drop(store);
+        let store = open_for_tests(dir.path());
+        assert_eq!(queued(&store, w), vec![waiting.id]);
+        let held = store.fresh.entries(w, u64::MAX, 10);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].entry.key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn the_checkpoint_stays_at_the_first_delivery_held_and_overdue_ones_get_entries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let d = append(&store, w, None);
+        let second = keys::id_second(d.id).expect("v7");
+        // Far in the future, the clock would take the checkpoint past it: the delivery holds
+        // it back.
+        store.fresh.advance(u64::MAX);
+        assert!(store.fresh.checkpoint().is_some_and(|c| c <= second));
+        // Overdue: given its queue entry, let go, and the checkpoint moves on.
+        store
+            .spill_held_before(second * 1000 + SPILL_AFTER_MS + 2000)
+            .expect("spill");
+        assert_eq!(store.fresh.count(w).0, 0);
+        assert_eq!(queue_entries(&store), 1);
+        assert_eq!(queued(&store, w), vec![d.id]);
+        let later = (second + 100) * 1000;
+        assert_eq!(
+            store.fresh.advance(later),
+            Some(second + 100 - CHECKPOINT_LAG_S)
+        );
+        // A delivery made before the checkpoint is queued by an entry.
+        let topic = Topic::parse("order.created").expect("topic");
+        let event = Event::new(&topic, "r", serde_json::json!({}));
+        let old = Delivery::new(&event, w, 0);
+        assert!(
+            store
+                .fresh
+                .reserve(std::slice::from_ref(&old), later)
+                .is_none()
+        );
+        store.append(&event, &[old]).expect("append");
+        assert_eq!(queue_entries(&store), 2);
+    }
+
+    #[test]
+    fn the_checkpoint_written_is_read_at_open_and_a_store_without_one_gets_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let at_open = store.fresh.checkpoint().expect("checkpoint");
+        let now = now_ms() / 1000;
+        assert!(at_open <= now && at_open + 60 > now, "{at_open} vs {now}");
+        store
+            .db()
+            .expect("db")
+            .insert(keys::FRESH_CHECKPOINT, &7u64.to_be_bytes())
+            .expect("insert");
+        drop(store);
+        let store = SledStore::open(&test_config(
+            dir.path(),
+            FlushMode::Interval(std::time::Duration::from_millis(100)),
+        ))
+        .expect("open");
+        assert_eq!(store.fresh.checkpoint(), Some(7));
+    }
+
+    #[test]
+    fn a_failed_append_lets_go_of_its_second_and_a_full_memory_takes_no_more() {
+        let fresh = Fresh::default();
+        fresh.reset(Some(0));
+        let topic = Topic::parse("order.created").expect("topic");
+        let event = Event::new(&topic, "r", serde_json::json!({}));
+        let w = Uuid::now_v7();
+        let d = Delivery::new(&event, w, 0);
+        let now = now_ms();
+        let second = keys::id_second(d.id).expect("v7");
+        let reservation = fresh.reserve(std::slice::from_ref(&d), now).expect("room");
+        assert_eq!(fresh.advance(u64::MAX), Some(second));
+        drop(reservation);
+        assert!(fresh.advance(u64::MAX).is_some_and(|c| c > second));
+        let fresh = Fresh::default();
+        fresh.reset(Some(0));
+        for _ in 0..MAX_ENTRIES {
+            let mut d = Delivery::new(&event, w, 0);
+            d.id = Uuid::now_v7();
+            assert!(fresh.readmit(&d));
+        }
+        assert!(fresh.reserve(std::slice::from_ref(&d), now).is_none());
+        assert!(!fresh.readmit(&d));
+    }
+}

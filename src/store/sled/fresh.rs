@@ -36,8 +36,8 @@ pub(super) const SPILL_AFTER_MS: u64 = 20_000;
 /// At most this many deliveries are held (~100 bytes each).
 pub(super) const MAX_ENTRIES: usize = 50_000;
 
-/// Only deliveries whose ids were made this recently are held: one made earlier (an event
-/// moved in from `pending/`, a request that took long) gets a `q` entry.
+/// Only deliveries whose ids were made this recently are held: one made earlier (a request
+/// that took long between matching and storing) gets a `q` entry.
 const RECENT_MS: u64 = 2_000;
 
 /// The checkpoint stays this far behind the clock: a delivery whose id is made now is
@@ -71,6 +71,9 @@ struct Inner {
     /// The checkpoint in force; `None` until the database was opened and its checkpoint read
     /// (nothing is held then).
     checkpoint: Option<u64>,
+    /// Counts [`Fresh::reset`]s: a reservation taken before one has nothing left to add or
+    /// let go of (what it was for is found in the database again).
+    generation: u64,
 }
 
 impl Inner {
@@ -131,12 +134,18 @@ pub(super) struct Reservation<'a> {
     fresh: &'a Fresh,
     /// `None` once added.
     second: Option<u64>,
+    generation: u64,
 }
 
 impl Reservation<'_> {
     /// The deliveries are stored: hold them.
     pub(super) fn add(mut self, deliveries: &[Delivery]) {
         let mut inner = self.fresh.lock();
+        if inner.generation != self.generation {
+            // The database was reopened meanwhile: opening found them.
+            self.second = None;
+            return;
+        }
         for d in deliveries {
             if let Some(second) = keys::id_second(d.id) {
                 inner.insert(d, second);
@@ -152,7 +161,10 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if let Some(second) = self.second {
-            self.fresh.lock().release(second);
+            let mut inner = self.fresh.lock();
+            if inner.generation == self.generation {
+                inner.release(second);
+            }
         }
     }
 }
@@ -165,8 +177,10 @@ impl Fresh {
     /// Forgets everything and takes `checkpoint` (read at open; `None`: the database is
     /// closed, nothing is held until it is open again).
     pub(super) fn reset(&self, checkpoint: Option<u64>) {
-        *self.lock() = Inner {
+        let mut inner = self.lock();
+        *inner = Inner {
             checkpoint,
+            generation: inner.generation + 1,
             ..Inner::default()
         };
     }
@@ -203,6 +217,7 @@ impl Fresh {
         Some(Reservation {
             fresh: self,
             second: Some(first),
+            generation: inner.generation,
         })
     }
 
@@ -239,14 +254,23 @@ impl Fresh {
         }
     }
 
-    /// Up to `max` of `webhook`'s entries in queue order, those queued by `until_ms` only.
-    pub(super) fn entries(&self, webhook: Uuid, until_ms: u64, max: usize) -> Vec<Held> {
+    /// Up to `max` of `webhook`'s entries in queue order after the place `after` (from the
+    /// first without), those queued by `until_ms` only.
+    pub(super) fn entries(
+        &self,
+        webhook: Uuid,
+        after: Option<(u64, Uuid)>,
+        until_ms: u64,
+        max: usize,
+    ) -> Vec<Held> {
+        use std::ops::Bound;
         let inner = self.lock();
         let Some(queue) = inner.queues.get(&webhook) else {
             return Vec::new();
         };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         queue
-            .range(..=(until_ms, Uuid::max()))
+            .range((from, Bound::Included((until_ms, Uuid::max()))))
             .take(max)
             .map(|(&(queue_ms, id), entry)| Held {
                 queue_ms,
@@ -289,6 +313,12 @@ impl Fresh {
     pub(super) fn overdue(&self, now_ms: u64) -> Vec<(Uuid, u64, Uuid)> {
         let inner = self.lock();
         let mut out = Vec::new();
+        // Nothing held (or being stored) is that old: no need to look.
+        if inner.seconds.first_key_value().is_none_or(|(&first, _)| {
+            first.saturating_mul(1000).saturating_add(SPILL_AFTER_MS) >= now_ms
+        }) {
+            return out;
+        }
         for (webhook, queue) in &inner.queues {
             for &(queue_ms, id) in queue.keys() {
                 if created_ms(id).is_none_or(|c| c.saturating_add(SPILL_AFTER_MS) < now_ms) {
@@ -400,10 +430,31 @@ impl SledStore {
         }
         let now = now_ms();
         self.spill_held_before(now)?;
-        if let Some(checkpoint) = self.fresh.advance(now) {
-            self.write(|db| Ok(db.insert(keys::FRESH_CHECKPOINT, &checkpoint.to_be_bytes())?))?;
+        self.advance_checkpoint(now)
+    }
+
+    /// Moves the checkpoint as far as it may go at `now_ms` and writes it, after a flush:
+    /// the `q` entries it relies on are then on disk whatever sled's recovery keeps (a flush
+    /// is sled's documented promise; the checkpoint moves about once a second).
+    fn advance_checkpoint(&self, now_ms: u64) -> Result<(), StoreError> {
+        if let Some(checkpoint) = self.fresh.advance(now_ms) {
+            self.write(|db| {
+                db.flush()?;
+                db.insert(keys::FRESH_CHECKPOINT, &checkpoint.to_be_bytes())?;
+                Ok(())
+            })?;
         }
         Ok(())
+    }
+
+    /// Gives every delivery held its `q` entry and moves the checkpoint up to the clock
+    /// (shutdown).
+    pub(super) fn spill_fresh_all(&self) -> Result<(), StoreError> {
+        if self.journal || self.fresh.checkpoint().is_none() {
+            return Ok(());
+        }
+        self.spill_held_before(u64::MAX)?;
+        self.advance_checkpoint(now_ms())
     }
 
     /// Gives the deliveries held longer than [`SPILL_AFTER_MS`] at `now_ms` their `q`
@@ -413,7 +464,9 @@ impl SledStore {
             self.write(|db| {
                 if let Some(v) = db.get(keys::delivery(id))? {
                     let d = record::decode(id, &v)?;
-                    if d.state == DeliveryState::Pending && d.queue_ms == queue_ms {
+                    // Pending at another queue time (a write of its retry that failed before
+                    // its entry): queued where its record says.
+                    if d.state == DeliveryState::Pending {
                         db.insert(keys::queue(&d), keys::queue_value(&d))?;
                     }
                 }
@@ -573,7 +626,7 @@ mod tests {
         drop(store);
         let store = open_for_tests(dir.path());
         assert_eq!(queued(&store, w), vec![waiting.id]);
-        let held = store.fresh.entries(w, u64::MAX, 10);
+        let held = store.fresh.entries(w, None, u64::MAX, 10);
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].entry.key.as_deref(), Some("k"));
     }
@@ -613,6 +666,103 @@ mod tests {
         );
         store.append(&event, &[old]).expect("append");
         assert_eq!(queue_entries(&store), 2);
+    }
+
+    /// Writes `d`'s record as it is, without anything else (a write of `record_attempts`
+    /// that stopped halfway).
+    fn overwrite(store: &SledStore, d: &Delivery) {
+        store
+            .db()
+            .expect("db")
+            .insert(keys::delivery(d.id), record::encode(d).expect("encode"))
+            .expect("insert");
+    }
+
+    #[test]
+    fn no_later_entry_overtakes_a_held_delivery_behind_many_stale_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let all: Vec<Delivery> = (0..20).map(|_| append(&store, w, None)).collect();
+        // The first 17 were sent but are still held (their letting go failed), more than a
+        // batch of held entries; the last has a queue entry at its own place.
+        for d in &all[..17] {
+            let mut sent = d.clone();
+            sent.state = DeliveryState::Delivered;
+            overwrite(&store, &sent);
+        }
+        let last = &all[19];
+        let mut retry = recorded(last, false);
+        retry.after.queue_ms = last.queue_ms;
+        assert!(store.record_attempts(w, &[retry], None).expect("record"));
+        let head = store
+            .queued(w, u64::MAX, 1, &HashSet::new())
+            .expect("queued");
+        assert_eq!(
+            head.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![all[17].id]
+        );
+        // The stale ones were let go on the way.
+        assert_eq!(store.fresh.count(w).0, 2);
+    }
+
+    #[test]
+    fn a_held_delivery_whose_record_moved_on_is_spilled_where_the_record_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let d = append(&store, w, None);
+        let retry = recorded(&d, false);
+        overwrite(&store, &retry.after);
+        store.spill_held_before(u64::MAX).expect("spill");
+        assert_eq!(store.fresh.count(w).0, 0);
+        assert!(
+            store
+                .db()
+                .expect("db")
+                .contains_key(keys::queue(&retry.after))
+                .expect("read")
+        );
+        assert_eq!(queued(&store, w), vec![d.id]);
+    }
+
+    #[test]
+    fn a_reservation_from_before_a_reopen_touches_nothing_after_it() {
+        let fresh = Fresh::default();
+        fresh.reset(Some(0));
+        let topic = Topic::parse("order.created").expect("topic");
+        let event = Event::new(&topic, "r", serde_json::json!({}));
+        let d = Delivery::new(&event, Uuid::now_v7(), 0);
+        let second = keys::id_second(d.id).expect("v7");
+        let reservation = fresh
+            .reserve(std::slice::from_ref(&d), now_ms())
+            .expect("room");
+        // Reopened meanwhile, and opening took the delivery back from the database.
+        fresh.reset(Some(0));
+        assert!(fresh.readmit(&d));
+        reservation.add(std::slice::from_ref(&d));
+        fresh.advance(u64::MAX);
+        assert!(fresh.checkpoint().is_some_and(|c| c <= second));
+        assert_eq!(fresh.count(d.webhook_id).0, 1);
+        // The same for one dropped (its append failed after the reopen).
+        let reservation = fresh.reserve(std::slice::from_ref(&d), now_ms());
+        fresh.reset(Some(0));
+        assert!(fresh.readmit(&d));
+        drop(reservation);
+        fresh.advance(u64::MAX);
+        assert!(fresh.checkpoint().is_some_and(|c| c <= second));
+    }
+
+    #[tokio::test]
+    async fn a_clean_stop_gives_every_held_delivery_its_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let d = append(&store, w, None);
+        crate::store::Store::flush(&store).await.expect("flush");
+        assert_eq!(store.fresh.count(w).0, 0);
+        assert_eq!(queue_entries(&store), 1);
+        assert_eq!(queued(&store, w), vec![d.id]);
     }
 
     #[test]

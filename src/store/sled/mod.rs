@@ -11,7 +11,8 @@
 //! |---|---|
 //! | `e` event id | [`Event`] (JSON) and `deliveries`: the ids of its deliveries |
 //! | `d` delivery id | [`Delivery`](crate::event::Delivery): a version byte and postcard (`record`); JSON in stores written before |
-//! | `q` webhook id, queue ms (big-endian u64), delivery id | the ordering key (`k` + key) or empty: the queue |
+//! | `q` webhook id, queue ms (big-endian u64), delivery id | the ordering key (`k` + key) or empty: the queue (new deliveries are queued in memory at first: `fresh`) |
+//! | `Q` | the checkpoint of the queue in memory (Unix second, big-endian u64; see `fresh`) |
 //! | `X` webhook id, Unix second (big-endian u64) | empty: the webhook has deliveries whose ids were made in that second (its deliveries are the `d` records of its seconds that name it) |
 //! | `x` webhook id, delivery id | empty: a webhook's delivery, for deliveries stored before `X` entries and ids that are not UUIDv7 |
 //! | `v` event id, delivery id | empty: an event's deliveries, for events stored before records listed them (no longer written) |
@@ -36,6 +37,7 @@
 //! - [`keys`]: the key layout.
 //! - `events`: events (large payloads as files beside the database) and the intake.
 //! - `queue`: deliveries, the queue, a webhook's deliveries and the attempt log.
+//! - `fresh`: the newest part of each queue, held in memory, and its checkpoint.
 //! - `record`: a delivery's record in its binary form.
 //! - `webhooks`: webhook records.
 //! - `pending`: events held as files while the database is not open.
@@ -596,6 +598,9 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
+        // At shutdown every pending delivery gets its queue entry: the next start has nothing
+        // to look for, and a hooktap that holds no deliveries in memory finds them all.
+        self.spill_fresh_all()?;
         SledStore::flush(self)
     }
 
@@ -676,16 +681,10 @@ impl Store for SledStore {
     }
 
     async fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
-        let mut stats = self
+        let stats = self
             .off_thread(move |db, _| queue::queue_stats_in(db, webhook))
             .await?;
-        let (held, oldest) = self.fresh.count(webhook);
-        stats.pending += held;
-        stats.oldest_ms = match (stats.oldest_ms, oldest) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        Ok(stats)
+        Ok(self.with_held(stats, webhook))
     }
 
     async fn record_attempts(

@@ -137,11 +137,10 @@ impl SledStore {
                 &until_ms.saturating_add(1).to_be_bytes(),
             ],
         );
-        let held = self
-            .fresh
-            .entries(webhook, until_ms, limit.saturating_add(skip.len()));
+        let db = self.db()?;
+        let batch = limit.saturating_add(skip.len());
         let mut out = Vec::new();
-        for queued in Merged::new(self.db()?.range(start..end), held) {
+        for queued in Merged::new(db.range(start..end), &self.fresh, webhook, until_ms, batch) {
             if out.len() >= limit {
                 break;
             }
@@ -185,7 +184,15 @@ impl SledStore {
                         return Ok(Some(d));
                     }
                     Some(d) if d.state == DeliveryState::Pending => {
-                        self.write(|db| Ok(db.insert(keys::queue(&d), keys::queue_value(&d))?))?;
+                        // Kept here while its entry cannot be written (a full disk): the
+                        // keeper tries again.
+                        let queued = keys::queue(&d);
+                        if self
+                            .write(|db| Ok(db.insert(queued, keys::queue_value(&d))?))
+                            .is_err()
+                        {
+                            return Ok(None);
+                        }
                     }
                     _ => {}
                 }
@@ -209,8 +216,9 @@ impl SledStore {
         let mut heads = KeyHeads::default();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let prefix = keys::key(keys::QUEUE, &[webhook.as_bytes()]);
-        let held = self.fresh.entries(webhook, u64::MAX, MAX_KEY_SCAN);
-        for queued in Merged::new(self.db()?.scan_prefix(prefix), held).take(MAX_KEY_SCAN) {
+        let db = self.db()?;
+        let merged = Merged::new(db.scan_prefix(prefix), &self.fresh, webhook, u64::MAX, 256);
+        for queued in merged.take(MAX_KEY_SCAN) {
             if heads.ready.len() >= limit {
                 break;
             }
@@ -279,7 +287,18 @@ impl SledStore {
     /// How many deliveries are queued for `webhook`, and when the oldest was created (read
     /// from the UUIDv7 delivery ids in the keys, so no record is decoded).
     pub fn queue_stats(&self, webhook: Uuid) -> Result<QueueStats, StoreError> {
-        queue_stats_in(&*self.db()?, webhook)
+        Ok(self.with_held(queue_stats_in(&*self.db()?, webhook)?, webhook))
+    }
+
+    /// `stats` of the queue entries with the deliveries held in memory added.
+    pub(super) fn with_held(&self, mut stats: QueueStats, webhook: Uuid) -> QueueStats {
+        let (held, oldest) = self.fresh.count(webhook);
+        stats.pending += held;
+        stats.oldest_ms = match (stats.oldest_ms, oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        stats
     }
 
     /// Records attempts with the new states of their deliveries and, when given, the
@@ -395,34 +414,73 @@ fn entry_place(key: &[u8]) -> (u64, Uuid) {
     )
 }
 
-/// A webhook's `q` entries and its deliveries held in memory, merged in queue order. A
-/// delivery found in both (for the moment between its entry's write and its letting go)
-/// comes once.
-struct Merged<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
+/// A webhook's `q` entries and its deliveries held in memory, merged in queue order. The
+/// held ones are read a batch at a time, each after the last place read, so that however many
+/// of them a reader passes over (in flight, stale, not due), none is overtaken by a later
+/// entry. A delivery found in both (for the moment between its entry's write and its letting
+/// go) comes once.
+struct Merged<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
     entries: std::iter::Peekable<I>,
-    held: std::iter::Peekable<std::vec::IntoIter<fresh::Held>>,
+    fresh: &'a fresh::Fresh,
+    webhook: Uuid,
+    until_ms: u64,
+    batch: usize,
+    held: std::collections::VecDeque<fresh::Held>,
+    /// The place of the last held entry read.
+    held_after: Option<(u64, Uuid)>,
+    held_done: bool,
     last: Option<Uuid>,
 }
 
-impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Merged<I> {
-    fn new(entries: I, held: Vec<fresh::Held>) -> Self {
+impl<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Merged<'a, I> {
+    /// `entries` (the `q` entries from the webhook's first on, up to `until_ms`), merged with
+    /// the webhook's held deliveries queued by `until_ms`, read `batch` at a time.
+    fn new(
+        entries: I,
+        fresh: &'a fresh::Fresh,
+        webhook: Uuid,
+        until_ms: u64,
+        batch: usize,
+    ) -> Self {
         Self {
             entries: entries.peekable(),
-            held: held.into_iter().peekable(),
+            fresh,
+            webhook,
+            until_ms,
+            batch: batch.clamp(16, 1024),
+            held: std::collections::VecDeque::new(),
+            held_after: None,
+            held_done: false,
             last: None,
         }
     }
+
+    /// The place of the next held delivery, reading the next batch when needed.
+    fn next_held_place(&mut self) -> Option<(u64, Uuid)> {
+        if self.held.is_empty() && !self.held_done {
+            let more = self
+                .fresh
+                .entries(self.webhook, self.held_after, self.until_ms, self.batch);
+            self.held_done = more.len() < self.batch;
+            if let Some(h) = more.last() {
+                self.held_after = Some((h.queue_ms, h.id));
+            }
+            self.held.extend(more);
+        }
+        self.held.front().map(|h| (h.queue_ms, h.id))
+    }
 }
 
-impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Merged<I> {
+impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Merged<'_, I> {
     type Item = Result<Queued, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let from_entries = match (self.entries.peek(), self.held.peek()) {
+            let held = self.next_held_place();
+            let from_entries = match (self.entries.peek(), held) {
                 (None, None) => return None,
                 (None, Some(_)) => false,
-                (Some(Ok((key, _))), Some(h)) => entry_place(key) <= (h.queue_ms, h.id),
+                (Some(Ok((key, _))), Some(place)) => entry_place(key) <= place,
                 (Some(_), _) => true,
             };
             let queued = if from_entries {
@@ -431,7 +489,7 @@ impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Me
                     Err(e) => return Some(Err(e.into())),
                 }
             } else {
-                Queued::Held(self.held.next()?)
+                Queued::Held(self.held.pop_front()?)
             };
             let id = queued.id();
             if self.last == Some(id) {

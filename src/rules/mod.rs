@@ -926,8 +926,10 @@ impl RuleSet {
         explain: bool,
         each: &mut dyn FnMut(&'s Rule, Vec<Match<'s>>, Vec<(MissKind, String)>, Vec<String>),
     ) {
+        // Member by member: `Value::pointer` splits and unescapes its path on every call.
         let status = doc
-            .pointer("/response/status")
+            .get("response")
+            .and_then(|r| r.get("status"))
             .and_then(Value::as_u64)
             .and_then(|s| u16::try_from(s).ok())
             .unwrap_or(0);

@@ -363,7 +363,7 @@ impl SledStore {
                 }
                 if !self.journal && fresh.is_none() {
                     for d in deliveries {
-                        db.insert(keys::queue(d), keys::queue_value(d))?;
+                        self.put_queue_entry(db, d)?;
                     }
                 }
                 Ok(())

@@ -7,7 +7,7 @@
 //! `q` entries and its entries here, merged in queue order (`SledStore::queued`).
 //!
 //! An entry leaves when its delivery's state is next written (`record_attempts`, `requeue`:
-//! a delivery still pending then gets its `q` entry), or once it is older than
+//! a delivery still pending then gets its `q` entry), or once it has been due for
 //! [`SPILL_AFTER_MS`] (a paused or backed-up webhook): the keeper then writes its `q` entry
 //! ([`SledStore::spill_fresh`](super::SledStore::spill_fresh)). At most [`MAX_ENTRIES`] are
 //! held; past that, deliveries are stored with `q` entries as before.
@@ -30,7 +30,8 @@ use super::{SledStore, keys, record};
 use crate::event::{Delivery, DeliveryState};
 use crate::store::StoreError;
 
-/// How long a delivery may wait here before the keeper gives it a `q` entry.
+/// How long a delivery may wait here once due before the keeper gives it a `q` entry (one
+/// made now is due at most this long from now, so it is held at most twice as long).
 pub(super) const SPILL_AFTER_MS: u64 = 20_000;
 
 /// At most this many deliveries are held (~100 bytes each).
@@ -308,22 +309,18 @@ impl Fresh {
         (queue.len(), oldest)
     }
 
-    /// The deliveries held longer than [`SPILL_AFTER_MS`] at `now_ms`: (webhook, queue ms,
-    /// id) each.
+    /// The deliveries due for longer than [`SPILL_AFTER_MS`] at `now_ms` (their queue time
+    /// is that far back): (webhook, queue ms, id) each. The front of each webhook's queue.
     pub(super) fn overdue(&self, now_ms: u64) -> Vec<(Uuid, u64, Uuid)> {
         let inner = self.lock();
+        let until = now_ms.saturating_sub(SPILL_AFTER_MS);
         let mut out = Vec::new();
-        // Nothing held (or being stored) is that old: no need to look.
-        if inner.seconds.first_key_value().is_none_or(|(&first, _)| {
-            first.saturating_mul(1000).saturating_add(SPILL_AFTER_MS) >= now_ms
-        }) {
-            return out;
-        }
         for (webhook, queue) in &inner.queues {
             for &(queue_ms, id) in queue.keys() {
-                if created_ms(id).is_none_or(|c| c.saturating_add(SPILL_AFTER_MS) < now_ms) {
-                    out.push((*webhook, queue_ms, id));
+                if queue_ms >= until {
+                    break;
                 }
+                out.push((*webhook, queue_ms, id));
             }
         }
         out
@@ -387,6 +384,7 @@ impl SledStore {
             }
         };
         self.fresh.reset(Some(checkpoint));
+        self.empty_queues.clear();
         let (start, _) = keys::deliveries_in_second(checkpoint);
         let end = [keys::DELIVERY + 1];
         let (mut held, mut queued) = (0usize, 0usize);
@@ -408,7 +406,7 @@ impl SledStore {
             if self.fresh.readmit(&d) {
                 held += 1;
             } else {
-                db.insert(keys::queue(&d), keys::queue_value(&d))?;
+                self.put_queue_entry(db, &d)?;
                 queued += 1;
             }
         }
@@ -422,8 +420,8 @@ impl SledStore {
         Ok(())
     }
 
-    /// The keeper's round: gives the deliveries held longer than [`SPILL_AFTER_MS`] their `q`
-    /// entries, then moves the checkpoint and writes it (after those entries).
+    /// The keeper's round: gives the deliveries due for longer than [`SPILL_AFTER_MS`] their
+    /// `q` entries, then moves the checkpoint and writes it (after those entries).
     pub(super) fn spill_fresh(&self) -> Result<(), StoreError> {
         if self.journal || self.fresh.checkpoint().is_none() {
             return Ok(());
@@ -457,7 +455,7 @@ impl SledStore {
         self.advance_checkpoint(now_ms())
     }
 
-    /// Gives the deliveries held longer than [`SPILL_AFTER_MS`] at `now_ms` their `q`
+    /// Gives the deliveries due for longer than [`SPILL_AFTER_MS`] at `now_ms` their `q`
     /// entries, and lets go of them.
     pub(super) fn spill_held_before(&self, now_ms: u64) -> Result<(), StoreError> {
         for (webhook, queue_ms, id) in self.fresh.overdue(now_ms) {
@@ -467,7 +465,7 @@ impl SledStore {
                     // Pending at another queue time (a write of its retry that failed before
                     // its entry): queued where its record says.
                     if d.state == DeliveryState::Pending {
-                        db.insert(keys::queue(&d), keys::queue_value(&d))?;
+                        self.put_queue_entry(db, &d)?;
                     }
                 }
                 Ok(())
@@ -559,12 +557,20 @@ mod tests {
         let store = open_for_tests(dir.path());
         let w = webhook(&store);
         let d = append(&store, w, None);
+        // A look at the whole queue finds no entry: later reads skip the empty range...
+        assert_eq!(
+            store.next_queued(w, &HashSet::new()).expect("next"),
+            Some(d.queue_ms.max(d.due_ms))
+        );
+        assert!(store.empty_queues.none(w));
         let change = recorded(&d, false);
         assert!(
             store
                 .record_attempts(w, std::slice::from_ref(&change), None)
                 .expect("record")
         );
+        // ... until an entry is written.
+        assert!(!store.empty_queues.none(w));
         assert_eq!(queue_entries(&store), 1);
         assert_eq!(store.fresh.count(w).0, 0);
         assert_eq!(queued(&store, w), vec![d.id]);

@@ -132,6 +132,8 @@ pub struct SledStore {
     seconds: Mutex<std::collections::HashMap<Uuid, u64>>,
     /// The newest deliveries of each webhook's queue, held in memory without `q` entries.
     fresh: fresh::Fresh,
+    /// The webhooks known to have no `q` entries.
+    empty_queues: queue::EmptyQueues,
     /// Set when opening refused the directory for good (a journal still holding events opened
     /// as a sled store, a sled store opened as a journal): [`SledStore::maintain`] stops
     /// trying.
@@ -273,6 +275,7 @@ impl SledStore {
             handoff: journal::Handoff::default(),
             seconds: Mutex::default(),
             fresh: fresh::Fresh::default(),
+            empty_queues: queue::EmptyQueues::default(),
             refused: AtomicBool::new(false),
         }
     }

@@ -17,7 +17,62 @@ use crate::store::{KeyHeads, QueueStats, Recorded, StoreError};
 const MAX_KEY_SCAN: usize = 10_000;
 use crate::webhook::Webhook;
 
+/// The webhooks known to have no `q` entries, so that the scheduler's rounds do not scan an
+/// empty range (most rounds find none: new deliveries are held in memory). A scan of the
+/// whole queue that finds none marks its webhook, with the count of entries written for it
+/// when the scan began; an entry written since (counted after its write) unmarks it.
+#[derive(Debug, Default)]
+pub(super) struct EmptyQueues(std::sync::Mutex<std::collections::HashMap<Uuid, Written>>);
+
+#[derive(Debug, Default)]
+struct Written {
+    entries: u64,
+    none_at: Option<u64>,
+}
+
+impl EmptyQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, Written>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a `q` entry written for `webhook`.
+    fn written(&self, webhook: Uuid) {
+        self.lock().entry(webhook).or_default().entries += 1;
+    }
+
+    /// Whether `webhook` has no `q` entries.
+    pub(super) fn none(&self, webhook: Uuid) -> bool {
+        self.lock()
+            .get(&webhook)
+            .is_some_and(|w| w.none_at == Some(w.entries))
+    }
+
+    /// Taken before scanning `webhook`'s whole queue, for [`EmptyQueues::found_none`].
+    fn before_scan(&self, webhook: Uuid) -> u64 {
+        self.lock().get(&webhook).map_or(0, |w| w.entries)
+    }
+
+    /// A scan begun at `ticket` found no entry.
+    fn found_none(&self, webhook: Uuid, ticket: u64) {
+        self.lock().entry(webhook).or_default().none_at = Some(ticket);
+    }
+
+    /// Forgets everything (the database was reopened).
+    pub(super) fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
 impl SledStore {
+    /// Writes `d`'s queue entry.
+    pub(super) fn put_queue_entry(&self, db: &sled::Db, d: &Delivery) -> Result<(), StoreError> {
+        db.insert(keys::queue(d), keys::queue_value(d))?;
+        self.empty_queues.written(d.webhook_id);
+        Ok(())
+    }
+
     pub fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
         match self.db()?.get(keys::delivery(id))? {
             Some(v) => Ok(Some(record::decode(id, &v)?)),
@@ -138,9 +193,17 @@ impl SledStore {
             ],
         );
         let db = self.db()?;
+        let entries = (!self.empty_queues.none(webhook)).then(|| db.range(start..end));
         let batch = limit.saturating_add(skip.len());
         let mut out = Vec::new();
-        for queued in Merged::new(db.range(start..end), &self.fresh, webhook, until_ms, batch) {
+        let merged = Merged::new(
+            entries.into_iter().flatten(),
+            &self.fresh,
+            webhook,
+            until_ms,
+            batch,
+        );
+        for queued in merged {
             if out.len() >= limit {
                 break;
             }
@@ -183,16 +246,13 @@ impl SledStore {
                     {
                         return Ok(Some(d));
                     }
-                    Some(d) if d.state == DeliveryState::Pending => {
-                        // Kept here while its entry cannot be written (a full disk): the
-                        // keeper tries again.
-                        let queued = keys::queue(&d);
-                        if self
-                            .write(|db| Ok(db.insert(queued, keys::queue_value(&d))?))
-                            .is_err()
-                        {
-                            return Ok(None);
-                        }
+                    // Kept here while its entry cannot be written (a full disk): the keeper
+                    // tries again.
+                    Some(d)
+                        if d.state == DeliveryState::Pending
+                            && self.write(|db| self.put_queue_entry(db, &d)).is_err() =>
+                    {
+                        return Ok(None);
                     }
                     _ => {}
                 }
@@ -217,7 +277,14 @@ impl SledStore {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let prefix = keys::key(keys::QUEUE, &[webhook.as_bytes()]);
         let db = self.db()?;
-        let merged = Merged::new(db.scan_prefix(prefix), &self.fresh, webhook, u64::MAX, 256);
+        let entries = (!self.empty_queues.none(webhook)).then(|| db.scan_prefix(prefix));
+        let merged = Merged::new(
+            entries.into_iter().flatten(),
+            &self.fresh,
+            webhook,
+            u64::MAX,
+            256,
+        );
         for queued in merged.take(MAX_KEY_SCAN) {
             if heads.ready.len() >= limit {
                 break;
@@ -262,12 +329,18 @@ impl SledStore {
         skip: &HashSet<Uuid>,
     ) -> Result<Option<u64>, StoreError> {
         let mut next: Option<u64> = self.fresh.next_at(webhook, skip);
+        if self.empty_queues.none(webhook) {
+            return Ok(next);
+        }
+        let ticket = self.empty_queues.before_scan(webhook);
+        let mut seen = false;
         for entry in self
             .db()?
             .scan_prefix(keys::key(keys::QUEUE, &[webhook.as_bytes()]))
             .take(MAX_KEY_SCAN)
         {
             let (k, _) = entry?;
+            seen = true;
             let (Some(id), Some(queue_ms)) = (keys::trailing_id(&k), keys::queue_ms(&k)) else {
                 continue;
             };
@@ -280,6 +353,9 @@ impl SledStore {
             let due_ms = self.delivery(id)?.map_or(queue_ms, |d| d.due_ms);
             let at = queue_ms.max(due_ms);
             next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if !seen {
+            self.empty_queues.found_none(webhook, ticket);
         }
         Ok(next)
     }
@@ -335,7 +411,7 @@ impl SledStore {
             for c in changes {
                 let pending = c.after.state == DeliveryState::Pending;
                 if pending {
-                    db.insert(keys::queue(&c.after), keys::queue_value(&c.after))?;
+                    self.put_queue_entry(db, &c.after)?;
                 }
                 // A delivery held in memory has no entry to remove: it is let go below.
                 if self.fresh.remove(webhook, c.before.queue_ms, c.before.id) {
@@ -366,7 +442,7 @@ impl SledStore {
         self.write(|db| {
             // The same order as `record_attempts`: state, new entry, old entry.
             db.insert(keys::delivery(d.id), record::encode(&d)?)?;
-            db.insert(keys::queue(&d), keys::queue_value(&d))?;
+            self.put_queue_entry(db, &d)?;
             // One held in memory has no entry to remove.
             let held = delivery.state == DeliveryState::Pending
                 && self

@@ -310,17 +310,22 @@ impl Fresh {
     }
 
     /// The deliveries due for longer than [`SPILL_AFTER_MS`] at `now_ms` (their queue time
-    /// is that far back): (webhook, queue ms, id) each. The front of each webhook's queue.
-    pub(super) fn overdue(&self, now_ms: u64) -> Vec<(Uuid, u64, Uuid)> {
+    /// is that far back), with their webhooks: the front of each webhook's queue.
+    pub(super) fn overdue(&self, now_ms: u64) -> Vec<(Uuid, Held)> {
         let inner = self.lock();
         let until = now_ms.saturating_sub(SPILL_AFTER_MS);
         let mut out = Vec::new();
         for (webhook, queue) in &inner.queues {
-            for &(queue_ms, id) in queue.keys() {
+            for (&(queue_ms, id), entry) in queue {
                 if queue_ms >= until {
                     break;
                 }
-                out.push((*webhook, queue_ms, id));
+                let held = Held {
+                    queue_ms,
+                    id,
+                    entry: entry.clone(),
+                };
+                out.push((*webhook, held));
             }
         }
         out
@@ -458,19 +463,14 @@ impl SledStore {
     /// Gives the deliveries due for longer than [`SPILL_AFTER_MS`] at `now_ms` their `q`
     /// entries, and lets go of them.
     pub(super) fn spill_held_before(&self, now_ms: u64) -> Result<(), StoreError> {
-        for (webhook, queue_ms, id) in self.fresh.overdue(now_ms) {
-            self.write(|db| {
-                if let Some(v) = db.get(keys::delivery(id))? {
-                    let d = record::decode(id, &v)?;
-                    // Pending at another queue time (a write of its retry that failed before
-                    // its entry): queued where its record says.
-                    if d.state == DeliveryState::Pending {
-                        self.put_queue_entry(db, &d)?;
-                    }
-                }
-                Ok(())
-            })?;
-            self.fresh.remove(webhook, queue_ms, id);
+        // From what is held, without reading the record: one whose record moved on is
+        // queued where the record says when this entry is read (see `still_queued`), and one
+        // sent meanwhile leaves an entry that is dropped when read.
+        for (webhook, held) in self.fresh.overdue(now_ms) {
+            let key = keys::queue_at(webhook, held.queue_ms, held.id);
+            let value = keys::queue_value_of(held.entry.key.as_deref());
+            self.write(|db| self.put_queue_entry_at(db, webhook, key, value))?;
+            self.fresh.remove(webhook, held.queue_ms, held.id);
         }
         Ok(())
     }
@@ -713,22 +713,28 @@ mod tests {
     }
 
     #[test]
-    fn a_held_delivery_whose_record_moved_on_is_spilled_where_the_record_says() {
+    fn a_held_delivery_whose_record_moved_on_is_queued_where_the_record_says() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
         let w = webhook(&store);
         let d = append(&store, w, None);
         let retry = recorded(&d, false);
         overwrite(&store, &retry.after);
+        // Spilled at its place in memory, which its record has left.
         store.spill_held_before(u64::MAX).expect("spill");
         assert_eq!(store.fresh.count(w).0, 0);
         assert!(
             store
                 .db()
                 .expect("db")
-                .contains_key(keys::queue(&retry.after))
+                .contains_key(keys::queue(&d))
                 .expect("read")
         );
+        // Read, that entry gives way to one where the record says.
+        let _ = queued(&store, w);
+        let db = store.db().expect("db");
+        assert!(!db.contains_key(keys::queue(&d)).expect("read"));
+        assert!(db.contains_key(keys::queue(&retry.after)).expect("read"));
         assert_eq!(queued(&store, w), vec![d.id]);
     }
 

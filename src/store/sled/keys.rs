@@ -60,20 +60,26 @@ pub(super) fn webhook(id: Uuid) -> Vec<u8> {
 
 /// `q` webhook id, queue ms, delivery id: the webhook's queue in queue order.
 pub(super) fn queue(d: &Delivery) -> Vec<u8> {
+    queue_at(d.webhook_id, d.queue_ms, d.id)
+}
+
+/// The `q` key of delivery `id` of `webhook` queued at `queue_ms`.
+pub(super) fn queue_at(webhook: Uuid, queue_ms: u64, id: Uuid) -> Vec<u8> {
     key(
         QUEUE,
-        &[
-            d.webhook_id.as_bytes(),
-            &d.queue_ms.to_be_bytes(),
-            d.id.as_bytes(),
-        ],
+        &[webhook.as_bytes(), &queue_ms.to_be_bytes(), id.as_bytes()],
     )
 }
 
 /// The value of a queue entry: the delivery's ordering key, so that the heads of the keys
 /// are found without reading every delivery (`k` + the key; empty: none).
 pub(super) fn queue_value(d: &Delivery) -> Vec<u8> {
-    d.ordering_key.as_ref().map_or_else(Vec::new, |k| {
+    queue_value_of(d.ordering_key.as_deref())
+}
+
+/// The value of a queue entry for a delivery with ordering key `key`.
+pub(super) fn queue_value_of(key: Option<&str>) -> Vec<u8> {
+    key.map_or_else(Vec::new, |k| {
         let mut v = Vec::with_capacity(1 + k.len());
         v.push(b'k');
         v.extend_from_slice(k.as_bytes());

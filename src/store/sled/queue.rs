@@ -68,8 +68,19 @@ impl EmptyQueues {
 impl SledStore {
     /// Writes `d`'s queue entry.
     pub(super) fn put_queue_entry(&self, db: &sled::Db, d: &Delivery) -> Result<(), StoreError> {
-        db.insert(keys::queue(d), keys::queue_value(d))?;
-        self.empty_queues.written(d.webhook_id);
+        self.put_queue_entry_at(db, d.webhook_id, keys::queue(d), keys::queue_value(d))
+    }
+
+    /// Writes the queue entry `key` (of `webhook`'s queue) with `value`.
+    pub(super) fn put_queue_entry_at(
+        &self,
+        db: &sled::Db,
+        webhook: Uuid,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        db.insert(key, value)?;
+        self.empty_queues.written(webhook);
         Ok(())
     }
 
@@ -231,6 +242,16 @@ impl SledStore {
             Queued::Entry { key, .. } => match d {
                 Some(d) if d.state == DeliveryState::Pending && keys::queue(&d) == key.as_ref() => {
                     Ok(Some(d))
+                }
+                // Pending at another place (an entry written for a held delivery whose
+                // record had moved on in a write that failed halfway): queued where its record
+                // says before this entry goes; while that cannot be written, this one stays.
+                Some(d)
+                    if d.state == DeliveryState::Pending
+                        && d.webhook_id == webhook
+                        && self.write(|db| self.put_queue_entry(db, &d)).is_err() =>
+                {
+                    Ok(None)
                 }
                 _ => {
                     let _ = self.write(|db| Ok(db.remove(key)?));

@@ -311,13 +311,14 @@ impl Fresh {
 
     /// The deliveries due for longer than [`SPILL_AFTER_MS`] at `now_ms` (their queue time
     /// is that far back), with their webhooks: the front of each webhook's queue.
-    pub(super) fn overdue(&self, now_ms: u64) -> Vec<(Uuid, Held)> {
+    /// (`None`: all of them).
+    pub(super) fn overdue(&self, now_ms: Option<u64>) -> Vec<(Uuid, Held)> {
         let inner = self.lock();
-        let until = now_ms.saturating_sub(SPILL_AFTER_MS);
+        let until = now_ms.map(|now| now.saturating_sub(SPILL_AFTER_MS));
         let mut out = Vec::new();
         for (webhook, queue) in &inner.queues {
             for (&(queue_ms, id), entry) in queue {
-                if queue_ms >= until {
+                if until.is_some_and(|until| queue_ms >= until) {
                     break;
                 }
                 let held = Held {
@@ -369,6 +370,7 @@ impl SledStore {
     /// checkpoint (a new one, or one written by a hooktap that wrote a `q` entry for every
     /// delivery) gets one at the current second.
     pub(super) fn recover_fresh(&self, db: &sled::Db) -> Result<(), StoreError> {
+        self.empty_queues.clear();
         if self.journal {
             self.fresh.reset(None);
             return Ok(());
@@ -389,7 +391,6 @@ impl SledStore {
             }
         };
         self.fresh.reset(Some(checkpoint));
-        self.empty_queues.clear();
         let (start, _) = keys::deliveries_in_second(checkpoint);
         let end = [keys::DELIVERY + 1];
         let (mut held, mut queued) = (0usize, 0usize);
@@ -408,7 +409,10 @@ impl SledStore {
             if d.state != DeliveryState::Pending || db.contains_key(keys::queue(&d))? {
                 continue;
             }
-            if self.fresh.readmit(&d) {
+            // Held again only as `reserve` would hold it: due soon (a retry whose entry a
+            // crash kept from being written waits for its time by an entry).
+            let now = now_ms();
+            if d.due_ms <= now.saturating_add(SPILL_AFTER_MS) && self.fresh.readmit(&d) {
                 held += 1;
             } else {
                 self.put_queue_entry(db, &d)?;
@@ -456,20 +460,31 @@ impl SledStore {
         if self.journal || self.fresh.checkpoint().is_none() {
             return Ok(());
         }
-        self.spill_held_before(u64::MAX)?;
+        self.spill_held(None)?;
         self.advance_checkpoint(now_ms())
     }
 
     /// Gives the deliveries due for longer than [`SPILL_AFTER_MS`] at `now_ms` their `q`
     /// entries, and lets go of them.
     pub(super) fn spill_held_before(&self, now_ms: u64) -> Result<(), StoreError> {
+        self.spill_held(Some(now_ms))
+    }
+
+    /// [`SledStore::spill_held_before`] `now_ms`, or every delivery held (`None`).
+    fn spill_held(&self, now_ms: Option<u64>) -> Result<(), StoreError> {
         // From what is held, without reading the record: one whose record moved on is
         // queued where the record says when this entry is read (see `still_queued`), and one
         // sent meanwhile leaves an entry that is dropped when read.
         for (webhook, held) in self.fresh.overdue(now_ms) {
             let key = keys::queue_at(webhook, held.queue_ms, held.id);
             let value = keys::queue_value_of(held.entry.key.as_deref());
-            self.write(|db| self.put_queue_entry_at(db, webhook, key, value))?;
+            // Not for a webhook deleted since the snapshot (nothing would read the entry).
+            self.write(|db| {
+                if db.contains_key(keys::webhook(webhook))? {
+                    self.put_queue_entry_at(db, webhook, key, value)?;
+                }
+                Ok(())
+            })?;
             self.fresh.remove(webhook, held.queue_ms, held.id);
         }
         Ok(())
@@ -635,6 +650,47 @@ mod tests {
         let held = store.fresh.entries(w, None, u64::MAX, 10);
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].entry.key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn a_retry_found_at_open_without_its_entry_waits_by_an_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let d = append(&store, w, None);
+        // Its retry, an hour away, was written; the crash came before its entry.
+        let mut retry = recorded(&d, false).after;
+        retry.due_ms += 3_600_000;
+        retry.queue_ms = retry.due_ms;
+        overwrite(&store, &retry);
+        store.flush().expect("flush");
+        drop(store);
+        let store = open_for_tests(dir.path());
+        assert_eq!(store.fresh.count(w).0, 0);
+        assert!(
+            store
+                .db()
+                .expect("db")
+                .contains_key(keys::queue(&retry))
+                .expect("read")
+        );
+        assert_eq!(
+            store.next_queued(w, &HashSet::new()).expect("next"),
+            Some(retry.due_ms)
+        );
+    }
+
+    #[test]
+    fn a_scan_begun_before_a_reopen_marks_nothing() {
+        let queues = super::super::queue::EmptyQueues::default();
+        let w = Uuid::now_v7();
+        let ticket = queues.before_scan(w);
+        queues.clear();
+        queues.found_none(w, &ticket);
+        assert!(!queues.none(w));
+        let ticket = queues.before_scan(w);
+        queues.found_none(w, &ticket);
+        assert!(queues.none(w));
     }
 
     #[test]

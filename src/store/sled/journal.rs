@@ -509,8 +509,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sled = super::super::open_for_tests(dir.path());
         let appended = append_three(&sled);
-        // Queued by entries (rather than in memory, as new deliveries are at first).
-        sled.spill_held_before(u64::MAX).expect("spill");
+        // Queued by entries, as those versions queued every delivery.
+        let db = sled.db().expect("db");
+        for (_, deliveries) in &appended {
+            for d in deliveries {
+                sled.put_queue_entry(&db, d).expect("q");
+            }
+        }
+        drop(db);
         assert_eq!(keys_under(&sled, keys::QUEUE), 3);
         // Those versions listed each delivery by an `x` entry (this one by its second's
         // `X` entry: both kinds are forgotten).

@@ -22,7 +22,14 @@ use crate::webhook::Webhook;
 /// whole queue that finds none marks its webhook, with the count of entries written for it
 /// when the scan began; an entry written since (counted after its write) unmarks it.
 #[derive(Debug, Default)]
-pub(super) struct EmptyQueues(std::sync::Mutex<std::collections::HashMap<Uuid, Written>>);
+pub(super) struct EmptyQueues(std::sync::Mutex<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    by_webhook: std::collections::HashMap<Uuid, Written>,
+    /// Counts [`EmptyQueues::clear`]s: a scan begun before one tells nothing after it.
+    generation: u64,
+}
 
 #[derive(Debug, Default)]
 struct Written {
@@ -30,8 +37,14 @@ struct Written {
     none_at: Option<u64>,
 }
 
+/// What [`EmptyQueues::before_scan`] hands to [`EmptyQueues::found_none`].
+pub(super) struct Ticket {
+    generation: u64,
+    entries: u64,
+}
+
 impl EmptyQueues {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, Written>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -39,29 +52,39 @@ impl EmptyQueues {
 
     /// Counts a `q` entry written for `webhook`.
     fn written(&self, webhook: Uuid) {
-        self.lock().entry(webhook).or_default().entries += 1;
+        self.lock().by_webhook.entry(webhook).or_default().entries += 1;
     }
 
     /// Whether `webhook` has no `q` entries.
     pub(super) fn none(&self, webhook: Uuid) -> bool {
         self.lock()
+            .by_webhook
             .get(&webhook)
             .is_some_and(|w| w.none_at == Some(w.entries))
     }
 
     /// Taken before scanning `webhook`'s whole queue, for [`EmptyQueues::found_none`].
-    fn before_scan(&self, webhook: Uuid) -> u64 {
-        self.lock().get(&webhook).map_or(0, |w| w.entries)
+    pub(super) fn before_scan(&self, webhook: Uuid) -> Ticket {
+        let counts = self.lock();
+        Ticket {
+            generation: counts.generation,
+            entries: counts.by_webhook.get(&webhook).map_or(0, |w| w.entries),
+        }
     }
 
-    /// A scan begun at `ticket` found no entry.
-    fn found_none(&self, webhook: Uuid, ticket: u64) {
-        self.lock().entry(webhook).or_default().none_at = Some(ticket);
+    /// A scan begun with `ticket` found no entry.
+    pub(super) fn found_none(&self, webhook: Uuid, ticket: &Ticket) {
+        let mut counts = self.lock();
+        if counts.generation == ticket.generation {
+            counts.by_webhook.entry(webhook).or_default().none_at = Some(ticket.entries);
+        }
     }
 
     /// Forgets everything (the database was reopened).
     pub(super) fn clear(&self) {
-        self.lock().clear();
+        let mut counts = self.lock();
+        counts.by_webhook.clear();
+        counts.generation += 1;
     }
 }
 
@@ -204,16 +227,9 @@ impl SledStore {
             ],
         );
         let db = self.db()?;
-        let entries = (!self.empty_queues.none(webhook)).then(|| db.range(start..end));
         let batch = limit.saturating_add(skip.len());
         let mut out = Vec::new();
-        let merged = Merged::new(
-            entries.into_iter().flatten(),
-            &self.fresh,
-            webhook,
-            until_ms,
-            batch,
-        );
+        let merged = Merged::new(db.range(start..end), self, webhook, until_ms, batch);
         for queued in merged {
             if out.len() >= limit {
                 break;
@@ -298,14 +314,7 @@ impl SledStore {
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let prefix = keys::key(keys::QUEUE, &[webhook.as_bytes()]);
         let db = self.db()?;
-        let entries = (!self.empty_queues.none(webhook)).then(|| db.scan_prefix(prefix));
-        let merged = Merged::new(
-            entries.into_iter().flatten(),
-            &self.fresh,
-            webhook,
-            u64::MAX,
-            256,
-        );
+        let merged = Merged::new(db.scan_prefix(prefix), self, webhook, u64::MAX, 256);
         for queued in merged.take(MAX_KEY_SCAN) {
             if heads.ready.len() >= limit {
                 break;
@@ -376,7 +385,7 @@ impl SledStore {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
         if !seen {
-            self.empty_queues.found_none(webhook, ticket);
+            self.empty_queues.found_none(webhook, &ticket);
         }
         Ok(next)
     }
@@ -495,6 +504,14 @@ impl Queued {
         }
     }
 
+    /// Queue time and id: the queue's order.
+    fn place(&self) -> (u64, Uuid) {
+        match self {
+            Queued::Entry { key, .. } => entry_place(key),
+            Queued::Held(h) => (h.queue_ms, h.id),
+        }
+    }
+
     fn ordering_key(&self) -> Option<&[u8]> {
         match self {
             Queued::Entry { value, .. } => keys::queue_value_key(value),
@@ -514,11 +531,19 @@ fn entry_place(key: &[u8]) -> (u64, Uuid) {
 /// A webhook's `q` entries and its deliveries held in memory, merged in queue order. The
 /// held ones are read a batch at a time, each after the last place read, so that however many
 /// of them a reader passes over (in flight, stale, not due), none is overtaken by a later
-/// entry. A delivery found in both (for the moment between its entry's write and its letting
-/// go) comes once.
+/// entry.
+///
+/// The `q` entries are not read while the webhook is known to have none, and that is asked
+/// after each batch of held ones is read: an entry written for a held delivery (by the
+/// keeper) is counted before the delivery leaves memory, so a reader that no longer finds it
+/// there finds the webhook's queue no longer known empty. Nothing at or before the last place
+/// returned is returned again (an entry written meanwhile for a delivery already returned from
+/// memory, or one found in both for a moment).
 struct Merged<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
     entries: std::iter::Peekable<I>,
-    fresh: &'a fresh::Fresh,
+    /// Set once the `q` entries are read (the webhook was not known to have none).
+    entries_open: bool,
+    store: &'a SledStore,
     webhook: Uuid,
     until_ms: u64,
     batch: usize,
@@ -526,22 +551,18 @@ struct Merged<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
     /// The place of the last held entry read.
     held_after: Option<(u64, Uuid)>,
     held_done: bool,
-    last: Option<Uuid>,
+    /// The place of the last one returned.
+    last: Option<(u64, Uuid)>,
 }
 
 impl<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Merged<'a, I> {
     /// `entries` (the `q` entries from the webhook's first on, up to `until_ms`), merged with
     /// the webhook's held deliveries queued by `until_ms`, read `batch` at a time.
-    fn new(
-        entries: I,
-        fresh: &'a fresh::Fresh,
-        webhook: Uuid,
-        until_ms: u64,
-        batch: usize,
-    ) -> Self {
+    fn new(entries: I, store: &'a SledStore, webhook: Uuid, until_ms: u64, batch: usize) -> Self {
         Self {
             entries: entries.peekable(),
-            fresh,
+            entries_open: false,
+            store,
             webhook,
             until_ms,
             batch: batch.clamp(16, 1024),
@@ -555,9 +576,10 @@ impl<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Merged<'a, 
     /// The place of the next held delivery, reading the next batch when needed.
     fn next_held_place(&mut self) -> Option<(u64, Uuid)> {
         if self.held.is_empty() && !self.held_done {
-            let more = self
-                .fresh
-                .entries(self.webhook, self.held_after, self.until_ms, self.batch);
+            let more =
+                self.store
+                    .fresh
+                    .entries(self.webhook, self.held_after, self.until_ms, self.batch);
             self.held_done = more.len() < self.batch;
             if let Some(h) = more.last() {
                 self.held_after = Some((h.queue_ms, h.id));
@@ -573,8 +595,17 @@ impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Me
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
+            // Memory first, then whether there are entries to read (see above).
             let held = self.next_held_place();
-            let from_entries = match (self.entries.peek(), held) {
+            if !self.entries_open && !self.store.empty_queues.none(self.webhook) {
+                self.entries_open = true;
+            }
+            let entry = if self.entries_open {
+                self.entries.peek()
+            } else {
+                None
+            };
+            let from_entries = match (entry, held) {
                 (None, None) => return None,
                 (None, Some(_)) => false,
                 (Some(Ok((key, _))), Some(place)) => entry_place(key) <= place,
@@ -588,11 +619,11 @@ impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Me
             } else {
                 Queued::Held(self.held.pop_front()?)
             };
-            let id = queued.id();
-            if self.last == Some(id) {
+            let place = queued.place();
+            if self.last.is_some_and(|last| place <= last) {
                 continue;
             }
-            self.last = Some(id);
+            self.last = Some(place);
             return Some(Ok(queued));
         }
     }

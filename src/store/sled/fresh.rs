@@ -495,10 +495,10 @@ impl SledStore {
 mod tests {
     use std::collections::HashSet;
 
-    use super::super::{open_for_tests, test_config};
+    use super::super::{open_for_tests, reopen_for_tests};
     use super::*;
     use crate::event::{Event, Topic};
-    use crate::store::{FlushMode, Recorded, contract::attempt};
+    use crate::store::{Recorded, contract::attempt};
     use crate::webhook::{Origin, Webhook, WebhookSpec};
 
     fn webhook(store: &SledStore) -> Uuid {
@@ -645,7 +645,7 @@ mod tests {
         store.flush().expect("flush");
         // The process ends without a word to the store: its memory is gone.
         drop(store);
-        let store = open_for_tests(dir.path());
+        let store = reopen_for_tests(dir.path());
         assert_eq!(queued(&store, w), vec![waiting.id]);
         let held = store.fresh.entries(w, None, u64::MAX, 10);
         assert_eq!(held.len(), 1);
@@ -665,7 +665,7 @@ mod tests {
         overwrite(&store, &retry);
         store.flush().expect("flush");
         drop(store);
-        let store = open_for_tests(dir.path());
+        let store = reopen_for_tests(dir.path());
         assert_eq!(store.fresh.count(w).0, 0);
         assert!(
             store
@@ -846,11 +846,7 @@ mod tests {
             .insert(keys::FRESH_CHECKPOINT, &7u64.to_be_bytes())
             .expect("insert");
         drop(store);
-        let store = SledStore::open(&test_config(
-            dir.path(),
-            FlushMode::Interval(std::time::Duration::from_millis(100)),
-        ))
-        .expect("open");
+        let store = reopen_for_tests(dir.path());
         assert_eq!(store.fresh.checkpoint(), Some(7));
     }
 

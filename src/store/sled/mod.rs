@@ -799,6 +799,20 @@ pub(crate) fn open_for_tests(dir: &Path) -> SledStore {
     .expect("open store")
 }
 
+/// [`open_for_tests`] once a store dropped just before has let go of the directory (sled
+/// releases its file lock from its flusher thread, a moment after the drop).
+#[cfg(test)]
+pub(crate) fn reopen_for_tests(dir: &Path) -> SledStore {
+    let config = test_config(dir, FlushMode::Interval(Duration::from_millis(100)));
+    for _ in 0..100 {
+        if let Ok(store) = SledStore::open(&config) {
+            return store;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    open_for_tests(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

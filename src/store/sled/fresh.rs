@@ -475,12 +475,22 @@ impl SledStore {
         // From what is held, without reading the record: one whose record moved on is
         // queued where the record says when this entry is read (see `still_queued`), and one
         // sent meanwhile leaves an entry that is dropped when read.
+        // Not for a webhook deleted since the snapshot (nothing would read the entry): looked
+        // up once per webhook (the snapshot lists each webhook's deliveries together).
+        let mut exists: Option<(Uuid, bool)> = None;
         for (webhook, held) in self.fresh.overdue(now_ms) {
             let key = keys::queue_at(webhook, held.queue_ms, held.id);
             let value = keys::queue_value_of(held.entry.key.as_deref());
-            // Not for a webhook deleted since the snapshot (nothing would read the entry).
             self.write(|db| {
-                if db.contains_key(keys::webhook(webhook))? {
+                let known = match exists {
+                    Some((w, known)) if w == webhook => known,
+                    _ => {
+                        let known = db.contains_key(keys::webhook(webhook))?;
+                        exists = Some((webhook, known));
+                        known
+                    }
+                };
+                if known {
                     self.put_queue_entry_at(db, webhook, key, value)?;
                 }
                 Ok(())

@@ -394,6 +394,7 @@ impl SledStore {
         let (start, _) = keys::deliveries_in_second(checkpoint);
         let end = [keys::DELIVERY + 1];
         let (mut held, mut queued) = (0usize, 0usize);
+        let now = now_ms();
         for entry in db.range(start.as_slice()..end.as_slice()) {
             let (k, v) = entry?;
             let Some(id) = keys::trailing_id(&k) else {
@@ -410,9 +411,12 @@ impl SledStore {
                 continue;
             }
             // Held again only as `reserve` would hold it: due soon (a retry whose entry a
-            // crash kept from being written waits for its time by an entry).
-            let now = now_ms();
-            if d.due_ms <= now.saturating_add(SPILL_AFTER_MS) && self.fresh.readmit(&d) {
+            // crash kept from being written waits for its time by an entry), and not yet
+            // overdue (one the keeper would spill at once gets its entry now).
+            let held_again = d.due_ms <= now.saturating_add(SPILL_AFTER_MS)
+                && d.queue_ms.saturating_add(SPILL_AFTER_MS) > now
+                && self.fresh.readmit(&d);
+            if held_again {
                 held += 1;
             } else {
                 self.put_queue_entry(db, &d)?;
@@ -491,11 +495,21 @@ impl SledStore {
                     }
                 };
                 if known {
-                    self.put_queue_entry_at(db, webhook, key, value)?;
+                    self.put_queue_entry_at(db, webhook, key.clone(), value)?;
                 }
                 Ok(())
             })?;
-            self.fresh.remove(webhook, held.queue_ms, held.id);
+            // Let go of meanwhile: by its own state's write, or by its webhook's deletion, after
+            // which nothing would ever read or remove the entry just written.
+            if !self.fresh.remove(webhook, held.queue_ms, held.id) {
+                self.write_freeing(|db| {
+                    if !db.contains_key(keys::webhook(webhook))? {
+                        db.remove(&key)?;
+                        exists = Some((webhook, false));
+                    }
+                    Ok(())
+                })?;
+            }
         }
         Ok(())
     }

@@ -37,6 +37,10 @@ struct Written {
     none_at: Option<u64>,
 }
 
+/// A webhook's count of `q` entries written, with the generation it belongs to (see
+/// [`EmptyQueues::written_now`]).
+type WrittenAt = (u64, u64);
+
 /// What [`EmptyQueues::before_scan`] hands to [`EmptyQueues::found_none`].
 pub(super) struct Ticket {
     generation: u64,
@@ -53,6 +57,16 @@ impl EmptyQueues {
     /// Counts a `q` entry written for `webhook`.
     fn written(&self, webhook: Uuid) {
         self.lock().by_webhook.entry(webhook).or_default().entries += 1;
+    }
+
+    /// The generation and the count of `webhook`'s `q` entries written so far: opening its
+    /// entries again is needed when this changed.
+    fn written_now(&self, webhook: Uuid) -> WrittenAt {
+        let counts = self.lock();
+        (
+            counts.generation,
+            counts.by_webhook.get(&webhook).map_or(0, |w| w.entries),
+        )
     }
 
     /// Whether `webhook` has no `q` entries.
@@ -218,18 +232,10 @@ impl SledStore {
         limit: usize,
         skip: &HashSet<Uuid>,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let start = keys::key(keys::QUEUE, &[webhook.as_bytes()]);
-        let end = keys::key(
-            keys::QUEUE,
-            &[
-                webhook.as_bytes(),
-                &until_ms.saturating_add(1).to_be_bytes(),
-            ],
-        );
         let db = self.db()?;
         let batch = limit.saturating_add(skip.len());
         let mut out = Vec::new();
-        let merged = Merged::new(db.range(start..end), self, webhook, until_ms, batch);
+        let merged = Merged::new(&db, self, webhook, until_ms, batch);
         for queued in merged {
             if out.len() >= limit {
                 break;
@@ -287,6 +293,7 @@ impl SledStore {
                     // tries again.
                     Some(d)
                         if d.state == DeliveryState::Pending
+                            && d.webhook_id == webhook
                             && self.write(|db| self.put_queue_entry(db, &d)).is_err() =>
                     {
                         return Ok(None);
@@ -312,9 +319,8 @@ impl SledStore {
     ) -> Result<KeyHeads, StoreError> {
         let mut heads = KeyHeads::default();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let prefix = keys::key(keys::QUEUE, &[webhook.as_bytes()]);
         let db = self.db()?;
-        let merged = Merged::new(db.scan_prefix(prefix), self, webhook, u64::MAX, 256);
+        let merged = Merged::new(&db, self, webhook, u64::MAX, 256);
         for queued in merged.take(MAX_KEY_SCAN) {
             if heads.ready.len() >= limit {
                 break;
@@ -533,42 +539,53 @@ fn entry_place(key: &[u8]) -> (u64, Uuid) {
 /// of them a reader passes over (in flight, stale, not due), none is overtaken by a later
 /// entry.
 ///
-/// The `q` entries are not read while the webhook is known to have none, and that is asked
-/// after each batch of held ones is read: an entry written for a held delivery (by the
-/// keeper) is counted before the delivery leaves memory, so a reader that no longer finds it
-/// there finds the webhook's queue no longer known empty. Nothing at or before the last place
-/// returned is returned again (an entry written meanwhile for a delivery already returned from
-/// memory, or one found in both for a moment).
-struct Merged<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> {
-    entries: std::iter::Peekable<I>,
-    /// Set once the `q` entries are read (the webhook was not known to have none).
-    entries_open: bool,
+/// A delivery can move from memory to a `q` entry while it is read (the keeper's spill, a
+/// retry's write): its entry is written and counted ([`EmptyQueues`]) before it leaves
+/// memory. So after each batch of held deliveries is read, the count is looked at: the
+/// entries are first read once the webhook is not known to have none, and read again from
+/// just after the last place returned whenever the count changed since they were opened (a
+/// sled iterator works on a copy of its current leaf and would miss such an entry). Nothing
+/// at or before the last place returned is returned again (an entry written meanwhile for a
+/// delivery already returned from memory, or one found in both for a moment).
+struct Merged<'a> {
+    db: &'a sled::Db,
     store: &'a SledStore,
     webhook: Uuid,
     until_ms: u64,
     batch: usize,
+    /// The `q` entries, once opened, with the count of entries written when they were.
+    entries: Option<(std::iter::Peekable<sled::Iter>, WrittenAt)>,
     held: std::collections::VecDeque<fresh::Held>,
     /// The place of the last held entry read.
     held_after: Option<(u64, Uuid)>,
     held_done: bool,
+    /// Whether a batch of held deliveries was read since the count was last looked at.
+    look: bool,
     /// The place of the last one returned.
     last: Option<(u64, Uuid)>,
 }
 
-impl<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Merged<'a, I> {
-    /// `entries` (the `q` entries from the webhook's first on, up to `until_ms`), merged with
-    /// the webhook's held deliveries queued by `until_ms`, read `batch` at a time.
-    fn new(entries: I, store: &'a SledStore, webhook: Uuid, until_ms: u64, batch: usize) -> Self {
+impl<'a> Merged<'a> {
+    /// `webhook`'s `q` entries and held deliveries queued by `until_ms`, the held ones read
+    /// `batch` at a time.
+    fn new(
+        db: &'a sled::Db,
+        store: &'a SledStore,
+        webhook: Uuid,
+        until_ms: u64,
+        batch: usize,
+    ) -> Self {
         Self {
-            entries: entries.peekable(),
-            entries_open: false,
+            db,
             store,
             webhook,
             until_ms,
             batch: batch.clamp(16, 1024),
+            entries: None,
             held: std::collections::VecDeque::new(),
             held_after: None,
             held_done: false,
+            look: true,
             last: None,
         }
     }
@@ -585,26 +602,45 @@ impl<'a, I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Merged<'a, 
                 self.held_after = Some((h.queue_ms, h.id));
             }
             self.held.extend(more);
+            self.look = true;
         }
         self.held.front().map(|h| (h.queue_ms, h.id))
     }
+
+    /// Opens the `q` entries (again) when the count says so (see above).
+    fn look_at_entries(&mut self) {
+        if !std::mem::take(&mut self.look) {
+            return;
+        }
+        let written = self.store.empty_queues.written_now(self.webhook);
+        let open = match &self.entries {
+            None => !self.store.empty_queues.none(self.webhook),
+            Some((_, at)) => *at != written,
+        };
+        if !open {
+            return;
+        }
+        let start = match self.last {
+            Some((queue_ms, id)) => {
+                std::ops::Bound::Excluded(keys::queue_at(self.webhook, queue_ms, id))
+            }
+            None => std::ops::Bound::Included(keys::key(keys::QUEUE, &[self.webhook.as_bytes()])),
+        };
+        let end =
+            std::ops::Bound::Included(keys::queue_at(self.webhook, self.until_ms, Uuid::max()));
+        self.entries = Some((self.db.range((start, end)).peekable(), written));
+    }
 }
 
-impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Merged<'_, I> {
+impl Iterator for Merged<'_> {
     type Item = Result<Queued, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            // Memory first, then whether there are entries to read (see above).
+            // Memory first, then the entries (see above).
             let held = self.next_held_place();
-            if !self.entries_open && !self.store.empty_queues.none(self.webhook) {
-                self.entries_open = true;
-            }
-            let entry = if self.entries_open {
-                self.entries.peek()
-            } else {
-                None
-            };
+            self.look_at_entries();
+            let entry = self.entries.as_mut().and_then(|(e, _)| e.peek());
             let from_entries = match (entry, held) {
                 (None, None) => return None,
                 (None, Some(_)) => false,
@@ -612,7 +648,7 @@ impl<I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> Iterator for Me
                 (Some(_), _) => true,
             };
             let queued = if from_entries {
-                match self.entries.next()? {
+                match self.entries.as_mut()?.0.next()? {
                     Ok((key, value)) => Queued::Entry { key, value },
                     Err(e) => return Some(Err(e.into())),
                 }
@@ -656,6 +692,53 @@ mod tests {
     use super::super::open_for_tests;
     use super::*;
     use crate::event::{Event, Topic};
+
+    #[test]
+    fn a_delivery_that_leaves_memory_while_its_queue_is_read_is_not_overtaken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let webhook = Webhook::new(
+            crate::webhook::WebhookSpec::example("crm"),
+            crate::webhook::Origin::Api,
+        );
+        store.put_webhook(&webhook).expect("webhook");
+        let w = webhook.id;
+        let topic = Topic::parse("order.created").expect("topic");
+        let all: Vec<Delivery> = (0..40)
+            .map(|i| {
+                let event = Event::new(&topic, "r", serde_json::json!({"i": i}));
+                let d = Delivery::new(&event, w, 0);
+                store
+                    .append(&event, std::slice::from_ref(&d))
+                    .expect("append");
+                d
+            })
+            .collect();
+        // The first waits for a retry at its own place: the queue has an entry.
+        let mut after = all[0].clone();
+        after.attempts = 1;
+        after.due_ms += 60_000;
+        let retry = Recorded {
+            before: all[0].clone(),
+            after,
+            attempt: crate::store::contract::attempt(&all[0], 1, false),
+        };
+        assert!(store.record_attempts(w, &[retry], None).expect("record"));
+        let db = store.db().expect("db");
+        let mut merged = Merged::new(&db, &store, w, u64::MAX, 16);
+        // The entry and the first batch of 16 held ones.
+        let first: Vec<Uuid> = merged
+            .by_ref()
+            .take(17)
+            .map(|q| q.expect("read").id())
+            .collect();
+        assert_eq!(first, all[..17].iter().map(|d| d.id).collect::<Vec<_>>());
+        // Now the keeper gives the next one its entry and lets go of it.
+        store.put_queue_entry(&db, &all[17]).expect("q");
+        assert!(store.fresh.remove(w, all[17].queue_ms, all[17].id));
+        let rest: Vec<Uuid> = merged.map(|q| q.expect("read").id()).collect();
+        assert_eq!(rest, all[17..].iter().map(|d| d.id).collect::<Vec<_>>());
+    }
 
     /// The current Unix second: each test reads it once and places its ids by it.
     fn now() -> u64 {

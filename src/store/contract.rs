@@ -105,6 +105,24 @@ async fn queued_event(store: &Arc<dyn Store>, w: &Webhook, delay_ms: u64) -> (Ev
     (e, d)
 }
 
+/// Attempt `number` of `d` with its outcome: delivered, or a retry a minute later (its queue
+/// place moving with it).
+pub(crate) fn recorded(d: &Delivery, number: u32, success: bool) -> Recorded {
+    let mut after = d.clone();
+    after.attempts = number;
+    if success {
+        after.state = DeliveryState::Delivered;
+    } else {
+        after.due_ms += 60_000;
+        after.queue_ms = after.due_ms;
+    }
+    Recorded {
+        before: d.clone(),
+        after,
+        attempt: attempt(d, number, success),
+    }
+}
+
 pub(crate) fn attempt(d: &Delivery, number: u32, success: bool) -> Attempt {
     Attempt {
         id: Uuid::now_v7(),

@@ -417,24 +417,12 @@ async fn attempts_carry_three_indexes() {
     );
 }
 
-/// A recorded attempt of `d` (attempt `number`), with `success`.
+/// A recorded attempt of `d` (attempt `number`), with `success`, whose response body holds a
+/// NUL (which PostgreSQL's text refuses).
 fn recorded(d: &Delivery, number: u32, success: bool) -> Recorded {
-    let mut after = d.clone();
-    after.attempts = number;
-    if success {
-        after.state = DeliveryState::Delivered;
-    } else {
-        after.due_ms += 60_000;
-        after.queue_ms = after.due_ms;
-    }
-    Recorded {
-        before: d.clone(),
-        after: after.clone(),
-        attempt: Attempt {
-            response_body: "a NUL \u{0} in the answer".into(),
-            ..crate::store::contract::attempt(d, number, success)
-        },
-    }
+    let mut r = crate::store::contract::recorded(d, number, success);
+    r.attempt.response_body = "a NUL \u{0} in the answer".into();
+    r
 }
 
 #[tokio::test]

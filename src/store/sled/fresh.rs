@@ -311,7 +311,10 @@ impl Fresh {
         let Some(queue) = inner.queues.get(&webhook) else {
             return (0, None);
         };
-        let oldest = queue.keys().filter_map(|(_, id)| created_ms(*id)).min();
+        let oldest = queue
+            .keys()
+            .filter_map(|(_, id)| keys::created_ms(*id))
+            .min();
         (queue.len(), oldest)
     }
 
@@ -360,12 +363,6 @@ impl Fresh {
         inner.admitted_at_move = inner.admitted;
         Some(to)
     }
-}
-
-/// When a UUIDv7 id was made, in Unix milliseconds.
-fn created_ms(id: Uuid) -> Option<u64> {
-    let (secs, nanos) = id.get_timestamp()?.to_unix();
-    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
 }
 
 /// The clock in Unix milliseconds.
@@ -534,7 +531,7 @@ mod tests {
     use super::super::{open_for_tests, reopen_for_tests};
     use super::*;
     use crate::event::{Event, Topic};
-    use crate::store::{Recorded, contract::attempt};
+    use crate::store::Recorded;
     use crate::webhook::{Origin, Webhook, WebhookSpec};
 
     fn webhook(store: &SledStore) -> Uuid {
@@ -568,19 +565,7 @@ mod tests {
     }
 
     fn recorded(d: &Delivery, success: bool) -> Recorded {
-        let mut after = d.clone();
-        after.attempts += 1;
-        if success {
-            after.state = DeliveryState::Delivered;
-        } else {
-            after.due_ms += 60_000;
-            after.queue_ms = after.due_ms;
-        }
-        Recorded {
-            before: d.clone(),
-            after,
-            attempt: attempt(d, 1, success),
-        }
+        crate::store::contract::recorded(d, 1, success)
     }
 
     #[test]

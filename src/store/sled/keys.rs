@@ -133,6 +133,12 @@ pub(super) fn id_second(id: Uuid) -> Option<u64> {
     Some(u64::from_be_bytes(ms) / 1000)
 }
 
+/// When a UUIDv7 id was made, in Unix milliseconds.
+pub(super) fn created_ms(id: Uuid) -> Option<u64> {
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
 /// The `d` keys of deliveries whose UUIDv7 ids were made in `second`: `start..end`.
 pub(super) fn deliveries_in_second(second: u64) -> (Vec<u8>, Vec<u8>) {
     let bound = |second: u64| {

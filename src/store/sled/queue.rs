@@ -671,13 +671,7 @@ pub(super) fn queue_stats_in(db: &sled::Db, webhook: Uuid) -> Result<QueueStats,
     for entry in db.scan_prefix(keys::key(keys::QUEUE, &[webhook.as_bytes()])) {
         let (k, _) = entry?;
         stats.pending += 1;
-        let created = keys::trailing_id(&k)
-            .and_then(|id| id.get_timestamp())
-            .map(|ts| {
-                let (secs, nanos) = ts.to_unix();
-                secs * 1000 + u64::from(nanos) / 1_000_000
-            });
-        if let Some(c) = created {
+        if let Some(c) = keys::trailing_id(&k).and_then(keys::created_ms) {
             stats.oldest_ms = Some(stats.oldest_ms.map_or(c, |o| o.min(c)));
         }
     }
@@ -715,14 +709,8 @@ mod tests {
             })
             .collect();
         // The first waits for a retry at its own place: the queue has an entry.
-        let mut after = all[0].clone();
-        after.attempts = 1;
-        after.due_ms += 60_000;
-        let retry = Recorded {
-            before: all[0].clone(),
-            after,
-            attempt: crate::store::contract::attempt(&all[0], 1, false),
-        };
+        let mut retry = crate::store::contract::recorded(&all[0], 1, false);
+        retry.after.queue_ms = all[0].queue_ms;
         assert!(store.record_attempts(w, &[retry], None).expect("record"));
         let db = store.db().expect("db");
         let mut merged = Merged::new(&db, &store, w, u64::MAX, 16);

@@ -478,7 +478,10 @@ pub fn example_rules() -> PathBuf {
 }
 
 pub fn hooktap_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_hooktap")
+    match std::env::var("HOOKTAP_TEST_BIN") {
+        Ok(b) => Box::leak(b.into_boxed_str()),
+        Err(_) => env!("CARGO_BIN_EXE_hooktap"),
+    }
 }
 
 /// What a test wants in hooktap.toml beyond the proxy section.

@@ -161,6 +161,13 @@ pub(super) fn attempt(delivery: Uuid, number: u32) -> Vec<u8> {
     key(ATTEMPT, &[delivery.as_bytes(), &number.to_be_bytes()])
 }
 
+/// The delivery id and attempt number of an `a` key.
+pub(super) fn attempt_parts(k: &[u8]) -> Option<(Uuid, u32)> {
+    let delivery = Uuid::from_slice(k.get(1..17)?).ok()?;
+    let number = u32::from_be_bytes(k.get(17..21)?.try_into().ok()?);
+    Some((delivery, number))
+}
+
 /// `t` webhook id, attempt time (Unix ms, big-endian u64), delivery id, attempt number: a
 /// webhook's attempts in time order.
 pub(super) fn attempt_by_time(webhook: Uuid, at_ms: u64, delivery: Uuid, number: u32) -> Vec<u8> {

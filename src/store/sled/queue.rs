@@ -218,7 +218,13 @@ impl SledStore {
 
     /// The attempts of one delivery, first attempt first.
     pub fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {
-        self.scan(keys::key(keys::ATTEMPT, &[delivery.as_bytes()]))
+        self.db()?
+            .scan_prefix(keys::key(keys::ATTEMPT, &[delivery.as_bytes()]))
+            .map(|entry| {
+                let (k, v) = entry?;
+                record::decode_attempt(&k, &v)
+            })
+            .collect()
     }
 
     /// Up to `limit` queued deliveries of `webhook` whose queue time is at most `until_ms`,
@@ -432,7 +438,7 @@ impl SledStore {
             for c in changes {
                 db.insert(
                     keys::attempt(c.attempt.delivery_id, c.attempt.number),
-                    serde_json::to_vec(&c.attempt)?,
+                    record::encode_attempt(&c.attempt)?,
                 )?;
                 let (index, sample) = Self::attempt_index(&c.before, &c.attempt);
                 if !c.attempt.success {

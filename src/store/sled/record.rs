@@ -1,13 +1,21 @@
-//! A delivery's record (`d` + id) in a compact binary form.
+//! A delivery's record (`d` + id) and an attempt's record (`a` + delivery id + number) in a
+//! compact binary form.
 //!
-//! Written on the request path for every matched event and rewritten after every attempt, so
-//! its size and encoding cost count twice: sled copies a leaf's values whenever it changes the
-//! leaf. As JSON (field names, ids as 36-character text, timestamps as RFC 3339) a record was
-//! ~370 bytes and took ~7k instructions to write; as [postcard](https://postcard.jamesmunns.com/wire-format)
-//! (ids as 16 bytes, integers as varints, timestamps as `time`'s compact tuple) it is ~110.
+//! A delivery record is written on the request path for every matched event and rewritten
+//! after every attempt, so its size and encoding cost count twice: sled copies a leaf's values
+//! whenever it changes the leaf. As JSON (field names, ids as 36-character text, timestamps as
+//! RFC 3339) a record was ~370 bytes and took ~7k instructions to write; as
+//! [postcard](https://postcard.jamesmunns.com/wire-format) (ids as 16 bytes, integers as
+//! varints, timestamps as `time`'s compact tuple) it is ~110.
+//!
+//! An attempt record is written once per attempt and holds the request's body, the event's
+//! payload as sent: as JSON that body became a string with every quote escaped, which cost
+//! ~18k instructions per attempt to write and made the record about a fifth larger than the
+//! body; postcard writes it as its length and its bytes.
 //!
 //! The first byte tells the forms apart: [`BINARY`] here, `{` for the JSON records of stores
-//! written before, which are still read (and rewritten in this form when next updated).
+//! written before, which are still read (a delivery's is rewritten in this form when it next
+//! changes; an attempt's is never rewritten).
 
 use std::borrow::Cow;
 
@@ -15,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::event::{Delivery, DeliveryState};
+use crate::event::{Attempt, Delivery, DeliveryState};
 use crate::store::StoreError;
 
 /// The first byte of a binary delivery record (version 1 of the layout below).
@@ -112,6 +120,121 @@ pub(super) fn webhook_of(bytes: &[u8]) -> Option<Uuid> {
 
 fn corrupt(what: &str, id: Uuid, e: postcard::Error) -> StoreError {
     StoreError::CorruptRecord(format!("{what} delivery record {id}: {e}"))
+}
+
+/// An attempt's layout, under the same rules as [`Record`]'s.
+#[derive(Serialize, Deserialize)]
+struct AttemptRecord<'a> {
+    id: Uuid,
+    delivery_id: Uuid,
+    webhook_id: Uuid,
+    number: u32,
+    created_at: OffsetDateTime,
+    duration_ms: u64,
+    #[serde(borrow)]
+    summary: Cow<'a, str>,
+    success: bool,
+    #[serde(borrow)]
+    request_method: Cow<'a, str>,
+    #[serde(borrow)]
+    request_url: Cow<'a, str>,
+    #[serde(borrow)]
+    request_headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    #[serde(borrow)]
+    request_body: Cow<'a, str>,
+    response_code: Option<u16>,
+    #[serde(borrow)]
+    response_message: Cow<'a, str>,
+    #[serde(borrow)]
+    response_headers: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    #[serde(borrow)]
+    response_body: Cow<'a, str>,
+}
+
+fn borrowed(headers: &[(String, String)]) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    headers
+        .iter()
+        .map(|(n, v)| (Cow::Borrowed(n.as_str()), Cow::Borrowed(v.as_str())))
+        .collect()
+}
+
+fn owned(headers: Vec<(Cow<'_, str>, Cow<'_, str>)>) -> Vec<(String, String)> {
+    headers
+        .into_iter()
+        .map(|(n, v)| (n.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// `a` as stored.
+pub(super) fn encode_attempt(a: &Attempt) -> Result<Vec<u8>, StoreError> {
+    let record = AttemptRecord {
+        id: a.id,
+        delivery_id: a.delivery_id,
+        webhook_id: a.webhook_id,
+        number: a.number,
+        created_at: a.created_at,
+        duration_ms: a.duration_ms,
+        summary: Cow::Borrowed(&a.summary),
+        success: a.success,
+        request_method: Cow::Borrowed(&a.request_method),
+        request_url: Cow::Borrowed(&a.request_url),
+        request_headers: borrowed(&a.request_headers),
+        request_body: Cow::Borrowed(&a.request_body),
+        response_code: a.response_code,
+        response_message: Cow::Borrowed(&a.response_message),
+        response_headers: borrowed(&a.response_headers),
+        response_body: Cow::Borrowed(&a.response_body),
+    };
+    let texts = a.request_body.len() + a.response_body.len() + a.request_url.len();
+    let mut out = Vec::with_capacity(256 + texts);
+    out.push(BINARY);
+    postcard::to_extend(&record, out).map_err(|e| corrupt_attempt("cannot encode", a.id, e))
+}
+
+/// An attempt as stored, in either form; `key` (its `a` key) names it in errors.
+pub(super) fn decode_attempt(key: &[u8], bytes: &[u8]) -> Result<Attempt, StoreError> {
+    let named = || match super::keys::attempt_parts(key) {
+        Some((delivery, number)) => format!("attempt {number} of delivery {delivery}"),
+        None => "an attempt".to_owned(),
+    };
+    match bytes.split_first() {
+        Some((&BINARY, rest)) => {
+            let r: AttemptRecord<'_> = postcard::from_bytes(rest).map_err(|e| {
+                StoreError::CorruptRecord(format!("cannot read the record of {}: {e}", named()))
+            })?;
+            Ok(Attempt {
+                id: r.id,
+                delivery_id: r.delivery_id,
+                webhook_id: r.webhook_id,
+                number: r.number,
+                created_at: r.created_at,
+                duration_ms: r.duration_ms,
+                summary: r.summary.into_owned(),
+                success: r.success,
+                request_method: r.request_method.into_owned(),
+                request_url: r.request_url.into_owned(),
+                request_headers: owned(r.request_headers),
+                request_body: r.request_body.into_owned(),
+                response_code: r.response_code,
+                response_message: r.response_message.into_owned(),
+                response_headers: owned(r.response_headers),
+                response_body: r.response_body.into_owned(),
+            })
+        }
+        Some((b'{', _)) => Ok(serde_json::from_slice(bytes)?),
+        Some((other, _)) => Err(StoreError::CorruptRecord(format!(
+            "the record of {} is of an unknown form (first byte {other}): written by a newer hooktap?",
+            named()
+        ))),
+        None => Err(StoreError::CorruptRecord(format!(
+            "the record of {} is empty",
+            named()
+        ))),
+    }
+}
+
+fn corrupt_attempt(what: &str, id: Uuid, e: postcard::Error) -> StoreError {
+    StoreError::CorruptRecord(format!("{what} attempt record {id}: {e}"))
 }
 
 #[cfg(test)]
@@ -213,5 +336,83 @@ mod tests {
             decode(d.id, b"{\"id\":").expect_err("json"),
             StoreError::Corrupt(_)
         ));
+    }
+
+    fn attempt() -> Attempt {
+        Attempt {
+            id: Uuid::now_v7(),
+            delivery_id: Uuid::now_v7(),
+            webhook_id: Uuid::now_v7(),
+            number: 3,
+            created_at: datetime!(2026-12-01 12:40:14.090036965 UTC),
+            duration_ms: 12,
+            summary: "HTTP 500 Internal Server Error: \"no\"".into(),
+            success: false,
+            request_method: "POST".into(),
+            request_url: "https://crm.example/hooks?token=***".into(),
+            request_headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                ("X-Hooktap-Signature".into(), "c2lnbmF0dXJl".into()),
+            ],
+            request_body: r#"{"id":7,"email":"ünïcode@example.com","items":[{"sku":"A\"1"}]}"#
+                .repeat(20),
+            response_code: Some(500),
+            response_message: "Internal Server Error".into(),
+            response_headers: vec![("content-length".into(), "2".into())],
+            response_body: "no".into(),
+        }
+    }
+
+    #[test]
+    fn every_field_of_an_attempt_comes_back_in_a_smaller_record() {
+        let a = attempt();
+        let key = super::super::keys::attempt(a.delivery_id, a.number);
+        let bytes = encode_attempt(&a).expect("encode");
+        assert_eq!(bytes[0], BINARY);
+        let json = serde_json::to_vec(&a).expect("json");
+        assert!(
+            bytes.len() + 300 < json.len(),
+            "{} bytes against {} as JSON",
+            bytes.len(),
+            json.len()
+        );
+        assert_eq!(decode_attempt(&key, &bytes).expect("decode"), a);
+        // No response: a transport error.
+        let cut = Attempt {
+            response_code: None,
+            response_headers: vec![],
+            request_headers: vec![],
+            success: true,
+            created_at: datetime!(+9999-12-31 23:59:59.999999999 -23:59:59),
+            ..attempt()
+        };
+        let back = decode_attempt(&key, &encode_attempt(&cut).expect("encode")).expect("decode");
+        assert_eq!(back, cut);
+        assert_eq!(back.created_at.offset(), cut.created_at.offset());
+    }
+
+    #[test]
+    fn json_attempts_of_earlier_stores_are_read_and_damaged_ones_are_named() {
+        let a = attempt();
+        let key = super::super::keys::attempt(a.delivery_id, a.number);
+        let json = serde_json::to_vec(&a).expect("json");
+        assert_eq!(decode_attempt(&key, &json).expect("decode"), a);
+
+        let bytes = encode_attempt(&a).expect("encode");
+        let named = |err: StoreError| {
+            assert!(matches!(err, StoreError::CorruptRecord(_)), "{err}");
+            let text = err.to_string();
+            assert!(text.contains(&a.delivery_id.to_string()), "{text}");
+            assert!(text.contains("attempt 3"), "{text}");
+        };
+        for cut in [1, 40, bytes.len() - 1] {
+            named(decode_attempt(&key, &bytes[..cut]).expect_err("truncated"));
+        }
+        named(decode_attempt(&key, b"").expect_err("empty"));
+        let mut newer = bytes;
+        newer[0] = 2;
+        let err = decode_attempt(&key, &newer).expect_err("unknown form");
+        assert!(err.to_string().contains("newer hooktap"), "{err}");
+        named(err);
     }
 }

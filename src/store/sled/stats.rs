@@ -7,7 +7,7 @@
 use uuid::Uuid;
 
 use super::events::{StoredEvent, delivery_ids};
-use super::{SledStore, keys};
+use super::{SledStore, keys, record};
 use crate::event::{Attempt, Delivery, unix_ms};
 use crate::store::{AttemptSample, AttemptStats, StatsAccumulator, StatsWindow, StoreError};
 
@@ -142,8 +142,9 @@ pub(super) fn last_failure_in(
     for entry in db.range(range).rev() {
         let (k, _) = entry?;
         if let Some((_, delivery, number)) = keys::attempt_by_time_parts(&k) {
-            if let Some(a) = db.get(keys::attempt(delivery, number))? {
-                return Ok(Some(serde_json::from_slice(&a)?));
+            let key = keys::attempt(delivery, number);
+            if let Some(a) = db.get(&key)? {
+                return record::decode_attempt(&key, &a).map(Some);
             }
         }
     }
@@ -223,6 +224,46 @@ mod tests {
                 1
             );
         }
+    }
+
+    #[test]
+    fn attempts_written_as_json_by_earlier_stores_are_read_beside_binary_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let w = Webhook::new(WebhookSpec::example("a"), Origin::Api);
+        s.put_webhook(&w).expect("put");
+        let d = attempt_days_ago(&s, &w, 0);
+        // Attempt 1 was written in binary; attempt 2 as a store before this version wrote it,
+        // with its index entries.
+        let mut old = crate::store::contract::attempt(&d, 2, false);
+        old.request_body = r#"{"id":1,"note":"\"quoted\""}"#.into();
+        // After attempt 1 (made a second after its event): the newest failure.
+        old.created_at = OffsetDateTime::now_utc() + time::Duration::seconds(2);
+        let db = s.db().expect("open");
+        db.insert(
+            keys::attempt(d.id, 2),
+            serde_json::to_vec(&old).expect("json"),
+        )
+        .expect("insert");
+        let (index, sample) = SledStore::attempt_index(&d, &old);
+        db.insert(keys::failure_by_time(&index), &[] as &[u8])
+            .expect("insert");
+        db.insert(index, &sample[..]).expect("insert");
+        assert_eq!(
+            db.get(keys::attempt(d.id, 1))
+                .expect("get")
+                .expect("attempt 1")[0],
+            1,
+            "a new attempt is binary"
+        );
+
+        let both = s.attempts(d.id).expect("read");
+        assert_eq!(
+            both.iter().map(|a| a.number).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(both[1], old);
+        assert_eq!(s.last_failure(w.id, 0).expect("read"), Some(old));
     }
 
     #[test]

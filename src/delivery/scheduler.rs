@@ -576,7 +576,7 @@ impl Engine {
         let mut events = Vec::with_capacity(deliveries.len());
         let mut kept = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            match self.store.event(d.event_id).await? {
+            match self.store.event_to_send(d.event_id).await? {
                 Some(e) => {
                     events.push(e);
                     kept.push(d);

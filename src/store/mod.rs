@@ -843,6 +843,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError>;
 
+    /// The event of a delivery about to be sent: [`Store::event`], which a store may answer
+    /// from memory for an event it stored moments ago (see `src/store/sled/recent.rs`).
+    async fn event_to_send(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+        self.event(id).await
+    }
+
     async fn events_page(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError>;
 
     /// The deliveries of one event (to every webhook), oldest first.

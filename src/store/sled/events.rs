@@ -366,10 +366,16 @@ impl SledStore {
                         self.put_queue_entry(db, d)?;
                     }
                 }
-                Ok(())
+                // A new event whose record holds its payload: the one its deliveries read.
+                let new = matches!(listing, Listing::Record(ids) if ids.earlier.is_empty());
+                Ok(new && payload_file.is_none())
             })
-            .map(|()| {
+            .map(|keep| {
                 if let Some(fresh) = fresh {
+                    // Before the deliveries can be found, so that their first read finds it.
+                    if keep {
+                        self.recent.keep(event, deliveries.len(), fresh::now_ms());
+                    }
                     fresh.add(deliveries);
                 }
             })
@@ -398,6 +404,15 @@ impl SledStore {
         // Only once written: a delivery that finds its second here finds it in the database.
         seconds().insert(d.webhook_id, second);
         Ok(())
+    }
+
+    /// [`SledStore::event`] for a delivery about to be sent: from memory when its request
+    /// stored it moments ago (see [`super::recent`]).
+    pub fn event_to_send(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+        match self.recent.read(id) {
+            Some(e) => Ok(Some(e)),
+            None => self.event(id),
+        }
     }
 
     pub fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
@@ -525,6 +540,64 @@ mod tests {
             .expect("sweep");
         assert!(s.event(big.id).expect("read").is_none());
         assert!(!file.exists(), "the sweep removes the file too");
+    }
+
+    #[test]
+    fn a_new_event_is_sent_from_memory_once_per_delivery() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let topic = Topic::parse("order.created").expect("topic");
+        let e = Event::new(&topic, "r", serde_json::json!({"id": 1}));
+        let ds = [
+            Delivery::new(&e, Uuid::now_v7(), 0),
+            Delivery::new(&e, Uuid::now_v7(), 0),
+        ];
+        s.append(&e, &ds).expect("append");
+        // Without its record, only memory can answer.
+        s.db()
+            .expect("db")
+            .remove(keys::event(e.id))
+            .expect("remove");
+        assert_eq!(s.event(e.id).expect("read"), None);
+        assert_eq!(s.event_to_send(e.id).expect("read"), Some(e.clone()));
+        assert_eq!(s.event_to_send(e.id).expect("read"), Some(e.clone()));
+        assert_eq!(
+            s.event_to_send(e.id).expect("read"),
+            None,
+            "two deliveries, two reads; a retry reads the record"
+        );
+
+        // Not kept: an event with no delivery, one whose payload is a file, one whose
+        // deliveries are not held in memory (due later than the queue in memory takes).
+        let none = Event::new(&topic, "r", serde_json::json!({"id": 2}));
+        s.append(&none, &[]).expect("append");
+        let big = Event::new(&topic, "r", serde_json::json!({"pad": "x".repeat(10_000)}));
+        s.append(&big, &[Delivery::new(&big, Uuid::now_v7(), 0)])
+            .expect("append");
+        let late = Event::new(&topic, "r", serde_json::json!({"id": 3}));
+        s.append(&late, &[Delivery::new(&late, Uuid::now_v7(), 3_600_000)])
+            .expect("append");
+        for gone in [&none, &big, &late] {
+            s.db()
+                .expect("db")
+                .remove(keys::event(gone.id))
+                .expect("remove");
+            assert_eq!(s.event_to_send(gone.id).expect("read"), None);
+        }
+        assert_eq!(s.recent.len(), 0);
+
+        // Reopening the database forgets what was kept.
+        let again = Event::new(&topic, "r", serde_json::json!({"id": 4}));
+        s.append(&again, &[Delivery::new(&again, Uuid::now_v7(), 0)])
+            .expect("append");
+        assert_eq!(s.recent.len(), 1);
+        s.settle_role(&s.db().expect("db")).expect("settle");
+        assert_eq!(s.recent.len(), 0);
+        assert_eq!(
+            s.event_to_send(again.id).expect("read"),
+            Some(again),
+            "read from its record"
+        );
     }
 
     /// The `v` keys in the store.

@@ -59,6 +59,7 @@ pub use journal::{Entry, Local};
 mod keys;
 mod pending;
 mod queue;
+mod recent;
 mod record;
 mod retention;
 mod stats;
@@ -134,6 +135,8 @@ pub struct SledStore {
     fresh: fresh::Fresh,
     /// The webhooks known to have no `q` entries.
     empty_queues: queue::EmptyQueues,
+    /// The events of deliveries held in `fresh`, for the scheduler that sends them.
+    recent: recent::Recent,
     /// Set when opening refused the directory for good (a journal still holding events opened
     /// as a sled store, a sled store opened as a journal): [`SledStore::maintain`] stops
     /// trying.
@@ -276,6 +279,7 @@ impl SledStore {
             seconds: Mutex::default(),
             fresh: fresh::Fresh::default(),
             empty_queues: queue::EmptyQueues::default(),
+            recent: recent::Recent::default(),
             refused: AtomicBool::new(false),
         }
     }
@@ -353,6 +357,7 @@ impl SledStore {
                     drop(db);
                     // Taken back from the database when it opens again.
                     self.fresh.reset(None);
+                    self.recent.clear();
                     self.broken.store(false, Ordering::Relaxed);
                     return;
                 }
@@ -398,6 +403,7 @@ impl SledStore {
         if self.broken.load(Ordering::Relaxed) {
             self.close();
         }
+        self.recent.prune(fresh::now_ms());
         if self.is_open()
             && let Err(e) = self.spill_fresh()
         {
@@ -711,6 +717,10 @@ impl Store for SledStore {
 
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
         SledStore::event(self, id)
+    }
+
+    async fn event_to_send(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+        SledStore::event_to_send(self, id)
     }
 
     async fn events_page(&self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {

@@ -380,7 +380,7 @@ impl PgStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Keeps the events read with a lease for [`Store::event`]; returns the deliveries.
+    /// Keeps the events read with a lease for [`Store::event_to_send`]; returns the deliveries.
     fn keep_events(&self, leased: Vec<sql::Leased>) -> Vec<Delivery> {
         let now = tokio::time::Instant::now();
         let mut kept = self.leased();
@@ -395,7 +395,7 @@ impl PgStore {
             .collect()
     }
 
-    /// How many events [`Store::event`] had to read from PostgreSQL (tests: those leased are
+    /// How many events [`Store::event_to_send`] had to read from PostgreSQL (tests: those leased are
     /// answered without).
     #[cfg(test)]
     pub(crate) fn events_read(&self) -> u64 {
@@ -810,10 +810,15 @@ impl Store for PgStore {
         )
     }
 
-    async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+    async fn event_to_send(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
+        // Kept with the lease of the delivery about to be sent.
         if let Some(kept) = self.leased().take(id) {
             return Ok(Some(kept));
         }
+        self.event(id).await
+    }
+
+    async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
         self.events_read.fetch_add(1, Ordering::Relaxed);
         match sql::event(&self.client().await?, id).await? {
             Some(e) => Ok(Some(e)),

@@ -257,7 +257,7 @@ impl SledStore {
     /// webhooks by PostgreSQL's ids and were never queued here); an empty one loses the mark.
     pub(super) fn settle_role(&self, db: &sled::Db) -> Result<(), StoreError> {
         self.handoff.clear();
-        self.recent.clear();
+        self.to_send.clear();
         // What was written before reopening is read again from the database.
         self.seconds
             .lock()

@@ -59,10 +59,10 @@ pub use journal::{Entry, Local};
 mod keys;
 mod pending;
 mod queue;
-mod recent;
 mod record;
 mod retention;
 mod stats;
+mod to_send;
 mod webhooks;
 
 use std::collections::HashSet;
@@ -136,7 +136,7 @@ pub struct SledStore {
     /// The webhooks known to have no `q` entries.
     empty_queues: queue::EmptyQueues,
     /// The events of deliveries held in `fresh`, for the scheduler that sends them.
-    recent: recent::Recent,
+    to_send: to_send::ToSend,
     /// Set when opening refused the directory for good (a journal still holding events opened
     /// as a sled store, a sled store opened as a journal): [`SledStore::maintain`] stops
     /// trying.
@@ -279,7 +279,7 @@ impl SledStore {
             seconds: Mutex::default(),
             fresh: fresh::Fresh::default(),
             empty_queues: queue::EmptyQueues::default(),
-            recent: recent::Recent::default(),
+            to_send: to_send::ToSend::default(),
             refused: AtomicBool::new(false),
         }
     }
@@ -357,7 +357,7 @@ impl SledStore {
                     drop(db);
                     // Taken back from the database when it opens again.
                     self.fresh.reset(None);
-                    self.recent.clear();
+                    self.to_send.clear();
                     self.broken.store(false, Ordering::Relaxed);
                     return;
                 }
@@ -403,7 +403,7 @@ impl SledStore {
         if self.broken.load(Ordering::Relaxed) {
             self.close();
         }
-        self.recent.prune(fresh::now_ms());
+        self.to_send.prune(fresh::now_ms());
         if self.is_open()
             && let Err(e) = self.spill_fresh()
         {

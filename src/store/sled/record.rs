@@ -13,9 +13,9 @@
 //! ~18k instructions per attempt to write and made the record about a fifth larger than the
 //! body; postcard writes it as its length and its bytes.
 //!
-//! The first byte tells the forms apart: [`BINARY`] here, `{` for the JSON records of stores
-//! written before, which are still read (a delivery's is rewritten in this form when it next
-//! changes; an attempt's is never rewritten).
+//! The first byte tells the forms apart: [`BINARY`] (an attempt's: [`ATTEMPT_BINARY`]) here,
+//! `{` for the JSON records of stores written before, which are still read (a delivery's is
+//! rewritten in this form when it next changes; an attempt's is never rewritten).
 
 use std::borrow::Cow;
 
@@ -122,6 +122,10 @@ fn corrupt(what: &str, id: Uuid, e: postcard::Error) -> StoreError {
     StoreError::CorruptRecord(format!("{what} delivery record {id}: {e}"))
 }
 
+/// The first byte of a binary attempt record (version 1 of [`AttemptRecord`]); versioned
+/// apart from the delivery record's [`BINARY`].
+const ATTEMPT_BINARY: u8 = 1;
+
 /// An attempt's layout, under the same rules as [`Record`]'s.
 #[derive(Serialize, Deserialize)]
 struct AttemptRecord<'a> {
@@ -187,7 +191,7 @@ pub(super) fn encode_attempt(a: &Attempt) -> Result<Vec<u8>, StoreError> {
     };
     let texts = a.request_body.len() + a.response_body.len() + a.request_url.len();
     let mut out = Vec::with_capacity(256 + texts);
-    out.push(BINARY);
+    out.push(ATTEMPT_BINARY);
     postcard::to_extend(&record, out).map_err(|e| corrupt_attempt("cannot encode", a.id, e))
 }
 
@@ -198,7 +202,7 @@ pub(super) fn decode_attempt(key: &[u8], bytes: &[u8]) -> Result<Attempt, StoreE
         None => "an attempt".to_owned(),
     };
     match bytes.split_first() {
-        Some((&BINARY, rest)) => {
+        Some((&ATTEMPT_BINARY, rest)) => {
             let r: AttemptRecord<'_> = postcard::from_bytes(rest).map_err(|e| {
                 StoreError::CorruptRecord(format!("cannot read the record of {}: {e}", named()))
             })?;
@@ -221,7 +225,9 @@ pub(super) fn decode_attempt(key: &[u8], bytes: &[u8]) -> Result<Attempt, StoreE
                 response_body: r.response_body.into_owned(),
             })
         }
-        Some((b'{', _)) => Ok(serde_json::from_slice(bytes)?),
+        Some((b'{', _)) => serde_json::from_slice(bytes).map_err(|e| {
+            StoreError::CorruptRecord(format!("cannot read the record of {}: {e}", named()))
+        }),
         Some((other, _)) => Err(StoreError::CorruptRecord(format!(
             "the record of {} is of an unknown form (first byte {other}): written by a newer hooktap?",
             named()
@@ -368,7 +374,7 @@ mod tests {
         let a = attempt();
         let key = super::super::keys::attempt(a.delivery_id, a.number);
         let bytes = encode_attempt(&a).expect("encode");
-        assert_eq!(bytes[0], BINARY);
+        assert_eq!(bytes[0], ATTEMPT_BINARY);
         let json = serde_json::to_vec(&a).expect("json");
         assert!(
             bytes.len() + 300 < json.len(),
@@ -409,6 +415,7 @@ mod tests {
             named(decode_attempt(&key, &bytes[..cut]).expect_err("truncated"));
         }
         named(decode_attempt(&key, b"").expect_err("empty"));
+        named(decode_attempt(&key, &json[..json.len() / 2]).expect_err("cut JSON"));
         let mut newer = bytes;
         newer[0] = 2;
         let err = decode_attempt(&key, &newer).expect_err("unknown form");

@@ -57,6 +57,7 @@ impl SledStore {
             }
             batch.remove(k);
             self.write(|db| Ok(db.apply_batch(batch)?))?;
+            self.to_send.forget(event.id);
             if let Some(file) = stored.payload_file {
                 // An orphan file would only cost disk space; the record is gone either way.
                 let _ = std::fs::remove_file(self.payload_path(&file));

@@ -1334,19 +1334,23 @@ async fn a_leased_delivery_brings_its_event_along() {
     );
     store.unclaim(&[queued[1].id]).await.expect("give back");
     cluster.kill();
+    assert!(
+        store.event(queued[0].event_id).await.is_err(),
+        "a read other than the sending one goes to PostgreSQL, which is down"
+    );
     assert_eq!(
         store
-            .event(queued[0].event_id)
+            .event_to_send(queued[0].event_id)
             .await
             .expect("read with the lease"),
         Some(expected)
     );
     assert!(
-        store.event(queued[0].event_id).await.is_err(),
+        store.event_to_send(queued[0].event_id).await.is_err(),
         "read again from PostgreSQL, which is down"
     );
     assert!(
-        store.event(queued[1].event_id).await.is_err(),
+        store.event_to_send(queued[1].event_id).await.is_err(),
         "a delivery given back left nothing behind"
     );
 }

@@ -374,8 +374,10 @@ impl SledStore {
             })
             .map(|keep| {
                 if let Some(fresh) = fresh {
-                    // Before the deliveries can be found, so that their first read finds it.
-                    if keep {
+                    // Before the deliveries can be found, so that their first read finds it;
+                    // not for a webhook that is behind (paused, failing): it would be dropped
+                    // unread.
+                    if keep && fresh.keeping_up {
                         self.to_send
                             .keep(event, deliveries.len(), fresh::now_ms(), generation);
                     }
@@ -642,6 +644,32 @@ mod tests {
             Some(again),
             "read from its record"
         );
+    }
+
+    #[test]
+    fn events_of_a_webhook_that_is_behind_are_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let topic = Topic::parse("order.created").expect("topic");
+        let (behind, sending) = (Uuid::now_v7(), Uuid::now_v7());
+        // Nothing sent: the webhook is paused, say.
+        for i in 0..100 {
+            let e = Event::new(&topic, "r", serde_json::json!({ "id": i }));
+            s.append(&e, &[Delivery::new(&e, behind, 0)])
+                .expect("append");
+        }
+        assert_eq!(s.to_send.len(), 64, "kept until it held 64 deliveries");
+        let e = Event::new(&topic, "r", serde_json::json!({"id": "both"}));
+        s.append(
+            &e,
+            &[Delivery::new(&e, sending, 0), Delivery::new(&e, behind, 0)],
+        )
+        .expect("append");
+        assert_eq!(s.to_send.len(), 64, "one of its webhooks is behind");
+        let e = Event::new(&topic, "r", serde_json::json!({"id": "sending"}));
+        s.append(&e, &[Delivery::new(&e, sending, 0)])
+            .expect("append");
+        assert_eq!(s.to_send.len(), 65);
     }
 
     /// The `v` keys in the store.

@@ -37,6 +37,10 @@ pub(super) const SPILL_AFTER_MS: u64 = 20_000;
 /// At most this many deliveries are held (~100 bytes each).
 pub(super) const MAX_ENTRIES: usize = 50_000;
 
+/// A webhook holding fewer deliveries here than this is keeping up with its events (one that
+/// is paused, failing or backed up holds many more: all those of the last 20 s).
+const KEEPING_UP_HELD: usize = 64;
+
 /// Only deliveries whose ids were made this recently are held: one made earlier (a request
 /// that took long between matching and storing) gets a `q` entry.
 const RECENT_MS: u64 = 2_000;
@@ -140,6 +144,9 @@ pub(super) struct Reservation<'a> {
     /// `None` once added.
     second: Option<u64>,
     generation: u64,
+    /// Whether every delivery's webhook held fewer than [`KEEPING_UP_HELD`] deliveries here:
+    /// its scheduler keeps up, so the deliveries will be sent within moments.
+    pub keeping_up: bool,
 }
 
 impl Reservation<'_> {
@@ -206,8 +213,13 @@ impl Fresh {
             return None;
         }
         let mut first = u64::MAX;
+        let mut keeping_up = true;
         for d in deliveries {
             let second = keys::id_second(d.id)?;
+            keeping_up &= inner
+                .queues
+                .get(&d.webhook_id)
+                .is_none_or(|q| q.len() < KEEPING_UP_HELD);
             let made_ms = second.saturating_mul(1000);
             let eligible = d.state == DeliveryState::Pending
                 && second >= checkpoint
@@ -224,6 +236,7 @@ impl Fresh {
             fresh: self,
             second: Some(first),
             generation: inner.generation,
+            keeping_up,
         })
     }
 

@@ -3,8 +3,10 @@
 //!
 //! Reading an event back cost its delivery a sled lookup and a JSON decode, about 25k
 //! instructions (callgrind, matched and delivered), a tenth of what a delivery costs. An event
-//! is kept here when all its deliveries were taken into memory, for as many reads as it has
-//! deliveries; the last read takes it out without a copy. It is only a shortcut: an event not
+//! is kept here when all its deliveries were taken into memory and their webhooks keep up
+//! (see `fresh::Reservation::keeping_up`: a paused webhook's events would be dropped unread,
+//! after costing their requests the copy), for as many reads as it has deliveries; the last
+//! read takes it out without a copy. It is only a shortcut: an event not
 //! found here (a retry, one dropped for age or room, one stored before a reopen) is read from
 //! sled, so dropping any of it is always safe. What is kept is what was stored: events are
 //! never changed once stored, and serde_json reads every number back as it was written

@@ -191,7 +191,7 @@ pub fn run_on(
         });
         engines[usize::try_from(i).unwrap_or(0) % engines.len()]
             .intake()
-            .enqueue(&Event::new(&topic, "order created", payload))?;
+            .enqueue(Event::new(&topic, "order created", payload))?;
     }
     let enqueue = started.elapsed();
     // A shared store delivers what reached it: wait until every journal is moved.

@@ -65,7 +65,7 @@ impl Intake {
     /// [`crate::rules::Rule::metric_topic`]).
     pub fn enqueue_derived(
         &self,
-        event: &Event,
+        event: &Arc<Event>,
         dedupe: Option<&Dedupe>,
         metric_topic: &str,
     ) -> Result<Enqueued, StoreError> {
@@ -104,7 +104,7 @@ impl Intake {
     /// Stores `event` with one delivery per webhook that accepts its topic and wakes the
     /// scheduler; while the store is not ready, holds the event instead (no deliveries yet).
     /// Returns once the event is durable (in `every-event` mode).
-    pub fn enqueue(&self, event: &Event) -> Result<Vec<Delivery>, StoreError> {
+    pub fn enqueue(&self, event: Event) -> Result<Vec<Delivery>, StoreError> {
         let (deliveries, durable) = self.enqueue_deferred(event)?;
         if let Some(durable) = durable {
             if let Err(e) = durable.wait() {
@@ -119,15 +119,16 @@ impl Intake {
     /// [`Store::append_deferred`]); the scheduler may send it meanwhile.
     pub fn enqueue_deferred(
         &self,
-        event: &Event,
+        event: Event,
     ) -> Result<(Vec<Delivery>, Option<Durable>), StoreError> {
-        self.enqueue_labelled(event, &event.topic)
+        let event = Arc::new(event);
+        self.enqueue_labelled(&event, &event.topic)
     }
 
     /// [`Intake::enqueue_deferred`], counting the event under `metric_topic`.
     fn enqueue_labelled(
         &self,
-        event: &Event,
+        event: &Arc<Event>,
         metric_topic: &str,
     ) -> Result<(Vec<Delivery>, Option<Durable>), StoreError> {
         let result = if self.store.is_ready() {
@@ -145,7 +146,7 @@ impl Intake {
         }
         self.metrics.event(metric_topic, &event.rule);
         if self.tap.receiver_count() > 0 {
-            let _ = self.tap.send(Arc::new(event.clone()));
+            let _ = self.tap.send(Arc::clone(event));
         }
         result
     }
@@ -154,10 +155,10 @@ impl Intake {
     /// its payload passes, each with its ordering key.
     pub(super) fn store_with_deliveries(
         &self,
-        event: &Event,
+        event: &Arc<Event>,
     ) -> Result<(Vec<Delivery>, Option<Durable>), StoreError> {
         let deliveries = self.deliveries_for(event);
-        let durable = self.store.append_deferred(event, &deliveries)?;
+        let durable = self.store.append_shared(event, &deliveries)?;
         if !deliveries.is_empty() {
             self.wake.notify_one();
         }

@@ -799,7 +799,7 @@ impl Engine {
             "last_failure": w.counters.last_failure_at
                 .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
         });
-        if let Err(e) = self.intake.enqueue(&Event::new(&topic, "hooktap", payload)) {
+        if let Err(e) = self.intake.enqueue(Event::new(&topic, "hooktap", payload)) {
             tracing::error!(error = %e, "cannot store the webhook.failing event");
         }
     }
@@ -860,7 +860,7 @@ impl Engine {
             return;
         };
         let payload = serde_json::json!({"id": w.id, "name": w.spec.name, "reason": reason});
-        if let Err(e) = self.intake.enqueue(&Event::new(&topic, "hooktap", payload)) {
+        if let Err(e) = self.intake.enqueue(Event::new(&topic, "hooktap", payload)) {
             tracing::error!(error = %e, "cannot store the webhook.disabled event");
         }
     }

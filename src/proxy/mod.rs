@@ -181,23 +181,26 @@ impl Proxy {
                     metrics.rule_miss(&miss.rule.name, miss.kind.label());
                 });
         let mut last = None;
-        for mut m in matches {
-            m.event.trace = trace.clone();
+        for m in matches {
+            let mut event = m.event;
+            event.trace = trace.clone();
+            // Shared with the store, which may keep it for the delivery that sends it.
+            let event = Arc::new(event);
             match self.intake.enqueue_derived(
-                &m.event,
+                &event,
                 m.dedupe.as_ref(),
-                m.rule.metric_topic(&m.event),
+                m.rule.metric_topic(&event),
             ) {
                 Ok(Enqueued::Stored(deliveries, durable)) => {
-                    tracing::debug!(event = %m.event.id, topic = %m.event.topic, rule = %m.rule.name,
+                    tracing::debug!(event = %event.id, topic = %event.topic, rule = %m.rule.name,
                     deliveries = deliveries.len(), "event stored");
                     last = durable.or(last);
                 }
                 Ok(Enqueued::Repeat) => {
-                    tracing::debug!(topic = %m.event.topic, rule = %m.rule.name,
+                    tracing::debug!(topic = %event.topic, rule = %m.rule.name,
                         "event not derived: a repeat within the rule's dedupe window")
                 }
-                Err(e) => tracing::error!(topic = %m.event.topic, rule = %m.rule.name, error = %e,
+                Err(e) => tracing::error!(topic = %event.topic, rule = %m.rule.name, error = %e,
                     "cannot store event; the request was proxied but this event is lost"),
             }
         }

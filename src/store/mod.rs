@@ -654,6 +654,16 @@ pub trait Store: Send + Sync + 'static {
         deliveries: &[Delivery],
     ) -> Result<Option<Durable>, StoreError>;
 
+    /// [`Store::append_deferred`] for an event the caller shares: a store may keep it for the
+    /// delivery that sends it without copying it (see [`Store::event_to_send`]).
+    fn append_shared(
+        &self,
+        event: &Arc<Event>,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        self.append_deferred(event, deliveries)
+    }
+
     /// [`Store::append_deferred`] for an event that may be stored already (one held in
     /// `pending/` is stored again when a crash came between storing it and forgetting it):
     /// the deliveries stored with it before stay its own beside `deliveries`.

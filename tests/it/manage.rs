@@ -116,7 +116,10 @@ impl Running {
     fn order(&self, n: u32) -> Event {
         let topic = Topic::parse("order.created").expect("topic");
         let event = Event::new(&topic, "test", json!({"order": n}));
-        self.dispatcher.intake().enqueue(&event).expect("enqueue");
+        self.dispatcher
+            .intake()
+            .enqueue(event.clone())
+            .expect("enqueue");
         event
     }
 }
@@ -701,7 +704,7 @@ async fn hanging_receivers_do_not_starve_a_healthy_one() {
     engine
         .dispatcher
         .intake()
-        .enqueue(&Event::new(&topic, "test", json!({"scan": 1})))
+        .enqueue(Event::new(&topic, "test", json!({"scan": 1})))
         .expect("enqueue");
     // The hanging receivers answer after 60 s; the healthy one gets its event long before.
     let got = healthy.wait_for(1, Duration::from_secs(20)).await;

@@ -4,8 +4,8 @@
 //! bigger than [`INLINE_PAYLOAD_MAX`] is kept in `payloads/<event id>.json` beside the
 //! database, and the record in sled names the file.
 
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 
 use uuid::Uuid;
 
@@ -252,6 +252,20 @@ impl SledStore {
     }
 
     /// Stores an event and its deliveries (durably, in `every-event` mode).
+    /// [`SledStore::append_deferred`] for the request's own event, which is kept for the
+    /// delivery that sends it (see [`super::to_send`]).
+    pub fn append_shared(
+        &self,
+        event: &Arc<Event>,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        let listing = Listing::Record(DeliveryIds {
+            earlier: &[],
+            now: deliveries,
+        });
+        self.append_listed(event, deliveries, listing, Some(event))
+    }
+
     pub fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
         match self.append_deferred(event, deliveries)? {
             Some(durable) => self.note(durable.wait()),
@@ -270,7 +284,7 @@ impl SledStore {
             earlier: &[],
             now: deliveries,
         });
-        self.append_listed(event, deliveries, listing)
+        self.append_listed(event, deliveries, listing, None)
     }
 
     /// [`SledStore::append_deferred`] for an event that may be stored already: moving an
@@ -296,14 +310,16 @@ impl SledStore {
                 now: deliveries,
             })
         };
-        self.append_listed(event, deliveries, listing)
+        self.append_listed(event, deliveries, listing, None)
     }
 
+    /// `shared`: the event itself, to keep for its deliveries' first sends.
     fn append_listed(
         &self,
         event: &Event,
         deliveries: &[Delivery],
         listing: Listing<'_>,
+        shared: Option<&Arc<Event>>,
     ) -> Result<Option<Durable>, StoreError> {
         // Deliveries stored now are queued in memory rather than by `q` entries, where they
         // may be (see `fresh`); a shared store's journal queues nothing.
@@ -377,9 +393,9 @@ impl SledStore {
                     // Before the deliveries can be found, so that their first read finds it;
                     // not for a webhook that is behind (paused, failing): it would be dropped
                     // unread.
-                    if keep && fresh.keeping_up {
+                    if let Some(shared) = shared.filter(|_| keep && fresh.keeping_up) {
                         self.to_send
-                            .keep(event, deliveries.len(), fresh::now_ms(), generation);
+                            .keep(shared, deliveries.len(), fresh::now_ms(), generation);
                     }
                     fresh.add(deliveries);
                 }
@@ -575,6 +591,12 @@ mod tests {
         );
     }
 
+    /// Stores `e` as the request path does: shared, so that it may be kept.
+    fn shared(s: &SledStore, e: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        assert!(s.append_shared(&Arc::new(e.clone()), deliveries)?.is_none());
+        Ok(())
+    }
+
     #[test]
     fn a_new_event_is_sent_from_memory_once_per_delivery() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -585,7 +607,7 @@ mod tests {
             Delivery::new(&e, Uuid::now_v7(), 0),
             Delivery::new(&e, Uuid::now_v7(), 0),
         ];
-        s.append(&e, &ds).expect("append");
+        shared(&s, &e, &ds).expect("append");
         // Without its record, only memory can answer.
         s.db()
             .expect("db")
@@ -603,13 +625,16 @@ mod tests {
         // Not kept: an event with no delivery, one whose payload is a file, one whose
         // deliveries are not held in memory (due later than the queue in memory takes).
         let none = Event::new(&topic, "r", serde_json::json!({"id": 2}));
-        s.append(&none, &[]).expect("append");
+        shared(&s, &none, &[]).expect("append");
         let big = Event::new(&topic, "r", serde_json::json!({"pad": "x".repeat(10_000)}));
-        s.append(&big, &[Delivery::new(&big, Uuid::now_v7(), 0)])
-            .expect("append");
+        shared(&s, &big, &[Delivery::new(&big, Uuid::now_v7(), 0)]).expect("append");
         let late = Event::new(&topic, "r", serde_json::json!({"id": 3}));
-        s.append(&late, &[Delivery::new(&late, Uuid::now_v7(), 3_600_000)])
-            .expect("append");
+        shared(
+            &s,
+            &late,
+            &[Delivery::new(&late, Uuid::now_v7(), 3_600_000)],
+        )
+        .expect("append");
         for gone in [&none, &big, &late] {
             s.db()
                 .expect("db")
@@ -621,8 +646,7 @@ mod tests {
 
         // A store whose write failed inside sled answers from the records only.
         let unsure = Event::new(&topic, "r", serde_json::json!({"id": 5}));
-        s.append(&unsure, &[Delivery::new(&unsure, Uuid::now_v7(), 0)])
-            .expect("append");
+        shared(&s, &unsure, &[Delivery::new(&unsure, Uuid::now_v7(), 0)]).expect("append");
         s.db()
             .expect("db")
             .remove(keys::event(unsure.id))
@@ -634,8 +658,7 @@ mod tests {
 
         // Reopening the database forgets what was kept.
         let again = Event::new(&topic, "r", serde_json::json!({"id": 4}));
-        s.append(&again, &[Delivery::new(&again, Uuid::now_v7(), 0)])
-            .expect("append");
+        shared(&s, &again, &[Delivery::new(&again, Uuid::now_v7(), 0)]).expect("append");
         assert_eq!(s.to_send.len(), 1);
         s.settle_role(&s.db().expect("db")).expect("settle");
         assert_eq!(s.to_send.len(), 0);
@@ -655,20 +678,19 @@ mod tests {
         // Nothing sent: the webhook is paused, say.
         for i in 0..100 {
             let e = Event::new(&topic, "r", serde_json::json!({ "id": i }));
-            s.append(&e, &[Delivery::new(&e, behind, 0)])
-                .expect("append");
+            shared(&s, &e, &[Delivery::new(&e, behind, 0)]).expect("append");
         }
         assert_eq!(s.to_send.len(), 64, "kept until it held 64 deliveries");
         let e = Event::new(&topic, "r", serde_json::json!({"id": "both"}));
-        s.append(
+        shared(
+            &s,
             &e,
             &[Delivery::new(&e, sending, 0), Delivery::new(&e, behind, 0)],
         )
         .expect("append");
         assert_eq!(s.to_send.len(), 64, "one of its webhooks is behind");
         let e = Event::new(&topic, "r", serde_json::json!({"id": "sending"}));
-        s.append(&e, &[Delivery::new(&e, sending, 0)])
-            .expect("append");
+        shared(&s, &e, &[Delivery::new(&e, sending, 0)]).expect("append");
         assert_eq!(s.to_send.len(), 65);
     }
 

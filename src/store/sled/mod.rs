@@ -625,6 +625,14 @@ impl Store for SledStore {
         SledStore::append_deferred(self, event, deliveries)
     }
 
+    fn append_shared(
+        &self,
+        event: &Arc<Event>,
+        deliveries: &[Delivery],
+    ) -> Result<Option<Durable>, StoreError> {
+        SledStore::append_shared(self, event, deliveries)
+    }
+
     fn append_again(
         &self,
         event: &Event,

@@ -4,17 +4,20 @@
 //! Reading an event back cost its delivery a sled lookup and a JSON decode, about 25k
 //! instructions (callgrind, matched and delivered), a tenth of what a delivery costs. An event
 //! is kept here when all its deliveries were taken into memory and their webhooks keep up
-//! (see `fresh::Reservation::keeping_up`: a paused webhook's events would be dropped unread,
-//! after costing their requests the copy), for as many reads as it has deliveries; the last
-//! read takes it out without a copy. It is only a shortcut: an event not
-//! found here (a retry, one dropped for age or room, one stored before a reopen) is read from
-//! sled, so dropping any of it is always safe. What is kept is what was stored: events are
-//! never changed once stored, and serde_json reads every number back as it was written
-//! (`float_roundtrip`), so a delivery's first attempt and its retries send the same body.
+//! (see `fresh::Reservation::keeping_up`: a paused webhook's events would only be dropped
+//! unread), for as many reads as it has deliveries. It is the request's own event, shared
+//! (`Store::append_shared`), so keeping it copies nothing, and the last read takes it out
+//! without a copy.
+//!
+//! It is only a shortcut: an event not found here (a retry, one dropped for age or room, one
+//! stored before a reopen) is read from sled, so dropping any of it is always safe. What is
+//! kept is what was stored: events are never changed once stored, and serde_json reads every
+//! number back as it was written (`float_roundtrip`), so a delivery's first attempt and its
+//! retries send the same body.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use uuid::Uuid;
 
@@ -31,7 +34,7 @@ const MAX_EVENTS: usize = 256;
 const KEEP_FOR_MS: u64 = 20_000;
 
 struct Kept {
-    event: Event,
+    event: Arc<Event>,
     /// Reads left: its deliveries not yet sent.
     reads: usize,
     kept_ms: u64,
@@ -57,11 +60,11 @@ impl ToSend {
 
     /// Keeps `event` for `reads` reads, unless the store was cleared since `generation` was
     /// taken; the oldest event kept makes room past [`MAX_EVENTS`].
-    pub(super) fn keep(&self, event: &Event, reads: usize, now_ms: u64, generation: u64) {
+    pub(super) fn keep(&self, event: &Arc<Event>, reads: usize, now_ms: u64, generation: u64) {
         if reads == 0 {
             return;
         }
-        let event = event.clone();
+        let event = Arc::clone(event);
         let mut kept = self.lock();
         if self.generation() != generation {
             return;
@@ -79,16 +82,20 @@ impl ToSend {
         );
     }
 
-    /// The event `id` for one of its deliveries, if kept: the last read takes it out.
+    /// The event `id` for one of its deliveries, if kept: the last read takes it out (a copy
+    /// only while someone else still shares it: the live stream, another delivery's read).
     pub(super) fn read(&self, id: Uuid) -> Option<Event> {
-        let mut kept = self.lock();
-        let entry = kept.get_mut(&id)?;
-        entry.reads = entry.reads.saturating_sub(1);
-        if entry.reads > 0 {
-            let event = entry.event.clone();
-            return Some(event);
-        }
-        kept.remove(&id).map(|k| k.event)
+        let event = {
+            let mut kept = self.lock();
+            let entry = kept.get_mut(&id)?;
+            entry.reads = entry.reads.saturating_sub(1);
+            if entry.reads > 0 {
+                Arc::clone(&entry.event)
+            } else {
+                kept.remove(&id)?.event
+            }
+        };
+        Some(Arc::try_unwrap(event).unwrap_or_else(|shared| Event::clone(&shared)))
     }
 
     /// Forgets `id` (its record was removed).
@@ -120,12 +127,12 @@ mod tests {
     use super::*;
     use crate::event::Topic;
 
-    fn event(i: u64) -> Event {
-        Event::new(
+    fn event(i: u64) -> Arc<Event> {
+        Arc::new(Event::new(
             &Topic::parse("order.created").expect("topic"),
             "r",
             serde_json::json!({ "id": i }),
-        )
+        ))
     }
 
     #[test]
@@ -133,8 +140,8 @@ mod tests {
         let r = ToSend::default();
         let e = event(1);
         r.keep(&e, 2, 1_000, r.generation());
-        assert_eq!(r.read(e.id), Some(e.clone()));
-        assert_eq!(r.read(e.id), Some(e.clone()), "the last read takes it");
+        assert_eq!(r.read(e.id).as_ref(), Some(&*e));
+        assert_eq!(r.read(e.id).as_ref(), Some(&*e), "the last read takes it");
         assert_eq!(r.read(e.id), None, "a retry reads it from sled");
         r.keep(&e, 0, 1_000, r.generation());
         assert_eq!(r.len(), 0, "nothing to keep for no delivery");
@@ -146,7 +153,7 @@ mod tests {
     #[test]
     fn the_oldest_make_room_and_old_ones_are_pruned() {
         let r = ToSend::default();
-        let events: Vec<Event> = (0..MAX_EVENTS as u64 + 5).map(event).collect();
+        let events: Vec<Arc<Event>> = (0..MAX_EVENTS as u64 + 5).map(event).collect();
         for (i, e) in events.iter().enumerate() {
             r.keep(e, 1, 1_000 + i as u64, r.generation());
         }

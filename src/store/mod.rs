@@ -854,7 +854,10 @@ pub trait Store: Send + Sync + 'static {
     async fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError>;
 
     /// The event of a delivery about to be sent: [`Store::event`], which a store may answer
-    /// from memory for an event it stored moments ago (see `src/store/sled/recent.rs`).
+    /// from memory (the sled store for an event its request stored moments ago, see
+    /// `src/store/sled/to_send.rs`; PostgreSQL for one read with the delivery's lease). It is
+    /// one call per delivery sent, and may use up what memory held for it: every other read
+    /// (the admin API, the keeper) uses [`Store::event`].
     async fn event_to_send(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
         self.event(id).await
     }

@@ -395,8 +395,8 @@ impl PgStore {
             .collect()
     }
 
-    /// How many events [`Store::event_to_send`] had to read from PostgreSQL (tests: those leased are
-    /// answered without).
+    /// How many events [`Store::event`] read from PostgreSQL, for [`Store::event_to_send`] or
+    /// any other reader (tests: those leased are sent without).
     #[cfg(test)]
     pub(crate) fn events_read(&self) -> u64 {
         self.events_read.load(Ordering::Relaxed)

@@ -251,7 +251,6 @@ impl SledStore {
         load_event_in(&self.path, bytes)
     }
 
-    /// Stores an event and its deliveries (durably, in `every-event` mode).
     /// [`SledStore::append_deferred`] for the request's own event, which is kept for the
     /// delivery that sends it (see [`super::to_send`]).
     pub fn append_shared(
@@ -266,6 +265,7 @@ impl SledStore {
         self.append_listed(event, deliveries, listing, Some(event))
     }
 
+    /// Stores an event and its deliveries (durably, in `every-event` mode).
     pub fn append(&self, event: &Event, deliveries: &[Delivery]) -> Result<(), StoreError> {
         match self.append_deferred(event, deliveries)? {
             Some(durable) => self.note(durable.wait()),
@@ -379,7 +379,9 @@ impl SledStore {
                     }
                     return Err(e.into());
                 }
-                if !self.journal && fresh.is_none() {
+                // A reservation from before a reopen holds nothing in this database: the
+                // deliveries get their entries.
+                if !self.journal && !fresh.as_ref().is_some_and(fresh::Reservation::is_current) {
                     for d in deliveries {
                         self.put_queue_entry(db, d)?;
                     }
@@ -393,9 +395,10 @@ impl SledStore {
                     // Before the deliveries can be found, so that their first read finds it;
                     // not for a webhook that is behind (paused, failing): it would be dropped
                     // unread.
-                    if let Some(shared) = shared.filter(|_| keep && fresh.keeping_up) {
+                    if let Some(shared) = shared.filter(|_| keep) {
+                        let reads = fresh.keeping_up;
                         self.to_send
-                            .keep(shared, deliveries.len(), fresh::now_ms(), generation);
+                            .keep(shared, reads, fresh::now_ms(), generation);
                     }
                     fresh.add(deliveries);
                 }
@@ -622,8 +625,13 @@ mod tests {
             "two deliveries, two reads; a retry reads the record"
         );
 
-        // Not kept: an event with no delivery, one whose payload is a file, one whose
-        // deliveries are not held in memory (due later than the queue in memory takes).
+        // Not kept: an event stored without being shared (not the request path's), one with
+        // no delivery, one whose payload is a file, one whose deliveries are not held in
+        // memory (due later than the queue in memory takes).
+        let plain = Event::new(&topic, "r", serde_json::json!({"id": "plain"}));
+        s.append(&plain, &[Delivery::new(&plain, Uuid::now_v7(), 0)])
+            .expect("append");
+        assert_eq!(s.to_send.len(), 0);
         let none = Event::new(&topic, "r", serde_json::json!({"id": 2}));
         shared(&s, &none, &[]).expect("append");
         let big = Event::new(&topic, "r", serde_json::json!({"pad": "x".repeat(10_000)}));
@@ -681,17 +689,57 @@ mod tests {
             shared(&s, &e, &[Delivery::new(&e, behind, 0)]).expect("append");
         }
         assert_eq!(s.to_send.len(), 64, "kept until it held 64 deliveries");
-        let e = Event::new(&topic, "r", serde_json::json!({"id": "both"}));
-        shared(
-            &s,
-            &e,
-            &[Delivery::new(&e, sending, 0), Delivery::new(&e, behind, 0)],
-        )
-        .expect("append");
-        assert_eq!(s.to_send.len(), 64, "one of its webhooks is behind");
         let e = Event::new(&topic, "r", serde_json::json!({"id": "sending"}));
         shared(&s, &e, &[Delivery::new(&e, sending, 0)]).expect("append");
         assert_eq!(s.to_send.len(), 65);
+        // Kept for the delivery whose webhook keeps up only.
+        let both = Event::new(&topic, "r", serde_json::json!({"id": "both"}));
+        shared(
+            &s,
+            &both,
+            &[
+                Delivery::new(&both, sending, 0),
+                Delivery::new(&both, behind, 0),
+            ],
+        )
+        .expect("append");
+        assert_eq!(s.to_send.len(), 66);
+        assert!(s.to_send.read(both.id).is_some());
+        assert_eq!(s.to_send.read(both.id), None, "one read");
+        // Deliveries not due yet (a batch webhook's, waiting out its interval) do not count.
+        let batch = Uuid::now_v7();
+        for i in 0..100 {
+            let e = Event::new(&topic, "r", serde_json::json!({ "batch": i }));
+            shared(&s, &e, &[Delivery::new(&e, batch, 10_000)]).expect("append");
+        }
+        assert_eq!(s.to_send.len(), 165);
+    }
+
+    #[test]
+    fn the_retention_sweep_forgets_the_events_it_removes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let w = crate::webhook::Webhook::new(
+            crate::webhook::WebhookSpec::example("a"),
+            crate::webhook::Origin::Api,
+        );
+        s.put_webhook(&w).expect("webhook");
+        let topic = Topic::parse("order.created").expect("topic");
+        let e = Event::new(&topic, "r", serde_json::json!({"id": 1}));
+        // Two deliveries to one webhook: one read is left once the first is delivered.
+        let ds = [Delivery::new(&e, w.id, 0), Delivery::new(&e, w.id, 0)];
+        shared(&s, &e, &ds).expect("append");
+        for d in &ds {
+            let done = crate::store::contract::recorded(d, 1, true);
+            assert!(s.record_attempts(w.id, &[done], None).expect("record"));
+        }
+        assert!(s.to_send.read(e.id).is_some());
+        assert_eq!(s.to_send.len(), 1);
+        let swept = s
+            .sweep(OffsetDateTime::now_utc() + time::Duration::days(1))
+            .expect("sweep");
+        assert_eq!(swept.events, 1);
+        assert_eq!(s.to_send.len(), 0, "a redelivery finds the event gone");
     }
 
     /// The `v` keys in the store.

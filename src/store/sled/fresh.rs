@@ -37,9 +37,11 @@ pub(super) const SPILL_AFTER_MS: u64 = 20_000;
 /// At most this many deliveries are held (~100 bytes each).
 pub(super) const MAX_ENTRIES: usize = 50_000;
 
-/// A webhook holding fewer deliveries here than this is keeping up with its events (one that
-/// is paused, failing or backed up holds many more: all those of the last 20 s).
-const KEEPING_UP_HELD: usize = 64;
+/// A webhook holding fewer deliveries here that are due than this is keeping up with its
+/// events: those are the ones in flight or about to be. One that is paused or backed up
+/// holds all those due in the last 20 s (a batch webhook's are not due before its interval
+/// ends, and a failing one's leave memory at their first attempt).
+const KEEPING_UP_DUE: usize = 64;
 
 /// Only deliveries whose ids were made this recently are held: one made earlier (a request
 /// that took long between matching and storing) gets a `q` entry.
@@ -144,12 +146,18 @@ pub(super) struct Reservation<'a> {
     /// `None` once added.
     second: Option<u64>,
     generation: u64,
-    /// Whether every delivery's webhook held fewer than [`KEEPING_UP_HELD`] deliveries here:
-    /// its scheduler keeps up, so the deliveries will be sent within moments.
-    pub keeping_up: bool,
+    /// How many of the deliveries have a webhook that held fewer than [`KEEPING_UP_DUE`] due
+    /// deliveries here: its scheduler keeps up, so they will be sent within moments.
+    pub keeping_up: usize,
 }
 
 impl Reservation<'_> {
+    /// Whether the database was not reopened since the reservation was taken. Asked by a
+    /// write that holds the database: no reopen can happen before it lets go.
+    pub(super) fn is_current(&self) -> bool {
+        self.fresh.lock().generation == self.generation
+    }
+
     /// The deliveries are stored: hold them.
     pub(super) fn add(mut self, deliveries: &[Delivery]) {
         let mut inner = self.fresh.lock();
@@ -213,13 +221,21 @@ impl Fresh {
             return None;
         }
         let mut first = u64::MAX;
-        let mut keeping_up = true;
+        let mut keeping_up = 0;
         for d in deliveries {
             let second = keys::id_second(d.id)?;
-            keeping_up &= inner
+            let due = |q: &BTreeMap<(u64, Uuid), Entry>| {
+                q.range(..=(now_ms, Uuid::max()))
+                    .take(KEEPING_UP_DUE)
+                    .count()
+            };
+            if inner
                 .queues
                 .get(&d.webhook_id)
-                .is_none_or(|q| q.len() < KEEPING_UP_HELD);
+                .is_none_or(|q| due(q) < KEEPING_UP_DUE)
+            {
+                keeping_up += 1;
+            }
             let made_ms = second.saturating_mul(1000);
             let eligible = d.state == DeliveryState::Pending
                 && second >= checkpoint
@@ -839,8 +855,11 @@ mod tests {
         let reservation = fresh
             .reserve(std::slice::from_ref(&d), now_ms())
             .expect("room");
+        assert!(reservation.is_current());
         // Reopened meanwhile, and opening took the delivery back from the database.
         fresh.reset(Some(0));
+        // A write after the reopen gives the deliveries their entries.
+        assert!(!reservation.is_current());
         assert!(fresh.readmit(&d));
         reservation.add(std::slice::from_ref(&d));
         fresh.advance(u64::MAX);

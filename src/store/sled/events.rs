@@ -683,15 +683,15 @@ mod tests {
         let s = open(dir.path());
         let topic = Topic::parse("order.created").expect("topic");
         let (behind, sending) = (Uuid::now_v7(), Uuid::now_v7());
-        // Nothing sent: the webhook is paused, say.
-        for i in 0..100 {
-            let e = Event::new(&topic, "r", serde_json::json!({ "id": i }));
-            shared(&s, &e, &[Delivery::new(&e, behind, 0)]).expect("append");
-        }
-        assert_eq!(s.to_send.len(), 64, "kept until it held 64 deliveries");
-        let e = Event::new(&topic, "r", serde_json::json!({"id": "sending"}));
-        shared(&s, &e, &[Delivery::new(&e, sending, 0)]).expect("append");
-        assert_eq!(s.to_send.len(), 65);
+        // A delivery of `behind` queued 3 s ago and still not sent: it is paused, say.
+        let mut old = Event::new(&topic, "r", serde_json::json!({"id": "old"}));
+        old.created_at = OffsetDateTime::now_utc() - time::Duration::seconds(3);
+        shared(&s, &old, &[Delivery::new(&old, behind, 0)]).expect("append");
+        assert_eq!(s.to_send.len(), 1, "nothing was waiting before it");
+        s.to_send.clear();
+        let e = Event::new(&topic, "r", serde_json::json!({"id": "new"}));
+        shared(&s, &e, &[Delivery::new(&e, behind, 0)]).expect("append");
+        assert_eq!(s.to_send.len(), 0, "its webhook is behind");
         // Kept for the delivery whose webhook keeps up only.
         let both = Event::new(&topic, "r", serde_json::json!({"id": "both"}));
         shared(
@@ -703,16 +703,19 @@ mod tests {
             ],
         )
         .expect("append");
-        assert_eq!(s.to_send.len(), 66);
+        assert_eq!(s.to_send.len(), 1);
         assert!(s.to_send.read(both.id).is_some());
         assert_eq!(s.to_send.read(both.id), None, "one read");
-        // Deliveries not due yet (a batch webhook's, waiting out its interval) do not count.
+        // Many deliveries waiting, none for long: a busy webhook, or a batch webhook's
+        // waiting out its interval, keeps up.
         let batch = Uuid::now_v7();
         for i in 0..100 {
-            let e = Event::new(&topic, "r", serde_json::json!({ "batch": i }));
-            shared(&s, &e, &[Delivery::new(&e, batch, 10_000)]).expect("append");
+            let b = Event::new(&topic, "r", serde_json::json!({ "batch": i }));
+            shared(&s, &b, &[Delivery::new(&b, batch, 10_000)]).expect("append");
+            let r = Event::new(&topic, "r", serde_json::json!({ "busy": i }));
+            shared(&s, &r, &[Delivery::new(&r, sending, 0)]).expect("append");
         }
-        assert_eq!(s.to_send.len(), 165);
+        assert_eq!(s.to_send.len(), 200);
     }
 
     #[test]

@@ -37,11 +37,11 @@ pub(super) const SPILL_AFTER_MS: u64 = 20_000;
 /// At most this many deliveries are held (~100 bytes each).
 pub(super) const MAX_ENTRIES: usize = 50_000;
 
-/// A webhook holding fewer deliveries here that are due than this is keeping up with its
-/// events: those are the ones in flight or about to be. One that is paused or backed up
-/// holds all those due in the last 20 s (a batch webhook's are not due before its interval
-/// ends, and a failing one's leave memory at their first attempt).
-const KEEPING_UP_DUE: usize = 64;
+/// A webhook whose first delivery held here has been in its queue longer than this is
+/// behind: paused, backed up, or sending to a slow receiver. One that keeps up takes each
+/// delivery within moments (a batch webhook's wait in the queue until its interval ends, so
+/// they are not in it before; a failing one's leave memory at their first attempt).
+const BEHIND_AFTER_MS: u64 = 2_000;
 
 /// Only deliveries whose ids were made this recently are held: one made earlier (a request
 /// that took long between matching and storing) gets a `q` entry.
@@ -146,8 +146,8 @@ pub(super) struct Reservation<'a> {
     /// `None` once added.
     second: Option<u64>,
     generation: u64,
-    /// How many of the deliveries have a webhook that held fewer than [`KEEPING_UP_DUE`] due
-    /// deliveries here: its scheduler keeps up, so they will be sent within moments.
+    /// How many of the deliveries have a webhook that is not behind (see
+    /// [`BEHIND_AFTER_MS`]): they will be sent within moments.
     pub keeping_up: usize,
 }
 
@@ -224,16 +224,15 @@ impl Fresh {
         let mut keeping_up = 0;
         for d in deliveries {
             let second = keys::id_second(d.id)?;
-            let due = |q: &BTreeMap<(u64, Uuid), Entry>| {
-                q.range(..=(now_ms, Uuid::max()))
-                    .take(KEEPING_UP_DUE)
-                    .count()
-            };
-            if inner
+            // The first place is the oldest queue time: a look, not a count.
+            let behind = inner
                 .queues
                 .get(&d.webhook_id)
-                .is_none_or(|q| due(q) < KEEPING_UP_DUE)
-            {
+                .and_then(BTreeMap::first_key_value)
+                .is_some_and(|(&(queue_ms, _), _)| {
+                    queue_ms.saturating_add(BEHIND_AFTER_MS) < now_ms
+                });
+            if !behind {
                 keeping_up += 1;
             }
             let made_ms = second.saturating_mul(1000);

@@ -94,7 +94,7 @@ impl EmptyQueues {
         }
     }
 
-    /// Forgets everything (the database was reopened).
+    /// Forgets everything (the database was reopened, or a webhook deleted).
     pub(super) fn clear(&self) {
         let mut counts = self.lock();
         counts.by_webhook.clear();
@@ -692,6 +692,21 @@ mod tests {
     use super::super::open_for_tests;
     use super::*;
     use crate::event::{Event, Topic};
+
+    #[test]
+    fn a_deleted_webhook_leaves_no_count_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let webhook = Webhook::new(
+            crate::webhook::WebhookSpec::example("crm"),
+            crate::webhook::Origin::Api,
+        );
+        store.put_webhook(&webhook).expect("webhook");
+        store.empty_queues.written(webhook.id);
+        assert_eq!(store.empty_queues.lock().by_webhook.len(), 1);
+        store.delete_webhook(webhook.id).expect("delete");
+        assert!(store.empty_queues.lock().by_webhook.is_empty());
+    }
 
     #[test]
     fn a_delivery_that_leaves_memory_while_its_queue_is_read_is_not_overtaken() {

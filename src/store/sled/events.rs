@@ -328,7 +328,8 @@ impl SledStore {
         } else {
             self.fresh.reserve(deliveries, fresh::now_ms())
         };
-        // Taken before writing, like the reservation: a reopen meanwhile refuses the keep.
+        // Taken before writing: a reopen after it refuses the keep (one between the
+        // reservation and this gave the deliveries `q` entries: a read may miss it).
         let generation = self.to_send.generation();
         let result = self
             .write(|db| {
@@ -393,8 +394,8 @@ impl SledStore {
             .map(|keep| {
                 if let Some(fresh) = fresh {
                     // Before the deliveries can be found, so that their first read finds it;
-                    // not for a webhook that is behind (paused, failing): it would be dropped
-                    // unread.
+                    // not for a webhook that is behind (paused, backed up): it would be
+                    // dropped unread.
                     if let Some(shared) = shared.filter(|_| keep) {
                         let reads = fresh.keeping_up;
                         self.to_send
@@ -706,16 +707,14 @@ mod tests {
         assert_eq!(s.to_send.len(), 1);
         assert!(s.to_send.read(both.id).is_some());
         assert_eq!(s.to_send.read(both.id), None, "one read");
-        // Many deliveries waiting, none for long: a busy webhook, or a batch webhook's
-        // waiting out its interval, keeps up.
+        // Many deliveries waiting, all with their queue time ahead: a batch webhook waiting
+        // out its interval keeps up (whatever this machine's speed, within 10 s).
         let batch = Uuid::now_v7();
         for i in 0..100 {
             let b = Event::new(&topic, "r", serde_json::json!({ "batch": i }));
             shared(&s, &b, &[Delivery::new(&b, batch, 10_000)]).expect("append");
-            let r = Event::new(&topic, "r", serde_json::json!({ "busy": i }));
-            shared(&s, &r, &[Delivery::new(&r, sending, 0)]).expect("append");
         }
-        assert_eq!(s.to_send.len(), 200);
+        assert_eq!(s.to_send.len(), 100);
     }
 
     #[test]

@@ -37,10 +37,13 @@ pub(super) const SPILL_AFTER_MS: u64 = 20_000;
 /// At most this many deliveries are held (~100 bytes each).
 pub(super) const MAX_ENTRIES: usize = 50_000;
 
-/// A webhook whose first delivery held here has been in its queue longer than this is
-/// behind: paused, backed up, or sending to a slow receiver. One that keeps up takes each
-/// delivery within moments (a batch webhook's wait in the queue until its interval ends, so
-/// they are not in it before; a failing one's leave memory at their first attempt).
+/// A webhook whose first delivery held here (the oldest queue time) is older than this is
+/// behind: paused, backed up, sending to a receiver slower than this (a delivery in flight
+/// stays held until its outcome is written), or keyed with a key held up by a retry (the
+/// key's later deliveries stay held). One that keeps up takes each delivery within moments.
+/// A batch webhook's deliveries are held with their queue time in the future, the end of
+/// its interval, so they do not make it behind; a failing one's leave memory at their first
+/// attempt. Only whether its new events are kept for sending hangs on this.
 const BEHIND_AFTER_MS: u64 = 2_000;
 
 /// Only deliveries whose ids were made this recently are held: one made earlier (a request

@@ -702,10 +702,22 @@ mod tests {
             crate::webhook::Origin::Api,
         );
         store.put_webhook(&webhook).expect("webhook");
-        store.empty_queues.written(webhook.id);
-        assert_eq!(store.empty_queues.lock().by_webhook.len(), 1);
+        let topic = Topic::parse("order.created").expect("topic");
+        let event = Event::new(&topic, "r", serde_json::json!({}));
+        // A delivery due in an hour is not held in memory: it gets a `q` entry, counted.
+        let d = Delivery::new(&event, webhook.id, 3_600_000);
+        store
+            .append(&event, std::slice::from_ref(&d))
+            .expect("append");
+        let before = store.empty_queues.written_now(webhook.id);
+        assert_eq!(before.1, 1);
         store.delete_webhook(webhook.id).expect("delete");
         assert!(store.empty_queues.lock().by_webhook.is_empty());
+        assert_ne!(
+            store.empty_queues.written_now(webhook.id).0,
+            before.0,
+            "a reader that opened the queue before opens it again"
+        );
     }
 
     #[test]

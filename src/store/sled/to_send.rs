@@ -3,11 +3,11 @@
 //!
 //! Reading an event back cost its delivery a sled lookup and a JSON decode, about 25k
 //! instructions (callgrind, matched and delivered), a tenth of what a delivery costs. An event
-//! is kept here when all its deliveries were taken into memory and their webhooks keep up
-//! (see `fresh::Reservation::keeping_up`: a paused webhook's events would only be dropped
-//! unread), for as many reads as it has deliveries. It is the request's own event, shared
-//! (`Store::append_shared`), so keeping it copies nothing, and the last read takes it out
-//! without a copy.
+//! is kept here when all its deliveries were taken into memory, for as many reads as it has
+//! deliveries whose webhooks keep up (see `fresh::Reservation::keeping_up`: a paused
+//! webhook's events would only be dropped unread); with none, it is not kept. It is the
+//! request's own event, shared (`Store::append_shared`), so keeping it copies nothing, and
+//! the last read takes it out without a copy.
 //!
 //! It is only a shortcut: an event not found here (a retry, one dropped for age or room, one
 //! stored before a reopen) is read from sled, so dropping any of it is always safe. What is

@@ -144,8 +144,9 @@ impl SledStore {
             }
             db.apply_batch(batch)?;
             self.fresh.forget_webhook(id);
-            // The only way a webhook's count leaves that map; the others are marked again at
-            // their next empty scan.
+            // Besides a reopen, the only way a webhook's count leaves that map (a write racing
+            // the deletion may bring one back, until the next clear); the others are marked
+            // again at their next empty scan.
             self.empty_queues.clear();
             Ok(pending)
         })

@@ -326,12 +326,19 @@ impl SledStore {
         let mut heads = KeyHeads::default();
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         let db = self.db()?;
+        // As `next_queued` does: a whole queue read without a `q` entry marks the webhook's
+        // entries empty, so the next rounds read memory only.
+        let ticket = self.empty_queues.before_scan(webhook);
+        let (mut read, mut entries, mut whole) = (0usize, false, true);
         let merged = Merged::new(&db, self, webhook, u64::MAX, 256);
-        for queued in merged.take(MAX_KEY_SCAN) {
-            if heads.ready.len() >= limit {
+        for queued in merged {
+            if heads.ready.len() >= limit || read >= MAX_KEY_SCAN {
+                whole = false;
                 break;
             }
+            read += 1;
             let queued = queued?;
+            entries |= matches!(queued, Queued::Entry { .. });
             // A key is seen at its first entry: later ones wait behind it.
             if let Some(key) = queued.ordering_key() {
                 if !seen.insert(key.to_vec()) {
@@ -357,6 +364,9 @@ impl SledStore {
                     }
                 }
             }
+        }
+        if whole && !entries {
+            self.empty_queues.found_none(webhook, &ticket);
         }
         Ok(heads)
     }
@@ -692,6 +702,56 @@ mod tests {
     use super::super::open_for_tests;
     use super::*;
     use crate::event::{Event, Topic};
+
+    #[test]
+    fn a_keyed_read_of_a_queue_without_entries_marks_it_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let webhook = Webhook::new(
+            crate::webhook::WebhookSpec::example("crm"),
+            crate::webhook::Origin::Api,
+        );
+        store.put_webhook(&webhook).expect("webhook");
+        let w = webhook.id;
+        let topic = Topic::parse("order.created").expect("topic");
+        let keyed = |delay: u64, key: &str| {
+            let event = Event::new(&topic, "r", serde_json::json!({}));
+            let mut d = Delivery::new(&event, w, delay);
+            d.ordering_key = Some(key.to_owned());
+            store
+                .append(&event, std::slice::from_ref(&d))
+                .expect("append");
+            d
+        };
+        // A second ahead: every delivery made by then is due.
+        let now = || fresh::now_ms() + 1_000;
+        let none = HashSet::new();
+        // Held in memory only.
+        keyed(0, "a");
+        keyed(0, "b");
+        assert!(!store.empty_queues.none(w), "not read yet");
+        let heads = store.claim_key_heads(w, now(), 10, &none).expect("read");
+        assert_eq!(heads.ready.len(), 2);
+        assert!(
+            store.empty_queues.none(w),
+            "the whole queue was read: no entries"
+        );
+        // One due in an hour gets a `q` entry.
+        let later = keyed(3_600_000, "c");
+        assert!(!store.empty_queues.none(w));
+        let heads = store.claim_key_heads(w, now(), 10, &none).expect("read");
+        assert_eq!(heads.ready.len(), 2);
+        assert_eq!(heads.next_due_ms, Some(later.due_ms), "the entry was read");
+        assert!(!store.empty_queues.none(w), "it has an entry");
+        // A read cut short by its limit says nothing about the rest.
+        store.delete_webhook(w).expect("delete");
+        store.put_webhook(&webhook).expect("webhook");
+        keyed(0, "a");
+        keyed(0, "b");
+        let heads = store.claim_key_heads(w, now(), 1, &none).expect("read");
+        assert_eq!(heads.ready.len(), 1);
+        assert!(!store.empty_queues.none(w), "not read to its end");
+    }
 
     #[test]
     fn a_deleted_webhook_leaves_no_count_behind() {

@@ -3,7 +3,7 @@
 noisy machine where wall-clock figures are not.
 
     scripts/bench-callgrind.py [--hooktap target/release/hooktap] [--requests 2000]
-                               [--cases get,post,orders,orders-active] [--postgres]
+                               [--cases get,post,orders,orders-active,orders-keyed] [--postgres]
                                [--connections 1]
 
 Cases (the traffic of benches/proxy, sent one request at a time on one keep-alive connection):
@@ -13,6 +13,8 @@ Cases (the traffic of benches/proxy, sent one request at a time on one keep-aliv
                  (capture, document, rules, store; nothing sent)
   orders-active  the same with the webhook active: each event is also signed and sent to a
                  receiver (delivery's instructions count, on whatever thread it runs)
+  orders-keyed   orders-active with `ordering_key = "$.id"` on the webhook: delivered in order
+                 per key (every order its own key)
 
 hooktap runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation is switched on
 after start-up, the counters are zeroed after a warm-up of 200 requests and dumped after
@@ -114,8 +116,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def config(dir_, listen, upstream, status, flush="interval", pg_url=None):
+def config(dir_, listen, upstream, status, flush="interval", pg_url=None, keyed=False):
     backend = f'backend = "postgres"\nurl = "{pg_url}"\n' if pg_url else ""
+    ordering = 'ordering_key = "$.id"\n' if keyed else ""
     return f'''rules = ["{ROOT}/rules/*.toml"]
 
 [proxy]
@@ -137,7 +140,7 @@ url = "http://127.0.0.1:{upstream}/hooks"
 secret = "s3cret"
 topics = ["order.*"]
 status = "{status}"
-'''
+{ordering}'''
 
 
 def request(conn, case):
@@ -214,10 +217,12 @@ class Postgres:
 def run_case(hooktap, case, requests, upstream_port, keep, flush, pg=None, connections=1):
     dir_ = tempfile.mkdtemp(prefix=f"hooktap-cg-{case}-")
     listen = free_port()
-    status = "active" if case == "orders-active" else "paused"
+    active = case in ("orders-active", "orders-keyed")
+    status = "active" if active else "paused"
     conf = os.path.join(dir_, "hooktap.toml")
     with open(conf, "w") as f:
-        f.write(config(dir_, listen, upstream_port, status, flush, pg.url if pg else None))
+        f.write(config(dir_, listen, upstream_port, status, flush, pg.url if pg else None,
+                       keyed=case == "orders-keyed"))
     out = os.path.join(dir_, "callgrind.out")
     env = dict(os.environ, HOOKTAP_LOG="warn")
     proc = subprocess.Popen(
@@ -231,7 +236,7 @@ def run_case(hooktap, case, requests, upstream_port, keep, flush, pg=None, conne
         conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=60)
         for _ in range(200):
             request(conn, case)
-        if case == "orders-active":
+        if active:
             time.sleep(2)  # let the warm-up's webhooks go out before counting
         matched = case.startswith("orders")
         if pg and matched:
@@ -254,7 +259,7 @@ def run_case(hooktap, case, requests, upstream_port, keep, flush, pg=None, conne
             t.start()
         for t in clients:
             t.join()
-        if case == "orders-active":
+        if active:
             # Count the sending of this window's webhooks too.
             end = time.time() + 60
             while Upstream.hooks[0] - hooks0 < requests and time.time() < end:

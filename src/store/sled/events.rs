@@ -435,16 +435,14 @@ impl SledStore {
     /// stored it moments ago (see [`super::to_send`]), unless the store is closed or a write
     /// failed inside sled (then what memory holds may not be stored).
     pub fn event_to_send(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
-        let db = self.db()?;
+        // Closed: `NotOpen`, as a read of the record would say.
+        self.db()?;
         if !self.broken.load(Ordering::Relaxed)
             && let Some(e) = self.to_send.read(id)
         {
             return Ok(Some(e));
         }
-        match db.get(keys::event(id))? {
-            Some(v) => Ok(Some(self.load_event(&v)?)),
-            None => Ok(None),
-        }
+        self.event(id)
     }
 
     pub fn event(&self, id: Uuid) -> Result<Option<Event>, StoreError> {
@@ -721,11 +719,7 @@ mod tests {
     fn the_retention_sweep_forgets_the_events_it_removes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = open(dir.path());
-        let w = crate::webhook::Webhook::new(
-            crate::webhook::WebhookSpec::example("a"),
-            crate::webhook::Origin::Api,
-        );
-        s.put_webhook(&w).expect("webhook");
+        let w = super::super::webhook_for_tests(&s, "a");
         let topic = Topic::parse("order.created").expect("topic");
         let e = Event::new(&topic, "r", serde_json::json!({"id": 1}));
         // Two deliveries to one webhook: one read is left once the first is delivered.

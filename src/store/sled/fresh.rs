@@ -563,12 +563,9 @@ mod tests {
     use super::*;
     use crate::event::{Event, Topic};
     use crate::store::Recorded;
-    use crate::webhook::{Origin, Webhook, WebhookSpec};
 
     fn webhook(store: &SledStore) -> Uuid {
-        let w = Webhook::new(WebhookSpec::example("crm"), Origin::Api);
-        store.put_webhook(&w).expect("webhook");
-        w.id
+        super::super::webhook_for_tests(store, "crm").id
     }
 
     fn append(store: &SledStore, webhook: Uuid, key: Option<&str>) -> Delivery {

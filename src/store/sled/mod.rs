@@ -817,6 +817,17 @@ pub(crate) fn open_for_tests(dir: &Path) -> SledStore {
     .expect("open store")
 }
 
+/// A webhook made from the example spec named `name`, stored in `store`.
+#[cfg(test)]
+pub(crate) fn webhook_for_tests(store: &SledStore, name: &str) -> Webhook {
+    let w = Webhook::new(
+        crate::webhook::WebhookSpec::example(name),
+        crate::webhook::Origin::Api,
+    );
+    store.put_webhook(&w).expect("webhook");
+    w
+}
+
 /// [`open_for_tests`] once a store dropped just before has let go of the directory (sled
 /// releases its file lock from its flusher thread, a moment after the drop).
 #[cfg(test)]

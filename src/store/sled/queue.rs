@@ -699,7 +699,7 @@ mod tests {
     use time::OffsetDateTime;
     use uuid::{NoContext, Timestamp};
 
-    use super::super::open_for_tests;
+    use super::super::{open_for_tests, webhook_for_tests};
     use super::*;
     use crate::event::{Event, Topic};
 
@@ -707,11 +707,7 @@ mod tests {
     fn a_keyed_read_of_a_queue_without_entries_marks_it_empty() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
-        let webhook = Webhook::new(
-            crate::webhook::WebhookSpec::example("crm"),
-            crate::webhook::Origin::Api,
-        );
-        store.put_webhook(&webhook).expect("webhook");
+        let webhook = webhook_for_tests(&store, "crm");
         let w = webhook.id;
         let topic = Topic::parse("order.created").expect("topic");
         let keyed = |delay: u64, key: &str| {
@@ -757,11 +753,7 @@ mod tests {
     fn a_deleted_webhook_leaves_no_count_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
-        let webhook = Webhook::new(
-            crate::webhook::WebhookSpec::example("crm"),
-            crate::webhook::Origin::Api,
-        );
-        store.put_webhook(&webhook).expect("webhook");
+        let webhook = webhook_for_tests(&store, "crm");
         let topic = Topic::parse("order.created").expect("topic");
         let event = Event::new(&topic, "r", serde_json::json!({}));
         // A delivery due in an hour is not held in memory: it gets a `q` entry, counted.
@@ -784,11 +776,7 @@ mod tests {
     fn a_delivery_that_leaves_memory_while_its_queue_is_read_is_not_overtaken() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
-        let webhook = Webhook::new(
-            crate::webhook::WebhookSpec::example("crm"),
-            crate::webhook::Origin::Api,
-        );
-        store.put_webhook(&webhook).expect("webhook");
+        let webhook = webhook_for_tests(&store, "crm");
         let w = webhook.id;
         let topic = Topic::parse("order.created").expect("topic");
         let all: Vec<Delivery> = (0..40)

@@ -666,7 +666,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// [`Store::append_deferred`] for an event that may be stored already (one held in
     /// `pending/` is stored again when a crash came between storing it and forgetting it):
-    /// the deliveries stored with it before stay its own beside `deliveries`.
+    /// the deliveries stored with it before stay its own, and of `deliveries` only those for
+    /// a webhook without one are added (a second would reach its receiver as a second
+    /// message).
     fn append_again(
         &self,
         event: &Event,

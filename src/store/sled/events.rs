@@ -289,17 +289,39 @@ impl SledStore {
 
     /// [`SledStore::append_deferred`] for an event that may be stored already: moving an
     /// event held in `pending/` in again after a crash between storing it and removing its
-    /// file. Its record keeps the deliveries stored with it the first time (they are queued
-    /// too), and the new ones are added.
+    /// file, or after the store closed between writing it and making it durable. Its record
+    /// keeps the deliveries stored with it the first time (they are queued too), and only a
+    /// webhook without one gets one of `deliveries`: a second delivery would reach the
+    /// receiver as a second message (another `webhook-id`), which it cannot tell for a repeat.
     pub fn append_again(
         &self,
         event: &Event,
         deliveries: &[Delivery],
     ) -> Result<Option<Durable>, StoreError> {
-        let Some(v) = self.db()?.get(keys::event(event.id))? else {
+        let db = self.db()?;
+        let Some(v) = db.get(keys::event(event.id))? else {
             return self.append_deferred(event, deliveries);
         };
         let earlier: StoredEvent = serde_json::from_slice(&v)?;
+        let mut served = std::collections::HashSet::new();
+        for (id, _) in delivery_ids(&db, event.id, &earlier.deliveries)? {
+            match self.delivery(id) {
+                Ok(Some(d)) => {
+                    served.insert(d.webhook_id);
+                }
+                // Gone with its deleted webhook: it serves nobody.
+                Ok(None) => {}
+                // Whose it is cannot be told: a possible second delivery beats an event that
+                // never moves in.
+                Err(e) => tracing::warn!(event = %event.id, delivery = %id, error = %e,
+                    "a delivery of an event stored again cannot be read; its webhook may get a second"),
+            }
+        }
+        let deliveries: Vec<Delivery> = deliveries
+            .iter()
+            .filter(|d| !served.contains(&d.webhook_id))
+            .cloned()
+            .collect();
         let listing = if earlier.deliveries.is_empty() {
             // Stored by an earlier version (or without deliveries): its `v` entries list them,
             // and list the new ones too.
@@ -307,10 +329,10 @@ impl SledStore {
         } else {
             Listing::Record(DeliveryIds {
                 earlier: &earlier.deliveries,
-                now: deliveries,
+                now: &deliveries,
             })
         };
-        self.append_listed(event, deliveries, listing, None)
+        self.append_listed(event, &deliveries, listing, None)
     }
 
     /// `shared`: the event itself, to keep for its deliveries' first sends.
@@ -832,21 +854,27 @@ mod tests {
     }
 
     #[test]
-    fn an_event_stored_again_keeps_the_deliveries_stored_with_it_before() {
+    fn an_event_stored_again_keeps_its_deliveries_and_adds_none_for_a_webhook_served() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = open(dir.path());
         let topic = Topic::parse("order.created").expect("topic");
         let w = Uuid::now_v7();
+        let later = Uuid::now_v7();
         let e = Event::new(&topic, "r", serde_json::json!({"id": 3}));
         let first = [Delivery::new(&e, w, 0)];
         s.append(&e, &first).expect("append");
-        // A crash before its file in `pending/` was removed: the drain stores it again.
-        let second = [Delivery::new(&e, w, 0)];
+        // A crash before its file in `pending/` was removed: the drain stores it again, with a
+        // delivery for each webhook that accepts it now. `w` has one: its receiver would get
+        // the event twice, under two delivery ids. `later` (added since) gets its first.
+        let second = [Delivery::new(&e, w, 0), Delivery::new(&e, later, 0)];
         s.append_again(&e, &second).expect("append again");
-        let both = vec![first[0].clone(), second[0].clone()];
-        assert_eq!(s.deliveries_of_event(e.id).expect("read"), both);
-        assert_eq!(s.journal_batch(10).expect("journal")[0].deliveries, both);
+        let kept = vec![first[0].clone(), second[1].clone()];
+        assert_eq!(s.deliveries_of_event(e.id).expect("read"), kept);
+        assert_eq!(s.journal_batch(10).expect("journal")[0].deliveries, kept);
         assert_eq!(index_entries(&s), 0);
+        // Again, with nothing new: the event keeps its two.
+        s.append_again(&e, &second).expect("append again");
+        assert_eq!(s.deliveries_of_event(e.id).expect("read"), kept);
 
         // Stored by an earlier version (its `v` entries list its deliveries), then again.
         let old = Event::new(&topic, "r", serde_json::json!({"id": 4}));
@@ -857,11 +885,11 @@ mod tests {
         db.insert(keys::by_event(&d), &[] as &[u8]).expect("insert");
         db.insert(keys::event(old.id), serde_json::to_vec(&old).expect("json"))
             .expect("insert");
-        let again = [Delivery::new(&old, w, 0)];
+        let again = [Delivery::new(&old, w, 0), Delivery::new(&old, later, 0)];
         s.append_again(&old, &again).expect("append again");
         assert_eq!(
             s.deliveries_of_event(old.id).expect("read"),
-            vec![d, again[0].clone()]
+            vec![d, again[1].clone()]
         );
         // Not stored before: as a first append.
         let fresh = Event::new(&topic, "r", serde_json::json!({"id": 5}));

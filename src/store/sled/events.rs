@@ -10,7 +10,7 @@ use std::sync::{Arc, PoisonError};
 use uuid::Uuid;
 
 use super::{Durable, SledStore, fresh, keys, record};
-use crate::event::{Delivery, Event, TraceContext};
+use crate::event::{Delivery, DeliveryState, Event, TraceContext};
 use crate::store::{EventQuery, FlushMode, MAX_TEXT_SCAN, StoreError};
 
 /// Payloads bigger than this are kept in a file (measured: inline, +200 MB RSS per 200 MB of
@@ -28,6 +28,55 @@ pub(super) struct StoredEvent {
     /// is gone). Empty for an event stored before records listed them: the `v` index lists
     /// those (see [`delivery_ids`]).
     pub(super) deliveries: Vec<Uuid>,
+    /// The deliveries stored with it without their `d` records (see [`fresh::Unwritten`]).
+    pub(super) held: Vec<HeldRecord>,
+}
+
+/// A delivery stored without its `d` record, as its event's record lists it: the fields
+/// [`Delivery::new`] did not take from the event (see [`unwritten_form`]).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
+pub(super) struct HeldRecord {
+    id: Uuid,
+    webhook: Uuid,
+    due_ms: u64,
+    queue_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl HeldRecord {
+    /// The delivery's record, as it was when its event was stored.
+    pub(super) fn delivery(&self, event: &Event) -> Delivery {
+        Delivery {
+            id: self.id,
+            event_id: event.id,
+            webhook_id: self.webhook,
+            topic: event.topic.clone(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            schedule_start: 0,
+            due_ms: self.due_ms,
+            queue_ms: self.queue_ms,
+            last_summary: None,
+            ordering_key: self.key.clone(),
+            created_at: event.created_at,
+            updated_at: event.created_at,
+        }
+    }
+}
+
+/// Whether `d`, a delivery of `event` about to be stored, is what its event's record can list
+/// in its place (a new delivery, as [`Delivery::new`] made it): [`HeldRecord::delivery`]
+/// gives it back field for field.
+fn unwritten_form(d: &Delivery, event: &Event) -> bool {
+    d.event_id == event.id
+        && d.topic == event.topic
+        && d.state == DeliveryState::Pending
+        && d.attempts == 0
+        && d.schedule_start == 0
+        && d.last_summary.is_none()
+        && d.created_at == event.created_at
+        && d.updated_at == event.created_at
 }
 
 /// The record's fields, read as one flat struct: [`Event`]'s own and the store's beside them.
@@ -50,6 +99,8 @@ struct Record {
     payload_file: Option<String>,
     #[serde(default)]
     deliveries: Vec<Uuid>,
+    #[serde(default)]
+    held: Vec<HeldRecord>,
 }
 
 impl From<Record> for StoredEvent {
@@ -68,6 +119,7 @@ impl From<Record> for StoredEvent {
             },
             payload_file: r.payload_file,
             deliveries: r.deliveries,
+            held: r.held,
         }
     }
 }
@@ -89,6 +141,32 @@ struct StoredEventRef<'a> {
     payload_file: Option<&'a str>,
     #[serde(skip_serializing_if = "DeliveryIds::is_empty")]
     deliveries: DeliveryIds<'a>,
+    #[serde(
+        skip_serializing_if = "<[Delivery]>::is_empty",
+        serialize_with = "held_list"
+    )]
+    held: &'a [Delivery],
+}
+
+/// Deliveries as their event's record lists them in place of their `d` records
+/// ([`HeldRecord`]'s fields).
+fn held_list<S: serde::Serializer>(held: &&[Delivery], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct Ref<'a> {
+        id: Uuid,
+        webhook: Uuid,
+        due_ms: u64,
+        queue_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+    }
+    s.collect_seq(held.iter().map(|d| Ref {
+        id: d.id,
+        webhook: d.webhook_id,
+        due_ms: d.due_ms,
+        queue_ms: d.queue_ms,
+        key: d.ordering_key.as_deref(),
+    }))
 }
 
 impl<'a> StoredEventRef<'a> {
@@ -98,6 +176,7 @@ impl<'a> StoredEventRef<'a> {
         payload: &'a serde_json::Value,
         payload_file: Option<&'a str>,
         deliveries: DeliveryIds<'a>,
+        held: &'a [Delivery],
     ) -> Self {
         // Every field named: a field added to `Event` must be added to the record.
         let Event {
@@ -121,6 +200,7 @@ impl<'a> StoredEventRef<'a> {
             trace: trace.as_ref(),
             payload_file,
             deliveries,
+            held,
         }
     }
 }
@@ -201,15 +281,17 @@ impl SledStore {
         self.path.join("payloads").join(file)
     }
 
-    /// The record to keep in sled for `event` with `deliveries`, writing a large payload to
-    /// its own file first (a crash between the two leaves at most an unreferenced file behind).
-    /// Also says the file's name when there is one.
+    /// The record to keep in sled for `event` with `deliveries` (`held`: those stored without
+    /// their `d` records), writing a large payload to its own file first (a crash between the
+    /// two leaves at most an unreferenced file behind). Also says the file's name when there
+    /// is one.
     fn stored_form(
         &self,
         event: &Event,
         deliveries: DeliveryIds<'_>,
+        held: &[Delivery],
     ) -> Result<(Vec<u8>, Option<String>), StoreError> {
-        let inline = StoredEventRef::new(event, &event.payload, None, deliveries);
+        let inline = StoredEventRef::new(event, &event.payload, None, deliveries, held);
         // A record within the bound holds a payload within it: one serialisation. Past the
         // bound it stops, and the payload alone is measured.
         let mut record = Bounded(Vec::with_capacity(512), INLINE_PAYLOAD_MAX);
@@ -242,6 +324,7 @@ impl SledStore {
             &serde_json::Value::Null,
             Some(&file),
             deliveries,
+            held,
         ))?;
         Ok((record, Some(file)))
     }
@@ -322,6 +405,32 @@ impl SledStore {
             .filter(|d| !served.contains(&d.webhook_id))
             .cloned()
             .collect();
+        // Deliveries its record lists in full, stored without their own records, get them
+        // now (unless their state was written meanwhile, or their webhook deleted): the
+        // record written again lists them by id only.
+        if !earlier.held.is_empty() {
+            self.write(|db| {
+                for h in &earlier.held {
+                    let d = h.delivery(&earlier.event);
+                    if db.contains_key(keys::webhook(d.webhook_id))? {
+                        let absent: Option<&[u8]> = None;
+                        let _ = db.compare_and_swap(
+                            keys::delivery(d.id),
+                            absent,
+                            Some(record::encode(&d)?),
+                        )?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        // Nothing new: the event is stored as it was; durable once a barrier passes.
+        if deliveries.is_empty() {
+            return match self.flush {
+                FlushMode::EveryEvent => Ok(Some(self.barrier.issue(&db)?)),
+                FlushMode::Interval(_) => Ok(None),
+            };
+        }
         let listing = if earlier.deliveries.is_empty() {
             // Stored by an earlier version (or without deliveries): its `v` entries list them,
             // and list the new ones too.
@@ -359,18 +468,37 @@ impl SledStore {
                 // write of its own: 3.5× slower, measured): the queue entries go last (or the
                 // entries in memory, once all is written), so a queue entry never points at a
                 // delivery or event that is not stored.
-                // The event after its deliveries: whoever sees the event sees all of them (the
-                // journal of a shared store ships an event with the deliveries it finds). The
-                // event's record lists them (no `v` index entries since).
+                // The event after its deliveries: whoever sees the event finds all of them (the
+                // journal of a shared store ships an event with the deliveries it finds), but
+                // for deliveries listed in full by its record, found once held in memory, just
+                // after the write. The event's record lists them (no `v` index entries since).
                 // A delivery's webhook lists it (through its second's `X` entry) before its
                 // record is written, so that no stored delivery is missing from the list.
                 // A shared store's journal writes no `X`, `x` and `q` entries: its
                 // deliveries are listed and queued in the shared store they move to.
+                // A reservation from before a reopen holds nothing in this database (asked
+                // here, where no reopen can come before the write ends).
+                let current = fresh.as_ref().is_some_and(fresh::Reservation::is_current);
+                let new = matches!(listing, Listing::Record(ids) if ids.earlier.is_empty());
+                // New deliveries held in memory are listed in full by their event's record,
+                // which is written instead of their `d` records: one write per event.
+                let unwritten =
+                    if current && new && deliveries.iter().all(|d| unwritten_form(d, event)) {
+                        fresh::Unwritten::Yes
+                    } else {
+                        fresh::Unwritten::No
+                    };
+                let held: &[Delivery] = match unwritten {
+                    fresh::Unwritten::Yes => deliveries,
+                    fresh::Unwritten::No => &[],
+                };
                 for d in deliveries {
                     if !self.journal {
                         self.list_under_webhook(db, d)?;
                     }
-                    db.insert(keys::delivery(d.id), record::encode(d)?)?;
+                    if unwritten == fresh::Unwritten::No {
+                        db.insert(keys::delivery(d.id), record::encode(d)?)?;
+                    }
                     if let Listing::Index = listing {
                         db.insert(keys::by_event(d), &[] as &[u8])?;
                     }
@@ -382,7 +510,7 @@ impl SledStore {
                         now: &[],
                     },
                 };
-                let (record, payload_file) = self.stored_form(event, ids)?;
+                let (record, payload_file) = self.stored_form(event, ids, held)?;
                 // A journal hands a new event to its shipper in memory before its record can
                 // be seen (so the shipper does not read it back); one stored again, or with
                 // its payload in a file, is read back.
@@ -402,18 +530,16 @@ impl SledStore {
                     }
                     return Err(e.into());
                 }
-                // A reservation from before a reopen holds nothing in this database: the
-                // deliveries get their entries.
-                if !self.journal && !fresh.as_ref().is_some_and(fresh::Reservation::is_current) {
+                // Not held in memory: the deliveries get their entries.
+                if !self.journal && !current {
                     for d in deliveries {
                         self.put_queue_entry(db, d)?;
                     }
                 }
                 // A new event whose record holds its payload: the one its deliveries read.
-                let new = matches!(listing, Listing::Record(ids) if ids.earlier.is_empty());
-                Ok(new && payload_file.is_none())
+                Ok((new && payload_file.is_none(), unwritten))
             })
-            .map(|keep| {
+            .map(|(keep, unwritten)| {
                 if let Some(fresh) = fresh {
                     // Before the deliveries can be found, so that their first read finds it;
                     // not for a webhook that is behind (paused, backed up): it would be
@@ -423,7 +549,7 @@ impl SledStore {
                         self.to_send
                             .keep(shared, reads, fresh::now_ms(), generation);
                     }
-                    fresh.add(deliveries);
+                    fresh.add(deliveries, unwritten);
                 }
             })
             .and_then(|()| match self.flush {
@@ -793,7 +919,8 @@ mod tests {
             vec![ds[1].clone()]
         );
 
-        // Finished, it is swept with its event.
+        // Finished, it is swept with its event (its state written, it leaves memory, as
+        // `record_attempts` does).
         let mut done = ds[1].clone();
         done.state = crate::event::DeliveryState::Delivered;
         s.db()
@@ -803,6 +930,7 @@ mod tests {
                 serde_json::to_vec(&done).expect("json"),
             )
             .expect("insert");
+        assert!(s.fresh.remove(done.webhook_id, done.queue_ms, done.id));
         let swept = s
             .sweep(OffsetDateTime::now_utc() - time::Duration::days(30))
             .expect("sweep");
@@ -928,6 +1056,7 @@ mod tests {
                 earlier: &ids,
                 now: &[],
             },
+            &[],
         ))
         .expect("json");
         let back: StoredEvent = serde_json::from_slice(&bytes).expect("read");

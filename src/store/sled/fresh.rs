@@ -2,9 +2,10 @@
 //! that have no `q` entry (yet).
 //!
 //! Most deliveries are sent, and their new state written, within moments of being stored.
-//! Queued here rather than by a `q` entry, such a delivery costs its request one sled write
-//! fewer, and its delivery the entry's removal. The scheduler reads a webhook's queue as its
-//! `q` entries and its entries here, merged in queue order (`SledStore::queued`).
+//! Queued here rather than by a `q` entry, and listed in full by its event's record rather
+//! than by a `d` record of its own (see [`Unwritten`]), such a delivery costs its request two
+//! sled writes fewer, and its delivery the entry's removal. The scheduler reads a webhook's
+//! queue as its `q` entries and its entries here, merged in queue order (`SledStore::queued`).
 //!
 //! An entry leaves when its delivery's state is next written (`record_attempts`, `requeue`:
 //! a delivery still pending then gets its `q` entry), or once it has been due for
@@ -13,15 +14,16 @@
 //! held; past that, deliveries are stored with `q` entries as before.
 //!
 //! What a crash takes of this memory is found again at open. The checkpoint (the `Q` key, a
-//! Unix second) says that every pending delivery whose id was made before that second has a
-//! `q` entry; so opening reads the delivery records from that second on (ids are UUIDv7, so
-//! `d` keys are in time order) and takes back the pending ones without an entry. The
-//! checkpoint moves forward as entries leave, never past the second of a delivery held here
-//! or being stored (see [`Fresh::reserve`]), and it is written after the `q` entries it
-//! relies on: sled recovers a prefix of its writes, so a checkpoint found at open has its
-//! entries.
+//! Unix second) says that every pending delivery whose id, and whose event's id, were made
+//! before that second has its `d` record and a `q` entry; so opening writes the records of
+//! the deliveries listed by the event records from that second on (ids are UUIDv7, so `e`
+//! keys are in time order), then reads the delivery records from that second on and takes
+//! back the pending ones without an entry. The checkpoint moves forward as entries leave,
+//! never past the second of a delivery held here or being stored, or of its event (see
+//! [`held_second`], [`Fresh::reserve`]), and it is written after the records and entries it
+//! relies on: sled recovers a prefix of its writes, so a checkpoint found at open has them.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use uuid::Uuid;
@@ -34,7 +36,8 @@ use crate::store::StoreError;
 /// made now is due at most this long from now, so it is held at most twice as long).
 pub(super) const SPILL_AFTER_MS: u64 = 20_000;
 
-/// At most this many deliveries are held (~100 bytes each).
+/// At most this many deliveries are held (~100 bytes each, ~400 with the record of one
+/// stored without a `d` record).
 pub(super) const MAX_ENTRIES: usize = 50_000;
 
 /// A webhook whose first delivery held here (the oldest queue time) is older than this is
@@ -50,6 +53,9 @@ const BEHIND_AFTER_MS: u64 = 2_000;
 /// that took long between matching and storing) gets a `q` entry.
 const RECENT_MS: u64 = 2_000;
 
+/// How an event record that lists deliveries without their records names the list (JSON).
+const HELD_FIELD: &[u8] = b"\"held\":";
+
 /// The checkpoint stays this far behind the clock: a delivery whose id is made now is
 /// never behind it, even across a small step of the clock.
 const CHECKPOINT_LAG_S: u64 = 5;
@@ -60,6 +66,29 @@ pub(super) struct Entry {
     pub due_ms: u64,
     /// The delivery's ordering key, read by `claim_key_heads` without the record.
     pub key: Option<Arc<str>>,
+    /// The second it keeps the checkpoint at: the earlier of its id's and its event's.
+    second: u64,
+    /// Its record, for a delivery stored without one (see [`Unwritten`]); `None` when its `d`
+    /// record is written.
+    pub record: Option<Arc<Delivery>>,
+}
+
+/// Whether a new delivery's `d` record is left out of its request's write. It is when its
+/// event's record lists it in full (`held`, see `events::HeldRecord`) and the delivery is held here:
+/// memory answers for it (`SledStore::delivery`, the listings) until its state is next
+/// written, or the keeper, or a clean stop, writes its record; after a crash, opening writes
+/// it from the event's record (`recover_fresh`), which the checkpoint keeps in reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unwritten {
+    Yes,
+    No,
+}
+
+/// The second a held delivery keeps the checkpoint at: the earlier of its id's and its
+/// event's (opening reads event records from the checkpoint on to find the records of
+/// deliveries stored without one). `None` for an id that is not a UUIDv7.
+pub(super) fn held_second(d: &Delivery) -> Option<u64> {
+    Some(keys::id_second(d.id)?.min(keys::id_second(d.event_id)?))
 }
 
 /// An entry with its place in the queue.
@@ -75,8 +104,12 @@ struct Inner {
     /// Each webhook's entries in queue order.
     queues: HashMap<Uuid, BTreeMap<(u64, Uuid), Entry>>,
     len: usize,
-    /// How many deliveries, by the Unix second of their ids, are held here or being stored
-    /// under a [`Reservation`]: the checkpoint stays at or before the first.
+    /// The records of the deliveries held without a `d` record, by id...
+    unwritten: HashMap<Uuid, Arc<Delivery>>,
+    /// ... and their ids by webhook, in id (time) order.
+    unwritten_of: BTreeSet<(Uuid, Uuid)>,
+    /// How many deliveries, by their [`held_second`], are held here or being stored under a
+    /// [`Reservation`]: the checkpoint stays at or before the first.
     seconds: BTreeMap<u64, usize>,
     /// The checkpoint in force; `None` until the database was opened and its checkpoint read
     /// (nothing is held then).
@@ -104,12 +137,19 @@ impl Inner {
         }
     }
 
-    /// Holds `d`, whose id was made in `second` (a second already held by a reservation is
-    /// held once more: the caller lets go of the reservation's).
-    fn insert(&mut self, d: &Delivery, second: u64) {
+    /// Holds `d`, keeping the checkpoint at `second` (a second already held by a reservation
+    /// is held once more: the caller lets go of the reservation's).
+    fn insert(&mut self, d: &Delivery, second: u64, unwritten: Unwritten) {
+        let record = (unwritten == Unwritten::Yes).then(|| Arc::new(d.clone()));
+        if let Some(record) = &record {
+            self.unwritten.insert(d.id, Arc::clone(record));
+            self.unwritten_of.insert((d.webhook_id, d.id));
+        }
         let entry = Entry {
             due_ms: d.due_ms,
             key: d.ordering_key.as_deref().map(Arc::from),
+            second,
+            record,
         };
         let queue = self.queues.entry(d.webhook_id).or_default();
         if queue.insert((d.queue_ms, d.id), entry).is_none() {
@@ -122,16 +162,17 @@ impl Inner {
         let Some(queue) = self.queues.get_mut(&webhook) else {
             return false;
         };
-        if queue.remove(&(queue_ms, id)).is_none() {
+        let Some(entry) = queue.remove(&(queue_ms, id)) else {
             return false;
-        }
+        };
         if queue.is_empty() {
             self.queues.remove(&webhook);
         }
         self.len -= 1;
-        if let Some(second) = keys::id_second(id) {
-            self.release(second);
+        if self.unwritten.remove(&id).is_some() {
+            self.unwritten_of.remove(&(webhook, id));
         }
+        self.release(entry.second);
         true
     }
 }
@@ -161,17 +202,18 @@ impl Reservation<'_> {
         self.fresh.lock().generation == self.generation
     }
 
-    /// The deliveries are stored: hold them.
-    pub(super) fn add(mut self, deliveries: &[Delivery]) {
+    /// The deliveries are stored (`unwritten`: without their `d` records): hold them.
+    pub(super) fn add(mut self, deliveries: &[Delivery], unwritten: Unwritten) {
         let mut inner = self.fresh.lock();
         if inner.generation != self.generation {
-            // The database was reopened meanwhile: opening found them.
+            // The database was reopened meanwhile: opening found them (and wrote the records
+            // of unwritten ones from their event's).
             self.second = None;
             return;
         }
         for d in deliveries {
-            if let Some(second) = keys::id_second(d.id) {
-                inner.insert(d, second);
+            if let Some(second) = held_second(d) {
+                inner.insert(d, second, unwritten);
             }
         }
         // Held by the entries now.
@@ -214,9 +256,10 @@ impl Fresh {
     }
 
     /// Whether `deliveries`, about to be stored, are to be held here rather than given `q`
-    /// entries: all of them or none, each pending, due within [`SPILL_AFTER_MS`], with a
-    /// UUIDv7 id made within [`RECENT_MS`] of `now_ms` and not before the checkpoint, and
-    /// room for them. If so, their seconds are held from now on.
+    /// entries: all of them or none, each pending, due within [`SPILL_AFTER_MS`], with
+    /// UUIDv7 ids (its own and its event's) made within [`RECENT_MS`] of `now_ms` and not
+    /// before the checkpoint, and room for them. If so, their [`held_second`]s are held from
+    /// now on.
     pub(super) fn reserve(&self, deliveries: &[Delivery], now_ms: u64) -> Option<Reservation<'_>> {
         let mut inner = self.lock();
         let checkpoint = inner.checkpoint?;
@@ -226,7 +269,7 @@ impl Fresh {
         let mut first = u64::MAX;
         let mut keeping_up = 0;
         for d in deliveries {
-            let second = keys::id_second(d.id)?;
+            let second = held_second(d)?;
             // The first place is the oldest queue time: a look, not a count.
             let behind = inner
                 .queues
@@ -262,13 +305,13 @@ impl Fresh {
     /// no room (it then needs an entry).
     pub(super) fn readmit(&self, d: &Delivery) -> bool {
         let mut inner = self.lock();
-        let Some(second) = keys::id_second(d.id) else {
+        let Some(second) = held_second(d) else {
             return false;
         };
         if inner.len >= MAX_ENTRIES || inner.checkpoint.is_none_or(|c| second < c) {
             return false;
         }
-        inner.insert(d, second);
+        inner.insert(d, second, Unwritten::No);
         inner.admitted += 1;
         true
     }
@@ -284,12 +327,33 @@ impl Fresh {
         let mut inner = self.lock();
         if let Some(queue) = inner.queues.remove(&webhook) {
             inner.len -= queue.len();
-            for (_, id) in queue.keys() {
-                if let Some(second) = keys::id_second(*id) {
-                    inner.release(second);
+            for ((_, id), entry) in queue {
+                if inner.unwritten.remove(&id).is_some() {
+                    inner.unwritten_of.remove(&(webhook, id));
                 }
+                inner.release(entry.second);
             }
         }
+    }
+
+    /// The record of a delivery held without a `d` record.
+    pub(super) fn unwritten(&self, id: Uuid) -> Option<Arc<Delivery>> {
+        self.lock().unwritten.get(&id).cloned()
+    }
+
+    /// The records of `webhook`'s deliveries held without a `d` record whose ids were made
+    /// in `second`.
+    pub(super) fn unwritten_in_second(&self, webhook: Uuid, second: u64) -> Vec<Arc<Delivery>> {
+        let inner = self.lock();
+        let (from, to) = (
+            keys::first_id_of_second(second),
+            keys::first_id_of_second(second + 1),
+        );
+        inner
+            .unwritten_of
+            .range((webhook, from)..(webhook, to))
+            .filter_map(|(_, id)| inner.unwritten.get(id).cloned())
+            .collect()
     }
 
     /// Up to `max` of `webhook`'s entries in queue order after the place `after` (from the
@@ -404,8 +468,9 @@ pub(super) fn now_ms() -> u64 {
 }
 
 impl SledStore {
-    /// Reads the checkpoint of the database just opened and takes back the pending
-    /// deliveries stored since then without a `q` entry (see the module documentation): held
+    /// Reads the checkpoint of the database just opened, writes the records of the
+    /// deliveries stored since then without one, and takes back the pending deliveries stored
+    /// since then without a `q` entry (see the module documentation): held
     /// here while there is room, given their entry otherwise. A database without a
     /// checkpoint (a new one, or one written by a hooktap that wrote a `q` entry for every
     /// delivery) gets one at the current second.
@@ -431,6 +496,7 @@ impl SledStore {
             }
         };
         self.fresh.reset(Some(checkpoint));
+        let written = self.write_unwritten_records(db, checkpoint)?;
         let (start, _) = keys::deliveries_in_second(checkpoint);
         let end = [keys::DELIVERY + 1];
         let (mut held, mut queued) = (0usize, 0usize);
@@ -467,14 +533,50 @@ impl SledStore {
             tracing::info!(
                 held,
                 queued,
+                records = written,
                 "queued again the deliveries stored before the last stop without a queue entry"
             );
         }
         Ok(())
     }
 
+    /// Writes the records of the deliveries stored without one (see [`Unwritten`]) that a
+    /// crash left in their events' records only: those of the events made from `checkpoint`
+    /// on (a held delivery keeps the checkpoint at its [`held_second`]), unless the delivery
+    /// has its record or its webhook was deleted. Returns how many it wrote.
+    fn write_unwritten_records(&self, db: &sled::Db, checkpoint: u64) -> Result<usize, StoreError> {
+        let start = keys::events_from_second(checkpoint);
+        let end = [keys::EVENT + 1];
+        let mut written = 0;
+        for entry in db.range(start.as_slice()..end.as_slice()) {
+            let (k, v) = entry?;
+            // Only records that list a delivery without its own are read in full.
+            if !v.windows(HELD_FIELD.len()).any(|w| w == HELD_FIELD) {
+                continue;
+            }
+            let stored: super::events::StoredEvent = match serde_json::from_slice(&v) {
+                Ok(s) => s,
+                Err(e) => {
+                    let id = keys::trailing_id(&k).unwrap_or_default();
+                    tracing::warn!(event = %id, error = %e, "an event record cannot be read; its deliveries stored without a record are not queued");
+                    continue;
+                }
+            };
+            for h in &stored.held {
+                let d = h.delivery(&stored.event);
+                let key = keys::delivery(d.id);
+                if db.contains_key(&key)? || !db.contains_key(keys::webhook(d.webhook_id))? {
+                    continue;
+                }
+                db.insert(key, record::encode(&d)?)?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+
     /// The keeper's round: gives the deliveries due for longer than [`SPILL_AFTER_MS`] their
-    /// `q` entries, then moves the checkpoint and writes it (after those entries).
+    /// records (those stored without one) and `q` entries, then moves the checkpoint and writes it (after those entries).
     pub(super) fn spill_fresh(&self) -> Result<(), StoreError> {
         if self.journal || self.fresh.checkpoint().is_none() {
             return Ok(());
@@ -498,8 +600,8 @@ impl SledStore {
         Ok(())
     }
 
-    /// Gives every delivery held its `q` entry and moves the checkpoint up to the clock
-    /// (shutdown).
+    /// Gives every delivery held its record (one stored without) and `q` entry, and moves the
+    /// checkpoint up to the clock (shutdown).
     pub(super) fn spill_fresh_all(&self) -> Result<(), StoreError> {
         if self.journal || self.fresh.checkpoint().is_none() {
             return Ok(());
@@ -508,8 +610,8 @@ impl SledStore {
         self.advance_checkpoint(now_ms())
     }
 
-    /// Gives the deliveries due for longer than [`SPILL_AFTER_MS`] at `now_ms` their `q`
-    /// entries, and lets go of them.
+    /// Gives the deliveries due for longer than [`SPILL_AFTER_MS`] at `now_ms` their records
+    /// (those stored without one) and `q` entries, and lets go of them.
     pub(super) fn spill_held_before(&self, now_ms: u64) -> Result<(), StoreError> {
         self.spill_held(Some(now_ms))
     }
@@ -525,6 +627,12 @@ impl SledStore {
         for (webhook, held) in self.fresh.overdue(now_ms) {
             let key = keys::queue_at(webhook, held.queue_ms, held.id);
             let value = keys::queue_value_of(held.entry.key.as_deref());
+            let record = held
+                .entry
+                .record
+                .as_deref()
+                .map(record::encode)
+                .transpose()?;
             self.write(|db| {
                 let known = match exists {
                     Some((w, known)) if w == webhook => known,
@@ -535,16 +643,28 @@ impl SledStore {
                     }
                 };
                 if known {
+                    // Its record first, so that the entry never names a missing one; not over
+                    // a record its state was written to meanwhile.
+                    if let Some(record) = &record {
+                        let absent: Option<&[u8]> = None;
+                        let _ = db.compare_and_swap(
+                            keys::delivery(held.id),
+                            absent,
+                            Some(record.as_slice()),
+                        )?;
+                    }
                     self.put_queue_entry_at(db, webhook, key.clone(), value)?;
                 }
                 Ok(())
             })?;
             // Let go of meanwhile: by its own state's write, or by its webhook's deletion, after
-            // which nothing would ever read or remove the entry just written.
+            // which nothing would ever read or remove the entry just written, nor the record
+            // (the deletion may have listed the delivery from memory, before it was written).
             if !self.fresh.remove(webhook, held.queue_ms, held.id) {
                 self.write_freeing(|db| {
                     if !db.contains_key(keys::webhook(webhook))? {
                         db.remove(&key)?;
+                        db.remove(keys::delivery(held.id))?;
                         exists = Some((webhook, false));
                     }
                     Ok(())
@@ -860,7 +980,7 @@ mod tests {
         // A write after the reopen gives the deliveries their entries.
         assert!(!reservation.is_current());
         assert!(fresh.readmit(&d));
-        reservation.add(std::slice::from_ref(&d));
+        reservation.add(std::slice::from_ref(&d), Unwritten::Yes);
         fresh.advance(u64::MAX);
         assert!(fresh.checkpoint().is_some_and(|c| c <= second));
         assert_eq!(fresh.count(d.webhook_id).0, 1);
@@ -927,5 +1047,167 @@ mod tests {
         }
         assert!(fresh.reserve(std::slice::from_ref(&d), now).is_none());
         assert!(!fresh.readmit(&d));
+    }
+
+    fn records(store: &SledStore) -> usize {
+        store
+            .db()
+            .expect("db")
+            .scan_prefix([keys::DELIVERY])
+            .count()
+    }
+
+    #[test]
+    fn a_new_delivery_lives_in_its_events_record_and_memory_until_its_state_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let d = append(&store, w, Some("k"));
+        // One write for the event: its record lists the delivery, which has none of its own.
+        assert_eq!(records(&store), 0);
+        assert_eq!(store.delivery(d.id).expect("read"), Some(d.clone()));
+        assert_eq!(store.deliveries_of(w, 10).expect("list"), vec![d.clone()]);
+        assert_eq!(
+            store.deliveries_of_event(d.event_id).expect("list"),
+            vec![d.clone()]
+        );
+        // Its state written, it has its record and leaves memory.
+        let change = recorded(&d, true);
+        assert!(
+            store
+                .record_attempts(w, std::slice::from_ref(&change), None)
+                .expect("record")
+        );
+        assert_eq!(records(&store), 1);
+        assert!(store.fresh.unwritten(d.id).is_none());
+        assert_eq!(
+            store.delivery(d.id).expect("read"),
+            Some(change.after.clone())
+        );
+        assert_eq!(
+            store.deliveries_of(w, 10).expect("list"),
+            vec![change.after]
+        );
+    }
+
+    #[test]
+    fn a_webhooks_deliveries_are_listed_newest_first_whether_held_or_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let other = super::super::webhook_for_tests(&store, "erp").id;
+        let mut expected = Vec::new();
+        for i in 0..6 {
+            let d = append(&store, w, None);
+            append(&store, other, None);
+            // Every other one sent: written, out of memory.
+            if i % 2 == 0 {
+                let change = recorded(&d, true);
+                assert!(
+                    store
+                        .record_attempts(w, std::slice::from_ref(&change), None)
+                        .expect("record")
+                );
+                expected.push(change.after);
+            } else {
+                expected.push(d);
+            }
+        }
+        expected.reverse();
+        assert_eq!(records(&store), 3);
+        assert_eq!(store.deliveries_of(w, 10).expect("list"), expected);
+        assert_eq!(store.deliveries_of(w, 4).expect("list"), expected[..4]);
+    }
+
+    #[test]
+    fn a_crash_leaves_held_deliveries_their_records_in_their_events_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let gone = super::super::webhook_for_tests(&store, "erp").id;
+        let plain = append(&store, w, None);
+        let keyed = append(&store, w, Some("k"));
+        let mut later = append(&store, w, None);
+        append(&store, gone, None);
+        assert_eq!(records(&store), 0);
+        // Deleted with its delivery held: nothing of it comes back.
+        assert_eq!(store.delete_webhook(gone).expect("delete"), 1);
+        store.flush().expect("flush");
+        // The process ends without a word to the store: its memory is gone.
+        drop(store);
+        let store = reopen_for_tests(dir.path());
+        assert_eq!(records(&store), 3);
+        assert_eq!(store.delivery(plain.id).expect("read"), Some(plain.clone()));
+        assert_eq!(store.delivery(keyed.id).expect("read"), Some(keyed.clone()));
+        assert_eq!(queued(&store, w), vec![plain.id, keyed.id, later.id]);
+        assert!(queued(&store, gone).is_empty());
+        // A record written since is not overwritten by the event's.
+        let change = recorded(&later, false);
+        assert!(
+            store
+                .record_attempts(w, std::slice::from_ref(&change), None)
+                .expect("record")
+        );
+        later = change.after;
+        store.flush().expect("flush");
+        drop(store);
+        let store = reopen_for_tests(dir.path());
+        assert_eq!(store.delivery(later.id).expect("read"), Some(later));
+    }
+
+    #[test]
+    fn the_keeper_and_a_clean_stop_write_the_records_of_what_they_let_go_of() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let first = append(&store, w, None);
+        // Overdue: the keeper gives it its record, then its entry.
+        store
+            .spill_held_before(first.queue_ms + SPILL_AFTER_MS + 1)
+            .expect("spill");
+        assert_eq!(records(&store), 1);
+        assert_eq!(queue_entries(&store), 1);
+        assert_eq!(store.delivery(first.id).expect("read"), Some(first.clone()));
+        let second = append(&store, w, Some("k"));
+        store.spill_fresh_all().expect("clean stop");
+        assert_eq!(records(&store), 2);
+        assert_eq!(
+            store.delivery(second.id).expect("read"),
+            Some(second.clone())
+        );
+        assert_eq!(queued(&store, w), vec![first.id, second.id]);
+        assert_eq!(store.fresh.count(w).0, 0);
+    }
+
+    #[test]
+    fn an_event_stored_again_gives_its_held_deliveries_their_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook(&store);
+        let added = super::super::webhook_for_tests(&store, "erp").id;
+        let topic = Topic::parse("order.created").expect("topic");
+        let event = Event::new(&topic, "r", serde_json::json!({"n": 1}));
+        let first = Delivery::new(&event, w, 0);
+        store
+            .append(&event, std::slice::from_ref(&first))
+            .expect("append");
+        assert_eq!(records(&store), 0);
+        // Stored again from `pending/` (the store closed before the barrier): `w` has its
+        // delivery; `added`, a webhook added since, gets one. The record written again
+        // lists deliveries by id only, so the held one gets its own record first.
+        let again = [Delivery::new(&event, w, 0), Delivery::new(&event, added, 0)];
+        store.append_again(&event, &again).expect("again");
+        assert_eq!(records(&store), 2);
+        store.flush().expect("flush");
+        // A crash: memory is gone, the records are not.
+        drop(store);
+        let store = reopen_for_tests(dir.path());
+        assert_eq!(store.delivery(first.id).expect("read"), Some(first.clone()));
+        assert_eq!(
+            store.deliveries_of_event(event.id).expect("read"),
+            vec![first.clone(), again[1].clone()]
+        );
+        assert_eq!(queued(&store, w), vec![first.id]);
+        assert_eq!(queued(&store, added), vec![again[1].id]);
     }
 }

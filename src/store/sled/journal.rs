@@ -381,8 +381,11 @@ mod tests {
     /// Appends three events with one delivery each (the first and the last with payloads long
     /// enough for files).
     fn append_three(store: &SledStore) -> Vec<(Event, Vec<Delivery>)> {
+        append_three_for(store, uuid::Uuid::now_v7())
+    }
+
+    fn append_three_for(store: &SledStore, webhook: uuid::Uuid) -> Vec<(Event, Vec<Delivery>)> {
         let topic = Topic::parse("order.created").expect("topic");
-        let webhook = uuid::Uuid::now_v7();
         (0..3)
             .map(|i| {
                 let pad = if i == 1 { 10 } else { 5000 };
@@ -510,10 +513,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let sled = super::super::open_for_tests(dir.path());
         let appended = append_three(&sled);
-        // Queued by entries, as those versions queued every delivery.
+        // Each delivery with its record, as those versions wrote them, and queued by
+        // entries, as they queued every delivery.
         let db = sled.db().expect("db");
         for (_, deliveries) in &appended {
             for d in deliveries {
+                db.insert(
+                    keys::delivery(d.id),
+                    super::super::record::encode(d).expect("encode"),
+                )
+                .expect("d");
                 sled.put_queue_entry(&db, d).expect("q");
             }
         }
@@ -542,7 +551,7 @@ mod tests {
             crate::webhook::Origin::Api,
         );
         sled.put_webhook(&webhook).expect("webhook");
-        let appended = append_three(&sled);
+        let appended = append_three_for(&sled, webhook.id);
         drop(sled);
         let journal = SledStore::unopened(&journal_config(dir.path()));
         assert!(refused_for_good(&journal));

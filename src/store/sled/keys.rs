@@ -26,7 +26,8 @@ pub(super) const DEDUPE_MARK: u8 = b'K';
 /// `x` or `q` entries (see `SledStore::settle_role`).
 pub(super) const JOURNAL_ROLE: &[u8] = b"J";
 /// The checkpoint of the deliveries queued in memory (a Unix second, big-endian u64): every
-/// pending delivery whose id was made before it has a `q` entry (see `fresh`).
+/// pending delivery whose id, and whose event's id, were made before it has its `d` record and
+/// a `q` entry (see `fresh`).
 pub(super) const FRESH_CHECKPOINT: &[u8] = b"Q";
 
 pub(super) fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
@@ -141,10 +142,29 @@ pub(super) fn created_ms(id: Uuid) -> Option<u64> {
 
 /// The `d` keys of deliveries whose UUIDv7 ids were made in `second`: `start..end`.
 pub(super) fn deliveries_in_second(second: u64) -> (Vec<u8>, Vec<u8>) {
+    made_in_second(DELIVERY, second)
+}
+
+/// The first `e` key of an event whose UUIDv7 id was made in `second` or later.
+pub(super) fn events_from_second(second: u64) -> Vec<u8> {
+    made_in_second(EVENT, second).0
+}
+
+/// The lowest UUIDv7 id made in `second` (ids made in it are `first(second)..first(second + 1)`).
+pub(super) fn first_id_of_second(second: u64) -> Uuid {
+    let ms = second.saturating_mul(1000).to_be_bytes();
+    let mut bytes = [0; 16];
+    // The low 48 bits of the milliseconds, as a UUIDv7 holds them.
+    bytes[..6].copy_from_slice(&ms[2..]);
+    Uuid::from_bytes(bytes)
+}
+
+/// The keys under `prefix` + UUIDv7 id of ids made in `second`: `start..end`.
+fn made_in_second(prefix: u8, second: u64) -> (Vec<u8>, Vec<u8>) {
     let bound = |second: u64| {
         let ms = second.saturating_mul(1000).to_be_bytes();
         let mut k = Vec::with_capacity(17);
-        k.push(DELIVERY);
+        k.push(prefix);
         // The low 48 bits of the milliseconds, as a UUIDv7 holds them, then the lowest id.
         k.extend_from_slice(&ms[2..]);
         k.extend_from_slice(&[0; 10]);

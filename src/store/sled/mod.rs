@@ -607,7 +607,7 @@ impl Store for SledStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        // At shutdown every pending delivery gets its queue entry: the next start has nothing
+        // At shutdown every pending delivery gets its record and queue entry: the next start has nothing
         // to look for, and a hooktap that holds no deliveries in memory finds them all.
         self.spill_fresh_all()?;
         SledStore::flush(self)

@@ -122,9 +122,21 @@ impl SledStore {
     }
 
     pub fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
-        match self.db()?.get(keys::delivery(id))? {
-            Some(v) => Ok(Some(record::decode(id, &v)?)),
-            None => Ok(None),
+        let db = self.db()?;
+        let read = |db: &sled::Db| -> Result<Option<Delivery>, StoreError> {
+            match db.get(keys::delivery(id))? {
+                Some(v) => Ok(Some(record::decode(id, &v)?)),
+                None => Ok(None),
+            }
+        };
+        if let Some(d) = read(&db)? {
+            return Ok(Some(d));
+        }
+        // Held in memory without its record (see `fresh::Unwritten`); once let go of, its
+        // record is written, before: so a miss here finds the record on a second look.
+        match self.fresh.unwritten(id) {
+            Some(d) => Ok(Some(Delivery::clone(&d))),
+            None => read(&db),
         }
     }
 
@@ -170,6 +182,12 @@ impl SledStore {
             let Some(second) = keys::second_of_key(&k) else {
                 continue;
             };
+            // Deliveries held in memory without their records are listed with the rest, newest
+            // first: taken before the records are read, so that one let go of meanwhile is
+            // found by its record (and listed once).
+            let mut unwritten = self.fresh.unwritten_in_second(webhook, second);
+            unwritten.sort_by_key(|d| std::cmp::Reverse(d.id));
+            let mut unwritten = unwritten.into_iter().peekable();
             let (start, end) = keys::deliveries_in_second(second);
             for entry in db.range(start..end).rev() {
                 let (k, v) = entry?;
@@ -177,6 +195,11 @@ impl SledStore {
                     continue;
                 }
                 let id = keys::trailing_id(&k).unwrap_or_default();
+                while let Some(held) = unwritten.next_if(|h| h.id >= id) {
+                    if held.id != id && !more(Delivery::clone(&held)) {
+                        return Ok(());
+                    }
+                }
                 let d = match record::decode(id, &v) {
                     Ok(d) => d,
                     // Whose it is cannot be told: listing this webhook goes on without it
@@ -187,6 +210,11 @@ impl SledStore {
                     }
                 };
                 if d.webhook_id == webhook && !more(d) {
+                    return Ok(());
+                }
+            }
+            for held in unwritten {
+                if !more(Delivery::clone(&held)) {
                     return Ok(());
                 }
             }

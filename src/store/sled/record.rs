@@ -1,8 +1,8 @@
 //! A delivery's record (`d` + id) and an attempt's record (`a` + delivery id + number) in a
 //! compact binary form.
 //!
-//! A delivery record is written on the request path for every matched event and rewritten
-//! after every attempt, so its size and encoding cost count twice: sled copies a leaf's values
+//! A delivery record is written for every matched event (on the request path, unless the
+//! delivery is held in memory: see `fresh::Unwritten`) and rewritten after every attempt, so its size and encoding cost count twice: sled copies a leaf's values
 //! whenever it changes the leaf. As JSON (field names, ids as 36-character text, timestamps as
 //! RFC 3339) a record was ~370 bytes and took ~7k instructions to write; as
 //! [postcard](https://postcard.jamesmunns.com/wire-format) (ids as 16 bytes, integers as

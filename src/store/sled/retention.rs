@@ -98,9 +98,14 @@ impl SledStore {
                 from = Bound::Excluded(keys::webhook_second(webhook, u64::MAX));
                 continue;
             }
+            // A delivery held in memory without its record is listed by this entry too: asked
+            // before the records are read, as a delivery leaving memory is written first.
+            let mut kept = !self.fresh.unwritten_in_second(webhook, second).is_empty();
             let (start, end) = keys::deliveries_in_second(second);
-            let mut kept = false;
             for entry in db.range(start..end) {
+                if kept {
+                    break;
+                }
                 let (k, v) = entry?;
                 // A record that does not read is kept listed, to be seen.
                 let id = keys::trailing_id(&k).unwrap_or_default();

@@ -427,7 +427,9 @@ impl SledStore {
         // Nothing new: the event is stored as it was; durable once a barrier passes.
         if deliveries.is_empty() {
             return match self.flush {
-                FlushMode::EveryEvent => Ok(Some(self.barrier.issue(&db)?)),
+                FlushMode::EveryEvent => self.barrier.issue(&db).map(Some).inspect_err(|_| {
+                    self.failed_appends.fetch_add(1, Ordering::Relaxed);
+                }),
                 FlushMode::Interval(_) => Ok(None),
             };
         }

@@ -140,22 +140,25 @@ impl Inner {
     /// Holds `d`, keeping the checkpoint at `second` (a second already held by a reservation
     /// is held once more: the caller lets go of the reservation's).
     fn insert(&mut self, d: &Delivery, second: u64, unwritten: Unwritten) {
+        let queue = self.queues.entry(d.webhook_id).or_default();
+        let std::collections::btree_map::Entry::Vacant(place) = queue.entry((d.queue_ms, d.id))
+        else {
+            // Held already (ids are new per append: not expected), as it was.
+            return;
+        };
         let record = (unwritten == Unwritten::Yes).then(|| Arc::new(d.clone()));
-        if let Some(record) = &record {
-            self.unwritten.insert(d.id, Arc::clone(record));
-            self.unwritten_of.insert((d.webhook_id, d.id));
-        }
-        let entry = Entry {
+        place.insert(Entry {
             due_ms: d.due_ms,
             key: d.ordering_key.as_deref().map(Arc::from),
             second,
-            record,
-        };
-        let queue = self.queues.entry(d.webhook_id).or_default();
-        if queue.insert((d.queue_ms, d.id), entry).is_none() {
-            self.len += 1;
-            self.hold(second);
+            record: record.clone(),
+        });
+        if let Some(record) = record {
+            self.unwritten.insert(d.id, record);
+            self.unwritten_of.insert((d.webhook_id, d.id));
         }
+        self.len += 1;
+        self.hold(second);
     }
 
     fn remove(&mut self, webhook: Uuid, queue_ms: u64, id: Uuid) -> bool {
@@ -345,10 +348,11 @@ impl Fresh {
     /// in `second`.
     pub(super) fn unwritten_in_second(&self, webhook: Uuid, second: u64) -> Vec<Arc<Delivery>> {
         let inner = self.lock();
-        let (from, to) = (
-            keys::first_id_of_second(second),
-            keys::first_id_of_second(second + 1),
-        );
+        let from = keys::first_id_of_second(second);
+        let to = keys::first_id_of_second(second.saturating_add(1));
+        if from >= to {
+            return Vec::new();
+        }
         inner
             .unwritten_of
             .range((webhook, from)..(webhook, to))
@@ -1209,5 +1213,51 @@ mod tests {
         );
         assert_eq!(queued(&store, w), vec![first.id]);
         assert_eq!(queued(&store, added), vec![again[1].id]);
+    }
+
+    #[test]
+    fn unwritten_records_are_found_by_the_second_of_their_ids() {
+        use uuid::{NoContext, Timestamp};
+        let fresh = Fresh::default();
+        fresh.reset(Some(0));
+        let topic = Topic::parse("order.created").expect("topic");
+        let w = Uuid::now_v7();
+        let at = |ms: u64| {
+            let nanos = u32::try_from(ms % 1000).expect("ms") * 1_000_000;
+            Uuid::new_v7(Timestamp::from_unix(NoContext, ms / 1000, nanos))
+        };
+        let second: u64 = 1_800_000_000;
+        let mut held = Vec::new();
+        // Either side of both ends of the second.
+        for ms in [
+            second * 1000 - 1,
+            second * 1000,
+            second * 1000 + 999,
+            (second + 1) * 1000,
+        ] {
+            let mut event = Event::new(&topic, "r", serde_json::json!({}));
+            event.id = at(ms);
+            let mut d = Delivery::new(&event, w, 0);
+            d.id = at(ms);
+            let reservation = fresh.reserve(std::slice::from_ref(&d), ms).expect("room");
+            reservation.add(std::slice::from_ref(&d), Unwritten::Yes);
+            held.push(d);
+        }
+        let ids = |second: u64| -> Vec<Uuid> {
+            fresh
+                .unwritten_in_second(w, second)
+                .iter()
+                .map(|d| d.id)
+                .collect()
+        };
+        assert_eq!(ids(second), vec![held[1].id, held[2].id]);
+        assert_eq!(ids(second - 1), vec![held[0].id]);
+        assert_eq!(ids(second + 1), vec![held[3].id]);
+        assert!(fresh.unwritten_in_second(Uuid::now_v7(), second).is_empty());
+        assert!(fresh.unwritten_in_second(w, u64::MAX).is_empty());
+        // Let go of, it is found no more.
+        assert!(fresh.remove(w, held[1].queue_ms, held[1].id));
+        assert_eq!(ids(second), vec![held[2].id]);
+        assert!(fresh.unwritten(held[1].id).is_none());
     }
 }

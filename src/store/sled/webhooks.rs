@@ -111,6 +111,9 @@ impl SledStore {
                     deliveries.extend(self.delivery(listed)?);
                 }
             }
+            // Memory lets go of them before their records go: a spill that writes one after the
+            // scan above then finds it let go of, and removes what it wrote.
+            self.fresh.forget_webhook(id);
             deliveries.sort_by_key(|d| d.id);
             deliveries.dedup_by_key(|d| d.id);
             ids.sort_unstable();
@@ -143,7 +146,6 @@ impl SledStore {
                 }
             }
             db.apply_batch(batch)?;
-            self.fresh.forget_webhook(id);
             // Besides a reopen, the only way a webhook's count leaves that map (a write racing
             // the deletion may bring one back, until the next clear); the others are marked
             // again at their next empty scan.

@@ -124,3 +124,48 @@ impl SledStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+    use uuid::{NoContext, Timestamp, Uuid};
+
+    use super::super::{fresh, keys, open_for_tests, webhook_for_tests};
+    use crate::event::{Delivery, Event, Topic};
+
+    #[test]
+    fn a_second_listing_a_delivery_held_without_its_record_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let w = webhook_for_tests(&store, "crm").id;
+        // A delivery made ten minutes ago and still held in memory without its record (the
+        // keeper's spills failing, say), listed by its second's `X` entry only.
+        let made_ms = fresh::now_ms() - 600_000;
+        let at = |ms: u64| Uuid::new_v7(Timestamp::from_unix(NoContext, ms / 1000, 0));
+        let topic = Topic::parse("order.created").expect("topic");
+        let mut event = Event::new(&topic, "r", serde_json::json!({}));
+        event.id = at(made_ms);
+        event.created_at =
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(made_ms) * 1_000_000)
+                .expect("time");
+        let mut d = Delivery::new(&event, w, 0);
+        d.id = at(made_ms);
+        store.fresh.reset(Some(0));
+        store
+            .fresh
+            .reserve(std::slice::from_ref(&d), made_ms)
+            .expect("room")
+            .add(std::slice::from_ref(&d), fresh::Unwritten::Yes);
+        let db = store.db().expect("db");
+        let listing = keys::webhook_second(w, made_ms / 1000);
+        db.insert(&listing, &[] as &[u8]).expect("X");
+
+        store.sweep(OffsetDateTime::now_utc()).expect("sweep");
+        assert!(db.contains_key(&listing).expect("read"));
+        assert_eq!(store.deliveries_of(w, 10).expect("list"), vec![d.clone()]);
+        // Let go of without a record (as by its webhook's deletion): nothing is left to list.
+        assert!(store.fresh.remove(w, d.queue_ms, d.id));
+        store.sweep(OffsetDateTime::now_utc()).expect("sweep");
+        assert!(!db.contains_key(&listing).expect("read"));
+    }
+}

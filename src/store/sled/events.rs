@@ -413,12 +413,7 @@ impl SledStore {
                 for h in &earlier.held {
                     let d = h.delivery(&earlier.event);
                     if db.contains_key(keys::webhook(d.webhook_id))? {
-                        let absent: Option<&[u8]> = None;
-                        let _ = db.compare_and_swap(
-                            keys::delivery(d.id),
-                            absent,
-                            Some(record::encode(&d)?),
-                        )?;
+                        fresh::put_unless_written(db, &d)?;
                     }
                 }
                 Ok(())

@@ -68,9 +68,6 @@ pub(super) struct Entry {
     pub key: Option<Arc<str>>,
     /// The second it keeps the checkpoint at: the earlier of its id's and its event's.
     second: u64,
-    /// Its record, for a delivery stored without one (see [`Unwritten`]); `None` when its `d`
-    /// record is written.
-    pub record: Option<Arc<Delivery>>,
 }
 
 /// Whether a new delivery's `d` record is left out of its request's write. It is when its
@@ -146,15 +143,13 @@ impl Inner {
             // Held already (ids are new per append: not expected), as it was.
             return;
         };
-        let record = (unwritten == Unwritten::Yes).then(|| Arc::new(d.clone()));
         place.insert(Entry {
             due_ms: d.due_ms,
             key: d.ordering_key.as_deref().map(Arc::from),
             second,
-            record: record.clone(),
         });
-        if let Some(record) = record {
-            self.unwritten.insert(d.id, record);
+        if unwritten == Unwritten::Yes {
+            self.unwritten.insert(d.id, Arc::new(d.clone()));
             self.unwritten_of.insert((d.webhook_id, d.id));
         }
         self.len += 1;
@@ -464,6 +459,15 @@ impl Fresh {
     }
 }
 
+/// Writes `d`'s record, stored without one (see [`Unwritten`]), unless a record is there
+/// already (its state was written meanwhile: never overwritten). Returns whether it wrote.
+pub(super) fn put_unless_written(db: &sled::Db, d: &Delivery) -> Result<bool, StoreError> {
+    let absent: Option<&[u8]> = None;
+    Ok(db
+        .compare_and_swap(keys::delivery(d.id), absent, Some(record::encode(d)?))?
+        .is_ok())
+}
+
 /// The clock in Unix milliseconds.
 pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -568,12 +572,9 @@ impl SledStore {
             };
             for h in &stored.held {
                 let d = h.delivery(&stored.event);
-                let key = keys::delivery(d.id);
-                if db.contains_key(&key)? || !db.contains_key(keys::webhook(d.webhook_id))? {
-                    continue;
+                if db.contains_key(keys::webhook(d.webhook_id))? && put_unless_written(db, &d)? {
+                    written += 1;
                 }
-                db.insert(key, record::encode(&d)?)?;
-                written += 1;
             }
         }
         Ok(written)
@@ -631,12 +632,8 @@ impl SledStore {
         for (webhook, held) in self.fresh.overdue(now_ms) {
             let key = keys::queue_at(webhook, held.queue_ms, held.id);
             let value = keys::queue_value_of(held.entry.key.as_deref());
-            let record = held
-                .entry
-                .record
-                .as_deref()
-                .map(record::encode)
-                .transpose()?;
+            // Taken after the snapshot: one let go of since has its record written.
+            let record = self.fresh.unwritten(held.id);
             self.write(|db| {
                 let known = match exists {
                     Some((w, known)) if w == webhook => known,
@@ -650,12 +647,7 @@ impl SledStore {
                     // Its record first, so that the entry never names a missing one; not over
                     // a record its state was written to meanwhile.
                     if let Some(record) = &record {
-                        let absent: Option<&[u8]> = None;
-                        let _ = db.compare_and_swap(
-                            keys::delivery(held.id),
-                            absent,
-                            Some(record.as_slice()),
-                        )?;
+                        put_unless_written(db, record)?;
                     }
                     self.put_queue_entry_at(db, webhook, key.clone(), value)?;
                 }

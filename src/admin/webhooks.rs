@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::{AdminState, ApiError, Page, Q, json_body};
 use crate::delivery::manage::Ping;
 use crate::event::{Attempt, Delivery, DeliveryState};
+use crate::store::DeliveryQuery;
 use crate::store::Requeued as Redelivery;
 use crate::webhook::{NewWebhook, WebhookInput, WebhookStatus, WebhookView};
 
@@ -266,15 +267,17 @@ pub async fn deliveries(
     if d.webhook(id).is_none() {
         return Err(ApiError::not_found("webhook"));
     }
-    let all: Vec<_> = d
-        .deliveries(id, usize::MAX)
-        .await?
-        .into_iter()
-        .filter(|x| filter.outcome.is_none_or(|o| x.state == o))
-        .collect();
-    let total = all.len();
-    let page: Vec<_> = all.into_iter().skip(offset).take(limit).collect();
-    Ok(([("x-total-count", total.to_string())], Json(page)).into_response())
+    let query = DeliveryQuery {
+        state: filter.outcome,
+        offset,
+        limit,
+    };
+    let page = d.deliveries_page(id, &query).await?;
+    Ok((
+        [("x-total-count", page.total.to_string())],
+        Json(page.items),
+    )
+        .into_response())
 }
 
 #[utoipa::path(get, operation_id = "get_delivery", path = "/webhooks/{id}/deliveries/{delivery_id}", tag = "deliveries",

@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::Engine;
 use super::registry::Target;
 use super::send::{self, Outgoing};
-use crate::event::{Attempt, Delivery, DeliveryState, unix_ms};
-use crate::store::{Planner, Replaced, Requeued, StoreError};
+use crate::event::{Attempt, Delivery, unix_ms};
+use crate::store::{DeliveryPage, DeliveryQuery, Planner, Replaced, Requeued, StoreError};
 use crate::webhook::{
     Counters, Defaults, FieldError, Origin, TopicsError, Webhook, WebhookInput, WebhookSpec,
     WebhookStatus, WebhookView, compile_topics,
@@ -546,13 +546,22 @@ impl Engine {
         Ok(())
     }
 
-    /// A webhook's deliveries, newest first.
+    /// A webhook's deliveries, newest first, at most `limit`.
     pub async fn deliveries(
         &self,
         webhook: Uuid,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         self.store.deliveries_of(webhook, limit).await
+    }
+
+    /// One page of a webhook's deliveries, newest first, and how many match in all.
+    pub async fn deliveries_page(
+        &self,
+        webhook: Uuid,
+        query: &DeliveryQuery,
+    ) -> Result<DeliveryPage, StoreError> {
+        self.store.deliveries_page(webhook, query).await
     }
 
     /// A delivery with every attempt made for it.
@@ -597,12 +606,10 @@ impl Engine {
     ) -> Result<usize, StoreError> {
         let now = unix_ms(OffsetDateTime::now_utc());
         let mut n = 0;
-        for d in self.store.deliveries_of(webhook, usize::MAX).await? {
-            if d.state == DeliveryState::Failed && d.created_at >= since && d.created_at < until {
-                // One being sent by another instance right now is left to that send.
-                if matches!(self.store.requeue(&d, now).await?, Requeued::Done(_)) {
-                    n += 1;
-                }
+        for d in self.store.failed_deliveries(webhook, since, until).await? {
+            // One being sent by another instance right now is left to that send.
+            if matches!(self.store.requeue(&d, now).await?, Requeued::Done(_)) {
+                n += 1;
             }
         }
         if n > 0 {

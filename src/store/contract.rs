@@ -18,7 +18,10 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{AttemptBucket, EventQuery, Recorded, Recording, Replaced, StatsWindow, Store, Swept};
+use super::{
+    AttemptBucket, DeliveryPage, DeliveryQuery, EventQuery, Recorded, Recording, Replaced,
+    StatsWindow, Store, Swept,
+};
 use crate::event::{Attempt, DedupeKey, Delivery, DeliveryState, Event, Topic, unix_ms};
 use crate::webhook::{Origin, Webhook, WebhookSpec};
 
@@ -53,6 +56,8 @@ macro_rules! store_contract_tests {
             attempt_stats_count_per_bucket_with_discrete_percentiles,
             an_event_lists_its_deliveries_to_every_webhook,
             events_page_searches_the_payload_text,
+            a_page_of_deliveries_counts_every_match,
+            failed_deliveries_are_read_by_creation_window,
         );
     };
     (@each $make:expr; $($name:ident),* $(,)?) => {
@@ -146,13 +151,23 @@ pub(crate) fn attempt(d: &Delivery, number: u32, success: bool) -> Attempt {
 
 /// Records a successful first attempt of `d`.
 async fn deliver(store: &Arc<dyn Store>, d: &Delivery) -> Delivery {
+    finish(store, d, DeliveryState::Delivered).await
+}
+
+/// Records a failed last attempt of `d`: it ends failed.
+async fn fail(store: &Arc<dyn Store>, d: &Delivery) -> Delivery {
+    finish(store, d, DeliveryState::Failed).await
+}
+
+/// Records `d`'s first attempt, after which it is in `state`.
+async fn finish(store: &Arc<dyn Store>, d: &Delivery, state: DeliveryState) -> Delivery {
     let mut after = d.clone();
-    after.state = DeliveryState::Delivered;
+    after.state = state;
     after.attempts = 1;
     let change = Recorded {
         before: d.clone(),
         after: after.clone(),
-        attempt: attempt(d, 1, true),
+        attempt: attempt(d, 1, state == DeliveryState::Delivered),
     };
     assert_ne!(
         store
@@ -162,6 +177,25 @@ async fn deliver(store: &Arc<dyn Store>, d: &Delivery) -> Delivery {
         Recording::Gone
     );
     after
+}
+
+/// Seven deliveries to a webhook (newest first): three delivered, two failed and two
+/// pending, made in that rotation; and one to another webhook.
+async fn mixed_deliveries(store: &Arc<dyn Store>) -> (Webhook, Vec<Delivery>) {
+    let w = webhook(store, "a").await;
+    let other = webhook(store, "b").await;
+    let mut all = Vec::new();
+    for i in 0..7 {
+        let (_, d) = queued_event(store, &w, 0).await;
+        all.push(match i % 3 {
+            0 => deliver(store, &d).await,
+            1 => fail(store, &d).await,
+            _ => d,
+        });
+    }
+    queued_event(store, &other, 0).await;
+    all.reverse();
+    (w, all)
 }
 
 /// Makes what was appended visible to the store's readers (a shared store moves its local
@@ -1177,4 +1211,115 @@ pub async fn events_page_searches_the_payload_text(store: Arc<dyn Store>) {
         3,
         "every payload has a quote"
     );
+}
+
+pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
+    let (w, all) = mixed_deliveries(&store).await;
+    let page = |state, offset, limit| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .deliveries_page(
+                    w.id,
+                    &DeliveryQuery {
+                        state,
+                        offset,
+                        limit,
+                    },
+                )
+                .await
+                .expect("page")
+        }
+    };
+    let of = |items: &[Delivery]| DeliveryPage {
+        items: items.to_vec(),
+        total: 7,
+    };
+    assert_eq!(page(None, 0, 3).await, of(&all[..3]));
+    assert_eq!(page(None, 3, 3).await, of(&all[3..6]));
+    assert_eq!(page(None, 5, 3).await, of(&all[5..]), "the last page");
+    assert_eq!(
+        page(None, 7, 3).await,
+        of(&[]),
+        "past the end: the total still"
+    );
+    for state in [
+        DeliveryState::Delivered,
+        DeliveryState::Failed,
+        DeliveryState::Pending,
+    ] {
+        let matching: Vec<Delivery> = all.iter().filter(|d| d.state == state).cloned().collect();
+        let total = matching.len() as u64;
+        assert!(total >= 2, "{state:?}");
+        assert_eq!(
+            page(Some(state), 0, 10).await,
+            DeliveryPage {
+                items: matching.clone(),
+                total
+            },
+            "{state:?}"
+        );
+        assert_eq!(
+            page(Some(state), 1, 1).await,
+            DeliveryPage {
+                items: matching[1..2].to_vec(),
+                total
+            },
+            "{state:?}, second page of one"
+        );
+    }
+    let nobody = store
+        .deliveries_page(
+            Uuid::now_v7(),
+            &DeliveryQuery {
+                state: None,
+                offset: 0,
+                limit: 10,
+            },
+        )
+        .await
+        .expect("page");
+    assert_eq!(
+        nobody,
+        DeliveryPage {
+            items: vec![],
+            total: 0
+        }
+    );
+}
+
+pub async fn failed_deliveries_are_read_by_creation_window(store: Arc<dyn Store>) {
+    let (w, all) = mixed_deliveries(&store).await;
+    let failed: Vec<Delivery> = all
+        .iter()
+        .filter(|d| d.state == DeliveryState::Failed)
+        .cloned()
+        .collect();
+    let [newer, older] = &failed[..] else {
+        panic!("two failed: {failed:?}");
+    };
+    let read = |since, until| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .failed_deliveries(w.id, since, until)
+                .await
+                .expect("failed deliveries")
+        }
+    };
+    let everything = (
+        older.created_at - time::Duration::HOUR,
+        now() + time::Duration::HOUR,
+    );
+    assert_eq!(read(everything.0, everything.1).await, failed);
+    // Half-open: from its creation on, up to (not including) the newer's.
+    assert_eq!(
+        read(older.created_at, newer.created_at).await,
+        vec![older.clone()]
+    );
+    assert_eq!(
+        read(newer.created_at, everything.1).await,
+        vec![newer.clone()]
+    );
+    assert_eq!(read(everything.0, older.created_at).await, vec![]);
 }

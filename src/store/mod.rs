@@ -559,6 +559,21 @@ impl EventQuery {
     }
 }
 
+/// Which of a webhook's deliveries to list: newest first, in one state or any, one page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryQuery {
+    pub state: Option<DeliveryState>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+/// One page of a webhook's deliveries and how many match over all pages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryPage {
+    pub items: Vec<Delivery>,
+    pub total: u64,
+}
+
 /// The store contract. See the module documentation for the promises; `contract` tests them.
 ///
 /// Methods that the request path calls are synchronous; the rest are `async` so that a
@@ -889,6 +904,25 @@ pub trait Store: Send + Sync + 'static {
     /// A webhook's deliveries, newest first, at most `limit`.
     async fn deliveries_of(&self, webhook: Uuid, limit: usize)
     -> Result<Vec<Delivery>, StoreError>;
+
+    /// One page of a webhook's deliveries (the admin API's listing), newest first, with how
+    /// many match over all pages. Counting reads every delivery of the webhook, but decodes
+    /// only the page's: the webhook's history is not held in memory (on sled, but for a
+    /// webhook with deliveries listed by the `x` entries of stores written before 2026-12-01).
+    async fn deliveries_page(
+        &self,
+        webhook: Uuid,
+        query: &DeliveryQuery,
+    ) -> Result<DeliveryPage, StoreError>;
+
+    /// `webhook`'s failed deliveries created in `[since, until)`, newest first (what
+    /// `recover` sends again).
+    async fn failed_deliveries(
+        &self,
+        webhook: Uuid,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<Delivery>, StoreError>;
 
     /// The attempts of one delivery, first attempt first.
     async fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError>;

@@ -49,9 +49,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::{
-    Applied, AttemptStats, BarrierStats, Durable, EventQuery, JournalStats, KeyHeads, Planner,
-    QueueStats, Recorded, Recording, Replaced, Requeued, StatsWindow, Store, StoreConfig,
-    StoreError, Swept,
+    Applied, AttemptStats, BarrierStats, DeliveryPage, DeliveryQuery, Durable, EventQuery,
+    JournalStats, KeyHeads, Planner, QueueStats, Recorded, Recording, Replaced, Requeued,
+    StatsWindow, Store, StoreConfig, StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::store::SledStore;
@@ -864,6 +864,23 @@ impl Store for PgStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         sql::deliveries_of(&self.client().await?, webhook, limit).await
+    }
+
+    async fn deliveries_page(
+        &self,
+        webhook: Uuid,
+        query: &DeliveryQuery,
+    ) -> Result<DeliveryPage, StoreError> {
+        sql::deliveries_page(&mut self.client().await?, webhook, query).await
+    }
+
+    async fn failed_deliveries(
+        &self,
+        webhook: Uuid,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        sql::failed_deliveries(&self.client().await?, webhook, since, until).await
     }
 
     async fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {

@@ -13,9 +13,9 @@ use uuid::Uuid;
 use super::pg_error;
 use crate::event::{Attempt, Delivery, DeliveryState, Event, unix_ms};
 use crate::store::{
-    Applied, AttemptBucket, AttemptStats, CounterChange, EventQuery, KeyHeads, MAX_TEXT_SCAN,
-    Planner, QueueStats, Recorded, Recording, Replaced, StatsWindow, StoreError, Swept,
-    WebhookPlan,
+    Applied, AttemptBucket, AttemptStats, CounterChange, DeliveryPage, DeliveryQuery, EventQuery,
+    KeyHeads, MAX_TEXT_SCAN, Planner, QueueStats, Recorded, Recording, Replaced, StatsWindow,
+    StoreError, Swept, WebhookPlan,
 };
 use crate::webhook::{Counters, Webhook, WebhookStatus};
 
@@ -1137,6 +1137,96 @@ pub async fn deliveries_of(
     rows.iter().map(|r| decode(r, 0)).collect()
 }
 
+/// One page of `webhook`'s deliveries, newest first (through `deliveries_by_webhook`), and
+/// how many match in all: both read in one snapshot (a read-only repeatable-read
+/// transaction), so that the page and the total agree.
+pub async fn deliveries_page(
+    c: &mut Client,
+    webhook: Uuid,
+    q: &DeliveryQuery,
+) -> Result<DeliveryPage, StoreError> {
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_error)?;
+    let c = &tx;
+    let state = q.state.map(state_text);
+    let total: i64 = row(
+        c,
+        "SELECT count(*) FROM deliveries
+         WHERE webhook_id = $1 AND ($2::text IS NULL OR record->>'state' = $2)",
+        &[&webhook, &state],
+    )
+    .await?
+    .get(0);
+    let rows = rows(
+        c,
+        "SELECT record FROM deliveries
+         WHERE webhook_id = $1 AND ($2::text IS NULL OR record->>'state' = $2)
+         ORDER BY id DESC OFFSET $3 LIMIT $4",
+        &[
+            &webhook,
+            &state,
+            &i64::try_from(q.offset).unwrap_or(i64::MAX),
+            &i64::try_from(q.limit).unwrap_or(i64::MAX),
+        ],
+    )
+    .await?;
+    let items = rows
+        .iter()
+        .map(|r| decode(r, 0))
+        .collect::<Result<_, _>>()?;
+    tx.commit().await.map_err(pg_error)?;
+    Ok(DeliveryPage {
+        items,
+        total: u64::try_from(total).unwrap_or(0),
+    })
+}
+
+/// `webhook`'s failed deliveries created in `[since, until)`, newest first. `created_ms` is
+/// the creation time cut to the millisecond: the window is widened to whole milliseconds in
+/// the statement and applied exactly to the records read.
+pub async fn failed_deliveries(
+    c: &impl GenericClient,
+    webhook: Uuid,
+    since: OffsetDateTime,
+    until: OffsetDateTime,
+) -> Result<Vec<Delivery>, StoreError> {
+    let ms = |t: OffsetDateTime| i64::try_from(unix_ms(t)).unwrap_or(i64::MAX);
+    let rows = rows(
+        c,
+        "SELECT record FROM deliveries
+         WHERE webhook_id = $1 AND record->>'state' = $2 AND created_ms >= $3 AND created_ms <= $4
+         ORDER BY id DESC",
+        &[
+            &webhook,
+            &state_text(DeliveryState::Failed),
+            &ms(since),
+            &ms(until),
+        ],
+    )
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let d: Delivery = decode(r, 0)?;
+        if d.created_at >= since && d.created_at < until {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// A state as delivery records spell it.
+fn state_text(state: DeliveryState) -> String {
+    match serde_json::to_value(state) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{state:?}").to_lowercase(),
+    }
+}
+
 /// An event's deliveries, oldest first.
 pub async fn deliveries_of_event(
     c: &impl GenericClient,
@@ -1233,8 +1323,11 @@ pub async fn attempts(c: &impl GenericClient, delivery: Uuid) -> Result<Vec<Atte
 }
 
 /// Moves journalled events and their deliveries in, in one transaction. Ids already there
-/// are left alone (a batch moved before a crash is moved again), and deliveries to a webhook
-/// deleted meanwhile are dropped.
+/// are left alone (a batch moved before a crash is moved again); a webhook that has a
+/// delivery of the event already gets no second one (an event held in `pending/` is stored
+/// again after its journal moved it in and forgot it, with deliveries under new ids: a second
+/// would reach the receiver as a second message); deliveries to a webhook deleted meanwhile
+/// are dropped.
 pub async fn insert_events(
     c: &mut Client,
     entries: &[crate::store::sled::Entry],
@@ -1351,6 +1444,8 @@ pub async fn insert_entries(
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::int8[], $5::int8[], $6::json[])
                   WITH ORDINALITY AS u(id, event_id, webhook_id, created_ms, queue_ms, record, n)
              WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id FOR KEY SHARE)
+               AND NOT EXISTS (SELECT 1 FROM deliveries x
+                               WHERE x.event_id = u.event_id AND x.webhook_id = u.webhook_id)
              ORDER BY u.n
              ON CONFLICT (id) DO NOTHING",
             &[&ids, &of_event, &webhook, &d_created, &queue, &records],).await?;

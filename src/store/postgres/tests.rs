@@ -426,6 +426,44 @@ fn recorded(d: &Delivery, number: u32, success: bool) -> Recorded {
 }
 
 #[tokio::test]
+async fn an_event_stored_again_after_it_moved_in_gets_no_second_delivery() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let (a, b) = (
+        webhook(&store, "a", false).await,
+        webhook(&store, "b", false).await,
+    );
+    let e = event();
+    let first = Delivery::new(&e, a.id, 0);
+    store
+        .append(&e, std::slice::from_ref(&first))
+        .expect("append");
+    store.flush().await.expect("moved in");
+    assert_eq!(
+        store.journal().expect("journal").backlog,
+        0,
+        "and forgotten"
+    );
+    // Held in `pending/` as well (the store closed before its barrier), it is stored again:
+    // the journal no longer knows it, so its deliveries come with new ids.
+    let again = [Delivery::new(&e, a.id, 0), Delivery::new(&e, b.id, 0)];
+    Store::append_again(&store, &e, &again).expect("append again");
+    store.flush().await.expect("moved in again");
+    let mut got: Vec<(Uuid, Uuid)> = store
+        .deliveries_of_event(e.id)
+        .await
+        .expect("list")
+        .iter()
+        .map(|d| (d.webhook_id, d.id))
+        .collect();
+    got.sort();
+    let mut want = vec![(a.id, first.id), (b.id, again[1].id)];
+    want.sort();
+    assert_eq!(got, want, "a keeps its delivery, b gets one");
+    assert_eq!(store.event(e.id).await.expect("read"), Some(e));
+}
+
+#[tokio::test]
 async fn a_nul_character_does_not_jam_the_journal_or_the_log() {
     let cluster = Cluster::start();
     let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;

@@ -943,9 +943,10 @@ mod tests {
         let topic = Topic::parse("order.created").expect("topic");
         let mut e = Event::new(&topic, "r", serde_json::json!({"id": 2}));
         e.created_at = OffsetDateTime::now_utc() - time::Duration::days(40);
+        // Of webhooks that exist: a pending delivery of a deleted one would not keep its event.
         let mut ds = vec![
-            Delivery::new(&e, Uuid::now_v7(), 0),
-            Delivery::new(&e, Uuid::now_v7(), 0),
+            Delivery::new(&e, super::super::webhook_for_tests(&s, "a").id, 0),
+            Delivery::new(&e, super::super::webhook_for_tests(&s, "b").id, 0),
         ];
         // The layout of earlier versions: a plain event record and a `v` entry per delivery.
         let db = s.db().expect("db");

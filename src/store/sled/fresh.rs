@@ -320,18 +320,21 @@ impl Fresh {
         self.lock().remove(webhook, queue_ms, id)
     }
 
-    /// Lets go of a deleted webhook's deliveries.
-    pub(super) fn forget_webhook(&self, webhook: Uuid) {
+    /// Lets go of a deleted webhook's deliveries; returns those that had no record.
+    pub(super) fn forget_webhook(&self, webhook: Uuid) -> std::collections::HashSet<Uuid> {
         let mut inner = self.lock();
+        let mut unwritten = std::collections::HashSet::new();
         if let Some(queue) = inner.queues.remove(&webhook) {
             inner.len -= queue.len();
             for ((_, id), entry) in queue {
                 if inner.unwritten.remove(&id).is_some() {
                     inner.unwritten_of.remove(&(webhook, id));
+                    unwritten.insert(id);
                 }
                 inner.release(entry.second);
             }
         }
+        unwritten
     }
 
     /// The record of a delivery held without a `d` record.

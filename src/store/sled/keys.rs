@@ -20,6 +20,10 @@ pub(super) const ATTEMPT_BY_TIME: u8 = b't';
 /// A webhook's failed attempts by time (the `t` key of each, under this prefix): its last
 /// error without reading its successes.
 pub(super) const FAILURE_BY_TIME: u8 = b'f';
+/// A webhook being deleted (`D` + its id): set with the removal of its record, removed with
+/// the last of its history, so that a deletion cut short (a crash, a dropped request) is
+/// finished by the keeper (see `SledStore::delete_webhook_part`).
+pub(super) const DELETING: u8 = b'D';
 /// A journalled event's dedupe claim (shared stores: claimed again when the event moves in).
 pub(super) const DEDUPE_MARK: u8 = b'K';
 /// Present while the database is the local journal of a shared store, whose events have no
@@ -53,6 +57,10 @@ pub(super) fn dedupe(k: &DedupeKey) -> Vec<u8> {
 
 pub(super) fn dedupe_mark(event: Uuid) -> Vec<u8> {
     key(DEDUPE_MARK, &[event.as_bytes()])
+}
+
+pub(super) fn deleting(webhook: Uuid) -> Vec<u8> {
+    key(DELETING, &[webhook.as_bytes()])
 }
 
 pub(super) fn webhook(id: Uuid) -> Vec<u8> {

@@ -76,8 +76,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    AttemptStats, BarrierStats, EventQuery, FlushMode, KeyHeads, QueueStats, Recorded, Recording,
-    Replaced, Requeued, StatsWindow, Store, StoreConfig, StoreError, Swept,
+    AttemptStats, BarrierStats, DeliveryPage, DeliveryQuery, EventQuery, FlushMode, KeyHeads,
+    QueueStats, Recorded, Recording, Replaced, Requeued, StatsWindow, Store, StoreConfig,
+    StoreError, Swept,
 };
 use crate::event::{Attempt, DedupeKey, Delivery, Event};
 use crate::webhook::Webhook;
@@ -132,11 +133,16 @@ pub struct SledStore {
     /// was opened: the next delivery of that webhook in the same second writes none.
     seconds: Mutex<std::collections::HashMap<Uuid, u64>>,
     /// The newest deliveries of each webhook's queue, held in memory without `q` entries.
-    fresh: fresh::Fresh,
+    /// Shared with reads run on a blocking thread ([`SledStore::off_thread`]).
+    fresh: Arc<fresh::Fresh>,
     /// The webhooks known to have no `q` entries.
     empty_queues: queue::EmptyQueues,
     /// The events of deliveries held in `fresh`, for the scheduler that sends them.
     to_send: to_send::ToSend,
+    /// Webhooks whose deletion callers are running part by part, with how many: the keeper
+    /// leaves them to those (and finishes one whose callers went away, see
+    /// `webhooks::Deletion`).
+    deleting: Mutex<std::collections::HashMap<Uuid, usize>>,
     /// Set when opening refused the directory for good (a journal still holding events opened
     /// as a sled store, a sled store opened as a journal): [`SledStore::maintain`] stops
     /// trying.
@@ -277,9 +283,10 @@ impl SledStore {
             journal_legacy: AtomicBool::new(false),
             handoff: journal::Handoff::default(),
             seconds: Mutex::default(),
-            fresh: fresh::Fresh::default(),
+            fresh: Arc::default(),
             empty_queues: queue::EmptyQueues::default(),
             to_send: to_send::ToSend::default(),
+            deleting: Mutex::default(),
             refused: AtomicBool::new(false),
         }
     }
@@ -378,6 +385,12 @@ impl SledStore {
     /// [`SledStore::check_space`]), closes a database that failed and opens one that is not open.
     /// Returns true when it opened the database.
     pub fn maintain(&self) -> bool {
+        // Before the space check: it only removes, and so frees space.
+        if self.is_open()
+            && let Err(e) = self.finish_deletion()
+        {
+            tracing::warn!(error = %e, "cannot go on removing a deleted webhook's history yet; trying again");
+        }
         if !self.check_space() {
             return false;
         }
@@ -666,7 +679,14 @@ impl Store for SledStore {
     }
 
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
-        SledStore::delete_webhook(self, id)
+        // Part by part, yielding between them: a long history does not hold up the tasks
+        // that share the caller's runtime (the admin API's health checks, for one). Dropped
+        // part-way (the request went away), the keeper finishes it.
+        let mut deletion = self.delete_webhook_start(id)?;
+        while deletion.part()? {
+            tokio::task::yield_now().await;
+        }
+        Ok(deletion.pending())
     }
 
     async fn queued(
@@ -770,6 +790,27 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
         SledStore::deliveries_of(self, webhook, limit)
+    }
+
+    async fn deliveries_page(
+        &self,
+        webhook: Uuid,
+        query: &DeliveryQuery,
+    ) -> Result<DeliveryPage, StoreError> {
+        let (fresh, query) = (Arc::clone(&self.fresh), *query);
+        self.off_thread(move |db, _| queue::deliveries_page_in(db, &fresh, webhook, &query))
+            .await
+    }
+
+    async fn failed_deliveries(
+        &self,
+        webhook: Uuid,
+        since: OffsetDateTime,
+        until: OffsetDateTime,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let fresh = Arc::clone(&self.fresh);
+        self.off_thread(move |db, _| queue::failed_deliveries_in(db, &fresh, webhook, since, until))
+            .await
     }
 
     async fn attempts(&self, delivery: Uuid) -> Result<Vec<Attempt>, StoreError> {

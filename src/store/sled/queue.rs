@@ -5,12 +5,14 @@
 //! delivery (left by a crash between two writes) is dropped when read.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{SledStore, fresh, keys, record};
 use crate::event::{Attempt, Delivery, DeliveryState};
-use crate::store::{KeyHeads, QueueStats, Recorded, StoreError};
+use crate::store::{DeliveryPage, DeliveryQuery, KeyHeads, QueueStats, Recorded, StoreError};
 
 /// How deep [`SledStore::claim_key_heads`] looks into a webhook's queue in one round: keys
 /// whose first delivery is further back wait until those in front are sent.
@@ -122,22 +124,7 @@ impl SledStore {
     }
 
     pub fn delivery(&self, id: Uuid) -> Result<Option<Delivery>, StoreError> {
-        let db = self.db()?;
-        let read = |db: &sled::Db| -> Result<Option<Delivery>, StoreError> {
-            match db.get(keys::delivery(id))? {
-                Some(v) => Ok(Some(record::decode(id, &v)?)),
-                None => Ok(None),
-            }
-        };
-        if let Some(d) = read(&db)? {
-            return Ok(Some(d));
-        }
-        // Held in memory without its record (see `fresh::Unwritten`); once let go of, its
-        // record is written, before: so a miss here finds the record on a second look.
-        match self.fresh.unwritten(id) {
-            Some(d) => Ok(Some(Delivery::clone(&d))),
-            None => read(&db),
-        }
+        delivery_in(&*self.db()?, &self.fresh, id)
     }
 
     /// A webhook's deliveries, newest first, at most `limit`.
@@ -154,7 +141,7 @@ impl SledStore {
         // Deliveries stored before `X` entries, and any whose id is not a UUIDv7, are listed
         // by `x` entries: both lists are newest first, merged by id (UUIDv7: by time).
         let mut listed = Vec::new();
-        self.each_delivery_by_entry(&db, webhook, |d| {
+        each_delivery_by_entry(&db, &self.fresh, webhook, |d| {
             listed.push(d);
             listed.len() < limit
         })?;
@@ -168,80 +155,14 @@ impl SledStore {
     }
 
     /// `webhook`'s deliveries found through its `X` seconds, newest first, while `more` asks
-    /// for more. A second's range holds every webhook's deliveries made in it: a binary
-    /// record's webhook is read without decoding the rest.
+    /// for more (each decoded: see [`SledStore::each_listed_by_second`]).
     pub(super) fn each_delivery_by_second(
         &self,
         db: &sled::Db,
         webhook: Uuid,
-        mut more: impl FnMut(Delivery) -> bool,
+        more: impl FnMut(Delivery) -> bool,
     ) -> Result<(), StoreError> {
-        let prefix = keys::key(keys::WEBHOOK_SECOND, &[webhook.as_bytes()]);
-        for entry in db.scan_prefix(prefix).rev() {
-            let (k, _) = entry?;
-            let Some(second) = keys::second_of_key(&k) else {
-                continue;
-            };
-            // Deliveries held in memory without their records are listed with the rest, newest
-            // first: taken before the records are read, so that one let go of meanwhile is
-            // found by its record (and listed once).
-            let mut unwritten = self.fresh.unwritten_in_second(webhook, second);
-            unwritten.sort_by_key(|d| std::cmp::Reverse(d.id));
-            let mut unwritten = unwritten.into_iter().peekable();
-            let (start, end) = keys::deliveries_in_second(second);
-            for entry in db.range(start..end).rev() {
-                let (k, v) = entry?;
-                if record::webhook_of(&v).is_some_and(|w| w != webhook) {
-                    continue;
-                }
-                let id = keys::trailing_id(&k).unwrap_or_default();
-                while let Some(held) = unwritten.next_if(|h| h.id >= id) {
-                    if held.id != id && !more(Delivery::clone(&held)) {
-                        return Ok(());
-                    }
-                }
-                let d = match record::decode(id, &v) {
-                    Ok(d) => d,
-                    // Whose it is cannot be told: listing this webhook goes on without it
-                    // (it may be another webhook's; its own reads report it).
-                    Err(e) => {
-                        tracing::warn!(delivery = %id, error = %e, "a delivery record cannot be read; left out of the webhook's deliveries");
-                        continue;
-                    }
-                };
-                if d.webhook_id == webhook && !more(d) {
-                    return Ok(());
-                }
-            }
-            for held in unwritten {
-                if !more(Delivery::clone(&held)) {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// `webhook`'s deliveries listed by `x` entries, newest first, while `more` asks for more.
-    fn each_delivery_by_entry(
-        &self,
-        db: &sled::Db,
-        webhook: Uuid,
-        mut more: impl FnMut(Delivery) -> bool,
-    ) -> Result<(), StoreError> {
-        let prefix = keys::key(keys::BY_WEBHOOK, &[webhook.as_bytes()]);
-        for entry in db.scan_prefix(prefix).rev() {
-            let (k, _) = entry?;
-            let Some(id) = keys::trailing_id(&k) else {
-                continue;
-            };
-            if let Some(d) = self.delivery(id)?
-                && !more(d)
-            {
-                return Ok(());
-            }
-        }
-        Ok(())
+        each_delivery_by_second(db, &self.fresh, webhook, more)
     }
 
     /// The attempts of one delivery, first attempt first.
@@ -722,12 +643,284 @@ pub(super) fn queue_stats_in(db: &sled::Db, webhook: Uuid) -> Result<QueueStats,
     Ok(stats)
 }
 
+/// The delivery `id`: its record, else held in memory without one (see `fresh::Unwritten`).
+/// Once let go of, its record is written, before: so a miss in memory finds the record on a
+/// second look.
+pub(super) fn delivery_in(
+    db: &sled::Db,
+    fresh: &fresh::Fresh,
+    id: Uuid,
+) -> Result<Option<Delivery>, StoreError> {
+    let read = || -> Result<Option<Delivery>, StoreError> {
+        match db.get(keys::delivery(id))? {
+            Some(v) => Ok(Some(record::decode(id, &v)?)),
+            None => Ok(None),
+        }
+    };
+    if let Some(d) = read()? {
+        return Ok(Some(d));
+    }
+    match fresh.unwritten(id) {
+        Some(d) => Ok(Some(Delivery::clone(&d))),
+        None => read(),
+    }
+}
+
+/// One page of `webhook`'s deliveries, newest first, and how many match in all. Every
+/// delivery of the webhook is visited to count it, but only its state is read, unless it
+/// is on the page.
+pub(super) fn deliveries_page_in(
+    db: &sled::Db,
+    fresh: &fresh::Fresh,
+    webhook: Uuid,
+    q: &DeliveryQuery,
+) -> Result<DeliveryPage, StoreError> {
+    if has_entries(db, webhook)? {
+        return deliveries_page_with_entries(db, fresh, webhook, q);
+    }
+    let page = q.offset..q.offset.saturating_add(q.limit);
+    let mut total: u64 = 0;
+    let mut items = Vec::new();
+    each_listed_by_second(db, fresh, webhook, |listed| {
+        let state = match listed.state() {
+            Ok(s) => s,
+            Err(e) => {
+                left_out(&e);
+                return true;
+            }
+        };
+        if q.state.is_some_and(|s| s != state) {
+            return true;
+        }
+        // Counted whether or not the rest reads, so that every page counts alike and a
+        // record that does not read leaves a gap on its page rather than shift the others.
+        if usize::try_from(total).is_ok_and(|n| page.contains(&n)) {
+            items.extend(listed.read());
+        }
+        total += 1;
+        true
+    })?;
+    Ok(DeliveryPage { items, total })
+}
+
+/// [`deliveries_page_in`] for a webhook with deliveries listed by `x` entries (stores before
+/// `X` entries, and ids that are not UUIDv7s): both lists read whole and merged, as before.
+fn deliveries_page_with_entries(
+    db: &sled::Db,
+    fresh: &fresh::Fresh,
+    webhook: Uuid,
+    q: &DeliveryQuery,
+) -> Result<DeliveryPage, StoreError> {
+    let mut all = Vec::new();
+    each_delivery_by_second(db, fresh, webhook, |d| {
+        all.push(d);
+        true
+    })?;
+    each_delivery_by_entry(db, fresh, webhook, |d| {
+        all.push(d);
+        true
+    })?;
+    all.sort_by_key(|d| std::cmp::Reverse(d.id));
+    all.dedup_by_key(|d| d.id);
+    all.retain(|d| q.state.is_none_or(|s| s == d.state));
+    let total = all.len() as u64;
+    let items = all.into_iter().skip(q.offset).take(q.limit).collect();
+    Ok(DeliveryPage { items, total })
+}
+
+/// `webhook`'s failed deliveries created in `[since, until)`, newest first: only their
+/// state is read of the others.
+pub(super) fn failed_deliveries_in(
+    db: &sled::Db,
+    fresh: &fresh::Fresh,
+    webhook: Uuid,
+    since: OffsetDateTime,
+    until: OffsetDateTime,
+) -> Result<Vec<Delivery>, StoreError> {
+    let within = |d: &Delivery| {
+        d.state == DeliveryState::Failed && d.created_at >= since && d.created_at < until
+    };
+    if has_entries(db, webhook)? {
+        let mut page = deliveries_page_with_entries(
+            db,
+            fresh,
+            webhook,
+            &DeliveryQuery {
+                state: Some(DeliveryState::Failed),
+                offset: 0,
+                limit: usize::MAX,
+            },
+        )?;
+        page.items.retain(within);
+        return Ok(page.items);
+    }
+    let mut out = Vec::new();
+    each_listed_by_second(db, fresh, webhook, |listed| {
+        match listed.state() {
+            Ok(DeliveryState::Failed) => {}
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "a delivery record cannot be read; not recovered");
+                return true;
+            }
+        }
+        match listed.delivery() {
+            Ok(d) if within(&d) => out.push(d),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "a delivery record cannot be read; not recovered");
+            }
+        }
+        true
+    })?;
+    Ok(out)
+}
+
+/// A delivery as a listing through `X` seconds meets it.
+pub(super) enum Listed<'a> {
+    /// A binary record of the webhook's, not decoded.
+    Record(Uuid, &'a [u8]),
+    /// A record of an earlier form, decoded to tell its webhook.
+    Decoded(Delivery),
+    /// Held in memory without a record (see `fresh::Unwritten`).
+    Held(Arc<Delivery>),
+}
+
+impl Listed<'_> {
+    /// Its state, without decoding the rest of a binary record.
+    pub(super) fn state(&self) -> Result<DeliveryState, StoreError> {
+        match self {
+            Listed::Record(id, bytes) => record::state_of(*id, bytes),
+            Listed::Decoded(d) => Ok(d.state),
+            Listed::Held(d) => Ok(d.state),
+        }
+    }
+
+    /// [`Listed::delivery`], or `None` (said in the log) when its record does not read.
+    fn read(self) -> Option<Delivery> {
+        self.delivery().inspect_err(left_out).ok()
+    }
+
+    pub(super) fn delivery(self) -> Result<Delivery, StoreError> {
+        match self {
+            Listed::Record(id, bytes) => record::decode(id, bytes),
+            Listed::Decoded(d) => Ok(d),
+            Listed::Held(d) => Ok(Delivery::clone(&d)),
+        }
+    }
+}
+
+/// Says that a delivery record that cannot be read is left out of a listing (its webhook's,
+/// or another's: its own reads report it).
+fn left_out(e: &StoreError) {
+    tracing::warn!(error = %e, "a delivery record cannot be read; left out of the webhook's deliveries");
+}
+
+/// `webhook`'s deliveries found through its `X` seconds, newest first and decoded, while
+/// `more` asks for more (see [`each_listed_by_second`]).
+pub(super) fn each_delivery_by_second(
+    db: &sled::Db,
+    fresh: &fresh::Fresh,
+    webhook: Uuid,
+    mut more: impl FnMut(Delivery) -> bool,
+) -> Result<(), StoreError> {
+    each_listed_by_second(db, fresh, webhook, |listed| {
+        listed.read().is_none_or(&mut more)
+    })
+}
+
+/// `webhook`'s deliveries listed by `x` entries, newest first, while `more` asks for more.
+fn each_delivery_by_entry(
+    db: &sled::Db,
+    fresh: &fresh::Fresh,
+    webhook: Uuid,
+    mut more: impl FnMut(Delivery) -> bool,
+) -> Result<(), StoreError> {
+    let prefix = keys::key(keys::BY_WEBHOOK, &[webhook.as_bytes()]);
+    for entry in db.scan_prefix(prefix).rev() {
+        let (k, _) = entry?;
+        let Some(id) = keys::trailing_id(&k) else {
+            continue;
+        };
+        if let Some(d) = delivery_in(db, fresh, id)?
+            && !more(d)
+        {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Whether deliveries of `webhook` are listed by `x` entries (stores before `X` entries, and
+/// deliveries whose id is not a UUIDv7).
+fn has_entries(db: &sled::Db, webhook: Uuid) -> Result<bool, StoreError> {
+    let prefix = keys::key(keys::BY_WEBHOOK, &[webhook.as_bytes()]);
+    Ok(db.scan_prefix(prefix).keys().next().transpose()?.is_some())
+}
+
+/// `webhook`'s deliveries found through its `X` seconds, newest first, while `more` asks for
+/// more. A second's range holds every webhook's deliveries made in it: a binary record's
+/// webhook is read without decoding the rest, and the rest is left to `more`.
+pub(super) fn each_listed_by_second(
+    db: &sled::Db,
+    fresh: &fresh::Fresh,
+    webhook: Uuid,
+    mut more: impl FnMut(Listed<'_>) -> bool,
+) -> Result<(), StoreError> {
+    let prefix = keys::key(keys::WEBHOOK_SECOND, &[webhook.as_bytes()]);
+    for entry in db.scan_prefix(prefix).rev() {
+        let (k, _) = entry?;
+        let Some(second) = keys::second_of_key(&k) else {
+            continue;
+        };
+        // Deliveries held in memory without their records are listed with the rest, newest
+        // first: taken before the records are read, so that one let go of meanwhile is found
+        // by its record (and listed once).
+        let mut unwritten = fresh.unwritten_in_second(webhook, second);
+        unwritten.sort_by_key(|d| std::cmp::Reverse(d.id));
+        let mut unwritten = unwritten.into_iter().peekable();
+        let (start, end) = keys::deliveries_in_second(second);
+        for entry in db.range(start..end).rev() {
+            let (k, v) = entry?;
+            let id = keys::trailing_id(&k).unwrap_or_default();
+            let listed = match record::webhook_of(&v) {
+                Some(w) if w != webhook => continue,
+                Some(_) => Listed::Record(id, &v),
+                None => match record::decode(id, &v) {
+                    Ok(d) if d.webhook_id == webhook => Listed::Decoded(d),
+                    Ok(_) => continue,
+                    // Whose it is cannot be told: listing this webhook goes on without it (it
+                    // may be another webhook's; its own reads report it).
+                    Err(e) => {
+                        tracing::warn!(delivery = %id, error = %e, "a delivery record cannot be read; left out of the webhook's deliveries");
+                        continue;
+                    }
+                },
+            };
+            while let Some(held) = unwritten.next_if(|h| h.id >= id) {
+                if held.id != id && !more(Listed::Held(held)) {
+                    return Ok(());
+                }
+            }
+            if !more(listed) {
+                return Ok(());
+            }
+        }
+        for held in unwritten {
+            if !more(Listed::Held(held)) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use time::OffsetDateTime;
     use uuid::{NoContext, Timestamp};
 
-    use super::super::{open_for_tests, webhook_for_tests};
+    use super::super::{open_for_tests, reopen_for_tests, webhook_for_tests};
     use super::*;
     use crate::event::{Event, Topic};
 
@@ -909,6 +1102,198 @@ mod tests {
         assert_eq!(store.deliveries_of(Uuid::now_v7(), 10).expect("list"), []);
     }
 
+    /// Three seconds of 600 deliveries each to `gone`, every other one pending (with its
+    /// queue entry), each with an attempt, a `v` entry and both attempt index entries; and
+    /// one pending delivery to `kept` in the same seconds with all of those too.
+    fn two_histories(store: &SledStore, gone: Uuid, kept: Uuid, first: u64) -> Delivery {
+        let db = store.db().expect("db");
+        let write = |d: &Delivery| write_history(store, d, first);
+        for second in first..first + 3 {
+            for ms in 0..600 {
+                let (_, mut d) = delivery(gone, Some(second), ms);
+                if ms % 2 == 0 {
+                    d.state = DeliveryState::Delivered;
+                }
+                write(&d);
+            }
+            db.insert(keys::webhook_second(gone, second), &[] as &[u8])
+                .expect("X");
+        }
+        let (_, other) = delivery(kept, Some(first + 1), 5);
+        write(&other);
+        db.insert(keys::webhook_second(kept, first + 1), &[] as &[u8])
+            .expect("X");
+        other
+    }
+
+    /// `d`'s record, with its queue entry when pending, a `v` entry, an attempt, and both
+    /// attempt index entries (at `second`).
+    fn write_history(store: &SledStore, d: &Delivery, second: u64) {
+        let db = store.db().expect("db");
+        if d.state == DeliveryState::Pending {
+            store.put_queue_entry(&db, d).expect("q");
+        }
+        db.insert(keys::delivery(d.id), record::encode(d).expect("encode"))
+            .expect("d");
+        db.insert(keys::by_event(d), &[] as &[u8]).expect("v");
+        db.insert(
+            keys::key(keys::ATTEMPT, &[d.id.as_bytes(), &[0, 0, 0, 1]]),
+            &[1u8] as &[u8],
+        )
+        .expect("a");
+        for index in [keys::ATTEMPT_BY_TIME, keys::FAILURE_BY_TIME] {
+            let at = keys::key(
+                index,
+                &[
+                    d.webhook_id.as_bytes(),
+                    &second.to_be_bytes(),
+                    d.id.as_bytes(),
+                ],
+            );
+            db.insert(at, &[] as &[u8]).expect("index");
+        }
+    }
+
+    /// What is left once `gone`'s history is gone: `other`'s keys only.
+    fn only_the_other_is_left(store: &SledStore, other: &Delivery) {
+        assert_eq!(keys_under(store, keys::DELIVERY), 1);
+        assert_eq!(store.delivery(other.id).expect("read"), Some(other.clone()));
+        for prefix in [
+            keys::QUEUE,
+            keys::WEBHOOK_SECOND,
+            keys::BY_EVENT,
+            keys::ATTEMPT,
+            keys::ATTEMPT_BY_TIME,
+            keys::FAILURE_BY_TIME,
+        ] {
+            assert_eq!(keys_under(store, prefix), 1, "{}", char::from(prefix));
+        }
+        assert_eq!(keys_under(store, keys::DELETING), 0, "the mark is gone");
+        assert_eq!(keys_under(store, keys::BY_WEBHOOK), 0);
+    }
+
+    #[test]
+    fn a_deleted_webhooks_history_goes_in_parts_and_leaves_other_webhooks_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let (gone, kept) = (Uuid::now_v7(), Uuid::now_v7());
+        let first = now() - 100;
+        let other = two_histories(&store, gone, kept, first);
+        // A pending one listed both by its second and by an `x` entry (counted once), and one
+        // listed by an `x` entry only (a store before `X` entries; an id without a time).
+        let db = store.db().expect("db");
+        let (_, twice) = delivery(gone, Some(first), 700);
+        let (_, legacy) = delivery(gone, None, 0);
+        for d in [&twice, &legacy] {
+            write_history(&store, d, first);
+            db.insert(keys::by_webhook(d), &[] as &[u8]).expect("x");
+        }
+        // And one held in memory without a record (its event's record lists it).
+        let (event, held) = delivery(gone, Some(now()), 1);
+        store
+            .append(&event, std::slice::from_ref(&held))
+            .expect("append");
+        assert_eq!(store.fresh.unwritten(held.id).map(|d| d.id), Some(held.id));
+
+        let mut deletion = store.delete_webhook_start(gone).expect("start");
+        let mut parts = 0;
+        while deletion.part().expect("part") {
+            parts += 1;
+        }
+        // 1,800 deliveries, 3,600 index entries and the `X` entries, at most 1,000 a part.
+        assert!(parts >= 6, "{parts} parts");
+        assert_eq!(
+            deletion.pending(),
+            900 + 2 + 1,
+            "the two listed by `x` entries once each, and the one held in memory"
+        );
+        drop(deletion);
+        assert_eq!(store.fresh.unwritten(held.id), None);
+        only_the_other_is_left(&store, &other);
+    }
+
+    #[test]
+    fn a_deletion_cut_short_is_finished_by_the_keeper_after_a_reopen_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let (gone, kept) = (Uuid::now_v7(), Uuid::now_v7());
+        let other = two_histories(&store, gone, kept, now() - 100);
+        // Every key the deletion removes.
+        let history = || {
+            [
+                keys::DELIVERY,
+                keys::QUEUE,
+                keys::WEBHOOK_SECOND,
+                keys::BY_EVENT,
+                keys::ATTEMPT,
+                keys::ATTEMPT_BY_TIME,
+                keys::FAILURE_BY_TIME,
+            ]
+            .into_iter()
+            .map(|prefix| keys_under(&store, prefix))
+            .sum::<usize>()
+        };
+        let mut deletion = store.delete_webhook_start(gone).expect("start");
+        assert!(deletion.part().expect("part"));
+        // A second caller racing the first (a reload of the file, say) ends first.
+        drop(store.delete_webhook_start(gone).expect("start again"));
+        let left = history();
+        assert!(left > 7);
+        store.finish_deletion().expect("keeper");
+        assert_eq!(history(), left, "left to its caller while it runs");
+        // The caller goes away after one more part: the keeper goes on.
+        assert!(deletion.part().expect("part"));
+        drop(deletion);
+        let left = history();
+        store.finish_deletion().expect("keeper");
+        assert!(history() < left, "the keeper's part");
+        // Then the process stops.
+        drop(store);
+        let store = reopen_for_tests(dir.path());
+        assert_eq!(keys_under(&store, keys::DELETING), 1, "the mark survives");
+        for _ in 0..100 {
+            if keys_under(&store, keys::DELETING) == 0 {
+                break;
+            }
+            store.finish_deletion().expect("keeper");
+        }
+        only_the_other_is_left(&store, &other);
+    }
+
+    #[test]
+    fn a_record_that_does_not_read_counts_on_every_page_and_leaves_a_gap_on_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let db = store.db().expect("db");
+        let (webhook, second) = (Uuid::now_v7(), now() - 10);
+        let ds: Vec<Delivery> = (1..=3)
+            .map(|ms| delivery(webhook, Some(second), ms).1)
+            .collect();
+        for d in &ds {
+            db.insert(keys::delivery(d.id), record::encode(d).expect("encode"))
+                .expect("d");
+        }
+        db.insert(keys::webhook_second(webhook, second), &[] as &[u8])
+            .expect("X");
+        // The middle one's record is cut just after its state: the state reads, the rest not.
+        let whole = record::encode(&ds[1]).expect("encode");
+        let head = 1 + 3 * 17 + 1 + ds[1].topic.len() + 1;
+        db.insert(keys::delivery(ds[1].id), &whole[..head])
+            .expect("cut");
+        let page = |offset| {
+            let q = DeliveryQuery {
+                state: None,
+                offset,
+                limit: 1,
+            };
+            deliveries_page_in(&db, &store.fresh, webhook, &q).expect("page")
+        };
+        let of = |items: Vec<Delivery>| DeliveryPage { items, total: 3 };
+        assert_eq!(page(0), of(vec![ds[2].clone()]));
+        assert_eq!(page(1), of(vec![]), "its own page has a gap");
+        assert_eq!(page(2), of(vec![ds[0].clone()]), "the next is not shifted");
+    }
+
     #[test]
     fn deliveries_listed_by_x_entries_of_earlier_stores_are_listed_with_the_new_ones() {
         let now = now();
@@ -916,7 +1301,8 @@ mod tests {
         let store = open_for_tests(dir.path());
         let webhook = Uuid::now_v7();
         // As a store before `X` entries wrote it: a JSON record and an `x` entry.
-        let (old_event, old) = delivery(webhook, Some(now - 100), 1);
+        let (old_event, mut old) = delivery(webhook, Some(now - 100), 1);
+        old.state = DeliveryState::Failed;
         let db = store.db().expect("db");
         db.insert(
             keys::delivery(old.id),
@@ -941,6 +1327,45 @@ mod tests {
         assert_eq!(store.deliveries_of(webhook, 10).expect("list"), all);
         assert_eq!(store.deliveries_of(webhook, 2).expect("list"), all[..2]);
         assert_eq!(store.deliveries_of(webhook, 1).expect("list"), [new1]);
+        // A page counts and lists them merged too, and filters them.
+        let page = |state, offset, limit| {
+            let q = DeliveryQuery {
+                state,
+                offset,
+                limit,
+            };
+            deliveries_page_in(&db, &store.fresh, webhook, &q).expect("page")
+        };
+        assert_eq!(
+            page(None, 1, 5),
+            DeliveryPage {
+                items: all[1..].to_vec(),
+                total: 3
+            }
+        );
+        assert_eq!(
+            page(Some(DeliveryState::Failed), 0, 5),
+            DeliveryPage {
+                items: vec![old.clone()],
+                total: 1
+            }
+        );
+        assert_eq!(
+            page(Some(DeliveryState::Pending), 1, 5),
+            DeliveryPage {
+                items: vec![new2.clone()],
+                total: 2
+            }
+        );
+        let failed = failed_deliveries_in(
+            &db,
+            &store.fresh,
+            webhook,
+            OffsetDateTime::UNIX_EPOCH,
+            OffsetDateTime::now_utc() + time::Duration::HOUR,
+        )
+        .expect("failed");
+        assert_eq!(failed, vec![old.clone()]);
     }
 
     #[test]
@@ -984,7 +1409,10 @@ mod tests {
         let now = now();
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_for_tests(dir.path());
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (a, b) = (
+            webhook_for_tests(&store, "a").id,
+            webhook_for_tests(&store, "b").id,
+        );
         let (e_gone, gone) = delivery(a, Some(now - 7200), 1);
         let (e_pending, pending) = delivery(a, Some(now - 3600), 2);
         let (e_other, other) = delivery(b, Some(now - 7200), 3);

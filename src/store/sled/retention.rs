@@ -18,6 +18,10 @@ impl SledStore {
     /// cover at most a day).
     pub fn sweep(&self, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
         let mut swept = Swept::default();
+        // Whether each webhook met is still there: a pending delivery of a deleted one is
+        // never sent (one left behind by a requeue or an append racing the deletion), and
+        // must not keep its event forever.
+        let mut known = std::collections::HashMap::new();
         for entry in self.db()?.scan_prefix([keys::EVENT]) {
             let (k, v) = entry?;
             let stored: StoredEvent = serde_json::from_slice(&v)?;
@@ -34,8 +38,20 @@ impl SledStore {
             for (delivery_id, index) in delivery_ids(&*self.db()?, event.id, &stored.deliveries)? {
                 if let Some(d) = self.delivery(delivery_id)? {
                     if d.state == DeliveryState::Pending {
-                        pending = true;
-                        break;
+                        let exists = match known.get(&d.webhook_id) {
+                            Some(&exists) => exists,
+                            None => {
+                                let exists = self.journal
+                                    || self.db()?.contains_key(keys::webhook(d.webhook_id))?;
+                                known.insert(d.webhook_id, exists);
+                                exists
+                            }
+                        };
+                        if exists {
+                            pending = true;
+                            break;
+                        }
+                        batch.remove(keys::queue(&d));
                     }
                     batch.remove(keys::delivery(d.id));
                     batch.remove(keys::by_webhook(&d));
@@ -130,8 +146,56 @@ mod tests {
     use time::OffsetDateTime;
     use uuid::{NoContext, Timestamp, Uuid};
 
-    use super::super::{fresh, keys, open_for_tests, webhook_for_tests};
+    use super::super::{fresh, keys, open_for_tests, record, webhook_for_tests};
     use crate::event::{Delivery, Event, Topic};
+
+    #[test]
+    fn a_pending_delivery_of_a_deleted_webhook_does_not_keep_its_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let kept = webhook_for_tests(&store, "crm").id;
+        let gone = Uuid::now_v7();
+        let topic = Topic::parse("order.created").expect("topic");
+        let old = || {
+            let mut e = Event::new(&topic, "r", serde_json::json!({}));
+            e.created_at = OffsetDateTime::now_utc() - time::Duration::days(40);
+            e
+        };
+        let (left, waiting) = (old(), old());
+        let orphan = Delivery::new(&left, gone, 0);
+        let pending = Delivery::new(&waiting, kept, 0);
+        store
+            .append(&waiting, std::slice::from_ref(&pending))
+            .expect("append");
+        // Left behind by a requeue racing its webhook's deletion: its record, its queue entry
+        // and its event's `v` entry.
+        store.append(&left, &[]).expect("append");
+        let db = store.db().expect("db");
+        db.insert(
+            keys::delivery(orphan.id),
+            record::encode(&orphan).expect("encode"),
+        )
+        .expect("d");
+        db.insert(keys::by_event(&orphan), &[] as &[u8]).expect("v");
+        store.put_queue_entry(&db, &orphan).expect("q");
+
+        let swept = store
+            .sweep(OffsetDateTime::now_utc() - time::Duration::days(30))
+            .expect("sweep");
+        assert_eq!((swept.events, swept.deliveries), (1, 1));
+        assert_eq!(store.event(left.id).expect("read"), None);
+        assert_eq!(store.delivery(orphan.id).expect("read"), None);
+        assert!(!db.contains_key(keys::queue(&orphan)).expect("read"));
+        assert!(!db.contains_key(keys::by_event(&orphan)).expect("read"));
+        assert_eq!(
+            store.delivery(pending.id).expect("read"),
+            Some(pending.clone())
+        );
+        assert!(
+            store.event(waiting.id).expect("read").is_some(),
+            "still pending"
+        );
+    }
 
     #[test]
     fn a_second_listing_a_delivery_held_without_its_record_is_kept() {

@@ -389,6 +389,8 @@ impl SledStore {
     ) -> Result<bool, StoreError> {
         self.write(|db| {
             if !db.contains_key(keys::webhook(webhook))? {
+                // Whatever memory still holds of it would be sent again and again.
+                self.fresh.forget_webhook(webhook);
                 return Ok(false);
             }
             // Single writes in a safe order (see `append`): the new state first, the new queue
@@ -1194,22 +1196,75 @@ mod tests {
             .append(&event, std::slice::from_ref(&held))
             .expect("append");
         assert_eq!(store.fresh.unwritten(held.id).map(|d| d.id), Some(held.id));
+        // A queue entry whose delivery is gone (an append racing an earlier deletion wrote it
+        // last): nothing else lists it.
+        db.insert(keys::queue_at(gone, 5, Uuid::now_v7()), &[] as &[u8])
+            .expect("q");
 
         let mut deletion = store.delete_webhook_start(gone).expect("start");
-        let mut parts = 0;
+        assert!(deletion.part().expect("part"));
+        // An event matched meanwhile (a reload of the file that deletes the webhook lets it
+        // run until the deletion ends): its delivery is let go of at the next part.
+        let (event, late) = delivery(gone, Some(now()), 2);
+        store
+            .append(&event, std::slice::from_ref(&late))
+            .expect("append");
+        let mut parts = 1;
         while deletion.part().expect("part") {
             parts += 1;
         }
+        assert_eq!(store.fresh.unwritten(late.id), None, "not held to be sent");
         // 1,800 deliveries, 3,600 index entries and the `X` entries, at most 1,000 a part.
         assert!(parts >= 6, "{parts} parts");
         assert_eq!(
             deletion.pending(),
-            900 + 2 + 1,
-            "the two listed by `x` entries once each, and the one held in memory"
+            900 + 2 + 1 + 1,
+            "the two listed by `x` entries once each, and the two held in memory"
         );
         drop(deletion);
         assert_eq!(store.fresh.unwritten(held.id), None);
         only_the_other_is_left(&store, &other);
+    }
+
+    /// A delivery held in memory for a webhook deleted meanwhile is sent at most once: the
+    /// outcome that finds the webhook gone lets go of what memory holds of it.
+    #[test]
+    fn an_outcome_for_a_deleted_webhook_lets_go_of_what_memory_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let gone = Uuid::now_v7();
+        let (_, before) = delivery(gone, Some(now()), 1);
+        write_history(&store, &before, now());
+        store.delete_webhook(gone).expect("delete");
+        // Matched before the webhook was let go of (a reload runs it until its deletion ends).
+        let (event, late) = delivery(gone, Some(now()), 2);
+        store
+            .append(&event, std::slice::from_ref(&late))
+            .expect("append");
+        let due = store
+            .queued(gone, u64::MAX, 10, &HashSet::new())
+            .expect("queued");
+        assert_eq!(due.iter().map(|d| d.id).collect::<Vec<_>>(), [late.id]);
+        let mut after = late.clone();
+        after.state = DeliveryState::Delivered;
+        after.attempts = 1;
+        let change = Recorded {
+            attempt: crate::store::contract::recorded(&late, 1, true).attempt,
+            before: late.clone(),
+            after,
+        };
+        assert!(
+            !store
+                .record_attempts(gone, &[change], None)
+                .expect("record")
+        );
+        assert!(
+            store
+                .queued(gone, u64::MAX, 10, &HashSet::new())
+                .expect("queued")
+                .is_empty(),
+            "not sent again"
+        );
     }
 
     #[test]

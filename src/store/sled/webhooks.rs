@@ -270,7 +270,9 @@ impl SledStore {
                 }
             }
             if visited + removed < DELETE_PART {
-                for prefix in [keys::ATTEMPT_BY_TIME, keys::FAILURE_BY_TIME] {
+                // Queue entries last: one whose delivery went first (an append that raced the
+                // deletion writes its queue entry after the record) is found by nothing else.
+                for prefix in [keys::ATTEMPT_BY_TIME, keys::FAILURE_BY_TIME, keys::QUEUE] {
                     for k in db
                         .scan_prefix(keys::key(prefix, &[id.as_bytes()]))
                         .keys()
@@ -309,6 +311,11 @@ pub(super) struct Deletion<'a> {
 impl Deletion<'_> {
     /// Removes the next part; false once nothing is left.
     pub(super) fn part(&mut self) -> Result<bool, StoreError> {
+        // Events matched meanwhile may still have brought the webhook deliveries (it runs
+        // until its caller lets it go, after the deletion, when a reload of the file deleted
+        // it): held in memory, they would be sent. They are dropped too.
+        self.unwritten
+            .extend(self.store.fresh.forget_webhook(self.webhook));
         match self
             .store
             .delete_webhook_part(self.webhook, &self.unwritten)?

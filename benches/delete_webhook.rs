@@ -6,39 +6,39 @@
 //! for a second webhook every millisecond, as the proxy would. Prints the deletion's time, the
 //! process's peak RSS before and after it, and the longest of those appends: sled holds every
 //! other write while it applies a batch, so a deletion in one batch stalls the proxy.
+//!
+//! `-- --postgres [DELIVERIES]` (default 1,000,000): the same history in a throwaway
+//! PostgreSQL cluster (filled in SQL), deleted, and then as many expired events removed by
+//! the retention sweep; each first as one transaction (the statements hooktap ran before
+//! 2026-12-02, kept here), then as hooktap runs it now, every session under a
+//! `statement_timeout` of 1 s (`HOOKTAP_BENCH_TIMEOUT_MS`): a small-scale copy of a store whose one
+//! transaction outlasts the default 60 s (at ~20M deliveries).
+
+#[path = "../src/store/postgres/cluster.rs"]
+mod pg_cluster;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hooktap::event::{Attempt, Delivery, DeliveryState, Event, Topic};
-use hooktap::store::{Recorded, SledStore};
+use hooktap::store::{
+    Backend, FlushMode, PgConfig, PgStore, Recorded, SledStore, Store, StoreConfig,
+};
 use hooktap::webhook::{Origin, Webhook};
 
 fn main() {
-    let n: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(100_000);
+    let number = std::env::args().skip(1).find_map(|a| a.parse().ok());
+    if std::env::args().any(|a| a == "--postgres") {
+        postgres(number.unwrap_or(1_000_000));
+    } else {
+        sled(number.unwrap_or(100_000));
+    }
+}
+
+fn sled(n: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("hooktap.toml");
-    let hook = |name: &str| {
-        format!(
-            "[[webhook]]\nname = \"{name}\"\nurl = \"https://crm.example/hooks\"\nsecret = \"s\"\ntopics = [\"*\"]\n"
-        )
-    };
-    std::fs::write(
-        &file,
-        format!(
-            "rules = [\"{}/rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n[store]\npath = \"{}\"\nflush = \"interval\"\n{}{}",
-            env!("CARGO_MANIFEST_DIR"),
-            dir.path().join("store").display(),
-            hook("busy"),
-            hook("other"),
-        ),
-    )
-    .expect("write config");
-    let config = hooktap::config::Config::load(&file).expect("bench config loads");
+    let config = bench_config(dir.path());
     let store = Arc::new(SledStore::open(&config.store).expect("open store"));
     let hooks: Vec<Webhook> = config
         .webhooks
@@ -134,4 +134,234 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A config with two webhooks, `busy` and `other`, and a sled store under `dir`.
+fn bench_config(dir: &std::path::Path) -> hooktap::config::Config {
+    let file = dir.join("hooktap.toml");
+    let hook = |name: &str| {
+        format!(
+            "[[webhook]]\nname = \"{name}\"\nurl = \"https://crm.example/hooks\"\nsecret = \"s\"\ntopics = [\"*\"]\n"
+        )
+    };
+    std::fs::write(
+        &file,
+        format!(
+            "rules = [\"{}/rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n[store]\npath = \"{}\"\nflush = \"interval\"\n{}{}",
+            env!("CARGO_MANIFEST_DIR"),
+            dir.join("store").display(),
+            hook("busy"),
+            hook("other"),
+        ),
+    )
+    .expect("write config");
+    hooktap::config::Config::load(&file).expect("bench config loads")
+}
+
+/// The statement timeout of every PostgreSQL session in the bench, ms (`HOOKTAP_BENCH_TIMEOUT_MS`
+/// overrides; 0: none, to compare the times of both ways to the end).
+const TIMEOUT_MS: u64 = 1_000;
+
+/// Deleting a webhook as one transaction (hooktap before 2026-12-02).
+const DELETE_AT_ONCE: &str = "
+BEGIN;
+SELECT 1 FROM webhooks WHERE id = $ID FOR UPDATE;
+WITH gone AS (DELETE FROM deliveries WHERE webhook_id = $ID RETURNING pending)
+    SELECT count(*) FILTER (WHERE pending) FROM gone;
+DELETE FROM attempts WHERE webhook_id = $ID;
+DELETE FROM webhooks WHERE id = $ID;
+COMMIT;";
+
+/// The retention sweep's removal as one transaction (hooktap before 2026-12-02).
+const SWEEP_AT_ONCE: &str = "
+BEGIN;
+WITH old AS (
+        SELECT e.id FROM events e
+        WHERE e.created_ms < $CUTOFF
+          AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.pending)),
+     gone_deliveries AS (
+        DELETE FROM deliveries d USING old WHERE d.event_id = old.id RETURNING d.id),
+     gone_attempts AS (
+        DELETE FROM attempts a USING gone_deliveries g WHERE a.delivery_id = g.id RETURNING 1),
+     gone_events AS (
+        DELETE FROM events e USING old WHERE e.id = old.id RETURNING 1)
+SELECT (SELECT count(*) FROM gone_events);
+COMMIT;";
+
+/// `n` events of `webhook`, created `age_ms` ago, each with a delivered delivery and an
+/// attempt whose records are hooktap's own JSON.
+async fn fill(c: &tokio_postgres::Client, webhook: uuid::Uuid, n: u64, age_ms: i64) {
+    let topic = Topic::parse("order.created").expect("topic");
+    let e = Event::new(
+        &topic,
+        "order created",
+        serde_json::json!({"id": 1, "total": "49.00"}),
+    );
+    let mut d = Delivery::new(&e, webhook, 0);
+    d.state = DeliveryState::Delivered;
+    d.attempts = 1;
+    let a = Attempt {
+        id: uuid::Uuid::now_v7(),
+        delivery_id: d.id,
+        webhook_id: webhook,
+        number: 1,
+        created_at: time::OffsetDateTime::now_utc(),
+        duration_ms: 1,
+        summary: "HTTP 200 OK".into(),
+        success: true,
+        request_method: "POST".into(),
+        request_url: "https://crm.example/hooks".into(),
+        request_headers: vec![],
+        request_body: serde_json::to_string(&e.payload).expect("json"),
+        response_code: Some(200),
+        response_message: "OK".into(),
+        response_headers: vec![],
+        response_body: "ok".into(),
+    };
+    let json = |v: serde_json::Value| v.to_string();
+    let (e, d, a) = (
+        json(serde_json::to_value(&e).expect("event")),
+        json(serde_json::to_value(&d).expect("delivery")),
+        json(serde_json::to_value(&a).expect("attempt")),
+    );
+    let n = i64::try_from(n).expect("n");
+    let from = i64::try_from(hooktap::event::unix_ms(time::OffsetDateTime::now_utc())).expect("ms")
+        - age_ms;
+    c.execute(
+        // Ids made as hooktap makes them (UUIDv7: the time first), so rows of neighbouring ids
+        // lie in neighbouring pages, as in a real store.
+        "CREATE TEMP TABLE made AS
+           SELECT (lpad(to_hex($2::int8 + g), 12, '0') || '7' || substr(md5('e' || g), 1, 19))::uuid
+                    AS event,
+                  (lpad(to_hex($2::int8 + g), 12, '0') || '7' || substr(md5('d' || g), 1, 19))::uuid
+                    AS delivery,
+                  $2::int8 + g AS at
+             FROM generate_series(1, $1::int8) g",
+        &[&n, &from],
+    )
+    .await
+    .expect("ids");
+    for (sql, record) in [
+        ("INSERT INTO events (id, created_ms, record) SELECT event, at, $1::text::json FROM made", e),
+        ("INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
+          SELECT delivery, event, $2, at, false, at, $1::text::json FROM made", d),
+        ("INSERT INTO attempts (delivery_id, number, webhook_id, record, created_ms, success,
+                               duration_ms, lag_ms)
+          SELECT delivery, 1, $2, $1::text::json, at, true, 1, 0 FROM made", a),
+    ] {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = if sql.contains("$2") {
+            vec![&record, &webhook]
+        } else {
+            vec![&record]
+        };
+        c.execute(sql, &params).await.expect("fill");
+    }
+    c.batch_execute("DROP TABLE made; ANALYZE")
+        .await
+        .expect("analyze");
+}
+
+/// Runs `sql` (a transaction) on a session with the bench's statement timeout; says how long
+/// it took and how it ended.
+async fn at_once(url: &str, sql: &str) -> String {
+    let c = pg_cluster::connect(url).await;
+    let started = Instant::now();
+    let ended = c.batch_execute(sql).await;
+    let took = started.elapsed();
+    match ended {
+        Ok(()) => format!("{took:.2?}, done"),
+        Err(e) => format!(
+            "{took:.2?}, failed: {}",
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+        ),
+    }
+}
+
+fn postgres(n: u64) {
+    let cluster = pg_cluster::Cluster::start();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let timeout_ms: u64 = std::env::var("HOOKTAP_BENCH_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(TIMEOUT_MS);
+    runtime.block_on(async {
+        let plain = cluster.database();
+        let url = format!("{plain}?options=-c%20statement_timeout%3D{timeout_ms}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pg = PgConfig {
+            url: url.clone(),
+            lease: Duration::from_secs(60),
+            pool_size: 4,
+            ca_file: None,
+        };
+        let config = StoreConfig {
+            path: dir.path().join("journal"),
+            flush: FlushMode::Interval(Duration::from_millis(100)),
+            retention: Duration::from_secs(3600),
+            min_free_space: 0,
+            backend: Backend::Postgres(pg.clone()),
+        };
+        let store = Arc::new(
+            PgStore::open_now(&config, &pg)
+                .await
+                .expect("open the store"),
+        );
+        store.mark_ready();
+        let filler = pg_cluster::connect(&plain).await;
+        let specs = bench_config(dir.path()).webhooks;
+        println!(
+            "PostgreSQL, statement_timeout = {timeout_ms} ms, {n} deliveries with an attempt each"
+        );
+
+        let busy = Webhook::new(specs[0].clone(), Origin::Api);
+        store.put_webhook(&busy).await.expect("webhook");
+        fill(&filler, busy.id, n, 0).await;
+        let before = at_once(
+            &url,
+            &DELETE_AT_ONCE.replace("$ID", &format!("'{}'", busy.id)),
+        )
+        .await;
+        println!("delete, one transaction: {before}");
+        if before.ends_with("done") {
+            store.put_webhook(&busy).await.expect("webhook");
+            fill(&filler, busy.id, n, 0).await;
+        }
+        let started = Instant::now();
+        let ended = store.delete_webhook(busy.id).await;
+        println!(
+            "delete, in parts: {:.2?}, {}",
+            started.elapsed(),
+            ended.map_or_else(|e| format!("failed: {e}"), |_| "done".to_owned())
+        );
+
+        let other = Webhook::new(specs[1].clone(), Origin::Api);
+        store.put_webhook(&other).await.expect("webhook");
+        let day_ms = 24 * 3600 * 1000;
+        fill(&filler, other.id, n, 40 * day_ms).await;
+        let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+        let cutoff_ms = hooktap::event::unix_ms(cutoff);
+        let before = at_once(
+            &url,
+            &SWEEP_AT_ONCE.replace("$CUTOFF", &cutoff_ms.to_string()),
+        )
+        .await;
+        println!("sweep, one transaction: {before}");
+        if before.ends_with("done") {
+            fill(&filler, other.id, n, 40 * day_ms).await;
+        }
+        let sweeper = Arc::clone(&store);
+        let started = Instant::now();
+        let swept = tokio::task::spawn_blocking(move || sweeper.sweep(cutoff))
+            .await
+            .expect("sweep task");
+        println!(
+            "sweep, in parts: {:.2?}, {}",
+            started.elapsed(),
+            swept.map_or_else(
+                |e| format!("failed: {e}"),
+                |s| format!("{} events removed", s.events)
+            )
+        );
+    });
 }

@@ -85,7 +85,7 @@ async fn webhook(store: &Arc<dyn Store>, name: &str) -> Webhook {
     w
 }
 
-fn event_at(created_at: OffsetDateTime, topic: &str) -> Event {
+pub(crate) fn event_at(created_at: OffsetDateTime, topic: &str) -> Event {
     let mut e = Event::new(
         &Topic::parse(topic).expect("topic"),
         "r",
@@ -150,7 +150,7 @@ pub(crate) fn attempt(d: &Delivery, number: u32, success: bool) -> Attempt {
 }
 
 /// Records a successful first attempt of `d`.
-async fn deliver(store: &Arc<dyn Store>, d: &Delivery) -> Delivery {
+pub(crate) async fn deliver(store: &Arc<dyn Store>, d: &Delivery) -> Delivery {
     finish(store, d, DeliveryState::Delivered).await
 }
 

@@ -347,6 +347,18 @@ impl PgStore {
         }
     }
 
+    /// Removes deleted webhook `id`'s deliveries and attempts, part by part
+    /// ([`sql::delete_part`]), on a task of the store's runtime: a caller that goes away (an
+    /// HTTP client that hung up) does not cut it short. A crash does; the retention sweep
+    /// finishes it ([`sql::unfinished_deletions`]).
+    async fn finish_deletion(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        self.handle
+            .spawn(async move { sql::delete_parts(&mut client, id, sql::DELETE_PART).await })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
     /// Runs `f` on the store's runtime and waits for it from a thread that may block (the
     /// store's synchronous methods).
     fn block_on<T: Send + 'static>(
@@ -694,7 +706,12 @@ impl Store for PgStore {
     async fn apply_webhooks(&self, planner: &Planner) -> Result<Applied, StoreError> {
         self.migrate().await?;
         let mut client = self.client().await?;
-        sql::apply_webhooks(&mut client, planner).await
+        let applied = sql::apply_webhooks(&mut client, planner).await?;
+        drop(client);
+        for (w, _) in &applied.removed {
+            self.finish_deletion(w.id).await?;
+        }
+        Ok(applied)
     }
 
     async fn save_webhook(&self, webhook: &Webhook) -> Result<bool, StoreError> {
@@ -702,8 +719,9 @@ impl Store for PgStore {
     }
 
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
-        let mut client = self.client().await?;
-        sql::delete_webhook(&mut client, id).await
+        let dropped = sql::delete_webhook(&mut self.client().await?, id).await?;
+        self.finish_deletion(id).await?;
+        Ok(dropped)
     }
 
     async fn queued(
@@ -893,7 +911,12 @@ impl Store for PgStore {
         let pool = self.pool.clone();
         self.block_on(async move {
             let mut client = connection(&pool).await.map_err(pg_error)?;
-            sql::sweep(&mut client, cutoff).await
+            // Deletions a crash cut short (every instance may look: the parts are idempotent).
+            for id in sql::unfinished_deletions(&client).await? {
+                sql::delete_parts(&mut client, id, sql::DELETE_PART).await?;
+                tracing::info!(webhook = %id, "finished removing a deleted webhook's history");
+            }
+            sql::sweep(&mut client, cutoff, sql::SWEEP_PART).await
         })
     }
 }

@@ -405,9 +405,8 @@ pub async fn apply_webhooks(c: &mut Client, planner: &Planner) -> Result<Applied
     Ok(applied)
 }
 
-/// Deletes a webhook with its deliveries and attempts; returns how many deliveries were
-/// pending. The webhook's row is locked first, as recording an attempt locks it first, so the
-/// two wait for each other rather than deadlock, and nothing recorded meanwhile stays behind.
+/// Starts deleting a webhook (see [`delete_in`]); returns how many of its deliveries were
+/// pending. Its history is then removed by [`delete_part`].
 pub async fn delete_webhook(c: &mut Client, id: Uuid) -> Result<usize, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     let dropped = delete_in(&tx, id).await?;
@@ -415,25 +414,132 @@ pub async fn delete_webhook(c: &mut Client, id: Uuid) -> Result<usize, StoreErro
     Ok(dropped)
 }
 
+/// Removes a webhook's row and marks it in `webhook_deletions`, in the caller's transaction;
+/// returns how many of its deliveries were pending (0 for a webhook that is not there). The
+/// row is locked first, as recording an attempt locks it first, so the two wait for each
+/// other rather than deadlock. Once the row is gone nothing more is written for the webhook
+/// (recording joins its row, moving journals in checks it, claiming checks it), so its
+/// deliveries and attempts can be removed afterwards in parts of bounded size
+/// ([`delete_part`]), each a transaction of its own: one transaction over a long history
+/// would run into `statement_timeout` (60 s at ~20M deliveries) and hold its locks and WAL
+/// meanwhile.
 async fn delete_in(tx: &impl GenericClient, id: Uuid) -> Result<usize, StoreError> {
-    exec(
+    let there = exec(
         tx,
         "SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE",
         &[&id],
     )
     .await?;
+    if there == 0 {
+        return Ok(0);
+    }
     let pending: i64 = row(
         tx,
-        "WITH gone AS (DELETE FROM deliveries WHERE webhook_id = $1 RETURNING pending)
-             SELECT count(*) FILTER (WHERE pending) FROM gone",
+        "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND pending",
         &[&id],
     )
     .await?
     .get(0);
-    exec(tx, "DELETE FROM attempts WHERE webhook_id = $1", &[&id]).await?;
+    exec(
+        tx,
+        "INSERT INTO webhook_deletions (webhook_id, since_ms) VALUES ($1, hooktap_now_ms())
+         ON CONFLICT (webhook_id) DO NOTHING",
+        &[&id],
+    )
+    .await?;
     exec(tx, "DELETE FROM webhooks WHERE id = $1", &[&id]).await?;
     notify(tx, "webhooks").await?;
     Ok(usize::try_from(pending).unwrap_or(0))
+}
+
+/// Set in the transaction of a part of a deletion or of the retention sweep, whose rows go
+/// by their ids: the planner reads a table whole for `id = ANY($1)` once the array holds a
+/// few per cent of it (10,000 of 200,000 rows here, which made each part a scan of the
+/// table), where the index finds each row; off, it takes the index.
+const BY_INDEX: &str = "SET LOCAL enable_seqscan = off";
+
+/// How many rows one part of a deletion removes at most (~50 ms of PostgreSQL's time).
+pub const DELETE_PART: i64 = 10_000;
+
+/// Removes up to `part` of deleted webhook `id`'s deliveries with their attempts, those with
+/// ids after `after` (in id order, through `deliveries_by_webhook`: each part starts where
+/// the last ended rather than walking the index entries of the rows removed before it); once
+/// they are gone, up to `part` attempts left without a delivery. Returns how many rows went
+/// and the last delivery id removed; when nothing is left it removes the webhook's mark in
+/// `webhook_deletions` and returns 0. Each part is a transaction of its own; parts run by two
+/// instances at once remove different rows or nothing.
+///
+/// The rows go by their ids (`= ANY`), each table through its own index ([`BY_INDEX`]).
+pub async fn delete_part(
+    c: &mut Client,
+    id: Uuid,
+    after: Uuid,
+    part: i64,
+) -> Result<(u64, Uuid), StoreError> {
+    let tx = c.transaction().await.map_err(pg_error)?;
+    tx.batch_execute(BY_INDEX).await.map_err(pg_error)?;
+    let ids: Vec<Uuid> = rows(
+        &tx,
+        "SELECT id FROM deliveries WHERE webhook_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        &[&id, &after, &part],
+    )
+    .await?
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let removed = if let Some(&last) = ids.last() {
+        let attempts = exec(
+            &tx,
+            "DELETE FROM attempts WHERE delivery_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+        let deliveries = exec(&tx, "DELETE FROM deliveries WHERE id = ANY($1)", &[&ids]).await?;
+        (attempts + deliveries, last)
+    } else {
+        let n = exec(
+            &tx,
+            "DELETE FROM attempts WHERE (delivery_id, number) IN
+                (SELECT delivery_id, number FROM attempts WHERE webhook_id = $1 LIMIT $2)",
+            &[&id, &part],
+        )
+        .await?;
+        if n == 0 {
+            exec(
+                &tx,
+                "DELETE FROM webhook_deletions
+                  WHERE webhook_id = $1 AND NOT EXISTS (SELECT 1 FROM webhooks WHERE id = $1)",
+                &[&id],
+            )
+            .await?;
+        }
+        (n, after)
+    };
+    tx.commit().await.map_err(pg_error)?;
+    Ok(removed)
+}
+
+/// Runs [`delete_part`] until webhook `id`'s history is gone.
+pub async fn delete_parts(c: &mut Client, id: Uuid, part: i64) -> Result<(), StoreError> {
+    let mut after = Uuid::nil();
+    loop {
+        let (n, last) = delete_part(c, id, after, part).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        after = last;
+    }
+}
+
+/// The webhooks whose deletion has not finished (cut short by a crash or a lost connection).
+pub async fn unfinished_deletions(c: &impl GenericClient) -> Result<Vec<Uuid>, StoreError> {
+    let rows = rows(
+        c,
+        "SELECT webhook_id FROM webhook_deletions ORDER BY since_ms",
+        &[],
+    )
+    .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 /// What to lease.
@@ -485,6 +591,8 @@ async fn claim_in(
                     WHERE webhook_id = $1 AND pending AND queue_ms <= $2
                       AND (lease_owner IS NULL OR lease_owner = $4 OR lease_until < hooktap_now_ms())
                       AND NOT (id = ANY($5)) {due}
+                      -- A deleted webhook's deliveries stay until its deletion's parts remove them.
+                      AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = $1)
                     ORDER BY {order}
                     LIMIT $3
                     {lock})
@@ -585,6 +693,7 @@ pub async fn claim_key_heads(
                         id, record, lease_owner, lease_until, seq, ordering_key
                    FROM deliveries
                   WHERE webhook_id = $1 AND pending
+                    AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = $1)
                   ORDER BY COALESCE('k' || ordering_key, 'i' || id::text), seq) heads
           ORDER BY seq",
         &[&claim.webhook, &claim.owner, &skip_ids],
@@ -1459,13 +1568,21 @@ pub async fn insert_entries(
     })
 }
 
+/// How many expired events one transaction of the retention sweep removes at most (with
+/// their deliveries and attempts).
+pub const SWEEP_PART: i64 = 5_000;
+
 /// The retention sweep, run by one instance per period: removes every event created before
 /// `cutoff` none of whose deliveries is pending, with its deliveries and their attempts, and
 /// deliveries left behind by a webhook deleted while they were being moved in.
-pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime) -> Result<Swept, StoreError> {
-    let tx = c.transaction().await.map_err(pg_error)?;
+///
+/// Events go oldest first, at most `part` per transaction: the first sweep of a large store
+/// (or the first after a long stop) removes millions of rows, which one transaction would
+/// do past `statement_timeout`, failing every period again. Each part continues after the
+/// last event the previous one removed, so events kept for a pending delivery are read once.
+pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime, part: i64) -> Result<Swept, StoreError> {
     let due = exec(
-        &tx,
+        &*c,
         "INSERT INTO hooktap_state (key, value) VALUES ('last_sweep_ms', hooktap_now_ms())
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
              WHERE hooktap_state.value < hooktap_now_ms() - $1",
@@ -1474,50 +1591,82 @@ pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime) -> Result<Swept, Stor
     .await?;
     if due == 0 {
         // Another instance swept within the period.
-        tx.commit().await.map_err(pg_error)?;
         return Ok(Swept::default());
     }
-    // Planned for this cutoff (the session plans generically): the expired slice of
-    // `events` is a range of its time index; a plan made without the value would assume a
-    // third of the table.
-    tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        .await
-        .map_err(pg_error)?;
     let cutoff = ms(unix_ms(cutoff));
-    let row = row(&tx, "WITH old AS (
-                SELECT e.id FROM events e
-                WHERE e.created_ms < $1
-                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.pending)),
-             gone_deliveries AS (
-                DELETE FROM deliveries d USING old WHERE d.event_id = old.id RETURNING d.id),
-             gone_attempts AS (
-                DELETE FROM attempts a USING gone_deliveries g WHERE a.delivery_id = g.id
-                RETURNING 1),
-             gone_events AS (
-                DELETE FROM events e USING old WHERE e.id = old.id RETURNING 1)
-             SELECT (SELECT count(*) FROM gone_events), (SELECT count(*) FROM gone_deliveries),
-                    (SELECT count(*) FROM gone_attempts)",
-            &[&cutoff],).await?;
+    let mut swept = Swept::default();
+    let mut after: (i64, Uuid) = (i64::MIN, Uuid::nil());
+    loop {
+        let tx = c.transaction().await.map_err(pg_error)?;
+        // Planned for this cutoff (the session plans generically): the expired slice of
+        // `events` is a range of its time index; a plan made without the value would assume a
+        // third of the table.
+        tx.batch_execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            .await
+            .map_err(pg_error)?;
+        tx.batch_execute(BY_INDEX).await.map_err(pg_error)?;
+        let old = rows(
+            &tx,
+            "SELECT e.id, e.created_ms FROM events e
+              WHERE e.created_ms < $1 AND (e.created_ms, e.id) > ($2, $3)
+                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.pending)
+              ORDER BY e.created_ms, e.id
+              LIMIT $4",
+            &[&cutoff, &after.0, &after.1, &part],
+        )
+        .await?;
+        let events: Vec<Uuid> = old.iter().map(|r| r.get(0)).collect();
+        let Some(last) = old.last() else {
+            tx.commit().await.map_err(pg_error)?;
+            break;
+        };
+        after = (last.get(1), last.get(0));
+        // By ids, each table through its own index ([`BY_INDEX`]).
+        let deliveries: Vec<Uuid> = rows(
+            &tx,
+            "SELECT id FROM deliveries WHERE event_id = ANY($1)",
+            &[&events],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        let attempts = exec(
+            &tx,
+            "DELETE FROM attempts WHERE delivery_id = ANY($1)",
+            &[&deliveries],
+        )
+        .await?;
+        let gone_deliveries = exec(
+            &tx,
+            "DELETE FROM deliveries WHERE id = ANY($1)",
+            &[&deliveries],
+        )
+        .await?;
+        let gone_events = exec(&tx, "DELETE FROM events WHERE id = ANY($1)", &[&events]).await?;
+        tx.commit().await.map_err(pg_error)?;
+        let n = |x: u64| usize::try_from(x).unwrap_or(usize::MAX);
+        swept.events += n(gone_events);
+        swept.deliveries += n(gone_deliveries);
+        swept.attempts += n(attempts);
+        if i64::try_from(events.len()).unwrap_or(i64::MAX) < part {
+            break;
+        }
+    }
     exec(
-        &tx,
+        &*c,
         "DELETE FROM deliveries d WHERE d.created_ms < $1
            AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)",
         &[&cutoff],
     )
     .await?;
     exec(
-        &tx,
+        &*c,
         "DELETE FROM dedupe_keys WHERE ends_ms <= hooktap_now_ms()",
         &[],
     )
     .await?;
-    tx.commit().await.map_err(pg_error)?;
-    let n = |i: usize| usize::try_from(row.get::<_, i64>(i)).unwrap_or(0);
-    Ok(Swept {
-        events: n(0),
-        deliveries: n(1),
-        attempts: n(2),
-    })
+    Ok(swept)
 }
 
 #[cfg(test)]

@@ -1655,3 +1655,180 @@ async fn open_released(path: &std::path::Path) -> SledStore {
     }
     opened.expect("open the stopped store")
 }
+
+/// How many rows of `table` belong to webhook `id`.
+async fn rows_of(store: &PgStore, table: &str, id: Uuid) -> i64 {
+    let c = store.client().await.expect("client");
+    c.query_one(
+        &format!("SELECT count(*) FROM {table} WHERE webhook_id = $1"),
+        &[&id],
+    )
+    .await
+    .expect("count")
+    .get(0)
+}
+
+/// Deleting a webhook removes its row at once and its history in parts of bounded size,
+/// each a transaction of its own; a deletion cut short after its first step (a crash) leaves
+/// nothing that can be sent, and the retention sweep (run at startup and every hour)
+/// finishes it.
+#[tokio::test]
+async fn a_deletion_goes_in_parts_and_one_cut_short_is_finished_by_the_sweep() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let store = Arc::new(store);
+    let shared: Arc<dyn Store> = store.clone();
+    let (gone, kept) = (
+        webhook(&store, "gone", false).await,
+        webhook(&store, "kept", false).await,
+    );
+    let sent = queue(&store, &gone, 5).await;
+    for d in &sent[..3] {
+        crate::store::contract::deliver(&shared, d).await;
+    }
+    let theirs = queue(&store, &kept, 1).await;
+
+    let dropped = sql::delete_webhook(&mut store.client().await.expect("client"), gone.id)
+        .await
+        .expect("delete");
+    assert_eq!(dropped, 2, "two were pending");
+    assert_eq!(store.webhook(gone.id).await.expect("read"), None);
+    assert_eq!(
+        (
+            rows_of(&store, "deliveries", gone.id).await,
+            rows_of(&store, "attempts", gone.id).await,
+            rows_of(&store, "webhook_deletions", gone.id).await,
+        ),
+        (5, 3, 1),
+        "the history is still there, and the deletion is marked"
+    );
+    assert!(
+        store
+            .queued(gone.id, u64::MAX, 10, &none())
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a deleted webhook's pending deliveries are not claimed"
+    );
+    assert!(
+        store
+            .claim_key_heads(gone.id, u64::MAX, 10, &none())
+            .await
+            .expect("claim heads")
+            .ready
+            .is_empty()
+    );
+
+    // A part: deliveries in id order with their attempts.
+    let mut c = store.client().await.expect("client");
+    let (n, last) = sql::delete_part(&mut c, gone.id, Uuid::nil(), 2)
+        .await
+        .expect("part");
+    assert_eq!(
+        (n, last),
+        (4, sent[1].id),
+        "two deliveries and their attempts"
+    );
+    assert_eq!(rows_of(&store, "deliveries", gone.id).await, 3);
+    assert_eq!(rows_of(&store, "attempts", gone.id).await, 1);
+    // An attempt whose delivery is gone (nothing lists it but its webhook).
+    c.execute(
+        "INSERT INTO attempts (delivery_id, number, webhook_id, record)
+         VALUES (gen_random_uuid(), 1, $1, '{}')",
+        &[&gone.id],
+    )
+    .await
+    .expect("stray attempt");
+    drop(c);
+
+    let swept = Store::sweep(
+        &*store,
+        OffsetDateTime::now_utc() - time::Duration::days(30),
+    )
+    .expect("sweep");
+    assert_eq!(swept, Swept::default(), "nothing had expired");
+    assert_eq!(
+        (
+            rows_of(&store, "deliveries", gone.id).await,
+            rows_of(&store, "attempts", gone.id).await,
+            rows_of(&store, "webhook_deletions", gone.id).await,
+        ),
+        (0, 0, 0),
+        "the sweep finished the deletion"
+    );
+    assert_eq!(
+        store.deliveries_of(kept.id, 10).await.expect("list"),
+        theirs,
+        "another webhook's deliveries stay"
+    );
+
+    // Through the store, the parts run before the call returns.
+    let third = webhook(&store, "third", false).await;
+    let ds = queue(&store, &third, 3).await;
+    crate::store::contract::deliver(&shared, &ds[0]).await;
+    assert_eq!(store.delete_webhook(third.id).await.expect("delete"), 2);
+    assert_eq!(
+        (
+            rows_of(&store, "deliveries", third.id).await,
+            rows_of(&store, "attempts", third.id).await,
+            rows_of(&store, "webhook_deletions", third.id).await,
+        ),
+        (0, 0, 0)
+    );
+}
+
+/// The retention sweep removes expired events a part at a time, oldest first, and goes on
+/// past events kept for a pending delivery (between parts, and at a part's end).
+#[tokio::test]
+async fn the_sweep_goes_in_parts_past_events_kept_for_pending_deliveries() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let store = Arc::new(store);
+    let shared: Arc<dyn Store> = store.clone();
+    let w = webhook(&store, "a", false).await;
+    let old = OffsetDateTime::now_utc() - time::Duration::days(40);
+    let mut events = Vec::new();
+    for i in 0..7 {
+        let e = crate::store::contract::event_at(old + time::Duration::seconds(i), "order.created");
+        let d = Delivery::new(&e, w.id, 0);
+        store.append(&e, std::slice::from_ref(&d)).expect("append");
+        events.push((e, d));
+    }
+    store.flush().await.expect("ship");
+    let pending = [1, 2, 5];
+    for (i, (_, d)) in events.iter().enumerate() {
+        if !pending.contains(&i) {
+            crate::store::contract::deliver(&shared, d).await;
+        }
+    }
+    let young = event();
+    store.append(&young, &[]).expect("append");
+    store.flush().await.expect("ship");
+
+    let mut c = store.client().await.expect("client");
+    let swept = sql::sweep(
+        &mut c,
+        OffsetDateTime::now_utc() - time::Duration::days(30),
+        2,
+    )
+    .await
+    .expect("sweep");
+    assert_eq!(
+        swept,
+        Swept {
+            events: 4,
+            deliveries: 4,
+            attempts: 4
+        }
+    );
+    for (i, (e, d)) in events.iter().enumerate() {
+        let kept = pending.contains(&i);
+        assert_eq!(
+            store.event(e.id).await.expect("read").is_some(),
+            kept,
+            "event {i}"
+        );
+        assert_eq!(store.delivery(d.id).await.expect("read").is_some(), kept);
+    }
+    assert!(store.event(young.id).await.expect("read").is_some());
+}

@@ -7,12 +7,13 @@
 //! process's peak RSS before and after it, and the longest of those appends: sled holds every
 //! other write while it applies a batch, so a deletion in one batch stalls the proxy.
 //!
-//! `-- --postgres [DELIVERIES]` (default 1,000,000): the same history in a throwaway
-//! PostgreSQL cluster (filled in SQL), deleted, and then as many expired events removed by
-//! the retention sweep; each first as one transaction (the statements hooktap ran before
-//! 2026-12-02, kept here), then as hooktap runs it now, every session under a
-//! `statement_timeout` of 1 s (`HOOKTAP_BENCH_TIMEOUT_MS`): a small-scale copy of a store whose one
-//! transaction outlasts the default 60 s (at ~20M deliveries).
+//! `-- --postgres [DELIVERIES]` (default 1,000,000): in a throwaway PostgreSQL cluster
+//! (filled in SQL, then vacuumed), a webhook with DELIVERIES deliveries interleaved with as
+//! many of another webhook's is deleted; then the retention sweep meets DELIVERIES expired
+//! events, one in ten of them kept by a pending delivery. Each first as one transaction (the
+//! statements hooktap ran before 2026-12-02, kept here), then as hooktap runs it now, every
+//! session under a `statement_timeout` of 1 s (`HOOKTAP_BENCH_TIMEOUT_MS`): a small-scale
+//! copy of a store whose one transaction outlasts the default 60 s.
 
 #[path = "../src/store/postgres/cluster.rs"]
 mod pg_cluster;
@@ -190,7 +191,14 @@ COMMIT;";
 
 /// `n` events of `webhook`, created `age_ms` ago, each with a delivered delivery and an
 /// attempt whose records are hooktap's own JSON.
-async fn fill(c: &tokio_postgres::Client, webhook: uuid::Uuid, n: u64, age_ms: i64) {
+async fn fill(
+    c: &tokio_postgres::Client,
+    webhooks: &[uuid::Uuid],
+    n: u64,
+    age_ms: i64,
+    pending_every: i64,
+) {
+    let webhook = webhooks[0];
     let topic = Topic::parse("order.created").expect("topic");
     let e = Event::new(
         &topic,
@@ -235,30 +243,27 @@ async fn fill(c: &tokio_postgres::Client, webhook: uuid::Uuid, n: u64, age_ms: i
                     AS event,
                   (lpad(to_hex($2::int8 + g), 12, '0') || '7' || substr(md5('d' || g), 1, 19))::uuid
                     AS delivery,
-                  $2::int8 + g AS at
+                  $2::int8 + g AS at,
+                  ($3::uuid[])[1 + g % cardinality($3::uuid[])] AS webhook,
+                  $4::int8 > 0 AND g % $4::int8 = 0 AS pending
              FROM generate_series(1, $1::int8) g",
-        &[&n, &from],
+        &[&n, &from, &webhooks, &pending_every],
     )
     .await
     .expect("ids");
     for (sql, record) in [
         ("INSERT INTO events (id, created_ms, record) SELECT event, at, $1::text::json FROM made", e),
         ("INSERT INTO deliveries (id, event_id, webhook_id, created_ms, pending, queue_ms, record)
-          SELECT delivery, event, $2, at, false, at, $1::text::json FROM made", d),
+          SELECT delivery, event, webhook, at, pending, at, $1::text::json FROM made", d),
         ("INSERT INTO attempts (delivery_id, number, webhook_id, record, created_ms, success,
                                duration_ms, lag_ms)
-          SELECT delivery, 1, $2, $1::text::json, at, true, 1, 0 FROM made", a),
+          SELECT delivery, 1, webhook, $1::text::json, at, true, 1, 0 FROM made", a),
     ] {
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = if sql.contains("$2") {
-            vec![&record, &webhook]
-        } else {
-            vec![&record]
-        };
-        c.execute(sql, &params).await.expect("fill");
+        c.execute(sql, &[&record]).await.expect("fill");
     }
-    c.batch_execute("DROP TABLE made; ANALYZE")
-        .await
-        .expect("analyze");
+    // As autovacuum would have left the tables (no dead rows of a previous run in the way).
+    c.batch_execute("DROP TABLE made").await.expect("drop");
+    c.batch_execute("VACUUM ANALYZE").await.expect("vacuum");
 }
 
 /// Runs `sql` (a transaction) on a session with the bench's statement timeout; says how long
@@ -315,8 +320,10 @@ fn postgres(n: u64) {
         );
 
         let busy = Webhook::new(specs[0].clone(), Origin::Api);
+        let other = Webhook::new(specs[1].clone(), Origin::Api);
         store.put_webhook(&busy).await.expect("webhook");
-        fill(&filler, busy.id, n, 0).await;
+        store.put_webhook(&other).await.expect("webhook");
+        fill(&filler, &[busy.id, other.id], 2 * n, 0, 0).await;
         let before = at_once(
             &url,
             &DELETE_AT_ONCE.replace("$ID", &format!("'{}'", busy.id)),
@@ -325,20 +332,26 @@ fn postgres(n: u64) {
         println!("delete, one transaction: {before}");
         if before.ends_with("done") {
             store.put_webhook(&busy).await.expect("webhook");
-            fill(&filler, busy.id, n, 0).await;
+            fill(&filler, &[busy.id, other.id], 2 * n, 0, 0).await;
         }
         let started = Instant::now();
         let ended = store.delete_webhook(busy.id).await;
+        let took = started.elapsed();
+        let left: i64 = filler
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE webhook_id = $1",
+                &[&busy.id],
+            )
+            .await
+            .expect("count")
+            .get(0);
         println!(
-            "delete, in parts: {:.2?}, {}",
-            started.elapsed(),
+            "delete, in parts: {took:.2?}, {}, {left} deliveries left",
             ended.map_or_else(|e| format!("failed: {e}"), |_| "done".to_owned())
         );
 
-        let other = Webhook::new(specs[1].clone(), Origin::Api);
-        store.put_webhook(&other).await.expect("webhook");
         let day_ms = 24 * 3600 * 1000;
-        fill(&filler, other.id, n, 40 * day_ms).await;
+        fill(&filler, &[other.id], n, 40 * day_ms, 10).await;
         let cutoff = time::OffsetDateTime::now_utc() - time::Duration::days(30);
         let cutoff_ms = hooktap::event::unix_ms(cutoff);
         let before = at_once(
@@ -348,7 +361,7 @@ fn postgres(n: u64) {
         .await;
         println!("sweep, one transaction: {before}");
         if before.ends_with("done") {
-            fill(&filler, other.id, n, 40 * day_ms).await;
+            fill(&filler, &[other.id], n, 40 * day_ms, 10).await;
         }
         let sweeper = Arc::clone(&store);
         let started = Instant::now();

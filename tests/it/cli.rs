@@ -446,7 +446,7 @@ fn check_and_migrate_reach_a_postgres_store_and_name_a_wrong_password() {
     );
     assert!(
         stdout.contains("store: PostgreSQL at 127.0.0.1:")
-            && stdout.contains("0 of 8 migrations applied"),
+            && stdout.contains("0 of 9 migrations applied"),
         "{stdout}"
     );
 
@@ -471,7 +471,7 @@ fn check_and_migrate_reach_a_postgres_store_and_name_a_wrong_password() {
         "a second run applies nothing"
     );
     let checked = run(dir.path(), "check");
-    assert!(String::from_utf8_lossy(&checked.stdout).contains("8 of 8 migrations applied"));
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("9 of 9 migrations applied"));
 
     let wrong = url.replace(crate::pg_cluster::PASSWORD, "not-the-password");
     let out = run(postgres_project(&wrong).path(), "check");

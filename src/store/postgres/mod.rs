@@ -707,9 +707,18 @@ impl Store for PgStore {
         self.migrate().await?;
         let mut client = self.client().await?;
         let applied = sql::apply_webhooks(&mut client, planner).await?;
-        drop(client);
+        // In the background: a start or a reload does not wait for a long history to go.
         for (w, _) in &applied.removed {
-            self.finish_deletion(w.id).await?;
+            let (pool, id) = (self.pool.clone(), w.id);
+            self.handle.spawn(async move {
+                let removed = async {
+                    let mut client = connection(&pool).await.map_err(pg_error)?;
+                    sql::delete_parts(&mut client, id, sql::DELETE_PART).await
+                };
+                if let Err(e) = removed.await {
+                    tracing::warn!(webhook = %id, error = %e, "cannot remove a deleted webhook's history yet; the next retention sweep goes on with it");
+                }
+            });
         }
         Ok(applied)
     }
@@ -720,7 +729,10 @@ impl Store for PgStore {
 
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
         let dropped = sql::delete_webhook(&mut self.client().await?, id).await?;
-        self.finish_deletion(id).await?;
+        // The webhook is deleted: a part that fails is retried by the next retention sweep.
+        if let Err(e) = self.finish_deletion(id).await {
+            tracing::warn!(webhook = %id, error = %e, "cannot remove the deleted webhook's history yet; the next retention sweep goes on with it");
+        }
         Ok(dropped)
     }
 
@@ -912,9 +924,16 @@ impl Store for PgStore {
         self.block_on(async move {
             let mut client = connection(&pool).await.map_err(pg_error)?;
             // Deletions a crash cut short (every instance may look: the parts are idempotent).
+            // (A deletion that keeps failing does not hold retention up.)
             for id in sql::unfinished_deletions(&client).await? {
-                sql::delete_parts(&mut client, id, sql::DELETE_PART).await?;
-                tracing::info!(webhook = %id, "finished removing a deleted webhook's history");
+                match sql::delete_parts(&mut client, id, sql::DELETE_PART).await {
+                    Ok(()) => {
+                        tracing::info!(webhook = %id, "removed the rest of a deleted webhook's history");
+                    }
+                    Err(e) => {
+                        tracing::warn!(webhook = %id, error = %e, "cannot remove a deleted webhook's history");
+                    }
+                }
             }
             sql::sweep(&mut client, cutoff, sql::SWEEP_PART).await
         })

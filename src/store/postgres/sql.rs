@@ -59,6 +59,19 @@ async fn row(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<Ro
     c.query_one(&statement, params).await.map_err(pg_error)
 }
 
+/// The first column of every row, as uuids.
+async fn ids(
+    c: &impl GenericClient,
+    sql: &str,
+    params: Params<'_>,
+) -> Result<Vec<Uuid>, StoreError> {
+    Ok(rows(c, sql, params)
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 async fn exec(c: &impl GenericClient, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
     let statement = c.prepare_cached(sql).await.map_err(pg_error)?;
     c.execute(&statement, params).await.map_err(pg_error)
@@ -464,10 +477,11 @@ pub const DELETE_PART: i64 = 10_000;
 /// Removes up to `part` of deleted webhook `id`'s deliveries with their attempts, those with
 /// ids after `after` (in id order, through `deliveries_by_webhook`: each part starts where
 /// the last ended rather than walking the index entries of the rows removed before it); once
-/// they are gone, up to `part` attempts left without a delivery. Returns how many rows went
-/// and the last delivery id removed; when nothing is left it removes the webhook's mark in
-/// `webhook_deletions` and returns 0. Each part is a transaction of its own; parts run by two
-/// instances at once remove different rows or nothing.
+/// they are gone, up to `part` attempts left without a delivery. Returns where the next part
+/// starts, or `None` once nothing is left and the webhook's mark in `webhook_deletions` is
+/// removed. Each part is a transaction of its own; parts run by two instances at once (or a
+/// part and the retention sweep) remove different rows or nothing, and an id list whose
+/// rows another transaction removed first still moves the next part on.
 ///
 /// The rows go by their ids (`= ANY`), each table through its own index ([`BY_INDEX`]).
 pub async fn delete_part(
@@ -475,27 +489,24 @@ pub async fn delete_part(
     id: Uuid,
     after: Uuid,
     part: i64,
-) -> Result<(u64, Uuid), StoreError> {
+) -> Result<Option<Uuid>, StoreError> {
     let tx = c.transaction().await.map_err(pg_error)?;
     tx.batch_execute(BY_INDEX).await.map_err(pg_error)?;
-    let ids: Vec<Uuid> = rows(
+    let ids = ids(
         &tx,
         "SELECT id FROM deliveries WHERE webhook_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         &[&id, &after, &part],
     )
-    .await?
-    .iter()
-    .map(|r| r.get(0))
-    .collect();
-    let removed = if let Some(&last) = ids.last() {
-        let attempts = exec(
+    .await?;
+    let next = if let Some(&last) = ids.last() {
+        exec(
             &tx,
             "DELETE FROM attempts WHERE delivery_id = ANY($1)",
             &[&ids],
         )
         .await?;
-        let deliveries = exec(&tx, "DELETE FROM deliveries WHERE id = ANY($1)", &[&ids]).await?;
-        (attempts + deliveries, last)
+        exec(&tx, "DELETE FROM deliveries WHERE id = ANY($1)", &[&ids]).await?;
+        Some(last)
     } else {
         let n = exec(
             &tx,
@@ -507,39 +518,62 @@ pub async fn delete_part(
         if n == 0 {
             exec(
                 &tx,
-                "DELETE FROM webhook_deletions
-                  WHERE webhook_id = $1 AND NOT EXISTS (SELECT 1 FROM webhooks WHERE id = $1)",
+                "DELETE FROM webhook_deletions WHERE webhook_id = $1",
                 &[&id],
             )
             .await?;
+            None
+        } else {
+            Some(after)
         }
-        (n, after)
     };
     tx.commit().await.map_err(pg_error)?;
-    Ok(removed)
+    Ok(next)
 }
 
 /// Runs [`delete_part`] until webhook `id`'s history is gone.
 pub async fn delete_parts(c: &mut Client, id: Uuid, part: i64) -> Result<(), StoreError> {
     let mut after = Uuid::nil();
-    loop {
-        let (n, last) = delete_part(c, id, after, part).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        after = last;
+    while let Some(next) = delete_part(c, id, after, part).await? {
+        after = next;
     }
+    Ok(())
 }
 
-/// The webhooks whose deletion has not finished (cut short by a crash or a lost connection).
+/// The webhooks whose history is to be removed: deletions not finished (cut short by a crash,
+/// a lost connection or a failed part), and webhooks that have deliveries but no row (left
+/// by a deletion before `webhook_deletions`, or by an older hooktap), which are marked here.
+/// A mark whose webhook is there again (moved in anew with `migrate --from-sled --force`) is
+/// dropped: its history is its own.
 pub async fn unfinished_deletions(c: &impl GenericClient) -> Result<Vec<Uuid>, StoreError> {
-    let rows = rows(
+    exec(
+        c,
+        "DELETE FROM webhook_deletions x USING webhooks w WHERE w.id = x.webhook_id",
+        &[],
+    )
+    .await?;
+    // The webhooks of `deliveries`, one index descent each (a loose index scan).
+    exec(
+        c,
+        "INSERT INTO webhook_deletions (webhook_id, since_ms)
+         WITH RECURSIVE w(id) AS (
+             (SELECT webhook_id FROM deliveries ORDER BY webhook_id LIMIT 1)
+           UNION ALL
+             SELECT (SELECT webhook_id FROM deliveries WHERE webhook_id > w.id
+                      ORDER BY webhook_id LIMIT 1)
+               FROM w WHERE w.id IS NOT NULL)
+         SELECT id, hooktap_now_ms() FROM w
+          WHERE id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM webhooks x WHERE x.id = w.id)
+         ON CONFLICT (webhook_id) DO NOTHING",
+        &[],
+    )
+    .await?;
+    ids(
         c,
         "SELECT webhook_id FROM webhook_deletions ORDER BY since_ms",
         &[],
     )
-    .await?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    .await
 }
 
 /// What to lease.
@@ -1573,13 +1607,14 @@ pub async fn insert_entries(
 pub const SWEEP_PART: i64 = 5_000;
 
 /// The retention sweep, run by one instance per period: removes every event created before
-/// `cutoff` none of whose deliveries is pending, with its deliveries and their attempts, and
-/// deliveries left behind by a webhook deleted while they were being moved in.
+/// `cutoff` none of whose deliveries is pending, with its deliveries and their attempts.
+/// (Deliveries of a deleted webhook go with its deletion: see [`unfinished_deletions`].)
 ///
 /// Events go oldest first, at most `part` per transaction: the first sweep of a large store
 /// (or the first after a long stop) removes millions of rows, which one transaction would
-/// do past `statement_timeout`, failing every period again. Each part continues after the
-/// last event the previous one removed, so events kept for a pending delivery are read once.
+/// do past `statement_timeout`, failing every period again. Each part reads at most `part`
+/// expired events and continues after the last one it read, so events kept for a pending
+/// delivery are read once.
 pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime, part: i64) -> Result<Swept, StoreError> {
     let due = exec(
         &*c,
@@ -1605,32 +1640,43 @@ pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime, part: i64) -> Result<
             .await
             .map_err(pg_error)?;
         tx.batch_execute(BY_INDEX).await.map_err(pg_error)?;
-        let old = rows(
+        // A part reads at most `part` expired events, those kept for a pending delivery
+        // among them (a paused webhook's backlog can be millions long).
+        let scanned = rows(
             &tx,
-            "SELECT e.id, e.created_ms FROM events e
-              WHERE e.created_ms < $1 AND (e.created_ms, e.id) > ($2, $3)
-                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.pending)
-              ORDER BY e.created_ms, e.id
+            "SELECT id, created_ms FROM events
+              WHERE created_ms < $1 AND (created_ms, id) > ($2, $3)
+              ORDER BY created_ms, id
               LIMIT $4",
             &[&cutoff, &after.0, &after.1, &part],
         )
         .await?;
-        let events: Vec<Uuid> = old.iter().map(|r| r.get(0)).collect();
-        let Some(last) = old.last() else {
+        let Some(last) = scanned.last() else {
             tx.commit().await.map_err(pg_error)?;
             break;
         };
         after = (last.get(1), last.get(0));
+        let scanned: Vec<Uuid> = scanned.iter().map(|r| r.get(0)).collect();
+        let held: HashSet<Uuid> = ids(
+            &tx,
+            "SELECT event_id FROM deliveries WHERE event_id = ANY($1) AND pending",
+            &[&scanned],
+        )
+        .await?
+        .into_iter()
+        .collect();
+        let events: Vec<Uuid> = scanned
+            .iter()
+            .copied()
+            .filter(|e| !held.contains(e))
+            .collect();
         // By ids, each table through its own index ([`BY_INDEX`]).
-        let deliveries: Vec<Uuid> = rows(
+        let deliveries = ids(
             &tx,
             "SELECT id FROM deliveries WHERE event_id = ANY($1)",
             &[&events],
         )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await?;
         let attempts = exec(
             &tx,
             "DELETE FROM attempts WHERE delivery_id = ANY($1)",
@@ -1649,17 +1695,10 @@ pub async fn sweep(c: &mut Client, cutoff: OffsetDateTime, part: i64) -> Result<
         swept.events += n(gone_events);
         swept.deliveries += n(gone_deliveries);
         swept.attempts += n(attempts);
-        if i64::try_from(events.len()).unwrap_or(i64::MAX) < part {
+        if i64::try_from(scanned.len()).unwrap_or(i64::MAX) < part {
             break;
         }
     }
-    exec(
-        &*c,
-        "DELETE FROM deliveries d WHERE d.created_ms < $1
-           AND NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.id = d.webhook_id)",
-        &[&cutoff],
-    )
-    .await?;
     exec(
         &*c,
         "DELETE FROM dedupe_keys WHERE ends_ms <= hooktap_now_ms()",

@@ -23,8 +23,15 @@ pub struct MigrationStatus {
     pub applied_on: Option<String>,
 }
 
+/// A migration the database has and this binary does not (a newer hooktap applied it) does
+/// not stop this one (refinery's default does): migrations add to the schema and keep what
+/// older instances read and write working, so during a rolling upgrade an instance of the
+/// older version can still start and reload. A migration of the same version with another
+/// text does stop it.
 fn runner() -> refinery::Runner {
-    let mut runner = migrations::runner().set_abort_divergent(true);
+    let mut runner = migrations::runner()
+        .set_abort_divergent(true)
+        .set_abort_missing(false);
     runner.set_migration_table_name(HISTORY_TABLE);
     runner
 }

@@ -1865,3 +1865,28 @@ async fn the_sweep_goes_in_parts_past_events_kept_for_pending_deliveries() {
     }
     assert!(store.event(young.id).await.expect("read").is_some());
 }
+
+/// An instance of this version starts (and applies its config) on a database that a newer
+/// hooktap has migrated further: a rolling upgrade does not lock the older instances out.
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_hooktap_still_opens() {
+    let cluster = Cluster::start();
+    let url = cluster.database();
+    let (_dir, first) = store_on(&url, Duration::from_secs(30)).await;
+    let c = first.client().await.expect("client");
+    c.execute(
+        "INSERT INTO hooktap_schema_history (version, name, applied_on, checksum)
+         VALUES (99, 'from_a_newer_hooktap', '2026-12-02T00:00:00Z', '1')",
+        &[],
+    )
+    .await
+    .expect("a later migration");
+    drop(c);
+    let (_dir, second) = store_on(&url, Duration::from_secs(30)).await;
+    let w = webhook(&second, "a", false).await;
+    assert_eq!(
+        first.webhook(w.id).await.expect("read").map(|w| w.id),
+        Some(w.id)
+    );
+    second.migrate().await.expect("migrate again");
+}

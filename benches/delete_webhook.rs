@@ -59,24 +59,7 @@ fn sled(n: u64) {
         let mut after = d.clone();
         after.attempts = 1;
         after.state = DeliveryState::Delivered;
-        let attempt = Attempt {
-            id: uuid::Uuid::now_v7(),
-            delivery_id: d.id,
-            webhook_id: busy,
-            number: 1,
-            created_at: time::OffsetDateTime::now_utc(),
-            duration_ms: 1,
-            summary: "HTTP 200 OK".into(),
-            success: true,
-            request_method: "POST".into(),
-            request_url: "https://crm.example/hooks".into(),
-            request_headers: vec![],
-            request_body: "{\"id\":1}".into(),
-            response_code: Some(200),
-            response_message: "OK".into(),
-            response_headers: vec![],
-            response_body: "ok".into(),
-        };
+        let attempt = delivered_attempt(&d, "{\"id\":1}".into());
         let change = Recorded {
             before: d,
             after,
@@ -123,6 +106,28 @@ fn sled(n: u64) {
         before / 1024,
         after / 1024
     );
+}
+
+/// A first attempt of `d` that delivered `body`.
+fn delivered_attempt(d: &Delivery, body: String) -> Attempt {
+    Attempt {
+        id: uuid::Uuid::now_v7(),
+        delivery_id: d.id,
+        webhook_id: d.webhook_id,
+        number: 1,
+        created_at: time::OffsetDateTime::now_utc(),
+        duration_ms: 1,
+        summary: "HTTP 200 OK".into(),
+        success: true,
+        request_method: "POST".into(),
+        request_url: "https://crm.example/hooks".into(),
+        request_headers: vec![],
+        request_body: body,
+        response_code: Some(200),
+        response_message: "OK".into(),
+        response_headers: vec![],
+        response_body: "ok".into(),
+    }
 }
 
 /// The process's peak resident set so far (`VmHWM`), KiB.
@@ -208,24 +213,7 @@ async fn fill(
     let mut d = Delivery::new(&e, webhook, 0);
     d.state = DeliveryState::Delivered;
     d.attempts = 1;
-    let a = Attempt {
-        id: uuid::Uuid::now_v7(),
-        delivery_id: d.id,
-        webhook_id: webhook,
-        number: 1,
-        created_at: time::OffsetDateTime::now_utc(),
-        duration_ms: 1,
-        summary: "HTTP 200 OK".into(),
-        success: true,
-        request_method: "POST".into(),
-        request_url: "https://crm.example/hooks".into(),
-        request_headers: vec![],
-        request_body: serde_json::to_string(&e.payload).expect("json"),
-        response_code: Some(200),
-        response_message: "OK".into(),
-        response_headers: vec![],
-        response_body: "ok".into(),
-    };
+    let a = delivered_attempt(&d, serde_json::to_string(&e.payload).expect("json"));
     let json = |v: serde_json::Value| v.to_string();
     let (e, d, a) = (
         json(serde_json::to_value(&e).expect("event")),

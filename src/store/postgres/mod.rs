@@ -349,14 +349,20 @@ impl PgStore {
 
     /// Removes deleted webhook `id`'s deliveries and attempts, part by part
     /// ([`sql::delete_part`]), on a task of the store's runtime: a caller that goes away (an
-    /// HTTP client that hung up) does not cut it short. A crash does; the retention sweep
-    /// finishes it ([`sql::unfinished_deletions`]).
-    async fn finish_deletion(&self, id: Uuid) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        self.handle
-            .spawn(async move { sql::delete_parts(&mut client, id, sql::DELETE_PART).await })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+    /// HTTP client that hung up) does not cut it short, and one that need not wait drops the
+    /// handle. A part that fails, or a crash, leaves the rest to the next retention sweep
+    /// ([`sql::unfinished_deletions`]).
+    fn remove_history(&self, id: Uuid) -> tokio::task::JoinHandle<()> {
+        let pool = self.pool.clone();
+        self.handle.spawn(async move {
+            let removed = async {
+                let mut client = connection(&pool).await.map_err(pg_error)?;
+                sql::delete_parts(&mut client, id, sql::DELETE_PART).await
+            };
+            if let Err(e) = removed.await {
+                tracing::warn!(webhook = %id, error = %e, "cannot remove a deleted webhook's history yet; the next retention sweep goes on with it");
+            }
+        })
     }
 
     /// Runs `f` on the store's runtime and waits for it from a thread that may block (the
@@ -709,16 +715,7 @@ impl Store for PgStore {
         let applied = sql::apply_webhooks(&mut client, planner).await?;
         // In the background: a start or a reload does not wait for a long history to go.
         for (w, _) in &applied.removed {
-            let (pool, id) = (self.pool.clone(), w.id);
-            self.handle.spawn(async move {
-                let removed = async {
-                    let mut client = connection(&pool).await.map_err(pg_error)?;
-                    sql::delete_parts(&mut client, id, sql::DELETE_PART).await
-                };
-                if let Err(e) = removed.await {
-                    tracing::warn!(webhook = %id, error = %e, "cannot remove a deleted webhook's history yet; the next retention sweep goes on with it");
-                }
-            });
+            drop(self.remove_history(w.id));
         }
         Ok(applied)
     }
@@ -730,8 +727,8 @@ impl Store for PgStore {
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {
         let dropped = sql::delete_webhook(&mut self.client().await?, id).await?;
         // The webhook is deleted: a part that fails is retried by the next retention sweep.
-        if let Err(e) = self.finish_deletion(id).await {
-            tracing::warn!(webhook = %id, error = %e, "cannot remove the deleted webhook's history yet; the next retention sweep goes on with it");
+        if let Err(e) = self.remove_history(id).await {
+            tracing::warn!(webhook = %id, error = %e, "removing a deleted webhook's history panicked");
         }
         Ok(dropped)
     }

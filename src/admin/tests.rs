@@ -175,6 +175,61 @@ fn webhook_body() -> Value {
     json!({"name": "crm", "url": receiver_url(), "secret": "s3cret", "topics": ["order.*"], "status": "paused"})
 }
 
+/// A webhook's delivery list counts its matches up to 10,000, and leaves the total out past
+/// them rather than read the whole history for every page.
+#[tokio::test]
+async fn a_delivery_list_counts_up_to_ten_thousand() {
+    let admin = admin();
+    let (_, _, created) = call(
+        &admin,
+        "POST",
+        "/webhooks",
+        Some(TOKEN),
+        Some(webhook_body()),
+    )
+    .await;
+    let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("uuid");
+    let topic = crate::event::Topic::parse("order.created").expect("topic");
+    let store = admin.engine.store();
+    let append = |n: u64| {
+        for _ in 0..n {
+            let e = crate::event::Event::new(&topic, "r", json!({}));
+            let d = crate::event::Delivery::new(&e, id, 0);
+            store.append(&e, &[d]).expect("append");
+        }
+    };
+    let list = |query: &'static str| {
+        let uri = format!("/webhooks/{id}/deliveries?{query}");
+        let admin = &admin;
+        async move {
+            let (status, headers, list) = call(admin, "GET", &uri, Some(TOKEN), None).await;
+            assert_eq!(status, StatusCode::OK, "{list}");
+            let total = headers
+                .get("x-total-count")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            (list.as_array().expect("a list").len(), total)
+        }
+    };
+    append(crate::store::DELIVERY_COUNT_CAP);
+    assert_eq!(list("per_page=5").await, (5, Some("10000".to_owned())));
+    append(1);
+    assert_eq!(
+        list("per_page=5").await,
+        (5, None),
+        "one more than it counts"
+    );
+    assert_eq!(
+        list("per_page=5&page=2001").await,
+        (1, None),
+        "the last page"
+    );
+    assert_eq!(
+        list("per_page=5&outcome=failed").await,
+        (0, Some("0".to_owned())),
+        "a filter counts its own matches"
+    );
+}
+
 /// The token is required exactly where the document says: every operation but those whose
 /// `security` is empty (`/healthz`, `/readyz`).
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -15,8 +15,8 @@ use uuid::Uuid;
 use super::{AdminState, ApiError, Page, Q, json_body};
 use crate::delivery::manage::Ping;
 use crate::event::{Attempt, Delivery, DeliveryState};
-use crate::store::DeliveryQuery;
 use crate::store::Requeued as Redelivery;
+use crate::store::{DELIVERY_COUNT_CAP, DeliveryQuery};
 use crate::webhook::{NewWebhook, WebhookInput, WebhookStatus, WebhookView};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -251,10 +251,10 @@ pub async fn recover(
 }
 
 #[utoipa::path(get, operation_id = "list_deliveries", path = "/webhooks/{id}/deliveries", tag = "deliveries",
-    summary = "A webhook's deliveries, newest first; X-Total-Count has the total",
+    summary = "A webhook's deliveries, newest first; X-Total-Count has the total, up to 10,000",
     params(("id" = Uuid, Path, description = "The webhook's id"), OutcomeFilter, Page),
     responses((status = 200, body = [Delivery],
-        headers(("x-total-count" = u64, description = "How many match, over all pages")))))]
+        headers(("x-total-count" = u64, description = "How many match, over all pages; left out when more than 10,000 do")))))]
 pub async fn deliveries(
     State(state): State<AdminState>,
     Path(raw): Path<String>,
@@ -271,13 +271,16 @@ pub async fn deliveries(
         state: filter.outcome,
         offset,
         limit,
+        count_up_to: DELIVERY_COUNT_CAP,
     };
     let page = d.deliveries_page(id, &query).await?;
-    Ok((
-        [("x-total-count", page.total.to_string())],
-        Json(page.items),
-    )
-        .into_response())
+    let mut response = Json(page.items).into_response();
+    if let Some(total) = page.total {
+        response
+            .headers_mut()
+            .insert("x-total-count", HeaderValue::from(total));
+    }
+    Ok(response)
 }
 
 #[utoipa::path(get, operation_id = "get_delivery", path = "/webhooks/{id}/deliveries/{delivery_id}", tag = "deliveries",

@@ -57,6 +57,7 @@ macro_rules! store_contract_tests {
             an_event_lists_its_deliveries_to_every_webhook,
             events_page_searches_the_payload_text,
             a_page_of_deliveries_counts_every_match,
+            a_page_of_deliveries_counts_up_to_its_limit,
             failed_deliveries_are_read_by_creation_window,
         );
     };
@@ -1225,6 +1226,7 @@ pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
                         state,
                         offset,
                         limit,
+                        count_up_to: 7,
                     },
                 )
                 .await
@@ -1233,7 +1235,7 @@ pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
     };
     let of = |items: &[Delivery]| DeliveryPage {
         items: items.to_vec(),
-        total: 7,
+        total: Some(7),
     };
     assert_eq!(page(None, 0, 3).await, of(&all[..3]));
     assert_eq!(page(None, 3, 3).await, of(&all[3..6]));
@@ -1255,7 +1257,7 @@ pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
             page(Some(state), 0, 10).await,
             DeliveryPage {
                 items: matching.clone(),
-                total
+                total: Some(total)
             },
             "{state:?}"
         );
@@ -1263,7 +1265,7 @@ pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
             page(Some(state), 1, 1).await,
             DeliveryPage {
                 items: matching[1..2].to_vec(),
-                total
+                total: Some(total)
             },
             "{state:?}, second page of one"
         );
@@ -1275,6 +1277,7 @@ pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
                 state: None,
                 offset: 0,
                 limit: 10,
+                count_up_to: 0,
             },
         )
         .await
@@ -1283,8 +1286,70 @@ pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
         nobody,
         DeliveryPage {
             items: vec![],
-            total: 0
+            total: Some(0)
         }
+    );
+}
+
+pub async fn a_page_of_deliveries_counts_up_to_its_limit(store: Arc<dyn Store>) {
+    let (w, all) = mixed_deliveries(&store).await;
+    let page = |state, offset, limit, count_up_to| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .deliveries_page(
+                    w.id,
+                    &DeliveryQuery {
+                        state,
+                        offset,
+                        limit,
+                        count_up_to,
+                    },
+                )
+                .await
+                .expect("page")
+        }
+    };
+    let page_of = |items: &[Delivery], total| DeliveryPage {
+        items: items.to_vec(),
+        total,
+    };
+    assert_eq!(
+        page(None, 0, 2, 7).await,
+        page_of(&all[..2], Some(7)),
+        "all counted"
+    );
+    assert_eq!(
+        page(None, 0, 2, 6).await,
+        page_of(&all[..2], None),
+        "one too many"
+    );
+    assert_eq!(page(None, 0, 2, 1).await, page_of(&all[..2], None));
+    assert_eq!(
+        page(None, 5, 3, 2).await,
+        page_of(&all[5..], None),
+        "a page past the count is read all the same"
+    );
+    assert_eq!(
+        page(None, 0, 100, 0).await,
+        page_of(&all, None),
+        "a page longer than the count"
+    );
+    let failed: Vec<Delivery> = all
+        .iter()
+        .filter(|d| d.state == DeliveryState::Failed)
+        .cloned()
+        .collect();
+    let n = failed.len() as u64;
+    assert!(n >= 2);
+    assert_eq!(
+        page(Some(DeliveryState::Failed), 0, 1, n).await,
+        page_of(&failed[..1], Some(n)),
+        "a filter counts its matches only"
+    );
+    assert_eq!(
+        page(Some(DeliveryState::Failed), 0, 1, n - 1).await,
+        page_of(&failed[..1], None)
     );
 }
 

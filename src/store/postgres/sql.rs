@@ -1281,8 +1281,9 @@ pub async fn deliveries_of(
 }
 
 /// One page of `webhook`'s deliveries, newest first (through `deliveries_by_webhook`), and
-/// how many match in all: both read in one snapshot (a read-only repeatable-read
-/// transaction), so that the page and the total agree.
+/// how many match in all, counted up to `q.count_up_to` (one more is counted, to tell "more
+/// than"): both read in one snapshot (a read-only repeatable-read transaction), so that the
+/// page and the total agree.
 pub async fn deliveries_page(
     c: &mut Client,
     webhook: Uuid,
@@ -1299,9 +1300,13 @@ pub async fn deliveries_page(
     let state = q.state.map(state_text);
     let total: i64 = row(
         c,
-        "SELECT count(*) FROM deliveries
-         WHERE webhook_id = $1 AND ($2::text IS NULL OR record->>'state' = $2)",
-        &[&webhook, &state],
+        "SELECT count(*) FROM (SELECT FROM deliveries
+         WHERE webhook_id = $1 AND ($2::text IS NULL OR record->>'state' = $2) LIMIT $3) m",
+        &[
+            &webhook,
+            &state,
+            &i64::try_from(q.count_up_to.saturating_add(1)).unwrap_or(i64::MAX),
+        ],
     )
     .await?
     .get(0);
@@ -1325,7 +1330,7 @@ pub async fn deliveries_page(
     tx.commit().await.map_err(pg_error)?;
     Ok(DeliveryPage {
         items,
-        total: u64::try_from(total).unwrap_or(0),
+        total: u64::try_from(total).ok().filter(|&n| n <= q.count_up_to),
     })
 }
 

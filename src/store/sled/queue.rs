@@ -668,9 +668,9 @@ pub(super) fn delivery_in(
     }
 }
 
-/// One page of `webhook`'s deliveries, newest first, and how many match in all. Every
-/// delivery of the webhook is visited to count it, but only its state is read, unless it
-/// is on the page.
+/// One page of `webhook`'s deliveries, newest first, and how many match in all, counted up
+/// to `q.count_up_to`: deliveries are visited until the page is read and more than that many
+/// match (or the history ends), and only their state is read, unless they are on the page.
 pub(super) fn deliveries_page_in(
     db: &sled::Db,
     fresh: &fresh::Fresh,
@@ -700,9 +700,17 @@ pub(super) fn deliveries_page_in(
             items.extend(listed.read());
         }
         total += 1;
-        true
+        total <= q.count_up_to || usize::try_from(total).is_ok_and(|n| n < page.end)
     })?;
-    Ok(DeliveryPage { items, total })
+    Ok(DeliveryPage {
+        items,
+        total: counted(total, q),
+    })
+}
+
+/// A count of matches as a page reports it: `None` past what `q` counts up to.
+fn counted(total: u64, q: &DeliveryQuery) -> Option<u64> {
+    (total <= q.count_up_to).then_some(total)
 }
 
 /// [`deliveries_page_in`] for a webhook with deliveries listed by `x` entries (stores before
@@ -725,7 +733,7 @@ fn deliveries_page_with_entries(
     all.sort_by_key(|d| std::cmp::Reverse(d.id));
     all.dedup_by_key(|d| d.id);
     all.retain(|d| q.state.is_none_or(|s| s == d.state));
-    let total = all.len() as u64;
+    let total = counted(all.len() as u64, q);
     let items = all.into_iter().skip(q.offset).take(q.limit).collect();
     Ok(DeliveryPage { items, total })
 }
@@ -751,6 +759,7 @@ pub(super) fn failed_deliveries_in(
                 state: Some(DeliveryState::Failed),
                 offset: 0,
                 limit: usize::MAX,
+                count_up_to: u64::MAX,
             },
         )?;
         page.items.retain(within);
@@ -1340,10 +1349,14 @@ mod tests {
                 state: None,
                 offset,
                 limit: 1,
+                count_up_to: 3,
             };
             deliveries_page_in(&db, &store.fresh, webhook, &q).expect("page")
         };
-        let of = |items: Vec<Delivery>| DeliveryPage { items, total: 3 };
+        let of = |items: Vec<Delivery>| DeliveryPage {
+            items,
+            total: Some(3),
+        };
         assert_eq!(page(0), of(vec![ds[2].clone()]));
         assert_eq!(page(1), of(vec![]), "its own page has a gap");
         assert_eq!(page(2), of(vec![ds[0].clone()]), "the next is not shifted");
@@ -1388,6 +1401,7 @@ mod tests {
                 state,
                 offset,
                 limit,
+                count_up_to: 3,
             };
             deliveries_page_in(&db, &store.fresh, webhook, &q).expect("page")
         };
@@ -1395,21 +1409,21 @@ mod tests {
             page(None, 1, 5),
             DeliveryPage {
                 items: all[1..].to_vec(),
-                total: 3
+                total: Some(3)
             }
         );
         assert_eq!(
             page(Some(DeliveryState::Failed), 0, 5),
             DeliveryPage {
                 items: vec![old.clone()],
-                total: 1
+                total: Some(1)
             }
         );
         assert_eq!(
             page(Some(DeliveryState::Pending), 1, 5),
             DeliveryPage {
                 items: vec![new2.clone()],
-                total: 2
+                total: Some(2)
             }
         );
         let failed = failed_deliveries_in(

@@ -1,5 +1,6 @@
 //! Deleting a webhook with a long history, against the writes that go on meanwhile:
-//! `cargo bench --bench delete_webhook [-- DELIVERIES]` (default 100,000).
+//! `cargo bench --bench delete_webhook [-- DELIVERIES]` (default 100,000); `-- --background`
+//! deletes as for a webhook that left the config file, the keeper's rounds removing the history.
 //!
 //! Fills a sled store with DELIVERIES delivered deliveries of one webhook (each with its
 //! event and one attempt), then deletes the webhook while another thread appends an event
@@ -94,7 +95,19 @@ fn sled(n: u64) {
     std::thread::sleep(Duration::from_millis(200));
     let before = peak_rss_kib();
     let started = Instant::now();
-    let dropped = store.delete_webhook(busy).expect("delete");
+    let dropped = if std::env::args().any(|a| a == "--background") {
+        // As a webhook that left the config file: the keeper's rounds, every 200 ms, remove
+        // the history.
+        let dropped = store.delete_webhook_in_background(busy).expect("delete");
+        println!("the webhook gone in {:.1?}", started.elapsed());
+        while !store.deliveries_of(busy, 1).expect("read").is_empty() {
+            std::thread::sleep(hooktap::delivery::keeper::KEEP_STORE_EVERY);
+            store.maintain();
+        }
+        dropped
+    } else {
+        store.delete_webhook(busy).expect("delete")
+    };
     let took = started.elapsed();
     let after = peak_rss_kib();
     std::thread::sleep(Duration::from_millis(200));

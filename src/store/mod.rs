@@ -784,7 +784,7 @@ pub trait Store: Send + Sync + 'static {
                 applied.put.push(w);
             }
             for w in plan.remove {
-                let dropped = self.delete_webhook(w.id).await?;
+                let dropped = self.delete_webhook_in_background(w.id).await?;
                 applied.removed.push((w, dropped));
             }
             return Ok(applied);
@@ -801,6 +801,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a webhook with its deliveries and attempts; returns how many deliveries were
     /// still pending (dropped unsent).
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError>;
+
+    /// [`Store::delete_webhook`] for a webhook that left the config file: the webhook is gone
+    /// when it returns (nothing more of it is sent), its history may be removed afterwards,
+    /// so that a start or a reload does not wait for a long one.
+    async fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
+        self.delete_webhook(id).await
+    }
 
     // --- the queue -----------------------------------------------------------------------------
 

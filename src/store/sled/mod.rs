@@ -387,7 +387,7 @@ impl SledStore {
     pub fn maintain(&self) -> bool {
         // Before the space check: it only removes, and so frees space.
         if self.is_open()
-            && let Err(e) = self.finish_deletion()
+            && let Err(e) = self.finish_deletions(webhooks::DELETION_BUDGET)
         {
             tracing::warn!(error = %e, "cannot go on removing a deleted webhook's history yet; trying again");
         }
@@ -676,6 +676,10 @@ impl Store for SledStore {
 
     async fn replace_webhook(&self, webhook: &Webhook) -> Result<Replaced, StoreError> {
         SledStore::replace_webhook(self, webhook)
+    }
+
+    async fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
+        SledStore::delete_webhook_in_background(self, id)
     }
 
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {

@@ -1276,6 +1276,51 @@ mod tests {
         );
     }
 
+    /// A webhook that left the config file is gone at once, with what memory holds of it and
+    /// its pending deliveries counted; the keeper removes its history in rounds of ~100 ms.
+    #[test]
+    fn a_webhook_deleted_in_the_background_is_gone_at_once_and_its_history_soon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let (gone, kept) = (Uuid::now_v7(), Uuid::now_v7());
+        let other = two_histories(&store, gone, kept, now() - 100);
+        store
+            .put_webhook(&crate::webhook::Webhook {
+                id: gone,
+                ..crate::webhook::Webhook::new(
+                    crate::webhook::WebhookSpec::example("gone"),
+                    crate::webhook::Origin::Config,
+                )
+            })
+            .expect("webhook");
+        let (event, held) = delivery(gone, Some(now()), 1);
+        store
+            .append(&event, std::slice::from_ref(&held))
+            .expect("append");
+        let history = keys_under(&store, keys::DELIVERY);
+
+        assert_eq!(
+            store.delete_webhook_in_background(gone).expect("delete"),
+            900 + 1,
+            "the pending ones with records, and the one held in memory"
+        );
+        assert_eq!(store.webhook(gone).expect("read"), None, "gone at once");
+        assert_eq!(store.fresh.unwritten(held.id), None, "not held to be sent");
+        assert_eq!(keys_under(&store, keys::DELETING), 1);
+        assert_eq!(
+            keys_under(&store, keys::DELIVERY),
+            history,
+            "left to the keeper"
+        );
+        for _ in 0..100 {
+            if keys_under(&store, keys::DELETING) == 0 {
+                break;
+            }
+            store.maintain();
+        }
+        only_the_other_is_left(&store, &other);
+    }
+
     #[test]
     fn a_deletion_cut_short_is_finished_by_the_keeper_after_a_reopen_too() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1303,13 +1348,17 @@ mod tests {
         drop(store.delete_webhook_start(gone).expect("start again"));
         let left = history();
         assert!(left > 7);
-        store.finish_deletion().expect("keeper");
+        store
+            .finish_deletions(std::time::Duration::ZERO)
+            .expect("keeper");
         assert_eq!(history(), left, "left to its caller while it runs");
         // The caller goes away after one more part: the keeper goes on.
         assert!(deletion.part().expect("part"));
         drop(deletion);
         let left = history();
-        store.finish_deletion().expect("keeper");
+        store
+            .finish_deletions(std::time::Duration::ZERO)
+            .expect("keeper");
         assert!(history() < left, "the keeper's part");
         // Then the process stops.
         drop(store);
@@ -1319,7 +1368,9 @@ mod tests {
             if keys_under(&store, keys::DELETING) == 0 {
                 break;
             }
-            store.finish_deletion().expect("keeper");
+            store
+                .finish_deletions(std::time::Duration::ZERO)
+                .expect("keeper");
         }
         only_the_other_is_left(&store, &other);
     }

@@ -13,6 +13,10 @@ use crate::webhook::Webhook;
 /// How many deliveries (or index entries) one part of a webhook's deletion removes at most.
 const DELETE_PART: usize = 1_000;
 
+/// How long one round of the keeper goes on with deletions left to it (parts of ~20 ms):
+/// half of its 200 ms period, so that its other work keeps its pace.
+pub(super) const DELETION_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A stored record's version (records from before versions count as 0).
 #[derive(Deserialize)]
 struct Versioned {
@@ -134,9 +138,18 @@ impl SledStore {
         Ok(deletion)
     }
 
-    /// One part of a deletion whose caller went away, or that a crash cut short (the first
-    /// `D` mark not being run by a caller); the keeper calls this a few times a second.
-    pub(super) fn finish_deletion(&self) -> Result<(), StoreError> {
+    /// Parts of deletions left to the keeper (whose caller went away, that a crash cut short,
+    /// or of webhooks that left the config file), for as long as `budget`, at least one part:
+    /// the keeper calls this a few times a second.
+    pub(super) fn finish_deletions(&self, budget: std::time::Duration) -> Result<(), StoreError> {
+        let start = std::time::Instant::now();
+        while self.finish_deletion()? && start.elapsed() < budget {}
+        Ok(())
+    }
+
+    /// One part of the first deletion in progress that no caller runs; false when there is
+    /// none.
+    fn finish_deletion(&self) -> Result<bool, StoreError> {
         let db = self.db()?;
         for mark in db.scan_prefix([keys::DELETING]).keys() {
             let Some(webhook) = keys::trailing_id(&mark?) else {
@@ -159,9 +172,21 @@ impl SledStore {
             {
                 tracing::info!(%webhook, "the rest of a deleted webhook's history is removed");
             }
-            return Ok(());
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Deletes a webhook that left the config file without waiting for its history to go
+    /// (a start or a reload would wait seconds per 100k deliveries): its record goes and
+    /// memory lets go of its deliveries now, the keeper removes the rest. Returns how many
+    /// deliveries were pending, as the queue counts them before the deletion.
+    pub fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
+        let db = self.db()?;
+        let queued = super::queue::queue_stats_in(&db, id)?;
+        let pending = self.with_held(queued, id);
+        drop(self.delete_webhook_start(id)?);
+        Ok(pending.pending)
     }
 
     /// Removes the next part of a deleted webhook's deliveries (at most [`DELETE_PART`], with

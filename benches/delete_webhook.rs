@@ -325,6 +325,23 @@ fn postgres(n: u64) {
         store.put_webhook(&busy).await.expect("webhook");
         store.put_webhook(&other).await.expect("webhook");
         fill(&filler, &[busy.id, other.id], 2 * n, 0, 0).await;
+        // The admin API's first page of the webhook's deliveries, counting every match and
+        // counting up to the admin API's cap (the better of three each).
+        for count_up_to in [u64::MAX, hooktap::store::DELIVERY_COUNT_CAP] {
+            let q = hooktap::store::DeliveryQuery {
+                state: None,
+                offset: 0,
+                limit: 25,
+                count_up_to,
+            };
+            let mut best = Duration::MAX;
+            for _ in 0..3 {
+                let started = Instant::now();
+                store.deliveries_page(busy.id, &q).await.expect("page");
+                best = best.min(started.elapsed());
+            }
+            println!("deliveries page 1, counted up to {count_up_to}: {best:.2?}");
+        }
         let before = at_once(
             &url,
             &DELETE_AT_ONCE.replace("$ID", &format!("'{}'", busy.id)),

@@ -700,12 +700,19 @@ pub(super) fn deliveries_page_in(
             items.extend(listed.read());
         }
         total += 1;
-        total <= q.count_up_to || usize::try_from(total).is_ok_and(|n| n < page.end)
+        counts_on(total, q)
     })?;
     Ok(DeliveryPage {
         items,
         total: counted(total, q),
     })
+}
+
+/// Whether a listing that has counted `total` matches goes on: until the page is read and
+/// more than `q` counts up to have matched.
+fn counts_on(total: u64, q: &DeliveryQuery) -> bool {
+    total <= q.count_up_to
+        || usize::try_from(total).is_ok_and(|n| n < q.offset.saturating_add(q.limit))
 }
 
 /// A count of matches as a page reports it: `None` past what `q` counts up to.
@@ -1312,7 +1319,30 @@ mod tests {
             history,
             "left to the keeper"
         );
-        for _ in 0..100 {
+        // The keeper's round: parts one after another while its time lasts.
+        store
+            .finish_deletions(std::time::Duration::ZERO)
+            .expect("one part");
+        let after_one = keys_under(&store, keys::DELIVERY);
+        assert!(
+            after_one < history && after_one > 1,
+            "{after_one} of {history} left"
+        );
+        store
+            .finish_deletions(std::time::Duration::from_secs(600))
+            .expect("the rest in one round");
+        only_the_other_is_left(&store, &other);
+    }
+
+    /// The keeper (`maintain`) finishes a deletion left to it.
+    #[test]
+    fn the_keeper_finishes_a_deletion_left_to_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let (gone, kept) = (Uuid::now_v7(), Uuid::now_v7());
+        let other = two_histories(&store, gone, kept, now() - 100);
+        store.delete_webhook_in_background(gone).expect("delete");
+        for _ in 0..1_000 {
             if keys_under(&store, keys::DELETING) == 0 {
                 break;
             }
@@ -1373,6 +1403,24 @@ mod tests {
                 .expect("keeper");
         }
         only_the_other_is_left(&store, &other);
+    }
+
+    /// A listing stops once its page is read and one more than it counts up to matched:
+    /// a first page of a long history reads a bounded part of it.
+    #[test]
+    fn a_listing_stops_counting_past_its_page_and_its_count() {
+        let q = |offset, limit, count_up_to| DeliveryQuery {
+            state: None,
+            offset,
+            limit,
+            count_up_to,
+        };
+        let last = |q: DeliveryQuery| (1..=1_000_000).find(|&n| !counts_on(n, &q));
+        assert_eq!(last(q(0, 20, 10_000)), Some(10_001), "one past the count");
+        assert_eq!(last(q(0, 20, 5)), Some(20), "the page is read first");
+        assert_eq!(last(q(40, 20, 5)), Some(60), "a later page too");
+        assert_eq!(last(q(0, 20, u64::MAX)), None, "counting every match");
+        assert_eq!(last(q(0, usize::MAX, 0)), None, "a page without end");
     }
 
     #[test]

@@ -13,8 +13,9 @@ use crate::webhook::Webhook;
 /// How many deliveries (or index entries) one part of a webhook's deletion removes at most.
 const DELETE_PART: usize = 1_000;
 
-/// How long one round of the keeper goes on with deletions left to it (parts of ~20 ms):
-/// half of its 200 ms period, so that its other work keeps its pace.
+/// How long one round of the keeper goes on with deletions left to it (parts of ~20 ms; the
+/// last part may end past it): the keeper rests 200 ms between rounds, so a deletion takes
+/// about a third of its time rather than a tenth, and the round's other work waits little.
 pub(super) const DELETION_BUDGET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A stored record's version (records from before versions count as 0).
@@ -180,7 +181,8 @@ impl SledStore {
     /// Deletes a webhook that left the config file without waiting for its history to go
     /// (a start or a reload would wait seconds per 100k deliveries): its record goes and
     /// memory lets go of its deliveries now, the keeper removes the rest. Returns how many
-    /// deliveries were pending, as the queue counts them before the deletion.
+    /// deliveries were pending, as the queue counts them before the deletion (deliveries the
+    /// webhook still gets before its caller stops running it are dropped uncounted).
     pub fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
         let db = self.db()?;
         let queued = super::queue::queue_stats_in(&db, id)?;

@@ -802,11 +802,12 @@ pub trait Store: Send + Sync + 'static {
     /// still pending (dropped unsent).
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError>;
 
-    /// [`Store::delete_webhook`] for a webhook that left the config file: its record is gone
-    /// when this returns, its history may be removed afterwards (until then a queued delivery
-    /// may still be handed out; the caller stops running the webhook just after), so that a
-    /// start or a reload does not wait for a long history. The count of pending deliveries
-    /// may be the queue's count before the deletion.
+    /// [`Store::delete_webhook`] without waiting for the history: the webhook's record is gone
+    /// when this returns, its deliveries and attempts may be removed afterwards (until then a
+    /// queued delivery may still be handed out, so the caller stops running the webhook just
+    /// before or after), so that neither `DELETE /webhooks/{id}` nor a start or a reload
+    /// waits for a long history. The count of pending deliveries may be the queue's count
+    /// before the deletion.
     async fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
         self.delete_webhook(id).await
     }

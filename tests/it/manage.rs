@@ -210,6 +210,13 @@ async fn pause_resume_delete_and_counters() {
         "the two pending deliveries are dropped"
     );
     assert!(d.webhook(id).is_none());
+    // The history goes in the background: in the keeper's rounds (this engine runs none).
+    assert_eq!(
+        d.deliveries(id, 10).await.expect("deliveries").len(),
+        2,
+        "its earlier deliveries until the keeper's round (the pending ones held in memory went at once)"
+    );
+    d.store().maintain();
     assert!(d.deliveries(id, 10).await.expect("deliveries").is_empty());
     assert_eq!(d.delete_webhook(id).await.expect("delete"), None);
 }

@@ -733,6 +733,12 @@ impl Store for PgStore {
         Ok(dropped)
     }
 
+    async fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
+        let dropped = sql::delete_webhook(&mut self.client().await?, id).await?;
+        drop(self.remove_history(id));
+        Ok(dropped)
+    }
+
     async fn queued(
         &self,
         webhook: Uuid,

@@ -1677,6 +1677,41 @@ async fn rows_of(store: &PgStore, table: &str, id: Uuid) -> i64 {
     .get(0)
 }
 
+/// `DELETE /webhooks/{id}` (and a webhook leaving the config file) answers once the webhook's
+/// row is gone; the store's own task removes its history afterwards.
+#[tokio::test]
+async fn a_deletion_in_the_background_removes_the_row_then_the_history() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let store = Arc::new(store);
+    let shared: Arc<dyn Store> = store.clone();
+    let (gone, kept) = (
+        webhook(&store, "gone", false).await,
+        webhook(&store, "kept", false).await,
+    );
+    let sent = queue(&store, &gone, 3).await;
+    crate::store::contract::deliver(&shared, &sent[0]).await;
+    queue(&store, &kept, 1).await;
+    assert_eq!(
+        shared
+            .delete_webhook_in_background(gone.id)
+            .await
+            .expect("delete"),
+        2,
+        "two were pending"
+    );
+    assert_eq!(store.webhook(gone.id).await.expect("read"), None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while rows_of(&store, "deliveries", gone.id).await > 0
+        || rows_of(&store, "webhook_deletions", gone.id).await > 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the history stays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows_of(&store, "attempts", gone.id).await, 0);
+    assert_eq!(rows_of(&store, "deliveries", kept.id).await, 1);
+}
+
 /// Deleting a webhook removes its row at once and its history in parts of bounded size,
 /// each a transaction of its own; a deletion cut short after its first step (a crash) leaves
 /// nothing that can be sent, and the retention sweep (run at startup and every hour)

@@ -679,7 +679,11 @@ impl Store for SledStore {
     }
 
     async fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
-        SledStore::delete_webhook_in_background(self, id)
+        // [`SledStore::delete_webhook_in_background`], the queue counted off the caller's
+        // runtime (the admin API's one thread; a paused webhook's queue may be long).
+        let pending = Store::queue_stats(self, id).await?.pending;
+        drop(self.delete_webhook_start(id)?);
+        Ok(pending)
     }
 
     async fn delete_webhook(&self, id: Uuid) -> Result<usize, StoreError> {

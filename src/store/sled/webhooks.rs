@@ -178,8 +178,8 @@ impl SledStore {
         Ok(false)
     }
 
-    /// Deletes a webhook that left the config file without waiting for its history to go
-    /// (a start or a reload would wait seconds per 100k deliveries): its record goes and
+    /// Deletes a webhook without waiting for its history to go (`DELETE /webhooks/{id}`, a
+    /// start or a reload would wait seconds per 100k deliveries): its record goes and
     /// memory lets go of its deliveries now, the keeper removes the rest. Returns how many
     /// deliveries were pending, as the queue counts them before the deletion (deliveries the
     /// webhook still gets before its caller stops running it are dropped uncounted).

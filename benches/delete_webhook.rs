@@ -94,11 +94,17 @@ fn sled(n: u64) {
     };
     std::thread::sleep(Duration::from_millis(200));
     let before = peak_rss_kib();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let started = Instant::now();
     let dropped = if std::env::args().any(|a| a == "--background") {
         // As a webhook that left the config file: the keeper's rounds, every 200 ms, remove
         // the history.
-        let dropped = store.delete_webhook_in_background(busy).expect("delete");
+        let dropped = runtime
+            .block_on(hooktap::store::Store::delete_webhook_in_background(
+                store.as_ref(),
+                busy,
+            ))
+            .expect("delete");
         println!("the webhook gone in {:.1?}", started.elapsed());
         while !store.deliveries_of(busy, 1).expect("read").is_empty() {
             std::thread::sleep(hooktap::delivery::keeper::KEEP_STORE_EVERY);

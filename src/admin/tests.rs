@@ -230,6 +230,58 @@ async fn a_delivery_list_counts_up_to_ten_thousand() {
     );
 }
 
+/// A deleted webhook's deliveries answer `404` at once, though its history is removed only
+/// afterwards (this engine runs no keeper: it stays).
+#[tokio::test]
+async fn a_deleted_webhooks_deliveries_are_gone_from_the_api_at_once() {
+    let admin = admin();
+    let (_, _, created) = call(
+        &admin,
+        "POST",
+        "/webhooks",
+        Some(TOKEN),
+        Some(webhook_body()),
+    )
+    .await;
+    let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("uuid");
+    let topic = crate::event::Topic::parse("order.created").expect("topic");
+    let e = crate::event::Event::new(&topic, "r", json!({}));
+    let d = crate::event::Delivery::new(&e, id, 0);
+    admin
+        .engine
+        .store()
+        .append(&e, std::slice::from_ref(&d))
+        .expect("append");
+    // Delivered: its record is written (a new one is held in memory, let go of at once).
+    crate::store::contract::deliver(admin.engine.store(), &d).await;
+    let one = format!("/webhooks/{id}/deliveries/{}", d.id);
+    let (status, _, _) = call(&admin, "GET", &one, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call(
+        &admin,
+        "DELETE",
+        &format!("/webhooks/{id}"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        admin
+            .engine
+            .store()
+            .delivery(d.id)
+            .await
+            .expect("read")
+            .is_some(),
+        "the history is still there"
+    );
+    for (method, uri) in [("GET", one.clone()), ("POST", format!("{one}/redeliver"))] {
+        let (status, _, body) = call(&admin, method, &uri, Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}: {body}");
+    }
+}
+
 /// The token is required exactly where the document says: every operation but those whose
 /// `security` is empty (`/healthz`, `/readyz`).
 #[tokio::test]

@@ -291,6 +291,10 @@ pub async fn delivery(
     Path((raw, raw_delivery)): Path<(String, String)>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     let (webhook, delivery_id) = (id(&raw, "webhook")?, id(&raw_delivery, "delivery")?);
+    // A deleted webhook's history outlives its answer for a while (it goes in the background).
+    if state.live.engine().webhook(webhook).is_none() {
+        return Err(ApiError::not_found("webhook"));
+    }
     let (delivery, attempts) = state
         .live
         .engine()
@@ -310,6 +314,9 @@ pub async fn redeliver(
 ) -> Result<Json<Redelivered>, ApiError> {
     let (webhook, delivery_id) = (id(&raw, "webhook")?, id(&raw_delivery, "delivery")?);
     let d = state.live.engine();
+    if d.webhook(webhook).is_none() {
+        return Err(ApiError::not_found("webhook"));
+    }
     match d.delivery(delivery_id).await? {
         Some((x, _)) if x.webhook_id == webhook => {}
         _ => return Err(ApiError::not_found("delivery")),

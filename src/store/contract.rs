@@ -984,6 +984,18 @@ pub async fn requeueing_a_deleted_delivery_says_it_is_gone(store: Arc<dyn Store>
         store.requeue(&done, unix_ms(now())).await.expect("requeue"),
         super::Requeued::Gone
     );
+    // Deleted in the background: gone too while its history is still there.
+    let w = webhook(&store, "b").await;
+    let (_, d) = queued_event(&store, &w, 0).await;
+    let done = deliver(&store, &d).await;
+    store
+        .delete_webhook_in_background(w.id)
+        .await
+        .expect("delete");
+    assert_eq!(
+        store.requeue(&done, unix_ms(now())).await.expect("requeue"),
+        super::Requeued::Gone
+    );
 }
 
 /// Records one attempt of a fresh pending delivery `d`, made at `at` and lasting

@@ -223,6 +223,10 @@ pub struct PgStore {
     shown: String,
     /// How to connect (TLS included), for errors about the certificate.
     connector: tls::Connector,
+    /// One deleted webhook's history removed at a time ([`PgStore::remove_history`]): each
+    /// holds a pooled connection until its history is gone, and deletions one after another
+    /// must not take the pool from the claims and recordings.
+    removing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Drop for PgStore {
@@ -297,6 +301,7 @@ impl PgStore {
             status: Arc::new(Status::default()),
             shown: PgConfig::shown(&pg.url),
             connector,
+            removing: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         store.handle.spawn(ship::listen(
             store.connector.clone(),
@@ -350,11 +355,14 @@ impl PgStore {
     /// Removes deleted webhook `id`'s deliveries and attempts, part by part
     /// ([`sql::delete_part`]), on a task of the store's runtime: a caller that goes away (an
     /// HTTP client that hung up) does not cut it short, and one that need not wait drops the
-    /// handle. A part that fails, or a crash, leaves the rest to the next retention sweep
-    /// ([`sql::unfinished_deletions`]).
+    /// handle. One history at a time: the next waits. A part that fails, or a crash, leaves
+    /// the rest to the next retention sweep ([`sql::unfinished_deletions`]).
     fn remove_history(&self, id: Uuid) -> tokio::task::JoinHandle<()> {
         let pool = self.pool.clone();
+        let removing = Arc::clone(&self.removing);
         self.handle.spawn(async move {
+            // Never closed: the permit comes.
+            let _one_at_a_time = removing.acquire().await;
             let removed = async {
                 let mut client = connection(&pool).await.map_err(pg_error)?;
                 sql::delete_parts(&mut client, id, sql::DELETE_PART).await

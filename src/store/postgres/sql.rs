@@ -1167,7 +1167,9 @@ pub async fn requeue(
         &tx,
         "SELECT record, lease_owner,
                 lease_owner IS NOT NULL AND lease_owner <> $2 AND lease_until >= hooktap_now_ms()
-         FROM deliveries WHERE id = $1 FOR UPDATE",
+         FROM deliveries WHERE id = $1
+          AND EXISTS (SELECT FROM webhooks w WHERE w.id = deliveries.webhook_id)
+         FOR UPDATE",
         &[&id, &owner],
     )
     .await?

@@ -524,7 +524,12 @@ impl SledStore {
                     continue;
                 }
             };
-            if d.state != DeliveryState::Pending || db.contains_key(keys::queue(&d))? {
+            // A deleted webhook's (its history goes in the keeper's parts, which a stop may
+            // have cut short) is not taken back: nothing would send it.
+            if d.state != DeliveryState::Pending
+                || db.contains_key(keys::queue(&d))?
+                || !db.contains_key(keys::webhook(d.webhook_id))?
+            {
                 continue;
             }
             // Held again only as `reserve` would hold it: due soon (a retry whose entry a

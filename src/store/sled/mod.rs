@@ -678,9 +678,12 @@ impl Store for SledStore {
         SledStore::replace_webhook(self, webhook)
     }
 
+    /// The webhook's record goes and memory lets go of its deliveries now; the keeper
+    /// removes the rest ([`SledStore::finish_deletions`]). The pending deliveries are counted
+    /// as the queue (off the caller's runtime: the admin API's one thread; a paused webhook's
+    /// queue may be long) holds them just before; those the webhook still gets before its
+    /// caller stops running it are dropped uncounted.
     async fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
-        // [`SledStore::delete_webhook_in_background`], the queue counted off the caller's
-        // runtime (the admin API's one thread; a paused webhook's queue may be long).
         let pending = Store::queue_stats(self, id).await?.pending;
         drop(self.delete_webhook_start(id)?);
         Ok(pending)

@@ -178,19 +178,6 @@ impl SledStore {
         Ok(false)
     }
 
-    /// Deletes a webhook without waiting for its history to go (`DELETE /webhooks/{id}`, a
-    /// start or a reload would wait seconds per 100k deliveries): its record goes and
-    /// memory lets go of its deliveries now, the keeper removes the rest. Returns how many
-    /// deliveries were pending, as the queue counts them before the deletion (deliveries the
-    /// webhook still gets before its caller stops running it are dropped uncounted).
-    pub fn delete_webhook_in_background(&self, id: Uuid) -> Result<usize, StoreError> {
-        let db = self.db()?;
-        let queued = super::queue::queue_stats_in(&db, id)?;
-        let pending = self.with_held(queued, id);
-        drop(self.delete_webhook_start(id)?);
-        Ok(pending.pending)
-    }
-
     /// Removes the next part of a deleted webhook's deliveries (at most [`DELETE_PART`], with
     /// their attempts and the `X` entries of the seconds they empty; then the `x` entries and
     /// the attempt indexes) in one batch; returns how many of them were pending, or `None` once nothing

@@ -1,5 +1,6 @@
 //! The store keeper: keeps the store open and usable while hooktap runs, applies the config
-//! file's webhooks the first time it opens, moves held events in, and sweeps old records.
+//! file's webhooks the first time it opens, moves held events in, removes deleted webhooks'
+//! history (sled), and sweeps old records.
 
 use std::sync::Arc;
 use std::time::Duration;

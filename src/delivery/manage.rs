@@ -249,7 +249,8 @@ impl Engine {
     }
 
     /// Deletes a webhook and everything queued for it; returns how many pending deliveries were
-    /// dropped unsent (also logged). A send in flight finishes, but its outcome is dropped.
+    /// dropped unsent (also logged). A send in flight finishes, but its outcome is dropped. Its
+    /// history is removed in the background ([`crate::store::Store::delete_webhook_in_background`]).
     pub async fn delete_webhook(&self, id: Uuid) -> Result<Option<usize>, StoreError> {
         let Some(target) = self.registry.get(id) else {
             return Ok(None);

@@ -14,7 +14,8 @@
 //!   ([`Store::record_attempts`]); a crash in between sends it again with the same id.
 //! - **A deleted webhook stays deleted.** Recording an attempt or saving a record of a webhook
 //!   that no longer exists writes nothing (a send that was in flight during the deletion must
-//!   not bring it back).
+//!   not bring it back), and its deliveries are not queued again (requeued, or taken back at
+//!   open) while its history waits to be removed.
 //! - **Time order.** Ids are UUIDv7: events, a webhook's deliveries and attempts come back in
 //!   the order they were made.
 //! - **One claim per dedupe key and window.** [`Store::claim_dedupe`] grants a rule's key once
@@ -151,7 +152,8 @@ pub enum Requeued {
     Done(Delivery),
     /// Nothing written: another instance holds a live lease on it (it is being sent now).
     InFlight,
-    /// Nothing written: the delivery is gone (deleted with its webhook, or swept).
+    /// Nothing written: the delivery is gone (deleted with its webhook, or swept), or its
+    /// webhook is deleted and its history not yet removed.
     Gone,
 }
 
@@ -602,8 +604,9 @@ pub trait Store: Send + Sync + 'static {
     /// Events go into the store from now on.
     fn mark_ready(&self);
 
-    /// Looks after the backend (reopening it after a failure, checking disk space, ...);
-    /// called on a blocking thread a few times a second. Returns true when it opened.
+    /// Looks after the backend (reopening it after a failure, checking disk space, removing
+    /// deleted webhooks' history on sled, ...); called on a blocking thread a few times a
+    /// second. Returns true when it opened.
     fn maintain(&self) -> bool;
 
     /// Hands every held event to `store`, oldest first, and forgets each once `store`

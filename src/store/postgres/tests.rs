@@ -1712,6 +1712,34 @@ async fn a_deletion_in_the_background_removes_the_row_then_the_history() {
     assert_eq!(rows_of(&store, "deliveries", kept.id).await, 1);
 }
 
+/// A deleted webhook's delivery whose row is still there (its history not yet removed) is
+/// not queued again.
+#[tokio::test]
+async fn a_deleted_webhooks_delivery_is_not_requeued_before_its_history_goes() {
+    let cluster = Cluster::start();
+    let (_dir, store) = store_on(&cluster.database(), Duration::from_secs(30)).await;
+    let store = Arc::new(store);
+    let shared: Arc<dyn Store> = store.clone();
+    let gone = webhook(&store, "gone", false).await;
+    let sent = queue(&store, &gone, 1).await;
+    let done = crate::store::contract::deliver(&shared, &sent[0]).await;
+    // The deletion's first step only: the row goes, the history stays.
+    sql::delete_webhook(&mut store.client().await.expect("client"), gone.id)
+        .await
+        .expect("delete");
+    assert_eq!(rows_of(&store, "deliveries", gone.id).await, 1);
+    assert_eq!(
+        shared
+            .requeue(
+                &done,
+                crate::event::unix_ms(time::OffsetDateTime::now_utc())
+            )
+            .await
+            .expect("requeue"),
+        crate::store::Requeued::Gone
+    );
+}
+
 /// Deleting a webhook removes its row at once and its history in parts of bounded size,
 /// each a transaction of its own; a deletion cut short after its first step (a crash) leaves
 /// nothing that can be sent, and the retention sweep (run at startup and every hour)

@@ -825,6 +825,32 @@ mod tests {
         assert_eq!(held[0].entry.key.as_deref(), Some("k"));
     }
 
+    /// A stop cut short a deletion (its history goes in the keeper's parts): opening does not
+    /// take the deleted webhook's pending deliveries back into the queue.
+    #[test]
+    fn a_deleted_webhooks_pending_deliveries_are_not_queued_again_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_for_tests(dir.path());
+        let (kept, gone) = (webhook(&store), webhook(&store));
+        let waiting = append(&store, kept, None);
+        let dropped = append(&store, gone, None);
+        // Both pending with their records, without entries (as the keeper's spill of what it
+        // lets go of leaves them for a moment, and a crash for good).
+        overwrite(&store, &waiting);
+        overwrite(&store, &dropped);
+        // The deletion's first step: the record goes, the mark stays.
+        let db = store.db().expect("db");
+        db.remove(keys::webhook(gone)).expect("remove");
+        db.insert(keys::deleting(gone), &[] as &[u8]).expect("mark");
+        store.flush().expect("flush");
+        drop((db, store));
+        let store = reopen_for_tests(dir.path());
+        assert_eq!(queued(&store, kept), vec![waiting.id]);
+        assert_eq!(queued(&store, gone), Vec::<Uuid>::new());
+        assert_eq!(store.fresh.count(gone).0, 0);
+        assert_eq!(queue_entries(&store), 0);
+    }
+
     #[test]
     fn a_retry_found_at_open_without_its_entry_waits_by_an_entry() {
         let dir = tempfile::tempdir().expect("tempdir");

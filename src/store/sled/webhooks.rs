@@ -101,9 +101,10 @@ impl SledStore {
     }
 
     /// The first step of a deletion: the webhook's record goes, with a `D` mark that stays
-    /// until its history is gone, so that a deletion cut short (a crash, a caller that went
-    /// away) is finished by the keeper ([`SledStore::finish_deletion`]) rather than leaving
-    /// deliveries that nothing removes; then memory lets go of its deliveries.
+    /// until its history is gone, so that a deletion left to the keeper (by
+    /// `Store::delete_webhook_in_background`, a crash, a caller that went away) is finished
+    /// by it ([`SledStore::finish_deletions`]) rather than leaving deliveries that nothing
+    /// removes; then memory lets go of its deliveries.
     pub(super) fn delete_webhook_start(&self, id: Uuid) -> Result<Deletion<'_>, StoreError> {
         // Before the mark can be seen: the keeper leaves this deletion to its callers (two
         // may race: an admin request and a reload of the file, say).
@@ -144,6 +145,7 @@ impl SledStore {
     /// the keeper calls this a few times a second.
     pub(super) fn finish_deletions(&self, budget: std::time::Duration) -> Result<(), StoreError> {
         let start = std::time::Instant::now();
+        // Each turn is one part; the loop's condition does the work.
         while self.finish_deletion()? && start.elapsed() < budget {}
         Ok(())
     }
@@ -164,8 +166,8 @@ impl SledStore {
             if running {
                 continue;
             }
-            // Anything of it memory took since (opening after a crash queues what its records
-            // say) goes too.
+            // Anything of it memory took since goes too: deliveries of events matched between
+            // the removal of its record and its caller's letting go of it.
             self.fresh.forget_webhook(webhook);
             if self
                 .delete_webhook_part(webhook, &HashSet::new())?
@@ -326,8 +328,8 @@ impl Deletion<'_> {
     /// Removes the next part; false once nothing is left.
     pub(super) fn part(&mut self) -> Result<bool, StoreError> {
         // Events matched meanwhile may still have brought the webhook deliveries (it runs
-        // until its caller lets it go, after the deletion, when a reload of the file deleted
-        // it): held in memory, they would be sent. They are dropped too.
+        // until its caller lets it go): held in memory, they would be sent. They are dropped
+        // too.
         self.unwritten
             .extend(self.store.fresh.forget_webhook(self.webhook));
         match self

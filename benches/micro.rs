@@ -524,11 +524,12 @@ fn console(c: &mut Criterion) {
     std::fs::write(
         &file,
         format!(
-            "rules = [\"{}/rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n[store]\npath = \"{}\"\n{}{}",
+            "rules = [\"{}/rules/*.toml\"]\n[proxy]\nlisten = \"127.0.0.1:1\"\nupstream = \"127.0.0.1:2\"\n[store]\npath = \"{}\"\n{}{}{}",
             env!("CARGO_MANIFEST_DIR"),
             dir.path().join("store").display(),
             hook("busy"),
             hook("other"),
+            hook("backlog"),
         ),
     )
     .expect("write config");
@@ -543,7 +544,14 @@ fn console(c: &mut Criterion) {
         store.put_webhook(h).expect("webhook");
     }
     let topic = Topic::parse("order.created").expect("topic");
-    let (busy, other) = (hooks[0].id, hooks[1].id);
+    let (busy, other, backlog) = (hooks[0].id, hooks[1].id, hooks[2].id);
+    // A receiver down for a while: 100k deliveries waiting (memory holds some, `q` entries
+    // list the rest).
+    for i in 0..ATTEMPTS {
+        let e = Event::new(&topic, "order created", serde_json::json!({"id": i}));
+        let d = Delivery::new(&e, backlog, 0);
+        store.append(&e, std::slice::from_ref(&d)).expect("append");
+    }
     let now = time::OffsetDateTime::now_utc();
     for w in [busy, other] {
         for i in 0..ATTEMPTS {
@@ -673,6 +681,16 @@ fn console(c: &mut Criterion) {
             let total = all.len();
             let items: Vec<Delivery> = all.into_iter().take(20).collect();
             assert_eq!((items.len(), total as u64), (20, ATTEMPTS));
+        })
+    });
+    // The pending count and oldest age of a webhook with a backlog: every metrics scrape and
+    // every refresh of the console's overview and webhook page asks for it.
+    group.bench_function("queue-stats/backlog-100k", |b| {
+        b.iter(|| {
+            let s = rt
+                .block_on(hooktap::store::Store::queue_stats(&store, backlog))
+                .expect("stats");
+            assert_eq!(s.pending as u64, ATTEMPTS);
         })
     });
     group.bench_function("search/10k-events-no-match", |b| {

@@ -175,27 +175,41 @@ fn webhook_body() -> Value {
     json!({"name": "crm", "url": receiver_url(), "secret": "s3cret", "topics": ["order.*"], "status": "paused"})
 }
 
-/// A webhook's delivery list counts its matches up to 10,000, and leaves the total out past
-/// them rather than read the whole history for every page.
-#[tokio::test]
-async fn a_delivery_list_counts_up_to_ten_thousand() {
-    let admin = admin();
+/// Creates the webhook of [`webhook_body`] through the API; returns its id.
+async fn created_webhook(admin: &Admin) -> uuid::Uuid {
     let (_, _, created) = call(
-        &admin,
+        admin,
         "POST",
         "/webhooks",
         Some(TOKEN),
         Some(webhook_body()),
     )
     .await;
-    let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("uuid");
+    created["id"].as_str().expect("id").parse().expect("uuid")
+}
+
+/// Stores an event with one delivery to `webhook`; returns the delivery.
+fn appended(admin: &Admin, webhook: uuid::Uuid) -> crate::event::Delivery {
     let topic = crate::event::Topic::parse("order.created").expect("topic");
-    let store = admin.engine.store();
+    let e = crate::event::Event::new(&topic, "r", json!({}));
+    let d = crate::event::Delivery::new(&e, webhook, 0);
+    admin
+        .engine
+        .store()
+        .append(&e, std::slice::from_ref(&d))
+        .expect("append");
+    d
+}
+
+/// A webhook's delivery list counts its matches up to 10,000, and leaves the total out past
+/// them rather than read the whole history for every page.
+#[tokio::test]
+async fn a_delivery_list_counts_up_to_ten_thousand() {
+    let admin = admin();
+    let id = created_webhook(&admin).await;
     let append = |n: u64| {
         for _ in 0..n {
-            let e = crate::event::Event::new(&topic, "r", json!({}));
-            let d = crate::event::Delivery::new(&e, id, 0);
-            store.append(&e, &[d]).expect("append");
+            appended(&admin, id);
         }
     };
     let list = |query: &'static str| {
@@ -235,23 +249,8 @@ async fn a_delivery_list_counts_up_to_ten_thousand() {
 #[tokio::test]
 async fn a_deleted_webhooks_deliveries_are_gone_from_the_api_at_once() {
     let admin = admin();
-    let (_, _, created) = call(
-        &admin,
-        "POST",
-        "/webhooks",
-        Some(TOKEN),
-        Some(webhook_body()),
-    )
-    .await;
-    let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("uuid");
-    let topic = crate::event::Topic::parse("order.created").expect("topic");
-    let e = crate::event::Event::new(&topic, "r", json!({}));
-    let d = crate::event::Delivery::new(&e, id, 0);
-    admin
-        .engine
-        .store()
-        .append(&e, std::slice::from_ref(&d))
-        .expect("append");
+    let id = created_webhook(&admin).await;
+    let d = appended(&admin, id);
     // Delivered: its record is written (a new one is held in memory, let go of at once).
     crate::store::contract::deliver(admin.engine.store(), &d).await;
     let one = format!("/webhooks/{id}/deliveries/{}", d.id);

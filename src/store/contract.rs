@@ -1226,25 +1226,27 @@ pub async fn events_page_searches_the_payload_text(store: Arc<dyn Store>) {
     );
 }
 
+/// One page of `webhook`'s deliveries.
+async fn page_of(
+    store: &Arc<dyn Store>,
+    webhook: Uuid,
+    state: Option<DeliveryState>,
+    offset: usize,
+    limit: usize,
+    count_up_to: u64,
+) -> DeliveryPage {
+    let q = DeliveryQuery {
+        state,
+        offset,
+        limit,
+        count_up_to,
+    };
+    store.deliveries_page(webhook, &q).await.expect("page")
+}
+
 pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
     let (w, all) = mixed_deliveries(&store).await;
-    let page = |state, offset, limit| {
-        let store = Arc::clone(&store);
-        async move {
-            store
-                .deliveries_page(
-                    w.id,
-                    &DeliveryQuery {
-                        state,
-                        offset,
-                        limit,
-                        count_up_to: 7,
-                    },
-                )
-                .await
-                .expect("page")
-        }
-    };
+    let page = |state, offset, limit| page_of(&store, w.id, state, offset, limit, 7);
     let of = |items: &[Delivery]| DeliveryPage {
         items: items.to_vec(),
         total: Some(7),
@@ -1306,21 +1308,7 @@ pub async fn a_page_of_deliveries_counts_every_match(store: Arc<dyn Store>) {
 pub async fn a_page_of_deliveries_counts_up_to_its_limit(store: Arc<dyn Store>) {
     let (w, all) = mixed_deliveries(&store).await;
     let page = |state, offset, limit, count_up_to| {
-        let store = Arc::clone(&store);
-        async move {
-            store
-                .deliveries_page(
-                    w.id,
-                    &DeliveryQuery {
-                        state,
-                        offset,
-                        limit,
-                        count_up_to,
-                    },
-                )
-                .await
-                .expect("page")
-        }
+        page_of(&store, w.id, state, offset, limit, count_up_to)
     };
     let page_of = |items: &[Delivery], total| DeliveryPage {
         items: items.to_vec(),

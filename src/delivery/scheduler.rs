@@ -613,6 +613,12 @@ impl Engine {
         )
         .https_only_by_default(self.config.https_only)
         .with_trace(trace);
+        // Deleted while this round held it (or read its events): its outcome would be dropped.
+        if target.is_deleted() {
+            tracing::debug!(webhook = %target.id, deliveries = kept.len(),
+                "the webhook was deleted before the send; nothing is sent");
+            return Ok(());
+        }
         let sent = send::send(&self.client, &self.config.guard, &out).await;
         self.record(target, &kept, Some(&out), sent, slot).await
     }
@@ -1089,6 +1095,78 @@ mod tests {
         assert_eq!(admit(&target, &mut r), Some(true), "the probe");
         assert_eq!(admit(&target, &mut r), None, "one probe at a time");
         assert_eq!(r.next, None, "the probe's end wakes the loop");
+    }
+
+    /// A webhook deleted while a round holds its deliveries gets nothing more: the send
+    /// checks first (the round had claimed them before the deletion).
+    #[tokio::test]
+    async fn a_webhook_deleted_during_a_round_is_not_sent_to() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(crate::store::sled::open_for_tests(dir.path()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let delivery = crate::delivery::DeliveryConfig {
+            source: "https://shop.test/".to_owned(),
+            timeout: Duration::from_secs(5),
+            concurrency: 4,
+            https_only: false,
+            guard: crate::ssrf::Guard::new(&["127.0.0.0/8".to_owned()]).expect("guard"),
+            secret_rotation_grace: Duration::ZERO,
+            nice: 0,
+        };
+        let engine = Engine::new(store, Vec::new(), delivery, Default::default()).expect("engine");
+        let mut spec = WebhookSpec::example("deleted");
+        spec.url = format!("http://{addr}/in").parse().expect("url");
+        engine
+            .sync_webhooks(&[spec], Duration::ZERO)
+            .await
+            .expect("sync");
+        let id = engine.webhooks()[0].id;
+        let topic = Topic::parse("order.created").expect("topic");
+        let queued: Vec<Delivery> = (0..2)
+            .map(|i| {
+                let e = Event::new(&topic, "r", serde_json::json!({ "n": i }));
+                let d = Delivery::new(&e, id, 0);
+                engine
+                    .store()
+                    .append(&e, std::slice::from_ref(&d))
+                    .expect("append");
+                d
+            })
+            .collect();
+        let target = engine.registry.get(id).expect("target");
+        engine
+            .deliver(&target, vec![queued[0].clone()], None)
+            .await
+            .expect("deliver");
+        assert_eq!(requests.load(Ordering::SeqCst), 1, "the receiver answers");
+        // What a deletion does to the running copy while a round holds the second delivery.
+        target.mark_deleted();
+        engine
+            .deliver(&target, vec![queued[1].clone()], None)
+            .await
+            .expect("deliver");
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            1,
+            "nothing sent to a deleted webhook"
+        );
     }
 
     /// Only the probe's own end releases it: a request that went before the circuit opened

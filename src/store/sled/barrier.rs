@@ -22,11 +22,12 @@
 //! that was ready with the ticket's, and covers the events of them all. Without it, on a busy core the committer woke at the
 //! first ticket, preempted the proxy and ran a barrier for one or two events (1.8 per barrier
 //! at 64 connections), whose CPU (sled's write, the wake-ups of its I/O threads, the sync)
-//! the next events paid again. The kick is no timer: on a runtime with nothing else to do it
-//! runs at once. A ticket issued off a runtime, or waited for by blocking, wakes the committer
-//! at once. A kick that never runs (its runtime stopped first) does not hold tickets for
-//! ever: closing the store runs the barrier, and so does the committer's next wake-up (at the
-//! latest [`IDLE_CLOSE`] later) once the kick is [`KICK_GRACE`] late.
+//! the next events paid again. The kick adds no wait of its own: on a runtime with nothing
+//! else to do it runs at once. A ticket issued off a runtime, or waited for by blocking, wakes
+//! the committer at once. The first ticket after an idle moment also wakes the committer, only
+//! to start a clock: a kick that has not come [`KICK_GRACE`] later (its runtime stopped, or
+//! its thread is stuck) no longer holds the barrier. Closing the store runs the last barrier
+//! at once.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -37,10 +38,12 @@ use std::time::Duration;
 use crate::store::{BarrierStats, StoreError};
 
 /// How long the committer waits for a kick that was scheduled but has not come (its runtime
-/// may have stopped) before it runs the barrier anyway.
-const KICK_GRACE: Duration = Duration::from_millis(10);
+/// may have stopped) before it runs the barrier anyway: well above a busy runtime's round
+/// (~10 ms at 64 connections on one core), well below a client's patience.
+const KICK_GRACE: Duration = Duration::from_millis(50);
 
-/// How long an idle committer keeps sled's file open for the next barrier.
+/// How long an idle committer keeps sled's file open for the next barrier (the store lets go
+/// of it at once when it closes its database: [`Barrier::release_file`]).
 const IDLE_CLOSE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -58,9 +61,15 @@ struct State {
     db: Option<Arc<sled::Db>>,
     /// Tasks waiting for their ticket.
     wakers: Vec<(u64, Waker)>,
-    /// The committer waits for work: only then does a new ticket notify it (a notification is
-    /// a `futex` call whether anyone waits or not, and `issue` is on the request path).
+    /// The committer waits (for tickets, or for a kick): only then is it notified (a
+    /// notification is a `futex` call whether anyone waits or not, and `issue` is on the
+    /// request path).
     idle: bool,
+    /// The committer waits for a kick, its clock ([`KICK_GRACE`]) running: a new ticket
+    /// need not wake it.
+    timing_kick: bool,
+    /// The store closed its database: the committer drops its descriptor of sled's file.
+    release: bool,
     /// The tickets issued so far may go into a barrier: a kick ran, a ticket was issued off a
     /// runtime, or a waiter blocks. Cleared when a barrier starts.
     kicked: bool,
@@ -81,7 +90,8 @@ struct Shared {
     /// sled's log file.
     path: PathBuf,
     state: Mutex<State>,
-    /// Wakes the committer: a ticket was issued, or the store closed.
+    /// Wakes the committer: a ticket was issued after an idle moment, a kick came, a waiter
+    /// blocks, the store let go of its database, or it closed.
     work: Condvar,
     /// Wakes blocking waiters: a barrier returned.
     done: Condvar,
@@ -185,7 +195,9 @@ impl Barrier {
                         shared.kick(Some(thread));
                     });
                 }
-                false
+                // An idle committer starts its clock for the kick; one that already runs it,
+                // or runs a barrier, is left alone.
+                !state.timing_kick && std::mem::take(&mut state.idle)
             }
             Err(_) => {
                 state.kicked = true;
@@ -200,6 +212,20 @@ impl Barrier {
             shared: Arc::clone(&self.shared),
             ticket,
         })
+    }
+}
+
+impl Barrier {
+    /// The store closed its database: the committer lets go of sled's file now rather than
+    /// after its idle second (a disk being repaired must be free of hooktap's files).
+    pub fn release_file(&self) {
+        let mut state = self.shared.lock();
+        state.release = true;
+        let idle = std::mem::take(&mut state.idle);
+        drop(state);
+        if idle {
+            self.shared.work.notify_one();
+        }
     }
 }
 
@@ -249,7 +275,9 @@ impl Durable {
     /// tokio runtime, the thread's other tasks move to another thread meanwhile.
     pub fn wait(&self) -> Result<(), StoreError> {
         // A kick scheduled on this thread's runtime cannot run while the thread blocks.
-        self.shared.kick(None);
+        if outcome(&self.shared.lock(), self.ticket).is_none() {
+            self.shared.kick(None);
+        }
         let block = || {
             let mut state = self.shared.lock();
             loop {
@@ -299,6 +327,9 @@ fn commit_loop(shared: &Shared) {
     let mut state = shared.lock();
     loop {
         loop {
+            if std::mem::take(&mut state.release) {
+                log = None;
+            }
             let waiting = state.issued > state.durable.max(state.failed);
             // A closing store does not wait for kicks: its last barrier runs now.
             if waiting && (state.kicked || state.closed) {
@@ -309,6 +340,7 @@ fn commit_loop(shared: &Shared) {
                 return;
             }
             state.idle = true;
+            state.timing_kick = waiting;
             let timeout;
             (state, timeout) = shared
                 .work
@@ -322,6 +354,7 @@ fn commit_loop(shared: &Shared) {
                 )
                 .unwrap_or_else(PoisonError::into_inner);
             state.idle = false;
+            state.timing_kick = false;
             if timeout.timed_out() {
                 if waiting {
                     // The kicks have not come (their runtime may have stopped): go on without
@@ -518,12 +551,15 @@ mod tests {
     }
 
     /// On a runtime, a barrier waits for the tasks that were ready with its first ticket: a
-    /// write of a task that runs after the first ticket's (here 5 ms later, the way a busy
-    /// proxy thread serves its other connections) shares its barrier instead of paying one of
-    /// its own.
+    /// write of a task that runs after the first ticket's (here one made ready after the kick
+    /// was scheduled, and 5 ms of work later, the way a busy proxy thread serves its other
+    /// connections) shares its barrier instead of paying one of its own.
     #[tokio::test(flavor = "current_thread")]
     async fn a_barrier_covers_the_tasks_ready_with_its_first_ticket() {
-        let (_dir, db, barrier) = open();
+        let (dir, db, _) = open();
+        let hour = std::time::Duration::from_secs(3600);
+        // Only a kick starts a barrier here: no clock runs out.
+        let barrier = Arc::new(Barrier::with_waits(dir.path().join("db"), hour, hour));
         let write = |key: u32| {
             let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
             move || {
@@ -532,13 +568,20 @@ mod tests {
             }
         };
         let (first, second) = (write(1), write(2));
-        let a = tokio::spawn(async move { first().wait_async().await });
-        let b = tokio::spawn(async move {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            second().wait_async().await
+        let both = tokio::spawn(async move {
+            let durable = first();
+            // Spawned after the kick: only the kick's yield puts it behind this task.
+            let other = tokio::spawn(async move {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                second().wait_async().await
+            });
+            durable.wait_async().await.expect("durable");
+            other.await.expect("join").expect("durable");
         });
-        a.await.expect("join").expect("durable");
-        b.await.expect("join").expect("durable");
+        tokio::time::timeout(std::time::Duration::from_secs(30), both)
+            .await
+            .expect("still waiting after 30 s")
+            .expect("join");
         assert_eq!(
             barrier.stats(),
             BarrierStats {
@@ -546,6 +589,33 @@ mod tests {
                 writes: 2
             }
         );
+    }
+
+    /// When the store closes its database, the committer lets go of sled's file at once (it
+    /// keeps it open between barriers otherwise).
+    #[test]
+    fn a_released_file_is_closed_at_once() {
+        let (dir, db, _) = open();
+        let hour = std::time::Duration::from_secs(3600);
+        let barrier = Barrier::with_waits(dir.path().join("db"), hour, hour);
+        let file = dir.path().join("db").canonicalize().expect("sled's file");
+        let sled_own = open_descriptors(&file);
+        db.insert(b"k", &b"v"[..]).expect("insert");
+        barrier.issue(&db).expect("issue").wait().expect("durable");
+        assert_eq!(
+            open_descriptors(&file),
+            sled_own + 1,
+            "kept open between barriers"
+        );
+        barrier.release_file();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while open_descriptors(&file) > sled_own {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the committer still holds sled's file open"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// A blocking wait does not wait for the kick, which may be scheduled on a runtime that

@@ -362,6 +362,7 @@ impl SledStore {
             match Arc::try_unwrap(old) {
                 Ok(db) => {
                     drop(db);
+                    self.barrier.release_file();
                     // Taken back from the database when it opens again.
                     self.fresh.reset(None);
                     self.to_send.clear();

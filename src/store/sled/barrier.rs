@@ -70,9 +70,10 @@ struct State {
     timing_kick: bool,
     /// The store closed its database: the committer drops its descriptor of sled's file.
     release: bool,
-    /// The tickets issued so far may go into a barrier: a kick ran, a ticket was issued off a
-    /// runtime, or a waiter blocks. Cleared when a barrier starts.
-    kicked: bool,
+    /// The tickets up to this one may go into a barrier: the ones issued when a kick ran, a
+    /// ticket was issued off a runtime, or a waiter blocked. (A kick that comes after its
+    /// tickets were made durable releases nothing issued later.)
+    kicked: u64,
     /// The threads that have a kick scheduled that has not run: each schedules one at most.
     kicks_from: Vec<std::thread::ThreadId>,
     /// Threads blocked in [`Durable::wait`]: only then does a barrier notify `done`.
@@ -200,7 +201,7 @@ impl Barrier {
                 !state.timing_kick && std::mem::take(&mut state.idle)
             }
             Err(_) => {
-                state.kicked = true;
+                state.kicked = ticket;
                 std::mem::take(&mut state.idle)
             }
         };
@@ -237,7 +238,7 @@ impl Shared {
         if let Some(thread) = from {
             state.kicks_from.retain(|t| *t != thread);
         }
-        state.kicked = true;
+        state.kicked = state.issued;
         let idle = std::mem::take(&mut state.idle);
         drop(state);
         if idle {
@@ -332,7 +333,7 @@ fn commit_loop(shared: &Shared) {
             }
             let waiting = state.issued > state.durable.max(state.failed);
             // A closing store does not wait for kicks: its last barrier runs now.
-            if waiting && (state.kicked || state.closed) {
+            if waiting && (state.kicked > state.durable.max(state.failed) || state.closed) {
                 break;
             }
             if !waiting && state.closed {
@@ -369,7 +370,6 @@ fn commit_loop(shared: &Shared) {
         }
         let upto = state.issued;
         let db = state.db.take();
-        state.kicked = false;
         drop(state);
         let result = match db {
             Some(db) => sync(&shared.path, &db, &mut log),
@@ -587,6 +587,49 @@ mod tests {
             BarrierStats {
                 syncs: 1,
                 writes: 2
+            }
+        );
+    }
+
+    /// A kick that comes after its ticket's barrier (here: a blocking wait ran it) releases
+    /// nothing issued later: the next barrier still waits for the round.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_late_kick_does_not_start_the_next_barrier_early() {
+        let (dir, db, _) = open();
+        let hour = std::time::Duration::from_secs(3600);
+        let barrier = Arc::new(Barrier::with_waits(dir.path().join("db"), hour, hour));
+        db.insert(b"k0", &b"v"[..]).expect("insert");
+        barrier.issue(&db).expect("issue").wait().expect("durable");
+        // The ticket's kick runs now, after its barrier.
+        while !barrier.shared.lock().kicks_from.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let write = |key: u32| {
+            let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
+            move || {
+                db.insert(key.to_be_bytes(), &[4u8][..]).expect("insert");
+                barrier.issue(&db).expect("issue")
+            }
+        };
+        let (first, second) = (write(1), write(2));
+        let both = tokio::spawn(async move {
+            let durable = first();
+            let other = tokio::spawn(async move {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                second().wait_async().await
+            });
+            durable.wait_async().await.expect("durable");
+            other.await.expect("join").expect("durable");
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(30), both)
+            .await
+            .expect("still waiting after 30 s")
+            .expect("join");
+        assert_eq!(
+            barrier.stats(),
+            BarrierStats {
+                syncs: 2,
+                writes: 3
             }
         );
     }

@@ -550,27 +550,21 @@ mod tests {
         assert_eq!(barrier.stats().writes, 200);
     }
 
-    /// On a runtime, a barrier waits for the tasks that were ready with its first ticket: a
-    /// write of a task that runs after the first ticket's (here one made ready after the kick
-    /// was scheduled, and 5 ms of work later, the way a busy proxy thread serves its other
-    /// connections) shares its barrier instead of paying one of its own.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_barrier_covers_the_tasks_ready_with_its_first_ticket() {
-        let (dir, db, _) = open();
-        let hour = std::time::Duration::from_secs(3600);
-        // Only a kick starts a barrier here: no clock runs out.
-        let barrier = Arc::new(Barrier::with_waits(dir.path().join("db"), hour, hour));
-        let write = |key: u32| {
-            let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
+    /// Two writes in one round of a current-thread runtime: the first ticket, then a task made
+    /// ready after its kick was scheduled (only the kick's yield puts it behind), which writes
+    /// after 5 ms of work, the way a busy proxy thread serves its other connections; both wait
+    /// (30 s at most) until durable.
+    async fn one_round_of_two_writes(db: &Arc<sled::Db>, barrier: &Arc<Barrier>) {
+        let write = |key: &'static [u8]| {
+            let (db, barrier) = (Arc::clone(db), Arc::clone(barrier));
             move || {
-                db.insert(key.to_be_bytes(), &[3u8][..]).expect("insert");
+                db.insert(key, &[3u8][..]).expect("insert");
                 barrier.issue(&db).expect("issue")
             }
         };
-        let (first, second) = (write(1), write(2));
+        let (first, second) = (write(b"round-1"), write(b"round-2"));
         let both = tokio::spawn(async move {
             let durable = first();
-            // Spawned after the kick: only the kick's yield puts it behind this task.
             let other = tokio::spawn(async move {
                 std::thread::sleep(std::time::Duration::from_millis(5));
                 second().wait_async().await
@@ -582,6 +576,18 @@ mod tests {
             .await
             .expect("still waiting after 30 s")
             .expect("join");
+    }
+
+    /// On a runtime, a barrier waits for the tasks that were ready with its first ticket: a
+    /// write of a task that runs after the first ticket's shares its barrier instead of paying
+    /// one of its own.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_barrier_covers_the_tasks_ready_with_its_first_ticket() {
+        let (dir, db, _) = open();
+        let hour = std::time::Duration::from_secs(3600);
+        // Only a kick starts a barrier here: no clock runs out.
+        let barrier = Arc::new(Barrier::with_waits(dir.path().join("db"), hour, hour));
+        one_round_of_two_writes(&db, &barrier).await;
         assert_eq!(
             barrier.stats(),
             BarrierStats {
@@ -604,27 +610,7 @@ mod tests {
         while !barrier.shared.lock().kicks_from.is_empty() {
             tokio::task::yield_now().await;
         }
-        let write = |key: u32| {
-            let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
-            move || {
-                db.insert(key.to_be_bytes(), &[4u8][..]).expect("insert");
-                barrier.issue(&db).expect("issue")
-            }
-        };
-        let (first, second) = (write(1), write(2));
-        let both = tokio::spawn(async move {
-            let durable = first();
-            let other = tokio::spawn(async move {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                second().wait_async().await
-            });
-            durable.wait_async().await.expect("durable");
-            other.await.expect("join").expect("durable");
-        });
-        tokio::time::timeout(std::time::Duration::from_secs(30), both)
-            .await
-            .expect("still waiting after 30 s")
-            .expect("join");
+        one_round_of_two_writes(&db, &barrier).await;
         assert_eq!(
             barrier.stats(),
             BarrierStats {
